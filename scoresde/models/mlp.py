@@ -1,0 +1,60 @@
+"""A small time-conditioned MLP score network in Flax NNX, for 2-D / low-dimensional data."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def sinusoidal_embedding(labels: jax.Array, dim: int, max_positions: int = 10000) -> jax.Array:
+    """Transformer-style sinusoidal embedding of ``(B,)`` labels into ``(B, dim)`` (Ho et al. 2020)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_positions) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    args = labels.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class MLPScore(nnx.Module):
+    """``out = MLP([x, emb(label)])`` with SiLU activations and a zero-initialised output layer.
+
+    Args:
+        dim: data dimension ``D`` (inputs have shape ``(B, D)`` or ``(B, *event)`` with ``prod == D``).
+        hidden: width of the hidden layers.
+        num_layers: number of hidden layers.
+        embed_dim: width of the time embedding.
+        num_classes: if > 0, a label embedding with ``num_classes + 1`` rows is added to the time
+            embedding; label ``num_classes`` is the reserved null label (unconditional).
+        rngs: parameter initialisation RNGs.
+    """
+
+    def __init__(self, dim: int, *, hidden: int = 128, num_layers: int = 3, embed_dim: int = 64,
+                 num_classes: int = 0, rngs: nnx.Rngs):
+        self.dim, self.embed_dim, self.num_classes = dim, embed_dim, num_classes
+        self.temb = nnx.Linear(embed_dim, hidden, rngs=rngs)
+        self.inp = nnx.Linear(dim, hidden, rngs=rngs)
+        self.hidden = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(num_layers)])
+        self.out = nnx.Linear(hidden, dim, kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.label_emb = nnx.Embed(num_classes + 1, hidden, rngs=rngs) if num_classes > 0 else None
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+        shape = x.shape
+        h = self.inp(x.reshape(shape[0], -1))
+        emb = self.temb(sinusoidal_embedding(labels, self.embed_dim))
+        if self.label_emb is not None:
+            if y is None:
+                y = jnp.full((shape[0],), self.null_label, dtype=jnp.int32)
+            emb = emb + self.label_emb(y)
+        h = h + emb
+        for layer in self.hidden:
+            h = h + layer(nnx.silu(h))
+        return self.out(nnx.silu(h)).reshape(shape)
