@@ -49,45 +49,46 @@ class GaussianMixture:
     """
 
     def __init__(self, means, stds=None, weights=None, *, covs=None, rotation=None, event_shape=None):
-        means = jnp.asarray(means, dtype=jnp.float32)
+        # Parameters are concrete (numpy) so that a mixture can be built inside a jitted function too.
+        means = np.asarray(means, dtype=np.float64)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, D); got {means.shape}")
         k, d = means.shape
         if (stds is None) == (covs is None):
             raise ValueError("give exactly one of stds (K,) / (K, D) or covs (K, D, D)")
+        evecs = None
         if covs is not None:
-            covs = jnp.asarray(covs, dtype=jnp.float32)
+            covs = np.asarray(covs, dtype=np.float64)
             if covs.shape != (k, d, d):
                 raise ValueError(f"covs must have shape {(k, d, d)}; got {covs.shape}")
-            evals, evecs = jnp.linalg.eigh(covs)
-            if not bool(jnp.all(evals > 0)):
+            variances, evecs = np.linalg.eigh(0.5 * (covs + np.swapaxes(covs, -1, -2)))
+            if not np.all(variances > 0):
                 raise ValueError("covs must be positive definite")
-            self.variances = evals
-            self.evecs = evecs
         else:
-            stds = jnp.asarray(stds, dtype=jnp.float32)
+            stds = np.asarray(stds, dtype=np.float64)
             if stds.shape == (k,):
-                stds = jnp.broadcast_to(stds[:, None], (k, d))
+                stds = np.broadcast_to(stds[:, None], (k, d))
             if stds.shape != (k, d):
                 raise ValueError(f"stds must have shape ({k},) or ({k}, {d}); got {stds.shape}")
-            if not bool(jnp.all(stds > 0)):
+            if not np.all(stds > 0):
                 raise ValueError("stds must be positive")
-            self.variances = stds**2
-            self.evecs = None
+            variances = stds**2
         if rotation is not None:
-            rotation = jnp.asarray(rotation, dtype=jnp.float32)
+            rotation = np.asarray(rotation, dtype=np.float64)
             if rotation.shape != (d, d):
                 raise ValueError(f"rotation must have shape {(d, d)}; got {rotation.shape}")
-            base = self.evecs if self.evecs is not None else jnp.broadcast_to(jnp.eye(d), (k, d, d))
-            self.evecs = jnp.einsum("ij,kjl->kil", rotation, base)
+            base = evecs if evecs is not None else np.broadcast_to(np.eye(d), (k, d, d))
+            evecs = np.einsum("ij,kjl->kil", rotation, base)
             means = means @ rotation.T
         if weights is None:
-            weights = jnp.full((k,), 1.0 / k)
-        weights = jnp.asarray(weights, dtype=jnp.float32)
-        if weights.shape != (k,) or not bool(jnp.all(weights > 0)):
+            weights = np.full((k,), 1.0 / k)
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (k,) or not np.all(weights > 0):
             raise ValueError(f"weights must be positive with shape ({k},); got {weights}")
-        self.weights = weights / jnp.sum(weights)
-        self.means = means
+        self.weights = jnp.asarray(weights / weights.sum(), jnp.float32)
+        self.means = jnp.asarray(means, jnp.float32)
+        self.variances = jnp.asarray(variances, jnp.float32)
+        self.evecs = None if evecs is None else jnp.asarray(evecs, jnp.float32)
         self.num_components, self.dim = k, d
         self.event_shape = tuple(event_shape) if event_shape is not None else (d,)
         if int(np.prod(self.event_shape)) != d:
@@ -161,8 +162,8 @@ class GaussianMixture:
 
     def component(self, k: int) -> "GaussianMixture":
         """Component ``k`` as a one-component mixture (the class-conditional law)."""
-        covs = self._covs()[k : k + 1]
-        return GaussianMixture(self.means[k : k + 1], covs=covs, event_shape=self.event_shape)
+        covs = np.asarray(self._covs())[k : k + 1]
+        return GaussianMixture(np.asarray(self.means)[k : k + 1], covs=covs, event_shape=self.event_shape)
 
     def conditional_score_fn(self, sde):
         """Exact class-conditional score ``score_fn(x, t, y)`` with ``y`` an int array of shape ``(B,)``."""
@@ -186,15 +187,16 @@ class GaussianMixture:
     def covariance(self):
         """Covariance of the mixture at ``t = 0``, ``(D, D)``."""
         m = jnp.sum(self.weights[:, None] * self.means, axis=0)
-        dm = self.means - m
+        dm = self.means - m[None]
         return jnp.sum(self.weights[:, None, None] * (self._covs() + dm[:, :, None] * dm[:, None, :]), axis=0)
 
     def marginal(self, sde, t: float) -> "GaussianMixture":
         """The noised marginal ``p_t`` at a scalar time ``t`` as a :class:`GaussianMixture`."""
         tt = jnp.asarray([t], dtype=jnp.float32)
-        a, s = sde.alpha(tt)[0], sde.sigma(tt)[0]
-        covs = a**2 * self._covs() + s**2 * jnp.eye(self.dim)[None]
-        return GaussianMixture(a * self.means, covs=covs, weights=self.weights, event_shape=self.event_shape)
+        a, s = float(sde.alpha(tt)[0]), float(sde.sigma(tt)[0])
+        covs = a**2 * np.asarray(self._covs(), np.float64) + s**2 * np.eye(self.dim)[None]
+        return GaussianMixture(a * np.asarray(self.means), covs=covs, weights=np.asarray(self.weights),
+                               event_shape=self.event_shape)
 
     # -- exact probability-flow map (one Gaussian) -------------------------------------------------
     def flow_map(self, sde, x, t_from, t_to):

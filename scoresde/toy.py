@@ -12,19 +12,23 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scoresde.analytic import GaussianMixture
 
 __all__ = ["DATASETS", "sample", "gmm_grid"]
 
 
+@functools.lru_cache(maxsize=None)
 def gmm_grid(grid: int = 3, spacing: float = 1.5, std: float = 0.15) -> GaussianMixture:
     """A ``grid × grid`` mixture of isotropic Gaussians centred on the origin; class k = component k."""
-    c = (jnp.arange(grid, dtype=jnp.float32) - (grid - 1) / 2) * spacing
-    means = jnp.stack(jnp.meshgrid(c, c, indexing="ij"), axis=-1).reshape(-1, 2)
-    return GaussianMixture(means, jnp.full((grid * grid,), std))
+    c = (np.arange(grid, dtype=np.float64) - (grid - 1) / 2) * spacing
+    means = np.stack(np.meshgrid(c, c, indexing="ij"), axis=-1).reshape(-1, 2)
+    return GaussianMixture(means, np.full((grid * grid,), std))
 
 
 def _gmm_grid(key, n):
