@@ -1,0 +1,170 @@
+"""Shared defaults with the reference's field names (score_sde ``configs/default_cifar10_configs.py``).
+
+Not a runnable config itself; the configs in this directory start from :func:`get_default_configs`.
+Fields beyond the reference are marked "(scoresde)".
+"""
+
+import ml_collections
+
+
+def get_default_configs():
+    config = ml_collections.ConfigDict()
+    # training
+    config.training = training = ml_collections.ConfigDict()
+    training.sde = "vpsde"
+    training.batch_size = 128
+    training.n_iters = 1300001
+    training.snapshot_freq = 50000
+    training.log_freq = 50
+    training.eval_freq = 100
+    training.snapshot_freq_for_preemption = 10000  # checkpoint cadence between snapshots
+    training.snapshot_sampling = True
+    training.likelihood_weighting = False
+    training.importance_sampling = False  # (scoresde) t ~ g²/σ² with likelihood weighting
+    training.continuous = True
+    training.reduce_mean = False
+    training.max_nonfinite = 10  # (scoresde) stop after this many consecutive non-finite steps
+    training.keep_checkpoints = 3  # (scoresde) most recent checkpoints kept (plus every snapshot_freq)
+    training.snapshot_num_samples = 64  # (scoresde)
+    training.tensorboard = True  # (scoresde)
+    training.progress = True  # (scoresde) tqdm bar
+
+    # sampling
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "pc"
+    sampling.predictor = "euler_maruyama"
+    sampling.corrector = "none"
+    sampling.n_steps_each = 1
+    sampling.noise_removal = True
+    sampling.probability_flow = False
+    sampling.snr = 0.16
+
+    # evaluation
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.begin_ckpt = 9
+    evaluate.end_ckpt = 26
+    evaluate.batch_size = 1024
+    evaluate.enable_sampling = False
+    evaluate.num_samples = 50000
+    evaluate.sample_batch_size = 500  # (scoresde)
+    evaluate.enable_loss = True
+    evaluate.enable_bpd = False
+    evaluate.bpd_dataset = "test"
+    evaluate.num_eval_batches = 0  # (scoresde) 0 = the whole test split
+
+    # data
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "CIFAR10"
+    data.image_size = 32
+    data.random_flip = True
+    data.centered = False
+    data.uniform_dequantization = False
+    data.num_channels = 3
+    data.tfds_data_dir = ""  # (scoresde) tfds data_dir ("" = tfds default / $TFDS_DATA_DIR)
+    data.download = False  # (scoresde) let tfds download a missing dataset (needs network)
+    data.path = ""  # (scoresde) for dataset 'npz' / 'folder'
+    data.category = ""  # LSUN category
+
+    # model
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "ncsnpp"
+    model.sigma_min = 0.01
+    model.sigma_max = 50.0
+    model.num_scales = 1000
+    model.beta_min = 0.1
+    model.beta_max = 20.0
+    model.dropout = 0.1
+    model.embedding_type = "fourier"
+    model.ema_rate = 0.9999
+    model.output = ""  # (scoresde) "" = reference convention; or eps | score | x0 | v
+    model.time_label = ""  # (scoresde) "" = reference convention
+
+    # optimization
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.weight_decay = 0.0
+    optim.optimizer = "Adam"
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.warmup = 5000
+    optim.grad_clip = 1.0
+
+    config.seed = 42
+    return config
+
+
+def ddpmpp_model(model):
+    """DDPM++ (cont.) of the reference ``vp/cifar10_ddpmpp_continuous.py``."""
+    model.name = "ncsnpp"
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.normalization = "GroupNorm"
+    model.nonlinearity = "swish"
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 4
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+    model.fir = False
+    model.fir_kernel = [1, 3, 3, 1]
+    model.skip_rescale = True
+    model.resblock_type = "biggan"
+    model.progressive = "none"
+    model.progressive_input = "none"
+    model.progressive_combine = "sum"
+    model.attention_type = "ddpm"
+    model.init_scale = 0.0
+    model.embedding_type = "positional"
+    model.fourier_scale = 16
+    model.conv_size = 3
+    return model
+
+
+def ncsnpp_model(model):
+    """NCSN++ (cont.) of the reference ``ve/cifar10_ncsnpp_continuous.py``."""
+    ddpmpp_model(model)
+    model.scale_by_sigma = True
+    model.ema_rate = 0.999
+    model.fir = True
+    model.progressive_input = "residual"
+    model.embedding_type = "fourier"
+    return model
+
+
+def smoke(config, image_size=16):
+    """A tiny, fast variant for tests: small net, small batch, a handful of steps."""
+    t = config.training
+    t.batch_size = 8
+    t.n_iters = 2
+    t.log_freq = 1
+    t.eval_freq = 2
+    t.snapshot_freq = 2
+    t.snapshot_freq_for_preemption = 1
+    t.snapshot_num_samples = 4
+    t.tensorboard = False
+    t.progress = False
+    config.eval.batch_size = 8
+    config.eval.num_samples = 8
+    config.eval.sample_batch_size = 8
+    config.eval.num_eval_batches = 1
+    config.optim.warmup = 0
+    config.data.image_size = image_size
+    m = config.model
+    m.num_scales = 20
+    if "nf" in m:
+        m.nf = 8
+        m.ch_mult = (1, 2)
+        m.num_res_blocks = 1
+        m.attn_resolutions = (image_size // 2,)
+        m.dropout = 0.0
+    return config
+
+
+def apply_variants(config, variant, known, doc):
+    """Applies comma-separated variants, each a key of ``known`` (name -> fn(config))."""
+    for v in [v for v in (variant or "").split(",") if v]:
+        if v not in known:
+            raise ValueError(f"unknown variant {v!r} of {doc}; expected one of: {', '.join(known)}")
+        known[v](config)
+    return config

@@ -1,0 +1,279 @@
+"""Datasets: embedded toy / digits data, users' ``.npz`` or image folders, and tfds datasets.
+
+:func:`get_dataset` yields numpy batches ``{"image": float32 (B_local, ...), "label": int32 (B_local,)}``
+holding *this process's* slice of each global batch, already scaled by :func:`get_data_scaler`.
+
+Batches are a pure function of ``(seed, step)``: the in-memory sources index a per-epoch permutation,
+the toy source draws with ``fold_in(key, step)``, and the tfds pipeline reshuffles each epoch with a
+seed derived from the epoch and skips to the resume position. A run restarted at step ``s`` therefore
+sees exactly the batches an uninterrupted run would have seen.
+
+Dataset names (``config.data.dataset``, case-insensitive):
+
+* toy 2-D: ``gmm_grid``, ``checkerboard``, ``two_moons``, ``swiss_roll`` (:mod:`scoresde.toy`);
+* ``digits``: the 1,797 8×8 handwritten digits that scikit-learn ships (every 10th image is the test split);
+* ``npz``: ``config.data.path`` to an ``.npz`` with ``images`` (uint8 in [0, 255] or float in [0, 1],
+  NHWC or NHW) and optional ``labels``; ``test_images``/``test_labels`` form the test split if present;
+* ``folder``: ``config.data.path`` to a directory of images (center-cropped and resized to
+  ``image_size``, the reference's ``crop_resize``); sub-directories become class labels;
+* tfds: ``CIFAR10``, ``SVHN``, ``CELEBA``, ``LSUN`` (``config.data.category``), with the reference's
+  preprocessing. TensorFlow is imported only here, and never sees a GPU. ``config.data.tfds_data_dir``
+  (or ``TFDS_DATA_DIR``) is respected; a dataset that is not prepared there is a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+
+__all__ = ["get_dataset", "get_data_scaler", "get_data_inverse_scaler", "data_shape", "is_image_data",
+           "TOY_DATASETS", "TFDS_DATASETS"]
+
+TOY_DATASETS = ("gmm_grid", "checkerboard", "two_moons", "swiss_roll")
+TFDS_DATASETS = ("cifar10", "svhn", "celeba", "lsun")
+_IN_MEMORY = ("digits", "npz", "folder")
+
+
+def _name(config) -> str:
+    return str(config.data.dataset).lower()
+
+
+def known_datasets() -> tuple[str, ...]:
+    return TOY_DATASETS + _IN_MEMORY + TFDS_DATASETS
+
+
+def check_dataset_name(config) -> str:
+    name = _name(config)
+    if name not in known_datasets():
+        raise ValueError(f"unknown dataset {config.data.dataset!r}; expected one of: {', '.join(known_datasets())}")
+    return name
+
+
+def is_image_data(config) -> bool:
+    """True unless the data are flat vectors (the 2-D toy sets or an explicit ``config.data.shape``)."""
+    return _name(config) not in TOY_DATASETS and not ("shape" in config.data and config.data.shape)
+
+
+def data_shape(config) -> tuple[int, ...]:
+    """Per-example shape: ``config.data.shape`` for vector data, else ``(H, W, C)``."""
+    d = config.data
+    if "shape" in d and d.shape:
+        return tuple(int(s) for s in d.shape)
+    if _name(config) in TOY_DATASETS:
+        return (2,)
+    return (int(d.image_size), int(d.image_size), int(d.num_channels))
+
+
+def get_data_scaler(config):
+    """Data in [0, 1] -> model space: ``2x - 1`` when ``config.data.centered``, else identity (reference)."""
+    if config.data.get("centered", False) and is_image_data(config):
+        return lambda x: x * 2.0 - 1.0
+    return lambda x: x
+
+
+def get_data_inverse_scaler(config):
+    """Model space -> [0, 1], the inverse of :func:`get_data_scaler`."""
+    if config.data.get("centered", False) and is_image_data(config):
+        return lambda x: (x + 1.0) / 2.0
+    return lambda x: x
+
+
+def get_dataset(config, *, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None,
+                repeat: bool | None = None, start_step: int = 0, seed: int | None = None,
+                uniform_dequantization: bool | None = None) -> Iterator[dict]:
+    """An iterator over this process's slices of global batches.
+
+    Args:
+        config: the run config (reads ``config.data`` and ``config.seed``).
+        split: ``"train"`` or ``"test"``.
+        batch_size: the *global* batch size (default ``config.training.batch_size``); each process
+            gets ``batch_size // jax.process_count()`` examples.
+        shuffle: shuffle the data (default: True for train).
+        repeat: loop over epochs forever (default: True for train); otherwise one pass, dropping the
+            last incomplete batch.
+        start_step: the number of global batches already consumed (resume position).
+        seed: data seed (default ``config.seed``).
+        uniform_dequantization: ``(u + 255 x) / 256`` noise (default ``config.data.uniform_dequantization``).
+
+    Raises:
+        ValueError: unknown dataset or split, or a batch size the process count does not divide.
+        FileNotFoundError: a dataset that is not available offline (with how to prepare it).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    name = check_dataset_name(config)
+    batch_size = int(batch_size or config.training.batch_size)
+    if batch_size % jax.process_count():
+        raise ValueError(f"batch_size={batch_size} is not divisible by the process count {jax.process_count()}")
+    train = split == "train"
+    shuffle = train if shuffle is None else shuffle
+    repeat = train if repeat is None else repeat
+    seed = int(config.get("seed", 0) if seed is None else seed)
+    if uniform_dequantization is None:
+        uniform_dequantization = bool(config.data.get("uniform_dequantization", False))
+    opts = dict(batch_size=batch_size, shuffle=shuffle, repeat=repeat, start_step=int(start_step), seed=seed,
+                dequant=uniform_dequantization, flip=bool(config.data.get("random_flip", False)) and train,
+                scaler=get_data_scaler(config))
+    if name in TOY_DATASETS:
+        return _toy_batches(config, name, split, **opts)
+    if name in _IN_MEMORY:
+        images, labels = _load_in_memory(config, name, split)
+        return _array_batches(images, labels, **opts)
+    from scoresde.datasets import tfds_data  # noqa: PLC0415  (keeps TensorFlow out of non-tfds runs)
+
+    return tfds_data.tfds_batches(config, name, split, **opts)
+
+
+def _process_slice(n_global: int) -> slice:
+    p, n_proc = jax.process_index(), jax.process_count()
+    n_local = n_global // n_proc
+    return slice(p * n_local, (p + 1) * n_local)
+
+
+def _toy_batches(config, name, split, *, batch_size, shuffle, repeat, start_step, seed, dequant, flip, scaler):
+    from scoresde import toy  # noqa: PLC0415
+
+    del shuffle, dequant, flip
+    base = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
+    num_eval = int(config.data.get("num_eval_examples", 10 * batch_size))
+    sl = _process_slice(batch_size)
+    def sample(k):  # eager: toy.sample builds its mixture per call (not jit-safe to cache)
+        return toy.sample(name, k, batch_size, return_labels=True)
+    step = start_step
+    while repeat or step < num_eval // batch_size:
+        x, y = sample(jax.random.fold_in(base, step))
+        x, y = np.asarray(x)[sl], np.asarray(y)[sl]
+        yield {"image": np.asarray(scaler(x), np.float32), "label": y.astype(np.int32)}
+        step += 1
+
+
+def _load_in_memory(config, name, split):
+    if name == "digits":
+        from sklearn.datasets import load_digits  # noqa: PLC0415
+
+        d = load_digits()
+        images = (d.images.astype(np.float32) / 16.0)[..., None]
+        labels = d.target.astype(np.int32)
+        test = np.arange(len(images)) % 10 == 0
+        keep = test if split == "test" else ~test
+        images, labels = images[keep], labels[keep]
+        size = int(config.data.image_size)
+        if size != 8:
+            images = _resize_float(images, size)
+        return _match_channels(images, int(config.data.num_channels)), labels
+    path = config.data.get("path", "")
+    if not path:
+        raise ValueError(f"dataset {name!r} needs config.data.path (e.g. --config.data.path=/data/my_images)")
+    if name == "npz":
+        return _load_npz(config, path, split)
+    return _load_folder(config, path)
+
+
+def _to_unit_float(images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    images = images.astype(np.float32)
+    if images.min() < -1e-6 or images.max() > 1 + 1e-6:
+        raise ValueError(f"float images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}]")
+    return images
+
+
+def _match_channels(images, channels):
+    if images.shape[-1] == channels:
+        return images
+    if images.shape[-1] == 1:
+        return np.repeat(images, channels, axis=-1)
+    if channels == 1:
+        return images.mean(axis=-1, keepdims=True)
+    raise ValueError(f"images have {images.shape[-1]} channels; config.data.num_channels={channels}")
+
+
+def _resize_float(images, size):
+    from PIL import Image  # noqa: PLC0415
+
+    out = []
+    for im in images:
+        chans = [np.asarray(Image.fromarray(im[..., c]).resize((size, size), Image.BICUBIC)) for c in range(im.shape[-1])]
+        out.append(np.stack(chans, -1))
+    return np.clip(np.stack(out), 0.0, 1.0).astype(np.float32)
+
+
+def _load_npz(config, path, split):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.data.path={path!r} does not exist; expected an .npz with an 'images' array")
+    with np.load(path) as f:
+        key = "test_images" if split == "test" and "test_images" in f else "images"
+        if key not in f:
+            raise ValueError(f"{path} has no 'images' array; found keys {sorted(f.keys())}")
+        images = f[key]
+        lkey = "test_labels" if key == "test_images" else "labels"
+        labels = f[lkey].astype(np.int32) if lkey in f else np.zeros(len(images), np.int32)
+    if images.ndim == 3:
+        images = images[..., None]
+    images = _to_unit_float(images)
+    size = int(config.data.image_size)
+    if images.shape[1:3] != (size, size):
+        raise ValueError(f"{path}: images are {images.shape[1]}x{images.shape[2]}; config.data.image_size={size}")
+    return _match_channels(images, int(config.data.num_channels)), labels
+
+
+def _load_folder(config, path):
+    from PIL import Image  # noqa: PLC0415
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"config.data.path={path!r} is not a directory of images")
+    exts = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+    files = []
+    for root, _, names in sorted(os.walk(path)):
+        files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(exts)]
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(exts)}) found under {path!r}")
+    classes = sorted({os.path.relpath(os.path.dirname(f), path) for f in files})
+    size, channels = int(config.data.image_size), int(config.data.num_channels)
+    images, labels = [], []
+    for f in files:
+        im = Image.open(f).convert("RGB" if channels == 3 else "L")
+        w, h = im.size
+        c = min(w, h)
+        im = im.crop(((w - c) // 2, (h - c) // 2, (w + c) // 2, (h + c) // 2)).resize((size, size), Image.BICUBIC)
+        a = np.asarray(im, np.uint8)
+        images.append(a[..., None] if a.ndim == 2 else a)
+        labels.append(classes.index(os.path.relpath(os.path.dirname(f), path)))
+    return np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, np.int32)
+
+
+def _array_batches(images, labels, *, batch_size, shuffle, repeat, start_step, seed, dequant, flip, scaler):
+    """Global batch ``s`` = positions ``[s B, (s + 1) B)`` of the concatenated per-epoch permutations."""
+    n = len(images)
+    if n < batch_size and not repeat:
+        raise ValueError(f"the split has {n} examples, fewer than one batch of {batch_size}")
+    sl = _process_slice(batch_size)
+    perms: dict[int, np.ndarray] = {}
+
+    def order(epoch):
+        if not shuffle:
+            return np.arange(n)
+        if epoch not in perms:
+            perms.clear()
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        return perms[epoch]
+
+    step = start_step
+    steps_per_pass = n // batch_size
+    while repeat or step < steps_per_pass:
+        pos = np.arange(step * batch_size, (step + 1) * batch_size)[sl]
+        epochs = pos // n
+        idx = np.concatenate([order(e)[pos[epochs == e] % n] for e in np.unique(epochs)])
+        x = images[idx]
+        rng = np.random.default_rng([seed, 1, step])
+        if flip:
+            do = rng.random(batch_size)[sl] < 0.5
+            x = np.where(do[:, None, None, None], x[:, :, ::-1], x)
+        if dequant:
+            u = rng.random((batch_size,) + x.shape[1:], dtype=np.float32)[sl]
+            x = (u + x * 255.0) / 256.0
+        yield {"image": np.asarray(scaler(x), np.float32), "label": labels[idx]}
+        step += 1

@@ -1,0 +1,1 @@
+"""Dataset back-ends that need optional dependencies (TensorFlow Datasets)."""
