@@ -1,0 +1,265 @@
+"""Samplers for score-based models: one front door, :func:`sample`, for every method.
+
+``samples, nfe = sample(score_fn, sde, shape, key, method=..., x_init=None, eps=None, **options)``
+
+Methods and their options (defaults in brackets):
+
+* ``"pc"`` (:mod:`.pc`): ``predictor`` [euler_maruyama] ∈ euler_maruyama | reverse_diffusion |
+  ancestral_sampling | none; ``corrector`` [none] ∈ langevin | ald | none; ``snr`` [0.16]; ``n_steps`` [1]
+  corrector steps per grid point; ``steps`` [sde.N]; ``denoise`` [True]; ``probability_flow`` [False];
+  ``corrector_first`` [True].
+* ``"ode"`` (:mod:`.ode`): ``solver`` [tsit5] ∈ tsit5 | dopri5 | euler | heun; ``rtol``/``atol`` [1e-5];
+  ``steps`` [100, fixed-step solvers]; ``grid`` [uniform_t]; ``max_steps`` [4096]; ``denoise`` [False]
+  (one reverse-diffusion mean step at ``eps``, as the reference's ODE sampler).
+* ``"ddim"``: ``steps`` [50], ``eta`` [0.0], ``grid`` [uniform_t].
+* ``"dpm_solver"``: singlestep, ``order`` [2] ∈ 1 | 2 | 3, ``steps`` [10] (``order`` NFE each), ``grid`` [log_snr].
+* ``"dpm_solver++"``: multistep, ``order`` [2] ∈ 1 | 2 (2M), ``steps`` [20], ``grid`` [log_snr],
+  ``lower_order_final`` [True].
+* ``"edm_heun"``: ``steps`` [18] (2 NFE each), ``S_churn`` [0], ``S_tmin`` [0], ``S_tmax`` [inf],
+  ``S_noise`` [1], ``rho`` [7], ``grid`` [edm].
+* For ddim / dpm_solver / dpm_solver++ / edm_heun, ``denoise`` [False] adds one final Tweedie step
+  ``E[x_0 | x_eps]`` (1 NFE).
+
+Default ``eps``: 1e-3 for VP / sub-VP, 1e-5 for VE (the reference's sampling eps).
+
+Compilation: :func:`sample` is an ``equinox.filter_jit`` function. Arrays (``key``, ``x_init``, array
+leaves of a pytree ``score_fn`` such as ``jax.tree_util.Partial(f, params)``) and every float option
+(``eps``, ``snr``, ``eta``, ``rtol``, ``atol``, ``S_*``, ``rho``) are traced: changing them does not
+recompile. What recompiles: ``method``, ``shape``/dtype, the SDE, the identity of a plain-function
+``score_fn``, and the int/str/bool options (``steps``, ``n_steps``, ``order``, ``predictor``,
+``corrector``, ``solver``, ``grid``, ``max_steps``, ``denoise``, ``probability_flow``,
+``corrector_first``, ``lower_order_final``): they fix loop lengths and the traced program.
+
+Sharding: pass ``x_init`` sharded over a ``('data',)`` mesh (or ``sharding=`` a ``NamedSharding`` for the
+prior draw); the loops then run on the sharded batch, and batch statistics (Langevin step sizes, the ODE
+error norm) reduce over the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from scoresde import sde as sde_lib
+from scoresde.parameterization import score_to_denoiser
+from scoresde.sampling import fast, grids, ode, pc
+from scoresde.sampling.grids import GRIDS, score_call, time_grid
+
+METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun")
+
+__all__ = ["METHODS", "GRIDS", "sample", "get_sampling_fn", "encode", "decode", "default_eps", "time_grid"]
+
+# method -> {option: default}. Floats are traced; everything else is static (see module docstring).
+_OPTIONS = {
+    "pc": dict(predictor="euler_maruyama", corrector="none", snr=0.16, n_steps=1, steps=None, denoise=True,
+               probability_flow=False, corrector_first=True),
+    "ode": dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096, denoise=False),
+    "ddim": dict(steps=50, eta=0.0, grid="uniform_t", denoise=False),
+    "dpm_solver": dict(steps=10, order=2, grid="log_snr", denoise=False),
+    "dpm_solver++": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False),
+    "edm_heun": dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
+                     denoise=False),
+}
+_FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho")
+
+
+def default_eps(sde) -> float:
+    """The reference's sampling eps: 1e-5 for VE, 1e-3 otherwise."""
+    return 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
+
+
+def _resolve(method, options):
+    if method not in _OPTIONS:
+        raise ValueError(f"unknown sampling method {method!r}; expected one of: {', '.join(METHODS)}")
+    defaults = _OPTIONS[method]
+    unknown = sorted(set(options) - set(defaults) - {"sharding"})
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; expected some of: {sorted(defaults)}")
+    opts = {**defaults, **{k: v for k, v in options.items() if k != "sharding"}}
+    for name in ("grid",):
+        if name in opts and opts[name] not in GRIDS:
+            raise ValueError(f"unknown time grid {opts[name]!r}; expected one of: {', '.join(GRIDS)}")
+    for name in ("steps", "n_steps", "order", "max_steps"):
+        if name in opts and opts[name] is not None:
+            if isinstance(opts[name], bool) or not isinstance(opts[name], int) or opts[name] < 1:
+                raise ValueError(f"option {name} must be a positive int; got {opts[name]!r}")
+    return opts
+
+
+def _split(opts):
+    """Float options become arrays (traced under filter_jit); the rest stay static."""
+    dyn = {k: jnp.asarray(v) for k, v in opts.items() if k in _FLOAT_OPTIONS}
+    static = tuple(sorted((k, v) for k, v in opts.items() if k not in _FLOAT_OPTIONS))
+    return dyn, static
+
+
+def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **options):
+    """Draws samples by integrating the reverse SDE / probability-flow ODE from ``T`` to ``eps``.
+
+    Args:
+        score_fn: batched ``score_fn(x, t) -> ∇log p_t(x)``, ``t`` of shape ``(B,)``. A plain function or a
+            pytree callable (its array leaves are traced).
+        sde: a linear SDE from :mod:`scoresde.sde`.
+        shape: ``(B, ...)`` shape of the batch.
+        key: a PRNG key (typed ``jax.random.key`` or raw).
+        method: one of :data:`METHODS`.
+        x_init: optional prior draw at ``T`` of shape ``shape`` (e.g. to compare deterministic samplers
+            pointwise, or a batch sharded over a mesh); drawn from ``sde.prior_sampling`` otherwise.
+        eps: the final time; :func:`default_eps` if ``None``.
+        **options: per-method options, see the module docstring. ``sharding`` (optional): a sharding for
+            the prior draw when ``x_init`` is ``None``.
+
+    Returns:
+        ``(samples, nfe)``: samples of shape ``shape`` and the number of score evaluations made
+        (an int32 scalar array).
+
+    Raises:
+        ValueError: for an unknown method/option or a bad option value.
+        RuntimeError: if an ODE solve failed (outside ``jit``; inside, the samples are NaN).
+    """
+    opts = _resolve(method, options)
+    dyn, static = _split(opts)
+    eps = jnp.asarray(default_eps(sde) if eps is None else eps)
+    samples, nfe, ok = _sample_jit(score_fn, sde, tuple(shape), key, method, x_init, eps, dyn, static,
+                                   options.get("sharding"))
+    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
+        raise RuntimeError(f"the {method} sampler's ODE solve failed (diffrax result not successful); "
+                           f"options {opts}. Raise max_steps or loosen rtol/atol.")
+    return samples, nfe
+
+
+@eqx.filter_jit
+def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sharding):
+    opts = {**dict(static), **dyn}
+    k_prior, k_loop = jax.random.split(key)
+    if x_init is None:
+        x = sde.prior_sampling(k_prior, shape)
+        if sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, sharding)
+    else:
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init has shape {x_init.shape}; expected {shape}")
+        x = x_init
+    eps = eps.astype(x.dtype)
+    nfe = jnp.zeros((), jnp.int32)
+    ok = jnp.array(True)
+    denoise = opts.pop("denoise")
+    if method == "pc":
+        x, nfe = pc.pc_sample(score_fn, sde, x, k_loop, nfe, eps=eps, denoise=denoise, **opts)
+        return x, nfe, ok
+    if method == "ode":
+        x, n, ok = ode.solve_flow(score_fn, sde, x, jnp.asarray(sde.T, x.dtype), eps, **opts)
+        nfe = nfe + n
+        if denoise:
+            # The reference's ODE sampler denoises with one reverse-diffusion mean step at eps.
+            t = jnp.full((shape[0],), eps, x.dtype)
+            _, x, nfe = pc._reverse_diffusion(sde, score_fn, k_loop, x, t, nfe, False)
+        x = jnp.where(ok, x, jnp.nan)
+        return x, nfe, ok
+    steps, kind = opts.pop("steps"), opts.pop("grid")
+    rho = opts.pop("rho", 7.0)
+    ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
+    solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
+               "edm_heun": fast.edm_heun}
+    x, nfe = solvers[method](score_fn, sde, x, ts, k_loop, nfe, **opts)
+    if denoise:
+        x, nfe = _tweedie(score_fn, sde, x, eps, nfe)
+    return x, nfe, ok
+
+
+def _tweedie(score_fn, sde, x, t, nfe):
+    score, nfe = score_call(score_fn, x, t, nfe)
+    tv = jnp.full((x.shape[0],), t, x.dtype)
+    return score_to_denoiser(score, x, sde.alpha(tv), sde.sigma(tv)), nfe
+
+
+def _flow(score_fn, sde, x, t0, t1, opts):
+    x, nfe, ok = _flow_jit(score_fn, sde, x, jnp.asarray(t0), jnp.asarray(t1), *_split(opts))
+    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
+        raise RuntimeError(f"probability-flow ODE solve failed (diffrax result not successful); options {opts}")
+    return x, nfe
+
+
+@eqx.filter_jit
+def _flow_jit(score_fn, sde, x, t0, t1, dyn, static):
+    x, nfe, ok = ode.solve_flow(score_fn, sde, x, t0.astype(x.dtype), t1.astype(x.dtype), **dict(static), **dyn)
+    return jnp.where(ok, x, jnp.nan), nfe, ok
+
+
+def _flow_options(options):
+    defaults = {k: v for k, v in _OPTIONS["ode"].items() if k != "denoise"}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; expected some of: {sorted(defaults)}")
+    return {**defaults, **options}
+
+
+def encode(score_fn, sde, x, *, eps=None, **options):
+    """Maps data ``x`` at ``eps`` to its latent at ``T`` along the probability-flow ODE.
+
+    Args:
+        score_fn, sde: as for :func:`sample`.
+        x: data batch ``(B, ...)``.
+        eps: start time; :func:`default_eps` if ``None``.
+        **options: ``solver``, ``rtol``, ``atol``, ``steps``, ``grid``, ``max_steps`` as for ``method="ode"``.
+
+    Returns:
+        ``(z, nfe)``.
+    """
+    eps = default_eps(sde) if eps is None else eps
+    return _flow(score_fn, sde, x, eps, sde.T, _flow_options(options))
+
+
+def decode(score_fn, sde, z, *, eps=None, **options):
+    """Maps latents ``z`` at ``T`` to data at ``eps`` along the probability-flow ODE (inverse of :func:`encode`).
+
+    Returns:
+        ``(x, nfe)``.
+    """
+    eps = default_eps(sde) if eps is None else eps
+    return _flow(score_fn, sde, z, sde.T, eps, _flow_options(options))
+
+
+def get_sampling_fn(config, sde, shape, inverse_scaler=None, eps=None):
+    """Builds ``sampler(key, score_fn, x_init=None) -> (samples, nfe)`` from ``config.sampling``.
+
+    Reads the reference's names (``method``, ``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
+    ``noise_removal``, ``probability_flow``) and, with defaults, ``steps``, ``order``, ``eta``, ``solver``,
+    ``rtol``, ``atol``, ``grid``, ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``, ``rho``,
+    ``corrector_first``. ``noise_removal`` is the ``denoise`` option of every method.
+
+    Args:
+        config: an ml_collections ConfigDict with a ``sampling`` section.
+        sde: the SDE.
+        shape: the batch shape ``(B, ...)``.
+        inverse_scaler: applied to the samples (e.g. ``[-1, 1] -> [0, 1]``); identity if ``None``.
+        eps: the final time; :func:`default_eps` if ``None``.
+
+    Raises:
+        ValueError: for an unknown method.
+    """
+    cfg = config.sampling
+    method = cfg.method.lower()
+    if method not in METHODS:
+        raise ValueError(f"unknown config.sampling.method {cfg.method!r}; expected one of: {', '.join(METHODS)}")
+    options = {"denoise": bool(cfg.get("noise_removal", _OPTIONS[method]["denoise"]))}
+    if method == "pc":
+        options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),
+                       corrector=cfg.get("corrector", "none").lower(), snr=cfg.get("snr", 0.16),
+                       n_steps=cfg.get("n_steps_each", 1), probability_flow=cfg.get("probability_flow", False))
+    names = [k for k in _OPTIONS[method] if k not in ("predictor", "corrector", "snr", "n_steps",
+                                                      "probability_flow", "denoise")]
+    for name in names:
+        if name in cfg:
+            options[name] = cfg.get(name)
+    inverse_scaler = inverse_scaler if inverse_scaler is not None else (lambda x: x)
+    _resolve(method, options)
+
+    def sampler(key, score_fn, x_init=None):
+        samples, nfe = sample(score_fn, sde, shape, key, method=method, x_init=x_init, eps=eps, **options)
+        return inverse_scaler(samples), nfe
+
+    return sampler

@@ -1,0 +1,201 @@
+"""Few-step samplers on a fixed time grid: DDIM, DPM-Solver (singlestep), DPM-Solver++(2M), EDM Heun.
+
+All are written once for every linear SDE through ``alpha(t)``, ``sigma(t)`` and the log-SNR of
+:mod:`scoresde.sde`, with DPM-Solver's ``lambda = log(alpha / sigma) = log_snr / 2``. The network enters
+only as a black-box score ``score_fn(x, t)``; the noise prediction is ``eps = -sigma score`` and the data
+prediction (denoiser) is Tweedie's ``(x + sigma² score) / alpha``
+(:func:`scoresde.parameterization.score_to_denoiser`).
+
+Each sampler is one ``lax.scan`` over the grid; it carries the NFE counter (see
+:func:`scoresde.sampling.grids.score_call`). Notation: a step goes from ``s`` to ``t < s`` with
+``h = lambda_t - lambda_s > 0``.
+
+References:
+    Song, Meng, Ermon, "Denoising Diffusion Implicit Models", ICLR 2021 (eq. 12).
+    Lu et al., "DPM-Solver", NeurIPS 2022 (Algorithms 1 (order 2), 2 (order 3), eq. 3.7).
+    Lu et al., "DPM-Solver++", 2022 (Algorithm 2, multistep 2M).
+    Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022
+    (Algorithm 2, eq. 5).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from scoresde.parameterization import score_to_denoiser
+from scoresde.sampling.grids import edm_sigma, score_call
+from scoresde.sde import batch_mul
+
+__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "edm_heun"]
+
+
+def _coef(sde, t, x):
+    """Scalar ``alpha``, ``sigma``, ``lambda`` at a scalar time, as ``(B,)`` arrays for ``batch_mul``."""
+    tv = jnp.full((x.shape[0],), t, dtype=x.dtype)
+    return sde.alpha(tv), sde.sigma(tv), 0.5 * sde.log_snr(tv)
+
+
+def _eps_pred(score_fn, sde, x, t, nfe):
+    score, nfe = score_call(score_fn, x, t, nfe)
+    _, sigma, _ = _coef(sde, t, x)
+    return batch_mul(-sigma, score), nfe
+
+
+def _x0_pred(score_fn, sde, x, t, nfe):
+    score, nfe = score_call(score_fn, x, t, nfe)
+    alpha, sigma, _ = _coef(sde, t, x)
+    return score_to_denoiser(score, x, alpha, sigma), nfe
+
+
+def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0):
+    """DDIM (Song et al. 2021a, eq. 12) generalised to any linear SDE; one NFE per step.
+
+    ``x_t = alpha_t x0 + sqrt(sigma_t² - c²) eps + c z`` with ``c = eta sigma_t sqrt(1 - e^{-2h})``
+    (for VP this is DDIM's ``sigma_t(eta)``; ``eta = 1`` is ancestral DDPM sampling).
+    """
+    eta = jnp.asarray(eta, x.dtype)
+
+    def step(carry, inp):
+        x, nfe = carry
+        i, s, t = inp
+        x0, nfe = _x0_pred(score_fn, sde, x, s, nfe)
+        a_s, s_s, l_s = _coef(sde, s, x)
+        a_t, s_t, l_t = _coef(sde, t, x)
+        eps = batch_mul(1.0 / s_s, x - batch_mul(a_s, x0))
+        frac = eta**2 * -jnp.expm1(-2.0 * (l_t - l_s))  # c² / sigma_t², in [0, 1] for eta <= 1
+        z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+        x = (batch_mul(a_t, x0) + batch_mul(s_t * jnp.sqrt(jnp.maximum(1.0 - frac, 0.0)), eps)
+             + batch_mul(s_t * jnp.sqrt(frac), z))
+        return (x, nfe), None
+
+    idx = jnp.arange(ts.shape[0] - 1)
+    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[:-1], ts[1:]))
+    return x, nfe
+
+
+def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2):
+    """Singlestep DPM-Solver-``order`` (noise prediction), ``order`` NFE per step.
+
+    Intermediate times are placed at ``lambda_s + r h`` with ``r = 1/2`` (order 2) and
+    ``r1, r2 = 1/3, 2/3`` (order 3), as the paper recommends. Order 1 equals DDIM with ``eta = 0``.
+    """
+    del key
+    if order not in (1, 2, 3):
+        raise ValueError(f"dpm_solver order must be 1, 2 or 3; got {order!r}")
+
+    def t_at(lam):
+        return sde.t_from_log_snr(2.0 * lam)
+
+    def step(carry, inp):
+        x, nfe = carry
+        s, t = inp
+        a_s, s_s, l_s = _coef(sde, s, x)
+        a_t, s_t, l_t = _coef(sde, t, x)
+        h = l_t - l_s
+        eps_s, nfe = _eps_pred(score_fn, sde, x, s, nfe)
+        base = batch_mul(a_t / a_s, x) - batch_mul(s_t * jnp.expm1(h), eps_s)
+        if order == 1:
+            return (base, nfe), None
+        r1 = 0.5 if order == 2 else 1.0 / 3.0
+        s1 = t_at(l_s[0] + r1 * h[0])
+        a_1, s_1, _ = _coef(sde, s1, x)
+        u1 = batch_mul(a_1 / a_s, x) - batch_mul(s_1 * jnp.expm1(r1 * h), eps_s)
+        e1, nfe = _eps_pred(score_fn, sde, u1, s1, nfe)
+        d1 = e1 - eps_s
+        if order == 2:
+            x_t = base - batch_mul(s_t / (2.0 * r1) * jnp.expm1(h), d1)
+            return (x_t, nfe), None
+        r2 = 2.0 / 3.0
+        s2 = t_at(l_s[0] + r2 * h[0])
+        a_2, s_2, _ = _coef(sde, s2, x)
+        phi_r2 = jnp.expm1(r2 * h) / (r2 * h) - 1.0
+        u2 = (batch_mul(a_2 / a_s, x) - batch_mul(s_2 * jnp.expm1(r2 * h), eps_s)
+              - batch_mul(s_2 * (r2 / r1) * phi_r2, d1))
+        e2, nfe = _eps_pred(score_fn, sde, u2, s2, nfe)
+        d2 = e2 - eps_s
+        x_t = base - batch_mul(s_t / r2 * (jnp.expm1(h) / h - 1.0), d2)
+        return (x_t, nfe), None
+
+    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (ts[:-1], ts[1:]))
+    return x, nfe
+
+
+def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True):
+    """Multistep DPM-Solver++ (data prediction), ``order`` 1 or 2 (2M); one NFE per step.
+
+    The first step is first order (no history yet). With ``lower_order_final`` and fewer than 15 steps
+    the last step is first order too, as the authors' implementation does for stability.
+    """
+    del key
+    if order not in (1, 2):
+        raise ValueError(f"dpm_solver++ order must be 1 or 2 (multistep 2M); got {order!r}")
+    steps = ts.shape[0] - 1
+    last_first_order = lower_order_final and steps < 15
+
+    def step(carry, inp):
+        x, x0_prev, h_prev, nfe = carry
+        i, s, t = inp
+        a_s, s_s, l_s = _coef(sde, s, x)
+        a_t, s_t, l_t = _coef(sde, t, x)
+        h = l_t - l_s
+        x0, nfe = _x0_pred(score_fn, sde, x, s, nfe)
+        first = i == 0
+        if last_first_order:
+            first = first | (i == steps - 1)
+        if order == 2:
+            r = jnp.where(first, 1.0, h_prev / h)
+            d = batch_mul(1.0 + 0.5 / r, x0) - batch_mul(0.5 / r, x0_prev)
+            d = jnp.where(first, x0, d)
+        else:
+            d = x0
+        x_t = batch_mul(s_t / s_s, x) - batch_mul(a_t * jnp.expm1(-h), d)
+        return (x_t, x0, h, nfe), None
+
+    idx = jnp.arange(steps)
+    h0 = jnp.zeros((x.shape[0],), x.dtype)
+    (x, _, _, nfe), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), h0, nfe), (idx, ts[:-1], ts[1:]))
+    return x, nfe
+
+
+def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0):
+    """Karras et al. (2022) Algorithm 2 in the scaled coordinates ``x / alpha`` with noise level ``sigma / alpha``.
+
+    Every step is a Heun step (2 NFE): the grid ends at ``eps > 0`` where the noise level is positive,
+    so there is no final Euler step to ``sigma = 0`` (use ``denoise`` for that). ``S_churn > 0`` adds
+    the stochastic "churn" of Algorithm 2 on noise levels in ``[S_tmin, S_tmax]``.
+    """
+    dtype = x.dtype
+    steps = ts.shape[0] - 1
+    gamma_max = jnp.minimum(jnp.asarray(S_churn, dtype) / steps, jnp.sqrt(jnp.asarray(2.0, dtype)) - 1.0)
+
+    def d_fn(xb, t, sig, nfe):
+        """``dxbar / dsigma = (xbar - D(xbar)) / sigma`` at scaled state ``xb``."""
+        alpha, sigma, _ = _coef(sde, t, xb)
+        xs = batch_mul(alpha, xb)
+        score, nfe = score_call(score_fn, xs, t, nfe)
+        x0 = score_to_denoiser(score, xs, alpha, sigma)
+        return (xb - x0) / sig, nfe
+
+    def step(carry, inp):
+        xb, nfe = carry
+        i, t_cur, t_next = inp
+        sig_cur, sig_next = edm_sigma(sde, t_cur), edm_sigma(sde, t_next)
+        churn = (sig_cur >= S_tmin) & (sig_cur <= S_tmax)
+        gamma = jnp.where(churn, gamma_max, 0.0)
+        sig_hat = sig_cur * (1.0 + gamma)
+        t_hat = jnp.where(gamma > 0, sde.t_from_log_snr(-2.0 * jnp.log(sig_hat)), t_cur)
+        z = jax.random.normal(jax.random.fold_in(key, i), xb.shape, dtype)
+        # sqrt(sig_hat² - sig_cur²) written so that rounding cannot make it the root of a negative number.
+        xb_hat = xb + sig_cur * jnp.sqrt(gamma * (2.0 + gamma)) * S_noise * z
+        d, nfe = d_fn(xb_hat, t_hat, sig_hat, nfe)
+        xb_next = xb_hat + (sig_next - sig_hat) * d
+        d2, nfe = d_fn(xb_next, t_next, sig_next, nfe)
+        xb_next = xb_hat + (sig_next - sig_hat) * 0.5 * (d + d2)
+        return (xb_next, nfe), None
+
+    a_hi = sde.alpha(jnp.full((x.shape[0],), ts[0], dtype))
+    a_lo = sde.alpha(jnp.full((x.shape[0],), ts[-1], dtype))
+    idx = jnp.arange(steps)
+    (xb, nfe), _ = jax.lax.scan(step, (batch_mul(1.0 / a_hi, x), nfe), (idx, ts[:-1], ts[1:]))
+    return batch_mul(a_lo, xb), nfe

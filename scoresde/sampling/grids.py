@@ -1,0 +1,71 @@
+"""Time grids for fixed-step samplers, and the score-evaluation counter they share.
+
+A grid is a decreasing array of ``steps + 1`` times from ``T`` to ``eps`` (both endpoints exact, so that
+samplers on different grids start and stop at the same times). Three spacings:
+
+* ``"uniform_t"``: uniform in ``t`` (DDIM's linear schedule, Song et al. 2021a);
+* ``"log_snr"``: uniform in the log-SNR ``log(alpha²/sigma²)`` (DPM-Solver's recommendation for
+  low-resolution pixel-space models, Lu et al. 2022, Sec. 3.3);
+* ``"edm"``: Karras et al. (2022) eq. 5, ``sigma_i = (smax^(1/rho) + i/steps (smin^(1/rho) - smax^(1/rho)))^rho``
+  in the EDM noise level ``sigma/alpha = exp(-log_snr/2)``.
+
+Grids are computed with ``jnp`` so ``eps`` and ``rho`` may be traced values; ``steps`` fixes the shape.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+GRIDS = ("uniform_t", "log_snr", "edm")
+
+__all__ = ["GRIDS", "time_grid", "edm_sigma", "score_call"]
+
+
+def edm_sigma(sde, t):
+    """The EDM noise level ``sigma(t) / alpha(t) = exp(-log_snr(t) / 2)``."""
+    return jnp.exp(-0.5 * sde.log_snr(t))
+
+
+def time_grid(sde, steps: int, eps, *, kind: str = "uniform_t", rho=7.0, dtype=jnp.float32):
+    """Decreasing times ``t_0 = T > t_1 > ... > t_steps = eps``, shape ``(steps + 1,)``.
+
+    Args:
+        sde: a linear SDE from :mod:`scoresde.sde`.
+        steps: number of intervals (a Python int; it fixes the shape, so changing it recompiles).
+        eps: the final time (may be traced).
+        kind: one of :data:`GRIDS`.
+        rho: the EDM schedule exponent (only for ``kind="edm"``).
+        dtype: dtype of the result.
+
+    Raises:
+        ValueError: for an unknown ``kind`` or ``steps < 1``.
+    """
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive Python int; got {steps!r}")
+    t_hi = jnp.asarray(sde.T, dtype)
+    t_lo = jnp.asarray(eps, dtype)
+    u = jnp.arange(steps + 1, dtype=dtype) / steps
+    if kind == "uniform_t":
+        ts = t_hi + u * (t_lo - t_hi)
+    elif kind == "log_snr":
+        l_hi, l_lo = sde.log_snr(t_hi), sde.log_snr(t_lo)
+        ts = sde.t_from_log_snr(l_hi + u * (l_lo - l_hi))
+    elif kind == "edm":
+        rho = jnp.asarray(rho, dtype)
+        s_hi, s_lo = edm_sigma(sde, t_hi) ** (1 / rho), edm_sigma(sde, t_lo) ** (1 / rho)
+        sig = (s_hi + u * (s_lo - s_hi)) ** rho
+        ts = sde.t_from_log_snr(-2.0 * jnp.log(sig))
+    else:
+        raise ValueError(f"unknown time grid {kind!r}; expected one of: {', '.join(GRIDS)}")
+    # The inverse maps round; pin the endpoints so every grid starts at T and stops at eps exactly.
+    return ts.at[0].set(t_hi).at[-1].set(t_lo).astype(dtype)
+
+
+def score_call(score_fn, x, t, nfe):
+    """Evaluates ``score_fn`` at the scalar time ``t`` for the whole batch and counts the call.
+
+    Every sampler routes its score evaluations through here, so the NFE it reports is the number of
+    calls it made (inside ``lax.cond`` branches too), not a formula.
+    """
+    tv = jnp.full((x.shape[0],), t, dtype=x.dtype)
+    return score_fn(x, tv), nfe + 1
