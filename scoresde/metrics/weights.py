@@ -63,7 +63,7 @@ def expected_param_shapes() -> dict[str, tuple[int, ...]]:
 def _expected_shapes():
     from flax import nnx
 
-    pure = nnx.state(_abstract_model()).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(_abstract_model()))
     return tuple((k, tuple(v.shape)) for k, v in flatten(pure).items())
 
 
@@ -322,7 +322,7 @@ def build_inception(params: Mapping, *, resize_method: str = "pytorch_fid"):
 
     abstract = nnx.eval_shape(lambda: InceptionV3FID(resize_method=resize_method, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    state.replace_by_pure_dict(unflatten({k: jnp.asarray(v) for k, v in flatten(params).items()}))
+    nnx.replace_by_pure_dict(state, unflatten({k: jnp.asarray(v) for k, v in flatten(params).items()}))
     return nnx.merge(graphdef, state)
 
 
