@@ -1,0 +1,143 @@
+"""The DDPM U-Net of Ho et al. (2020), NHWC, Flax NNX, laid out like the score_sde reference's ``DDPM``.
+
+Submodules sit in one flat list, ``all_modules``, in the reference's creation order (see
+:mod:`scoresde.models.ncsnpp` for why). With ``conditional=False`` there is no time embedding, as in
+the Flax reference (the PyTorch reference builds and uses it regardless; its released configs all set
+``conditional=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scoresde.models import layers, layerspp
+from scoresde.models.ncsnpp import discrete_sigmas
+
+
+class DDPM(nnx.Module):
+    """DDPM score network, called as ``net(x, labels, y=None, *, train=False, key=None)``.
+
+    Args mirror the reference's ``config.model`` / ``config.data`` fields; ``sigma_range`` =
+    ``(sigma_min, sigma_max, num_scales)`` is needed only with ``scale_by_sigma``. ``num_classes > 0``
+    adds a class-label embedding (null label ``num_classes``) to the time embedding.
+    """
+
+    def __init__(self, *, image_size: int, num_channels: int = 3, centered: bool = False, nf: int = 128,
+                 ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
+                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
+                 conditional: bool = True, scale_by_sigma: bool = False, sigma_range=None,
+                 nonlinearity: str = "swish", num_classes: int = 0, dtype=jnp.float32, rngs: nnx.Rngs):
+        if scale_by_sigma and sigma_range is None:
+            raise ValueError("scale_by_sigma needs sigma_range=(sigma_min, sigma_max, num_scales)")
+        dtype = jnp.dtype(dtype)
+        self.act = act = layers.get_act(nonlinearity)
+        self.nf, self.num_res_blocks, self.num_resolutions = nf, num_res_blocks, len(ch_mult)
+        self.all_resolutions = tuple(image_size // 2 ** i for i in range(len(ch_mult)))
+        self.attn_resolutions = tuple(attn_resolutions)
+        self.conditional, self.centered, self.scale_by_sigma = conditional, centered, scale_by_sigma
+        self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]),
+                                                             int(sigma_range[2]))
+        self.num_classes, self.dtype = num_classes, dtype
+        temb_dim = 4 * nf
+        kw = dict(dtype=dtype, rngs=rngs)
+
+        def resblock(in_ch, out_ch=None):
+            return layerspp.ResnetBlockDDPM(act, in_ch, out_ch, temb_dim=temb_dim if conditional else None,
+                                            dropout=dropout, **kw)
+
+        m = []
+        if conditional:
+            m += [layers.Dense(nf, temb_dim, **kw), layers.Dense(temb_dim, temb_dim, **kw)]
+        m.append(layers.Conv(num_channels, nf, 3, **kw))
+        hs_c = [nf]
+        in_ch = nf
+        for i_level in range(self.num_resolutions):
+            for _ in range(num_res_blocks):
+                out_ch = nf * ch_mult[i_level]
+                m.append(resblock(in_ch, out_ch))
+                in_ch = out_ch
+                if self.all_resolutions[i_level] in self.attn_resolutions:
+                    m.append(layers.AttnBlock(in_ch, **kw))
+                hs_c.append(in_ch)
+            if i_level != self.num_resolutions - 1:
+                m.append(layerspp.Downsample(in_ch, with_conv=resamp_with_conv, **kw))
+                hs_c.append(in_ch)
+        in_ch = hs_c[-1]
+        m += [resblock(in_ch), layers.AttnBlock(in_ch, **kw), resblock(in_ch)]
+        for i_level in reversed(range(self.num_resolutions)):
+            for _ in range(num_res_blocks + 1):
+                out_ch = nf * ch_mult[i_level]
+                m.append(resblock(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            if self.all_resolutions[i_level] in self.attn_resolutions:
+                m.append(layers.AttnBlock(in_ch, **kw))
+            if i_level != 0:
+                m.append(layerspp.Upsample(in_ch, with_conv=resamp_with_conv, **kw))
+        assert not hs_c
+        m.append(layers.GroupNorm(in_ch, 32, dtype=dtype))
+        m.append(layers.Conv(in_ch, num_channels, 3, init_scale=0.0, **kw))
+        self.all_modules = nnx.List(m)
+        self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=rngs) if num_classes > 0 else None
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+        if train and key is None and any(getattr(m, "rate", 0.0) > 0 for m in self.all_modules):
+            raise ValueError("train=True with dropout needs a PRNG `key`")
+        key = key if train else None
+        mods = iter(enumerate(self.all_modules))
+
+        def nxt():
+            return next(mods)[1]
+
+        def block(h, temb):
+            i, mod = next(mods)
+            return mod(h, temb, key=None if key is None else jax.random.fold_in(key, i))
+
+        temb = None
+        if self.conditional:
+            temb = nxt()(layers.timestep_embedding(labels, self.nf))
+            temb = nxt()(self.act(temb))
+        if self.label_embed is not None:
+            if y is None:
+                y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)
+            yemb = self.label_embed(y).astype(self.dtype)
+            temb = yemb if temb is None else temb + yemb
+        elif y is not None:
+            raise ValueError("class labels `y` given to a network built with num_classes=0")
+
+        h = x if self.centered else 2 * x - 1.0
+        hs = [nxt()(h)]
+        for i_level in range(self.num_resolutions):
+            for _ in range(self.num_res_blocks):
+                h = block(hs[-1], temb)
+                if self.all_resolutions[i_level] in self.attn_resolutions:
+                    h = nxt()(h)
+                hs.append(h)
+            if i_level != self.num_resolutions - 1:
+                hs.append(nxt()(hs[-1]))
+        h = hs[-1]
+        h = block(h, temb)
+        h = nxt()(h)
+        h = block(h, temb)
+        for i_level in reversed(range(self.num_resolutions)):
+            for _ in range(self.num_res_blocks + 1):
+                h = block(jnp.concatenate([h, hs.pop().astype(h.dtype)], axis=-1), temb)
+            if self.all_resolutions[i_level] in self.attn_resolutions:
+                h = nxt()(h)
+            if i_level != 0:
+                h = nxt()(h)
+        assert not hs
+        h = self.act(nxt()(h))
+        h = nxt()(h)
+        assert next(mods, None) is None, "module walk out of sync with construction"
+        h = h.astype(jnp.float32)
+        if self.scale_by_sigma:
+            h = h / discrete_sigmas(*self.sigma_range)[labels.astype(jnp.int32)][:, None, None, None]
+        return h

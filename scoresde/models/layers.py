@@ -1,0 +1,190 @@
+"""Basic NHWC layers shared by the score U-Nets (NCSN++, DDPM++, DDPM), in Flax NNX.
+
+Parameter names and shapes follow the reference checkpoints (score_sde / score_sde_pytorch) so that
+import is a rename-free walk: convolutions and dense layers hold ``kernel``/``bias`` (Linen layout,
+HWIO / in-out), group norms ``scale``/``bias``, the 1x1 "network-in-network" layers ``W``/``b``, the
+Gaussian Fourier projection ``W``. Every module class names its Linen counterpart in ``linen_name``.
+
+Mixed precision: every layer takes ``dtype`` (the compute dtype, float32 by default). Parameters stay
+float32; convolutions and matmuls run in ``dtype``; group-norm statistics and the attention softmax
+are always computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_ACTIVATIONS = {
+    "swish": jax.nn.silu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "relu": jax.nn.relu,
+    "lrelu": lambda x: jax.nn.leaky_relu(x, negative_slope=0.2),
+}
+
+
+def get_act(name: str):
+    """The activation named by the reference's ``config.model.nonlinearity``."""
+    key = name.lower()
+    if key not in _ACTIVATIONS:
+        raise ValueError(f"unknown nonlinearity {name!r}; expected one of: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[key]
+
+
+def default_init(scale: float = 1.0):
+    """DDPM initialisation: variance scaling, fan-avg, uniform; ``scale=0`` means 1e-10 (reference)."""
+    scale = 1e-10 if scale == 0 else scale
+    return jax.nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def group_norm_groups(channels: int) -> int:
+    """NCSN++/DDPM++ group count ``min(C // 4, 32)``."""
+    return min(channels // 4, 32)
+
+
+class Conv(nnx.Module):
+    """``k x k`` convolution, 'SAME' padding, DDPM initialisation (Linen ``nn.Conv``)."""
+
+    linen_name = "Conv"
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, stride: int = 1,
+                 init_scale: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(default_init(init_scale)(rngs.params(), (kernel_size, kernel_size, in_ch, out_ch)))
+        self.bias = nnx.Param(jnp.zeros((out_ch,)))
+        self.stride = stride
+        self.dtype = dtype
+
+    def __call__(self, x):
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + self.bias[...].astype(self.dtype)
+
+
+class Dense(nnx.Module):
+    """Fully connected layer with DDPM initialisation (Linen ``nn.Dense``)."""
+
+    linen_name = "Dense"
+
+    def __init__(self, in_features: int, out_features: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(default_init()(rngs.params(), (in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.dtype = dtype
+
+    def __call__(self, x):
+        return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+
+class NIN(nnx.Module):
+    """Per-pixel linear map over channels ("network in network"), reference ``NIN``."""
+
+    linen_name = "NIN"
+
+    def __init__(self, in_dim: int, num_units: int, *, init_scale: float = 0.1, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.W = nnx.Param(default_init(init_scale)(rngs.params(), (in_dim, num_units)))
+        self.b = nnx.Param(jnp.zeros((num_units,)))
+        self.dtype = dtype
+
+    def __call__(self, x):
+        return x.astype(self.dtype) @ self.W[...].astype(self.dtype) + self.b[...].astype(self.dtype)
+
+
+class GroupNorm(nnx.Module):
+    """Group normalisation over NHWC inputs, eps 1e-6, statistics in float32 (Linen ``nn.GroupNorm``)."""
+
+    linen_name = "GroupNorm"
+
+    def __init__(self, channels: int, num_groups: int | None = None, *, epsilon: float = 1e-6,
+                 dtype=jnp.float32):
+        self.num_groups = group_norm_groups(channels) if num_groups is None else num_groups
+        if self.num_groups < 1 or channels % self.num_groups:
+            raise ValueError(f"GroupNorm: {channels} channels cannot be split into {self.num_groups} groups")
+        self.scale = nnx.Param(jnp.ones((channels,)))
+        self.bias = nnx.Param(jnp.zeros((channels,)))
+        self.epsilon = epsilon
+        self.dtype = dtype
+
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        g = self.num_groups
+        xg = x.astype(jnp.float32).reshape(b, h, w, g, c // g)
+        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
+        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
+        y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class GaussianFourierProjection(nnx.Module):
+    """Random Fourier features ``[sin(2π W s), cos(2π W s)]`` of a scalar ``s`` (W is frozen)."""
+
+    linen_name = "GaussianFourierProjection"
+
+    def __init__(self, embedding_size: int = 256, scale: float = 1.0, *, rngs: nnx.Rngs):
+        self.W = nnx.Param(scale * jax.random.normal(rngs.params(), (embedding_size,)))
+
+    def __call__(self, s):
+        w = jax.lax.stop_gradient(self.W[...])
+        proj = s.astype(jnp.float32)[:, None] * w[None, :] * (2 * math.pi)
+        return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+def timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 10000):
+    """Sinusoidal embedding of ``(B,)`` (possibly fractional) timesteps, as in DDPM and the reference."""
+    half = embedding_dim // 2
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_positions) / (half - 1)))
+    args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+    if embedding_dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def dropout(x, rate: float, key):
+    """Inverted dropout; identity when ``key`` is None (evaluation) or ``rate == 0``."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class AttnBlockpp(nnx.Module):
+    """Single-head self-attention over all pixels (NCSN++/DDPM++ ``AttnBlockpp``)."""
+
+    linen_name = "AttnBlockpp"
+
+    def __init__(self, channels: int, *, skip_rescale: bool = False, init_scale: float = 0.0,
+                 num_groups: int | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.GroupNorm_0 = GroupNorm(channels, num_groups, dtype=dtype)
+        self.NIN_0 = NIN(channels, channels, dtype=dtype, rngs=rngs)
+        self.NIN_1 = NIN(channels, channels, dtype=dtype, rngs=rngs)
+        self.NIN_2 = NIN(channels, channels, dtype=dtype, rngs=rngs)
+        self.NIN_3 = NIN(channels, channels, init_scale=init_scale, dtype=dtype, rngs=rngs)
+        self.skip_rescale = skip_rescale
+        self.dtype = dtype
+
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        hn = self.GroupNorm_0(x)
+        q = self.NIN_0(hn).reshape(b, h * w, c)
+        k = self.NIN_1(hn).reshape(b, h * w, c)
+        v = self.NIN_2(hn).reshape(b, h * w, c)
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (c ** -0.5)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bij,bjc->bic", weights, v).reshape(b, h, w, c)
+        out = self.NIN_3(out)
+        y = x.astype(self.dtype) + out
+        return y / math.sqrt(2.0) if self.skip_rescale else y
+
+
+class AttnBlock(AttnBlockpp):
+    """The DDPM attention block (32 groups, zero-init output, no rescaling), reference ``AttnBlock``."""
+
+    linen_name = "AttnBlock"
+
+    def __init__(self, channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(channels, skip_rescale=False, init_scale=0.0, num_groups=32, dtype=dtype, rngs=rngs)

@@ -1,0 +1,285 @@
+"""NCSN++ / DDPM++ (Song et al. 2021, Sec. 4 and App. H): one configurable NHWC U-Net in Flax NNX.
+
+The submodules live in one flat list, ``all_modules``, in the reference's creation order: index ``i``
+is ``all_modules.i`` of a score_sde_pytorch checkpoint, and the ``k``-th module of a kind is
+``<Kind>_k`` (``Conv_0``, ``ResnetBlockBigGANpp_3`` ...) of a score_sde Flax checkpoint. The forward
+pass walks the list in the same order, like the reference, which is what makes the import exact.
+
+Additions to the reference, off by default: a class-label embedding (``num_classes > 0``; rows
+``0..num_classes``, the last one the null label of classifier-free guidance) added to the time
+embedding, and bf16 compute (``dtype``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scoresde.models import layers, layerspp
+
+_PROGRESSIVE = ("none", "output_skip", "residual")
+_PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
+_EMBEDDINGS = ("fourier", "positional")
+_RESBLOCKS = ("ddpm", "biggan")
+
+
+def discrete_sigmas(sigma_min: float, sigma_max: float, num_scales: int):
+    """The reference's SMLD noise levels, largest first (``models.utils.get_sigmas``)."""
+    return jnp.exp(jnp.linspace(math.log(sigma_max), math.log(sigma_min), num_scales))
+
+
+def _check(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(allowed)}")
+
+
+class NCSNpp(nnx.Module):
+    """NCSN++ (VE) / DDPM++ (VP) score network.
+
+    Called as ``net(x, labels, y=None, *, train=False, key=None)`` with ``x`` of shape ``(B, H, W, C)``,
+    ``labels`` the ``(B,)`` noise conditioning (σ for the Fourier embedding, a timestep for the
+    positional one), ``y`` optional ``(B,)`` int class labels, ``key`` the dropout key for training.
+
+    Args mirror the reference's ``config.model`` fields; in addition ``image_size``, ``num_channels``
+    and ``centered`` come from ``config.data``, ``sigmas`` is the discrete σ table used by
+    ``scale_by_sigma`` with positional embeddings (the output is divided by ``sigmas[int(label)]``).
+    """
+
+    def __init__(self, *, image_size: int, num_channels: int = 3, centered: bool = False, nf: int = 128,
+                 ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
+                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
+                 conditional: bool = True, fir: bool = False, fir_kernel: Sequence[int] = (1, 3, 3, 1),
+                 skip_rescale: bool = True, resblock_type: str = "biggan", progressive: str = "none",
+                 progressive_input: str = "none", progressive_combine: str = "sum",
+                 embedding_type: str = "positional", fourier_scale: float = 16.0, init_scale: float = 0.0,
+                 scale_by_sigma: bool = False, sigma_range=None, nonlinearity: str = "swish",
+                 num_classes: int = 0, dtype=jnp.float32, rngs: nnx.Rngs):
+        resblock_type, progressive = resblock_type.lower(), progressive.lower()
+        progressive_input, progressive_combine = progressive_input.lower(), progressive_combine.lower()
+        embedding_type = embedding_type.lower()
+        _check("resblock_type", resblock_type, _RESBLOCKS)
+        _check("progressive", progressive, _PROGRESSIVE)
+        _check("progressive_input", progressive_input, _PROGRESSIVE_INPUT)
+        _check("progressive_combine", progressive_combine, ("sum", "cat"))
+        _check("embedding_type", embedding_type, _EMBEDDINGS)
+        if scale_by_sigma and embedding_type == "positional" and sigma_range is None:
+            raise ValueError("scale_by_sigma with a positional embedding needs sigma_range=(min, max, N)")
+        dtype = jnp.dtype(dtype)
+        self.act = act = layers.get_act(nonlinearity)
+        self.nf, self.num_res_blocks, self.num_resolutions = nf, num_res_blocks, len(ch_mult)
+        self.all_resolutions = tuple(image_size // 2 ** i for i in range(len(ch_mult)))
+        self.attn_resolutions = tuple(attn_resolutions)
+        self.conditional, self.centered, self.scale_by_sigma = conditional, centered, scale_by_sigma
+        self.resblock_type, self.embedding_type = resblock_type, embedding_type
+        self.progressive, self.progressive_input = progressive, progressive_input
+        self.skip_rescale, self.num_classes, self.dtype = skip_rescale, num_classes, dtype
+        self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]),
+                                                             int(sigma_range[2]))
+        temb_dim = nf * 4
+        kw = dict(dtype=dtype, rngs=rngs)
+
+        m = []
+        # Parameter-free pyramid resamplers: the Flax reference creates one per use (they count in its
+        # module names), the PyTorch one shares a single instance outside its module list.
+        torch_absent = []
+        if embedding_type == "fourier":
+            m.append(layers.GaussianFourierProjection(nf, fourier_scale, rngs=rngs))
+            embed_dim = 2 * nf
+        else:
+            embed_dim = nf
+        if conditional:
+            m.append(layers.Dense(embed_dim, temb_dim, **kw))
+            m.append(layers.Dense(temb_dim, temb_dim, **kw))
+
+        def attn(ch):
+            return layers.AttnBlockpp(ch, skip_rescale=skip_rescale, init_scale=init_scale, **kw)
+
+        def resblock(in_ch, out_ch=None, up=False, down=False):
+            common = dict(temb_dim=temb_dim if conditional else None, dropout=dropout, init_scale=init_scale,
+                          skip_rescale=skip_rescale, **kw)
+            if resblock_type == "ddpm":
+                return layerspp.ResnetBlockDDPMpp(act, in_ch, out_ch, **common)
+            return layerspp.ResnetBlockBigGANpp(act, in_ch, out_ch, up=up, down=down, fir=fir,
+                                                fir_kernel=fir_kernel, **common)
+
+        resample = dict(fir=fir, fir_kernel=fir_kernel, **kw)
+        channels = num_channels
+        input_pyramid_ch = channels
+        m.append(layers.Conv(channels, nf, 3, **kw))
+        hs_c = [nf]
+        in_ch = nf
+        for i_level in range(self.num_resolutions):
+            for _ in range(num_res_blocks):
+                out_ch = nf * ch_mult[i_level]
+                m.append(resblock(in_ch, out_ch))
+                in_ch = out_ch
+                if self.all_resolutions[i_level] in self.attn_resolutions:
+                    m.append(attn(in_ch))
+                hs_c.append(in_ch)
+            if i_level != self.num_resolutions - 1:
+                if resblock_type == "ddpm":
+                    m.append(layerspp.Downsample(in_ch, with_conv=resamp_with_conv, **resample))
+                else:
+                    m.append(resblock(in_ch, down=True))
+                if progressive_input == "input_skip":
+                    torch_absent.append(len(m))
+                    m.append(layerspp.Downsample(input_pyramid_ch, with_conv=False, **resample))
+                    m.append(layerspp.Combine(input_pyramid_ch, in_ch, method=progressive_combine, **kw))
+                    if progressive_combine == "cat":
+                        in_ch *= 2
+                elif progressive_input == "residual":
+                    m.append(layerspp.Downsample(input_pyramid_ch, in_ch, with_conv=True, **resample))
+                    input_pyramid_ch = in_ch
+                hs_c.append(in_ch)
+
+        in_ch = hs_c[-1]
+        m.append(resblock(in_ch))
+        m.append(attn(in_ch))
+        m.append(resblock(in_ch))
+
+        pyramid_ch = 0
+        for i_level in reversed(range(self.num_resolutions)):
+            for _ in range(num_res_blocks + 1):
+                out_ch = nf * ch_mult[i_level]
+                m.append(resblock(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            if self.all_resolutions[i_level] in self.attn_resolutions:
+                m.append(attn(in_ch))
+            if progressive != "none":
+                if i_level == self.num_resolutions - 1:
+                    m.append(layers.GroupNorm(in_ch, dtype=dtype))
+                    if progressive == "output_skip":
+                        m.append(layers.Conv(in_ch, channels, 3, init_scale=init_scale, **kw))
+                        pyramid_ch = channels
+                    else:
+                        m.append(layers.Conv(in_ch, in_ch, 3, **kw))
+                        pyramid_ch = in_ch
+                elif progressive == "output_skip":
+                    torch_absent.append(len(m))
+                    m.append(layerspp.Upsample(pyramid_ch, with_conv=False, **resample))
+                    m.append(layers.GroupNorm(in_ch, dtype=dtype))
+                    m.append(layers.Conv(in_ch, channels, 3, init_scale=init_scale, **kw))
+                    pyramid_ch = channels
+                else:
+                    m.append(layerspp.Upsample(pyramid_ch, in_ch, with_conv=True, **resample))
+                    pyramid_ch = in_ch
+            if i_level != 0:
+                if resblock_type == "ddpm":
+                    m.append(layerspp.Upsample(in_ch, with_conv=resamp_with_conv, **resample))
+                else:
+                    m.append(resblock(in_ch, up=True))
+        assert not hs_c
+
+        if progressive != "output_skip":
+            m.append(layers.GroupNorm(in_ch, dtype=dtype))
+            m.append(layers.Conv(in_ch, channels, 3, init_scale=init_scale, **kw))
+        self.all_modules = nnx.List(m)
+        self.torch_absent = tuple(torch_absent)
+        self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=rngs) if num_classes > 0 else None
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def _block_key(self, key, i):
+        return None if key is None else jax.random.fold_in(key, i)
+
+    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+        if train and key is None and any(getattr(m, "rate", 0.0) > 0 for m in self.all_modules):
+            raise ValueError("train=True with dropout needs a PRNG `key`")
+        key = key if train else None
+        mods = iter(enumerate(self.all_modules))
+
+        def nxt():
+            return next(mods)[1]
+
+        def block(h, temb):
+            i, mod = next(mods)
+            return mod(h, temb, key=self._block_key(key, i))
+
+        if self.embedding_type == "fourier":
+            used_sigmas = labels
+            temb = nxt()(jnp.log(labels))
+        else:
+            temb = layers.timestep_embedding(labels, self.nf)
+            if self.scale_by_sigma:
+                used_sigmas = discrete_sigmas(*self.sigma_range)[labels.astype(jnp.int32)]
+        if self.conditional:
+            temb = nxt()(temb)
+            temb = nxt()(self.act(temb))
+        else:
+            temb = None
+        if self.label_embed is not None:
+            if y is None:
+                y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)
+            yemb = self.label_embed(y).astype(self.dtype)
+            temb = yemb if temb is None else temb + yemb
+        elif y is not None:
+            raise ValueError("class labels `y` given to a network built with num_classes=0")
+
+        if not self.centered:
+            x = 2 * x - 1.0
+        input_pyramid = x if self.progressive_input != "none" else None
+
+        hs = [nxt()(x)]
+        for i_level in range(self.num_resolutions):
+            for _ in range(self.num_res_blocks):
+                h = block(hs[-1], temb)
+                if self.all_resolutions[i_level] in self.attn_resolutions:
+                    h = nxt()(h)
+                hs.append(h)
+            if i_level != self.num_resolutions - 1:
+                h = nxt()(hs[-1]) if self.resblock_type == "ddpm" else block(hs[-1], temb)
+                if self.progressive_input == "input_skip":
+                    input_pyramid = nxt()(input_pyramid)
+                    h = nxt()(input_pyramid, h)
+                elif self.progressive_input == "residual":
+                    input_pyramid = self._skip(nxt()(input_pyramid), h)
+                    h = input_pyramid
+                hs.append(h)
+
+        h = hs[-1]
+        h = block(h, temb)
+        h = nxt()(h)
+        h = block(h, temb)
+
+        pyramid = None
+        for i_level in reversed(range(self.num_resolutions)):
+            for _ in range(self.num_res_blocks + 1):
+                h = block(jnp.concatenate([h, hs.pop().astype(h.dtype)], axis=-1), temb)
+            if self.all_resolutions[i_level] in self.attn_resolutions:
+                h = nxt()(h)
+            if self.progressive != "none":
+                if i_level == self.num_resolutions - 1:
+                    pyramid = self.act(nxt()(h))
+                    pyramid = nxt()(pyramid)
+                elif self.progressive == "output_skip":
+                    pyramid = nxt()(pyramid)
+                    pyramid_h = self.act(nxt()(h))
+                    pyramid = pyramid + nxt()(pyramid_h)
+                else:
+                    pyramid = self._skip(nxt()(pyramid), h)
+                    h = pyramid
+            if i_level != 0:
+                h = nxt()(h) if self.resblock_type == "ddpm" else block(h, temb)
+        assert not hs
+
+        if self.progressive == "output_skip":
+            h = pyramid
+        else:
+            h = self.act(nxt()(h))
+            h = nxt()(h)
+        assert next(mods, None) is None, "module walk out of sync with construction"
+
+        h = h.astype(jnp.float32)
+        if self.scale_by_sigma:
+            h = h / used_sigmas.astype(jnp.float32)[:, None, None, None]
+        return h
+
+    def _skip(self, a, b):
+        s = a + b.astype(a.dtype)
+        return s / math.sqrt(2.0) if self.skip_rescale else s
