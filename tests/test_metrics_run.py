@@ -1,0 +1,187 @@
+"""The FID/IS/KID protocol end to end with a tiny stand-in feature extractor (the real weights are not here)."""
+
+import glob
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from scoresde.metrics import frechet_distance, inception_score, kernel_distance
+from scoresde.metrics import run as metrics_run
+
+
+def standin_feature_fn(images):
+    """A deterministic 16-d linear feature and 10 logits of uint8 images (any shape)."""
+    assert images.dtype == np.uint8
+    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    rng = np.random.default_rng(x.shape[1])
+    proj, head = rng.standard_normal((x.shape[1], 16)) / np.sqrt(x.shape[1]), rng.standard_normal((16, 10))
+    feats = x @ proj
+    return feats.astype(np.float32), (feats @ head).astype(np.float32)
+
+
+standin_feature_fn.name = "standin_linear16"
+
+
+def _digits_uint8(split):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    test = np.arange(len(d.images)) % 10 == 0
+    images = d.images[test if split == "test" else ~test] / 16.0
+    return np.clip(images[..., None] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _config(tmp_path, **eval_overrides):
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(dataset="digits", image_size=8, num_channels=1, centered=True,
+                                            uniform_dequantization=True, random_flip=True))
+    c.sampling = ml_collections.ConfigDict(dict(method="pc", predictor="euler_maruyama", corrector="none"))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_samples=180, sample_batch_size=8,
+                                            inception_batch_size=100, stats_split="train",
+                                            fid_stats_path=str(tmp_path / "stats" / "digits_train.npz"),
+                                            stats_max_features=5000, kid_subsets=20, kid_subset_size=50))
+    c.eval.update(eval_overrides)
+    return c
+
+
+def test_fid_stats_covers_the_whole_split_as_uint8(tmp_path):
+    # Dequantisation and flips are on in the training config: the statistics must ignore them.
+    config = _config(tmp_path)
+    summary = metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+    data = _digits_uint8("train")
+    assert len(data) == 1617 and len(data) % config.eval.inception_batch_size  # a last partial batch
+    assert summary["num_examples"] == len(data) and summary["features_kept"]
+    with np.load(config.eval.fid_stats_path) as f:
+        pool, _ = standin_feature_fn(data)
+        np.testing.assert_allclose(f["mu"], pool.astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(f["sigma"], np.cov(pool.astype(np.float64), rowvar=False), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(f["pool_3"], pool)
+        assert str(f["feature_extractor"]) == "standin_linear16" and int(f["num_examples"]) == 1617
+    # Above the cap only the moments are kept.
+    small = _config(tmp_path, stats_max_features=1000, fid_stats_path=str(tmp_path / "capped.npz"))
+    metrics_run.fid_stats(small, str(tmp_path), feature_fn=standin_feature_fn)
+    with np.load(small.eval.fid_stats_path) as f:
+        assert "pool_3" not in f.files and int(f["num_examples"]) == 1617
+
+
+def test_accumulator_merge_equals_one_pass():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 5)) * 3 + 100.0  # a large mean: the shifted sums keep the covariance exact
+    a, b, whole = (metrics_run.FeatureAccumulator() for _ in range(3))
+    a.add(x[:120])
+    b.add(x[120:200])
+    b.add(x[200:])
+    a.merge(b)
+    whole.add(x)
+    for acc in (a, whole):
+        mu, sigma = acc.statistics()
+        np.testing.assert_allclose(mu, x.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(sigma, np.cov(x, rowvar=False), rtol=1e-9)
+    np.testing.assert_array_equal(a.pool, x.astype(np.float32))
+
+
+def _write_sample_files(workdir, images, sizes, nfe=None):
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    start = 0
+    for i, n in enumerate(sizes):
+        extra = {} if nfe is None else {"nfe": np.int64(nfe)}
+        np.savez(os.path.join(workdir, "samples", f"samples_{i}.npz"), samples=images[start:start + n], **extra)
+        start += n
+
+
+def test_evaluate_sample_files(tmp_path, capsys):
+    config = _config(tmp_path)
+    metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+    workdir = str(tmp_path / "run")
+    samples = _digits_uint8("test")  # 180 held-out digits as "samples"
+    # samples_10 must come after samples_9 (natural order): IS depends on the order through its splits.
+    _write_sample_files(workdir, samples, [8] * 10 + [100], nfe=37)
+    report = metrics_run.evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
+
+    with np.load(config.eval.fid_stats_path) as f:
+        ref = {k: f[k] for k in f.files}
+    pool, logits = standin_feature_fn(samples)
+    p64 = pool.astype(np.float64)
+    np.testing.assert_allclose(report["fid"], frechet_distance(p64.mean(0), np.cov(p64, rowvar=False), ref["mu"],
+                                                               ref["sigma"]), rtol=1e-6)
+    np.testing.assert_allclose(report["inception_score"], inception_score(logits, splits=10), rtol=1e-6)
+    np.testing.assert_allclose(report["kid"], kernel_distance(pool, ref["pool_3"], num_subsets=20, subset_size=50),
+                               rtol=1e-6)
+    assert report["num_samples"] == 180 and report["nfe"] == 37
+    assert report["sampler"]["method"] == "pc"
+    assert {m["name"] for m in report["metrics"]} == {"fid", "inception_score", "inception_score_std", "kid",
+                                                       "kid_std"}
+    assert all(m["nfe"] == 37 and m["sampler"]["predictor"] == "euler_maruyama" for m in report["metrics"])
+    assert any("fewer than the 50,000" in w for w in report["warnings"])
+    assert "50,000" in capsys.readouterr().err  # loud, not only in the file
+    on_disk = json.load(open(report["path"]))
+    assert on_disk["fid"] == report["fid"] and on_disk["nfe"] == 37
+    assert glob.glob(os.path.join(workdir, "eval", "events.out.tfevents.*"))
+
+    # Held-out data are much closer to the training statistics than noise is.
+    noise = np.random.default_rng(0).integers(0, 256, samples.shape, dtype=np.uint8)
+    noisy_dir = str(tmp_path / "noise")
+    _write_sample_files(noisy_dir, noise, [180])
+    noisy = metrics_run.evaluate_samples(config, noisy_dir, feature_fn=standin_feature_fn)
+    assert noisy["fid"] > 20 * report["fid"] and noisy["kid"] > 20 * report["kid"]
+    assert noisy["nfe"] is None and any("no 'nfe'" in w for w in noisy["warnings"])
+
+
+def test_sampling_rounds_resume(tmp_path):
+    config = _config(tmp_path, num_samples=10, sample_batch_size=4, is_splits=2)
+    metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+    calls = []
+
+    def sampler(key):
+        calls.append(key)
+        return np.asarray(jax.random.uniform(key, (4, 8, 8, 1))), 11
+
+    workdir = str(tmp_path / "run")
+    first = metrics_run.evaluate_samples(config, workdir, standin_feature_fn, sampler=sampler, step=3)
+    assert len(calls) == 3 and first["num_samples"] == 10 and first["nfe"] == 11 and first["step"] == 3
+    rounds = sorted(glob.glob(os.path.join(workdir, "eval_samples", "step_3", "round_*.npz")))
+    assert len(rounds) == 3
+    # Kill-and-resume: one round lost, one cut short. Only those two are sampled again, with the same keys.
+    os.remove(rounds[1])
+    with open(rounds[2], "r+b") as f:
+        f.truncate(20)
+    calls.clear()
+    again = metrics_run.evaluate_samples(config, workdir, standin_feature_fn, sampler=sampler, step=3)
+    assert len(calls) == 2
+    assert again["fid"] == first["fid"] and again["inception_score"] == first["inception_score"]
+    assert again["sampling"]["resumed_rounds"] == 1
+    assert os.path.exists(os.path.join(workdir, "eval", "metrics_step_3.json"))
+
+
+def test_missing_reference_stats_is_a_clear_error(tmp_path):
+    config = _config(tmp_path)
+    _write_sample_files(str(tmp_path), _digits_uint8("test"), [180])
+    with pytest.raises(FileNotFoundError, match="--mode=fid_stats"):
+        metrics_run.evaluate_samples(config, str(tmp_path), feature_fn=standin_feature_fn)
+
+
+def test_unknown_feature_extractor_is_refused(tmp_path):
+    config = _config(tmp_path, feature_extractor="dinov2")
+    with pytest.raises(ValueError, match="feature_extractor 'dinov2'"):
+        metrics_run.get_feature_fn(config)
+
+
+def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
+    # The real feature_fn on random weights: 3 images with a compiled batch of 2 -> one padded call.
+    from scoresde.metrics import weights as W
+    from test_metrics_inception import random_torch_state_dict
+
+    path = str(tmp_path / "w.npz")
+    W.save_params(path, W.torch_state_dict_to_params(random_torch_state_dict(seed=9)))
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    fn = metrics_run.inception_feature_fn(path, batch_size=2)
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    pool, logits = fn(images)
+    assert pool.shape == (3, 2048) and logits.shape == (3, 1008)
+    pool1, _ = fn(images[2:])
+    np.testing.assert_allclose(pool1[0], pool[2], rtol=1e-5, atol=1e-6)
