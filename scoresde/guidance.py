@@ -317,8 +317,8 @@ def _conditional_sample(score_fn, projection_fn, sde, key, *, method, init, fixe
     from scoresde import sampling  # noqa: PLC0415  (guidance does not need the samplers to import)
 
     if method == "ode":
-        raise ValueError("inpainting/colorization replace part of the state after every step, which an "
-                         "adaptive diffrax solve does not expose; use method='ddim', 'dpm_solver++', "
+        raise ValueError("method 'ode' cannot inpaint/colorize: the known part is replaced after every step, "
+                         "which an adaptive diffrax solve does not expose; use method='ddim', 'dpm_solver++', "
                          "'dpm_solver' or 'edm_heun' for a deterministic sampler, or 'pc'")
     if method not in sampling.METHODS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of: {', '.join(sampling.METHODS)}")

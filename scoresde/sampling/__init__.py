@@ -19,6 +19,9 @@ Methods and their options (defaults in brackets):
   ``S_noise`` [1], ``rho`` [7], ``grid`` [edm].
 * For ddim / dpm_solver / dpm_solver++ / edm_heun, ``denoise`` [False] adds one final Tweedie step
   ``E[x_0 | x_eps]`` (1 NFE).
+* Every method but ``ode``: ``project_fn`` [None], a ``project_fn(x, t, key) -> x`` applied to the state
+  after each step (``t`` the time the step reached), the hook of inpainting / colorization
+  (:mod:`scoresde.guidance`). A pytree callable (e.g. an ``equinox.Module``) has its arrays traced.
 
 Default ``eps``: 1e-3 for VP / sub-VP, 1e-5 for VE (the reference's sampling eps).
 
@@ -55,13 +58,13 @@ __all__ = ["METHODS", "GRIDS", "sample", "get_sampling_fn", "encode", "decode", 
 # method -> {option: default}. Floats are traced; everything else is static (see module docstring).
 _OPTIONS = {
     "pc": dict(predictor="euler_maruyama", corrector="none", snr=0.16, n_steps=1, steps=None, denoise=True,
-               probability_flow=False, corrector_first=True),
+               probability_flow=False, corrector_first=True, project_fn=None),
     "ode": dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096, denoise=False),
-    "ddim": dict(steps=50, eta=0.0, grid="uniform_t", denoise=False),
-    "dpm_solver": dict(steps=10, order=2, grid="log_snr", denoise=False),
-    "dpm_solver++": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False),
+    "ddim": dict(steps=50, eta=0.0, grid="uniform_t", denoise=False, project_fn=None),
+    "dpm_solver": dict(steps=10, order=2, grid="log_snr", denoise=False, project_fn=None),
+    "dpm_solver++": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
     "edm_heun": dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
-                     denoise=False),
+                     denoise=False, project_fn=None),
 }
 _FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho")
 

@@ -30,6 +30,13 @@ from scoresde.sde import batch_mul
 __all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "edm_heun"]
 
 
+def _project(project_fn, x, t, key, i):
+    """The optional ``project_fn(x, t, key)`` hook (inpainting / colorization) after a step that reached ``t``."""
+    if project_fn is None:
+        return x
+    return project_fn(x, t, jax.random.fold_in(jax.random.fold_in(key, i), 7919))
+
+
 def _coef(sde, t, x):
     """Scalar ``alpha``, ``sigma``, ``lambda`` at a scalar time, as ``(B,)`` arrays for ``batch_mul``."""
     tv = jnp.full((x.shape[0],), t, dtype=x.dtype)
@@ -48,7 +55,7 @@ def _x0_pred(score_fn, sde, x, t, nfe):
     return score_to_denoiser(score, x, alpha, sigma), nfe
 
 
-def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0):
+def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, project_fn=None):
     """DDIM (Song et al. 2021a, eq. 12) generalised to any linear SDE; one NFE per step.
 
     ``x_t = alpha_t x0 + sqrt(sigma_t² - c²) eps + c z`` with ``c = eta sigma_t sqrt(1 - e^{-2h})``
@@ -67,20 +74,19 @@ def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0):
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
         x = (batch_mul(a_t, x0) + batch_mul(s_t * jnp.sqrt(jnp.maximum(1.0 - frac, 0.0)), eps)
              + batch_mul(s_t * jnp.sqrt(frac), z))
-        return (x, nfe), None
+        return (_project(project_fn, x, t, key, i), nfe), None
 
     idx = jnp.arange(ts.shape[0] - 1)
     (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[:-1], ts[1:]))
     return x, nfe
 
 
-def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2):
+def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, project_fn=None):
     """Singlestep DPM-Solver-``order`` (noise prediction), ``order`` NFE per step.
 
     Intermediate times are placed at ``lambda_s + r h`` with ``r = 1/2`` (order 2) and
     ``r1, r2 = 1/3, 2/3`` (order 3), as the paper recommends. Order 1 equals DDIM with ``eta = 0``.
     """
-    del key
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver order must be 1, 2 or 3; got {order!r}")
 
@@ -89,14 +95,18 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2):
 
     def step(carry, inp):
         x, nfe = carry
-        s, t = inp
+        i, s, t = inp
+        x, nfe = _dpm_step(x, nfe, s, t)
+        return (_project(project_fn, x, t, key, i), nfe), None
+
+    def _dpm_step(x, nfe, s, t):
         a_s, s_s, l_s = _coef(sde, s, x)
         a_t, s_t, l_t = _coef(sde, t, x)
         h = l_t - l_s
         eps_s, nfe = _eps_pred(score_fn, sde, x, s, nfe)
         base = batch_mul(a_t / a_s, x) - batch_mul(s_t * jnp.expm1(h), eps_s)
         if order == 1:
-            return (base, nfe), None
+            return base, nfe
         r1 = 0.5 if order == 2 else 1.0 / 3.0
         s1 = t_at(l_s[0] + r1 * h[0])
         a_1, s_1, _ = _coef(sde, s1, x)
@@ -105,7 +115,7 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2):
         d1 = e1 - eps_s
         if order == 2:
             x_t = base - batch_mul(s_t / (2.0 * r1) * jnp.expm1(h), d1)
-            return (x_t, nfe), None
+            return x_t, nfe
         r2 = 2.0 / 3.0
         s2 = t_at(l_s[0] + r2 * h[0])
         a_2, s_2, _ = _coef(sde, s2, x)
@@ -115,19 +125,18 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2):
         e2, nfe = _eps_pred(score_fn, sde, u2, s2, nfe)
         d2 = e2 - eps_s
         x_t = base - batch_mul(s_t / r2 * (jnp.expm1(h) / h - 1.0), d2)
-        return (x_t, nfe), None
+        return x_t, nfe
 
-    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (ts[:-1], ts[1:]))
+    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
     return x, nfe
 
 
-def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True):
+def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, project_fn=None):
     """Multistep DPM-Solver++ (data prediction), ``order`` 1 or 2 (2M); one NFE per step.
 
     The first step is first order (no history yet). With ``lower_order_final`` and fewer than 15 steps
     the last step is first order too, as the authors' implementation does for stability.
     """
-    del key
     if order not in (1, 2):
         raise ValueError(f"dpm_solver++ order must be 1 or 2 (multistep 2M); got {order!r}")
     steps = ts.shape[0] - 1
@@ -150,7 +159,7 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
         else:
             d = x0
         x_t = batch_mul(s_t / s_s, x) - batch_mul(a_t * jnp.expm1(-h), d)
-        return (x_t, x0, h, nfe), None
+        return (_project(project_fn, x_t, t, key, i), x0, h, nfe), None
 
     idx = jnp.arange(steps)
     h0 = jnp.zeros((x.shape[0],), x.dtype)
@@ -158,7 +167,8 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
     return x, nfe
 
 
-def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0):
+def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0,
+             project_fn=None):
     """Karras et al. (2022) Algorithm 2 in the scaled coordinates ``x / alpha`` with noise level ``sigma / alpha``.
 
     Every step is a Heun step (2 NFE): the grid ends at ``eps > 0`` where the noise level is positive,
@@ -192,6 +202,9 @@ def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=
         xb_next = xb_hat + (sig_next - sig_hat) * d
         d2, nfe = d_fn(xb_next, t_next, sig_next, nfe)
         xb_next = xb_hat + (sig_next - sig_hat) * 0.5 * (d + d2)
+        if project_fn is not None:  # the hook acts on x = alpha xbar
+            a_next = sde.alpha(jnp.full((xb.shape[0],), t_next, dtype))
+            xb_next = batch_mul(1.0 / a_next, _project(project_fn, batch_mul(a_next, xb_next), t_next, key, i))
         return (xb_next, nfe), None
 
     a_hi = sde.alpha(jnp.full((x.shape[0],), ts[0], dtype))

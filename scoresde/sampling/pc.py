@@ -119,8 +119,19 @@ def _none_corrector(sde, score_fn, key, x, t, nfe, snr, n_steps):
     return x, x, nfe
 
 
+def _projected(update, project_fn, is_predictor):
+    """``update`` followed by ``project_fn`` on the new state (its noise key folded from the step's key)."""
+
+    def fn(sde, score_fn, key, x, t, nfe, *args):
+        x, x_mean, nfe = update(sde, score_fn, key, x, t, nfe, *args)
+        t_reached = jnp.maximum(t - sde.T / sde.N, 0.0) if is_predictor else t
+        return project_fn(x, t_reached, jax.random.fold_in(key, 7919)), x_mean, nfe
+
+    return fn
+
+
 def pc_sample(score_fn, sde, x, key, nfe, *, eps, predictor="euler_maruyama", corrector="none", snr=0.16,
-              n_steps=1, steps=None, denoise=True, probability_flow=False, corrector_first=True):
+              n_steps=1, steps=None, denoise=True, probability_flow=False, corrector_first=True, project_fn=None):
     """Runs the PC sampler from the prior draw ``x`` at ``T`` down to ``eps``.
 
     Args:
@@ -138,6 +149,9 @@ def pc_sample(score_fn, sde, x, key, nfe, *, eps, predictor="euler_maruyama", co
         denoise: return the last predictor mean (the reference's ``noise_removal``).
         probability_flow: predictors follow the probability-flow ODE instead of the reverse SDE.
         corrector_first: corrector then predictor at each grid point (the reference), else the reverse.
+        project_fn: optional ``project_fn(x, t, key) -> x`` applied to the state after every corrector
+            and predictor step (inpainting / colorization, :mod:`scoresde.guidance`), with ``t`` the time
+            the step reached: ``t_i`` after the corrector, ``t_i - T/N`` (clipped at 0) after the predictor.
 
     Returns:
         ``(samples, nfe)``.
@@ -160,6 +174,9 @@ def pc_sample(score_fn, sde, x, key, nfe, *, eps, predictor="euler_maruyama", co
     predict, correct = predictors[predictor], correctors[corrector]
     snr = jnp.asarray(snr, x.dtype)
     timesteps = jnp.linspace(jnp.asarray(sde.T, x.dtype), jnp.asarray(eps, x.dtype), sde.N)
+
+    if project_fn is not None:
+        correct, predict = _projected(correct, project_fn, False), _projected(predict, project_fn, True)
 
     def body(i, carry):
         x, x_mean, nfe = carry
