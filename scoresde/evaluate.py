@@ -76,16 +76,26 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
                                   bool(config.sampling.get("noise_removal", True)))
 
 
-def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None):
-    """A jitted ``fn(params, key) -> (samples in data space [0, 1], nfe)``, sharded over the mesh."""
+def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None):
+    """A jitted ``fn(params, key, guidance_scale=None) -> (samples in data space [0, 1], nfe)``, sharded over the mesh.
+
+    ``config.sampling.guidance`` (none | cfg | classifier, :func:`scoresde.guidance_train.guided_score_fn`)
+    guides the samples; ``guidance_scale`` overrides ``config.sampling.guidance_scale`` as a traced value.
+    Classifier guidance needs ``classifier``; without one (snapshots during training) sampling is unguided.
+    """
+    from scoresde.guidance_train import guided_score_fn  # noqa: PLC0415
     from scoresde.train import make_score_fn, sampling_eps  # noqa: PLC0415
 
     shape = (num_samples,) + data_lib.data_shape(config)
     sampler = get_sampling_fn(config, sde, shape, data_lib.get_data_inverse_scaler(config), sampling_eps(sde))
+    unguided = classifier is None and str(config.sampling.get("guidance", "none")).lower() == "classifier"
 
-    def fn(params, key):
+    def fn(params, key, guidance_scale=None):
         model = nnx.merge(graphdef, params, rest)
-        return sampler(key, make_score_fn(model, sde, config))
+        if unguided:
+            return sampler(key, make_score_fn(model, sde, config))
+        return sampler(key, guided_score_fn(config, model, sde, num_samples, classifier=classifier,
+                                            scale=guidance_scale))
 
     mesh = mesh or parallel.make_mesh()
     out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
@@ -169,7 +179,12 @@ def sample(config, workdir: str) -> dict:
     total = int(config.eval.num_samples)
     batch = min(int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size), total)
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
-    sample_fn = make_sample_fn(config, sde, graphdef, rest, batch, mesh)
+    classifier = None
+    if str(config.sampling.get("guidance", "none")).lower() == "classifier":
+        from scoresde.guidance_train import load_classifier  # noqa: PLC0415
+
+        classifier, _ = load_classifier(workdir, config)
+    sample_fn = make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier)
     out_dir = os.path.join(workdir, "samples")
     os.makedirs(out_dir, exist_ok=True)
     key = jax.random.fold_in(jax.random.key(int(config.seed)), 5)

@@ -63,7 +63,7 @@ from scoresde.sde import batch_mul
 
 __all__ = [
     "classifier_guidance", "classifier_free_guidance", "gamma_from_w", "w_from_gamma",
-    "ClassifierGuidedScore", "ClassifierFreeGuidedScore", "class_log_prob_grad",
+    "ClassifierGuidedScore", "ClassifierFreeGuidedScore", "class_log_prob_grad", "drop_labels",
     "COLOR_BASIS", "Replacement", "inpainting_projection", "colorization_projection", "initial_state",
     "inpaint", "colorize", "to_gray",
 ]
@@ -179,6 +179,16 @@ def classifier_free_guidance(cond_score_fn: Callable, y, w, null_label: int) -> 
         raise ValueError(f"null_label must be a Python int (the unconditional label); got {null_label!r}")
     return ClassifierFreeGuidedScore(cond_score_fn, jnp.asarray(y, jnp.int32), jnp.asarray(w, jnp.float32),
                                      int(null_label))
+
+
+def drop_labels(key, y, p_uncond, null_label: int):
+    """Label dropout for classifier-free guidance training: each label becomes ``null_label`` w.p. ``p_uncond``.
+
+    One network trained on these labels gives the conditional (``y``) and unconditional (``null_label``)
+    scores (Ho & Salimans 2022; ``p_∅`` of the notes).
+    """
+    drop = jax.random.bernoulli(key, p_uncond, y.shape)
+    return jnp.where(drop, jnp.asarray(null_label, y.dtype), y)
 
 
 # ------------------------------------------------------------------------------ inpainting / colorization

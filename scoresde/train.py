@@ -161,6 +161,22 @@ def check_workdir(workdir: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- the step
 
+def class_labels(config, batch, key):
+    """Class labels for a class-conditional model (``config.model.num_classes > 0``), else ``None``.
+
+    With ``config.training.p_uncond > 0`` each label is replaced by the null label ``num_classes``
+    with that probability (classifier-free guidance training, :func:`scoresde.guidance.drop_labels`).
+    """
+    num_classes = int(config.model.get("num_classes", 0) or 0)
+    if num_classes <= 0:
+        return None
+    from scoresde.guidance import drop_labels  # noqa: PLC0415
+
+    y = batch["label"].astype(jnp.int32)
+    p_uncond = float(config.training.get("p_uncond", 0.0))
+    return drop_labels(key, y, p_uncond, num_classes) if p_uncond > 0 else y
+
+
 def make_train_step(config, sde, graphdef, rest, tx, mesh, root_key):
     """The jitted ``step(state, batch) -> (state, metrics)`` over the mesh."""
     loss_fn = make_loss_fn(config, sde)
@@ -171,10 +187,11 @@ def make_train_step(config, sde, graphdef, rest, tx, mesh, root_key):
     def step_fn(state, batch):
         key = jax.random.fold_in(root_key, state["step"])
         k_loss, k_drop = jax.random.split(key)
+        y = class_labels(config, batch, jax.random.fold_in(key, 7))
 
         def objective(params):
             model = nnx.merge(graphdef, params, rest)
-            return loss_fn(lambda x, labels: model(x, labels, train=True, key=k_drop), batch["image"], k_loss)
+            return loss_fn(lambda x, labels: model(x, labels, y, train=True, key=k_drop), batch["image"], k_loss)
 
         (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
         grad_norm = optax.global_norm(grads)

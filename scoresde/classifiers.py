@@ -1,0 +1,227 @@
+"""Noise-conditional classifiers ``p_t(y | x_t)`` for classifier guidance (Flax NNX).
+
+Every classifier is called ``clf(x, noise_level) -> (B, num_classes)`` logits, where ``x`` is the
+noised data *in VE coordinates* ``x_t / alpha(t) = x_0 + (sigma(t) / alpha(t)) z`` and ``noise_level``
+is ``sigma(t) / alpha(t)`` (the EDM noise level). For the VE SDE (``alpha = 1``) this is exactly the
+reference's convention (``logits = classifier(x_t, sigma_t)``); for VP / sub-VP it lets one classifier
+read any linear SDE. :func:`classifier_log_prob_fn` does this conversion and returns the
+``log_prob_fn(x, t)`` that :func:`scoresde.guidance.classifier_guidance` takes.
+
+* ``"wrn"``: the reference's noise-conditional Wide-ResNet (``models/wideresnet_noise_conditional.py``;
+  WRN-28-10 for CIFAR-10, Song et al. 2021, App. I.1): per-image standardisation, a Gaussian Fourier
+  embedding (128 frequencies, scale 16, not trained) of ``log noise_level`` through two dense layers,
+  added after the first convolution of every block; GroupNorm + ReLU; zero-padded identity shortcuts.
+* ``"mlp"``: a residual MLP with the same Fourier embedding, for 2-D / low-dimensional data.
+
+Examples:
+    >>> clf = get_classifier(config, rngs=nnx.Rngs(0))
+    >>> log_prob_fn = classifier_log_prob_fn(clf, sde)
+    >>> guided = guidance.classifier_guidance(score_fn, log_prob_fn, y=3, scale=2.0)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scoresde.sde import batch_mul
+
+__all__ = ["FourierEmbedding", "WideResNet", "MLPClassifier", "get_classifier", "classifier_log_prob_fn",
+           "classifier_inputs"]
+
+# The reference's kaiming-normal (fan_out, gain 2) convolution init and U[-1/√n, 1/√n] final dense init.
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _dense_out_init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -1.0, 1.0) / math.sqrt(shape[1])
+
+
+class FourierEmbedding(nnx.Module):
+    """``[sin(2π W s), cos(2π W s)]`` with fixed ``W ~ N(0, scale²)`` (stored as a parameter, never trained)."""
+
+    def __init__(self, size: int = 128, scale: float = 16.0, *, rngs: nnx.Rngs):
+        self.W = nnx.Param(jax.random.normal(rngs.params(), (size,)) * scale)
+
+    def __call__(self, s):
+        proj = s[:, None] * jax.lax.stop_gradient(self.W[...])[None, :] * (2.0 * math.pi)
+        return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+def _group_norm(channels, rngs):
+    return nnx.GroupNorm(channels, num_groups=min(channels // 4, 32), epsilon=1e-5, rngs=rngs)
+
+
+class _WRNBlock(nnx.Module):
+    def __init__(self, c_in, c_out, stride, activate_before_residual, temb_dim, *, rngs):
+        self.abr = activate_before_residual
+        self.stride = stride
+        self.norm1 = _group_norm(c_in, rngs)
+        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), strides=(stride, stride), padding="SAME", use_bias=False,
+                              kernel_init=_conv_init, rngs=rngs)
+        self.temb = nnx.Linear(temb_dim, c_out, rngs=rngs)
+        self.norm2 = _group_norm(c_out, rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
+                              rngs=rngs)
+
+    def __call__(self, x, temb):
+        if self.abr:
+            x = nnx.relu(self.norm1(x))
+            block = x
+        else:
+            block = nnx.relu(self.norm1(x))
+        block = self.conv1(block)
+        block = block + self.temb(nnx.swish(temb))[:, None, None, :]
+        block = self.conv2(nnx.relu(self.norm2(block)))
+        # The reference's _output_add: average-pool and zero-pad the shortcut when the shape changes.
+        if block.shape[-1] != x.shape[-1]:
+            s = self.stride
+            x = nnx.avg_pool(x, (s, s), strides=(s, s))
+            x = jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, block.shape[-1] - x.shape[-1])])
+        return block + x
+
+
+class WideResNet(nnx.Module):
+    """The reference's noise-conditional WRN-``depth``-``width`` (depth = 6 n + 4).
+
+    Args:
+        num_classes: number of outputs.
+        in_channels: image channels.
+        depth: total depth (28 for WRN-28-10); ``(depth - 4) / 6`` blocks per group.
+        width: the channel multiplier (10 for WRN-28-10).
+        embed_size: Fourier frequencies of the noise-level embedding (128 in the reference).
+        fourier_scale: std of the Fourier frequencies (16 in the reference).
+        rngs: parameter initialisation RNGs.
+
+    Raises:
+        ValueError: if ``depth`` is not ``6 n + 4``.
+    """
+
+    def __init__(self, num_classes: int, *, in_channels: int = 3, depth: int = 28, width: int = 10,
+                 embed_size: int = 128, fourier_scale: float = 16.0, rngs: nnx.Rngs):
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6 n + 4 with n >= 1 (e.g. 10, 16, 28); got {depth}")
+        n = (depth - 4) // 6
+        temb_dim = 4 * embed_size
+        self.embed = FourierEmbedding(embed_size, fourier_scale, rngs=rngs)
+        self.temb0 = nnx.Linear(2 * embed_size, temb_dim, rngs=rngs)
+        self.temb1 = nnx.Linear(temb_dim, temb_dim, rngs=rngs)
+        self.init_conv = nnx.Conv(in_channels, 16, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
+                                  rngs=rngs)
+        blocks, c_in = [], 16
+        for g, (c, stride) in enumerate(((16 * width, 1), (32 * width, 2), (64 * width, 2))):
+            for i in range(n):
+                blocks.append(_WRNBlock(c_in, c, stride if i == 0 else 1, g == 0 and i == 0, temb_dim, rngs=rngs))
+                c_in = c
+        self.blocks = nnx.List(blocks)
+        self.final_norm = _group_norm(c_in, rngs)
+        self.out = nnx.Linear(c_in, num_classes, kernel_init=_dense_out_init, rngs=rngs)
+        self.num_classes = num_classes
+
+    def __call__(self, x, noise_level):
+        d = math.prod(x.shape[1:])
+        mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = jnp.maximum(jnp.std(x, axis=(1, 2, 3), keepdims=True), 1.0 / math.sqrt(d))
+        x = (x - mean) / std
+        temb = self.temb0(self.embed(jnp.log(noise_level)))
+        temb = self.temb1(nnx.swish(temb))
+        h = self.init_conv(x)
+        for block in self.blocks:
+            h = block(h, temb)
+        h = nnx.relu(self.final_norm(h))
+        return self.out(jnp.mean(h, axis=(1, 2)))
+
+
+class MLPClassifier(nnx.Module):
+    """``logits = MLP([x, emb(log noise_level)])`` with residual SiLU layers, for low-dimensional data.
+
+    Args:
+        dim: data dimension (inputs ``(B, D)`` or ``(B, *event)`` with ``prod == D``).
+        num_classes: number of outputs.
+        hidden, num_layers: width and number of residual hidden layers.
+        embed_size, fourier_scale: the noise-level Fourier embedding.
+        rngs: parameter initialisation RNGs.
+    """
+
+    def __init__(self, dim: int, num_classes: int, *, hidden: int = 128, num_layers: int = 3, embed_size: int = 32,
+                 fourier_scale: float = 4.0, rngs: nnx.Rngs):
+        self.embed = FourierEmbedding(embed_size, fourier_scale, rngs=rngs)
+        self.temb = nnx.Linear(2 * embed_size, hidden, rngs=rngs)
+        self.inp = nnx.Linear(dim, hidden, rngs=rngs)
+        self.hidden = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(num_layers)])
+        self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
+        self.num_classes = num_classes
+
+    def __call__(self, x, noise_level):
+        # EDM-style input scaling 1/sqrt(1 + level²) (unit data scale assumed): keeps the input O(1) at
+        # every noise level (the VE coordinates reach |x| ~ 150 at the end of a VP SDE).
+        x = batch_mul(1.0 / jnp.sqrt(1.0 + noise_level**2), x.reshape(x.shape[0], -1))
+        h = self.inp(x) + self.temb(self.embed(jnp.log(noise_level)))
+        for layer in self.hidden:
+            h = h + layer(nnx.silu(h))
+        return self.out(nnx.silu(h))
+
+
+def _data_dim(config) -> tuple[int, ...]:
+    from scoresde import data as data_lib  # noqa: PLC0415
+
+    return data_lib.data_shape(config)
+
+
+def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
+    """Builds the classifier of ``config.classifier`` (``name`` ∈ wrn | mlp) for ``config.data``.
+
+    Reads ``config.classifier``: ``name``, ``num_classes`` (default ``config.model.num_classes``) and,
+    for ``wrn``, ``depth`` [28], ``width`` [10], ``embed_size`` [128], ``fourier_scale`` [16]; for
+    ``mlp``, ``hidden`` [128], ``num_layers`` [3], ``embed_size`` [32], ``fourier_scale`` [4].
+
+    Raises:
+        ValueError: for an unknown name or a missing class count.
+    """
+    c = config.classifier
+    num_classes = int(c.get("num_classes", 0) or config.model.get("num_classes", 0))
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs config.classifier.num_classes >= 2; got {num_classes}")
+    shape = _data_dim(config)
+
+    def wrn():
+        if len(shape) != 3:
+            raise ValueError(f"classifier 'wrn' needs image data (H, W, C); got data shape {shape}")
+        return WideResNet(num_classes, in_channels=shape[-1], depth=int(c.get("depth", 28)),
+                          width=int(c.get("width", 10)), embed_size=int(c.get("embed_size", 128)),
+                          fourier_scale=float(c.get("fourier_scale", 16.0)), rngs=rngs)
+
+    def mlp():
+        return MLPClassifier(math.prod(shape), num_classes, hidden=int(c.get("hidden", 128)),
+                             num_layers=int(c.get("num_layers", 3)), embed_size=int(c.get("embed_size", 32)),
+                             fourier_scale=float(c.get("fourier_scale", 4.0)), rngs=rngs)
+
+    builders = {"wrn": wrn, "mlp": mlp}
+    name = str(c.name).lower()
+    if name not in builders:
+        raise ValueError(f"unknown classifier {c.name!r}; expected one of: {', '.join(builders)}")
+    return builders[name]()
+
+
+def classifier_inputs(sde, x, t):
+    """``(x_t / alpha(t), sigma(t) / alpha(t))``: the classifier's input and noise level (VE coordinates)."""
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    return batch_mul(1.0 / alpha, x), sigma / alpha
+
+
+def classifier_log_prob_fn(classifier, sde):
+    """``log_prob_fn(x, t) -> (B, num_classes)`` log-probabilities of a noise-conditional classifier.
+
+    Args:
+        classifier: a callable ``classifier(x_ve, noise_level) -> logits`` (e.g. from :func:`get_classifier`).
+        sde: the SDE of the sampler (its ``alpha``, ``sigma`` map ``t`` to the classifier's inputs).
+    """
+
+    def log_prob_fn(x, t):
+        xv, level = classifier_inputs(sde, x, t)
+        return jax.nn.log_softmax(classifier(xv, level), axis=-1)
+
+    return log_prob_fn
