@@ -51,6 +51,16 @@ def get_default_configs():
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = "test"
     evaluate.num_eval_batches = 0  # (scoresde) 0 = the whole test split
+    # (scoresde) sample-quality metrics (scoresde.metrics.run): FID / IS / KID
+    evaluate.inception_weights = ""  # (scoresde) .pth / .npz / .msgpack; "" = $SCORESDE_INCEPTION_WEIGHTS or cache
+    evaluate.feature_extractor = "inception"  # (scoresde) the FID Inception; others only by explicit choice
+    evaluate.inception_batch_size = 250  # (scoresde) images per compiled feature-extractor call
+    evaluate.fid_stats_path = ""  # (scoresde) "" = workdir/fid_stats/<dataset>_<split>_<size>.npz
+    evaluate.stats_split = "train"  # (scoresde) split of the reference statistics (--mode=fid_stats)
+    evaluate.stats_max_features = 50000  # (scoresde) keep pool_3 features (for KID) up to this many
+    evaluate.is_splits = 10  # (scoresde) Inception Score splits
+    evaluate.kid_subsets = 100  # (scoresde) KID subsets
+    evaluate.kid_subset_size = 1000  # (scoresde) KID subset size
 
     # data
     config.data = data = ml_collections.ConfigDict()
