@@ -29,6 +29,7 @@ MODES = {
     "sample": "scoresde.evaluate:sample",
     "likelihood": "scoresde.likelihood_run:run",
     "fid_stats": "scoresde.metrics.run:fid_stats",
+    "fid": "scoresde.metrics.run:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
     "train_classifier": "scoresde.guidance_train:train_classifier",
 }
 
