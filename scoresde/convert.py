@@ -27,6 +27,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import importlib.util
 import json
@@ -221,18 +222,19 @@ def _latest_flax_checkpoint(directory: str) -> str:
     return max(found)[1]
 
 
-def load_reference_checkpoint(path: str, config) -> dict[str, Any]:
+def load_reference_checkpoint(path: str, config, *, model: nnx.Module | None = None) -> dict[str, Any]:
     """Reads a reference checkpoint into our parameter layout.
 
     Args:
         path: a score_sde_pytorch ``.pth`` file, a score_sde Flax ``checkpoint_N`` (msgpack) file, or a
             directory of the latter (the newest is used).
         config: the checkpoint's config (ours, a reference ConfigDict or a plain dict).
+        model: the (abstract) network of ``config``, if already built.
 
     Returns:
         ``{"params": ..., "ema_params": ..., "step": int}`` with pure-dict parameter trees.
     """
-    model = abstract_model(config)
+    model = abstract_model(config) if model is None else model
     if os.path.isdir(path):
         path = _latest_flax_checkpoint(path)
     if path.endswith((".pth", ".pt")):
@@ -254,9 +256,12 @@ def load_reference_checkpoint(path: str, config) -> dict[str, Any]:
             "step": int(np.asarray(state.get("step", 0)))}
 
 
-def model_with_params(config, params: dict) -> nnx.Module:
-    """A concrete network of ``config`` holding ``params`` (a pure dict as returned above)."""
-    model = abstract_model(config)
+def model_with_params(config, params: dict, *, model: nnx.Module | None = None) -> nnx.Module:
+    """A concrete network of ``config`` holding ``params`` (a pure dict as returned above).
+
+    ``model``, if given, is an (abstract) network of ``config`` to fill in place.
+    """
+    model = abstract_model(config) if model is None else model
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
     nnx.update(model, state)
@@ -289,18 +294,26 @@ def reference_score_fn(path: str, config, ema: bool = True):
         labels and output scaling are the reference's (:func:`parameterization.reference_convention`).
     """
     config = as_config(config)
-    loaded = load_reference_checkpoint(path, config)
-    model = model_with_params(config, loaded["ema_params" if ema else "params"])
+    model = abstract_model(config)
+    loaded = load_reference_checkpoint(path, config, model=model)
+    model = model_with_params(config, loaded["ema_params" if ema else "params"], model=model)
     graphdef, state = nnx.split(model)
     sde = sde_from_config(config)
     convention = parameterization.reference_convention(sde, config.training.get("continuous", True))
 
-    @jax.jit
-    def _score(state, x, t):
-        net = nnx.merge(graphdef, state)
-        return parameterization.model_score_fn(lambda xx, labels: net(xx, labels), sde, **convention)(x, t)
+    def score_fn(x, t):
+        return _network_score(state, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32), graphdef=graphdef,
+                              sde=sde, **convention)
 
-    return lambda x, t: _score(state, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32))
+    return score_fn
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sde", "output", "time_label"))
+def _network_score(state, x, t, *, graphdef, sde, output, time_label):
+    # One compiled program per architecture and convention, shared by raw and EMA weights.
+    net = nnx.merge(graphdef, state)
+    return parameterization.model_score_fn(lambda xx, labels: net(xx, labels), sde, output=output,
+                                           time_label=time_label)(x, t)
 
 
 def main(argv=None) -> str:

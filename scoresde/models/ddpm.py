@@ -43,6 +43,7 @@ class DDPM(nnx.Module):
                                                              int(sigma_range[2]))
         self.num_classes, self.dtype = num_classes, dtype
         temb_dim = 4 * nf
+        label_rngs, rngs = rngs, layers.KeySeq(rngs.params())
         kw = dict(dtype=dtype, rngs=rngs)
 
         def resblock(in_ch, out_ch=None):
@@ -51,7 +52,8 @@ class DDPM(nnx.Module):
 
         m = []
         if conditional:
-            m += [layers.Dense(nf, temb_dim, **kw), layers.Dense(temb_dim, temb_dim, **kw)]
+            # time MLP in float32 (cheap)
+            m += [layers.Dense(nf, temb_dim, rngs=rngs), layers.Dense(temb_dim, temb_dim, rngs=rngs)]
         m.append(layers.Conv(num_channels, nf, 3, **kw))
         hs_c = [nf]
         in_ch = nf
@@ -81,7 +83,7 @@ class DDPM(nnx.Module):
         m.append(layers.GroupNorm(in_ch, 32, dtype=dtype))
         m.append(layers.Conv(in_ch, num_channels, 3, init_scale=0.0, **kw))
         self.all_modules = nnx.List(m)
-        self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=rngs) if num_classes > 0 else None
+        self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=label_rngs) if num_classes > 0 else None
 
     @property
     def null_label(self) -> int:
@@ -107,7 +109,7 @@ class DDPM(nnx.Module):
         if self.label_embed is not None:
             if y is None:
                 y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)
-            yemb = self.label_embed(y).astype(self.dtype)
+            yemb = self.label_embed(y).astype(jnp.float32)
             temb = yemb if temb is None else temb + yemb
         elif y is not None:
             raise ValueError("class labels `y` given to a network built with num_classes=0")

@@ -6,8 +6,9 @@ HWIO / in-out), group norms ``scale``/``bias``, the 1x1 "network-in-network" lay
 Gaussian Fourier projection ``W``. Every module class names its Linen counterpart in ``linen_name``.
 
 Mixed precision: every layer takes ``dtype`` (the compute dtype, float32 by default). Parameters stay
-float32; convolutions and matmuls run in ``dtype``; group-norm statistics and the attention softmax
-are always computed in float32.
+float32; convolutions and the attention matmuls run in ``dtype``; group norm (statistics and output),
+the attention softmax, the residual stream and the small time-embedding MLPs stay in float32, so a
+bf16 network rounds only the inputs and outputs of its convolutions and attention products.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ _ACTIVATIONS = {
 }
 
 
+class KeySeq:
+    """A stream of parameter-init keys ``fold_in(key, 0), fold_in(key, 1), ...`` with ``nnx.Rngs``'s API.
+
+    The U-Nets draw one key from their ``nnx.Rngs`` and hand this to their hundreds of layers:
+    advancing an ``nnx.Rngs`` counter under ``jax.eval_shape`` / ``jit`` costs time quadratic in the
+    trace length, a plain ``fold_in`` does not.
+    """
+
+    def __init__(self, key):
+        self.key, self.count = key, 0
+
+    def params(self):
+        self.count += 1
+        return jax.random.fold_in(self.key, self.count - 1)
+
+
 def get_act(name: str):
     """The activation named by the reference's ``config.model.nonlinearity``."""
     key = name.lower()
@@ -39,6 +56,11 @@ def default_init(scale: float = 1.0):
     """DDPM initialisation: variance scaling, fan-avg, uniform; ``scale=0`` means 1e-10 (reference)."""
     scale = 1e-10 if scale == 0 else scale
     return jax.nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def channel_vector(v, ndim: int):
+    """``v`` of shape ``(C,)`` reshaped to broadcast over the last axis of a rank-``ndim`` array."""
+    return v.reshape((1,) * (ndim - 1) + (v.shape[0],))
 
 
 def group_norm_groups(channels: int) -> int:
@@ -62,7 +84,7 @@ class Conv(nnx.Module):
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride), "SAME",
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + self.bias[...].astype(self.dtype)
+        return y + channel_vector(self.bias[...].astype(self.dtype), y.ndim)
 
 
 class Dense(nnx.Module):
@@ -76,7 +98,8 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        return y + channel_vector(self.bias[...].astype(self.dtype), y.ndim)
 
 
 class NIN(nnx.Module):
@@ -91,7 +114,8 @@ class NIN(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        return x.astype(self.dtype) @ self.W[...].astype(self.dtype) + self.b[...].astype(self.dtype)
+        y = x.astype(self.dtype) @ self.W[...].astype(self.dtype)
+        return y + channel_vector(self.b[...].astype(self.dtype), y.ndim)
 
 
 class GroupNorm(nnx.Module):
@@ -116,7 +140,9 @@ class GroupNorm(nnx.Module):
         mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
         var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
         y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
-        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+        # Returned in float32: the activation that follows runs in float32 too, and the cast to the
+        # compute dtype happens in the next convolution (XLA fuses it into this op's output).
+        return y * channel_vector(self.scale[...], 4) + channel_vector(self.bias[...], 4)
 
 
 class GaussianFourierProjection(nnx.Module):
@@ -177,7 +203,7 @@ class AttnBlockpp(nnx.Module):
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bij,bjc->bic", weights, v).reshape(b, h, w, c)
         out = self.NIN_3(out)
-        y = x.astype(self.dtype) + out
+        y = x.astype(jnp.float32) + out.astype(jnp.float32)
         return y / math.sqrt(2.0) if self.skip_rescale else y
 
 

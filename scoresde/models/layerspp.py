@@ -86,7 +86,8 @@ class Combine(nnx.Module):
 
 
 def _residual(x, h, skip_rescale: bool):
-    y = x.astype(h.dtype) + h
+    # The residual stream is kept in float32 in mixed precision; only the block's interior is bf16.
+    y = x.astype(jnp.float32) + h.astype(jnp.float32)
     return y / math.sqrt(2.0) if skip_rescale else y
 
 
@@ -102,7 +103,7 @@ class ResnetBlockDDPMpp(nnx.Module):
         self.GroupNorm_0 = GroupNorm(in_ch, num_groups, dtype=dtype)
         self.Conv_0 = Conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)
         if temb_dim is not None:
-            self.Dense_0 = Dense(temb_dim, out_ch, dtype=dtype, rngs=rngs)
+            self.Dense_0 = Dense(temb_dim, out_ch, rngs=rngs)  # float32: negligible cost
         self.GroupNorm_1 = GroupNorm(out_ch, num_groups, dtype=dtype)
         self.Conv_1 = Conv(out_ch, out_ch, 3, init_scale=init_scale, dtype=dtype, rngs=rngs)
         if in_ch != out_ch:
@@ -148,7 +149,7 @@ class ResnetBlockBigGANpp(nnx.Module):
         self.GroupNorm_0 = GroupNorm(in_ch, dtype=dtype)
         self.Conv_0 = Conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)
         if temb_dim is not None:
-            self.Dense_0 = Dense(temb_dim, out_ch, dtype=dtype, rngs=rngs)
+            self.Dense_0 = Dense(temb_dim, out_ch, rngs=rngs)  # float32: negligible cost
         self.GroupNorm_1 = GroupNorm(out_ch, dtype=dtype)
         self.Conv_1 = Conv(out_ch, out_ch, 3, init_scale=init_scale, dtype=dtype, rngs=rngs)
         self.reshape_skip = in_ch != out_ch or up or down

@@ -80,6 +80,7 @@ class NCSNpp(nnx.Module):
         self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]),
                                                              int(sigma_range[2]))
         temb_dim = nf * 4
+        label_rngs, rngs = rngs, layers.KeySeq(rngs.params())
         kw = dict(dtype=dtype, rngs=rngs)
 
         m = []
@@ -92,8 +93,8 @@ class NCSNpp(nnx.Module):
         else:
             embed_dim = nf
         if conditional:
-            m.append(layers.Dense(embed_dim, temb_dim, **kw))
-            m.append(layers.Dense(temb_dim, temb_dim, **kw))
+            m.append(layers.Dense(embed_dim, temb_dim, rngs=rngs))  # time MLP in float32 (cheap)
+            m.append(layers.Dense(temb_dim, temb_dim, rngs=rngs))
 
         def attn(ch):
             return layers.AttnBlockpp(ch, skip_rescale=skip_rescale, init_scale=init_scale, **kw)
@@ -179,7 +180,7 @@ class NCSNpp(nnx.Module):
             m.append(layers.Conv(in_ch, channels, 3, init_scale=init_scale, **kw))
         self.all_modules = nnx.List(m)
         self.torch_absent = tuple(torch_absent)
-        self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=rngs) if num_classes > 0 else None
+        self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=label_rngs) if num_classes > 0 else None
 
     @property
     def null_label(self) -> int:
@@ -216,7 +217,7 @@ class NCSNpp(nnx.Module):
         if self.label_embed is not None:
             if y is None:
                 y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)
-            yemb = self.label_embed(y).astype(self.dtype)
+            yemb = self.label_embed(y).astype(jnp.float32)
             temb = yemb if temb is None else temb + yemb
         elif y is not None:
             raise ValueError("class labels `y` given to a network built with num_classes=0")
@@ -281,5 +282,5 @@ class NCSNpp(nnx.Module):
         return h
 
     def _skip(self, a, b):
-        s = a + b.astype(a.dtype)
+        s = a.astype(jnp.float32) + b.astype(jnp.float32)
         return s / math.sqrt(2.0) if self.skip_rescale else s
