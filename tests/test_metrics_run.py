@@ -185,3 +185,77 @@ def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
     assert pool.shape == (3, 2048) and logits.shape == (3, 1008)
     pool1, _ = fn(images[2:])
     np.testing.assert_allclose(pool1[0], pool[2], rtol=1e-5, atol=1e-6)
+
+
+def _digits_config(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("digits_vp_config", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_vp.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config("smoke")
+    with config.unlocked():
+        config.eval.num_samples = 12  # not a multiple of the round size: the last round is cut
+        config.eval.sample_batch_size = 8
+        config.eval.fid_stats_path = str(tmp_path / "digits_stats.npz")
+        config.eval.kid_subset_size = 8
+    return config
+
+
+@pytest.mark.slow  # ~30 s idle, minutes on a loaded 2-core box: the U-Net's eager init dominates
+def test_eval_pipeline_on_the_digits_model(tmp_path):
+    """Checkpoint of the digits U-Net -> sampling rounds on the mesh -> stand-in features -> FID/IS/KID report."""
+    from flax import nnx
+
+    from scoresde import models
+    from scoresde.checkpointing import save_model_checkpoint
+
+    config = _digits_config(tmp_path)
+    workdir = str(tmp_path / "digits")
+    model = models.get_model(config, rngs=nnx.Rngs(0))  # untrained weights: this tests the pipeline
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    save_model_checkpoint(workdir, params=params, ema_params=params, step=7, config=config)
+    metrics_run.fid_stats(config, workdir, feature_fn=standin_feature_fn)
+    # TODO(networks): models/layers.py Dense adds a (C,) bias to (B, C) by rank promotion, which
+    # tests/conftest.py makes an error; allowed here only until that layer is fixed (this test is
+    # about the metrics pipeline, not the network).
+    with jax.numpy_rank_promotion("allow"):
+        report = metrics_run.evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
+    assert report["step"] == 7 and report["num_samples"] == 12
+    assert report["nfe"] == config.model.num_scales  # Euler-Maruyama: one score evaluation per step
+    assert report["sampler"]["method"] == config.sampling.method
+    assert all(np.isfinite(report[k]) for k in ("fid", "inception_score", "kid"))
+    rounds = glob.glob(os.path.join(workdir, "eval_samples", "step_7", "round_*.npz"))
+    assert len(rounds) == 2
+    with np.load(sorted(rounds)[0]) as f:
+        assert f["samples"].dtype == np.uint8 and f["samples"].shape == (8, 8, 8, 1)
+    assert os.path.exists(os.path.join(workdir, "eval", "metrics_step_7.json"))
+
+
+def _load_config(name, variant=None):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_config", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
+
+
+def test_fid_stats_tfds_whole_split_exact_uint8(tmp_path):
+    """CIFAR-10 through tfds (mocked): all 21 examples with batches of 8, the stored pixels exactly."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = _load_config("cifar10_vp")  # 32x32: the reference's resize is the identity here
+    with config.unlocked():
+        config.data.download = True
+        config.data.uniform_dequantization = True  # must be ignored by the statistics
+        config.eval.inception_batch_size = 8
+        config.eval.fid_stats_path = str(tmp_path / "cifar10_train.npz")
+    with tfds.testing.mock_data(num_examples=21):
+        summary = metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+        raw = np.stack([d["image"] for d in tfds.as_numpy(tfds.load("cifar10", split="train"))])
+    assert raw.dtype == np.uint8 and raw.shape == (21, 32, 32, 3)
+    assert summary["num_examples"] == 21
+    with np.load(config.eval.fid_stats_path) as f:
+        np.testing.assert_array_equal(f["pool_3"], standin_feature_fn(raw)[0])

@@ -13,6 +13,8 @@ What the protocol fixes, because each of these moves FID by more than the differ
   ``feature_fn`` s are explicit (tests use a tiny stand-in).
 * **Every number carries its sampler and its NFE** in the JSON report and in the TensorBoard tag.
 
+CLI: ``--mode=fid_stats`` runs :func:`fid_stats`, ``--mode=fid`` runs :func:`evaluate_samples`.
+
 Samples come from ``workdir/samples/*.npz`` (the ``sample`` mode's files, key ``samples``, uint8
 NHWC; optional keys ``nfe`` and ``sampler``) when they exist, else they are drawn here in rounds of
 ``config.eval.sample_batch_size`` with the EMA model, sharded over the ``('data',)`` mesh. Each round is
@@ -69,9 +71,10 @@ def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, r
     from flax import nnx
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from scoresde.metrics.weights import load_inception
+    from scoresde.metrics.weights import build_inception, load_params, resolve_weights_path
 
-    model = load_inception(weights, download=download, resize_method=resize_method)
+    path = resolve_weights_path(weights, download=download)
+    model = build_inception(load_params(path), resize_method=resize_method)
     devices = jax.local_devices()
     mesh = Mesh(np.asarray(devices), ("data",))
     batch_size = int(math.ceil(batch_size / len(devices)) * len(devices))
@@ -97,7 +100,7 @@ def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, r
             logits.append(np.asarray(lg)[:batch_size - pad])
         return np.concatenate(pools), np.concatenate(logits)
 
-    feature_fn.name = f"inception_v3_fid(pt_inception-2015-12-05, resize={resize_method})"
+    feature_fn.name = f"inception_v3_fid(weights={os.path.basename(path)}, resize={resize_method})"
     return feature_fn
 
 
@@ -521,6 +524,10 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     if nfe is None:
         warnings.append("the sample files carry no 'nfe'; the NFE of these numbers is unknown")
     sampler_info = meta.get("sampler") or sampler_description(config)
+    sampler_source = "files" if meta.get("sampler") else ("config" if from_files else "this run")
+    if from_files and not meta.get("sampler"):
+        warnings.append("the sample files record no 'sampler'; reporting config.sampling, which must be the "
+                        "sampler that wrote them")
     for w in warnings:
         _loud_warning(w)
 
@@ -540,6 +547,7 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     report = {
         **values,
         **context,
+        "sampler_source": sampler_source,
         "feature_extractor": _feature_name(feature_fn),
         "reference_stats": stats_path,
         "reference_num_examples": int(ref.get("num_examples", -1)),
