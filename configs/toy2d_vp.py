@@ -27,7 +27,7 @@ def smoke(config):
     t.log_freq = 1
     t.eval_freq = 2
     t.snapshot_freq = 2
-    t.snapshot_freq_for_preemption = 1
+    t.snapshot_freq_for_preemption = 2
     t.snapshot_num_samples = 64
     t.tensorboard = False
     t.progress = False

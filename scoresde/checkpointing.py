@@ -48,7 +48,7 @@ def _config_json(config) -> dict:
 
 
 def _pure(tree):
-    return tree.to_pure_dict() if isinstance(tree, nnx.State) else tree
+    return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
 
 
 def _abstract(tree):
@@ -176,7 +176,7 @@ def load_model(workdir: str, config, *, ema: bool = True):
 
     model = models.get_model(config, rngs=nnx.Rngs(int(config.get("seed", 0))))
     state = nnx.state(model, nnx.Param)
-    target = state.to_pure_dict()
+    target = nnx.to_pure_dict(state)
     ckpt = Checkpointer(workdir, max_to_keep=None, async_save=False)
     try:
         restored = ckpt.restore_latest(params=None if ema else target, ema_params=target if ema else None)

@@ -194,7 +194,7 @@ def make_train_step(config, sde, graphdef, rest, tx, mesh, root_key):
             return loss_fn(lambda x, labels: model(x, labels, y, train=True, key=k_drop), batch["image"], k_loss)
 
         (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state["nonfinite_run"] < max_nonfinite)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -302,7 +302,7 @@ def train(config, workdir: str) -> dict:
 
     snapshot_freq = int(tc.snapshot_freq)
     ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
-    restored = ckpt.restore_latest(params=params.to_pure_dict(), ema_params=params.to_pure_dict(),
+    restored = ckpt.restore_latest(params=nnx.to_pure_dict(params), ema_params=nnx.to_pure_dict(params),
                                    opt_state=state["opt_state"])
     if restored is not None:
         meta = restored["meta"]

@@ -1,0 +1,123 @@
+"""Checkpoints: exact resume after SIGTERM, corrupt checkpoints skipped, model-only import round trip."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from scoresde import checkpointing, train
+from scoresde.metrics_log import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import toy2d_vp  # noqa: E402
+
+
+def toy_config(n_iters):
+    config = toy2d_vp.get_config("smoke")
+    config.training.n_iters = n_iters
+    config.training.snapshot_sampling = False
+    config.training.eval_freq = 0
+    config.training.snapshot_freq_for_preemption = 10**6
+    return config
+
+
+N_ITERS = 300
+
+
+def test_sigterm_then_resume_gives_identical_losses(tmp_path):
+    workdir = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "scoresde.main", "--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}",
+           f"--config.training.n_iters={N_ITERS}", "--config.training.snapshot_sampling=False",
+           "--config.training.eval_freq=0", "--config.training.snapshot_freq=100000",
+           "--config.training.snapshot_freq_for_preemption=100000"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 20:
+            break
+        time.sleep(0.05)
+    t_kill = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t_kill < 30, "SIGTERM should save and exit within seconds"
+    assert proc.returncode == 143, err[-3000:]
+    saved = checkpointing.Checkpointer(workdir).all_steps()
+    assert len(saved) == 1 and 20 <= saved[0] < N_ITERS  # only the preemption checkpoint
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed" in resumed.stderr
+
+    train.train(toy_config(N_ITERS), str(tmp_path / "straight"))
+    a, b = read_metrics(workdir), read_metrics(str(tmp_path / "straight"))
+    assert [r["step"] for r in a] == list(range(1, N_ITERS + 1))  # no duplicated or missing steps
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bitwise identical, before and after the kill
+
+
+def _corrupt(step_dir):
+    for f in glob.glob(os.path.join(step_dir, "*", "**", "*"), recursive=True):
+        if os.path.isfile(f) and ("ocdbt" in f or "/d/" in f):
+            with open(f, "wb") as fh:
+                fh.write(b"garbage")
+
+
+def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    config = toy_config(3)
+    config.training.snapshot_freq_for_preemption = 1
+    train.train(config, workdir)
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    assert sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) == [1, 2, 3]
+    _corrupt(os.path.join(ckpt_dir, "3"))
+    model, step = checkpointing.load_model(workdir, config)
+    assert step == 2
+    assert any("skipping checkpoint" in r.getMessage() and "/3" in r.getMessage() for r in caplog.records)
+    # training resumes from step 2 and redoes step 3
+    config.training.n_iters = 4
+    train.train(config, workdir)
+    assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4]
+
+    for s in os.listdir(ckpt_dir):
+        if s.isdigit():
+            _corrupt(os.path.join(ckpt_dir, s))
+    with pytest.raises(checkpointing.CorruptCheckpointError, match="could be loaded"):
+        checkpointing.load_model(workdir, config)
+    with pytest.raises(checkpointing.CorruptCheckpointError):
+        train.train(config, workdir)
+
+
+def test_model_checkpoint_round_trip_and_fresh_optimizer(tmp_path):
+    config = toy_config(2)
+    model = train.build_model(config, seed=3)
+    params = nnx.state(model, nnx.Param)
+    ema = jax.tree.map(lambda x: x + 1.0, params)
+    checkpointing.save_model_checkpoint(str(tmp_path), params=params, ema_params=ema, step=7, config=config)
+    loaded, step = checkpointing.load_model(str(tmp_path), config)
+    assert step == 7
+    for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)), jax.tree.leaves(ema)):
+        np.testing.assert_array_equal(a, b)
+    raw, _ = checkpointing.load_model(str(tmp_path), config, ema=False)
+    for a, b in zip(jax.tree.leaves(nnx.state(raw, nnx.Param)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    with open(os.path.join(tmp_path, "checkpoints", "7", "meta", "metadata")) as f:
+        assert json.load(f)["config"]["model"]["name"] == "mlp"
+    # an imported checkpoint has no optimizer state: training continues from it with a fresh optimizer
+    config.training.n_iters = 9
+    out = train.train(config, str(tmp_path))
+    assert out["step"] == 9 and np.isfinite(out["loss"])
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [8, 9]
+
+
+def test_load_model_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+        checkpointing.load_model(str(tmp_path), toy_config(1))
