@@ -217,11 +217,7 @@ def test_eval_pipeline_on_the_digits_model(tmp_path):
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     save_model_checkpoint(workdir, params=params, ema_params=params, step=7, config=config)
     metrics_run.fid_stats(config, workdir, feature_fn=standin_feature_fn)
-    # TODO(networks): models/layers.py Dense adds a (C,) bias to (B, C) by rank promotion, which
-    # tests/conftest.py makes an error; allowed here only until that layer is fixed (this test is
-    # about the metrics pipeline, not the network).
-    with jax.numpy_rank_promotion("allow"):
-        report = metrics_run.evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
+    report = metrics_run.evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
     assert report["step"] == 7 and report["num_samples"] == 12
     assert report["nfe"] == config.model.num_scales  # Euler-Maruyama: one score evaluation per step
     assert report["sampler"]["method"] == config.sampling.method
