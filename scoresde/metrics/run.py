@@ -32,206 +32,25 @@ import os
 import re
 import sys
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
 from scoresde.metrics import stats
+from scoresde.metrics.features import (  # noqa: F401  (re-exported: the protocol's public names)
+    FeatureAccumulator,
+    FeatureFn,
+    feature_name,
+    process_rows,
+    accumulate_features,
+    get_feature_fn,
+    inception_feature_fn,
+    to_uint8,
+)
 
 log = logging.getLogger(__name__)
 
 PAPER_NUM_SAMPLES = 50_000
-FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-# --------------------------------------------------------------------------- features
-
-def to_uint8(images01) -> np.ndarray:
-    """Images in ``[0, 1]`` to uint8 by rounding (the same map as the ``sample`` mode)."""
-    return np.clip(np.asarray(images01, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, resize_method: str = "pytorch_fid",
-                         download: bool | None = None) -> FeatureFn:
-    """The standard FID feature extractor: uint8 NHWC images → (pool_3 ``(N, 2048)``, logits ``(N, 1008)``).
-
-    The forward pass is compiled once for ``batch_size`` images split over this process's devices (a
-    ``('data',)`` mesh); the last chunk is padded and the padding dropped, so every image counts once.
-
-    Args:
-        weights: a weights file (see :mod:`scoresde.metrics.weights` for the search order).
-        batch_size: images per compiled call; rounded up to a multiple of the local device count.
-        resize_method: ``"pytorch_fid"`` (standard) or ``"tf_legacy"``.
-        download: allow downloading the weights (None: unless ``SCORESDE_OFFLINE`` is set).
-
-    Raises:
-        InceptionWeightsError: when the weights cannot be found (never falls back to other features).
-    """
-    import jax
-    from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-    from scoresde.metrics.weights import build_inception, load_params, resolve_weights_path
-
-    path = resolve_weights_path(weights, download=download)
-    model = build_inception(load_params(path), resize_method=resize_method)
-    devices = jax.local_devices()
-    mesh = Mesh(np.asarray(devices), ("data",))
-    batch_size = int(math.ceil(batch_size / len(devices)) * len(devices))
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    in_sharding = NamedSharding(mesh, P("data"))
-
-    @jax.jit
-    def forward(state, images):
-        return nnx.merge(graphdef, state)(images)
-
-    def feature_fn(images):
-        images = np.asarray(images)
-        n = len(images)
-        pools, logits = [], []
-        for start in range(0, n, batch_size):
-            chunk = images[start:start + batch_size]
-            pad = batch_size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            p, lg = forward(state, jax.device_put(chunk, in_sharding))
-            pools.append(np.asarray(p)[:batch_size - pad])
-            logits.append(np.asarray(lg)[:batch_size - pad])
-        return np.concatenate(pools), np.concatenate(logits)
-
-    feature_fn.name = f"inception_v3_fid(weights={os.path.basename(path)}, resize={resize_method})"
-    return feature_fn
-
-
-def get_feature_fn(config) -> FeatureFn:
-    """The feature extractor ``config.eval.feature_extractor`` names (default and only one: ``inception``)."""
-    name = str(config.eval.get("feature_extractor", "inception")).lower()
-    builders = {"inception": lambda: inception_feature_fn(config.eval.get("inception_weights", "") or None,
-                                                           batch_size=int(config.eval.get("inception_batch_size",
-                                                                                          250)))}
-    if name not in builders:
-        raise ValueError(f"unknown config.eval.feature_extractor {name!r}; expected one of: {', '.join(builders)}")
-    return builders[name]()
-
-
-def _feature_name(feature_fn) -> str:
-    return getattr(feature_fn, "name", getattr(feature_fn, "__name__", type(feature_fn).__name__))
-
-
-class FeatureAccumulator:
-    """Streams ``(pool, logits)`` batches into float64 moments; keeps features up to ``keep_max`` rows.
-
-    The sums are shifted by the first batch's mean, so the covariance does not lose digits to
-    cancellation when the features have a large mean.
-    """
-
-    def __init__(self, keep_max: int | None = None):
-        self.keep_max = keep_max
-        self.n = 0
-        self._shift = self._s1 = self._s2 = None
-        self._pools, self._logits = [], []
-
-    def add(self, pool, logits=None) -> None:
-        pool = np.asarray(pool, np.float64)
-        if pool.ndim != 2:
-            raise ValueError(f"features must be (N, D); got shape {pool.shape}")
-        if self._shift is None:
-            self._shift = pool.mean(axis=0)
-            self._s1 = np.zeros(pool.shape[1])
-            self._s2 = np.zeros((pool.shape[1], pool.shape[1]))
-        c = pool - self._shift
-        self._s1 += c.sum(axis=0)
-        self._s2 += c.T @ c
-        self.n += len(pool)
-        if self.keep_max is None or self.n <= self.keep_max:
-            self._pools.append(pool.astype(np.float32))
-            if logits is not None:
-                self._logits.append(np.asarray(logits, np.float32))
-        else:
-            self._pools, self._logits = [], []
-
-    def merge(self, other: "FeatureAccumulator") -> None:
-        """Adds another accumulator's data (e.g. another process's)."""
-        if other.n == 0:
-            return
-        if self.n == 0:
-            self.__dict__.update({k: v for k, v in other.__dict__.items() if k != "keep_max"})
-            return
-        d = other._shift - self._shift
-        # Re-centre the other sums on our shift: sum (x - a) = sum (x - b) + n (b - a).
-        s1 = other._s1 + other.n * d
-        s2 = other._s2 + np.outer(other._s1, d) + np.outer(d, other._s1) + other.n * np.outer(d, d)
-        self._s1 += s1
-        self._s2 += s2
-        self.n += other.n
-        keep = self.keep_max is None or self.n <= self.keep_max
-        self._pools = self._pools + other._pools if keep else []
-        self._logits = self._logits + other._logits if keep else []
-
-    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mu (D,), sigma (D, D))`` with the unbiased (N - 1) covariance, like ``np.cov``."""
-        if self.n < 2:
-            raise ValueError(f"need at least 2 feature vectors for a covariance; got {self.n}")
-        m1 = self._s1 / self.n
-        sigma = (self._s2 - self.n * np.outer(m1, m1)) / (self.n - 1)
-        return self._shift + m1, (sigma + sigma.T) / 2
-
-    @property
-    def pool(self) -> np.ndarray | None:
-        return np.concatenate(self._pools) if self._pools and self.keep_max_ok else None
-
-    @property
-    def logits(self) -> np.ndarray | None:
-        return np.concatenate(self._logits) if self._logits and self.keep_max_ok else None
-
-    @property
-    def keep_max_ok(self) -> bool:
-        return self.keep_max is None or self.n <= self.keep_max
-
-
-def _process_rows(n: int) -> slice:
-    """This process's contiguous share of ``n`` rows (uneven shares allowed: nothing is dropped)."""
-    import jax
-
-    bounds = np.linspace(0, n, jax.process_count() + 1).round().astype(int)
-    p = jax.process_index()
-    return slice(bounds[p], bounds[p + 1])
-
-
-def _allgather_accumulators(acc: FeatureAccumulator) -> FeatureAccumulator:
-    """Combines every process's accumulator (one process: returned as is)."""
-    import jax
-
-    if jax.process_count() == 1:
-        return acc
-    import pickle
-
-    from jax.experimental import multihost_utils
-
-    blob = np.frombuffer(pickle.dumps(acc), np.uint8)
-    sizes = multihost_utils.process_allgather(np.array([blob.size]))
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:blob.size] = blob
-    blobs = multihost_utils.process_allgather(padded)
-    total = FeatureAccumulator(acc.keep_max)
-    for b, s in zip(blobs, sizes.reshape(-1)):
-        total.merge(pickle.loads(np.asarray(b[:int(s)]).tobytes()))
-    return total
-
-
-def accumulate_features(feature_fn: FeatureFn, batches: Iterable[np.ndarray], *,
-                        keep_max: int | None = None) -> FeatureAccumulator:
-    """Runs ``feature_fn`` over uint8 batches (this process's) and combines all processes' results."""
-    acc = FeatureAccumulator(keep_max)
-    for images in batches:
-        images = np.asarray(images)
-        if images.dtype != np.uint8:
-            raise ValueError(f"feature extraction takes uint8 images; got dtype {images.dtype}")
-        if len(images):
-            pool, logits = feature_fn(images)
-            acc.add(pool, logits)
-    return _allgather_accumulators(acc)
 
 
 # --------------------------------------------------------------------------- reference statistics
@@ -261,7 +80,7 @@ def dataset_uint8_batches(config, split: str, batch_size: int = 500) -> Iterable
         yield from _tfds_uint8_batches(config, name, split, batch_size)
         return
     images01, _ = data_lib._load_in_memory(config, name, split)  # noqa: SLF001 (the full split, in [0, 1])
-    images = to_uint8(images01)[_process_rows(len(images01))]
+    images = to_uint8(images01)[process_rows(len(images01))]
     for start in range(0, len(images), batch_size):
         yield images[start:start + batch_size]
 
@@ -319,7 +138,7 @@ def fid_stats(config, workdir: str, feature_fn: FeatureFn | None = None) -> dict
                                           keep_max=int(config.eval.get("stats_max_features", PAPER_NUM_SAMPLES)))
     path = reference_stats_path(config, workdir, split)
     summary = {"path": path, "dataset": str(config.data.dataset), "split": split,
-               "num_examples": int(result["num_examples"]), "feature_extractor": _feature_name(feature_fn),
+               "num_examples": int(result["num_examples"]), "feature_extractor": feature_name(feature_fn),
                "features_kept": "pool_3" in result}
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -532,7 +351,7 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
         _loud_warning(w)
 
     feature_fn = feature_fn or get_feature_fn(config)
-    rows = _process_rows(n)
+    rows = process_rows(n)
     chunk = int(config.eval.get("inception_batch_size", 250))
     acc = accumulate_features(feature_fn, (samples[rows][i:i + chunk] for i in range(0, rows.stop - rows.start, chunk)))
     stats_path = reference_stats_path(config, workdir)
@@ -548,7 +367,7 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
         **values,
         **context,
         "sampler_source": sampler_source,
-        "feature_extractor": _feature_name(feature_fn),
+        "feature_extractor": feature_name(feature_fn),
         "reference_stats": stats_path,
         "reference_num_examples": int(ref.get("num_examples", -1)),
         "samples_source": source,
