@@ -122,17 +122,35 @@ class Checkpointer:
             CorruptCheckpointError: checkpoints exist but none can be loaded.
         """
         steps = self.all_steps()
+        bad = []
         for step in reversed(steps):
             try:
-                return self._restore_step(step, params, ema_params, opt_state)
+                restored = self._restore_step(step, params, ema_params, opt_state)
             except Exception as e:  # noqa: BLE001  (any failure means: do not trust this checkpoint)
                 log.warning("skipping checkpoint %s/%d: it could not be loaded (%s: %s)",
-                            self.directory, step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                            self.directory, step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+                bad.append(step)
+                continue
+            self._move_aside(bad)
+            return restored
         if steps:
             raise CorruptCheckpointError(
                 f"none of the checkpoints {steps} in {self.directory} could be loaded (corrupt or incompatible "
                 f"with this config); move them away to start from scratch")
         return None
+
+    def _move_aside(self, steps):
+        """Renames unreadable checkpoints newer than the restored one so the run can save those steps again."""
+        if not steps or jax.process_index() != 0:
+            return
+        for step in steps:
+            src = os.path.join(self.directory, str(step))
+            dst = os.path.join(self.directory, f"corrupt_{step}")
+            if os.path.exists(dst):
+                dst = f"{dst}_{os.getpid()}"
+            os.rename(src, dst)
+            log.warning("moved unreadable checkpoint %s aside to %s", src, dst)
+        self.manager.reload()
 
     def wait(self):
         self.manager.wait_until_finished()

@@ -71,7 +71,9 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh | None = None, what: str = "batch_size") -> None:
     """Raises a clear ``ValueError`` unless the global batch splits evenly over devices and processes."""
     n_dev = mesh.size if mesh is not None else jax.device_count()
-    if batch_size <= 0 or batch_size % n_dev:
+    if batch_size <= 0:
+        raise ValueError(f"{what}={batch_size} must be a positive multiple of the number of devices ({n_dev})")
+    if batch_size % n_dev:
         raise ValueError(
             f"{what}={batch_size} is not divisible by the number of devices ({n_dev}); "
             f"use a multiple of {n_dev} (e.g. --config.training.batch_size={max(n_dev, batch_size // n_dev * n_dev or n_dev)})")

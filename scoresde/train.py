@@ -195,15 +195,17 @@ def make_train_step(config, sde, graphdef, rest, tx, mesh, root_key):
 
         (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
         grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state["nonfinite_run"] < max_nonfinite)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+        active = state["nonfinite_run"] < max_nonfinite  # after max_nonfinite bad steps: no-ops until the host stops
+        ok = finite & active
         params = optax.apply_updates(state["params"], updates)
         ema = jax.tree.map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate), state["ema"], params)
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
-        bad = (~ok).astype(jnp.int32)
+        bad = (~finite & active).astype(jnp.int32)
         new_state = {
             "params": keep(params, state["params"]),
             "ema": keep(ema, state["ema"]),

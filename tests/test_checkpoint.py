@@ -82,6 +82,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     model, step = checkpointing.load_model(workdir, config)
     assert step == 2
     assert any("skipping checkpoint" in r.getMessage() and "/3" in r.getMessage() for r in caplog.records)
+    assert os.path.isdir(os.path.join(ckpt_dir, "corrupt_3"))  # moved aside, never loaded
     # training resumes from step 2 and redoes step 3
     config.training.n_iters = 4
     train.train(config, workdir)
