@@ -165,7 +165,8 @@ IND = GaussianMixture(np.array([[-1.0, 0.5, 0.3, -0.2], [1.0, -0.5, 0.3, -0.2]])
 KNOWN_MASK = jnp.array([[0.0, 0.0, 1.0, 1.0]])
 
 
-@pytest.mark.parametrize("method,opts", [("pc", dict(steps=500)), ("dpm_solver++", dict(steps=50))])
+@pytest.mark.parametrize("method,opts", [("pc", dict(steps=500)), ("dpm_solver++", dict(steps=50)),
+                                         ("edm_heun", dict(steps=30))])
 def test_inpainting_independent_parts_is_exact(method, opts):
     ref = np.asarray(IND.sample(jax.random.key(9), 200_000))[:, :2]
     data = jnp.broadcast_to(jnp.array([9.0, 9.0, 1.2, -0.8]), (N, 4))  # missing entries are ignored
