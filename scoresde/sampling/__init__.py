@@ -141,7 +141,8 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
     if x_init is None:
         x = sde.prior_sampling(k_prior, shape)
         if sharding is not None:
-            x = jax.lax.with_sharding_constraint(x, sharding)
+            explicit = jax.sharding.AxisType.Explicit in tuple(getattr(sharding.mesh, "axis_types", ()))
+            x = jax.sharding.reshard(x, sharding) if explicit else jax.lax.with_sharding_constraint(x, sharding)
     else:
         if tuple(x_init.shape) != shape:
             raise ValueError(f"x_init has shape {x_init.shape}; expected {shape}")

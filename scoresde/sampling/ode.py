@@ -8,9 +8,10 @@ default, the reference's RK45 tolerances); fixed-step solvers: ``euler`` and ``h
 
 NFE: diffrax does not count vector-field calls, so it is computed from the solver's own step counter
 ``sol.stats["num_steps"]`` (accepted + rejected steps) and the solver's evaluations per step:
-6 per attempted step for the FSAL 7-stage ``tsit5``/``dopri5`` plus 1 for the first stage and 2 for the
-PID controller's initial step-size selection; 1 per step for ``euler``, 2 for ``heun``. The tests check
-this against the calls counted by a ``jax.debug.callback`` inside the score function.
+6 per attempted step (accepted or rejected) for the FSAL 7-stage ``tsit5``/``dopri5`` plus 1 more for the
+whole start (diffrax 0.7's initial step-size selection and first stage together); 1 per step for ``euler``,
+2 for ``heun``. The tests check this against the calls counted by a ``jax.debug.callback`` inside the
+score function, over several tolerances and with rejected steps.
 
 The solve uses ``throw=False``: a failed solve (e.g. ``max_steps`` reached) returns ``ok = False``,
 which :func:`scoresde.sampling.sample` turns into an error (or NaN samples when traced).
@@ -34,7 +35,6 @@ _SOLVERS = {
     "euler": (diffrax.Euler, 1, 0, False),
     "heun": (diffrax.Heun, 2, 0, False),
 }
-_INITIAL_STEP_EVALS = 2  # PIDController's _select_initial_step when dt0 is None.
 
 __all__ = ["SOLVERS", "probability_flow_drift", "solve_flow"]
 
@@ -74,27 +74,45 @@ def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)
 
+    explicit, sharding = _explicit_axes(x)
+    if explicit:
+        # diffrax's while loop cannot carry Explicit-sharded types (its step-size state would change type),
+        # so the solve runs with those axes switched to Auto. The score function goes back to Explicit
+        # axes so that arrays it closes over (parameters) meet inputs typed like themselves.
+        spec, replicated = sharding.spec, jax.sharding.PartitionSpec()
+        score_fn = jax.sharding.explicit_axes(score_fn, axes=explicit, in_sharding=(spec, replicated))
+
     def vf(t, y, args):
         return probability_flow_drift(score_fn, sde, y, jnp.full((y.shape[0],), t, dtype))
 
-    if adaptive:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        dt0 = None
-        init_evals = at_init + _INITIAL_STEP_EVALS
-    else:
-        if not (isinstance(steps, int) and steps >= 1):
-            raise ValueError(f"fixed-step solver {solver!r} needs steps >= 1 (a Python int); got {steps!r}")
-        # Fixed grids span [eps, T]: decreasing when sampling (t0 = T), increasing when encoding.
-        lo = jnp.minimum(t0, t1)
-        g = time_grid(sde, steps, lo, kind=grid, dtype=dtype)
-        ts = jnp.where(t0 > t1, g, g[::-1])
-        controller = diffrax.StepTo(ts=ts)
-        dt0 = None
-        init_evals = at_init
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vf), make(), t0=t0, t1=t1, dt0=dt0, y0=x, stepsize_controller=controller,
-        max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(t1=True),
-    )
-    nfe = (init_evals + per_step * sol.stats["num_steps"]).astype(jnp.int32)
-    ok = sol.result == diffrax.RESULTS.successful
-    return sol.ys[0], nfe, ok
+    def solve(y0, t0, t1, rtol, atol):
+        if adaptive:
+            controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        else:
+            # Fixed grids span [eps, T]: decreasing when sampling (t0 = T), increasing when encoding.
+            g = time_grid(sde, steps, jnp.minimum(t0, t1), kind=grid, dtype=dtype)
+            controller = diffrax.StepTo(ts=jnp.where(t0 > t1, g, g[::-1]))
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(vf), make(), t0=t0, t1=t1, dt0=None, y0=y0, stepsize_controller=controller,
+            max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(t1=True),
+        )
+        nfe = (at_init + per_step * sol.stats["num_steps"]).astype(jnp.int32)
+        return sol.ys[0], nfe, sol.result == diffrax.RESULTS.successful
+
+    if not adaptive and not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"fixed-step solver {solver!r} needs steps >= 1 (a Python int); got {steps!r}")
+    args = (x, t0, t1, jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype))
+    if not explicit:
+        return solve(*args)
+    mesh = sharding.mesh
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.sharding.auto_axes(solve, axes=explicit, out_sharding=(sharding, replicated, replicated))(*args)
+
+
+def _explicit_axes(x):
+    """The Explicit mesh axes in ``x``'s type (empty outside an Explicit mesh) and its sharding."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    names, kinds = getattr(mesh, "axis_names", ()), getattr(mesh, "axis_types", ())
+    explicit = tuple(n for n, k in zip(names, kinds) if k == jax.sharding.AxisType.Explicit)
+    return explicit, sharding

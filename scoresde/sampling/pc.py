@@ -171,6 +171,10 @@ def pc_sample(score_fn, sde, x, key, nfe, *, eps, predictor="euler_maruyama", co
         import dataclasses
 
         sde = dataclasses.replace(sde, N=int(steps))
+    if predictor in ("reverse_diffusion", "ancestral_sampling") and hasattr(sde, "discrete_betas"):
+        if sde.discrete_betas.max() >= 1.0:
+            raise ValueError(f"{predictor} needs discrete betas < 1 but beta_max / N = {sde.discrete_betas.max():.3g} "
+                             f"with N={sde.N}; use more steps")
     predict, correct = predictors[predictor], correctors[corrector]
     snr = jnp.asarray(snr, x.dtype)
     timesteps = jnp.linspace(jnp.asarray(sde.T, x.dtype), jnp.asarray(eps, x.dtype), sde.N)
