@@ -27,7 +27,7 @@ def _centred(u):
 
 
 def test_offsets_derived_from_bits_and_scaler():
-    assert likelihood.bpd_offset(_centred, 8) == pytest.approx(7.0, abs=1e-6)
+    assert likelihood.bpd_offset(_centred, 8) == 7.0  # derived, and exact
     assert likelihood.bpd_offset(None, 8) == pytest.approx(8.0, abs=1e-6)
     assert likelihood.bpd_offset(lambda u: u, 8) == pytest.approx(8.0, abs=1e-6)
     assert likelihood.bpd_offset(_centred, 5) == pytest.approx(4.0, abs=1e-6)
