@@ -23,7 +23,7 @@ from flax import nnx
 
 from scoresde import data as data_lib
 from scoresde import parallel
-from scoresde.metrics_log import save_image_grid, save_scatter, to_uint8
+from scoresde.metrics_log import image_grid, save_image_grid, save_scatter, to_uint8
 
 __all__ = ["euler_maruyama_sampler", "get_sampling_fn", "make_sample_fn", "snapshot", "evaluate", "sample"]
 
@@ -127,7 +127,7 @@ def snapshot(config, sample_fn, params, key, workdir, step, logger=None):
     path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
     _write_visual(config, path, samples, title=f"step {step}")
     if logger is not None and data_lib.is_image_data(config):
-        logger.image("samples", step, save_image_grid(path, to_uint8(samples)))
+        logger.image("samples", step, image_grid(to_uint8(samples)))
 
 
 def _load_ema(config, workdir):
