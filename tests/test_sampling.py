@@ -242,6 +242,9 @@ def test_langevin_step_matches_reference_formula():
     np.testing.assert_allclose(out_mean, np.asarray(x) + step * grad, rtol=1e-5)
     np.testing.assert_allclose(out, np.asarray(x) + step * grad + np.sqrt(2 * step) * z, rtol=1e-5, atol=1e-6)
     assert nfe == 1
+    # a zero score (an untrained, zero-initialised network) means no move, not the reference's NaN
+    out0, _, _ = pc._langevin(sde, lambda x, t: jnp.zeros_like(x), key, x, t, 0, 0.16, 1)
+    np.testing.assert_array_equal(out0, x)
 
 
 # -- compilation, encode/decode, config front door, errors --------------------------------------------

@@ -96,7 +96,11 @@ def _langevin(sde, score_fn, key, x, t, nfe, snr, n_steps):
     for j in range(n_steps):
         grad, nfe = score_fn(x, t), nfe + 1
         z = jax.random.normal(jax.random.fold_in(key, j), x.shape, x.dtype)
-        step = (snr * _per_example_norm_mean(z) / _per_example_norm_mean(grad)) ** 2 * 2.0 * alpha
+        grad_norm = _per_example_norm_mean(grad)
+        # A zero score (e.g. a zero-initialised output layer) gives the reference an infinite step and NaN
+        # samples; no gradient means no Langevin move, so the step is 0 there.
+        ratio = snr * _per_example_norm_mean(z) / jnp.where(grad_norm > 0, grad_norm, 1.0)
+        step = jnp.where(grad_norm > 0, ratio**2 * 2.0 * alpha, 0.0)
         x_mean = x + batch_mul(step, grad)
         x = x_mean + batch_mul(jnp.sqrt(2.0 * step), z)
     return x, x_mean, nfe
