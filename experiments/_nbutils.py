@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 
 __all__ = ["small", "repo_root", "runs_dir", "fixtures_dir", "load_config", "describe_accelerator", "quiet",
-           "digits_config", "toy_config", "show_images", "plot_loss", "colored_digits_npz"]
+           "digits_config", "toy_config", "per_class_indices", "show_images", "plot_loss", "colored_digits_npz"]
 
 
 def small() -> bool:
@@ -113,11 +113,11 @@ def _shrink_training(config, n_iters, log_freq, batch_size):
 
 
 def toy_config(dataset: str = "gmm_grid"):
-    """``configs/toy2d_vp.py`` (full size: 4000 steps; small: 600 steps of a narrower MLP)."""
+    """``configs/toy2d_vp.py`` (full size: 4000 steps; small: 1500 steps of a narrower MLP)."""
     config = quiet(load_config("toy2d_vp", dataset))
     if small():
-        _shrink_training(config, 600, 50, 256)
-        config.model.hidden, config.model.ema_rate = 128, 0.99
+        _shrink_training(config, 1500, 100, 256)
+        config.model.hidden, config.model.ema_rate, config.optim.lr = 128, 0.99, 2e-3
     return config
 
 
@@ -139,6 +139,13 @@ def digits_config(conditional: bool = False):
             c.name, c.hidden, c.num_layers, c.embed_size, c.fourier_scale = "mlp", 128, 3, 32, 4.0
             c.n_iters, c.snapshot_freq, c.log_freq, c.batch_size, c.lr, c.num_eval_batches = 400, 400, 100, 128, 2e-3, 2
     return config
+
+
+def per_class_indices(labels, per_class: int = 1, num_classes: int = 10) -> np.ndarray:
+    """Indices of the first ``per_class`` examples of each class, class by class (a varied batch to show)."""
+    labels = np.asarray(labels)
+    idx = [np.flatnonzero(labels == k)[:per_class] for k in range(num_classes)]
+    return np.concatenate(idx).astype(np.int32)
 
 
 def show_images(images01, title: str = "", ncol: int | None = None, ax=None, scale: float = 0.35):

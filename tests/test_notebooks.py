@@ -70,7 +70,8 @@ def test_notebook_runs_top_to_bottom(name, notebook_env, monkeypatch, capsys):
     before = sorted(os.listdir(EXPERIMENTS))
     # Appended to the in-memory copy only: the kernel's CPU time, a load-independent measure of the cost.
     nb.cells.append(nbformat.v4.new_code_cell(
-        "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF); print(f'KERNEL_CPU_S={_u.ru_utime + _u.ru_stime:.1f}')"))
+        "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF)\n"
+        "print(f'KERNEL_CPU_S={_u.ru_utime + _u.ru_stime:.1f}')"))
     client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=TIMEOUT_PER_CELL,
                                      resources={"metadata": {"path": str(cwd)}})
     start = time.perf_counter()
