@@ -50,6 +50,18 @@ def get_default_configs():
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = "test"
+    # (scoresde) likelihood settings (scoresde.likelihood_run); "" / 0 = the default for the data
+    evaluate.bpd_batch_size = 0  # 0 = eval.batch_size
+    evaluate.bpd_num_repeats = 0  # 0 = 5 uniform-dequantisation passes for images (the reference), 1 otherwise
+    evaluate.bpd_dequantization = ""  # uniform | none; "" = uniform for images, none otherwise
+    evaluate.bpd_num_bits = 0  # 0 = 8 for images, none (a continuous density) otherwise
+    evaluate.bpd_hutchinson = "rademacher"  # rademacher | gaussian | exact
+    evaluate.bpd_n_probes = 1
+    evaluate.bpd_rtol = 1e-5
+    evaluate.bpd_atol = 1e-5
+    evaluate.bpd_eps = 1e-5
+    evaluate.bpd_solver = "tsit5"  # tsit5 | dopri5
+    evaluate.bpd_max_steps = 16384
     evaluate.num_eval_batches = 0  # (scoresde) 0 = the whole test split
     # (scoresde) sample-quality metrics (scoresde.metrics.run): FID / IS / KID
     evaluate.inception_weights = ""  # (scoresde) .pth / .npz / .msgpack; "" = $SCORESDE_INCEPTION_WEIGHTS or cache

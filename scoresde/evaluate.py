@@ -130,6 +130,12 @@ def snapshot(config, sample_fn, params, key, workdir, step, logger=None):
         logger.image("samples", step, image_grid(to_uint8(samples)))
 
 
+def _sampler_description(config) -> str:
+    from scoresde.metrics.run import sampler_description  # noqa: PLC0415
+
+    return json.dumps(sampler_description(config), sort_keys=True, default=str)
+
+
 def _load_ema(config, workdir):
     from scoresde.checkpointing import load_model  # noqa: PLC0415
 
@@ -139,6 +145,29 @@ def _load_ema(config, workdir):
 
 
 def evaluate(config, workdir: str) -> dict:
+    """The eval mode: what ``config.eval`` enables, with the EMA parameters.
+
+    * ``enable_loss``: the test-split loss, written to ``workdir/eval_results.json``;
+    * ``enable_bpd``: bits/dim over ``bpd_dataset`` (:func:`scoresde.likelihood_run.run`);
+    * ``enable_sampling``: FID / IS / KID of ``num_samples`` samples (:func:`scoresde.metrics.run.evaluate_samples`).
+    """
+    result = {}
+    if config.eval.get("enable_loss", True):
+        result.update(evaluate_loss(config, workdir))
+    if config.eval.get("enable_bpd", False):
+        from scoresde import likelihood_run  # noqa: PLC0415
+
+        result["bpd"] = likelihood_run.run(config, workdir)
+    if config.eval.get("enable_sampling", False):
+        from scoresde.metrics import run as metrics_run  # noqa: PLC0415
+
+        result["sample_quality"] = metrics_run.evaluate_samples(config, workdir)
+    if not result:
+        raise ValueError("config.eval enables nothing: set enable_loss, enable_bpd or enable_sampling")
+    return result
+
+
+def evaluate_loss(config, workdir: str) -> dict:
     """Test-split loss with the EMA parameters; writes ``workdir/eval_results.json``."""
     from scoresde.train import make_eval_step, make_sde  # noqa: PLC0415
 
@@ -194,7 +223,9 @@ def sample(config, workdir: str) -> dict:
         samples = _gather(samples)[: total - written]
         if jax.process_index() == 0:
             arr = to_uint8(samples) if data_lib.is_image_data(config) else np.asarray(samples, np.float32)
-            np.savez(os.path.join(out_dir, f"samples_{i}.npz"), samples=arr)
+            # nfe and sampler travel with the samples so metrics reports can name them
+            np.savez(os.path.join(out_dir, f"samples_{i}.npz"), samples=arr, nfe=np.int64(nfe),
+                     sampler=np.array(_sampler_description(config)))
             _write_visual(config, os.path.join(out_dir, f"samples_{i}.png"), samples, title=f"step {step}")
         written += len(samples)
         i += 1

@@ -45,13 +45,14 @@ def bpd_settings(config) -> dict:
     """The likelihood settings of ``config.eval`` with their defaults (see the module docstring)."""
     e = config.eval
     image = data_lib.is_image_data(config)
-    deq = str(e.get("bpd_dequantization", "uniform" if image else "none")).lower()
-    bits = e.get("bpd_num_bits", 8 if image else None)
+    # "" / 0 in the config mean "the default for this data" (locked configs need typed fields)
+    deq = str(e.get("bpd_dequantization", "") or ("uniform" if image else "none")).lower()
+    bits = e.get("bpd_num_bits", 0) or (8 if image else None)
     return {
         "split": str(e.get("bpd_dataset", "test")).lower(),
         "batch_size": int(e.get("bpd_batch_size", 0) or e.batch_size),
         "num_eval_batches": int(e.get("num_eval_batches", 0) or 0),
-        "num_repeats": int(e.get("bpd_num_repeats", 5 if deq == "uniform" else 1)),
+        "num_repeats": int(e.get("bpd_num_repeats", 0) or (5 if deq == "uniform" else 1)),
         "dequantization": deq,
         "num_bits": None if bits is None else int(bits),
         "hutchinson": str(e.get("bpd_hutchinson", "rademacher")).lower(),
