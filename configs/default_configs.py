@@ -38,6 +38,22 @@ def get_default_configs():
     sampling.noise_removal = True
     sampling.probability_flow = False
     sampling.snr = 0.16
+    # (scoresde) options of the other methods (scoresde.sampling); "" / 0 = the method's default
+    sampling.steps = 0  # grid steps (pc: sde.N; ode fixed-step: 100; ddim 50; dpm_solver 10; dpm_solver++ 20; edm 18)
+    sampling.order = 0  # dpm_solver 1-3 (2), dpm_solver++ 1-2 (2)
+    sampling.eta = 0.0  # ddim
+    sampling.grid = ""  # uniform_t | log_snr | edm
+    sampling.solver = ""  # ode: tsit5 | dopri5 | euler | heun
+    sampling.rtol = 1e-5  # ode
+    sampling.atol = 1e-5  # ode
+    sampling.max_steps = 4096  # ode
+    sampling.corrector_first = True  # pc: the reference's corrector-then-predictor order
+    sampling.lower_order_final = True  # dpm_solver++
+    sampling.S_churn = 0.0  # edm_heun
+    sampling.S_tmin = 0.0
+    sampling.S_tmax = 1e30
+    sampling.S_noise = 1.0
+    sampling.rho = 7.0
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()

@@ -192,8 +192,13 @@ def load_model(workdir: str, config, *, ema: bool = True):
     """
     from scoresde import models  # noqa: PLC0415
 
-    model = models.get_model(config, rngs=nnx.Rngs(int(config.get("seed", 0))))
-    state = nnx.state(model, nnx.Param)
+    # Shapes only: initialising a U-Net eagerly costs tens of seconds on a CPU, and every parameter is
+    # overwritten by the checkpoint anyway.
+    abstract = nnx.eval_shape(lambda: models.get_model(config, rngs=nnx.Rngs(int(config.get("seed", 0)))))
+    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree_util.tree_leaves(rest):  # non-parameter state that a checkpoint does not hold: build it for real
+        graphdef, state, rest = nnx.split(models.get_model(config, rngs=nnx.Rngs(int(config.get("seed", 0)))),
+                                          nnx.Param, ...)
     target = nnx.to_pure_dict(state)
     ckpt = Checkpointer(workdir, max_to_keep=None, async_save=False)
     try:
@@ -203,5 +208,4 @@ def load_model(workdir: str, config, *, ema: bool = True):
     if restored is None:
         raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir(workdir)}; train first or import one")
     nnx.replace_by_pure_dict(state, restored["ema_params" if ema else "params"])
-    nnx.update(model, state)
-    return model, int(restored["meta"]["step"])
+    return nnx.merge(graphdef, state, rest), int(restored["meta"]["step"])

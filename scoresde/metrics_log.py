@@ -115,12 +115,13 @@ def save_image_grid(path: str, images_uint8: np.ndarray, *, upscale: int = 1) ->
 
 def save_scatter(path: str, points: np.ndarray, *, reference: np.ndarray | None = None, title: str = "") -> None:
     """Writes a scatter plot PNG of 2-D samples (and, faintly, reference data)."""
-    import matplotlib  # noqa: PLC0415
+    # The object API with an Agg canvas: no pyplot, so a notebook's backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.75", label="data")
     ax.scatter(points[:, 0], points[:, 1], s=2, c="C0", label="samples")
@@ -128,4 +129,3 @@ def save_scatter(path: str, points: np.ndarray, *, reference: np.ndarray | None 
     ax.set_title(title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)

@@ -257,8 +257,11 @@ def get_sampling_fn(config, sde, shape, inverse_scaler=None, eps=None):
     names = [k for k in _OPTIONS[method] if k not in ("predictor", "corrector", "snr", "n_steps",
                                                       "probability_flow", "denoise")]
     for name in names:
-        if name in cfg:
-            options[name] = cfg.get(name)
+        value = cfg.get(name, None)
+        # the configs carry every option with a typed placeholder: "" / 0 mean "this method's default"
+        if value is None or (isinstance(value, str) and not value) or (name in ("steps", "order") and value == 0):
+            continue
+        options[name] = value.lower() if isinstance(value, str) else value
     inverse_scaler = inverse_scaler if inverse_scaler is not None else (lambda x: x)
     _resolve(method, options)
 
