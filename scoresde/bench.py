@@ -97,7 +97,7 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
     return {
         "device": getattr(dev, "device_kind", dev.platform), "num_devices": jax.device_count(),
         "config": config_name, "what": what, "batch": batch, "dtype": str(config.model.get("dtype", "float32")),
-        "params": n_params, "compile_s": round(compile_s, 3), "median_step_s": round(median, 6),
+        "params": n_params, "compile_s": round(compile_s, 3), "median_step_s": float(f"{median:.6g}"),
         "img_per_s": round(batch / median, 2), "peak_memory_gib": _peak_memory_gib(),
     }
 
