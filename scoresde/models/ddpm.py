@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -90,17 +89,7 @@ class DDPM(nnx.Module):
         return self.num_classes
 
     def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
-        if train and key is None and any(getattr(m, "rate", 0.0) > 0 for m in self.all_modules):
-            raise ValueError("train=True with dropout needs a PRNG `key`")
-        key = key if train else None
-        mods = iter(enumerate(self.all_modules))
-
-        def nxt():
-            return next(mods)[1]
-
-        def block(h, temb):
-            i, mod = next(mods)
-            return mod(h, temb, key=None if key is None else jax.random.fold_in(key, i))
+        nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         temb = None
         if self.conditional:

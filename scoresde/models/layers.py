@@ -214,3 +214,28 @@ class AttnBlock(AttnBlockpp):
 
     def __init__(self, channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(channels, skip_rescale=False, init_scale=0.0, num_groups=32, dtype=dtype, rngs=rngs)
+
+
+def module_walk(all_modules, *, train: bool, key):
+    """Steps through a network's flat ``all_modules`` list in creation order (the reference's order).
+
+    Returns ``(nxt, block, remaining)``: ``nxt()`` gives the next module; ``block(h, temb)`` applies the
+    next residual block with its own dropout key ``fold_in(key, index)`` (no key outside training);
+    ``remaining`` is the iterator itself, empty once the forward pass has used every module.
+
+    Raises:
+        ValueError: ``train=True`` with dropout but no ``key``.
+    """
+    if train and key is None and any(getattr(m, "rate", 0.0) > 0 for m in all_modules):
+        raise ValueError("train=True with dropout needs a PRNG `key`")
+    key = key if train else None
+    mods = iter(enumerate(all_modules))
+
+    def nxt():
+        return next(mods)[1]
+
+    def block(h, temb):
+        i, mod = next(mods)
+        return mod(h, temb, key=None if key is None else jax.random.fold_in(key, i))
+
+    return nxt, block, mods

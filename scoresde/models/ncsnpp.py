@@ -186,21 +186,8 @@ class NCSNpp(nnx.Module):
     def null_label(self) -> int:
         return self.num_classes
 
-    def _block_key(self, key, i):
-        return None if key is None else jax.random.fold_in(key, i)
-
     def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
-        if train and key is None and any(getattr(m, "rate", 0.0) > 0 for m in self.all_modules):
-            raise ValueError("train=True with dropout needs a PRNG `key`")
-        key = key if train else None
-        mods = iter(enumerate(self.all_modules))
-
-        def nxt():
-            return next(mods)[1]
-
-        def block(h, temb):
-            i, mod = next(mods)
-            return mod(h, temb, key=self._block_key(key, i))
+        nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         if self.embedding_type == "fourier":
             used_sigmas = labels
