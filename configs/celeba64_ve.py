@@ -6,11 +6,7 @@ sigma_max 90, reverse-diffusion + Langevin at snr 0.17. Variant: `smoke`.
     python -m scoresde.main --config=configs/celeba64_ve.py --workdir=runs/celeba64_ve --config.data.tfds_data_dir=DIR
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default_configs as base  # noqa: E402
+from scoresde import config_defaults as base
 
 
 def get_config(variant=None):

@@ -7,11 +7,7 @@ Variant: `smoke`.
     python -m scoresde.main --config=configs/church256_ve.py --workdir=runs/church256_ve --config.data.tfds_data_dir=DIR
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default_configs as base  # noqa: E402
+from scoresde import config_defaults as base
 
 
 def get_config(variant=None):

@@ -5,11 +5,7 @@ As `cifar10_vp.py` with `training.sde = 'subvpsde'`. Variants: `deep`, `smoke`.
     python -m scoresde.main --config=configs/cifar10_subvp.py --workdir=runs/cifar10_subvp
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default_configs as base  # noqa: E402
+from scoresde import config_defaults as base
 
 
 def deep(config):

@@ -6,11 +6,7 @@ Variants: `deep` (NCSN++ cont. deep: 8 res blocks), `smoke`.
     python -m scoresde.main --config=configs/cifar10_ve.py --workdir=runs/cifar10_ve
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default_configs as base  # noqa: E402
+from scoresde import config_defaults as base
 
 
 def deep(config):

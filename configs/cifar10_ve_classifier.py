@@ -10,13 +10,9 @@ data, t ~ U[1e-5, 1]) into ``workdir/classifier``. Variants: ``smoke``.
         --config.sampling.class_label=3
 """
 
-import os
-import sys
+from scoresde import config_defaults as base
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cifar10_ve  # noqa: E402
-import cond_defaults  # noqa: E402
-import default_configs as base  # noqa: E402
+cifar10_ve = base.sibling(__file__, "cifar10_ve")
 
 
 def smoke(config):
@@ -32,5 +28,5 @@ def get_config(variant=None):
     s.guidance = "classifier"
     s.class_label = -1
     s.guidance_scale = 1.0
-    cond_defaults.add_classifier(config, "wrn", 10)
+    base.add_classifier(config, "wrn", 10)
     return base.apply_variants(config, variant, {"smoke": smoke}, "cifar10_ve_classifier")

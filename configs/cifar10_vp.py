@@ -8,11 +8,7 @@ Euler–Maruyama sampling. Variants: `deep` (DDPM++ cont. deep: 8 res blocks), `
     python -m scoresde.main --config=configs/cifar10_vp.py:smoke --workdir=/tmp/smoke --config.data.download=True
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default_configs as base  # noqa: E402
+from scoresde import config_defaults as base
 
 
 def deep(config):

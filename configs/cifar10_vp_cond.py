@@ -10,13 +10,9 @@ classifier guidance (variant ``classifier``). Variants: ``smoke``, ``classifier`
         --config.sampling.class_label=3 --config.sampling.guidance_scale=2
 """
 
-import os
-import sys
+from scoresde import config_defaults as base
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cifar10_vp  # noqa: E402
-import cond_defaults  # noqa: E402
-import default_configs as base  # noqa: E402
+cifar10_vp = base.sibling(__file__, "cifar10_vp")
 
 
 def smoke(config):
@@ -31,7 +27,7 @@ def classifier_guidance(config):
 
 def get_config(variant=None):
     config = cifar10_vp.get_config()
-    cond_defaults.add_guidance(config, 10, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
-    cond_defaults.add_classifier(config, "wrn", 10)
+    base.add_guidance(config, 10, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
+    base.add_classifier(config, "wrn", 10)
     return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
                                "cifar10_vp_cond")

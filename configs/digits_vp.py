@@ -7,11 +7,7 @@ digits to `workdir/samples/snapshot_<step>.png`. Variant: `smoke` (tiny, 2 steps
     python -m scoresde.main --config=configs/digits_vp.py --workdir=runs/digits --mode=sample
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default_configs as base  # noqa: E402
+from scoresde import config_defaults as base
 
 
 def smoke(config):

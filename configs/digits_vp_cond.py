@@ -13,13 +13,9 @@ Variants: ``smoke``, ``classifier`` (sample with classifier guidance).
     python -m scoresde.main --config=configs/digits_vp_cond.py:classifier --workdir=runs/digits_cond --mode=sample
 """
 
-import os
-import sys
+from scoresde import config_defaults as base
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cond_defaults  # noqa: E402
-import default_configs as base  # noqa: E402
-import digits_vp  # noqa: E402
+digits_vp = base.sibling(__file__, "digits_vp")
 
 
 def smoke(config):
@@ -37,11 +33,11 @@ def classifier_guidance(config):
 
 def get_config(variant=None):
     config = digits_vp.get_config()
-    cond_defaults.add_guidance(config, 10, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
+    base.add_guidance(config, 10, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
     config.eval.num_samples = 100
     config.eval.sample_batch_size = 100
     config.training.snapshot_num_samples = 100
-    cond_defaults.add_classifier(config, "wrn", 10, depth=10, width=2, embed_size=64, n_iters=1500, lr=1e-3,
+    base.add_classifier(config, "wrn", 10, depth=10, width=2, embed_size=64, n_iters=1500, lr=1e-3,
                                  batch_size=128, snapshot_freq=1500)
     return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
                                "digits_vp_cond")

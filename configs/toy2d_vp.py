@@ -7,11 +7,7 @@ comma-separated. Snapshots are scatter plots in `workdir/samples/`.
     python -m scoresde.main --config=configs/toy2d_vp.py:two_moons --workdir=runs/moons
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default_configs as base  # noqa: E402
+from scoresde import config_defaults as base
 
 
 def _dataset(name):

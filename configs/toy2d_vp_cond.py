@@ -12,13 +12,9 @@ classifier guidance instead of CFG).
     python -m scoresde.main --config=configs/toy2d_vp_cond.py:classifier --workdir=runs/toy2d_cond --mode=sample
 """
 
-import os
-import sys
+from scoresde import config_defaults as base
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cond_defaults  # noqa: E402
-import default_configs as base  # noqa: E402
-import toy2d_vp  # noqa: E402
+toy2d_vp = base.sibling(__file__, "toy2d_vp")
 
 
 def smoke(config):
@@ -37,7 +33,7 @@ def classifier_guidance(config):
 def get_config(variant=None):
     config = toy2d_vp.get_config()
     config.data.dataset = "gmm_grid"
-    cond_defaults.add_guidance(config, 9, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
-    cond_defaults.add_classifier(config, "mlp", 9, n_iters=2000, lr=1e-3, batch_size=512, snapshot_freq=2000)
+    base.add_guidance(config, 9, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
+    base.add_classifier(config, "mlp", 9, n_iters=2000, lr=1e-3, batch_size=512, snapshot_freq=2000)
     return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
                                "toy2d_vp_cond")

@@ -16,9 +16,15 @@ import json
 import sys
 import time
 
+import jax
 import numpy as np
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
+
+from scoresde import builders, parallel, train_state
+from scoresde import data as data_lib
+from scoresde.modes.train import make_train_step
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally PATH:variant.", lock_config=True)
@@ -28,8 +34,6 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
 
 
 def _peak_memory_gib():
-    import jax  # noqa: PLC0415
-
     stats = [d.memory_stats() or {} for d in jax.local_devices()]
     peaks = [s.get("peak_bytes_in_use") for s in stats if s.get("peak_bytes_in_use") is not None]
     return round(max(peaks) / 2**30, 3) if peaks else None
@@ -37,30 +41,20 @@ def _peak_memory_gib():
 
 def run(config, *, what: str = "train", batch_size: int | None = None, steps: int = 20, config_name: str = "") -> dict:
     """Times ``what`` for ``config`` and returns the JSON record (also what the CLI prints)."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    from flax import nnx  # noqa: PLC0415
-
-    from scoresde import data as data_lib  # noqa: PLC0415
-    from scoresde import parallel, train  # noqa: PLC0415
-
     mesh = parallel.make_mesh()
     batch = int(batch_size or config.training.batch_size)
     parallel.check_batch_size(batch, mesh, "--batch_size")
-    sde = train.make_sde(config)
-    model = train.build_model(config, seed=0)
+    sde = builders.make_sde(config)
+    model = builders.build_model(config, seed=0)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
     shape = (batch,) + data_lib.data_shape(config)
     x = parallel.shard_batch(mesh, {"image": np.random.default_rng(0).standard_normal(shape).astype(np.float32)})
     key = jax.random.key(0)
     if what == "train":
-        tx = train.make_optimizer(config)
-        state = {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params),
-                 "step": jnp.zeros((), jnp.int32), "updates": jnp.zeros((), jnp.int32),
-                 "nonfinite_total": jnp.zeros((), jnp.int32), "nonfinite_run": jnp.zeros((), jnp.int32)}
-        state = parallel.replicate(mesh, state)
-        step_fn = train.make_train_step(config, sde, graphdef, rest, tx, mesh, key)
+        tx = builders.optimizer_from_config(config)
+        state = parallel.replicate(mesh, train_state.init_state(params, tx))
+        step_fn = make_train_step(config, sde, graphdef, rest, tx, mesh, key)
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, x).compile()
         compile_s = time.perf_counter() - t0
@@ -74,7 +68,7 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
         t = parallel.shard_batch(mesh, np.full((batch,), 0.5, np.float32))
 
         def nfe(p, xx, tt):
-            return train.make_score_fn(nnx.merge(graphdef, p, rest), sde, config)(xx, tt)
+            return builders.make_score_fn(nnx.merge(graphdef, p, rest), sde, config)(xx, tt)
 
         fn = jax.jit(nfe, in_shardings=(repl, parallel.data_sharding(mesh), parallel.data_sharding(mesh)))
         params = parallel.replicate(mesh, params)

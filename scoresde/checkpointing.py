@@ -12,7 +12,7 @@ or corrupt files) is skipped with a warning and the next older one is tried.
 
 Examples:
     >>> save_model_checkpoint("runs/imported", params=p, ema_params=p, step=0, config=config)
-    >>> model, step = load_model("runs/imported", config)
+    >>> model, step = builders.load_model("runs/imported", config)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-__all__ = ["Checkpointer", "CorruptCheckpointError", "save_model_checkpoint", "load_model", "checkpoint_dir"]
+__all__ = ["Checkpointer", "CorruptCheckpointError", "save_model_checkpoint", "checkpoint_dir", "check_workdir"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,20 @@ class CorruptCheckpointError(RuntimeError):
 
 
 def checkpoint_dir(workdir: str) -> str:
+    """``workdir/checkpoints`` (absolute)."""
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and checks that it is writable (a clear error instead of a late crash)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"workdir {workdir!r} is not writable: {e}") from e
 
 
 def _config_json(config) -> dict:
@@ -173,39 +186,3 @@ def save_model_checkpoint(workdir: str, *, params, ema_params, step: int, config
     ckpt.save(step, params=params, ema_params=ema_params, meta={"nonfinite_total": 0, "nonfinite_run": 0},
               config=config)
     ckpt.close()
-
-
-def load_model(workdir: str, config, *, ema: bool = True):
-    """Builds ``models.get_model(config)`` and loads the newest valid checkpoint of ``workdir``.
-
-    Args:
-        workdir: run directory holding ``checkpoints/``.
-        config: the config the model was trained with.
-        ema: load the EMA parameters (default) rather than the raw ones.
-
-    Returns:
-        ``(model, step)``.
-
-    Raises:
-        FileNotFoundError: no checkpoint in ``workdir``.
-        CorruptCheckpointError: checkpoints exist but none loads.
-    """
-    from scoresde import models  # noqa: PLC0415
-
-    # Shapes only: initialising a U-Net eagerly costs tens of seconds on a CPU, and every parameter is
-    # overwritten by the checkpoint anyway.
-    abstract = nnx.eval_shape(lambda: models.get_model(config, rngs=nnx.Rngs(int(config.get("seed", 0)))))
-    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree_util.tree_leaves(rest):  # non-parameter state that a checkpoint does not hold: build it for real
-        graphdef, state, rest = nnx.split(models.get_model(config, rngs=nnx.Rngs(int(config.get("seed", 0)))),
-                                          nnx.Param, ...)
-    target = nnx.to_pure_dict(state)
-    ckpt = Checkpointer(workdir, max_to_keep=None, async_save=False)
-    try:
-        restored = ckpt.restore_latest(params=None if ema else target, ema_params=target if ema else None)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir(workdir)}; train first or import one")
-    nnx.replace_by_pure_dict(state, restored["ema_params" if ema else "params"])
-    return nnx.merge(graphdef, state, rest), int(restored["meta"]["step"])

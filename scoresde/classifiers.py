@@ -14,7 +14,7 @@ read any linear SDE. :func:`classifier_log_prob_fn` does this conversion and ret
 * ``"mlp"``: a residual MLP with the same Fourier embedding, for 2-D / low-dimensional data.
 
 Examples:
-    >>> clf = get_classifier(config, rngs=nnx.Rngs(0))
+    >>> clf = builders.get_classifier(config, rngs=nnx.Rngs(0))  # or WideResNet(...) / MLPClassifier(...)
     >>> log_prob_fn = classifier_log_prob_fn(clf, sde)
     >>> guided = guidance.classifier_guidance(score_fn, log_prob_fn, y=3, scale=2.0)
 """
@@ -29,7 +29,7 @@ from flax import nnx
 
 from scoresde.sde import batch_mul
 
-__all__ = ["FourierEmbedding", "WideResNet", "MLPClassifier", "get_classifier", "classifier_log_prob_fn",
+__all__ = ["FourierEmbedding", "WideResNet", "MLPClassifier", "classifier_log_prob_fn",
            "classifier_inputs"]
 
 # The reference's kaiming-normal (fan_out, gain 2) convolution init and U[-1/√n, 1/√n] final dense init.
@@ -165,47 +165,6 @@ class MLPClassifier(nnx.Module):
         return self.out(nnx.silu(h))
 
 
-def _data_dim(config) -> tuple[int, ...]:
-    from scoresde import data as data_lib  # noqa: PLC0415
-
-    return data_lib.data_shape(config)
-
-
-def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
-    """Builds the classifier of ``config.classifier`` (``name`` ∈ wrn | mlp) for ``config.data``.
-
-    Reads ``config.classifier``: ``name``, ``num_classes`` (default ``config.model.num_classes``) and,
-    for ``wrn``, ``depth`` [28], ``width`` [10], ``embed_size`` [128], ``fourier_scale`` [16]; for
-    ``mlp``, ``hidden`` [128], ``num_layers`` [3], ``embed_size`` [32], ``fourier_scale`` [4].
-
-    Raises:
-        ValueError: for an unknown name or a missing class count.
-    """
-    c = config.classifier
-    num_classes = int(c.get("num_classes", 0) or config.model.get("num_classes", 0))
-    if num_classes < 2:
-        raise ValueError(f"a classifier needs config.classifier.num_classes >= 2; got {num_classes}")
-    shape = _data_dim(config)
-
-    def wrn():
-        if len(shape) != 3:
-            raise ValueError(f"classifier 'wrn' needs image data (H, W, C); got data shape {shape}")
-        return WideResNet(num_classes, in_channels=shape[-1], depth=int(c.get("depth", 28)),
-                          width=int(c.get("width", 10)), embed_size=int(c.get("embed_size", 128)),
-                          fourier_scale=float(c.get("fourier_scale", 16.0)), rngs=rngs)
-
-    def mlp():
-        return MLPClassifier(math.prod(shape), num_classes, hidden=int(c.get("hidden", 128)),
-                             num_layers=int(c.get("num_layers", 3)), embed_size=int(c.get("embed_size", 32)),
-                             fourier_scale=float(c.get("fourier_scale", 4.0)), rngs=rngs)
-
-    builders = {"wrn": wrn, "mlp": mlp}
-    name = str(c.name).lower()
-    if name not in builders:
-        raise ValueError(f"unknown classifier {c.name!r}; expected one of: {', '.join(builders)}")
-    return builders[name]()
-
-
 def classifier_inputs(sde, x, t):
     """``(x_t / alpha(t), sigma(t) / alpha(t))``: the classifier's input and noise level (VE coordinates)."""
     alpha, sigma = sde.alpha(t), sde.sigma(t)
@@ -216,7 +175,7 @@ def classifier_log_prob_fn(classifier, sde):
     """``log_prob_fn(x, t) -> (B, num_classes)`` log-probabilities of a noise-conditional classifier.
 
     Args:
-        classifier: a callable ``classifier(x_ve, noise_level) -> logits`` (e.g. from :func:`get_classifier`).
+        classifier: a callable ``classifier(x_ve, noise_level) -> logits`` (e.g. from :func:`scoresde.builders.get_classifier`).
         sde: the SDE of the sampler (its ``alpha``, ``sigma`` map ``t`` to the classifier's inputs).
     """
 

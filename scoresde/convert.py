@@ -29,66 +29,31 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
-import importlib.util
-import json
 import os
 import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from scoresde import models
-from scoresde import parameterization
-from scoresde import sde as sde_lib
+from scoresde import builders, parameterization
+from scoresde.builders import abstract_model, as_config, load_config
 
 __all__ = [
-    "as_config",
-    "load_config",
-    "abstract_model",
     "reference_module_names",
     "torch_module_indices",
     "params_from_torch",
     "params_from_linen",
     "load_reference_checkpoint",
     "model_with_params",
-    "sde_from_config",
     "reference_score_fn",
     "main",
 ]
 
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "W": "W", "b": "b", "weight": "weight"}
 _FROZEN = {"GaussianFourierProjection"}  # modules whose parameters the PyTorch EMA does not track
-
-
-def as_config(config) -> ml_collections.ConfigDict:
-    """A ConfigDict from one of our configs, a reference ConfigDict or a plain (JSON) dict."""
-    if isinstance(config, ml_collections.ConfigDict):
-        return config
-    if isinstance(config, dict):
-        return ml_collections.ConfigDict(config)
-    raise TypeError(f"config must be a ConfigDict or a dict; got {type(config).__name__}")
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """Reads a config: a reference/our JSON dump, or a Python file defining ``get_config()``."""
-    if path.endswith(".json"):
-        with open(path) as f:
-            return as_config(json.load(f))
-    if path.endswith(".py"):
-        spec = importlib.util.spec_from_file_location("_scoresde_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return as_config(module.get_config())
-    raise ValueError(f"unknown config file {path!r}; expected a .py file with get_config() or a .json file")
-
-
-def abstract_model(config) -> nnx.Module:
-    """The network of ``config`` with shape-only parameters (nothing is initialised or allocated)."""
-    return nnx.eval_shape(lambda: models.get_model(as_config(config), rngs=nnx.Rngs(0)))
 
 
 def reference_module_names(model) -> list[str]:
@@ -268,18 +233,6 @@ def model_with_params(config, params: dict, *, model: nnx.Module | None = None) 
     return model
 
 
-def sde_from_config(config) -> sde_lib.LinearSDE:
-    """The reference SDE of ``config.training.sde`` with the ``config.model`` constants."""
-    config = as_config(config)
-    name, m = config.training.sde.lower(), config.model
-    n = m.get("num_scales", 1000)
-    if name in ("vpsde", "subvpsde"):
-        return sde_lib.get_sde(name, beta_min=m.get("beta_min", 0.1), beta_max=m.get("beta_max", 20.0), N=n)
-    if name == "vesde":
-        return sde_lib.get_sde(name, sigma_min=m.get("sigma_min", 0.01), sigma_max=m.get("sigma_max", 50.0), N=n)
-    raise ValueError(f"unknown sde {config.training.sde!r}; expected one of: vpsde, subvpsde, vesde")
-
-
 def reference_score_fn(path: str, config, ema: bool = True):
     """The reference-convention score function ``score_fn(x, t)`` of a reference checkpoint.
 
@@ -298,8 +251,8 @@ def reference_score_fn(path: str, config, ema: bool = True):
     loaded = load_reference_checkpoint(path, config, model=model)
     model = model_with_params(config, loaded["ema_params" if ema else "params"], model=model)
     graphdef, state = nnx.split(model)
-    sde = sde_from_config(config)
-    convention = parameterization.reference_convention(sde, config.training.get("continuous", True))
+    sde = builders.make_sde(config)
+    convention = builders.score_convention(config, sde)
 
     def score_fn(x, t):
         return _network_score(state, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32), graphdef=graphdef,
@@ -325,7 +278,7 @@ def main(argv=None) -> str:
     parser.add_argument("--step", type=int, default=None, help="step to record (default: the checkpoint's)")
     args = parser.parse_args(argv)
 
-    from scoresde import checkpointing
+    from scoresde import checkpointing  # noqa: PLC0415  (orbax only for the command)
 
     config = load_config(args.config)
     loaded = load_reference_checkpoint(args.checkpoint, config)

@@ -29,6 +29,9 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from scoresde import parallel, toy
+from scoresde.images import to_uint8
+
 __all__ = ["get_dataset", "get_data_scaler", "get_data_inverse_scaler", "data_shape", "is_image_data",
            "TOY_DATASETS", "TFDS_DATASETS"]
 
@@ -127,6 +130,37 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None, 
     return tfds_data.tfds_batches(config, name, split, **opts)
 
 
+def describe(config, split: str = "train") -> str:
+    """``"<dataset> <split>: <N> examples of <shape>"`` for the run header (``N`` unknown for tfds until prepared)."""
+    name = check_dataset_name(config)
+    shape = "x".join(str(s) for s in data_shape(config))
+    if name in TOY_DATASETS:
+        return f"{name} (generated, unlimited), {shape}"
+    if name in _IN_MEMORY:
+        return f"{name} {split}: {len(_load_in_memory(config, name, split)[0]):,} examples of {shape}"
+    return f"{name} {split} (tfds), {shape}"
+
+
+def uint8_batches(config, split: str, batch_size: int = 500) -> Iterator[np.ndarray]:
+    """This process's share of a whole dataset split as uint8 NHWC batches: all examples, no dequantisation.
+
+    Uses the data module's loaders (the same preprocessing as training, including the reference's
+    resizing) but not its training iterator, which drops the last incomplete batch.
+    """
+    name = check_dataset_name(config)
+    if not is_image_data(config):
+        raise ValueError(f"FID statistics need image data; dataset {config.data.dataset!r} is not images")
+    if name in TFDS_DATASETS:
+        from scoresde.datasets import tfds_data  # noqa: PLC0415  (keeps TensorFlow out of non-tfds runs)
+
+        yield from tfds_data.uint8_batches(config, name, split, batch_size)
+        return
+    images01, _ = _load_in_memory(config, name, split)
+    images = to_uint8(images01)[parallel.process_rows(len(images01))]
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size]
+
+
 def _process_slice(n_global: int) -> slice:
     p, n_proc = jax.process_index(), jax.process_count()
     n_local = n_global // n_proc
@@ -134,8 +168,6 @@ def _process_slice(n_global: int) -> slice:
 
 
 def _toy_batches(config, name, split, *, batch_size, shuffle, repeat, start_step, seed, dequant, flip, scaler):
-    from scoresde import toy  # noqa: PLC0415
-
     del shuffle, dequant, flip
     base = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
     num_eval = int(config.data.get("num_eval_examples", 10 * batch_size))

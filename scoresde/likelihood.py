@@ -38,6 +38,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -49,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 
 # encode/decode (latent interpolation) are the samplers' probability-flow ODE, re-exported: one implementation.
 from scoresde.sampling import decode, encode
-from scoresde.sde import batch_mul
+from scoresde.sde import probability_flow_drift
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -59,7 +60,6 @@ __all__ = [
     "DEQUANTIZATIONS",
     "SOLVERS",
     "BitsPerDim",
-    "probability_flow_drift",
     "log_likelihood",
     "bits_per_dim",
     "bits_per_dim_batch",
@@ -76,16 +76,6 @@ DEQUANTIZATIONS = ("uniform", "none")
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 # New vector-field evaluations per step of a 7-stage FSAL pair (the first stage is the previous last).
 _NEW_EVALS_PER_STEP = 6
-
-
-def probability_flow_drift(score_fn: ScoreFn, sde) -> Callable[[Array, Array], Array]:
-    """``f̃(x, t) = f(x, t) - ½ g(t)² s(x, t)`` (Song et al. 2021, eq. 13), batched over ``(B, ...)``."""
-
-    def drift(x, t):
-        f, g = sde.sde(x, t)
-        return f - batch_mul(0.5 * g * g, score_fn(x, t))
-
-    return drift
 
 
 def _check_choice(name, value, allowed):
@@ -222,7 +212,7 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
         raise ValueError(f"n_probes must be >= 1; got {n_probes}")
     if not 0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T={sde.T}); got {eps}")
-    drift1 = _single(probability_flow_drift(score_fn, sde))
+    drift1 = _single(functools.partial(probability_flow_drift, score_fn, sde))
     keys = jax.random.split(key, x.shape[0])
 
     def local(xs, ks):
@@ -293,7 +283,7 @@ def bits_per_dim_batch(score_fn: ScoreFn, sde, x: Array, key: Array, *,
                        dequantization: str = "uniform", **likelihood_kwargs) -> tuple[Array, Array]:
     """One dequantisation draw of :func:`bits_per_dim`: per-example bits/dim ``(B,)`` and NFE ``(B,)``.
 
-    Pure and jit-able (the building block of the dataset run, :mod:`scoresde.likelihood_run`). ``key`` is
+    Pure and jit-able (the building block of the dataset run, :mod:`scoresde.modes.likelihood`). ``key`` is
     split into the dequantisation noise and the probes; arguments as in :func:`bits_per_dim`.
     """
     _check_bpd_args(dequantization, num_bits)

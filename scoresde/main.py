@@ -1,8 +1,8 @@
 """Command line: ``python -m scoresde.main --config=PATH[:variant] --workdir=DIR [--mode=train]``.
 
 The entry point is thin: it parses flags, optionally joins a multi-host job, and dispatches to a mode
-function ``fn(config, workdir)`` named lazily in :data:`MODES` (so a mode whose module is not installed
-yet is a clear error, not an import failure at start-up).
+function ``fn(config, workdir)`` of :mod:`scoresde.modes`, named in :data:`MODES` and imported only when
+chosen (a mode's dependencies load only for that mode).
 
 Config overrides use ``ml_collections.config_flags`` on a locked config, e.g.
 ``--config.training.batch_size=64``; an unknown key is an error.
@@ -20,17 +20,20 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from scoresde import parallel, runlog
 
 # mode -> "module:function"; every function is fn(config, workdir).
 MODES = {
-    "train": "scoresde.train:train",
-    "eval": "scoresde.evaluate:evaluate",
-    "sample": "scoresde.evaluate:sample",
-    "likelihood": "scoresde.likelihood_run:run",
-    "fid_stats": "scoresde.metrics.run:fid_stats",
-    "fid": "scoresde.metrics.run:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
-    "train_classifier": "scoresde.guidance_train:train_classifier",
+    "train": "scoresde.modes.train:train",
+    "eval": "scoresde.modes.evaluate:evaluate",
+    "sample": "scoresde.modes.sample:sample",
+    "likelihood": "scoresde.modes.likelihood:likelihood",
+    "fid_stats": "scoresde.modes.fid_stats:fid_stats",
+    "fid": "scoresde.modes.fid:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
+    "train_classifier": "scoresde.modes.train_classifier:train_classifier",
 }
 
 FLAGS = flags.FLAGS
@@ -71,18 +74,23 @@ def run(config, workdir: str, mode: str = "train"):
     return resolve_mode(mode)(config, workdir)
 
 
+def _config_spec() -> str | None:
+    """The ``--config`` argument as given (``path.py[:variant]``), for the commands the run suggests next."""
+    for arg in sys.argv[1:]:
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv):
     del argv
-    from absl import logging as absl_logging  # noqa: PLC0415
-
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax / JAX INFO logs drown the run's own
     logging.getLogger("scoresde").setLevel(logging.INFO)
     if FLAGS.distributed or FLAGS.coordinator_address:
-        from scoresde.parallel import initialize_distributed  # noqa: PLC0415
-
-        initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                FLAGS.cpu_collectives)
     fn = resolve_mode(FLAGS.mode)
+    runlog.set_config_spec(_config_spec())
     result = fn(FLAGS.config, FLAGS.workdir)
     if isinstance(result, dict) and result.get("preempted"):
         sys.exit(143)  # 128 + SIGTERM: stopped early, checkpoint written; rerun to resume

@@ -28,6 +28,8 @@ __all__ = [
     "replicate",
     "check_batch_size",
     "local_batch_size",
+    "to_host",
+    "process_rows",
 ]
 
 DATA_AXIS = "data"
@@ -103,6 +105,22 @@ def replicate(mesh: Mesh, tree):
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
     return jax.tree.map(put, tree)
+
+
+def to_host(x) -> np.ndarray:
+    """A global (possibly sharded, possibly multi-process) array as one numpy array on every host."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils  # noqa: PLC0415  (multi-host only)
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def process_rows(n: int) -> slice:
+    """This process's contiguous share of ``n`` rows (uneven shares allowed: nothing is dropped)."""
+    bounds = np.linspace(0, n, jax.process_count() + 1).round().astype(int)
+    p = jax.process_index()
+    return slice(bounds[p], bounds[p + 1])
 
 
 def hide_accelerators_from_tensorflow() -> None:

@@ -359,6 +359,15 @@ def _check_n_t(sde):
         raise ValueError(f"{type(sde).__name__} needs T > 0; got T={sde.T!r}")
 
 
+def probability_flow_drift(score_fn: ScoreFn, sde, x: Array, t: Array) -> Array:
+    """The probability-flow drift ``f(x, t) - ½ g(t)² ∇log p_t(x)`` (Song et al. 2021, eq. 13), ``t`` of shape ``(B,)``.
+
+    The one implementation: the reverse SDE, the ODE samplers and the likelihood all call it.
+    """
+    drift, diffusion = sde.sde(x, t)
+    return drift - batch_mul(0.5 * diffusion**2, score_fn(x, t))
+
+
 @dataclasses.dataclass(frozen=True)
 class ReverseSDE:
     """Reverse-time SDE ``dx = [f - g² ∇log p_t] dt + g dW̄`` or probability-flow ODE (eqs. 6, 13).
@@ -381,11 +390,9 @@ class ReverseSDE:
 
     def sde(self, x, t):
         drift, diffusion = self.forward.sde(x, t)
-        score = self.score_fn(x, t)
-        scale = 0.5 if self.probability_flow else 1.0
-        drift = drift - batch_mul(diffusion**2 * scale, score)
-        diffusion = jnp.zeros_like(diffusion) if self.probability_flow else diffusion
-        return drift, diffusion
+        if self.probability_flow:
+            return probability_flow_drift(self.score_fn, self.forward, x, t), jnp.zeros_like(diffusion)
+        return drift - batch_mul(diffusion**2, self.score_fn(x, t)), diffusion
 
     def discretize(self, x, t):
         """Reverse discretisation ``(rev_f, rev_G)`` (the reverse-diffusion predictor uses it)."""

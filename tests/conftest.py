@@ -5,4 +5,20 @@ import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "fixtures")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+FIXTURES = os.path.join(REPO, "..", "shared", "fixtures")
+
+
+def config_module(name):
+    """``configs/<name>.py`` as a module."""
+    from scoresde import config_defaults
+
+    return config_defaults.load_module(os.path.join(CONFIGS, f"{name}.py"))
+
+
+def load_config(name, variant=None):
+    """``configs/<name>.py[:variant]`` through the one config loader."""
+    from scoresde import builders
+
+    return builders.load_config(os.path.join(CONFIGS, f"{name}.py") + (f":{variant}" if variant else ""))

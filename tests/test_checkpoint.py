@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scoresde import checkpointing, train
-from scoresde.metrics_log import read_metrics
+from scoresde import builders, checkpointing
+from scoresde.modes import train
+from scoresde.runlog import read_metrics
+
+from conftest import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import toy2d_vp  # noqa: E402
 
 
 def toy_config(n_iters):
-    config = toy2d_vp.get_config("smoke")
+    config = load_config("toy2d_vp", "smoke")
     config.training.n_iters = n_iters
     config.training.snapshot_sampling = False
     config.training.eval_freq = 0
@@ -79,7 +80,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     assert sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) == [1, 2, 3]
     _corrupt(os.path.join(ckpt_dir, "3"))
-    model, step = checkpointing.load_model(workdir, config)
+    model, step = builders.load_model(workdir, config)
     assert step == 2
     assert any("skipping checkpoint" in r.getMessage() and "/3" in r.getMessage() for r in caplog.records)
     assert os.path.isdir(os.path.join(ckpt_dir, "corrupt_3"))  # moved aside, never loaded
@@ -92,22 +93,22 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         if s.isdigit():
             _corrupt(os.path.join(ckpt_dir, s))
     with pytest.raises(checkpointing.CorruptCheckpointError, match="could be loaded"):
-        checkpointing.load_model(workdir, config)
+        builders.load_model(workdir, config)
     with pytest.raises(checkpointing.CorruptCheckpointError):
         train.train(config, workdir)
 
 
 def test_model_checkpoint_round_trip_and_fresh_optimizer(tmp_path):
     config = toy_config(2)
-    model = train.build_model(config, seed=3)
+    model = builders.build_model(config, seed=3)
     params = nnx.state(model, nnx.Param)
     ema = jax.tree.map(lambda x: x + 1.0, params)
     checkpointing.save_model_checkpoint(str(tmp_path), params=params, ema_params=ema, step=7, config=config)
-    loaded, step = checkpointing.load_model(str(tmp_path), config)
+    loaded, step = builders.load_model(str(tmp_path), config)
     assert step == 7
     for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)), jax.tree.leaves(ema)):
         np.testing.assert_array_equal(a, b)
-    raw, _ = checkpointing.load_model(str(tmp_path), config, ema=False)
+    raw, _ = builders.load_model(str(tmp_path), config, ema=False)
     for a, b in zip(jax.tree.leaves(nnx.state(raw, nnx.Param)), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     with open(os.path.join(tmp_path, "checkpoints", "7", "meta", "metadata")) as f:
@@ -121,4 +122,4 @@ def test_model_checkpoint_round_trip_and_fresh_optimizer(tmp_path):
 
 def test_load_model_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint found"):
-        checkpointing.load_model(str(tmp_path), toy_config(1))
+        builders.load_model(str(tmp_path), toy_config(1))

@@ -2,7 +2,6 @@
 classifier of a Gaussian mixture (and guides sampling with it), the train_classifier mode and the
 label dropout of classifier-free training."""
 
-import importlib.util
 import json
 import os
 
@@ -14,18 +13,18 @@ import optax
 import pytest
 from flax import nnx
 
-from scoresde import classifiers, guidance, guidance_train, sampling
+from scoresde import builders, classifiers, guidance, sampling
+from scoresde.modes import train_classifier
 from scoresde import sde as sde_lib
 from scoresde import toy
+
+from conftest import load_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def _load_config(name, variant=None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return load_config(name, variant)
 
 
 def _n_params(module):
@@ -70,7 +69,7 @@ VP = sde_lib.VPSDE()
 
 @pytest.fixture(scope="module")
 def trained_mlp():
-    """An MLP classifier trained with :func:`guidance_train.classifier_loss` on the 3×3 mixture grid."""
+    """An MLP classifier trained with :func:`train_classifier.classifier_loss` on the 3×3 mixture grid."""
     clf = classifiers.MLPClassifier(2, 9, hidden=64, num_layers=2, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(clf, nnx.Param)
     tx = optax.adam(3e-3)
@@ -80,7 +79,7 @@ def trained_mlp():
         k_data, k_loss = jax.random.split(key)
         x, y = GRID.sample(k_data, 512, return_labels=True)
         (loss, acc), g = jax.value_and_grad(
-            lambda p: guidance_train.classifier_loss(nnx.merge(graphdef, p), VP, x, y, k_loss, eps=1e-3),
+            lambda p: train_classifier.classifier_loss(nnx.merge(graphdef, p), VP, x, y, k_loss, eps=1e-3),
             has_aux=True)(params)
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), opt, loss
@@ -118,7 +117,6 @@ def test_classifier_guidance_with_a_trained_classifier_samples_the_class(trained
 
 def test_train_classifier_mode_resumes_and_guides_the_sample_mode(tmp_path):
     from scoresde import main as cli
-    from scoresde import models
     from scoresde.checkpointing import save_model_checkpoint
 
     config = _load_config("toy2d_vp_cond", "smoke,classifier")
@@ -127,15 +125,15 @@ def test_train_classifier_mode_resumes_and_guides_the_sample_mode(tmp_path):
     assert out["step"] == 2 and set(out["test_accuracy"]) == {"t=0.001", "t=0.25", "t=0.5"}
     with open(os.path.join(workdir, "classifier", "eval_results.json")) as f:
         assert json.load(f)["step"] == 2
-    clf, step = guidance_train.load_classifier(workdir, config)
+    clf, step = builders.load_classifier(workdir, config)
     assert step == 2
     # a longer run resumes from step 2
     with config.unlocked():
         config.classifier.n_iters = 3
     assert cli.run(config, workdir, "train_classifier")["step"] == 3
-    assert guidance_train.load_classifier(workdir, config)[1] == 3
+    assert builders.load_classifier(workdir, config)[1] == 3
     # sample mode with classifier guidance: needs a score model; an untrained one will do for the wiring
-    score_model = models.get_model(config, rngs=nnx.Rngs(0))
+    score_model = builders.get_model(config, rngs=nnx.Rngs(0))
     p = nnx.state(score_model, nnx.Param)
     save_model_checkpoint(workdir, params=p, ema_params=p, step=0, config=config)
     with config.unlocked():
@@ -148,32 +146,31 @@ def test_train_classifier_mode_resumes_and_guides_the_sample_mode(tmp_path):
 def test_missing_classifier_is_a_clear_error(tmp_path):
     config = _load_config("toy2d_vp_cond", "smoke,classifier")
     with pytest.raises(FileNotFoundError, match="train_classifier"):
-        guidance_train.load_classifier(str(tmp_path), config)
+        builders.load_classifier(str(tmp_path), config)
     with pytest.raises(ValueError, match="classifier"):
-        guidance_train.guided_score_fn(config, None, VP, 4, classifier=None)
+        builders.guided_score_fn(config, None, VP, 4, classifier=None)
     bad = ml_collections.ConfigDict(config.to_dict())
     bad.sampling.guidance = "clip"
     with pytest.raises(ValueError, match="none, cfg, classifier"):
-        guidance_train.guided_score_fn(bad, None, VP, 4)
+        builders.guided_score_fn(bad, None, VP, 4)
     bad.classifier.name = "resnet"
     with pytest.raises(ValueError, match="wrn, mlp"):
-        classifiers.get_classifier(bad, rngs=nnx.Rngs(0))
+        builders.get_classifier(bad, rngs=nnx.Rngs(0))
 
 
 def test_sample_class_labels():
     config = _load_config("digits_vp_cond")
-    np.testing.assert_array_equal(guidance_train.sample_class_labels(config, 20), np.repeat(np.arange(10), 2))
+    np.testing.assert_array_equal(builders.sample_class_labels(config, 20), np.repeat(np.arange(10), 2))
     with config.unlocked():
         config.sampling.class_label = 7
-    np.testing.assert_array_equal(guidance_train.sample_class_labels(config, 3), [7, 7, 7])
+    np.testing.assert_array_equal(builders.sample_class_labels(config, 3), [7, 7, 7])
     with config.unlocked():
         config.sampling.class_label = 10
     with pytest.raises(ValueError, match="class_label=10"):
-        guidance_train.sample_class_labels(config, 3)
+        builders.sample_class_labels(config, 3)
 
 
 def test_label_dropout():
-    from scoresde import train
 
     y = jnp.arange(20000) % 10
     dropped = guidance.drop_labels(jax.random.key(0), y, 0.2, 10)
@@ -182,10 +179,10 @@ def test_label_dropout():
     np.testing.assert_array_equal(np.asarray(dropped)[np.asarray(dropped) != 10], np.asarray(y)[np.asarray(dropped) != 10])
     config = _load_config("digits_vp_cond")
     batch = {"label": np.asarray(y[:8], np.int32)}
-    assert train.class_labels(_load_config("digits_vp"), batch, jax.random.key(0)) is None  # unconditional
+    assert builders.class_labels(_load_config("digits_vp"), batch, jax.random.key(0)) is None  # unconditional
     with config.unlocked():
         config.training.p_uncond = 0.0
-    np.testing.assert_array_equal(train.class_labels(config, batch, jax.random.key(0)), batch["label"])
+    np.testing.assert_array_equal(builders.class_labels(config, batch, jax.random.key(0)), batch["label"])
     with config.unlocked():
         config.training.p_uncond = 1.0
-    np.testing.assert_array_equal(train.class_labels(config, batch, jax.random.key(0)), 10)
+    np.testing.assert_array_equal(builders.class_labels(config, batch, jax.random.key(0)), 10)

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from scoresde import main as main_lib
-from scoresde.metrics_log import read_metrics
+from scoresde.runlog import read_metrics
+
+from conftest import config_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["toy2d_vp", "digits_vp", "cifar10_vp", "cifar10_subvp", "cifar10_ve", "celeba64_ve", "church256_ve"]
@@ -44,10 +46,7 @@ def test_modes_resolve_lazily_with_clear_errors():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_has_a_command_and_a_smoke_variant(name):
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import importlib
-
-    module = importlib.import_module(name)
+    module = config_module(name)
     assert f"python -m scoresde.main --config=configs/{name}.py" in module.__doc__
     config = module.get_config()
     smoke = module.get_config("smoke")
@@ -65,9 +64,7 @@ def test_every_config_has_a_command_and_a_smoke_variant(name):
 
 
 def test_cifar10_recipes_match_the_reference():
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import cifar10_ve
-    import cifar10_vp
+    cifar10_ve, cifar10_vp = config_module("cifar10_ve"), config_module("cifar10_vp")
 
     vp = cifar10_vp.get_config()
     assert (vp.training.batch_size, vp.optim.lr, vp.optim.warmup, vp.optim.grad_clip, vp.model.ema_rate,

@@ -1,7 +1,6 @@
 """Data sources: determinism, resume positions, scaling, user data, and the tfds path (mocked, offline)."""
 
 import os
-import sys
 
 import ml_collections
 import numpy as np
@@ -9,15 +8,7 @@ import pytest
 
 from scoresde import data as data_lib
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def load_config(name, variant=None):
-    sys.path.insert(0, CONFIGS)
-    import importlib
-
-    module = importlib.import_module(name)
-    return module.get_config(variant)
+from conftest import load_config
 
 
 def take(it, n):

@@ -7,7 +7,6 @@ the flattened 8×8 images keeps this under ~1 minute of CPU (the U-Net of ``digi
 minutes of training to draw digits).
 """
 
-import importlib.util
 import os
 
 import jax
@@ -16,14 +15,13 @@ import pytest
 
 from scoresde import main as cli
 
+from conftest import load_config
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def _config():
-    spec = importlib.util.spec_from_file_location("digits_vp_cond", os.path.join(CONFIGS, "digits_vp_cond.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config("digits_vp_cond")
     t = c.training
     t.n_iters, t.log_freq, t.eval_freq = 600, 100, 0
     t.snapshot_freq = t.snapshot_freq_for_preemption = 600
@@ -70,12 +68,11 @@ def test_class_conditional_digits_with_cfg_are_recognised(tmp_path, svc, capsys)
     # The same model, one jitted sampler, guidance scale as a traced argument: w = 0 vs w = 3.
     from flax import nnx
 
-    from scoresde import evaluate, train
-    from scoresde.checkpointing import load_model
+    from scoresde import builders
 
-    model, _ = load_model(workdir, config)
+    model, _ = builders.load_model(workdir, config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    fn = evaluate.make_sample_fn(config, train.make_sde(config), graphdef, rest, 100)
+    fn = builders.make_sample_fn(config, builders.make_sde(config), graphdef, rest, 100)
     key = jax.random.key(3)
     acc = {w: _accuracy(svc, fn(params, key, np.float32(w))[0])[0] for w in (0.0, 3.0)}
     assert fn._cache_size() == 1  # one compilation for both scales

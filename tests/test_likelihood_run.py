@@ -3,21 +3,21 @@
 import json
 import os
 import shutil
-import sys
 
 import jax
 import numpy as np
 from flax import nnx
 
-from scoresde import checkpointing, likelihood_run, models
+from scoresde import builders, checkpointing
+from scoresde.modes import likelihood as likelihood_mode
+
+from conftest import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import toy2d_vp  # noqa: E402
 
 
 def _config():
-    config = toy2d_vp.get_config("smoke")
+    config = load_config("toy2d_vp", "smoke")
     config.eval.bpd_batch_size = 8
     config.eval.num_eval_batches = 2
     config.eval.bpd_num_repeats = 2  # continuous data: repeats average fresh Hutchinson probes
@@ -27,7 +27,7 @@ def _config():
 
 
 def _checkpoint(workdir, config):
-    model = models.get_model(config, rngs=nnx.Rngs(0))
+    model = builders.get_model(config, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     # Perturb every parameter (the output layer starts at zero) so the score depends on x and t and
     # the probes matter: a resumed run with the wrong randomness would then give other numbers.
@@ -44,7 +44,7 @@ def test_report_and_resume(tmp_path):
     _checkpoint(full, config)
     shutil.copytree(full, resumed)
 
-    report = likelihood_run.run(config, full)
+    report = likelihood_mode.likelihood(config, full)
     with open(os.path.join(full, "likelihood", "bpd_test.json")) as f:
         on_disk = json.load(f)
     assert on_disk == json.loads(json.dumps(report))
@@ -58,10 +58,10 @@ def test_report_and_resume(tmp_path):
     assert report["dequantization"] == "none" and report["offset_bits_per_dim"] == 0.0
 
     # Preempted after one of the four (repeat, batch) units, then started again.
-    assert likelihood_run.run(config, resumed, stop_after=1) is None
+    assert likelihood_mode.likelihood(config, resumed, stop_after=1) is None
     with np.load(os.path.join(resumed, "likelihood", "bpd_test_partial.npz")) as f:
         assert f["done"].sum() == 1
-    again = likelihood_run.run(config, resumed)
+    again = likelihood_mode.likelihood(config, resumed)
     assert again["batches_this_session"] == 3
     with np.load(os.path.join(full, "likelihood", "bpd_test_partial.npz")) as a, \
             np.load(os.path.join(resumed, "likelihood", "bpd_test_partial.npz")) as b:

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from scoresde.metrics import frechet_distance, inception_score, kernel_distance
-from scoresde.metrics import run as metrics_run
+from scoresde import builders
+from scoresde.metrics.features import FeatureAccumulator, inception_feature_fn
+from scoresde.modes.fid import evaluate_samples
+from scoresde.modes.fid_stats import fid_stats
+
+from conftest import load_config
 
 
 def standin_feature_fn(images):
@@ -52,7 +57,7 @@ def _config(tmp_path, **eval_overrides):
 def test_fid_stats_covers_the_whole_split_as_uint8(tmp_path):
     # Dequantisation and flips are on in the training config: the statistics must ignore them.
     config = _config(tmp_path)
-    summary = metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+    summary = fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
     data = _digits_uint8("train")
     assert len(data) == 1617 and len(data) % config.eval.inception_batch_size  # a last partial batch
     assert summary["num_examples"] == len(data) and summary["features_kept"]
@@ -64,7 +69,7 @@ def test_fid_stats_covers_the_whole_split_as_uint8(tmp_path):
         assert str(f["feature_extractor"]) == "standin_linear16" and int(f["num_examples"]) == 1617
     # Above the cap only the moments are kept.
     small = _config(tmp_path, stats_max_features=1000, fid_stats_path=str(tmp_path / "capped.npz"))
-    metrics_run.fid_stats(small, str(tmp_path), feature_fn=standin_feature_fn)
+    fid_stats(small, str(tmp_path), feature_fn=standin_feature_fn)
     with np.load(small.eval.fid_stats_path) as f:
         assert "pool_3" not in f.files and int(f["num_examples"]) == 1617
 
@@ -72,7 +77,7 @@ def test_fid_stats_covers_the_whole_split_as_uint8(tmp_path):
 def test_accumulator_merge_equals_one_pass():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 5)) * 3 + 100.0  # a large mean: the shifted sums keep the covariance exact
-    a, b, whole = (metrics_run.FeatureAccumulator() for _ in range(3))
+    a, b, whole = (FeatureAccumulator() for _ in range(3))
     a.add(x[:120])
     b.add(x[120:200])
     b.add(x[200:])
@@ -96,12 +101,12 @@ def _write_sample_files(workdir, images, sizes, nfe=None):
 
 def test_evaluate_sample_files(tmp_path, capsys):
     config = _config(tmp_path)
-    metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+    fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
     workdir = str(tmp_path / "run")
     samples = _digits_uint8("test")  # 180 held-out digits as "samples"
     # samples_10 must come after samples_9 (natural order): IS depends on the order through its splits.
     _write_sample_files(workdir, samples, [8] * 10 + [100], nfe=37)
-    report = metrics_run.evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
+    report = evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
 
     with np.load(config.eval.fid_stats_path) as f:
         ref = {k: f[k] for k in f.files}
@@ -127,14 +132,14 @@ def test_evaluate_sample_files(tmp_path, capsys):
     noise = np.random.default_rng(0).integers(0, 256, samples.shape, dtype=np.uint8)
     noisy_dir = str(tmp_path / "noise")
     _write_sample_files(noisy_dir, noise, [180])
-    noisy = metrics_run.evaluate_samples(config, noisy_dir, feature_fn=standin_feature_fn)
+    noisy = evaluate_samples(config, noisy_dir, feature_fn=standin_feature_fn)
     assert noisy["fid"] > 20 * report["fid"] and noisy["kid"] > 20 * report["kid"]
     assert noisy["nfe"] is None and any("no 'nfe'" in w for w in noisy["warnings"])
 
 
 def test_sampling_rounds_resume(tmp_path):
     config = _config(tmp_path, num_samples=10, sample_batch_size=4, is_splits=2)
-    metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+    fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
     calls = []
 
     def sampler(key):
@@ -142,7 +147,7 @@ def test_sampling_rounds_resume(tmp_path):
         return np.asarray(jax.random.uniform(key, (4, 8, 8, 1))), 11
 
     workdir = str(tmp_path / "run")
-    first = metrics_run.evaluate_samples(config, workdir, standin_feature_fn, sampler=sampler, step=3)
+    first = evaluate_samples(config, workdir, standin_feature_fn, sampler=sampler, step=3)
     assert len(calls) == 3 and first["num_samples"] == 10 and first["nfe"] == 11 and first["step"] == 3
     rounds = sorted(glob.glob(os.path.join(workdir, "eval_samples", "step_3", "round_*.npz")))
     assert len(rounds) == 3
@@ -151,7 +156,7 @@ def test_sampling_rounds_resume(tmp_path):
     with open(rounds[2], "r+b") as f:
         f.truncate(20)
     calls.clear()
-    again = metrics_run.evaluate_samples(config, workdir, standin_feature_fn, sampler=sampler, step=3)
+    again = evaluate_samples(config, workdir, standin_feature_fn, sampler=sampler, step=3)
     assert len(calls) == 2
     assert again["fid"] == first["fid"] and again["inception_score"] == first["inception_score"]
     assert again["sampling"]["resumed_rounds"] == 1
@@ -162,13 +167,13 @@ def test_missing_reference_stats_is_a_clear_error(tmp_path):
     config = _config(tmp_path)
     _write_sample_files(str(tmp_path), _digits_uint8("test"), [180])
     with pytest.raises(FileNotFoundError, match="--mode=fid_stats"):
-        metrics_run.evaluate_samples(config, str(tmp_path), feature_fn=standin_feature_fn)
+        evaluate_samples(config, str(tmp_path), feature_fn=standin_feature_fn)
 
 
 def test_unknown_feature_extractor_is_refused(tmp_path):
     config = _config(tmp_path, feature_extractor="dinov2")
     with pytest.raises(ValueError, match="feature_extractor 'dinov2'"):
-        metrics_run.get_feature_fn(config)
+        builders.get_feature_fn(config)
 
 
 def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
@@ -179,7 +184,7 @@ def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
     path = str(tmp_path / "w.npz")
     W.save_params(path, W.torch_state_dict_to_params(random_torch_state_dict(seed=9)))
     monkeypatch.setenv(W.ENV_OFFLINE, "1")
-    fn = metrics_run.inception_feature_fn(path, batch_size=2)
+    fn = inception_feature_fn(path, batch_size=2)
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     pool, logits = fn(images)
     assert pool.shape == (3, 2048) and logits.shape == (3, 1008)
@@ -208,16 +213,15 @@ def test_eval_pipeline_on_the_digits_model(tmp_path):
     """Checkpoint of the digits U-Net -> sampling rounds on the mesh -> stand-in features -> FID/IS/KID report."""
     from flax import nnx
 
-    from scoresde import models
     from scoresde.checkpointing import save_model_checkpoint
 
     config = _digits_config(tmp_path)
     workdir = str(tmp_path / "digits")
-    model = models.get_model(config, rngs=nnx.Rngs(0))  # untrained weights: this tests the pipeline
+    model = builders.get_model(config, rngs=nnx.Rngs(0))  # untrained weights: this tests the pipeline
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     save_model_checkpoint(workdir, params=params, ema_params=params, step=7, config=config)
-    metrics_run.fid_stats(config, workdir, feature_fn=standin_feature_fn)
-    report = metrics_run.evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
+    fid_stats(config, workdir, feature_fn=standin_feature_fn)
+    report = evaluate_samples(config, workdir, feature_fn=standin_feature_fn)
     assert report["step"] == 7 and report["num_samples"] == 12
     assert report["nfe"] == config.model.num_scales  # Euler-Maruyama: one score evaluation per step
     assert report["sampler"]["method"] == config.sampling.method
@@ -230,13 +234,7 @@ def test_eval_pipeline_on_the_digits_model(tmp_path):
 
 
 def _load_config(name, variant=None):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"{name}_config", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return load_config(name, variant)
 
 
 def test_fid_stats_tfds_whole_split_exact_uint8(tmp_path):
@@ -249,7 +247,7 @@ def test_fid_stats_tfds_whole_split_exact_uint8(tmp_path):
         config.eval.inception_batch_size = 8
         config.eval.fid_stats_path = str(tmp_path / "cifar10_train.npz")
     with tfds.testing.mock_data(num_examples=21):
-        summary = metrics_run.fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+        summary = fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
         raw = np.stack([d["image"] for d in tfds.as_numpy(tfds.load("cifar10", split="train"))])
     assert raw.dtype == np.uint8 and raw.shape == (21, 32, 32, 3)
     assert summary["num_examples"] == 21

@@ -56,6 +56,7 @@ def _outputs_text(nb):
     return "".join(lines)
 
 
+@pytest.mark.slow  # ~2.5 min of CPU for the four: outside the 15-minute default run (pytest -m slow)
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom(name, notebook_env, monkeypatch, capsys):
     base, env = notebook_env

@@ -15,13 +15,12 @@ PY = sys.executable
 # Trains the toy smoke config for 3 steps (batch 64) and prints the per-step losses as JSON.
 SCRIPT = r"""
 import json, sys
-sys.path.insert(0, "configs")
 import jax
 jax.config.update("jax_numpy_rank_promotion", "raise")
-import toy2d_vp
-from scoresde import parallel, train
-from scoresde.metrics_log import read_metrics
-config = toy2d_vp.get_config("smoke")
+from scoresde import builders, parallel
+from scoresde.modes import train
+from scoresde.runlog import read_metrics
+config = builders.load_config("configs/toy2d_vp.py:smoke")
 config.training.n_iters = 3
 config.training.snapshot_sampling = False
 out = {"devices": jax.device_count()}

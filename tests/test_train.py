@@ -2,19 +2,17 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from scoresde import evaluate, train
-from scoresde.metrics_log import read_metrics
+from scoresde.modes import evaluate, train
+from scoresde.modes.sample import sample
+from scoresde.runlog import read_metrics
+
+from conftest import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import cifar10_vp  # noqa: E402
-import digits_vp  # noqa: E402
-import toy2d_vp  # noqa: E402
 
 
 def check_run(workdir, n_steps=2):
@@ -30,7 +28,7 @@ def check_run(workdir, n_steps=2):
 
 
 def test_toy_smoke_train_then_sample_and_eval(tmp_path):
-    config = toy2d_vp.get_config("smoke")
+    config = load_config("toy2d_vp", "smoke")
     workdir = str(tmp_path)
     out = train.train(config, workdir)
     assert out["step"] == 2 and not out["preempted"]
@@ -38,7 +36,7 @@ def test_toy_smoke_train_then_sample_and_eval(tmp_path):
     assert records[0]["grad_norm"] > 0
     assert os.path.exists(os.path.join(workdir, "samples", "snapshot_00000002.png"))  # scatter plot
 
-    result = evaluate.sample(config, workdir)
+    result = sample(config, workdir)
     assert result["num_samples"] == config.eval.num_samples and result["nfe"] > 0
     with np.load(os.path.join(workdir, "samples", "samples_0.npz")) as f:
         s = f["samples"]
@@ -52,12 +50,12 @@ def test_toy_smoke_train_then_sample_and_eval(tmp_path):
 
 
 def test_digits_smoke_train_and_sample_images(tmp_path):
-    config = digits_vp.get_config("smoke")
+    config = load_config("digits_vp", "smoke")
     workdir = str(tmp_path)
     train.train(config, workdir)
     check_run(workdir)
     assert os.path.exists(os.path.join(workdir, "samples", "snapshot_00000002.png"))
-    evaluate.sample(config, workdir)
+    sample(config, workdir)
     with np.load(os.path.join(workdir, "samples", "samples_0.npz")) as f:
         s = f["samples"]
     assert s.dtype == np.uint8 and s.shape == (config.eval.sample_batch_size, 8, 8, 1)
@@ -65,7 +63,7 @@ def test_digits_smoke_train_and_sample_images(tmp_path):
 
 def test_cifar10_smoke_on_mock_tfds(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    config = cifar10_vp.get_config("smoke")
+    config = load_config("cifar10_vp", "smoke")
     config.data.download = True  # a no-op under mock_data
     config.training.snapshot_sampling = False
     with tfds.testing.mock_data(num_examples=32):
@@ -74,7 +72,7 @@ def test_cifar10_smoke_on_mock_tfds(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
-    config = toy2d_vp.get_config("smoke")
+    config = load_config("toy2d_vp", "smoke")
     config.optim.lr = float("nan")  # every update is non-finite
     config.optim.warmup = 0
     config.optim.grad_clip = -1.0
@@ -96,7 +94,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     ("data.dataset", "imagenet", "unknown dataset 'imagenet'; expected one of"),
 ])
 def test_unknown_names_are_clear_errors(tmp_path, field, value, message):
-    config = toy2d_vp.get_config("smoke")
+    config = load_config("toy2d_vp", "smoke")
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(ValueError, match=message):
@@ -104,7 +102,7 @@ def test_unknown_names_are_clear_errors(tmp_path, field, value, message):
 
 
 def test_image_size_the_network_cannot_take(tmp_path):
-    config = digits_vp.get_config("smoke")
+    config = load_config("digits_vp", "smoke")
     config.data.image_size = 7  # the U-Net halves the resolution once; 7 is odd
     with pytest.raises(ValueError, match="cannot take data of shape"):
         train.train(config, str(tmp_path))
@@ -114,12 +112,12 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(PermissionError, match="is not writable"):
-        train.train(toy2d_vp.get_config("smoke"), str(blocker / "run"))
+        train.train(load_config("toy2d_vp", "smoke"), str(blocker / "run"))
 
 
 def test_bad_batch_sizes_are_clear_errors(tmp_path):
     # batch sizes the device count does not divide: see test_parallel (8 fake devices)
-    config = toy2d_vp.get_config("smoke")
+    config = load_config("toy2d_vp", "smoke")
     config.training.batch_size = 0
     with pytest.raises(ValueError, match="config.training.batch_size=0 must be a positive multiple"):
         train.train(config, str(tmp_path))

@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 
+from scoresde.images import to_uint8
 from scoresde.parallel import hide_accelerators_from_tensorflow
 
-__all__ = ["tfds_batches", "tfds_spec"]
+__all__ = ["tfds_batches", "tfds_spec", "uint8_batches"]
 
 _SHUFFLE_BUFFER = 10000
 
@@ -145,3 +146,26 @@ def tfds_batches(config, name, split, *, batch_size, shuffle, repeat, start_step
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):
         yield {"image": np.asarray(scaler(batch["image"]), np.float32), "label": batch["label"]}
+
+
+def uint8_batches(config, name, split, batch_size):
+    """The whole ``split`` as uint8 NHWC batches (this process's share): no dequantisation, no flips, no dropped batch."""
+    hide_accelerators_from_tensorflow()
+    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    tfds_name, train_split, eval_split, resize_op = tfds_spec(config, name)
+    builder = _builder(config, tfds_name)  # same availability checks as training
+    the_split = train_split if split == "train" else eval_split
+    ds = builder.as_dataset(split=tfds.split_for_jax_process(the_split, drop_remainder=False), shuffle_files=False)
+    channels = int(config.data.num_channels)
+
+    def preprocess(d):
+        img = resize_op(d["image"])
+        if img.shape[-1] != channels:
+            img = tf.image.rgb_to_grayscale(img) if channels == 1 else tf.image.grayscale_to_rgb(img)
+        return img
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=False)
+    for images01 in tfds.as_numpy(ds):
+        yield to_uint8(images01)

@@ -3,7 +3,7 @@
 The statistics (:mod:`scoresde.metrics.stats`) are pure numpy and work on any features. The feature
 extractor is any ``feature_fn(uint8 NHWC images) -> (pool (N, D), logits (N, K))``; the standard one
 is the FID Inception (:mod:`scoresde.metrics.inception`, weights via :mod:`scoresde.metrics.weights`),
-and :mod:`scoresde.metrics.run` holds the protocol (``--mode=fid_stats`` and the evaluation of samples).
+and :mod:`scoresde.metrics.protocol` holds the protocol's pieces (the modes ``fid_stats`` and ``fid`` run it).
 Importing this package imports only numpy.
 """
 

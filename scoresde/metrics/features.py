@@ -13,11 +13,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+from scoresde.images import to_uint8  # noqa: F401  (the protocol's uint8 map, re-exported)
 
-def to_uint8(images01) -> np.ndarray:
-    """Images in ``[0, 1]`` to uint8 by rounding (the same map as the ``sample`` mode)."""
-    return np.clip(np.asarray(images01, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, resize_method: str = "pytorch_fid",
@@ -71,17 +69,6 @@ def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, r
 
     feature_fn.name = f"inception_v3_fid(weights={os.path.basename(path)}, resize={resize_method})"
     return feature_fn
-
-
-def get_feature_fn(config) -> FeatureFn:
-    """The feature extractor ``config.eval.feature_extractor`` names (default and only one: ``inception``)."""
-    name = str(config.eval.get("feature_extractor", "inception")).lower()
-    builders = {"inception": lambda: inception_feature_fn(config.eval.get("inception_weights", "") or None,
-                                                           batch_size=int(config.eval.get("inception_batch_size",
-                                                                                          250)))}
-    if name not in builders:
-        raise ValueError(f"unknown config.eval.feature_extractor {name!r}; expected one of: {', '.join(builders)}")
-    return builders[name]()
 
 
 def feature_name(feature_fn) -> str:
@@ -157,15 +144,6 @@ class FeatureAccumulator:
     @property
     def keep_max_ok(self) -> bool:
         return self.keep_max is None or self.n <= self.keep_max
-
-
-def process_rows(n: int) -> slice:
-    """This process's contiguous share of ``n`` rows (uneven shares allowed: nothing is dropped)."""
-    import jax
-
-    bounds = np.linspace(0, n, jax.process_count() + 1).round().astype(int)
-    p = jax.process_index()
-    return slice(bounds[p], bounds[p + 1])
 
 
 def _allgather_accumulators(acc: FeatureAccumulator) -> FeatureAccumulator:

@@ -53,7 +53,8 @@ from scoresde.sampling.grids import GRIDS, score_call, time_grid
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun")
 
-__all__ = ["METHODS", "GRIDS", "sample", "get_sampling_fn", "encode", "decode", "default_eps", "time_grid"]
+__all__ = ["METHODS", "GRIDS", "sample", "method_options", "check_options", "encode", "decode", "default_eps",
+           "time_grid"]
 
 # method -> {option: default}. Floats are traced; everything else is static (see module docstring).
 _OPTIONS = {
@@ -72,6 +73,22 @@ _FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "
 def default_eps(sde) -> float:
     """The reference's sampling eps: 1e-5 for VE, 1e-3 otherwise."""
     return 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
+
+
+def method_options(method: str) -> dict:
+    """The options of ``method`` and their defaults (a copy).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method not in _OPTIONS:
+        raise ValueError(f"unknown sampling method {method!r}; expected one of: {', '.join(METHODS)}")
+    return dict(_OPTIONS[method])
+
+
+def check_options(method: str, options: dict) -> None:
+    """Raises a clear ``ValueError`` for an unknown method, an unknown option or a bad option value."""
+    _resolve(method, options)
 
 
 def _resolve(method, options):
@@ -225,48 +242,3 @@ def decode(score_fn, sde, z, *, eps=None, **options):
     """
     eps = default_eps(sde) if eps is None else eps
     return _flow(score_fn, sde, z, sde.T, eps, _flow_options(options))
-
-
-def get_sampling_fn(config, sde, shape, inverse_scaler=None, eps=None):
-    """Builds ``sampler(key, score_fn, x_init=None) -> (samples, nfe)`` from ``config.sampling``.
-
-    Reads the reference's names (``method``, ``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
-    ``noise_removal``, ``probability_flow``) and, with defaults, ``steps``, ``order``, ``eta``, ``solver``,
-    ``rtol``, ``atol``, ``grid``, ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``, ``rho``,
-    ``corrector_first``. ``noise_removal`` is the ``denoise`` option of every method.
-
-    Args:
-        config: an ml_collections ConfigDict with a ``sampling`` section.
-        sde: the SDE.
-        shape: the batch shape ``(B, ...)``.
-        inverse_scaler: applied to the samples (e.g. ``[-1, 1] -> [0, 1]``); identity if ``None``.
-        eps: the final time; :func:`default_eps` if ``None``.
-
-    Raises:
-        ValueError: for an unknown method.
-    """
-    cfg = config.sampling
-    method = cfg.method.lower()
-    if method not in METHODS:
-        raise ValueError(f"unknown config.sampling.method {cfg.method!r}; expected one of: {', '.join(METHODS)}")
-    options = {"denoise": bool(cfg.get("noise_removal", _OPTIONS[method]["denoise"]))}
-    if method == "pc":
-        options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),
-                       corrector=cfg.get("corrector", "none").lower(), snr=cfg.get("snr", 0.16),
-                       n_steps=cfg.get("n_steps_each", 1), probability_flow=cfg.get("probability_flow", False))
-    names = [k for k in _OPTIONS[method] if k not in ("predictor", "corrector", "snr", "n_steps",
-                                                      "probability_flow", "denoise")]
-    for name in names:
-        value = cfg.get(name, None)
-        # the configs carry every option with a typed placeholder: "" / 0 mean "this method's default"
-        if value is None or (isinstance(value, str) and not value) or (name in ("steps", "order") and value == 0):
-            continue
-        options[name] = value.lower() if isinstance(value, str) else value
-    inverse_scaler = inverse_scaler if inverse_scaler is not None else (lambda x: x)
-    _resolve(method, options)
-
-    def sampler(key, score_fn, x_init=None):
-        samples, nfe = sample(score_fn, sde, shape, key, method=method, x_init=x_init, eps=eps, **options)
-        return inverse_scaler(samples), nfe
-
-    return sampler

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from scoresde.sampling.grids import time_grid
-from scoresde.sde import batch_mul
+from scoresde.sde import probability_flow_drift
 
 SOLVERS = ("tsit5", "dopri5", "euler", "heun")
 
@@ -36,13 +36,7 @@ _SOLVERS = {
     "heun": (diffrax.Heun, 2, 0, False),
 }
 
-__all__ = ["SOLVERS", "probability_flow_drift", "solve_flow"]
-
-
-def probability_flow_drift(score_fn, sde, x, t):
-    """``f(x, t) - ½ g(t)² score(x, t)`` with ``t`` of shape ``(B,)``."""
-    drift, diffusion = sde.sde(x, t)
-    return drift - batch_mul(0.5 * diffusion**2, score_fn(x, t))
+__all__ = ["SOLVERS", "solve_flow"]
 
 
 def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5, steps=None, grid="uniform_t",

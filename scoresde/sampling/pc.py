@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
-from scoresde.sampling.grids import score_call
 from scoresde.sde import batch_mul
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")

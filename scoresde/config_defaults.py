@@ -1,10 +1,39 @@
-"""Shared defaults with the reference's field names (score_sde ``configs/default_cifar10_configs.py``).
+"""Config building blocks shared by ``configs/*.py``: the reference defaults, model recipes, smoke variants,
+class-conditional / guidance fields, and :func:`sibling` to build on another config file.
 
-Not a runnable config itself; the configs in this directory start from :func:`get_default_configs`.
-Fields beyond the reference are marked "(scoresde)".
+Class-conditional / guidance fields (scoresde additions, :func:`add_guidance`, :func:`add_classifier`):
+
+* ``model.num_classes``: a label embedding with a null label ``num_classes`` (classifier-free guidance).
+* ``training.p_uncond``: label dropout probability (the null label replaces ``y``), Ho & Salimans's ``p_∅``.
+* ``sampling.guidance`` ∈ ``none | cfg | classifier``; ``sampling.class_label`` (``-1``: all classes, one
+  block of rows each); ``sampling.guidance_scale`` (``w`` of CFG, ``γ = 1 + w`` in the notes; the
+  classifier scale for classifier guidance). The scale is a traced value in the samplers.
+* ``classifier``: the noise-conditional classifier trained by ``--mode=train_classifier``.
+
+Configs import this module (``from scoresde import config_defaults as base``) rather than each other,
+and reach a sibling config with ``base.sibling(__file__, "digits_vp")``: no ``sys.path`` changes.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+
+def load_module(path: str):
+    """The config file ``path`` as a module (its ``get_config``, variants and docstring)."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"_scoresde_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sibling(this_file: str, name: str):
+    """The config module ``name`` (e.g. ``"digits_vp"``) that sits next to ``this_file``."""
+    return load_module(os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py"))
+
+
 
 
 def get_default_configs():
@@ -66,7 +95,7 @@ def get_default_configs():
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = "test"
-    # (scoresde) likelihood settings (scoresde.likelihood_run); "" / 0 = the default for the data
+    # (scoresde) likelihood settings (scoresde.modes.likelihood); "" / 0 = the default for the data
     evaluate.bpd_batch_size = 0  # 0 = eval.batch_size
     evaluate.bpd_num_repeats = 0  # 0 = 5 uniform-dequantisation passes for images (the reference), 1 otherwise
     evaluate.bpd_dequantization = ""  # uniform | none; "" = uniform for images, none otherwise
@@ -79,7 +108,7 @@ def get_default_configs():
     evaluate.bpd_solver = "tsit5"  # tsit5 | dopri5
     evaluate.bpd_max_steps = 16384
     evaluate.num_eval_batches = 0  # (scoresde) 0 = the whole test split
-    # (scoresde) sample-quality metrics (scoresde.metrics.run): FID / IS / KID
+    # (scoresde) sample-quality metrics (scoresde.modes.fid): FID / IS / KID
     evaluate.inception_weights = ""  # (scoresde) .pth / .npz / .msgpack; "" = $SCORESDE_INCEPTION_WEIGHTS or cache
     evaluate.feature_extractor = "inception"  # (scoresde) the FID Inception; others only by explicit choice
     evaluate.inception_batch_size = 250  # (scoresde) images per compiled feature-extractor call
@@ -206,4 +235,39 @@ def apply_variants(config, variant, known, doc):
         if v not in known:
             raise ValueError(f"unknown variant {v!r} of {doc}; expected one of: {', '.join(known)}")
         known[v](config)
+    return config
+
+
+def add_guidance(config, num_classes, *, p_uncond=0.1, guidance="cfg", guidance_scale=1.0):
+    config.model.num_classes = num_classes
+    config.training.p_uncond = p_uncond
+    s = config.sampling
+    s.guidance = guidance
+    s.class_label = -1
+    s.guidance_scale = guidance_scale
+    return config
+
+
+def add_classifier(config, name, num_classes, **fields):
+    """``config.classifier`` with the reference's defaults (WRN-28-10, lr 2e-4) overridden by ``fields``."""
+    c = config.classifier = ml_collections.ConfigDict()
+    c.name = name
+    c.num_classes = num_classes
+    if name == "wrn":
+        c.depth, c.width, c.embed_size, c.fourier_scale = 28, 10, 128, 16.0
+    else:
+        c.hidden, c.num_layers, c.embed_size, c.fourier_scale = 128, 3, 32, 4.0
+    c.n_iters = 100000
+    c.batch_size = config.training.batch_size
+    c.lr = 2e-4
+    c.warmup = 0
+    c.grad_clip = 1.0
+    c.weight_decay = 0.0
+    c.ema_rate = 0.999
+    c.log_freq = 50
+    c.snapshot_freq = 10000
+    c.num_eval_batches = 8
+    c.tensorboard = False
+    for k, v in fields.items():
+        c[k] = v
     return config

@@ -1,6 +1,6 @@
-"""Bits/dim of a trained model over a dataset split: ``--mode=likelihood`` (and eval's ``enable_bpd``).
+"""``--mode=likelihood`` (and eval's ``enable_bpd``): bits/dim of a trained model over a dataset split.
 
-The edge that reads the config. It loads the EMA network, builds the score function through the
+It loads the EMA network, builds the score function through the
 parameterisation layer and evaluates :func:`scoresde.likelihood.bits_per_dim_batch` on every batch of
 ``config.eval.bpd_dataset`` (``train`` / ``test``), ``K`` times with fresh dequantisation noise and
 probes. The batch is split over a ``('data',)`` mesh of all devices of all processes; each device solves
@@ -32,11 +32,13 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 
+from scoresde import builders, images, parallel, runlog
 from scoresde import data as data_lib
-from scoresde import likelihood, parallel
+from scoresde import likelihood as likelihood_lib
 
-__all__ = ["run", "bpd_settings"]
+__all__ = ["likelihood", "bpd_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +68,6 @@ def bpd_settings(config) -> dict:
     }
 
 
-def _to_host(x) -> np.ndarray:
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _count_batches(config, s) -> int:
     n = 0
     for _ in data_lib.get_dataset(config, split=s["split"], batch_size=s["batch_size"], shuffle=False,
@@ -84,12 +78,6 @@ def _count_batches(config, s) -> int:
     if n == 0:
         raise ValueError(f"the {s['split']} split has fewer than one batch of {s['batch_size']} examples")
     return n
-
-
-def _save_atomic(path, **arrays):
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def _load_partial(path, s, num_batches):
@@ -103,16 +91,13 @@ def _load_partial(path, s, num_batches):
         return {k: f[k].copy() for k in ("bpd", "nfe", "done")}
 
 
-def _make_batch_fn(config, sde, graphdef, rest, mesh, s, scaler):
-    from flax import nnx  # noqa: PLC0415
-
-    from scoresde.train import make_score_fn  # noqa: PLC0415
+def _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler):
+    sde = score_model.sde
 
     @jax.jit
     def batch_fn(params, x01, key):
-        model = nnx.merge(graphdef, params, rest)
-        score_fn = make_score_fn(model, sde, config)
-        return likelihood.bits_per_dim_batch(
+        score_fn = score_model.score_fn(nnx.merge(graphdef, params, rest))
+        return likelihood_lib.bits_per_dim_batch(
             score_fn, sde, x01, key, scaler=scaler, num_bits=s["num_bits"], dequantization=s["dequantization"],
             hutchinson=s["hutchinson"], n_probes=s["n_probes"], rtol=s["rtol"], atol=s["atol"], eps=s["eps"],
             solver=s["solver"], max_steps=s["max_steps"], mesh=mesh)
@@ -120,7 +105,7 @@ def _make_batch_fn(config, sde, graphdef, rest, mesh, s, scaler):
     return batch_fn
 
 
-def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
+def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
     """Bits/dim of the EMA model of ``workdir`` over a dataset split; writes and returns the JSON report.
 
     Args:
@@ -133,24 +118,18 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         ValueError: bad settings, a batch size the devices do not divide, or a mismatched partial file.
         RuntimeError: some ODE solves failed (non-finite values), with how to fix it.
     """
-    from flax import nnx  # noqa: PLC0415
-
-    from scoresde.checkpointing import load_model  # noqa: PLC0415
-    from scoresde.train import make_sde  # noqa: PLC0415
-
     s = bpd_settings(config)
     if s["num_repeats"] < 1:
         raise ValueError(f"config.eval.bpd_num_repeats must be >= 1; got {s['num_repeats']}")
     mesh = parallel.make_mesh()
     parallel.check_batch_size(s["batch_size"], mesh, "config.eval.bpd_batch_size")
-    sde = make_sde(config)
-    model, step = load_model(workdir, config, ema=True)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = parallel.replicate(mesh, params)
+    score_model = builders.make_score_model(config)
+    sde = score_model.sde
+    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
     # The pipeline yields scaled data; the run works from [0, 1] and applies the scaler itself, so the
     # Jacobian of the scaler enters the bits/dim (the +7 / +8 offset is derived, not assumed).
     scaler, inverse = data_lib.get_data_scaler(config), data_lib.get_data_inverse_scaler(config)
-    batch_fn = _make_batch_fn(config, sde, graphdef, rest, mesh, s, scaler)
+    batch_fn = _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler)
 
     out_dir = os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
@@ -163,11 +142,11 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         "done": np.zeros((k, num_batches), bool),
     }
     settings_json = json.dumps({**s, "num_batches": num_batches})
-    root = jax.random.fold_in(jax.random.key(s["seed"]), 6)
+    root = builders.purpose_key(jax.random.key(s["seed"]), "likelihood")
     is_main = jax.process_index() == 0
     bar = None
     if is_main:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm  # noqa: PLC0415  (only the main process draws a bar)
 
         bar = tqdm(total=k * num_batches, initial=int(state["done"].sum()), desc=f"bpd {s['split']}",
                    unit="batch", dynamic_ncols=True)
@@ -184,12 +163,12 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
                 continue
             x01 = parallel.shard_batch(mesh, {"image": np.asarray(inverse(batch["image"]), np.float32)})["image"]
             bpd, nfe = batch_fn(params, x01, jax.random.fold_in(jax.random.fold_in(root, r), i))
-            state["bpd"][r, i * b:(i + 1) * b] = _to_host(bpd)
-            state["nfe"][r, i * b:(i + 1) * b] = _to_host(nfe)
+            state["bpd"][r, i * b:(i + 1) * b] = parallel.to_host(bpd)
+            state["nfe"][r, i * b:(i + 1) * b] = parallel.to_host(nfe)
             state["done"][r, i] = True
             new += 1
             if is_main:
-                _save_atomic(partial_path, settings=settings_json, **state)
+                images.save_npz_atomic(partial_path, settings=settings_json, **state)
                 done = state["bpd"][np.isfinite(state["bpd"])]
                 bar.set_postfix(bpd=f"{done.mean():.4f}" if done.size else "nan", nfe=int(nfe.mean()))
                 bar.update(1)
@@ -215,7 +194,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         "num_repeats": k,
         "dequantization": s["dequantization"],
         "num_bits": s["num_bits"],
-        "offset_bits_per_dim": likelihood.bpd_offset(scaler, s["num_bits"]),
+        "offset_bits_per_dim": likelihood_lib.bpd_offset(scaler, s["num_bits"]),
         "eps": s["eps"],
         "solver": s["solver"],
         "rtol": s["rtol"],
@@ -230,9 +209,12 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
         "seconds_this_session": elapsed,
         "batches_this_session": new,
     }
+    report_path = os.path.join(out_dir, f"bpd_{s['split']}.json")
     if is_main:
-        with open(os.path.join(out_dir, f"bpd_{s['split']}.json"), "w") as f:
+        with open(report_path, "w") as f:
             json.dump(report, f, indent=1)
     log.info("bits/dim on %s: %.4f ± %.4f (N=%d, K=%d)", s["split"], report["mean_bpd"], report["stderr"], n, k)
     print(json.dumps(report))
+    runlog.conclude(f"bits/dim on {s['split']} at step {step}: {report['mean_bpd']:.4f} ± {report['stderr']:.4f} "
+                    f"(N={n}, K={k})", results={"report": report_path})
     return report

@@ -1,7 +1,7 @@
 """Small helpers shared by the notebooks in ``experiments/``: paths, configs, the accelerator, plots.
 
 Only boilerplate lives here; every scoresde call the notebooks teach is written out in the notebooks
-themselves. This module imports ``scoresde`` and is never imported by it.
+themselves. Nothing in the library imports it (``from scoresde import notebook as nbu`` in a notebook).
 
 Environment variables (all optional):
 
@@ -21,6 +21,9 @@ import tempfile
 
 import numpy as np
 
+from scoresde.images import image_grid, to_uint8
+from scoresde.runlog import read_metrics
+
 __all__ = ["small", "repo_root", "runs_dir", "fixtures_dir", "load_config", "describe_accelerator", "quiet",
            "digits_config", "toy_config", "per_class_indices", "show_images", "plot_loss", "colored_digits_npz"]
 
@@ -31,7 +34,7 @@ def small() -> bool:
 
 
 def _is_root(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "configs", "default_configs.py"))
+    return os.path.isfile(os.path.join(path, "configs", "digits_vp.py"))
 
 
 def repo_root() -> str:
@@ -54,7 +57,7 @@ def repo_root() -> str:
     for c in candidates:
         if c and _is_root(c):
             return os.path.abspath(c)
-    raise FileNotFoundError("no scoresde checkout (a directory with configs/default_configs.py) found; set "
+    raise FileNotFoundError("no scoresde checkout (a directory with configs/digits_vp.py) found; set "
                             "SCORESDE_ROOT to the cloned repository")
 
 
@@ -76,10 +79,9 @@ def load_config(name: str, variant: str | None = None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config {path!r}; expected one of: "
                                 f"{sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith('.py'))}")
-    spec = importlib.util.spec_from_file_location(f"_scoresde_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    from scoresde import builders  # noqa: PLC0415  (ml_collections only when a config is read)
+
+    return builders.load_config(path + (f":{variant}" if variant else ""))
 
 
 def describe_accelerator() -> str:
@@ -152,8 +154,6 @@ def show_images(images01, title: str = "", ncol: int | None = None, ax=None, sca
     """Shows ``(N, H, W, C)`` images in ``[0, 1]`` as one grid (gray images in gray)."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from scoresde.metrics_log import image_grid, to_uint8  # noqa: PLC0415
-
     images = np.asarray(images01)
     grid = image_grid(to_uint8(images), ncol=ncol, padding=1)
     if ax is None:
@@ -168,8 +168,6 @@ def show_images(images01, title: str = "", ncol: int | None = None, ax=None, sca
 def plot_loss(workdir: str, ax=None, label: str | None = None):
     """Plots the training loss of ``workdir/metrics.jsonl`` against the step."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    from scoresde.metrics_log import read_metrics  # noqa: PLC0415
 
     records = [r for r in read_metrics(workdir) if isinstance(r.get("loss"), (int, float))]
     if ax is None:

@@ -1,4 +1,4 @@
-"""Run logging: ``workdir/metrics.jsonl`` (a contract other tools read), TensorBoard, image grids.
+"""Run logging: ``workdir/metrics.jsonl`` (a contract other tools read), TensorBoard, and what the CLI tells its user.
 
 ``metrics.jsonl`` holds one JSON object per logged step with at least ``step`` and ``loss`` (training
 also writes ``grad_norm``, ``lr``, ``steps_per_sec``, ``img_per_sec``, ``nonfinite_total``; evaluation
@@ -12,9 +12,13 @@ import json
 import math
 import os
 
+import sys
+
 import numpy as np
 
-__all__ = ["MetricsLogger", "read_metrics", "image_grid", "save_image_grid", "save_scatter", "to_uint8"]
+__all__ = ["MetricsLogger", "read_metrics", "announce", "conclude", "set_config_spec", "command"]
+
+_INVOCATION = {"config": None}
 
 
 class MetricsLogger:
@@ -80,52 +84,43 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(ln) for ln in f if ln.strip()]
 
 
-def to_uint8(images01: np.ndarray) -> np.ndarray:
-    """Images in [0, 1] (clipped) to uint8, rounding as the reference does (``x * 255`` clipped)."""
-    return np.clip(np.asarray(images01, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+def _enabled() -> bool:
+    import jax  # noqa: PLC0415  (jax is imported by every caller anyway; keeps this module light)
+
+    return jax.process_index() == 0
 
 
-def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> np.ndarray:
-    """Tiles ``(N, H, W, C)`` uint8 images into one ``(rows H', cols W', 3)`` grid (like ``make_grid``)."""
-    images = np.asarray(images)
-    n, h, w, c = images.shape
-    if c == 1:
-        images = np.repeat(images, 3, axis=-1)
-    ncol = ncol or int(math.ceil(math.sqrt(n)))
-    nrow = int(math.ceil(n / ncol))
-    grid = np.zeros((nrow * (h + padding) + padding, ncol * (w + padding) + padding, 3), np.uint8)
-    for i in range(n):
-        r, col = divmod(i, ncol)
-        y, x = padding + r * (h + padding), padding + col * (w + padding)
-        grid[y:y + h, x:x + w] = images[i]
-    return grid
+def announce(title: str, facts: dict) -> None:
+    """Prints the short block a run starts with: ``title`` then one ``name: value`` line per fact (process 0).
+
+    ``None`` values are left out, so callers can pass optional facts (``resuming from step``) as they are.
+    """
+    if not _enabled():
+        return
+    facts = {"config": _INVOCATION["config"], **facts}
+    lines = [title] + [f"  {k:<10} {v}" for k, v in facts.items() if v is not None]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def save_image_grid(path: str, images_uint8: np.ndarray, *, upscale: int = 1) -> np.ndarray:
-    """Writes a PNG grid of uint8 NHWC images (optionally upscaled by pixel repetition); returns the grid."""
-    from PIL import Image  # noqa: PLC0415
+def conclude(done: str, *, results: dict | None = None, next_command: str | None = None) -> None:
+    """Prints how a run ended: what was done, where its outputs are, and what to run next (process 0)."""
+    if not _enabled():
+        return
+    parts = [done]
+    for k, v in (results or {}).items():
+        if v is not None:
+            parts.append(f"{k}: {v}")
+    print("; ".join(parts), file=sys.stderr, flush=True)
+    if next_command:
+        print(f"next: {next_command}", file=sys.stderr, flush=True)
 
-    grid = image_grid(images_uint8)
-    if upscale > 1:
-        grid = grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid).save(path)
-    return grid
+
+def set_config_spec(spec: str | None) -> None:
+    """Remembers the ``--config`` argument of this invocation, so closing lines can print runnable commands."""
+    _INVOCATION["config"] = spec
 
 
-def save_scatter(path: str, points: np.ndarray, *, reference: np.ndarray | None = None, title: str = "") -> None:
-    """Writes a scatter plot PNG of 2-D samples (and, faintly, reference data)."""
-    # The object API with an Agg canvas: no pyplot, so a notebook's backend is left alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    fig = Figure(figsize=(4, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if reference is not None:
-        ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.75", label="data")
-    ax.scatter(points[:, 0], points[:, 1], s=2, c="C0", label="samples")
-    ax.set_aspect("equal")
-    ax.set_title(title)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+def command(mode: str, workdir: str, extra: str = "") -> str:
+    """The CLI command that runs ``mode`` on ``workdir`` with this invocation's config."""
+    cmd = f"python -m scoresde.main --config={_INVOCATION['config'] or 'CONFIG'} --workdir={workdir} --mode={mode}"
+    return f"{cmd} {extra}".rstrip()

@@ -1,0 +1,604 @@
+"""The config edge: the only code that turns a config into objects.
+
+Everything below this module (``sde``, ``parameterization``, ``losses``, ``sampling``, ``likelihood``,
+``guidance``, ``models``, ``metrics`` statistics) takes typed arguments and callables; everything above
+it (``scoresde.modes``) asks this module for what it needs and never reads a config section twice.
+
+What lives here:
+
+* :func:`load_config`: the one config loader (``path.py[:variant]`` or a JSON dump).
+* :data:`PURPOSE` and :func:`purpose_key`: the table of named RNG purposes (``fold_in`` constants).
+* :func:`make_sde`, :class:`ScoreModel` / :func:`make_score_model` (the SDE plus the network's output and
+  time-label convention, built once), :func:`make_loss_fn`, :func:`make_optimizer` (typed) and
+  :func:`optimizer_from_config`.
+* :func:`get_model` / :func:`build_model` / :func:`load_model`, :func:`get_classifier` /
+  :func:`load_classifier`: networks from their config sections, and from a workdir's checkpoints.
+* :func:`sampler_from_config`, :func:`guided_score_fn`, :func:`make_sample_fn`: sampling from
+  ``config.sampling``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from scoresde import classifiers, config_defaults, guidance, losses, parallel, parameterization, sampling
+from scoresde import data as data_lib
+from scoresde import sde as sde_lib
+from scoresde.checkpointing import Checkpointer, checkpoint_dir
+
+# ----------------------------------------------------------------------------------------------- config
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Reads a config: ``path/to/config.py`` (its ``get_config()``), ``path.py:variant`` or a ``.json`` dump.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is neither a ``.py`` with ``get_config()`` nor a ``.json``.
+    """
+    path, _, variant = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config file {path!r}")
+    if path.endswith(".json"):
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    if not path.endswith(".py"):
+        raise ValueError(f"unknown config file {path!r}; expected a .py file with get_config() or a .json file")
+    module = config_defaults.load_module(path)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} defines no get_config()")
+    return module.get_config(variant or None) if variant else module.get_config()
+
+
+def as_config(config) -> ml_collections.ConfigDict:
+    """A ConfigDict from one of our configs, a reference ConfigDict or a plain (JSON) dict."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return config
+    if isinstance(config, dict):
+        return ml_collections.ConfigDict(config)
+    raise TypeError(f"config must be a ConfigDict or a dict; got {type(config).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------- RNG purposes
+
+# One table of what each stream of randomness is for: fold_in(key, PURPOSE[name]). The numbers are the
+# ones earlier runs used, so checkpoints and reports stay reproducible.
+PURPOSE = {
+    "train": 1,          # root -> per-step training key (fold_in(key, step) below it)
+    "eval": 2,           # root -> eval-loss key during training
+    "snapshot": 3,       # root -> snapshot sampling during training
+    "eval_loss": 4,      # root -> the eval mode's loss
+    "sample": 5,         # root -> the sample mode
+    "likelihood": 6,     # root -> bits/dim dequantisation and probes
+    "label_dropout": 7,  # step key -> classifier-free-guidance label dropout
+    "fid": 8,            # root -> the FID mode's sample rounds
+    "classifier": 11,    # root -> classifier training
+    "classifier_eval": 12,  # root -> classifier test accuracy noise
+}
+
+
+def purpose_key(key, purpose: str):
+    """``fold_in(key, PURPOSE[purpose])``.
+
+    Raises:
+        KeyError: an unknown purpose (the table above lists them).
+    """
+    if purpose not in PURPOSE:
+        raise KeyError(f"unknown RNG purpose {purpose!r}; expected one of: {', '.join(PURPOSE)}")
+    return jax.random.fold_in(key, PURPOSE[purpose])
+
+
+def root_key(config):
+    """The run's one root key, ``jax.random.key(config.seed)``."""
+    return jax.random.key(int(config.get("seed", 0)))
+
+
+# ----------------------------------------------------------------------------------------------- SDE, score
+
+_SDE_ARGS = {
+    "vp": lambda m: dict(beta_min=float(m.get("beta_min", 0.1)), beta_max=float(m.get("beta_max", 20.0)),
+                         N=int(m.get("num_scales", 1000))),
+    "ve": lambda m: dict(sigma_min=float(m.get("sigma_min", 0.01)), sigma_max=float(m.get("sigma_max", 50.0)),
+                         N=int(m.get("num_scales", 1000))),
+}
+_SDE_KIND = {"vpsde": "vp", "vp": "vp", "subvpsde": "vp", "subvp": "vp", "vesde": "ve", "ve": "ve"}
+
+
+def make_sde(config) -> sde_lib.LinearSDE:
+    """The forward SDE named by ``config.training.sde`` with the reference's ``config.model`` constants.
+
+    Raises:
+        ValueError: an unknown SDE name.
+    """
+    name = str(config.training.sde).lower()
+    if name not in _SDE_KIND:
+        raise ValueError(f"unknown sde {config.training.sde!r}; expected one of: vpsde, subvpsde, vesde")
+    return sde_lib.get_sde(name, **_SDE_ARGS[_SDE_KIND[name]](config.model))
+
+
+def sampling_eps(sde) -> float:
+    """The reference's smallest sampling time (:func:`scoresde.sampling.default_eps`)."""
+    return sampling.default_eps(sde)
+
+
+def score_convention(config, sde) -> dict:
+    """``{output, time_label}`` of the network: ``config.model.output`` / ``time_label`` or the reference's."""
+    conv = parameterization.reference_convention(sde, bool(config.training.get("continuous", True)))
+    if config.model.get("output", ""):
+        conv["output"] = config.model.output
+    if config.model.get("time_label", ""):
+        conv["time_label"] = config.model.time_label
+    return conv
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreModel:
+    """An SDE and the convention of the network trained on it, built once by :func:`make_score_model`.
+
+    Every mode turns a network into a score function through :meth:`score_fn`, so the output type
+    (score / eps / x0 / v) and the time labels (999·t, σ, discrete indices) are decided here only.
+    """
+
+    sde: sde_lib.LinearSDE
+    output: str
+    time_label: str
+
+    @property
+    def eps(self) -> float:
+        """The default smallest sampling time of the SDE."""
+        return sampling_eps(self.sde)
+
+    def net_score_fn(self, net_fn: Callable) -> Callable:
+        """``score_fn(x, t)`` of a raw ``net_fn(x, labels)``."""
+        return parameterization.model_score_fn(net_fn, self.sde, output=self.output, time_label=self.time_label)
+
+    def score_fn(self, model, *, y=None, train: bool = False, key=None) -> Callable:
+        """``score_fn(x, t)`` of an NNX network (eval mode by default; ``y`` class labels)."""
+        return self.net_score_fn(lambda x, labels: model(x, labels, y, train=train, key=key))
+
+
+def make_score_model(config) -> ScoreModel:
+    """The :class:`ScoreModel` of ``config`` (SDE from ``config.training``, convention from ``config.model``)."""
+    sde = make_sde(config)
+    return ScoreModel(sde, **score_convention(config, sde))
+
+
+def make_score_fn(model, sde, config, *, train: bool = False, key=None, y=None):
+    """``score_fn(x, t)`` of an NNX network for ``config``'s convention (eval mode by default)."""
+    return ScoreModel(sde, **score_convention(config, sde)).score_fn(model, y=y, train=train, key=key)
+
+
+def make_loss_fn(config, sde):
+    """``loss_fn(net_fn, x, key) -> (loss, aux)`` for the config's objective.
+
+    Raises:
+        ValueError: a discrete objective for an SDE that has none.
+    """
+    t = config.training
+    reduce_mean = bool(t.get("reduce_mean", True))
+    if t.continuous:
+        conv = score_convention(config, sde)
+        importance = bool(t.get("importance_sampling", False))
+        t_sampler = losses.likelihood_importance_sampler(sde) if importance else None
+        weighting = bool(t.get("likelihood_weighting", False))
+
+        def loss_fn(net_fn, x, key):
+            score_fn = parameterization.model_score_fn(net_fn, sde, **conv)
+            return losses.continuous_dsm_loss(score_fn, sde, x, key, reduce_mean=reduce_mean,
+                                              likelihood_weighting=weighting, importance_sampling=importance,
+                                              t_sampler=t_sampler)
+        return loss_fn
+    if isinstance(sde, sde_lib.VESDE):
+        return lambda net_fn, x, key: losses.smld_loss(net_fn, sde, x, key, reduce_mean=reduce_mean)
+    if type(sde) is sde_lib.VPSDE:
+        return lambda net_fn, x, key: losses.ddpm_loss(net_fn, sde, x, key, reduce_mean=reduce_mean)
+    raise ValueError(f"discrete training (continuous=False) supports vpsde and vesde; got {config.training.sde!r}")
+
+
+def class_labels(config, batch, key):
+    """Class labels for a class-conditional model (``config.model.num_classes > 0``), else ``None``.
+
+    With ``config.training.p_uncond > 0`` each label is replaced by the null label ``num_classes``
+    with that probability (classifier-free guidance training, :func:`scoresde.guidance.drop_labels`).
+    """
+    num_classes = int(config.model.get("num_classes", 0) or 0)
+    if num_classes <= 0:
+        return None
+    y = batch["label"].astype(jnp.int32)
+    p_uncond = float(config.training.get("p_uncond", 0.0))
+    return guidance.drop_labels(key, y, p_uncond, num_classes) if p_uncond > 0 else y
+
+
+# ----------------------------------------------------------------------------------------------- optimiser
+
+def lr_schedule(lr: float, warmup: int = 0):
+    """``count -> lr`` with a linear warm-up over ``warmup`` updates."""
+    if warmup > 0:
+        return lambda count: lr * jnp.minimum(count / warmup, 1.0)
+    return lambda count: lr * jnp.ones_like(count, dtype=jnp.float32)
+
+
+def make_optimizer(*, lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: float = 0.9,
+                   beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """Adam with linear warm-up and global-norm clipping (skipped if ``grad_clip < 0``), as the reference."""
+    parts = []
+    if grad_clip >= 0:
+        parts.append(optax.clip_by_global_norm(grad_clip))
+    parts.append(optax.scale_by_adam(b1=beta1, b2=beta2, eps=eps))
+    if weight_decay > 0:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.scale_by_learning_rate(lr_schedule(lr, warmup)))
+    return optax.chain(*parts)
+
+
+def optimizer_settings(section, *, grad_clip: float = -1.0, lr: float | None = None) -> dict:
+    """The typed arguments of :func:`make_optimizer` from a config section (``config.optim`` or ``config.classifier``).
+
+    Raises:
+        ValueError: an optimizer other than Adam.
+    """
+    if str(section.get("optimizer", "Adam")).lower() != "adam":
+        raise ValueError(f"unknown optimizer {section.get('optimizer')!r}; expected 'Adam'")
+    return dict(lr=float(section.get("lr", lr) if lr is not None else section.lr), warmup=int(section.get("warmup", 0)),
+                grad_clip=float(section.get("grad_clip", grad_clip)), beta1=float(section.get("beta1", 0.9)),
+                beta2=float(section.get("beta2", 0.999)), eps=float(section.get("eps", 1e-8)),
+                weight_decay=float(section.get("weight_decay", 0.0)))
+
+
+def optimizer_from_config(config) -> optax.GradientTransformation:
+    """:func:`make_optimizer` of ``config.optim``."""
+    return make_optimizer(**optimizer_settings(config.optim))
+
+
+# ----------------------------------------------------------------------------------------------- networks
+
+def _mlp(config, rngs):
+    from scoresde.models.mlp import MLPScore
+
+    m = config.model
+    return MLPScore(math.prod(data_lib.data_shape(config)), hidden=m.get("hidden", 128), num_layers=m.get("num_layers", 3),
+                    embed_dim=m.get("embed_dim", 64), num_classes=m.get("num_classes", 0), rngs=rngs)
+
+
+def _unet_common(config) -> dict:
+    """Keyword arguments shared by the image U-Nets, read from the reference's config fields."""
+    m, d = config.model, config.data
+    sigma_range = None
+    if m.get("scale_by_sigma", False):
+        sigma_range = (m.get("sigma_min", 0.01), m.get("sigma_max", 50.0), m.get("num_scales", 1000))
+    return dict(
+        image_size=d.image_size, num_channels=d.get("num_channels", 3), centered=d.get("centered", False),
+        nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+        attn_resolutions=tuple(m.attn_resolutions), dropout=m.get("dropout", 0.1),
+        resamp_with_conv=m.get("resamp_with_conv", True), conditional=m.get("conditional", True),
+        scale_by_sigma=m.get("scale_by_sigma", False), sigma_range=sigma_range,
+        nonlinearity=m.get("nonlinearity", "swish"), num_classes=m.get("num_classes", 0),
+        dtype=m.get("dtype", "float32"))
+
+
+def _ncsnpp(config, rngs):
+    from scoresde.models.ncsnpp import NCSNpp
+
+    m = config.model
+    embedding_type = m.get("embedding_type", "fourier").lower()
+    training = config.get("training", None)
+    if embedding_type == "fourier" and training is not None and not training.get("continuous", True):
+        raise ValueError("embedding_type='fourier' is only used with continuous training "
+                         "(config.training.continuous=True), as in the reference")
+    return NCSNpp(
+        **_unet_common(config), fir=m.get("fir", False), fir_kernel=tuple(m.get("fir_kernel", (1, 3, 3, 1))),
+        skip_rescale=m.get("skip_rescale", True), resblock_type=m.get("resblock_type", "biggan"),
+        progressive=m.get("progressive", "none"), progressive_input=m.get("progressive_input", "none"),
+        progressive_combine=m.get("progressive_combine", "sum"), embedding_type=embedding_type,
+        fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.get("init_scale", 0.0), rngs=rngs)
+
+
+def _ddpm(config, rngs):
+    from scoresde.models.ddpm import DDPM
+
+    return DDPM(**_unet_common(config), rngs=rngs)
+
+
+def get_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The network named by ``config.model.name`` (``mlp``, ``ncsnpp``/``ddpmpp``, ``ddpm``).
+
+    Raises:
+        ValueError: for an unknown model name.
+    """
+    builders = {"mlp": _mlp, "ncsnpp": _ncsnpp, "ddpmpp": _ncsnpp, "ddpm": _ddpm}
+    name = config.model.name
+    if name not in builders:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(builders))}")
+    return builders[name](config, rngs)
+
+
+def build_model(config, *, seed: int):
+    """The network of ``config.model``, checked on one example of the data's shape.
+
+    Raises:
+        ValueError: if the network cannot take the configured data shape.
+    """
+    model = get_model(config, rngs=nnx.Rngs(seed))
+    shape = (1,) + data_lib.data_shape(config)
+    try:
+        out = jax.eval_shape(lambda x, t: model(x, t), jax.ShapeDtypeStruct(shape, jnp.float32),
+                             jax.ShapeDtypeStruct((1,), jnp.float32))
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"model {config.model.name!r} cannot take data of shape {shape[1:]} "
+                         f"(config.data.image_size={config.data.get('image_size')}): {type(e).__name__}: {e}") from e
+    if out.shape != shape:
+        raise ValueError(f"model {config.model.name!r} maps data of shape {shape[1:]} to {out.shape[1:]}; "
+                         f"check config.data.image_size / num_channels")
+    return model
+
+
+def abstract_model(config) -> nnx.Module:
+    """The network of ``config`` with shape-only parameters (nothing is initialised or allocated)."""
+    return nnx.eval_shape(lambda: get_model(as_config(config), rngs=nnx.Rngs(0)))
+
+
+def _restore_params(directory: str, model, *, ema: bool, what: str):
+    """Loads the newest checkpoint of ``directory`` into ``model``'s parameters; returns ``(model, step)``."""
+    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    target = nnx.to_pure_dict(state)
+    ckpt = Checkpointer(directory, max_to_keep=None, async_save=False)
+    try:
+        restored = ckpt.restore_latest(params=None if ema else target, ema_params=target if ema else None)
+    finally:
+        ckpt.close()
+    if restored is None:
+        if what == "classifier":
+            raise FileNotFoundError(f"no classifier checkpoint in {directory}; train one with --mode=train_classifier")
+        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir(directory)}; train first or import one")
+    nnx.replace_by_pure_dict(state, restored["ema_params" if ema else "params"])
+    return nnx.merge(graphdef, state, rest), int(restored["meta"]["step"])
+
+
+def load_model(workdir: str, config, *, ema: bool = True):
+    """The network of ``config`` with the newest valid checkpoint of ``workdir`` (EMA weights by default).
+
+    Returns:
+        ``(model, step)``.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``workdir``.
+        CorruptCheckpointError: checkpoints exist but none loads.
+    """
+    seed = int(config.get("seed", 0))
+    # Shapes only: initialising a U-Net eagerly costs tens of seconds on a CPU, and every parameter is
+    # overwritten by the checkpoint anyway.
+    model = nnx.eval_shape(lambda: get_model(config, rngs=nnx.Rngs(seed)))
+    if jax.tree_util.tree_leaves(nnx.state(model, nnx.Not(nnx.Param))):
+        model = get_model(config, rngs=nnx.Rngs(seed))  # non-parameter state a checkpoint does not hold
+    return _restore_params(workdir, model, ema=ema, what="model")
+
+
+def load_ema(config, workdir: str, mesh):
+    """``(graphdef, ema params replicated over mesh, rest, step)`` of ``workdir``'s newest checkpoint."""
+    model, step = load_model(workdir, config, ema=True)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, parallel.replicate(mesh, params), rest, step
+
+
+def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The classifier of ``config.classifier`` (``name`` ∈ wrn | mlp) for ``config.data``.
+
+    Reads ``config.classifier``: ``name``, ``num_classes`` (default ``config.model.num_classes``) and,
+    for ``wrn``, ``depth`` [28], ``width`` [10], ``embed_size`` [128], ``fourier_scale`` [16]; for
+    ``mlp``, ``hidden`` [128], ``num_layers`` [3], ``embed_size`` [32], ``fourier_scale`` [4].
+
+    Raises:
+        ValueError: for an unknown name or a missing class count.
+    """
+    c = config.classifier
+    num_classes = int(c.get("num_classes", 0) or config.model.get("num_classes", 0))
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs config.classifier.num_classes >= 2; got {num_classes}")
+    shape = data_lib.data_shape(config)
+
+    def wrn():
+        if len(shape) != 3:
+            raise ValueError(f"classifier 'wrn' needs image data (H, W, C); got data shape {shape}")
+        return classifiers.WideResNet(num_classes, in_channels=shape[-1], depth=int(c.get("depth", 28)),
+                                      width=int(c.get("width", 10)), embed_size=int(c.get("embed_size", 128)),
+                                      fourier_scale=float(c.get("fourier_scale", 16.0)), rngs=rngs)
+
+    def mlp():
+        return classifiers.MLPClassifier(math.prod(shape), num_classes, hidden=int(c.get("hidden", 128)),
+                                         num_layers=int(c.get("num_layers", 3)), embed_size=int(c.get("embed_size", 32)),
+                                         fourier_scale=float(c.get("fourier_scale", 4.0)), rngs=rngs)
+
+    factories = {"wrn": wrn, "mlp": mlp}
+    name = str(c.name).lower()
+    if name not in factories:
+        raise ValueError(f"unknown classifier {c.name!r}; expected one of: {', '.join(factories)}")
+    return factories[name]()
+
+
+def classifier_dir(workdir: str) -> str:
+    """Where the classifier of a run lives: ``workdir/classifier``."""
+    return os.path.join(workdir, "classifier")
+
+
+def load_classifier(workdir: str, config, *, ema: bool = True):
+    """The classifier of ``config`` with the newest checkpoint of ``workdir/classifier``.
+
+    Returns:
+        ``(classifier, step)``.
+
+    Raises:
+        FileNotFoundError: no classifier checkpoint (train one with ``--mode=train_classifier``).
+    """
+    model = get_classifier(config, rngs=nnx.Rngs(int(config.get("seed", 0))))
+    return _restore_params(classifier_dir(workdir), model, ema=ema, what="classifier")
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+GUIDANCE = ("none", "cfg", "classifier")
+
+# config.sampling names of the options of scoresde.sampling.sample that the configs carry
+_PC_NAMES = {"predictor": "predictor", "corrector": "corrector", "snr": "snr", "n_steps_each": "n_steps",
+             "probability_flow": "probability_flow"}
+
+
+def sampling_options(config) -> tuple[str, dict]:
+    """``(method, options)`` of :func:`scoresde.sampling.sample` from ``config.sampling``.
+
+    Reads the reference's names (``method``, ``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
+    ``noise_removal``, ``probability_flow``) and, where set, every option of the method (``steps``,
+    ``order``, ``eta``, ``solver``, ``rtol``, ``atol``, ``grid``, ``S_*``, ``rho``, ...). ``noise_removal``
+    is the ``denoise`` option. Typed placeholders ``""`` / ``0`` mean "this method's default".
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    cfg = config.sampling
+    method = str(cfg.method).lower()
+    defaults = sampling.method_options(method)
+    options = {}
+    if "denoise" in defaults:
+        options["denoise"] = bool(cfg.get("noise_removal", defaults["denoise"]))
+    if method == "pc":
+        options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),
+                       corrector=cfg.get("corrector", "none").lower(), snr=cfg.get("snr", 0.16),
+                       n_steps=cfg.get("n_steps_each", 1), probability_flow=cfg.get("probability_flow", False))
+    for name in defaults:
+        if name in options or name in _PC_NAMES.values() or name == "project_fn":
+            continue
+        value = cfg.get(name, None)
+        if value is None or (isinstance(value, str) and not value) or (name in ("steps", "order") and value == 0):
+            continue
+        options[name] = value.lower() if isinstance(value, str) else value
+    sampling.check_options(method, options)
+    return method, options
+
+
+def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None):
+    """``sampler(key, score_fn, x_init=None) -> (samples, nfe)`` for ``config.sampling`` (see :func:`sampling_options`).
+
+    Args:
+        config: a config with a ``sampling`` section.
+        sde: the SDE.
+        shape: the batch shape ``(B, ...)``.
+        inverse_scaler: applied to the samples (e.g. ``[-1, 1] -> [0, 1]``); identity if ``None``.
+        eps: the final time; :func:`scoresde.sampling.default_eps` if ``None``.
+    """
+    method, options = sampling_options(config)
+    inverse_scaler = inverse_scaler if inverse_scaler is not None else (lambda x: x)
+
+    def sampler(key, score_fn, x_init=None):
+        samples, nfe = sampling.sample(score_fn, sde, shape, key, method=method, x_init=x_init, eps=eps, **options)
+        return inverse_scaler(samples), nfe
+
+    return sampler
+
+
+def sampler_description(config) -> dict:
+    """The sampler settings reported with every number (``config.sampling`` as a plain dict)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.sampling.items()}
+
+
+def sample_class_labels(config, batch: int) -> jax.Array:
+    """The ``(batch,)`` classes to sample: ``config.sampling.class_label``, or, if it is negative, every
+    class in turn in contiguous blocks (``y_i = i K // batch``), so a square grid shows one class per row."""
+    k = int(config.model.get("num_classes", 0) or config.get("classifier", {}).get("num_classes", 0) or 0)
+    label = int(config.sampling.get("class_label", -1))
+    if k <= 0:
+        raise ValueError("class-guided sampling needs config.model.num_classes > 0 (or config.classifier.num_classes)")
+    if label >= k:
+        raise ValueError(f"config.sampling.class_label={label} is not a class of this model (0..{k - 1}, or -1 for all)")
+    if label >= 0:
+        return jnp.full((batch,), label, jnp.int32)
+    return (jnp.arange(batch) * k // batch).astype(jnp.int32)
+
+
+def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=None):
+    """The sample mode's score: ``config.sampling.guidance`` ∈ none | cfg | classifier applied to ``model``.
+
+    Args:
+        config: the run config (``sampling.guidance``, ``sampling.class_label``, ``sampling.guidance_scale``).
+        model: the score network (class-conditional for ``cfg``, null label ``num_classes``).
+        sde: the SDE.
+        batch: the batch size (for the labels).
+        classifier: the noise-conditional classifier for ``classifier`` guidance (see :func:`load_classifier`).
+        scale: the guidance scale, possibly a traced array (``w`` for cfg, ``scale`` for the classifier);
+            ``config.sampling.guidance_scale`` if ``None``.
+
+    Raises:
+        ValueError: unknown guidance, or classifier guidance without a classifier.
+    """
+    kind = str(config.sampling.get("guidance", "none")).lower()
+    if kind not in GUIDANCE:
+        raise ValueError(f"unknown config.sampling.guidance {kind!r}; expected one of: {', '.join(GUIDANCE)}")
+    score_model = ScoreModel(sde, **score_convention(config, sde))
+    if kind == "none":
+        return score_model.score_fn(model)
+    scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
+    y = sample_class_labels(config, batch)
+    if kind == "cfg":
+        def cond_score_fn(x, t, labels):
+            return score_model.score_fn(model, y=labels)(x, t)
+
+        return guidance.classifier_free_guidance(cond_score_fn, y, scale, int(config.model.num_classes))
+    if classifier is None:
+        raise ValueError("config.sampling.guidance='classifier' needs a trained classifier in workdir/classifier "
+                         "(--mode=train_classifier)")
+    return guidance.classifier_guidance(score_model.score_fn(model), classifiers.classifier_log_prob_fn(classifier, sde),
+                                        y, scale)
+
+
+def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None):
+    """A jitted ``fn(params, key, guidance_scale=None) -> (samples in data space [0, 1], nfe)``, sharded over the mesh.
+
+    ``config.sampling.guidance`` (none | cfg | classifier, :func:`guided_score_fn`) guides the samples;
+    ``guidance_scale`` overrides ``config.sampling.guidance_scale`` as a traced value. Classifier
+    guidance needs ``classifier``; without one (snapshots during training) sampling is unguided.
+    """
+    shape = (num_samples,) + data_lib.data_shape(config)
+    sampler = sampler_from_config(config, sde, shape, data_lib.get_data_inverse_scaler(config), sampling_eps(sde))
+    unguided = classifier is None and str(config.sampling.get("guidance", "none")).lower() == "classifier"
+
+    def fn(params, key, guidance_scale=None):
+        model = nnx.merge(graphdef, params, rest)
+        if unguided:
+            return sampler(key, make_score_fn(model, sde, config))
+        return sampler(key, guided_score_fn(config, model, sde, num_samples, classifier=classifier,
+                                            scale=guidance_scale))
+
+    mesh = mesh or parallel.make_mesh()
+    out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
+    return jax.jit(fn, out_shardings=(out, parallel.replicated_sharding(mesh)))
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+def get_feature_fn(config):
+    """The feature extractor ``config.eval.feature_extractor`` names (default and only one: ``inception``)."""
+    from scoresde.metrics.features import inception_feature_fn  # noqa: PLC0415  (jax model only when used)
+
+    name = str(config.eval.get("feature_extractor", "inception")).lower()
+    factories = {"inception": lambda: inception_feature_fn(config.eval.get("inception_weights", "") or None,
+                                                            batch_size=int(config.eval.get("inception_batch_size", 250)))}
+    if name not in factories:
+        raise ValueError(f"unknown config.eval.feature_extractor {name!r}; expected one of: {', '.join(factories)}")
+    return factories[name]()
+
+
+def reference_stats_path(config, workdir: str, split: str | None = None) -> str:
+    """``config.eval.fid_stats_path`` if set, else ``workdir/fid_stats/<dataset>_<split>_<size>.npz``."""
+    explicit = config.eval.get("fid_stats_path", "")
+    if explicit:
+        return explicit
+    split = split or config.eval.get("stats_split", "train")
+    name = f"{str(config.data.dataset).lower()}_{split}_{int(config.data.image_size)}.npz"
+    return os.path.join(workdir, "fid_stats", name)

@@ -1,0 +1,153 @@
+"""The FID / IS / KID protocol's pieces that read no config: reference statistics, sample files, metrics, reports.
+
+What the protocol fixes, because each of these moves FID by more than the differences papers report:
+
+* **Reference statistics** cover a *whole* split: every example, no dropped last batch, read as ``uint8``
+  (the stored pixels; no dequantisation, no flips). They are pool_3 mean and covariance, plus the
+  features themselves when there are at most ``keep_max`` of them (KID needs them). CIFAR-10 in the
+  paper: the 50,000 training images.
+* **Samples**: 50,000 in the paper (fewer gives a biased, larger FID and a loud warning), mapped to
+  ``uint8`` by rounding ``x · 255`` (:func:`scoresde.images.to_uint8`).
+* **Features**: the FID Inception (pytorch-fid's ``pt_inception-2015-12-05`` weights, which reproduce
+  TF FID), images resized bilinearly to 299. No other extractor is ever substituted silently.
+* **Every number carries its sampler and its NFE** in the JSON report and in the TensorBoard tag.
+
+The modes ``fid_stats`` and ``fid`` (:mod:`scoresde.modes`) read the config and call these.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable
+
+import numpy as np
+
+from scoresde.metrics import stats
+from scoresde.metrics.features import FeatureAccumulator, FeatureFn, accumulate_features
+
+__all__ = ["PAPER_NUM_SAMPLES", "compute_reference_statistics", "load_reference_stats", "load_sample_files",
+           "compute_metrics", "loud_warning", "json_default", "write_tensorboard"]
+
+log = logging.getLogger(__name__)
+
+PAPER_NUM_SAMPLES = 50_000
+
+
+def compute_reference_statistics(feature_fn: FeatureFn, batches: Iterable[np.ndarray], *,
+                                 keep_max: int | None = PAPER_NUM_SAMPLES) -> dict:
+    """mu, sigma (and the features, if at most ``keep_max``) of uint8 image batches."""
+    acc = accumulate_features(feature_fn, batches, keep_max=keep_max)
+    mu, sigma = acc.statistics()
+    out = {"mu": mu, "sigma": sigma, "num_examples": np.int64(acc.n)}
+    if acc.pool is not None:
+        out["pool_3"] = acc.pool
+    if acc.logits is not None:
+        out["logits"] = acc.logits
+    return out
+
+
+def load_reference_stats(path: str) -> dict:
+    """Reads a :func:`fid_stats` file (or any ``.npz`` with ``mu``/``sigma``, or with ``pool_3`` features)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no reference statistics at {path!r}; compute them with --mode=fid_stats "
+                                "(same config) or set config.eval.fid_stats_path to an existing .npz")
+    with np.load(path) as f:
+        d = {k: f[k] for k in f.files}
+    if "mu" not in d:
+        if "pool_3" not in d:
+            raise ValueError(f"{path} has neither mu/sigma nor pool_3 features; keys {sorted(d)}")
+        d["mu"], d["sigma"] = stats.feature_statistics(d["pool_3"])
+        d["num_examples"] = np.int64(len(d["pool_3"]))
+    return d
+
+
+def _natural_key(path: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def load_sample_files(workdir: str) -> tuple[np.ndarray, dict] | None:
+    """All ``workdir/samples/*.npz`` (key ``samples``, uint8 NHWC) in natural order, or None if there are none.
+
+    Returns:
+        ``(images, meta)``; ``meta`` holds ``nfe`` / ``sampler`` when the files carry them.
+    """
+    files = sorted(glob.glob(os.path.join(workdir, "samples", "*.npz")), key=_natural_key)
+    if not files:
+        return None
+    images, nfes, samplers = [], set(), set()
+    for path in files:
+        with np.load(path, allow_pickle=False) as f:
+            if "samples" not in f:
+                raise ValueError(f"{path} has no 'samples' array; keys {sorted(f.files)}")
+            x = f["samples"]
+            if "nfe" in f:
+                nfes.add(int(f["nfe"]))
+            if "sampler" in f:
+                samplers.add(str(f["sampler"]))
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise ValueError(f"{path}: 'samples' must be uint8 NHWC images; got {x.dtype} {x.shape}")
+        images.append(x)
+    meta = {"files": len(files)}
+    if len(nfes) == 1:
+        meta["nfe"] = nfes.pop()
+    elif nfes:
+        meta["nfe"] = sorted(nfes)
+    if samplers:
+        meta["sampler"] = samplers.pop() if len(samplers) == 1 else sorted(samplers)
+    return np.concatenate(images), meta
+
+
+def loud_warning(message: str) -> None:
+    banner = "!" * 100
+    log.warning("\n%s\n%s\n%s", banner, message, banner)
+    print(f"{banner}\nWARNING: {message}\n{banner}", file=sys.stderr)
+
+
+def compute_metrics(sample_acc: FeatureAccumulator, ref: dict, *, is_splits: int = 10, kid_subsets: int = 100,
+                    kid_subset_size: int = 1000) -> dict:
+    """FID, IS and KID of sample features against reference statistics (KID only if the reference kept features)."""
+    mu, sigma = sample_acc.statistics()
+    out = {"fid": stats.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
+    logits = sample_acc.logits
+    if logits is not None:
+        out["inception_score"], out["inception_score_std"] = stats.inception_score(
+            logits, splits=min(is_splits, len(logits)), return_std=True)
+    if "pool_3" in ref and sample_acc.pool is not None:
+        out["kid"], out["kid_std"] = stats.kernel_distance(sample_acc.pool, ref["pool_3"], num_subsets=kid_subsets,
+                                                           subset_size=kid_subset_size, return_std=True)
+    return out
+
+
+def json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+def sampler_tag(report) -> str:
+    s = report["sampler"]
+    method = s.get("method", "unknown") if isinstance(s, dict) else str(s)
+    if isinstance(s, dict) and method == "pc":
+        method = f"pc_{s.get('predictor', '')}_{s.get('corrector', '')}"
+    return f"{method}_nfe{report['nfe']}".replace("/", "_").replace(" ", "")
+
+
+def write_tensorboard(workdir: str, report: dict) -> None:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415  (only when a report is written)
+
+    writer = SummaryWriter(logdir=os.path.join(workdir, "eval"))
+    tag = sampler_tag(report)
+    step = report["step"] or 0
+    for entry in report["metrics"]:
+        writer.add_scalar(f"{entry['name']}/{tag}", entry["value"], step)
+    writer.add_text("eval/protocol", json.dumps({k: report[k] for k in ("sampler", "nfe", "num_samples",
+                                                                        "feature_extractor", "reference_stats",
+                                                                        "warnings")}, default=json_default), step)
+    writer.close()

@@ -1,0 +1,167 @@
+"""``--mode=fid``: FID / Inception Score / KID of a model's samples against reference statistics.
+
+Samples come from ``workdir/samples/*.npz`` (the ``sample`` mode's files, key ``samples``, uint8 NHWC;
+optional keys ``nfe`` and ``sampler``) when they exist, else they are drawn here in rounds of
+``config.eval.sample_batch_size`` with the EMA model, sharded over the ``('data',)`` mesh. Each round is
+saved to ``workdir/eval_samples/step_<step>/round_<r>.npz`` before the next starts, so a killed
+evaluation resumes at the first missing round. The protocol's choices are in :mod:`scoresde.metrics.protocol`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import zipfile
+
+import jax
+import numpy as np
+
+from scoresde import builders, images, parallel, runlog
+from scoresde.metrics import protocol
+from scoresde.metrics.features import FeatureFn, accumulate_features, feature_name, to_uint8
+
+__all__ = ["evaluate_samples", "sample_in_rounds"]
+
+log = logging.getLogger(__name__)
+
+
+def _model_sampler(config, workdir: str, batch: int):
+    """``(sampler(key) -> (images in [0, 1] on host, nfe), step)`` with the EMA model of ``workdir``."""
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
+    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
+    fn = builders.make_sample_fn(config, builders.make_sde(config), graphdef, rest, batch, mesh)
+
+    def sampler(key):
+        x, nfe = fn(params, key)
+        return parallel.to_host(x), int(nfe)
+
+    return sampler, step
+
+
+def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None) -> tuple[np.ndarray, dict]:
+    """``config.eval.num_samples`` uint8 samples from ``sampler(key) -> (images in [0, 1], nfe)``, by round.
+
+    Round ``r`` uses ``fold_in(purpose_key(key(config.seed), "fid"), r)`` and is saved (process 0, atomically)
+    to ``workdir/eval_samples/step_<step>/round_<r>.npz`` with its ``nfe``; existing rounds are loaded
+    instead of resampled, so an interrupted evaluation resumes where it stopped.
+    """
+    total = int(config.eval.num_samples)
+    batch = int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size)
+    rounds = int(math.ceil(total / batch))
+    out_dir = os.path.join(workdir, "eval_samples", f"step_{step if step is not None else 'none'}")
+    os.makedirs(out_dir, exist_ok=True)
+    root = builders.purpose_key(builders.root_key(config), "fid")
+    chunks, nfes, resumed = [], [], 0
+    for r in range(rounds):
+        path = os.path.join(out_dir, f"round_{r:05d}.npz")
+        x = None
+        if os.path.exists(path):
+            try:
+                with np.load(path) as f:
+                    x, nfe = f["samples"], int(f["nfe"])
+                resumed += 1
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # cut short by a kill
+                log.warning("round %d: unreadable %s (%s); sampling it again", r, path, e)
+                x = None
+        if x is None:
+            x01, nfe = sampler(jax.random.fold_in(root, r))
+            x = to_uint8(x01)
+            if jax.process_index() == 0:
+                images.save_npz_atomic(path, samples=x, nfe=np.int64(nfe))
+        chunks.append(x)
+        nfes.append(nfe)
+    samples = np.concatenate(chunks)[:total]
+    meta = {"rounds": rounds, "resumed_rounds": resumed, "dir": out_dir,
+            "nfe": nfes[0] if len(set(nfes)) == 1 else sorted(set(nfes))}
+    return samples, meta
+
+
+def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, *, sampler=None,
+                     step: int | None = None) -> dict:
+    """FID, Inception Score and KID of samples against the reference statistics; writes a JSON report.
+
+    Args:
+        config: run config (``config.eval``: ``num_samples``, ``sample_batch_size``, ``fid_stats_path`` /
+            ``stats_split``, ``inception_weights``, ``kid_subsets``, ``kid_subset_size``;
+            ``config.sampling``: the sampler reported with the numbers).
+        workdir: run directory. Samples are read from ``workdir/samples/*.npz`` if present, else drawn
+            by ``sampler`` (default: the EMA model of ``workdir``'s newest checkpoint) in resumable rounds.
+        feature_fn: ``uint8 images -> (pool, logits)``; default :func:`get_feature_fn` (FID Inception).
+        sampler: optional ``sampler(key) -> (images in [0, 1], nfe)`` used instead of the checkpoint.
+        step: the checkpoint step to report when ``sampler`` is given.
+
+    Returns:
+        The report (also written to ``workdir/eval/metrics_<tag>.json`` and TensorBoard in ``workdir``).
+    """
+    warnings = []
+    from_files = sampler is None and protocol.load_sample_files(workdir)
+    if from_files:
+        samples, meta = from_files
+        source = os.path.join(workdir, "samples")
+        if len(samples) < int(config.eval.num_samples):
+            warnings.append(f"{source} holds {len(samples)} samples, fewer than config.eval.num_samples="
+                            f"{int(config.eval.num_samples)}; evaluating the {len(samples)} there")
+    else:
+        if sampler is None:
+            batch = int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size)
+            sampler, step = _model_sampler(config, workdir, batch)
+        samples, meta = sample_in_rounds(config, workdir, sampler, step=step)
+        source = meta["dir"]
+    n = len(samples)
+    if n < protocol.PAPER_NUM_SAMPLES:
+        warnings.append(f"FID/IS/KID from {n} samples, fewer than the {protocol.PAPER_NUM_SAMPLES:,} of the paper's protocol: "
+                        "FID is biased upwards by roughly O(1/N) and NOT comparable to published numbers")
+    nfe = meta.get("nfe")
+    if nfe is None:
+        warnings.append("the sample files carry no 'nfe'; the NFE of these numbers is unknown")
+    sampler_info = meta.get("sampler") or builders.sampler_description(config)
+    sampler_source = "files" if meta.get("sampler") else ("config" if from_files else "this run")
+    if from_files and not meta.get("sampler"):
+        warnings.append("the sample files record no 'sampler'; reporting config.sampling, which must be the "
+                        "sampler that wrote them")
+    for w in warnings:
+        protocol.loud_warning(w)
+
+    feature_fn = feature_fn or builders.get_feature_fn(config)
+    rows = parallel.process_rows(n)
+    chunk = int(config.eval.get("inception_batch_size", 250))
+    acc = accumulate_features(feature_fn, (samples[rows][i:i + chunk] for i in range(0, rows.stop - rows.start, chunk)))
+    stats_path = builders.reference_stats_path(config, workdir)
+    ref = protocol.load_reference_stats(stats_path)
+    values = protocol.compute_metrics(acc, ref, is_splits=int(config.eval.get("is_splits", 10)),
+                             kid_subsets=int(config.eval.get("kid_subsets", 100)),
+                             kid_subset_size=int(config.eval.get("kid_subset_size", 1000)))
+    if "kid" not in values:
+        warnings.append(f"no KID: {stats_path} keeps no pool_3 features (raise config.eval.stats_max_features "
+                        "and rerun --mode=fid_stats)")
+    context = {"sampler": sampler_info, "nfe": nfe, "num_samples": n, "step": step}
+    report = {
+        **values,
+        **context,
+        "sampler_source": sampler_source,
+        "feature_extractor": feature_name(feature_fn),
+        "reference_stats": stats_path,
+        "reference_num_examples": int(ref.get("num_examples", -1)),
+        "samples_source": source,
+        "sampling": {k: v for k, v in meta.items() if k not in ("nfe", "sampler")},
+        "metrics": [{"name": k, "value": v, **context} for k, v in values.items()],
+        "warnings": warnings,
+    }
+    if jax.process_index() == 0:
+        tag = f"step_{step}" if step is not None else "samples"
+        out_dir = os.path.join(workdir, "eval")
+        os.makedirs(out_dir, exist_ok=True)
+        report["path"] = os.path.join(out_dir, f"metrics_{tag}.json")
+        with open(report["path"], "w") as f:
+            json.dump(report, f, indent=1, default=protocol.json_default)
+        protocol.write_tensorboard(workdir, report)
+    print(json.dumps({k: report[k] for k in ("fid", "inception_score", "kid", "nfe", "num_samples", "step")
+                      if k in report}, default=protocol.json_default))
+    runlog.conclude(f"FID {report['fid']:.4g} from {n} samples (sampler {protocol.sampler_tag(report)})",
+                    results={"report": report.get("path")})
+    return report
+
+

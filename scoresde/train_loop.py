@@ -1,0 +1,145 @@
+"""The host loop every trainer shares: step, log, evaluate, checkpoint, snapshot, stop on SIGTERM.
+
+A trainer (``modes/train.py``, ``modes/train_classifier.py``, ...) builds its jitted ``step_fn(state,
+batch) -> (state, metrics)`` and hands it here with callbacks; the loop knows nothing of what is trained.
+Step ``k`` reads batch ``k`` and derives its randomness from ``k``, so a run resumed from a checkpoint
+reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import numpy as np
+
+from scoresde import parallel
+
+__all__ = ["NonFiniteError", "Preemption", "run_loop"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite losses or gradients."""
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop polls (then saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+    def any_process(self) -> bool:
+        """Whether any process was asked to stop (a collective: every process must call it)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils  # noqa: PLC0415  (multi-host only)
+
+        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+
+
+def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n_iters: int, batch_size: int,
+             save: Callable, logger, log_freq: int, ckpt_freq: int, snapshot_freq: int, max_nonfinite: int,
+             eval_freq: int = 0, evaluate: Callable | None = None, snapshot: Callable | None = None,
+             progress: bool = True, desc: str = "train", config_hint: str = "config.training") -> dict:
+    """Runs ``step_fn`` from step ``start`` to ``n_iters``.
+
+    Args:
+        state: the (replicated) training state; ``state["nonfinite_total"]`` is logged.
+        step_fn: jitted ``(state, batch) -> (state, metrics)``; ``metrics`` has ``loss`` and
+            ``nonfinite_run``, and any other scalars to log (``finite`` is not logged).
+        batches: iterator of this process's batches from step ``start`` on.
+        mesh: the ``('data',)`` mesh the batches are sharded over.
+        save: ``save(state, step)`` writes a checkpoint.
+        logger: a :class:`scoresde.runlog.MetricsLogger`.
+        log_freq, ckpt_freq, snapshot_freq, eval_freq: in steps; a checkpoint is also written at
+            every snapshot and at the end.
+        max_nonfinite: stop after this many consecutive non-finite steps.
+        evaluate: ``evaluate(state, step) -> dict`` merged into the log record every ``eval_freq`` steps.
+        snapshot: ``snapshot(state, step)`` every ``snapshot_freq`` steps and at the end.
+        config_hint: the config section named in errors.
+
+    Returns:
+        ``{"step", "loss", "preempted", "last"}`` (``last``: the last logged record).
+
+    Raises:
+        NonFiniteError: after ``max_nonfinite`` consecutive non-finite steps.
+    """
+    is_main = jax.process_index() == 0
+    bar = None
+    if is_main and progress:
+        from tqdm import tqdm  # noqa: PLC0415  (only the main process draws a bar)
+
+        bar = tqdm(total=n_iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0)
+    last = {"loss": float("nan")}
+    t_log, steps_since = time.perf_counter(), 0
+    prev_run = None
+    preempted = False
+    step = start
+    try:
+        with Preemption() as preempt:
+            while step < n_iters:
+                batch = parallel.shard_batch(mesh, next(batches))
+                state, metrics = step_fn(state, batch)
+                step += 1
+                steps_since += 1
+                if bar is not None:
+                    bar.update(1)
+                # Check the previous step's counter: reading it does not wait for the step just dispatched.
+                if prev_run is not None and int(prev_run) >= max_nonfinite:
+                    raise NonFiniteError(
+                        f"stopping at step {step - 1}: {int(prev_run)} consecutive steps had a non-finite loss or "
+                        f"gradient ({config_hint}.max_nonfinite={max_nonfinite}); lower the learning rate, "
+                        f"check the data scaling, or resume from an earlier checkpoint")
+                prev_run = metrics["nonfinite_run"]
+                is_eval = bool(eval_freq) and evaluate is not None and step % eval_freq == 0
+                if step % log_freq == 0 or step == n_iters or is_eval:
+                    m = jax.device_get(metrics)
+                    dt = time.perf_counter() - t_log
+                    rec = {k: float(v) for k, v in m.items() if k not in ("finite", "nonfinite_run")}
+                    rec.update(steps_per_sec=steps_since / dt, img_per_sec=steps_since * batch_size / dt,
+                               nonfinite_total=int(state["nonfinite_total"]))
+                    if is_eval:
+                        rec.update(evaluate(state, step))
+                    logger.write(step, rec)
+                    last = rec
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.4g}")
+                    t_log, steps_since = time.perf_counter(), 0
+                at_snapshot = step % snapshot_freq == 0 or step == n_iters
+                if step % ckpt_freq == 0 or at_snapshot:
+                    save(state, step)
+                if snapshot is not None and at_snapshot:
+                    snapshot(state, step)
+                # Several processes must agree on when to stop (the save is collective): poll together.
+                if preempt.any_process() if jax.process_count() > 1 and step % log_freq == 0 else \
+                        (jax.process_count() == 1 and preempt.requested):
+                    if not (step % ckpt_freq == 0 or at_snapshot):
+                        save(state, step)
+                    preempted = True
+                    log.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command to resume", step)
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"step": step, "loss": last["loss"], "preempted": preempted, "last": last, "state": state}
