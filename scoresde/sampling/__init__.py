@@ -61,7 +61,7 @@ import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
 from scoresde.sampling import fast, grids, multistep, ode, pc, stochastic
-from scoresde.sampling.grids import GRIDS, alpha_vanishes_at_T, denoiser_call, score_call, time_grid
+from scoresde.sampling.grids import GRIDS, alpha_vanishes_at_T, denoiser_call, score_call, time_grid  # noqa: F401 (score_call re-exported)
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
            "euler_ancestral")

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 from scoresde.sampling.fast import LOWER_ORDER_FINAL_BELOW, _project
 from scoresde.sampling.grids import alpha_vanishes_at_T, denoiser_call
-from scoresde.sde import batch_mul
 
 __all__ = ["unipc", "deis", "UNIPC_VARIANTS"]
 
