@@ -34,6 +34,9 @@ __all__ = [
     "smld_loss",
     "likelihood_importance_sampler",
     "gaussian_dsm_minimum",
+    "flow_matching_loss",
+    "edm_loss",
+    "gaussian_flow_matching_minimum",
 ]
 
 
@@ -194,3 +197,68 @@ def gaussian_dsm_minimum(sde, variances, eps: float = 1e-5, num_points: int = 20
     v = np.asarray(variances, np.float64).reshape(-1)
     per_t = np.mean(a2[:, None] * v[None] / (a2[:, None] * v[None] + s2[:, None]), axis=-1)
     return float(np.trapezoid(per_t, t) / (sde.T - eps))
+
+
+def _flow_times(key, b, dtype, time_sampling, logit_mean, logit_std):
+    if time_sampling == "uniform":
+        return jax.random.uniform(key, (b,), dtype)
+    if time_sampling == "logit_normal":
+        return jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, (b,), dtype))
+    raise ValueError(f"unknown time_sampling {time_sampling!r}; expected one of: uniform, logit_normal")
+
+
+def flow_matching_loss(velocity_fn: Callable, batch, key, *, noise=None, time_sampling: str = "uniform",
+                       logit_mean: float = 0.0, logit_std: float = 1.0, reduce_mean: bool = True):
+    """Conditional flow matching on the linear interpolant (Lipman et al. 2023, eq. 23 with sigma_min = 0;
+    Liu et al. 2023, eq. 1): ``E ||v(x_t, t) - (z - x_0)||²`` with ``x_t = (1 - t) x_0 + t z``.
+
+    Args:
+        velocity_fn: ``velocity_fn(x, t) -> v`` (the network in the ``flow_velocity`` convention).
+        batch: data ``x_0``, ``(B, ...)``.
+        key: PRNG key.
+        noise: optional ``z`` paired with ``batch`` (a reflow coupling); independent ``N(0, I)`` if ``None``.
+        time_sampling: ``uniform`` (``t ~ U(0, 1)``) or ``logit_normal`` (``t = sigmoid(m + s n)``, Esser et al.
+            2024, eq. 19).
+        logit_mean, logit_std: the logit-normal's ``m`` and ``s``.
+        reduce_mean: mean over dimensions, else ``0.5 * sum``.
+
+    Returns:
+        ``(loss, aux)`` with per-example ``losses`` and the sampled ``t``.
+    """
+    key_t, key_z = jax.random.split(key)
+    t = _flow_times(key_t, batch.shape[0], batch.dtype, time_sampling, logit_mean, logit_std)
+    z = jax.random.normal(key_z, batch.shape, batch.dtype) if noise is None else noise
+    x_t = batch_mul(1.0 - t, batch) + batch_mul(t, z)
+    losses = _reduce(jnp.square(velocity_fn(x_t, t) - (z - batch)), reduce_mean)
+    return jnp.mean(losses), {"losses": losses, "t": t}
+
+
+def gaussian_flow_matching_minimum(variances, num_points: int = 200001) -> float:
+    """Minimum of the mean-reduced, uniform-t flow-matching loss for Gaussian data (an oracle for tests).
+
+    Per dimension, ``Var(z - x_0 | x_t) = v / ((1 - t)² v + t²)`` (the residual of the best linear
+    predictor of ``z - x_0`` from ``x_t``), so the minimum is ``∫_0^1 mean_d v_d / ((1-t)² v_d + t²) dt``.
+    """
+    t = np.linspace(0.0, 1.0, num_points)
+    v = np.asarray(variances, np.float64).reshape(-1)
+    per_t = np.mean(v[None] / ((1 - t[:, None]) ** 2 * v[None] + t[:, None] ** 2), axis=-1)
+    return float(np.trapezoid(per_t, t))
+
+
+def edm_loss(denoiser_fn: Callable, batch, key, *, sigma_data: float = 0.5, p_mean: float = -1.2,
+             p_std: float = 1.2, reduce_mean: bool = True):
+    """EDM's training loss (Karras et al. 2022, eq. 8 and Table 1): ``ln sigma ~ N(p_mean, p_std²)``,
+    ``lambda(sigma) = (sigma² + sigma_data²) / (sigma sigma_data)²``, ``lambda ||D(x_0 + sigma n, sigma) - x_0||²``.
+
+    ``denoiser_fn(x, sigma)`` is the preconditioned denoiser on :class:`~scoresde.sde.EDMSDE` (``t = sigma``),
+    e.g. ``parameterization.model_denoiser(net, EDMSDE(), output="edm", time_label="edm_noise")``.
+
+    Returns:
+        ``(loss, aux)`` with per-example ``losses`` and the sampled ``sigma``.
+    """
+    key_s, key_n = jax.random.split(key)
+    sigma = jnp.exp(p_mean + p_std * jax.random.normal(key_s, (batch.shape[0],), batch.dtype))
+    n = jax.random.normal(key_n, batch.shape, batch.dtype)
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    losses = _reduce(jnp.square(denoiser_fn(batch + batch_mul(sigma, n), sigma) - batch), reduce_mean) * weight
+    return jnp.mean(losses), {"losses": losses, "sigma": sigma}

@@ -5,7 +5,13 @@ A network is a callable ``net_fn(x, labels) -> out`` trained to predict one of
 * ``"score"``: ``∇ log p_t(x)`` directly (continuous/discrete VE reference models);
 * ``"eps"``:   the noise ``z`` in ``x_t = alpha x_0 + sigma z`` (DDPM / continuous VP reference models);
 * ``"x0"``:    the clean data ``E[x_0 | x_t]``;
-* ``"v"``:     ``alpha z - sigma x_0`` (Salimans & Ho 2022).
+* ``"v"``:     ``alpha z - sigma x_0`` (Salimans & Ho 2022's *v-prediction*);
+* ``"flow_velocity"``: ``z - x_0``, flow matching's velocity (Lipman et al. 2023; Liu et al. 2023), the time
+  derivative of the linear interpolant ``(1 - t) x_0 + t z`` (:class:`~scoresde.sde.RectifiedFlow`); for any
+  other linear SDE it is still read as ``z - x_0``. Not the v-prediction above.
+* ``"edm"``:   the raw network ``F`` of EDM's preconditioned denoiser (Karras et al. 2022, eq. 7 and
+  Table 1): ``D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x; c_noise(σ))`` in the scaled coordinates
+  ``x / alpha`` with noise level ``σ = sigma / alpha``; the network is fed ``c_in x / alpha``.
 
 and fed a time label given by ``time_label``:
 
@@ -14,7 +20,12 @@ and fed a time label given by ``time_label``:
 * ``"sigma"``:       ``sigma(t)``, the reference's continuous VE convention;
 * ``"vp_discrete"``: ``t (N - 1)``, the reference's discrete DDPM convention; alpha/sigma then come
   from the discrete schedule (``sqrt_alphas_cumprod`` / ``sqrt_1m_alphas_cumprod``), as in the reference;
-* ``"ve_discrete"``: ``round((T - t)(N - 1))``, the reference's discrete SMLD convention.
+* ``"ve_discrete"``: ``round((T - t)(N - 1))``, the reference's discrete SMLD convention;
+* ``"edm_noise"``:   EDM's ``c_noise = ln(σ) / 4`` with ``σ = sigma / alpha``.
+
+:func:`model_score_fn` returns a :class:`ScoreWithDenoiser`: a score function that also carries the
+denoiser computed from the same network output without Tweedie's division by ``alpha``, so samplers can
+start at ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow`).
 
 This module is the only place these conventions live; samplers, likelihood and guidance consume the
 resulting ``score_fn(x, t)`` and ``denoiser(x, t)``.
@@ -28,15 +39,17 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
 from scoresde.sde import batch_mul
 
-OUTPUTS = ("score", "eps", "x0", "v")
-TIME_LABELS = ("t", "999t", "sigma", "vp_discrete", "ve_discrete")
+OUTPUTS = ("score", "eps", "x0", "v", "flow_velocity", "edm")
+TIME_LABELS = ("t", "999t", "sigma", "vp_discrete", "ve_discrete", "edm_noise")
 
 __all__ = [
     "OUTPUTS",
@@ -49,6 +62,10 @@ __all__ = [
     "model_score_fn",
     "model_denoiser",
     "target_from",
+    "edm_preconditioning",
+    "output_to_denoiser",
+    "ScoreWithDenoiser",
+    "with_denoiser",
 ]
 
 
@@ -86,6 +103,8 @@ def time_labels(sde, t, time_label: str):
         return sde.sigma(t)
     if time_label == "vp_discrete":
         return t * (sde.N - 1)
+    if time_label == "edm_noise":
+        return 0.25 * jnp.log(sde.sigma(t) / sde.alpha(t))
     # ve_discrete
     return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
 
@@ -116,6 +135,13 @@ def output_to_score(out, x, alpha, sigma, output: str):
         # eps = (sigma x + alpha v) / (alpha² + sigma²)
         eps = batch_mul(1.0 / (alpha**2 + sigma**2), batch_mul(sigma, x) + batch_mul(alpha, out))
         return batch_mul(-1.0 / sigma, eps)
+    if output == "flow_velocity":
+        # x = alpha x0 + sigma z and v = z - x0  =>  z = (x + alpha v) / (alpha + sigma)
+        eps = batch_mul(1.0 / (alpha + sigma), x + batch_mul(alpha, out))
+        return batch_mul(-1.0 / sigma, eps)
+    if output == "edm":
+        raise ValueError("output 'edm' is a preconditioned network: use model_score_fn, which applies c_in, "
+                         "or output_to_denoiser with the preconditioned F")
     raise ValueError(f"unknown network output {output!r}; expected one of: {', '.join(OUTPUTS)}")
 
 
@@ -134,35 +160,114 @@ def target_from(x0, noise, alpha, sigma, output: str):
         return batch_mul(alpha, noise) - batch_mul(sigma, x0)
     if output == "score":
         return batch_mul(-1.0 / sigma, noise)
+    if output == "flow_velocity":
+        return noise - x0
     raise ValueError(f"unknown network output {output!r}; expected one of: {', '.join(OUTPUTS)}")
 
 
-def model_score_fn(net_fn: Callable, sde, *, output: str, time_label: str) -> Callable:
-    """Wraps ``net_fn(x, labels)`` into a batched ``score_fn(x, t)``.
+def edm_preconditioning(sigma, sigma_data: float = 0.5):
+    """EDM's ``(c_skip, c_out, c_in, c_noise)`` at noise level ``sigma`` (Karras et al. 2022, Table 1).
+
+    ``c_skip = σ_d² / (σ² + σ_d²)``, ``c_out = σ σ_d / sqrt(σ² + σ_d²)``, ``c_in = 1 / sqrt(σ² + σ_d²)``,
+    ``c_noise = ln(σ) / 4``. At ``σ = ∞`` (``alpha = 0``): ``c_skip = c_in = 0``, ``c_out = σ_d``.
+    """
+    sigma = jnp.asarray(sigma)
+    sd2 = sigma_data**2
+    finite = jnp.isfinite(sigma)
+    s = jnp.where(finite, sigma, 1.0)
+    c_skip = jnp.where(finite, sd2 / (s**2 + sd2), 0.0)
+    c_out = jnp.where(finite, s * sigma_data / jnp.sqrt(s**2 + sd2), sigma_data)
+    c_in = jnp.where(finite, 1.0 / jnp.sqrt(s**2 + sd2), 0.0)
+    return c_skip, c_out, c_in, 0.25 * jnp.log(sigma)
+
+
+def output_to_denoiser(out, x, alpha, sigma, output: str):
+    """``E[x_0 | x_t]`` from a network output at ``x_t = alpha x0 + sigma z``, dividing by ``alpha`` only
+    for ``score`` and ``eps`` (which carry no information on ``x0`` where ``alpha = 0``)."""
+    if output == "x0":
+        return out
+    if output == "v":
+        return batch_mul(1.0 / (alpha**2 + sigma**2), batch_mul(alpha, x) - batch_mul(sigma, out))
+    if output == "flow_velocity":
+        return batch_mul(1.0 / (alpha + sigma), x - batch_mul(sigma, out))
+    if output == "eps":
+        return batch_mul(1.0 / alpha, x - batch_mul(sigma, out))
+    if output == "score":
+        return score_to_denoiser(out, x, alpha, sigma)
+    raise ValueError(f"unknown network output {output!r} for output_to_denoiser; expected one of: "
+                     f"{', '.join(o for o in OUTPUTS if o != 'edm')}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreWithDenoiser:
+    """A batched ``score_fn(x, t)`` that also carries ``denoiser(x, t) = E[x_0 | x_t]``.
+
+    Samplers evaluate :attr:`denoiser` where they need ``x0`` (one network call, counted as one NFE), so
+    a model that knows ``x0`` directly (velocity, x0 or EDM outputs) is never pushed through Tweedie's
+    ``1 / alpha``. A pytree: array leaves inside ``score``/``denoiser`` (e.g. a ``jax.tree_util.Partial``)
+    are traced by :func:`scoresde.sampling.sample`.
+    """
+
+    score: Callable
+    denoiser: Callable
+
+    def __call__(self, x, t):
+        return self.score(x, t)
+
+
+jax.tree_util.register_dataclass(ScoreWithDenoiser, data_fields=["score", "denoiser"], meta_fields=[])
+
+
+def with_denoiser(score_fn: Callable, denoiser: Callable) -> ScoreWithDenoiser:
+    """Pairs a score function with its denoiser (e.g. an exact oracle's, or a model's)."""
+    return ScoreWithDenoiser(score_fn, denoiser)
+
+
+def model_score_fn(net_fn: Callable, sde, *, output: str, time_label: str,
+                   sigma_data: float = 0.5) -> ScoreWithDenoiser:
+    """Wraps ``net_fn(x, labels)`` into a batched ``score_fn(x, t)`` that also carries its denoiser.
 
     Args:
         net_fn: the network, called as ``net_fn(x, labels)``.
         sde: a linear SDE from :mod:`scoresde.sde`.
         output: what the network predicts, one of :data:`OUTPUTS`.
         time_label: how it is conditioned on time, one of :data:`TIME_LABELS`.
+        sigma_data: EDM's data standard deviation (only for ``output="edm"``).
 
     Returns:
-        ``score_fn(x, t) -> score`` with ``x`` of shape ``(B, ...)`` and ``t`` of shape ``(B,)``.
+        a :class:`ScoreWithDenoiser` ``score_fn(x, t) -> score`` with ``x`` of shape ``(B, ...)`` and ``t``
+        of shape ``(B,)``; ``score_fn.denoiser(x, t)`` gives ``E[x_0 | x_t]`` from the same output.
     """
     _check(output, time_label)
 
-    def score_fn(x, t):
-        out = net_fn(x, time_labels(sde, t, time_label))
+    def denoiser(x, t):
         alpha, sigma = coefficients(sde, t, time_label)
+        if output == "edm":
+            c_skip, c_out, c_in, _ = edm_preconditioning(sigma / alpha, sigma_data)
+            xbar = batch_mul(1.0 / alpha, x)
+            # c_in x / alpha = x / sqrt(sigma² + alpha² σ_d²): finite at alpha = 0 too
+            x_in = batch_mul(1.0 / jnp.sqrt(sigma**2 + (alpha * sigma_data) ** 2), x)
+            f = net_fn(x_in, time_labels(sde, t, time_label))
+            skip = batch_mul(jnp.where(c_skip > 0, c_skip, 0.0), jnp.where(jnp.isfinite(xbar), xbar, 0.0))
+            return skip + batch_mul(c_out, f)
+        out = net_fn(x, time_labels(sde, t, time_label))
+        return output_to_denoiser(out, x, alpha, sigma, output)
+
+    def score_fn(x, t):
+        alpha, sigma = coefficients(sde, t, time_label)
+        if output == "edm":
+            # score = (alpha D - x) / sigma²  (Tweedie solved for the score; no division by alpha)
+            return batch_mul(1.0 / sigma**2, batch_mul(alpha, denoiser(x, t)) - x)
+        out = net_fn(x, time_labels(sde, t, time_label))
         return output_to_score(out, x, alpha, sigma, output)
 
-    return score_fn
+    return ScoreWithDenoiser(score_fn, denoiser)
 
 
-def model_denoiser(net_fn: Callable, sde, *, output: str, time_label: str) -> Callable:
-    """Wraps ``net_fn(x, labels)`` into a denoiser ``D(x, t) = E[x_0 | x_t]``."""
-    score_fn = model_score_fn(net_fn, sde, output=output, time_label=time_label)
-    return denoiser_from_score(score_fn, sde)
+def model_denoiser(net_fn: Callable, sde, *, output: str, time_label: str, sigma_data: float = 0.5) -> Callable:
+    """Wraps ``net_fn(x, labels)`` into a denoiser ``D(x, t) = E[x_0 | x_t]`` (no Tweedie division by
+    ``alpha`` for ``x0``, ``v``, ``flow_velocity`` and ``edm`` outputs)."""
+    return model_score_fn(net_fn, sde, output=output, time_label=time_label, sigma_data=sigma_data).denoiser
 
 
 def denoiser_from_score(score_fn: Callable, sde) -> Callable:

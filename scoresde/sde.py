@@ -37,6 +37,8 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "OUSDE",
+    "RectifiedFlow",
+    "EDMSDE",
     "ReverseSDE",
     "batch_mul",
     "get_sde",
@@ -347,6 +349,104 @@ class OUSDE(VPSDE):
     T: float = 5.0
 
 
+@_static_dataclass
+class RectifiedFlow(LinearSDE):
+    """The linear interpolant ``x_t = (1 - t) x_0 + t z`` of rectified flow / flow matching.
+
+    ``alpha(t) = 1 - t``, ``sigma(t) = t``, ``log_snr(t) = 2 log((1 - t) / t)`` (Liu et al., "Flow Straight
+    and Fast", ICLR 2023, eq. 1; Lipman et al. 2023 with ``sigma_min = 0``). With the default ``T = 1`` the
+    prior ``N(0, I)`` is exact at ``T``: ``alpha(T) = 0`` and ``log_snr(T) = -inf``.
+
+    The Itô SDE with these marginals is ``dx = -x / (1 - t) dt + sqrt(2 t / (1 - t)) dW``
+    (``f = alpha'/alpha``, ``g² = (sigma²)' - 2 f sigma²``, Kingma et al. 2021, eq. 33): both coefficients
+    are infinite at ``t = 1``, and so is the score-form probability-flow drift ``f x - ½ g² s`` (a 0/0 limit
+    there). **Where ``t = 1`` must be avoided:** everything that goes through :meth:`sde` (the ``pc`` and
+    ``ode`` samplers, :func:`scoresde.likelihood.log_likelihood`, :meth:`reverse`) needs ``T < 1``, e.g.
+    ``RectifiedFlow(T=0.999)``, whose prior ``N(0, I)`` then differs from ``p_T`` by a stated mismatch.
+    The exponential-integrator samplers (``ddim``, ``dpm_solver``, ``dpm_solver++``, ``unipc``, ``deis``,
+    ``dpm_solver++_sde``, ``euler_ancestral``, ``edm_heun``) start exactly at ``T = 1`` from a model with
+    a denoiser (:func:`scoresde.parameterization.model_score_fn` gives one): a score alone carries no
+    information at ``t = 1`` (it is ``-x`` for every data law), so Tweedie's ``E[x_0 | x_1]`` is undefined.
+    """
+
+    N: int = 1000
+    T: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.N, (int, np.integer)) and self.N >= 2):
+            raise ValueError(f"RectifiedFlow needs an integer N >= 2; got N={self.N!r}")
+        if not 0 < self.T <= 1:
+            raise ValueError(f"RectifiedFlow needs 0 < T <= 1 (alpha = 1 - t); got T={self.T!r}")
+
+    def sde(self, x, t):
+        f = -1.0 / (1.0 - t)
+        return batch_mul(f, x), jnp.sqrt(2.0 * t / (1.0 - t))
+
+    def alpha(self, t):
+        return 1.0 - t
+
+    def sigma(self, t):
+        return t
+
+    def log_snr(self, t):
+        return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+    def t_from_log_snr(self, log_snr):
+        # (1 - t) / t = e^{log_snr / 2}  =>  t = sigmoid(-log_snr / 2)
+        return jax.nn.sigmoid(-0.5 * log_snr)
+
+
+@_static_dataclass
+class EDMSDE(LinearSDE):
+    """The EDM noise process ``x_sigma = x_0 + sigma z`` with ``sigma(t) = t`` (Karras et al. 2022, Table 1).
+
+    ``alpha = 1``, ``sigma(t) = t``, ``T = sigma_max``, prior ``N(0, sigma_max² I)``; the SDE is
+    ``dx = sqrt(2 t) dW`` (EDM eq. 6 with ``sigma(t) = t``, ``s = 1``). ``sigma_min`` is the default sampling
+    ``eps`` and the default grid of the fixed-step samplers is EDM's ``rho = 7`` grid (eq. 5).
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    N: int = 1000
+
+    default_grid = "edm"
+
+    def __post_init__(self):
+        if not (0 < self.sigma_min < self.sigma_max):
+            raise ValueError(
+                f"EDMSDE needs 0 < sigma_min < sigma_max; got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
+            )
+        if not (isinstance(self.N, (int, np.integer)) and self.N >= 2):
+            raise ValueError(f"EDMSDE needs an integer N >= 2; got N={self.N!r}")
+
+    @property
+    def T(self) -> float:
+        return float(self.sigma_max)
+
+    @property
+    def default_eps(self) -> float:
+        return float(self.sigma_min)
+
+    @property
+    def prior_std(self) -> float:
+        return float(self.sigma_max)
+
+    def sde(self, x, t):
+        return jnp.zeros_like(x), jnp.sqrt(2.0 * t)
+
+    def alpha(self, t):
+        return jnp.ones_like(t)
+
+    def sigma(self, t):
+        return t
+
+    def log_snr(self, t):
+        return -2.0 * jnp.log(t)
+
+    def t_from_log_snr(self, log_snr):
+        return jnp.exp(-0.5 * log_snr)
+
+
 def _log_expm1(x):
     """``log(e^x - 1)``, accurate for small and large ``x``."""
     return jnp.where(x > 20.0, x, jnp.log(jnp.expm1(jnp.minimum(x, 20.0))))
@@ -415,7 +515,8 @@ class ReverseSDE:
         raise NotImplementedError("the reverse of a reverse SDE is not defined here; use the forward SDE")
 
 
-_SDES = {"vpsde": VPSDE, "vp": VPSDE, "subvpsde": SubVPSDE, "subvp": SubVPSDE, "vesde": VESDE, "ve": VESDE, "ou": OUSDE}
+_SDES = {"vpsde": VPSDE, "vp": VPSDE, "subvpsde": SubVPSDE, "subvp": SubVPSDE, "vesde": VESDE, "ve": VESDE, "ou": OUSDE,
+         "rectified_flow": RectifiedFlow, "edm": EDMSDE}
 
 
 def get_sde(name: str, **kwargs) -> LinearSDE:
@@ -426,5 +527,6 @@ def get_sde(name: str, **kwargs) -> LinearSDE:
     """
     key = name.lower()
     if key not in _SDES:
-        raise ValueError(f"unknown sde {name!r}; expected one of: vpsde, subvpsde, vesde (or vp, subvp, ve, ou)")
+        raise ValueError(f"unknown sde {name!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm "
+                         f"(or vp, subvp, ve, ou)")
     return _SDES[key](**kwargs)

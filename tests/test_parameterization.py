@@ -17,11 +17,12 @@ def _exact_outputs(gm, sde, x, t):
     x0 = (x + s**2 * score) / a
     eps = -s * score
     v = a * eps - s * x0
-    return {"score": score, "eps": eps, "x0": x0, "v": v}
+    return {"score": score, "eps": eps, "x0": x0, "v": v, "flow_velocity": eps - x0}
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-@pytest.mark.parametrize("output", P.OUTPUTS)
+# "edm" is a preconditioned network (input scaled by c_in): tests/test_flow_matching.py checks it.
+@pytest.mark.parametrize("output", [o for o in P.OUTPUTS if o != "edm"])
 def test_every_output_type_recovers_the_score_and_denoiser(sde, output):
     gm = analytic.GaussianMixture(jnp.array([[1.0, -1.0], [-1.0, 0.5]]), jnp.array([0.3, 0.6]))
     x = gm.sample(jax.random.key(0), 8) + 0.2

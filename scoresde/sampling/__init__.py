@@ -17,7 +17,20 @@ Methods and their options (defaults in brackets):
   ``lower_order_final`` [True].
 * ``"edm_heun"``: ``steps`` [18] (2 NFE each), ``S_churn`` [0], ``S_tmin`` [0], ``S_tmax`` [inf],
   ``S_noise`` [1], ``rho`` [7], ``grid`` [edm].
-* For ddim / dpm_solver / dpm_solver++ / edm_heun, ``denoise`` [False] adds one final Tweedie step
+* ``"unipc"`` (:mod:`.multistep`): multistep UniPC, ``order`` [2] ∈ 1 | 2 | 3, ``variant`` [bh1] ∈ bh1 | bh2,
+  ``steps`` [20], ``grid`` [log_snr], ``lower_order_final`` [True].
+* ``"deis"`` (:mod:`.multistep`): DEIS multistep, ``order`` [2] ∈ 1 | 2 | 3, ``steps`` [20], ``grid``
+  [log_snr], ``lower_order_final`` [True].
+* ``"dpm_solver++_sde"`` (:mod:`.stochastic`): DPM-Solver++(2M) SDE (``order`` [2]) or (3M) SDE (``order=3``),
+  ``eta`` [1.0], ``s_noise`` [1.0], ``steps`` [20], ``grid`` [log_snr].
+* ``"euler_ancestral"`` (:mod:`.stochastic`): ``eta`` [1.0], ``s_noise`` [1.0], ``steps`` [50], ``grid`` [edm].
+* An SDE with a ``default_grid`` (:class:`~scoresde.sde.EDMSDE`: ``edm``) uses it when ``grid`` is not given;
+  one with a ``default_eps`` (EDMSDE: ``sigma_min``) uses it when ``eps`` is not given.
+* ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow`): every grid method starts at ``T`` and needs a model
+  that carries its denoiser (:class:`scoresde.parameterization.ScoreWithDenoiser`); ``pc`` and ``ode`` go
+  through the SDE's drift, infinite at ``t = 1``, and need ``T < 1`` (``RectifiedFlow(T=0.999)``).
+* For ddim / dpm_solver / dpm_solver++ / edm_heun / unipc / deis / dpm_solver++_sde / euler_ancestral,
+  ``denoise`` [False] adds one final Tweedie step
   ``E[x_0 | x_eps]`` (1 NFE).
 * Every method but ``ode``: ``project_fn`` [None], a ``project_fn(x, t, key) -> x`` applied to the state
   after each step (``t`` the time the step reached), the hook of inpainting / colorization
@@ -47,11 +60,11 @@ import jax
 import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
-from scoresde.parameterization import score_to_denoiser
-from scoresde.sampling import fast, grids, ode, pc
-from scoresde.sampling.grids import GRIDS, score_call, time_grid
+from scoresde.sampling import fast, grids, multistep, ode, pc, stochastic
+from scoresde.sampling.grids import GRIDS, alpha_vanishes_at_T, denoiser_call, score_call, time_grid  # noqa: F401 (score_call re-exported)
 
-METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun")
+METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
+           "euler_ancestral")
 
 __all__ = ["METHODS", "GRIDS", "sample", "method_options", "check_options", "encode", "decode", "default_eps",
            "time_grid"]
@@ -66,12 +79,22 @@ _OPTIONS = {
     "dpm_solver++": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
     "edm_heun": dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
                      denoise=False, project_fn=None),
+    "unipc": dict(steps=20, order=2, variant="bh1", grid="log_snr", lower_order_final=True, denoise=False,
+                  project_fn=None),
+    "deis": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
+    "dpm_solver++_sde": dict(steps=20, order=2, eta=1.0, s_noise=1.0, grid="log_snr", denoise=False,
+                             project_fn=None),
+    "euler_ancestral": dict(steps=50, eta=1.0, s_noise=1.0, grid="edm", denoise=False, project_fn=None),
 }
-_FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho")
+_FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "s_noise")
 
 
 def default_eps(sde) -> float:
-    """The reference's sampling eps: 1e-5 for VE, 1e-3 otherwise."""
+    """The SDE's own ``default_eps`` if it has one (EDMSDE: ``sigma_min``), else the reference's sampling
+    eps: 1e-5 for VE, 1e-3 otherwise."""
+    own = getattr(sde, "default_eps", None)
+    if own is not None:
+        return own
     return 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
 
 
@@ -140,7 +163,18 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
         ValueError: for an unknown method/option or a bad option value.
         RuntimeError: if an ODE solve failed (outside ``jit``; inside, the samples are NaN).
     """
+    own_grid = getattr(sde, "default_grid", None)
+    if own_grid is not None and method in _OPTIONS and "grid" in _OPTIONS[method] and "grid" not in options:
+        options = {**options, "grid": own_grid}
     opts = _resolve(method, options)
+    if alpha_vanishes_at_T(sde):
+        if method in ("pc", "ode"):
+            raise ValueError(f"method {method!r} integrates the SDE's drift, infinite at alpha(T) = 0 "
+                             f"(T={sde.T}); use a grid method (e.g. dpm_solver++, unipc) or {type(sde).__name__}(T<1)")
+        if getattr(score_fn, "denoiser", None) is None:
+            raise ValueError(f"alpha(T) = 0 for {type(sde).__name__}(T={sde.T}): a score function alone does not "
+                             "determine E[x0 | x_T]; pass a model with a denoiser (parameterization.model_score_fn "
+                             "or parameterization.with_denoiser)")
     dyn, static = _split(opts)
     eps = jnp.asarray(default_eps(sde) if eps is None else eps)
     samples, nfe, ok = _sample_jit(score_fn, sde, tuple(shape), key, method, x_init, eps, dyn, static,
@@ -184,7 +218,8 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
     rho = opts.pop("rho", 7.0)
     ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
     solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
-               "edm_heun": fast.edm_heun}
+               "edm_heun": fast.edm_heun, "unipc": multistep.unipc, "deis": multistep.deis,
+               "dpm_solver++_sde": stochastic.dpm_solver_pp_sde, "euler_ancestral": stochastic.euler_ancestral}
     x, nfe = solvers[method](score_fn, sde, x, ts, k_loop, nfe, **opts)
     if denoise:
         x, nfe = _tweedie(score_fn, sde, x, eps, nfe)
@@ -192,9 +227,8 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
 
 
 def _tweedie(score_fn, sde, x, t, nfe):
-    score, nfe = score_call(score_fn, x, t, nfe)
-    tv = jnp.full((x.shape[0],), t, x.dtype)
-    return score_to_denoiser(score, x, sde.alpha(tv), sde.sigma(tv)), nfe
+    """The final ``E[x_0 | x_eps]`` (= k-diffusion's closing Euler step to sigma = 0), by the model's denoiser."""
+    return denoiser_call(score_fn, sde, x, t, nfe)
 
 
 def _flow(score_fn, sde, x, t0, t1, opts):

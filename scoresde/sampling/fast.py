@@ -23,11 +23,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from scoresde.parameterization import score_to_denoiser
-from scoresde.sampling.grids import edm_sigma, score_call
+from scoresde.sampling.grids import alpha_vanishes_at_T, denoiser_call, edm_sigma, score_call
 from scoresde.sde import batch_mul
 
-__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "edm_heun"]
+__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "edm_heun", "LOWER_ORDER_FINAL_BELOW"]
+
+# DPM-Solver's official `sample` lowers the final steps' order only when steps < 10.
+LOWER_ORDER_FINAL_BELOW = 10
 
 
 def _project(project_fn, x, t, key, i):
@@ -50,9 +52,8 @@ def _eps_pred(score_fn, sde, x, t, nfe):
 
 
 def _x0_pred(score_fn, sde, x, t, nfe):
-    score, nfe = score_call(score_fn, x, t, nfe)
-    alpha, sigma, _ = _coef(sde, t, x)
-    return score_to_denoiser(score, x, alpha, sigma), nfe
+    """The data prediction; the model's own denoiser when it has one (finite where ``alpha = 0``)."""
+    return denoiser_call(score_fn, sde, x, t, nfe)
 
 
 def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, project_fn=None):
@@ -103,6 +104,12 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, project_fn=None):
         a_s, s_s, l_s = _coef(sde, s, x)
         a_t, s_t, l_t = _coef(sde, t, x)
         h = l_t - l_s
+        if from_alpha_zero:
+            # From alpha(s) = 0 (lambda_s = -inf, h = inf) the noise-prediction terms are infinite: take the
+            # first-order data-prediction (DDIM) step x_t = alpha_t x0 + sigma_t eps; local error O(h²).
+            x0, nfe = _x0_pred(score_fn, sde, x, s, nfe)
+            eps = batch_mul(1.0 / s_s, x - batch_mul(a_s, x0))
+            return batch_mul(a_t, x0) + batch_mul(s_t, eps), nfe
         eps_s, nfe = _eps_pred(score_fn, sde, x, s, nfe)
         base = batch_mul(a_t / a_s, x) - batch_mul(s_t * jnp.expm1(h), eps_s)
         if order == 1:
@@ -127,20 +134,32 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, project_fn=None):
         x_t = base - batch_mul(s_t / r2 * (jnp.expm1(h) / h - 1.0), d2)
         return x_t, nfe
 
-    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
+    from_alpha_zero = False
+    if alpha_vanishes_at_T(sde):
+        from_alpha_zero = True
+        x, nfe = _dpm_step(x, nfe, ts[0], ts[1])
+        x = _project(project_fn, x, ts[1], key, 0)
+        from_alpha_zero = False
+        idx = jnp.arange(1, ts.shape[0] - 1)
+    else:
+        idx = jnp.arange(ts.shape[0] - 1)
+    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[idx], ts[idx + 1]))
     return x, nfe
 
 
 def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, project_fn=None):
     """Multistep DPM-Solver++ (data prediction), ``order`` 1 or 2 (2M); one NFE per step.
 
-    The first step is first order (no history yet). With ``lower_order_final`` and fewer than 15 steps
-    the last step is first order too, as the authors' implementation does for stability.
+    The first step is first order (no history yet). With ``lower_order_final`` and fewer than 10 steps
+    the last step is first order too, as the authors' current implementation does for stability
+    (``DPM_Solver.sample``: ``if lower_order_final and steps < 10``; this module used 15 before).
+    From ``alpha(s) = 0`` the step is ``x_t = sigma_t x + alpha_t x0`` (``h = inf``; in the next step ``r = h_prev / h = inf``
+    makes ``0.5 / r = 0``, its first-order update), so no term is NaN.
     """
     if order not in (1, 2):
         raise ValueError(f"dpm_solver++ order must be 1 or 2 (multistep 2M); got {order!r}")
     steps = ts.shape[0] - 1
-    last_first_order = lower_order_final and steps < 15
+    last_first_order = lower_order_final and steps < LOWER_ORDER_FINAL_BELOW
 
     def step(carry, inp):
         x, x0_prev, h_prev, nfe = carry
@@ -182,9 +201,7 @@ def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=
     def d_fn(xb, t, sig, nfe):
         """``dxbar / dsigma = (xbar - D(xbar)) / sigma`` at scaled state ``xb``."""
         alpha, sigma, _ = _coef(sde, t, xb)
-        xs = batch_mul(alpha, xb)
-        score, nfe = score_call(score_fn, xs, t, nfe)
-        x0 = score_to_denoiser(score, xs, alpha, sigma)
+        x0, nfe = _x0_pred(score_fn, sde, batch_mul(alpha, xb), t, nfe)
         return (xb - x0) / sig, nfe
 
     def step(carry, inp):
@@ -207,8 +224,17 @@ def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=
             xb_next = batch_mul(1.0 / a_next, _project(project_fn, batch_mul(a_next, xb_next), t_next, key, i))
         return (xb_next, nfe), None
 
+    idx = jnp.arange(steps)
+    if alpha_vanishes_at_T(sde):
+        # At alpha(T) = 0 the noise level sigma/alpha is infinite and Heun's trapezoid over [inf, sigma_1]
+        # is undefined: the first step is Euler's in sigma/alpha (= DDIM, x_1 = sigma_1/sigma_T x + alpha_1 x0),
+        # as k-diffusion makes its step to sigma = 0 Euler's. Local error O(h²): Heun's order 2 is kept.
+        x0, nfe = _x0_pred(score_fn, sde, x, ts[0], nfe)
+        a_1, s_1, _ = _coef(sde, ts[1], x)
+        _, s_0, _ = _coef(sde, ts[0], x)
+        x = _project(project_fn, batch_mul(s_1 / s_0, x) + batch_mul(a_1, x0), ts[1], key, 0)
+        ts, idx = ts[1:], idx[1:]
     a_hi = sde.alpha(jnp.full((x.shape[0],), ts[0], dtype))
     a_lo = sde.alpha(jnp.full((x.shape[0],), ts[-1], dtype))
-    idx = jnp.arange(steps)
     (xb, nfe), _ = jax.lax.scan(step, (batch_mul(1.0 / a_hi, x), nfe), (idx, ts[:-1], ts[1:]))
     return batch_mul(a_lo, xb), nfe

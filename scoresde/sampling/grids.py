@@ -10,15 +10,27 @@ samplers on different grids start and stop at the same times). Three spacings:
   in the EDM noise level ``sigma/alpha = exp(-log_snr/2)``.
 
 Grids are computed with ``jnp`` so ``eps`` and ``rho`` may be traced values; ``steps`` fixes the shape.
+
+Where ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow`), the log-SNR and EDM noise level are infinite
+at ``T``: the ``log_snr`` and ``edm`` grids then keep ``t_0 = T`` and space the other ``steps`` points
+between ``t_1 = T - (T - eps) / steps`` (the first point of the uniform grid) and ``eps``.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 GRIDS = ("uniform_t", "log_snr", "edm")
 
-__all__ = ["GRIDS", "time_grid", "edm_sigma", "score_call"]
+__all__ = ["GRIDS", "time_grid", "edm_sigma", "score_call", "denoiser_call", "alpha_vanishes_at_T"]
+
+
+def alpha_vanishes_at_T(sde) -> bool:
+    """Whether ``alpha(T) = 0`` (log-SNR ``-inf`` at ``T``), a static property of the SDE."""
+    with jax.ensure_compile_time_eval():  # a constant also while tracing
+        return float(np.asarray(sde.alpha(np.asarray([sde.T], np.float32)))[0]) == 0.0
 
 
 def edm_sigma(sde, t):
@@ -44,6 +56,15 @@ def time_grid(sde, steps: int, eps, *, kind: str = "uniform_t", rho=7.0, dtype=j
         raise ValueError(f"steps must be a positive Python int; got {steps!r}")
     t_hi = jnp.asarray(sde.T, dtype)
     t_lo = jnp.asarray(eps, dtype)
+    if kind in ("log_snr", "edm") and alpha_vanishes_at_T(sde):
+        if steps == 1:
+            return jnp.stack([t_hi, t_lo]).astype(dtype)
+        inner = _spaced(sde, steps - 1, t_hi - (t_hi - t_lo) / steps, t_lo, kind, rho, dtype)
+        return jnp.concatenate([t_hi[None], inner]).astype(dtype)
+    return _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype)
+
+
+def _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype):
     u = jnp.arange(steps + 1, dtype=dtype) / steps
     if kind == "uniform_t":
         ts = t_hi + u * (t_lo - t_hi)
@@ -69,3 +90,19 @@ def score_call(score_fn, x, t, nfe):
     """
     tv = jnp.full((x.shape[0],), t, dtype=x.dtype)
     return score_fn(x, tv), nfe + 1
+
+
+def denoiser_call(score_fn, sde, x, t, nfe):
+    """``E[x_0 | x_t]`` at the scalar time ``t``, counted as one NFE.
+
+    Uses ``score_fn.denoiser`` when the model carries one
+    (:class:`scoresde.parameterization.ScoreWithDenoiser`), else Tweedie's ``(x + sigma² score) / alpha``.
+    """
+    tv = jnp.full((x.shape[0],), t, dtype=x.dtype)
+    denoiser = getattr(score_fn, "denoiser", None)
+    if denoiser is not None:
+        return denoiser(x, tv), nfe + 1
+    alpha, sigma = sde.alpha(tv), sde.sigma(tv)
+    score = score_fn(x, tv)
+    return (x + (sigma**2).reshape((-1,) + (1,) * (x.ndim - 1)) * score) / alpha.reshape(
+        (-1,) + (1,) * (x.ndim - 1)), nfe + 1
