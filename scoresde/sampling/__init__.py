@@ -19,6 +19,11 @@ Methods and their options (defaults in brackets):
   ``S_noise`` [1], ``rho`` [7], ``grid`` [edm].
 * For ddim / dpm_solver / dpm_solver++ / edm_heun, ``denoise`` [False] adds one final Tweedie step
   ``E[x_0 | x_eps]`` (1 NFE).
+* ``"consistency"`` (:mod:`.consistency`, Song et al. 2023, Algorithm 1): here ``score_fn`` is a
+  *consistency function* ``f(x, t) -> x_eps``; ``steps`` [1] network calls; ``times`` [None], the
+  re-noising times ``τ_1 > ... > τ_{steps-1}`` in ``(eps, T)`` (``steps = len(times) + 1``; default the
+  ρ-grid of :func:`.consistency.default_times`, ``rho`` [7]). ``steps=1`` returns ``f(x_T, T)``. ``denoise``
+  must stay False (the output is already at ``eps``).
 * Every method but ``ode``: ``project_fn`` [None], a ``project_fn(x, t, key) -> x`` applied to the state
   after each step (``t`` the time the step reached), the hook of inpainting / colorization
   (:mod:`scoresde.guidance`). A pytree callable (e.g. an ``equinox.Module``) has its arrays traced.
@@ -48,10 +53,10 @@ import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
 from scoresde.parameterization import score_to_denoiser
-from scoresde.sampling import fast, grids, ode, pc
+from scoresde.sampling import consistency, fast, grids, ode, pc
 from scoresde.sampling.grids import GRIDS, score_call, time_grid
 
-METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun")
+METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "consistency")
 
 __all__ = ["METHODS", "GRIDS", "sample", "get_sampling_fn", "encode", "decode", "default_eps", "time_grid"]
 
@@ -65,8 +70,9 @@ _OPTIONS = {
     "dpm_solver++": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
     "edm_heun": dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
                      denoise=False, project_fn=None),
+    "consistency": dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None),
 }
-_FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho")
+_FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "times")
 
 
 def default_eps(sde) -> float:
@@ -94,8 +100,9 @@ def _resolve(method, options):
 
 def _split(opts):
     """Float options become arrays (traced under filter_jit); the rest stay static."""
-    dyn = {k: jnp.asarray(v) for k, v in opts.items() if k in _FLOAT_OPTIONS}
-    static = tuple(sorted((k, v) for k, v in opts.items() if k not in _FLOAT_OPTIONS))
+    traced = [k for k, v in opts.items() if k in _FLOAT_OPTIONS and v is not None]
+    dyn = {k: jnp.asarray(v) for k, v in opts.items() if k in traced}
+    static = tuple(sorted((k, v) for k, v in opts.items() if k not in traced))
     return dyn, static
 
 
@@ -124,6 +131,11 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
         RuntimeError: if an ODE solve failed (outside ``jit``; inside, the samples are NaN).
     """
     opts = _resolve(method, options)
+    if method == "consistency":
+        if opts["denoise"]:
+            raise ValueError("method 'consistency' cannot denoise: a consistency function already returns x_eps")
+        opts["steps"] = consistency.resolve_times(sde, default_eps(sde) if eps is None else eps, opts["steps"],
+                                                  opts["times"])
     dyn, static = _split(opts)
     eps = jnp.asarray(default_eps(sde) if eps is None else eps)
     samples, nfe, ok = _sample_jit(score_fn, sde, tuple(shape), key, method, x_init, eps, dyn, static,
@@ -162,6 +174,14 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
             t = jnp.full((shape[0],), eps, x.dtype)
             _, x, nfe = pc._reverse_diffusion(sde, score_fn, k_loop, x, t, nfe, False)
         x = jnp.where(ok, x, jnp.nan)
+        return x, nfe, ok
+    if method == "consistency":
+        times = opts.pop("times")
+        ts = consistency.default_times(sde, opts["steps"], eps, rho=opts["rho"], dtype=x.dtype)
+        if times is not None:
+            ts = jnp.concatenate([ts[:1], times.astype(x.dtype)])
+        x, nfe = consistency.consistency_sample(score_fn, sde, x, ts, k_loop, nfe, eps=eps,
+                                                project_fn=opts["project_fn"])
         return x, nfe, ok
     steps, kind = opts.pop("steps"), opts.pop("grid")
     rho = opts.pop("rho", 7.0)
