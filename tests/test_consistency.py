@@ -348,5 +348,4 @@ def test_cd_trained_mlp_approaches_the_exact_map():
 def test_cd_trained_mlp_approaches_the_exact_map_long():
     # measured: mean map error 0.041; W2 1-step 0.159, 2-step 0.223 vs 0.171 between two exact samples.
     # The 2-step samples are worse than the 1-step ones (not investigated: f at the re-noising time 0.59).
-
     _check_trained(_train_cd(12_000, batch=1024), 2000, err_bound=0.05, w2_factor=1.5)
