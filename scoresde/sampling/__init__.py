@@ -32,6 +32,11 @@ Methods and their options (defaults in brackets):
 * For ddim / dpm_solver / dpm_solver++ / edm_heun / unipc / deis / dpm_solver++_sde / euler_ancestral,
   ``denoise`` [False] adds one final Tweedie step
   ``E[x_0 | x_eps]`` (1 NFE).
+* ``"consistency"`` (:mod:`.consistency`, Song et al. 2023, Algorithm 1): here ``score_fn`` is a
+  *consistency function* ``f(x, t) -> x_eps``; ``steps`` [1] network calls; ``times`` [None], the
+  re-noising times ``τ_1 > ... > τ_{steps-1}`` in ``(eps, T)`` (``steps = len(times) + 1``; default the
+  ρ-grid of :func:`.consistency.default_times`, ``rho`` [7]). ``steps=1`` returns ``f(x_T, T)``. ``denoise``
+  must stay False (the output is already at ``eps``).
 * Every method but ``ode``: ``project_fn`` [None], a ``project_fn(x, t, key) -> x`` applied to the state
   after each step (``t`` the time the step reached), the hook of inpainting / colorization
   (:mod:`scoresde.guidance`). A pytree callable (e.g. an ``equinox.Module``) has its arrays traced.
@@ -60,11 +65,11 @@ import jax
 import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
-from scoresde.sampling import fast, grids, multistep, ode, pc, stochastic
+from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic
 from scoresde.sampling.grids import GRIDS, alpha_vanishes_at_T, denoiser_call, score_call, time_grid  # noqa: F401 (score_call re-exported)
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
-           "euler_ancestral")
+           "euler_ancestral", "consistency")
 
 __all__ = ["METHODS", "GRIDS", "sample", "method_options", "check_options", "encode", "decode", "default_eps",
            "time_grid"]
@@ -85,8 +90,9 @@ _OPTIONS = {
     "dpm_solver++_sde": dict(steps=20, order=2, eta=1.0, s_noise=1.0, grid="log_snr", denoise=False,
                              project_fn=None),
     "euler_ancestral": dict(steps=50, eta=1.0, s_noise=1.0, grid="edm", denoise=False, project_fn=None),
+    "consistency": dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None),
 }
-_FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "s_noise")
+_FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "s_noise", "times")
 
 
 def default_eps(sde) -> float:
@@ -134,8 +140,9 @@ def _resolve(method, options):
 
 def _split(opts):
     """Float options become arrays (traced under filter_jit); the rest stay static."""
-    dyn = {k: jnp.asarray(v) for k, v in opts.items() if k in _FLOAT_OPTIONS}
-    static = tuple(sorted((k, v) for k, v in opts.items() if k not in _FLOAT_OPTIONS))
+    traced = [k for k, v in opts.items() if k in _FLOAT_OPTIONS and v is not None]
+    dyn = {k: jnp.asarray(v) for k, v in opts.items() if k in traced}
+    static = tuple(sorted((k, v) for k, v in opts.items() if k not in traced))
     return dyn, static
 
 
@@ -167,7 +174,12 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
     if own_grid is not None and method in _OPTIONS and "grid" in _OPTIONS[method] and "grid" not in options:
         options = {**options, "grid": own_grid}
     opts = _resolve(method, options)
-    if alpha_vanishes_at_T(sde):
+    if method == "consistency":
+        if opts["denoise"]:
+            raise ValueError("method 'consistency' cannot denoise: a consistency function already returns x_eps")
+        opts["steps"] = consistency.resolve_times(sde, default_eps(sde) if eps is None else eps, opts["steps"],
+                                                  opts["times"])
+    elif alpha_vanishes_at_T(sde):
         if method in ("pc", "ode"):
             raise ValueError(f"method {method!r} integrates the SDE's drift, infinite at alpha(T) = 0 "
                              f"(T={sde.T}); use a grid method (e.g. dpm_solver++, unipc) or {type(sde).__name__}(T<1)")
@@ -213,6 +225,14 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
             t = jnp.full((shape[0],), eps, x.dtype)
             _, x, nfe = pc._reverse_diffusion(sde, score_fn, k_loop, x, t, nfe, False)
         x = jnp.where(ok, x, jnp.nan)
+        return x, nfe, ok
+    if method == "consistency":
+        times = opts.pop("times")
+        ts = consistency.default_times(sde, opts["steps"], eps, rho=opts["rho"], dtype=x.dtype)
+        if times is not None:
+            ts = jnp.concatenate([ts[:1], times.astype(x.dtype)])
+        x, nfe = consistency.consistency_sample(score_fn, sde, x, ts, k_loop, nfe, eps=eps,
+                                                project_fn=opts["project_fn"])
         return x, nfe, ok
     steps, kind = opts.pop("steps"), opts.pop("grid")
     rho = opts.pop("rho", 7.0)

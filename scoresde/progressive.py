@@ -1,0 +1,156 @@
+"""Progressive distillation (Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models",
+ICLR 2022): a student whose one DDIM step matches two DDIM steps of its teacher (pure math).
+
+Grids. A student with ``N`` steps samples with DDIM (``eta = 0``) on the ``"uniform_t"`` grid
+``t_i = T + (i / N)(eps - T)``, ``i = 0 .. N`` (:func:`student_times`; the grid of
+``sample(..., method="ddim", steps=N)``). Its teacher has ``2N`` steps on the same kind of grid, whose extra
+points are the midpoints ``(t_i + t_{i+1}) / 2``. Rounds halve ``N`` (:func:`halving_rounds`), each round's
+student becoming the next round's teacher.
+
+Target (paper Algorithm 2). From ``x_t`` at ``t = t_i``, two teacher DDIM steps reach ``x''`` at
+``t'' = t_{i+1}``. One DDIM step with data prediction ``x̃`` reaches
+``alpha'' x̃ + (sigma''/sigma)(x_t - alpha x̃)``; solving for the ``x̃`` that lands on ``x''`` gives
+
+    ``x̃ = (x'' - (sigma''/sigma) x_t) / (alpha'' - (sigma''/sigma) alpha)``          (paper, Alg. 2)
+
+so a student whose denoiser equals ``x̃`` reproduces the two teacher steps exactly (:func:`pd_target`).
+
+Loss. ``w(t) ||x̂_θ(x_t, t) - x̃||²`` with the truncated-SNR weighting ``w = max(SNR, 1)``,
+``SNR = alpha²/sigma²`` (paper eq. 9), or ``SNR + 1``, which is what an unweighted loss on a
+``v``-prediction network amounts to for VP (``||v̂ - ṽ||² = (1 + SNR) ||x̂ - x̃||²`` when
+``alpha² + sigma² = 1``). The student may output ``x0``, ``v`` or anything
+:mod:`scoresde.parameterization` converts; :func:`pd_network_target` gives the raw target for its output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from scoresde.parameterization import target_from
+from scoresde.sampling import fast
+from scoresde.sde import batch_mul
+
+PD_WEIGHTINGS = ("truncated_snr", "snr_plus_one")
+
+__all__ = ["PD_WEIGHTINGS", "halving_rounds", "student_times", "two_teacher_steps", "pd_target",
+           "pd_network_target", "pd_weight", "pd_loss"]
+
+
+def halving_rounds(start_steps: int, end_steps: int = 1) -> list[int]:
+    """The student step counts of the rounds, ``[start/2, start/4, .., end]`` (teacher of round 0: ``start``).
+
+    Raises:
+        ValueError: unless ``start_steps = end_steps · 2^r`` with ``r >= 1``.
+    """
+    if not (isinstance(start_steps, int) and isinstance(end_steps, int) and end_steps >= 1
+            and start_steps > end_steps and start_steps % end_steps == 0
+            and math.log2(start_steps // end_steps).is_integer()):
+        raise ValueError(f"progressive distillation halves the step count: need start_steps = end_steps * 2^r "
+                         f"(r >= 1); got start_steps={start_steps!r}, end_steps={end_steps!r}")
+    rounds, n = [], start_steps
+    while n > end_steps:
+        n //= 2
+        rounds.append(n)
+    return rounds
+
+
+def student_times(sde, steps, eps, i):
+    """``t_i = T + (i / steps)(eps - T)`` of the ``"uniform_t"`` grid (``i``, ``steps`` may be traced), endpoints exact."""
+    dtype = jnp.result_type(float)
+    i = jnp.asarray(i)
+    t = sde.T + (i.astype(dtype) / jnp.asarray(steps, dtype)) * (jnp.asarray(eps, dtype) - sde.T)
+    t = jnp.where(i == 0, jnp.asarray(sde.T, dtype), t)
+    return jnp.where(i == jnp.asarray(steps), jnp.asarray(eps, dtype), t)
+
+
+def two_teacher_steps(teacher_score_fn: Callable, sde, x_t, t, t_next):
+    """Two DDIM (``eta = 0``) steps of the teacher per example, ``t -> (t + t_next)/2 -> t_next`` (``(B,)`` times).
+
+    :func:`scoresde.sampling.fast.ddim` ``vmap``-ed over the batch, since every example has its own times.
+    """
+    key = jax.random.key(0)  # eta = 0 draws no noise
+
+    def one(xi, s, u):
+        ts = jnp.stack([s, 0.5 * (s + u), u])
+        y, _ = fast.ddim(teacher_score_fn, sde, xi[None], ts, key, jnp.zeros((), jnp.int32), eta=0.0)
+        return y[0]
+
+    return jax.vmap(one)(x_t, t.astype(x_t.dtype), t_next.astype(x_t.dtype))
+
+
+def pd_target(teacher_score_fn: Callable, sde, x_t, t, t_next):
+    """The student's data-prediction target ``x̃`` at ``(x_t, t)`` for its step to ``t_next`` (module docstring).
+
+    Args:
+        teacher_score_fn: the teacher's ``score_fn(x, t)``.
+        sde: a linear SDE.
+        x_t: states ``(B, ...)`` at times ``t`` (``(B,)``).
+        t, t_next: the student's step, ``t > t_next`` per example.
+
+    Returns:
+        ``x̃`` of the shape of ``x_t``.
+    """
+    x_next = two_teacher_steps(teacher_score_fn, sde, x_t, t, t_next)
+    a_t, s_t = sde.alpha(t), sde.sigma(t)
+    a_n, s_n = sde.alpha(t_next), sde.sigma(t_next)
+    ratio = s_n / s_t
+    return batch_mul(1.0 / (a_n - ratio * a_t), x_next - batch_mul(ratio, x_t))
+
+
+def pd_network_target(x_tilde, x_t, alpha, sigma, output: str):
+    """The raw regression target for a student of the given output type (``x0``, ``eps``, ``v``, ``score``).
+
+    Uses the noise ``ε̃ = (x_t - alpha x̃) / sigma`` implied by ``x̃`` and
+    :func:`scoresde.parameterization.target_from`; for ``v``: ``alpha ε̃ - sigma x̃``.
+    """
+    noise = batch_mul(1.0 / sigma, x_t - batch_mul(alpha, x_tilde))
+    return target_from(x_tilde, noise, alpha, sigma, output)
+
+
+def pd_weight(sde, t, weighting: str = "truncated_snr"):
+    """``max(SNR, 1)`` (``"truncated_snr"``, paper eq. 9) or ``SNR + 1`` (``"snr_plus_one"``), ``SNR = alpha²/sigma²``."""
+    snr = jnp.exp(sde.log_snr(t))
+    if weighting == "truncated_snr":
+        return jnp.maximum(snr, 1.0)
+    if weighting == "snr_plus_one":
+        return snr + 1.0
+    raise ValueError(f"unknown progressive-distillation weighting {weighting!r}; expected one of: "
+                     f"{', '.join(PD_WEIGHTINGS)}")
+
+
+def pd_loss(student_denoiser: Callable, teacher_score_fn: Callable, sde, batch, key, *, steps, eps,
+            weighting: str = "truncated_snr"):
+    """One progressive-distillation loss estimate ``E[w(t) mean_d (x̂(x_t, t) - x̃)²]`` (paper Algorithm 2).
+
+    ``t = t_i`` with ``i ~ U{0 .. steps-1}`` on the student's grid (:func:`student_times`),
+    ``x_t = alpha x + sigma z`` for data ``x``, ``x̃ = pd_target(teacher, x_t, t_i, t_{i+1})``.
+
+    Args:
+        student_denoiser: ``D(x, t) = x̂`` of the student (e.g.
+            :func:`scoresde.parameterization.model_denoiser` of a ``v``- or ``x0``-network).
+        teacher_score_fn: the teacher's ``score_fn(x, t)`` (the previous round's student after round 0).
+        sde: a linear SDE.
+        batch: data ``(B, ...)``.
+        key: PRNG key.
+        steps: the student's step count ``N`` (int or traced int).
+        eps: the final time of the grids.
+        weighting: one of :data:`PD_WEIGHTINGS`.
+
+    Returns:
+        ``(loss, aux)`` with per-example ``losses``, ``t`` and ``x_target``.
+    """
+    b = batch.shape[0]
+    k_i, k_z = jax.random.split(key)
+    i = jax.random.randint(k_i, (b,), 0, jnp.asarray(steps, jnp.int32))
+    t, t_next = student_times(sde, steps, eps, i).astype(batch.dtype), student_times(sde, steps, eps, i + 1)
+    t_next = t_next.astype(batch.dtype)
+    z = jax.random.normal(k_z, batch.shape, batch.dtype)
+    x_t = batch_mul(sde.alpha(t), batch) + batch_mul(sde.sigma(t), z)
+    x_tilde = jax.lax.stop_gradient(pd_target(teacher_score_fn, sde, x_t, t, t_next))
+    err = (student_denoiser(x_t, t) - x_tilde).reshape(b, -1)
+    losses = pd_weight(sde, t, weighting) * jnp.mean(err * err, axis=-1)
+    return jnp.mean(losses), {"losses": losses, "t": t, "x_target": x_tilde}
