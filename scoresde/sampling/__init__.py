@@ -50,10 +50,12 @@ from scoresde import sde as sde_lib
 from scoresde.parameterization import score_to_denoiser
 from scoresde.sampling import fast, grids, ode, pc
 from scoresde.sampling.grids import GRIDS, score_call, time_grid
+from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun")
 
-__all__ = ["METHODS", "GRIDS", "sample", "get_sampling_fn", "encode", "decode", "default_eps", "time_grid"]
+__all__ = ["METHODS", "GRIDS", "sample", "get_sampling_fn", "encode", "decode", "default_eps", "time_grid",
+           "PARALLEL_METHODS", "parallel_sample"]
 
 # method -> {option: default}. Floats are traced; everything else is static (see module docstring).
 _OPTIONS = {
