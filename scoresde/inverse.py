@@ -183,19 +183,23 @@ class GaussianBlur(Operator):
 
 
 class Colorization(Operator):
-    """Gray level = mean of the channels: ``(B, H, W, C) -> (B, H, W, 1)``; ``A Aᵀ = I / C``."""
+    """Gray level = mean of the ``channels`` colour channels: ``(B, H, W, C) -> (B, H, W, 1)``; ``A Aᵀ = I / C``."""
+
+    channels: int = eqx.field(static=True, default=3)
 
     def forward(self, x):
+        if x.shape[-1] != self.channels:
+            raise ValueError(f"colorization expects {self.channels} channels; got shape {x.shape}")
         return jnp.mean(x, axis=-1, keepdims=True)
 
-    def adjoint(self, y, channels: int = 3):
-        return jnp.broadcast_to(y, y.shape[:-1] + (channels,)) / channels
+    def adjoint(self, y):
+        return jnp.broadcast_to(y, y.shape[:-1] + (self.channels,)) / self.channels
 
-    def pinv(self, y, channels: int = 3):
-        return jnp.broadcast_to(y, y.shape[:-1] + (channels,))
+    def pinv(self, y):
+        return jnp.broadcast_to(y, y.shape[:-1] + (self.channels,))
 
-    def solve_gram(self, v, r2, s2, channels: int = 3, **_):
-        return batch_mul(1.0 / (r2 / channels + s2), v)
+    def solve_gram(self, v, r2, s2, **_):
+        return batch_mul(1.0 / (r2 / self.channels + s2), v)
 
 
 class RandomProjection(Operator):
@@ -280,7 +284,7 @@ def _replacement_projection(sde, operator, y, noise):
     if isinstance(operator, Inpainting):
         mask = jnp.broadcast_to(operator.mask, y.shape).astype(y.dtype)
         return guidance.Replacement(sde, y, mask, None, noise)
-    if isinstance(operator, Colorization):
+    if isinstance(operator, Colorization) and operator.channels == 3:
         gray = jnp.broadcast_to(y, y.shape[:-1] + (3,))
         proj = guidance.colorization_projection(sde, gray)
         return proj if noise is None else guidance.Replacement(sde, proj.known, proj.mask, proj.basis, noise)

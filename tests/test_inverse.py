@@ -286,3 +286,52 @@ def test_posterior_sample_errors_name_the_bad_value():
         inverse.posterior_sample(PRIOR.score_fn(VP), VP, op, _batch(2), jax.random.key(0), method="ddrm", sigma_y=0.1)
     with pytest.raises(ValueError, match="sigma_y=0.0"):
         pg.dps_guidance(PRIOR.score_fn(VP), VP, op, _batch(2), sigma_y=0.0)
+
+
+def _pigdm_flow_error(sampler, steps, n=64):
+    mean, cov = _posterior()
+    x_init = jax.random.normal(jax.random.key(7), (n, D))
+    x, nfe = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(n),
+                                      jax.random.key(8), method="pigdm", sigma_y=SIGMA_Y, data_var=C,
+                                      sampler=sampler, steps=steps, x_init=x_init)
+    exact = GaussianMixture(mean[None], covs=cov[None]).flow_map(VP, x_init, VP.T, sampling.default_eps(VP))
+    return float(jnp.max(jnp.abs(x - exact))), int(nfe), x
+
+
+@pytest.mark.parametrize("sampler", ["dpm_solver", "edm_heun"])
+def test_pigdm_converges_to_the_exact_flow_with_other_samplers(sampler):
+    """ΠGDM (2 evaluations per call) through singlestep DPM-Solver-2 / EDM Heun: second order to the exact map."""
+    (e1, n1, _), (e2, n2, _) = _pigdm_flow_error(sampler, 20), _pigdm_flow_error(sampler, 40)
+    order = np.log2(e1 / e2)
+    print(f"{sampler}: max |x - exact flow| 20 steps {e1:.2e}, 40 steps {e2:.2e}, order {order:.2f}")
+    assert n1 == 2 * 2 * 20 and n2 == 2 * 2 * 40
+    assert order > 1.6, order
+
+
+def test_pigdm_runs_through_pc():
+    _, nfe, x = _pigdm_flow_error("pc", 30)
+    assert bool(jnp.all(jnp.isfinite(x)))
+    assert nfe == 2 * 30  # pc's denoise is the last predictor's mean: no extra call
+
+
+def test_new_guidance_scale_does_not_recompile():
+    op, score = inverse.RandomProjection(A), PRIOR.score_fn(VP)  # one score function: static by identity
+    kw = dict(method="dps", sigma_y=SIGMA_Y, sampler="ddim", steps=5)
+    inverse.posterior_sample(score, VP, op, _batch(3), jax.random.key(0), scale=0.5, **kw)
+    size = sampling._sample_jit._cached._cache_size()
+    a, _ = inverse.posterior_sample(score, VP, op, _batch(3), jax.random.key(0), scale=0.5, **kw)
+    b, _ = inverse.posterior_sample(score, VP, op, _batch(3) + 1.0, jax.random.key(0), scale=2.0, sigma_y=0.2,
+                                    **{k: v for k, v in kw.items() if k != "sigma_y"})
+    assert sampling._sample_jit._cached._cache_size() == size
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3  # the new scale and measurement did take effect
+
+
+def test_replacement_colorization_is_guidance_colorize():
+    gm = GaussianMixture(np.zeros((1, 48)), np.array([0.5]), event_shape=(4, 4, 3))
+    rgb = gm.sample(jax.random.key(0), 2)
+    op = inverse.Colorization()
+    a, _ = inverse.posterior_sample(gm.score_fn(VP), VP, op, op.forward(rgb), jax.random.key(1),
+                                    method="replacement", sigma_y=0.0, sampler="ddim", steps=8)
+    b, _ = guidance.colorize(gm.score_fn(VP), VP, guidance.to_gray(rgb), jax.random.key(1), method="ddim", steps=8)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(op.forward(a)), np.asarray(op.forward(rgb)), atol=1e-5)
