@@ -32,7 +32,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -43,8 +43,19 @@ from scoresde import posterior_guidance as pg
 from scoresde.sde import batch_mul
 
 __all__ = [
-    "METHODS", "Operator", "Inpainting", "SuperResolution", "GaussianBlur", "Colorization", "RandomProjection",
-    "DifferentiableOperator", "RangeReplacement", "measure", "psnr", "posterior_sample", "ilvr",
+    "METHODS",
+    "Colorization",
+    "DifferentiableOperator",
+    "GaussianBlur",
+    "Inpainting",
+    "Operator",
+    "RandomProjection",
+    "RangeReplacement",
+    "SuperResolution",
+    "ilvr",
+    "measure",
+    "posterior_sample",
+    "psnr",
 ]
 
 METHODS = ("replacement", "dps", "pigdm")
@@ -325,7 +336,7 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
     Raises:
         ValueError: for an unknown method or option.
     """
-    from scoresde import sampling  # noqa: PLC0415  (as guidance: the math here does not need the samplers)
+    from scoresde import sampling  # lazy, as in guidance: the operators do not need the samplers to import
 
     if method not in _GUIDANCE_OPTIONS:
         raise ValueError(f"unknown posterior method {method!r}; expected one of: {', '.join(METHODS)}")
@@ -340,6 +351,9 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
         if sampler == "ode":
             raise ValueError("method 'replacement' needs a fixed-grid sampler with the project_fn hook; "
                              "got sampler 'ode'")
+        if "x_init" in sampler_options:
+            raise ValueError("method 'replacement' draws its own initial state (known part from its T-marginal); "
+                             "x_init is not accepted")
         k_init, k_noise, k_sample = jax.random.split(key, 3)
         noise = jax.random.normal(k_noise, x_example.shape, x_example.dtype) if fixed else None
         projection = _replacement_projection(sde, operator, y, noise)

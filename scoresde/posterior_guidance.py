@@ -41,7 +41,7 @@ Guidance terms (``r = y - A(x̂₀)``, ``J = ∂x̂₀/∂x_t``):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -51,9 +51,18 @@ from scoresde.parameterization import score_to_denoiser
 from scoresde.sde import batch_mul
 
 __all__ = [
-    "denoiser_vjp", "pigdm_r2", "DPSGuidedScore", "PiGDMGuidedScore", "UniversalGuidedScore", "dps_guidance",
-    "pigdm_guidance", "universal_guidance", "embedding_guidance", "gaussian_nll_loss", "negative_cosine_loss",
+    "DPSGuidedScore",
+    "PiGDMGuidedScore",
+    "UniversalGuidedScore",
+    "denoiser_vjp",
+    "dps_guidance",
+    "embedding_guidance",
+    "gaussian_nll_loss",
+    "negative_cosine_loss",
+    "pigdm_guidance",
+    "pigdm_r2",
     "recurrent_sample",
+    "universal_guidance",
 ]
 
 
@@ -270,8 +279,9 @@ def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str 
     Returns:
         ``(samples, nfe)``.
     """
-    from scoresde import sampling  # noqa: PLC0415
-    from scoresde.sampling import fast  # noqa: PLC0415
+    # lazy, as in guidance: the score transformers above do not need the samplers to import
+    from scoresde import sampling
+    from scoresde.sampling import fast
 
     solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
                "edm_heun": fast.edm_heun}
@@ -280,14 +290,14 @@ def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str 
     if not isinstance(recurrence, int) or recurrence < 1:
         raise ValueError(f"recurrence must be a positive int; got {recurrence!r}")
     eps = sampling.default_eps(sde) if eps is None else eps
-    nfe = _recurrent_jit(score_fn, sde, tuple(shape), key, x_init, jnp.asarray(eps), solvers[method], recurrence,
-                         steps, grid, tuple(sorted(solver_options.items())))
-    return nfe[0], nfe[1] * getattr(score_fn, "evaluations_per_call", 1)
+    x, nfe = _recurrent_jit(score_fn, sde, tuple(shape), key, x_init, jnp.asarray(eps), solvers[method],
+                            recurrence, steps, grid, tuple(sorted(solver_options.items())))
+    return x, nfe * getattr(score_fn, "evaluations_per_call", 1)
 
 
 @eqx.filter_jit
 def _recurrent_jit(score_fn, sde, shape, key, x_init, eps, solver, recurrence, steps, grid, options):
-    from scoresde.sampling.grids import time_grid  # noqa: PLC0415
+    from scoresde.sampling.grids import time_grid
 
     k_prior, k_loop = jax.random.split(key)
     x = sde.prior_sampling(k_prior, shape) if x_init is None else x_init

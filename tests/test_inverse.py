@@ -83,7 +83,7 @@ def test_pseudo_inverse_is_moore_penrose(op):
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
     x2 = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     np.testing.assert_allclose(op.forward(op.pinv(op.forward(x))), op.forward(x), atol=2e-4)
-    p = lambda v: op.pinv(op.forward(v))  # noqa: E731
+    p = lambda v: op.pinv(op.forward(v))
     assert abs(float(jnp.sum(p(x) * x2) - jnp.sum(x * p(x2)))) < 1e-3
 
 
@@ -101,7 +101,7 @@ def test_pigdm_term_is_the_exact_likelihood_gradient(sde):
     """ΠGDM with ``r_t² = Cov[x₀ | x_t]`` of ``N(μ, c I)`` data equals ``∇log p(y | x_t)``, also at eps and T."""
     with jax.enable_x64(True):
         score = PRIOR.score_fn(sde)
-        score64 = lambda x, t: score(x, t).astype(x.dtype)  # noqa: E731
+        score64 = lambda x, t: score(x, t).astype(x.dtype)
         guided = pg.pigdm_guidance(score64, sde, inverse.RandomProjection(A), _batch(5), sigma_y=SIGMA_Y, data_var=C)
         x = jax.random.normal(jax.random.key(0), (5, D), jnp.float64) * 3.0
         t = jnp.array([1e-5, 1e-3, 0.3, 0.7, 1.0], jnp.float64)

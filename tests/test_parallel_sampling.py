@@ -81,7 +81,7 @@ def test_d64_gaussian_needs_far_fewer_rounds_than_steps():
 
 
 def test_bad_arguments_are_named():
-    score_fn = lambda x, t: -x  # noqa: E731
+    score_fn = lambda x, t: -x
     with pytest.raises(ValueError, match="'heun'"):
         sampling.parallel_sample(score_fn, VP, (2, 2), jax.random.key(0), method="heun", window=2, tol=0.1)
     with pytest.raises(ValueError, match="window must be a positive int; got 0"):

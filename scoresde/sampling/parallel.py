@@ -84,7 +84,7 @@ def parallel_sample(score_fn, sde, shape, key, *, method: str = "ddim", window: 
     Raises:
         ValueError: for an unknown method / grid or a bad ``window`` / ``steps``.
     """
-    from scoresde import sampling  # noqa: PLC0415  (default_eps lives on the front door)
+    from scoresde import sampling  # lazy: the package front door imports this module
 
     if method not in PARALLEL_METHODS:
         raise ValueError(f"unknown parallel sampling method {method!r}; expected one of: {', '.join(PARALLEL_METHODS)}")
