@@ -67,12 +67,13 @@ import jax.numpy as jnp
 from scoresde import sde as sde_lib
 from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic
 from scoresde.sampling.grids import GRIDS, alpha_vanishes_at_T, denoiser_call, score_call, time_grid  # noqa: F401 (score_call re-exported)
+from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
            "euler_ancestral", "consistency")
 
 __all__ = ["METHODS", "GRIDS", "sample", "method_options", "check_options", "encode", "decode", "default_eps",
-           "time_grid"]
+           "time_grid", "PARALLEL_METHODS", "parallel_sample"]
 
 # method -> {option: default}. Floats are traced; everything else is static (see module docstring).
 _OPTIONS = {

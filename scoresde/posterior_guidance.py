@@ -1,0 +1,327 @@
+"""Training-free guidance through the denoiser: DPS, ΠGDM, universal and embedding guidance, self-recurrence.
+
+Every guide is a score transformer ``score_fn(x, t) -> score + guidance term`` (an
+:class:`equinox.Module` whose scales and targets are array leaves, traced by the samplers: a new scale
+does not recompile). The guidance terms go through Tweedie's denoiser
+``x̂₀(x_t) = (x_t + sigma_t² s(x_t, t)) / alpha_t`` and its vector–Jacobian product.
+
+**NFE rule.** One forward pass of the score network counts 1; one vector–Jacobian product through it
+counts 1 more. Each guide has ``evaluations_per_call`` (2 for all here: a forward with its VJP); the
+samplers count calls of the guided score, and the front doors multiply. Gradient steps that do not go
+through the score (universal guidance's backward steps on ``Δx̂₀``) cost no score evaluations.
+
+Guidance terms (``r = y - A(x̂₀)``, ``J = ∂x̂₀/∂x_t``):
+
+* **DPS** (Chung et al. 2023, "Diffusion Posterior Sampling", eq. 16 and Algorithm 1):
+  ``p(y | x_t) ≈ N(y; A(x̂₀), sigma_y² I)``. ``weighting="gaussian"``:
+  ``scale · Jᵀ (∂A)ᵀ r / sigma_y²`` (the gradient of the approximate log-likelihood).
+  ``weighting="normalized"``: the paper's step ``-ζ_t ∇‖r‖`` with ``ζ_t = scale / ‖r‖`` per example,
+  i.e. ``scale · Jᵀ (∂A)ᵀ r / ‖r‖²``, as a score term (the paper applies it to the state after a DDPM
+  step; here it rides on the score, so its effective step is the sampler's). The cotangent ``r / ‖r‖²``
+  is formed explicitly and is 0 where ``r = 0``: differentiating ``‖r‖`` by autodiff gives ``0/0 = NaN``
+  there (the NaN the PyTorch implementations report).
+  DPS ignores ``Cov[x₀ | x_t]``, so it over-weights the measurement at large ``t``: it is biased even
+  for Gaussian data (``tests/test_inverse.py`` measures the bias).
+* **ΠGDM** (Song et al. 2023, "Pseudoinverse-Guided Diffusion Models", eq. 7–8):
+  ``p(x₀ | x_t) ≈ N(x̂₀, r_t² I)`` so ``p(y | x_t) ≈ N(A x̂₀, r_t² A Aᵀ + sigma_y² I)`` and
+  ``scale · Jᵀ Aᵀ (r_t² A Aᵀ + sigma_y² I)⁻¹ r``, with ``r_t² = c sigma_t² / (alpha_t² c + sigma_t²)``,
+  the exact ``Cov[x₀ | x_t]`` of ``N(μ, c I)`` data (``c = data_var``; ``c = 1`` is the paper's
+  ``sigma_t² / (1 + sigma_t²)`` in ``x_t / alpha_t`` coordinates). For isotropic Gaussian data with
+  ``scale = 1`` this is the exact ``∇log p(y | x_t)``, so the sampler targets the exact posterior.
+* **Universal guidance** (Bansal et al. 2023, Algorithm 1): forward guidance
+  ``ε̃ = ε + s(t) ∇ₓ ℓ(c, f(x̂₀))`` with ``s(t) = scale · sigma_t``, i.e. a score term
+  ``-scale · ∇ₓ ℓ``; backward guidance: ``Δ`` from ``backward_steps`` gradient steps (rate
+  ``backward_lr``) on ``ℓ(c, f(x̂₀ + Δ))`` from ``Δ = 0``, then ``ε̃ -= (alpha_t / sigma_t) Δ``, i.e. a
+  score term ``alpha_t Δ / sigma_t²`` (it moves ``x̂₀`` by ``Δ``). With ``ℓ = ‖y - A x̂₀‖² / (2 sigma_y²)``
+  forward universal guidance is DPS (``weighting="gaussian"``) exactly. Self-recurrence is
+  :func:`recurrent_sample`.
+* **Embedding guidance** (the form CLIP guidance takes, GLIDE): universal guidance with
+  ``ℓ = -cos(f(x̂₀), c)`` for a user embedding network ``f`` and target embedding ``c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from scoresde.parameterization import score_to_denoiser
+from scoresde.sde import batch_mul
+
+__all__ = [
+    "DPSGuidedScore",
+    "PiGDMGuidedScore",
+    "UniversalGuidedScore",
+    "denoiser_vjp",
+    "dps_guidance",
+    "embedding_guidance",
+    "gaussian_nll_loss",
+    "negative_cosine_loss",
+    "pigdm_guidance",
+    "pigdm_r2",
+    "recurrent_sample",
+    "universal_guidance",
+]
+
+
+def denoiser_vjp(score_fn, sde, x, t):
+    """``(score, x̂₀, vjp)`` at ``(x, t)``: one forward pass; ``vjp(v) = Jᵀ v`` is the second evaluation."""
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+
+    def x0_of(xx):
+        s = score_fn(xx, t)
+        return score_to_denoiser(s, xx, alpha, sigma), s
+
+    x0, vjp, score = jax.vjp(x0_of, x, has_aux=True)
+    return score, x0, lambda v: vjp(v)[0]
+
+
+def pigdm_r2(sde, t, data_var):
+    """``r_t² = c sigma_t² / (alpha_t² c + sigma_t²)``: ``Cov[x₀ | x_t] / I`` for ``N(μ, c I)`` data."""
+    a2, s2 = sde.alpha(t) ** 2, sde.sigma(t) ** 2
+    return data_var * s2 / (a2 * data_var + s2)
+
+
+def _safe_inverse_norm2(r):
+    n2 = jnp.sum(r.reshape(r.shape[0], -1) ** 2, axis=-1)
+    return jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
+
+
+class DPSGuidedScore(eqx.Module):
+    """``score + DPS term``; see :func:`dps_guidance`."""
+
+    score_fn: Callable
+    sde: object
+    operator: object
+    y: jax.Array
+    sigma_y: jax.Array
+    scale: jax.Array
+    weighting: str = eqx.field(static=True, default="gaussian")
+    evaluations_per_call: int = eqx.field(static=True, default=2)
+
+    def __call__(self, x, t):
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+
+        def ax0_of(xx):
+            s = self.score_fn(xx, t)
+            return self.operator.forward(score_to_denoiser(s, xx, alpha, sigma)), s
+
+        ax0, vjp, score = jax.vjp(ax0_of, x, has_aux=True)
+        r = self.y.astype(x.dtype) - ax0
+        if self.weighting == "gaussian":
+            cot = r / (self.sigma_y.astype(x.dtype) ** 2)
+        else:
+            cot = batch_mul(_safe_inverse_norm2(r), r)
+        return score + self.scale.astype(x.dtype) * vjp(cot)[0]
+
+
+class PiGDMGuidedScore(eqx.Module):
+    """``score + ΠGDM term``; see :func:`pigdm_guidance`."""
+
+    score_fn: Callable
+    sde: object
+    operator: object
+    y: jax.Array
+    sigma_y: jax.Array
+    scale: jax.Array
+    data_var: jax.Array
+    cg_steps: int = eqx.field(static=True, default=50)
+    evaluations_per_call: int = eqx.field(static=True, default=2)
+
+    def __call__(self, x, t):
+        score, x0, vjp = denoiser_vjp(self.score_fn, self.sde, x, t)
+        r2 = pigdm_r2(self.sde, t, self.data_var.astype(x.dtype))
+        r = self.y.astype(x.dtype) - self.operator.forward(x0)
+        u = self.operator.solve_gram(r, r2, self.sigma_y.astype(x.dtype) ** 2, cg_steps=self.cg_steps)
+        return score + self.scale.astype(x.dtype) * vjp(self.operator.adjoint(u))
+
+
+def _check_weighting(weighting, sigma_y):
+    if weighting not in ("gaussian", "normalized"):
+        raise ValueError(f"unknown DPS weighting {weighting!r}; expected 'gaussian' or 'normalized'")
+    if weighting == "gaussian" and not isinstance(sigma_y, jax.core.Tracer) and not float(sigma_y) > 0:
+        raise ValueError(f"DPS weighting 'gaussian' divides by sigma_y²; got sigma_y={sigma_y!r} "
+                         "(use weighting='normalized' for noiseless measurements)")
+
+
+def dps_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, weighting: str = "gaussian") -> DPSGuidedScore:
+    """Diffusion posterior sampling (Chung et al. 2023) as a score transformer; see the module docstring.
+
+    Args:
+        score_fn: the unconditional score ``score_fn(x, t)``.
+        sde: the forward SDE.
+        operator: any operator of :mod:`scoresde.inverse` (a differentiable ``forward`` is all it needs).
+        y: measurements ``(B, ...)``.
+        sigma_y: measurement-noise std (traced).
+        scale: guidance scale (``ζ'`` of the paper for ``"normalized"``; traced).
+        weighting: ``"gaussian"`` (``1 / sigma_y²``) or ``"normalized"`` (``1 / ‖y - A x̂₀‖²``).
+
+    Raises:
+        ValueError: for an unknown weighting, or ``"gaussian"`` with ``sigma_y = 0``.
+    """
+    _check_weighting(weighting, sigma_y)
+    return DPSGuidedScore(score_fn, sde, operator, jnp.asarray(y), jnp.asarray(sigma_y, jnp.float32),
+                          jnp.asarray(scale, jnp.float32), weighting)
+
+
+def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1.0, cg_steps: int = 50):
+    """ΠGDM (Song et al. 2023) as a score transformer; needs a linear operator (``adjoint``, ``solve_gram``).
+
+    Args:
+        score_fn, sde, operator, y, sigma_y, scale: as :func:`dps_guidance` (``sigma_y = 0`` is allowed).
+        data_var: ``c`` in ``r_t² = c sigma_t² / (alpha_t² c + sigma_t²)`` (traced).
+        cg_steps: conjugate-gradient iterations for operators without a closed-form ``solve_gram``.
+    """
+    return PiGDMGuidedScore(score_fn, sde, operator, jnp.asarray(y), jnp.asarray(sigma_y, jnp.float32),
+                            jnp.asarray(scale, jnp.float32), jnp.asarray(data_var, jnp.float32), cg_steps)
+
+
+def gaussian_nll_loss(prediction, target, sigma_y):
+    """``‖target - prediction‖² / (2 sigma_y²)`` per example (the negative Gaussian log-likelihood, up to a constant)."""
+    d = (target - prediction).reshape(prediction.shape[0], -1)
+    return jnp.sum(d * d, axis=-1) / (2.0 * sigma_y**2)
+
+
+def negative_cosine_loss(embedding, target):
+    """``-cos(embedding, target)`` per example; ``target`` is ``(E,)`` or ``(B, E)``. Safe at a zero embedding."""
+    e = embedding.reshape(embedding.shape[0], -1)
+    c = jnp.broadcast_to(target.reshape(-1, e.shape[1]), e.shape).astype(e.dtype)
+    ne = jnp.sqrt(jnp.sum(e * e, axis=-1) + 1e-12)
+    nc = jnp.sqrt(jnp.sum(c * c, axis=-1) + 1e-12)
+    return -jnp.sum(e * c, axis=-1) / (ne * nc)
+
+
+class UniversalGuidedScore(eqx.Module):
+    """``score - scale ∇ₓ ℓ(c, f(x̂₀)) + alpha Δ / sigma²``; see :func:`universal_guidance`."""
+
+    score_fn: Callable
+    sde: object
+    loss_fn: Callable
+    predictor: Callable
+    target: jax.Array
+    scale: jax.Array
+    backward_lr: jax.Array
+    backward_steps: int = eqx.field(static=True, default=0)
+    evaluations_per_call: int = eqx.field(static=True, default=2)
+
+    def _loss(self, x0):
+        return jnp.sum(self.loss_fn(self.predictor(x0), self.target))
+
+    def __call__(self, x, t):
+        score, x0, vjp = denoiser_vjp(self.score_fn, self.sde, x, t)
+        out = score - self.scale.astype(x.dtype) * vjp(jax.grad(self._loss)(x0))
+        if self.backward_steps:
+            x0c = jax.lax.stop_gradient(x0)
+            lr = self.backward_lr.astype(x.dtype)
+
+            def body(_, delta):
+                return delta - lr * jax.grad(lambda d: self._loss(x0c + d))(delta)
+
+            delta = jax.lax.fori_loop(0, self.backward_steps, body, jnp.zeros_like(x0c))
+            alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+            out = out + batch_mul(alpha / sigma**2, delta)
+        return out
+
+
+def universal_guidance(score_fn, sde, loss_fn, target, *, scale=1.0, predictor=None, backward_steps: int = 0,
+                       backward_lr=0.1) -> UniversalGuidedScore:
+    """Universal guidance (Bansal et al. 2023): forward and backward guidance as a score transformer.
+
+    Args:
+        score_fn: the unconditional score ``score_fn(x, t)``.
+        sde: the forward SDE.
+        loss_fn: ``loss_fn(f(x̂₀), target) -> (B,)`` per-example losses ``ℓ(c, f(x̂₀))``, differentiable.
+        target: the condition ``c`` (an array, traced).
+        scale: forward-guidance scale (``s(t) = scale · sigma_t`` on ``ε``; traced). 0 disables it.
+        predictor: ``f``, a differentiable network on ``x̂₀`` batches (identity if ``None``).
+        backward_steps: ``k``, gradient steps on ``Δx̂₀`` (static; 0 disables backward guidance).
+        backward_lr: their step size (traced).
+
+    Returns:
+        A batched ``score_fn(x, t)``; 2 evaluations per call (``f``'s own passes are not counted).
+    """
+    if not isinstance(backward_steps, int) or backward_steps < 0:
+        raise ValueError(f"backward_steps must be a non-negative int; got {backward_steps!r}")
+    predictor = predictor if predictor is not None else _identity
+    return UniversalGuidedScore(score_fn, sde, loss_fn, predictor, jnp.asarray(target), jnp.asarray(scale, jnp.float32),
+                                jnp.asarray(backward_lr, jnp.float32), backward_steps)
+
+
+def _identity(x):
+    return x
+
+
+def embedding_guidance(score_fn, sde, embed_fn, target_embedding, *, scale=1.0, backward_steps: int = 0,
+                       backward_lr=0.1) -> UniversalGuidedScore:
+    """Embedding guidance: ``ℓ = -cos(embed_fn(x̂₀), target_embedding)`` through :func:`universal_guidance`."""
+    return universal_guidance(score_fn, sde, negative_cosine_loss, target_embedding, scale=scale,
+                              predictor=embed_fn, backward_steps=backward_steps, backward_lr=backward_lr)
+
+
+def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str = "ddim", steps: int = 50,
+                     eps=None, x_init=None, grid: str = "uniform_t", **solver_options):
+    """Universal guidance's self-recurrence (Bansal et al. 2023, Algorithm 1, loop over ``r``).
+
+    Each step ``s -> t`` of the fixed-grid solver is taken ``recurrence`` times; between repeats the state
+    is re-noised back to ``s`` with the forward kernel ``x_s = (alpha_s/alpha_t) x_t +
+    sqrt(sigma_s² - (alpha_s/alpha_t)² sigma_t²) z``; the last repeat's result is kept. ``recurrence = 1``
+    is the plain solver. Steps are independent single-step solves, so ``dpm_solver++`` runs first order.
+
+    Args:
+        score_fn: a (guided) score; if it has ``evaluations_per_call``, the NFE is multiplied by it.
+        sde, shape, key, eps, x_init: as :func:`scoresde.sampling.sample`.
+        recurrence: ``r >= 1`` (static).
+        method: ``ddim``, ``dpm_solver``, ``dpm_solver++`` or ``edm_heun``.
+        steps, grid, **solver_options: the solver's grid and options (``eta``, ``order``, ...).
+
+    Returns:
+        ``(samples, nfe)``.
+    """
+    # lazy, as in guidance: the score transformers above do not need the samplers to import
+    from scoresde import sampling
+    from scoresde.sampling import fast
+
+    solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
+               "edm_heun": fast.edm_heun}
+    if method not in solvers:
+        raise ValueError(f"recurrent_sample supports {', '.join(solvers)}; got method {method!r}")
+    if not isinstance(recurrence, int) or recurrence < 1:
+        raise ValueError(f"recurrence must be a positive int; got {recurrence!r}")
+    eps = sampling.default_eps(sde) if eps is None else eps
+    x, nfe = _recurrent_jit(score_fn, sde, tuple(shape), key, x_init, jnp.asarray(eps), solvers[method],
+                            recurrence, steps, grid, tuple(sorted(solver_options.items())))
+    return x, nfe * getattr(score_fn, "evaluations_per_call", 1)
+
+
+@eqx.filter_jit
+def _recurrent_jit(score_fn, sde, shape, key, x_init, eps, solver, recurrence, steps, grid, options):
+    from scoresde.sampling.grids import time_grid
+
+    k_prior, k_loop = jax.random.split(key)
+    x = sde.prior_sampling(k_prior, shape) if x_init is None else x_init
+    ts = time_grid(sde, steps, eps.astype(x.dtype), kind=grid, dtype=x.dtype)
+    b = x.shape[0]
+
+    def step(carry, i):
+        x, nfe = carry
+        s, t = ts[i], ts[i + 1]
+        pair = jnp.stack([s, t])
+
+        def repeat(j, c):
+            xs, _, nfe = c
+            kj = jax.random.fold_in(jax.random.fold_in(k_loop, i), j)
+            xt, nfe = solver(score_fn, sde, xs, pair, kj, nfe, **dict(options))
+            a_s, s_s = sde.alpha(jnp.full((b,), s, x.dtype)), sde.sigma(jnp.full((b,), s, x.dtype))
+            a_t, s_t = sde.alpha(jnp.full((b,), t, x.dtype)), sde.sigma(jnp.full((b,), t, x.dtype))
+            ratio = a_s / a_t
+            z = jax.random.normal(jax.random.fold_in(kj, 1), xs.shape, xs.dtype)
+            renoised = batch_mul(ratio, xt) + batch_mul(jnp.sqrt(jnp.maximum(s_s**2 - (ratio * s_t) ** 2, 0.0)), z)
+            return renoised, xt, nfe
+
+        _, xt, nfe = jax.lax.fori_loop(0, recurrence, repeat, (x, x, nfe))
+        return (xt, nfe), None
+
+    (x, nfe), _ = jax.lax.scan(step, (x, jnp.zeros((), jnp.int32)), jnp.arange(steps))
+    return x, nfe
