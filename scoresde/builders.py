@@ -466,7 +466,7 @@ def sampling_options(config) -> tuple[str, dict]:
     method = str(cfg.method).lower()
     defaults = sampling.method_options(method)
     options = {}
-    if "denoise" in defaults:
+    if "denoise" in defaults and method != "consistency":  # a consistency function returns x_eps itself
         options["denoise"] = bool(cfg.get("noise_removal", defaults["denoise"]))
     if method == "pc":
         options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),
@@ -476,8 +476,11 @@ def sampling_options(config) -> tuple[str, dict]:
         if name in options or name in _PC_NAMES.values() or name == "project_fn":
             continue
         value = cfg.get(name, None)
-        if value is None or (isinstance(value, str) and not value) or (name in ("steps", "order") and value == 0):
+        if value is None or (isinstance(value, (str, tuple, list)) and not value) or \
+                (name in ("steps", "order") and value == 0) or (name == "eta" and value < 0):
             continue
+        if name == "times":
+            value = tuple(float(v) for v in value)
         options[name] = value.lower() if isinstance(value, str) else value
     sampling.check_options(method, options)
     return method, options
