@@ -68,6 +68,83 @@ def as_config(config) -> ml_collections.ConfigDict:
     raise TypeError(f"config must be a ConfigDict or a dict; got {type(config).__name__}")
 
 
+class ConfigMismatchError(ValueError):
+    """Resuming a run whose stored config differs in fields that change the run's meaning."""
+
+
+# Fields a resumed run may change freely: how long it runs, how it logs and checkpoints, how it is evaluated
+# and sampled. Every other field (SDE, model, data, objective, optimiser, batch, seed) changes what the
+# checkpoint means. A prefix ending in "." covers a whole section.
+RESUME_SAFE_FIELDS = {
+    "train": ("training.n_iters", "training.log_freq", "training.eval_freq", "training.snapshot_freq",
+              "training.snapshot_freq_for_preemption", "training.snapshot_sampling", "training.snapshot_num_samples",
+              "training.keep_checkpoints", "training.tensorboard", "training.progress", "training.max_nonfinite",
+              "training.allow_config_change", "eval.", "sampling.", "classifier.", "inverse."),
+}
+# For trainers of one section, only the fields that section depends on are compared.
+RESUME_COMPARED_FIELDS = {
+    "classifier": ("classifier.", "data.", "training.sde", "training.continuous", "model.beta_min", "model.beta_max",
+                   "model.sigma_min", "model.sigma_max", "model.num_scales", "seed"),
+}
+RESUME_SAFE_FIELDS["classifier"] = ("classifier.n_iters", "classifier.log_freq", "classifier.snapshot_freq",
+                                    "classifier.num_eval_batches", "classifier.tensorboard", "classifier.eval_times")
+
+
+def _flatten_config(tree, prefix="") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _matches(field: str, patterns) -> bool:
+    return any(field == p or (p.endswith(".") and field.startswith(p)) for p in patterns)
+
+
+def config_differences(stored: dict, config, *, kind: str = "train") -> list[dict]:
+    """The fields that change a run's meaning and differ between ``stored`` (a checkpoint's config) and ``config``.
+
+    Fields the stored config does not have (added to the code after it was written) are not compared.
+
+    Returns:
+        ``[{"field", "stored", "now"}, ...]``, sorted by field.
+    """
+    old = _flatten_config(stored or {})
+    new = _flatten_config(json.loads(config.to_json_best_effort()))
+    compared = RESUME_COMPARED_FIELDS.get(kind)
+    safe = RESUME_SAFE_FIELDS.get(kind, ())
+    out = []
+    for field in sorted(set(old) & set(new)):
+        if (compared is not None and not _matches(field, compared)) or _matches(field, safe):
+            continue
+        if old[field] != new[field]:
+            out.append({"field": field, "stored": old[field], "now": new[field]})
+    return out
+
+
+def check_resume_config(stored: dict, config, *, kind: str = "train", workdir: str = "") -> list[dict]:
+    """Refuses to resume under a config that changes the run's meaning, unless explicitly allowed.
+
+    Returns:
+        The differences (empty when none) when they are allowed by ``config.training.allow_config_change``.
+
+    Raises:
+        ConfigMismatchError: naming every differing field with its stored and current value.
+    """
+    diffs = config_differences(stored, config, kind=kind)
+    if diffs and not bool(config.training.get("allow_config_change", False)):
+        lines = "; ".join(f"{d['field']}: checkpoint {d['stored']!r}, now {d['now']!r}" for d in diffs)
+        raise ConfigMismatchError(
+            f"cannot resume {workdir or 'this run'}: the config differs from the checkpoint's in fields that change "
+            f"the run's meaning ({lines}). Use the original config, another --workdir, or "
+            f"--config.training.allow_config_change=True to continue deliberately (fine-tuning; recorded in "
+            f"metrics.jsonl)")
+    return diffs
+
+
 # ----------------------------------------------------------------------------------------------- RNG purposes
 
 # One table of what each stream of randomness is for: fold_in(key, PURPOSE[name]). The numbers are the
@@ -350,7 +427,7 @@ def _restore_params(directory: str, model, *, ema: bool, what: str):
     """Loads the newest checkpoint of ``directory`` into ``model``'s parameters; returns ``(model, step)``."""
     graphdef, state, rest = nnx.split(model, nnx.Param, ...)
     target = nnx.to_pure_dict(state)
-    ckpt = Checkpointer(directory, max_to_keep=None, async_save=False)
+    ckpt = Checkpointer(directory, read_only=True)  # never touches a live trainer's files
     try:
         restored = ckpt.restore_latest(params=None if ema else target, ema_params=target if ema else None)
     finally:

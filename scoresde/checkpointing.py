@@ -17,16 +17,21 @@ Examples:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
+import socket
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-__all__ = ["Checkpointer", "CorruptCheckpointError", "save_model_checkpoint", "checkpoint_dir", "check_workdir"]
+__all__ = ["Checkpointer", "CorruptCheckpointError", "IncompatibleCheckpointError", "CheckpointSaveError",
+           "WorkdirLock", "WorkdirLockedError", "save_model_checkpoint", "checkpoint_dir", "check_workdir"]
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +46,18 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def check_workdir(workdir: str) -> None:
-    """Creates ``workdir`` and checks that it is writable (a clear error instead of a late crash)."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(f"workdir {workdir!r} is not writable: {e}") from e
+    """Creates ``workdir`` and ``workdir/checkpoints`` and checks both are writable (a clear error at start,
+    not a failed save one interval later)."""
+    for d in (workdir, checkpoint_dir(workdir)):
+        try:
+            os.makedirs(d, exist_ok=True)
+            probe = os.path.join(d, f".write_test_{jax.process_index()}_{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise PermissionError(f"{d!r} is not writable ({e.strerror or e}); choose a writable --workdir "
+                                  f"or fix its permissions") from e
 
 
 def _config_json(config) -> dict:
@@ -72,29 +80,128 @@ def _abstract(tree):
     return jax.tree.map(leaf, tree)
 
 
+class WorkdirLockedError(RuntimeError):
+    """Another live process holds the directory's write lock."""
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint's parameters do not have the shapes the current config builds."""
+
+
+class WorkdirLock:
+    """An exclusive OS file lock on ``directory/.lock`` (``fcntl.flock``): released when its process dies.
+
+    The file records the holder's pid, host and start time, so a refused second writer can say who holds it.
+    """
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, ".lock")
+        self._fd = None
+
+    def acquire(self) -> "WorkdirLock":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 512).decode(errors="replace").strip() or "an unknown process"
+            os.close(fd)
+            raise WorkdirLockedError(
+                f"{os.path.dirname(self.path)} is in use by {holder}; one process writes checkpoints to a workdir "
+                f"at a time (wait for it, stop it, or use another --workdir)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _shape_mismatches(stored_tree, target) -> list[str]:
+    """``path: stored (a, b) vs expected (c, d)`` for every leaf whose shape differs (or is missing)."""
+    stored = {"/".join(map(str, k)): v for k, v in _flat(stored_tree)}
+    wanted = {"/".join(map(str, k)): v for k, v in _flat(target)}
+    out = []
+    for path in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(path), wanted.get(path)
+        if a is None or b is None:
+            out.append(f"{path}: {'missing in the checkpoint' if a is None else 'not in the current model'}")
+        elif tuple(a.shape) != tuple(np.shape(b)):
+            out.append(f"{path}: stored {tuple(a.shape)} vs expected {tuple(np.shape(b))}")
+    return out
+
+
+def _stored_tree(path: str):
+    """The shape metadata tree of a saved pytree item (reads metadata files only, no arrays)."""
+    md = ocp.StandardCheckpointer().metadata(path)
+    md = getattr(md, "item_metadata", md)
+    return getattr(md, "tree", md)
+
+
+def _flat(tree):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return [(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path), leaf) for path, leaf in leaves]
+
+
 class Checkpointer:
     """A thin wrapper over ``ocp.CheckpointManager`` for training state.
+
+    A writing checkpointer holds the directory's :class:`WorkdirLock` (process 0) until :meth:`close`, so a
+    second writer is refused instead of deleting the first's in-flight save; a ``read_only`` one creates,
+    cleans up and deletes nothing (what the sample / eval / likelihood modes use on a live workdir).
 
     Args:
         workdir: run directory; checkpoints go to ``workdir/checkpoints``.
         max_to_keep: how many of the most recent checkpoints to keep.
         keep_period: also keep every checkpoint whose step is a multiple of this.
         async_save: write in a background thread.
+        read_only: open for reading only (no lock, no temporary-directory cleanup, nothing created).
+
+    Raises:
+        WorkdirLockedError: another live process writes to this workdir.
     """
 
     def __init__(self, workdir: str, *, max_to_keep: int = 3, keep_period: int | None = None,
-                 async_save: bool = True):
+                 async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
+        self.read_only = read_only
+        self._lock = None
+        self.manager = None
+        if read_only:
+            if os.path.isdir(self.directory):
+                options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False,
+                                                       enable_async_checkpointing=False)
+                self.manager = ocp.CheckpointManager(self.directory, options=options)
+            return
+        if jax.process_index() == 0:
+            self._lock = WorkdirLock(os.path.dirname(self.directory)).acquire()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, keep_period=keep_period, create=True,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except BaseException:
+            self._release()
+            raise
 
     def all_steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        return sorted(self.manager.all_steps()) if self.manager is not None else []
 
     def save(self, step: int, *, params, ema_params, opt_state=None, meta: dict | None = None, config=None,
              force: bool = True) -> bool:
+        """Starts writing checkpoint ``step`` (asynchronously); a failed earlier save raises here.
+
+        Raises:
+            CheckpointSaveError: this or an earlier save failed (disk full, read-only storage, ...).
+        """
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} was opened read-only")
         items = {
             "params": ocp.args.StandardSave(_pure(params)),
             "ema_params": ocp.args.StandardSave(_pure(ema_params)),
@@ -102,36 +209,72 @@ class Checkpointer:
         }
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
-        return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+        self.check()
+        try:
+            return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # noqa: BLE001  (orbax wraps OSErrors in its own types)
+            raise CheckpointSaveError(self._save_failure(step, e)) from e
+
+    def _save_failure(self, step, e) -> str:
+        complete = []
+        try:
+            complete = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
+        except OSError:
+            pass
+        text = str(e)
+        known = re.search(r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded", text)
+        cause = known.group(0) if known else (text.strip().splitlines()[-1][:200] if text.strip() else type(e).__name__)
+        what = f"saving checkpoint {step}" if step >= 0 else "a checkpoint save"
+        return (f"{what} to {self.directory} failed: {cause}; last complete checkpoint: "
+                f"{complete[-1] if complete else 'none'}")
 
     def _restore_step(self, step, params, ema_params, opt_state):
         present = set(os.listdir(os.path.join(self.directory, str(step))))
         for needed in ("params", "ema_params", "meta"):
             if needed not in present:
                 raise FileNotFoundError(f"item {needed!r} missing")
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        model_only = bool(meta.get("model_only", False))
+        if opt_state is not None and "opt_state" not in present and not model_only:
+            raise FileNotFoundError("item 'opt_state' missing (a training checkpoint without optimizer state is "
+                                    "incomplete)")
+        for name, target in (("params", params), ("ema_params", ema_params)):
+            if target is not None:
+                bad = _shape_mismatches(_stored_tree(os.path.join(self.directory, str(step), name)), _pure(target))
+                if bad:
+                    raise IncompatibleCheckpointError(
+                        f"checkpoint {step} in {self.directory} does not fit the model this config builds "
+                        f"({len(bad)} parameter(s) differ): " + "; ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
+                        + ". Use the config the run was trained with, or another --workdir for a new model.")
         items = {
             "params": ocp.args.StandardRestore(_abstract(_pure(params))) if params is not None else None,
             "ema_params": ocp.args.StandardRestore(_abstract(_pure(ema_params))) if ema_params is not None else None,
-            "meta": ocp.args.JsonRestore(),
         }
         if opt_state is not None and "opt_state" in present:
             items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state))
         items = {k: v for k, v in items.items() if v is not None}
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         restored = {k: out[k] for k in items}
+        restored["meta"] = meta
         restored.setdefault("opt_state", None)
-        if int(restored["meta"]["step"]) != int(step):
-            raise ValueError(f"meta step {restored['meta']['step']} != directory step {step}")
+        if int(meta["step"]) != int(step):
+            raise ValueError(f"meta step {meta['step']} != directory step {step}")
         return restored
 
     def restore_latest(self, *, params=None, ema_params=None, opt_state=None) -> dict | None:
-        """Restores the newest loadable checkpoint into the structure of the given (abstract) trees.
+        """Restores the newest complete checkpoint into the structure of the given (abstract) trees.
+
+        A checkpoint that cannot be loaded (truncated or corrupt files, a training checkpoint without its
+        optimizer state when ``opt_state`` is asked for) is skipped with a warning and the next older one is
+        tried. Model-only checkpoints (:func:`save_model_checkpoint`, ``meta.model_only``) restore without
+        optimizer state.
 
         Returns:
             ``None`` when there is no checkpoint, else a dict with ``params``, ``ema_params``,
             ``opt_state`` (``None`` if the checkpoint has none) and ``meta``.
 
         Raises:
+            IncompatibleCheckpointError: the parameters' shapes differ from the given trees (names each).
             CorruptCheckpointError: checkpoints exist but none can be loaded.
         """
         steps = self.all_steps()
@@ -139,6 +282,8 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 restored = self._restore_step(step, params, ema_params, opt_state)
+            except IncompatibleCheckpointError:
+                raise
             except Exception as e:  # noqa: BLE001  (any failure means: do not trust this checkpoint)
                 log.warning("skipping checkpoint %s/%d: it could not be loaded (%s: %s)",
                             self.directory, step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
@@ -148,13 +293,13 @@ class Checkpointer:
             return restored
         if steps:
             raise CorruptCheckpointError(
-                f"none of the checkpoints {steps} in {self.directory} could be loaded (corrupt or incompatible "
-                f"with this config); move them away to start from scratch")
+                f"none of the checkpoints {steps} in {self.directory} could be loaded (each was truncated, corrupt "
+                f"or incomplete; the warnings above say why)")
         return None
 
     def _move_aside(self, steps):
         """Renames unreadable checkpoints newer than the restored one so the run can save those steps again."""
-        if not steps or jax.process_index() != 0:
+        if not steps or self.read_only or jax.process_index() != 0:
             return
         for step in steps:
             src = os.path.join(self.directory, str(step))
@@ -165,12 +310,60 @@ class Checkpointer:
             log.warning("moved unreadable checkpoint %s aside to %s", src, dst)
         self.manager.reload()
 
+    def check(self) -> None:
+        """Raises at once if a background save has failed (cheap; the training loop calls it every step).
+
+        Raises:
+            CheckpointSaveError: a save failed.
+        """
+        if self.manager is None or self.read_only:
+            return
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointSaveError(self._save_failure(-1, e)) from e
+
     def wait(self):
-        self.manager.wait_until_finished()
+        """Blocks until pending saves finish.
+
+        Raises:
+            CheckpointSaveError: a save failed.
+        """
+        if self.manager is None or self.read_only:
+            return
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointSaveError(self._save_failure(-1, e)) from e
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for pending saves, closes the manager and releases the lock; never raises.
+
+        A failed save is reported by :meth:`save` (the next one) or :meth:`wait` (call it where the run ends
+        normally); here it is only logged, so closing in a ``finally`` does not mask the original error.
+        """
+        try:
+            if self.manager is not None:
+                if not self.read_only:
+                    try:
+                        self.wait()
+                    except CheckpointSaveError as e:
+                        log.error("%s", e)
+                self.manager.close()
+        except Exception as e:  # noqa: BLE001
+            log.error("closing %s: %s: %s", self.directory, type(e).__name__, e)
+        finally:
+            self._release()
+
+    def _release(self):
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed (what, where, and the last complete step are in the message)."""
 
 
 def save_model_checkpoint(workdir: str, *, params, ema_params, step: int, config) -> None:
@@ -183,6 +376,8 @@ def save_model_checkpoint(workdir: str, *, params, ema_params, step: int, config
         config: the config of the model (stored as JSON).
     """
     ckpt = Checkpointer(workdir, max_to_keep=None, async_save=False)
-    ckpt.save(step, params=params, ema_params=ema_params, meta={"nonfinite_total": 0, "nonfinite_run": 0},
-              config=config)
-    ckpt.close()
+    try:
+        ckpt.save(step, params=params, ema_params=ema_params,
+                  meta={"nonfinite_total": 0, "nonfinite_run": 0, "model_only": True}, config=config)
+    finally:
+        ckpt.close()

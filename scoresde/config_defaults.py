@@ -57,6 +57,9 @@ def get_default_configs():
     training.snapshot_num_samples = 64  # (scoresde)
     training.tensorboard = True  # (scoresde)
     training.progress = True  # (scoresde) tqdm bar
+    # (scoresde) resume even if fields that change the run's meaning differ from the checkpoint's config
+    # (fine-tuning); the change is recorded in metrics.jsonl
+    training.allow_config_change = False
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()

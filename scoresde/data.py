@@ -24,6 +24,7 @@ Dataset names (``config.data.dataset``, case-insensitive):
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Iterator
 
 import jax
@@ -61,13 +62,24 @@ def is_image_data(config) -> bool:
 
 
 def data_shape(config) -> tuple[int, ...]:
-    """Per-example shape: ``config.data.shape`` for vector data, else ``(H, W, C)``."""
+    """Per-example shape: ``config.data.shape`` for vector data, else ``(H, W, C)``.
+
+    Raises:
+        ValueError: a non-positive size or channel count.
+    """
     d = config.data
     if "shape" in d and d.shape:
-        return tuple(int(s) for s in d.shape)
-    if _name(config) in TOY_DATASETS:
+        shape = tuple(int(s) for s in d.shape)
+    elif _name(config) in TOY_DATASETS:
         return (2,)
-    return (int(d.image_size), int(d.image_size), int(d.num_channels))
+    else:
+        shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
+        if shape[0] < 1 or shape[2] < 1:
+            raise ValueError(f"config.data.image_size={d.image_size} and num_channels={d.num_channels} must be "
+                             "positive integers")
+    if any(s < 1 for s in shape):
+        raise ValueError(f"config.data.shape={shape} must be positive")
+    return shape
 
 
 def get_data_scaler(config):
@@ -108,6 +120,7 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None, 
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
     name = check_dataset_name(config)
+    data_shape(config)  # bad sizes are a clear error here, not one from deep inside PIL
     batch_size = int(batch_size or config.training.batch_size)
     if batch_size % jax.process_count():
         raise ValueError(f"batch_size={batch_size} is not divisible by the process count {jax.process_count()}")
@@ -125,9 +138,25 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None, 
     if name in _IN_MEMORY:
         images, labels = _load_in_memory(config, name, split)
         return _array_batches(images, labels, **opts)
-    from scoresde.datasets import tfds_data  # noqa: PLC0415  (keeps TensorFlow out of non-tfds runs)
+    return _tfds_module().tfds_batches(config, name, split, **opts)
 
-    return tfds_data.tfds_batches(config, name, split, **opts)
+
+def _tfds_module():
+    """:mod:`scoresde.datasets.tfds_data`, imported only for tfds datasets (TensorFlow is heavy).
+
+    Raises:
+        ModuleNotFoundError: TensorFlow / tensorflow-datasets are not installed, with the install hint.
+    """
+    try:
+        import tensorflow  # noqa: F401, PLC0415
+        import tensorflow_datasets  # noqa: F401, PLC0415
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"dataset needs {e.name}, which is not installed: pip install 'scoresde[tfds]' (tensorflow-cpu and "
+            "tensorflow-datasets), or use an in-memory dataset (digits, npz, folder)", name=e.name) from e
+    from scoresde.datasets import tfds_data  # noqa: PLC0415
+
+    return tfds_data
 
 
 def describe(config, split: str = "train") -> str:
@@ -151,9 +180,7 @@ def uint8_batches(config, split: str, batch_size: int = 500) -> Iterator[np.ndar
     if not is_image_data(config):
         raise ValueError(f"FID statistics need image data; dataset {config.data.dataset!r} is not images")
     if name in TFDS_DATASETS:
-        from scoresde.datasets import tfds_data  # noqa: PLC0415  (keeps TensorFlow out of non-tfds runs)
-
-        yield from tfds_data.uint8_batches(config, name, split, batch_size)
+        yield from _tfds_module().uint8_batches(config, name, split, batch_size)
         return
     images01, _ = _load_in_memory(config, name, split)
     images = to_uint8(images01)[parallel.process_rows(len(images01))]
@@ -204,12 +231,19 @@ def _load_in_memory(config, name, split):
     return _load_folder(config, path)
 
 
-def _to_unit_float(images: np.ndarray) -> np.ndarray:
+def _to_unit_float(images: np.ndarray, source: str = "images") -> np.ndarray:
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
+    if not np.issubdtype(images.dtype, np.number):
+        raise ValueError(f"{source}: images must be numeric (uint8 or float in [0, 1]); got dtype {images.dtype}")
     images = images.astype(np.float32)
+    bad = ~np.isfinite(images)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        raise ValueError(f"{source}: {int(bad.sum())} non-finite pixel value(s) (NaN or inf), the first in image "
+                         f"{int(first[0])} at {tuple(int(i) for i in first[1:])}; expected finite values in [0, 1]")
     if images.min() < -1e-6 or images.max() > 1 + 1e-6:
-        raise ValueError(f"float images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}]")
+        raise ValueError(f"{source}: float images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}]")
     return images
 
 
@@ -236,16 +270,35 @@ def _resize_float(images, size):
 def _load_npz(config, path, split):
     if not os.path.exists(path):
         raise FileNotFoundError(f"config.data.path={path!r} does not exist; expected an .npz with an 'images' array")
-    with np.load(path) as f:
+    expected = "an .npz with a numeric 'images' array (N, H, W[, C]) and optional integer 'labels' (N,)"
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        what = "a Python pickle" if "pickle" in str(e) else f"unreadable ({e})"
+        raise ValueError(f"config.data.path={path!r} is not a numpy .npz: it is {what}; expected {expected}") from e
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"config.data.path={path!r} is a single .npy array, not an .npz; expected {expected}")
+    with f:
         key = "test_images" if split == "test" and "test_images" in f else "images"
         if key not in f:
             raise ValueError(f"{path} has no 'images' array; found keys {sorted(f.keys())}")
-        images = f[key]
         lkey = "test_labels" if key == "test_images" else "labels"
-        labels = f[lkey].astype(np.int32) if lkey in f else np.zeros(len(images), np.int32)
+        try:
+            images = f[key]
+            labels = f[lkey] if lkey in f else np.zeros(len(images), np.int32)
+        except ValueError as e:
+            if "pickle" not in str(e):
+                raise
+            raise ValueError(f"{path}: its arrays hold Python objects, not numbers; expected {expected}") from e
+    if images.ndim not in (3, 4) or len(images) == 0:
+        raise ValueError(f"{path}: '{key}' has shape {images.shape}; expected (N, H, W[, C]) with N >= 1")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: '{lkey}' has shape {labels.shape} and dtype {labels.dtype}; expected {len(images)} "
+                         "integer labels, one per image")
+    labels = labels.astype(np.int32)
     if images.ndim == 3:
         images = images[..., None]
-    images = _to_unit_float(images)
+    images = _to_unit_float(images, path)
     size = int(config.data.image_size)
     if images.shape[1:3] != (size, size):
         raise ValueError(f"{path}: images are {images.shape[1]}x{images.shape[2]}; config.data.image_size={size}")
@@ -267,7 +320,10 @@ def _load_folder(config, path):
     size, channels = int(config.data.image_size), int(config.data.num_channels)
     images, labels = [], []
     for f in files:
-        im = Image.open(f).convert("RGB" if channels == 3 else "L")
+        try:
+            im = Image.open(f).convert("RGB" if channels == 3 else "L")
+        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            raise ValueError(f"cannot read image {f!r} ({type(e).__name__}: {e}); remove or replace it") from e
         w, h = im.size
         c = min(w, h)
         im = im.crop(((w - c) // 2, (h - c) // 2, (w + c) // 2, (h + c) // 2)).resize((size, size), Image.BICUBIC)

@@ -5,12 +5,26 @@ One of each: every mode that writes samples, snapshots or partial results goes t
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
 import numpy as np
 
-__all__ = ["to_uint8", "image_grid", "save_image_grid", "save_scatter", "save_npz_atomic"]
+__all__ = ["to_uint8", "image_grid", "save_image_grid", "save_scatter", "save_npz_atomic", "save_json_atomic"]
+
+
+def save_json_atomic(path: str, obj) -> None:
+    """Writes ``obj`` as JSON to ``path`` atomically (the old file or the complete new one)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def save_npz_atomic(path: str, **arrays) -> None:

@@ -50,6 +50,7 @@ from jax.sharding import PartitionSpec as P
 
 # encode/decode (latent interpolation) are the samplers' probability-flow ODE, re-exported: one implementation.
 from scoresde.sampling import decode, encode
+from scoresde.sampling.grids import check_score_shape
 from scoresde.sde import probability_flow_drift
 
 Array = jax.Array
@@ -212,6 +213,7 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
         raise ValueError(f"n_probes must be >= 1; got {n_probes}")
     if not 0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T={sde.T}); got {eps}")
+    check_score_shape(score_fn, x)
     drift1 = _single(functools.partial(probability_flow_drift, score_fn, sde))
     keys = jax.random.split(key, x.shape[0])
 
@@ -344,6 +346,12 @@ def bits_per_dim(score_fn: ScoreFn, sde, x: Array, key: Array, *, scaler: Callab
     Raises:
         ValueError: for an unknown dequantisation, ``num_repeats < 1``, or uniform without ``num_bits``.
     """
+    if num_bits is not None and not isinstance(x, jax.core.Tracer):
+        xv = np.asarray(x)
+        if not np.all(np.isfinite(xv)) or xv.min() < 0.0 or xv.max() > 1.0:
+            raise ValueError(f"bits_per_dim takes {num_bits}-bit data in [0, 1] before the scaler; got values in "
+                             f"[{np.nanmin(xv):.4g}, {np.nanmax(xv):.4g}]{' with NaN/inf' if not np.all(np.isfinite(xv)) else ''}"
+                             " (map [0, 255] data with x / 255, centred [-1, 1] data with (x + 1) / 2)")
     if num_repeats < 1:
         raise ValueError(f"num_repeats must be >= 1; got {num_repeats}")
     if dequantization == "none" and num_repeats != 1:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import traceback
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -35,6 +37,9 @@ MODES = {
     "fid": "scoresde.modes.fid:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
     "train_classifier": "scoresde.modes.train_classifier:train_classifier",
 }
+
+# what a run reports as one line (the message names the problem and the fix)
+_EXPLAINED_ERRORS = (ValueError, OSError, RuntimeError, ModuleNotFoundError)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally PATH:variant (e.g. configs/cifar10_vp.py:smoke).",
@@ -85,15 +90,42 @@ def _config_spec() -> str | None:
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax / JAX INFO logs drown the run's own
+    # A failed background checkpoint write makes Orbax log every failing thread with its traceback (hundreds
+    # of lines); the run reports the failure itself in one line (Checkpointer.check), so those are dropped.
+    absl_logging.get_absl_handler().addFilter(
+        lambda record: not (record.levelno >= logging.ERROR and "/orbax/" in record.pathname))
     logging.getLogger("scoresde").setLevel(logging.INFO)
     if FLAGS.distributed or FLAGS.coordinator_address:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                FLAGS.cpu_collectives)
     fn = resolve_mode(FLAGS.mode)
     runlog.set_config_spec(_config_spec())
-    result = fn(FLAGS.config, FLAGS.workdir)
+    quiet = runlog.QuietStderr()
+    try:
+        result = fn(FLAGS.config, FLAGS.workdir)
+    except Exception as e:  # noqa: BLE001  (every failure ends the same way: one message, a non-zero exit)
+        quiet.flush()
+        _fail(e)
+    finally:
+        quiet.flush()
     if isinstance(result, dict) and result.get("preempted"):
         sys.exit(143)  # 128 + SIGTERM: stopped early, checkpoint written; rerun to resume
+
+
+def _fail(e: BaseException) -> None:
+    """Reports a failed run and exits 1 at once.
+
+    Errors that explain themselves (bad config or data, storage, locks, mismatched checkpoints) print one
+    line; anything else prints its traceback. ``os._exit`` because a failed asynchronous checkpoint write can
+    leave non-daemon threads that would otherwise keep the process alive.
+    """
+    if isinstance(e, _EXPLAINED_ERRORS):
+        print(f"error: {e}", file=sys.stderr)
+    else:
+        traceback.print_exception(e)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ import json
 import math
 import os
 
+import os
+import re
 import sys
+import threading
 
 import numpy as np
 
@@ -124,3 +127,52 @@ def command(mode: str, workdir: str, extra: str = "") -> str:
     """The CLI command that runs ``mode`` on ``workdir`` with this invocation's config."""
     cmd = f"python -m scoresde.main --config={_INVOCATION['config'] or 'CONFIG'} --workdir={workdir} --mode={mode}"
     return f"{cmd} {extra}".rstrip()
+
+
+class QuietStderr:
+    """Drops the "RuntimeError: Event loop is closed" tracebacks tensorstore prints from C++ threads after a
+    failed asynchronous checkpoint write (dozens of them, straight to file descriptor 2 and interleaved, out
+    of Python's reach). Every other line written to stderr passes through, progress bars included.
+
+    Used by the CLI only; :meth:`flush` restores the real stderr and waits until what was written is out.
+    """
+
+    # a line made only of these pieces (threads interleave them) is that noise
+    _NOISE = re.compile(r"Traceback \(most recent call last\):|\s*File \"[^\"]*asyncio/base_events\.py\", line \d+, "
+                        r"in \w+|\s*self\._check_closed\(\)|\s*raise RuntimeError\('Event loop is closed'\)|"
+                        r"RuntimeError: Event loop is closed|RuntimeError|: Event loop is closed")
+
+    def __init__(self):
+        self._thread = None
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._read = read
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self):
+        pending = ""
+        while chunk := os.read(self._read, 65536):
+            pending += chunk.decode(errors="replace")
+            *lines, pending = pending.split("\n")
+            out = [ln + "\n" for ln in lines if ln.strip() == "" or self._NOISE.sub("", ln).strip()]
+            cut = pending.rfind("\r")  # a progress bar redraws with \r: show it now
+            if cut >= 0:
+                out.append(pending[:cut + 1])
+                pending = pending[cut + 1:]
+            if out:
+                os.write(self._saved, "".join(out).encode())
+        if pending:
+            os.write(self._saved, pending.encode())
+
+    def flush(self):
+        """Restores the real stderr and waits for everything written so far to come out."""
+        if self._thread is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # drops fd 2's hold on the pipe: the pump reads to the end and stops
+        self._thread.join(timeout=5)
+        self._thread = None

@@ -61,7 +61,8 @@ class Preemption:
 def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n_iters: int, batch_size: int,
              save: Callable, logger, log_freq: int, ckpt_freq: int, snapshot_freq: int, max_nonfinite: int,
              eval_freq: int = 0, evaluate: Callable | None = None, snapshot: Callable | None = None,
-             progress: bool = True, desc: str = "train", config_hint: str = "config.training") -> dict:
+             progress: bool = True, desc: str = "train", config_hint: str = "config.training",
+             check: Callable | None = None) -> dict:
     """Runs ``step_fn`` from step ``start`` to ``n_iters``.
 
     Args:
@@ -78,6 +79,8 @@ def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n
         evaluate: ``evaluate(state, step) -> dict`` merged into the log record every ``eval_freq`` steps.
         snapshot: ``snapshot(state, step)`` every ``snapshot_freq`` steps and at the end.
         config_hint: the config section named in errors.
+        check: called after every step (e.g. :meth:`Checkpointer.check`, so a failed background save stops
+            the run within a step, not one checkpoint interval later).
 
     Returns:
         ``{"step", "loss", "preempted", "last"}`` (``last``: the last logged record).
@@ -105,6 +108,8 @@ def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n
                 steps_since += 1
                 if bar is not None:
                     bar.update(1)
+                if check is not None:
+                    check()
                 # Check the previous step's counter: reading it does not wait for the step just dispatched.
                 if prev_run is not None and int(prev_run) >= max_nonfinite:
                     raise NonFiniteError(

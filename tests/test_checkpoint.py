@@ -53,7 +53,7 @@ def test_sigterm_then_resume_gives_identical_losses(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert time.time() - t_kill < 30, "SIGTERM should save and exit within seconds"
     assert proc.returncode == 143, err[-3000:]
-    saved = checkpointing.Checkpointer(workdir).all_steps()
+    saved = checkpointing.Checkpointer(workdir, read_only=True).all_steps()
     assert len(saved) == 1 and 20 <= saved[0] < N_ITERS  # only the preemption checkpoint
     resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -31,7 +31,7 @@ from scoresde.metrics import stats
 from scoresde.metrics.features import FeatureAccumulator, FeatureFn, accumulate_features
 
 __all__ = ["PAPER_NUM_SAMPLES", "compute_reference_statistics", "load_reference_stats", "load_sample_files",
-           "compute_metrics", "loud_warning", "json_default", "write_tensorboard"]
+           "compute_metrics", "loud_warning", "json_default", "write_tensorboard", "REQUEST_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,36 @@ def _natural_key(path: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
 
 
+REQUEST_FILE = "request.json"
+
+
 def load_sample_files(workdir: str) -> tuple[np.ndarray, dict] | None:
-    """All ``workdir/samples/*.npz`` (key ``samples``, uint8 NHWC) in natural order, or None if there are none.
+    """The samples of ``workdir/samples`` (key ``samples``, uint8 NHWC), or None if there are none.
+
+    When ``samples/request.json`` exists (the sample mode writes it last, after every file of one request),
+    exactly the files it lists are read, in its order. Without it, every ``*.npz`` there is read in natural
+    order (samples supplied by the user), unless the files say they come from a sample-mode request that
+    never finished: that is an error, not a silent mix.
 
     Returns:
-        ``(images, meta)``; ``meta`` holds ``nfe`` / ``sampler`` when the files carry them.
+        ``(images, meta)``; ``meta`` holds ``nfe`` / ``sampler`` when the files carry them, and the
+        request's ``step`` and ``num_samples`` when there is one.
+
+    Raises:
+        ValueError: files of an unfinished request, a listed file missing, or a file that is not uint8 NHWC.
     """
-    files = sorted(glob.glob(os.path.join(workdir, "samples", "*.npz")), key=_natural_key)
+    sample_dir = os.path.join(workdir, "samples")
+    manifest_path = os.path.join(sample_dir, REQUEST_FILE)
+    request = None
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            request = json.load(f)
+        files = [os.path.join(sample_dir, name) for name in request["files"]]
+        missing = [p for p in files if not os.path.exists(p)]
+        if missing:
+            raise ValueError(f"{manifest_path} lists files that do not exist: {missing}; rerun --mode=sample")
+    else:
+        files = sorted(glob.glob(os.path.join(sample_dir, "*.npz")), key=_natural_key)
     if not files:
         return None
     images, nfes, samplers = [], set(), set()
@@ -84,6 +107,9 @@ def load_sample_files(workdir: str) -> tuple[np.ndarray, dict] | None:
         with np.load(path, allow_pickle=False) as f:
             if "samples" not in f:
                 raise ValueError(f"{path} has no 'samples' array; keys {sorted(f.files)}")
+            if request is None and "request" in f:
+                raise ValueError(f"{path} belongs to a --mode=sample request that did not finish ({manifest_path} "
+                                 "is missing); rerun --mode=sample before evaluating")
             x = f["samples"]
             if "nfe" in f:
                 nfes.add(int(f["nfe"]))
@@ -93,13 +119,19 @@ def load_sample_files(workdir: str) -> tuple[np.ndarray, dict] | None:
             raise ValueError(f"{path}: 'samples' must be uint8 NHWC images; got {x.dtype} {x.shape}")
         images.append(x)
     meta = {"files": len(files)}
+    if request is not None:
+        meta.update(step=request.get("checkpoint_step"), request=request.get("request"))
     if len(nfes) == 1:
         meta["nfe"] = nfes.pop()
     elif nfes:
         meta["nfe"] = sorted(nfes)
     if samplers:
         meta["sampler"] = samplers.pop() if len(samplers) == 1 else sorted(samplers)
-    return np.concatenate(images), meta
+    images = np.concatenate(images)
+    if request is not None and len(images) != int(request["num_samples"]):
+        raise ValueError(f"{sample_dir} holds {len(images)} samples but {manifest_path} says "
+                         f"{request['num_samples']}; rerun --mode=sample")
+    return images, meta
 
 
 def loud_warning(message: str) -> None:

@@ -9,6 +9,7 @@ evaluation resumes at the first missing round. The protocol's choices are in :mo
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -41,6 +42,22 @@ def _model_sampler(config, workdir: str, batch: int):
     return sampler, step
 
 
+def _start_rounds(out_dir: str, settings: dict) -> None:
+    """Keeps the saved rounds of ``out_dir`` only if they were drawn with ``settings``; else starts afresh."""
+    path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved == settings:
+            return
+        log.warning("%s holds rounds drawn with other settings (%s); sampling afresh", out_dir, saved)
+        if jax.process_index() == 0:
+            for old in glob.glob(os.path.join(out_dir, "round_*.npz")):
+                os.remove(old)
+    if jax.process_index() == 0:
+        images.save_json_atomic(path, settings)
+
+
 def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None) -> tuple[np.ndarray, dict]:
     """``config.eval.num_samples`` uint8 samples from ``sampler(key) -> (images in [0, 1], nfe)``, by round.
 
@@ -52,7 +69,9 @@ def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None) 
     batch = int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size)
     rounds = int(math.ceil(total / batch))
     out_dir = os.path.join(workdir, "eval_samples", f"step_{step if step is not None else 'none'}")
-    os.makedirs(out_dir, exist_ok=True)
+    settings = {"checkpoint_step": step, "batch": batch, "seed": int(config.get("seed", 0)),
+                "sampler": builders.sampler_description(config)}
+    _start_rounds(out_dir, json.loads(json.dumps(settings, default=str)))
     root = builders.purpose_key(builders.root_key(config), "fid")
     chunks, nfes, resumed = [], [], 0
     for r in range(rounds):
@@ -97,9 +116,14 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
         The report (also written to ``workdir/eval/metrics_<tag>.json`` and TensorBoard in ``workdir``).
     """
     warnings = []
+    # what can fail cheaply fails before any sampling: the feature extractor's weights, the reference stats
+    feature_fn = feature_fn or builders.get_feature_fn(config)
+    stats_path = builders.reference_stats_path(config, workdir)
+    ref = protocol.load_reference_stats(stats_path)
     from_files = sampler is None and protocol.load_sample_files(workdir)
     if from_files:
         samples, meta = from_files
+        step = meta.get("step", step)
         source = os.path.join(workdir, "samples")
         if len(samples) < int(config.eval.num_samples):
             warnings.append(f"{source} holds {len(samples)} samples, fewer than config.eval.num_samples="
@@ -125,12 +149,9 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     for w in warnings:
         protocol.loud_warning(w)
 
-    feature_fn = feature_fn or builders.get_feature_fn(config)
     rows = parallel.process_rows(n)
     chunk = int(config.eval.get("inception_batch_size", 250))
     acc = accumulate_features(feature_fn, (samples[rows][i:i + chunk] for i in range(0, rows.stop - rows.start, chunk)))
-    stats_path = builders.reference_stats_path(config, workdir)
-    ref = protocol.load_reference_stats(stats_path)
     values = protocol.compute_metrics(acc, ref, is_splits=int(config.eval.get("is_splits", 10)),
                              kid_subsets=int(config.eval.get("kid_subsets", 100)),
                              kid_subset_size=int(config.eval.get("kid_subset_size", 1000)))

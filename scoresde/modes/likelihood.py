@@ -7,10 +7,11 @@ probes. The batch is split over a ``('data',)`` mesh of all devices of all proce
 its own examples (no collective inside the adaptive solve).
 
 Resumable: after every batch the per-example values are written atomically to
-``workdir/likelihood/bpd_<split>_partial.npz``. The data order is fixed (no shuffling) and the randomness
-of repeat ``r``, batch ``i`` is ``fold_in(fold_in(key, r), i)``, so a preempted run that starts again
-skips what it has done and ends with exactly the numbers of an uninterrupted run. A partial file written
-with other settings is an error, not silently mixed in.
+``workdir/likelihood/bpd_<split>_partial.npz`` with the settings and the checkpoint step they belong to.
+The data order is fixed (no shuffling) and the randomness of repeat ``r``, batch ``i`` is
+``fold_in(fold_in(key, r), i)``, so a preempted run that starts again skips what it has done and ends with
+exactly the numbers of an uninterrupted run. Partial results of another checkpoint step are discarded (the
+run starts afresh); a partial file written with other settings is an error, never silently mixed in.
 
 Config (``config.eval``; the reference's names where it has them, defaults in brackets):
 ``bpd_dataset`` [test], ``bpd_batch_size`` [``batch_size``], ``num_eval_batches`` [0 = all],
@@ -80,13 +81,22 @@ def _count_batches(config, s) -> int:
     return n
 
 
-def _load_partial(path, s, num_batches):
+def _load_partial(path, expected: dict):
+    """The partial results at ``path`` if they were computed with ``expected`` settings and checkpoint step.
+
+    Results of another checkpoint step are stale (the model changed): they are discarded and the run starts
+    afresh. Other settings differing is an error (the partial results may be wanted).
+    """
     if not os.path.exists(path):
         return None
     with np.load(path) as f:
         saved = json.loads(str(f["settings"]))
-        if saved != {**s, "num_batches": num_batches}:
-            raise ValueError(f"{path} was written with settings {saved}, not {s} over {num_batches} batches; "
+        if saved.get("checkpoint_step") != expected["checkpoint_step"]:
+            log.warning("%s holds results for checkpoint step %s, not %s: starting afresh", path,
+                        saved.get("checkpoint_step"), expected["checkpoint_step"])
+            return None
+        if saved != expected:
+            raise ValueError(f"{path} was written with settings {saved}, not {expected}; "
                              "move it away to start afresh")
         return {k: f[k].copy() for k in ("bpd", "nfe", "done")}
 
@@ -136,12 +146,13 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     partial_path = os.path.join(out_dir, f"bpd_{s['split']}_partial.npz")
     num_batches = _count_batches(config, s)
     b, k = s["batch_size"], s["num_repeats"]
-    state = _load_partial(partial_path, s, num_batches) or {
+    expected = {**s, "num_batches": num_batches, "checkpoint_step": int(step)}
+    state = _load_partial(partial_path, expected) or {
         "bpd": np.full((k, num_batches * b), np.nan, np.float32),
         "nfe": np.zeros((k, num_batches * b), np.int32),
         "done": np.zeros((k, num_batches), bool),
     }
-    settings_json = json.dumps({**s, "num_batches": num_batches})
+    settings_json = json.dumps(expected)
     root = builders.purpose_key(jax.random.key(s["seed"]), "likelihood")
     is_main = jax.process_index() == 0
     bar = None

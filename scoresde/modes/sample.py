@@ -1,20 +1,24 @@
 """``--mode=sample``: ``config.eval.num_samples`` samples with the EMA parameters of a workdir.
 
 Writes ``workdir/samples/samples_<i>.npz`` (array key ``samples``: uint8 NHWC for images, float32 for
-vector data; ``nfe`` and ``sampler`` travel with them) plus a PNG grid per file (a scatter plot for 2-D
-data). ``config.sampling`` chooses the sampler and guidance (:func:`scoresde.builders.sampler_from_config`).
+vector data; ``nfe``, ``sampler``, ``checkpoint_step`` and the request id travel with them) plus a PNG grid
+per file (a scatter plot for 2-D data), and last ``workdir/samples/request.json`` listing exactly the files of
+this request. A new request first removes the previous one's files, so ``fid`` never mixes requests. ``config.sampling`` chooses the sampler and guidance (:func:`scoresde.builders.sampler_from_config`).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import uuid
 
 import jax
 import numpy as np
 
 from scoresde import builders, images, parallel, runlog
 from scoresde import data as data_lib
+from scoresde.metrics.protocol import REQUEST_FILE
 
 __all__ = ["sample"]
 
@@ -25,6 +29,19 @@ def _write_visual(config, path_png, samples01, title=""):
         images.save_image_grid(path_png, images.to_uint8(samples01), upscale=max(1, 64 // size))
     elif samples01.shape[-1] == 2:
         images.save_scatter(path_png, np.asarray(samples01), title=title)
+
+
+def _clear_previous_request(out_dir: str) -> None:
+    """Removes this mode's earlier outputs (never the training snapshots that share the directory).
+
+    The manifest goes first, so a crash midway leaves files that ``fid`` recognises as unfinished.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = os.path.join(out_dir, REQUEST_FILE)
+    if os.path.exists(manifest):
+        os.remove(manifest)
+    for path in glob.glob(os.path.join(out_dir, "samples_*.npz")) + glob.glob(os.path.join(out_dir, "samples_*.png")):
+        os.remove(path)
 
 
 def sample(config, workdir: str) -> dict:
@@ -47,20 +64,28 @@ def sample(config, workdir: str) -> dict:
     })
     sample_fn = builders.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier)
     out_dir = os.path.join(workdir, "samples")
-    os.makedirs(out_dir, exist_ok=True)
     key = builders.purpose_key(builders.root_key(config), "sample")
     description = json.dumps(builders.sampler_description(config), sort_keys=True, default=str)
-    written, i, nfe = 0, 0, 0
+    request = uuid.uuid4().hex
+    if jax.process_index() == 0:
+        _clear_previous_request(out_dir)
+    written, i, nfe, names = 0, 0, 0, []
     while written < total:
         samples, nfe = sample_fn(params, jax.random.fold_in(key, i))
         samples = parallel.to_host(samples)[: total - written]
         if jax.process_index() == 0:
             arr = images.to_uint8(samples) if data_lib.is_image_data(config) else np.asarray(samples, np.float32)
             images.save_npz_atomic(os.path.join(out_dir, f"samples_{i}.npz"), samples=arr, nfe=np.int64(nfe),
-                                   sampler=np.array(description))
+                                   sampler=np.array(description), checkpoint_step=np.int64(step),
+                                   request=np.array(request))
             _write_visual(config, os.path.join(out_dir, f"samples_{i}.png"), samples, title=f"step {step}")
+        names.append(f"samples_{i}.npz")
         written += len(samples)
         i += 1
+    if jax.process_index() == 0:  # written last: a request without it did not finish
+        images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {
+            "request": request, "files": names, "num_samples": written, "checkpoint_step": int(step),
+            "nfe": int(nfe), "sampler": builders.sampler_description(config)})
     result = {"step": step, "num_samples": written, "files": i, "nfe": int(nfe), "dir": out_dir}
     print(json.dumps(result))
     runlog.conclude(f"wrote {written} samples ({int(nfe)} NFE each) from step {step}", results={"samples": out_dir},

@@ -106,6 +106,9 @@ def train(config, workdir: str) -> dict:
     try:
         state, meta = train_state.restore_state(ckpt, state, tx)
         start = int(state["step"])
+        changes = []
+        if meta is not None and not meta.get("model_only", False):
+            changes = builders.check_resume_config(meta.get("config"), config, kind="train", workdir=workdir)
         runlog.announce(f"scoresde train: {config.model.name} on {config.data.dataset}, sde {tc.sde}", {
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",
             "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",
@@ -118,6 +121,8 @@ def train(config, workdir: str) -> dict:
         logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
                                       tensorboard=bool(tc.get("tensorboard", True)))
         logger.truncate_after(start)
+        if changes:
+            logger.write(start, {"config_change": changes})
         step_fn = make_train_step(config, sde, graphdef, rest, tx, mesh, builders.purpose_key(root, "train"))
         eval_fn = make_eval_step(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "eval"))
         eval_iter = None
@@ -152,7 +157,8 @@ def train(config, workdir: str) -> dict:
                            snapshot_freq=snapshot_freq, max_nonfinite=int(tc.get("max_nonfinite", 10)),
                            eval_freq=int(tc.get("eval_freq", 0)), evaluate=evaluate,
                            snapshot=snapshot if bool(tc.get("snapshot_sampling", True)) else None,
-                           progress=bool(tc.get("progress", True)))
+                           progress=bool(tc.get("progress", True)), check=ckpt.check)
+            ckpt.wait()  # a failed last save is an error, not a silent loss
         finally:
             logger.close()
     finally:

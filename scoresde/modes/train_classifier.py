@@ -75,6 +75,8 @@ def train_classifier(config, workdir: str) -> dict:
     try:
         state, meta = train_state.restore_state(ckpt, state, tx)
         start = int(state["step"])
+        if meta is not None:
+            builders.check_resume_config(meta.get("config"), config, kind="classifier", workdir=out_dir)
         runlog.announce(f"scoresde train_classifier: {c.name} on {config.data.dataset}, sde {config.training.sde}", {
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",
@@ -109,7 +111,8 @@ def train_classifier(config, workdir: str) -> dict:
                            snapshot_freq=snapshot_freq, max_nonfinite=int(c.get("max_nonfinite", 10)),
                            save=lambda s, step: train_state.save_state(ckpt, s, step, config=config),
                            progress=bool(config.training.get("progress", True)), desc="classifier",
-                           config_hint="config.classifier")
+                           config_hint="config.classifier", check=ckpt.check)
+            ckpt.wait()
         finally:
             logger.close()
     finally:

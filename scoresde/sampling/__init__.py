@@ -66,7 +66,8 @@ import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
 from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic
-from scoresde.sampling.grids import GRIDS, alpha_vanishes_at_T, denoiser_call, score_call, time_grid  # noqa: F401 (score_call re-exported)
+from scoresde.sampling.grids import (  # noqa: F401 (score_call re-exported)
+    GRIDS, alpha_vanishes_at_T, check_eps, check_score_shape, denoiser_call, score_call, time_grid)
 from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
@@ -189,7 +190,9 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
                              "determine E[x0 | x_T]; pass a model with a denoiser (parameterization.model_score_fn "
                              "or parameterization.with_denoiser)")
     dyn, static = _split(opts)
-    eps = jnp.asarray(default_eps(sde) if eps is None else eps)
+    eps = default_eps(sde) if eps is None else eps
+    check_eps(eps, sde)
+    eps = jnp.asarray(eps)
     samples, nfe, ok = _sample_jit(score_fn, sde, tuple(shape), key, method, x_init, eps, dyn, static,
                                    options.get("sharding"))
     if not isinstance(ok, jax.core.Tracer) and not bool(ok):
@@ -212,6 +215,7 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
             raise ValueError(f"x_init has shape {x_init.shape}; expected {shape}")
         x = x_init
     eps = eps.astype(x.dtype)
+    check_score_shape(score_fn, x)  # at trace time only: no cost per call
     nfe = jnp.zeros((), jnp.int32)
     ok = jnp.array(True)
     denoise = opts.pop("denoise")

@@ -106,3 +106,26 @@ def denoiser_call(score_fn, sde, x, t, nfe):
     score = score_fn(x, tv)
     return (x + (sigma**2).reshape((-1,) + (1,) * (x.ndim - 1)) * score) / alpha.reshape(
         (-1,) + (1,) * (x.ndim - 1)), nfe + 1
+
+
+def check_eps(eps, sde) -> None:
+    """Raises a clear ``ValueError`` unless the final time ``eps`` lies in ``(0, T)`` (traced values pass)."""
+    if isinstance(eps, jax.core.Tracer):
+        return
+    e = float(np.asarray(eps))
+    if not 0.0 < e < float(sde.T):
+        raise ValueError(f"eps={e:g} must lie in (0, T={float(sde.T):g}): the final time of the reverse "
+                         f"process (default {type(sde).__name__}: 1e-3 for VP / sub-VP, 1e-5 for VE)")
+
+
+def check_score_shape(score_fn, x) -> None:
+    """Raises a clear ``ValueError`` unless ``score_fn(x, t)`` has ``x``'s shape (checked abstractly, no compute).
+
+    A score of shape ``(B, 1)`` for a ``(B, D)`` state would otherwise broadcast silently.
+    """
+    t = jax.ShapeDtypeStruct((x.shape[0],), x.dtype)
+    out = jax.eval_shape(lambda a, b: score_fn(a, b), jax.ShapeDtypeStruct(x.shape, x.dtype), t)
+    shape = getattr(out, "shape", None)
+    if shape is None or tuple(shape) != tuple(x.shape):
+        raise ValueError(f"score_fn(x, t) returns shape {shape} for a state of shape {tuple(x.shape)}; it must "
+                         "return the state's shape (one score per element)")
