@@ -21,8 +21,10 @@ Figures (``"figure"`` key of each line; every line also carries ``device``, ``ba
 * ``consistency``: img/s of ``sample(method="consistency")`` when that method exists (skipped otherwise).
 
 Memory: ``peak_memory_gib`` is the device's ``peak_bytes_in_use`` since process start (so, within one
-run, the running maximum over the figures so far; the figures are ordered small to large), or the
-host's maximum RSS on CPU, labelled by ``peak_memory_source``.
+run, the running maximum over the figures so far: the first train line, f32 batch 128, is the one to
+hold against the reference's 11.6 GiB), or the host's maximum RSS on CPU, labelled by
+``peak_memory_source``. Train lines also carry ``program_memory_gib``, XLA's memory analysis of that
+one step program (arguments + outputs + temporaries - donated buffers), comparable across lines.
 
 The network: DDPM++ cont. (VP) for CIFAR-10, 61.8M parameters; hyper-parameters copied from the
 reference config ``score_sde/configs/vp/cifar10_ddpmpp_continuous.py`` (``configs/default_configs.py``
@@ -64,6 +66,16 @@ FULL_SIZES = dict(train_batches=(128, 512), eval_batch=256, sampler_batch=128, s
 SMOKE_SIZES = dict(train_batches=(4,), eval_batch=4, sampler_batch=4, sampler_steps=4,
                    likelihood_batch=2, likelihood_max_steps=64, timed=2)
 FIGURES = ("train", "eval", "sampler", "likelihood", "consistency")
+
+
+def _program_memory_gib(compiled):
+    """XLA's own account of one program's memory: arguments + outputs + temporaries - donated aliases."""
+    try:
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    except Exception:  # noqa: BLE001  (not every backend reports it)
+        return None
+    return round(total / 2**30, 3)
 
 
 def _median_s(fn, n):
@@ -156,7 +168,8 @@ class Suite:
                 self.emit("train", dtype=dtype, batch=batch, params=n_params, compile_s=round(compile_s, 3),
                           median_step_s=float(f"{med:.6g}"), img_per_s=round(batch / med, 2),
                           gflop_per_img=None if flops is None else float(f"{flops / batch / 1e9:.6g}"),
-                          mfu=None if peak is None or flops is None else round(flops / med / peak, 4))
+                          mfu=None if peak is None or flops is None else round(flops / med / peak, 4),
+                          program_memory_gib=_program_memory_gib(compiled))
                 del holder, state
 
     def eval(self):

@@ -10,7 +10,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = {"figure", "device", "backend", "smoke", "peak_memory_gib", "peak_memory_source"}
 KEYS = {
-    "train": COMMON | {"dtype", "batch", "params", "compile_s", "median_step_s", "img_per_s", "gflop_per_img", "mfu"},
+    "train": COMMON | {"dtype", "batch", "params", "compile_s", "median_step_s", "img_per_s", "gflop_per_img", "mfu",
+                        "program_memory_gib"},
     "eval": COMMON | {"dtype", "batch", "compile_s", "ms_per_nfe", "img_nfe_per_s", "gflop_per_img"},
     "sampler": COMMON | {"method", "batch", "nfe", "compile_s", "ms_per_nfe", "bare_loop_ms_per_nfe", "overhead_pct",
                          "img_per_s"},
@@ -64,7 +65,7 @@ def test_smoke_suite_prints_every_figure():
                        "consistency", "total"]
     train = lines[:2]
     assert [r["dtype"] for r in train] == ["float32", "bfloat16"] and all(r["mfu"] is None for r in train)
-    assert all(r["img_per_s"] > 0 and r["gflop_per_img"] > 0 for r in train)
+    assert all(r["img_per_s"] > 0 and r["gflop_per_img"] > 0 and r["program_memory_gib"] > 0 for r in train)
     samplers = {r["method"]: r for r in lines[4:6]}
     assert set(samplers) == {"pc", "dpm_solver++"}
     assert samplers["pc"]["nfe"] == 4  # 4 Euler-Maruyama steps; denoising returns the last mean (no extra NFE)
