@@ -75,7 +75,7 @@ def _program_memory_gib(compiled):
         total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
     except Exception:  # noqa: BLE001  (not every backend reports it)
         return None
-    return round(total / 2**30, 3)
+    return float(f"{total / 2**30:.4g}")
 
 
 def _median_s(fn, n):
