@@ -5,8 +5,13 @@
 * ``train``: the real jitted training step (loss, gradients, Adam, EMA) over the ``('data',)`` mesh.
 * ``nfe``: one network evaluation through the score function (the unit of sampling cost).
 
-Fields: ``device``, ``num_devices``, ``config``, ``what``, ``batch``, ``dtype``, ``params``, ``compile_s``,
-``median_step_s``, ``img_per_s``, ``peak_memory_gib`` (None where the backend does not report it).
+Fields: ``device``, ``num_devices``, ``config``, ``what``, ``batch``, ``dtype``, ``params``, ``compile_s``
+(lower + compile of the timed program), ``median_step_s``, ``img_per_s``, ``gflop_per_img`` (XLA cost
+analysis of the timed program per image: the whole train step, or the forward pass),
+``forward_gflop_per_img`` (the forward pass), ``mfu`` (model FLOP utilisation: step FLOPs / time / the
+device's peak from :data:`PEAK_FLOPS`; null where the peak is unknown, CPU included),
+``peak_memory_gib`` and ``peak_memory_source`` (``device_peak_bytes_in_use``, or ``host_max_rss``
+where the backend reports no device memory, as on CPU).
 Set ``--config.model.dtype=bfloat16`` for bf16 compute (parameters stay float32).
 """
 
@@ -33,14 +38,56 @@ flags.DEFINE_integer("batch_size", None, "Global batch (default: config.training
 flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
 
 
-def _peak_memory_gib():
+# Dense peak FLOP/s per device (no sparsity) from the vendors' data sheets: (bf16, f32). f32 is the
+# plain FP32 (non-tensor-core) rate on GPUs; TPUs have no separate f32 matmul rate, bf16 is quoted.
+PEAK_FLOPS = {
+    "H200": (989e12, 67e12),   # NVIDIA H200 SXM
+    "H100": (989e12, 67e12),   # NVIDIA H100 SXM (the PCIe card is lower: 756e12 / 51e12)
+    "A100": (312e12, 19.5e12),  # NVIDIA A100 (40/80 GB, SXM)
+    "TPU v4": (275e12, 275e12),
+    "TPU v5 lite": (197e12, 197e12),  # TPU v5e reports its device_kind as "TPU v5 lite"
+    "TPU v5e": (197e12, 197e12),
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """The device's peak FLOP/s for ``dtype`` compute from :data:`PEAK_FLOPS`, ``None`` when unknown (CPU)."""
+    kind = device_kind.upper()
+    for name, (bf16, f32) in PEAK_FLOPS.items():
+        if name.upper() in kind and not ("H100" in name and "PCIE" in kind):
+            return bf16 if "bfloat16" in dtype or dtype == "bf16" else f32
+    return None
+
+
+def cost_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled / lowered program from XLA's cost analysis (``None`` if absent)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (some backends do not implement it)
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None and flops >= 0 else None
+
+
+def peak_memory() -> tuple[float | None, str]:
+    """``(GiB, source)``: the devices' ``peak_bytes_in_use`` where reported, else this host process's
+    maximum resident set size (``ru_maxrss``), labelled so the two are never confused."""
+    import resource  # noqa: PLC0415  (POSIX only)
+
     stats = [d.memory_stats() or {} for d in jax.local_devices()]
     peaks = [s.get("peak_bytes_in_use") for s in stats if s.get("peak_bytes_in_use") is not None]
-    return round(max(peaks) / 2**30, 3) if peaks else None
+    if peaks:
+        return round(max(peaks) / 2**30, 3), "device_peak_bytes_in_use"
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return round(rss_kib / 2**20, 3), "host_max_rss"
 
 
 def run(config, *, what: str = "train", batch_size: int | None = None, steps: int = 20, config_name: str = "") -> dict:
     """Times ``what`` for ``config`` and returns the JSON record (also what the CLI prints)."""
+
+
     mesh = parallel.make_mesh()
     batch = int(batch_size or config.training.batch_size)
     parallel.check_batch_size(batch, mesh, "--batch_size")
@@ -51,6 +98,11 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
     shape = (batch,) + data_lib.data_shape(config)
     x = parallel.shard_batch(mesh, {"image": np.random.default_rng(0).standard_normal(shape).astype(np.float32)})
     key = jax.random.key(0)
+    t = parallel.shard_batch(mesh, np.full((batch,), 0.5, np.float32))
+
+    def forward_fn(p, xx, tt):
+        return builders.make_score_fn(nnx.merge(graphdef, p, rest), sde, config)(xx, tt)
+
     if what == "train":
         tx = builders.optimizer_from_config(config)
         state = parallel.replicate(mesh, train_state.init_state(params, tx))
@@ -58,6 +110,7 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, x).compile()
         compile_s = time.perf_counter() - t0
+        forward = jax.jit(forward_fn).lower(params, x["image"], t)  # cost analysis only: no compile
 
         def one(s):
             s, m = compiled(s, x)
@@ -65,16 +118,12 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
             return s
     else:
         repl = parallel.replicated_sharding(mesh)
-        t = parallel.shard_batch(mesh, np.full((batch,), 0.5, np.float32))
-
-        def nfe(p, xx, tt):
-            return builders.make_score_fn(nnx.merge(graphdef, p, rest), sde, config)(xx, tt)
-
-        fn = jax.jit(nfe, in_shardings=(repl, parallel.data_sharding(mesh), parallel.data_sharding(mesh)))
+        fn = jax.jit(forward_fn, in_shardings=(repl, parallel.data_sharding(mesh), parallel.data_sharding(mesh)))
         params = parallel.replicate(mesh, params)
         t0 = time.perf_counter()
         compiled = fn.lower(params, x["image"], t).compile()
         compile_s = time.perf_counter() - t0
+        forward = compiled
         state = params
 
         def one(s):
@@ -88,11 +137,28 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
         times.append(time.perf_counter() - t0)
     median = float(np.median(times))
     dev = jax.devices()[0]
+    dtype = str(config.model.get("dtype", "float32"))
+    kind = getattr(dev, "device_kind", dev.platform)
+    step_flops, fwd_flops = cost_flops(compiled), cost_flops(forward)
+    peak = peak_flops(kind, dtype) if dev.platform != "cpu" else None
+    memory_gib, memory_source = peak_memory()
+
+    def per_img(f):
+        return None if f is None else float(f"{f / batch / 1e9:.6g}")
+
     return {
-        "device": getattr(dev, "device_kind", dev.platform), "num_devices": jax.device_count(),
-        "config": config_name, "what": what, "batch": batch, "dtype": str(config.model.get("dtype", "float32")),
+        "device": kind, "num_devices": jax.device_count(),
+        "config": config_name, "what": what, "batch": batch, "dtype": dtype,
         "params": n_params, "compile_s": round(compile_s, 3), "median_step_s": float(f"{median:.6g}"),
-        "img_per_s": round(batch / median, 2), "peak_memory_gib": _peak_memory_gib(),
+        "img_per_s": round(batch / median, 2),
+        # XLA cost analysis of the timed program (train step or forward pass) and of the forward pass.
+        # With several devices the compiled step is the per-device program over its batch slice.
+        "gflop_per_img": per_img(None if step_flops is None else step_flops * jax.device_count()),
+        "forward_gflop_per_img": per_img(None if fwd_flops is None else fwd_flops * (
+            jax.device_count() if forward is compiled else 1)),
+        "mfu": (None if peak is None or step_flops is None
+                else round(step_flops / median / peak, 4)),  # per device: the step's FLOPs / time / peak
+        "peak_memory_gib": memory_gib, "peak_memory_source": memory_source,
     }
 
 

@@ -359,7 +359,7 @@ def _unet_common(config) -> dict:
         resamp_with_conv=m.get("resamp_with_conv", True), conditional=m.get("conditional", True),
         scale_by_sigma=m.get("scale_by_sigma", False), sigma_range=sigma_range,
         nonlinearity=m.get("nonlinearity", "swish"), num_classes=m.get("num_classes", 0),
-        dtype=m.get("dtype", "float32"))
+        dtype=m.get("dtype", "float32"), remat=bool(m.get("remat", False)))
 
 
 def _ncsnpp(config, rngs):

@@ -151,6 +151,7 @@ def get_default_configs():
     model.ema_rate = 0.9999
     model.output = ""  # (scoresde) "" = reference convention; or eps | score | x0 | v
     model.time_label = ""  # (scoresde) "" = reference convention
+    model.remat = False  # (scoresde) rematerialise each resolution level in the backward pass (less memory)
     model.dtype = "float32"  # (scoresde) compute dtype; "bfloat16" for speed (params stay float32)
 
     # optimization

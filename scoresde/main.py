@@ -25,7 +25,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from scoresde import parallel, runlog
+from scoresde import compilation, parallel, runlog
 
 # mode -> "module:function"; every function is fn(config, workdir).
 MODES = {
@@ -100,6 +100,7 @@ def main(argv):
                                FLAGS.cpu_collectives)
     fn = resolve_mode(FLAGS.mode)
     runlog.set_config_spec(_config_spec())
+    compilation.enable_compilation_cache()  # a restarted run does not compile again
     quiet = runlog.QuietStderr()
     try:
         result = fn(FLAGS.config, FLAGS.workdir)

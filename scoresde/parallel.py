@@ -132,3 +132,26 @@ def hide_accelerators_from_tensorflow() -> None:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # already initialised; visible devices can no longer change
         pass
+
+
+def prefetch_to_device(batches, mesh: Mesh, size: int = 2):
+    """Yields :func:`shard_batch` of each host batch, with ``size`` batches already transferred ahead.
+
+    ``jax.make_array_from_process_local_data`` starts an asynchronous host-to-device copy, so keeping
+    ``size`` batches in flight overlaps the transfer (and the host pipeline's next ``next()``) with
+    the step that consumes the current batch. Order and contents are those of ``batches``.
+
+    Raises:
+        ValueError: ``size < 1``.
+    """
+    import collections  # noqa: PLC0415
+    import itertools  # noqa: PLC0415
+
+    if size < 1:
+        raise ValueError(f"prefetch size must be >= 1; got {size}")
+    it = iter(batches)
+    queue = collections.deque(shard_batch(mesh, b) for b in itertools.islice(it, size))
+    while queue:
+        for b in itertools.islice(it, 1):
+            queue.append(shard_batch(mesh, b))
+        yield queue.popleft()

@@ -12,7 +12,6 @@ import json
 import math
 import os
 
-import os
 import re
 import sys
 import threading

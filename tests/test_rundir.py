@@ -6,7 +6,6 @@ NaN pixels, impossible sampler inputs, storage errors that hang, incomplete chec
 points, and unhelpful error messages.
 """
 
-import json
 import os
 import pickle
 import subprocess

@@ -8,6 +8,7 @@ the Flax reference (the PyTorch reference builds and uses it regardless; its rel
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -22,14 +23,16 @@ class DDPM(nnx.Module):
 
     Args mirror the reference's ``config.model`` / ``config.data`` fields; ``sigma_range`` =
     ``(sigma_min, sigma_max, num_scales)`` is needed only with ``scale_by_sigma``. ``num_classes > 0``
-    adds a class-label embedding (null label ``num_classes``) to the time embedding.
+    adds a class-label embedding (null label ``num_classes``) to the time embedding. ``remat=True``
+    rematerialises each resolution level in the backward pass (less memory, same outputs/gradients).
     """
 
     def __init__(self, *, image_size: int, num_channels: int = 3, centered: bool = False, nf: int = 128,
                  ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
                  conditional: bool = True, scale_by_sigma: bool = False, sigma_range=None,
-                 nonlinearity: str = "swish", num_classes: int = 0, dtype=jnp.float32, rngs: nnx.Rngs):
+                 nonlinearity: str = "swish", num_classes: int = 0, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         if scale_by_sigma and sigma_range is None:
             raise ValueError("scale_by_sigma needs sigma_range=(sigma_min, sigma_max, num_scales)")
         dtype = jnp.dtype(dtype)
@@ -40,7 +43,7 @@ class DDPM(nnx.Module):
         self.conditional, self.centered, self.scale_by_sigma = conditional, centered, scale_by_sigma
         self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]),
                                                              int(sigma_range[2]))
-        self.num_classes, self.dtype = num_classes, dtype
+        self.num_classes, self.dtype, self.remat = num_classes, dtype, bool(remat)
         temb_dim = 4 * nf
         label_rngs, rngs = rngs, layers.KeySeq(rngs.params())
         kw = dict(dtype=dtype, rngs=rngs)
@@ -104,26 +107,42 @@ class DDPM(nnx.Module):
             raise ValueError("class labels `y` given to a network built with num_classes=0")
 
         h = x if self.centered else 2 * x - 1.0
-        hs = [nxt()(h)]
-        for i_level in range(self.num_resolutions):
+        # One segment per resolution level (and the middle), rematerialised in the backward pass
+        # with ``remat`` (see :func:`scoresde.models.layers.remat_segment`).
+        seg = layers.remat_segment if self.remat else layers.plain_segment
+
+        def down_level(i_level, h, temb):
+            new_hs = []
             for _ in range(self.num_res_blocks):
-                h = block(hs[-1], temb)
+                h = block(h, temb)
                 if self.all_resolutions[i_level] in self.attn_resolutions:
                     h = nxt()(h)
-                hs.append(h)
+                new_hs.append(h)
             if i_level != self.num_resolutions - 1:
-                hs.append(nxt()(hs[-1]))
-        h = hs[-1]
-        h = block(h, temb)
-        h = nxt()(h)
-        h = block(h, temb)
-        for i_level in reversed(range(self.num_resolutions)):
-            for _ in range(self.num_res_blocks + 1):
-                h = block(jnp.concatenate([h, hs.pop().astype(h.dtype)], axis=-1), temb)
+                new_hs.append(nxt()(h))
+            return new_hs
+
+        def middle(h, temb):
+            h = block(h, temb)
+            h = nxt()(h)
+            return block(h, temb)
+
+        def up_level(i_level, h, skips, temb):
+            for skip in skips:
+                h = block(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb)
             if self.all_resolutions[i_level] in self.attn_resolutions:
                 h = nxt()(h)
             if i_level != 0:
                 h = nxt()(h)
+            return h
+
+        hs = [nxt()(h)]
+        for i_level in range(self.num_resolutions):
+            hs.extend(seg(functools.partial(down_level, i_level), hs[-1], temb))
+        h = seg(middle, hs[-1], temb)
+        for i_level in reversed(range(self.num_resolutions)):
+            skips = [hs.pop() for _ in range(self.num_res_blocks + 1)]
+            h = seg(functools.partial(up_level, i_level), h, skips, temb)
         assert not hs
         h = self.act(nxt()(h))
         h = nxt()(h)

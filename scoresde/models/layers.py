@@ -6,9 +6,10 @@ HWIO / in-out), group norms ``scale``/``bias``, the 1x1 "network-in-network" lay
 Gaussian Fourier projection ``W``. Every module class names its Linen counterpart in ``linen_name``.
 
 Mixed precision: every layer takes ``dtype`` (the compute dtype, float32 by default). Parameters stay
-float32; convolutions and the attention matmuls run in ``dtype``; group norm (statistics and output),
-the attention softmax, the residual stream and the small time-embedding MLPs stay in float32, so a
-bf16 network rounds only the inputs and outputs of its convolutions and attention products.
+float32; convolutions (FIR resampling included) and the attention matmuls run in ``dtype``; group norm
+(statistics and output), the attention logits and softmax, the residual stream and the small
+time-embedding MLPs stay in float32, so a bf16 network rounds only the inputs and outputs of its
+convolutions and attention products. ``tests/test_precision_hlo.py`` checks this on the lowered HLO.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def channel_vector(v, ndim: int):
     return v.reshape((1,) * (ndim - 1) + (v.shape[0],))
 
 
+def add_bias(y, bias):
+    """``y + bias`` over the last axis, added in float32 and returned in ``y``'s dtype.
+
+    In bf16 the sum is rounded once; more to the point, the bias gradient, a sum over batch and
+    pixels, is then accumulated in float32 (a bf16 bias would be summed over ``B*H*W`` terms in bf16).
+    """
+    return (y.astype(jnp.float32) + channel_vector(bias, y.ndim)).astype(y.dtype)
+
+
 def group_norm_groups(channels: int) -> int:
     """NCSN++/DDPM++ group count ``min(C // 4, 32)``."""
     return min(channels // 4, 32)
@@ -84,7 +94,7 @@ class Conv(nnx.Module):
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride), "SAME",
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + channel_vector(self.bias[...].astype(self.dtype), y.ndim)
+        return add_bias(y, self.bias[...])
 
 
 class Dense(nnx.Module):
@@ -99,7 +109,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x):
         y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
-        return y + channel_vector(self.bias[...].astype(self.dtype), y.ndim)
+        return add_bias(y, self.bias[...])
 
 
 class NIN(nnx.Module):
@@ -115,7 +125,7 @@ class NIN(nnx.Module):
 
     def __call__(self, x):
         y = x.astype(self.dtype) @ self.W[...].astype(self.dtype)
-        return y + channel_vector(self.b[...].astype(self.dtype), y.ndim)
+        return add_bias(y, self.b[...])
 
 
 class GroupNorm(nnx.Module):
@@ -196,12 +206,13 @@ class AttnBlockpp(nnx.Module):
     def __call__(self, x):
         b, h, w, c = x.shape
         hn = self.GroupNorm_0(x)
-        q = self.NIN_0(hn).reshape(b, h * w, c)
-        k = self.NIN_1(hn).reshape(b, h * w, c)
-        v = self.NIN_2(hn).reshape(b, h * w, c)
-        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (c ** -0.5)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bij,bjc->bic", weights, v).reshape(b, h, w, c)
+        # One head over all h*w pixels: (B, T, N=1, C). jax.nn.dot_product_attention scales the logits by
+        # C^-1/2 (the reference's), forms them and the softmax in float32 and, on GPU, dispatches to
+        # cuDNN's fused attention where the shape and dtype allow (XLA otherwise).
+        q = self.NIN_0(hn).reshape(b, h * w, 1, c)
+        k = self.NIN_1(hn).reshape(b, h * w, 1, c)
+        v = self.NIN_2(hn).reshape(b, h * w, 1, c)
+        out = jax.nn.dot_product_attention(q, k, v).reshape(b, h, w, c)
         out = self.NIN_3(out)
         y = x.astype(jnp.float32) + out.astype(jnp.float32)
         return y / math.sqrt(2.0) if self.skip_rescale else y
@@ -239,3 +250,19 @@ def module_walk(all_modules, *, train: bool, key):
         return mod(h, temb, key=None if key is None else jax.random.fold_in(key, i))
 
     return nxt, block, mods
+
+
+def plain_segment(fn, *args):
+    """``fn(*args)``: a U-Net segment run as is (see :func:`remat_segment`)."""
+    return fn(*args)
+
+
+
+def remat_segment(fn, *args):
+    """``fn(*args)`` under ``jax.checkpoint``: its activations are recomputed in the backward pass.
+
+    A U-Net wraps one resolution level in each call. ``fn`` draws its modules from the network's
+    module walk while it is traced, which ``jax.checkpoint`` does exactly once (the walk's final
+    "out of sync" check would catch a second trace).
+    """
+    return jax.checkpoint(fn)(*args)

@@ -25,7 +25,7 @@ class Upsample(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int | None = None, *, with_conv: bool = False, fir: bool = False,
                  fir_kernel=(1, 3, 3, 1), dtype=jnp.float32, rngs: nnx.Rngs):
         out_ch = out_ch or in_ch
-        self.fir, self.with_conv, self.fir_kernel = fir, with_conv, tuple(fir_kernel)
+        self.fir, self.with_conv, self.fir_kernel, self.dtype = fir, with_conv, tuple(fir_kernel), dtype
         if with_conv and not fir:
             self.Conv_0 = Conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)
         elif with_conv:
@@ -40,7 +40,7 @@ class Upsample(nnx.Module):
             return self.Conv_0(h) if self.with_conv else h
         if self.with_conv:
             return self.Conv2d_0(x)
-        return updown.upsample_2d(x, self.fir_kernel)
+        return updown.upsample_2d(x.astype(self.dtype), self.fir_kernel)  # the FIR filter is a convolution
 
 
 class Downsample(nnx.Module):
@@ -51,7 +51,7 @@ class Downsample(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int | None = None, *, with_conv: bool = False, fir: bool = False,
                  fir_kernel=(1, 3, 3, 1), dtype=jnp.float32, rngs: nnx.Rngs):
         out_ch = out_ch or in_ch
-        self.fir, self.with_conv, self.fir_kernel = fir, with_conv, tuple(fir_kernel)
+        self.fir, self.with_conv, self.fir_kernel, self.dtype = fir, with_conv, tuple(fir_kernel), dtype
         if with_conv and not fir:
             self.Conv_0 = Conv(in_ch, out_ch, 3, stride=2, dtype=dtype, rngs=rngs)
         elif with_conv:
@@ -66,7 +66,7 @@ class Downsample(nnx.Module):
             return self.Conv_0(x) if self.with_conv else updown.naive_downsample_2d(x)
         if self.with_conv:
             return self.Conv2d_0(x)
-        return updown.downsample_2d(x, self.fir_kernel)
+        return updown.downsample_2d(x.astype(self.dtype), self.fir_kernel)  # the FIR filter is a convolution
 
 
 class Combine(nnx.Module):
@@ -157,9 +157,13 @@ class ResnetBlockBigGANpp(nnx.Module):
             self.Conv_2 = Conv(in_ch, out_ch, 1, dtype=dtype, rngs=rngs)
         self.act, self.rate, self.skip_rescale = act, dropout, skip_rescale
         self.up, self.down, self.fir, self.fir_kernel = up, down, fir, tuple(fir_kernel)
-        self.has_temb = temb_dim is not None
+        self.has_temb, self.dtype = temb_dim is not None, dtype
 
     def _resample(self, x):
+        # Into the compute dtype first: the FIR filter is a convolution, and both resampled tensors go
+        # straight into a convolution (Conv_0 / Conv_2) that would round them to ``dtype`` anyway.
+        if self.fir and (self.up or self.down):
+            x = x.astype(self.dtype)
         if self.up:
             return updown.upsample_2d(x, self.fir_kernel) if self.fir else updown.naive_upsample_2d(x)
         if self.down:

@@ -12,6 +12,7 @@ embedding, and bf16 compute (``dtype``).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -46,6 +47,9 @@ class NCSNpp(nnx.Module):
     Args mirror the reference's ``config.model`` fields; in addition ``image_size``, ``num_channels``
     and ``centered`` come from ``config.data``, ``sigmas`` is the discrete σ table used by
     ``scale_by_sigma`` with positional embeddings (the output is divided by ``sigmas[int(label)]``).
+    ``remat=True`` rematerialises each resolution level in the backward pass (``jax.checkpoint``):
+    less activation memory for about one more forward pass of compute; outputs and gradients are
+    unchanged.
     """
 
     def __init__(self, *, image_size: int, num_channels: int = 3, centered: bool = False, nf: int = 128,
@@ -56,7 +60,7 @@ class NCSNpp(nnx.Module):
                  progressive_input: str = "none", progressive_combine: str = "sum",
                  embedding_type: str = "positional", fourier_scale: float = 16.0, init_scale: float = 0.0,
                  scale_by_sigma: bool = False, sigma_range=None, nonlinearity: str = "swish",
-                 num_classes: int = 0, dtype=jnp.float32, rngs: nnx.Rngs):
+                 num_classes: int = 0, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
         resblock_type, progressive = resblock_type.lower(), progressive.lower()
         progressive_input, progressive_combine = progressive_input.lower(), progressive_combine.lower()
         embedding_type = embedding_type.lower()
@@ -75,7 +79,7 @@ class NCSNpp(nnx.Module):
         self.conditional, self.centered, self.scale_by_sigma = conditional, centered, scale_by_sigma
         self.resblock_type, self.embedding_type = resblock_type, embedding_type
         self.progressive, self.progressive_input = progressive, progressive_input
-        self.skip_rescale, self.num_classes, self.dtype = skip_rescale, num_classes, dtype
+        self.skip_rescale, self.num_classes, self.dtype, self.remat = skip_rescale, num_classes, dtype, bool(remat)
         self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]),
                                                              int(sigma_range[2]))
         temb_dim = nf * 4
@@ -212,32 +216,36 @@ class NCSNpp(nnx.Module):
             x = 2 * x - 1.0
         input_pyramid = x if self.progressive_input != "none" else None
 
-        hs = [nxt()(x)]
-        for i_level in range(self.num_resolutions):
+        # Each resolution level (and the middle) is one segment; with ``remat`` its activations are
+        # recomputed in the backward pass instead of stored (only the skip connections are kept).
+        seg = layers.remat_segment if self.remat else layers.plain_segment
+
+        def down_level(i_level, h, input_pyramid, temb):
+            new_hs = []
             for _ in range(self.num_res_blocks):
-                h = block(hs[-1], temb)
+                h = block(h, temb)
                 if self.all_resolutions[i_level] in self.attn_resolutions:
                     h = nxt()(h)
-                hs.append(h)
+                new_hs.append(h)
             if i_level != self.num_resolutions - 1:
-                h = nxt()(hs[-1]) if self.resblock_type == "ddpm" else block(hs[-1], temb)
+                h = nxt()(h) if self.resblock_type == "ddpm" else block(h, temb)
                 if self.progressive_input == "input_skip":
                     input_pyramid = nxt()(input_pyramid)
                     h = nxt()(input_pyramid, h)
                 elif self.progressive_input == "residual":
                     input_pyramid = self._skip(nxt()(input_pyramid), h)
                     h = input_pyramid
-                hs.append(h)
+                new_hs.append(h)
+            return new_hs, input_pyramid
 
-        h = hs[-1]
-        h = block(h, temb)
-        h = nxt()(h)
-        h = block(h, temb)
+        def middle(h, temb):
+            h = block(h, temb)
+            h = nxt()(h)
+            return block(h, temb)
 
-        pyramid = None
-        for i_level in reversed(range(self.num_resolutions)):
-            for _ in range(self.num_res_blocks + 1):
-                h = block(jnp.concatenate([h, hs.pop().astype(h.dtype)], axis=-1), temb)
+        def up_level(i_level, h, skips, pyramid, temb):
+            for skip in skips:
+                h = block(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb)
             if self.all_resolutions[i_level] in self.attn_resolutions:
                 h = nxt()(h)
             if self.progressive != "none":
@@ -253,6 +261,19 @@ class NCSNpp(nnx.Module):
                     h = pyramid
             if i_level != 0:
                 h = nxt()(h) if self.resblock_type == "ddpm" else block(h, temb)
+            return h, pyramid
+
+        hs = [nxt()(x)]
+        for i_level in range(self.num_resolutions):
+            new_hs, input_pyramid = seg(functools.partial(down_level, i_level), hs[-1], input_pyramid, temb)
+            hs.extend(new_hs)
+
+        h = seg(middle, hs[-1], temb)
+
+        pyramid = None
+        for i_level in reversed(range(self.num_resolutions)):
+            skips = [hs.pop() for _ in range(self.num_res_blocks + 1)]
+            h, pyramid = seg(functools.partial(up_level, i_level), h, skips, pyramid, temb)
         assert not hs
 
         if self.progressive == "output_skip":

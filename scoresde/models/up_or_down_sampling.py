@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scoresde.models.layers import channel_vector, default_init
+from scoresde.models.layers import add_bias, default_init
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -122,4 +122,4 @@ class Conv2d(nnx.Module):
             y = conv_downsample_2d(x, w, self.resample_kernel)
         else:
             y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DN)
-        return y + channel_vector(self.bias[...].astype(self.dtype), 4)
+        return add_bias(y, self.bias[...])
