@@ -13,6 +13,8 @@ Examples:
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 
 import jax
@@ -144,9 +146,6 @@ def prefetch_to_device(batches, mesh: Mesh, size: int = 2):
     Raises:
         ValueError: ``size < 1``.
     """
-    import collections  # noqa: PLC0415
-    import itertools  # noqa: PLC0415
-
     if size < 1:
         raise ValueError(f"prefetch size must be >= 1; got {size}")
     it = iter(batches)

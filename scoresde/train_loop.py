@@ -99,10 +99,12 @@ def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n
     prev_run = None
     preempted = False
     step = start
+    # two batches in flight: the host pipeline and the copy to the device overlap the step
+    device_batches = parallel.prefetch_to_device(batches, mesh, size=2)
     try:
         with Preemption() as preempt:
             while step < n_iters:
-                batch = parallel.shard_batch(mesh, next(batches))
+                batch = next(device_batches)
                 state, metrics = step_fn(state, batch)
                 step += 1
                 steps_since += 1
