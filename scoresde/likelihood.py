@@ -50,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 
 # encode/decode (latent interpolation) are the samplers' probability-flow ODE, re-exported: one implementation.
 from scoresde.sampling import decode, encode
-from scoresde.sampling.grids import check_score_shape
+from scoresde.sampling.grids import ShapeCheckedScore
 from scoresde.sde import probability_flow_drift
 
 Array = jax.Array
@@ -213,7 +213,7 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
         raise ValueError(f"n_probes must be >= 1; got {n_probes}")
     if not 0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T={sde.T}); got {eps}")
-    check_score_shape(score_fn, x)
+    score_fn = ShapeCheckedScore(score_fn)  # checked as it is traced: no cost per call
     drift1 = _single(functools.partial(probability_flow_drift, score_fn, sde))
     keys = jax.random.split(key, x.shape[0])
 

@@ -67,7 +67,7 @@ import jax.numpy as jnp
 from scoresde import sde as sde_lib
 from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic
 from scoresde.sampling.grids import (  # noqa: F401 (score_call re-exported)
-    GRIDS, alpha_vanishes_at_T, check_eps, check_score_shape, denoiser_call, score_call, time_grid)
+    GRIDS, ShapeCheckedScore, alpha_vanishes_at_T, check_eps, denoiser_call, score_call, time_grid)
 from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
@@ -215,7 +215,7 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
             raise ValueError(f"x_init has shape {x_init.shape}; expected {shape}")
         x = x_init
     eps = eps.astype(x.dtype)
-    check_score_shape(score_fn, x)  # at trace time only: no cost per call
+    score_fn = ShapeCheckedScore(score_fn)  # checked as it is traced: no cost per call
     nfe = jnp.zeros((), jnp.int32)
     ok = jnp.array(True)
     denoise = opts.pop("denoise")

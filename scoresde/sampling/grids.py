@@ -118,14 +118,26 @@ def check_eps(eps, sde) -> None:
                          f"process (default {type(sde).__name__}: 1e-3 for VP / sub-VP, 1e-5 for VE)")
 
 
-def check_score_shape(score_fn, x) -> None:
-    """Raises a clear ``ValueError`` unless ``score_fn(x, t)`` has ``x``'s shape (checked abstractly, no compute).
+class ShapeCheckedScore:
+    """``score_fn`` that raises a clear ``ValueError`` when its output's shape is not the state's.
 
+    The check runs when the wrapped function is traced (shapes are static), so it costs nothing per call and
+    adds no trace of its own. Attributes (e.g. a model's ``denoiser``) are those of the wrapped function.
     A score of shape ``(B, 1)`` for a ``(B, D)`` state would otherwise broadcast silently.
     """
-    t = jax.ShapeDtypeStruct((x.shape[0],), x.dtype)
-    out = jax.eval_shape(lambda a, b: score_fn(a, b), jax.ShapeDtypeStruct(x.shape, x.dtype), t)
-    shape = getattr(out, "shape", None)
-    if shape is None or tuple(shape) != tuple(x.shape):
-        raise ValueError(f"score_fn(x, t) returns shape {shape} for a state of shape {tuple(x.shape)}; it must "
-                         "return the state's shape (one score per element)")
+
+    def __init__(self, score_fn):
+        self.score_fn = score_fn
+
+    def __call__(self, x, t):
+        out = self.score_fn(x, t)
+        shape = getattr(out, "shape", None)
+        if shape is None or tuple(shape) != tuple(x.shape):
+            raise ValueError(f"score_fn(x, t) returns shape {shape} for a state of shape {tuple(x.shape)}; it "
+                             "must return the state's shape (one score per element)")
+        return out
+
+    def __getattr__(self, name):
+        if name == "score_fn":
+            raise AttributeError(name)
+        return getattr(self.score_fn, name)
