@@ -15,6 +15,8 @@ What lives here:
   :func:`load_classifier`: networks from their config sections, and from a workdir's checkpoints.
 * :func:`sampler_from_config`, :func:`guided_score_fn`, :func:`make_sample_fn`: sampling from
   ``config.sampling``.
+* Latent diffusion: :func:`get_autoencoder`, :class:`AutoencoderTrainee`, the autoencoder record,
+  :func:`model_data_shape`, :func:`load_latent_space`, :func:`batch_transform` (``config.latent``).
 """
 
 from __future__ import annotations

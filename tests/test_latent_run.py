@@ -167,3 +167,20 @@ def test_latent_model_lowers_its_loss_and_reports_likelihood_terms(ae_workdir, t
     assert terms["offset_bpd"] == pytest.approx(7.0, abs=1e-4)  # 8 bits, centred scaler 2u - 1: 8 - log2(2)
     assert np.isfinite(report["latent_nll_bpd"]) and report["N"] == config.eval.batch_size
     assert os.path.exists(os.path.join(workdir, "likelihood", "bpd_test_latent.json"))
+
+
+@pytest.mark.parametrize("name", ["digits_ae", "digits_ldm", "digits_ldm_cond", "cifar10_ae", "cifar10_ldm"])
+def test_latent_configs_have_a_command_and_a_smoke_variant(name):
+    from conftest import config_module
+
+    module = config_module(name)
+    assert f"python -m scoresde.main --config=configs/{name}.py" in module.__doc__
+    config, smoke = module.get_config(), module.get_config("smoke")
+    assert smoke.training.n_iters <= 3 and smoke.training.batch_size <= 64
+    if name.endswith("_ae"):
+        assert config.autoencoder.f in (1, 2, 4, 8) and smoke.autoencoder.n_iters <= 3
+        assert not config.latent.autoencoder_workdir
+    else:
+        assert config.latent.autoencoder_workdir and config.latent.use_posterior_mean
+    if name == "digits_ldm_cond":
+        assert config.model.num_classes == 10 and config.training.p_uncond > 0 and config.sampling.guidance == "cfg"
