@@ -28,6 +28,8 @@ def get_config(variant=None):
     config.data.image_size = 16  # the autoencoder's images; the score model sees its 8x8x2 latents
     config.data.centered = True
     config.latent.autoencoder_workdir = "runs/digits_ae"
+    t = config.training
+    t.n_iters, t.snapshot_freq, t.eval_freq = 1000, 1000, 500  # BENCHMARKS.md "Latent diffusion" ran these
     config.latent.use_posterior_mean = True
     config.eval.bpd_num_repeats = 1
     return base.apply_variants(config, variant, {"smoke": smoke}, "digits_ldm")
