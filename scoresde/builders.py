@@ -15,6 +15,8 @@ What lives here:
   :func:`load_classifier`: networks from their config sections, and from a workdir's checkpoints.
 * :func:`sampler_from_config`, :func:`guided_score_fn`, :func:`make_sample_fn`: sampling from
   ``config.sampling``.
+* Latent diffusion: :func:`get_autoencoder`, :class:`AutoencoderTrainee`, the autoencoder record,
+  :func:`model_data_shape`, :func:`load_latent_space`, :func:`batch_transform` (``config.latent``).
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ PURPOSE = {
     "fid": 8,            # root -> the FID mode's sample rounds
     "classifier": 11,    # root -> classifier training
     "classifier_eval": 12,  # root -> classifier test accuracy noise
+    "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch (issue 15)
 }
 
 
@@ -342,18 +345,19 @@ def _mlp(config, rngs):
     from scoresde.models.mlp import MLPScore
 
     m = config.model
-    return MLPScore(math.prod(data_lib.data_shape(config)), hidden=m.get("hidden", 128), num_layers=m.get("num_layers", 3),
+    return MLPScore(math.prod(model_data_shape(config)), hidden=m.get("hidden", 128), num_layers=m.get("num_layers", 3),
                     embed_dim=m.get("embed_dim", 64), num_classes=m.get("num_classes", 0), rngs=rngs)
 
 
 def _unet_common(config) -> dict:
     """Keyword arguments shared by the image U-Nets, read from the reference's config fields."""
     m, d = config.model, config.data
+    size, _, channels = model_data_shape(config)  # a latent model works on the autoencoder's latent grid
     sigma_range = None
     if m.get("scale_by_sigma", False):
         sigma_range = (m.get("sigma_min", 0.01), m.get("sigma_max", 50.0), m.get("num_scales", 1000))
     return dict(
-        image_size=d.image_size, num_channels=d.get("num_channels", 3), centered=d.get("centered", False),
+        image_size=size, num_channels=channels, centered=d.get("centered", False) or is_latent(config),
         nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
         attn_resolutions=tuple(m.attn_resolutions), dropout=m.get("dropout", 0.1),
         resamp_with_conv=m.get("resamp_with_conv", True), conditional=m.get("conditional", True),
@@ -405,7 +409,7 @@ def build_model(config, *, seed: int):
         ValueError: if the network cannot take the configured data shape.
     """
     model = get_model(config, rngs=nnx.Rngs(seed))
-    shape = (1,) + data_lib.data_shape(config)
+    shape = (1,) + model_data_shape(config)
     try:
         out = jax.eval_shape(lambda x, t: model(x, t), jax.ShapeDtypeStruct(shape, jnp.float32),
                              jax.ShapeDtypeStruct((1,), jnp.float32))
@@ -644,8 +648,12 @@ def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, cla
     ``guidance_scale`` overrides ``config.sampling.guidance_scale`` as a traced value. Classifier
     guidance needs ``classifier``; without one (snapshots during training) sampling is unguided.
     """
-    shape = (num_samples,) + data_lib.data_shape(config)
-    sampler = sampler_from_config(config, sde, shape, data_lib.get_data_inverse_scaler(config), sampling_eps(sde))
+    shape = (num_samples,) + model_data_shape(config)
+    inverse_scaler = data_lib.get_data_inverse_scaler(config)
+    if is_latent(config):  # latent samples are decoded to images in [0, 1]
+        space, to_unit = load_latent_space(config, mesh), inverse_scaler
+        inverse_scaler = lambda z: to_unit(space.decode(z))  # noqa: E731
+    sampler = sampler_from_config(config, sde, shape, inverse_scaler, sampling_eps(sde))
     unguided = classifier is None and str(config.sampling.get("guidance", "none")).lower() == "classifier"
 
     def fn(params, key, guidance_scale=None):
@@ -682,3 +690,178 @@ def reference_stats_path(config, workdir: str, split: str | None = None) -> str:
     split = split or config.eval.get("stats_split", "train")
     name = f"{str(config.data.dataset).lower()}_{split}_{int(config.data.image_size)}.npz"
     return os.path.join(workdir, "fid_stats", name)
+
+
+# ----------------------------------------------------------------------------------------------- latent
+# Latent diffusion (issue 15). ``config.autoencoder`` builds the KL autoencoder that --mode=train_autoencoder
+# trains in its own workdir; that run ends by writing AUTOENCODER_RECORD (scale factor, decoder std, the
+# checkpoint step they belong to, shapes, the autoencoder section). ``config.latent.autoencoder_workdir``
+# then turns any training config into a latent one: the score model's data shape is the latent shape
+# (:func:`model_data_shape`), every training batch is encoded on the device inside the jitted step
+# (:func:`batch_transform`), and :func:`make_sample_fn` decodes samples to images in [0, 1].
+
+AUTOENCODER_RECORD = "autoencoder.json"
+
+
+def get_autoencoder(section, image_shape, *, rngs: nnx.Rngs):
+    """The :class:`~scoresde.models.autoencoder.AutoencoderKL` of a ``config.autoencoder`` section for ``(H, W, C)`` images."""
+    from scoresde.models.autoencoder import AutoencoderKL  # noqa: PLC0415
+
+    ch_mult = tuple(section.get("ch_mult", ()) or ()) or None
+    return AutoencoderKL(in_channels=int(image_shape[-1]), latent_channels=int(section.latent_channels),
+                         downsample_factor=int(section.f), base_width=int(section.get("base_width", 64)),
+                         num_res_blocks=int(section.get("num_res_blocks", 2)), ch_mult=ch_mult, rngs=rngs)
+
+
+class AutoencoderTrainee(nnx.Module):
+    """What ``--mode=train_autoencoder`` trains and checkpoints: ``ae`` and, if configured, ``disc``.
+
+    One module, so that the parameters are one state (``ae/...``, ``disc/...``) that the shared training
+    state, checkpoints and EMA handle as they handle a score network.
+    """
+
+    def __init__(self, section, image_shape, *, rngs: nnx.Rngs):
+        from scoresde.models.autoencoder import PatchDiscriminator  # noqa: PLC0415
+
+        self.ae = get_autoencoder(section, image_shape, rngs=rngs)
+        self.disc = None
+        if bool(section.get("discriminator", False)):
+            self.disc = PatchDiscriminator(int(image_shape[-1]), base_width=int(section.get("disc_width", 64)),
+                                           num_layers=int(section.get("disc_layers", 3)), rngs=rngs)
+
+
+def autoencoder_record_path(workdir: str) -> str:
+    """``workdir/autoencoder.json``: the scale factor and decoder std of a trained autoencoder."""
+    return os.path.join(workdir, AUTOENCODER_RECORD)
+
+
+def write_autoencoder_record(workdir: str, record: dict) -> str:
+    """Writes the record atomically (a reader sees the old file or the whole new one); returns its path."""
+    path = autoencoder_record_path(workdir)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def read_autoencoder_record(workdir: str) -> dict:
+    """The record of a trained autoencoder.
+
+    Raises:
+        FileNotFoundError: the autoencoder run has not finished (no record), with the command that makes one.
+    """
+    path = autoencoder_record_path(workdir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no {AUTOENCODER_RECORD} in config.latent.autoencoder_workdir={workdir!r}; train the autoencoder "
+            f"first (python -m scoresde.main --config=<its config> --workdir={workdir} --mode=train_autoencoder)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_latent(config) -> bool:
+    """Whether ``config`` is a latent model (``config.latent.autoencoder_workdir`` is set)."""
+    section = config.get("latent", None)
+    return bool(section is not None and section.get("autoencoder_workdir", ""))
+
+
+def _checked_record(config) -> dict:
+    record = read_autoencoder_record(str(config.latent.autoencoder_workdir))
+    shape, centered = list(data_lib.data_shape(config)), bool(config.data.get("centered", False))
+    if list(record["image_shape"]) != shape or bool(record["centered"]) != centered:
+        raise ValueError(f"the autoencoder in {config.latent.autoencoder_workdir!r} was trained on images of shape "
+                         f"{record['image_shape']} (centered={record['centered']}); this config's data are "
+                         f"{shape} (centered={centered}): set config.data to match")
+    return record
+
+
+def model_data_shape(config) -> tuple[int, ...]:
+    """The shape the score model sees: the latent shape of a latent config, else :func:`scoresde.data.data_shape`."""
+    if is_latent(config):
+        return tuple(int(s) for s in _checked_record(config)["latent_shape"])
+    return data_lib.data_shape(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSpace:
+    """A frozen, trained autoencoder and its scale factor ``c`` (``ẑ = c z``), loaded by :func:`load_latent_space`.
+
+    Parameters are replicated over the mesh and closed over by the jitted functions that use them.
+    """
+
+    graphdef: object
+    params: object
+    rest: object
+    scale_factor: float
+    decoder_std: float
+    step: int
+    image_shape: tuple
+    latent_shape: tuple
+    use_posterior_mean: bool = True
+
+    def autoencoder(self):
+        return nnx.merge(self.graphdef, self.params, self.rest).ae
+
+    def encoder_fn(self, x):
+        """``(mean, logvar)`` of ``q(z | x)`` (unscaled) for data ``x`` in the model's space."""
+        return self.autoencoder().encode(x)
+
+    def decoder_fn(self, z):
+        """Data (model space) of unscaled latents ``z``."""
+        return self.autoencoder().decode(z)
+
+    def encode(self, x, key=None):
+        """Scaled latents of ``x``: the posterior mean, or a posterior sample if ``use_posterior_mean`` is off."""
+        from scoresde import latent  # noqa: PLC0415
+
+        return latent.encode(self.encoder_fn, x, self.scale_factor, key=None if self.use_posterior_mean else key)
+
+    def decode(self, z_scaled):
+        """Data (model space) of scaled latents (e.g. a latent model's samples)."""
+        from scoresde import latent  # noqa: PLC0415
+
+        return latent.decode(self.decoder_fn, z_scaled, self.scale_factor)
+
+
+_LATENT_CACHE: dict = {}
+
+
+def load_latent_space(config, mesh=None) -> LatentSpace:
+    """The frozen autoencoder of ``config.latent.autoencoder_workdir`` (EMA weights of its recorded step).
+
+    Raises:
+        FileNotFoundError: no record or no checkpoint in the autoencoder's workdir.
+        ValueError: the record belongs to another checkpoint than the newest, or the data do not match.
+    """
+    workdir = os.path.abspath(str(config.latent.autoencoder_workdir))
+    record = _checked_record(config)
+    mesh = mesh or parallel.make_mesh()
+    cache_key = (workdir, record["step"], record["scale_factor"], tuple(d.id for d in mesh.devices.flat))
+    if cache_key not in _LATENT_CACHE:
+        section = ml_collections.ConfigDict(record["autoencoder"])
+        shape = tuple(record["image_shape"])
+        model = nnx.eval_shape(lambda: AutoencoderTrainee(section, shape, rngs=nnx.Rngs(0)))
+        model, step = _restore_params(workdir, model, ema=True, what="autoencoder")
+        if step != int(record["step"]):
+            raise ValueError(f"{autoencoder_record_path(workdir)} belongs to step {record['step']} but the newest "
+                             f"checkpoint is step {step}; rerun --mode=train_autoencoder there to finish the run")
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        _LATENT_CACHE.clear()  # one autoencoder at a time
+        _LATENT_CACHE[cache_key] = (graphdef, parallel.replicate(mesh, params), rest)
+    graphdef, params, rest = _LATENT_CACHE[cache_key]
+    return LatentSpace(graphdef, params, rest, float(record["scale_factor"]), float(record["decoder_std"]),
+                       int(record["step"]), tuple(record["image_shape"]), tuple(record["latent_shape"]),
+                       bool(config.latent.get("use_posterior_mean", True)))
+
+
+def batch_transform(config, mesh=None) -> Callable:
+    """``fn(batch, key) -> batch`` applied inside the jitted train / eval step.
+
+    For a latent config it replaces ``batch["image"]`` by its scaled latents (posterior mean, or a draw with
+    ``key`` when ``config.latent.use_posterior_mean`` is off); otherwise it is the identity.
+    """
+    if not is_latent(config):
+        return lambda batch, key: batch
+    space = load_latent_space(config, mesh)
+    return lambda batch, key: {**batch, "image": space.encode(batch["image"], key)}

@@ -164,6 +164,11 @@ def get_default_configs():
     optim.warmup = 5000
     optim.grad_clip = 1.0
 
+    # (scoresde) latent diffusion (issue 15): a trained autoencoder's workdir turns the config into a latent one
+    config.latent = latent = ml_collections.ConfigDict()
+    latent.autoencoder_workdir = ""  # "" = pixel space; else the workdir of a --mode=train_autoencoder run
+    latent.use_posterior_mean = True  # encode training batches by the posterior mean (False: a posterior sample)
+
     config.seed = 42
     return config
 
@@ -277,4 +282,49 @@ def add_classifier(config, name, num_classes, **fields):
     c.tensorboard = False
     for k, v in fields.items():
         c[k] = v
+    return config
+
+
+def add_autoencoder(config, **fields):
+    """``config.autoencoder``: the KL autoencoder and its training for ``--mode=train_autoencoder`` (issue 15).
+
+    Architecture (:class:`scoresde.models.autoencoder.AutoencoderKL`): ``latent_channels``, ``f`` (downsampling
+    factor 1/2/4/8), ``base_width``, ``num_res_blocks``, ``ch_mult`` (``()`` = the model's default). Loss
+    (:func:`scoresde.latent.autoencoder_loss`): ``reconstruction`` (l1 | l2), ``kl_weight`` (β). Optional patch
+    discriminator (``discriminator``, ``disc_start``, ``disc_weight``, ``disc_lr``, ``disc_width``,
+    ``disc_layers``, ``max_adaptive_weight``) with its own Adam. Training: ``n_iters``, ``batch_size``, ``lr``,
+    ``warmup``, ``grad_clip``, ``ema_rate`` (0: no EMA), ``log_freq``, ``eval_freq``, ``snapshot_freq``,
+    ``scale_num_examples`` (training examples the latent scale factor and decoder std are computed on).
+    """
+    a = config.autoencoder = ml_collections.ConfigDict()
+    a.latent_channels = 4
+    a.f = 4
+    a.base_width = 64
+    a.num_res_blocks = 2
+    a.ch_mult = ()
+    a.reconstruction = "l1"
+    a.kl_weight = 1e-6
+    a.discriminator = False
+    a.disc_start = 50001
+    a.disc_weight = 0.5
+    a.disc_lr = 0.0  # 0 = a.lr
+    a.disc_width = 64
+    a.disc_layers = 3
+    a.max_adaptive_weight = 1e4
+    a.n_iters = 100000
+    a.batch_size = config.training.batch_size
+    a.lr = 4.5e-6 * config.training.batch_size  # LDM: base_learning_rate 4.5e-6 scaled by the batch size
+    a.beta1 = 0.5  # LDM's Adam betas (0.5, 0.9)
+    a.beta2 = 0.9
+    a.warmup = 0
+    a.grad_clip = -1.0
+    a.ema_rate = 0.0
+    a.log_freq = 50
+    a.eval_freq = 500
+    a.snapshot_freq = 5000
+    a.scale_num_examples = 1024
+    a.max_nonfinite = 10
+    a.tensorboard = True
+    for k, v in fields.items():
+        a[k] = v
     return config

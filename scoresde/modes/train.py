@@ -29,8 +29,11 @@ def make_train_step(config, sde, graphdef, rest, tx, mesh, key):
     max_nonfinite = int(config.training.get("max_nonfinite", 10))
     schedule = builders.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
 
+    to_model_space = builders.batch_transform(config, mesh)  # a latent model encodes its batch here
+
     def step_fn(state, batch):
         step_key = jax.random.fold_in(key, state["step"])
+        batch = to_model_space(batch, builders.purpose_key(step_key, "latent_encode"))
         k_loss, k_drop = jax.random.split(step_key)
         y = builders.class_labels(config, batch, builders.purpose_key(step_key, "label_dropout"))
 
@@ -51,7 +54,10 @@ def make_eval_step(config, sde, graphdef, rest, mesh, key):
     """The jitted ``eval_step(ema_params, batch, step) -> loss`` (EMA parameters, as the reference)."""
     loss_fn = builders.make_loss_fn(config, sde)
 
+    to_model_space = builders.batch_transform(config, mesh)
+
     def eval_fn(params, batch, step):
+        batch = to_model_space(batch, builders.purpose_key(jax.random.fold_in(key, step), "latent_encode"))
         model = nnx.merge(graphdef, params, rest)
         return loss_fn(lambda x, labels: model(x, labels), batch["image"], jax.random.fold_in(key, step))[0]
 

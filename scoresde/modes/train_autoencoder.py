@@ -1,0 +1,272 @@
+"""``--mode=train_autoencoder``: trains the KL autoencoder of ``config.autoencoder``, the first stage of latent diffusion.
+
+The same training system as ``--mode=train`` (:mod:`scoresde.train_state`, :mod:`scoresde.train_loop`): one
+jitted step over a ``('data',)`` mesh, randomness ``fold_in(key, step)``, exact resume from the newest
+checkpoint, a checkpoint on SIGTERM, ``workdir/metrics.jsonl`` (``loss``, ``reconstruction``, ``kl``, ``psnr``,
+and with a discriminator ``generator``, ``adversarial_weight``, ``disc_loss``; every ``eval_freq`` steps the
+held-out ``eval_reconstruction`` / ``eval_psnr``), and reconstruction grids ``workdir/samples/recon_<step>.png``
+(odd rows: held-out digits, even rows: their reconstructions).
+
+The loss is :func:`scoresde.latent.autoencoder_loss` (reconstruction + β·KL, optional adversarial term); the
+optional patch discriminator (``config.autoencoder.discriminator``) has its own Adam (``disc_lr``) and is
+trained with the hinge loss from ``disc_start`` on. Both live in one parameter state (``ae/…``, ``disc/…``)
+and one optimizer state (``optax.multi_transform``), so checkpoints and resume are those of ``train``.
+
+After the last step the run computes, with the EMA weights, LDM's latent scale factor
+``c = 1 / std`` of the posterior means of ``scale_num_examples`` training images
+(:func:`scoresde.latent.scale_by_std`) and the Gaussian decoder's std (:func:`scoresde.latent.fit_decoder_std`,
+for the likelihood bound), and writes them atomically with the checkpoint step to ``workdir/autoencoder.json``.
+A latent config points at this workdir with ``config.latent.autoencoder_workdir``.
+
+Example:
+    python -m scoresde.main --config=configs/digits_ae.py --workdir=runs/digits_ae --mode=train_autoencoder
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from scoresde import builders, images, latent, parallel, runlog, train_state
+from scoresde import data as data_lib
+from scoresde.checkpointing import Checkpointer, check_workdir
+from scoresde.train_loop import run_loop
+
+__all__ = ["train_autoencoder", "make_autoencoder_step", "make_optimizer"]
+
+
+def _part(path) -> str:
+    return str(path[0].key)
+
+
+def _stop_gradient_except(params, part: str):
+    """``params`` with the gradient stopped everywhere but under the top-level key ``part`` (``ae`` / ``disc``)."""
+    return jax.tree_util.tree_map_with_path(lambda p, v: v if _part(p) == part else jax.lax.stop_gradient(v), params)
+
+
+def make_optimizer(a) -> optax.GradientTransformation:
+    """Adam for ``ae/…`` (``a.lr``, ``beta1`` [0.5], ``beta2`` [0.9], warm-up, clipping) and Adam(β₁ = 0.5) for ``disc/…`` (``a.disc_lr``), LDM's pair."""
+    ae_tx = builders.make_optimizer(lr=float(a.lr), warmup=int(a.get("warmup", 0)),
+                                    grad_clip=float(a.get("grad_clip", -1.0)), beta1=float(a.get("beta1", 0.5)),
+                                    beta2=float(a.get("beta2", 0.9)))
+    disc_tx = builders.make_optimizer(lr=float(a.get("disc_lr", 0.0) or a.lr), beta1=0.5, beta2=0.9)
+    labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _part(p), params)  # noqa: E731
+    return optax.multi_transform({"ae": ae_tx, "disc": disc_tx}, labels)
+
+
+def make_autoencoder_step(config, graphdef, rest, tx, mesh, key):
+    """The jitted ``step(state, batch) -> (state, metrics)`` over the mesh (``key``: the training key)."""
+    a = config.autoencoder
+    has_disc = bool(a.get("discriminator", False))
+    disc_start = int(a.get("disc_start", 0))
+    inverse = data_lib.get_data_inverse_scaler(config)
+    max_nonfinite = int(a.get("max_nonfinite", 10))
+
+    def step_fn(state, batch):
+        x = batch["image"]
+        step = state["step"]
+        step_key = jax.random.fold_in(key, step)
+
+        def objective(params):
+            model = nnx.merge(graphdef, _stop_gradient_except(params, "ae"), rest)
+            ae = model.ae
+            posterior = latent.DiagonalGaussian(*ae.encode(x))
+            h = ae.decoder.features(posterior.sample(step_key))
+            loss, terms = latent.autoencoder_loss(
+                x, posterior, lambda w: ae.decoder.head(h, w), ae.decoder.conv_out.kernel[...], step=step,
+                kl_weight=float(a.kl_weight), reconstruction=str(a.reconstruction),
+                discriminator_fn=model.disc if has_disc else None, disc_weight=float(a.get("disc_weight", 0.5)),
+                disc_start=disc_start, max_adaptive_weight=float(a.get("max_adaptive_weight", 1e4)))
+            x_rec = ae.decoder.head(h)
+            aux = {"reconstruction": terms.reconstruction, "kl": terms.kl,
+                   "psnr": jnp.mean(latent.psnr(jnp.clip(inverse(x_rec), 0, 1), inverse(x)))}
+            total = loss
+            if has_disc:
+                disc = nnx.merge(graphdef, _stop_gradient_except(params, "disc"), rest).disc
+                d_loss = latent.discriminator_loss(disc(x), disc(jax.lax.stop_gradient(x_rec)), step=step,
+                                                   disc_start=disc_start)
+                total = loss + d_loss  # disjoint gradients: each part sees only its own loss
+                aux.update(generator=terms.generator, adversarial_weight=terms.adversarial_weight, disc_loss=d_loss)
+            return total, (loss, aux)
+
+        (total, (loss, aux)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        new_state, stats = train_state.guarded_update(state, grads, total, tx, ema_rate=float(a.get("ema_rate", 0.0)),
+                                                      max_nonfinite=max_nonfinite)
+        return new_state, {"loss": loss, **aux, **stats}
+
+    repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
+    return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def _make_reconstruct(config, graphdef, rest, mesh):
+    """Jitted ``(params, x) -> (x_rec in [0, 1], per-example reconstruction error, PSNR)`` by the posterior mean."""
+    a, inverse = config.autoencoder, data_lib.get_data_inverse_scaler(config)
+
+    def fn(params, x):
+        ae = nnx.merge(graphdef, params, rest).ae
+        x_rec = ae(x)[0]
+        rec01 = jnp.clip(inverse(x_rec), 0, 1)
+        return rec01, latent.reconstruction_error(x, x_rec, str(a.reconstruction)), latent.psnr(rec01, inverse(x))
+
+    repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
+    return jax.jit(fn, in_shardings=(repl, data), out_shardings=(data, data, data))
+
+
+def _latent_statistics(config, graphdef, rest, params, mesh, batch_size: int) -> dict:
+    """Scale factor and decoder std over the first ``scale_num_examples`` training images (fixed order)."""
+    n = int(config.autoencoder.get("scale_num_examples", 1024))
+    repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
+
+    def encode(params, x):
+        ae = nnx.merge(graphdef, params, rest).ae
+        mean, _ = ae.encode(x)
+        return mean, ae.decode(mean)
+
+    encode = jax.jit(encode, in_shardings=(repl, data), out_shardings=(data, data))
+    means, xs, recs = [], [], []
+    for batch in data_lib.get_dataset(config, split="train", batch_size=batch_size, shuffle=False, repeat=False,
+                                      uniform_dequantization=False):
+        x = parallel.shard_batch(mesh, batch)["image"]
+        mean, x_rec = encode(params, x)
+        means.append(parallel.to_host(mean))
+        xs.append(parallel.to_host(x))
+        recs.append(parallel.to_host(x_rec))
+        if sum(len(m) for m in means) >= n:
+            break
+    means, xs, recs = (np.concatenate(v)[:n] for v in (means, xs, recs))
+    return {"scale_factor": float(latent.scale_by_std(jnp.asarray(means))),
+            "decoder_std": float(latent.fit_decoder_std(jnp.asarray(xs), jnp.asarray(recs))),
+            "latent_std": float(np.std(means)), "latent_mean": float(np.mean(means)), "num_examples": int(len(means))}
+
+
+def train_autoencoder(config, workdir: str) -> dict:
+    """Trains ``config.autoencoder`` in ``workdir`` (resuming), then records the latent scale; see the module docstring.
+
+    Returns:
+        A summary dict (``step``, ``loss``, ``preempted`` and, when finished, ``scale_factor``, ``decoder_std``,
+        ``eval_psnr``).
+
+    Raises:
+        ValueError: a config without ``autoencoder`` section, bad batch sizes or shapes.
+        NonFiniteError: after ``max_nonfinite`` consecutive non-finite steps.
+    """
+    if "autoencoder" not in config:
+        raise ValueError("--mode=train_autoencoder needs a config.autoencoder section "
+                         "(config_defaults.add_autoencoder; e.g. configs/digits_ae.py)")
+    check_workdir(workdir)
+    a = config.autoencoder
+    data_lib.check_dataset_name(config)
+    if not data_lib.is_image_data(config):
+        raise ValueError(f"the autoencoder needs image data (H, W, C); dataset {config.data.dataset!r} is not")
+    mesh = parallel.make_mesh()
+    batch_size = int(a.get("batch_size", 0) or config.training.batch_size)
+    parallel.check_batch_size(batch_size, mesh, "config.autoencoder.batch_size")
+    image_shape = data_lib.data_shape(config)
+    root = builders.root_key(config)
+    model = builders.AutoencoderTrainee(a, image_shape, rngs=nnx.Rngs(int(config.get("seed", 0))))
+    latent_shape = model.ae.latent_shape(image_shape)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(a)
+    state = train_state.init_state(params, tx)
+    n_iters = int(a.n_iters)
+    snapshot_freq = int(a.get("snapshot_freq", 0) or n_iters)
+    ckpt = Checkpointer(workdir, max_to_keep=int(config.training.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
+    count = lambda part: sum(x.size for x in jax.tree.leaves(params[part])) if part in params else 0  # noqa: E731
+    try:
+        state, meta = train_state.restore_state(ckpt, state, tx)
+        start = int(state["step"])
+        runlog.announce(f"scoresde train_autoencoder: f={a.f}, {a.latent_channels} latent channels on "
+                        f"{config.data.dataset}", {
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",
+            "params": f"{count('ae'):,} autoencoder" + (f" + {count('disc'):,} discriminator" if count("disc") else ""),
+            "data": data_lib.describe(config),
+            "latent": "x".join(map(str, latent_shape)) + f" per {'x'.join(map(str, image_shape))} image",
+            "steps": f"{n_iters:,} at batch {batch_size}" +
+                     (f", discriminator from step {a.disc_start}" if a.get("discriminator", False) else ""),
+            "workdir": os.path.abspath(workdir),
+            "resuming": f"from step {start}" if meta is not None else None,
+        })
+        state = parallel.replicate(mesh, state)
+        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
+                                      tensorboard=bool(a.get("tensorboard", True)))
+        logger.truncate_after(start)
+        step_fn = make_autoencoder_step(config, graphdef, rest, tx, mesh, builders.purpose_key(root, "train"))
+        reconstruct = _make_reconstruct(config, graphdef, rest, mesh)
+        num_show = max(mesh.size, min(32, batch_size) // mesh.size * mesh.size)
+        test_batch = next(data_lib.get_dataset(config, split="test", batch_size=num_show, shuffle=False, repeat=False))
+        eval_iter = None
+
+        def evaluate(s, step):
+            nonlocal eval_iter
+            if eval_iter is None:
+                eval_iter = data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=True, repeat=True)
+            _, rec, psnr = reconstruct(s["ema"], parallel.shard_batch(mesh, next(eval_iter))["image"])
+            return {"eval_reconstruction": float(jnp.mean(rec)), "eval_psnr": float(jnp.mean(psnr))}
+
+        last_snapshot = [None]
+
+        def snapshot(s, step):
+            rec01, _, _ = reconstruct(s["ema"], parallel.shard_batch(mesh, test_batch)["image"])
+            if jax.process_index() != 0:
+                return
+            inverse = data_lib.get_data_inverse_scaler(config)
+            orig, rec = np.asarray(inverse(test_batch["image"])), parallel.to_host(rec01)
+            ncol = 8
+            rows = [blk for i in range(0, len(orig) - ncol + 1, ncol) for blk in (orig[i:i + ncol], rec[i:i + ncol])]
+            pairs = images.to_uint8(np.concatenate(rows))
+            path = os.path.join(workdir, "samples", f"recon_{step:08d}.png")
+            images.save_image_grid(path, pairs, upscale=max(1, 64 // image_shape[0]))
+            logger.image("reconstructions", step, images.image_grid(pairs, ncol=ncol))
+            last_snapshot[0] = path
+
+        try:
+            out = run_loop(state=state, step_fn=step_fn, start=start, n_iters=n_iters, batch_size=batch_size,
+                           batches=data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
+                           mesh=mesh, save=lambda s, step: train_state.save_state(ckpt, s, step, config=config),
+                           logger=logger, log_freq=int(a.get("log_freq", 50)), ckpt_freq=snapshot_freq,
+                           snapshot_freq=snapshot_freq, max_nonfinite=int(a.get("max_nonfinite", 10)),
+                           eval_freq=int(a.get("eval_freq", 0)), evaluate=evaluate, snapshot=snapshot,
+                           progress=bool(config.training.get("progress", True)), desc="autoencoder",
+                           config_hint="config.autoencoder")
+        finally:
+            logger.close()
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    if out["preempted"]:
+        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
+                        next_command="rerun the same command to resume")
+        return {"step": out["step"], "loss": out["loss"], "preempted": True}
+    stats = _latent_statistics(config, graphdef, rest, out["state"]["ema"], mesh, batch_size)
+    held_out = evaluate_held_out(config, reconstruct, out["state"]["ema"], mesh, batch_size)
+    record = {"step": int(out["step"]), **stats, **held_out, "image_shape": list(image_shape),
+              "latent_shape": list(latent_shape), "centered": bool(config.data.get("centered", False)),
+              "dataset": str(config.data.dataset), "autoencoder": a.to_dict()}
+    path = builders.write_autoencoder_record(workdir, record) if jax.process_index() == 0 else None
+    runlog.conclude(f"autoencoder trained to step {out['step']}", results={
+        "held-out PSNR": f"{held_out['eval_psnr']:.2f} dB", "scale factor": f"{stats['scale_factor']:.4g}",
+        "record": path, "reconstructions": last_snapshot[0]},
+        next_command=f"python -m scoresde.main --config=<latent config> --workdir=<run> "
+                     f"--config.latent.autoencoder_workdir={workdir}")
+    return {"step": out["step"], "loss": out["loss"], "preempted": False, **stats, **held_out}
+
+
+def evaluate_held_out(config, reconstruct, params, mesh, batch_size: int) -> dict:
+    """Mean reconstruction error and PSNR (posterior mean, [0, 1] images) over the test split (at most 8 batches)."""
+    recs, psnrs = [], []
+    for i, batch in enumerate(data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False,
+                                                   repeat=False, uniform_dequantization=False)):
+        if i >= 8:
+            break
+        _, rec, psnr = reconstruct(params, parallel.shard_batch(mesh, batch)["image"])
+        recs.append(parallel.to_host(rec))
+        psnrs.append(parallel.to_host(psnr))
+    if not recs:
+        return {"eval_reconstruction": float("nan"), "eval_psnr": float("nan"), "eval_examples": 0}
+    return {"eval_reconstruction": float(np.mean(np.concatenate(recs))),
+            "eval_psnr": float(np.mean(np.concatenate(psnrs))), "eval_examples": int(sum(len(r) for r in recs))}
