@@ -34,6 +34,7 @@ MODES = {
     "fid_stats": "scoresde.modes.fid_stats:fid_stats",
     "fid": "scoresde.modes.fid:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
     "train_classifier": "scoresde.modes.train_classifier:train_classifier",
+    "distill": "scoresde.modes.distill:distill",  # cd | ct | pd few-step students (config.distill.method)
 }
 
 FLAGS = flags.FLAGS
