@@ -45,4 +45,5 @@ def get_config(variant=None):
     s = config.sampling
     s.method = "ddim"
     s.steps = 1
+    s.noise_removal = False  # the student's last step lands at eps itself: no extra Tweedie step (1 NFE, not 2)
     return base.apply_variants(config, variant, {"smoke": smoke}, "digits_pd")

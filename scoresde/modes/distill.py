@@ -50,6 +50,7 @@ def _snapshot_config(config, method: str, step: int):
     snap = copy.deepcopy(config)
     with snap.unlocked():
         snap.sampling.method = "ddim"
+        snap.sampling.noise_removal = False
         snap.sampling.steps = distillation.pd_rounds(config)[distillation.round_of_step(config, step)]
     return snap
 
