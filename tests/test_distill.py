@@ -32,6 +32,22 @@ def _config(name, variant="smoke", **overrides):
     return config
 
 
+# The toy MLP stands in for the U-Net wherever the mode's mechanics are tested (compiles in seconds); the
+# digits configs run the same paths with the U-Net under -m slow.
+TOY_PD = dict(distill__method="pd", distill__start_steps=4, model__output="v", sampling__method="ddim",
+              sampling__steps=1, sampling__noise_removal=False)
+TOY_CT = dict(distill__method="ct", distill__metric="pseudo_huber", distill__weighting="icm",
+              distill__schedule="lognormal", distill__ct_s1=40)
+
+
+@pytest.fixture(scope="module")
+def toy_teacher(tmp_path_factory):
+    """A 2-step toy2d_vp smoke teacher (the toy2d_cd student's architecture)."""
+    workdir = str(tmp_path_factory.mktemp("toy") / "teacher")
+    main_lib.run(load_config("toy2d_vp", "smoke"), workdir, "train")
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def digits_teacher(tmp_path_factory):
     """A 2-step digits_vp smoke teacher (the digits student configs' architecture)."""
@@ -65,38 +81,57 @@ def test_toy_cd_through_the_cli_then_sample_without_the_teacher(tmp_path):
     assert samples.shape == (64, 2) and np.all(np.isfinite(samples))
 
 
-def test_consistency_workdir_refuses_a_score_sampler(tmp_path, digits_teacher):
+def test_consistency_workdir_refuses_a_score_sampler(tmp_path, toy_teacher):
     workdir = str(tmp_path / "cd")
-    main_lib.run(_config("digits_cd", distill__teacher_workdir=digits_teacher), workdir, "distill")
+    main_lib.run(_config("toy2d_cd", distill__teacher_workdir=toy_teacher), workdir, "distill")
     with pytest.raises(ValueError, match="consistency model .* --config.sampling.method=consistency, not 'pc'"):
-        main_lib.run(_config("digits_cd", sampling__method="pc"), workdir, "sample")
+        main_lib.run(_config("toy2d_cd", sampling__method="pc"), workdir, "sample")
     with pytest.raises(ValueError, match="holds a consistency model"):  # the teacher's own config
-        main_lib.run(load_config("digits_vp", "smoke"), workdir, "sample")
-    out = main_lib.run(_config("digits_cd", distill__teacher_workdir="/nonexistent"), workdir, "sample")
+        main_lib.run(load_config("toy2d_vp", "smoke"), workdir, "sample")
+    out = main_lib.run(_config("toy2d_cd", distill__teacher_workdir="/nonexistent"), workdir, "sample")
     assert out["nfe"] == 1
 
 
-def test_pd_rounds_checkpoint_and_the_student_samples_with_ddim_at_its_step_count(tmp_path, digits_teacher):
+def _pd_rounds_and_sampling(tmp_path, name, teacher, **overrides):
     workdir = str(tmp_path / "pd")
-    out = main_lib.run(_config("digits_pd", distill__teacher_workdir=digits_teacher), workdir, "distill")
+    out = main_lib.run(_config(name, distill__teacher_workdir=teacher, **overrides), workdir, "distill")
     assert out["step"] == 2
     records = read_metrics(workdir)
     assert [(r["round"], r["student_steps"]) for r in records] == [(0, 2), (1, 1)]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]  # every round
-    result = main_lib.run(_config("digits_pd", distill__teacher_workdir="/nonexistent"), workdir, "sample")
+    result = main_lib.run(_config(name, **{**overrides, "distill__teacher_workdir": "/nonexistent"}), workdir, "sample")
     assert result["nfe"] == 1  # ddim at the final PD step count, no teacher
     assert json.load(open(os.path.join(workdir, "student.json")))["model_output"] == "v"
 
 
-@pytest.mark.parametrize("name,n_iters,drop_after", [("digits_pd", 4, 1), ("digits_ct", 4, 2), ("digits_cd", 4, 2)])
-def test_killed_run_resumes_exactly(tmp_path, digits_teacher, name, n_iters, drop_after):
+def test_pd_rounds_checkpoint_and_the_student_samples_with_ddim_at_its_step_count(tmp_path, toy_teacher):
+    _pd_rounds_and_sampling(tmp_path, "toy2d_cd", toy_teacher, training__snapshot_freq=1, **TOY_PD)
+
+
+@pytest.mark.slow
+def test_digits_pd_smoke(tmp_path, digits_teacher):
+    _pd_rounds_and_sampling(tmp_path, "digits_pd", digits_teacher)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_cd", "digits_ct"])
+def test_digits_consistency_smoke_then_sample(tmp_path, digits_teacher, name):
+    workdir = str(tmp_path / name)
+    main_lib.run(_config(name, distill__teacher_workdir=digits_teacher), workdir, "distill")
+    out = main_lib.run(_config(name, sampling__steps=2), workdir, "sample")
+    assert out["nfe"] == 2
+
+
+@pytest.mark.parametrize("method", ["cd", "ct", "pd"])
+def test_killed_run_resumes_exactly(tmp_path, toy_teacher, method):
     """Run to the end, drop the checkpoints (and log lines) after ``drop_after`` as a kill would, resume:
-    the resumed steps log the same losses and end at the same parameters, bit for bit. PD resumes across a
-    round boundary (2 steps per round), so the teacher swap is part of what must be restored."""
+    the resumed steps log the same losses and end at the same parameters, EMA, target and teacher, bit for
+    bit. PD resumes across a round boundary (2 steps per round), so the teacher swap must be restored."""
+    n_iters, drop_after = 4, 1
     overrides = dict(training__n_iters=n_iters, training__snapshot_freq=n_iters, training__snapshot_freq_for_preemption=1,
-                     training__keep_checkpoints=10)
-    if name != "digits_ct":
-        overrides["distill__teacher_workdir"] = digits_teacher
+                     training__keep_checkpoints=10, training__snapshot_sampling=False,
+                     distill__teacher_workdir=toy_teacher, **{"cd": {}, "ct": TOY_CT, "pd": TOY_PD}[method])
+    name = "toy2d_cd"
     workdir = str(tmp_path / "run")
     main_lib.run(_config(name, **overrides), workdir, "distill")
     full = read_metrics(workdir)
@@ -139,3 +174,25 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="halves the step count"):
         main_lib.run(_config("digits_pd", distill__start_steps=6, distill__teacher_workdir="x"), str(tmp_path / "d"),
                      "distill")
+
+
+FEW_STEP_CONFIGS = ["toy2d_cd", "digits_cd", "digits_ct", "digits_pd", "cifar10_cd", "cifar10_ct", "cifar10_pd"]
+
+
+@pytest.mark.parametrize("name", FEW_STEP_CONFIGS)
+def test_few_step_configs_have_a_command_a_smoke_variant_and_their_sampler(name):
+    from conftest import config_module
+
+    module = config_module(name)
+    assert f"python -m scoresde.main --config=configs/{name}.py" in module.__doc__ and "--mode=" in module.__doc__
+    config, smoke = module.get_config(), module.get_config("smoke")
+    assert smoke.training.n_iters <= 3 and smoke.training.batch_size <= 64
+    method = config.distill.method
+    assert method in ("cd", "ct", "pd")
+    assert config.sampling.method == ("ddim" if method == "pd" else "consistency") and config.sampling.steps == 1
+    if method == "pd":
+        assert config.model.output == "v" and not config.sampling.noise_removal
+    if method == "ct":
+        assert config.training.objective == "ct" and config.distill.target_ema == 0.0
+    with pytest.raises(ValueError, match="unknown variant 'smok'"):
+        module.get_config("smok")
