@@ -20,12 +20,10 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from digits_scorer import score_samples  # noqa: E402
+from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
 
-from scoresde import builders, parallel  # noqa: E402
+from scoresde import builders, parallel
 
 
 def main():

@@ -265,6 +265,9 @@ def make_loss_fn(config, sde):
     """
     t = config.training
     reduce_mean = bool(t.get("reduce_mean", True))
+    if str(t.get("objective", "dsm")).lower() == "ct":
+        raise ValueError("config.training.objective='ct' (consistency training) runs with --mode=distill "
+                         "(config.distill.method='ct'); see configs/digits_ct.py")
     if t.continuous:
         conv = score_convention(config, sde)
         importance = bool(t.get("importance_sampling", False))
@@ -641,6 +644,25 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
                                         y, scale)
 
 
+CONSISTENCY_METHODS = ("cd", "ct")  # config.distill.method values whose network is a consistency function
+
+
+def is_consistency_model(config) -> bool:
+    """Whether ``config`` describes a consistency model (``config.distill.method`` ∈ cd | ct)."""
+    return str(config.get("distill", {}).get("method", "") or "").lower() in CONSISTENCY_METHODS
+
+
+def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
+    """The consistency function ``f(x, t)`` of a raw ``net_fn(x, labels)`` for ``config``
+    (:func:`scoresde.consistency.consistency_fn` with the sampling eps, ``config.distill.sigma_data`` and the
+    network's time label); the one wrapper training and sampling share."""
+    from scoresde import consistency  # noqa: PLC0415  (only consistency models need it)
+
+    return consistency.consistency_fn(net_fn, sde, sampling_eps(sde),
+                                      sigma_data=float(config.distill.get("sigma_data", 0.5)),
+                                      time_label=score_convention(config, sde)["time_label"])
+
+
 def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None):
     """A jitted ``fn(params, key, guidance_scale=None) -> (samples in data space [0, 1], nfe)``, sharded over the mesh.
 
@@ -655,9 +677,15 @@ def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, cla
         inverse_scaler = lambda z: to_unit(space.decode(z))  # noqa: E731
     sampler = sampler_from_config(config, sde, shape, inverse_scaler, sampling_eps(sde))
     unguided = classifier is None and str(config.sampling.get("guidance", "none")).lower() == "classifier"
+    consistency_model = is_consistency_model(config)
+    if consistency_model and str(config.sampling.method).lower() != "consistency":
+        raise ValueError(f"this network is a consistency model (config.distill.method={config.distill.method!r}); "
+                         f"sample it with --config.sampling.method=consistency, not {config.sampling.method!r}")
 
     def fn(params, key, guidance_scale=None):
         model = nnx.merge(graphdef, params, rest)
+        if consistency_model:
+            return sampler(key, student_consistency_fn(lambda x, labels: model(x, labels), sde, config))
         if unguided:
             return sampler(key, make_score_fn(model, sde, config))
         return sampler(key, guided_score_fn(config, model, sde, num_samples, classifier=classifier,

@@ -168,6 +168,24 @@ def get_default_configs():
     config.latent = latent = ml_collections.ConfigDict()
     latent.autoencoder_workdir = ""  # "" = pixel space; else the workdir of a --mode=train_autoencoder run
     latent.use_posterior_mean = True  # encode training batches by the posterior mean (False: a posterior sample)
+    # (scoresde) few-step generation, --mode=distill (scoresde.distillation): cd | ct | pd
+    config.training.objective = "dsm"  # dsm (the score model) | ct (consistency training: --mode=distill)
+    config.distill = distill = ml_collections.ConfigDict()
+    distill.method = ""  # cd | ct | pd; "" = not a distilled / consistency run
+    distill.teacher_workdir = ""  # cd / pd: a workdir trained with --mode=train (or imported by scoresde.convert)
+    distill.sigma_data = 0.5  # cd / ct: sigma_d of the consistency parameterisation
+    distill.num_scales = 18  # cd: N of the rho-grid
+    distill.rho = 7.0  # cd / ct
+    distill.solver = "heun"  # cd: the teacher's step, euler | heun | dpm_solver-2
+    distill.metric = "l2"  # cd / ct: l2 | l1 | pseudo_huber (LPIPS needs downloaded weights: not offline)
+    distill.weighting = "uniform"  # cd / ct: uniform | icm (1 / (sigma_{n+1} - sigma_n))
+    distill.schedule = "uniform"  # cd / ct: index sampling, uniform | lognormal
+    distill.target_ema = 0.95  # cd: mu of the target network (0 = the online network)
+    distill.ct_s0 = 10  # ct: iCT curriculum N(k) = min(s0 2^floor(k/K'), s1) + 1
+    distill.ct_s1 = 1280
+    distill.start_steps = 1024  # pd: the round-0 teacher's DDIM step count
+    distill.end_steps = 1  # pd: the last student's step count (training.n_iters is split evenly over the rounds)
+    distill.pd_weighting = "truncated_snr"  # pd: truncated_snr | snr_plus_one
 
     config.seed = 42
     return config

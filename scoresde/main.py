@@ -37,6 +37,7 @@ MODES = {
     "fid": "scoresde.modes.fid:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
     "train_classifier": "scoresde.modes.train_classifier:train_classifier",
     "train_autoencoder": "scoresde.modes.train_autoencoder:train_autoencoder",  # latent diffusion, stage 1
+    "distill": "scoresde.modes.distill:distill",  # cd | ct | pd few-step students (config.distill.method)
 }
 
 # what a run reports as one line (the message names the problem and the fix)

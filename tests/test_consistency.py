@@ -346,6 +346,13 @@ def test_cd_trained_mlp_approaches_the_exact_map():
 
 @pytest.mark.slow
 def test_cd_trained_mlp_approaches_the_exact_map_long():
-    # measured: mean map error 0.041; W2 1-step 0.159, 2-step 0.223 vs 0.171 between two exact samples.
-    # The 2-step samples are worse than the 1-step ones (not investigated: f at the re-noising time 0.59).
+    # measured (re-run in phase 14b): mean map error 0.041; W2 1-step 0.159, 2-step 0.223 vs 0.171 between two
+    # exact samples. The 2-step gap is mostly the W2 estimator's noise at n = 2000, not a bad default time:
+    # over sampling seeds 11..13 the 2-step W2 at the default tau = 0.592 is 0.220 / 0.121 / 0.141 (mean 0.161)
+    # and the 1-step W2 0.159 / 0.112 / 0.178 (mean 0.150). Other re-noising times are no better beyond that
+    # noise (means over the same seeds: tau 0.95: 0.213, 0.8: 0.181, 0.7: 0.141, 0.5: 0.163, 0.4: 0.229,
+    # 0.2: 0.234, 0.05: 0.175), so the default grid stays. f is less accurate at mid times than at T (mean
+    # |f(x_tau, tau) - Phi| 0.083 at 0.592 and 0.18 at 0.4, vs 0.041 at T), which bounds what 2 steps can gain
+    # with this small MLP. The factor 1.5 covers one seed's estimator spread (~0.05, 0.3 x floor); 1.3 sat at
+    # its edge (0.223 / 0.171 = 1.30).
     _check_trained(_train_cd(12_000, batch=1024), 2000, err_bound=0.05, w2_factor=1.5)

@@ -16,7 +16,7 @@ import uuid
 import jax
 import numpy as np
 
-from scoresde import builders, images, parallel, runlog
+from scoresde import builders, distillation, images, parallel, runlog
 from scoresde import data as data_lib
 from scoresde.metrics.protocol import REQUEST_FILE
 
@@ -48,6 +48,11 @@ def sample(config, workdir: str) -> dict:
     """Writes ``config.eval.num_samples`` EMA samples to ``workdir/samples/samples_<i>.npz`` and PNG grids."""
     mesh = parallel.make_mesh()
     sde = builders.make_sde(config)
+    student = distillation.read_student_file(workdir)
+    if student and student["network"] == "consistency" and not builders.is_consistency_model(config):
+        raise ValueError(f"{workdir} holds a consistency model ({distillation.STUDENT_FILE}: method "
+                         f"{student['method']!r}); sample it with the config it was trained with "
+                         f"(config.distill.method={student['method']!r}, config.sampling.method=consistency)")
     graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
     total = int(config.eval.num_samples)
     batch = min(int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size), total)

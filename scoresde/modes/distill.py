@@ -1,0 +1,148 @@
+"""``--mode=distill``: few-step students (CD, PD) and consistency training (CT), read top to bottom.
+
+``config.distill.method`` ∈ ``cd | ct | pd`` (:mod:`scoresde.distillation` builds the step). ``cd`` and
+``pd`` read the teacher from ``config.distill.teacher_workdir`` (its EMA weights and its stored config) and
+start the student from the teacher's weights; ``ct`` needs no teacher. Checkpoints, exact resume,
+``metrics.jsonl``, TensorBoard, snapshots, progress bar and SIGTERM are those of ``--mode=train``
+(:mod:`scoresde.train_loop`, :mod:`scoresde.train_state`).
+
+The workdir is self-contained: the checkpoints hold the student and its config, and
+``workdir/student.json`` records what the network is; ``--mode=sample`` on it needs no teacher and
+samples with ``config.sampling`` (``consistency`` at 1 step for CD / CT, ``ddim`` at the final PD step count
+in the shipped configs).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import jax
+from flax import nnx
+
+from scoresde import builders, distillation, images, parallel, runlog, train_state
+from scoresde import data as data_lib
+from scoresde.checkpointing import Checkpointer, check_workdir
+from scoresde.train_loop import run_loop
+
+__all__ = ["distill"]
+
+
+def _write_snapshot(config, samples01, workdir: str, step: int, logger) -> str | None:
+    if jax.process_index() != 0:
+        return None
+    path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
+    if data_lib.is_image_data(config):
+        size = data_lib.data_shape(config)[0]
+        images.save_image_grid(path, images.to_uint8(samples01), upscale=max(1, 64 // size))
+        logger.image("samples", step, images.image_grid(images.to_uint8(samples01)))
+    elif samples01.shape[-1] == 2:
+        images.save_scatter(path, samples01, title=f"step {step}")
+    else:
+        return None
+    return path
+
+
+def _snapshot_config(config, method: str, step: int):
+    """``config`` with the sampler of the student at ``step`` (PD: ddim at the round's step count)."""
+    if method != "pd":
+        return config
+    snap = copy.deepcopy(config)
+    with snap.unlocked():
+        snap.sampling.method = "ddim"
+        snap.sampling.noise_removal = False
+        snap.sampling.steps = distillation.pd_rounds(config)[distillation.round_of_step(config, step)]
+    return snap
+
+
+def distill(config, workdir: str) -> dict:
+    """Distils (``cd`` / ``pd``) or consistency-trains (``ct``) ``config`` in ``workdir``, resuming if it can.
+
+    Returns:
+        A summary dict (``step``, ``loss``, ``preempted``, ``method``).
+
+    Raises:
+        ValueError: an unknown method, a missing teacher, a student whose architecture differs from the teacher's.
+        NonFiniteError: after ``config.training.max_nonfinite`` consecutive non-finite steps.
+    """
+    check_workdir(workdir)
+    method = distillation.distill_method(config)
+    tc = config.training
+    data_lib.check_dataset_name(config)
+    mesh = parallel.make_mesh()
+    batch_size = int(tc.batch_size)
+    parallel.check_batch_size(batch_size, mesh, "config.training.batch_size")
+    sde = builders.make_sde(config)
+    root = builders.root_key(config)
+    n_iters = distillation.total_steps(config)
+
+    teacher = distillation.load_teacher(config) if method in ("cd", "pd") else None
+    model = builders.build_model(config, seed=int(config.get("seed", 0)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if teacher is not None:  # the student starts from the teacher's (EMA) weights
+        distillation.check_same_architecture(params, teacher.params, f"teacher {teacher.workdir}")
+        params = jax.tree.map(lambda x: x, teacher.params)
+    tx = builders.optimizer_from_config(config)
+    state = distillation.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None)
+    snapshot_freq = int(tc.snapshot_freq)
+    ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
+    try:
+        state, meta = train_state.restore_state(ckpt, state, tx)
+        start = int(state["step"])
+        distillation.write_student_file(config, workdir, teacher=teacher)
+        plan = {"cd": f"N={config.distill.num_scales}, {config.distill.solver} teacher, mu={config.distill.target_ema}",
+                "ct": f"iCT curriculum N {config.distill.ct_s0}..{config.distill.ct_s1}, mu=0",
+                "pd": f"DDIM steps {config.distill.start_steps} -> {distillation.pd_rounds(config)}, "
+                      f"{distillation.iters_per_round(config)} steps per round"}[method]
+        runlog.announce(f"scoresde distill ({method}): {config.model.name} on {config.data.dataset}, sde {tc.sde}", {
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",
+            "teacher": f"{teacher.workdir} (step {teacher.step})" if teacher else None,
+            "plan": plan,
+            "steps": f"{n_iters:,} at batch {batch_size}",
+            "workdir": os.path.abspath(workdir),
+            "resuming": f"from step {start}" if meta is not None else None,
+        })
+        state = parallel.replicate(mesh, state)
+        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
+                                      tensorboard=bool(tc.get("tensorboard", True)))
+        logger.truncate_after(start)
+        step_fn = distillation.make_distill_step(config, sde, graphdef, rest, tx, mesh,
+                                                 builders.purpose_key(root, "train"), teacher=teacher)
+        num_snap = int(tc.get("snapshot_num_samples", 64))
+        num_snap = max(mesh.size, num_snap // mesh.size * mesh.size)
+        snap_fns = {}
+        snapshot_key = builders.purpose_key(root, "snapshot")
+        last_snapshot = [None]
+
+        def snapshot(s, step):
+            snap_config = _snapshot_config(config, method, step)
+            steps = int(snap_config.sampling.get("steps", 0))
+            if steps not in snap_fns:
+                snap_fns[steps] = builders.make_sample_fn(snap_config, sde, graphdef, rest, num_snap, mesh)
+            samples, _ = snap_fns[steps](s["ema"], jax.random.fold_in(snapshot_key, step))
+            last_snapshot[0] = _write_snapshot(config, parallel.to_host(samples), workdir, step, logger)
+
+        def save(s, step):
+            train_state.save_state(ckpt, s, step, config=config, extra_meta={"method": method})
+
+        try:
+            out = run_loop(state=state, step_fn=step_fn, start=start, n_iters=n_iters, batch_size=batch_size,
+                           batches=data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
+                           mesh=mesh, save=save, logger=logger, log_freq=int(tc.log_freq),
+                           ckpt_freq=int(tc.get("snapshot_freq_for_preemption", snapshot_freq)),
+                           snapshot_freq=snapshot_freq, max_nonfinite=int(tc.get("max_nonfinite", 10)),
+                           snapshot=snapshot if bool(tc.get("snapshot_sampling", True)) else None,
+                           progress=bool(tc.get("progress", True)), desc=f"distill {method}")
+        finally:
+            logger.close()
+    finally:
+        ckpt.close()
+    if out["preempted"]:
+        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
+                        next_command="rerun the same command to resume")
+    else:
+        runlog.conclude(f"{method} finished at step {out['step']}", results={
+            "final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
+            "latest samples": last_snapshot[0]},
+            next_command=runlog.command("sample", workdir))
+    return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "method": method}
