@@ -12,7 +12,6 @@ import argparse
 import copy
 import json
 import os
-import sys
 import time
 
 import jax
