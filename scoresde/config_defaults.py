@@ -160,6 +160,24 @@ def get_default_configs():
     optim.warmup = 5000
     optim.grad_clip = 1.0
 
+    # (scoresde) flow matching, EDM and reflow (issue 17): training.sde may also be rectified_flow | edm
+    training.objective = "dsm"  # dsm (denoising score matching / DDPM / SMLD) | flow_matching | edm
+    training.time_sampling = "uniform"  # flow_matching: uniform | logit_normal (t = sigmoid(m + s n))
+    training.logit_mean = 0.0  # flow_matching logit_normal m
+    training.logit_std = 1.0  # flow_matching logit_normal s
+    training.p_mean = -1.2  # edm: ln sigma ~ N(p_mean, p_std^2)
+    training.p_std = 1.2
+    model.sigma_data = 0.5  # edm preconditioning; the edm sde reads model.sigma_min / sigma_max (EDM: 0.002 / 80)
+    model.rf_T = 1.0  # rectified_flow: the process's T; < 1 (e.g. 0.999) for pc / ode sampling and likelihood
+    config.reflow = reflow = ml_collections.ConfigDict()  # --mode=reflow
+    reflow.source_workdir = ""  # the trained flow whose ODE map gives the couplings ("" = the workdir itself)
+    reflow.num_pairs = 0  # (noise, sample) couplings to generate (0 = none: reflow needs a positive number)
+    reflow.batch_size = 0  # couplings per sampler call (0 = eval.sample_batch_size)
+    reflow.method = "dpm_solver++"  # a deterministic method of scoresde.sampling
+    reflow.steps = 20
+    reflow.order = 0  # 0 = the method's default
+    reflow.init_from_source = True  # initialise the next flow from the source's EMA weights
+
     config.seed = 42
     return config
 
