@@ -34,6 +34,7 @@ MODES = {
     "fid_stats": "scoresde.modes.fid_stats:fid_stats",
     "fid": "scoresde.modes.fid:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
     "train_classifier": "scoresde.modes.train_classifier:train_classifier",
+    "reflow": "scoresde.modes.reflow:reflow_mode",  # couplings of a trained flow, then the next flow on them
 }
 
 FLAGS = flags.FLAGS
