@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
+from conftest import config_module, load_config
 from flax import nnx
 
 from scoresde import builders, checkpointing, losses, parameterization, sampling
@@ -20,8 +20,6 @@ from scoresde.modes import reflow as reflow_mode
 from scoresde.modes import train
 from scoresde.modes.sample import sample
 from scoresde.runlog import read_metrics
-
-from conftest import config_module, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_CONFIGS = ["toy2d_fm", "digits_fm", "cifar10_fm", "cifar10_edm", "toy2d_reflow"]

@@ -33,7 +33,7 @@ from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
 from scoresde.train_loop import run_loop
 
-__all__ = ["reflow_mode", "couplings_dir", "generate_couplings"]
+__all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
 
 
 def couplings_dir(workdir: str) -> str:
