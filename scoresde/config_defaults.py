@@ -167,6 +167,7 @@ def get_default_configs():
     training.logit_std = 1.0  # flow_matching logit_normal s
     training.p_mean = -1.2  # edm: ln sigma ~ N(p_mean, p_std^2)
     training.p_std = 1.2
+    sampling.to_zero = False  # grid methods: k-diffusion's / EDM's ending, the last of `steps` steps goes to sigma = 0
     model.sigma_data = 0.5  # edm preconditioning; the edm sde reads model.sigma_min / sigma_max (EDM: 0.002 / 80)
     model.rf_T = 1.0  # rectified_flow: the process's T; < 1 (e.g. 0.999) for pc / ode sampling and likelihood
     config.reflow = reflow = ml_collections.ConfigDict()  # --mode=reflow

@@ -259,3 +259,32 @@ def test_cifar10_smoke_on_mock_tfds(tmp_path, name):
     records = read_metrics(str(tmp_path))
     assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
     assert os.path.exists(os.path.join(str(tmp_path), "samples", "snapshot_00000002.png"))
+
+
+def test_to_zero_is_k_diffusions_ending():
+    """``to_zero``: ``steps`` steps whose last goes to sigma = 0, i.e. ``steps - 1`` steps then the denoiser."""
+    from scoresde import analytic
+
+    gm = analytic.GaussianMixture(np.array([[-1.0, 0.5], [1.0, -0.5]]), np.array([0.3, 0.6]))
+    x_init = jax.random.normal(jax.random.key(3), (64, 2))
+    for sde, method, steps, nfe in ((sde_lib.EDMSDE(), "edm_heun", 18, 35), (sde_lib.VPSDE(), "dpm_solver++", 10, 10),
+                                    (sde_lib.VPSDE(), "unipc", 6, 6)):
+        score_fn = gm.score_fn(sde)
+        x0, n0 = sampling.sample(score_fn, sde, x_init.shape, jax.random.key(0), method=method, x_init=x_init * sde.prior_std,
+                                 steps=steps, to_zero=True)
+        x1, n1 = sampling.sample(score_fn, sde, x_init.shape, jax.random.key(0), method=method, x_init=x_init * sde.prior_std,
+                                 steps=steps - 1, denoise=True)
+        assert (int(n0), int(n1)) == (nfe, nfe), method
+        np.testing.assert_array_equal(np.asarray(x0), np.asarray(x1))
+        x2, _ = sampling.sample(score_fn, sde, x_init.shape, jax.random.key(0), method=method, x_init=x_init * sde.prior_std,
+                                steps=steps)
+        assert float(jnp.max(jnp.abs(x2 - x0))) > 1e-4  # the ending changes the samples: the option is live
+    with pytest.raises(ValueError, match="to_zero=True already ends with the denoiser step"):
+        sampling.sample(gm.score_fn(sde_lib.VPSDE()), sde_lib.VPSDE(), (4, 2), jax.random.key(0), method="ddim",
+                        to_zero=True, denoise=True)
+    with pytest.raises(ValueError, match="to_zero=True needs steps >= 2"):
+        sampling.sample(gm.score_fn(sde_lib.VPSDE()), sde_lib.VPSDE(), (4, 2), jax.random.key(0), method="ddim",
+                        to_zero=True, steps=1)
+    config = load_config("cifar10_edm")
+    method, options = builders.sampling_options(config)
+    assert (method, options["steps"], options["to_zero"]) == ("edm_heun", 18, True)
