@@ -10,7 +10,15 @@ Overhead: wall time per NFE of each sampler against a bare ``fori_loop`` of the 
 the same score function (a 4-layer MLP, width 256, batch 256, D = 64, parameters traced), on CPU;
 minimum over 9 interleaved runs each.
 
-Run: ``python benchmarks/sampling_error.py [--x64] [--no-timing]``.
+Issue 17 adds the multistep UniPC / DEIS rows and the same problem on ``RectifiedFlow`` (``--process
+rectified_flow``): alpha = 1 - t, sigma = t, sampled from exactly T = 1 with the exact denoiser
+``E[x_0 | x_t]`` attached (a score alone is undefined there); ``pc`` / ``ode`` integrate the drift, infinite at
+t = 1, and are left out. The stochastic samplers (``euler_ancestral``, ``dpm_solver++_sde``) have no pointwise
+map: ``--stochastic`` reports ``mean_d |std of 4096 samples - exact std|`` instead, with the Monte-Carlo floor
+of the exact law's own 4096 draws.
+
+Run: ``python benchmarks/sampling_error.py [--x64] [--no-timing] [--process vp|rectified_flow]
+[--only SUBSTRING] [--stochastic]``.
 """
 
 from __future__ import annotations
@@ -47,14 +55,89 @@ def rows():
         ("dpm_solver++(2M), uniform t", "dpm_solver++", lambda n: dict(steps=n, grid="uniform_t")),
         ("edm_heun, rho=7", "edm_heun", lambda n: dict(steps=max(n // 2, 1))),
         ("edm_heun, log-SNR", "edm_heun", lambda n: dict(steps=max(n // 2, 1), grid="log_snr")),
+        # issue 17: multistep UniPC (B(h) variants) and DEIS, log-SNR grid, lower_order_final
+        ("unipc bh1 order 2, log-SNR", "unipc", lambda n: dict(steps=n, order=2, variant="bh1")),
+        ("unipc bh2 order 2, log-SNR", "unipc", lambda n: dict(steps=n, order=2, variant="bh2")),
+        ("unipc bh1 order 3, log-SNR", "unipc", lambda n: dict(steps=n, order=3, variant="bh1")),
+        ("unipc bh2 order 3, log-SNR", "unipc", lambda n: dict(steps=n, order=3, variant="bh2")),
+        ("deis order 2, log-SNR", "deis", lambda n: dict(steps=n, order=2)),
+        ("deis order 3, log-SNR", "deis", lambda n: dict(steps=n, order=3)),
     ]
 
 
-def error_table(dtype):
+STOCHASTIC_ROWS = [
+    ("euler_ancestral (eta=1), edm grid", "euler_ancestral", lambda n: dict(steps=n)),
+    ("dpm_solver++(2M) SDE, log-SNR", "dpm_solver++_sde", lambda n: dict(steps=n, order=2)),
+    ("dpm_solver++(3M) SDE, log-SNR", "dpm_solver++_sde", lambda n: dict(steps=n, order=3)),
+    ("ddim (eta=1), log-SNR", "ddim", lambda n: dict(steps=n, eta=1.0, grid="log_snr")),
+]
+
+
+def _problem(process: str, dtype):
+    """``(sde, exact-score model with its denoiser, stds, exact_map(x_T))`` of the D = 64 Gaussian."""
+    from scoresde import parameterization
+    from scoresde import sde as sde_lib
+
+    sde = {"vp": sde_lib.VPSDE, "rectified_flow": sde_lib.RectifiedFlow}[process]()
+    stds = np.linspace(0.05, 1.0, 64)
+    var = jnp.asarray(stds[None] ** 2, dtype)
+
+    def score_fn(x, t):  # the exact score, in the sampler's dtype (zero mean)
+        a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        return -x / (a**2 * var + s**2)
+
+    def denoiser(x, t):  # E[x_0 | x_t]: finite at alpha = 0 (it is the mean, 0, there)
+        a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        return a * var * x / (a**2 * var + s**2)
+
+    def exact_map(x_init, eps):
+        a1, s1 = sde.alpha(jnp.asarray(eps, dtype)), sde.sigma(jnp.asarray(eps, dtype))
+        a0, s0 = sde.alpha(jnp.asarray(sde.T, dtype)), sde.sigma(jnp.asarray(sde.T, dtype))
+        return x_init * jnp.sqrt((a1**2 * var + s1**2) / (a0**2 * var + s0**2))
+
+    return sde, parameterization.with_denoiser(score_fn, denoiser), stds, exact_map
+
+
+def stochastic_table(dtype, process: str = "vp", b: int = 4096):
+    """``[(label, [(mean_d |std - exact std|, nfe)])]`` and the Monte-Carlo floor of ``b`` exact draws."""
+    from scoresde import sampling
+
+    eps = 1e-3
+    sde, model, stds, exact_map = _problem(process, dtype)
+    exact_std = np.asarray(exact_map(jnp.ones((1, 64), dtype), eps))[0]
+    floor = float(np.mean(np.abs(np.std(np.asarray(jax.random.normal(jax.random.key(5), (b, 64))), axis=0) - 1.0)
+                          * exact_std))
+
+    def run(method, opts):
+        x, nfe = sampling.sample(model, sde, (b, 64), jax.random.key(1), method=method, eps=eps, **opts)
+        return float(np.mean(np.abs(np.std(np.asarray(x, np.float64), axis=0) - exact_std))), int(nfe)
+
+    return [(label, [run(method, make(n)) for n in TARGETS]) for label, method, make in STOCHASTIC_ROWS], floor
+
+
+def _wanted(label: str, only: str) -> bool:
+    """Whether a row is selected by ``--only`` (``|``-separated substrings; empty: every row)."""
+    return not only or any(part in label for part in only.split("|"))
+
+
+def error_table(dtype, process: str = "vp", only: str = ""):
     from scoresde import analytic, sampling
     from scoresde import sde as sde_lib
 
     d, b, eps = 64, 256, 1e-3
+    if process != "vp":
+        sde, model, _, exact_map = _problem(process, dtype)
+        x_init = jax.random.normal(jax.random.key(0), (b, d)).astype(dtype)
+        exact = exact_map(x_init, eps)
+
+        def run_rf(method, opts):
+            x, nfe = sampling.sample(model, sde, (b, d), jax.random.key(1), method=method, x_init=x_init, eps=eps,
+                                     **opts)
+            return float(jnp.mean(jnp.abs(x - exact))), int(nfe)
+
+        # pc and ode integrate the drift, infinite at alpha(T) = 0; ddim / dpm_solver++ uniform_t only
+        keep = [r for r in rows() if r[1] not in ("pc", "ode") and _wanted(r[0], only)]
+        return [(label, [run_rf(method, make(n)) for n in TARGETS]) for label, method, make in keep], []
     sde = sde_lib.VPSDE()
     stds = np.linspace(0.05, 1.0, d)
     gm = analytic.GaussianMixture(np.zeros((1, d)), stds[None])
@@ -78,8 +161,10 @@ def error_table(dtype):
 
     table = []
     for label, method, make in rows():
-        table.append((label, [run(method, make(n)) for n in TARGETS]))
-    adaptive = [run("ode", dict(solver="tsit5", rtol=tol, atol=tol)) for tol in (1e-2, 1e-3, 1e-4, 1e-5, 1e-7)]
+        if _wanted(label, only):
+            table.append((label, [run(method, make(n)) for n in TARGETS]))
+    adaptive = [] if only else [run("ode", dict(solver="tsit5", rtol=tol, atol=tol))
+                                for tol in (1e-2, 1e-3, 1e-4, 1e-5, 1e-7)]
     return table, adaptive
 
 
@@ -147,6 +232,9 @@ def main():
     parser.add_argument("--x64", action="store_true", help="run the samplers in float64")
     parser.add_argument("--no-timing", action="store_true", help="skip the overhead measurement")
     parser.add_argument("--timing-only", action="store_true", help="only the overhead measurement")
+    parser.add_argument("--process", default="vp", choices=("vp", "rectified_flow"), help="the forward process")
+    parser.add_argument("--only", default="", help="only the error-table rows whose label contains one of these |-separated substrings")
+    parser.add_argument("--stochastic", action="store_true", help="the stochastic samplers' std-error table")
     args = parser.parse_args()
     if args.x64:
         jax.config.update("jax_enable_x64", True)
@@ -155,8 +243,10 @@ def main():
     print(f"# sampling_error.py  commit {commit}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
           f"jax {jax.__version__}  {jax.devices()[0].platform}  {platform.processor() or platform.machine()}  "
           f"{'float64' if args.x64 else 'float32'}")
-    if not args.timing_only:
-        print_error_table(dtype)
+    if args.stochastic:
+        print_stochastic_table(dtype, args.process)
+    elif not args.timing_only:
+        print_error_table(dtype, args.process, args.only)
     if not args.no_timing:
         print("\nSampler wall time per NFE vs a bare fori_loop of the same score calls "
               "(MLP 4x256, batch 256, D=64, CPU)\n")
@@ -167,15 +257,28 @@ def main():
     return 0
 
 
-def print_error_table(dtype):
-    print("\nMean |x - exact flow map| on the D=64 Gaussian (stds 0.05..1, VP, eps=1e-3); cells: error (NFE)\n")
-    table, adaptive = error_table(dtype)
+def print_stochastic_table(dtype, process):
+    print(f"\nmean_d |std of 4096 samples - exact std| on the D=64 Gaussian (stds 0.05..1, {process}, eps=1e-3); "
+          "cells: error (NFE)\n")
+    table, floor = stochastic_table(dtype, process)
     print("| method | " + " | ".join(f"NFE≈{n}" for n in TARGETS) + " |")
     print("|---|" + "---|" * len(TARGETS))
     for label, cells in table:
         print(f"| {label} | " + " | ".join(f"{e:.2e} ({n})" for e, n in cells) + " |")
-    print("| ode tsit5, rtol=atol=1e-2,1e-3,1e-4,1e-5,1e-7 | " + " | ".join(f"{e:.2e} ({n})" for e, n in adaptive)
-          + " |")
+    print(f"\nMonte-Carlo floor (4096 exact draws): {floor:.2e}")
+
+
+def print_error_table(dtype, process="vp", only=""):
+    print(f"\nMean |x - exact flow map| on the D=64 Gaussian (stds 0.05..1, {process}, eps=1e-3); "
+          "cells: error (NFE)\n")
+    table, adaptive = error_table(dtype, process, only)
+    print("| method | " + " | ".join(f"NFE≈{n}" for n in TARGETS) + " |")
+    print("|---|" + "---|" * len(TARGETS))
+    for label, cells in table:
+        print(f"| {label} | " + " | ".join(f"{e:.2e} ({n})" for e, n in cells) + " |")
+    if adaptive:
+        print("| ode tsit5, rtol=atol=1e-2,1e-3,1e-4,1e-5,1e-7 | " + " | ".join(f"{e:.2e} ({n})" for e, n in adaptive)
+              + " |")
     best = min((cells[1][0], label) for label, cells in table)
     print(f"\nbest at NFE≈20: {best[1]}: {best[0]:.2e} (goal <= 6.3e-3)")
 

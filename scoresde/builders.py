@@ -33,7 +33,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from scoresde import classifiers, config_defaults, guidance, losses, parallel, parameterization, sampling
+from scoresde import classifiers, config_defaults, guidance, losses, parallel, parameterization, reflow, sampling
 from scoresde import data as data_lib
 from scoresde import sde as sde_lib
 from scoresde.checkpointing import Checkpointer, checkpoint_dir
@@ -163,6 +163,7 @@ PURPOSE = {
     "classifier": 11,    # root -> classifier training
     "classifier_eval": 12,  # root -> classifier test accuracy noise
     "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch (issue 15)
+    "reflow": 17,        # root -> reflow couplings (fold_in(key, chunk) below it)
 }
 
 
@@ -190,7 +191,13 @@ _SDE_ARGS = {
     "ve": lambda m: dict(sigma_min=float(m.get("sigma_min", 0.01)), sigma_max=float(m.get("sigma_max", 50.0)),
                          N=int(m.get("num_scales", 1000))),
 }
-_SDE_KIND = {"vpsde": "vp", "vp": "vp", "subvpsde": "vp", "subvp": "vp", "vesde": "ve", "ve": "ve"}
+_SDE_ARGS.update({  # issue 17: flow matching and EDM processes
+    "rectified_flow": lambda m: dict(T=float(m.get("rf_T", 1.0)), N=int(m.get("num_scales", 1000))),
+    "edm": lambda m: dict(sigma_min=float(m.get("sigma_min", 0.002)), sigma_max=float(m.get("sigma_max", 80.0)),
+                          N=int(m.get("num_scales", 1000))),
+})
+_SDE_KIND = {"vpsde": "vp", "vp": "vp", "subvpsde": "vp", "subvp": "vp", "vesde": "ve", "ve": "ve",
+             "rectified_flow": "rectified_flow", "edm": "edm"}
 
 
 def make_sde(config) -> sde_lib.LinearSDE:
@@ -201,7 +208,8 @@ def make_sde(config) -> sde_lib.LinearSDE:
     """
     name = str(config.training.sde).lower()
     if name not in _SDE_KIND:
-        raise ValueError(f"unknown sde {config.training.sde!r}; expected one of: vpsde, subvpsde, vesde")
+        raise ValueError(f"unknown sde {config.training.sde!r}; expected one of: vpsde, subvpsde, vesde, "
+                         f"rectified_flow, edm")
     return sde_lib.get_sde(name, **_SDE_ARGS[_SDE_KIND[name]](config.model))
 
 
@@ -211,8 +219,24 @@ def sampling_eps(sde) -> float:
 
 
 def score_convention(config, sde) -> dict:
-    """``{output, time_label}`` of the network: ``config.model.output`` / ``time_label`` or the reference's."""
-    conv = parameterization.reference_convention(sde, bool(config.training.get("continuous", True)))
+    """``{output, time_label}`` of the network: ``config.model.output`` / ``time_label``, else the objective's
+    (:data:`OBJECTIVE_CONVENTIONS`), else the reference's. A ``flow_matching`` or ``edm`` objective fixes the
+    output (its loss trains that quantity); the time label stays a choice of the network's input (e.g. ``999t``
+    for DDPM++'s positional embedding, as the rectified-flow authors feed it).
+
+    Raises:
+        ValueError: ``config.model.output`` contradicts the objective.
+    """
+    objective = training_objective(config)
+    if objective in OBJECTIVE_CONVENTIONS:
+        conv = dict(OBJECTIVE_CONVENTIONS[objective])
+        if config.model.get("output", "") and config.model.output != conv["output"]:
+            raise ValueError(f"config.model.output={config.model.output!r} contradicts config.training.objective="
+                             f"{objective!r}, which trains output {conv['output']!r}; leave config.model.output empty")
+    elif config.model.get("output", "") and config.model.get("time_label", ""):
+        conv = {}
+    else:
+        conv = parameterization.reference_convention(sde, bool(config.training.get("continuous", True)))
     if config.model.get("output", ""):
         conv["output"] = config.model.output
     if config.model.get("time_label", ""):
@@ -231,6 +255,7 @@ class ScoreModel:
     sde: sde_lib.LinearSDE
     output: str
     time_label: str
+    sigma_data: float = 0.5  # EDM preconditioning (output "edm" only)
 
     @property
     def eps(self) -> float:
@@ -239,7 +264,8 @@ class ScoreModel:
 
     def net_score_fn(self, net_fn: Callable) -> Callable:
         """``score_fn(x, t)`` of a raw ``net_fn(x, labels)``."""
-        return parameterization.model_score_fn(net_fn, self.sde, output=self.output, time_label=self.time_label)
+        return parameterization.model_score_fn(net_fn, self.sde, output=self.output, time_label=self.time_label,
+                                               sigma_data=self.sigma_data)
 
     def score_fn(self, model, *, y=None, train: bool = False, key=None) -> Callable:
         """``score_fn(x, t)`` of an NNX network (eval mode by default; ``y`` class labels)."""
@@ -249,12 +275,13 @@ class ScoreModel:
 def make_score_model(config) -> ScoreModel:
     """The :class:`ScoreModel` of ``config`` (SDE from ``config.training``, convention from ``config.model``)."""
     sde = make_sde(config)
-    return ScoreModel(sde, **score_convention(config, sde))
+    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.get("sigma_data", 0.5)))
 
 
 def make_score_fn(model, sde, config, *, train: bool = False, key=None, y=None):
     """``score_fn(x, t)`` of an NNX network for ``config``'s convention (eval mode by default)."""
-    return ScoreModel(sde, **score_convention(config, sde)).score_fn(model, y=y, train=train, key=key)
+    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.get("sigma_data", 0.5))
+                      ).score_fn(model, y=y, train=train, key=key)
 
 
 def make_loss_fn(config, sde):
@@ -268,6 +295,8 @@ def make_loss_fn(config, sde):
     if str(t.get("objective", "dsm")).lower() == "ct":
         raise ValueError("config.training.objective='ct' (consistency training) runs with --mode=distill "
                          "(config.distill.method='ct'); see configs/digits_ct.py")
+    if training_objective(config) not in ("dsm", "ct"):
+        return objective_loss_fn(config, sde)
     if t.continuous:
         conv = score_convention(config, sde)
         importance = bool(t.get("importance_sampling", False))
@@ -299,6 +328,149 @@ def class_labels(config, batch, key):
     y = batch["label"].astype(jnp.int32)
     p_uncond = float(config.training.get("p_uncond", 0.0))
     return guidance.drop_labels(key, y, p_uncond, num_classes) if p_uncond > 0 else y
+
+
+# ----------------------------------------------------------------------------------------------- objectives
+# Issue 17: flow matching and EDM objectives, and reflow couplings. An objective fixes the network's output
+# convention (its loss trains that quantity) and the process it is defined on.
+
+# ct (consistency training) trains a consistency function, not a score: it runs in --mode=distill
+OBJECTIVES = ("dsm", "flow_matching", "edm", "ct")
+OBJECTIVE_CONVENTIONS = {
+    "flow_matching": {"output": "flow_velocity", "time_label": "t"},
+    "edm": {"output": "edm", "time_label": "edm_noise"},
+}
+_OBJECTIVE_SDE = {"flow_matching": (sde_lib.RectifiedFlow, "rectified_flow"), "edm": (sde_lib.EDMSDE, "edm")}
+
+
+def training_objective(config) -> str:
+    """``config.training.objective`` (``dsm`` when absent, as in the reference's configs).
+
+    Raises:
+        ValueError: an unknown objective.
+    """
+    objective = str(config.training.get("objective", "dsm") or "dsm").lower()
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {config.training.objective!r}; expected one of: {', '.join(OBJECTIVES)}")
+    return objective
+
+
+def _check_objective_sde(config, sde) -> str:
+    objective = training_objective(config)
+    if objective in _OBJECTIVE_SDE:
+        kind, name = _OBJECTIVE_SDE[objective]
+        if not isinstance(sde, kind):
+            raise ValueError(f"config.training.objective={objective!r} is defined on the {name} process; got "
+                             f"config.training.sde={config.training.sde!r} (set config.training.sde={name!r})")
+    return objective
+
+
+def velocity_fn_of(net_fn: Callable, sde, time_label: str = "t") -> Callable:
+    """``velocity_fn(x, t)`` of a network ``net_fn(x, labels)`` trained in the ``flow_velocity`` convention."""
+    return lambda x, t: net_fn(x, parameterization.time_labels(sde, t, time_label))
+
+
+def objective_loss_fn(config, sde):
+    """``loss_fn(net_fn, x, key) -> (loss, aux)`` of a non-DSM objective (``flow_matching`` or ``edm``).
+
+    Reads ``config.training``: ``time_sampling``, ``logit_mean``, ``logit_std`` (flow matching),
+    ``p_mean``, ``p_std`` (EDM), ``reduce_mean``; and ``config.model.sigma_data`` (EDM).
+
+    Raises:
+        ValueError: an unknown objective, or one used on a process it is not defined on.
+    """
+    t = config.training
+    objective = _check_objective_sde(config, sde)
+    reduce_mean = bool(t.get("reduce_mean", True))
+    conv = score_convention(config, sde)
+    if objective == "flow_matching":
+        time_sampling = str(t.get("time_sampling", "uniform")).lower()
+        if time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"unknown config.training.time_sampling {t.time_sampling!r}; expected one of: "
+                             f"uniform, logit_normal")
+        kw = dict(time_sampling=time_sampling, logit_mean=float(t.get("logit_mean", 0.0)),
+                  logit_std=float(t.get("logit_std", 1.0)), reduce_mean=reduce_mean)
+
+        def fm_loss(net_fn, x, key):
+            return losses.flow_matching_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), x, key, **kw)
+        return fm_loss
+    if objective == "edm":
+        sigma_data = float(config.model.get("sigma_data", 0.5))
+        kw = dict(sigma_data=sigma_data, p_mean=float(t.get("p_mean", -1.2)), p_std=float(t.get("p_std", 1.2)),
+                  reduce_mean=reduce_mean)
+
+        def edm_loss(net_fn, x, key):
+            denoiser = parameterization.model_denoiser(net_fn, sde, sigma_data=sigma_data, **conv)
+            return losses.edm_loss(denoiser, x, key, **kw)
+        return edm_loss
+    raise ValueError(f"objective_loss_fn handles flow_matching and edm; got {objective!r} (dsm: make_loss_fn)")
+
+
+def reflow_loss_fn(config, sde):
+    """``loss_fn(net_fn, samples, noise, key) -> (loss, aux)``: flow matching on fixed reflow couplings.
+
+    Raises:
+        ValueError: the config does not train a flow (``objective`` must be ``flow_matching``).
+    """
+    if training_objective(config) != "flow_matching":
+        raise ValueError(f"reflow trains a rectified flow: needs config.training.objective='flow_matching'; "
+                         f"got {config.training.objective!r}")
+    _check_objective_sde(config, sde)
+    t = config.training
+    conv = score_convention(config, sde)
+    kw = dict(time_sampling=str(t.get("time_sampling", "uniform")).lower(), logit_mean=float(t.get("logit_mean", 0.0)),
+              logit_std=float(t.get("logit_std", 1.0)), reduce_mean=bool(t.get("reduce_mean", True)))
+
+    def loss_fn(net_fn, samples, noise, key):
+        return reflow.reflow_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), noise, samples, key, **kw)
+    return loss_fn
+
+
+def reflow_sampler_options(config) -> tuple[str, dict]:
+    """``(method, options)`` of the deterministic sampler that makes reflow couplings (``config.reflow``).
+
+    Raises:
+        ValueError: an unknown or stochastic method, or a bad option.
+    """
+    r = config.reflow
+    method = str(r.get("method", "dpm_solver++")).lower()
+    options = {"steps": int(r.get("steps", 20))}
+    if int(r.get("order", 0) or 0) > 0:
+        options["order"] = int(r.order)
+    if method in ("pc", "euler_ancestral", "dpm_solver++_sde", "consistency"):
+        raise ValueError(f"config.reflow.method={method!r} is stochastic or not a flow map; reflow couplings need a "
+                         f"deterministic sampler (dpm_solver++, unipc, deis, ddim, dpm_solver, edm_heun, ode)")
+    if method == "ode":
+        options.pop("steps")
+    sampling.check_options(method, options)
+    return method, options
+
+
+def check_drift_finite_at_T(sde, what: str) -> None:
+    """Raises a clear error where ``what`` integrates the SDE's drift from ``T`` and ``alpha(T) = 0``.
+
+    Raises:
+        ValueError: the process is rectified flow at ``T = 1`` (set ``config.model.rf_T`` below 1).
+    """
+    if sampling.alpha_vanishes_at_T(sde):
+        raise ValueError(f"{what} integrates the probability-flow drift from T={sde.T}, infinite where alpha(T) = 0 "
+                         f"({type(sde).__name__}); set config.model.rf_T below 1, e.g. --config.model.rf_T=0.999")
+
+
+def cfg_with_denoiser(guided, score_model: ScoreModel, model, y, scale, null_label: int):
+    """``guided`` (a classifier-free-guided score) paired with the same guidance on the denoiser.
+
+    The guided denoiser ``(1 + w) D(x, y) - w D(x, ∅)`` is what samplers need where ``alpha(T) = 0``
+    (rectified flow at ``T = 1``): there the score alone does not determine ``E[x_0 | x_T]``. Elsewhere the
+    guided score is returned unchanged (its samplers use Tweedie's formula as before).
+    """
+    if not sampling.alpha_vanishes_at_T(score_model.sde):
+        return guided
+
+    def cond_denoiser(x, t, labels):
+        return score_model.score_fn(model, y=labels).denoiser(x, t)
+
+    return parameterization.with_denoiser(guided, guidance.classifier_free_guidance(cond_denoiser, y, scale, null_label))
 
 
 # ----------------------------------------------------------------------------------------------- optimiser
@@ -627,7 +799,7 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
     kind = str(config.sampling.get("guidance", "none")).lower()
     if kind not in GUIDANCE:
         raise ValueError(f"unknown config.sampling.guidance {kind!r}; expected one of: {', '.join(GUIDANCE)}")
-    score_model = ScoreModel(sde, **score_convention(config, sde))
+    score_model = ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.get("sigma_data", 0.5)))
     if kind == "none":
         return score_model.score_fn(model)
     scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
@@ -636,10 +808,14 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
         def cond_score_fn(x, t, labels):
             return score_model.score_fn(model, y=labels)(x, t)
 
-        return guidance.classifier_free_guidance(cond_score_fn, y, scale, int(config.model.num_classes))
+        guided = guidance.classifier_free_guidance(cond_score_fn, y, scale, int(config.model.num_classes))
+        return cfg_with_denoiser(guided, score_model, model, y, scale, int(config.model.num_classes))
     if classifier is None:
         raise ValueError("config.sampling.guidance='classifier' needs a trained classifier in workdir/classifier "
                          "(--mode=train_classifier)")
+    if sampling.alpha_vanishes_at_T(sde):
+        raise ValueError(f"classifier guidance needs the score at T, undefined where alpha(T) = 0 "
+                         f"({type(sde).__name__}(T={sde.T})); set config.model.rf_T < 1 (e.g. 0.999) or use cfg")
     return guidance.classifier_guidance(score_model.score_fn(model), classifiers.classifier_log_prob_fn(classifier, sde),
                                         y, scale)
 

@@ -169,7 +169,6 @@ def get_default_configs():
     latent.autoencoder_workdir = ""  # "" = pixel space; else the workdir of a --mode=train_autoencoder run
     latent.use_posterior_mean = True  # encode training batches by the posterior mean (False: a posterior sample)
     # (scoresde) few-step generation, --mode=distill (scoresde.distillation): cd | ct | pd
-    config.training.objective = "dsm"  # dsm (the score model) | ct (consistency training: --mode=distill)
     config.distill = distill = ml_collections.ConfigDict()
     distill.method = ""  # cd | ct | pd; "" = not a distilled / consistency run
     distill.teacher_workdir = ""  # cd / pd: a workdir trained with --mode=train (or imported by scoresde.convert)
@@ -186,6 +185,24 @@ def get_default_configs():
     distill.start_steps = 1024  # pd: the round-0 teacher's DDIM step count
     distill.end_steps = 1  # pd: the last student's step count (training.n_iters is split evenly over the rounds)
     distill.pd_weighting = "truncated_snr"  # pd: truncated_snr | snr_plus_one
+    # (scoresde) flow matching, EDM and reflow (issue 17): training.sde may also be rectified_flow | edm
+    training.objective = "dsm"  # dsm (DSM / DDPM / SMLD) | flow_matching | edm | ct (consistency training: --mode=distill)
+    training.time_sampling = "uniform"  # flow_matching: uniform | logit_normal (t = sigmoid(m + s n))
+    training.logit_mean = 0.0  # flow_matching logit_normal m
+    training.logit_std = 1.0  # flow_matching logit_normal s
+    training.p_mean = -1.2  # edm: ln sigma ~ N(p_mean, p_std^2)
+    training.p_std = 1.2
+    sampling.to_zero = False  # grid methods: k-diffusion's / EDM's ending, the last of `steps` steps goes to sigma = 0
+    model.sigma_data = 0.5  # edm preconditioning; the edm sde reads model.sigma_min / sigma_max (EDM: 0.002 / 80)
+    model.rf_T = 1.0  # rectified_flow: the process's T; < 1 (e.g. 0.999) for pc / ode sampling and likelihood
+    config.reflow = reflow = ml_collections.ConfigDict()  # --mode=reflow
+    reflow.source_workdir = ""  # the trained flow whose ODE map gives the couplings ("" = the workdir itself)
+    reflow.num_pairs = 0  # (noise, sample) couplings to generate (0 = none: reflow needs a positive number)
+    reflow.batch_size = 0  # couplings per sampler call (0 = eval.sample_batch_size)
+    reflow.method = "dpm_solver++"  # a deterministic method of scoresde.sampling
+    reflow.steps = 20
+    reflow.order = 0  # 0 = the method's default
+    reflow.init_from_source = True  # initialise the next flow from the source's EMA weights
 
     config.seed = 42
     return config

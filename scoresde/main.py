@@ -38,6 +38,7 @@ MODES = {
     "train_classifier": "scoresde.modes.train_classifier:train_classifier",
     "train_autoencoder": "scoresde.modes.train_autoencoder:train_autoencoder",  # latent diffusion, stage 1
     "distill": "scoresde.modes.distill:distill",  # cd | ct | pd few-step students (config.distill.method)
+    "reflow": "scoresde.modes.reflow:reflow_mode",  # couplings of a trained flow, then the next flow on them
 }
 
 # what a run reports as one line (the message names the problem and the fix)

@@ -31,7 +31,9 @@ Methods and their options (defaults in brackets):
   through the SDE's drift, infinite at ``t = 1``, and need ``T < 1`` (``RectifiedFlow(T=0.999)``).
 * For ddim / dpm_solver / dpm_solver++ / edm_heun / unipc / deis / dpm_solver++_sde / euler_ancestral,
   ``denoise`` [False] adds one final Tweedie step
-  ``E[x_0 | x_eps]`` (1 NFE).
+  ``E[x_0 | x_eps]`` (1 NFE). ``to_zero`` [False] is k-diffusion's / EDM's ending instead: the grid of
+  ``steps`` steps ends at ``sigma = 0``, its last step (from ``eps``) the first-order step to ``E[x_0 | x_eps]``;
+  i.e. ``steps - 1`` solver steps on the grid to ``eps``, then the denoiser (EDM's 18 Heun steps: 35 NFE).
 * ``"consistency"`` (:mod:`.consistency`, Song et al. 2023, Algorithm 1): here ``score_fn`` is a
   *consistency function* ``f(x, t) -> x_eps``; ``steps`` [1] network calls; ``times`` [None], the
   re-noising times ``τ_1 > ... > τ_{steps-1}`` in ``(eps, T)`` (``steps = len(times) + 1``; default the
@@ -94,6 +96,10 @@ _OPTIONS = {
     "euler_ancestral": dict(steps=50, eta=1.0, s_noise=1.0, grid="edm", denoise=False, project_fn=None),
     "consistency": dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None),
 }
+# k-diffusion's ending (issue 17): the grid ends at sigma = 0 with a final first-order (denoiser) step
+GRID_METHODS = ("ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde", "euler_ancestral")
+for _method in GRID_METHODS:
+    _OPTIONS[_method]["to_zero"] = False
 _FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "s_noise", "times")
 
 
@@ -176,6 +182,13 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
     if own_grid is not None and method in _OPTIONS and "grid" in _OPTIONS[method] and "grid" not in options:
         options = {**options, "grid": own_grid}
     opts = _resolve(method, options)
+    if opts.get("to_zero"):
+        if opts["denoise"]:
+            raise ValueError(f"method {method!r}: to_zero=True already ends with the denoiser step; "
+                             f"denoise=True would add a second one (choose one)")
+        if opts["steps"] < 2:
+            raise ValueError(f"method {method!r}: to_zero=True needs steps >= 2 (steps - 1 solver steps, then the "
+                             f"final step to sigma = 0); got steps={opts['steps']}")
     if method == "consistency":
         if opts["denoise"]:
             raise ValueError("method 'consistency' cannot denoise: a consistency function already returns x_eps")
@@ -241,6 +254,8 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
         return x, nfe, ok
     steps, kind = opts.pop("steps"), opts.pop("grid")
     rho = opts.pop("rho", 7.0)
+    if opts.pop("to_zero", False):  # steps - 1 solver steps to eps, then the first-order step to sigma = 0
+        steps, denoise = steps - 1, True
     ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
     solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
                "edm_heun": fast.edm_heun, "unipc": multistep.unipc, "deis": multistep.deis,

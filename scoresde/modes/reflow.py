@@ -1,0 +1,241 @@
+"""``--mode=reflow``: the next rectified flow (Liu et al., "Flow Straight and Fast", ICLR 2023, Sec. 2.3).
+
+Read top to bottom:
+
+1. **Couplings.** The trained flow in ``config.reflow.source_workdir`` (its EMA weights, the same config's
+   network) maps prior draws ``z`` to samples ``x`` with a deterministic sampler (``config.reflow.method``,
+   ``steps``, ``order``; :func:`scoresde.reflow.make_couplings`). ``config.reflow.num_pairs`` pairs are written
+   in chunks to ``workdir/reflow/couplings_<i>.npz``, each atomically and from its own key, so an interrupted
+   run regenerates only the missing chunks and gets the same pairs. Pairs are in the network's data space
+   (scaled, not mapped back to [0, 1]).
+2. **Training.** The next flow is trained by flow matching on the fixed pairs
+   (:func:`scoresde.builders.reflow_loss_fn`), initialised from the source's EMA weights
+   (``config.reflow.init_from_source``), with the shared state / loop of every trainer
+   (:mod:`scoresde.train_state`, :mod:`scoresde.train_loop`): checkpoints, exact resume (batch ``k`` is a
+   function of ``k``), ``metrics.jsonl``, snapshots, SIGTERM.
+
+Then ``--mode=sample`` on ``workdir`` samples the new flow (one or two Euler steps, ``method=ddim``, already
+give what the source needed many steps for).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from scoresde import builders, images, parallel, reflow, runlog, train_state
+from scoresde import data as data_lib
+from scoresde.checkpointing import Checkpointer, check_workdir
+from scoresde.train_loop import run_loop
+
+__all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
+
+
+def couplings_dir(workdir: str) -> str:
+    """Where the couplings of a reflow run live: ``workdir/reflow``."""
+    return os.path.join(workdir, "reflow")
+
+
+def _source_workdir(config, workdir: str) -> str:
+    source = str(config.reflow.get("source_workdir", "") or "")
+    if not source:
+        raise ValueError("--mode=reflow needs config.reflow.source_workdir: the workdir of a trained flow "
+                         "(e.g. --config.reflow.source_workdir=runs/toy2d_fm)")
+    if os.path.abspath(source) == os.path.abspath(workdir):
+        raise ValueError(f"config.reflow.source_workdir={source!r} is the reflow workdir itself; the next flow needs "
+                         f"its own workdir (its checkpoints would mix with the source's)")
+    return source
+
+
+def generate_couplings(config, workdir: str, source: str) -> dict:
+    """Writes the missing chunks of ``config.reflow.num_pairs`` couplings; returns ``{noise, samples, nfe, ...}``.
+
+    Raises:
+        ValueError: a bad ``config.reflow`` value, or chunks on disk made by another source / sampler.
+    """
+    r = config.reflow
+    num_pairs = int(r.get("num_pairs", 0))
+    if num_pairs <= 0:
+        raise ValueError(f"config.reflow.num_pairs must be positive; got {num_pairs}")
+    mesh = parallel.make_mesh()
+    batch = min(int(r.get("batch_size", 0) or config.eval.get("sample_batch_size", 0) or config.eval.batch_size),
+                num_pairs)
+    parallel.check_batch_size(batch, mesh, "config.reflow.batch_size")
+    method, options = builders.reflow_sampler_options(config)
+    score_model = builders.make_score_model(config)
+    sde = score_model.sde
+    graphdef, params, rest, src_step = builders.load_ema(config, source, mesh)
+    shape = (batch,) + data_lib.data_shape(config)
+    identity = {"source": os.path.abspath(source), "source_step": src_step, "method": method,
+                "options": options, "batch": batch}
+
+    def fn(params, key):
+        model = nnx.merge(graphdef, params, rest)
+        return reflow.make_couplings(score_model.score_fn(model), sde, key, shape, method=method,
+                                     eps=builders.sampling_eps(sde), **options)
+
+    gen = jax.jit(fn)
+    out_dir = couplings_dir(workdir)
+    key = builders.purpose_key(builders.root_key(config), "reflow")
+    noises, samples, nfe, made = [], [], 0, 0
+    for i in range(math.ceil(num_pairs / batch)):
+        path = os.path.join(out_dir, f"couplings_{i:05d}.npz")
+        if os.path.exists(path):
+            with np.load(path) as f:
+                found = json.loads(str(f["identity"]))
+                if found != json.loads(json.dumps(identity)):
+                    raise ValueError(f"{path} was made by {found}, not by this run's {identity}; remove "
+                                     f"{out_dir} to regenerate the couplings")
+                z, x, n = f["noise"], f["samples"], int(f["nfe"])
+        else:
+            z, x, n = gen(params, jax.random.fold_in(key, i))
+            z, x, n = parallel.to_host(z), parallel.to_host(x), int(n)
+            if not (np.all(np.isfinite(z)) and np.all(np.isfinite(x))):
+                raise FloatingPointError(f"non-finite couplings from {source} (step {src_step}) with {method} "
+                                         f"{options}; check the source run")
+            if jax.process_index() == 0:
+                images.save_npz_atomic(path, noise=z, samples=x, nfe=np.int64(n),
+                                       identity=np.array(json.dumps(identity)))
+            made += 1
+        noises.append(z)
+        samples.append(x)
+        nfe = n
+    return {"noise": np.concatenate(noises)[:num_pairs], "samples": np.concatenate(samples)[:num_pairs],
+            "nfe": nfe, "generated_chunks": made, "source_step": src_step, "method": method, "options": options}
+
+
+def _pair_batches(noise, samples, batch_size: int, seed: int, start_step: int):
+    """This process's slice of batch ``k`` for ``k >= start_step``: ``batch_size`` pairs drawn without
+    replacement by a generator seeded with ``(seed, k)``, so a resumed run reads the same batches."""
+    n, procs, me = len(noise), jax.process_count(), jax.process_index()
+    step = start_step
+    while True:
+        idx = np.random.default_rng([seed, step]).choice(n, batch_size, replace=batch_size > n)
+        idx = idx.reshape(procs, -1)[me]
+        yield {"image": samples[idx], "noise": noise[idx]}
+        step += 1
+
+
+def _write_snapshot(config, samples01, workdir: str, step: int) -> str | None:
+    if jax.process_index() != 0:
+        return None
+    path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
+    if data_lib.is_image_data(config):
+        images.save_image_grid(path, images.to_uint8(samples01), upscale=max(1, 64 // data_lib.data_shape(config)[0]))
+    elif samples01.shape[-1] == 2:
+        images.save_scatter(path, samples01, title=f"reflow step {step}")
+    else:
+        return None
+    return path
+
+
+def reflow_mode(config, workdir: str) -> dict:
+    """Makes the couplings of ``config.reflow.source_workdir``'s flow and trains the next flow in ``workdir``.
+
+    Returns:
+        A summary dict (``step``, ``loss``, ``preempted``, ``num_pairs``, ``coupling_nfe``).
+
+    Raises:
+        ValueError: bad ``config.reflow`` / ``config.training`` values (objective, source, sizes).
+    """
+    check_workdir(workdir)
+    tc = config.training
+    sde = builders.make_sde(config)
+    loss_fn = builders.reflow_loss_fn(config, sde)  # validates the objective before anything slow
+    if int(config.model.get("num_classes", 0) or 0) > 0:
+        raise ValueError("--mode=reflow trains unconditional flows; config.model.num_classes must be 0")
+    source = _source_workdir(config, workdir)
+    mesh = parallel.make_mesh()
+    batch_size = int(tc.batch_size)
+    parallel.check_batch_size(batch_size, mesh, "config.training.batch_size")
+    seed = int(config.get("seed", 0))
+    root = builders.root_key(config)
+
+    pairs = generate_couplings(config, workdir, source)
+    model = builders.build_model(config, seed=seed)
+    if bool(config.reflow.get("init_from_source", True)):
+        model, _ = builders.load_model(source, config, ema=True)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = builders.optimizer_from_config(config)
+    state = train_state.init_state(params, tx)
+    snapshot_freq = int(tc.snapshot_freq)
+    ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
+    try:
+        state, meta = train_state.restore_state(ckpt, state, tx)
+        start = int(state["step"])
+        runlog.announce(f"scoresde reflow: {config.model.name} on couplings of {source}", {
+            "couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
+                         f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
+                         f"generated now) in {couplings_dir(workdir)}",
+            "init": "source EMA weights" if config.reflow.get("init_from_source", True) else "fresh",
+            "steps": f"{int(tc.n_iters):,} at batch {batch_size}",
+            "workdir": os.path.abspath(workdir),
+            "resuming": f"from step {start}" if meta is not None else None,
+        })
+        state = parallel.replicate(mesh, state)
+        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
+                                      tensorboard=bool(tc.get("tensorboard", True)))
+        logger.truncate_after(start)
+        key = builders.purpose_key(root, "train")
+        ema_rate = float(config.model.get("ema_rate", 0.999))
+        max_nonfinite = int(tc.get("max_nonfinite", 10))
+        schedule = builders.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
+
+        def step_fn(state, batch):
+            step_key = jax.random.fold_in(key, state["step"])
+            k_loss, k_drop = jax.random.split(step_key)
+
+            def objective(params):
+                net = nnx.merge(graphdef, params, rest)
+                return loss_fn(lambda x, labels: net(x, labels, None, train=True, key=k_drop), batch["image"],
+                               batch["noise"], k_loss)
+
+            (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+            new_state, stats = train_state.guarded_update(state, grads, loss, tx, ema_rate=ema_rate,
+                                                          max_nonfinite=max_nonfinite)
+            return new_state, {"loss": loss, "lr": schedule(state["updates"]), **stats}
+
+        repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
+        step_fn = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+        num_snap = max(mesh.size, int(tc.get("snapshot_num_samples", 64)) // mesh.size * mesh.size)
+        snap_fn = None
+        snapshot_key = builders.purpose_key(root, "snapshot")
+        last_snapshot = [None]
+
+        def snapshot(s, step):
+            nonlocal snap_fn
+            if snap_fn is None:
+                snap_fn = builders.make_sample_fn(config, sde, graphdef, rest, num_snap, mesh)
+            samples, _ = snap_fn(s["ema"], jax.random.fold_in(snapshot_key, step))
+            last_snapshot[0] = _write_snapshot(config, parallel.to_host(samples), workdir, step)
+
+        def save(s, step):
+            train_state.save_state(ckpt, s, step, config=config)
+
+        try:
+            out = run_loop(state=state, step_fn=step_fn, start=start, n_iters=int(tc.n_iters), batch_size=batch_size,
+                           batches=_pair_batches(pairs["noise"], pairs["samples"], batch_size, seed, start),
+                           mesh=mesh, save=save, logger=logger, log_freq=int(tc.log_freq),
+                           ckpt_freq=int(tc.get("snapshot_freq_for_preemption", snapshot_freq)),
+                           snapshot_freq=snapshot_freq, max_nonfinite=max_nonfinite,
+                           snapshot=snapshot if bool(tc.get("snapshot_sampling", True)) else None,
+                           progress=bool(tc.get("progress", True)), desc="reflow")
+        finally:
+            logger.close()
+    finally:
+        ckpt.close()
+    if out["preempted"]:
+        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
+                        next_command="rerun the same command to resume")
+    else:
+        runlog.conclude(f"trained the next flow to step {out['step']}", results={
+            "final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
+            "latest samples": last_snapshot[0]},
+            next_command=runlog.command("sample", workdir, "--config.sampling.method=ddim --config.sampling.steps=1"))
+    return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "num_pairs": len(pairs["noise"]),
+            "coupling_nfe": pairs["nfe"]}
