@@ -60,7 +60,7 @@ def test_restore_through_the_cli_writes_grids_and_a_report(tmp_path):
                 "baseline", "baseline_psnr_mean", "baseline_psnr", "labels", "sampler", "sampler_options"):
         assert key in report, key
     assert report["operator"] == "super_resolution" and report["method"] == "pigdm" and report["step"] == 3
-    assert report["sigma_y"] == 0.02 and report["scale"] == 1.0 and report["baseline"] == "A+y"
+    assert report["sigma_y"] == 0.02 and report["scale"] == 5.0 and report["data_var"] == 1e4 and report["baseline"] == "A+y"
     # ddim, 4 steps + the final Tweedie step, each a forward pass and its VJP
     assert report["nfe"] == (4 + 1) * 2
     assert report["num_images"] == 8 and len(report["psnr"]) == 8 and len(report["baseline_psnr"]) == 8
