@@ -14,9 +14,11 @@ What lives here:
 * :func:`get_model` / :func:`build_model` / :func:`load_model`, :func:`get_classifier` /
   :func:`load_classifier`: networks from their config sections, and from a workdir's checkpoints.
 * :func:`sampler_from_config`, :func:`guided_score_fn`, :func:`make_sample_fn`: sampling from
-  ``config.sampling``.
+  ``config.sampling`` (ParaDiGMS when ``config.sampling.parallel_window > 0``, :func:`parallel_settings`).
 * Latent diffusion: :func:`get_autoencoder`, :class:`AutoencoderTrainee`, the autoencoder record,
   :func:`model_data_shape`, :func:`load_latent_space`, :func:`batch_transform` (``config.latent``).
+* Inverse problems (``config.inverse``): :func:`make_operator` (from plain values),
+  :func:`operator_from_config`, :func:`posterior_settings`, :func:`make_restore_fn`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ import ml_collections
 import optax
 from flax import nnx
 
+import numpy as np
+
 from scoresde import classifiers, config_defaults, guidance, losses, parallel, parameterization, reflow, sampling
+from scoresde import inverse as inverse_lib
 from scoresde import data as data_lib
 from scoresde import sde as sde_lib
 from scoresde.checkpointing import Checkpointer, checkpoint_dir
@@ -163,6 +168,7 @@ PURPOSE = {
     "classifier": 11,    # root -> classifier training
     "classifier_eval": 12,  # root -> classifier test accuracy noise
     "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch (issue 15)
+    "measurement": 16,   # root -> inverse problems: measurement noise (restoration keys use "sample")
     "reflow": 17,        # root -> reflow couplings (fold_in(key, chunk) below it)
 }
 
@@ -742,8 +748,36 @@ def sampling_options(config) -> tuple[str, dict]:
     return method, options
 
 
-def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None):
+def parallel_settings(config) -> tuple[int, float] | None:
+    """``(window, tol)`` of ParaDiGMS from ``config.sampling.parallel_window`` / ``parallel_tol``; ``None`` when off.
+
+    ``parallel_window = 0`` (the default) is the sequential sampler. ParaDiGMS runs the ``ddim`` sampler
+    (``eta`` as configured; ``eta = 1`` is DDPM ancestral) with :func:`scoresde.sampling.parallel_sample`.
+
+    Raises:
+        ValueError: a negative window or tolerance, or a window with a method other than ``ddim``.
+    """
+    cfg = config.sampling
+    window = int(cfg.get("parallel_window", 0) or 0)
+    tol = float(cfg.get("parallel_tol", 1e-3))
+    if window < 0 or tol < 0:
+        raise ValueError(f"config.sampling.parallel_window={window} / parallel_tol={tol} must be >= 0 "
+                         "(window 0 = the sequential sampler)")
+    if window == 0:
+        return None
+    if str(cfg.method).lower() != "ddim":
+        raise ValueError(f"config.sampling.parallel_window={window} (ParaDiGMS) needs config.sampling.method='ddim'; "
+                         f"got {cfg.method!r}")
+    return window, tol
+
+
+def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None, *, with_rounds: bool = False,
+                        sharding=None):
     """``sampler(key, score_fn, x_init=None) -> (samples, nfe)`` for ``config.sampling`` (see :func:`sampling_options`).
+
+    With ``config.sampling.parallel_window > 0`` (:func:`parallel_settings`) the ``ddim`` sampler runs as
+    ParaDiGMS (:func:`scoresde.sampling.parallel_sample`) from the same prior draw and noise as
+    :func:`scoresde.sampling.sample`; ``noise_removal`` adds the same final Tweedie step (1 NFE, 1 round).
 
     Args:
         config: a config with a ``sampling`` section.
@@ -751,13 +785,39 @@ def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None):
         shape: the batch shape ``(B, ...)``.
         inverse_scaler: applied to the samples (e.g. ``[-1, 1] -> [0, 1]``); identity if ``None``.
         eps: the final time; :func:`scoresde.sampling.default_eps` if ``None``.
+        with_rounds: return ``(samples, nfe, rounds)``: the sequential rounds of network evaluation
+            (ParaDiGMS's Picard rounds; ``= nfe`` for the sequential samplers, whose every call waits on the last).
+        sharding: a sharding for the prior draw (e.g. the batch over a ``('data',)`` mesh), so the
+            ParaDiGMS window's ``W · B`` rows spread over the devices.
     """
     method, options = sampling_options(config)
     inverse_scaler = inverse_scaler if inverse_scaler is not None else (lambda x: x)
+    paradigms = parallel_settings(config)
+    if sharding is not None:
+        options = {**options, "sharding": sharding}
+
+    def sequential(key, score_fn, x_init):
+        samples, nfe = sampling.sample(score_fn, sde, shape, key, method=method, x_init=x_init, eps=eps, **options)
+        return samples, nfe, nfe
+
+    def picard(key, score_fn, x_init):
+        window, tol = paradigms
+        t_end = sampling_eps(sde) if eps is None else eps
+        if x_init is None:  # the draw sample() makes from this key
+            x_init = sde.prior_sampling(jax.random.split(key)[0], shape)
+            if sharding is not None:
+                x_init = jax.lax.with_sharding_constraint(x_init, sharding)
+        opts = {k: v for k, v in options.items() if k in ("steps", "eta", "grid")}
+        samples, nfe, rounds = sampling.parallel_sample(score_fn, sde, shape, key, method="ddim", window=window,
+                                                        tol=tol, x_init=x_init, eps=t_end, **opts)
+        if options.get("denoise", False):
+            samples, nfe = sampling.grids.denoiser_call(score_fn, sde, samples, t_end, nfe)
+            rounds = rounds + 1
+        return samples, nfe, rounds
 
     def sampler(key, score_fn, x_init=None):
-        samples, nfe = sampling.sample(score_fn, sde, shape, key, method=method, x_init=x_init, eps=eps, **options)
-        return inverse_scaler(samples), nfe
+        samples, nfe, rounds = (picard if paradigms else sequential)(key, score_fn, x_init)
+        return (inverse_scaler(samples), nfe, rounds) if with_rounds else (inverse_scaler(samples), nfe)
 
     return sampler
 
@@ -839,19 +899,25 @@ def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
                                       time_label=score_convention(config, sde)["time_label"])
 
 
-def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None):
+def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None, *,
+                   with_rounds: bool = False):
     """A jitted ``fn(params, key, guidance_scale=None) -> (samples in data space [0, 1], nfe)``, sharded over the mesh.
 
     ``config.sampling.guidance`` (none | cfg | classifier, :func:`guided_score_fn`) guides the samples;
     ``guidance_scale`` overrides ``config.sampling.guidance_scale`` as a traced value. Classifier
     guidance needs ``classifier``; without one (snapshots during training) sampling is unguided.
+    ``with_rounds``: ``fn`` returns ``(samples, nfe, rounds)`` (see :func:`sampler_from_config`).
     """
     shape = (num_samples,) + model_data_shape(config)
+    mesh = mesh or parallel.make_mesh()
     inverse_scaler = data_lib.get_data_inverse_scaler(config)
     if is_latent(config):  # latent samples are decoded to images in [0, 1]
         space, to_unit = load_latent_space(config, mesh), inverse_scaler
         inverse_scaler = lambda z: to_unit(space.decode(z))  # noqa: E731
-    sampler = sampler_from_config(config, sde, shape, inverse_scaler, sampling_eps(sde))
+    # ParaDiGMS batches W steps into one call: shard its prior draw so those rows spread over the mesh.
+    draw = parallel.data_sharding(mesh) if parallel_settings(config) and num_samples % mesh.size == 0 else None
+    sampler = sampler_from_config(config, sde, shape, inverse_scaler, sampling_eps(sde), with_rounds=with_rounds,
+                                  sharding=draw)
     unguided = classifier is None and str(config.sampling.get("guidance", "none")).lower() == "classifier"
     consistency_model = is_consistency_model(config)
     if consistency_model and str(config.sampling.method).lower() != "consistency":
@@ -867,9 +933,195 @@ def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, cla
         return sampler(key, guided_score_fn(config, model, sde, num_samples, classifier=classifier,
                                             scale=guidance_scale))
 
-    mesh = mesh or parallel.make_mesh()
     out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
-    return jax.jit(fn, out_shardings=(out, parallel.replicated_sharding(mesh)))
+    counts = (parallel.replicated_sharding(mesh),) * (2 if with_rounds else 1)
+    return jax.jit(fn, out_shardings=(out, *counts))
+
+
+# ----------------------------------------------------------------------------------------------- inverse problems
+
+INVERSE_OPERATORS = ("none", "inpainting", "super_resolution", "deblur", "colorization", "random_projection")
+INPAINTING_MASKS = ("half", "random")
+
+
+def inpainting_mask(kind: str, shape: tuple, *, fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A ``{0, 1}`` float32 mask ``(1, *shape)`` (1 = observed) for one example's ``shape``.
+
+    ``"half"``: the lower half of an image (rows ``>= H/2``; for vectors the second half of the coordinates)
+    is missing. ``"random"``: each pixel (all channels together) is missing with probability ``fraction``,
+    from ``numpy``'s generator seeded with ``seed`` (the same mask for every image).
+
+    Raises:
+        ValueError: an unknown kind, or a fraction outside ``[0, 1)``.
+    """
+    if kind not in INPAINTING_MASKS:
+        raise ValueError(f"unknown inpainting mask {kind!r}; expected one of: {', '.join(INPAINTING_MASKS)}")
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"inpainting mask_fraction must be in [0, 1); got {fraction!r}")
+    pixel_shape = tuple(shape[:-1]) + (1,) if len(shape) == 3 else tuple(shape)
+    if kind == "half":
+        mask = np.ones(pixel_shape, np.float32)
+        mask[pixel_shape[0] // 2:] = 0.0
+    else:
+        mask = (np.random.default_rng(seed).random(pixel_shape) >= fraction).astype(np.float32)
+    return mask[None]
+
+
+def make_operator(name: str, shape: tuple, *, mask: str = "half", mask_fraction: float = 0.5, seed: int = 0,
+                  factor: int = 4, blur_sigma: float = 1.0, blur_size: int = 5,
+                  num_measurements: int = 0) -> inverse_lib.Operator:
+    """The measurement operator ``name`` of :mod:`scoresde.inverse` for examples of ``shape``, from plain values.
+
+    Args:
+        name: one of :data:`INVERSE_OPERATORS` but ``none``: ``inpainting`` (``mask``, ``mask_fraction``,
+            ``seed``: :func:`inpainting_mask`), ``super_resolution`` (``factor × factor`` box average),
+            ``deblur`` (Gaussian, ``blur_sigma`` pixels, odd ``blur_size``), ``colorization`` (3 channels to
+            gray), ``random_projection`` (``num_measurements × D`` Gaussian matrix with ``N(0, 1/D)`` entries
+            from ``seed``; ``0`` means ``D // 4``).
+        shape: one example's shape, ``(H, W, C)`` or ``(D,)``.
+
+    Raises:
+        ValueError: an unknown operator, or settings the data cannot take (named with the expected values).
+    """
+    shape = tuple(int(s) for s in shape)
+    is_image = len(shape) == 3
+
+    def need_image():
+        if not is_image:
+            raise ValueError(f"operator {name!r} needs image data (H, W, C); got data shape {shape}")
+
+    def inpainting():
+        return inverse_lib.Inpainting(jnp.asarray(inpainting_mask(mask, shape, fraction=mask_fraction, seed=seed)))
+
+    def super_resolution():
+        need_image()
+        if isinstance(factor, bool) or int(factor) != factor or factor < 1 or shape[0] % factor or shape[1] % factor:
+            raise ValueError(f"super_resolution factor {factor!r} must be a positive int dividing the image size "
+                             f"{shape[0]}x{shape[1]}")
+        return inverse_lib.SuperResolution(int(factor))
+
+    def deblur():
+        need_image()
+        if not blur_sigma > 0:
+            raise ValueError(f"deblur blur_sigma must be > 0 pixels; got {blur_sigma!r}")
+        if int(blur_size) != blur_size or blur_size < 1 or blur_size % 2 == 0:
+            raise ValueError(f"deblur blur_size must be a positive odd int; got {blur_size!r}")
+        return inverse_lib.GaussianBlur(float(blur_sigma), int(blur_size))
+
+    def colorization():
+        need_image()
+        if shape[-1] != 3:
+            raise ValueError(f"operator 'colorization' needs 3 colour channels; got data shape {shape} "
+                             "(config.data.num_channels)")
+        return inverse_lib.Colorization(3)
+
+    def random_projection():
+        d = math.prod(shape)
+        m = int(num_measurements) or max(1, d // 4)
+        if not 1 <= m <= d:
+            raise ValueError(f"random_projection num_measurements must be in 1..{d} (D) or 0 for D // 4; "
+                             f"got {num_measurements!r}")
+        matrix = np.random.default_rng(seed).standard_normal((m, d)).astype(np.float32) / np.sqrt(d)
+        return inverse_lib.RandomProjection(jnp.asarray(matrix), shape)
+
+    factories = {"inpainting": inpainting, "super_resolution": super_resolution, "deblur": deblur,
+                 "colorization": colorization, "random_projection": random_projection}
+    if name not in factories:
+        raise ValueError(f"unknown inverse operator {name!r}; expected one of: {', '.join(factories)}")
+    return factories[name]()
+
+
+def inverse_operator_name(config) -> str:
+    """``config.inverse.operator`` (``"none"`` when the config has no ``inverse`` section).
+
+    Raises:
+        ValueError: an unknown operator name.
+    """
+    section = config.get("inverse", None)
+    name = str(section.get("operator", "none")).lower() if section is not None else "none"
+    if name not in INVERSE_OPERATORS:
+        raise ValueError(f"unknown config.inverse.operator {name!r}; expected one of: {', '.join(INVERSE_OPERATORS)}")
+    return name
+
+
+def operator_from_config(config) -> inverse_lib.Operator | None:
+    """:func:`make_operator` of ``config.inverse`` for ``config.data``'s shape; ``None`` for operator ``none``."""
+    name = inverse_operator_name(config)
+    if name == "none":
+        return None
+    inv = config.inverse
+    return make_operator(name, data_lib.data_shape(config), mask=str(inv.get("mask", "half")).lower(),
+                         mask_fraction=float(inv.get("mask_fraction", 0.5)), seed=int(inv.get("seed", 0)),
+                         factor=int(inv.get("factor", 4)), blur_sigma=float(inv.get("blur_sigma", 1.0)),
+                         blur_size=int(inv.get("blur_size", 5)), num_measurements=int(inv.get("num_measurements", 0)))
+
+
+def posterior_settings(config) -> dict:
+    """The keyword arguments of :func:`scoresde.inverse.posterior_sample` that ``config.inverse`` sets.
+
+    ``method`` and ``sigma_y`` always; ``dps``: ``scale``, ``weighting``; ``pigdm``: ``scale``, ``data_var``,
+    ``cg_steps``; ``replacement``: nothing more (it ignores ``sigma_y``).
+
+    Raises:
+        ValueError: an unknown method, a negative ``sigma_y``, or an unknown DPS weighting.
+    """
+    inv = config.inverse
+    method = str(inv.get("method", "pigdm")).lower()
+    if method not in inverse_lib.METHODS:
+        raise ValueError(f"unknown config.inverse.method {method!r}; expected one of: {', '.join(inverse_lib.METHODS)}")
+    sigma_y = float(inv.get("sigma_y", 0.05))
+    if sigma_y < 0:
+        raise ValueError(f"config.inverse.sigma_y must be >= 0; got {sigma_y}")
+    out = dict(method=method, sigma_y=sigma_y)
+    if method == "dps":
+        weighting = str(inv.get("weighting", "gaussian")).lower()
+        if weighting not in ("gaussian", "normalized"):
+            raise ValueError(f"unknown config.inverse.weighting {weighting!r}; expected 'gaussian' or 'normalized'")
+        out.update(scale=float(inv.get("scale", 1.0)), weighting=weighting)
+    elif method == "pigdm":
+        out.update(scale=float(inv.get("scale", 1.0)), data_var=float(inv.get("data_var", 1.0)),
+                   cg_steps=int(inv.get("cg_steps", 50)))
+    return out
+
+
+def naive_restoration(operator: inverse_lib.Operator, y):
+    """The baseline a restoration is compared with: ``A⁺y``, or ``y`` itself for a blur (no cheap ``A⁺``)."""
+    if isinstance(operator, inverse_lib.GaussianBlur):
+        return y
+    return operator.pinv(y)
+
+
+def make_restore_fn(config, sde, graphdef, rest, operator: inverse_lib.Operator, classifier=None):
+    """A jitted ``fn(params, x, key) -> (y, naive, restored, nfe)`` for ``config.inverse`` and ``config.sampling``.
+
+    ``x`` is a batch of ground-truth images in model space. ``y = A x + sigma_y n`` (noise from
+    ``fold_in(key, PURPOSE["measurement"])``); ``naive`` (:func:`naive_restoration`) and ``restored``
+    (:func:`scoresde.inverse.posterior_sample` with the sampler of ``config.sampling``; the prior score
+    guided as :func:`guided_score_fn` says) are in data space ``[0, 1]``, unclipped. Pass ``x`` sharded over
+    a ``('data',)`` mesh (:func:`scoresde.parallel.shard_batch`) and the whole solve runs sharded.
+
+    Raises:
+        ValueError: ParaDiGMS (``config.sampling.parallel_window``) with an inverse problem, or a bad
+            ``config.inverse`` (:func:`posterior_settings`).
+    """
+    if parallel_settings(config) is not None:
+        raise ValueError("config.sampling.parallel_window > 0 (ParaDiGMS) samples without measurements; "
+                         "set it to 0 for config.inverse.operator != 'none'")
+    method, options = sampling_options(config)
+    settings = posterior_settings(config)
+    inverse_scaler = data_lib.get_data_inverse_scaler(config)
+    eps = sampling_eps(sde)
+    sigma_y = settings["sigma_y"]
+
+    def fn(params, x, key):
+        model = nnx.merge(graphdef, params, rest)
+        score_fn = guided_score_fn(config, model, sde, x.shape[0], classifier=classifier)
+        y = inverse_lib.measure(operator, x, purpose_key(key, "measurement"), sigma_y)
+        restored, nfe = inverse_lib.posterior_sample(score_fn, sde, operator, y, purpose_key(key, "sample"),
+                                                     sampler=method, eps=eps, **options, **settings)
+        return y, inverse_scaler(naive_restoration(operator, y)), inverse_scaler(restored), nfe
+
+    return jax.jit(fn)
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -203,6 +203,27 @@ def get_default_configs():
     reflow.steps = 20
     reflow.order = 0  # 0 = the method's default
     reflow.init_from_source = True  # initialise the next flow from the source's EMA weights
+    # (scoresde) inverse problems and parallel-in-time sampling (issue 16). --mode=sample restores
+    # config.inverse.num_images test images when inverse.operator != "none" (scoresde.inverse,
+    # scoresde.builders "inverse problems"); sampling.parallel_window > 0 samples ddim with ParaDiGMS.
+    config.inverse = inverse = ml_collections.ConfigDict()
+    inverse.operator = "none"  # none | inpainting | super_resolution | deblur | colorization | random_projection
+    inverse.method = "pigdm"  # replacement | dps | pigdm
+    inverse.sigma_y = 0.05  # measurement-noise std, in model space (centered data: [-1, 1])
+    inverse.scale = 1.0  # guidance scale (dps, pigdm)
+    inverse.weighting = "gaussian"  # dps: gaussian (1 / sigma_y^2) | normalized (1 / ||y - A x0||^2)
+    inverse.data_var = 1.0  # pigdm: c of r_t^2 = c sigma_t^2 / (alpha_t^2 c + sigma_t^2)
+    inverse.cg_steps = 50  # pigdm: conjugate-gradient iterations (deblur)
+    inverse.mask = "half"  # inpainting: half (the lower half missing) | random
+    inverse.mask_fraction = 0.5  # inpainting 'random': the fraction of pixels missing
+    inverse.seed = 0  # the random inpainting mask / random projection matrix
+    inverse.factor = 4  # super_resolution: k x k box average
+    inverse.blur_sigma = 1.0  # deblur: Gaussian std in pixels
+    inverse.blur_size = 5  # deblur: odd kernel size
+    inverse.num_measurements = 0  # random_projection: rows M of the matrix; 0 = D // 4
+    inverse.num_images = 64  # test images restored (the first ones of the test split, in order)
+    config.sampling.parallel_window = 0  # ParaDiGMS window W (ddim only); 0 = the sequential sampler
+    config.sampling.parallel_tol = 1e-3  # ParaDiGMS per-step tolerance (scoresde.sampling.parallel)
 
     config.seed = 42
     return config

@@ -60,11 +60,11 @@ def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) ->
     return grid
 
 
-def save_image_grid(path: str, images_uint8: np.ndarray, *, upscale: int = 1) -> np.ndarray:
+def save_image_grid(path: str, images_uint8: np.ndarray, *, upscale: int = 1, ncol: int | None = None) -> np.ndarray:
     """Writes a PNG grid of uint8 NHWC images (optionally upscaled by pixel repetition); returns the grid."""
     from PIL import Image  # noqa: PLC0415
 
-    grid = image_grid(images_uint8)
+    grid = image_grid(images_uint8, ncol)
     if upscale > 1:
         grid = grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

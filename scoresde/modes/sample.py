@@ -3,7 +3,17 @@
 Writes ``workdir/samples/samples_<i>.npz`` (array key ``samples``: uint8 NHWC for images, float32 for
 vector data; ``nfe``, ``sampler``, ``checkpoint_step`` and the request id travel with them) plus a PNG grid
 per file (a scatter plot for 2-D data), and last ``workdir/samples/request.json`` listing exactly the files of
-this request. A new request first removes the previous one's files, so ``fid`` never mixes requests. ``config.sampling`` chooses the sampler and guidance (:func:`scoresde.builders.sampler_from_config`).
+this request. A new request first removes the previous one's files, so ``fid`` never mixes requests.
+``config.sampling`` chooses the sampler and guidance (:func:`scoresde.builders.sampler_from_config`);
+``config.sampling.parallel_window > 0`` samples ddim with ParaDiGMS and reports its sequential ``rounds``.
+
+Inverse problems: with ``config.inverse.operator != "none"`` the mode instead restores the first
+``config.inverse.num_images`` test images from their measurements (:func:`_restore`) and writes
+``workdir/inverse/<operator>_<method>/``: ``report.json`` (PSNR of the restorations and of the naive
+``A⁺y`` against the ground truth, per image and mean, in ``[0, 1]`` after clipping; operator, method,
+``sigma_y``, scale, NFE, checkpoint step), ``restorations.npz`` and the PNG grids ``measurement.png``
+(``A⁺y``; the blurred image for deblurring), ``restoration.png``, ``ground_truth.png`` and
+``comparison.png`` (rows of measurement / restoration / ground truth, 10 images a row).
 """
 
 from __future__ import annotations
@@ -45,7 +55,12 @@ def _clear_previous_request(out_dir: str) -> None:
 
 
 def sample(config, workdir: str) -> dict:
-    """Writes ``config.eval.num_samples`` EMA samples to ``workdir/samples/samples_<i>.npz`` and PNG grids."""
+    """Writes ``config.eval.num_samples`` EMA samples to ``workdir/samples/samples_<i>.npz`` and PNG grids.
+
+    With ``config.inverse.operator`` set, restores test images instead (see the module docstring).
+    """
+    if builders.inverse_operator_name(config) != "none":
+        return _restore(config, workdir)
     mesh = parallel.make_mesh()
     sde = builders.make_sde(config)
     student = distillation.read_student_file(workdir)
@@ -61,22 +76,25 @@ def sample(config, workdir: str) -> dict:
     if str(config.sampling.get("guidance", "none")).lower() == "classifier":
         classifier, _ = builders.load_classifier(workdir, config)
     method, options = builders.sampling_options(config)
+    paradigms = builders.parallel_settings(config)
     runlog.announce(f"scoresde sample: {total} samples from step {step}", {
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
         "sampler": f"{method} {options}",
+        "paradigms": f"window {paradigms[0]}, tol {paradigms[1]}" if paradigms else None,
         "guidance": str(config.sampling.get("guidance", "none")),
         "workdir": os.path.abspath(workdir),
     })
-    sample_fn = builders.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier)
+    sample_fn = builders.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier,
+                                        with_rounds=True)
     out_dir = os.path.join(workdir, "samples")
     key = builders.purpose_key(builders.root_key(config), "sample")
     description = json.dumps(builders.sampler_description(config), sort_keys=True, default=str)
     request = uuid.uuid4().hex
     if jax.process_index() == 0:
         _clear_previous_request(out_dir)
-    written, i, nfe, names = 0, 0, 0, []
+    written, i, nfe, rounds, names = 0, 0, 0, 0, []
     while written < total:
-        samples, nfe = sample_fn(params, jax.random.fold_in(key, i))
+        samples, nfe, rounds = sample_fn(params, jax.random.fold_in(key, i))
         samples = parallel.to_host(samples)[: total - written]
         if jax.process_index() == 0:
             arr = images.to_uint8(samples) if data_lib.is_image_data(config) else np.asarray(samples, np.float32)
@@ -90,9 +108,108 @@ def sample(config, workdir: str) -> dict:
     if jax.process_index() == 0:  # written last: a request without it did not finish
         images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {
             "request": request, "files": names, "num_samples": written, "checkpoint_step": int(step),
-            "nfe": int(nfe), "sampler": builders.sampler_description(config)})
-    result = {"step": step, "num_samples": written, "files": i, "nfe": int(nfe), "dir": out_dir}
+            "nfe": int(nfe), "rounds": int(rounds), "sampler": builders.sampler_description(config)})
+    result = {"step": step, "num_samples": written, "files": i, "nfe": int(nfe), "rounds": int(rounds), "dir": out_dir}
     print(json.dumps(result))
-    runlog.conclude(f"wrote {written} samples ({int(nfe)} NFE each) from step {step}", results={"samples": out_dir},
-                    next_command=runlog.command("fid", workdir))
+    runlog.conclude(f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
+                    results={"samples": out_dir}, next_command=runlog.command("fid", workdir))
     return result
+
+
+def _comparison_rows(rows: list[np.ndarray], per_row: int = 10) -> np.ndarray:
+    """Interleaves equal-length image stacks: ``per_row`` of the first, the same of the second, ... then the next block."""
+    n = len(rows[0])
+    blocks = [r[s:s + per_row] for s in range(0, n, per_row) for r in rows]
+    pad = [np.concatenate([b, np.zeros((per_row - len(b),) + b.shape[1:], b.dtype)]) for b in blocks]
+    return np.concatenate(pad)
+
+
+def _restore(config, workdir: str) -> dict:
+    """Restores ``config.inverse.num_images`` test images from measurements; see the module docstring."""
+    import time  # noqa: PLC0415
+
+    from scoresde import inverse  # noqa: PLC0415  (psnr; the operators come from builders)
+
+    if not data_lib.is_image_data(config):
+        raise ValueError("config.inverse restores images; the data of this config are vectors "
+                         f"(config.data.dataset={config.data.dataset!r})")
+    mesh = parallel.make_mesh()
+    sde = builders.make_sde(config)
+    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
+    operator = builders.operator_from_config(config)
+    settings = builders.posterior_settings(config)
+    name, method = builders.inverse_operator_name(config), settings["method"]
+    total = int(config.inverse.num_images)
+    batch = min(int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size), total)
+    if total < 1:
+        raise ValueError(f"config.inverse.num_images must be >= 1; got {total}")
+    parallel.check_batch_size(batch, mesh, "min(config.eval.sample_batch_size, config.inverse.num_images)")
+    classifier = None
+    if str(config.sampling.get("guidance", "none")).lower() == "classifier":
+        classifier, _ = builders.load_classifier(workdir, config)
+    sampler, options = builders.sampling_options(config)
+    runlog.announce(f"scoresde sample: restoring {total} test images ({name}, {method}) from step {step}", {
+        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+        "operator": f"{name} {operator}",
+        "posterior": json.dumps(settings),
+        "sampler": f"{sampler} {options}",
+        "workdir": os.path.abspath(workdir),
+    })
+    restore_fn = builders.make_restore_fn(config, sde, graphdef, rest, operator, classifier=classifier)
+    key = builders.root_key(config)
+    data = data_lib.get_dataset(config, split="test", batch_size=batch, shuffle=False, repeat=False,
+                                uniform_dequantization=False)
+    scaler = data_lib.get_data_inverse_scaler(config)
+    truth, naive, restored, labels, measurements = [], [], [], [], []
+    nfe, i, start = 0, 0, time.time()
+    while sum(len(t) for t in truth) < total:
+        try:
+            b = next(data)
+        except StopIteration:
+            raise ValueError(f"config.inverse.num_images={total} is more than the test split gives in batches of "
+                             f"{batch} ({sum(len(t) for t in truth)})") from None
+        x, label = parallel.shard_batch(mesh, (b["image"], b["label"]))
+        y, a_pinv, r, nfe = restore_fn(params, x, jax.random.fold_in(key, i))
+        keep = total - sum(len(t) for t in truth)
+        truth.append(np.asarray(scaler(parallel.to_host(x)))[:keep])
+        measurements.append(parallel.to_host(y)[:keep])
+        naive.append(parallel.to_host(a_pinv)[:keep])
+        restored.append(parallel.to_host(r)[:keep])
+        labels.append(parallel.to_host(label)[:keep])
+        i += 1
+    wall = time.time() - start
+    truth, naive, restored = (np.clip(np.concatenate(a), 0.0, 1.0).astype(np.float32) for a in (truth, naive, restored))
+    labels = np.concatenate(labels)
+    psnr = np.asarray(inverse.psnr(restored, truth, data_range=1.0))
+    baseline = np.asarray(inverse.psnr(naive, truth, data_range=1.0))
+    out_dir = os.path.join(workdir, "inverse", f"{name}_{method}")
+    report = {
+        "operator": name, "operator_repr": str(operator), "method": method, "sigma_y": settings["sigma_y"],
+        "scale": settings.get("scale"), "weighting": settings.get("weighting"), "data_var": settings.get("data_var"),
+        "sampler": sampler, "sampler_options": {k: v for k, v in options.items()}, "nfe": int(nfe), "step": step,
+        "num_images": int(len(truth)), "psnr_mean": float(np.mean(psnr)), "psnr": [float(v) for v in psnr],
+        "baseline": "y" if name == "deblur" else "A+y", "baseline_psnr_mean": float(np.mean(baseline)),
+        "baseline_psnr": [float(v) for v in baseline], "labels": [int(v) for v in labels],
+        "psnr_space": "[0, 1] data space, clipped", "wall_seconds": round(wall, 2), "dir": out_dir,
+    }
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        images.save_npz_atomic(os.path.join(out_dir, "restorations.npz"), restoration=restored, measurement_pinv=naive,
+                               ground_truth=truth, measurement=np.concatenate(measurements).astype(np.float32),
+                               labels=labels, psnr=psnr, baseline_psnr=baseline, nfe=np.int64(nfe))
+        up = max(1, 64 // data_lib.data_shape(config)[0])
+        for fname, arr in (("measurement", naive), ("restoration", restored), ("ground_truth", truth)):
+            images.save_image_grid(os.path.join(out_dir, f"{fname}.png"), images.to_uint8(arr), upscale=up)
+        per_row = min(10, len(truth))
+        images.save_image_grid(os.path.join(out_dir, "comparison.png"),
+                               images.to_uint8(_comparison_rows([naive, restored, truth], per_row)), upscale=up,
+                               ncol=per_row)
+        with open(os.path.join(out_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    summary = {k: report[k] for k in ("operator", "method", "psnr_mean", "baseline_psnr_mean", "nfe", "step", "dir")}
+    print(json.dumps(summary))
+    runlog.conclude(f"restored {len(truth)} test images ({name}, {method}, {int(nfe)} NFE each): PSNR "
+                    f"{report['psnr_mean']:.2f} dB vs {report['baseline_psnr_mean']:.2f} dB for {report['baseline']}",
+                    results={"report": os.path.join(out_dir, "report.json")},
+                    next_command=runlog.command("sample", workdir, "--config.inverse.method=dps"))
+    return report
