@@ -32,10 +32,15 @@ from scoresde import data as data_lib
 from scoresde.modes.train import make_train_step
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, optionally PATH:variant.", lock_config=True)
-flags.DEFINE_enum("what", "train", ["train", "nfe"], "What to time.")
-flags.DEFINE_integer("batch_size", None, "Global batch (default: config.training.batch_size).")
-flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
+
+
+def _define_flags() -> None:
+    """The command's flags, defined only when it runs: importing ``bench`` (for :func:`run`, :data:`PEAK_FLOPS`)
+    next to ``scoresde.main`` must not define ``--config`` twice."""
+    config_flags.DEFINE_config_file("config", None, "Config file, optionally PATH:variant.", lock_config=True)
+    flags.DEFINE_enum("what", "train", ["train", "nfe"], "What to time.")
+    flags.DEFINE_integer("batch_size", None, "Global batch (default: config.training.batch_size).")
+    flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
 
 
 # Dense peak FLOP/s per device (no sparsity) from the vendors' data sheets: (bf16, f32). f32 is the
@@ -170,5 +175,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -126,6 +126,8 @@ class WorkdirLock:
 def _shape_mismatches(stored_tree, target) -> list[str]:
     """``path: stored (a, b) vs expected (c, d)`` for every leaf whose shape differs (or is missing)."""
     stored = {"/".join(map(str, k)): v for k, v in _flat(stored_tree)}
+    if not stored:  # unreadable metadata is damage (skip this checkpoint), not a different architecture
+        raise ValueError("the checkpoint's parameter metadata is empty or unreadable")
     wanted = {"/".join(map(str, k)): v for k, v in _flat(target)}
     out = []
     for path in sorted(set(stored) | set(wanted)):

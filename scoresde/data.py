@@ -42,7 +42,7 @@ _IN_MEMORY = ("digits", "npz", "folder")
 
 
 def _name(config) -> str:
-    return str(config.data.dataset).lower()
+    return str(config.data.get("dataset", "")).lower()
 
 
 def known_datasets() -> tuple[str, ...]:

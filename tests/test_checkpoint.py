@@ -83,10 +83,11 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     model, step = builders.load_model(workdir, config)
     assert step == 2
     assert any("skipping checkpoint" in r.getMessage() and "/3" in r.getMessage() for r in caplog.records)
-    assert os.path.isdir(os.path.join(ckpt_dir, "corrupt_3"))  # moved aside, never loaded
-    # training resumes from step 2 and redoes step 3
+    assert os.path.isdir(os.path.join(ckpt_dir, "3"))  # a reader renames nothing (issue 13: read-only)
+    # training resumes from step 2 and redoes step 3; the writer moves the unreadable one aside
     config.training.n_iters = 4
     train.train(config, workdir)
+    assert os.path.isdir(os.path.join(ckpt_dir, "corrupt_3"))
     assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4]
 
     for s in os.listdir(ckpt_dir):
