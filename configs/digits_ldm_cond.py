@@ -2,12 +2,15 @@
 
 ``digits_ldm`` plus ``model.num_classes = 10`` and ``p_uncond = 0.1``; samples with CFG, every class in turn
 (``class_label = -1``): the 10×10 grid ``workdir/samples/samples_0.png`` has one class per row, 0 at the top.
-Needs the autoencoder of ``digits_ae`` (``config.latent.autoencoder_workdir``). Variant: ``smoke``.
+Needs the autoencoder of ``digits_ae`` (``config.latent.autoencoder_workdir``). A noise-conditional WRN on the
+latents serves classifier guidance. Variants: ``smoke``, ``classifier`` (sample with classifier guidance).
 
     python -m scoresde.main --config=configs/digits_ae.py --workdir=runs/digits_ae --mode=train_autoencoder
     python -m scoresde.main --config=configs/digits_ldm_cond.py --workdir=runs/digits_ldm_cond
     python -m scoresde.main --config=configs/digits_ldm_cond.py --workdir=runs/digits_ldm_cond --mode=sample \
         --config.sampling.class_label=7 --config.sampling.guidance_scale=2
+    python -m scoresde.main --config=configs/digits_ldm_cond.py --workdir=runs/digits_ldm_cond --mode=train_classifier
+    python -m scoresde.main --config=configs/digits_ldm_cond.py:classifier --workdir=runs/digits_ldm_cond --mode=sample
 """
 
 from scoresde import config_defaults as base
@@ -20,6 +23,12 @@ def smoke(config):
     config.eval.num_samples = 10
     config.eval.sample_batch_size = 10
     config.training.snapshot_num_samples = 10
+    c = config.classifier
+    c.n_iters, c.log_freq, c.batch_size, c.width, c.embed_size, c.num_eval_batches = 2, 1, 8, 1, 16, 1
+
+
+def classifier_guidance(config):
+    config.sampling.guidance = "classifier"
 
 
 def get_config(variant=None):
@@ -28,4 +37,8 @@ def get_config(variant=None):
     config.eval.num_samples = 100
     config.eval.sample_batch_size = 100
     config.training.snapshot_num_samples = 100
-    return base.apply_variants(config, variant, {"smoke": smoke}, "digits_ldm_cond")
+    # a noise-conditional classifier of the *latents* (what the latent sampler's state is), for classifier guidance
+    base.add_classifier(config, "wrn", 10, depth=10, width=2, embed_size=64, n_iters=1500, lr=1e-3,
+                        batch_size=128, snapshot_freq=1500)
+    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
+                               "digits_ldm_cond")

@@ -652,7 +652,7 @@ def load_ema(config, workdir: str, mesh):
 
 
 def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The classifier of ``config.classifier`` (``name`` ∈ wrn | mlp) for ``config.data``.
+    """The classifier of ``config.classifier`` (``name`` ∈ wrn | mlp) for the score model's state (pixels or latents).
 
     Reads ``config.classifier``: ``name``, ``num_classes`` (default ``config.model.num_classes``) and,
     for ``wrn``, ``depth`` [28], ``width`` [10], ``embed_size`` [128], ``fourier_scale`` [16]; for
@@ -665,7 +665,7 @@ def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
     num_classes = int(c.get("num_classes", 0) or config.model.get("num_classes", 0))
     if num_classes < 2:
         raise ValueError(f"a classifier needs config.classifier.num_classes >= 2; got {num_classes}")
-    shape = data_lib.data_shape(config)
+    shape = model_data_shape(config)  # a latent model's classifier reads latents, as its sampler's state is
 
     def wrn():
         if len(shape) != 3:

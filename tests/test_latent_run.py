@@ -94,6 +94,27 @@ def test_latent_sample_mode_writes_decoded_images(ae_workdir, tmp_path):
     assert os.path.exists(os.path.join(workdir, "samples", "samples_0.png"))
 
 
+def test_latent_classifier_trains_on_latents_and_guides_the_latent_sampler(ae_workdir, tmp_path):
+    config = load_config("digits_ldm_cond", "smoke,classifier")
+    config.latent.autoencoder_workdir = ae_workdir
+    config.training.snapshot_sampling = False
+    workdir = str(tmp_path)
+    train.train(config, workdir)
+    from scoresde.modes.train_classifier import train_classifier
+
+    out = train_classifier(config, workdir)
+    assert out["step"] == 2 and set(out["test_accuracy"]) == {"t=0.001", "t=0.25", "t=0.5"}
+    clf, _ = builders.load_classifier(workdir, config)
+    latent_shape = builders.model_data_shape(config)
+    assert latent_shape != data_lib.data_shape(config)  # 8x8x2 latents, not 16x16x1 pixels
+    logits = clf(jnp.zeros((2,) + latent_shape), jnp.ones((2,)))
+    assert logits.shape == (2, 10)
+    result = sample(config, workdir)
+    with np.load(os.path.join(workdir, "samples", "samples_0.npz")) as f:
+        s = f["samples"]
+    assert result["num_samples"] == 10 and s.shape == (10, 16, 16, 1) and s.dtype == np.uint8
+
+
 @pytest.mark.slow
 def test_train_autoencoder_resumes_exactly(tmp_path):
     config = load_config("digits_ae", "smoke")

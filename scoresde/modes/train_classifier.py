@@ -1,7 +1,7 @@
 """``--mode=train_classifier``: trains the noise-conditional classifier of ``config.classifier``.
 
 The classifier learns ``p_t(y | x_t)`` by cross-entropy on perturbed data ``x_t = alpha(t) x_0 +
-sigma(t) z`` with ``t ~ U[eps, T]`` (the score model's SDE and sampling eps), fed in VE coordinates
+sigma(t) z`` (for a latent model, ``x_0`` is the encoded image: the classifier guides the latent sampler) with ``t ~ U[eps, T]`` (the score model's SDE and sampling eps), fed in VE coordinates
 (:func:`scoresde.classifiers.classifier_inputs`). The reference released only a pre-trained classifier,
 not its training code. Everything is written under ``workdir/classifier/`` (checkpoints with params and
 EMA params, ``metrics.jsonl``, ``eval_results.json``), next to the score model in ``workdir``; a run
@@ -87,8 +87,11 @@ def train_classifier(config, workdir: str) -> dict:
         })
         state = parallel.replicate(mesh, state)
 
+        to_model_space = builders.batch_transform(config, mesh)  # a latent model's classifier reads latents
+
         def step_fn(state, batch):
             step_key = jax.random.fold_in(key, state["step"])
+            batch = to_model_space(batch, builders.purpose_key(step_key, "latent_encode"))
 
             def objective(p):
                 return classifier_loss(nnx.merge(graphdef, p, rest), sde, batch["image"], batch["label"], step_key,
@@ -135,9 +138,12 @@ def _test_accuracy(config, c, sde, eps, split_model, params, mesh, batch_size, k
     times = [float(t) for t in c.get("eval_times", (eps, 0.25, 0.5))]
     graphdef, rest = split_model
 
+    to_model_space = builders.batch_transform(config, mesh)
+
     @jax.jit
     def correct(params, x, y, t, key):
         model = nnx.merge(graphdef, params, rest)
+        x = to_model_space({"image": x}, builders.purpose_key(key, "latent_encode"))["image"]
         tv = jnp.full((x.shape[0],), t, x.dtype)
         xt = batch_mul(sde.alpha(tv), x) + batch_mul(sde.sigma(tv), jax.random.normal(key, x.shape, x.dtype))
         xv, level = classifiers.classifier_inputs(sde, xt, tv)
