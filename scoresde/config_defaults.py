@@ -78,6 +78,9 @@ def get_default_configs():
     sampling.variant = ""  # unipc: bh1 | bh2
     sampling.times = ()  # consistency: the re-noising times tau_1 > ... > tau_{k-1}; () = the default grid
     sampling.grid = ""  # uniform_t | log_snr | edm
+    # dpm_solver: uniform (steps intervals of one order) | fast (DPM-Solver-fast: steps = the NFE budget, mixed
+    # orders up to `order`, e.g. order 3 -> [3]*(K-2)+[2,1] for steps % 3 == 0); "" = the method's default (uniform)
+    sampling.schedule = ""
     sampling.solver = ""  # ode: tsit5 | dopri5 | euler | heun
     sampling.rtol = 1e-5  # ode
     sampling.atol = 1e-5  # ode

@@ -12,7 +12,18 @@ Methods and their options (defaults in brackets):
   ``steps`` [100, fixed-step solvers]; ``grid`` [uniform_t]; ``max_steps`` [4096]; ``denoise`` [False]
   (one reverse-diffusion mean step at ``eps``, as the reference's ODE sampler).
 * ``"ddim"``: ``steps`` [50], ``eta`` [0.0], ``grid`` [uniform_t].
-* ``"dpm_solver"``: singlestep, ``order`` [2] ∈ 1 | 2 | 3, ``steps`` [10] (``order`` NFE each), ``grid`` [log_snr].
+* ``"dpm_solver"``: singlestep, ``order`` [2] ∈ 1 | 2 | 3, ``steps`` [10] (``order`` NFE each), ``grid`` [log_snr],
+  ``schedule`` [uniform] ∈ uniform | fast. ``uniform``: ``steps`` intervals, all of order ``order``
+  (``steps * order`` NFE; the authors' ``singlestep_fixed``). ``fast`` (DPM-Solver-fast, Lu et al. 2022
+  Sec. 3.4; the authors' ``singlestep``, their default for order 3): ``steps`` is the NFE budget and
+  ``order`` the highest order (:func:`.fast.fast_orders`); for ``order=3``, ``K = steps // 3 + 1`` intervals of orders
+  ``[3]*(K-2) + [2, 1]`` if ``steps % 3 == 0``, ``[3]*(K-1) + [1]`` if ``steps % 3 == 1``,
+  ``[3]*(K-1) + [2]`` if ``steps % 3 == 2`` (``order=2``: ``[2]*(steps//2)`` and a ``[1]`` if odd;
+  ``order=1``: ``[1]*steps``), so exactly ``steps`` NFE. The ``K`` intervals are uniform in log-SNR on the
+  ``log_snr`` grid; on another grid they are the ``steps``-interval grid subsampled at the cumulative orders
+  (:func:`.fast.fast_schedule`, as the authors' ``get_orders_and_timesteps_for_singlestep_solver``).
+  The paper's DPM-Solver-fast is ``order=3, schedule="fast"``. ``denoise`` / ``to_zero`` count as below
+  (``to_zero``: a budget of ``steps - 1``, then the denoiser).
 * ``"dpm_solver++"``: multistep, ``order`` [2] ∈ 1 | 2 (2M), ``steps`` [20], ``grid`` [log_snr],
   ``lower_order_final`` [True].
 * ``"edm_heun"``: ``steps`` [18] (2 NFE each), ``S_churn`` [0], ``S_tmin`` [0], ``S_tmax`` [inf],
@@ -50,7 +61,7 @@ leaves of a pytree ``score_fn`` such as ``jax.tree_util.Partial(f, params)``) an
 (``eps``, ``snr``, ``eta``, ``rtol``, ``atol``, ``S_*``, ``rho``) are traced: changing them does not
 recompile. What recompiles: ``method``, ``shape``/dtype, the SDE, the identity of a plain-function
 ``score_fn``, and the int/str/bool options (``steps``, ``n_steps``, ``order``, ``predictor``,
-``corrector``, ``solver``, ``grid``, ``max_steps``, ``denoise``, ``probability_flow``,
+``corrector``, ``solver``, ``grid``, ``schedule``, ``max_steps``, ``denoise``, ``probability_flow``,
 ``corrector_first``, ``lower_order_final``): they fix loop lengths and the traced program.
 
 Sharding: pass ``x_init`` sharded over a ``('data',)`` mesh (or ``sharding=`` a ``NamedSharding`` for the
@@ -84,7 +95,7 @@ _OPTIONS = {
                probability_flow=False, corrector_first=True, project_fn=None),
     "ode": dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096, denoise=False),
     "ddim": dict(steps=50, eta=0.0, grid="uniform_t", denoise=False, project_fn=None),
-    "dpm_solver": dict(steps=10, order=2, grid="log_snr", denoise=False, project_fn=None),
+    "dpm_solver": dict(steps=10, order=2, grid="log_snr", schedule="uniform", denoise=False, project_fn=None),
     "dpm_solver++": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
     "edm_heun": dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
                      denoise=False, project_fn=None),
@@ -100,6 +111,8 @@ _OPTIONS = {
 GRID_METHODS = ("ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde", "euler_ancestral")
 for _method in GRID_METHODS:
     _OPTIONS[_method]["to_zero"] = False
+# dpm_solver: every interval of one order, or DPM-Solver-fast's mixed orders for an NFE budget (fast.fast_orders)
+SCHEDULES = ("uniform", "fast")
 _FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "s_noise", "times")
 
 
@@ -139,6 +152,8 @@ def _resolve(method, options):
     for name in ("grid",):
         if name in opts and opts[name] not in GRIDS:
             raise ValueError(f"unknown time grid {opts[name]!r}; expected one of: {', '.join(GRIDS)}")
+    if "schedule" in opts and opts["schedule"] not in SCHEDULES:
+        raise ValueError(f"unknown dpm_solver schedule {opts['schedule']!r}; expected one of: {', '.join(SCHEDULES)}")
     for name in ("steps", "n_steps", "order", "max_steps"):
         if name in opts and opts[name] is not None:
             if isinstance(opts[name], bool) or not isinstance(opts[name], int) or opts[name] < 1:
@@ -256,7 +271,11 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
     rho = opts.pop("rho", 7.0)
     if opts.pop("to_zero", False):  # steps - 1 solver steps to eps, then the first-order step to sigma = 0
         steps, denoise = steps - 1, True
-    ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
+    if opts.pop("schedule", "uniform") == "fast":  # steps is the NFE budget; the grid follows the orders
+        ts, opts["orders"] = fast.fast_schedule(sde, steps, eps, order=opts["order"], kind=kind, rho=rho,
+                                                dtype=x.dtype)
+    else:
+        ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
     solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
                "edm_heun": fast.edm_heun, "unipc": multistep.unipc, "deis": multistep.deis,
                "dpm_solver++_sde": stochastic.dpm_solver_pp_sde, "euler_ancestral": stochastic.euler_ancestral}

@@ -1,4 +1,5 @@
-"""Few-step samplers on a fixed time grid: DDIM, DPM-Solver (singlestep), DPM-Solver++(2M), EDM Heun.
+"""Few-step samplers on a fixed time grid: DDIM, DPM-Solver (singlestep; DPM-Solver-fast's mixed orders for an
+NFE budget), DPM-Solver++(2M), EDM Heun.
 
 All are written once for every linear SDE through ``alpha(t)``, ``sigma(t)`` and the log-SNR of
 :mod:`scoresde.sde`, with DPM-Solver's ``lambda = log(alpha / sigma) = log_snr / 2``. The network enters
@@ -12,7 +13,8 @@ Each sampler is one ``lax.scan`` over the grid; it carries the NFE counter (see
 
 References:
     Song, Meng, Ermon, "Denoising Diffusion Implicit Models", ICLR 2021 (eq. 12).
-    Lu et al., "DPM-Solver", NeurIPS 2022 (Algorithms 1 (order 2), 2 (order 3), eq. 3.7).
+    Lu et al., "DPM-Solver", NeurIPS 2022 (Algorithms 1 (order 2), 2 (order 3), eq. 3.7; DPM-Solver-fast,
+    Sec. 3.4 and Appendix D.1).
     Lu et al., "DPM-Solver++", 2022 (Algorithm 2, multistep 2M).
     Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022
     (Algorithm 2, eq. 5).
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from scoresde.sampling.grids import alpha_vanishes_at_T, denoiser_call, edm_sigma, score_call
+from scoresde.sampling.grids import alpha_vanishes_at_T, denoiser_call, edm_sigma, score_call, time_grid
 from scoresde.sde import batch_mul
 
-__all__ = ["ddim", "dpm_solver", "dpm_solver_pp", "edm_heun", "LOWER_ORDER_FINAL_BELOW"]
+__all__ = ["ddim", "dpm_solver", "fast_orders", "fast_schedule", "dpm_solver_pp", "edm_heun",
+           "LOWER_ORDER_FINAL_BELOW"]
 
 # DPM-Solver's official `sample` lowers the final steps' order only when steps < 10.
 LOWER_ORDER_FINAL_BELOW = 10
@@ -82,25 +86,87 @@ def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, project_fn=None):
     return x, nfe
 
 
-def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, project_fn=None):
+def fast_orders(nfe: int, order: int = 3) -> tuple[int, ...]:
+    """Per-interval orders of singlestep DPM-Solver for a budget of ``nfe`` evaluations ("DPM-Solver-fast").
+
+    Lu et al. (2022), Sec. 3.4 / Appendix D.1, and the authors' ``get_orders_and_timesteps_for_singlestep_solver``:
+
+    * ``order=3``: ``K = nfe // 3 + 1`` intervals, orders ``[3]*(K-2) + [2, 1]`` if ``nfe % 3 == 0``,
+      ``[3]*(K-1) + [1]`` if ``nfe % 3 == 1``, ``[3]*(K-1) + [2]`` if ``nfe % 3 == 2``;
+    * ``order=2``: ``[2]*(nfe//2)``, plus a final ``[1]`` when ``nfe`` is odd;
+    * ``order=1``: ``[1]*nfe``.
+
+    The orders sum to ``nfe``: the whole budget is spent, for any ``nfe >= 1``.
+
+    Raises:
+        ValueError: ``order`` not in 1, 2, 3 or ``nfe < 1``.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"dpm_solver order must be 1, 2 or 3; got {order!r}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"the fast schedule needs an NFE budget >= 1; got {nfe!r}")
+    if order == 1:
+        return (1,) * nfe
+    if order == 2:
+        return (2,) * (nfe // 2) + (1,) * (nfe % 2)
+    k = nfe // 3 + 1
+    if nfe % 3 == 0:
+        return (3,) * (k - 2) + (2, 1)
+    if nfe % 3 == 1:
+        return (3,) * (k - 1) + (1,)
+    return (3,) * (k - 1) + (2,)
+
+
+def fast_schedule(sde, nfe: int, eps, *, order: int = 3, kind: str = "log_snr", rho=7.0, dtype=jnp.float32):
+    """The grid and per-interval orders of DPM-Solver-fast for a budget of ``nfe`` evaluations.
+
+    Orders from :func:`fast_orders`; ``K = len(orders)`` intervals. As the authors' implementation does
+    (``get_orders_and_timesteps_for_singlestep_solver``): on the ``"log_snr"`` grid the ``K`` intervals are
+    uniform in log-SNR (the paper's setting); on any other grid the ``nfe``-interval grid of that kind is
+    subsampled at the cumulative orders, so an order-``k`` interval spans ``k`` of its intervals.
+
+    Where ``alpha(T) = 0`` the first step is first order whatever its nominal order (:func:`dpm_solver`), so the
+    schedule is ``[1] + fast_orders(nfe - 1, order)``: the budget is still spent exactly (``nfe >= 2``).
+
+    Returns:
+        ``(ts, orders)``: ``ts`` of shape ``(K + 1,)`` from ``T`` to ``eps``; ``orders`` a tuple of ``K`` ints.
+    """
+    if alpha_vanishes_at_T(sde):
+        if not (isinstance(nfe, int) and nfe >= 2):
+            raise ValueError(f"the fast schedule from alpha(T) = 0 needs an NFE budget >= 2 (a first-order first "
+                             f"step, then the rest); got {nfe!r}")
+        orders = (1,) + fast_orders(nfe - 1, order)
+    else:
+        orders = fast_orders(nfe, order)
+    if kind == "log_snr":
+        return time_grid(sde, len(orders), eps, kind=kind, rho=rho, dtype=dtype), orders
+    base = time_grid(sde, nfe, eps, kind=kind, rho=rho, dtype=dtype)
+    return base[np.cumsum((0,) + orders)], orders
+
+
+def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_fn=None):
     """Singlestep DPM-Solver-``order`` (noise prediction), ``order`` NFE per step.
 
     Intermediate times are placed at ``lambda_s + r h`` with ``r = 1/2`` (order 2) and
     ``r1, r2 = 1/3, 2/3`` (order 3), as the paper recommends. Order 1 equals DDIM with ``eta = 0``.
+
+    ``orders`` (optional): one order per interval of ``ts`` (a tuple of ``len(ts) - 1`` ints in 1, 2, 3), in
+    place of ``order`` everywhere, e.g. DPM-Solver-fast's from :func:`fast_schedule`. Each run of equal
+    orders is one ``lax.scan`` of the same step.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver order must be 1, 2 or 3; got {order!r}")
+    steps = ts.shape[0] - 1
+    if orders is None:
+        orders = (order,) * steps
+    orders = tuple(int(o) for o in orders)
+    if len(orders) != steps or any(o not in (1, 2, 3) for o in orders):
+        raise ValueError(f"dpm_solver orders must be {steps} ints in 1, 2, 3 (one per interval); got {orders!r}")
 
     def t_at(lam):
         return sde.t_from_log_snr(2.0 * lam)
 
-    def step(carry, inp):
-        x, nfe = carry
-        i, s, t = inp
-        x, nfe = _dpm_step(x, nfe, s, t)
-        return (_project(project_fn, x, t, key, i), nfe), None
-
-    def _dpm_step(x, nfe, s, t):
+    def _dpm_step(x, nfe, s, t, order, from_alpha_zero=False):
         a_s, s_s, l_s = _coef(sde, s, x)
         a_t, s_t, l_t = _coef(sde, t, x)
         h = l_t - l_s
@@ -134,16 +200,27 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, project_fn=None):
         x_t = base - batch_mul(s_t / r2 * (jnp.expm1(h) / h - 1.0), d2)
         return x_t, nfe
 
-    from_alpha_zero = False
+    first = 0
     if alpha_vanishes_at_T(sde):
-        from_alpha_zero = True
-        x, nfe = _dpm_step(x, nfe, ts[0], ts[1])
+        x, nfe = _dpm_step(x, nfe, ts[0], ts[1], 1, from_alpha_zero=True)
         x = _project(project_fn, x, ts[1], key, 0)
-        from_alpha_zero = False
-        idx = jnp.arange(1, ts.shape[0] - 1)
-    else:
-        idx = jnp.arange(ts.shape[0] - 1)
-    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[idx], ts[idx + 1]))
+        first = 1
+    # Runs of equal order, each one scan: uniform schedules are a single scan, DPM-Solver-fast at most three.
+    i = first
+    while i < steps:
+        j = i
+        while j < steps and orders[j] == orders[i]:
+            j += 1
+
+        def step(carry, inp, order=orders[i]):
+            x, nfe = carry
+            k, s, t = inp
+            x, nfe = _dpm_step(x, nfe, s, t, order)
+            return (_project(project_fn, x, t, key, k), nfe), None
+
+        idx = jnp.arange(i, j)
+        (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[idx], ts[idx + 1]))
+        i = j
     return x, nfe
 
 
