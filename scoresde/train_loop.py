@@ -9,6 +9,7 @@ reproduces the uninterrupted run exactly.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +17,10 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
-from scoresde import parallel
+from scoresde import data as data_lib
+from scoresde import images, parallel, runlog
 
-__all__ = ["NonFiniteError", "Preemption", "run_loop"]
+__all__ = ["NonFiniteError", "Preemption", "run_loop", "write_snapshot", "conclude_training"]
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +152,32 @@ def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n
         if bar is not None:
             bar.close()
     return {"step": step, "loss": last["loss"], "preempted": preempted, "last": last, "state": state}
+
+
+def write_snapshot(config, samples01, workdir: str, step: int, logger=None, title: str | None = None) -> str | None:
+    """``workdir/samples/snapshot_<step>.png`` of samples in [0, 1] (process 0; also to TensorBoard with
+    ``logger``): an image grid, or a scatter plot of 2-D data. Returns the path (``None`` elsewhere)."""
+    if jax.process_index() != 0:
+        return None
+    path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
+    if data_lib.is_image_data(config):
+        size = data_lib.data_shape(config)[0]
+        images.save_image_grid(path, images.to_uint8(samples01), upscale=max(1, 64 // size))
+        if logger is not None:
+            logger.image("samples", step, images.image_grid(images.to_uint8(samples01)))
+    elif samples01.shape[-1] == 2:
+        images.save_scatter(path, samples01, title=title or f"step {step}")
+    else:
+        return None
+    return path
+
+
+def conclude_training(out: dict, done: str, workdir: str, *, latest_samples: str | None, next_command: str) -> None:
+    """The closing line of a trainer: preempted (how to resume) or finished (loss, checkpoints, samples, next)."""
+    if out["preempted"]:
+        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
+                        next_command="rerun the same command to resume")
+    else:
+        runlog.conclude(f"{done} to step {out['step']}", results={
+            "final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
+            "latest samples": latest_samples}, next_command=next_command)

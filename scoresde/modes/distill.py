@@ -20,27 +20,12 @@ import os
 import jax
 from flax import nnx
 
-from scoresde import builders, distillation, images, parallel, runlog, train_state
+from scoresde import builders, distillation, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import run_loop
+from scoresde.train_loop import conclude_training, run_loop, write_snapshot
 
 __all__ = ["distill"]
-
-
-def _write_snapshot(config, samples01, workdir: str, step: int, logger) -> str | None:
-    if jax.process_index() != 0:
-        return None
-    path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
-    if data_lib.is_image_data(config):
-        size = data_lib.data_shape(config)[0]
-        images.save_image_grid(path, images.to_uint8(samples01), upscale=max(1, 64 // size))
-        logger.image("samples", step, images.image_grid(images.to_uint8(samples01)))
-    elif samples01.shape[-1] == 2:
-        images.save_scatter(path, samples01, title=f"step {step}")
-    else:
-        return None
-    return path
 
 
 def _snapshot_config(config, method: str, step: int):
@@ -120,7 +105,7 @@ def distill(config, workdir: str) -> dict:
             if steps not in snap_fns:
                 snap_fns[steps] = builders.make_sample_fn(snap_config, sde, graphdef, rest, num_snap, mesh)
             samples, _ = snap_fns[steps](s["ema"], jax.random.fold_in(snapshot_key, step))
-            last_snapshot[0] = _write_snapshot(config, parallel.to_host(samples), workdir, step, logger)
+            last_snapshot[0] = write_snapshot(config, parallel.to_host(samples), workdir, step, logger)
 
         def save(s, step):
             train_state.save_state(ckpt, s, step, config=config, extra_meta={"method": method})
@@ -137,12 +122,6 @@ def distill(config, workdir: str) -> dict:
             logger.close()
     finally:
         ckpt.close()
-    if out["preempted"]:
-        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
-                        next_command="rerun the same command to resume")
-    else:
-        runlog.conclude(f"{method} finished at step {out['step']}", results={
-            "final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
-            "latest samples": last_snapshot[0]},
-            next_command=runlog.command("sample", workdir))
+    conclude_training(out, f"{method} finished", workdir, latest_samples=last_snapshot[0],
+                      next_command=runlog.command("sample", workdir))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "method": method}

@@ -31,7 +31,7 @@ from flax import nnx
 from scoresde import builders, images, parallel, reflow, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import run_loop
+from scoresde.train_loop import conclude_training, run_loop, write_snapshot
 
 __all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
 
@@ -121,19 +121,6 @@ def _pair_batches(noise, samples, batch_size: int, seed: int, start_step: int):
         step += 1
 
 
-def _write_snapshot(config, samples01, workdir: str, step: int) -> str | None:
-    if jax.process_index() != 0:
-        return None
-    path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
-    if data_lib.is_image_data(config):
-        images.save_image_grid(path, images.to_uint8(samples01), upscale=max(1, 64 // data_lib.data_shape(config)[0]))
-    elif samples01.shape[-1] == 2:
-        images.save_scatter(path, samples01, title=f"reflow step {step}")
-    else:
-        return None
-    return path
-
-
 def reflow_mode(config, workdir: str) -> dict:
     """Makes the couplings of ``config.reflow.source_workdir``'s flow and trains the next flow in ``workdir``.
 
@@ -212,7 +199,7 @@ def reflow_mode(config, workdir: str) -> dict:
             if snap_fn is None:
                 snap_fn = builders.make_sample_fn(config, sde, graphdef, rest, num_snap, mesh)
             samples, _ = snap_fn(s["ema"], jax.random.fold_in(snapshot_key, step))
-            last_snapshot[0] = _write_snapshot(config, parallel.to_host(samples), workdir, step)
+            last_snapshot[0] = write_snapshot(config, parallel.to_host(samples), workdir, step, title=f"reflow step {step}")
 
         def save(s, step):
             train_state.save_state(ckpt, s, step, config=config)
@@ -229,13 +216,8 @@ def reflow_mode(config, workdir: str) -> dict:
             logger.close()
     finally:
         ckpt.close()
-    if out["preempted"]:
-        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
-                        next_command="rerun the same command to resume")
-    else:
-        runlog.conclude(f"trained the next flow to step {out['step']}", results={
-            "final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
-            "latest samples": last_snapshot[0]},
-            next_command=runlog.command("sample", workdir, "--config.sampling.method=ddim --config.sampling.steps=1"))
+    conclude_training(out, "trained the next flow", workdir, latest_samples=last_snapshot[0],
+                      next_command=runlog.command("sample", workdir,
+                                                  "--config.sampling.method=ddim --config.sampling.steps=1"))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "num_pairs": len(pairs["noise"]),
             "coupling_nfe": pairs["nfe"]}

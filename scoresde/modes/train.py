@@ -14,10 +14,10 @@ import os
 import jax
 from flax import nnx
 
-from scoresde import builders, images, parallel, runlog, train_state
+from scoresde import builders, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import NonFiniteError, run_loop
+from scoresde.train_loop import NonFiniteError, conclude_training, run_loop, write_snapshot
 
 __all__ = ["train", "make_train_step", "make_eval_step", "NonFiniteError"]
 
@@ -63,23 +63,6 @@ def make_eval_step(config, sde, graphdef, rest, mesh, key):
 
     repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
     return jax.jit(eval_fn, in_shardings=(repl, data, None), out_shardings=repl)
-
-
-def write_snapshot(config, samples01, workdir: str, step: int, logger=None) -> str | None:
-    """``workdir/samples/snapshot_<step>.png`` of samples in [0, 1] (process 0); returns the path."""
-    if jax.process_index() != 0:
-        return None
-    path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
-    if data_lib.is_image_data(config):
-        size = data_lib.data_shape(config)[0]
-        images.save_image_grid(path, images.to_uint8(samples01), upscale=max(1, 64 // size))
-        if logger is not None:
-            logger.image("samples", step, images.image_grid(images.to_uint8(samples01)))
-    elif samples01.shape[-1] == 2:
-        images.save_scatter(path, samples01, title=f"step {step}")
-    else:
-        return None
-    return path
 
 
 def train(config, workdir: str) -> dict:
@@ -169,12 +152,6 @@ def train(config, workdir: str) -> dict:
             logger.close()
     finally:
         ckpt.close()
-    if out["preempted"]:
-        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
-                        next_command="rerun the same command to resume")
-    else:
-        runlog.conclude(f"trained to step {out['step']}", results={
-            "final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
-            "latest samples": last_snapshot[0]},
-            next_command=runlog.command("sample", workdir))
+    conclude_training(out, "trained", workdir, latest_samples=last_snapshot[0],
+                      next_command=runlog.command("sample", workdir))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"]}
