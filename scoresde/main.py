@@ -124,7 +124,7 @@ def _fail(e: BaseException) -> None:
     leave non-daemon threads that would otherwise keep the process alive.
     """
     if isinstance(e, _EXPLAINED_ERRORS):
-        print(f"error: {e}", file=sys.stderr)
+        print(f"\nerror: {e}", file=sys.stderr)  # on a line of its own, whatever a progress bar left
     else:
         traceback.print_exception(e)
     sys.stdout.flush()

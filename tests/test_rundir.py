@@ -298,7 +298,7 @@ def test_storage_errors_exit_within_seconds_with_one_message(tmp_path, kind):
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
     assert out.returncode == 1, out.stderr[-2000:]
     assert elapsed < 120
-    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    errors = [ln.strip() for ln in out.stderr.splitlines() if ln.strip().startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     if kind == "read_only":
         assert "checkpoints' is not writable" in errors[0]
