@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
+from scoresde import builders
 from scoresde import data as data_lib
 from scoresde import images, parallel, runlog
 
-__all__ = ["NonFiniteError", "Preemption", "run_loop", "write_snapshot", "conclude_training"]
+__all__ = ["NonFiniteError", "Preemption", "run_loop", "Snapshots", "write_snapshot", "conclude_training"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,35 @@ def write_snapshot(config, samples01, workdir: str, step: int, logger=None, titl
     else:
         return None
     return path
+
+
+class Snapshots:
+    """The ``snapshot(state, step)`` callback of :func:`run_loop`: EMA samples written by :func:`write_snapshot`.
+
+    ``config.training.snapshot_num_samples`` samples (rounded to the mesh), randomness ``fold_in(key, step)``.
+    The sample function is built on first use, once per distinct ``config.sampling`` that ``config_at(step)``
+    returns (a distilled student's step count changes between rounds); :attr:`latest` is the last file written.
+    """
+
+    def __init__(self, config, sde, graphdef, rest, mesh, key, workdir: str, *, logger=None, title: str = "step",
+                 config_at=None):
+        n = int(config.training.get("snapshot_num_samples", 64))
+        self.num = max(mesh.size, n // mesh.size * mesh.size)
+        self._args = (sde, graphdef, rest, mesh)
+        self._config, self._config_at, self._key = config, config_at, key
+        self._workdir, self._logger, self._title = workdir, logger, title
+        self._fns = {}
+        self.latest = None
+
+    def __call__(self, state, step: int) -> None:
+        config = self._config_at(step) if self._config_at is not None else self._config
+        which = config.sampling.to_json_best_effort()
+        if which not in self._fns:
+            sde, graphdef, rest, mesh = self._args
+            self._fns[which] = builders.make_sample_fn(config, sde, graphdef, rest, self.num, mesh)
+        samples, _ = self._fns[which](state["ema"], jax.random.fold_in(self._key, step))
+        self.latest = write_snapshot(self._config, parallel.to_host(samples), self._workdir, step, self._logger,
+                                     title=f"{self._title} {step}")
 
 
 def conclude_training(out: dict, done: str, workdir: str, *, latest_samples: str | None, next_command: str) -> None:

@@ -23,7 +23,7 @@ from flax import nnx
 from scoresde import builders, distillation, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import conclude_training, run_loop, write_snapshot
+from scoresde.train_loop import Snapshots, conclude_training, run_loop
 
 __all__ = ["distill"]
 
@@ -93,19 +93,8 @@ def distill(config, workdir: str) -> dict:
         logger.truncate_after(start)
         step_fn = distillation.make_distill_step(config, sde, graphdef, rest, tx, mesh,
                                                  builders.purpose_key(root, "train"), teacher=teacher)
-        num_snap = int(tc.get("snapshot_num_samples", 64))
-        num_snap = max(mesh.size, num_snap // mesh.size * mesh.size)
-        snap_fns = {}
-        snapshot_key = builders.purpose_key(root, "snapshot")
-        last_snapshot = [None]
-
-        def snapshot(s, step):
-            snap_config = _snapshot_config(config, method, step)
-            steps = int(snap_config.sampling.get("steps", 0))
-            if steps not in snap_fns:
-                snap_fns[steps] = builders.make_sample_fn(snap_config, sde, graphdef, rest, num_snap, mesh)
-            samples, _ = snap_fns[steps](s["ema"], jax.random.fold_in(snapshot_key, step))
-            last_snapshot[0] = write_snapshot(config, parallel.to_host(samples), workdir, step, logger)
+        snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,
+                             logger=logger, config_at=lambda step: _snapshot_config(config, method, step))
 
         def save(s, step):
             train_state.save_state(ckpt, s, step, config=config, extra_meta={"method": method})
@@ -122,6 +111,6 @@ def distill(config, workdir: str) -> dict:
             logger.close()
     finally:
         ckpt.close()
-    conclude_training(out, f"{method} finished", workdir, latest_samples=last_snapshot[0],
+    conclude_training(out, f"{method} finished", workdir, latest_samples=snapshot.latest,
                       next_command=runlog.command("sample", workdir))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "method": method}

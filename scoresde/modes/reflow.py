@@ -31,7 +31,7 @@ from flax import nnx
 from scoresde import builders, images, parallel, reflow, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import conclude_training, run_loop, write_snapshot
+from scoresde.train_loop import Snapshots, conclude_training, run_loop
 
 __all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
 
@@ -189,17 +189,8 @@ def reflow_mode(config, workdir: str) -> dict:
 
         repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
         step_fn = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
-        num_snap = max(mesh.size, int(tc.get("snapshot_num_samples", 64)) // mesh.size * mesh.size)
-        snap_fn = None
-        snapshot_key = builders.purpose_key(root, "snapshot")
-        last_snapshot = [None]
-
-        def snapshot(s, step):
-            nonlocal snap_fn
-            if snap_fn is None:
-                snap_fn = builders.make_sample_fn(config, sde, graphdef, rest, num_snap, mesh)
-            samples, _ = snap_fn(s["ema"], jax.random.fold_in(snapshot_key, step))
-            last_snapshot[0] = write_snapshot(config, parallel.to_host(samples), workdir, step, title=f"reflow step {step}")
+        snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,
+                             title="reflow step")
 
         def save(s, step):
             train_state.save_state(ckpt, s, step, config=config)
@@ -216,7 +207,7 @@ def reflow_mode(config, workdir: str) -> dict:
             logger.close()
     finally:
         ckpt.close()
-    conclude_training(out, "trained the next flow", workdir, latest_samples=last_snapshot[0],
+    conclude_training(out, "trained the next flow", workdir, latest_samples=snapshot.latest,
                       next_command=runlog.command("sample", workdir,
                                                   "--config.sampling.method=ddim --config.sampling.steps=1"))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "num_pairs": len(pairs["noise"]),

@@ -17,7 +17,7 @@ from flax import nnx
 from scoresde import builders, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import NonFiniteError, conclude_training, run_loop, write_snapshot
+from scoresde.train_loop import NonFiniteError, Snapshots, conclude_training, run_loop
 
 __all__ = ["train", "make_train_step", "make_eval_step", "NonFiniteError"]
 
@@ -122,18 +122,8 @@ def train(config, workdir: str) -> dict:
                 eval_iter = data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=True, repeat=True)
             return {"eval_loss": float(eval_fn(s["ema"], parallel.shard_batch(mesh, next(eval_iter)), step))}
 
-        num_snap = int(tc.get("snapshot_num_samples", 64))
-        num_snap = max(mesh.size, num_snap // mesh.size * mesh.size)
-        snap_fn = None
-        snapshot_key = builders.purpose_key(root, "snapshot")
-        last_snapshot = [None]
-
-        def snapshot(s, step):
-            nonlocal snap_fn
-            if snap_fn is None:
-                snap_fn = builders.make_sample_fn(config, sde, graphdef, rest, num_snap, mesh)
-            samples, _ = snap_fn(s["ema"], jax.random.fold_in(snapshot_key, step))
-            last_snapshot[0] = write_snapshot(config, parallel.to_host(samples), workdir, step, logger)
+        snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,
+                             logger=logger)
 
         def save(s, step):
             train_state.save_state(ckpt, s, step, config=config)
@@ -152,6 +142,6 @@ def train(config, workdir: str) -> dict:
             logger.close()
     finally:
         ckpt.close()
-    conclude_training(out, "trained", workdir, latest_samples=last_snapshot[0],
+    conclude_training(out, "trained", workdir, latest_samples=snapshot.latest,
                       next_command=runlog.command("sample", workdir))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"]}
