@@ -108,15 +108,14 @@ def main(argv):
     try:
         result = fn(FLAGS.config, FLAGS.workdir)
     except Exception as e:  # noqa: BLE001  (every failure ends the same way: one message, a non-zero exit)
-        quiet.flush()
-        _fail(e)
+        _fail(e, quiet)
     finally:
         quiet.flush()
     if isinstance(result, dict) and result.get("preempted"):
         sys.exit(143)  # 128 + SIGTERM: stopped early, checkpoint written; rerun to resume
 
 
-def _fail(e: BaseException) -> None:
+def _fail(e: BaseException, quiet: runlog.QuietStderr) -> None:
     """Reports a failed run and exits 1 at once.
 
     Errors that explain themselves (bad config or data, storage, locks, mismatched checkpoints) print one
@@ -128,7 +127,7 @@ def _fail(e: BaseException) -> None:
     else:
         traceback.print_exception(e)
     sys.stdout.flush()
-    sys.stderr.flush()
+    quiet.flush()  # the message goes out through the noise filter; then wait until it is out
     os._exit(1)
 
 

@@ -130,8 +130,9 @@ def command(mode: str, workdir: str, extra: str = "") -> str:
 
 class QuietStderr:
     """Drops the "RuntimeError: Event loop is closed" tracebacks tensorstore prints from C++ threads after a
-    failed asynchronous checkpoint write (dozens of them, straight to file descriptor 2 and interleaved, out
-    of Python's reach). Every other line written to stderr passes through, progress bars included.
+    failed asynchronous checkpoint write (dozens of them, interleaved). They are dropped twice over: at Python's
+    unraisable hook, and on file descriptor 2, which is a pipe through a filter while the run lasts. Every other
+    line written to stderr passes through, progress bars included.
 
     Used by the CLI only; :meth:`flush` restores the real stderr and waits until what was written is out.
     """
@@ -143,6 +144,10 @@ class QuietStderr:
 
     def __init__(self):
         self._thread = None
+        # The same noise also reaches Python's unraisable hook (a callback on a closed event loop, run from a
+        # C++ thread). Caught there it never reaches the file at all, even after :meth:`flush` restored it.
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         sys.stderr.flush()
         self._saved = os.dup(2)
         read, write = os.pipe()
@@ -151,6 +156,12 @@ class QuietStderr:
         self._read = read
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
+
+    def _unraisable(self, unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        self._hook(unraisable)
 
     def _pump(self):
         pending = ""

@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import textwrap
 import time
 
 import jax
@@ -335,3 +336,31 @@ def test_shape_mismatch_on_resume_names_the_parameter_and_both_shapes(tmp_path):
     assert "stored (" in msg and "vs expected (" in msg and "48" in msg
     assert "move" not in msg and "delete" not in msg
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]  # nothing moved aside
+
+
+def test_quiet_stderr_drops_only_the_closed_event_loop_noise():
+    """The noise reaches stderr as "Exception ignored" reports (from a callback on a closed loop); after the filter
+    is flushed (when the error line is printed) it must still be dropped, and any other report kept."""
+    script = textwrap.dedent("""
+        import sys
+        from scoresde import runlog
+
+        class Raises:
+            def __init__(self, msg):
+                self.msg = msg
+            def __del__(self):
+                raise RuntimeError(self.msg)
+
+        quiet = runlog.QuietStderr()
+        Raises("Event loop is closed")
+        print("progress line", file=sys.stderr)
+        quiet.flush()
+        Raises("Event loop is closed")  # after the pipe is gone
+        Raises("something else")
+        print("error: the one message", file=sys.stderr)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Event loop is closed" not in out.stderr, out.stderr
+    assert "progress line" in out.stderr and "error: the one message" in out.stderr
+    assert "RuntimeError: something else" in out.stderr
