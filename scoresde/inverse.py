@@ -305,7 +305,7 @@ def _replacement_projection(sde, operator, y, noise):
 _GUIDANCE_OPTIONS = {
     "replacement": dict(fixed_noise=None, init="marginal"),
     "dps": dict(scale=1.0, weighting="gaussian"),
-    "pigdm": dict(scale=1.0, data_var=1.0, cg_steps=50),
+    "pigdm": dict(scale=1.0, data_var=1.0, cg_steps=50, jacobian="network"),
 }
 
 
@@ -326,7 +326,8 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
         **sampler_options: the sampler's options (``steps``, ``eta``, ``x_init``, ``eps``, ...) plus the
             method's own: ``replacement``: ``fixed_noise`` [None: fixed for deterministic samplers],
             ``init`` ["marginal"]; ``dps``: ``scale`` [1.0], ``weighting`` ["gaussian" | "normalized"];
-            ``pigdm``: ``scale`` [1.0], ``data_var`` [1.0], ``cg_steps`` [50]
+            ``pigdm``: ``scale`` [1.0], ``data_var`` [1.0], ``cg_steps`` [50], ``jacobian``
+            ["network" | "isotropic"]
             (see :mod:`scoresde.posterior_guidance`). ``x_init`` is not used by ``replacement``.
 
     Returns:
@@ -366,7 +367,7 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
                                  weighting=own["weighting"])
     else:
         guided = pg.pigdm_guidance(score_fn, sde, operator, y, sigma_y=sigma_y, scale=own["scale"],
-                                   data_var=own["data_var"], cg_steps=own["cg_steps"])
+                                   data_var=own["data_var"], cg_steps=own["cg_steps"], jacobian=own["jacobian"])
     x_init = sampler_options.pop("x_init", None)
     shape = x_init.shape if x_init is not None else _data_shape(operator, y)
     x, nfe = sampling.sample(guided, sde, shape, key, method=sampler, x_init=x_init, **sampler_options)

@@ -6,7 +6,8 @@ does not recompile). The guidance terms go through Tweedie's denoiser
 ``x̂₀(x_t) = (x_t + sigma_t² s(x_t, t)) / alpha_t`` and its vector–Jacobian product.
 
 **NFE rule.** One forward pass of the score network counts 1; one vector–Jacobian product through it
-counts 1 more. Each guide has ``evaluations_per_call`` (2 for all here: a forward with its VJP); the
+counts 1 more. Each guide has ``evaluations_per_call`` (2: a forward with its VJP; 1 for ΠGDM with
+``jacobian="isotropic"``); the
 samplers count calls of the guided score, and the front doors multiply. Gradient steps that do not go
 through the score (universal guidance's backward steps on ``Δx̂₀``) cost no score evaluations.
 
@@ -28,6 +29,18 @@ Guidance terms (``r = y - A(x̂₀)``, ``J = ∂x̂₀/∂x_t``):
   the exact ``Cov[x₀ | x_t]`` of ``N(μ, c I)`` data (``c = data_var``; ``c = 1`` is the paper's
   ``sigma_t² / (1 + sigma_t²)`` in ``x_t / alpha_t`` coordinates). For isotropic Gaussian data with
   ``scale = 1`` this is the exact ``∇log p(y | x_t)``, so the sampler targets the exact posterior.
+
+  ``jacobian="isotropic"`` takes the same approximation one identity further. Tweedie's second-order
+  identity says ``J = ∂E[x₀ | x_t]/∂x_t = (alpha_t / sigma_t²) Cov[x₀ | x_t]``; with the covariance ΠGDM
+  already assumes, ``J ≈ (alpha_t r_t² / sigma_t²) I``. For isotropic Gaussian data this *is* the exact
+  Jacobian, so the term stays the exact ``∇log p(y | x_t)``. With a learned network it does not use the
+  network's Jacobian: ``x̂₀ = (x_t + sigma_t² s) / alpha_t`` multiplies any error of ``sigma_t² ∂s/∂x_t``
+  by ``1 / alpha_t`` (≈ 150 at ``t = T`` for the VP SDE), so at large ``t`` the network VJP is dominated by
+  that error and can overflow. The isotropic gain is ``alpha_t c / (alpha_t² c + sigma_t²)``: ``≈ alpha_T c``
+  at ``t = T`` (the term fades where ``x̂₀`` says little) and ``1 / alpha_t`` as ``t → 0``. It also halves
+  the cost (no VJP: 1 evaluation per call). This is the Jacobian-free form that later methods use
+  (e.g. DiffPIR and the "DPS without backpropagation" variants); ``c`` should be the data's per-pixel
+  variance here, since it now sets the Jacobian too.
 * **Universal guidance** (Bansal et al. 2023, Algorithm 1): forward guidance
   ``ε̃ = ε + s(t) ∇ₓ ℓ(c, f(x̂₀))`` with ``s(t) = scale · sigma_t``, i.e. a score term
   ``-scale · ∇ₓ ℓ``; backward guidance: ``Δ`` from ``backward_steps`` gradient steps (rate
@@ -128,14 +141,26 @@ class PiGDMGuidedScore(eqx.Module):
     scale: jax.Array
     data_var: jax.Array
     cg_steps: int = eqx.field(static=True, default=50)
-    evaluations_per_call: int = eqx.field(static=True, default=2)
+    jacobian: str = eqx.field(static=True, default="network")
+
+    @property
+    def evaluations_per_call(self) -> int:
+        return 2 if self.jacobian == "network" else 1
 
     def __call__(self, x, t):
-        score, x0, vjp = denoiser_vjp(self.score_fn, self.sde, x, t)
-        r2 = pigdm_r2(self.sde, t, self.data_var.astype(x.dtype))
-        r = self.y.astype(x.dtype) - self.operator.forward(x0)
-        u = self.operator.solve_gram(r, r2, self.sigma_y.astype(x.dtype) ** 2, cg_steps=self.cg_steps)
-        return score + self.scale.astype(x.dtype) * vjp(self.operator.adjoint(u))
+        dtype = x.dtype
+        r2 = pigdm_r2(self.sde, t, self.data_var.astype(dtype))
+        if self.jacobian == "network":
+            score, x0, vjp = denoiser_vjp(self.score_fn, self.sde, x, t)
+        else:  # Tweedie: J = (alpha / sigma²) Cov[x₀ | x_t] = (alpha r_t² / sigma²) I, no pass through the network
+            score = self.score_fn(x, t)
+            alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+            x0 = score_to_denoiser(score, x, alpha, sigma)
+            gain = alpha * r2 / sigma**2
+            vjp = lambda v: batch_mul(gain, v)  # noqa: E731
+        r = self.y.astype(dtype) - self.operator.forward(x0)
+        u = self.operator.solve_gram(r, r2, self.sigma_y.astype(dtype) ** 2, cg_steps=self.cg_steps)
+        return score + self.scale.astype(dtype) * vjp(self.operator.adjoint(u))
 
 
 def _check_weighting(weighting, sigma_y):
@@ -166,16 +191,25 @@ def dps_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, weighting: s
                           jnp.asarray(scale, jnp.float32), weighting)
 
 
-def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1.0, cg_steps: int = 50):
+def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1.0, cg_steps: int = 50,
+                   jacobian: str = "network") -> PiGDMGuidedScore:
     """ΠGDM (Song et al. 2023) as a score transformer; needs a linear operator (``adjoint``, ``solve_gram``).
 
     Args:
         score_fn, sde, operator, y, sigma_y, scale: as :func:`dps_guidance` (``sigma_y = 0`` is allowed).
         data_var: ``c`` in ``r_t² = c sigma_t² / (alpha_t² c + sigma_t²)`` (traced).
         cg_steps: conjugate-gradient iterations for operators without a closed-form ``solve_gram``.
+        jacobian: ``"network"`` (the paper: ``Jᵀ`` by a vector–Jacobian product through the score network,
+            2 evaluations per call) or ``"isotropic"`` (``J = (alpha_t r_t² / sigma_t²) I``, 1 evaluation per
+            call; see the module docstring).
+
+    Raises:
+        ValueError: for an unknown ``jacobian``.
     """
+    if jacobian not in ("network", "isotropic"):
+        raise ValueError(f"unknown ΠGDM jacobian {jacobian!r}; expected 'network' or 'isotropic'")
     return PiGDMGuidedScore(score_fn, sde, operator, jnp.asarray(y), jnp.asarray(sigma_y, jnp.float32),
-                            jnp.asarray(scale, jnp.float32), jnp.asarray(data_var, jnp.float32), cg_steps)
+                            jnp.asarray(scale, jnp.float32), jnp.asarray(data_var, jnp.float32), cg_steps, jacobian)
 
 
 def gaussian_nll_loss(prediction, target, sigma_y):
