@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["score_samples"]
+__all__ = ["class_probabilities", "score_samples"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,6 +39,11 @@ def _to_8x8(images01: np.ndarray) -> np.ndarray:
     return x.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, 64)
 
 
+def class_probabilities(images01) -> np.ndarray:
+    """The shared SVC's class probabilities ``(N, 10)`` for samples in [0, 1]."""
+    return _classifier().predict_proba(_to_8x8(images01))
+
+
 def score_samples(images01, labels=None) -> dict:
     """Scores samples in [0, 1] with the shared SVC.
 
@@ -47,7 +52,7 @@ def score_samples(images01, labels=None) -> dict:
         ``class_entropy_bits`` (of the predicted-class histogram; log2(10) = 3.32 is uniform), ``counts``;
         with ``labels`` also ``accuracy`` (the predicted class is the intended one).
     """
-    probs = _classifier().predict_proba(_to_8x8(images01))
+    probs = class_probabilities(images01)
     pred = probs.argmax(-1)
     counts = np.bincount(pred, minlength=10)
     p = counts / counts.sum()

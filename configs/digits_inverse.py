@@ -5,7 +5,8 @@ digits from their measurements ``y = A x + sigma_y n`` (model space [-1, 1]) wit
 DPS, ΠGDM or replacement (``--config.inverse.method``; :func:`scoresde.inverse.posterior_sample`), the
 sampler of ``config.sampling`` (ddim). Results in ``workdir/inverse/<operator>_<method>/``: ``report.json``
 (PSNR vs the ground truth, and that of the naive ``A⁺y``), ``restorations.npz``, ``comparison.png``.
-Variants: ``sr4`` (default: 4× super-resolution, 2×2 -> 8×8), ``inpaint`` (lower half missing; 50 %),
+Variants: ``sr4`` (default: 4× super-resolution, 2×2 -> 8×8), ``sr2`` (2×, 4×4 -> 8×8), ``inpaint``
+(lower half missing; 50 %),
 ``deblur`` (Gaussian blur σ = 1 px; no replacement method), ``smoke``; ``paradigms`` samples without
 measurements with ParaDiGMS (window 8).
 
@@ -29,6 +30,11 @@ digits_vp = base.sibling(__file__, "digits_vp")
 def sr4(config):
     config.inverse.operator = "super_resolution"
     config.inverse.factor = 4
+
+
+def sr2(config):
+    config.inverse.operator = "super_resolution"
+    config.inverse.factor = 2
 
 
 def inpaint(config):
@@ -77,5 +83,5 @@ def get_config(variant=None):
     inv.num_images = 100
     config.eval.sample_batch_size = 100
     sr4(config)
-    return base.apply_variants(config, variant, {"sr4": sr4, "inpaint": inpaint, "deblur": deblur,
+    return base.apply_variants(config, variant, {"sr4": sr4, "sr2": sr2, "inpaint": inpaint, "deblur": deblur,
                                                  "paradigms": paradigms, "smoke": smoke}, "digits_inverse")

@@ -1060,10 +1060,10 @@ def posterior_settings(config) -> dict:
     """The keyword arguments of :func:`scoresde.inverse.posterior_sample` that ``config.inverse`` sets.
 
     ``method`` and ``sigma_y`` always; ``dps``: ``scale``, ``weighting``; ``pigdm``: ``scale``, ``data_var``,
-    ``cg_steps``; ``replacement``: nothing more (it ignores ``sigma_y``).
+    ``cg_steps``, ``jacobian``; ``replacement``: nothing more (it ignores ``sigma_y``).
 
     Raises:
-        ValueError: an unknown method, a negative ``sigma_y``, or an unknown DPS weighting.
+        ValueError: an unknown method, a negative ``sigma_y``, an unknown DPS weighting or ΠGDM jacobian.
     """
     inv = config.inverse
     method = str(inv.get("method", "pigdm")).lower()
@@ -1079,8 +1079,11 @@ def posterior_settings(config) -> dict:
             raise ValueError(f"unknown config.inverse.weighting {weighting!r}; expected 'gaussian' or 'normalized'")
         out.update(scale=float(inv.get("scale", 1.0)), weighting=weighting)
     elif method == "pigdm":
+        jacobian = str(inv.get("jacobian", "network")).lower()
+        if jacobian not in ("network", "isotropic"):
+            raise ValueError(f"unknown config.inverse.jacobian {jacobian!r}; expected 'network' or 'isotropic'")
         out.update(scale=float(inv.get("scale", 1.0)), data_var=float(inv.get("data_var", 1.0)),
-                   cg_steps=int(inv.get("cg_steps", 50)))
+                   cg_steps=int(inv.get("cg_steps", 50)), jacobian=jacobian)
     return out
 
 
@@ -1092,10 +1095,11 @@ def naive_restoration(operator: inverse_lib.Operator, y):
 
 
 def make_restore_fn(config, sde, graphdef, rest, operator: inverse_lib.Operator, classifier=None):
-    """A jitted ``fn(params, x, key) -> (y, naive, restored, nfe)`` for ``config.inverse`` and ``config.sampling``.
+    """A jitted ``fn(params, x, key, k=0) -> (y, naive, restored, nfe)`` for ``config.inverse`` and ``config.sampling``.
 
     ``x`` is a batch of ground-truth images in model space. ``y = A x + sigma_y n`` (noise from
-    ``fold_in(key, PURPOSE["measurement"])``); ``naive`` (:func:`naive_restoration`) and ``restored``
+    ``fold_in(key, PURPOSE["measurement"])``, the same for every ``k``); ``restored`` is posterior sample
+    ``k`` (key ``fold_in(fold_in(key, PURPOSE["sample"]), k)``; ``k`` is traced). ``naive`` (:func:`naive_restoration`) and ``restored``
     (:func:`scoresde.inverse.posterior_sample` with the sampler of ``config.sampling``; the prior score
     guided as :func:`guided_score_fn` says) are in data space ``[0, 1]``, unclipped. Pass ``x`` sharded over
     a ``('data',)`` mesh (:func:`scoresde.parallel.shard_batch`) and the whole solve runs sharded.
@@ -1113,11 +1117,12 @@ def make_restore_fn(config, sde, graphdef, rest, operator: inverse_lib.Operator,
     eps = sampling_eps(sde)
     sigma_y = settings["sigma_y"]
 
-    def fn(params, x, key):
+    def fn(params, x, key, k=0):
         model = nnx.merge(graphdef, params, rest)
         score_fn = guided_score_fn(config, model, sde, x.shape[0], classifier=classifier)
         y = inverse_lib.measure(operator, x, purpose_key(key, "measurement"), sigma_y)
-        restored, nfe = inverse_lib.posterior_sample(score_fn, sde, operator, y, purpose_key(key, "sample"),
+        sample_key = jax.random.fold_in(purpose_key(key, "sample"), k)
+        restored, nfe = inverse_lib.posterior_sample(score_fn, sde, operator, y, sample_key,
                                                      sampler=method, eps=eps, **options, **settings)
         return y, inverse_scaler(naive_restoration(operator, y)), inverse_scaler(restored), nfe
 

@@ -217,6 +217,7 @@ def get_default_configs():
     inverse.weighting = "gaussian"  # dps: gaussian (1 / sigma_y^2) | normalized (1 / ||y - A x0||^2)
     inverse.data_var = 1.0  # pigdm: c of r_t^2 = c sigma_t^2 / (alpha_t^2 c + sigma_t^2)
     inverse.cg_steps = 50  # pigdm: conjugate-gradient iterations (deblur)
+    inverse.jacobian = "network"  # pigdm: network (VJP through the score) | isotropic (alpha r_t^2 / sigma_t^2)
     inverse.mask = "half"  # inpainting: half (the lower half missing) | random
     inverse.mask_fraction = 0.5  # inpainting 'random': the fraction of pixels missing
     inverse.seed = 0  # the random inpainting mask / random projection matrix
@@ -225,6 +226,7 @@ def get_default_configs():
     inverse.blur_size = 5  # deblur: odd kernel size
     inverse.num_measurements = 0  # random_projection: rows M of the matrix; 0 = D // 4
     inverse.num_images = 64  # test images restored (the first ones of the test split, in order)
+    inverse.samples_per_image = 1  # K posterior samples per image (K > 1: also their mean and std)
     config.sampling.parallel_window = 0  # ParaDiGMS window W (ddim only); 0 = the sequential sampler
     config.sampling.parallel_tol = 1e-3  # ParaDiGMS per-step tolerance (scoresde.sampling.parallel)
 

@@ -97,6 +97,35 @@ def test_noiseless_replacement_inpainting_keeps_the_observed_pixels(tmp_path):
     assert np.max(np.abs(restored[:, 4:] - truth[:, 4:])) > 0.05
 
 
+def test_several_posterior_samples_share_one_measurement_and_give_a_posterior_mean(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = load_config("digits_inverse", "inpaint,smoke")
+    config.inverse.samples_per_image, config.inverse.jacobian, config.inverse.data_var = 3, "isotropic", 1.0
+    _checkpoint(workdir, config)
+    report = sample_mode.sample(config, workdir)
+    assert report["dir"].endswith("inpainting_pigdm_isotropic") and report["jacobian"] == "isotropic"
+    assert report["nfe"] == 4 + 1  # the isotropic Jacobian needs no VJP: one evaluation per step
+    assert report["samples_per_image"] == 3 and len(report["posterior_mean_psnr"]) == 8
+    with np.load(os.path.join(report["dir"], "restorations.npz")) as f:
+        samples, mean, std, truth = f["samples"], f["posterior_mean"], f["posterior_std"], f["ground_truth"]
+        assert samples.shape == (8, 3, 8, 8, 1) and int(f["checkpoint_step"]) == report["step"]
+        np.testing.assert_array_equal(f["restoration"], samples[:, 0])
+    np.testing.assert_allclose(mean, samples.mean(1), atol=1e-6)
+    np.testing.assert_allclose(std, samples.std(1), atol=1e-6)
+    assert float(np.min(std[:, :, 4:].max(axis=(1, 2, 3)))) > 1e-3  # distinct draws for the missing half
+    all_psnr = [np.asarray(inverse.psnr(samples[:, k], truth)) for k in range(3)]
+    np.testing.assert_allclose(report["psnr_mean"], float(np.mean(all_psnr)), atol=1e-4)
+    np.testing.assert_allclose(report["posterior_mean_psnr"], np.asarray(inverse.psnr(mean, truth)), atol=1e-4)
+    assert os.path.exists(os.path.join(report["dir"], "posterior_mean.png"))
+
+    config.inverse.samples_per_image = 0
+    with pytest.raises(ValueError, match="config.inverse.samples_per_image must be >= 1; got 0"):
+        sample_mode.sample(config, workdir)
+    config.inverse.samples_per_image, config.inverse.jacobian = 1, "exact"
+    with pytest.raises(ValueError, match="unknown config.inverse.jacobian 'exact'; expected 'network' or 'isotropic'"):
+        sample_mode.sample(config, workdir)
+
+
 def test_operators_from_plain_values_and_their_errors():
     shape = (8, 8, 1)
     op = builders.make_operator("inpainting", shape, mask="random", mask_fraction=0.5, seed=3)

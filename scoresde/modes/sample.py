@@ -9,11 +9,14 @@ this request. A new request first removes the previous one's files, so ``fid`` n
 
 Inverse problems: with ``config.inverse.operator != "none"`` the mode instead restores the first
 ``config.inverse.num_images`` test images from their measurements (:func:`_restore`) and writes
-``workdir/inverse/<operator>_<method>/``: ``report.json`` (PSNR of the restorations and of the naive
-``A⁺y`` against the ground truth, per image and mean, in ``[0, 1]`` after clipping; operator, method,
+``workdir/inverse/<operator>_<method>[_isotropic]/``: ``report.json`` (PSNR of the restorations and of the
+naive ``A⁺y`` against the ground truth, per image and mean, in ``[0, 1]`` after clipping; operator, method,
 ``sigma_y``, scale, NFE, checkpoint step), ``restorations.npz`` and the PNG grids ``measurement.png``
 (``A⁺y``; the blurred image for deblurring), ``restoration.png``, ``ground_truth.png`` and
-``comparison.png`` (rows of measurement / restoration / ground truth, 10 images a row).
+``comparison.png`` (rows of measurement / restoration / ground truth, 10 images a row). With
+``config.inverse.samples_per_image = K > 1`` every image gets K posterior samples (one measurement):
+``restorations.npz`` adds ``samples`` (N, K, ...), ``posterior_mean`` and ``posterior_std``, the report adds
+the posterior mean's PSNR (``psnr_mean`` is then the mean over all N·K samples), and the grids a row of means.
 """
 
 from __future__ import annotations
@@ -140,6 +143,9 @@ def _restore(config, workdir: str) -> dict:
     settings = builders.posterior_settings(config)
     name, method = builders.inverse_operator_name(config), settings["method"]
     total = int(config.inverse.num_images)
+    per_image = int(config.inverse.get("samples_per_image", 1))
+    if per_image < 1:
+        raise ValueError(f"config.inverse.samples_per_image must be >= 1; got {per_image}")
     batch = min(int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size), total)
     if total < 1:
         raise ValueError(f"config.inverse.num_images must be >= 1; got {total}")
@@ -148,7 +154,8 @@ def _restore(config, workdir: str) -> dict:
     if str(config.sampling.get("guidance", "none")).lower() == "classifier":
         classifier, _ = builders.load_classifier(workdir, config)
     sampler, options = builders.sampling_options(config)
-    runlog.announce(f"scoresde sample: restoring {total} test images ({name}, {method}) from step {step}", {
+    per = f", {per_image} posterior samples each" if per_image > 1 else ""
+    runlog.announce(f"scoresde sample: restoring {total} test images ({name}, {method}{per}) from step {step}", {
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
         "operator": f"{name} {operator}",
         "posterior": json.dumps(settings),
@@ -169,43 +176,59 @@ def _restore(config, workdir: str) -> dict:
             raise ValueError(f"config.inverse.num_images={total} is more than the test split gives in batches of "
                              f"{batch} ({sum(len(t) for t in truth)})") from None
         x, label = parallel.shard_batch(mesh, (b["image"], b["label"]))
-        y, a_pinv, r, nfe = restore_fn(params, x, jax.random.fold_in(key, i))
         keep = total - sum(len(t) for t in truth)
+        draws = []
+        for k in range(per_image):
+            y, a_pinv, r, nfe = restore_fn(params, x, jax.random.fold_in(key, i), k)
+            draws.append(parallel.to_host(r)[:keep])
         truth.append(np.asarray(scaler(parallel.to_host(x)))[:keep])
         measurements.append(parallel.to_host(y)[:keep])
         naive.append(parallel.to_host(a_pinv)[:keep])
-        restored.append(parallel.to_host(r)[:keep])
+        restored.append(np.stack(draws, axis=1))  # (b, K, ...)
         labels.append(parallel.to_host(label)[:keep])
         i += 1
     wall = time.time() - start
-    truth, naive, restored = (np.clip(np.concatenate(a), 0.0, 1.0).astype(np.float32) for a in (truth, naive, restored))
+    truth, naive, samples = (np.clip(np.concatenate(a), 0.0, 1.0).astype(np.float32) for a in (truth, naive, restored))
+    restored = samples[:, 0]
     labels = np.concatenate(labels)
-    psnr = np.asarray(inverse.psnr(restored, truth, data_range=1.0))
+    psnr = np.stack([np.asarray(inverse.psnr(samples[:, k], truth, data_range=1.0)) for k in range(per_image)], 1)
     baseline = np.asarray(inverse.psnr(naive, truth, data_range=1.0))
-    out_dir = os.path.join(workdir, "inverse", f"{name}_{method}")
+    tag = f"{name}_{method}" + ("_isotropic" if settings.get("jacobian") == "isotropic" else "")
+    out_dir = os.path.join(workdir, "inverse", tag)
     report = {
         "operator": name, "operator_repr": str(operator), "method": method, "sigma_y": settings["sigma_y"],
         "scale": settings.get("scale"), "weighting": settings.get("weighting"), "data_var": settings.get("data_var"),
+        "jacobian": settings.get("jacobian"), "samples_per_image": per_image,
         "sampler": sampler, "sampler_options": {k: v for k, v in options.items()}, "nfe": int(nfe), "step": step,
-        "num_images": int(len(truth)), "psnr_mean": float(np.mean(psnr)), "psnr": [float(v) for v in psnr],
+        "num_images": int(len(truth)), "psnr_mean": float(np.mean(psnr)), "psnr": [float(v) for v in psnr[:, 0]],
         "baseline": "y" if name == "deblur" else "A+y", "baseline_psnr_mean": float(np.mean(baseline)),
         "baseline_psnr": [float(v) for v in baseline], "labels": [int(v) for v in labels],
         "psnr_space": "[0, 1] data space, clipped", "wall_seconds": round(wall, 2), "dir": out_dir,
     }
+    extra = {}
+    if per_image > 1:  # the posterior mean is the MMSE estimate: its PSNR is the one to compare with A⁺y
+        mean, std = samples.mean(axis=1), samples.std(axis=1)
+        mean_psnr = np.asarray(inverse.psnr(mean, truth, data_range=1.0))
+        report.update(posterior_mean_psnr_mean=float(np.mean(mean_psnr)),
+                      posterior_mean_psnr=[float(v) for v in mean_psnr])
+        extra = dict(samples=samples, posterior_mean=mean, posterior_std=std, posterior_mean_psnr=mean_psnr)
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         images.save_npz_atomic(os.path.join(out_dir, "restorations.npz"), restoration=restored, measurement_pinv=naive,
                                ground_truth=truth, measurement=np.concatenate(measurements).astype(np.float32),
-                               labels=labels, psnr=psnr, baseline_psnr=baseline, nfe=np.int64(nfe))
+                               labels=labels, psnr=psnr[:, 0], baseline_psnr=baseline, nfe=np.int64(nfe),
+                               checkpoint_step=np.int64(step), **extra)
         up = max(1, 64 // data_lib.data_shape(config)[0])
-        for fname, arr in (("measurement", naive), ("restoration", restored), ("ground_truth", truth)):
+        shown = [("measurement", naive), ("restoration", restored), ("ground_truth", truth)]
+        if per_image > 1:
+            shown.insert(2, ("posterior_mean", extra["posterior_mean"]))
+        for fname, arr in shown:
             images.save_image_grid(os.path.join(out_dir, f"{fname}.png"), images.to_uint8(arr), upscale=up)
         per_row = min(10, len(truth))
         images.save_image_grid(os.path.join(out_dir, "comparison.png"),
-                               images.to_uint8(_comparison_rows([naive, restored, truth], per_row)), upscale=up,
+                               images.to_uint8(_comparison_rows([a for _, a in shown], per_row)), upscale=up,
                                ncol=per_row)
-        with open(os.path.join(out_dir, "report.json"), "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        images.save_json_atomic(os.path.join(out_dir, "report.json"), report)
     summary = {k: report[k] for k in ("operator", "method", "psnr_mean", "baseline_psnr_mean", "nfe", "step", "dir")}
     print(json.dumps(summary))
     runlog.conclude(f"restored {len(truth)} test images ({name}, {method}, {int(nfe)} NFE each): PSNR "
