@@ -1,6 +1,7 @@
 """Few-step generation on the digits: teacher vs CD / PD students, scored by the shared SVC (benchmarks/digits_scorer.py).
 
     python benchmarks/few_step_digits.py --teacher=runs/digits --cd=runs/digits_cd --pd=runs/digits_pd [--n=500]
+    python benchmarks/few_step_digits.py --teacher=runs/digits --ct=runs/digits_ct --skip_pc
 
 Prints one JSON line per row (method, NFE, scores, sampling wall seconds incl. compile) and a Markdown table.
 PD rows read the checkpoint at the end of each round (8, 4, 2, 1 steps).
@@ -62,6 +63,7 @@ def main():
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--cd", default="")
     ap.add_argument("--pd", default="")
+    ap.add_argument("--ct", default="", help="a configs/digits_ct.py workdir (consistency training, no teacher)")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--skip_pc", action="store_true")
     a = ap.parse_args()
@@ -74,6 +76,10 @@ def main():
         cfg = builders.load_config(os.path.join(REPO, "configs/digits_cd.py"))
         for k in (1, 2):
             rows.append(_row(f"CD consistency {k}-step", cfg, a.cd, a.n, method="consistency", steps=k))
+    if a.ct:
+        cfg = builders.load_config(os.path.join(REPO, "configs/digits_ct.py"))
+        for k in (1, 2):
+            rows.append(_row(f"CT consistency {k}-step", cfg, a.ct, a.n, method="consistency", steps=k))
     if a.pd:
         cfg = builders.load_config(os.path.join(REPO, "configs/digits_pd.py"))
         per = distillation.iters_per_round(cfg)
