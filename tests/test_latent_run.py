@@ -81,10 +81,20 @@ def test_latent_config_errors_name_the_problem(ae_workdir, tmp_path):
         builders.model_data_shape(config)
 
 
-def test_latent_sample_mode_writes_decoded_images(ae_workdir, tmp_path):
+@pytest.fixture(scope="module")
+def ldm_workdir(ae_workdir, tmp_path_factory):
+    """A smoke latent score model trained on the smoke autoencoder (shared: its training is most of the cost)."""
+    workdir = str(tmp_path_factory.mktemp("ldm"))
+    train.train(_ldm_config(ae_workdir, snapshot_sampling=False), workdir)
+    return workdir
+
+
+def test_latent_sample_mode_writes_decoded_images(ae_workdir, ldm_workdir, tmp_path):
+    import shutil
+
     config = _ldm_config(ae_workdir, snapshot_sampling=False)
-    workdir = str(tmp_path)
-    train.train(config, workdir)
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ldm_workdir, workdir)
     result = sample(config, workdir)
     assert result["nfe"] == config.model.num_scales
     with np.load(os.path.join(workdir, "samples", "samples_0.npz")) as f:
@@ -113,6 +123,35 @@ def test_latent_classifier_trains_on_latents_and_guides_the_latent_sampler(ae_wo
     with np.load(os.path.join(workdir, "samples", "samples_0.npz")) as f:
         s = f["samples"]
     assert result["num_samples"] == 10 and s.shape == (10, 16, 16, 1) and s.dtype == np.uint8
+
+
+def test_latent_likelihood_resumes_to_the_uninterrupted_numbers(ae_workdir, ldm_workdir, tmp_path):
+    """Preempted after one of the (repeat, batch) units, the latent likelihood resumes and ends equal (#13's rule)."""
+    import shutil
+
+    config = _ldm_config(ae_workdir, snapshot_sampling=False)
+    config.eval.bpd_num_repeats, config.eval.num_eval_batches, config.eval.bpd_batch_size = 2, 2, 8
+    config.eval.bpd_rtol = config.eval.bpd_atol = 1e-2
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    shutil.copytree(ldm_workdir, full)
+    shutil.copytree(ldm_workdir, resumed)
+    report = likelihood(config, full)
+    assert report["N"] == 16 and report["num_repeats"] == 2 and report["batches_this_session"] == 4
+
+    assert likelihood(config, resumed, stop_after=1) is None
+    partial = os.path.join(resumed, "likelihood", "bpd_test_latent_partial.npz")
+    with np.load(partial) as f:
+        assert f["done"].sum() == 1 and json.loads(str(f["settings"]))["autoencoder_step"] == 3
+    again = likelihood(config, resumed)
+    assert again["batches_this_session"] == 3
+    for key in ("mean_bpd", "stderr", "terms_bpd", "latent_nll_bpd", "mean_nfe"):
+        assert again[key] == report[key], key
+    with open(os.path.join(resumed, "likelihood", "bpd_test_latent.json")) as f:
+        assert json.load(f)["mean_bpd"] == report["mean_bpd"]
+
+    config.eval.bpd_rtol = 1e-4  # other settings: the partial results are not mixed in
+    with pytest.raises(ValueError, match="bpd_test_latent_partial.npz was written with settings"):
+        likelihood(config, resumed, stop_after=1)
 
 
 @pytest.mark.slow

@@ -82,24 +82,87 @@ def _count_batches(config, s) -> int:
     return n
 
 
-def _load_partial(path, expected: dict):
+_STALE = ("checkpoint_step", "autoencoder_step")  # a different model: its partial results are discarded
+
+
+def _load_partial(path, expected: dict, fields):
     """The partial results at ``path`` if they were computed with ``expected`` settings and checkpoint step.
 
-    Results of another checkpoint step are stale (the model changed): they are discarded and the run starts
-    afresh. Other settings differing is an error (the partial results may be wanted).
+    Results of another checkpoint step (or, for a latent model, autoencoder step) are stale (the model
+    changed): they are discarded and the run starts afresh. Other settings differing is an error (the partial
+    results may be wanted).
     """
     if not os.path.exists(path):
         return None
     with np.load(path) as f:
         saved = json.loads(str(f["settings"]))
-        if saved.get("checkpoint_step") != expected["checkpoint_step"]:
-            log.warning("%s holds results for checkpoint step %s, not %s: starting afresh", path,
-                        saved.get("checkpoint_step"), expected["checkpoint_step"])
-            return None
+        for key in _STALE:
+            if saved.get(key) != expected.get(key):
+                log.warning("%s holds results for %s %s, not %s: starting afresh", path, key.replace("_", " "),
+                            saved.get(key), expected.get(key))
+                return None
         if saved != expected:
             raise ValueError(f"{path} was written with settings {saved}, not {expected}; "
                              "move it away to start afresh")
-        return {k: f[k].copy() for k in ("bpd", "nfe", "done")}
+        return {k: f[k].copy() for k in (*fields, "done")}
+
+
+def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields: dict, headline: str,
+              stop_after):
+    """Runs ``batch_fn(params, x01, key) -> {field: (B,)}`` over every (repeat, batch) unit not done yet.
+
+    The per-example values of ``fields`` (name -> dtype) are saved to ``partial_path`` after every unit, with
+    ``expected`` (the settings and model steps) as the record of what produced them. Returns ``(state, new,
+    seconds)``, or ``None`` when ``stop_after`` new units were evaluated (a simulated preemption).
+    """
+    num_batches, b, k = expected["num_batches"], s["batch_size"], s["num_repeats"]
+    def empty(dtype):  # not yet computed: NaN for values, 0 for counts
+        fill = np.nan if np.dtype(dtype).kind == "f" else 0
+        return np.full((k, num_batches * b), fill, dtype)
+
+    state = _load_partial(partial_path, expected, fields) or {
+        **{f: empty(dt) for f, dt in fields.items()}, "done": np.zeros((k, num_batches), bool)}
+    settings_json = json.dumps(expected)
+    scaler_inverse = data_lib.get_data_inverse_scaler(config)
+    root = builders.purpose_key(jax.random.key(s["seed"]), "likelihood")
+    is_main = jax.process_index() == 0
+    bar = None
+    if is_main:
+        from tqdm import tqdm  # noqa: PLC0415  (only the main process draws a bar)
+
+        bar = tqdm(total=k * num_batches, initial=int(state["done"].sum()), desc=f"bpd {s['split']}",
+                   unit="batch", dynamic_ncols=True)
+    t0, new = time.time(), 0
+    try:
+        for r in range(k):
+            todo = np.flatnonzero(~state["done"][r])
+            if todo.size == 0:
+                continue
+            start = int(todo[0])
+            batches = data_lib.get_dataset(config, split=s["split"], batch_size=b, shuffle=False, repeat=False,
+                                           start_step=start, uniform_dequantization=False)
+            for i, batch in zip(range(start, num_batches), batches):
+                if state["done"][r, i]:
+                    continue
+                x01 = np.asarray(scaler_inverse(batch["image"]), np.float32)
+                x01 = parallel.shard_batch(mesh, {"image": x01})["image"]
+                out = batch_fn(params, x01, jax.random.fold_in(jax.random.fold_in(root, r), i))
+                for f in fields:
+                    state[f][r, i * b:(i + 1) * b] = parallel.to_host(out[f])
+                state["done"][r, i] = True
+                new += 1
+                if is_main:
+                    images.save_npz_atomic(partial_path, settings=settings_json, **state)
+                    done = state[headline][np.isfinite(state[headline])]
+                    bar.set_postfix(bpd=f"{done.mean():.4f}" if done.size else "nan",
+                                    nfe=int(np.mean(parallel.to_host(out["nfe"]))))
+                    bar.update(1)
+                if stop_after is not None and new >= stop_after:
+                    return None
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, new, time.time() - t0
 
 
 def _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler):
@@ -108,10 +171,11 @@ def _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler):
     @jax.jit
     def batch_fn(params, x01, key):
         score_fn = score_model.score_fn(nnx.merge(graphdef, params, rest))
-        return likelihood_lib.bits_per_dim_batch(
+        bpd, nfe = likelihood_lib.bits_per_dim_batch(
             score_fn, sde, x01, key, scaler=scaler, num_bits=s["num_bits"], dequantization=s["dequantization"],
             hutchinson=s["hutchinson"], n_probes=s["n_probes"], rtol=s["rtol"], atol=s["atol"], eps=s["eps"],
             solver=s["solver"], max_steps=s["max_steps"], mesh=mesh)
+        return {"bpd": bpd, "nfe": nfe}
 
     return batch_fn
 
@@ -133,7 +197,7 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     if s["num_repeats"] < 1:
         raise ValueError(f"config.eval.bpd_num_repeats must be >= 1; got {s['num_repeats']}")
     if builders.is_latent(config):
-        return latent_likelihood(config, workdir)
+        return latent_likelihood(config, workdir, stop_after=stop_after)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(s["batch_size"], mesh, "config.eval.bpd_batch_size")
     score_model = builders.make_score_model(config)
@@ -142,58 +206,19 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
     # The pipeline yields scaled data; the run works from [0, 1] and applies the scaler itself, so the
     # Jacobian of the scaler enters the bits/dim (the +7 / +8 offset is derived, not assumed).
-    scaler, inverse = data_lib.get_data_scaler(config), data_lib.get_data_inverse_scaler(config)
+    scaler = data_lib.get_data_scaler(config)
     batch_fn = _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler)
 
     out_dir = os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
     partial_path = os.path.join(out_dir, f"bpd_{s['split']}_partial.npz")
-    num_batches = _count_batches(config, s)
-    b, k = s["batch_size"], s["num_repeats"]
-    expected = {**s, "num_batches": num_batches, "checkpoint_step": int(step)}
-    state = _load_partial(partial_path, expected) or {
-        "bpd": np.full((k, num_batches * b), np.nan, np.float32),
-        "nfe": np.zeros((k, num_batches * b), np.int32),
-        "done": np.zeros((k, num_batches), bool),
-    }
-    settings_json = json.dumps(expected)
-    root = builders.purpose_key(jax.random.key(s["seed"]), "likelihood")
-    is_main = jax.process_index() == 0
-    bar = None
-    if is_main:
-        from tqdm import tqdm  # noqa: PLC0415  (only the main process draws a bar)
-
-        bar = tqdm(total=k * num_batches, initial=int(state["done"].sum()), desc=f"bpd {s['split']}",
-                   unit="batch", dynamic_ncols=True)
-    t0, new = time.time(), 0
-    for r in range(k):
-        todo = np.flatnonzero(~state["done"][r])
-        if todo.size == 0:
-            continue
-        start = int(todo[0])
-        batches = data_lib.get_dataset(config, split=s["split"], batch_size=b, shuffle=False, repeat=False,
-                                       start_step=start, uniform_dequantization=False)
-        for i, batch in zip(range(start, num_batches), batches):
-            if state["done"][r, i]:
-                continue
-            x01 = parallel.shard_batch(mesh, {"image": np.asarray(inverse(batch["image"]), np.float32)})["image"]
-            bpd, nfe = batch_fn(params, x01, jax.random.fold_in(jax.random.fold_in(root, r), i))
-            state["bpd"][r, i * b:(i + 1) * b] = parallel.to_host(bpd)
-            state["nfe"][r, i * b:(i + 1) * b] = parallel.to_host(nfe)
-            state["done"][r, i] = True
-            new += 1
-            if is_main:
-                images.save_npz_atomic(partial_path, settings=settings_json, **state)
-                done = state["bpd"][np.isfinite(state["bpd"])]
-                bar.set_postfix(bpd=f"{done.mean():.4f}" if done.size else "nan", nfe=int(nfe.mean()))
-                bar.update(1)
-            if stop_after is not None and new >= stop_after:
-                if bar is not None:
-                    bar.close()
-                return None
-    if bar is not None:
-        bar.close()
-    elapsed = time.time() - t0
+    k = s["num_repeats"]
+    expected = {**s, "num_batches": _count_batches(config, s), "checkpoint_step": int(step)}
+    done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, {"bpd": np.float32, "nfe": np.int32},
+                     "bpd", stop_after)
+    if done is None:
+        return None
+    state, new, elapsed = done
 
     if not np.all(np.isfinite(state["bpd"])):
         bad = int(np.sum(~np.isfinite(state["bpd"])))
@@ -225,9 +250,8 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
         "batches_this_session": new,
     }
     report_path = os.path.join(out_dir, f"bpd_{s['split']}.json")
-    if is_main:
-        with open(report_path, "w") as f:
-            json.dump(report, f, indent=1)
+    if jax.process_index() == 0:
+        images.save_json_atomic(report_path, report)
     log.info("bits/dim on %s: %.4f ± %.4f (N=%d, K=%d)", s["split"], report["mean_bpd"], report["stderr"], n, k)
     print(json.dumps(report))
     runlog.conclude(f"bits/dim on {s['split']} at step {step}: {report['mean_bpd']:.4f} ± {report['stderr']:.4f} "
@@ -240,7 +264,7 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
 LATENT_TERMS = ("reconstruction_bpd", "log_q_bpd", "prior_bpd", "offset_bpd", "bits_per_dim")
 
 
-def latent_likelihood(config, workdir: str) -> dict:
+def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict | None:
     """A latent model's likelihood report (``config.latent.autoencoder_workdir`` set): ``bpd_<split>_latent.json``.
 
     For every example ``x`` of the split (the same batches, dequantisation and scaler rules as pixel models)
@@ -249,7 +273,11 @@ def latent_likelihood(config, workdir: str) -> dict:
     std), ``log_q_bpd``, ``prior_bpd`` (the latent model's probability-flow density of the unscaled latent),
     ``offset_bpd`` (bins and scaler), and their sum ``bits_per_dim`` ≥ the data's bits/dim. It also reports the
     latent NLL ``latent_nll_bpd``: ``-log p_θ(ẑ)`` of the scaled latents ``ẑ = c z`` the model was trained on,
-    in bits per *latent* dimension, from the same probability-flow solves. Not resumable (unlike pixel models).
+    in bits per *latent* dimension, from the same probability-flow solves. Each example's values are averaged
+    over the repeats (``N`` is the number of examples, as for pixel models).
+
+    Resumable as pixel models are (``bpd_<split>_latent_partial.npz``); partial results of another checkpoint
+    step or another autoencoder step are discarded. ``stop_after`` as in :func:`likelihood`.
     """
     s = bpd_settings(config)
     mesh = parallel.make_mesh()
@@ -258,7 +286,7 @@ def latent_likelihood(config, workdir: str) -> dict:
     sde = score_model.sde
     graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
     space = builders.load_latent_space(config, mesh)
-    scaler, inverse = data_lib.get_data_scaler(config), data_lib.get_data_inverse_scaler(config)
+    scaler = data_lib.get_data_scaler(config)
     d_z = int(np.prod(space.latent_shape))
 
     @jax.jit
@@ -271,27 +299,23 @@ def latent_likelihood(config, workdir: str) -> dict:
             solver=s["solver"], max_steps=s["max_steps"], mesh=mesh)
         # prior = -log p_θ(c z) - d_z log c, so -log p_θ(ẑ) = prior + d_z log c (nats), per latent dimension in bits
         latent_nll = (bound.prior + d_z * np.log(space.scale_factor)) / (d_z * np.log(2.0))
-        return {**{k: getattr(bound, k) for k in LATENT_TERMS}, "latent_nll_bpd": latent_nll,
-                "nfe": bound.nfe.reshape(-1)}
+        nfe = jax.numpy.broadcast_to(bound.nfe.reshape(-1), latent_nll.shape)
+        return {**{k: getattr(bound, k) for k in LATENT_TERMS}, "latent_nll_bpd": latent_nll, "nfe": nfe}
 
-    root = builders.purpose_key(jax.random.key(s["seed"]), "likelihood")
-    values, t0 = {}, time.time()
-    for r in range(s["num_repeats"]):
-        batches = data_lib.get_dataset(config, split=s["split"], batch_size=s["batch_size"], shuffle=False,
-                                       repeat=False, uniform_dequantization=False)
-        for i, batch in enumerate(batches):
-            if s["num_eval_batches"] and i >= s["num_eval_batches"]:
-                break
-            x01 = parallel.shard_batch(mesh, {"image": np.asarray(inverse(batch["image"]), np.float32)})["image"]
-            out = batch_fn(params, x01, jax.random.fold_in(jax.random.fold_in(root, r), i))
-            for k, v in out.items():
-                values.setdefault(k, []).append(parallel.to_host(v))
-    if not values:
-        raise ValueError(f"the {s['split']} split has fewer than one batch of {s['batch_size']} examples")
-    values = {k: np.concatenate(v).astype(np.float64) for k, v in values.items()}
-    if not all(np.all(np.isfinite(values[k])) for k in LATENT_TERMS):
+    out_dir = os.path.join(workdir, "likelihood")
+    os.makedirs(out_dir, exist_ok=True)
+    partial_path = os.path.join(out_dir, f"bpd_{s['split']}_latent_partial.npz")
+    expected = {**s, "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
+                "autoencoder_step": space.step, "scale_factor": float(space.scale_factor)}
+    fields = {**{k: np.float32 for k in (*LATENT_TERMS, "latent_nll_bpd")}, "nfe": np.int32}
+    done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields, "bits_per_dim", stop_after)
+    if done is None:
+        return None
+    state, new, elapsed = done
+    if not all(np.all(np.isfinite(state[k])) for k in LATENT_TERMS):
         raise RuntimeError(f"some latent likelihood solves failed (non-finite); raise config.eval.bpd_max_steps "
                            f"(now {s['max_steps']}) or loosen bpd_rtol/bpd_atol")
+    values = {k: state[k].astype(np.float64).mean(axis=0) for k in (*LATENT_TERMS, "latent_nll_bpd")}
     n = values["bits_per_dim"].size
     stderr = lambda v: float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")  # noqa: E731
     report = {
@@ -302,17 +326,14 @@ def latent_likelihood(config, workdir: str) -> dict:
         "latent_nll_stderr": stderr(values["latent_nll_bpd"]),
         "N": int(n), "split": s["split"], "num_repeats": s["num_repeats"], "dequantization": s["dequantization"],
         "num_bits": s["num_bits"], "eps": s["eps"], "solver": s["solver"], "rtol": s["rtol"], "atol": s["atol"],
-        "hutchinson": s["hutchinson"], "n_probes": s["n_probes"], "mean_nfe": float(values["nfe"].mean()),
+        "hutchinson": s["hutchinson"], "n_probes": s["n_probes"], "mean_nfe": float(state["nfe"].mean()),
         "checkpoint_step": int(step), "autoencoder_step": space.step, "scale_factor": space.scale_factor,
         "decoder_std": space.decoder_std, "latent_shape": list(space.latent_shape), "sde": type(sde).__name__,
-        "devices": jax.device_count(), "seconds_this_session": time.time() - t0,
+        "devices": jax.device_count(), "seconds_this_session": elapsed, "batches_this_session": new,
     }
-    out_dir = os.path.join(workdir, "likelihood")
-    os.makedirs(out_dir, exist_ok=True)
     report_path = os.path.join(out_dir, f"bpd_{s['split']}_latent.json")
     if jax.process_index() == 0:
-        with open(report_path, "w") as f:
-            json.dump(report, f, indent=1)
+        images.save_json_atomic(report_path, report)
     print(json.dumps(report))
     runlog.conclude(f"latent model at step {step}: bound {report['mean_bpd']:.4f} ± {report['stderr']:.4f} bits/dim "
                     f"on {s['split']} (N={n}), latent NLL {report['latent_nll_bpd']:.4f} bits/latent dim",
