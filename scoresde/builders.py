@@ -1185,10 +1185,10 @@ class AutoencoderTrainee(nnx.Module):
         from scoresde.models.autoencoder import PatchDiscriminator  # noqa: PLC0415
 
         self.ae = get_autoencoder(section, image_shape, rngs=rngs)
-        self.disc = None
-        if bool(section.get("discriminator", False)):
-            self.disc = PatchDiscriminator(int(image_shape[-1]), base_width=int(section.get("disc_width", 64)),
-                                           num_layers=int(section.get("disc_layers", 3)), rngs=rngs)
+        # assigned once: NNX fixes an attribute's kind (None is static, a Module is data) at first assignment
+        self.disc = (PatchDiscriminator(int(image_shape[-1]), base_width=int(section.get("disc_width", 64)),
+                                        num_layers=int(section.get("disc_layers", 3)), rngs=rngs)
+                     if bool(section.get("discriminator", False)) else None)
 
 
 def autoencoder_record_path(workdir: str) -> str:

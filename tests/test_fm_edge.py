@@ -22,7 +22,7 @@ from scoresde.modes.sample import sample
 from scoresde.runlog import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NEW_CONFIGS = ["toy2d_fm", "digits_fm", "cifar10_fm", "cifar10_edm", "toy2d_reflow"]
+NEW_CONFIGS = ["toy2d_fm", "digits_fm", "cifar10_fm", "cifar10_edm", "toy2d_reflow", "digits_reflow"]
 
 
 def _toy_edm(variant="smoke"):

@@ -71,6 +71,27 @@ def test_train_autoencoder_cli_metrics_record_and_scale(ae_workdir):
     assert builders.model_data_shape(config) == (8, 8, 2)
 
 
+def test_train_autoencoder_with_the_patch_discriminator(tmp_path):
+    """The ``disc`` variant through the mode: the adversarial term and the discriminator switch on at
+    ``disc_start``, both finite, and the run ends with its record (the crash this test was written for: the
+    optional ``disc`` attribute was first assigned None, which NNX then refused to replace by a module)."""
+    config = load_config("digits_ae", "smoke,disc")
+    a = config.autoencoder
+    a.n_iters, a.disc_start, a.eval_freq, a.snapshot_freq = 4, 2, 4, 4
+    workdir = str(tmp_path)
+    train_autoencoder(config, workdir)
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        for key in ("generator", "adversarial_weight", "disc_loss"):
+            assert np.isfinite(r[key]), (key, r)
+    # off before disc_start (steps 0 and 1 ran as records 1 and 2), on from it
+    assert records[0]["adversarial_weight"] == 0.0 and records[0]["disc_loss"] == 0.0
+    assert records[2]["adversarial_weight"] > 0.0 and records[2]["disc_loss"] > 0.0
+    record = builders.read_autoencoder_record(workdir)
+    assert record["step"] == 4 and np.isfinite(record["scale_factor"])
+
+
 def test_latent_config_errors_name_the_problem(ae_workdir, tmp_path):
     config = _ldm_config(str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="train the autoencoder first"):
