@@ -1,8 +1,8 @@
 """Stage 1 of latent diffusion on the digits: a small KL autoencoder, 16×16 digits -> 8×8×2 latents (f = 2).
 
 The 8×8 scikit-learn digits upscaled (bicubic) to 16×16 so that a spatial latent exists. L1 reconstruction,
-β = 1e-6 (LDM's KL weight, on the summed error), no discriminator (switching LDM's patch discriminator on
-made held-out reconstructions worse on the digits; the ``disc`` variant turns it on). Trains on 2 CPU cores in
+β = 1e-6 (LDM's KL weight, on the summed error), no discriminator (LDM's patch discriminator, the ``disc``
+variant, costs 8 dB of held-out PSNR here and changes neither recognition nor sharpness: BENCHMARKS.md). Trains on 2 CPU cores in
 a few minutes and ends by writing ``workdir/autoencoder.json`` (scale factor, decoder std, checkpoint step);
 reconstruction grids go to ``workdir/samples/recon_<step>.png``. Stage 2 is ``configs/digits_ldm.py``.
 Variants: ``smoke`` (tiny, 2 steps), ``disc`` (patch discriminator after 300 steps).
