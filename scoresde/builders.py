@@ -95,6 +95,12 @@ RESUME_COMPARED_FIELDS = {
 }
 RESUME_SAFE_FIELDS["classifier"] = ("classifier.n_iters", "classifier.log_freq", "classifier.snapshot_freq",
                                     "classifier.num_eval_batches", "classifier.tensorboard", "classifier.eval_times")
+RESUME_COMPARED_FIELDS["autoencoder"] = ("autoencoder.", "data.", "seed")
+RESUME_SAFE_FIELDS["autoencoder"] = ("autoencoder.n_iters", "autoencoder.log_freq", "autoencoder.eval_freq",
+                                     "autoencoder.snapshot_freq", "autoencoder.scale_num_examples",
+                                     "autoencoder.max_nonfinite", "autoencoder.tensorboard")
+# distill and reflow train a score network as train does: the same fields may change ("train"); their own
+# sections (distill., reflow.: teacher, method, schedule, couplings) change the run's meaning and are compared.
 
 
 def _flatten_config(tree, prefix="") -> dict:

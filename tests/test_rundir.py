@@ -6,6 +6,7 @@ NaN pixels, impossible sampler inputs, storage errors that hang, incomplete chec
 points, and unhelpful error messages.
 """
 
+import json
 import os
 import pickle
 import subprocess
@@ -129,6 +130,45 @@ def test_resume_with_a_changed_sde_is_refused_and_a_changed_n_iters_is_fine(tmp_
     record = [r for r in read_metrics(workdir) if "config_change" in r]
     assert len(record) == 1 and record[0]["step"] == 4
     assert {c["field"] for c in record[0]["config_change"]} == {"training.sde", "optim.lr"}
+
+
+def test_distill_reflow_and_autoencoder_resume_under_another_config_are_refused(tmp_path):
+    """The trainers later issues added check the stored config on resume as train does."""
+    from scoresde.modes.distill import distill
+    from scoresde.modes.reflow import reflow_mode
+    from scoresde.modes.train_autoencoder import train_autoencoder
+
+    teacher, student = str(tmp_path / "teacher"), str(tmp_path / "cd")
+    train.train(toy_config(2), teacher)
+    cd = load_config("toy2d_cd", "smoke")
+    cd.distill.teacher_workdir, cd.training.snapshot_sampling = teacher, False
+    distill(cd, student)
+    cd.distill.num_scales = 9
+    with pytest.raises(builders.ConfigMismatchError, match="distill.num_scales: checkpoint 18, now 9"):
+        distill(cd, student)
+    cd.distill.num_scales, cd.training.n_iters = 18, 3  # n_iters is safe to change
+    assert distill(cd, student)["step"] == 3
+
+    source, flow = str(tmp_path / "source"), str(tmp_path / "reflow")
+    rf = load_config("toy2d_reflow", "smoke")
+    params = nnx.to_pure_dict(nnx.state(builders.get_model(rf, rngs=nnx.Rngs(0)), nnx.Param))
+    checkpointing.save_model_checkpoint(source, params=params, ema_params=params, step=1, config=rf)
+    rf.reflow.source_workdir, rf.training.snapshot_sampling = source, False
+    reflow_mode(rf, flow)
+    rf.optim.lr = 0.5
+    with pytest.raises(builders.ConfigMismatchError, match="optim.lr: checkpoint .*, now 0.5"):
+        reflow_mode(rf, flow)
+
+    ae = str(tmp_path / "ae")
+    config = load_config("digits_ae", "smoke")
+    train_autoencoder(config, ae)
+    config.autoencoder.kl_weight = 1.0
+    with pytest.raises(builders.ConfigMismatchError, match="autoencoder.kl_weight: checkpoint 1e-06, now 1.0"):
+        train_autoencoder(config, ae)
+    stored = json.loads(load_config("digits_ae", "smoke").to_json_best_effort())
+    safe = load_config("digits_ae", "smoke")
+    safe.autoencoder.n_iters, safe.autoencoder.eval_freq, safe.training.n_iters = 10, 5, 99  # training.: not its run
+    assert builders.config_differences(stored, safe, kind="autoencoder") == []
 
 
 # 4. fid evaluated stale samples ------------------------------------------------------------------------------

@@ -74,6 +74,9 @@ def distill(config, workdir: str) -> dict:
     try:
         state, meta = train_state.restore_state(ckpt, state, tx)
         start = int(state["step"])
+        changes = []
+        if meta is not None and not meta.get("model_only", False):
+            changes = builders.check_resume_config(meta.get("config"), config, kind="train", workdir=workdir)
         distillation.write_student_file(config, workdir, teacher=teacher)
         plan = {"cd": f"N={config.distill.num_scales}, {config.distill.solver} teacher, mu={config.distill.target_ema}",
                 "ct": f"iCT curriculum N {config.distill.ct_s0}..{config.distill.ct_s1}, mu=0",
@@ -91,6 +94,8 @@ def distill(config, workdir: str) -> dict:
         logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
                                       tensorboard=bool(tc.get("tensorboard", True)))
         logger.truncate_after(start)
+        if changes:
+            logger.write(start, {"config_change": changes})
         step_fn = distillation.make_distill_step(config, sde, graphdef, rest, tx, mesh,
                                                  builders.purpose_key(root, "train"), teacher=teacher)
         snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,

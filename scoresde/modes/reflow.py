@@ -155,6 +155,9 @@ def reflow_mode(config, workdir: str) -> dict:
     try:
         state, meta = train_state.restore_state(ckpt, state, tx)
         start = int(state["step"])
+        changes = []
+        if meta is not None and not meta.get("model_only", False):
+            changes = builders.check_resume_config(meta.get("config"), config, kind="train", workdir=workdir)
         runlog.announce(f"scoresde reflow: {config.model.name} on couplings of {source}", {
             "couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
                          f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
@@ -168,6 +171,8 @@ def reflow_mode(config, workdir: str) -> dict:
         logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
                                       tensorboard=bool(tc.get("tensorboard", True)))
         logger.truncate_after(start)
+        if changes:
+            logger.write(start, {"config_change": changes})
         key = builders.purpose_key(root, "train")
         ema_rate = float(config.model.get("ema_rate", 0.999))
         max_nonfinite = int(tc.get("max_nonfinite", 10))

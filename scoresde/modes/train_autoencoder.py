@@ -180,6 +180,9 @@ def train_autoencoder(config, workdir: str) -> dict:
     try:
         state, meta = train_state.restore_state(ckpt, state, tx)
         start = int(state["step"])
+        changes = []
+        if meta is not None and not meta.get("model_only", False):
+            changes = builders.check_resume_config(meta.get("config"), config, kind="autoencoder", workdir=workdir)
         runlog.announce(f"scoresde train_autoencoder: f={a.f}, {a.latent_channels} latent channels on "
                         f"{config.data.dataset}", {
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",
@@ -195,6 +198,8 @@ def train_autoencoder(config, workdir: str) -> dict:
         logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
                                       tensorboard=bool(a.get("tensorboard", True)))
         logger.truncate_after(start)
+        if changes:
+            logger.write(start, {"config_change": changes})
         step_fn = make_autoencoder_step(config, graphdef, rest, tx, mesh, builders.purpose_key(root, "train"))
         reconstruct = _make_reconstruct(config, graphdef, rest, mesh)
         num_show = max(mesh.size, min(32, batch_size) // mesh.size * mesh.size)
