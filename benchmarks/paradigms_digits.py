@@ -55,7 +55,10 @@ def main():
     shape = (args.batch,) + data_lib.data_shape(config)
     key = jax.random.key(0)
     x_init = jax.device_put(sde.prior_sampling(jax.random.key(1), shape), parallel.data_sharding(mesh))
-    to01 = data_lib.get_data_inverse_scaler(config)
+    inverse = data_lib.get_data_inverse_scaler(config)
+
+    def to01(x):  # as the sample mode's uint8 conversion: the scorer takes images in [0, 1]
+        return np.clip(np.asarray(inverse(x)), 0.0, 1.0)
 
     seq = jax.jit(lambda x: sampling.sample(score_fn, sde, shape, key, method="ddim", x_init=x, steps=args.steps,
                                             eta=args.eta))
@@ -77,7 +80,7 @@ def main():
     for r in rows:
         print(f"| {r['sampler']} | {r['window']} | {r['tol']} | {r['steps']} | {r['rounds']} | {r['nfe']} | "
               f"{r['wall_s']} | {r['max_abs_diff']:.2e} | {r['mean_max_prob']:.3f} | {r['frac_confident']:.2f} | "
-              f"{r['num_classes_present']} |")
+              f"{r['classes_present']} |")
 
 
 if __name__ == "__main__":

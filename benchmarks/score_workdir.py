@@ -65,7 +65,8 @@ def main() -> int:
         samples = np.asarray(parallel.to_host(samples))
         seconds = time.perf_counter() - t0
         out = {"sampler": label, "nfe": int(nfe), "step": step, "seconds_incl_compile": round(seconds, 1),
-               "finite": bool(np.all(np.isfinite(samples))), **score_samples(samples)}
+               "finite": bool(np.all(np.isfinite(samples))),
+               **score_samples(np.clip(samples, 0.0, 1.0))}  # as the sample mode's uint8 conversion
         print(json.dumps(out), flush=True)
     return 0
 
