@@ -19,9 +19,9 @@ import numpy as np
 
 from scoresde import builders
 from scoresde import data as data_lib
-from scoresde import images, parallel, runlog
+from scoresde import images, parallel, runlog, train_state
 
-__all__ = ["NonFiniteError", "Preemption", "run_loop", "Snapshots", "write_snapshot", "conclude_training"]
+__all__ = ["NonFiniteError", "Preemption", "resume", "run_loop", "Snapshots", "write_snapshot", "conclude_training"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,24 @@ class Preemption:
         from jax.experimental import multihost_utils  # noqa: PLC0415  (multi-host only)
 
         return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+
+
+def resume(ckpt, state, tx, config, workdir: str, *, kind: str = "train"):
+    """``(state, meta, config_changes)``: the newest complete checkpoint restored, its stored config checked.
+
+    Every trainer resumes through here (:func:`scoresde.train_state.restore_state`, then
+    :func:`scoresde.builders.check_resume_config` with the trainer's ``kind``; a model-only import is a fresh
+    start and is not compared). ``meta`` is ``None`` without a checkpoint; ``config_changes`` lists the allowed
+    differences (``config.training.allow_config_change``), for the trainer to record in ``metrics.jsonl``.
+
+    Raises:
+        ConfigMismatchError: the config changes the run's meaning and no change was allowed.
+    """
+    state, meta = train_state.restore_state(ckpt, state, tx)
+    changes = []
+    if meta is not None and not meta.get("model_only", False):
+        changes = builders.check_resume_config(meta.get("config"), config, kind=kind, workdir=workdir)
+    return state, meta, changes
 
 
 def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n_iters: int, batch_size: int,

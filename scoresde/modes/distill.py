@@ -23,7 +23,7 @@ from flax import nnx
 from scoresde import builders, distillation, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import Snapshots, conclude_training, run_loop
+from scoresde.train_loop import Snapshots, conclude_training, resume, run_loop
 
 __all__ = ["distill"]
 
@@ -72,11 +72,8 @@ def distill(config, workdir: str) -> dict:
     snapshot_freq = int(tc.snapshot_freq)
     ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
     try:
-        state, meta = train_state.restore_state(ckpt, state, tx)
+        state, meta, changes = resume(ckpt, state, tx, config, workdir)
         start = int(state["step"])
-        changes = []
-        if meta is not None and not meta.get("model_only", False):
-            changes = builders.check_resume_config(meta.get("config"), config, kind="train", workdir=workdir)
         distillation.write_student_file(config, workdir, teacher=teacher)
         plan = {"cd": f"N={config.distill.num_scales}, {config.distill.solver} teacher, mu={config.distill.target_ema}",
                 "ct": f"iCT curriculum N {config.distill.ct_s0}..{config.distill.ct_s1}, mu=0",

@@ -31,7 +31,7 @@ from flax import nnx
 from scoresde import builders, images, parallel, reflow, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import Snapshots, conclude_training, run_loop
+from scoresde.train_loop import Snapshots, conclude_training, resume, run_loop
 
 __all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
 
@@ -153,11 +153,8 @@ def reflow_mode(config, workdir: str) -> dict:
     snapshot_freq = int(tc.snapshot_freq)
     ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
     try:
-        state, meta = train_state.restore_state(ckpt, state, tx)
+        state, meta, changes = resume(ckpt, state, tx, config, workdir)
         start = int(state["step"])
-        changes = []
-        if meta is not None and not meta.get("model_only", False):
-            changes = builders.check_resume_config(meta.get("config"), config, kind="train", workdir=workdir)
         runlog.announce(f"scoresde reflow: {config.model.name} on couplings of {source}", {
             "couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
                          f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "

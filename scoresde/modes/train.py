@@ -17,7 +17,7 @@ from flax import nnx
 from scoresde import builders, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import NonFiniteError, Snapshots, conclude_training, run_loop
+from scoresde.train_loop import NonFiniteError, Snapshots, conclude_training, resume, run_loop
 
 __all__ = ["train", "make_train_step", "make_eval_step", "NonFiniteError"]
 
@@ -93,11 +93,8 @@ def train(config, workdir: str) -> dict:
     snapshot_freq = int(tc.snapshot_freq)
     ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
     try:
-        state, meta = train_state.restore_state(ckpt, state, tx)
+        state, meta, changes = resume(ckpt, state, tx, config, workdir)
         start = int(state["step"])
-        changes = []
-        if meta is not None and not meta.get("model_only", False):
-            changes = builders.check_resume_config(meta.get("config"), config, kind="train", workdir=workdir)
         runlog.announce(f"scoresde train: {config.model.name} on {config.data.dataset}, sde {tc.sde}", {
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",
             "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",

@@ -35,7 +35,7 @@ from flax import nnx
 from scoresde import builders, images, latent, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import run_loop
+from scoresde.train_loop import resume, run_loop
 
 __all__ = ["train_autoencoder", "make_autoencoder_step", "make_optimizer"]
 
@@ -178,11 +178,8 @@ def train_autoencoder(config, workdir: str) -> dict:
     ckpt = Checkpointer(workdir, max_to_keep=int(config.training.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
     count = lambda part: sum(x.size for x in jax.tree.leaves(params[part])) if part in params else 0  # noqa: E731
     try:
-        state, meta = train_state.restore_state(ckpt, state, tx)
+        state, meta, changes = resume(ckpt, state, tx, config, workdir, kind="autoencoder")
         start = int(state["step"])
-        changes = []
-        if meta is not None and not meta.get("model_only", False):
-            changes = builders.check_resume_config(meta.get("config"), config, kind="autoencoder", workdir=workdir)
         runlog.announce(f"scoresde train_autoencoder: f={a.f}, {a.latent_channels} latent channels on "
                         f"{config.data.dataset}", {
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",

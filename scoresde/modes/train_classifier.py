@@ -30,7 +30,7 @@ from scoresde import builders, classifiers, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
 from scoresde.sde import batch_mul
-from scoresde.train_loop import run_loop
+from scoresde.train_loop import resume, run_loop
 
 __all__ = ["classifier_loss", "train_classifier"]
 
@@ -73,10 +73,8 @@ def train_classifier(config, workdir: str) -> dict:
     snapshot_freq = int(c.get("snapshot_freq", 0) or n_iters)
     ckpt = Checkpointer(out_dir, max_to_keep=2, keep_period=snapshot_freq)
     try:
-        state, meta = train_state.restore_state(ckpt, state, tx)
+        state, meta, _ = resume(ckpt, state, tx, config, out_dir, kind="classifier")
         start = int(state["step"])
-        if meta is not None:
-            builders.check_resume_config(meta.get("config"), config, kind="classifier", workdir=out_dir)
         runlog.announce(f"scoresde train_classifier: {c.name} on {config.data.dataset}, sde {config.training.sde}", {
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",
