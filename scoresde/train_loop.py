@@ -21,7 +21,7 @@ from scoresde import builders
 from scoresde import data as data_lib
 from scoresde import images, parallel, runlog, train_state
 
-__all__ = ["NonFiniteError", "Preemption", "resume", "run_loop", "Snapshots", "write_snapshot", "conclude_training"]
+__all__ = ["NonFiniteError", "Preemption", "open_metrics", "resume", "run_loop", "Snapshots", "write_snapshot", "conclude_training"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,16 @@ def resume(ckpt, state, tx, config, workdir: str, *, kind: str = "train"):
     if meta is not None and not meta.get("model_only", False):
         changes = builders.check_resume_config(meta.get("config"), config, kind=kind, workdir=workdir)
     return state, meta, changes
+
+
+def open_metrics(workdir: str, start: int, *, tensorboard: bool, config_changes=()) -> runlog.MetricsLogger:
+    """The run's ``metrics.jsonl`` logger (process 0 writes), cut back to ``start`` (records a killed run wrote
+    past its last checkpoint are redone), with the allowed config changes of :func:`resume` recorded at ``start``."""
+    logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=tensorboard)
+    logger.truncate_after(start)
+    if config_changes:
+        logger.write(start, {"config_change": config_changes})
+    return logger
 
 
 def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n_iters: int, batch_size: int,

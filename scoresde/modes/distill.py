@@ -23,7 +23,7 @@ from flax import nnx
 from scoresde import builders, distillation, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import Snapshots, conclude_training, resume, run_loop
+from scoresde.train_loop import Snapshots, conclude_training, open_metrics, resume, run_loop
 
 __all__ = ["distill"]
 
@@ -88,11 +88,7 @@ def distill(config, workdir: str) -> dict:
             "resuming": f"from step {start}" if meta is not None else None,
         })
         state = parallel.replicate(mesh, state)
-        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
-                                      tensorboard=bool(tc.get("tensorboard", True)))
-        logger.truncate_after(start)
-        if changes:
-            logger.write(start, {"config_change": changes})
+        logger = open_metrics(workdir, start, tensorboard=bool(tc.get("tensorboard", True)), config_changes=changes)
         step_fn = distillation.make_distill_step(config, sde, graphdef, rest, tx, mesh,
                                                  builders.purpose_key(root, "train"), teacher=teacher)
         snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,

@@ -155,7 +155,7 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
                     images.save_npz_atomic(partial_path, settings=settings_json, **state)
                     done = state[headline][np.isfinite(state[headline])]
                     bar.set_postfix(bpd=f"{done.mean():.4f}" if done.size else "nan",
-                                    nfe=int(np.mean(parallel.to_host(out["nfe"]))))
+                                    nfe=int(state["nfe"][r, i * b:(i + 1) * b].mean()))
                     bar.update(1)
                 if stop_after is not None and new >= stop_after:
                     return None

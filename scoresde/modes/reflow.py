@@ -31,7 +31,7 @@ from flax import nnx
 from scoresde import builders, images, parallel, reflow, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import Snapshots, conclude_training, resume, run_loop
+from scoresde.train_loop import Snapshots, conclude_training, open_metrics, resume, run_loop
 
 __all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
 
@@ -165,11 +165,7 @@ def reflow_mode(config, workdir: str) -> dict:
             "resuming": f"from step {start}" if meta is not None else None,
         })
         state = parallel.replicate(mesh, state)
-        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
-                                      tensorboard=bool(tc.get("tensorboard", True)))
-        logger.truncate_after(start)
-        if changes:
-            logger.write(start, {"config_change": changes})
+        logger = open_metrics(workdir, start, tensorboard=bool(tc.get("tensorboard", True)), config_changes=changes)
         key = builders.purpose_key(root, "train")
         ema_rate = float(config.model.get("ema_rate", 0.999))
         max_nonfinite = int(tc.get("max_nonfinite", 10))

@@ -17,7 +17,7 @@ from flax import nnx
 from scoresde import builders, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import NonFiniteError, Snapshots, conclude_training, resume, run_loop
+from scoresde.train_loop import NonFiniteError, Snapshots, conclude_training, open_metrics, resume, run_loop
 
 __all__ = ["train", "make_train_step", "make_eval_step", "NonFiniteError"]
 
@@ -104,11 +104,7 @@ def train(config, workdir: str) -> dict:
             "resuming": f"from step {start}" if meta is not None else None,
         })
         state = parallel.replicate(mesh, state)
-        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
-                                      tensorboard=bool(tc.get("tensorboard", True)))
-        logger.truncate_after(start)
-        if changes:
-            logger.write(start, {"config_change": changes})
+        logger = open_metrics(workdir, start, tensorboard=bool(tc.get("tensorboard", True)), config_changes=changes)
         step_fn = make_train_step(config, sde, graphdef, rest, tx, mesh, builders.purpose_key(root, "train"))
         eval_fn = make_eval_step(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "eval"))
         eval_iter = None

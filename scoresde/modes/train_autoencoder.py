@@ -35,7 +35,7 @@ from flax import nnx
 from scoresde import builders, images, latent, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import resume, run_loop
+from scoresde.train_loop import open_metrics, resume, run_loop
 
 __all__ = ["train_autoencoder", "make_autoencoder_step", "make_optimizer"]
 
@@ -192,11 +192,7 @@ def train_autoencoder(config, workdir: str) -> dict:
             "resuming": f"from step {start}" if meta is not None else None,
         })
         state = parallel.replicate(mesh, state)
-        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0,
-                                      tensorboard=bool(a.get("tensorboard", True)))
-        logger.truncate_after(start)
-        if changes:
-            logger.write(start, {"config_change": changes})
+        logger = open_metrics(workdir, start, tensorboard=bool(a.get("tensorboard", True)), config_changes=changes)
         step_fn = make_autoencoder_step(config, graphdef, rest, tx, mesh, builders.purpose_key(root, "train"))
         reconstruct = _make_reconstruct(config, graphdef, rest, mesh)
         num_show = max(mesh.size, min(32, batch_size) // mesh.size * mesh.size)

@@ -30,7 +30,7 @@ from scoresde import builders, classifiers, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
 from scoresde.sde import batch_mul
-from scoresde.train_loop import resume, run_loop
+from scoresde.train_loop import open_metrics, resume, run_loop
 
 __all__ = ["classifier_loss", "train_classifier"]
 
@@ -102,9 +102,7 @@ def train_classifier(config, workdir: str) -> dict:
 
         repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
         step_jit = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
-        logger = runlog.MetricsLogger(out_dir, enabled=jax.process_index() == 0,
-                                      tensorboard=bool(c.get("tensorboard", False)))
-        logger.truncate_after(start)
+        logger = open_metrics(out_dir, start, tensorboard=bool(c.get("tensorboard", False)))
         try:
             out = run_loop(state=state, step_fn=step_jit, start=start, n_iters=n_iters, batch_size=batch_size,
                            batches=data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
