@@ -21,14 +21,14 @@ from flax import nnx
 
 from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
 
-from scoresde import builders, distillation, parallel
+from scoresde import build, parallel
 from scoresde.checkpointing import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ema_at(workdir, config, step=None):
-    model = nnx.eval_shape(lambda: builders.get_model(config, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build.get_model(config, rngs=nnx.Rngs(0)))
     graphdef, state, rest = nnx.split(model, nnx.Param, ...)
     ckpt = Checkpointer(workdir, max_to_keep=None, async_save=False)
     try:
@@ -47,9 +47,9 @@ def _row(name, config, workdir, n, step=None, **sampling):
             config.sampling[k] = v
     mesh = parallel.make_mesh()
     graphdef, params, rest, step = _ema_at(workdir, config, step)
-    sde = builders.make_sde(config)
+    sde = build.make_sde(config)
     t0 = time.perf_counter()
-    fn = builders.make_sample_fn(config, sde, graphdef, rest, n, mesh)
+    fn = build.make_sample_fn(config, sde, graphdef, rest, n, mesh)
     samples, nfe = fn(params, jax.random.key(2026))
     samples = np.clip(np.asarray(jax.block_until_ready(samples)), 0.0, 1.0)  # as the sample mode's uint8 conversion
     wall = time.perf_counter() - t0
@@ -73,17 +73,17 @@ def main():
     if not a.skip_pc:
         rows.append(_row("teacher pc (euler_maruyama, default steps)", tcfg, a.teacher, a.n, method="pc"))
     if a.cd:
-        cfg = builders.load_config(os.path.join(REPO, "configs/digits_cd.py"))
+        cfg = build.load_config(os.path.join(REPO, "configs/digits_cd.py"))
         for k in (1, 2):
             rows.append(_row(f"CD consistency {k}-step", cfg, a.cd, a.n, method="consistency", steps=k))
     if a.ct:
-        cfg = builders.load_config(os.path.join(REPO, "configs/digits_ct.py"))
+        cfg = build.load_config(os.path.join(REPO, "configs/digits_ct.py"))
         for k in (1, 2):
             rows.append(_row(f"CT consistency {k}-step", cfg, a.ct, a.n, method="consistency", steps=k))
     if a.pd:
-        cfg = builders.load_config(os.path.join(REPO, "configs/digits_pd.py"))
-        per = distillation.iters_per_round(cfg)
-        for r, k in enumerate(distillation.pd_rounds(cfg)):
+        cfg = build.load_config(os.path.join(REPO, "configs/digits_pd.py"))
+        per = build.iters_per_round(cfg)
+        for r, k in enumerate(build.pd_rounds(cfg)):
             rows.append(_row(f"PD round {r} ddim {k}-step", cfg, a.pd, a.n, step=(r + 1) * per, method="ddim", steps=k))
     print("| method | NFE | mean p_max | frac p_max>0.9 | classes | class entropy | sampling wall s |")
     print("|---|---|---|---|---|---|---|")
@@ -93,10 +93,10 @@ def main():
 
 
 def _with_teacher(workdir):
-    cfg = builders.load_config(os.path.join(REPO, "configs/digits_cd.py"))
+    cfg = build.load_config(os.path.join(REPO, "configs/digits_cd.py"))
     with cfg.unlocked():
         cfg.distill.teacher_workdir = workdir
-    return distillation.teacher_config(cfg)
+    return build.teacher_config(cfg)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 
 from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
 
-from scoresde import builders, parallel
+from scoresde import build, parallel
 
 
 def main():
@@ -31,7 +31,7 @@ def main():
     ap.add_argument("--num", type=int, default=100)
     ap.add_argument("--set", action="append", default=[], help="section.field=value (Python literal or string)")
     args = ap.parse_args()
-    config = builders.load_config(args.config)
+    config = build.load_config(args.config)
     for item in args.set:
         path, value = item.split("=", 1)
         section, field = path.rsplit(".", 1)
@@ -44,9 +44,9 @@ def main():
             pass
         node[field] = value
     mesh = parallel.make_mesh()
-    graphdef, params, rest, step = builders.load_ema(config, args.workdir, mesh)
-    fn = builders.make_sample_fn(config, builders.make_sde(config), graphdef, rest, args.num, mesh)
-    key = builders.purpose_key(builders.root_key(config), "sample")
+    graphdef, params, rest, step = build.load_ema(config, args.workdir, mesh)
+    fn = build.make_sample_fn(config, build.make_sde(config), graphdef, rest, args.num, mesh)
+    key = build.purpose_key(build.root_key(config), "sample")
     t0 = time.perf_counter()
     samples, nfe = fn(params, jax.random.fold_in(key, 0))
     samples = parallel.to_host(samples)
@@ -55,9 +55,9 @@ def main():
     jax.block_until_ready(fn(params, jax.random.fold_in(key, 1)))
     second = time.perf_counter() - t0
     conditional = int(config.model.get("num_classes", 0) or 0) > 0
-    labels = np.asarray(builders.sample_class_labels(config, args.num)) if conditional else None
-    result = {"config": args.config, "workdir": args.workdir, "step": step, "latent": builders.is_latent(config),
-              "model_shape": list(builders.model_data_shape(config)), "nfe": int(nfe),
+    labels = np.asarray(build.sample_class_labels(config, args.num)) if conditional else None
+    result = {"config": args.config, "workdir": args.workdir, "step": step, "latent": build.is_latent(config),
+              "model_shape": list(build.model_data_shape(config)), "nfe": int(nfe),
               "seconds_first_batch_incl_compile": round(first, 2), "seconds_per_batch": round(second, 2),
               "batch": args.num, "guidance": str(config.sampling.get("guidance", "none")),
               "guidance_scale": float(config.sampling.get("guidance_scale", 0.0)),

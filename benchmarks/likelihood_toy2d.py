@@ -27,18 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scoresde import builders, likelihood, toy
-from scoresde.builders import make_score_fn, make_sde
+from scoresde import build, likelihood
+from scoresde.data import toy
+from scoresde.build import make_score_fn, make_sde
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mlp_score_fn(config, sde, workdir=None):
     if workdir:
-        model, step = builders.load_model(workdir, config, ema=True)
+        model, step = build.load_model(workdir, config, ema=True)
         print(f"# mlp: EMA weights of {workdir} at step {step}")
         return make_score_fn(model, sde, config)
-    model = builders.get_model(config, rngs=nnx.Rngs(0))
+    model = build.get_model(config, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -74,7 +75,7 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  commit {commit}  {platform.processor() or platform.machine()}"
           f"  {os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}  load {os.getloadavg()[0]:.1f}")
-    config = builders.load_config(os.path.join(REPO, "configs", "toy2d_vp.py"))
+    config = build.load_config(os.path.join(REPO, "configs", "toy2d_vp.py"))
     sde = make_sde(config)
     x = toy.sample("gmm_grid", jax.random.key(0), args.batch)
     key = jax.random.key(2)

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.digits_scorer import score_samples  # noqa: E402
-from scoresde import builders, parallel, sampling  # noqa: E402
+from scoresde import build, parallel, sampling  # noqa: E402
 from scoresde import data as data_lib  # noqa: E402
 
 
@@ -47,11 +47,11 @@ def main():
     parser.add_argument("--tols", default="1e-3,1e-2")
     args = parser.parse_args()
 
-    config = builders.load_config(args.config)
+    config = build.load_config(args.config)
     mesh = parallel.make_mesh()
-    sde = builders.make_sde(config)
-    model, step = builders.load_model(args.workdir, config)
-    score_fn = builders.make_score_fn(model, sde, config)
+    sde = build.make_sde(config)
+    model, step = build.load_model(args.workdir, config)
+    score_fn = build.make_score_fn(model, sde, config)
     shape = (args.batch,) + data_lib.data_shape(config)
     key = jax.random.key(0)
     x_init = jax.device_put(sde.prior_sampling(jax.random.key(1), shape), parallel.data_sharding(mesh))

@@ -21,7 +21,7 @@ from flax import nnx
 
 from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
 
-from scoresde import builders, parallel, sampling
+from scoresde import build, parallel, sampling
 from scoresde import data as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,10 +29,10 @@ ROWS = (("ddim", 1), ("ddim", 2), ("ddim", 4), ("dpm_solver++", 20))
 
 
 def _sampler(config, workdir, mesh):
-    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
-    score_model = builders.make_score_model(config)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    score_model = build.make_score_model(config)
     sde = score_model.sde
-    eps = builders.sampling_eps(sde)
+    eps = build.sampling_eps(sde)
     inverse = data_lib.get_data_inverse_scaler(config)
 
     def run(z, method, steps):
@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--n", type=int, default=256)
     a = ap.parse_args()
     mesh = parallel.make_mesh()
-    config = builders.load_config(os.path.join(REPO, "configs/digits_reflow.py"))
+    config = build.load_config(os.path.join(REPO, "configs/digits_reflow.py"))
     flows = {"1-RF (source)": _sampler(config, a.source, mesh), "2-RF (reflow)": _sampler(config, a.reflow, mesh)}
     sde = flows["1-RF (source)"][2]
     z = sde.prior_sampling(jax.random.key(2026), (a.n,) + data_lib.data_shape(config))

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.digits_scorer import score_samples  # noqa: E402
-from scoresde import builders, parallel  # noqa: E402
+from scoresde import build, parallel  # noqa: E402
 
 
 def _parse(spec: str) -> tuple[str, dict]:
@@ -49,17 +49,17 @@ def main() -> int:
     parser.add_argument("--method", action="append", required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = builders.load_config(args.config)
+    config = build.load_config(args.config)
     mesh = parallel.make_mesh()
-    graphdef, params, rest, step = builders.load_ema(config, args.workdir, mesh)
-    sde = builders.make_sde(config)
+    graphdef, params, rest, step = build.load_ema(config, args.workdir, mesh)
+    sde = build.make_sde(config)
     for spec in args.method:
         label, fields = _parse(spec)
-        c = builders.load_config(args.config)
+        c = build.load_config(args.config)
         c.sampling.order = 0
         for k, v in fields.items():
             c.sampling[k] = v
-        fn = builders.make_sample_fn(c, sde, graphdef, rest, args.num, mesh)
+        fn = build.make_sample_fn(c, sde, graphdef, rest, args.num, mesh)
         t0 = time.perf_counter()
         samples, nfe = fn(params, jax.random.key(args.seed))
         samples = np.asarray(parallel.to_host(samples))

@@ -4,7 +4,7 @@ The paper's recipe as far as this project can follow it: batch 512, Adam lr 4e-4
 iterations, N = 18, rho = 7, Heun teacher steps, target EMA mu = 0.95, sampling EMA 0.9999, sigma_data = 0.5,
 dropout 0, the NCSN++-style U-Net of the teacher (the student starts from the teacher's weights).
 What differs: the metric is squared L2, not LPIPS (LPIPS needs downloaded VGG weights; pass
-`scoresde.consistency.distance(feature_fn=...)` from Python to use it), so expect the paper's L2 row
+`scoresde.fewstep.consistency.distance(feature_fn=...)` from Python to use it), so expect the paper's L2 row
 (FID 3.55 is LPIPS); the teacher is this project's VP DDPM++ (`configs/cifar10_vp.py`, or an imported
 reference checkpoint), not EDM's, so the boundary time is the VP sampling eps (1e-3). Variant: `smoke`.
 

@@ -2,7 +2,7 @@
 
 Student: the teacher's DDPM++ U-Net wrapped as a consistency function, started from the teacher's EMA
 weights. Teacher steps: Heun on an N=18 rho-grid; target EMA mu=0.95; squared-L2 metric (the CD paper's
-LPIPS needs downloaded VGG weights: not offline; `scoresde.consistency.distance` has the `feature_fn` hook).
+LPIPS needs downloaded VGG weights: not offline; `scoresde.fewstep.consistency.distance` has the `feature_fn` hook).
 Samples with `method=consistency`, 1 step (`--config.sampling.steps=2` for 2). Variant: `smoke`.
 
     python -m scoresde.main --config=configs/digits_vp.py --workdir=runs/digits

@@ -2,7 +2,7 @@
 
 ``--mode=sample`` with ``config.inverse.operator`` set restores the first ``inverse.num_images`` test
 digits from their measurements ``y = A x + sigma_y n`` (model space [-1, 1]) with the unconditional model:
-DPS, ΠGDM or replacement (``--config.inverse.method``; :func:`scoresde.inverse.posterior_sample`), the
+DPS, ΠGDM or replacement (``--config.inverse.method``; :func:`scoresde.guidance.inverse.posterior_sample`), the
 sampler of ``config.sampling`` (ddim). Results in ``workdir/inverse/<operator>_<method>/``: ``report.json``
 (PSNR vs the ground truth, and that of the naive ``A⁺y``), ``restorations.npz``, ``comparison.png``.
 Variants: ``sr4`` (default: 4× super-resolution, 2×2 -> 8×8), ``sr2`` (2×, 4×4 -> 8×8), ``inpaint``

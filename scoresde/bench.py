@@ -27,7 +27,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from scoresde import builders, parallel, train_state
+from scoresde import build, parallel, train_state
 from scoresde import data as data_lib
 from scoresde.modes.train import make_train_step
 
@@ -96,8 +96,8 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
     mesh = parallel.make_mesh()
     batch = int(batch_size or config.training.batch_size)
     parallel.check_batch_size(batch, mesh, "--batch_size")
-    sde = builders.make_sde(config)
-    model = builders.build_model(config, seed=0)
+    sde = build.make_sde(config)
+    model = build.build_model(config, seed=0)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
     shape = (batch,) + data_lib.data_shape(config)
@@ -106,10 +106,10 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
     t = parallel.shard_batch(mesh, np.full((batch,), 0.5, np.float32))
 
     def forward_fn(p, xx, tt):
-        return builders.make_score_fn(nnx.merge(graphdef, p, rest), sde, config)(xx, tt)
+        return build.make_score_fn(nnx.merge(graphdef, p, rest), sde, config)(xx, tt)
 
     if what == "train":
-        tx = builders.optimizer_from_config(config)
+        tx = build.optimizer_from_config(config)
         state = parallel.replicate(mesh, train_state.init_state(params, tx))
         step_fn = make_train_step(config, sde, graphdef, rest, tx, mesh, key)
         t0 = time.perf_counter()

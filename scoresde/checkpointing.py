@@ -12,7 +12,7 @@ or corrupt files) is skipped with a warning and the next older one is tried.
 
 Examples:
     >>> save_model_checkpoint("runs/imported", params=p, ema_params=p, step=0, config=config)
-    >>> model, step = builders.load_model("runs/imported", config)
+    >>> model, step = build.load_model("runs/imported", config)
 """
 
 from __future__ import annotations
@@ -383,3 +383,20 @@ def save_model_checkpoint(workdir: str, *, params, ema_params, step: int, config
                   meta={"nonfinite_total": 0, "nonfinite_run": 0, "model_only": True}, config=config)
     finally:
         ckpt.close()
+
+
+def restore_params(directory: str, model, *, ema: bool, what: str):
+    """Loads the newest checkpoint of ``directory`` into ``model``'s parameters; returns ``(model, step)``."""
+    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    target = nnx.to_pure_dict(state)
+    ckpt = Checkpointer(directory, read_only=True)  # never touches a live trainer's files
+    try:
+        restored = ckpt.restore_latest(params=None if ema else target, ema_params=target if ema else None)
+    finally:
+        ckpt.close()
+    if restored is None:
+        if what == "classifier":
+            raise FileNotFoundError(f"no classifier checkpoint in {directory}; train one with --mode=train_classifier")
+        raise FileNotFoundError(f"no checkpoint found in {checkpoint_dir(directory)}; train first or import one")
+    nnx.replace_by_pure_dict(state, restored["ema_params" if ema else "params"])
+    return nnx.merge(graphdef, state, rest), int(restored["meta"]["step"])

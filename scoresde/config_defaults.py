@@ -171,7 +171,7 @@ def get_default_configs():
     config.latent = latent = ml_collections.ConfigDict()
     latent.autoencoder_workdir = ""  # "" = pixel space; else the workdir of a --mode=train_autoencoder run
     latent.use_posterior_mean = True  # encode training batches by the posterior mean (False: a posterior sample)
-    # (scoresde) few-step generation, --mode=distill (scoresde.distillation): cd | ct | pd
+    # (scoresde) few-step generation, --mode=distill (scoresde.build): cd | ct | pd
     config.distill = distill = ml_collections.ConfigDict()
     distill.method = ""  # cd | ct | pd; "" = not a distilled / consistency run
     distill.teacher_workdir = ""  # cd / pd: a workdir trained with --mode=train (or imported by scoresde.convert)
@@ -207,8 +207,8 @@ def get_default_configs():
     reflow.order = 0  # 0 = the method's default
     reflow.init_from_source = True  # initialise the next flow from the source's EMA weights
     # (scoresde) inverse problems and parallel-in-time sampling (issue 16). --mode=sample restores
-    # config.inverse.num_images test images when inverse.operator != "none" (scoresde.inverse,
-    # scoresde.builders "inverse problems"); sampling.parallel_window > 0 samples ddim with ParaDiGMS.
+    # config.inverse.num_images test images when inverse.operator != "none" (scoresde.guidance.inverse,
+    # scoresde.build "inverse problems"); sampling.parallel_window > 0 samples ddim with ParaDiGMS.
     config.inverse = inverse = ml_collections.ConfigDict()
     inverse.operator = "none"  # none | inpainting | super_resolution | deblur | colorization | random_projection
     inverse.method = "pigdm"  # replacement | dps | pigdm

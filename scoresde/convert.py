@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scoresde import builders, parameterization
-from scoresde.builders import abstract_model, as_config, load_config
+from scoresde import build, parameterization
+from scoresde.build import abstract_model, as_config, load_config
 
 __all__ = [
     "reference_module_names",
@@ -251,8 +251,8 @@ def reference_score_fn(path: str, config, ema: bool = True):
     loaded = load_reference_checkpoint(path, config, model=model)
     model = model_with_params(config, loaded["ema_params" if ema else "params"], model=model)
     graphdef, state = nnx.split(model)
-    sde = builders.make_sde(config)
-    convention = builders.score_convention(config, sde)
+    sde = build.make_sde(config)
+    convention = build.score_convention(config, sde)
 
     def score_fn(x, t):
         return _network_score(state, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32), graphdef=graphdef,

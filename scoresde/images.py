@@ -9,9 +9,10 @@ import json
 import math
 import os
 
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["to_uint8", "image_grid", "save_image_grid", "save_scatter", "save_npz_atomic", "save_json_atomic"]
+__all__ = ["to_uint8", "image_grid", "save_image_grid", "save_scatter", "save_npz_atomic", "save_json_atomic", "psnr"]
 
 
 def save_json_atomic(path: str, obj) -> None:
@@ -88,3 +89,9 @@ def save_scatter(path: str, points: np.ndarray, *, reference: np.ndarray | None 
     ax.set_title(title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
+
+
+def psnr(x, reference, data_range=1.0):
+    """Peak signal-to-noise ratio per example, ``10 log10(range² / MSE)`` in dB, shape ``(B,)``."""
+    mse = jnp.mean(jnp.square(x - reference).reshape(x.shape[0], -1), axis=-1)
+    return 10.0 * jnp.log10(jnp.asarray(data_range, mse.dtype) ** 2 / mse)

@@ -79,9 +79,9 @@ def load_config(name: str, variant: str | None = None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config {path!r}; expected one of: "
                                 f"{sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith('.py'))}")
-    from scoresde import builders  # noqa: PLC0415  (ml_collections only when a config is read)
+    from scoresde import build  # noqa: PLC0415  (ml_collections only when a config is read)
 
-    return builders.load_config(path + (f":{variant}" if variant else ""))
+    return build.load_config(path + (f":{variant}" if variant else ""))
 
 
 def describe_accelerator() -> str:

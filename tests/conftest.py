@@ -19,6 +19,6 @@ def config_module(name):
 
 def load_config(name, variant=None):
     """``configs/<name>.py[:variant]`` through the one config loader."""
-    from scoresde import builders
+    from scoresde import build
 
-    return builders.load_config(os.path.join(CONFIGS, f"{name}.py") + (f":{variant}" if variant else ""))
+    return build.load_config(os.path.join(CONFIGS, f"{name}.py") + (f":{variant}" if variant else ""))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scoresde import builders, checkpointing
+from scoresde import build, checkpointing
 from scoresde.modes import train
 from scoresde.runlog import read_metrics
 
@@ -80,7 +80,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     assert sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) == [1, 2, 3]
     _corrupt(os.path.join(ckpt_dir, "3"))
-    model, step = builders.load_model(workdir, config)
+    model, step = build.load_model(workdir, config)
     assert step == 2
     assert any("skipping checkpoint" in r.getMessage() and "/3" in r.getMessage() for r in caplog.records)
     assert os.path.isdir(os.path.join(ckpt_dir, "3"))  # a reader renames nothing (issue 13: read-only)
@@ -94,22 +94,22 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         if s.isdigit():
             _corrupt(os.path.join(ckpt_dir, s))
     with pytest.raises(checkpointing.CorruptCheckpointError, match="could be loaded"):
-        builders.load_model(workdir, config)
+        build.load_model(workdir, config)
     with pytest.raises(checkpointing.CorruptCheckpointError):
         train.train(config, workdir)
 
 
 def test_model_checkpoint_round_trip_and_fresh_optimizer(tmp_path):
     config = toy_config(2)
-    model = builders.build_model(config, seed=3)
+    model = build.build_model(config, seed=3)
     params = nnx.state(model, nnx.Param)
     ema = jax.tree.map(lambda x: x + 1.0, params)
     checkpointing.save_model_checkpoint(str(tmp_path), params=params, ema_params=ema, step=7, config=config)
-    loaded, step = builders.load_model(str(tmp_path), config)
+    loaded, step = build.load_model(str(tmp_path), config)
     assert step == 7
     for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)), jax.tree.leaves(ema)):
         np.testing.assert_array_equal(a, b)
-    raw, _ = builders.load_model(str(tmp_path), config, ema=False)
+    raw, _ = build.load_model(str(tmp_path), config, ema=False)
     for a, b in zip(jax.tree.leaves(nnx.state(raw, nnx.Param)), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     with open(os.path.join(tmp_path, "checkpoints", "7", "meta", "metadata")) as f:
@@ -123,4 +123,4 @@ def test_model_checkpoint_round_trip_and_fresh_optimizer(tmp_path):
 
 def test_load_model_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint found"):
-        builders.load_model(str(tmp_path), toy_config(1))
+        build.load_model(str(tmp_path), toy_config(1))

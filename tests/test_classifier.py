@@ -13,10 +13,11 @@ import optax
 import pytest
 from flax import nnx
 
-from scoresde import builders, classifiers, guidance, sampling
+from scoresde import build, guidance, sampling
+from scoresde.models import classifiers
 from scoresde.modes import train_classifier
 from scoresde import sde as sde_lib
-from scoresde import toy
+from scoresde.data import toy
 
 from conftest import load_config
 
@@ -125,15 +126,15 @@ def test_train_classifier_mode_resumes_and_guides_the_sample_mode(tmp_path):
     assert out["step"] == 2 and set(out["test_accuracy"]) == {"t=0.001", "t=0.25", "t=0.5"}
     with open(os.path.join(workdir, "classifier", "eval_results.json")) as f:
         assert json.load(f)["step"] == 2
-    clf, step = builders.load_classifier(workdir, config)
+    clf, step = build.load_classifier(workdir, config)
     assert step == 2
     # a longer run resumes from step 2
     with config.unlocked():
         config.classifier.n_iters = 3
     assert cli.run(config, workdir, "train_classifier")["step"] == 3
-    assert builders.load_classifier(workdir, config)[1] == 3
+    assert build.load_classifier(workdir, config)[1] == 3
     # sample mode with classifier guidance: needs a score model; an untrained one will do for the wiring
-    score_model = builders.get_model(config, rngs=nnx.Rngs(0))
+    score_model = build.get_model(config, rngs=nnx.Rngs(0))
     p = nnx.state(score_model, nnx.Param)
     save_model_checkpoint(workdir, params=p, ema_params=p, step=0, config=config)
     with config.unlocked():
@@ -146,28 +147,28 @@ def test_train_classifier_mode_resumes_and_guides_the_sample_mode(tmp_path):
 def test_missing_classifier_is_a_clear_error(tmp_path):
     config = _load_config("toy2d_vp_cond", "smoke,classifier")
     with pytest.raises(FileNotFoundError, match="train_classifier"):
-        builders.load_classifier(str(tmp_path), config)
+        build.load_classifier(str(tmp_path), config)
     with pytest.raises(ValueError, match="classifier"):
-        builders.guided_score_fn(config, None, VP, 4, classifier=None)
+        build.guided_score_fn(config, None, VP, 4, classifier=None)
     bad = ml_collections.ConfigDict(config.to_dict())
     bad.sampling.guidance = "clip"
     with pytest.raises(ValueError, match="none, cfg, classifier"):
-        builders.guided_score_fn(bad, None, VP, 4)
+        build.guided_score_fn(bad, None, VP, 4)
     bad.classifier.name = "resnet"
     with pytest.raises(ValueError, match="wrn, mlp"):
-        builders.get_classifier(bad, rngs=nnx.Rngs(0))
+        build.get_classifier(bad, rngs=nnx.Rngs(0))
 
 
 def test_sample_class_labels():
     config = _load_config("digits_vp_cond")
-    np.testing.assert_array_equal(builders.sample_class_labels(config, 20), np.repeat(np.arange(10), 2))
+    np.testing.assert_array_equal(build.sample_class_labels(config, 20), np.repeat(np.arange(10), 2))
     with config.unlocked():
         config.sampling.class_label = 7
-    np.testing.assert_array_equal(builders.sample_class_labels(config, 3), [7, 7, 7])
+    np.testing.assert_array_equal(build.sample_class_labels(config, 3), [7, 7, 7])
     with config.unlocked():
         config.sampling.class_label = 10
     with pytest.raises(ValueError, match="class_label=10"):
-        builders.sample_class_labels(config, 3)
+        build.sample_class_labels(config, 3)
 
 
 def test_label_dropout():
@@ -179,10 +180,10 @@ def test_label_dropout():
     np.testing.assert_array_equal(np.asarray(dropped)[np.asarray(dropped) != 10], np.asarray(y)[np.asarray(dropped) != 10])
     config = _load_config("digits_vp_cond")
     batch = {"label": np.asarray(y[:8], np.int32)}
-    assert builders.class_labels(_load_config("digits_vp"), batch, jax.random.key(0)) is None  # unconditional
+    assert build.class_labels(_load_config("digits_vp"), batch, jax.random.key(0)) is None  # unconditional
     with config.unlocked():
         config.training.p_uncond = 0.0
-    np.testing.assert_array_equal(builders.class_labels(config, batch, jax.random.key(0)), batch["label"])
+    np.testing.assert_array_equal(build.class_labels(config, batch, jax.random.key(0)), batch["label"])
     with config.unlocked():
         config.training.p_uncond = 1.0
-    np.testing.assert_array_equal(builders.class_labels(config, batch, jax.random.key(0)), 10)
+    np.testing.assert_array_equal(build.class_labels(config, batch, jax.random.key(0)), 10)

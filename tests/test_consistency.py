@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
-from scoresde import consistency as cm
+from scoresde.fewstep import consistency as cm
 from scoresde import guidance, sampling
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture

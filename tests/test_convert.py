@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from conftest import FIXTURES
-from scoresde import builders, convert, parameterization
+from scoresde import build, convert, parameterization
 
 TOL = 1e-4
 VARIANTS = [
@@ -93,7 +93,7 @@ def test_fixture_reproduces(src, name):
     assert raw.shape == data["raw_nhwc"].shape and raw.dtype == jnp.float32
     assert _rel(raw, data["raw_nhwc"]) < TOL
 
-    sde = builders.make_sde(builders.as_config(cfg))
+    sde = build.make_sde(build.as_config(cfg))
     convention = parameterization.reference_convention(sde, cfg["training"]["continuous"])
     labels = parameterization.time_labels(sde, t, convention["time_label"])
     np.testing.assert_allclose(np.asarray(labels), data["labels"], rtol=1e-5, atol=1e-5)
@@ -152,14 +152,14 @@ def test_torch_module_order_skips_shared_pyramid_resamplers():
 
 
 def test_cli_writes_a_checkpoint_load_model_reads(tmp_path):
-    """``python -m scoresde.convert`` -> orbax checkpoint -> ``builders.load_model`` (EMA weights)."""
+    """``python -m scoresde.convert`` -> orbax checkpoint -> ``build.load_model`` (EMA weights)."""
     src, name = "score_sde_jax", "ncsnpp_ve_continuous"
     _skip_without(src)
     cfg_path = os.path.join(FIXTURES, src, name + ".json")
     workdir = str(tmp_path / "imported")
     convert.main([f"--checkpoint={_path(src, name)}", f"--config={cfg_path}", f"--workdir={workdir}"])
     config = convert.load_config(cfg_path)
-    model, step = builders.load_model(workdir, config)
+    model, step = build.load_model(workdir, config)
     assert step == 12345
     _, _, _, states, _ = _load(src, name)
     got = nnx.state(model, nnx.Param).to_pure_dict()

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from scoresde import builders, sampling
+from scoresde import build, sampling
 from scoresde import parameterization as P
 from scoresde import sde as sde_lib
 from scoresde.sampling import fast
@@ -197,12 +197,12 @@ def test_config_edge_passes_schedule():
     config = ml_collections.ConfigDict()
     config.sampling = ml_collections.ConfigDict(dict(method="dpm_solver", steps=7, order=3, schedule="Fast",
                                                      noise_removal=False))
-    assert builders.sampling_options(config) == ("dpm_solver", {"denoise": False, "steps": 7, "order": 3,
+    assert build.sampling_options(config) == ("dpm_solver", {"denoise": False, "steps": 7, "order": 3,
                                                                 "schedule": "fast"})
     config.sampling.schedule = ""  # the default: the method's own (uniform)
-    assert "schedule" not in builders.sampling_options(config)[1]
+    assert "schedule" not in build.sampling_options(config)[1]
     config.sampling.schedule = "mixed"
     with pytest.raises(ValueError, match="unknown dpm_solver schedule 'mixed'"):
-        builders.sampling_options(config)
+        build.sampling_options(config)
     from scoresde import config_defaults
     assert config_defaults.get_default_configs().sampling.schedule == ""

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import analytic, losses, reflow
+from scoresde import analytic, losses
+from scoresde.fewstep import reflow
 from scoresde import parameterization as P
 from scoresde import sde as sde_lib
 from scoresde.likelihood import log_likelihood

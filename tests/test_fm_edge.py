@@ -13,7 +13,7 @@ import pytest
 from conftest import config_module, load_config
 from flax import nnx
 
-from scoresde import builders, checkpointing, losses, parameterization, sampling
+from scoresde import build, checkpointing, losses, parameterization, sampling
 from scoresde import sde as sde_lib
 from scoresde.modes import likelihood as likelihood_mode
 from scoresde.modes import reflow as reflow_mode
@@ -41,33 +41,33 @@ def test_new_configs_have_a_command_and_a_smoke_variant(name):
     smoke = module.get_config("smoke")
     assert smoke.training.n_iters <= 3 and smoke.training.batch_size <= 64
     config = module.get_config()
-    sde = builders.make_sde(config)
-    assert builders.training_objective(config) in ("flow_matching", "edm")
-    builders.make_loss_fn(config, sde)  # objective and process agree
-    builders.sampling_options(config)
+    sde = build.make_sde(config)
+    assert build.training_objective(config) in ("flow_matching", "edm")
+    build.make_loss_fn(config, sde)  # objective and process agree
+    build.sampling_options(config)
     with pytest.raises(ValueError, match="unknown variant 'smok'"):
         module.get_config("smok")
 
 
 def test_processes_and_conventions_from_the_config():
     fm = load_config("digits_fm")
-    sde = builders.make_sde(fm)
+    sde = build.make_sde(fm)
     assert isinstance(sde, sde_lib.RectifiedFlow) and sde.T == 1.0
     fm.model.rf_T = 0.999
-    assert builders.make_sde(fm).T == 0.999
-    assert builders.score_convention(fm, sde) == {"output": "flow_velocity", "time_label": "999t"}
+    assert build.make_sde(fm).T == 0.999
+    assert build.score_convention(fm, sde) == {"output": "flow_velocity", "time_label": "999t"}
     toy = load_config("toy2d_fm")
-    assert builders.score_convention(toy, builders.make_sde(toy)) == {"output": "flow_velocity", "time_label": "t"}
+    assert build.score_convention(toy, build.make_sde(toy)) == {"output": "flow_velocity", "time_label": "t"}
 
     edm = load_config("cifar10_edm")
-    sde = builders.make_sde(edm)
+    sde = build.make_sde(edm)
     assert isinstance(sde, sde_lib.EDMSDE) and (sde.sigma_min, sde.sigma_max, sde.T) == (0.002, 80.0, 80.0)
-    model = builders.make_score_model(edm)
+    model = build.make_score_model(edm)
     assert (model.output, model.time_label, model.sigma_data) == ("edm", "edm_noise", 0.5)
     assert sampling.default_eps(sde) == 0.002
 
     vp = load_config("digits_vp")  # dsm: the reference convention, unchanged
-    assert builders.score_convention(vp, builders.make_sde(vp)) == {"output": "eps", "time_label": "999t"}
+    assert build.score_convention(vp, build.make_sde(vp)) == {"output": "eps", "time_label": "999t"}
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -82,7 +82,7 @@ def test_bad_objective_settings_are_clear_errors(field, value, message):
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(ValueError, match=message):
-        builders.make_loss_fn(config, builders.make_sde(config))
+        build.make_loss_fn(config, build.make_sde(config))
 
 
 def test_loss_fns_feed_the_network_its_labels_and_match_the_math():
@@ -96,20 +96,20 @@ def test_loss_fns_feed_the_network_its_labels_and_match_the_math():
 
     fm = load_config("toy2d_fm", "smoke")
     fm.model.time_label = "999t"
-    rf = builders.make_sde(fm)
-    got, _ = builders.make_loss_fn(fm, rf)(net_fn, x, key)
+    rf = build.make_sde(fm)
+    got, _ = build.make_loss_fn(fm, rf)(net_fn, x, key)
     want, _ = losses.flow_matching_loss(lambda xx, t: net_fn(xx, 999.0 * t), x, key)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     fm.training.time_sampling = "logit_normal"
-    got_ln, _ = builders.make_loss_fn(fm, rf)(net_fn, x, key)
+    got_ln, _ = build.make_loss_fn(fm, rf)(net_fn, x, key)
     want_ln, _ = losses.flow_matching_loss(lambda xx, t: net_fn(xx, 999.0 * t), x, key, time_sampling="logit_normal")
     np.testing.assert_allclose(got_ln, want_ln, rtol=1e-6)
     assert abs(float(got_ln) - float(got)) > 1e-4
 
     edm = _toy_edm()
     edm.model.sigma_data = 0.7
-    esde = builders.make_sde(edm)
-    got, _ = builders.make_loss_fn(edm, esde)(net_fn, x, key)
+    esde = build.make_sde(edm)
+    got, _ = build.make_loss_fn(edm, esde)(net_fn, x, key)
     denoiser = parameterization.model_denoiser(net_fn, esde, output="edm", time_label="edm_noise", sigma_data=0.7)
     want, _ = losses.edm_loss(denoiser, x, key, sigma_data=0.7)
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -174,7 +174,7 @@ def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
     config = load_config("toy2d_reflow", "smoke")
     # A source flow whose map moves the noise: every parameter perturbed (the output layer starts at zero,
     # which would make the flow the identity and the couplings (z, z)).
-    params = nnx.to_pure_dict(nnx.state(builders.get_model(config, rngs=nnx.Rngs(0)), nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(build.get_model(config, rngs=nnx.Rngs(0)), nnx.Param))
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     pure = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
@@ -186,13 +186,13 @@ def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
     assert chunks == ["couplings_00000.npz", "couplings_00001.npz"]
 
     # The stored samples are the source's deterministic map of the stored noise.
-    model, _ = builders.load_model(source, config)
-    score_fn = builders.make_score_model(config).score_fn(model)
+    model, _ = build.load_model(source, config)
+    score_fn = build.make_score_model(config).score_fn(model)
     with np.load(os.path.join(reflow_mode.couplings_dir(workdir), chunks[1])) as f:
         noise, stored = f["noise"], f["samples"]
-    again, _ = sampling.sample(score_fn, builders.make_sde(config), noise.shape, jax.random.key(0),
+    again, _ = sampling.sample(score_fn, build.make_sde(config), noise.shape, jax.random.key(0),
                                method="dpm_solver++", x_init=jnp.asarray(noise), steps=4, order=2,
-                               eps=builders.sampling_eps(builders.make_sde(config)))
+                               eps=build.sampling_eps(build.make_sde(config)))
     np.testing.assert_allclose(stored, np.asarray(again), atol=1e-5)
     assert np.mean(np.abs(noise - stored)) > 0.1  # the map is not the identity: the source moves the noise
 
@@ -286,5 +286,5 @@ def test_to_zero_is_k_diffusions_ending():
         sampling.sample(gm.score_fn(sde_lib.VPSDE()), sde_lib.VPSDE(), (4, 2), jax.random.key(0), method="ddim",
                         to_zero=True, steps=1)
     config = load_config("cifar10_edm")
-    method, options = builders.sampling_options(config)
+    method, options = build.sampling_options(config)
     assert (method, options["steps"], options["to_zero"]) == ("edm_heun", 18, True)

@@ -68,11 +68,11 @@ def test_class_conditional_digits_with_cfg_are_recognised(tmp_path, svc, capsys)
     # The same model, one jitted sampler, guidance scale as a traced argument: w = 0 vs w = 3.
     from flax import nnx
 
-    from scoresde import builders
+    from scoresde import build
 
-    model, _ = builders.load_model(workdir, config)
+    model, _ = build.load_model(workdir, config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    fn = builders.make_sample_fn(config, builders.make_sde(config), graphdef, rest, 100)
+    fn = build.make_sample_fn(config, build.make_sde(config), graphdef, rest, 100)
     key = jax.random.key(3)
     acc = {w: _accuracy(svc, fn(params, key, np.float32(w))[0])[0] for w in (0.0, 3.0)}
     assert fn._cache_size() == 1  # one compilation for both scales

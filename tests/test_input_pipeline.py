@@ -6,7 +6,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from scoresde.datasets import tfds_data  # noqa: E402
+from scoresde.data import tfds as tfds_data  # noqa: E402
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "svhn"])

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import guidance, inverse, sampling
-from scoresde import posterior_guidance as pg
+from scoresde import guidance, sampling
+from scoresde.guidance import inverse
+from scoresde.guidance import posterior as pg
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture
 

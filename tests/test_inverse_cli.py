@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scoresde import builders, checkpointing, inverse
+from scoresde import build, checkpointing, images
+from scoresde.guidance import inverse
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture
 from scoresde.modes import sample as sample_mode
@@ -25,7 +26,7 @@ from conftest import REPO, load_config
 
 
 def _checkpoint(workdir, config):
-    model = builders.get_model(config, rngs=nnx.Rngs(0))
+    model = build.get_model(config, rngs=nnx.Rngs(0))
     leaves, tree = jax.tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     keys = jax.random.split(jax.random.key(1), len(leaves))
     # the output layer starts at zero: perturb everything so the score depends on x and t
@@ -72,14 +73,14 @@ def test_restore_through_the_cli_writes_grids_and_a_report(tmp_path):
         np.testing.assert_allclose(f["ground_truth"], truth, atol=1e-6)  # the first test digits, in order
         np.testing.assert_array_equal(f["labels"], labels)
         naive = f["measurement_pinv"]
-        np.testing.assert_allclose(report["psnr"], np.asarray(inverse.psnr(f["restoration"], truth)), atol=1e-4)
+        np.testing.assert_allclose(report["psnr"], np.asarray(images.psnr(f["restoration"], truth)), atol=1e-4)
         assert np.all(np.isfinite(f["restoration"]))
     # A⁺y is the 4x4 block mean of the truth (nearest-upsampled) up to the noise: sigma_y = 0.02 in [-1, 1]
     block_mean = truth.reshape(8, 2, 4, 2, 4, 1).mean(axis=(2, 4))
     naive_blocks = naive.reshape(8, 2, 4, 2, 4, 1)
     np.testing.assert_allclose(naive_blocks, np.broadcast_to(block_mean[:, :, None, :, None], naive_blocks.shape),
                                atol=6 * 0.01)
-    np.testing.assert_allclose(report["baseline_psnr"], np.asarray(inverse.psnr(naive, truth)), atol=1e-4)
+    np.testing.assert_allclose(report["baseline_psnr"], np.asarray(images.psnr(naive, truth)), atol=1e-4)
 
 
 def test_noiseless_replacement_inpainting_keeps_the_observed_pixels(tmp_path):
@@ -113,9 +114,9 @@ def test_several_posterior_samples_share_one_measurement_and_give_a_posterior_me
     np.testing.assert_allclose(mean, samples.mean(1), atol=1e-6)
     np.testing.assert_allclose(std, samples.std(1), atol=1e-6)
     assert float(np.min(std[:, :, 4:].max(axis=(1, 2, 3)))) > 1e-3  # distinct draws for the missing half
-    all_psnr = [np.asarray(inverse.psnr(samples[:, k], truth)) for k in range(3)]
+    all_psnr = [np.asarray(images.psnr(samples[:, k], truth)) for k in range(3)]
     np.testing.assert_allclose(report["psnr_mean"], float(np.mean(all_psnr)), atol=1e-4)
-    np.testing.assert_allclose(report["posterior_mean_psnr"], np.asarray(inverse.psnr(mean, truth)), atol=1e-4)
+    np.testing.assert_allclose(report["posterior_mean_psnr"], np.asarray(images.psnr(mean, truth)), atol=1e-4)
     assert os.path.exists(os.path.join(report["dir"], "posterior_mean.png"))
 
     config.inverse.samples_per_image = 0
@@ -128,15 +129,15 @@ def test_several_posterior_samples_share_one_measurement_and_give_a_posterior_me
 
 def test_operators_from_plain_values_and_their_errors():
     shape = (8, 8, 1)
-    op = builders.make_operator("inpainting", shape, mask="random", mask_fraction=0.5, seed=3)
+    op = inverse.make_operator("inpainting", shape, mask="random", mask_fraction=0.5, seed=3)
     assert op.mask.shape == (1, 8, 8, 1) and 20 <= int(op.mask.sum()) <= 44  # ~half of 64 observed
-    half = builders.make_operator("inpainting", shape).mask
+    half = inverse.make_operator("inpainting", shape).mask
     assert half[0, :4].min() == 1.0 and half[0, 4:].max() == 0.0
-    assert builders.make_operator("super_resolution", shape, factor=4).forward(jnp.ones((2,) + shape)).shape == (2, 2, 2, 1)
-    assert builders.make_operator("deblur", shape, blur_sigma=0.8, blur_size=3).size == 3
-    rp = builders.make_operator("random_projection", shape, seed=1)
+    assert inverse.make_operator("super_resolution", shape, factor=4).forward(jnp.ones((2,) + shape)).shape == (2, 2, 2, 1)
+    assert inverse.make_operator("deblur", shape, blur_sigma=0.8, blur_size=3).size == 3
+    rp = inverse.make_operator("random_projection", shape, seed=1)
     assert rp.matrix.shape == (16, 64)
-    assert builders.make_operator("colorization", (8, 8, 3)).channels == 3
+    assert inverse.make_operator("colorization", (8, 8, 3)).channels == 3
 
     bad = [
         (dict(name="inpaint"), "unknown inverse operator 'inpaint'; expected one of: inpainting, super_resolution"),
@@ -151,42 +152,42 @@ def test_operators_from_plain_values_and_their_errors():
     for kwargs, message in bad:
         name = kwargs.pop("name")
         with pytest.raises(ValueError, match=message):
-            builders.make_operator(name, shape, **kwargs)
+            inverse.make_operator(name, shape, **kwargs)
     with pytest.raises(ValueError, match=r"operator 'super_resolution' needs image data \(H, W, C\); got data shape \(2,\)"):
-        builders.make_operator("super_resolution", (2,))
+        inverse.make_operator("super_resolution", (2,))
 
     config = load_config("digits_inverse", "smoke")
     config.inverse.operator = "superres"
     with pytest.raises(ValueError, match="unknown config.inverse.operator 'superres'; expected one of: none, inpainting"):
-        builders.operator_from_config(config)
+        build.operator_from_config(config)
     config = load_config("digits_inverse", "smoke")
     config.inverse.method = "ddrm"
     with pytest.raises(ValueError, match="unknown config.inverse.method 'ddrm'; expected one of: replacement, dps, pigdm"):
-        builders.posterior_settings(config)
+        build.posterior_settings(config)
     config.inverse.method, config.inverse.weighting = "dps", "l1"
     with pytest.raises(ValueError, match="unknown config.inverse.weighting 'l1'"):
-        builders.posterior_settings(config)
+        build.posterior_settings(config)
     config.inverse.weighting, config.inverse.sigma_y = "gaussian", -0.1
     with pytest.raises(ValueError, match="config.inverse.sigma_y must be >= 0; got -0.1"):
-        builders.posterior_settings(config)
+        build.posterior_settings(config)
     config = load_config("digits_inverse", "smoke")
-    assert builders.inverse_operator_name(load_config("digits_vp", "smoke")) == "none"
+    assert build.inverse_operator_name(load_config("digits_vp", "smoke")) == "none"
     config.sampling.parallel_window = 4
     with pytest.raises(ValueError, match="parallel_window > 0 .* set it to 0 for config.inverse.operator"):
-        builders.make_restore_fn(config, builders.make_sde(config), None, None, builders.operator_from_config(config))
+        build.make_restore_fn(config, build.make_sde(config), None, None, build.operator_from_config(config))
 
 
 def test_paradigms_from_the_config_matches_the_sequential_sampler():
     config = load_config("digits_inverse", "paradigms")
     config.sampling.steps, config.sampling.noise_removal, config.sampling.eta = 40, True, 0.0
-    assert builders.parallel_settings(config) == (8, 1e-3)
+    assert build.parallel_settings(config) == (8, 1e-3)
     vp = sde_lib.VPSDE()
     gm = GaussianMixture(np.linspace(-1.0, 1.0, 16)[None], np.linspace(0.2, 1.0, 16)[None])
     score_fn = gm.score_fn(vp)
     shape, key = (8, 16), jax.random.key(0)
-    par = builders.sampler_from_config(config, vp, shape, with_rounds=True)
+    par = build.sampler_from_config(config, vp, shape, with_rounds=True)
     config.sampling.parallel_window = 0
-    seq = builders.sampler_from_config(config, vp, shape, with_rounds=True)
+    seq = build.sampler_from_config(config, vp, shape, with_rounds=True)
     x_ref, nfe_ref, rounds_ref = seq(key, score_fn)
     assert int(nfe_ref) == int(rounds_ref) == 40 + 1  # sequential: every evaluation waits on the last
     x, nfe, rounds = par(key, score_fn)  # the same prior draw and noise from the same key
@@ -194,15 +195,15 @@ def test_paradigms_from_the_config_matches_the_sequential_sampler():
     assert int(rounds) < 30 and int(nfe) == 8 * (int(rounds) - 1) + 1
     assert float(jnp.max(jnp.abs(x - x_ref))) < 1e-2
     config.sampling.parallel_window, config.sampling.parallel_tol = 8, 0.0
-    x0, _, _ = builders.sampler_from_config(config, vp, shape, with_rounds=True)(key, score_fn)
+    x0, _, _ = build.sampler_from_config(config, vp, shape, with_rounds=True)(key, score_fn)
     np.testing.assert_allclose(np.asarray(x0), np.asarray(x_ref), atol=1e-5)  # tol 0: the sequential answer
 
     config.sampling.method = "pc"
     with pytest.raises(ValueError, match="parallel_window=8 \\(ParaDiGMS\\) needs config.sampling.method='ddim'; got 'pc'"):
-        builders.parallel_settings(config)
+        build.parallel_settings(config)
     config.sampling.method, config.sampling.parallel_window = "ddim", -1
     with pytest.raises(ValueError, match="parallel_window=-1 / parallel_tol=0.0 must be >= 0"):
-        builders.parallel_settings(config)
+        build.parallel_settings(config)
 
 
 def test_sample_mode_reports_paradigms_rounds(tmp_path):

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import builders
+from scoresde import build
 from scoresde import data as data_lib
+from scoresde.latent import space as latent_space
 from scoresde.modes import train
 from scoresde.modes.likelihood import likelihood
 from scoresde.modes.sample import sample
@@ -57,18 +58,18 @@ def test_train_autoencoder_cli_metrics_record_and_scale(ae_workdir):
             assert np.isfinite(r[key]), (key, r)
     assert "eval_psnr" in records[1] and "eval_reconstruction" in records[1]  # eval_freq=2
     assert os.path.exists(os.path.join(ae_workdir, "samples", "recon_00000002.png"))
-    record = builders.read_autoencoder_record(ae_workdir)
+    record = latent_space.read_autoencoder_record(ae_workdir)
     assert record["step"] == 3 and record["image_shape"] == [16, 16, 1] and record["latent_shape"] == [8, 8, 2]
     assert record["decoder_std"] > 0 and np.isfinite(record["eval_psnr"])
     # The stored scale factor is 1 / std of the posterior means of the first scale_num_examples training images.
     config = _ldm_config(ae_workdir)
-    space = builders.load_latent_space(config)
+    space = build.load_latent_space(config)
     x = next(data_lib.get_dataset(config, split="train", batch_size=record["num_examples"], shuffle=False,
                                   repeat=False))["image"]
     mean, _ = jax.jit(space.encoder_fn)(jnp.asarray(x))
     assert record["num_examples"] == 16
     assert float(jnp.std(mean)) * space.scale_factor == pytest.approx(1.0, rel=1e-4)
-    assert builders.model_data_shape(config) == (8, 8, 2)
+    assert build.model_data_shape(config) == (8, 8, 2)
 
 
 def test_train_autoencoder_with_the_patch_discriminator(tmp_path):
@@ -88,18 +89,18 @@ def test_train_autoencoder_with_the_patch_discriminator(tmp_path):
     # off before disc_start (steps 0 and 1 ran as records 1 and 2), on from it
     assert records[0]["adversarial_weight"] == 0.0 and records[0]["disc_loss"] == 0.0
     assert records[2]["adversarial_weight"] > 0.0 and records[2]["disc_loss"] > 0.0
-    record = builders.read_autoencoder_record(workdir)
+    record = latent_space.read_autoencoder_record(workdir)
     assert record["step"] == 4 and np.isfinite(record["scale_factor"])
 
 
 def test_latent_config_errors_name_the_problem(ae_workdir, tmp_path):
     config = _ldm_config(str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="train the autoencoder first"):
-        builders.model_data_shape(config)
+        build.model_data_shape(config)
     config = _ldm_config(ae_workdir)
     config.data.image_size = 32
     with pytest.raises(ValueError, match=r"trained on images of shape \[16, 16, 1\].*\[32, 32, 1\]"):
-        builders.model_data_shape(config)
+        build.model_data_shape(config)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +136,8 @@ def test_latent_classifier_trains_on_latents_and_guides_the_latent_sampler(ae_wo
 
     out = train_classifier(config, workdir)
     assert out["step"] == 2 and set(out["test_accuracy"]) == {"t=0.001", "t=0.25", "t=0.5"}
-    clf, _ = builders.load_classifier(workdir, config)
-    latent_shape = builders.model_data_shape(config)
+    clf, _ = build.load_classifier(workdir, config)
+    latent_shape = build.model_data_shape(config)
     assert latent_shape != data_lib.data_shape(config)  # 8x8x2 latents, not 16x16x1 pixels
     logits = clf(jnp.zeros((2,) + latent_shape), jnp.ones((2,)))
     assert logits.shape == (2, 10)
@@ -197,10 +198,10 @@ PARITY = r"""
 import json, sys
 import jax
 jax.config.update("jax_numpy_rank_promotion", "raise")
-from scoresde import builders
+from scoresde import build
 from scoresde.modes.train_autoencoder import train_autoencoder
 from scoresde.runlog import read_metrics
-config = builders.load_config("configs/digits_ae.py:smoke")
+config = build.load_config("configs/digits_ae.py:smoke")
 config.autoencoder.n_iters = 3
 config.autoencoder.batch_size = 16
 out = train_autoencoder(config, sys.argv[1])

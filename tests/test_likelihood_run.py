@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from scoresde import builders, checkpointing
+from scoresde import build, checkpointing
 from scoresde.modes import likelihood as likelihood_mode
 
 from conftest import load_config
@@ -27,7 +27,7 @@ def _config():
 
 
 def _checkpoint(workdir, config):
-    model = builders.get_model(config, rngs=nnx.Rngs(0))
+    model = build.get_model(config, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     # Perturb every parameter (the output layer starts at zero) so the score depends on x and t and
     # the probes matter: a resumed run with the wrong randomness would then give other numbers.

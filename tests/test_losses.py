@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 import optax
 
-from scoresde import analytic, losses, parameterization as P, sde as sde_lib, toy
+from scoresde import analytic, losses, parameterization as P, sde as sde_lib
+from scoresde.data import toy
 from scoresde.models.mlp import MLPScore
 
 VARS = jnp.array([0.05, 0.3, 1.0, 2.5]) ** 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scoresde.metrics import frechet_distance, inception_score, kernel_distance
-from scoresde import builders
+from scoresde import build
 from scoresde.metrics.features import FeatureAccumulator, inception_feature_fn
 from scoresde.modes.fid import evaluate_samples
 from scoresde.modes.fid_stats import fid_stats
@@ -173,7 +173,7 @@ def test_missing_reference_stats_is_a_clear_error(tmp_path):
 def test_unknown_feature_extractor_is_refused(tmp_path):
     config = _config(tmp_path, feature_extractor="dinov2")
     with pytest.raises(ValueError, match="feature_extractor 'dinov2'"):
-        builders.get_feature_fn(config)
+        build.get_feature_fn(config)
 
 
 def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
@@ -217,7 +217,7 @@ def test_eval_pipeline_on_the_digits_model(tmp_path):
 
     config = _digits_config(tmp_path)
     workdir = str(tmp_path / "digits")
-    model = builders.get_model(config, rngs=nnx.Rngs(0))  # untrained weights: this tests the pipeline
+    model = build.get_model(config, rngs=nnx.Rngs(0))  # untrained weights: this tests the pipeline
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     save_model_checkpoint(workdir, params=params, ema_params=params, step=7, config=config)
     fid_stats(config, workdir, feature_fn=standin_feature_fn)

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from conftest import FIXTURES
-from scoresde import builders, convert
+from scoresde import build, convert
 from scoresde.models import up_or_down_sampling as updown
 
 # ----------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def _tiny(name="ncsnpp", **model):
 
 def _perturbed(config, seed=0):
     """A network whose zero-initialised output layers are perturbed, so every path affects the output."""
-    model = builders.get_model(config, rngs=nnx.Rngs(seed))
+    model = build.get_model(config, rngs=nnx.Rngs(seed))
     state = nnx.state(model, nnx.Param)
     leaves, tree = jax.tree.flatten(state)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
@@ -214,13 +214,13 @@ def test_dropout_only_in_training_with_a_key():
 
 def test_unknown_options_are_rejected():
     with pytest.raises(ValueError, match="progressive"):
-        builders.get_model(_tiny(progressive="pyramid"), rngs=nnx.Rngs(0))
+        build.get_model(_tiny(progressive="pyramid"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="resblock_type"):
-        builders.get_model(_tiny(resblock_type="wide"), rngs=nnx.Rngs(0))
+        build.get_model(_tiny(resblock_type="wide"), rngs=nnx.Rngs(0))
     cfg = _tiny(embedding_type="fourier")
     cfg.training.continuous = False
     with pytest.raises(ValueError, match="continuous"):
-        builders.get_model(cfg, rngs=nnx.Rngs(0))
+        build.get_model(cfg, rngs=nnx.Rngs(0))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ SCRIPT = r"""
 import json, sys
 import jax
 jax.config.update("jax_numpy_rank_promotion", "raise")
-from scoresde import builders, parallel
+from scoresde import build, parallel
 from scoresde.modes import train
 from scoresde.runlog import read_metrics
-config = builders.load_config("configs/toy2d_vp.py:smoke")
+config = build.load_config("configs/toy2d_vp.py:smoke")
 config.training.n_iters = 3
 config.training.snapshot_sampling = False
 out = {"devices": jax.device_count()}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scoresde import builders
+from scoresde import build
 
 
 def _config(name="ncsnpp", image_size=32, **model):
@@ -50,7 +50,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_reference_parameter_count(case):
     config, expected = CASES[case]
-    model = nnx.eval_shape(lambda: builders.get_model(config, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build.get_model(config, rngs=nnx.Rngs(0)))
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)  # nothing was allocated
     assert sum(int(np.prod(x.shape)) for x in leaves) == expected
@@ -60,6 +60,6 @@ def test_class_conditional_adds_only_the_label_table():
     config, expected = CASES["ddpmpp_continuous"]
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.num_classes = 10
-    model = nnx.eval_shape(lambda: builders.get_model(config, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build.get_model(config, rngs=nnx.Rngs(0)))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert n == expected + (10 + 1) * 4 * config.model.nf  # one row per class plus the null label

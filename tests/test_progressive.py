@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import parameterization, progressive as pd, sampling
+from scoresde import parameterization, sampling
+from scoresde.fewstep import progressive as pd
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture
 from scoresde.sde import batch_mul

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scoresde import builders, checkpointing, likelihood, sampling
+from scoresde import build, checkpointing, likelihood, sampling
 from scoresde import data as data_lib
 from scoresde import sde as sde_lib
 from scoresde.modes import likelihood as likelihood_mode
@@ -102,7 +102,7 @@ def test_read_only_modes_neither_delete_nor_create_checkpoint_files(tmp_path):
     os.makedirs(os.path.join(in_flight, "params"))
     config.eval.num_samples = config.eval.sample_batch_size = 8
     sample(config, workdir)
-    builders.load_model(workdir, config)
+    build.load_model(workdir, config)
     assert os.path.isdir(in_flight)
     empty = str(tmp_path / "empty")
     os.makedirs(empty)
@@ -119,7 +119,7 @@ def test_resume_with_a_changed_sde_is_refused_and_a_changed_n_iters_is_fine(tmp_
     changed = toy_config(4)
     changed.training.sde = "subvpsde"
     changed.optim.lr = 1e-2
-    with pytest.raises(builders.ConfigMismatchError) as e:
+    with pytest.raises(build.ConfigMismatchError) as e:
         train.train(changed, workdir)
     assert "training.sde: checkpoint 'vpsde', now 'subvpsde'" in str(e.value)
     assert "optim.lr" in str(e.value)
@@ -144,31 +144,31 @@ def test_distill_reflow_and_autoencoder_resume_under_another_config_are_refused(
     cd.distill.teacher_workdir, cd.training.snapshot_sampling = teacher, False
     distill(cd, student)
     cd.distill.num_scales = 9
-    with pytest.raises(builders.ConfigMismatchError, match="distill.num_scales: checkpoint 18, now 9"):
+    with pytest.raises(build.ConfigMismatchError, match="distill.num_scales: checkpoint 18, now 9"):
         distill(cd, student)
     cd.distill.num_scales, cd.training.n_iters = 18, 3  # n_iters is safe to change
     assert distill(cd, student)["step"] == 3
 
     source, flow = str(tmp_path / "source"), str(tmp_path / "reflow")
     rf = load_config("toy2d_reflow", "smoke")
-    params = nnx.to_pure_dict(nnx.state(builders.get_model(rf, rngs=nnx.Rngs(0)), nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(build.get_model(rf, rngs=nnx.Rngs(0)), nnx.Param))
     checkpointing.save_model_checkpoint(source, params=params, ema_params=params, step=1, config=rf)
     rf.reflow.source_workdir, rf.training.snapshot_sampling = source, False
     reflow_mode(rf, flow)
     rf.optim.lr = 0.5
-    with pytest.raises(builders.ConfigMismatchError, match="optim.lr: checkpoint .*, now 0.5"):
+    with pytest.raises(build.ConfigMismatchError, match="optim.lr: checkpoint .*, now 0.5"):
         reflow_mode(rf, flow)
 
     ae = str(tmp_path / "ae")
     config = load_config("digits_ae", "smoke")
     train_autoencoder(config, ae)
     config.autoencoder.kl_weight = 1.0
-    with pytest.raises(builders.ConfigMismatchError, match="autoencoder.kl_weight: checkpoint 1e-06, now 1.0"):
+    with pytest.raises(build.ConfigMismatchError, match="autoencoder.kl_weight: checkpoint 1e-06, now 1.0"):
         train_autoencoder(config, ae)
     stored = json.loads(load_config("digits_ae", "smoke").to_json_best_effort())
     safe = load_config("digits_ae", "smoke")
     safe.autoencoder.n_iters, safe.autoencoder.eval_freq, safe.training.n_iters = 10, 5, 99  # training.: not its run
-    assert builders.config_differences(stored, safe, kind="autoencoder") == []
+    assert build.config_differences(stored, safe, kind="autoencoder") == []
 
 
 # 4. fid evaluated stale samples ------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def _standin_features(images):
 def test_fid_evaluates_exactly_the_samples_of_the_last_request(tmp_path):
     config = _digits_mlp_config(tmp_path)
     workdir = str(tmp_path / "run")
-    model = builders.get_model(config, rngs=nnx.Rngs(0))
+    model = build.get_model(config, rngs=nnx.Rngs(0))
     p = nnx.state(model, nnx.Param)
     checkpointing.save_model_checkpoint(workdir, params=p, ema_params=p, step=3, config=config)
     fid_stats(config, workdir, feature_fn=_standin_features)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 
-from scoresde import analytic, builders, sampling
+from scoresde import analytic, build, sampling
 from scoresde import sde as sde_lib
 from scoresde.sampling import pc
 
@@ -329,7 +329,7 @@ def _config(**sampling_fields):
 ])
 def test_get_sampling_fn_from_config(fields, expected_nfe):
     gm, sde = _gaussian(), sde_lib.VPSDE(N=40)
-    sampler = builders.sampler_from_config(_config(**fields), sde, (8, D), inverse_scaler=lambda x: 2 * x)
+    sampler = build.sampler_from_config(_config(**fields), sde, (8, D), inverse_scaler=lambda x: 2 * x)
     samples, nfe = sampler(jax.random.key(0), gm.score_fn(sde))
     assert samples.shape == (8, D) and bool(jnp.all(jnp.isfinite(samples)))
     assert int(nfe) == expected_nfe

@@ -6,5 +6,5 @@ layer (:mod:`scoresde.parameterization`), ``y`` optional ``(B,)`` class labels (
 ``num_classes``), ``key`` the dropout PRNG key used when ``train=True``.
 
 Networks take plain constructor arguments; building one from a config is the config edge's job
-(:func:`scoresde.builders.get_model`).
+(:func:`scoresde.build.get_model`).
 """

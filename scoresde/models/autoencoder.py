@@ -27,7 +27,7 @@ from flax import nnx
 
 from scoresde.models.layers import Conv, GroupNorm, NIN
 
-__all__ = ["DOWNSAMPLE_FACTORS", "ResnetBlock", "Encoder", "Decoder", "AutoencoderKL", "PatchDiscriminator"]
+__all__ = ["DOWNSAMPLE_FACTORS", "ResnetBlock", "Encoder", "Decoder", "AutoencoderKL", "PatchDiscriminator", "AutoencoderTrainee"]
 
 DOWNSAMPLE_FACTORS = (1, 2, 4, 8)
 # LDM clamps the predicted log-variance to keep exp() finite early in training.
@@ -236,3 +236,16 @@ class PatchDiscriminator(nnx.Module):
         for conv, norm in zip(self.convs, self.norms):
             h = jax.nn.leaky_relu(norm(conv(h)), 0.2)
         return self.conv_out(h)
+
+
+class AutoencoderTrainee(nnx.Module):
+    """What ``--mode=train_autoencoder`` trains and checkpoints: ``ae`` and, optionally, ``disc``.
+
+    One module, so that the parameters are one state (``ae/...``, ``disc/...``) that the shared training
+    state, checkpoints and EMA handle as they handle a score network.
+    """
+
+    def __init__(self, ae: AutoencoderKL, disc: PatchDiscriminator | None = None):
+        self.ae = ae
+        # assigned once: NNX fixes an attribute's kind (None is static, a Module is data) at first assignment
+        self.disc = disc

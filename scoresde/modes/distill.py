@@ -1,10 +1,10 @@
 """``--mode=distill``: few-step students (CD, PD) and consistency training (CT), read top to bottom.
 
-``config.distill.method`` ∈ ``cd | ct | pd`` (:mod:`scoresde.distillation` builds the step). ``cd`` and
+``config.distill.method`` ∈ ``cd | ct | pd`` (:mod:`scoresde.build` builds the step). ``cd`` and
 ``pd`` read the teacher from ``config.distill.teacher_workdir`` (its EMA weights and its stored config) and
 start the student from the teacher's weights; ``ct`` needs no teacher. Checkpoints, exact resume,
 ``metrics.jsonl``, TensorBoard, snapshots, progress bar and SIGTERM are those of ``--mode=train``
-(:mod:`scoresde.train_loop`, :mod:`scoresde.train_state`).
+(:mod:`scoresde.training`, :mod:`scoresde.train_state`).
 
 The workdir is self-contained: the checkpoints hold the student and its config, and
 ``workdir/student.json`` records what the network is; ``--mode=sample`` on it needs no teacher and
@@ -20,10 +20,10 @@ import os
 import jax
 from flax import nnx
 
-from scoresde import builders, distillation, parallel, runlog, train_state
+from scoresde import build, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import Snapshots, conclude_training, open_metrics, resume, run_loop
+from scoresde.training import Snapshots, conclude_training, open_metrics, resume, run_loop
 
 __all__ = ["distill"]
 
@@ -36,7 +36,7 @@ def _snapshot_config(config, method: str, step: int):
     with snap.unlocked():
         snap.sampling.method = "ddim"
         snap.sampling.noise_removal = False
-        snap.sampling.steps = distillation.pd_rounds(config)[distillation.round_of_step(config, step)]
+        snap.sampling.steps = build.pd_rounds(config)[build.round_of_step(config, step)]
     return snap
 
 
@@ -51,34 +51,34 @@ def distill(config, workdir: str) -> dict:
         NonFiniteError: after ``config.training.max_nonfinite`` consecutive non-finite steps.
     """
     check_workdir(workdir)
-    method = distillation.distill_method(config)
+    method = build.distill_method(config)
     tc = config.training
     data_lib.check_dataset_name(config)
     mesh = parallel.make_mesh()
     batch_size = int(tc.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.training.batch_size")
-    sde = builders.make_sde(config)
-    root = builders.root_key(config)
-    n_iters = distillation.total_steps(config)
+    sde = build.make_sde(config)
+    root = build.root_key(config)
+    n_iters = build.total_steps(config)
 
-    teacher = distillation.load_teacher(config) if method in ("cd", "pd") else None
-    model = builders.build_model(config, seed=int(config.get("seed", 0)))
+    teacher = build.load_teacher(config) if method in ("cd", "pd") else None
+    model = build.build_model(config, seed=int(config.get("seed", 0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if teacher is not None:  # the student starts from the teacher's (EMA) weights
-        distillation.check_same_architecture(params, teacher.params, f"teacher {teacher.workdir}")
+        build.check_same_architecture(params, teacher.params, f"teacher {teacher.workdir}")
         params = jax.tree.map(lambda x: x, teacher.params)
-    tx = builders.optimizer_from_config(config)
-    state = distillation.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None)
+    tx = build.optimizer_from_config(config)
+    state = build.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None)
     snapshot_freq = int(tc.snapshot_freq)
     ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
     try:
         state, meta, changes = resume(ckpt, state, tx, config, workdir)
         start = int(state["step"])
-        distillation.write_student_file(config, workdir, teacher=teacher)
+        build.write_student_file(config, workdir, teacher=teacher)
         plan = {"cd": f"N={config.distill.num_scales}, {config.distill.solver} teacher, mu={config.distill.target_ema}",
                 "ct": f"iCT curriculum N {config.distill.ct_s0}..{config.distill.ct_s1}, mu=0",
-                "pd": f"DDIM steps {config.distill.start_steps} -> {distillation.pd_rounds(config)}, "
-                      f"{distillation.iters_per_round(config)} steps per round"}[method]
+                "pd": f"DDIM steps {config.distill.start_steps} -> {build.pd_rounds(config)}, "
+                      f"{build.iters_per_round(config)} steps per round"}[method]
         runlog.announce(f"scoresde distill ({method}): {config.model.name} on {config.data.dataset}, sde {tc.sde}", {
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",
             "teacher": f"{teacher.workdir} (step {teacher.step})" if teacher else None,
@@ -89,9 +89,9 @@ def distill(config, workdir: str) -> dict:
         })
         state = parallel.replicate(mesh, state)
         logger = open_metrics(workdir, start, tensorboard=bool(tc.get("tensorboard", True)), config_changes=changes)
-        step_fn = distillation.make_distill_step(config, sde, graphdef, rest, tx, mesh,
-                                                 builders.purpose_key(root, "train"), teacher=teacher)
-        snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,
+        step_fn = build.make_distill_step(config, sde, graphdef, rest, tx, mesh,
+                                                 build.purpose_key(root, "train"), teacher=teacher)
+        snapshot = Snapshots(config, sde, graphdef, rest, mesh, build.purpose_key(root, "snapshot"), workdir,
                              logger=logger, config_at=lambda step: _snapshot_config(config, method, step))
 
         def save(s, step):

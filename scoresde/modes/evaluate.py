@@ -16,7 +16,7 @@ import os
 import jax
 from flax import nnx
 
-from scoresde import builders, parallel, runlog
+from scoresde import build, parallel, runlog
 from scoresde import data as data_lib
 from scoresde.modes import fid, likelihood
 
@@ -48,10 +48,10 @@ def evaluate_loss(config, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     batch_size = int(config.eval.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.eval.batch_size")
-    sde = builders.make_sde(config)
-    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
-    loss_fn = builders.make_loss_fn(config, sde)
-    key = builders.purpose_key(builders.root_key(config), "eval_loss")
+    sde = build.make_sde(config)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    loss_fn = build.make_loss_fn(config, sde)
+    key = build.purpose_key(build.root_key(config), "eval_loss")
 
     @jax.jit
     def eval_fn(params, batch, i):

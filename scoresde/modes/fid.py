@@ -19,7 +19,7 @@ import zipfile
 import jax
 import numpy as np
 
-from scoresde import builders, images, parallel, runlog
+from scoresde import build, images, parallel, runlog
 from scoresde.metrics import protocol
 from scoresde.metrics.features import FeatureFn, accumulate_features, feature_name, to_uint8
 
@@ -32,8 +32,8 @@ def _model_sampler(config, workdir: str, batch: int):
     """``(sampler(key) -> (images in [0, 1] on host, nfe), step)`` with the EMA model of ``workdir``."""
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
-    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
-    fn = builders.make_sample_fn(config, builders.make_sde(config), graphdef, rest, batch, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    fn = build.make_sample_fn(config, build.make_sde(config), graphdef, rest, batch, mesh)
 
     def sampler(key):
         x, nfe = fn(params, key)
@@ -70,9 +70,9 @@ def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None) 
     rounds = int(math.ceil(total / batch))
     out_dir = os.path.join(workdir, "eval_samples", f"step_{step if step is not None else 'none'}")
     settings = {"checkpoint_step": step, "batch": batch, "seed": int(config.get("seed", 0)),
-                "sampler": builders.sampler_description(config)}
+                "sampler": build.sampler_description(config)}
     _start_rounds(out_dir, json.loads(json.dumps(settings, default=str)))
-    root = builders.purpose_key(builders.root_key(config), "fid")
+    root = build.purpose_key(build.root_key(config), "fid")
     chunks, nfes, resumed = [], [], 0
     for r in range(rounds):
         path = os.path.join(out_dir, f"round_{r:05d}.npz")
@@ -117,8 +117,8 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     """
     warnings = []
     # what can fail cheaply fails before any sampling: the feature extractor's weights, the reference stats
-    feature_fn = feature_fn or builders.get_feature_fn(config)
-    stats_path = builders.reference_stats_path(config, workdir)
+    feature_fn = feature_fn or build.get_feature_fn(config)
+    stats_path = build.reference_stats_path(config, workdir)
     ref = protocol.load_reference_stats(stats_path)
     from_files = sampler is None and protocol.load_sample_files(workdir)
     if from_files:
@@ -141,7 +141,7 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     nfe = meta.get("nfe")
     if nfe is None:
         warnings.append("the sample files carry no 'nfe'; the NFE of these numbers is unknown")
-    sampler_info = meta.get("sampler") or builders.sampler_description(config)
+    sampler_info = meta.get("sampler") or build.sampler_description(config)
     sampler_source = "files" if meta.get("sampler") else ("config" if from_files else "this run")
     if from_files and not meta.get("sampler"):
         warnings.append("the sample files record no 'sampler'; reporting config.sampling, which must be the "

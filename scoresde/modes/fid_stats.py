@@ -2,7 +2,7 @@
 
 Every example of ``config.eval.stats_split`` (default ``train``), no dropped last batch, read as uint8
 (:func:`scoresde.data.uint8_batches`), through the feature extractor of ``config.eval``
-(:func:`scoresde.builders.get_feature_fn`). See :mod:`scoresde.metrics.protocol` for why each choice.
+(:func:`scoresde.build.get_feature_fn`). See :mod:`scoresde.metrics.protocol` for why each choice.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 import jax
 
-from scoresde import builders, images, runlog
+from scoresde import build, images, runlog
 from scoresde import data as data_lib
 from scoresde.metrics import protocol
 from scoresde.metrics.features import FeatureFn, feature_name
@@ -24,18 +24,18 @@ log = logging.getLogger(__name__)
 
 
 def fid_stats(config, workdir: str, feature_fn: FeatureFn | None = None) -> dict:
-    """Writes reference statistics to :func:`scoresde.builders.reference_stats_path` and returns a summary.
+    """Writes reference statistics to :func:`scoresde.build.reference_stats_path` and returns a summary.
 
     The ``.npz`` holds ``mu``, ``sigma``, ``num_examples``, ``feature_extractor``, ``dataset``, ``split``,
     and ``pool_3``/``logits`` when at most ``config.eval.stats_max_features`` examples were read.
     """
     split = config.eval.get("stats_split", "train")
-    feature_fn = feature_fn or builders.get_feature_fn(config)
+    feature_fn = feature_fn or build.get_feature_fn(config)
     batch_size = int(config.eval.get("inception_batch_size", 250))
     result = protocol.compute_reference_statistics(
         feature_fn, data_lib.uint8_batches(config, split, batch_size),
         keep_max=int(config.eval.get("stats_max_features", protocol.PAPER_NUM_SAMPLES)))
-    path = builders.reference_stats_path(config, workdir, split)
+    path = build.reference_stats_path(config, workdir, split)
     summary = {"path": path, "dataset": str(config.data.dataset), "split": split,
                "num_examples": int(result["num_examples"]), "feature_extractor": feature_name(feature_fn),
                "features_kept": "pool_3" in result}

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from scoresde import builders, images, parallel, runlog
+from scoresde import build, images, parallel, runlog
 from scoresde import data as data_lib
 from scoresde import latent as latent_lib
 from scoresde import likelihood as likelihood_lib
@@ -124,7 +124,7 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
         **{f: empty(dt) for f, dt in fields.items()}, "done": np.zeros((k, num_batches), bool)}
     settings_json = json.dumps(expected)
     scaler_inverse = data_lib.get_data_inverse_scaler(config)
-    root = builders.purpose_key(jax.random.key(s["seed"]), "likelihood")
+    root = build.purpose_key(jax.random.key(s["seed"]), "likelihood")
     is_main = jax.process_index() == 0
     bar = None
     if is_main:
@@ -196,14 +196,14 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     s = bpd_settings(config)
     if s["num_repeats"] < 1:
         raise ValueError(f"config.eval.bpd_num_repeats must be >= 1; got {s['num_repeats']}")
-    if builders.is_latent(config):
+    if build.is_latent(config):
         return latent_likelihood(config, workdir, stop_after=stop_after)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(s["batch_size"], mesh, "config.eval.bpd_batch_size")
-    score_model = builders.make_score_model(config)
+    score_model = build.make_score_model(config)
     sde = score_model.sde
-    builders.check_drift_finite_at_T(sde, "--mode=likelihood")
-    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
+    build.check_drift_finite_at_T(sde, "--mode=likelihood")
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
     # The pipeline yields scaled data; the run works from [0, 1] and applies the scaler itself, so the
     # Jacobian of the scaler enters the bits/dim (the +7 / +8 offset is derived, not assumed).
     scaler = data_lib.get_data_scaler(config)
@@ -282,10 +282,10 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     s = bpd_settings(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(s["batch_size"], mesh, "config.eval.bpd_batch_size")
-    score_model = builders.make_score_model(config)
+    score_model = build.make_score_model(config)
     sde = score_model.sde
-    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
-    space = builders.load_latent_space(config, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    space = build.load_latent_space(config, mesh)
     scaler = data_lib.get_data_scaler(config)
     d_z = int(np.prod(space.latent_shape))
 

@@ -4,14 +4,14 @@ Read top to bottom:
 
 1. **Couplings.** The trained flow in ``config.reflow.source_workdir`` (its EMA weights, the same config's
    network) maps prior draws ``z`` to samples ``x`` with a deterministic sampler (``config.reflow.method``,
-   ``steps``, ``order``; :func:`scoresde.reflow.make_couplings`). ``config.reflow.num_pairs`` pairs are written
+   ``steps``, ``order``; :func:`scoresde.fewstep.reflow.make_couplings`). ``config.reflow.num_pairs`` pairs are written
    in chunks to ``workdir/reflow/couplings_<i>.npz``, each atomically and from its own key, so an interrupted
    run regenerates only the missing chunks and gets the same pairs. Pairs are in the network's data space
    (scaled, not mapped back to [0, 1]).
 2. **Training.** The next flow is trained by flow matching on the fixed pairs
-   (:func:`scoresde.builders.reflow_loss_fn`), initialised from the source's EMA weights
+   (:func:`scoresde.build.reflow_loss_fn`), initialised from the source's EMA weights
    (``config.reflow.init_from_source``), with the shared state / loop of every trainer
-   (:mod:`scoresde.train_state`, :mod:`scoresde.train_loop`): checkpoints, exact resume (batch ``k`` is a
+   (:mod:`scoresde.train_state`, :mod:`scoresde.training`): checkpoints, exact resume (batch ``k`` is a
    function of ``k``), ``metrics.jsonl``, snapshots, SIGTERM.
 
 Then ``--mode=sample`` on ``workdir`` samples the new flow (one or two Euler steps, ``method=ddim``, already
@@ -28,10 +28,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from scoresde import builders, images, parallel, reflow, runlog, train_state
+from scoresde import build, images, parallel, runlog, train_state
+from scoresde.fewstep import reflow
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import Snapshots, conclude_training, open_metrics, resume, run_loop
+from scoresde.training import Snapshots, conclude_training, open_metrics, resume, run_loop
 
 __all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
 
@@ -66,10 +67,10 @@ def generate_couplings(config, workdir: str, source: str) -> dict:
     batch = min(int(r.get("batch_size", 0) or config.eval.get("sample_batch_size", 0) or config.eval.batch_size),
                 num_pairs)
     parallel.check_batch_size(batch, mesh, "config.reflow.batch_size")
-    method, options = builders.reflow_sampler_options(config)
-    score_model = builders.make_score_model(config)
+    method, options = build.reflow_sampler_options(config)
+    score_model = build.make_score_model(config)
     sde = score_model.sde
-    graphdef, params, rest, src_step = builders.load_ema(config, source, mesh)
+    graphdef, params, rest, src_step = build.load_ema(config, source, mesh)
     shape = (batch,) + data_lib.data_shape(config)
     identity = {"source": os.path.abspath(source), "source_step": src_step, "method": method,
                 "options": options, "batch": batch}
@@ -77,11 +78,11 @@ def generate_couplings(config, workdir: str, source: str) -> dict:
     def fn(params, key):
         model = nnx.merge(graphdef, params, rest)
         return reflow.make_couplings(score_model.score_fn(model), sde, key, shape, method=method,
-                                     eps=builders.sampling_eps(sde), **options)
+                                     eps=build.sampling_eps(sde), **options)
 
     gen = jax.jit(fn)
     out_dir = couplings_dir(workdir)
-    key = builders.purpose_key(builders.root_key(config), "reflow")
+    key = build.purpose_key(build.root_key(config), "reflow")
     noises, samples, nfe, made = [], [], 0, 0
     for i in range(math.ceil(num_pairs / batch)):
         path = os.path.join(out_dir, f"couplings_{i:05d}.npz")
@@ -132,8 +133,8 @@ def reflow_mode(config, workdir: str) -> dict:
     """
     check_workdir(workdir)
     tc = config.training
-    sde = builders.make_sde(config)
-    loss_fn = builders.reflow_loss_fn(config, sde)  # validates the objective before anything slow
+    sde = build.make_sde(config)
+    loss_fn = build.reflow_loss_fn(config, sde)  # validates the objective before anything slow
     if int(config.model.get("num_classes", 0) or 0) > 0:
         raise ValueError("--mode=reflow trains unconditional flows; config.model.num_classes must be 0")
     source = _source_workdir(config, workdir)
@@ -141,14 +142,14 @@ def reflow_mode(config, workdir: str) -> dict:
     batch_size = int(tc.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.training.batch_size")
     seed = int(config.get("seed", 0))
-    root = builders.root_key(config)
+    root = build.root_key(config)
 
     pairs = generate_couplings(config, workdir, source)
-    model = builders.build_model(config, seed=seed)
+    model = build.build_model(config, seed=seed)
     if bool(config.reflow.get("init_from_source", True)):
-        model, _ = builders.load_model(source, config, ema=True)
+        model, _ = build.load_model(source, config, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = builders.optimizer_from_config(config)
+    tx = build.optimizer_from_config(config)
     state = train_state.init_state(params, tx)
     snapshot_freq = int(tc.snapshot_freq)
     ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
@@ -166,10 +167,10 @@ def reflow_mode(config, workdir: str) -> dict:
         })
         state = parallel.replicate(mesh, state)
         logger = open_metrics(workdir, start, tensorboard=bool(tc.get("tensorboard", True)), config_changes=changes)
-        key = builders.purpose_key(root, "train")
+        key = build.purpose_key(root, "train")
         ema_rate = float(config.model.get("ema_rate", 0.999))
         max_nonfinite = int(tc.get("max_nonfinite", 10))
-        schedule = builders.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
+        schedule = build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
 
         def step_fn(state, batch):
             step_key = jax.random.fold_in(key, state["step"])
@@ -187,7 +188,7 @@ def reflow_mode(config, workdir: str) -> dict:
 
         repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
         step_fn = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
-        snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,
+        snapshot = Snapshots(config, sde, graphdef, rest, mesh, build.purpose_key(root, "snapshot"), workdir,
                              title="reflow step")
 
         def save(s, step):

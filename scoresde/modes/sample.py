@@ -4,7 +4,7 @@ Writes ``workdir/samples/samples_<i>.npz`` (array key ``samples``: uint8 NHWC fo
 vector data; ``nfe``, ``sampler``, ``checkpoint_step`` and the request id travel with them) plus a PNG grid
 per file (a scatter plot for 2-D data), and last ``workdir/samples/request.json`` listing exactly the files of
 this request. A new request first removes the previous one's files, so ``fid`` never mixes requests.
-``config.sampling`` chooses the sampler and guidance (:func:`scoresde.builders.sampler_from_config`);
+``config.sampling`` chooses the sampler and guidance (:func:`scoresde.build.sampler_from_config`);
 ``config.sampling.parallel_window > 0`` samples ddim with ParaDiGMS and reports its sequential ``rounds``.
 
 Inverse problems: with ``config.inverse.operator != "none"`` the mode instead restores the first
@@ -29,7 +29,7 @@ import uuid
 import jax
 import numpy as np
 
-from scoresde import builders, distillation, images, parallel, runlog
+from scoresde import build, images, parallel, runlog
 from scoresde import data as data_lib
 from scoresde.metrics.protocol import REQUEST_FILE
 
@@ -62,24 +62,24 @@ def sample(config, workdir: str) -> dict:
 
     With ``config.inverse.operator`` set, restores test images instead (see the module docstring).
     """
-    if builders.inverse_operator_name(config) != "none":
+    if build.inverse_operator_name(config) != "none":
         return _restore(config, workdir)
     mesh = parallel.make_mesh()
-    sde = builders.make_sde(config)
-    student = distillation.read_student_file(workdir)
-    if student and student["network"] == "consistency" and not builders.is_consistency_model(config):
-        raise ValueError(f"{workdir} holds a consistency model ({distillation.STUDENT_FILE}: method "
+    sde = build.make_sde(config)
+    student = build.read_student_file(workdir)
+    if student and student["network"] == "consistency" and not build.is_consistency_model(config):
+        raise ValueError(f"{workdir} holds a consistency model ({build.STUDENT_FILE}: method "
                          f"{student['method']!r}); sample it with the config it was trained with "
                          f"(config.distill.method={student['method']!r}, config.sampling.method=consistency)")
-    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
     total = int(config.eval.num_samples)
     batch = min(int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size), total)
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
     classifier = None
     if str(config.sampling.get("guidance", "none")).lower() == "classifier":
-        classifier, _ = builders.load_classifier(workdir, config)
-    method, options = builders.sampling_options(config)
-    paradigms = builders.parallel_settings(config)
+        classifier, _ = build.load_classifier(workdir, config)
+    method, options = build.sampling_options(config)
+    paradigms = build.parallel_settings(config)
     runlog.announce(f"scoresde sample: {total} samples from step {step}", {
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
         "sampler": f"{method} {options}",
@@ -87,11 +87,11 @@ def sample(config, workdir: str) -> dict:
         "guidance": str(config.sampling.get("guidance", "none")),
         "workdir": os.path.abspath(workdir),
     })
-    sample_fn = builders.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier,
+    sample_fn = build.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier,
                                         with_rounds=True)
     out_dir = os.path.join(workdir, "samples")
-    key = builders.purpose_key(builders.root_key(config), "sample")
-    description = json.dumps(builders.sampler_description(config), sort_keys=True, default=str)
+    key = build.purpose_key(build.root_key(config), "sample")
+    description = json.dumps(build.sampler_description(config), sort_keys=True, default=str)
     request = uuid.uuid4().hex
     if jax.process_index() == 0:
         _clear_previous_request(out_dir)
@@ -111,7 +111,7 @@ def sample(config, workdir: str) -> dict:
     if jax.process_index() == 0:  # written last: a request without it did not finish
         images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {
             "request": request, "files": names, "num_samples": written, "checkpoint_step": int(step),
-            "nfe": int(nfe), "rounds": int(rounds), "sampler": builders.sampler_description(config)})
+            "nfe": int(nfe), "rounds": int(rounds), "sampler": build.sampler_description(config)})
     result = {"step": step, "num_samples": written, "files": i, "nfe": int(nfe), "rounds": int(rounds), "dir": out_dir}
     print(json.dumps(result))
     runlog.conclude(f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
@@ -131,17 +131,16 @@ def _restore(config, workdir: str) -> dict:
     """Restores ``config.inverse.num_images`` test images from measurements; see the module docstring."""
     import time  # noqa: PLC0415
 
-    from scoresde import inverse  # noqa: PLC0415  (psnr; the operators come from builders)
 
     if not data_lib.is_image_data(config):
         raise ValueError("config.inverse restores images; the data of this config are vectors "
                          f"(config.data.dataset={config.data.dataset!r})")
     mesh = parallel.make_mesh()
-    sde = builders.make_sde(config)
-    graphdef, params, rest, step = builders.load_ema(config, workdir, mesh)
-    operator = builders.operator_from_config(config)
-    settings = builders.posterior_settings(config)
-    name, method = builders.inverse_operator_name(config), settings["method"]
+    sde = build.make_sde(config)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    operator = build.operator_from_config(config)
+    settings = build.posterior_settings(config)
+    name, method = build.inverse_operator_name(config), settings["method"]
     total = int(config.inverse.num_images)
     per_image = int(config.inverse.get("samples_per_image", 1))
     if per_image < 1:
@@ -152,8 +151,8 @@ def _restore(config, workdir: str) -> dict:
     parallel.check_batch_size(batch, mesh, "min(config.eval.sample_batch_size, config.inverse.num_images)")
     classifier = None
     if str(config.sampling.get("guidance", "none")).lower() == "classifier":
-        classifier, _ = builders.load_classifier(workdir, config)
-    sampler, options = builders.sampling_options(config)
+        classifier, _ = build.load_classifier(workdir, config)
+    sampler, options = build.sampling_options(config)
     per = f", {per_image} posterior samples each" if per_image > 1 else ""
     runlog.announce(f"scoresde sample: restoring {total} test images ({name}, {method}{per}) from step {step}", {
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
@@ -162,8 +161,8 @@ def _restore(config, workdir: str) -> dict:
         "sampler": f"{sampler} {options}",
         "workdir": os.path.abspath(workdir),
     })
-    restore_fn = builders.make_restore_fn(config, sde, graphdef, rest, operator, classifier=classifier)
-    key = builders.root_key(config)
+    restore_fn = build.make_restore_fn(config, sde, graphdef, rest, operator, classifier=classifier)
+    key = build.root_key(config)
     data = data_lib.get_dataset(config, split="test", batch_size=batch, shuffle=False, repeat=False,
                                 uniform_dequantization=False)
     scaler = data_lib.get_data_inverse_scaler(config)
@@ -191,8 +190,8 @@ def _restore(config, workdir: str) -> dict:
     truth, naive, samples = (np.clip(np.concatenate(a), 0.0, 1.0).astype(np.float32) for a in (truth, naive, restored))
     restored = samples[:, 0]
     labels = np.concatenate(labels)
-    psnr = np.stack([np.asarray(inverse.psnr(samples[:, k], truth, data_range=1.0)) for k in range(per_image)], 1)
-    baseline = np.asarray(inverse.psnr(naive, truth, data_range=1.0))
+    psnr = np.stack([np.asarray(images.psnr(samples[:, k], truth, data_range=1.0)) for k in range(per_image)], 1)
+    baseline = np.asarray(images.psnr(naive, truth, data_range=1.0))
     tag = f"{name}_{method}" + ("_isotropic" if settings.get("jacobian") == "isotropic" else "")
     out_dir = os.path.join(workdir, "inverse", tag)
     report = {
@@ -208,7 +207,7 @@ def _restore(config, workdir: str) -> dict:
     extra = {}
     if per_image > 1:  # the posterior mean is the MMSE estimate: its PSNR is the one to compare with A⁺y
         mean, std = samples.mean(axis=1), samples.std(axis=1)
-        mean_psnr = np.asarray(inverse.psnr(mean, truth, data_range=1.0))
+        mean_psnr = np.asarray(images.psnr(mean, truth, data_range=1.0))
         report.update(posterior_mean_psnr_mean=float(np.mean(mean_psnr)),
                       posterior_mean_psnr=[float(v) for v in mean_psnr])
         extra = dict(samples=samples, posterior_mean=mean, posterior_std=std, posterior_mean_psnr=mean_psnr)

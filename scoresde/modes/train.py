@@ -4,7 +4,7 @@ One jitted step over a ``('data',)`` mesh (parameters replicated, batch split; n
 the loss and gradients, skips the update if either is non-finite, applies Adam with linear warm-up and
 global-norm clipping, and updates the EMA (:mod:`scoresde.train_state`). Randomness is
 ``fold_in(key, step)`` and data batches are a function of the step, so a run resumed from a checkpoint
-reproduces the uninterrupted run exactly (:mod:`scoresde.train_loop`).
+reproduces the uninterrupted run exactly (:mod:`scoresde.training`).
 """
 
 from __future__ import annotations
@@ -14,28 +14,28 @@ import os
 import jax
 from flax import nnx
 
-from scoresde import builders, parallel, runlog, train_state
+from scoresde import build, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import NonFiniteError, Snapshots, conclude_training, open_metrics, resume, run_loop
+from scoresde.training import NonFiniteError, Snapshots, conclude_training, open_metrics, resume, run_loop
 
 __all__ = ["train", "make_train_step", "make_eval_step", "NonFiniteError"]
 
 
 def make_train_step(config, sde, graphdef, rest, tx, mesh, key):
     """The jitted ``step(state, batch) -> (state, metrics)`` over the mesh (``key``: the training key)."""
-    loss_fn = builders.make_loss_fn(config, sde)
+    loss_fn = build.make_loss_fn(config, sde)
     ema_rate = float(config.model.get("ema_rate", 0.999))
     max_nonfinite = int(config.training.get("max_nonfinite", 10))
-    schedule = builders.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
+    schedule = build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
 
-    to_model_space = builders.batch_transform(config, mesh)  # a latent model encodes its batch here
+    to_model_space = build.batch_transform(config, mesh)  # a latent model encodes its batch here
 
     def step_fn(state, batch):
         step_key = jax.random.fold_in(key, state["step"])
-        batch = to_model_space(batch, builders.purpose_key(step_key, "latent_encode"))
+        batch = to_model_space(batch, build.purpose_key(step_key, "latent_encode"))
         k_loss, k_drop = jax.random.split(step_key)
-        y = builders.class_labels(config, batch, builders.purpose_key(step_key, "label_dropout"))
+        y = build.class_labels(config, batch, build.purpose_key(step_key, "label_dropout"))
 
         def objective(params):
             model = nnx.merge(graphdef, params, rest)
@@ -52,12 +52,12 @@ def make_train_step(config, sde, graphdef, rest, tx, mesh, key):
 
 def make_eval_step(config, sde, graphdef, rest, mesh, key):
     """The jitted ``eval_step(ema_params, batch, step) -> loss`` (EMA parameters, as the reference)."""
-    loss_fn = builders.make_loss_fn(config, sde)
+    loss_fn = build.make_loss_fn(config, sde)
 
-    to_model_space = builders.batch_transform(config, mesh)
+    to_model_space = build.batch_transform(config, mesh)
 
     def eval_fn(params, batch, step):
-        batch = to_model_space(batch, builders.purpose_key(jax.random.fold_in(key, step), "latent_encode"))
+        batch = to_model_space(batch, build.purpose_key(jax.random.fold_in(key, step), "latent_encode"))
         model = nnx.merge(graphdef, params, rest)
         return loss_fn(lambda x, labels: model(x, labels), batch["image"], jax.random.fold_in(key, step))[0]
 
@@ -81,14 +81,14 @@ def train(config, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     batch_size = int(tc.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.training.batch_size")
-    sde = builders.make_sde(config)
-    builders.make_loss_fn(config, sde)  # validates the objective before anything slow
+    sde = build.make_sde(config)
+    build.make_loss_fn(config, sde)  # validates the objective before anything slow
     seed = int(config.get("seed", 0))
-    root = builders.root_key(config)
+    root = build.root_key(config)
 
-    model = builders.build_model(config, seed=seed)
+    model = build.build_model(config, seed=seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = builders.optimizer_from_config(config)
+    tx = build.optimizer_from_config(config)
     state = train_state.init_state(params, tx)
     snapshot_freq = int(tc.snapshot_freq)
     ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
@@ -105,8 +105,8 @@ def train(config, workdir: str) -> dict:
         })
         state = parallel.replicate(mesh, state)
         logger = open_metrics(workdir, start, tensorboard=bool(tc.get("tensorboard", True)), config_changes=changes)
-        step_fn = make_train_step(config, sde, graphdef, rest, tx, mesh, builders.purpose_key(root, "train"))
-        eval_fn = make_eval_step(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "eval"))
+        step_fn = make_train_step(config, sde, graphdef, rest, tx, mesh, build.purpose_key(root, "train"))
+        eval_fn = make_eval_step(config, sde, graphdef, rest, mesh, build.purpose_key(root, "eval"))
         eval_iter = None
 
         def evaluate(s, step):
@@ -115,7 +115,7 @@ def train(config, workdir: str) -> dict:
                 eval_iter = data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=True, repeat=True)
             return {"eval_loss": float(eval_fn(s["ema"], parallel.shard_batch(mesh, next(eval_iter)), step))}
 
-        snapshot = Snapshots(config, sde, graphdef, rest, mesh, builders.purpose_key(root, "snapshot"), workdir,
+        snapshot = Snapshots(config, sde, graphdef, rest, mesh, build.purpose_key(root, "snapshot"), workdir,
                              logger=logger)
 
         def save(s, step):

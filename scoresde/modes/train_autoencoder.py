@@ -1,6 +1,6 @@
 """``--mode=train_autoencoder``: trains the KL autoencoder of ``config.autoencoder``, the first stage of latent diffusion.
 
-The same training system as ``--mode=train`` (:mod:`scoresde.train_state`, :mod:`scoresde.train_loop`): one
+The same training system as ``--mode=train`` (:mod:`scoresde.train_state`, :mod:`scoresde.training`): one
 jitted step over a ``('data',)`` mesh, randomness ``fold_in(key, step)``, exact resume from the newest
 checkpoint, a checkpoint on SIGTERM, ``workdir/metrics.jsonl`` (``loss``, ``reconstruction``, ``kl``, ``psnr``,
 and with a discriminator ``generator``, ``adversarial_weight``, ``disc_loss``; every ``eval_freq`` steps the
@@ -32,10 +32,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scoresde import builders, images, latent, parallel, runlog, train_state
+from scoresde import build, images, latent, parallel, runlog, train_state
 from scoresde import data as data_lib
+from scoresde.latent import space as latent_space
 from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.train_loop import open_metrics, resume, run_loop
+from scoresde.training import open_metrics, resume, run_loop
 
 __all__ = ["train_autoencoder", "make_autoencoder_step", "make_optimizer"]
 
@@ -51,10 +52,10 @@ def _stop_gradient_except(params, part: str):
 
 def make_optimizer(a) -> optax.GradientTransformation:
     """Adam for ``ae/…`` (``a.lr``, ``beta1`` [0.5], ``beta2`` [0.9], warm-up, clipping) and Adam(β₁ = 0.5) for ``disc/…`` (``a.disc_lr``), LDM's pair."""
-    ae_tx = builders.make_optimizer(lr=float(a.lr), warmup=int(a.get("warmup", 0)),
+    ae_tx = build.make_optimizer(lr=float(a.lr), warmup=int(a.get("warmup", 0)),
                                     grad_clip=float(a.get("grad_clip", -1.0)), beta1=float(a.get("beta1", 0.5)),
                                     beta2=float(a.get("beta2", 0.9)))
-    disc_tx = builders.make_optimizer(lr=float(a.get("disc_lr", 0.0) or a.lr), beta1=0.5, beta2=0.9)
+    disc_tx = build.make_optimizer(lr=float(a.get("disc_lr", 0.0) or a.lr), beta1=0.5, beta2=0.9)
     labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _part(p), params)  # noqa: E731
     return optax.multi_transform({"ae": ae_tx, "disc": disc_tx}, labels)
 
@@ -84,7 +85,7 @@ def make_autoencoder_step(config, graphdef, rest, tx, mesh, key):
                 disc_start=disc_start, max_adaptive_weight=float(a.get("max_adaptive_weight", 1e4)))
             x_rec = ae.decoder.head(h)
             aux = {"reconstruction": terms.reconstruction, "kl": terms.kl,
-                   "psnr": jnp.mean(latent.psnr(jnp.clip(inverse(x_rec), 0, 1), inverse(x)))}
+                   "psnr": jnp.mean(images.psnr(jnp.clip(inverse(x_rec), 0, 1), inverse(x)))}
             total = loss
             if has_disc:
                 disc = nnx.merge(graphdef, _stop_gradient_except(params, "disc"), rest).disc
@@ -111,7 +112,7 @@ def _make_reconstruct(config, graphdef, rest, mesh):
         ae = nnx.merge(graphdef, params, rest).ae
         x_rec = ae(x)[0]
         rec01 = jnp.clip(inverse(x_rec), 0, 1)
-        return rec01, latent.reconstruction_error(x, x_rec, str(a.reconstruction)), latent.psnr(rec01, inverse(x))
+        return rec01, latent.reconstruction_error(x, x_rec, str(a.reconstruction)), images.psnr(rec01, inverse(x))
 
     repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
     return jax.jit(fn, in_shardings=(repl, data), out_shardings=(data, data, data))
@@ -167,8 +168,8 @@ def train_autoencoder(config, workdir: str) -> dict:
     batch_size = int(a.get("batch_size", 0) or config.training.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.autoencoder.batch_size")
     image_shape = data_lib.data_shape(config)
-    root = builders.root_key(config)
-    model = builders.AutoencoderTrainee(a, image_shape, rngs=nnx.Rngs(int(config.get("seed", 0))))
+    root = build.root_key(config)
+    model = build.make_autoencoder_trainee(a, image_shape, rngs=nnx.Rngs(int(config.get("seed", 0))))
     latent_shape = model.ae.latent_shape(image_shape)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(a)
@@ -193,7 +194,7 @@ def train_autoencoder(config, workdir: str) -> dict:
         })
         state = parallel.replicate(mesh, state)
         logger = open_metrics(workdir, start, tensorboard=bool(a.get("tensorboard", True)), config_changes=changes)
-        step_fn = make_autoencoder_step(config, graphdef, rest, tx, mesh, builders.purpose_key(root, "train"))
+        step_fn = make_autoencoder_step(config, graphdef, rest, tx, mesh, build.purpose_key(root, "train"))
         reconstruct = _make_reconstruct(config, graphdef, rest, mesh)
         num_show = max(mesh.size, min(32, batch_size) // mesh.size * mesh.size)
         test_batch = next(data_lib.get_dataset(config, split="test", batch_size=num_show, shuffle=False, repeat=False))
@@ -245,7 +246,7 @@ def train_autoencoder(config, workdir: str) -> dict:
     record = {"step": int(out["step"]), **stats, **held_out, "image_shape": list(image_shape),
               "latent_shape": list(latent_shape), "centered": bool(config.data.get("centered", False)),
               "dataset": str(config.data.dataset), "autoencoder": a.to_dict()}
-    path = builders.write_autoencoder_record(workdir, record) if jax.process_index() == 0 else None
+    path = latent_space.write_autoencoder_record(workdir, record) if jax.process_index() == 0 else None
     runlog.conclude(f"autoencoder trained to step {out['step']}", results={
         "held-out PSNR": f"{held_out['eval_psnr']:.2f} dB", "scale factor": f"{stats['scale_factor']:.4g}",
         "record": path, "reconstructions": last_snapshot[0]},

@@ -2,12 +2,12 @@
 
 The classifier learns ``p_t(y | x_t)`` by cross-entropy on perturbed data ``x_t = alpha(t) x_0 +
 sigma(t) z`` (for a latent model, ``x_0`` is the encoded image: the classifier guides the latent sampler) with ``t ~ U[eps, T]`` (the score model's SDE and sampling eps), fed in VE coordinates
-(:func:`scoresde.classifiers.classifier_inputs`). The reference released only a pre-trained classifier,
+(:func:`scoresde.models.classifiers.classifier_inputs`). The reference released only a pre-trained classifier,
 not its training code. Everything is written under ``workdir/classifier/`` (checkpoints with params and
 EMA params, ``metrics.jsonl``, ``eval_results.json``), next to the score model in ``workdir``; a run
-resumes from its newest checkpoint, with the same loop as ``train`` (:mod:`scoresde.train_loop`).
+resumes from its newest checkpoint, with the same loop as ``train`` (:mod:`scoresde.training`).
 
-``config.classifier`` fields (beyond the architecture ones of :func:`scoresde.builders.get_classifier`):
+``config.classifier`` fields (beyond the architecture ones of :func:`scoresde.build.get_classifier`):
 ``n_iters``, ``batch_size`` [config.training.batch_size], ``lr`` [2e-4], ``warmup`` [0], ``grad_clip`` [1.0],
 ``weight_decay`` [0], ``ema_rate`` [0.999], ``log_freq`` [50], ``snapshot_freq`` [n_iters],
 ``eval_times`` [(eps, 0.25, 0.5)] (test accuracy at these ``t`` is written at the end).
@@ -26,11 +26,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from scoresde import builders, classifiers, parallel, runlog, train_state
+from scoresde import build, parallel, runlog, train_state
+from scoresde.models import classifiers
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
 from scoresde.sde import batch_mul
-from scoresde.train_loop import open_metrics, resume, run_loop
+from scoresde.training import open_metrics, resume, run_loop
 
 __all__ = ["classifier_loss", "train_classifier"]
 
@@ -54,19 +55,19 @@ def train_classifier(config, workdir: str) -> dict:
         A summary dict (``step``, ``loss``, ``accuracy``, ``test_accuracy`` per eval time).
     """
     c = config.classifier
-    out_dir = builders.classifier_dir(workdir)
+    out_dir = build.classifier_dir(workdir)
     check_workdir(out_dir)
     mesh = parallel.make_mesh()
     batch_size = int(c.get("batch_size", 0) or config.training.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.classifier.batch_size")
-    sde = builders.make_sde(config)
-    eps = builders.sampling_eps(sde)
+    sde = build.make_sde(config)
+    eps = build.sampling_eps(sde)
     seed = int(config.get("seed", 0))
-    root = builders.root_key(config)
-    key = builders.purpose_key(root, "classifier")
-    model = builders.get_classifier(config, rngs=nnx.Rngs(seed))
+    root = build.root_key(config)
+    key = build.purpose_key(root, "classifier")
+    model = build.get_classifier(config, rngs=nnx.Rngs(seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = builders.make_optimizer(**builders.optimizer_settings(c, grad_clip=1.0, lr=2e-4))
+    tx = build.make_optimizer(**build.optimizer_settings(c, grad_clip=1.0, lr=2e-4))
     ema_rate = float(c.get("ema_rate", 0.999))
     state = train_state.init_state(params, tx)
     n_iters = int(c.n_iters)
@@ -85,11 +86,11 @@ def train_classifier(config, workdir: str) -> dict:
         })
         state = parallel.replicate(mesh, state)
 
-        to_model_space = builders.batch_transform(config, mesh)  # a latent model's classifier reads latents
+        to_model_space = build.batch_transform(config, mesh)  # a latent model's classifier reads latents
 
         def step_fn(state, batch):
             step_key = jax.random.fold_in(key, state["step"])
-            batch = to_model_space(batch, builders.purpose_key(step_key, "latent_encode"))
+            batch = to_model_space(batch, build.purpose_key(step_key, "latent_encode"))
 
             def objective(p):
                 return classifier_loss(nnx.merge(graphdef, p, rest), sde, batch["image"], batch["label"], step_key,
@@ -119,7 +120,7 @@ def train_classifier(config, workdir: str) -> dict:
     last = {k: out["last"][k] for k in ("loss", "accuracy") if k in out["last"]}
     result = {"step": out["step"], **last,
               "test_accuracy": _test_accuracy(config, c, sde, eps, (graphdef, rest), out["state"]["ema"], mesh,
-                                              batch_size, builders.purpose_key(root, "classifier_eval"))}
+                                              batch_size, build.purpose_key(root, "classifier_eval"))}
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
             json.dump(result, f, indent=1)
@@ -134,12 +135,12 @@ def _test_accuracy(config, c, sde, eps, split_model, params, mesh, batch_size, k
     times = [float(t) for t in c.get("eval_times", (eps, 0.25, 0.5))]
     graphdef, rest = split_model
 
-    to_model_space = builders.batch_transform(config, mesh)
+    to_model_space = build.batch_transform(config, mesh)
 
     @jax.jit
     def correct(params, x, y, t, key):
         model = nnx.merge(graphdef, params, rest)
-        x = to_model_space({"image": x}, builders.purpose_key(key, "latent_encode"))["image"]
+        x = to_model_space({"image": x}, build.purpose_key(key, "latent_encode"))["image"]
         tv = jnp.full((x.shape[0],), t, x.dtype)
         xt = batch_mul(sde.alpha(tv), x) + batch_mul(sde.sigma(tv), jax.random.normal(key, x.shape, x.dtype))
         xv, level = classifiers.classifier_inputs(sde, xt, tv)

@@ -1,7 +1,7 @@
 """Consistency sampling (Song et al., "Consistency Models", ICML 2023, Algorithm 1): 1 to k network calls.
 
 ``f(x, t)`` is a consistency function: it maps a point at time ``t`` of a probability-flow trajectory to
-the trajectory's point at the boundary time ``eps`` (see :mod:`scoresde.consistency`). Given the prior draw
+the trajectory's point at the boundary time ``eps`` (see :mod:`scoresde.fewstep.consistency`). Given the prior draw
 ``x_T`` (``τ_0 = T``) and the paper's decreasing re-noising times ``τ_1 > ... > τ_{k-1}`` in ``(eps, T)``
 (the ``times`` option of ``sample(method="consistency")``; ``steps = k = len(times) + 1``):
 

@@ -177,7 +177,7 @@ def dps_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, weighting: s
     Args:
         score_fn: the unconditional score ``score_fn(x, t)``.
         sde: the forward SDE.
-        operator: any operator of :mod:`scoresde.inverse` (a differentiable ``forward`` is all it needs).
+        operator: any operator of :mod:`scoresde.guidance.inverse` (a differentiable ``forward`` is all it needs).
         y: measurements ``(B, ...)``.
         sigma_y: measurement-noise std (traced).
         scale: guidance scale (``ζ'`` of the paper for ``"normalized"``; traced).

@@ -14,7 +14,7 @@ read any linear SDE. :func:`classifier_log_prob_fn` does this conversion and ret
 * ``"mlp"``: a residual MLP with the same Fourier embedding, for 2-D / low-dimensional data.
 
 Examples:
-    >>> clf = builders.get_classifier(config, rngs=nnx.Rngs(0))  # or WideResNet(...) / MLPClassifier(...)
+    >>> clf = build.get_classifier(config, rngs=nnx.Rngs(0))  # or WideResNet(...) / MLPClassifier(...)
     >>> log_prob_fn = classifier_log_prob_fn(clf, sde)
     >>> guided = guidance.classifier_guidance(score_fn, log_prob_fn, y=3, scale=2.0)
 """
@@ -29,8 +29,7 @@ from flax import nnx
 
 from scoresde.sde import batch_mul
 
-__all__ = ["FourierEmbedding", "WideResNet", "MLPClassifier", "classifier_log_prob_fn",
-           "classifier_inputs"]
+__all__ = ["FourierEmbedding", "WideResNet", "MLPClassifier"]
 
 # The reference's kaiming-normal (fan_out, gain 2) convolution init and U[-1/√n, 1/√n] final dense init.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -163,24 +162,3 @@ class MLPClassifier(nnx.Module):
         for layer in self.hidden:
             h = h + layer(nnx.silu(h))
         return self.out(nnx.silu(h))
-
-
-def classifier_inputs(sde, x, t):
-    """``(x_t / alpha(t), sigma(t) / alpha(t))``: the classifier's input and noise level (VE coordinates)."""
-    alpha, sigma = sde.alpha(t), sde.sigma(t)
-    return batch_mul(1.0 / alpha, x), sigma / alpha
-
-
-def classifier_log_prob_fn(classifier, sde):
-    """``log_prob_fn(x, t) -> (B, num_classes)`` log-probabilities of a noise-conditional classifier.
-
-    Args:
-        classifier: a callable ``classifier(x_ve, noise_level) -> logits`` (e.g. from :func:`scoresde.builders.get_classifier`).
-        sde: the SDE of the sampler (its ``alpha``, ``sigma`` map ``t`` to the classifier's inputs).
-    """
-
-    def log_prob_fn(x, t):
-        xv, level = classifier_inputs(sde, x, t)
-        return jax.nn.log_softmax(classifier(xv, level), axis=-1)
-
-    return log_prob_fn

@@ -20,7 +20,7 @@ closed form where ``A Aᵀ`` is diagonal or small, and by conjugate gradients ot
   ``Aᵀ``; for :class:`Inpainting` / :class:`Colorization` it is :class:`scoresde.guidance.Replacement`).
   With :class:`SuperResolution` this is ILVR (Choi et al. 2021, eq. 7: ``φ_N = A⁺A`` is the low-pass
   filter); see :func:`ilvr`. It ignores ``sigma_y`` (exact only for noiseless measurements).
-* ``"dps"`` and ``"pigdm"``: score transformers of :mod:`scoresde.posterior_guidance`.
+* ``"dps"`` and ``"pigdm"``: score transformers of :mod:`scoresde.guidance.posterior`.
 
 Examples:
     >>> op = SuperResolution(4)
@@ -32,18 +32,24 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from scoresde import guidance
-from scoresde import posterior_guidance as pg
+from scoresde.guidance import conditional
+from scoresde.guidance import posterior as pg
 from scoresde.sde import batch_mul
 
 __all__ = [
     "METHODS",
+    "INPAINTING_MASKS",
+    "inpainting_mask",
+    "make_operator",
+    "naive_restoration",
     "Colorization",
     "DifferentiableOperator",
     "GaussianBlur",
@@ -55,7 +61,6 @@ __all__ = [
     "ilvr",
     "measure",
     "posterior_sample",
-    "psnr",
 ]
 
 METHODS = ("replacement", "dps", "pigdm")
@@ -259,12 +264,6 @@ def measure(operator: Operator, x, key, sigma_y):
     return ax + jnp.asarray(sigma_y, ax.dtype) * jax.random.normal(key, ax.shape, ax.dtype)
 
 
-def psnr(x, reference, data_range=1.0):
-    """Peak signal-to-noise ratio per example, ``10 log10(range² / MSE)`` in dB, shape ``(B,)``."""
-    mse = jnp.mean(_per_example(x - reference) ** 2, axis=-1)
-    return 10.0 * jnp.log10(jnp.asarray(data_range, mse.dtype) ** 2 / mse)
-
-
 class RangeReplacement(eqx.Module):
     """``project_fn(x, t, key)``: ``x + A⁺(alpha_t y + sigma_t A z - A x)``, the known part ``A⁺A x`` replaced.
 
@@ -294,11 +293,11 @@ class RangeReplacement(eqx.Module):
 def _replacement_projection(sde, operator, y, noise):
     if isinstance(operator, Inpainting):
         mask = jnp.broadcast_to(operator.mask, y.shape).astype(y.dtype)
-        return guidance.Replacement(sde, y, mask, None, noise)
+        return conditional.Replacement(sde, y, mask, None, noise)
     if isinstance(operator, Colorization) and operator.channels == 3:
         gray = jnp.broadcast_to(y, y.shape[:-1] + (3,))
-        proj = guidance.colorization_projection(sde, gray)
-        return proj if noise is None else guidance.Replacement(sde, proj.known, proj.mask, proj.basis, noise)
+        proj = conditional.colorization_projection(sde, gray)
+        return proj if noise is None else conditional.Replacement(sde, proj.known, proj.mask, proj.basis, noise)
     return RangeReplacement(sde, operator, y, operator.pinv(y), noise)
 
 
@@ -328,7 +327,7 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
             ``init`` ["marginal"]; ``dps``: ``scale`` [1.0], ``weighting`` ["gaussian" | "normalized"];
             ``pigdm``: ``scale`` [1.0], ``data_var`` [1.0], ``cg_steps`` [50], ``jacobian``
             ["network" | "isotropic"]
-            (see :mod:`scoresde.posterior_guidance`). ``x_init`` is not used by ``replacement``.
+            (see :mod:`scoresde.guidance.posterior`). ``x_init`` is not used by ``replacement``.
 
     Returns:
         ``(samples, nfe)``: ``samples`` in the data's shape; ``nfe`` counts score forward passes plus
@@ -348,7 +347,7 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
     y = jnp.asarray(y)
     if method == "replacement":
         x_example = operator.pinv(y)
-        fixed = own["fixed_noise"] if own["fixed_noise"] is not None else sampler in guidance._DETERMINISTIC
+        fixed = own["fixed_noise"] if own["fixed_noise"] is not None else sampler in conditional._DETERMINISTIC
         if sampler == "ode":
             raise ValueError("method 'replacement' needs a fixed-grid sampler with the project_fn hook; "
                              "got sampler 'ode'")
@@ -358,7 +357,7 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
         k_init, k_noise, k_sample = jax.random.split(key, 3)
         noise = jax.random.normal(k_noise, x_example.shape, x_example.dtype) if fixed else None
         projection = _replacement_projection(sde, operator, y, noise)
-        x_init = guidance.initial_state(projection, k_init, init=own["init"])
+        x_init = conditional.initial_state(projection, k_init, init=own["init"])
         x, nfe = sampling.sample(score_fn, sde, x_init.shape, k_sample, method=sampler, x_init=x_init,
                                  project_fn=projection, **sampler_options)
         return projection.finalize(x), nfe
@@ -394,3 +393,100 @@ def ilvr(score_fn, sde, reference, key, *, factor: int, sampler: str = "ddim", *
     op = SuperResolution(factor)
     return posterior_sample(score_fn, sde, op, op.forward(jnp.asarray(reference)), key, method="replacement",
                             sigma_y=0.0, sampler=sampler, **sampler_options)
+
+
+INPAINTING_MASKS = ("half", "random")
+
+
+def inpainting_mask(kind: str, shape: tuple, *, fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A ``{0, 1}`` float32 mask ``(1, *shape)`` (1 = observed) for one example's ``shape``.
+
+    ``"half"``: the lower half of an image (rows ``>= H/2``; for vectors the second half of the coordinates)
+    is missing. ``"random"``: each pixel (all channels together) is missing with probability ``fraction``,
+    from ``numpy``'s generator seeded with ``seed`` (the same mask for every image).
+
+    Raises:
+        ValueError: an unknown kind, or a fraction outside ``[0, 1)``.
+    """
+    if kind not in INPAINTING_MASKS:
+        raise ValueError(f"unknown inpainting mask {kind!r}; expected one of: {', '.join(INPAINTING_MASKS)}")
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"inpainting mask_fraction must be in [0, 1); got {fraction!r}")
+    pixel_shape = tuple(shape[:-1]) + (1,) if len(shape) == 3 else tuple(shape)
+    if kind == "half":
+        mask = np.ones(pixel_shape, np.float32)
+        mask[pixel_shape[0] // 2:] = 0.0
+    else:
+        mask = (np.random.default_rng(seed).random(pixel_shape) >= fraction).astype(np.float32)
+    return mask[None]
+
+
+def make_operator(name: str, shape: tuple, *, mask: str = "half", mask_fraction: float = 0.5, seed: int = 0,
+                  factor: int = 4, blur_sigma: float = 1.0, blur_size: int = 5,
+                  num_measurements: int = 0) -> Operator:
+    """The measurement operator ``name`` of :mod:`scoresde.guidance.inverse` for examples of ``shape``, from plain values.
+
+    Args:
+        name: one of :data:`INVERSE_OPERATORS` but ``none``: ``inpainting`` (``mask``, ``mask_fraction``,
+            ``seed``: :func:`inpainting_mask`), ``super_resolution`` (``factor × factor`` box average),
+            ``deblur`` (Gaussian, ``blur_sigma`` pixels, odd ``blur_size``), ``colorization`` (3 channels to
+            gray), ``random_projection`` (``num_measurements × D`` Gaussian matrix with ``N(0, 1/D)`` entries
+            from ``seed``; ``0`` means ``D // 4``).
+        shape: one example's shape, ``(H, W, C)`` or ``(D,)``.
+
+    Raises:
+        ValueError: an unknown operator, or settings the data cannot take (named with the expected values).
+    """
+    shape = tuple(int(s) for s in shape)
+    is_image = len(shape) == 3
+
+    def need_image():
+        if not is_image:
+            raise ValueError(f"operator {name!r} needs image data (H, W, C); got data shape {shape}")
+
+    def inpainting():
+        return Inpainting(jnp.asarray(inpainting_mask(mask, shape, fraction=mask_fraction, seed=seed)))
+
+    def super_resolution():
+        need_image()
+        if isinstance(factor, bool) or int(factor) != factor or factor < 1 or shape[0] % factor or shape[1] % factor:
+            raise ValueError(f"super_resolution factor {factor!r} must be a positive int dividing the image size "
+                             f"{shape[0]}x{shape[1]}")
+        return SuperResolution(int(factor))
+
+    def deblur():
+        need_image()
+        if not blur_sigma > 0:
+            raise ValueError(f"deblur blur_sigma must be > 0 pixels; got {blur_sigma!r}")
+        if int(blur_size) != blur_size or blur_size < 1 or blur_size % 2 == 0:
+            raise ValueError(f"deblur blur_size must be a positive odd int; got {blur_size!r}")
+        return GaussianBlur(float(blur_sigma), int(blur_size))
+
+    def colorization():
+        need_image()
+        if shape[-1] != 3:
+            raise ValueError(f"operator 'colorization' needs 3 colour channels; got data shape {shape} "
+                             "(config.data.num_channels)")
+        return Colorization(3)
+
+    def random_projection():
+        d = math.prod(shape)
+        m = int(num_measurements) or max(1, d // 4)
+        if not 1 <= m <= d:
+            raise ValueError(f"random_projection num_measurements must be in 1..{d} (D) or 0 for D // 4; "
+                             f"got {num_measurements!r}")
+        matrix = np.random.default_rng(seed).standard_normal((m, d)).astype(np.float32) / np.sqrt(d)
+        return RandomProjection(jnp.asarray(matrix), shape)
+
+    factories = {"inpainting": inpainting, "super_resolution": super_resolution, "deblur": deblur,
+                 "colorization": colorization, "random_projection": random_projection}
+    if name not in factories:
+        raise ValueError(f"unknown inverse operator {name!r}; expected one of: {', '.join(factories)}")
+    return factories[name]()
+
+
+def naive_restoration(operator: Operator, y):
+    """The baseline a restoration is compared with: ``A⁺y``, or ``y`` itself for a blur (no cheap ``A⁺``)."""
+    if isinstance(operator, GaussianBlur):
+        return y
+    return operator.pinv(y)

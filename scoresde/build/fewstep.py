@@ -1,16 +1,17 @@
-"""The few-step edge: turns ``config.distill`` into teachers, students and the jitted step of ``--mode=distill``.
+"""The few-step edge: ``config.distill`` -> teachers, students and the jitted step of ``--mode=distill``.
 
-Three methods share one trainer (:mod:`scoresde.modes.distill`, the :mod:`scoresde.train_loop` host loop):
 
-* ``cd``: consistency distillation (:func:`scoresde.consistency.cd_loss`) of the score model in
+Three methods share one trainer (:mod:`scoresde.modes.distill`, the :mod:`scoresde.training` host loop):
+
+* ``cd``: consistency distillation (:func:`scoresde.fewstep.consistency.cd_loss`) of the score model in
   ``config.distill.teacher_workdir``; the student is a consistency function
-  (:func:`scoresde.builders.student_consistency_fn`) initialised from the teacher's EMA weights; the target
+  (:func:`scoresde.build.student_consistency_fn`) initialised from the teacher's EMA weights; the target
   network is an EMA of the student with decay ``config.distill.target_ema`` (``μ``; 0 = the online network).
-* ``ct``: consistency training with the iCT choices (:func:`scoresde.consistency.ct_loss`), no teacher: a
-  freshly initialised network, ``μ = 0``, the exponential curriculum :func:`scoresde.consistency.ict_num_scales`
+* ``ct``: consistency training with the iCT choices (:func:`scoresde.fewstep.consistency.ct_loss`), no teacher: a
+  freshly initialised network, ``μ = 0``, the exponential curriculum :func:`scoresde.fewstep.consistency.ict_num_scales`
   (a traced ``N``: one compile).
-* ``pd``: progressive distillation (:func:`scoresde.progressive.pd_loss`): rounds halve the DDIM step count
-  from ``config.distill.start_steps`` to ``end_steps`` (:func:`scoresde.progressive.halving_rounds`),
+* ``pd``: progressive distillation (:func:`scoresde.fewstep.progressive.pd_loss`): rounds halve the DDIM step count
+  from ``config.distill.start_steps`` to ``end_steps`` (:func:`scoresde.fewstep.progressive.halving_rounds`),
   ``config.training.n_iters / len(rounds)`` steps each. Round ``r``'s teacher is round ``r-1``'s student (its EMA);
   at a round boundary the student restarts from that teacher. The student predicts
   ``config.model.output`` (``v`` by default: a well-posed 1-step target at ``t = T``); the round-0 teacher
@@ -27,15 +28,42 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scoresde import builders, parallel, parameterization, progressive, train_state
-from scoresde import consistency as cm
+
+from scoresde import parallel, parameterization, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer
+
+from scoresde.fewstep import consistency as cm
+from scoresde.fewstep import progressive
+from scoresde.build.networks import load_model
+from scoresde.build.optim import lr_schedule
+from scoresde.build.run import as_config
+from scoresde.build.score import ScoreModel, make_score_model, sampling_eps, score_convention
+
+CONSISTENCY_METHODS = ("cd", "ct")  # config.distill.method values whose network is a consistency function
+
+
+def is_consistency_model(config) -> bool:
+    """Whether ``config`` describes a consistency model (``config.distill.method`` ∈ cd | ct)."""
+    return str(config.get("distill", {}).get("method", "") or "").lower() in CONSISTENCY_METHODS
+
+
+def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
+    """The consistency function ``f(x, t)`` of a raw ``net_fn(x, labels)`` for ``config``
+    (:func:`scoresde.fewstep.consistency.consistency_fn` with the sampling eps, ``config.distill.sigma_data`` and the
+    network's time label); the one wrapper training and sampling share."""
+    from scoresde.fewstep import consistency
+
+    return consistency.consistency_fn(net_fn, sde, sampling_eps(sde),
+                                      sigma_data=float(config.distill.get("sigma_data", 0.5)),
+                                      time_label=score_convention(config, sde)["time_label"])
+
 
 METHODS = ("cd", "ct", "pd")
 STUDENT_FILE = "student.json"
@@ -65,7 +93,7 @@ class Teacher:
     graphdef: object
     params: object
     rest: object
-    score_model: builders.ScoreModel
+    score_model: ScoreModel
     config: object
     step: int
     workdir: str
@@ -80,7 +108,7 @@ def teacher_config(config):
     finally:
         ckpt.close()
     stored = (restored or {}).get("meta", {}).get("config") or {}
-    return builders.as_config(stored) if stored else config
+    return as_config(stored) if stored else config
 
 
 def load_teacher(config) -> Teacher:
@@ -103,9 +131,9 @@ def load_teacher(config) -> Teacher:
     if int(tcfg.model.get("num_classes", 0) or 0) > 0:
         raise ValueError("distilling a class-conditional teacher is not supported; got "
                          f"model.num_classes={tcfg.model.num_classes} in {workdir}")
-    model, step = builders.load_model(workdir, tcfg, ema=True)
+    model, step = load_model(workdir, tcfg, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return Teacher(graphdef, params, rest, builders.make_score_model(tcfg), tcfg, step, workdir)
+    return Teacher(graphdef, params, rest, make_score_model(tcfg), tcfg, step, workdir)
 
 
 def check_same_architecture(student_params, teacher_params, what: str) -> None:
@@ -157,11 +185,11 @@ def make_distill_step(config, sde, graphdef, rest, tx, mesh, key, *, teacher: Te
     """The jitted ``step(state, batch) -> (state, metrics)`` of ``config.distill.method`` over the mesh."""
     method = distill_method(config)
     d = config.distill
-    eps = builders.sampling_eps(sde)
+    eps = sampling_eps(sde)
     ema_rate = float(config.model.get("ema_rate", 0.999))
     max_nonfinite = int(config.training.get("max_nonfinite", 10))
-    schedule = builders.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
-    student_model = builders.make_score_model(config)
+    schedule = lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
+    student_model = make_score_model(config)
     total = total_steps(config)
 
     def student_net(params, train, k_drop):
@@ -169,7 +197,7 @@ def make_distill_step(config, sde, graphdef, rest, tx, mesh, key, *, teacher: Te
         return lambda x, labels: model(x, labels, train=train, key=k_drop)
 
     def f_apply(params, train=False, k_drop=None):
-        return builders.student_consistency_fn(student_net(params, train, k_drop), sde, config)
+        return student_consistency_fn(student_net(params, train, k_drop), sde, config)
 
     def cd_objective(params, aux, batch, k_loss, k_drop, step):
         tnet = nnx.merge(teacher.graphdef, teacher.params, teacher.rest)
@@ -250,7 +278,7 @@ def write_student_file(config, workdir: str, *, teacher: Teacher | None) -> str:
     method = distill_method(config)
     record = {"method": method, "network": "consistency" if method in ("cd", "ct") else "score",
               "sampling": {"method": str(config.sampling.method), "steps": int(config.sampling.get("steps", 0))},
-              "model_output": builders.make_score_model(config).output,
+              "model_output": make_score_model(config).output,
               "teacher_workdir": os.path.abspath(teacher.workdir) if teacher else None,
               "teacher_step": teacher.step if teacher else None,
               "data_shape": list(data_lib.data_shape(config))}

@@ -10,7 +10,7 @@ sees exactly the batches an uninterrupted run would have seen.
 
 Dataset names (``config.data.dataset``, case-insensitive):
 
-* toy 2-D: ``gmm_grid``, ``checkerboard``, ``two_moons``, ``swiss_roll`` (:mod:`scoresde.toy`);
+* toy 2-D: ``gmm_grid``, ``checkerboard``, ``two_moons``, ``swiss_roll`` (:mod:`scoresde.data.toy`);
 * ``digits``: the 1,797 8×8 handwritten digits that scikit-learn ships (every 10th image is the test split);
 * ``npz``: ``config.data.path`` to an ``.npz`` with ``images`` (uint8 in [0, 255] or float in [0, 1],
   NHWC or NHW) and optional ``labels``; ``test_images``/``test_labels`` form the test split if present;
@@ -30,7 +30,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from scoresde import parallel, toy
+from scoresde import parallel
+from scoresde.data import toy
 from scoresde.images import to_uint8
 
 __all__ = ["get_dataset", "get_data_scaler", "get_data_inverse_scaler", "data_shape", "is_image_data",
@@ -142,7 +143,7 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None, 
 
 
 def _tfds_module():
-    """:mod:`scoresde.datasets.tfds_data`, imported only for tfds datasets (TensorFlow is heavy).
+    """:mod:`scoresde.data.tfds`, imported only for tfds datasets (TensorFlow is heavy).
 
     Raises:
         ModuleNotFoundError: TensorFlow / tensorflow-datasets are not installed, with the install hint.
@@ -154,7 +155,7 @@ def _tfds_module():
         raise ModuleNotFoundError(
             f"dataset needs {e.name}, which is not installed: pip install 'scoresde[tfds]' (tensorflow-cpu and "
             "tensorflow-datasets), or use an in-memory dataset (digits, npz, folder)", name=e.name) from e
-    from scoresde.datasets import tfds_data  # noqa: PLC0415
+    from scoresde.data import tfds as tfds_data  # noqa: PLC0415
 
     return tfds_data
 

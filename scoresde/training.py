@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
-from scoresde import builders
+from scoresde import build
 from scoresde import data as data_lib
 from scoresde import images, parallel, runlog, train_state
 
@@ -65,7 +65,7 @@ def resume(ckpt, state, tx, config, workdir: str, *, kind: str = "train"):
     """``(state, meta, config_changes)``: the newest complete checkpoint restored, its stored config checked.
 
     Every trainer resumes through here (:func:`scoresde.train_state.restore_state`, then
-    :func:`scoresde.builders.check_resume_config` with the trainer's ``kind``; a model-only import is a fresh
+    :func:`scoresde.build.check_resume_config` with the trainer's ``kind``; a model-only import is a fresh
     start and is not compared). ``meta`` is ``None`` without a checkpoint; ``config_changes`` lists the allowed
     differences (``config.training.allow_config_change``), for the trainer to record in ``metrics.jsonl``.
 
@@ -75,7 +75,7 @@ def resume(ckpt, state, tx, config, workdir: str, *, kind: str = "train"):
     state, meta = train_state.restore_state(ckpt, state, tx)
     changes = []
     if meta is not None and not meta.get("model_only", False):
-        changes = builders.check_resume_config(meta.get("config"), config, kind=kind, workdir=workdir)
+        changes = build.check_resume_config(meta.get("config"), config, kind=kind, workdir=workdir)
     return state, meta, changes
 
 
@@ -224,7 +224,7 @@ class Snapshots:
         which = config.sampling.to_json_best_effort()
         if which not in self._fns:
             sde, graphdef, rest, mesh = self._args
-            self._fns[which] = builders.make_sample_fn(config, sde, graphdef, rest, self.num, mesh)
+            self._fns[which] = build.make_sample_fn(config, sde, graphdef, rest, self.num, mesh)
         samples, _ = self._fns[which](state["ema"], jax.random.fold_in(self._key, step))
         self.latest = write_snapshot(self._config, parallel.to_host(samples), self._workdir, step, self._logger,
                                      title=f"{self._title} {step}")

@@ -146,7 +146,7 @@ def classifier_guidance(score_fn: Callable, log_prob_fn: Callable, y, scale) -> 
     Args:
         score_fn: the unconditional score ``score_fn(x, t)``.
         log_prob_fn: a noise-conditional classifier ``log_prob_fn(x, t) -> (B, num_classes)``
-            log-probabilities (e.g. :func:`scoresde.classifiers.classifier_log_prob_fn`, or the exact
+            log-probabilities (e.g. :func:`scoresde.models.classifiers.classifier_log_prob_fn`, or the exact
             :meth:`scoresde.analytic.GaussianMixture.class_log_prob`).
         y: the requested class, an int or a ``(B,)`` int array.
         scale: the guidance scale (``γ`` of the notes; 1 = the class-conditional law with an exact
@@ -377,3 +377,24 @@ def colorize(score_fn, sde, gray, key, *, method: str = "pc", init: str = "margi
     """
     return _conditional_sample(score_fn, lambda z: colorization_projection(sde, gray, noise=z), sde, key,
                                method=method, init=init, fixed_noise=fixed_noise, eps=eps, options=options)
+
+
+def classifier_inputs(sde, x, t):
+    """``(x_t / alpha(t), sigma(t) / alpha(t))``: the classifier's input and noise level (VE coordinates)."""
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    return batch_mul(1.0 / alpha, x), sigma / alpha
+
+
+def classifier_log_prob_fn(classifier, sde):
+    """``log_prob_fn(x, t) -> (B, num_classes)`` log-probabilities of a noise-conditional classifier.
+
+    Args:
+        classifier: a callable ``classifier(x_ve, noise_level) -> logits`` (e.g. from :func:`scoresde.build.get_classifier`).
+        sde: the SDE of the sampler (its ``alpha``, ``sigma`` map ``t`` to the classifier's inputs).
+    """
+
+    def log_prob_fn(x, t):
+        xv, level = classifier_inputs(sde, x, t)
+        return jax.nn.log_softmax(classifier(xv, level), axis=-1)
+
+    return log_prob_fn

@@ -1,0 +1,119 @@
+"""The config edge: the only code that turns an ``ml_collections`` config into objects.
+
+Everything below it (``sde``, ``parameterization``, ``losses``, ``sampling``, ``likelihood``, ``guidance``,
+``fewstep``, ``latent``, ``models``, ``metrics``) takes typed arguments and callables; the run modes above it
+ask it for what they need. One module per config concern:
+
+* :mod:`~scoresde.build.run`: ``load_config``, resume checks, RNG purposes (``PURPOSE``, ``purpose_key``).
+* :mod:`~scoresde.build.score`: the SDE and the network's output convention (``ScoreModel``).
+* :mod:`~scoresde.build.objectives`: the training losses (DSM, flow matching, EDM, reflow).
+* :mod:`~scoresde.build.optim`: the optimiser.
+* :mod:`~scoresde.build.networks`: networks and classifiers, also from checkpoints.
+* :mod:`~scoresde.build.sampling`: samplers, guidance and the jitted sample function.
+* :mod:`~scoresde.build.fewstep`: teachers, students and the distillation step.
+* :mod:`~scoresde.build.inverse`: inverse problems (``config.inverse``).
+* :mod:`~scoresde.build.metrics`: the FID feature extractor and reference statistics.
+* :mod:`~scoresde.build.latent`: the autoencoder and the latent space of a latent model.
+
+Every public name is also importable from ``scoresde.build`` itself.
+"""
+
+from scoresde.build.run import (  # noqa: F401
+    load_config,
+    as_config,
+    ConfigMismatchError,
+    RESUME_SAFE_FIELDS,
+    RESUME_COMPARED_FIELDS,
+    config_differences,
+    check_resume_config,
+    PURPOSE,
+    purpose_key,
+    root_key,
+)
+from scoresde.build.score import (  # noqa: F401
+    make_sde,
+    sampling_eps,
+    score_convention,
+    ScoreModel,
+    make_score_model,
+    make_score_fn,
+    class_labels,
+    OBJECTIVES,
+    OBJECTIVE_CONVENTIONS,
+    OBJECTIVE_PROCESS,
+    training_objective,
+)
+from scoresde.build.objectives import (  # noqa: F401
+    make_loss_fn,
+    velocity_fn_of,
+    objective_loss_fn,
+    reflow_loss_fn,
+    reflow_sampler_options,
+    check_drift_finite_at_T,
+    cfg_with_denoiser,
+)
+from scoresde.build.optim import (  # noqa: F401
+    lr_schedule,
+    make_optimizer,
+    optimizer_settings,
+    optimizer_from_config,
+)
+from scoresde.build.networks import (  # noqa: F401
+    get_model,
+    build_model,
+    abstract_model,
+    load_model,
+    load_ema,
+    get_classifier,
+    classifier_dir,
+    load_classifier,
+)
+from scoresde.build.sampling import (  # noqa: F401
+    GUIDANCE,
+    sampling_options,
+    parallel_settings,
+    sampler_from_config,
+    sampler_description,
+    sample_class_labels,
+    guided_score_fn,
+    make_sample_fn,
+)
+from scoresde.build.fewstep import (  # noqa: F401
+    CONSISTENCY_METHODS,
+    is_consistency_model,
+    student_consistency_fn,
+    METHODS,
+    STUDENT_FILE,
+    distill_method,
+    Teacher,
+    teacher_config,
+    load_teacher,
+    check_same_architecture,
+    pd_rounds,
+    iters_per_round,
+    total_steps,
+    round_of_step,
+    init_distill_state,
+    make_distill_step,
+    write_student_file,
+    read_student_file,
+)
+from scoresde.build.inverse import (  # noqa: F401
+    INVERSE_OPERATORS,
+    inverse_operator_name,
+    operator_from_config,
+    posterior_settings,
+    make_restore_fn,
+)
+from scoresde.build.metrics import (  # noqa: F401
+    get_feature_fn,
+    reference_stats_path,
+)
+from scoresde.build.latent import (  # noqa: F401
+    get_autoencoder,
+    make_autoencoder_trainee,
+    is_latent,
+    model_data_shape,
+    load_latent_space,
+    batch_transform,
+)

@@ -1,0 +1,114 @@
+"""Latent diffusion from ``config.autoencoder`` / ``config.latent``: the autoencoder, its record, the latent space.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import ml_collections
+from flax import nnx
+
+
+from scoresde import parallel
+from scoresde import data as data_lib
+from scoresde.latent.space import (LatentSpace, autoencoder_record_path,
+                                   read_autoencoder_record)
+from scoresde.models.autoencoder import AutoencoderTrainee
+from scoresde.checkpointing import restore_params
+
+
+
+# Latent diffusion (issue 15). ``config.autoencoder`` builds the KL autoencoder that --mode=train_autoencoder
+# trains in its own workdir; that run ends by writing AUTOENCODER_RECORD (scale factor, decoder std, the
+# checkpoint step they belong to, shapes, the autoencoder section). ``config.latent.autoencoder_workdir``
+# then turns any training config into a latent one: the score model's data shape is the latent shape
+# (:func:`model_data_shape`), every training batch is encoded on the device inside the jitted step
+# (:func:`batch_transform`), and :func:`make_sample_fn` decodes samples to images in [0, 1].
+
+
+
+def get_autoencoder(section, image_shape, *, rngs: nnx.Rngs):
+    """The :class:`~scoresde.models.autoencoder.AutoencoderKL` of a ``config.autoencoder`` section for ``(H, W, C)`` images."""
+    from scoresde.models.autoencoder import AutoencoderKL  # noqa: PLC0415
+
+    ch_mult = tuple(section.get("ch_mult", ()) or ()) or None
+    return AutoencoderKL(in_channels=int(image_shape[-1]), latent_channels=int(section.latent_channels),
+                         downsample_factor=int(section.f), base_width=int(section.get("base_width", 64)),
+                         num_res_blocks=int(section.get("num_res_blocks", 2)), ch_mult=ch_mult, rngs=rngs)
+
+
+def make_autoencoder_trainee(section, image_shape, *, rngs: nnx.Rngs) -> AutoencoderTrainee:
+    """What ``--mode=train_autoencoder`` trains: the autoencoder and, if ``section.discriminator``, its critic."""
+    from scoresde.models.autoencoder import PatchDiscriminator  # noqa: PLC0415
+
+    disc = (PatchDiscriminator(int(image_shape[-1]), base_width=int(section.get("disc_width", 64)),
+                               num_layers=int(section.get("disc_layers", 3)), rngs=rngs)
+            if bool(section.get("discriminator", False)) else None)
+    return AutoencoderTrainee(get_autoencoder(section, image_shape, rngs=rngs), disc)
+
+
+def is_latent(config) -> bool:
+    """Whether ``config`` is a latent model (``config.latent.autoencoder_workdir`` is set)."""
+    section = config.get("latent", None)
+    return bool(section is not None and section.get("autoencoder_workdir", ""))
+
+
+def _checked_record(config) -> dict:
+    record = read_autoencoder_record(str(config.latent.autoencoder_workdir))
+    shape, centered = list(data_lib.data_shape(config)), bool(config.data.get("centered", False))
+    if list(record["image_shape"]) != shape or bool(record["centered"]) != centered:
+        raise ValueError(f"the autoencoder in {config.latent.autoencoder_workdir!r} was trained on images of shape "
+                         f"{record['image_shape']} (centered={record['centered']}); this config's data are "
+                         f"{shape} (centered={centered}): set config.data to match")
+    return record
+
+
+def model_data_shape(config) -> tuple[int, ...]:
+    """The shape the score model sees: the latent shape of a latent config, else :func:`scoresde.data.data_shape`."""
+    if is_latent(config):
+        return tuple(int(s) for s in _checked_record(config)["latent_shape"])
+    return data_lib.data_shape(config)
+
+
+_LATENT_CACHE: dict = {}
+
+
+def load_latent_space(config, mesh=None) -> LatentSpace:
+    """The frozen autoencoder of ``config.latent.autoencoder_workdir`` (EMA weights of its recorded step).
+
+    Raises:
+        FileNotFoundError: no record or no checkpoint in the autoencoder's workdir.
+        ValueError: the record belongs to another checkpoint than the newest, or the data do not match.
+    """
+    workdir = os.path.abspath(str(config.latent.autoencoder_workdir))
+    record = _checked_record(config)
+    mesh = mesh or parallel.make_mesh()
+    cache_key = (workdir, record["step"], record["scale_factor"], tuple(d.id for d in mesh.devices.flat))
+    if cache_key not in _LATENT_CACHE:
+        section = ml_collections.ConfigDict(record["autoencoder"])
+        shape = tuple(record["image_shape"])
+        model = nnx.eval_shape(lambda: make_autoencoder_trainee(section, shape, rngs=nnx.Rngs(0)))
+        model, step = restore_params(workdir, model, ema=True, what="autoencoder")
+        if step != int(record["step"]):
+            raise ValueError(f"{autoencoder_record_path(workdir)} belongs to step {record['step']} but the newest "
+                             f"checkpoint is step {step}; rerun --mode=train_autoencoder there to finish the run")
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        _LATENT_CACHE.clear()  # one autoencoder at a time
+        _LATENT_CACHE[cache_key] = (graphdef, parallel.replicate(mesh, params), rest)
+    graphdef, params, rest = _LATENT_CACHE[cache_key]
+    return LatentSpace(graphdef, params, rest, float(record["scale_factor"]), float(record["decoder_std"]),
+                       int(record["step"]), tuple(record["image_shape"]), tuple(record["latent_shape"]),
+                       bool(config.latent.get("use_posterior_mean", True)))
+
+
+def batch_transform(config, mesh=None) -> Callable:
+    """``fn(batch, key) -> batch`` applied inside the jitted train / eval step.
+
+    For a latent config it replaces ``batch["image"]`` by its scaled latents (posterior mean, or a draw with
+    ``key`` when ``config.latent.use_posterior_mean`` is off); otherwise it is the identity.
+    """
+    if not is_latent(config):
+        return lambda batch, key: batch
+    space = load_latent_space(config, mesh)
+    return lambda batch, key: {**batch, "image": space.encode(batch["image"], key)}

@@ -1,0 +1,184 @@
+"""Networks and classifiers from their config sections, and from a workdir's checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+from scoresde import parallel
+from scoresde.models import classifiers
+from scoresde.checkpointing import restore_params
+
+
+from scoresde.build.latent import is_latent, model_data_shape
+from scoresde.build.run import as_config
+
+def _mlp(config, rngs):
+    from scoresde.models.mlp import MLPScore
+
+    m = config.model
+    return MLPScore(math.prod(model_data_shape(config)), hidden=m.get("hidden", 128), num_layers=m.get("num_layers", 3),
+                    embed_dim=m.get("embed_dim", 64), num_classes=m.get("num_classes", 0), rngs=rngs)
+
+
+def _unet_common(config) -> dict:
+    """Keyword arguments shared by the image U-Nets, read from the reference's config fields."""
+    m, d = config.model, config.data
+    size, _, channels = model_data_shape(config)  # a latent model works on the autoencoder's latent grid
+    sigma_range = None
+    if m.get("scale_by_sigma", False):
+        sigma_range = (m.get("sigma_min", 0.01), m.get("sigma_max", 50.0), m.get("num_scales", 1000))
+    return dict(
+        image_size=size, num_channels=channels, centered=d.get("centered", False) or is_latent(config),
+        nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+        attn_resolutions=tuple(m.attn_resolutions), dropout=m.get("dropout", 0.1),
+        resamp_with_conv=m.get("resamp_with_conv", True), conditional=m.get("conditional", True),
+        scale_by_sigma=m.get("scale_by_sigma", False), sigma_range=sigma_range,
+        nonlinearity=m.get("nonlinearity", "swish"), num_classes=m.get("num_classes", 0),
+        dtype=m.get("dtype", "float32"), remat=bool(m.get("remat", False)))
+
+
+def _ncsnpp(config, rngs):
+    from scoresde.models.ncsnpp import NCSNpp
+
+    m = config.model
+    embedding_type = m.get("embedding_type", "fourier").lower()
+    training = config.get("training", None)
+    if embedding_type == "fourier" and training is not None and not training.get("continuous", True):
+        raise ValueError("embedding_type='fourier' is only used with continuous training "
+                         "(config.training.continuous=True), as in the reference")
+    return NCSNpp(
+        **_unet_common(config), fir=m.get("fir", False), fir_kernel=tuple(m.get("fir_kernel", (1, 3, 3, 1))),
+        skip_rescale=m.get("skip_rescale", True), resblock_type=m.get("resblock_type", "biggan"),
+        progressive=m.get("progressive", "none"), progressive_input=m.get("progressive_input", "none"),
+        progressive_combine=m.get("progressive_combine", "sum"), embedding_type=embedding_type,
+        fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.get("init_scale", 0.0), rngs=rngs)
+
+
+def _ddpm(config, rngs):
+    from scoresde.models.ddpm import DDPM
+
+    return DDPM(**_unet_common(config), rngs=rngs)
+
+
+def get_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The network named by ``config.model.name`` (``mlp``, ``ncsnpp``/``ddpmpp``, ``ddpm``).
+
+    Raises:
+        ValueError: for an unknown model name.
+    """
+    builders = {"mlp": _mlp, "ncsnpp": _ncsnpp, "ddpmpp": _ncsnpp, "ddpm": _ddpm}
+    name = config.model.name
+    if name not in builders:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(builders))}")
+    return builders[name](config, rngs)
+
+
+def build_model(config, *, seed: int):
+    """The network of ``config.model``, checked on one example of the data's shape.
+
+    Raises:
+        ValueError: if the network cannot take the configured data shape.
+    """
+    model = get_model(config, rngs=nnx.Rngs(seed))
+    shape = (1,) + model_data_shape(config)
+    try:
+        out = jax.eval_shape(lambda x, t: model(x, t), jax.ShapeDtypeStruct(shape, jnp.float32),
+                             jax.ShapeDtypeStruct((1,), jnp.float32))
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"model {config.model.name!r} cannot take data of shape {shape[1:]} "
+                         f"(config.data.image_size={config.data.get('image_size')}): {type(e).__name__}: {e}") from e
+    if out.shape != shape:
+        raise ValueError(f"model {config.model.name!r} maps data of shape {shape[1:]} to {out.shape[1:]}; "
+                         f"check config.data.image_size / num_channels")
+    return model
+
+
+def abstract_model(config) -> nnx.Module:
+    """The network of ``config`` with shape-only parameters (nothing is initialised or allocated)."""
+    return nnx.eval_shape(lambda: get_model(as_config(config), rngs=nnx.Rngs(0)))
+
+
+def load_model(workdir: str, config, *, ema: bool = True):
+    """The network of ``config`` with the newest valid checkpoint of ``workdir`` (EMA weights by default).
+
+    Returns:
+        ``(model, step)``.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``workdir``.
+        CorruptCheckpointError: checkpoints exist but none loads.
+    """
+    seed = int(config.get("seed", 0))
+    # Shapes only: initialising a U-Net eagerly costs tens of seconds on a CPU, and every parameter is
+    # overwritten by the checkpoint anyway.
+    model = nnx.eval_shape(lambda: get_model(config, rngs=nnx.Rngs(seed)))
+    if jax.tree_util.tree_leaves(nnx.state(model, nnx.Not(nnx.Param))):
+        model = get_model(config, rngs=nnx.Rngs(seed))  # non-parameter state a checkpoint does not hold
+    return restore_params(workdir, model, ema=ema, what="model")
+
+
+def load_ema(config, workdir: str, mesh):
+    """``(graphdef, ema params replicated over mesh, rest, step)`` of ``workdir``'s newest checkpoint."""
+    model, step = load_model(workdir, config, ema=True)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, parallel.replicate(mesh, params), rest, step
+
+
+def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The classifier of ``config.classifier`` (``name`` ∈ wrn | mlp) for the score model's state (pixels or latents).
+
+    Reads ``config.classifier``: ``name``, ``num_classes`` (default ``config.model.num_classes``) and,
+    for ``wrn``, ``depth`` [28], ``width`` [10], ``embed_size`` [128], ``fourier_scale`` [16]; for
+    ``mlp``, ``hidden`` [128], ``num_layers`` [3], ``embed_size`` [32], ``fourier_scale`` [4].
+
+    Raises:
+        ValueError: for an unknown name or a missing class count.
+    """
+    c = config.classifier
+    num_classes = int(c.get("num_classes", 0) or config.model.get("num_classes", 0))
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs config.classifier.num_classes >= 2; got {num_classes}")
+    shape = model_data_shape(config)  # a latent model's classifier reads latents, as its sampler's state is
+
+    def wrn():
+        if len(shape) != 3:
+            raise ValueError(f"classifier 'wrn' needs image data (H, W, C); got data shape {shape}")
+        return classifiers.WideResNet(num_classes, in_channels=shape[-1], depth=int(c.get("depth", 28)),
+                                      width=int(c.get("width", 10)), embed_size=int(c.get("embed_size", 128)),
+                                      fourier_scale=float(c.get("fourier_scale", 16.0)), rngs=rngs)
+
+    def mlp():
+        return classifiers.MLPClassifier(math.prod(shape), num_classes, hidden=int(c.get("hidden", 128)),
+                                         num_layers=int(c.get("num_layers", 3)), embed_size=int(c.get("embed_size", 32)),
+                                         fourier_scale=float(c.get("fourier_scale", 4.0)), rngs=rngs)
+
+    factories = {"wrn": wrn, "mlp": mlp}
+    name = str(c.name).lower()
+    if name not in factories:
+        raise ValueError(f"unknown classifier {c.name!r}; expected one of: {', '.join(factories)}")
+    return factories[name]()
+
+
+def classifier_dir(workdir: str) -> str:
+    """Where the classifier of a run lives: ``workdir/classifier``."""
+    return os.path.join(workdir, "classifier")
+
+
+def load_classifier(workdir: str, config, *, ema: bool = True):
+    """The classifier of ``config`` with the newest checkpoint of ``workdir/classifier``.
+
+    Returns:
+        ``(classifier, step)``.
+
+    Raises:
+        FileNotFoundError: no classifier checkpoint (train one with ``--mode=train_classifier``).
+    """
+    model = get_classifier(config, rngs=nnx.Rngs(int(config.get("seed", 0))))
+    return restore_params(classifier_dir(workdir), model, ema=ema, what="classifier")

@@ -1,0 +1,164 @@
+"""Training losses from ``config.training``: DSM, flow matching, EDM, reflow; reflow's coupling sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+
+from scoresde import guidance, losses, parameterization, sampling
+from scoresde.fewstep import reflow
+from scoresde import sde as sde_lib
+
+
+from scoresde.build.score import ScoreModel, OBJECTIVE_PROCESS, score_convention, training_objective
+
+def make_loss_fn(config, sde):
+    """``loss_fn(net_fn, x, key) -> (loss, aux)`` for the config's objective.
+
+    Raises:
+        ValueError: a discrete objective for an SDE that has none.
+    """
+    t = config.training
+    reduce_mean = bool(t.get("reduce_mean", True))
+    if str(t.get("objective", "dsm")).lower() == "ct":
+        raise ValueError("config.training.objective='ct' (consistency training) runs with --mode=distill "
+                         "(config.distill.method='ct'); see configs/digits_ct.py")
+    if training_objective(config) not in ("dsm", "ct"):
+        return objective_loss_fn(config, sde)
+    if t.continuous:
+        conv = score_convention(config, sde)
+        importance = bool(t.get("importance_sampling", False))
+        t_sampler = losses.likelihood_importance_sampler(sde) if importance else None
+        weighting = bool(t.get("likelihood_weighting", False))
+
+        def loss_fn(net_fn, x, key):
+            score_fn = parameterization.model_score_fn(net_fn, sde, **conv)
+            return losses.continuous_dsm_loss(score_fn, sde, x, key, reduce_mean=reduce_mean,
+                                              likelihood_weighting=weighting, importance_sampling=importance,
+                                              t_sampler=t_sampler)
+        return loss_fn
+    if isinstance(sde, sde_lib.VESDE):
+        return lambda net_fn, x, key: losses.smld_loss(net_fn, sde, x, key, reduce_mean=reduce_mean)
+    if type(sde) is sde_lib.VPSDE:
+        return lambda net_fn, x, key: losses.ddpm_loss(net_fn, sde, x, key, reduce_mean=reduce_mean)
+    raise ValueError(f"discrete training (continuous=False) supports vpsde and vesde; got {config.training.sde!r}")
+
+
+def _check_objective_sde(config, sde) -> str:
+    objective = training_objective(config)
+    if objective in OBJECTIVE_PROCESS:
+        kind, name = OBJECTIVE_PROCESS[objective]
+        if not isinstance(sde, kind):
+            raise ValueError(f"config.training.objective={objective!r} is defined on the {name} process; got "
+                             f"config.training.sde={config.training.sde!r} (set config.training.sde={name!r})")
+    return objective
+
+
+def velocity_fn_of(net_fn: Callable, sde, time_label: str = "t") -> Callable:
+    """``velocity_fn(x, t)`` of a network ``net_fn(x, labels)`` trained in the ``flow_velocity`` convention."""
+    return lambda x, t: net_fn(x, parameterization.time_labels(sde, t, time_label))
+
+
+def objective_loss_fn(config, sde):
+    """``loss_fn(net_fn, x, key) -> (loss, aux)`` of a non-DSM objective (``flow_matching`` or ``edm``).
+
+    Reads ``config.training``: ``time_sampling``, ``logit_mean``, ``logit_std`` (flow matching),
+    ``p_mean``, ``p_std`` (EDM), ``reduce_mean``; and ``config.model.sigma_data`` (EDM).
+
+    Raises:
+        ValueError: an unknown objective, or one used on a process it is not defined on.
+    """
+    t = config.training
+    objective = _check_objective_sde(config, sde)
+    reduce_mean = bool(t.get("reduce_mean", True))
+    conv = score_convention(config, sde)
+    if objective == "flow_matching":
+        time_sampling = str(t.get("time_sampling", "uniform")).lower()
+        if time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"unknown config.training.time_sampling {t.time_sampling!r}; expected one of: "
+                             f"uniform, logit_normal")
+        kw = dict(time_sampling=time_sampling, logit_mean=float(t.get("logit_mean", 0.0)),
+                  logit_std=float(t.get("logit_std", 1.0)), reduce_mean=reduce_mean)
+
+        def fm_loss(net_fn, x, key):
+            return losses.flow_matching_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), x, key, **kw)
+        return fm_loss
+    if objective == "edm":
+        sigma_data = float(config.model.get("sigma_data", 0.5))
+        kw = dict(sigma_data=sigma_data, p_mean=float(t.get("p_mean", -1.2)), p_std=float(t.get("p_std", 1.2)),
+                  reduce_mean=reduce_mean)
+
+        def edm_loss(net_fn, x, key):
+            denoiser = parameterization.model_denoiser(net_fn, sde, sigma_data=sigma_data, **conv)
+            return losses.edm_loss(denoiser, x, key, **kw)
+        return edm_loss
+    raise ValueError(f"objective_loss_fn handles flow_matching and edm; got {objective!r} (dsm: make_loss_fn)")
+
+
+def reflow_loss_fn(config, sde):
+    """``loss_fn(net_fn, samples, noise, key) -> (loss, aux)``: flow matching on fixed reflow couplings.
+
+    Raises:
+        ValueError: the config does not train a flow (``objective`` must be ``flow_matching``).
+    """
+    if training_objective(config) != "flow_matching":
+        raise ValueError(f"reflow trains a rectified flow: needs config.training.objective='flow_matching'; "
+                         f"got {config.training.objective!r}")
+    _check_objective_sde(config, sde)
+    t = config.training
+    conv = score_convention(config, sde)
+    kw = dict(time_sampling=str(t.get("time_sampling", "uniform")).lower(), logit_mean=float(t.get("logit_mean", 0.0)),
+              logit_std=float(t.get("logit_std", 1.0)), reduce_mean=bool(t.get("reduce_mean", True)))
+
+    def loss_fn(net_fn, samples, noise, key):
+        return reflow.reflow_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), noise, samples, key, **kw)
+    return loss_fn
+
+
+def reflow_sampler_options(config) -> tuple[str, dict]:
+    """``(method, options)`` of the deterministic sampler that makes reflow couplings (``config.reflow``).
+
+    Raises:
+        ValueError: an unknown or stochastic method, or a bad option.
+    """
+    r = config.reflow
+    method = str(r.get("method", "dpm_solver++")).lower()
+    options = {"steps": int(r.get("steps", 20))}
+    if int(r.get("order", 0) or 0) > 0:
+        options["order"] = int(r.order)
+    if method in ("pc", "euler_ancestral", "dpm_solver++_sde", "consistency"):
+        raise ValueError(f"config.reflow.method={method!r} is stochastic or not a flow map; reflow couplings need a "
+                         f"deterministic sampler (dpm_solver++, unipc, deis, ddim, dpm_solver, edm_heun, ode)")
+    if method == "ode":
+        options.pop("steps")
+    sampling.check_options(method, options)
+    return method, options
+
+
+def check_drift_finite_at_T(sde, what: str) -> None:
+    """Raises a clear error where ``what`` integrates the SDE's drift from ``T`` and ``alpha(T) = 0``.
+
+    Raises:
+        ValueError: the process is rectified flow at ``T = 1`` (set ``config.model.rf_T`` below 1).
+    """
+    if sampling.alpha_vanishes_at_T(sde):
+        raise ValueError(f"{what} integrates the probability-flow drift from T={sde.T}, infinite where alpha(T) = 0 "
+                         f"({type(sde).__name__}); set config.model.rf_T below 1, e.g. --config.model.rf_T=0.999")
+
+
+def cfg_with_denoiser(guided, score_model: ScoreModel, model, y, scale, null_label: int):
+    """``guided`` (a classifier-free-guided score) paired with the same guidance on the denoiser.
+
+    The guided denoiser ``(1 + w) D(x, y) - w D(x, ∅)`` is what samplers need where ``alpha(T) = 0``
+    (rectified flow at ``T = 1``): there the score alone does not determine ``E[x_0 | x_T]``. Elsewhere the
+    guided score is returned unchanged (its samplers use Tweedie's formula as before).
+    """
+    if not sampling.alpha_vanishes_at_T(score_model.sde):
+        return guided
+
+    def cond_denoiser(x, t, labels):
+        return score_model.score_fn(model, y=labels).denoiser(x, t)
+
+    return parameterization.with_denoiser(guided, guidance.classifier_free_guidance(cond_denoiser, y, scale, null_label))

@@ -1,0 +1,51 @@
+"""The optimiser from ``config.optim`` (or any section with the same fields).
+"""
+
+from __future__ import annotations
+
+
+import jax.numpy as jnp
+import optax
+
+
+
+
+
+
+def lr_schedule(lr: float, warmup: int = 0):
+    """``count -> lr`` with a linear warm-up over ``warmup`` updates."""
+    if warmup > 0:
+        return lambda count: lr * jnp.minimum(count / warmup, 1.0)
+    return lambda count: lr * jnp.ones_like(count, dtype=jnp.float32)
+
+
+def make_optimizer(*, lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: float = 0.9,
+                   beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """Adam with linear warm-up and global-norm clipping (skipped if ``grad_clip < 0``), as the reference."""
+    parts = []
+    if grad_clip >= 0:
+        parts.append(optax.clip_by_global_norm(grad_clip))
+    parts.append(optax.scale_by_adam(b1=beta1, b2=beta2, eps=eps))
+    if weight_decay > 0:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.scale_by_learning_rate(lr_schedule(lr, warmup)))
+    return optax.chain(*parts)
+
+
+def optimizer_settings(section, *, grad_clip: float = -1.0, lr: float | None = None) -> dict:
+    """The typed arguments of :func:`make_optimizer` from a config section (``config.optim`` or ``config.classifier``).
+
+    Raises:
+        ValueError: an optimizer other than Adam.
+    """
+    if str(section.get("optimizer", "Adam")).lower() != "adam":
+        raise ValueError(f"unknown optimizer {section.get('optimizer')!r}; expected 'Adam'")
+    return dict(lr=float(section.get("lr", lr) if lr is not None else section.lr), warmup=int(section.get("warmup", 0)),
+                grad_clip=float(section.get("grad_clip", grad_clip)), beta1=float(section.get("beta1", 0.9)),
+                beta2=float(section.get("beta2", 0.999)), eps=float(section.get("eps", 1e-8)),
+                weight_decay=float(section.get("weight_decay", 0.0)))
+
+
+def optimizer_from_config(config) -> optax.GradientTransformation:
+    """:func:`make_optimizer` of ``config.optim``."""
+    return make_optimizer(**optimizer_settings(config.optim))

@@ -1,0 +1,233 @@
+"""Samplers from ``config.sampling``: method and options, guidance, ParaDiGMS, the jitted sample function.
+"""
+
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+from scoresde import guidance, parallel, sampling
+from scoresde.models import classifiers
+from scoresde import data as data_lib
+
+
+from scoresde.build.fewstep import is_consistency_model, student_consistency_fn
+from scoresde.build.latent import is_latent, load_latent_space, model_data_shape
+from scoresde.build.objectives import cfg_with_denoiser
+from scoresde.build.score import ScoreModel, make_score_fn, sampling_eps, score_convention
+
+GUIDANCE = ("none", "cfg", "classifier")
+
+# config.sampling names of the options of scoresde.sampling.sample that the configs carry
+_PC_NAMES = {"predictor": "predictor", "corrector": "corrector", "snr": "snr", "n_steps_each": "n_steps",
+             "probability_flow": "probability_flow"}
+
+
+def sampling_options(config) -> tuple[str, dict]:
+    """``(method, options)`` of :func:`scoresde.sampling.sample` from ``config.sampling``.
+
+    Reads the reference's names (``method``, ``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
+    ``noise_removal``, ``probability_flow``) and, where set, every option of the method (``steps``,
+    ``order``, ``eta``, ``solver``, ``rtol``, ``atol``, ``grid``, ``S_*``, ``rho``, ...). ``noise_removal``
+    is the ``denoise`` option. Typed placeholders ``""`` / ``0`` mean "this method's default".
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    cfg = config.sampling
+    method = str(cfg.method).lower()
+    defaults = sampling.method_options(method)
+    options = {}
+    if "denoise" in defaults and method != "consistency":  # a consistency function returns x_eps itself
+        options["denoise"] = bool(cfg.get("noise_removal", defaults["denoise"]))
+    if method == "pc":
+        options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),
+                       corrector=cfg.get("corrector", "none").lower(), snr=cfg.get("snr", 0.16),
+                       n_steps=cfg.get("n_steps_each", 1), probability_flow=cfg.get("probability_flow", False))
+    for name in defaults:
+        if name in options or name in _PC_NAMES.values() or name == "project_fn":
+            continue
+        value = cfg.get(name, None)
+        if value is None or (isinstance(value, (str, tuple, list)) and not value) or \
+                (name in ("steps", "order") and value == 0) or (name == "eta" and value < 0):
+            continue
+        if name == "times":
+            value = tuple(float(v) for v in value)
+        options[name] = value.lower() if isinstance(value, str) else value
+    sampling.check_options(method, options)
+    return method, options
+
+
+def parallel_settings(config) -> tuple[int, float] | None:
+    """``(window, tol)`` of ParaDiGMS from ``config.sampling.parallel_window`` / ``parallel_tol``; ``None`` when off.
+
+    ``parallel_window = 0`` (the default) is the sequential sampler. ParaDiGMS runs the ``ddim`` sampler
+    (``eta`` as configured; ``eta = 1`` is DDPM ancestral) with :func:`scoresde.sampling.parallel_sample`.
+
+    Raises:
+        ValueError: a negative window or tolerance, or a window with a method other than ``ddim``.
+    """
+    cfg = config.sampling
+    window = int(cfg.get("parallel_window", 0) or 0)
+    tol = float(cfg.get("parallel_tol", 1e-3))
+    if window < 0 or tol < 0:
+        raise ValueError(f"config.sampling.parallel_window={window} / parallel_tol={tol} must be >= 0 "
+                         "(window 0 = the sequential sampler)")
+    if window == 0:
+        return None
+    if str(cfg.method).lower() != "ddim":
+        raise ValueError(f"config.sampling.parallel_window={window} (ParaDiGMS) needs config.sampling.method='ddim'; "
+                         f"got {cfg.method!r}")
+    return window, tol
+
+
+def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None, *, with_rounds: bool = False,
+                        sharding=None):
+    """``sampler(key, score_fn, x_init=None) -> (samples, nfe)`` for ``config.sampling`` (see :func:`sampling_options`).
+
+    With ``config.sampling.parallel_window > 0`` (:func:`parallel_settings`) the ``ddim`` sampler runs as
+    ParaDiGMS (:func:`scoresde.sampling.parallel_sample`) from the same prior draw and noise as
+    :func:`scoresde.sampling.sample`; ``noise_removal`` adds the same final Tweedie step (1 NFE, 1 round).
+
+    Args:
+        config: a config with a ``sampling`` section.
+        sde: the SDE.
+        shape: the batch shape ``(B, ...)``.
+        inverse_scaler: applied to the samples (e.g. ``[-1, 1] -> [0, 1]``); identity if ``None``.
+        eps: the final time; :func:`scoresde.sampling.default_eps` if ``None``.
+        with_rounds: return ``(samples, nfe, rounds)``: the sequential rounds of network evaluation
+            (ParaDiGMS's Picard rounds; ``= nfe`` for the sequential samplers, whose every call waits on the last).
+        sharding: a sharding for the prior draw (e.g. the batch over a ``('data',)`` mesh), so the
+            ParaDiGMS window's ``W · B`` rows spread over the devices.
+    """
+    method, options = sampling_options(config)
+    inverse_scaler = inverse_scaler if inverse_scaler is not None else (lambda x: x)
+    paradigms = parallel_settings(config)
+    if sharding is not None:
+        options = {**options, "sharding": sharding}
+
+    def sequential(key, score_fn, x_init):
+        samples, nfe = sampling.sample(score_fn, sde, shape, key, method=method, x_init=x_init, eps=eps, **options)
+        return samples, nfe, nfe
+
+    def picard(key, score_fn, x_init):
+        window, tol = paradigms
+        t_end = sampling_eps(sde) if eps is None else eps
+        if x_init is None:  # the draw sample() makes from this key
+            x_init = sde.prior_sampling(jax.random.split(key)[0], shape)
+            if sharding is not None:
+                x_init = jax.lax.with_sharding_constraint(x_init, sharding)
+        opts = {k: v for k, v in options.items() if k in ("steps", "eta", "grid")}
+        samples, nfe, rounds = sampling.parallel_sample(score_fn, sde, shape, key, method="ddim", window=window,
+                                                        tol=tol, x_init=x_init, eps=t_end, **opts)
+        if options.get("denoise", False):
+            samples, nfe = sampling.grids.denoiser_call(score_fn, sde, samples, t_end, nfe)
+            rounds = rounds + 1
+        return samples, nfe, rounds
+
+    def sampler(key, score_fn, x_init=None):
+        samples, nfe, rounds = (picard if paradigms else sequential)(key, score_fn, x_init)
+        return (inverse_scaler(samples), nfe, rounds) if with_rounds else (inverse_scaler(samples), nfe)
+
+    return sampler
+
+
+def sampler_description(config) -> dict:
+    """The sampler settings reported with every number (``config.sampling`` as a plain dict)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.sampling.items()}
+
+
+def sample_class_labels(config, batch: int) -> jax.Array:
+    """The ``(batch,)`` classes to sample: ``config.sampling.class_label``, or, if it is negative, every
+    class in turn in contiguous blocks (``y_i = i K // batch``), so a square grid shows one class per row."""
+    k = int(config.model.get("num_classes", 0) or config.get("classifier", {}).get("num_classes", 0) or 0)
+    label = int(config.sampling.get("class_label", -1))
+    if k <= 0:
+        raise ValueError("class-guided sampling needs config.model.num_classes > 0 (or config.classifier.num_classes)")
+    if label >= k:
+        raise ValueError(f"config.sampling.class_label={label} is not a class of this model (0..{k - 1}, or -1 for all)")
+    if label >= 0:
+        return jnp.full((batch,), label, jnp.int32)
+    return (jnp.arange(batch) * k // batch).astype(jnp.int32)
+
+
+def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=None):
+    """The sample mode's score: ``config.sampling.guidance`` ∈ none | cfg | classifier applied to ``model``.
+
+    Args:
+        config: the run config (``sampling.guidance``, ``sampling.class_label``, ``sampling.guidance_scale``).
+        model: the score network (class-conditional for ``cfg``, null label ``num_classes``).
+        sde: the SDE.
+        batch: the batch size (for the labels).
+        classifier: the noise-conditional classifier for ``classifier`` guidance (see :func:`load_classifier`).
+        scale: the guidance scale, possibly a traced array (``w`` for cfg, ``scale`` for the classifier);
+            ``config.sampling.guidance_scale`` if ``None``.
+
+    Raises:
+        ValueError: unknown guidance, or classifier guidance without a classifier.
+    """
+    kind = str(config.sampling.get("guidance", "none")).lower()
+    if kind not in GUIDANCE:
+        raise ValueError(f"unknown config.sampling.guidance {kind!r}; expected one of: {', '.join(GUIDANCE)}")
+    score_model = ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.get("sigma_data", 0.5)))
+    if kind == "none":
+        return score_model.score_fn(model)
+    scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
+    y = sample_class_labels(config, batch)
+    if kind == "cfg":
+        def cond_score_fn(x, t, labels):
+            return score_model.score_fn(model, y=labels)(x, t)
+
+        guided = guidance.classifier_free_guidance(cond_score_fn, y, scale, int(config.model.num_classes))
+        return cfg_with_denoiser(guided, score_model, model, y, scale, int(config.model.num_classes))
+    if classifier is None:
+        raise ValueError("config.sampling.guidance='classifier' needs a trained classifier in workdir/classifier "
+                         "(--mode=train_classifier)")
+    if sampling.alpha_vanishes_at_T(sde):
+        raise ValueError(f"classifier guidance needs the score at T, undefined where alpha(T) = 0 "
+                         f"({type(sde).__name__}(T={sde.T})); set config.model.rf_T < 1 (e.g. 0.999) or use cfg")
+    return guidance.classifier_guidance(score_model.score_fn(model), classifiers.classifier_log_prob_fn(classifier, sde),
+                                        y, scale)
+
+
+
+def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None, *,
+                   with_rounds: bool = False):
+    """A jitted ``fn(params, key, guidance_scale=None) -> (samples in data space [0, 1], nfe)``, sharded over the mesh.
+
+    ``config.sampling.guidance`` (none | cfg | classifier, :func:`guided_score_fn`) guides the samples;
+    ``guidance_scale`` overrides ``config.sampling.guidance_scale`` as a traced value. Classifier
+    guidance needs ``classifier``; without one (snapshots during training) sampling is unguided.
+    ``with_rounds``: ``fn`` returns ``(samples, nfe, rounds)`` (see :func:`sampler_from_config`).
+    """
+    shape = (num_samples,) + model_data_shape(config)
+    mesh = mesh or parallel.make_mesh()
+    inverse_scaler = data_lib.get_data_inverse_scaler(config)
+    if is_latent(config):  # latent samples are decoded to images in [0, 1]
+        space, to_unit = load_latent_space(config, mesh), inverse_scaler
+        inverse_scaler = lambda z: to_unit(space.decode(z))  # noqa: E731
+    # ParaDiGMS batches W steps into one call: shard its prior draw so those rows spread over the mesh.
+    draw = parallel.data_sharding(mesh) if parallel_settings(config) and num_samples % mesh.size == 0 else None
+    sampler = sampler_from_config(config, sde, shape, inverse_scaler, sampling_eps(sde), with_rounds=with_rounds,
+                                  sharding=draw)
+    unguided = classifier is None and str(config.sampling.get("guidance", "none")).lower() == "classifier"
+    consistency_model = is_consistency_model(config)
+    if consistency_model and str(config.sampling.method).lower() != "consistency":
+        raise ValueError(f"this network is a consistency model (config.distill.method={config.distill.method!r}); "
+                         f"sample it with --config.sampling.method=consistency, not {config.sampling.method!r}")
+
+    def fn(params, key, guidance_scale=None):
+        model = nnx.merge(graphdef, params, rest)
+        if consistency_model:
+            return sampler(key, student_consistency_fn(lambda x, labels: model(x, labels), sde, config))
+        if unguided:
+            return sampler(key, make_score_fn(model, sde, config))
+        return sampler(key, guided_score_fn(config, model, sde, num_samples, classifier=classifier,
+                                            scale=guidance_scale))
+
+    out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
+    counts = (parallel.replicated_sharding(mesh),) * (2 if with_rounds else 1)
+    return jax.jit(fn, out_shardings=(out, *counts))

@@ -1,1 +1,0 @@
-"""Dataset back-ends that need optional dependencies (TensorFlow Datasets)."""
