@@ -17,8 +17,6 @@ from scoresde import main as cli
 
 from conftest import load_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
 
 def _config():
     c = load_config("digits_vp_cond")

@@ -15,11 +15,13 @@ import time
 
 import pytest
 
+from conftest import REPO
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 EXPERIMENTS = os.path.join(ROOT, "experiments")
 NOTEBOOKS = ["quickstart", "likelihood", "controllable", "pretrained"]
 KERNEL = "scoresde-test-python"

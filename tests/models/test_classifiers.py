@@ -21,8 +21,6 @@ from scoresde.data import toy
 
 from conftest import load_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
 
 def _load_config(name, variant=None):
     return load_config(name, variant)

@@ -21,9 +21,7 @@ from scoresde.modes.sample import sample
 from scoresde.modes.train_autoencoder import train_autoencoder
 from scoresde.runlog import read_metrics
 
-from conftest import load_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, load_config
 
 
 def _env():

@@ -13,8 +13,6 @@ from scoresde.modes import likelihood as likelihood_mode
 
 from conftest import load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _config():
     config = load_config("toy2d_vp", "smoke")

@@ -9,9 +9,8 @@ import pytest
 from scoresde import main as main_lib
 from scoresde.runlog import read_metrics
 
-from conftest import config_module
+from conftest import REPO, config_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["toy2d_vp", "digits_vp", "cifar10_vp", "cifar10_subvp", "cifar10_ve", "celeba64_ve", "church256_ve"]
 
 

@@ -13,9 +13,7 @@ import pytest
 from scoresde import main as main_lib
 from scoresde.runlog import read_metrics
 
-from conftest import load_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, load_config
 
 
 def _cli(*args, timeout=300):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import config_module, load_config
+from conftest import REPO, config_module, load_config
 from flax import nnx
 
 from scoresde import build, checkpointing, losses, parameterization, sampling
@@ -21,7 +21,6 @@ from scoresde.modes import train
 from scoresde.modes.sample import sample
 from scoresde.runlog import read_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_CONFIGS = ["toy2d_fm", "digits_fm", "cifar10_fm", "cifar10_edm", "toy2d_reflow", "digits_reflow"]
 
 

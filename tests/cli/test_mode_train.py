@@ -12,8 +12,6 @@ from scoresde.runlog import read_metrics
 
 from conftest import load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def check_run(workdir, n_steps=2):
     records = read_metrics(workdir)

@@ -15,7 +15,7 @@ from scoresde.metrics.features import FeatureAccumulator, inception_feature_fn
 from scoresde.modes.fid import evaluate_samples
 from scoresde.modes.fid_stats import fid_stats
 
-from conftest import load_config
+from conftest import REPO, load_config
 
 
 def standin_feature_fn(images):
@@ -196,7 +196,7 @@ def _digits_config(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("digits_vp_config", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_vp.py"))
+        REPO, "configs", "digits_vp.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config("smoke")

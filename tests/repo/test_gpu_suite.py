@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 COMMON = {"figure", "device", "backend", "smoke", "peak_memory_gib", "peak_memory_source"}
 KEYS = {
     "train": COMMON | {"dtype", "batch", "params", "compile_s", "median_step_s", "img_per_s", "gflop_per_img", "mfu",

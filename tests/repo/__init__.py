@@ -1,0 +1,5 @@
+"""Tests of the repository around the package: README's layout, experiments/ notebooks, benchmarks/.
+
+A package (as every tests/ subdirectory is) so that test module names may repeat across subdirectories
+(tests/sampling/test_consistency.py beside tests/fewstep/test_consistency.py) under pytest's default import mode.
+"""
