@@ -1,9 +1,6 @@
 """Noise-conditional classifiers: the reference WRN's structure, an MLP that learns the exact Bayes
-classifier of a Gaussian mixture (and guides sampling with it), the train_classifier mode and the
-label dropout of classifier-free training."""
-
-import json
-import os
+classifier of a Gaussian mixture (and guides sampling with it), and the label dropout of classifier-free
+training. (The train_classifier mode end to end is in ``cli/test_mode_train_classifier.py``.)"""
 
 import jax
 import jax.numpy as jnp
@@ -112,34 +109,6 @@ def test_classifier_guidance_with_a_trained_classifier_samples_the_class(trained
     frac = float(jnp.mean(jnp.argmax(GRID.class_log_prob(VP, x, jnp.zeros((n,))), -1) == y))
     assert frac > 0.9  # unguided: 1/9
     np.testing.assert_allclose(np.asarray(x).mean(0), np.asarray(GRID.means[y]), atol=0.05)
-
-
-def test_train_classifier_mode_resumes_and_guides_the_sample_mode(tmp_path):
-    from scoresde import main as cli
-    from scoresde.checkpointing import save_model_checkpoint
-
-    config = _load_config("toy2d_vp_cond", "smoke,classifier")
-    workdir = str(tmp_path / "run")
-    out = cli.run(config, workdir, "train_classifier")
-    assert out["step"] == 2 and set(out["test_accuracy"]) == {"t=0.001", "t=0.25", "t=0.5"}
-    with open(os.path.join(workdir, "classifier", "eval_results.json")) as f:
-        assert json.load(f)["step"] == 2
-    clf, step = build.load_classifier(workdir, config)
-    assert step == 2
-    # a longer run resumes from step 2
-    with config.unlocked():
-        config.classifier.n_iters = 3
-    assert cli.run(config, workdir, "train_classifier")["step"] == 3
-    assert build.load_classifier(workdir, config)[1] == 3
-    # sample mode with classifier guidance: needs a score model; an untrained one will do for the wiring
-    score_model = build.get_model(config, rngs=nnx.Rngs(0))
-    p = nnx.state(score_model, nnx.Param)
-    save_model_checkpoint(workdir, params=p, ema_params=p, step=0, config=config)
-    with config.unlocked():
-        config.sampling.class_label = 3
-    res = cli.run(config, workdir, "sample")
-    samples = np.load(os.path.join(workdir, "samples", "samples_0.npz"))["samples"]
-    assert res["num_samples"] == config.eval.num_samples and np.all(np.isfinite(samples))
 
 
 def test_missing_classifier_is_a_clear_error(tmp_path):
