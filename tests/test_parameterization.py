@@ -21,7 +21,7 @@ def _exact_outputs(gm, sde, x, t):
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-# "edm" is a preconditioned network (input scaled by c_in): tests/test_flow_matching.py checks it.
+# "edm" is a preconditioned network (input scaled by c_in): tests/test_losses_flow.py checks it.
 @pytest.mark.parametrize("output", [o for o in P.OUTPUTS if o != "edm"])
 def test_every_output_type_recovers_the_score_and_denoiser(sde, output):
     gm = analytic.GaussianMixture(jnp.array([[1.0, -1.0], [-1.0, 0.5]]), jnp.array([0.3, 0.6]))

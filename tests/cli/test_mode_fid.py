@@ -179,7 +179,7 @@ def test_unknown_feature_extractor_is_refused(tmp_path):
 def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
     # The real feature_fn on random weights: 3 images with a compiled batch of 2 -> one padded call.
     from scoresde.metrics import weights as W
-    from test_metrics_inception import random_torch_state_dict
+    from metrics.test_inception import random_torch_state_dict
 
     path = str(tmp_path / "w.npz")
     W.save_params(path, W.torch_state_dict_to_params(random_torch_state_dict(seed=9)))

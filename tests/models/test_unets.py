@@ -1,6 +1,6 @@
 """The U-Nets' building blocks and options: FIR resampling against direct oracles, conditioning,
 dropout, centring, mixed precision. (Number-for-number agreement with the reference networks is in
-``test_convert.py``.)"""
+``tests/test_convert.py``.)"""
 
 import functools
 import json
