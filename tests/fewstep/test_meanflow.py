@@ -10,12 +10,15 @@ the velocity). Scaling ``λ`` by a parameter ``θ`` gives a model family that is
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 from scipy.special import ndtr
 
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture, random_rotation
 from scoresde.fewstep import meanflow as mf
+from scoresde.models.mlp import sinusoidal_embedding
 
 RF = sde_lib.RectifiedFlow()
 LAM = np.array([0.36, 0.0625])
@@ -132,3 +135,70 @@ def test_time_proposal():
     cdf = ndtr(np.log(tt) - np.log1p(-tt) + 0.4) ** 2
     assert abs(cdf.mean() - 0.5) < 4 * np.sqrt(1 / 12 / n)
     assert abs(np.mean(cdf < 0.2) - 0.2) < 4 * np.sqrt(0.16 / n)
+
+
+# ------------------------------------------------------------------------------ a short training run
+
+MIX = GaussianMixture(np.array([[-1.0, -0.6], [1.0, 0.6], [0.2, 1.2]]), np.array([0.2, 0.25, 0.15]))
+
+
+class _AverageVelocityMLP(nnx.Module):
+    """``u(z, r, t)`` from ``[z, emb(t), emb(t - r)]``: a residual SiLU MLP (the paper conditions on ``(t, t - r)``)."""
+
+    def __init__(self, hidden=128, emb=32, layers=3, *, rngs):
+        self.emb = emb
+        self.inp = nnx.Linear(2 + 2 * emb, hidden, rngs=rngs)
+        self.hidden = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(layers)])
+        self.out = nnx.Linear(hidden, 2, rngs=rngs)
+
+    def __call__(self, z, r, t):
+        # the raw times (no 1000 t scaling): ∂_t u enters the target, and a steep embedding makes it large
+        h = nnx.silu(self.inp(jnp.concatenate(
+            [z, sinusoidal_embedding(t, self.emb), sinusoidal_embedding(t - r, self.emb)], axis=-1)))
+        for layer in self.hidden:
+            h = h + nnx.silu(layer(h))
+        return self.out(h)
+
+
+def _sliced_w2(a, b, key, n_proj=256):
+    """Sliced 2-Wasserstein distance between two equal-size samples (sorted projections)."""
+    theta = jax.random.normal(key, (n_proj, a.shape[1]))
+    theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
+    pa, pb = jnp.sort(a @ theta.T, axis=0), jnp.sort(b @ theta.T, axis=0)
+    return float(jnp.sqrt(jnp.mean((pa - pb) ** 2)))
+
+
+def test_short_meanflow_training_samples_a_mixture_in_one_and_two_steps():
+    """3000 Adam steps (batch 256) on a 3-component 2-D mixture; sliced W2 to exact samples vs the floor.
+
+    Choices for 2-D: ``p = 0`` (plain L2; with ``p = 1`` the same run stays at SW ≈ 0.43, the normalised
+    gradient is too small for this budget) and ``ratio = 0.75`` (the paper's CIFAR-10 value). Measured at
+    commit time: 1 step 0.12, 2 steps 0.074, floor (two exact sample sets) 0.084, the prior itself 0.53.
+    Breaks if the target's jvp tangent, the ``(t - r)`` factor or the sampler's step are wrong: a plain
+    flow-matching model (``ratio = 0``, the same run otherwise) sampled in one step puts every sample near the
+    mixture's mean, SW 0.74 (2 steps: 0.41).
+    """
+    steps, b = 3000, 256
+    graphdef, params = nnx.split(_AverageVelocityMLP(rngs=nnx.Rngs(0)))
+    u_fn = lambda p, z, r, t: nnx.merge(graphdef, p)(z, r, t)
+    opt = optax.adam(optax.cosine_decay_schedule(2e-3, steps, alpha=0.05))
+
+    def step(carry, i):
+        params, opt_state = carry
+        k_data, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(1), i))
+        x = MIX.sample(k_data, b)
+        grads = jax.grad(lambda p: mf.meanflow_loss(u_fn, p, x, k_loss, ratio=0.75, power=0.0)[0])(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(steps)))((params, opt.init(params)))
+    n = 4000
+    u = lambda z, r, t: u_fn(params, z, r, t)
+    exact, key = MIX.sample(jax.random.key(6), n), jax.random.key(8)
+    floor = _sliced_w2(MIX.sample(jax.random.key(7), n), exact, key)
+    sw = {k: _sliced_w2(mf.meanflow_sample(u, jax.random.key(5), (n, 2), steps=k)[0], exact, key) for k in (1, 2)}
+    prior = _sliced_w2(jax.random.normal(jax.random.key(9), (n, 2)), exact, key)
+    print(f"MeanFlow 2-D mixture sliced W2: 1 step {sw[1]:.3f}, 2 steps {sw[2]:.3f}, floor {floor:.3f}, "
+          f"prior {prior:.3f}")
+    assert sw[1] < floor + 0.08
+    assert sw[2] < floor + 0.04
