@@ -9,6 +9,7 @@ score of the same Gaussian through :func:`scoresde.fewstep.trigflow.trigflow_vel
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -16,7 +17,7 @@ from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture, random_rotation
 from scoresde.fewstep import scm
 from scoresde.fewstep import trigflow as tf
-from scoresde.models.mlp import MLPScore
+from scoresde.models.mlp import MLPScore, sinusoidal_embedding
 
 SD = 0.5
 TRIG = tf.TrigFlow(sigma_data=SD)
@@ -160,3 +161,73 @@ def test_sampling_with_the_exact_network_gives_exact_samples(steps):
     np.testing.assert_allclose(np.cov(np.asarray(x).T), cov, atol=4 * np.sqrt(2.0 / n) * cov.max())
     with pytest.raises(ValueError, match="steps 1 or 2"):
         scm.scm_sample(f, key, (4, 2), sigma_data=SD, steps=3)
+
+
+# ------------------------------------------------------------------------------ a short distillation run
+
+MIX = GaussianMixture(np.array([[-1.0, -0.6], [1.0, 0.6], [0.2, 1.2]]), np.array([0.2, 0.25, 0.15]))
+
+
+class _SCMNet(nnx.Module):
+    """``F(x_in, t)`` (a residual SiLU MLP on ``[x_in, emb(t)]``) and the adaptive weight ``w_φ(t)`` in one module."""
+
+    def __init__(self, sigma_data, hidden=128, emb=32, layers=3, *, rngs):
+        self.emb = emb
+        self.inp = nnx.Linear(2 + emb, hidden, rngs=rngs)
+        self.hidden = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(layers)])
+        self.out = nnx.Linear(hidden, 2, rngs=rngs)
+        self.weight = scm.AdaptiveWeight(16, sigma_data=sigma_data, rngs=rngs)
+
+    def __call__(self, x_in, t):
+        # raw TrigFlow time (the paper's c_noise(t) = t): dF/dt enters the tangent
+        h = nnx.silu(self.inp(jnp.concatenate([x_in, sinusoidal_embedding(t, self.emb)], axis=-1)))
+        for layer in self.hidden:
+            h = h + nnx.silu(layer(h))
+        return self.out(h)
+
+
+def _sliced_w2(a, b, key, n_proj=256):
+    """Sliced 2-Wasserstein distance between two equal-size samples (sorted projections)."""
+    theta = jax.random.normal(key, (n_proj, a.shape[1]))
+    theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
+    pa, pb = jnp.sort(a @ theta.T, axis=0), jnp.sort(b @ theta.T, axis=0)
+    return float(jnp.sqrt(jnp.mean((pa - pb) ** 2)))
+
+
+def test_short_scd_run_from_a_vp_teacher_samples_a_mixture_in_one_step():
+    """sCD of the exact VP teacher (converted to TrigFlow) into an MLP from scratch: 3000 Adam steps, batch 256.
+
+    Tangent warm-up over 1000 steps, ``c = 0.1``, learned ``w_φ``, ``σ_d`` = the data's per-dimension std.
+    Measured at commit time (sliced W2 to exact samples): 1 step 0.166, 2 steps 0.217, floor 0.084, the prior
+    ``σ_d z`` about 0.5 (6000 steps: 0.136 / 0.174). Without teacher initialisation a short run is far from the
+    paper's quality; the bound checks that the whole pipeline (loss sign, jvp tangent, warm-up, weighting,
+    sampler) learns a one-step map: with the sign of ``df/dt`` flipped the same run diverges (1-step SW ~1e7).
+    """
+    sd = float(np.sqrt(np.trace(np.asarray(MIX.covariance())) / 2))
+    teacher = tf.trigflow_velocity_from_score(MIX.score_fn(VP), VP, sigma_data=sd)
+    steps, b = 3000, 256
+    graphdef, params = nnx.split(_SCMNet(sd, rngs=nnx.Rngs(0)))
+    net_fn = lambda p, x_in, t: nnx.merge(graphdef, p)(x_in, t)
+    weight_fn = lambda p, t: nnx.merge(graphdef, p).weight(t)
+    opt = optax.adam(1e-3, b1=0.9, b2=0.99)
+
+    def step(carry, i):
+        params, opt_state = carry
+        k_data, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(1), i))
+        x = MIX.sample(k_data, b)
+        grads = jax.grad(lambda p: scm.scd_loss(net_fn, p, teacher, x, k_loss, sigma_data=sd, weight_fn=weight_fn,
+                                                warmup=scm.tangent_warmup(i, 1000))[0])(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(steps)))((params, opt.init(params)))
+    n = 4000
+    f = tf.consistency_fn(lambda x_in, t: net_fn(params, x_in, t), sigma_data=sd)
+    sample = jax.jit(lambda key, k: scm.scm_sample(f, key, (n, 2), sigma_data=sd, steps=k)[0], static_argnums=1)
+    exact, key = MIX.sample(jax.random.key(6), n), jax.random.key(8)
+    floor = _sliced_w2(MIX.sample(jax.random.key(7), n), exact, key)
+    sw = {k: _sliced_w2(sample(jax.random.key(5), k), exact, key) for k in (1, 2)}
+    prior = _sliced_w2(sd * jax.random.normal(jax.random.key(9), (n, 2)), exact, key)
+    print(f"sCD 2-D mixture sliced W2: 1 step {sw[1]:.3f}, 2 steps {sw[2]:.3f}, floor {floor:.3f}, prior {prior:.3f}")
+    assert sw[1] < floor + 0.12
+    assert sw[2] < floor + 0.18
