@@ -6,7 +6,7 @@ stop-gradient ``f(x_r, r)`` at a smaller level ``r`` on the same noise (``x_r = 
 ``Δt = t - r`` over training, so that training starts as diffusion pretraining (``r = 0``, where
 ``f(x_0, 0) = x_0`` is the data itself) and ends as consistency training with ``Δt → 0`` (paper Sec. 3):
 
-* the mapping (paper eq. 10, "sigmoid" variant): ``r = max(0, t - Δt)``, ``Δt = t n(t) / q^{a}``,
+* the mapping function (the paper's "sigmoid" variant): ``r = max(0, t - Δt)``, ``Δt = t n(t) / q^{a}``,
   ``n(t) = 1 + k sigmoid(-b t)``, with stage ``a = ⌊iteration / d⌋ + 1`` (``q = 2``, ``k = 8``, ``b = 1``;
   :func:`ect_r`). ``n(t)`` makes the gap relatively larger at small ``t``;
 * the weighting ``w(t, r) = 1 / (t - r)`` (the continuous-time limit of CT's ``1/Δt``) and the metric
@@ -40,7 +40,7 @@ def ect_stage(step, steps_per_stage: int):
 
 
 def ect_delta_t(t, stage, *, q: float = 2.0, k: float = 8.0, b: float = 1.0):
-    """``Δt(t, stage) = t (1 + k sigmoid(-b t)) / q^{stage + 1}`` before clipping at ``r = 0`` (eq. 10)."""
+    """``Δt(t, stage) = t (1 + k sigmoid(-b t)) / q^{stage + 1}`` before clipping at ``r = 0``."""
     n = 1.0 + k * jax.nn.sigmoid(-b * t)
     return t * n / jnp.power(q, jnp.asarray(stage, t.dtype) + 1.0)
 

@@ -5,19 +5,19 @@ Geng, Deng, Bai, Kolter, He, "Mean Flows for One-step Generative Modeling" (2025
 ``ε ~ N(0, I)`` at ``t = 1``; the conditional velocity is ``v = dz_t/dt = ε - x`` and the marginal velocity
 ``v(z_t, t) = E[ε - x | z_t]``.
 
-* The average velocity over ``[r, t]`` is ``u(z_t, r, t) = (1/(t - r)) ∫_r^t v(z_τ, τ) dτ`` (paper eq. 3),
-  so ``z_r = z_t - (t - r) u(z_t, r, t)`` exactly (eq. 4) and ``u(z_t, t, t) = v(z_t, t)``.
+* The average velocity over ``[r, t]`` is ``u(z_t, r, t) = (1/(t - r)) ∫_r^t v(z_τ, τ) dτ`` (paper Sec. 4.1),
+  so ``z_r = z_t - (t - r) u(z_t, r, t)`` exactly and ``u(z_t, t, t) = v(z_t, t)``.
 * Differentiating ``(t - r) u = ∫_r^t v`` in ``t`` gives the MeanFlow identity
-  ``u = v - (t - r) du/dt`` (eq. 6) with the total derivative ``du/dt = v ∂_z u + ∂_t u`` (eq. 8), the
+  ``u = v - (t - r) du/dt`` with the total derivative ``du/dt = v ∂_z u + ∂_t u``, the
   jacobian-vector product of ``u`` at ``(z, r, t)`` with tangent ``(v, 0, 1)``.
-* Training (eq. 9-10, Algorithm 1): ``u_tgt = v - (t - r)(v ∂_z u_θ + ∂_t u_θ)`` from ONE ``jax.jvp``
+* Training (Sec. 4.2, Algorithm 1): ``u_tgt = v - (t - r)(v ∂_z u_θ + ∂_t u_θ)`` from ONE ``jax.jvp``
   (which also returns ``u_θ``), ``L = ‖u_θ - sg(u_tgt)‖²``, with ``v`` the conditional velocity ``ε - x``
   (:func:`meanflow_loss`; its conditional mean given ``z_t`` is the marginal ``v`` and ``u_tgt`` is affine in
   ``v``, so the expected gradient is the one with the exact ``v``) or a teacher's velocity
   (``velocity_fn``, e.g. a guided or distilled flow).
-* Adaptive loss weighting (Sec. 4.3): ``w = 1 / (‖Δ‖² + c)^p`` under ``stop_gradient``, ``Δ = u_θ - u_tgt``
+* Adaptive loss weighting (Sec. 4.3 / appendix): ``w = 1 / (‖Δ‖² + c)^p`` under ``stop_gradient``, ``Δ = u_θ - u_tgt``
   (``p = 1``, ``c = 1e-3``: ``p = 0`` is plain L2; ``p = 1/2`` is close to a Pseudo-Huber loss).
-* The ``(r, t)`` proposal (Sec. 4.3, Table 1): two logit-normal draws ``sigmoid(N(P_mean, P_std²))``
+* The ``(r, t)`` proposal (Table 1 ablations): two logit-normal draws ``sigmoid(N(P_mean, P_std²))``
   sorted so that ``r <= t``, then ``r = t`` for a fraction ``1 - ratio`` of the batch (those examples are
   plain flow matching); ImageNet defaults ``P_mean = -0.4``, ``P_std = 1.0``, ``ratio = 0.25``
   (CIFAR-10: ``-2.0``, ``2.0``, ``0.75`` with ``p = 0.75``).
@@ -59,7 +59,7 @@ def _sum_except_batch(x):
 
 
 def sample_times(key, batch: int, *, p_mean=P_MEAN, p_std=P_STD, ratio=RATIO, dtype=jnp.float32):
-    """``(r, t)`` of shape ``(batch,)`` with ``0 < r <= t < 1``: MeanFlow's proposal (Sec. 4.3).
+    """``(r, t)`` of shape ``(batch,)`` with ``0 < r <= t < 1``: MeanFlow's proposal (Table 1).
 
     Two logit-normal draws, sorted; then ``r = t`` with probability ``1 - ratio`` (``ratio`` may be traced).
     ``t`` is the larger draw also where ``r`` is then set to ``t`` (the paper sorts first, then replaces), so
@@ -80,9 +80,9 @@ def interpolate(x, eps, t):
 
 
 def meanflow_target(u_fn: Callable, z, r, t, v):
-    """``(u, u_tgt)``: ``u(z, r, t)`` and the MeanFlow target ``v - (t - r)(v ∂_z u + ∂_t u)`` (eq. 10).
+    """``(u, u_tgt)``: ``u(z, r, t)`` and the MeanFlow target ``v - (t - r)(v ∂_z u + ∂_t u)``.
 
-    ONE ``jax.jvp`` of ``u_fn(z, r, t)`` with tangent ``(v, 0, 1)`` gives ``u`` and ``du/dt`` together (eq. 8).
+    ONE ``jax.jvp`` of ``u_fn(z, r, t)`` with tangent ``(v, 0, 1)`` gives ``u`` and ``du/dt`` together.
     ``u`` keeps its dependence on the parameters ``u_fn`` closes over (it is the prediction); ``u_tgt`` is
     returned under ``stop_gradient``. For the exact average velocity and the exact ``v``, ``u_tgt = u``.
 
@@ -98,7 +98,7 @@ def meanflow_target(u_fn: Callable, z, r, t, v):
 def meanflow_loss_at(u_fn: Callable, params, z, r, t, v, *, power=POWER, weight_c=WEIGHT_C):
     """The adaptively weighted MeanFlow loss at given ``(z_t, r, t, v)``: mean of ``sg(w) ‖Δ‖²``.
 
-    ``Δ = u_θ(z, r, t) - sg(u_tgt)`` (:func:`meanflow_target`), ``w = 1 / (‖Δ‖² + c)^p`` (Sec. 4.3), with
+    ``Δ = u_θ(z, r, t) - sg(u_tgt)`` (:func:`meanflow_target`), ``w = 1 / (‖Δ‖² + c)^p``, with
     ``‖·‖²`` the sum of squares over an example.
 
     Args:
@@ -146,12 +146,12 @@ def meanflow_loss(u_fn: Callable, params, batch, key, *, velocity_fn: Callable |
 
 
 def meanflow_step(u_fn: Callable, z, r, t):
-    """``z_r = z_t - (t - r) u(z_t, r, t)`` (eq. 4; exact for the exact ``u``); ``r``, ``t`` of shape ``(B,)``."""
+    """``z_r = z_t - (t - r) u(z_t, r, t)`` (exact for the exact ``u``); ``r``, ``t`` of shape ``(B,)``."""
     return z - batch_mul(t - r, u_fn(z, r, t))
 
 
 def meanflow_sample(u_fn: Callable, key, shape, *, steps: int = 1, times=None, x_init=None, dtype=jnp.float32):
-    """MeanFlow sampling from ``ε ~ N(0, I)`` at ``t = 1`` to ``t = 0`` in ``steps`` jumps (Sec. 4.2).
+    """MeanFlow sampling from ``ε ~ N(0, I)`` at ``t = 1`` to ``t = 0`` in ``steps`` jumps (the paper's 1- and 2-NFE).
 
     Args:
         u_fn: ``u_fn(z, r, t) -> u`` (parameters closed over).

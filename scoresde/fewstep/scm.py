@@ -3,9 +3,9 @@
 Lu & Song, "Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models" (ICLR 2025). With the
 consistency function ``f_θ(x_t, t) = cos(t) x_t - sin(t) σ_d F_θ(x_t/σ_d, t)``
 (:func:`scoresde.fewstep.trigflow.consistency_fn`), the gradient of the continuous-time consistency objective
-is ``∇_θ E[-w(t) σ_d sin(t) F_θᵀ(x_t/σ_d, t) df_θ⁻(x_t, t)/dt]`` (paper eq. 6/8), whose tangent is
+is ``∇_θ E[-w(t) σ_d sin(t) F_θᵀ(x_t/σ_d, t) df_θ⁻(x_t, t)/dt]`` (paper Sec. 3-4), whose tangent is
 
-``df_θ⁻/dt = -cos(t) (σ_d F_θ⁻ - dx_t/dt) - sin(t) (x_t + σ_d dF_θ⁻/dt)``  (paper eq. 7),
+``df_θ⁻/dt = -cos(t) (σ_d F_θ⁻ - dx_t/dt) - sin(t) (x_t + σ_d dF_θ⁻/dt)``,
 
 ``dF_θ⁻/dt = ∇_x F_θ⁻ · (dx_t/dt)/σ_d + ∂_t F_θ⁻`` being the total derivative along the probability-flow
 trajectory. It is computed by ONE forward-mode ``jax.jvp`` of ``(x_in, t) ↦ F_θ⁻(x_in, t)`` at
@@ -18,7 +18,7 @@ The training step is the paper's Algorithm 1 (:func:`scm_loss_at`):
   second term ramped in by the tangent warm-up ``r`` (:func:`tangent_warmup`, Sec. 4.2);
 * tangent normalisation ``g ← g / (‖g‖ + c)`` per example, ``c = 0.1`` (Sec. 4.2);
 * the adaptive weighting ``w_φ(t)``, a small learned function of ``t`` (:class:`AdaptiveWeight`), in the loss
-  ``e^{w_φ(t)} / D ‖F_θ - F_θ⁻ - g‖² - w_φ(t)`` (Sec. 4.2, eq. 9); at ``θ = θ⁻`` its ``θ``-gradient is
+  ``e^{w_φ(t)} / D ‖F_θ - F_θ⁻ - g‖² - w_φ(t)`` (Sec. 4.2); at ``θ = θ⁻`` its ``θ``-gradient is
   ``-2 e^{w}/D ∂F_θᵀ g``, the continuous-time consistency gradient with a learned ``w``;
 * the log-normal proposal ``σ = e^τ``, ``τ ~ N(P_mean, P_std²)``, ``t = arctan(σ / σ_d)``
   (:func:`sample_time`; defaults ``P_mean = -1.0``, ``P_std = 1.4`` of the paper's CIFAR-10 runs, App. G).
@@ -28,9 +28,9 @@ The training step is the paper's Algorithm 1 (:func:`scm_loss_at`):
 one-sample estimate ``σ_d cos(t) z - sin(t) x_0`` for sCT (:func:`sct_loss`); ``df/dt`` is affine in it, so
 sCT's tangent is unbiased for sCD's with the exact teacher (before the normalisation, which is not linear).
 
-Sampling (:func:`scm_sample`): 1 step ``f(σ_d z, π/2)``, or 2 steps through the paper's ``t_mid = 1.1``
-(Sec. 5): re-noise ``x = cos(t_mid) x_0 + sin(t_mid) σ_d z'`` and apply ``f`` again. It is Song et al.'s
-multistep consistency sampler (:func:`scoresde.sampling.consistency.consistency_sample`) on the
+Sampling (:func:`scm_sample`): 1 step ``f(σ_d z, π/2)``, or the paper's 2 steps through ``t_mid = 1.1``:
+re-noise ``x = cos(t_mid) x_0 + sin(t_mid) σ_d z'`` and apply ``f`` again. It is Song et al.'s multistep
+consistency sampler (:func:`scoresde.sampling.consistency.consistency_sample`) on the
 :class:`~scoresde.fewstep.trigflow.TrigFlow` process with boundary time ``0``.
 
 Network convention: ``net_fn(params, x_in, t) -> F`` with ``x_in = x_t / σ_d`` and the raw TrigFlow time
@@ -61,7 +61,7 @@ from scoresde.sde import batch_mul
 P_MEAN = -1.0  # Lu & Song 2025, App. G, CIFAR-10 (ImageNet 64: -0.8)
 P_STD = 1.4  # CIFAR-10 (ImageNet 64: 1.6)
 TANGENT_NORM_C = 0.1  # Sec. 4.2
-T_MID = 1.1  # the 2-step sampler's intermediate time (Sec. 5)
+T_MID = 1.1  # the 2-step sampler's intermediate time
 
 __all__ = [
     "P_MEAN", "P_STD", "TANGENT_NORM_C", "T_MID", "sample_time", "tangent_warmup", "consistency_tangent",
@@ -93,7 +93,7 @@ def tangent_warmup(step, warmup_steps: int):
 
 
 def consistency_tangent(net_fn: Callable, params, x_t, t, dxdt, *, sigma_data: float, warmup=1.0):
-    """``(F_θ⁻, df_θ⁻/dt)`` along the trajectory through ``x_t`` with velocity ``dx_t/dt`` (paper eq. 7).
+    """``(F_θ⁻, df_θ⁻/dt)`` along the trajectory through ``x_t`` with velocity ``dx_t/dt``.
 
     ``df/dt = -cos(t) (σ_d F - dx_t/dt) - r sin(t) (x_t + σ_d dF/dt)``, with ``dF/dt`` from ONE ``jax.jvp`` of
     ``F`` at ``(x_t/σ_d, t)`` with tangent ``((dx_t/dt)/σ_d, 1)``. With ``r = 1`` this is the exact time
@@ -231,7 +231,7 @@ class AdaptiveWeight(nnx.Module):
 
 
 def scm_sample(f: Callable, key, shape, *, sigma_data: float, steps: int = 1, times=None, dtype=jnp.float32):
-    """1- or few-step sCM sampling from ``x_{π/2} = σ_d z`` (Lu & Song 2025, Sec. 5; Song et al. 2023, Alg. 1).
+    """1- or few-step sCM sampling from ``x_{π/2} = σ_d z`` (Lu & Song 2025; Song et al. 2023, Alg. 1).
 
     Args:
         f: the consistency function ``f(x_t, t) -> x_0`` (:func:`scoresde.fewstep.trigflow.consistency_fn`).

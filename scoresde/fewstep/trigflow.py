@@ -3,14 +3,14 @@
 Lu & Song, "Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models" (ICLR 2025), Sec. 3:
 
 * the process ``x_t = cos(t) x_0 + sin(t) σ_d z`` on ``t ∈ [0, π/2]`` with data std ``σ_d`` and ``z ~ N(0, I)``
-  (paper eq. 2 writes ``z ~ N(0, σ_d² I)``; here the noise is ``σ_d z``), as a
+  (the paper writes ``z ~ N(0, σ_d² I)``; here the noise is ``σ_d z``), as a
   :class:`~scoresde.sde.LinearSDE` (:class:`TrigFlow`): ``alpha = cos t``, ``sigma = σ_d sin t``, prior
   ``N(0, σ_d² I)``, exact at ``T = π/2``;
-* the probability-flow ODE in the paper's network convention ``dx_t/dt = σ_d F(x_t/σ_d, t)`` (eq. 3), whose
+* the probability-flow ODE in the paper's network convention ``dx_t/dt = σ_d F(x_t/σ_d, t)``, whose
   exact velocity is ``E[σ_d cos(t) z - sin(t) x_0 | x_t] = (cos(t) x_t - D(x_t, t)) / sin(t)`` with
   ``D = E[x_0 | x_t]`` (:func:`velocity_from_denoiser`);
-* the consistency parameterisation ``f(x_t, t) = cos(t) x_t - sin(t) σ_d F(x_t/σ_d, t)`` (eq. 4,
-  :func:`consistency_fn`): ``f(x, 0) = x``, the boundary condition, holds by construction.
+* the consistency parameterisation ``f(x_t, t) = cos(t) x_t - sin(t) σ_d F(x_t/σ_d, t)``
+  (:func:`consistency_fn`): ``f(x, 0) = x``, the boundary condition, holds by construction.
 
 Every linear SDE ``x_s = alpha(s) x_0 + sigma(s) z`` of :mod:`scoresde.sde` is TrigFlow in disguise (paper
 Sec. 3, "TrigFlow ... unifies EDM and flow matching"): both are the scaled process ``x̄ = x_0 + σ̃ z`` with
@@ -66,7 +66,7 @@ HALF_PI = math.pi / 2
 
 @dataclasses.dataclass(frozen=True)
 class TrigFlow(LinearSDE):
-    """The TrigFlow process ``x_t = cos(t) x_0 + sin(t) σ_d z`` (Lu & Song 2025, eq. 2).
+    """The TrigFlow process ``x_t = cos(t) x_0 + sin(t) σ_d z`` (Lu & Song 2025, Sec. 3).
 
     ``alpha(t) = cos t`` (clamped at 0: ``cos(float32(π/2))`` is ``-4e-8``, and the prior must be exact at
     ``T``), ``sigma(t) = σ_d sin t``, ``log_snr(t) = -2 log(σ_d tan t)``, prior ``N(0, σ_d² I)``.
@@ -171,7 +171,7 @@ def velocity_from_denoiser(d, x_t, t):
     """The exact TrigFlow velocity ``dx_t/dt = (cos(t) x_t - D) / sin(t)`` from ``D = E[x_0 | x_t]``.
 
     ``E[σ_d z | x_t] = (x_t - cos(t) D) / sin(t)``, so ``E[σ_d cos(t) z - sin(t) x_0 | x_t]`` is this (Lu &
-    Song 2025, eq. 3 with the diffusion-optimal ``F``). Undefined at ``t = 0`` (a 0/0 limit).
+    Song 2025, Sec. 3, with the diffusion-optimal ``F``). Undefined at ``t = 0`` (a 0/0 limit).
     """
     return batch_mul(1.0 / jnp.sin(t), batch_mul(jnp.cos(t), x_t) - d)
 
@@ -220,7 +220,7 @@ def trigflow_velocity_from_score(score_fn: Callable, sde, *, sigma_data: float) 
 
 
 def network_velocity(net_fn: Callable, *, sigma_data: float) -> Callable:
-    """The velocity of a TrigFlow network in the paper's convention, ``v(x_t, t) = σ_d F(x_t / σ_d, t)`` (eq. 3).
+    """The velocity of a TrigFlow network in the paper's convention, ``v(x_t, t) = σ_d F(x_t / σ_d, t)`` (Sec. 3).
 
     Args:
         net_fn: ``net_fn(x_in, t) -> F`` with ``x_in = x_t / σ_d`` and the TrigFlow time ``t`` of shape ``(B,)``.
@@ -229,7 +229,7 @@ def network_velocity(net_fn: Callable, *, sigma_data: float) -> Callable:
 
 
 def consistency_fn(net_fn: Callable, *, sigma_data: float) -> Callable:
-    """The sCM consistency function ``f(x_t, t) = cos(t) x_t - sin(t) σ_d F(x_t / σ_d, t)`` (Lu & Song 2025, eq. 4).
+    """The sCM consistency function ``f(x_t, t) = cos(t) x_t - sin(t) σ_d F(x_t / σ_d, t)`` (Lu & Song 2025, Sec. 3).
 
     ``f(x, 0) = x`` exactly for any ``F``. For the exact consistency function ``f = Φ_{t→0}`` (the
     probability-flow map to the data), ``F = (cos(t) x_t - Φ_{t→0}(x_t)) / (σ_d sin t)``.
