@@ -77,10 +77,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde import sde as sde_lib
 from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic
 from scoresde.sampling.grids import (  # noqa: F401 (score_call re-exported)
-    GRIDS, ShapeCheckedScore, alpha_vanishes_at_T, check_eps, denoiser_call, score_call, time_grid)
+    GRIDS, ShapeCheckedScore, alpha_vanishes_at_T, check_eps, default_eps, denoiser_call, score_call, time_grid)
 from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 
 METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
@@ -114,15 +113,6 @@ for _method in GRID_METHODS:
 # dpm_solver: every interval of one order, or DPM-Solver-fast's mixed orders for an NFE budget (fast.fast_orders)
 SCHEDULES = ("uniform", "fast")
 _FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "s_noise", "times")
-
-
-def default_eps(sde) -> float:
-    """The SDE's own ``default_eps`` if it has one (EDMSDE: ``sigma_min``), else the reference's sampling
-    eps: 1e-5 for VE, 1e-3 otherwise."""
-    own = getattr(sde, "default_eps", None)
-    if own is not None:
-        return own
-    return 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
 
 
 def method_options(method: str) -> dict:
