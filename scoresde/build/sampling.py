@@ -41,7 +41,7 @@ def sampling_options(config) -> tuple[str, dict]:
     method = str(cfg.method).lower()
     defaults = sampling.method_options(method)
     options = {}
-    if "denoise" in defaults and method != "consistency":  # a consistency function returns x_eps itself
+    if "denoise" in defaults and not sampling.method_traits(method).consistency_fn:  # f(x, t) returns x_eps itself
         options["denoise"] = bool(cfg.get("noise_removal", defaults["denoise"]))
     if method == "pc":
         options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),

@@ -347,10 +347,10 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
     y = jnp.asarray(y)
     if method == "replacement":
         x_example = operator.pinv(y)
-        fixed = own["fixed_noise"] if own["fixed_noise"] is not None else sampler in conditional._DETERMINISTIC
-        if sampler == "ode":
+        if not sampling.method_traits(sampler).projects:
             raise ValueError("method 'replacement' needs a fixed-grid sampler with the project_fn hook; "
-                             "got sampler 'ode'")
+                             f"got sampler {sampler!r}")
+        fixed = own["fixed_noise"] if own["fixed_noise"] is not None else sampling.is_deterministic(sampler)
         if "x_init" in sampler_options:
             raise ValueError("method 'replacement' draws its own initial state (known part from its T-marginal); "
                              "x_init is not accepted")
