@@ -18,15 +18,15 @@ from scoresde import losses, sampling
 __all__ = ["make_couplings", "reflow_loss"]
 
 
-def make_couplings(score_fn: Callable, sde, key, shape, *, method: str = "dpm_solver++", eps=None, **options):
+def make_couplings(score_fn: Callable, sde, shape, key, *, method: str = "dpm_solver++", eps=None, **options):
     """``(noise, samples)``: prior draws ``z`` at ``T`` and their images under the sampler's probability flow.
 
     Args:
         score_fn: the trained model (a :class:`~scoresde.parameterization.ScoreWithDenoiser` for
             :class:`~scoresde.sde.RectifiedFlow` at ``T = 1``).
         sde: its process.
-        key: PRNG key of the noise.
         shape: ``(B, ...)``.
+        key: PRNG key of the noise.
         method: a method of :func:`scoresde.sampling.sample` that is deterministic with ``options``
             (:func:`scoresde.sampling.is_deterministic`): the coupling is the flow's map.
         eps: the final time (``sampling.default_eps`` if ``None``).
