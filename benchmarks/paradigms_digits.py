@@ -68,8 +68,10 @@ def main():
     for window in (int(w) for w in args.windows.split(",")):
         for tol in (float(t) for t in args.tols.split(",")):
             par = jax.jit(lambda x, w=window, t=tol: sampling.parallel_sample(
-                score_fn, sde, shape, key, method="ddim", window=w, tol=t, x_init=x, steps=args.steps, eta=args.eta))
-            (x, nfe, rounds), wall = _timed(par, x_init)
+                score_fn, sde, shape, key, method="ddim", window=w, tol=t, x_init=x, steps=args.steps, eta=args.eta,
+                stats=True))
+            (x, nfe, stats), wall = _timed(par, x_init)
+            rounds = stats["rounds"]
             rows.append(dict(sampler="paradigms ddim", window=window, tol=tol, steps=args.steps, rounds=int(rounds),
                              nfe=int(nfe), wall_s=round(wall, 3), max_abs_diff=float(np.max(np.abs(np.asarray(x - ref)))),
                              **score_samples(np.asarray(to01(x)))))

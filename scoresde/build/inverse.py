@@ -103,8 +103,9 @@ def make_restore_fn(config, sde, graphdef, rest, operator: inverse_lib.Operator,
         score_fn = guided_score_fn(config, model, sde, x.shape[0], classifier=classifier)
         y = inverse_lib.measure(operator, x, purpose_key(key, "measurement"), sigma_y)
         sample_key = jax.random.fold_in(purpose_key(key, "sample"), k)
-        restored, nfe = inverse_lib.posterior_sample(score_fn, sde, operator, y, sample_key,
-                                                     sampler=method, eps=eps, **options, **settings)
+        restored, nfe = inverse_lib.posterior_sample(score_fn, sde, operator, y, sample_key, method=method, eps=eps,
+                                                     **options, posterior=settings["method"],
+                                                     **{k: v for k, v in settings.items() if k != "method"})
         return y, inverse_scaler(inverse_lib.naive_restoration(operator, y)), inverse_scaler(restored), nfe
 
     return jax.jit(fn)

@@ -128,9 +128,10 @@ def reflow_sampler_options(config) -> tuple[str, dict]:
     options = {"steps": int(r.get("steps", 20))}
     if int(r.get("order", 0) or 0) > 0:
         options["order"] = int(r.order)
-    if method in ("pc", "euler_ancestral", "dpm_solver++_sde", "consistency"):
+    if not sampling.is_deterministic(method, options):
+        flow_maps = ", ".join(name for name in sampling.METHODS if sampling.is_deterministic(name))
         raise ValueError(f"config.reflow.method={method!r} is stochastic or not a flow map; reflow couplings need a "
-                         f"deterministic sampler (dpm_solver++, unipc, deis, ddim, dpm_solver, edm_heun, ode)")
+                         f"deterministic sampler ({flow_maps})")
     if method == "ode":
         options.pop("steps")
     sampling.check_options(method, options)

@@ -41,7 +41,7 @@ def sampling_options(config) -> tuple[str, dict]:
     method = str(cfg.method).lower()
     defaults = sampling.method_options(method)
     options = {}
-    if "denoise" in defaults and method != "consistency":  # a consistency function returns x_eps itself
+    if "denoise" in defaults and not sampling.method_traits(method).consistency_fn:  # f(x, t) returns x_eps itself
         options["denoise"] = bool(cfg.get("noise_removal", defaults["denoise"]))
     if method == "pc":
         options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),
@@ -121,8 +121,9 @@ def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None, *, wi
             if sharding is not None:
                 x_init = jax.lax.with_sharding_constraint(x_init, sharding)
         opts = {k: v for k, v in options.items() if k in ("steps", "eta", "grid")}
-        samples, nfe, rounds = sampling.parallel_sample(score_fn, sde, shape, key, method="ddim", window=window,
-                                                        tol=tol, x_init=x_init, eps=t_end, **opts)
+        samples, nfe, stats = sampling.parallel_sample(score_fn, sde, shape, key, method="ddim", window=window,
+                                                       tol=tol, x_init=x_init, eps=t_end, stats=True, **opts)
+        rounds = stats["rounds"]
         if options.get("denoise", False):
             samples, nfe = sampling.grids.denoiser_call(score_fn, sde, samples, t_end, nfe)
             rounds = rounds + 1

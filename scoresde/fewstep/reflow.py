@@ -18,23 +18,28 @@ from scoresde import losses, sampling
 __all__ = ["make_couplings", "reflow_loss"]
 
 
-def make_couplings(score_fn: Callable, sde, key, shape, *, method: str = "dpm_solver++", eps=None, **options):
+def make_couplings(score_fn: Callable, sde, shape, key, *, method: str = "dpm_solver++", eps=None, **options):
     """``(noise, samples)``: prior draws ``z`` at ``T`` and their images under the sampler's probability flow.
 
     Args:
         score_fn: the trained model (a :class:`~scoresde.parameterization.ScoreWithDenoiser` for
             :class:`~scoresde.sde.RectifiedFlow` at ``T = 1``).
         sde: its process.
-        key: PRNG key of the noise.
         shape: ``(B, ...)``.
-        method: a deterministic method of :func:`scoresde.sampling.sample` (the ODE map must be deterministic).
+        key: PRNG key of the noise.
+        method: a method of :func:`scoresde.sampling.sample` that is deterministic with ``options``
+            (:func:`scoresde.sampling.is_deterministic`): the coupling is the flow's map.
         eps: the final time (``sampling.default_eps`` if ``None``).
         **options: the method's options (e.g. ``steps``, ``order``).
 
     Returns:
-        ``(noise, samples, nfe)``.
+        ``(noise, samples, nfe)``: a coupling is a pair, so the noise comes first, then the sampler's
+        ``(samples, nfe)``.
+
+    Raises:
+        ValueError: an unknown method, or one that draws noise with these options.
     """
-    if method in ("pc", "euler_ancestral", "dpm_solver++_sde") or options.get("eta", 0.0) != 0.0:
+    if not sampling.is_deterministic(method, options):
         raise ValueError(f"reflow couplings need a deterministic sampler; got method {method!r} with {options}")
     noise = sde.prior_sampling(key, shape)
     samples, nfe = sampling.sample(score_fn, sde, shape, jax.random.fold_in(key, 1), method=method, x_init=noise,

@@ -320,20 +320,16 @@ def initial_state(projection: Replacement, key, *, init: str = "marginal"):
     raise ValueError(f"unknown init {init!r}; expected 'marginal' or 'reference'")
 
 
-_DETERMINISTIC = ("ddim", "dpm_solver", "dpm_solver++", "edm_heun")
-
-
 def _conditional_sample(score_fn, projection_fn, sde, key, *, method, init, fixed_noise, eps, options):
     from scoresde import sampling  # noqa: PLC0415  (guidance does not need the samplers to import)
 
-    if method == "ode":
-        raise ValueError("method 'ode' cannot inpaint/colorize: the known part is replaced after every step, "
-                         "which an adaptive diffrax solve does not expose; use method='ddim', 'dpm_solver++', "
-                         "'dpm_solver' or 'edm_heun' for a deterministic sampler, or 'pc'")
-    if method not in sampling.METHODS:
-        raise ValueError(f"unknown sampling method {method!r}; expected one of: {', '.join(sampling.METHODS)}")
+    if not sampling.method_traits(method).projects:
+        hooked = ", ".join(name for name, traits in sampling.TABLE.items() if traits.projects and traits.deterministic)
+        raise ValueError(f"method {method!r} cannot inpaint/colorize: the known part is replaced after every step, "
+                         f"which it does not expose (no project_fn hook); use a deterministic sampler ({hooked}) "
+                         "or 'pc'")
     if fixed_noise is None:
-        fixed_noise = method in _DETERMINISTIC
+        fixed_noise = sampling.is_deterministic(method)
     k_init, k_noise, k_sample = jax.random.split(key, 3)
     projection = projection_fn(None)
     if fixed_noise:
@@ -354,10 +350,11 @@ def inpaint(score_fn, sde, data, mask, key, *, method: str = "pc", init: str = "
         data: ``(B, ...)`` in model space.
         mask: ``{0, 1}`` broadcastable to ``data`` (1 = known).
         key: PRNG key.
-        method: a sampler of :mod:`scoresde.sampling` other than ``"ode"``.
+        method: a sampler of :mod:`scoresde.sampling` that takes the ``project_fn`` hook (all but ``"ode"``).
         init: see :func:`initial_state`.
-        fixed_noise: one noise draw for the known part along the whole path (default for the
-            deterministic samplers) or a fresh one per step (default for ``pc``, the reference).
+        fixed_noise: one noise draw for the known part along the whole path (default for the methods the
+            sampler table declares deterministic, :func:`scoresde.sampling.is_deterministic`) or a fresh one
+            per step (default for the others, e.g. ``pc``, the reference).
         eps: the final time (the sampler's default if ``None``).
         **options: the sampler's options.
 

@@ -13,7 +13,8 @@ images), ``adjoint(y)``, ``pinv(y)`` (the Moore–Penrose pseudo-inverse, where 
 ``solve_gram(v, r2, s2)``, which solves ``(r2 A Aᵀ + s2 I) u = v`` per example (the ΠGDM system) in
 closed form where ``A Aᵀ`` is diagonal or small, and by conjugate gradients otherwise.
 
-:func:`posterior_sample` is the front door: ``method`` ∈ :data:`METHODS`
+:func:`posterior_sample` is the front door: ``method`` is the solver (as everywhere, a method of
+:func:`scoresde.sampling.sample`) and ``posterior`` ∈ :data:`METHODS` how the measurement enters:
 
 * ``"replacement"``: the known part ``A⁺A x`` of the state is replaced after every step by a draw of
   ``A⁺(alpha_t y + sigma_t A z)`` (Song et al. 2021, App. I.2, generalised from masks to the range of
@@ -25,8 +26,8 @@ closed form where ``A Aᵀ`` is diagonal or small, and by conjugate gradients ot
 Examples:
     >>> op = SuperResolution(4)
     >>> y = measure(op, images, key, sigma_y=0.05)
-    >>> restored, nfe = posterior_sample(score_fn, sde, op, y, key, method="pigdm", sigma_y=0.05,
-    ...                                  sampler="ddim", steps=100)
+    >>> restored, nfe = posterior_sample(score_fn, sde, op, y, key, posterior="pigdm", sigma_y=0.05,
+    ...                                  method="ddim", steps=100)
     >>> psnr(restored, images, data_range=2.0)  # model space [-1, 1]
 """
 
@@ -63,6 +64,7 @@ __all__ = [
     "posterior_sample",
 ]
 
+# The posterior choices of posterior_sample(posterior=...) (config.inverse.method).
 METHODS = ("replacement", "dps", "pigdm")
 
 
@@ -308,8 +310,8 @@ _GUIDANCE_OPTIONS = {
 }
 
 
-def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, sigma_y, sampler: str = "ddim",
-                     **sampler_options):
+def posterior_sample(score_fn, sde, operator: Operator, y, key, *, posterior: str, sigma_y, method: str = "ddim",
+                     **options):
     """One posterior sample per row of ``y`` through :func:`scoresde.sampling.sample`.
 
     Args:
@@ -318,12 +320,12 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
         operator: an :class:`Operator`.
         y: measurements ``(B, ...)`` (``operator.forward``'s output shape).
         key: PRNG key.
-        method: one of :data:`METHODS`.
+        posterior: one of :data:`METHODS`.
         sigma_y: the measurement-noise std (traced). ``replacement`` ignores it.
-        sampler: a method of :func:`scoresde.sampling.sample` (``"ode"`` is not supported by
-            ``replacement``, which needs the per-step hook).
-        **sampler_options: the sampler's options (``steps``, ``eta``, ``x_init``, ``eps``, ...) plus the
-            method's own: ``replacement``: ``fixed_noise`` [None: fixed for deterministic samplers],
+        method: a method of :func:`scoresde.sampling.sample` (``replacement`` needs one that takes the
+            per-step ``project_fn`` hook: all but ``"ode"``).
+        **options: the sampler's options (``steps``, ``eta``, ``x_init``, ``eps``, ...) plus the
+            posterior's own: ``replacement``: ``fixed_noise`` [None: fixed for deterministic samplers],
             ``init`` ["marginal"]; ``dps``: ``scale`` [1.0], ``weighting`` ["gaussian" | "normalized"];
             ``pigdm``: ``scale`` [1.0], ``data_var`` [1.0], ``cg_steps`` [50], ``jacobian``
             ["network" | "isotropic"]
@@ -334,42 +336,42 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, method: str, 
         vector–Jacobian products through the score (each counts as one evaluation).
 
     Raises:
-        ValueError: for an unknown method or option.
+        ValueError: for an unknown posterior, method or option.
     """
     from scoresde import sampling  # lazy, as in guidance: the operators do not need the samplers to import
 
-    if method not in _GUIDANCE_OPTIONS:
-        raise ValueError(f"unknown posterior method {method!r}; expected one of: {', '.join(METHODS)}")
-    own = dict(_GUIDANCE_OPTIONS[method])
-    for name in list(sampler_options):
+    if posterior not in _GUIDANCE_OPTIONS:
+        raise ValueError(f"unknown posterior {posterior!r}; expected one of: {', '.join(METHODS)}")
+    own = dict(_GUIDANCE_OPTIONS[posterior])
+    for name in list(options):
         if name in own:
-            own[name] = sampler_options.pop(name)
+            own[name] = options.pop(name)
     y = jnp.asarray(y)
-    if method == "replacement":
+    if posterior == "replacement":
         x_example = operator.pinv(y)
-        fixed = own["fixed_noise"] if own["fixed_noise"] is not None else sampler in conditional._DETERMINISTIC
-        if sampler == "ode":
-            raise ValueError("method 'replacement' needs a fixed-grid sampler with the project_fn hook; "
-                             "got sampler 'ode'")
-        if "x_init" in sampler_options:
-            raise ValueError("method 'replacement' draws its own initial state (known part from its T-marginal); "
-                             "x_init is not accepted")
+        if not sampling.method_traits(method).projects:
+            raise ValueError("posterior 'replacement' needs a fixed-grid sampler with the project_fn hook; "
+                             f"got method {method!r}")
+        fixed = own["fixed_noise"] if own["fixed_noise"] is not None else sampling.is_deterministic(method)
+        if "x_init" in options:
+            raise ValueError("posterior 'replacement' draws its own initial state (known part from its "
+                             "T-marginal); x_init is not accepted")
         k_init, k_noise, k_sample = jax.random.split(key, 3)
         noise = jax.random.normal(k_noise, x_example.shape, x_example.dtype) if fixed else None
         projection = _replacement_projection(sde, operator, y, noise)
         x_init = conditional.initial_state(projection, k_init, init=own["init"])
-        x, nfe = sampling.sample(score_fn, sde, x_init.shape, k_sample, method=sampler, x_init=x_init,
-                                 project_fn=projection, **sampler_options)
+        x, nfe = sampling.sample(score_fn, sde, x_init.shape, k_sample, method=method, x_init=x_init,
+                                 project_fn=projection, **options)
         return projection.finalize(x), nfe
-    if method == "dps":
+    if posterior == "dps":
         guided = pg.dps_guidance(score_fn, sde, operator, y, sigma_y=sigma_y, scale=own["scale"],
                                  weighting=own["weighting"])
     else:
         guided = pg.pigdm_guidance(score_fn, sde, operator, y, sigma_y=sigma_y, scale=own["scale"],
                                    data_var=own["data_var"], cg_steps=own["cg_steps"], jacobian=own["jacobian"])
-    x_init = sampler_options.pop("x_init", None)
+    x_init = options.pop("x_init", None)
     shape = x_init.shape if x_init is not None else _data_shape(operator, y)
-    x, nfe = sampling.sample(guided, sde, shape, key, method=sampler, x_init=x_init, **sampler_options)
+    x, nfe = sampling.sample(guided, sde, shape, key, method=method, x_init=x_init, **options)
     return x, nfe * guided.evaluations_per_call
 
 
@@ -380,19 +382,20 @@ def _data_shape(operator, y):
         raise ValueError(f"cannot infer the data shape for {type(operator).__name__}; pass x_init") from e
 
 
-def ilvr(score_fn, sde, reference, key, *, factor: int, sampler: str = "ddim", **sampler_options):
+def ilvr(score_fn, sde, reference, key, *, factor: int, method: str = "ddim", **options):
     """ILVR (Choi et al. 2021): generation whose ``factor``-low-pass band follows ``reference``.
 
     After every step the state's low-pass component ``φ_N(x) = A⁺A x`` (``A`` the ``factor × factor``
     box average) is replaced by that of the noised reference ``alpha_t ref + sigma_t z``; the returned
-    sample's low-pass band is the reference's exactly.
+    sample's low-pass band is the reference's exactly. ``method`` and ``options``: the sampler, as for
+    :func:`posterior_sample` with ``posterior="replacement"``.
 
     Returns:
         ``(samples, nfe)``.
     """
     op = SuperResolution(factor)
-    return posterior_sample(score_fn, sde, op, op.forward(jnp.asarray(reference)), key, method="replacement",
-                            sigma_y=0.0, sampler=sampler, **sampler_options)
+    return posterior_sample(score_fn, sde, op, op.forward(jnp.asarray(reference)), key, posterior="replacement",
+                            sigma_y=0.0, method=method, **options)
 
 
 INPAINTING_MASKS = ("half", "random")

@@ -77,7 +77,7 @@ def generate_couplings(config, workdir: str, source: str) -> dict:
 
     def fn(params, key):
         model = nnx.merge(graphdef, params, rest)
-        return reflow.make_couplings(score_model.score_fn(model), sde, key, shape, method=method,
+        return reflow.make_couplings(score_model.score_fn(model), sde, shape, key, method=method,
                                      eps=build.sampling_eps(sde), **options)
 
     gen = jax.jit(fn)

@@ -2,6 +2,11 @@
 
 ``samples, nfe = sample(score_fn, sde, shape, key, method=..., x_init=None, eps=None, **options)``
 
+Each method is declared once, with its traits, in :data:`TABLE` (:mod:`.methods`): its public function, whether
+it is deterministic (:func:`is_deterministic`), whether it runs on a time grid (:data:`GRID_METHODS`), whether it
+takes ``project_fn``, its options and their defaults (:func:`method_options`). :data:`METHODS`, the option checks
+and every caller that asks about a method (guidance, reflow, the config edge) read that table.
+
 Methods and their options (defaults in brackets):
 
 * ``"pc"`` (:mod:`.pc`): ``predictor`` [euler_maruyama] ∈ euler_maruyama | reverse_diffusion |
@@ -71,58 +76,28 @@ error norm) reduce over the global batch.
 
 from __future__ import annotations
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde import sde as sde_lib
-from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic
+from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic  # noqa: F401 (submodules)
 from scoresde.sampling.grids import (  # noqa: F401 (score_call re-exported)
-    GRIDS, ShapeCheckedScore, alpha_vanishes_at_T, check_eps, denoiser_call, score_call, time_grid)
+    GRIDS, ShapeCheckedScore, alpha_vanishes_at_T, check_eps, default_eps, denoiser_call, score_call, time_grid)
+from scoresde.sampling.methods import TABLE, Method, is_deterministic, method_traits
 from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 
-METHODS = ("pc", "ode", "ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde",
-           "euler_ancestral", "consistency")
+# Read from the table: every method, and the grid methods (those that take to_zero, k-diffusion's ending).
+METHODS = tuple(TABLE)
+GRID_METHODS = tuple(name for name, traits in TABLE.items() if traits.uses_grid)
 
-__all__ = ["METHODS", "GRIDS", "sample", "method_options", "check_options", "encode", "decode", "default_eps",
-           "time_grid", "PARALLEL_METHODS", "parallel_sample"]
+__all__ = ["METHODS", "GRID_METHODS", "GRIDS", "TABLE", "Method", "sample", "method_options", "method_traits",
+           "is_deterministic", "check_options", "encode", "decode", "default_eps", "time_grid", "PARALLEL_METHODS",
+           "parallel_sample"]
 
-# method -> {option: default}. Floats are traced; everything else is static (see module docstring).
-_OPTIONS = {
-    "pc": dict(predictor="euler_maruyama", corrector="none", snr=0.16, n_steps=1, steps=None, denoise=True,
-               probability_flow=False, corrector_first=True, project_fn=None),
-    "ode": dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096, denoise=False),
-    "ddim": dict(steps=50, eta=0.0, grid="uniform_t", denoise=False, project_fn=None),
-    "dpm_solver": dict(steps=10, order=2, grid="log_snr", schedule="uniform", denoise=False, project_fn=None),
-    "dpm_solver++": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
-    "edm_heun": dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
-                     denoise=False, project_fn=None),
-    "unipc": dict(steps=20, order=2, variant="bh1", grid="log_snr", lower_order_final=True, denoise=False,
-                  project_fn=None),
-    "deis": dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
-    "dpm_solver++_sde": dict(steps=20, order=2, eta=1.0, s_noise=1.0, grid="log_snr", denoise=False,
-                             project_fn=None),
-    "euler_ancestral": dict(steps=50, eta=1.0, s_noise=1.0, grid="edm", denoise=False, project_fn=None),
-    "consistency": dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None),
-}
-# k-diffusion's ending (issue 17): the grid ends at sigma = 0 with a final first-order (denoiser) step
-GRID_METHODS = ("ddim", "dpm_solver", "dpm_solver++", "edm_heun", "unipc", "deis", "dpm_solver++_sde", "euler_ancestral")
-for _method in GRID_METHODS:
-    _OPTIONS[_method]["to_zero"] = False
 # dpm_solver: every interval of one order, or DPM-Solver-fast's mixed orders for an NFE budget (fast.fast_orders)
 SCHEDULES = ("uniform", "fast")
+# Options given as floats are traced; everything else is static (see module docstring).
 _FLOAT_OPTIONS = ("snr", "rtol", "atol", "eta", "S_churn", "S_tmin", "S_tmax", "S_noise", "rho", "s_noise", "times")
-
-
-def default_eps(sde) -> float:
-    """The SDE's own ``default_eps`` if it has one (EDMSDE: ``sigma_min``), else the reference's sampling
-    eps: 1e-5 for VE, 1e-3 otherwise."""
-    own = getattr(sde, "default_eps", None)
-    if own is not None:
-        return own
-    return 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
 
 
 def method_options(method: str) -> dict:
@@ -131,9 +106,7 @@ def method_options(method: str) -> dict:
     Raises:
         ValueError: an unknown method.
     """
-    if method not in _OPTIONS:
-        raise ValueError(f"unknown sampling method {method!r}; expected one of: {', '.join(METHODS)}")
-    return dict(_OPTIONS[method])
+    return dict(method_traits(method).options)
 
 
 def check_options(method: str, options: dict) -> None:
@@ -142,9 +115,7 @@ def check_options(method: str, options: dict) -> None:
 
 
 def _resolve(method, options):
-    if method not in _OPTIONS:
-        raise ValueError(f"unknown sampling method {method!r}; expected one of: {', '.join(METHODS)}")
-    defaults = _OPTIONS[method]
+    defaults = method_traits(method).options
     unknown = sorted(set(options) - set(defaults) - {"sharding"})
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for method {method!r}; expected some of: {sorted(defaults)}")
@@ -193,8 +164,9 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
         ValueError: for an unknown method/option or a bad option value.
         RuntimeError: if an ODE solve failed (outside ``jit``; inside, the samples are NaN).
     """
+    traits = method_traits(method)
     own_grid = getattr(sde, "default_grid", None)
-    if own_grid is not None and method in _OPTIONS and "grid" in _OPTIONS[method] and "grid" not in options:
+    if own_grid is not None and traits.default_grid is not None and "grid" not in options:
         options = {**options, "grid": own_grid}
     opts = _resolve(method, options)
     if opts.get("to_zero"):
@@ -204,13 +176,10 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
         if opts["steps"] < 2:
             raise ValueError(f"method {method!r}: to_zero=True needs steps >= 2 (steps - 1 solver steps, then the "
                              f"final step to sigma = 0); got steps={opts['steps']}")
-    if method == "consistency":
-        if opts["denoise"]:
-            raise ValueError("method 'consistency' cannot denoise: a consistency function already returns x_eps")
-        opts["steps"] = consistency.resolve_times(sde, default_eps(sde) if eps is None else eps, opts["steps"],
-                                                  opts["times"])
-    elif alpha_vanishes_at_T(sde):
-        if method in ("pc", "ode"):
+    if traits.prepare is not None:
+        opts = traits.prepare(sde, default_eps(sde) if eps is None else eps, opts)
+    if not traits.consistency_fn and alpha_vanishes_at_T(sde):
+        if traits.integrates_drift:
             raise ValueError(f"method {method!r} integrates the SDE's drift, infinite at alpha(T) = 0 "
                              f"(T={sde.T}); use a grid method (e.g. dpm_solver++, unipc) or {type(sde).__name__}(T<1)")
         if getattr(score_fn, "denoiser", None) is None:
@@ -245,44 +214,23 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
     eps = eps.astype(x.dtype)
     score_fn = ShapeCheckedScore(score_fn)  # checked as it is traced: no cost per call
     nfe = jnp.zeros((), jnp.int32)
-    ok = jnp.array(True)
+    traits = TABLE[method]
+    if not traits.uses_grid:
+        return traits.run(score_fn, sde, x, k_loop, nfe, eps, opts)
     denoise = opts.pop("denoise")
-    if method == "pc":
-        x, nfe = pc.pc_sample(score_fn, sde, x, k_loop, nfe, eps=eps, denoise=denoise, **opts)
-        return x, nfe, ok
-    if method == "ode":
-        x, n, ok = ode.solve_flow(score_fn, sde, x, jnp.asarray(sde.T, x.dtype), eps, **opts)
-        nfe = nfe + n
-        if denoise:
-            # The reference's ODE sampler denoises with one reverse-diffusion mean step at eps.
-            t = jnp.full((shape[0],), eps, x.dtype)
-            _, x, nfe = pc._reverse_diffusion(sde, score_fn, k_loop, x, t, nfe, False)
-        x = jnp.where(ok, x, jnp.nan)
-        return x, nfe, ok
-    if method == "consistency":
-        times = opts.pop("times")
-        ts = consistency.default_times(sde, opts["steps"], eps, rho=opts["rho"], dtype=x.dtype)
-        if times is not None:
-            ts = jnp.concatenate([ts[:1], times.astype(x.dtype)])
-        x, nfe = consistency.consistency_sample(score_fn, sde, x, ts, k_loop, nfe, eps=eps,
-                                                project_fn=opts["project_fn"])
-        return x, nfe, ok
     steps, kind = opts.pop("steps"), opts.pop("grid")
     rho = opts.pop("rho", 7.0)
-    if opts.pop("to_zero", False):  # steps - 1 solver steps to eps, then the first-order step to sigma = 0
+    if opts.pop("to_zero"):  # steps - 1 solver steps to eps, then the first-order step to sigma = 0
         steps, denoise = steps - 1, True
     if opts.pop("schedule", "uniform") == "fast":  # steps is the NFE budget; the grid follows the orders
         ts, opts["orders"] = fast.fast_schedule(sde, steps, eps, order=opts["order"], kind=kind, rho=rho,
                                                 dtype=x.dtype)
     else:
         ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
-    solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
-               "edm_heun": fast.edm_heun, "unipc": multistep.unipc, "deis": multistep.deis,
-               "dpm_solver++_sde": stochastic.dpm_solver_pp_sde, "euler_ancestral": stochastic.euler_ancestral}
-    x, nfe = solvers[method](score_fn, sde, x, ts, k_loop, nfe, **opts)
+    x, nfe = traits.fn(score_fn, sde, x, ts, k_loop, nfe, **opts)
     if denoise:
         x, nfe = _tweedie(score_fn, sde, x, eps, nfe)
-    return x, nfe, ok
+    return x, nfe, jnp.array(True)
 
 
 def _tweedie(score_fn, sde, x, t, nfe):
@@ -304,7 +252,7 @@ def _flow_jit(score_fn, sde, x, t0, t1, dyn, static):
 
 
 def _flow_options(options):
-    defaults = {k: v for k, v in _OPTIONS["ode"].items() if k != "denoise"}
+    defaults = {k: v for k, v in TABLE["ode"].options.items() if k != "denoise"}
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; expected some of: {sorted(defaults)}")

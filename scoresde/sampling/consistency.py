@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde.sampling.grids import score_call, time_grid
+from scoresde.sampling.grids import project, score_call, time_grid
 from scoresde.sde import batch_mul
 
 __all__ = ["default_times", "consistency_sample", "resolve_times"]
@@ -82,13 +82,8 @@ def consistency_sample(consistency_fn, sde, x, ts, key, nfe, *, eps, project_fn=
     eps = jnp.asarray(eps, dtype)
     a_eps, s_eps = sde.alpha(jnp.full((b,), eps)), sde.sigma(jnp.full((b,), eps))
 
-    def project(x, i):
-        if project_fn is None:
-            return x
-        return project_fn(x, eps, jax.random.fold_in(jax.random.fold_in(key, i), 7919))
-
     x, nfe = score_call(consistency_fn, x, ts[0], nfe)
-    x = project(x, 0)
+    x = project(project_fn, x, eps, key, 0)
 
     def step(carry, inp):
         x, nfe = carry
@@ -100,7 +95,7 @@ def consistency_sample(consistency_fn, sde, x, ts, key, nfe, *, eps, project_fn=
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, dtype)
         x = batch_mul(ratio, x) + batch_mul(std, z)
         x, nfe = score_call(consistency_fn, x, t, nfe)
-        return (project(x, i), nfe), None
+        return (project(project_fn, x, eps, key, i), nfe), None
 
     (x, nfe), _ = jax.lax.scan(step, (x, nfe), (jnp.arange(1, ts.shape[0]), ts[1:].astype(dtype)))
     return x, nfe

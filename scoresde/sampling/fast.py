@@ -26,38 +26,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde.sampling.grids import alpha_vanishes_at_T, denoiser_call, edm_sigma, score_call, time_grid
+from scoresde.sampling.grids import (
+    alpha_vanishes_at_T,
+    coefficients,
+    denoiser_call,
+    edm_sigma,
+    project,
+    score_call,
+    time_grid,
+)
 from scoresde.sde import batch_mul
 
-__all__ = ["ddim", "dpm_solver", "fast_orders", "fast_schedule", "dpm_solver_pp", "edm_heun",
+__all__ = ["ddim", "ddim_update", "dpm_solver", "fast_orders", "fast_schedule", "dpm_solver_pp", "edm_heun",
            "LOWER_ORDER_FINAL_BELOW"]
 
 # DPM-Solver's official `sample` lowers the final steps' order only when steps < 10.
 LOWER_ORDER_FINAL_BELOW = 10
 
 
-def _project(project_fn, x, t, key, i):
-    """The optional ``project_fn(x, t, key)`` hook (inpainting / colorization) after a step that reached ``t``."""
-    if project_fn is None:
-        return x
-    return project_fn(x, t, jax.random.fold_in(jax.random.fold_in(key, i), 7919))
-
-
-def _coef(sde, t, x):
-    """Scalar ``alpha``, ``sigma``, ``lambda`` at a scalar time, as ``(B,)`` arrays for ``batch_mul``."""
-    tv = jnp.full((x.shape[0],), t, dtype=x.dtype)
-    return sde.alpha(tv), sde.sigma(tv), 0.5 * sde.log_snr(tv)
-
-
 def _eps_pred(score_fn, sde, x, t, nfe):
     score, nfe = score_call(score_fn, x, t, nfe)
-    _, sigma, _ = _coef(sde, t, x)
+    _, sigma, _ = coefficients(sde, t, x)
     return batch_mul(-sigma, score), nfe
 
 
 def _x0_pred(score_fn, sde, x, t, nfe):
     """The data prediction; the model's own denoiser when it has one (finite where ``alpha = 0``)."""
     return denoiser_call(score_fn, sde, x, t, nfe)
+
+
+def ddim_update(sde, x, x0, s, t, z, eta):
+    """One DDIM step from ``s`` to ``t`` given the data prediction ``x0`` at ``(x, s)`` and the step's noise ``z``.
+
+    The update of :func:`ddim`, shared with ParaDiGMS (:mod:`scoresde.sampling.parallel`), which evaluates the
+    network for a window of steps at once and then runs this chain.
+    """
+    a_s, s_s, l_s = coefficients(sde, s, x)
+    a_t, s_t, l_t = coefficients(sde, t, x)
+    eps = batch_mul(1.0 / s_s, x - batch_mul(a_s, x0))
+    frac = eta**2 * -jnp.expm1(-2.0 * (l_t - l_s))  # c² / sigma_t², in [0, 1] for eta <= 1
+    return (batch_mul(a_t, x0) + batch_mul(s_t * jnp.sqrt(jnp.maximum(1.0 - frac, 0.0)), eps)
+            + batch_mul(s_t * jnp.sqrt(frac), z))
 
 
 def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, project_fn=None):
@@ -72,14 +81,9 @@ def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, project_fn=None):
         x, nfe = carry
         i, s, t = inp
         x0, nfe = _x0_pred(score_fn, sde, x, s, nfe)
-        a_s, s_s, l_s = _coef(sde, s, x)
-        a_t, s_t, l_t = _coef(sde, t, x)
-        eps = batch_mul(1.0 / s_s, x - batch_mul(a_s, x0))
-        frac = eta**2 * -jnp.expm1(-2.0 * (l_t - l_s))  # c² / sigma_t², in [0, 1] for eta <= 1
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        x = (batch_mul(a_t, x0) + batch_mul(s_t * jnp.sqrt(jnp.maximum(1.0 - frac, 0.0)), eps)
-             + batch_mul(s_t * jnp.sqrt(frac), z))
-        return (_project(project_fn, x, t, key, i), nfe), None
+        x = ddim_update(sde, x, x0, s, t, z, eta)
+        return (project(project_fn, x, t, key, i), nfe), None
 
     idx = jnp.arange(ts.shape[0] - 1)
     (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[:-1], ts[1:]))
@@ -167,8 +171,8 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
         return sde.t_from_log_snr(2.0 * lam)
 
     def _dpm_step(x, nfe, s, t, order, from_alpha_zero=False):
-        a_s, s_s, l_s = _coef(sde, s, x)
-        a_t, s_t, l_t = _coef(sde, t, x)
+        a_s, s_s, l_s = coefficients(sde, s, x)
+        a_t, s_t, l_t = coefficients(sde, t, x)
         h = l_t - l_s
         if from_alpha_zero:
             # From alpha(s) = 0 (lambda_s = -inf, h = inf) the noise-prediction terms are infinite: take the
@@ -182,7 +186,7 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
             return base, nfe
         r1 = 0.5 if order == 2 else 1.0 / 3.0
         s1 = t_at(l_s[0] + r1 * h[0])
-        a_1, s_1, _ = _coef(sde, s1, x)
+        a_1, s_1, _ = coefficients(sde, s1, x)
         u1 = batch_mul(a_1 / a_s, x) - batch_mul(s_1 * jnp.expm1(r1 * h), eps_s)
         e1, nfe = _eps_pred(score_fn, sde, u1, s1, nfe)
         d1 = e1 - eps_s
@@ -191,7 +195,7 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
             return x_t, nfe
         r2 = 2.0 / 3.0
         s2 = t_at(l_s[0] + r2 * h[0])
-        a_2, s_2, _ = _coef(sde, s2, x)
+        a_2, s_2, _ = coefficients(sde, s2, x)
         phi_r2 = jnp.expm1(r2 * h) / (r2 * h) - 1.0
         u2 = (batch_mul(a_2 / a_s, x) - batch_mul(s_2 * jnp.expm1(r2 * h), eps_s)
               - batch_mul(s_2 * (r2 / r1) * phi_r2, d1))
@@ -203,7 +207,7 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
     first = 0
     if alpha_vanishes_at_T(sde):
         x, nfe = _dpm_step(x, nfe, ts[0], ts[1], 1, from_alpha_zero=True)
-        x = _project(project_fn, x, ts[1], key, 0)
+        x = project(project_fn, x, ts[1], key, 0)
         first = 1
     # Runs of equal order, each one scan: uniform schedules are a single scan, DPM-Solver-fast at most three.
     i = first
@@ -216,7 +220,7 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
             x, nfe = carry
             k, s, t = inp
             x, nfe = _dpm_step(x, nfe, s, t, order)
-            return (_project(project_fn, x, t, key, k), nfe), None
+            return (project(project_fn, x, t, key, k), nfe), None
 
         idx = jnp.arange(i, j)
         (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[idx], ts[idx + 1]))
@@ -241,8 +245,8 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
     def step(carry, inp):
         x, x0_prev, h_prev, nfe = carry
         i, s, t = inp
-        a_s, s_s, l_s = _coef(sde, s, x)
-        a_t, s_t, l_t = _coef(sde, t, x)
+        a_s, s_s, l_s = coefficients(sde, s, x)
+        a_t, s_t, l_t = coefficients(sde, t, x)
         h = l_t - l_s
         x0, nfe = _x0_pred(score_fn, sde, x, s, nfe)
         first = i == 0
@@ -255,7 +259,7 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
         else:
             d = x0
         x_t = batch_mul(s_t / s_s, x) - batch_mul(a_t * jnp.expm1(-h), d)
-        return (_project(project_fn, x_t, t, key, i), x0, h, nfe), None
+        return (project(project_fn, x_t, t, key, i), x0, h, nfe), None
 
     idx = jnp.arange(steps)
     h0 = jnp.zeros((x.shape[0],), x.dtype)
@@ -277,7 +281,7 @@ def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=
 
     def d_fn(xb, t, sig, nfe):
         """``dxbar / dsigma = (xbar - D(xbar)) / sigma`` at scaled state ``xb``."""
-        alpha, sigma, _ = _coef(sde, t, xb)
+        alpha, sigma, _ = coefficients(sde, t, xb)
         x0, nfe = _x0_pred(score_fn, sde, batch_mul(alpha, xb), t, nfe)
         return (xb - x0) / sig, nfe
 
@@ -298,7 +302,7 @@ def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=
         xb_next = xb_hat + (sig_next - sig_hat) * 0.5 * (d + d2)
         if project_fn is not None:  # the hook acts on x = alpha xbar
             a_next = sde.alpha(jnp.full((xb.shape[0],), t_next, dtype))
-            xb_next = batch_mul(1.0 / a_next, _project(project_fn, batch_mul(a_next, xb_next), t_next, key, i))
+            xb_next = batch_mul(1.0 / a_next, project(project_fn, batch_mul(a_next, xb_next), t_next, key, i))
         return (xb_next, nfe), None
 
     idx = jnp.arange(steps)
@@ -307,9 +311,9 @@ def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=
         # is undefined: the first step is Euler's in sigma/alpha (= DDIM, x_1 = sigma_1/sigma_T x + alpha_1 x0),
         # as k-diffusion makes its step to sigma = 0 Euler's. Local error O(h²): Heun's order 2 is kept.
         x0, nfe = _x0_pred(score_fn, sde, x, ts[0], nfe)
-        a_1, s_1, _ = _coef(sde, ts[1], x)
-        _, s_0, _ = _coef(sde, ts[0], x)
-        x = _project(project_fn, batch_mul(s_1 / s_0, x) + batch_mul(a_1, x0), ts[1], key, 0)
+        a_1, s_1, _ = coefficients(sde, ts[1], x)
+        _, s_0, _ = coefficients(sde, ts[0], x)
+        x = project(project_fn, batch_mul(s_1 / s_0, x) + batch_mul(a_1, x0), ts[1], key, 0)
         ts, idx = ts[1:], idx[1:]
     a_hi = sde.alpha(jnp.full((x.shape[0],), ts[0], dtype))
     a_lo = sde.alpha(jnp.full((x.shape[0],), ts[-1], dtype))

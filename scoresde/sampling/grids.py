@@ -1,4 +1,5 @@
-"""Time grids for fixed-step samplers, and the score-evaluation counter they share.
+"""Time grids for fixed-step samplers, and what those samplers share: the score-evaluation counter, the
+``alpha``/``sigma``/``lambda`` coefficients, the ``project_fn`` hook and the default final time.
 
 A grid is a decreasing array of ``steps + 1`` times from ``T`` to ``eps`` (both endpoints exact, so that
 samplers on different grids start and stop at the same times). Three spacings:
@@ -22,15 +23,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresde import sde as sde_lib
+
 GRIDS = ("uniform_t", "log_snr", "edm")
 
-__all__ = ["GRIDS", "time_grid", "edm_sigma", "score_call", "denoiser_call", "alpha_vanishes_at_T"]
+__all__ = ["GRIDS", "time_grid", "edm_sigma", "score_call", "denoiser_call", "alpha_vanishes_at_T", "coefficients",
+           "project", "PROJECTION_KEY_OFFSET", "default_eps", "check_eps"]
+
+# The project_fn hook draws its noise from fold_in(step key, PROJECTION_KEY_OFFSET): independent of the noise the
+# step itself draws from the same key, and the same for every sampler.
+PROJECTION_KEY_OFFSET = 7919
 
 
 def alpha_vanishes_at_T(sde) -> bool:
     """Whether ``alpha(T) = 0`` (log-SNR ``-inf`` at ``T``), a static property of the SDE."""
     with jax.ensure_compile_time_eval():  # a constant also while tracing
         return float(np.asarray(sde.alpha(np.asarray([sde.T], np.float32)))[0]) == 0.0
+
+
+def coefficients(sde, t, like=None):
+    """``alpha(t)``, ``sigma(t)`` and DPM-Solver's ``lambda(t) = log(alpha / sigma) = log_snr(t) / 2``.
+
+    With ``like`` (a ``(B, ...)`` state) the scalar ``t`` is first broadcast to a ``(B,)`` array of ``like``'s
+    dtype, the shape ``batch_mul`` takes; without it they are evaluated at ``t`` as given (e.g. a whole grid).
+    """
+    if like is not None:
+        t = jnp.full((like.shape[0],), t, dtype=like.dtype)
+    return sde.alpha(t), sde.sigma(t), 0.5 * sde.log_snr(t)
+
+
+def project(project_fn, x, t, key, i):
+    """The optional ``project_fn(x, t, key)`` hook (inpainting / colorization) after step ``i`` reached ``t``.
+
+    Its key is ``fold_in(fold_in(key, i), PROJECTION_KEY_OFFSET)``; ``None`` returns ``x`` unchanged.
+    """
+    if project_fn is None:
+        return x
+    return project_fn(x, t, jax.random.fold_in(jax.random.fold_in(key, i), PROJECTION_KEY_OFFSET))
+
+
+def default_eps(sde) -> float:
+    """The SDE's own ``default_eps`` if it has one (EDMSDE: ``sigma_min``), else the reference's sampling
+    eps: 1e-5 for VE, 1e-3 otherwise."""
+    own = getattr(sde, "default_eps", None)
+    if own is not None:
+        return own
+    return 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
 
 
 def edm_sigma(sde, t):

@@ -26,16 +26,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling.fast import LOWER_ORDER_FINAL_BELOW, _project
-from scoresde.sampling.grids import alpha_vanishes_at_T, denoiser_call
+from scoresde.sampling.fast import LOWER_ORDER_FINAL_BELOW
+from scoresde.sampling.grids import alpha_vanishes_at_T, coefficients, denoiser_call, project
 
 __all__ = ["unipc", "deis", "UNIPC_VARIANTS"]
 
 UNIPC_VARIANTS = ("bh1", "bh2")
-
-
-def _scalars(sde, ts):
-    return sde.alpha(ts), sde.sigma(ts), 0.5 * sde.log_snr(ts)
 
 
 def _step_orders(steps, order, alpha0, lower_order_final):
@@ -60,7 +56,7 @@ def unipc(score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"unknown unipc variant {variant!r}; expected one of: {', '.join(UNIPC_VARIANTS)}")
     steps = ts.shape[0] - 1
-    alphas, sigmas, lams = _scalars(sde, ts)
+    alphas, sigmas, lams = coefficients(sde, ts)
     orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final)
 
     def update(p, x, m_hist, l_hist, k, use_corrector, nfe):
@@ -116,7 +112,7 @@ def unipc(score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order
     def step(carry, k):
         x, m_hist, l_hist, nfe = carry
         x, m_t, nfe = jax.lax.switch(orders[k] - 1, with_corr, (x, m_hist, l_hist, k, nfe))
-        x = _project(project_fn, x, ts[k + 1], key, k)
+        x = project(project_fn, x, ts[k + 1], key, k)
         m_hist = jnp.concatenate([m_hist[1:], m_t[None]])
         l_hist = jnp.concatenate([l_hist[1:], lams[k + 1][None]])
         return (x, m_hist, l_hist, nfe), None
@@ -124,7 +120,7 @@ def unipc(score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order
     (x, m_hist, l_hist, nfe), _ = jax.lax.scan(step, (x, m_hist, l_hist, nfe), jnp.arange(steps - 1))
     k = steps - 1
     x, _, nfe = jax.lax.switch(orders[k] - 1, branches(False), (x, m_hist, l_hist, k, nfe))
-    return _project(project_fn, x, ts[-1], key, k), nfe
+    return project(project_fn, x, ts[-1], key, k), nfe
 
 
 def _exp_moments(h, n):
@@ -151,7 +147,7 @@ def deis(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, pro
     if order not in (1, 2, 3):
         raise ValueError(f"deis order must be 1, 2 or 3; got {order!r}")
     steps = ts.shape[0] - 1
-    alphas, sigmas, lams = _scalars(sde, ts)
+    alphas, sigmas, lams = coefficients(sde, ts)
     orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final)
 
     def make(p):
@@ -178,7 +174,7 @@ def deis(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, pro
         m_hist = jnp.concatenate([m_hist[1:], m_k[None]])
         l_hist = jnp.concatenate([l_hist[1:], lams[k][None]])
         x = jax.lax.switch(orders[k] - 1, branches, (x, m_hist, l_hist, k))
-        return (_project(project_fn, x, ts[k + 1], key, k), m_hist, l_hist, nfe), None
+        return (project(project_fn, x, ts[k + 1], key, k), m_hist, l_hist, nfe), None
 
     m_hist = jnp.zeros((order,) + x.shape, x.dtype)
     l_hist = jnp.full((order,), -jnp.inf, x.dtype)

@@ -1,6 +1,7 @@
 """Parallel-in-time sampling: ParaDiGMS (Shih et al. 2023), Picard iterations over a sliding window.
 
-``samples, nfe, rounds = parallel_sample(score_fn, sde, shape, key, method="ddim", window=W, tol=τ)``
+``samples, nfe = parallel_sample(score_fn, sde, shape, key, method="ddim", window=W, tol=τ)``, the return
+shape of every sampler; ``stats=True`` adds a third value, ``{"rounds": rounds}``.
 
 The fixed-grid sampler is a chain ``x_{i+1} = Φ_i(x_i, s(x_i, t_i), z_i)`` over the grid
 ``t_0 = T > ... > t_N = eps`` (:func:`scoresde.sampling.time_grid`), where ``Φ_i`` is the DDIM update
@@ -24,8 +25,8 @@ sequential sampler draws it. A round of Picard iteration over the window ``[j, j
    round); new window slots start from the window's last state.
 
 The loop is a ``lax.while_loop`` on the device; it stops when the window has passed the last step.
-``rounds`` is the number of sequential rounds (``= steps`` for window 1). ``nfe`` counts every score
-evaluation made, ``W · B``-row calls counting ``W`` (padding slots past the grid's end included).
+``rounds`` (``stats=True``) is the number of sequential rounds (``= steps`` for window 1). ``nfe`` counts
+every score evaluation made, ``W · B``-row calls counting ``W`` (padding slots past the grid's end included).
 """
 
 from __future__ import annotations
@@ -35,33 +36,16 @@ import jax
 import jax.numpy as jnp
 
 from scoresde.parameterization import score_to_denoiser
-from scoresde.sampling.grids import GRIDS, time_grid
-from scoresde.sde import batch_mul
+from scoresde.sampling.fast import ddim_update
+from scoresde.sampling.grids import GRIDS, coefficients, default_eps, time_grid
 
 __all__ = ["PARALLEL_METHODS", "parallel_sample"]
 
 PARALLEL_METHODS = ("ddim", "ddpm")
 
 
-def _coef(sde, t, x):
-    tv = jnp.full((x.shape[0],), t, dtype=x.dtype)
-    return sde.alpha(tv), sde.sigma(tv), 0.5 * sde.log_snr(tv)
-
-
-def _ddim_update(sde, x, score, s, t, z, eta):
-    """One DDIM step from ``s`` to ``t`` given the score at ``(x, s)``: the operations of ``fast.ddim``."""
-    a_s, s_s, _ = _coef(sde, s, x)
-    x0 = score_to_denoiser(score, x, a_s, s_s)
-    a_s, s_s, l_s = _coef(sde, s, x)
-    a_t, s_t, l_t = _coef(sde, t, x)
-    eps = batch_mul(1.0 / s_s, x - batch_mul(a_s, x0))
-    frac = eta**2 * -jnp.expm1(-2.0 * (l_t - l_s))
-    return (batch_mul(a_t, x0) + batch_mul(s_t * jnp.sqrt(jnp.maximum(1.0 - frac, 0.0)), eps)
-            + batch_mul(s_t * jnp.sqrt(frac), z))
-
-
 def parallel_sample(score_fn, sde, shape, key, *, method: str = "ddim", window: int, tol, x_init=None,
-                    eps=None, steps: int = 50, eta=None, grid: str = "uniform_t"):
+                    eps=None, steps: int = 50, eta=None, grid: str = "uniform_t", stats: bool = False):
     """ParaDiGMS sampling with the fixed-grid DDIM / DDPM sampler; see the module docstring.
 
     Args:
@@ -77,15 +61,15 @@ def parallel_sample(score_fn, sde, shape, key, *, method: str = "ddim", window: 
         eps: the final time (:func:`scoresde.sampling.default_eps` if ``None``).
         steps: grid intervals (static); ``grid``: one of :data:`scoresde.sampling.GRIDS`.
         eta: DDIM's noise level (traced; ``ddim`` only).
+        stats: also return the run's statistics.
 
     Returns:
-        ``(samples, nfe, rounds)``: int32 scalars for the counts.
+        ``(samples, nfe)``, ``nfe`` an int32 scalar; with ``stats=True``, ``(samples, nfe, stats)`` where
+        ``stats = {"rounds": rounds}``, the int32 number of sequential Picard rounds (the wall-clock cost).
 
     Raises:
         ValueError: for an unknown method / grid or a bad ``window`` / ``steps``.
     """
-    from scoresde import sampling  # lazy: the package front door imports this module
-
     if method not in PARALLEL_METHODS:
         raise ValueError(f"unknown parallel sampling method {method!r}; expected one of: {', '.join(PARALLEL_METHODS)}")
     if method == "ddpm" and eta is not None:
@@ -96,9 +80,10 @@ def parallel_sample(score_fn, sde, shape, key, *, method: str = "ddim", window: 
     if grid not in GRIDS:
         raise ValueError(f"unknown time grid {grid!r}; expected one of: {', '.join(GRIDS)}")
     eta = 1.0 if method == "ddpm" else (0.0 if eta is None else eta)
-    eps = sampling.default_eps(sde) if eps is None else eps
-    return _parallel_jit(score_fn, sde, tuple(shape), key, x_init, jnp.asarray(eps), jnp.asarray(eta),
-                         jnp.asarray(tol), window, steps, grid)
+    eps = default_eps(sde) if eps is None else eps
+    samples, nfe, rounds = _parallel_jit(score_fn, sde, tuple(shape), key, x_init, jnp.asarray(eps),
+                                         jnp.asarray(eta), jnp.asarray(tol), window, steps, grid)
+    return (samples, nfe, {"rounds": rounds}) if stats else (samples, nfe)
 
 
 @eqx.filter_jit
@@ -129,7 +114,8 @@ def _parallel_jit(score_fn, sde, shape, key, x_init, eps, eta, tol, window, step
 
         def chain(xc, inp):
             ok, i, sc, z = inp
-            xn = _ddim_update(sde, xc, sc, ts[i], ts[i + 1], z, eta)
+            a_s, s_s, _ = coefficients(sde, ts[i], xc)
+            xn = ddim_update(sde, xc, score_to_denoiser(sc, xc, a_s, s_s), ts[i], ts[i + 1], z, eta)
             xn = jnp.where(ok, xn, xc)
             return xn, xn
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from scoresde import sde as sde_lib
+from scoresde.sampling.grids import PROJECTION_KEY_OFFSET
 from scoresde.sde import batch_mul
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
@@ -128,7 +129,7 @@ def _projected(update, project_fn, is_predictor):
     def fn(sde, score_fn, key, x, t, nfe, *args):
         x, x_mean, nfe = update(sde, score_fn, key, x, t, nfe, *args)
         t_reached = jnp.maximum(t - sde.T / sde.N, 0.0) if is_predictor else t
-        return project_fn(x, t_reached, jax.random.fold_in(key, 7919)), x_mean, nfe
+        return project_fn(x, t_reached, jax.random.fold_in(key, PROJECTION_KEY_OFFSET)), x_mean, nfe
 
     return fn
 

@@ -22,27 +22,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling.grids import denoiser_call
+from scoresde.sampling.grids import coefficients, denoiser_call, project
 from scoresde.sde import batch_mul
 
 __all__ = ["euler_ancestral", "dpm_solver_pp_sde"]
-
-
-def _lam(sde, t, x):
-    tv = jnp.full((x.shape[0],), t, x.dtype)
-    return sde.alpha(tv), sde.sigma(tv), 0.5 * sde.log_snr(tv)
 
 
 def _normal(key, i, x, noise):
     if noise is not None:
         return noise[i]
     return jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-
-
-def _project(project_fn, x, t, key, i):
-    if project_fn is None:
-        return x
-    return project_fn(x, t, jax.random.fold_in(jax.random.fold_in(key, i), 7919))
 
 
 def euler_ancestral(score_fn, sde, x, ts, key, nfe, *, eta=1.0, s_noise=1.0, project_fn=None, noise=None):
@@ -62,15 +51,15 @@ def euler_ancestral(score_fn, sde, x, ts, key, nfe, *, eta=1.0, s_noise=1.0, pro
         x, nfe = carry
         i, s, t = inp
         x0, nfe = denoiser_call(score_fn, sde, x, s, nfe)
-        a_s, s_s, l_s = _lam(sde, s, x)
-        a_t, s_t, l_t = _lam(sde, t, x)
+        a_s, s_s, l_s = coefficients(sde, s, x)
+        a_t, s_t, l_t = coefficients(sde, t, x)
         h = l_t - l_s
         rho_up = jnp.minimum(1.0, eta * jnp.sqrt(-jnp.expm1(-2.0 * h)))
         rho_down = jnp.sqrt(jnp.maximum(1.0 - rho_up**2, 0.0))
         z = _normal(key, i, x, noise)
         x = (batch_mul(rho_down * s_t / s_s, x) + batch_mul(a_t - rho_down * s_t * a_s / s_s, x0)
              + batch_mul(s_noise * s_t * rho_up, z))
-        return (_project(project_fn, x, t, key, i), nfe), None
+        return (project(project_fn, x, t, key, i), nfe), None
 
     idx = jnp.arange(ts.shape[0] - 1)
     (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[:-1], ts[1:]))
@@ -101,8 +90,8 @@ def dpm_solver_pp_sde(score_fn, sde, x, ts, key, nfe, *, order=2, eta=1.0, s_noi
         x, d_1, d_2, h_1, h_2, nfe = carry
         i, s, t = inp
         den, nfe = denoiser_call(score_fn, sde, x, s, nfe)
-        a_s, s_s, l_s = _lam(sde, s, x)
-        a_t, s_t, l_t = _lam(sde, t, x)
+        a_s, s_s, l_s = coefficients(sde, s, x)
+        a_t, s_t, l_t = coefficients(sde, t, x)
         h = l_t - l_s
         h_eta = h * (1.0 + eta)
         eta_h = jnp.where(eta > 0, eta * h, 0.0)  # eta = 0 with h = inf (from alpha = 0) is 0, not NaN
@@ -132,7 +121,7 @@ def dpm_solver_pp_sde(score_fn, sde, x, ts, key, nfe, *, order=2, eta=1.0, s_noi
             x_new = x_new + corr
         z = _normal(key, i, x, noise)
         x_new = x_new + batch_mul(s_noise * s_t * jnp.sqrt(-jnp.expm1(-2.0 * eta_h)), z)
-        x_new = _project(project_fn, x_new, t, key, i)
+        x_new = project(project_fn, x_new, t, key, i)
         return (x_new, den, d_1, h, h_1, nfe), None
 
     idx = jnp.arange(ts.shape[0] - 1)

@@ -162,8 +162,8 @@ def test_pigdm_isotropic_follows_the_exact_posterior_flow_at_one_evaluation_per_
     err = []
     for steps in (20, 80):
         x, nfe = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(256),
-                                          jax.random.key(8), method="pigdm", sigma_y=SIGMA_Y, data_var=C,
-                                          jacobian="isotropic", sampler=sampler, steps=steps, x_init=x_init)
+                                          jax.random.key(8), posterior="pigdm", sigma_y=SIGMA_Y, data_var=C,
+                                          jacobian="isotropic", method=sampler, steps=steps, x_init=x_init)
         assert int(nfe) == steps
         err.append(float(jnp.max(jnp.abs(x - exact))))
     order = np.log(err[0] / err[1]) / np.log(4.0)
@@ -171,11 +171,11 @@ def test_pigdm_isotropic_follows_the_exact_posterior_flow_at_one_evaluation_per_
     assert order > (1.7 if sampler == "dpm_solver++" else 0.8), order  # the solver's order: no bias
 
 
-def _flow_errors(method, steps, n=512, **opts):
+def _flow_errors(posterior, steps, n=512, **opts):
     mean, cov = _posterior()
     x_init = jax.random.normal(jax.random.key(7), (n, D))
     x, nfe = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(n),
-                                      jax.random.key(8), method=method, sigma_y=SIGMA_Y, sampler="dpm_solver++",
+                                      jax.random.key(8), posterior=posterior, sigma_y=SIGMA_Y, method="dpm_solver++",
                                       steps=steps, x_init=x_init, **opts)
     post = GaussianMixture(mean[None], covs=cov[None])
     exact = post.flow_map(VP, x_init, VP.T, sampling.default_eps(VP))
@@ -203,8 +203,8 @@ def test_pigdm_with_a_stochastic_sampler_has_the_posterior_moments():
     n = 4000
     mean, cov = _posterior()
     x, _ = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(n),
-                                    jax.random.key(11), method="pigdm", sigma_y=SIGMA_Y, data_var=C,
-                                    sampler="ddim", eta=1.0, steps=200)
+                                    jax.random.key(11), posterior="pigdm", sigma_y=SIGMA_Y, data_var=C,
+                                    method="ddim", eta=1.0, steps=200)
     x = np.asarray(x, np.float64)
     sd = np.sqrt(np.diag(cov))
     np.testing.assert_array_less(np.abs(x.mean(0) - mean), 4 * sd / np.sqrt(n))
@@ -295,7 +295,7 @@ def test_replacement_inpainting_is_guidance_inpaint():
     mask = jnp.ones((1, 4, 4, 1)).at[:, :, 2:].set(0.0)
     op = inverse.Inpainting(mask)
     a, na = inverse.posterior_sample(gm.score_fn(VP), VP, op, op.forward(data), jax.random.key(1),
-                                     method="replacement", sigma_y=0.0, sampler="ddim", steps=10)
+                                     posterior="replacement", sigma_y=0.0, method="ddim", steps=10)
     b, nb = guidance.inpaint(gm.score_fn(VP), VP, data, mask, jax.random.key(1), method="ddim", steps=10)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(na) == int(nb) == 10
@@ -306,7 +306,7 @@ def test_ilvr_low_pass_band_is_the_reference():
     gm = GaussianMixture(np.zeros((1, 16)), np.array([0.7]), event_shape=(4, 4, 1))
     ref = gm.sample(jax.random.key(0), 4)
     op = inverse.SuperResolution(2)
-    x, _ = inverse.ilvr(gm.score_fn(VP), VP, ref, jax.random.key(1), factor=2, sampler="ddim", steps=20)
+    x, _ = inverse.ilvr(gm.score_fn(VP), VP, ref, jax.random.key(1), factor=2, method="ddim", steps=20)
     np.testing.assert_allclose(np.asarray(op.forward(x)), np.asarray(op.forward(ref)), atol=1e-6)
     assert float(jnp.max(jnp.abs(x - ref))) > 0.1  # the high-pass band is a new sample, not a copy
     # at the final step (t = eps), the state's low-pass band is that of alpha ref + sigma z exactly
@@ -342,7 +342,8 @@ def test_guidance_terms_are_finite_at_eps_and_T_with_zero_residual(sde):
 def test_posterior_sample_errors_name_the_bad_value():
     op = inverse.RandomProjection(A)
     with pytest.raises(ValueError, match="'ddrm'"):
-        inverse.posterior_sample(PRIOR.score_fn(VP), VP, op, _batch(2), jax.random.key(0), method="ddrm", sigma_y=0.1)
+        inverse.posterior_sample(PRIOR.score_fn(VP), VP, op, _batch(2), jax.random.key(0), posterior="ddrm",
+                                 sigma_y=0.1)
     with pytest.raises(ValueError, match="sigma_y=0.0"):
         pg.dps_guidance(PRIOR.score_fn(VP), VP, op, _batch(2), sigma_y=0.0)
 
@@ -351,8 +352,8 @@ def _pigdm_flow_error(sampler, steps, n=64):
     mean, cov = _posterior()
     x_init = jax.random.normal(jax.random.key(7), (n, D))
     x, nfe = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(n),
-                                      jax.random.key(8), method="pigdm", sigma_y=SIGMA_Y, data_var=C,
-                                      sampler=sampler, steps=steps, x_init=x_init)
+                                      jax.random.key(8), posterior="pigdm", sigma_y=SIGMA_Y, data_var=C,
+                                      method=sampler, steps=steps, x_init=x_init)
     exact = GaussianMixture(mean[None], covs=cov[None]).flow_map(VP, x_init, VP.T, sampling.default_eps(VP))
     return float(jnp.max(jnp.abs(x - exact))), int(nfe), x
 
@@ -375,7 +376,7 @@ def test_pigdm_runs_through_pc():
 
 def test_new_guidance_scale_does_not_recompile():
     op, score = inverse.RandomProjection(A), PRIOR.score_fn(VP)  # one score function: static by identity
-    kw = dict(method="dps", sigma_y=SIGMA_Y, sampler="ddim", steps=5)
+    kw = dict(posterior="dps", sigma_y=SIGMA_Y, method="ddim", steps=5)
     inverse.posterior_sample(score, VP, op, _batch(3), jax.random.key(0), scale=0.5, **kw)
     size = sampling._sample_jit._cached._cache_size()
     a, _ = inverse.posterior_sample(score, VP, op, _batch(3), jax.random.key(0), scale=0.5, **kw)
@@ -390,7 +391,7 @@ def test_replacement_colorization_is_guidance_colorize():
     rgb = gm.sample(jax.random.key(0), 2)
     op = inverse.Colorization()
     a, _ = inverse.posterior_sample(gm.score_fn(VP), VP, op, op.forward(rgb), jax.random.key(1),
-                                    method="replacement", sigma_y=0.0, sampler="ddim", steps=8)
+                                    posterior="replacement", sigma_y=0.0, method="ddim", steps=8)
     b, _ = guidance.colorize(gm.score_fn(VP), VP, guidance.to_gray(rgb), jax.random.key(1), method="ddim", steps=8)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     np.testing.assert_allclose(np.asarray(op.forward(a)), np.asarray(op.forward(rgb)), atol=1e-5)

@@ -377,3 +377,22 @@ def test_time_grids_are_decreasing_with_exact_endpoints(kind):
         if kind == "log_snr":
             lam = np.asarray(sde.log_snr(jnp.asarray(ts)))
             np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-3)
+
+
+def test_the_declared_deterministic_trait_is_what_each_method_does():
+    """Same ``x_init``, another key: the samples are equal exactly where the table says the method draws no noise."""
+    gm, sde = _gaussian(), sde_lib.VPSDE()
+    x_init = jax.random.normal(jax.random.key(1), (3, D))
+    cases = [(method, {}) for method in sampling.METHODS]
+    cases += [("ddim", dict(eta=1.0)), ("edm_heun", dict(S_churn=10.0)), ("euler_ancestral", dict(eta=0.0)),
+              ("dpm_solver++_sde", dict(eta=0.0))]
+    for method, opts in cases:
+        if method == "consistency":
+            score_fn, opts = (lambda x, t: 0.5 * x), dict(steps=2)  # any f(x, t): the re-noising is the noise
+        else:
+            score_fn = gm.score_fn(sde)
+            opts = {**({"steps": 4} if method != "ode" else {}), **opts}
+        a, _ = sampling.sample(score_fn, sde, (3, D), jax.random.key(2), method=method, x_init=x_init, **opts)
+        b, _ = sampling.sample(score_fn, sde, (3, D), jax.random.key(3), method=method, x_init=x_init, **opts)
+        same = bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        assert same == sampling.is_deterministic(method, opts), (method, opts, same)

@@ -1,0 +1,172 @@
+"""The table of sampling methods: each method declared once, with its traits.
+
+:func:`scoresde.sampling.sample`, the option checks (:func:`scoresde.sampling.method_options`,
+:func:`scoresde.sampling.check_options`) and every caller that asks a question about a method (is it
+deterministic? does it run on a time grid? does it take the ``project_fn`` hook?) read the :class:`Method`
+records of :data:`TABLE`; there is no other list of methods to keep in step with it.
+
+A *grid* method is a public function ``fn(score_fn, sde, x, ts, key, nfe, **options) -> (x, nfe)`` run by the
+front door on the grid ``ts`` of :func:`scoresde.sampling.grids.time_grid`; the others (``pc``, ``ode``,
+``consistency``) run their own loops and declare the adapter (``run``) the front door calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections.abc import Callable, Mapping
+
+import jax.numpy as jnp
+
+from scoresde.sampling import consistency, fast, multistep, ode, pc, stochastic
+
+__all__ = ["Method", "TABLE", "method_traits", "is_deterministic"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A sampling method and its traits.
+
+    Attributes:
+        name: the ``method=`` of :func:`scoresde.sampling.sample`.
+        fn: the public sampler function, the one a reader opens.
+        deterministic: with its default options, the samples are a fixed map of the prior draw (no noise is
+            drawn after it): a flow map for reflow couplings, fixed replacement noise for inpainting.
+        options: every option and its default (floats are traced, the rest static). ``project_fn`` among them
+            means the method takes the hook; ``grid`` is its default time grid. Grid methods also get
+            ``to_zero`` [False].
+        run: for a method with its own loop, ``run(score_fn, sde, x, key, nfe, eps, opts) -> (x, nfe, ok)``;
+            ``None`` for a grid method, which the front door runs as ``fn`` on its time grid.
+        prepare: optional ``prepare(sde, eps, opts) -> opts``, called outside ``jit`` to check and resolve the
+            static options.
+        noise_option: the option whose non-zero value draws noise (DDIM's ``eta``, EDM's ``S_churn``);
+            ``None`` when ``deterministic`` alone answers.
+        integrates_drift: the method integrates the SDE's drift (infinite where ``alpha(T) = 0``).
+        consistency_fn: its ``score_fn`` is a consistency function ``f(x, t) -> x_eps``, not a score.
+    """
+
+    name: str
+    fn: Callable
+    deterministic: bool
+    options: Mapping[str, object]
+    run: Callable | None = None
+    prepare: Callable | None = None
+    noise_option: str | None = None
+    integrates_drift: bool = False
+    consistency_fn: bool = False
+
+    def __post_init__(self):
+        options = dict(self.options)
+        if self.uses_grid:
+            options.setdefault("to_zero", False)
+        object.__setattr__(self, "options", types.MappingProxyType(options))
+        if self.noise_option is not None and (options[self.noise_option] == 0) != self.deterministic:
+            raise ValueError(f"method {self.name!r}: deterministic={self.deterministic} disagrees with its default "
+                             f"{self.noise_option}={options[self.noise_option]!r}")
+
+    @property
+    def uses_grid(self) -> bool:
+        """Runs as ``fn`` on a time grid (and takes ``steps``, ``grid``, ``to_zero``)."""
+        return self.run is None
+
+    @property
+    def projects(self) -> bool:
+        """Takes the ``project_fn(x, t, key)`` hook (inpainting, colorization, replacement)."""
+        return "project_fn" in self.options
+
+    @property
+    def default_grid(self) -> str | None:
+        """The time grid it uses when ``grid`` is not given (and the SDE has no ``default_grid``)."""
+        return self.options.get("grid")
+
+
+def _run_pc(score_fn, sde, x, key, nfe, eps, opts):
+    x, nfe = pc.pc_sample(score_fn, sde, x, key, nfe, eps=eps, **opts)
+    return x, nfe, jnp.array(True)
+
+
+def _run_ode(score_fn, sde, x, key, nfe, eps, opts):
+    opts = dict(opts)
+    denoise = opts.pop("denoise")
+    x, n, ok = ode.solve_flow(score_fn, sde, x, jnp.asarray(sde.T, x.dtype), eps, **opts)
+    nfe = nfe + n
+    if denoise:
+        # The reference's ODE sampler denoises with one reverse-diffusion mean step at eps.
+        t = jnp.full((x.shape[0],), eps, x.dtype)
+        _, x, nfe = pc._reverse_diffusion(sde, score_fn, key, x, t, nfe, False)
+    return jnp.where(ok, x, jnp.nan), nfe, ok
+
+
+def _run_consistency(score_fn, sde, x, key, nfe, eps, opts):
+    ts = consistency.default_times(sde, opts["steps"], eps, rho=opts["rho"], dtype=x.dtype)
+    if opts["times"] is not None:
+        ts = jnp.concatenate([ts[:1], opts["times"].astype(x.dtype)])
+    x, nfe = consistency.consistency_sample(score_fn, sde, x, ts, key, nfe, eps=eps, project_fn=opts["project_fn"])
+    return x, nfe, jnp.array(True)
+
+
+def _prepare_consistency(sde, eps, opts):
+    if opts["denoise"]:
+        raise ValueError("method 'consistency' cannot denoise: a consistency function already returns x_eps")
+    return {**opts, "steps": consistency.resolve_times(sde, eps, opts["steps"], opts["times"])}
+
+
+_METHODS = (
+    Method("pc", pc.pc_sample, deterministic=False, run=_run_pc, integrates_drift=True,
+           options=dict(predictor="euler_maruyama", corrector="none", snr=0.16, n_steps=1, steps=None, denoise=True,
+                        probability_flow=False, corrector_first=True, project_fn=None)),
+    Method("ode", ode.solve_flow, deterministic=True, run=_run_ode, integrates_drift=True,
+           options=dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096,
+                        denoise=False)),
+    Method("ddim", fast.ddim, deterministic=True, noise_option="eta",
+           options=dict(steps=50, eta=0.0, grid="uniform_t", denoise=False, project_fn=None)),
+    Method("dpm_solver", fast.dpm_solver, deterministic=True,
+           options=dict(steps=10, order=2, grid="log_snr", schedule="uniform", denoise=False, project_fn=None)),
+    Method("dpm_solver++", fast.dpm_solver_pp, deterministic=True,
+           options=dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None)),
+    Method("edm_heun", fast.edm_heun, deterministic=True, noise_option="S_churn",
+           options=dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
+                        denoise=False, project_fn=None)),
+    Method("unipc", multistep.unipc, deterministic=True,
+           options=dict(steps=20, order=2, variant="bh1", grid="log_snr", lower_order_final=True, denoise=False,
+                        project_fn=None)),
+    Method("deis", multistep.deis, deterministic=True,
+           options=dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None)),
+    Method("dpm_solver++_sde", stochastic.dpm_solver_pp_sde, deterministic=False, noise_option="eta",
+           options=dict(steps=20, order=2, eta=1.0, s_noise=1.0, grid="log_snr", denoise=False, project_fn=None)),
+    Method("euler_ancestral", stochastic.euler_ancestral, deterministic=False, noise_option="eta",
+           options=dict(steps=50, eta=1.0, s_noise=1.0, grid="edm", denoise=False, project_fn=None)),
+    Method("consistency", consistency.consistency_sample, deterministic=False, run=_run_consistency,
+           prepare=_prepare_consistency, consistency_fn=True,
+           options=dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None)),
+)
+
+# name -> Method, in the order of the module docstring of scoresde.sampling
+TABLE: Mapping[str, Method] = types.MappingProxyType({m.name: m for m in _METHODS})
+
+
+def method_traits(method: str) -> Method:
+    """The :class:`Method` record of ``method``.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method not in TABLE:
+        raise ValueError(f"unknown sampling method {method!r}; expected one of: {', '.join(TABLE)}")
+    return TABLE[method]
+
+
+def is_deterministic(method: str, options: Mapping | None = None) -> bool:
+    """Whether ``method`` with ``options`` (its defaults where not given) draws no noise after the prior draw.
+
+    The declared :attr:`Method.deterministic`, unless the method has a :attr:`Method.noise_option`: then
+    whether that option is 0 (DDIM with ``eta = 0``, EDM Heun without churn, Euler ancestral with ``eta = 0``).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    traits = method_traits(method)
+    if traits.noise_option is None:
+        return traits.deterministic
+    return {**traits.options, **(options or {})}[traits.noise_option] == 0
