@@ -98,7 +98,7 @@ class WorkdirLock:
         self.path = os.path.join(directory, ".lock")
         self._fd = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np

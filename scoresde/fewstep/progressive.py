@@ -25,7 +25,7 @@ Loss. ``w(t) ||x̂_θ(x_t, t) - x̃||²`` with the truncated-SNR weighting ``w =
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

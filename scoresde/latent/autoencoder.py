@@ -22,7 +22,8 @@ eq. 7). The discriminator is trained with the hinge loss (:func:`discriminator_l
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

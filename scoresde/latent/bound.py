@@ -13,9 +13,12 @@ dequantisation and data-scaler rules of :func:`scoresde.likelihood.bits_per_dim`
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
 from scoresde import likelihood
 from scoresde.latent.autoencoder import _LOG_2PI, DiagonalGaussian, _num_dims, _sum_except_batch
 

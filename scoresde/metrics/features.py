@@ -36,7 +36,8 @@ def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, r
     """
     import jax
     from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from scoresde.metrics.weights import build_inception, load_params, resolve_weights_path
 
@@ -107,7 +108,7 @@ class FeatureAccumulator:
         else:
             self._pools, self._logits = [], []
 
-    def merge(self, other: "FeatureAccumulator") -> None:
+    def merge(self, other: FeatureAccumulator) -> None:
         """Adds another accumulator's data (e.g. another process's)."""
         if other.n == 0:
             return

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scoresde.models.layers import Conv, GroupNorm, NIN
+from scoresde.models.layers import NIN, Conv, GroupNorm
 
 __all__ = ["DOWNSAMPLE_FACTORS", "ResnetBlock", "Encoder", "Decoder", "AutoencoderKL", "PatchDiscriminator", "AutoencoderTrainee"]
 

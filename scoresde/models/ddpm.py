@@ -9,7 +9,7 @@ the Flax reference (the PyTorch reference builds and uses it regardless; its rel
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx
