@@ -206,7 +206,8 @@ class GaussianMixture:
         is invariant (``C = Q diag(λ) Qᵀ``). ``t_from`` and ``t_to`` are ``(B,)`` arrays or scalars.
         """
         if self.num_components != 1:
-            raise ValueError(f"the closed-form flow map needs a single Gaussian; this mixture has {self.num_components}")
+            raise ValueError("the closed-form flow map needs a single Gaussian; "
+                             f"this mixture has {self.num_components}")
         b = x.shape[0]
         t_from = jnp.broadcast_to(jnp.asarray(t_from, jnp.float32), (b,))
         t_to = jnp.broadcast_to(jnp.asarray(t_to, jnp.float32), (b,))

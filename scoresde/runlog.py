@@ -36,7 +36,7 @@ class MetricsLogger:
         self.enabled = enabled
         self._tb = None
         if enabled and tensorboard:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
+            from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional, only with TensorBoard on)
 
             self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 

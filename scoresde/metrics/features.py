@@ -41,7 +41,7 @@ def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, r
     """
     from flax import nnx  # noqa: PLC0415  (flax and the Inception only when it is built)
 
-    from scoresde.metrics.weights import build_inception, load_params, resolve_weights_path  # noqa: PLC0415
+    from scoresde.metrics.weights import build_inception, load_params, resolve_weights_path  # noqa: PLC0415  (as flax)
 
     path = resolve_weights_path(weights, download=download)
     model = build_inception(load_params(path), resize_method=resize_method)

@@ -306,9 +306,9 @@ def resolve_weights_path(path: str | None = None, *, download: bool | None = Non
 def build_inception(params: Mapping, *, resize_method: str = "pytorch_fid"):
     """An :class:`InceptionV3FID` holding ``params`` (built abstractly: no random initialisation cost)."""
     import jax.numpy as jnp  # noqa: PLC0415  (jax/flax only once a model is built)
-    from flax import nnx  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415  (as above)
 
-    from scoresde.metrics.inception import InceptionV3FID  # noqa: PLC0415
+    from scoresde.metrics.inception import InceptionV3FID  # noqa: PLC0415  (as above)
 
     abstract = nnx.eval_shape(lambda: InceptionV3FID(resize_method=resize_method, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
