@@ -216,7 +216,7 @@ def load_params(path: str) -> dict:
 
 
 def cache_dir() -> str:
-    """Directory of cached weights (see the module docstring)."""
+    """Directory of cached weights (``docs/metrics.md``, "The weights")."""
     if os.environ.get(ENV_CACHE):
         return os.environ[ENV_CACHE]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -277,11 +277,14 @@ def download_weights(dest_dir: str | None = None, *, url: str = FID_WEIGHTS_URL,
 
 
 def resolve_weights_path(path: str | None = None, *, download: bool | None = None) -> str:
-    """Finds the weights file (see the module docstring for the order).
+    """Finds the weights file, in the search order of ``docs/metrics.md``.
 
     Args:
         path: an explicit file (e.g. ``config.eval.inception_weights``); must exist when given.
         download: allow the download; None means "unless ``SCORESDE_OFFLINE`` is set".
+
+    Returns:
+        The path of an existing ``.npz`` or ``.pth`` weights file.
 
     Raises:
         InceptionWeightsError: with instructions, when no file is found and none can be downloaded.
