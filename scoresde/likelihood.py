@@ -155,26 +155,21 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
     """Per-example log-density ``log p_ε(x)`` through the probability-flow ODE (Song et al. 2021, App. D.2).
 
     Args:
-        score_fn: batched score ``score_fn(x (B, ...), t (B,)) -> (B, ...)``, e.g. from
-            :func:`scoresde.parameterization.model_score_fn`.
+        score_fn: batched score ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
         sde: a forward SDE of :mod:`scoresde.sde`.
         x: ``(B, ...)`` data in the model's (scaled) space.
-        key: typed PRNG key; example ``i`` draws its probe from ``jax.random.split(key, B)[i]``, so its value
-            depends only on ``key``, ``i`` and ``x[i]``, never on how the batch is split over devices.
-        hutchinson: ``'rademacher'`` or ``'gaussian'`` (Hutchinson–Skilling estimate, probe fixed over the
-            solve) or ``'exact'`` (the full trace by ``D`` Jacobian–vector products; small ``D`` only).
+        key: typed PRNG key; example ``i`` probes with ``split(key, B)[i]``, whatever the device split.
+        hutchinson: ``'rademacher'`` / ``'gaussian'`` (Hutchinson–Skilling) or ``'exact'`` (``D`` JVPs).
         rtol, atol: tolerances of the PID step-size controller (the reference uses 1e-5 for both).
         eps: start time of the integration (the reference uses 1e-5).
         n_probes: probes averaged per example (Hutchinson only).
         solver: ``'tsit5'`` or ``'dopri5'``.
         max_steps: step budget of each solve; an example that exhausts it gets ``logp = nan``.
-        mesh: optional mesh with a ``'data'`` axis; the batch (divisible by its size) is then split over its
-            devices, each solving its own examples.
+        mesh: optional mesh with a ``'data'`` axis over whose devices the batch is split.
 
     Returns:
-        ``(logp, z, nfe)``: ``logp`` ``(B,)`` in nats (``nan`` where the solve failed), the latent
-        ``z = x_T`` ``(B, ...)``, and ``nfe`` ``(B,)`` int, the number of ODE right-hand-side evaluations
-        of each example (each one network forward pass plus its Jacobian–vector products).
+        ``(logp, z, nfe)``: ``(B,)`` nats (``nan`` where the solve failed), ``z = x_T`` ``(B, ...)``, and the
+        ``(B,)`` int count of ODE right-hand-side evaluations (one network pass plus JVPs each).
 
     Raises:
         ValueError: for an unknown ``hutchinson`` or ``solver``, ``n_probes < 1``, or a bad ``eps``.
@@ -302,8 +297,7 @@ def bits_per_dim(score_fn: ScoreFn, sde, x: Array, key: Array, *, scaler: Callab
         dequantization: ``'uniform'`` (``u = (k + U) / 2^b``, the reference's) or ``'none'`` (``u = x``; not
             a bound when ``num_bits`` is set).
         num_repeats: ``K`` independent dequantisation draws per example (the reference uses 5).
-        **likelihood_kwargs: passed to :func:`log_likelihood` (``hutchinson``, ``rtol``, ``atol``,
-            ``eps``, ``n_probes``, ``solver``, ``max_steps``, ``mesh``).
+        **likelihood_kwargs: passed to :func:`log_likelihood`.
 
     Returns:
         A :class:`BitsPerDim`.

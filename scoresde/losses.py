@@ -101,8 +101,7 @@ def continuous_dsm_loss(
         likelihood_weighting: use the weighting ``g²`` instead of ``σ²``.
         importance_sampling: sample ``t`` ∝ ``g²/σ²`` (only with likelihood weighting).
         eps: smallest time sampled.
-        t_sampler: a prebuilt :class:`LikelihoodImportanceSampler` (built on demand otherwise; pass one
-            under ``jax.jit`` to avoid rebuilding the table while tracing).
+        t_sampler: a prebuilt :class:`LikelihoodImportanceSampler` (else built while tracing).
 
     Returns:
         ``(loss, aux)`` where ``aux`` holds the per-example ``losses`` and the sampled ``t``.
@@ -209,8 +208,7 @@ def flow_matching_loss(velocity_fn: Callable, batch, key, *, noise=None, time_sa
         batch: data ``x_0``, ``(B, ...)``.
         key: PRNG key.
         noise: optional ``z`` paired with ``batch`` (a reflow coupling); independent ``N(0, I)`` if ``None``.
-        time_sampling: ``uniform`` (``t ~ U(0, 1)``) or ``logit_normal`` (``t = sigmoid(m + s n)``, Esser et al.
-            2024, eq. 19).
+        time_sampling: ``uniform`` or ``logit_normal`` (``t = sigmoid(m + s n)``, Esser et al. 2024, eq. 19).
         logit_mean, logit_std: the logit-normal's ``m`` and ``s``.
         reduce_mean: mean over dimensions, else ``0.5 * sum``.
 

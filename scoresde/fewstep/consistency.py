@@ -64,8 +64,7 @@ def consistency_fn(net_fn: Callable, sde, eps, *, sigma_data: float = 0.5, time_
         sde: a linear SDE from :mod:`scoresde.sde`.
         eps: the boundary time (a float or scalar array).
         sigma_data: ``σ_d`` of the data (0.5 for images in ``[-1, 1]``, the paper's value).
-        time_label: the network's time conditioning, one of
-            :data:`scoresde.parameterization.TIME_LABELS` (the label conventions live there).
+        time_label: the network's time conditioning, one of :data:`scoresde.parameterization.TIME_LABELS`.
 
     Returns:
         ``f(x, t) -> x_eps`` with ``x`` of shape ``(B, ...)`` and ``t`` of shape ``(B,)``.
@@ -159,8 +158,7 @@ def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=N
             ``metric(x, y) -> (B,)`` for anything else (e.g. a complete LPIPS).
         feature_fn: optional ``feature_fn(x) -> (B, ...)`` applied to both arguments first: the hook for a
             learned perceptual metric such as LPIPS (not bundled; see ``docs/consistency.md``).
-        huber_c: the pseudo-Huber ``c``; ``0.00054 sqrt(d)`` (iCT's choice, ``d`` the number of
-            elements per example of what is compared) if ``None``.
+        huber_c: the pseudo-Huber ``c``; iCT's ``0.00054 sqrt(d)`` (``d`` elements per example) if ``None``.
 
     Raises:
         ValueError: for an unknown metric or mismatched shapes.
@@ -270,8 +268,7 @@ def cd_loss(consistency_fn: Callable, params, target_params, score_fn: Callable,
     ``x̂_{t_n}`` is one :func:`teacher_step` with ``score_fn`` from ``t_{n+1}`` to ``t_n`` on the ρ-grid.
 
     Args:
-        consistency_fn: ``consistency_fn(params, x, t) -> x_eps`` (e.g. :func:`consistency_fn` of a merged
-            network).
+        consistency_fn: ``consistency_fn(params, x, t) -> x_eps``.
         params: online parameters ``θ`` (the ones differentiated).
         target_params: target parameters ``θ⁻`` (the EMA, or ``params`` for ``μ = 0``); stop-gradiented.
         score_fn: the teacher's ``score_fn(x, t)``.

@@ -84,8 +84,7 @@ def variational_bound(encoder_fn: Callable[[Array], tuple[Array, Array]], decode
         decoder_std: ``σ`` of the Gaussian decoder, in the model's space.
         scaler, num_bits, dequantization: as in :func:`scoresde.likelihood.bits_per_dim`.
         num_samples: ``K`` posterior samples per example (each a probability-flow solve).
-        **likelihood_kwargs: passed to :func:`scoresde.likelihood.log_likelihood` (``hutchinson``, ``rtol``,
-            ``atol``, ``eps``, ``solver``, ``max_steps``, ``mesh``; with a mesh, ``K · B`` must divide evenly).
+        **likelihood_kwargs: passed to :func:`scoresde.likelihood.log_likelihood` (a mesh must divide ``K B``).
 
     Returns:
         A :class:`LatentBound`.
