@@ -7,7 +7,7 @@ Wide-ResNet, ``"mlp"`` a residual MLP for low-dimensional data (``docs/networks.
 
 Examples:
     >>> clf = build.get_classifier(config, rngs=nnx.Rngs(0))  # or WideResNet(...) / MLPClassifier(...)
-    >>> log_prob_fn = classifier_log_prob_fn(clf, sde)
+    >>> log_prob_fn = guidance.classifier_log_prob_fn(clf, sde)
     >>> guided = guidance.classifier_guidance(score_fn, log_prob_fn, y=3, scale=2.0)
 """
 
