@@ -160,7 +160,7 @@ class GaussianMixture:
         logn, _ = self._component_terms(x, sde.alpha(t), sde.sigma(t))
         return jax.nn.log_softmax(logn + jnp.log(self.weights)[None], axis=-1)
 
-    def component(self, k: int) -> "GaussianMixture":
+    def component(self, k: int) -> GaussianMixture:
         """Component ``k`` as a one-component mixture (the class-conditional law)."""
         covs = np.asarray(self._covs())[k : k + 1]
         return GaussianMixture(np.asarray(self.means)[k : k + 1], covs=covs, event_shape=self.event_shape)
@@ -190,7 +190,7 @@ class GaussianMixture:
         dm = self.means - m[None]
         return jnp.sum(self.weights[:, None, None] * (self._covs() + dm[:, :, None] * dm[:, None, :]), axis=0)
 
-    def marginal(self, sde, t: float) -> "GaussianMixture":
+    def marginal(self, sde, t: float) -> GaussianMixture:
         """The noised marginal ``p_t`` at a scalar time ``t`` as a :class:`GaussianMixture`."""
         tt = jnp.asarray([t], dtype=jnp.float32)
         a, s = float(sde.alpha(tt)[0]), float(sde.sigma(tt)[0])
@@ -206,7 +206,8 @@ class GaussianMixture:
         is invariant (``C = Q diag(λ) Qᵀ``). ``t_from`` and ``t_to`` are ``(B,)`` arrays or scalars.
         """
         if self.num_components != 1:
-            raise ValueError(f"the closed-form flow map needs a single Gaussian; this mixture has {self.num_components}")
+            raise ValueError("the closed-form flow map needs a single Gaussian; "
+                             f"this mixture has {self.num_components}")
         b = x.shape[0]
         t_from = jnp.broadcast_to(jnp.asarray(t_from, jnp.float32), (b,))
         t_to = jnp.broadcast_to(jnp.asarray(t_to, jnp.float32), (b,))

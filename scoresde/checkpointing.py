@@ -1,14 +1,7 @@
 """Orbax checkpoints of training runs: parameters, EMA, optimiser state, step and config.
 
-Layout: ``workdir/checkpoints/<step>/{params, ema_params, opt_state, meta}``. ``params`` and
-``ema_params`` are pure-dict pytrees of the network's ``nnx.Param`` state (``State.to_pure_dict()``);
-``opt_state`` (absent in imported checkpoints) is the optax state; ``meta`` is JSON with the step, the
-non-finite counters and the config.
-
-Saves are asynchronous (Orbax writes into a temporary directory and renames it when complete, so an
-interrupted save is never listed). The manager keeps the last ``max_to_keep`` checkpoints plus every
-one whose step is a multiple of ``keep_period``. On restore, a checkpoint that fails to load (truncated
-or corrupt files) is skipped with a warning and the next older one is tried.
+``workdir/checkpoints/<step>/{params, ema_params, opt_state, meta}``, saved asynchronously by one locked
+writer, restored newest-loadable-first. Layout and failure handling: ``docs/checkpoints.md``.
 
 Examples:
     >>> save_model_checkpoint("runs/imported", params=p, ema_params=p, step=0, config=config)
@@ -98,7 +91,7 @@ class WorkdirLock:
         self.path = os.path.join(directory, ".lock")
         self._fd = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -154,9 +147,8 @@ def _flat(tree):
 class Checkpointer:
     """A thin wrapper over ``ocp.CheckpointManager`` for training state.
 
-    A writing checkpointer holds the directory's :class:`WorkdirLock` (process 0) until :meth:`close`, so a
-    second writer is refused instead of deleting the first's in-flight save; a ``read_only`` one creates,
-    cleans up and deletes nothing (what the sample / eval / likelihood modes use on a live workdir).
+    A writer holds the workdir's :class:`WorkdirLock` until :meth:`close`; a ``read_only`` one creates, cleans
+    up and deletes nothing (``docs/checkpoints.md``).
 
     Args:
         workdir: run directory; checkpoints go to ``workdir/checkpoints``.
@@ -266,10 +258,7 @@ class Checkpointer:
     def restore_latest(self, *, params=None, ema_params=None, opt_state=None) -> dict | None:
         """Restores the newest complete checkpoint into the structure of the given (abstract) trees.
 
-        A checkpoint that cannot be loaded (truncated or corrupt files, a training checkpoint without its
-        optimizer state when ``opt_state`` is asked for) is skipped with a warning and the next older one is
-        tried. Model-only checkpoints (:func:`save_model_checkpoint`, ``meta.model_only``) restore without
-        optimizer state.
+        One that cannot be loaded is skipped with a warning for the next older one (``docs/checkpoints.md``).
 
         Returns:
             ``None`` when there is no checkpoint, else a dict with ``params``, ``ema_params``,
@@ -342,8 +331,7 @@ class Checkpointer:
     def close(self):
         """Waits for pending saves, closes the manager and releases the lock; never raises.
 
-        A failed save is reported by :meth:`save` (the next one) or :meth:`wait` (call it where the run ends
-        normally); here it is only logged, so closing in a ``finally`` does not mask the original error.
+        A failed save is only logged here, so closing in a ``finally`` does not mask the original error.
         """
         try:
             if self.manager is not None:

@@ -63,7 +63,7 @@ def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) ->
 
 def save_image_grid(path: str, images_uint8: np.ndarray, *, upscale: int = 1, ncol: int | None = None) -> np.ndarray:
     """Writes a PNG grid of uint8 NHWC images (optionally upscaled by pixel repetition); returns the grid."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415  (Pillow only when a PNG is written)
 
     grid = image_grid(images_uint8, ncol)
     if upscale > 1:
@@ -76,7 +76,7 @@ def save_image_grid(path: str, images_uint8: np.ndarray, *, upscale: int = 1, nc
 def save_scatter(path: str, points: np.ndarray, *, reference: np.ndarray | None = None, title: str = "") -> None:
     """Writes a scatter plot PNG of 2-D samples (and, faintly, reference data)."""
     # The object API with an Agg canvas: no pyplot, so a notebook's backend is left alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415  (matplotlib only for plots)
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     fig = Figure(figsize=(4, 4), dpi=100)

@@ -1,32 +1,8 @@
 """Exact likelihood through the probability-flow ODE, solved on the device with diffrax.
 
-The probability-flow ODE (Song et al. 2021, eq. 13) ``dx/dt = f̃(x, t) = f(x, t) - ½ g(t)² ∇log p_t(x)``
-carries ``p_ε`` to ``p_T``. By the instantaneous change of variables (Chen et al. 2018; Song et al. 2021,
-eq. 39)::
-
-    log p_ε(x) = log p_T(z) + ∫_ε^T ∇·f̃(x_t, t) dt,        z = x_T,
-
-so the solve runs forward, from data at ``ε`` to the prior at ``T``, carrying the integral of the divergence
-alongside ``x``; ``log p_T`` is replaced by ``sde.prior_logp``. The divergence is the exact trace (``D``
-Jacobian–vector products, small ``D``) or the Hutchinson–Skilling estimate ``vᵀ (∂f̃/∂x) v`` with the probe
-``v`` drawn once per example and held fixed over the whole solve, as in the reference, which makes the
-estimate of the integral unbiased: ``E[vᵀ (∫ J dt) v] = tr ∫ J dt``.
-
-Every example is solved on its own (``vmap`` of a per-example adaptive solve), so each example has its own
-step sizes, its value does not depend on which other examples share its batch or device, and a
-data-parallel run over a ``('data',)`` mesh (``shard_map``, no collective inside the solve) cannot hang on
-differing step counts.
-
-Bits per dimension of discrete data (:func:`bits_per_dim`): for ``b``-bit data ``k ∈ {0 … 2^b - 1}^D``
-dequantised to ``u = (k + U) / 2^b``, ``U ~ Uniform[0, 1)^D``, and mapped to the model's space by the data
-scaler ``y = s(u)`` (elementwise; ``2u - 1`` for centred data), Jensen's inequality gives::
-
-    -log₂ P(k) ≤ E_U[ -log₂ p_y(s(u)) - Σ_i log₂ |s'(u_i)| ] + D b
-
-since the density of ``u`` is ``p_y(s(u)) Π|s'(u_i)|`` and the cube ``k + [0, 1)^D`` has volume ``2^{-bD}``
-in ``u``-space. Per dimension the offset added to ``-log₂ p_y / D`` is therefore ``b - log₂ |s'|``:
-``8 - 1 = 7`` for 8-bit centred data, ``8`` for uncentred, exactly the reference's
-``log2(grad(inverse_scaler)(0)) + 8``, here derived from ``b`` and ``s`` instead of written down.
+``log p_ε(x) = log p_T(x_T) + ∫_ε^T ∇·f̃(x_t, t) dt`` (Song et al. 2021, eq. 39), one adaptive solve per
+example, with the exact trace or a Hutchinson–Skilling estimate; and bits/dim of dequantised discrete data.
+Derivations, the NFE count and the bits/dim offset: ``docs/likelihood.md``.
 
 Examples:
     >>> from scoresde import analytic, sde as sde_lib
@@ -40,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import diffrax
 import jax
@@ -48,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-# encode/decode (latent interpolation) are the samplers' probability-flow ODE, re-exported: one implementation.
+# encode/decode: the samplers' probability-flow ODE, re-exported so there is one implementation
 from scoresde.sampling import decode, encode
 from scoresde.sampling.grids import ShapeCheckedScore
 from scoresde.sde import probability_flow_drift
@@ -73,9 +50,9 @@ __all__ = [
 
 HUTCHINSON_TYPES = ("rademacher", "gaussian", "exact")
 DEQUANTIZATIONS = ("uniform", "none")
-# Explicit factory: both are 7-stage FSAL Runge–Kutta pairs of order 5(4).
+# both 7-stage FSAL Runge–Kutta pairs of order 5(4)
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
-# New vector-field evaluations per step of a 7-stage FSAL pair (the first stage is the previous last).
+# new evaluations per attempted step of a 7-stage FSAL pair
 _NEW_EVALS_PER_STEP = 6
 
 
@@ -105,11 +82,9 @@ def _rms(tree):
 
 
 def _initial_step(vector_field, t0, y0, f0, direction, span, rtol, atol, error_order=5):
-    """First step size by Hairer, Nørsett & Wanner (1993, II.4), as scipy and diffrax choose it.
+    """First step size by Hairer, Nørsett & Wanner (1993, II.4), trial step clipped to ``span``.
 
-    Written out here (rather than ``dt0=None``) so that its one extra evaluation is counted in NFE. As in
-    scipy, the trial step is clipped to the integration interval ``span``: with a nearly flat start (VE data
-    at small ``t``) the unclipped trial lands far beyond ``T``, where ``sigma(t)`` overflows.
+    Written out so its extra evaluation is counted in NFE (``docs/likelihood.md``).
     """
     scale = jax.tree.map(lambda y: atol + jnp.abs(y) * rtol, y0)
     d0 = _rms(jax.tree.map(jnp.divide, y0, scale))
@@ -137,9 +112,7 @@ def _solve(vector_field, y0, *, t0, t1, solver, rtol, atol, max_steps):
         saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False,
     )
     ok = sol.result == diffrax.RESULTS.successful
-    # Counted, not assumed: 2 evaluations choose the first step, the FSAL solver evaluates the first stage
-    # once, and every attempted step (accepted or rejected) costs 6 new stages of the 7-stage FSAL pair.
-    # tests/test_likelihood.py checks this against a host-side counter of the calls that actually ran.
+    # 2 evaluations choose the first step, 1 first stage, 6 per attempted step (docs/likelihood.md)
     nfe = 3 + _NEW_EVALS_PER_STEP * sol.stats["num_steps"]
     return jax.tree.map(lambda a: a[-1], sol.ys), ok, nfe
 
@@ -162,10 +135,9 @@ def _per_example_logp(drift1, x, key, *, hutchinson, n_probes, eps, t1, solver, 
 
 
 def _data_parallel(fn, mesh, *args):
-    """Runs ``fn`` (batched over the leading axis of every arg) on each device's own examples.
+    """Runs ``fn`` (batched over every arg's leading axis) on each device's own examples.
 
-    ``shard_map`` over the mesh's ``'data'`` axis with no collective inside: every device runs its own
-    adaptive solves, so devices that need different numbers of steps never wait on each other.
+    No collective inside, so devices needing different numbers of steps never wait on each other.
     """
     if mesh is None:
         return fn(*args)
@@ -183,26 +155,21 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
     """Per-example log-density ``log p_ε(x)`` through the probability-flow ODE (Song et al. 2021, App. D.2).
 
     Args:
-        score_fn: batched score ``score_fn(x (B, ...), t (B,)) -> (B, ...)``, e.g. from
-            :func:`scoresde.parameterization.model_score_fn`.
+        score_fn: batched score ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
         sde: a forward SDE of :mod:`scoresde.sde`.
         x: ``(B, ...)`` data in the model's (scaled) space.
-        key: typed PRNG key; example ``i`` draws its probe from ``jax.random.split(key, B)[i]``, so its value
-            depends only on ``key``, ``i`` and ``x[i]``, never on how the batch is split over devices.
-        hutchinson: ``'rademacher'`` or ``'gaussian'`` (Hutchinson–Skilling estimate, probe fixed over the
-            solve) or ``'exact'`` (the full trace by ``D`` Jacobian–vector products; small ``D`` only).
+        key: typed PRNG key; example ``i`` probes with ``split(key, B)[i]``, whatever the device split.
+        hutchinson: ``'rademacher'`` / ``'gaussian'`` (Hutchinson–Skilling) or ``'exact'`` (``D`` JVPs).
         rtol, atol: tolerances of the PID step-size controller (the reference uses 1e-5 for both).
         eps: start time of the integration (the reference uses 1e-5).
         n_probes: probes averaged per example (Hutchinson only).
         solver: ``'tsit5'`` or ``'dopri5'``.
         max_steps: step budget of each solve; an example that exhausts it gets ``logp = nan``.
-        mesh: optional mesh with a ``'data'`` axis; the batch (divisible by its size) is then split over its
-            devices, each solving its own examples.
+        mesh: optional mesh with a ``'data'`` axis over whose devices the batch is split.
 
     Returns:
-        ``(logp, z, nfe)``: ``logp`` ``(B,)`` in nats (``nan`` where the solve failed), the latent
-        ``z = x_T`` ``(B, ...)``, and ``nfe`` ``(B,)`` int, the number of ODE right-hand-side evaluations
-        of each example (each one network forward pass plus its Jacobian–vector products).
+        ``(logp, z, nfe)``: ``(B,)`` nats (``nan`` where the solve failed), ``z = x_T`` ``(B, ...)``, and the
+        ``(B,)`` int count of ODE right-hand-side evaluations (one network pass plus JVPs each).
 
     Raises:
         ValueError: for an unknown ``hutchinson`` or ``solver``, ``n_probes < 1``, or a bad ``eps``.
@@ -236,10 +203,7 @@ def _identity(u):
 
 
 def scaler_log_det(scaler: Callable[[Array], Array] | None, u: Array) -> Array:
-    """``Σ_i log |s'(u_i)|`` per example, ``(B,)``, for an elementwise data scaler ``s``.
-
-    One JVP with a tangent of ones gives the diagonal of the Jacobian of an elementwise map.
-    """
+    """``Σ_i log |s'(u_i)|`` per example, ``(B,)``, for an elementwise data scaler ``s`` (one JVP)."""
     if scaler is None:
         return jnp.zeros((u.shape[0],), u.dtype)
     _, diag = jax.jvp(scaler, (u,), (jnp.ones_like(u),))
@@ -247,11 +211,10 @@ def scaler_log_det(scaler: Callable[[Array], Array] | None, u: Array) -> Array:
 
 
 def bpd_offset(scaler: Callable[[Array], Array] | None, num_bits: int | None = 8, *, at: float = 0.5) -> float:
-    """Bits/dim added to ``-log₂ p_y(y) / D``: ``num_bits - log₂ |s'(at)|`` (see the module docstring).
+    """Bits/dim added to ``-log₂ p_y(y) / D``: ``num_bits - log₂ |s'(at)|`` (``docs/likelihood.md``).
 
-    8-bit centred data (``s(u) = 2u - 1``) give 7, uncentred 8. ``num_bits=None`` (continuous data) drops
-    the bin-volume term. Exact for affine scalers; for other elementwise scalers the per-example
-    :func:`scaler_log_det` is what :func:`bits_per_dim` uses, and this is the value at ``u = at``.
+    8-bit centred data give 7, uncentred 8; ``num_bits=None`` drops the bin-volume term. Exact for affine
+    scalers.
     """
     log2_jac = 0.0
     if scaler is not None:
@@ -321,36 +284,34 @@ def bits_per_dim(score_fn: ScoreFn, sde, x: Array, key: Array, *, scaler: Callab
                  **likelihood_kwargs) -> BitsPerDim:
     """Bits/dim of data ``x`` under the model whose score is ``score_fn`` (in the scaled space).
 
-    ``bpd = -(log p_y(s(u)) + Σ log|s'(u)|) / (D ln 2) + b``, with ``u`` the dequantised data (module
-    docstring). With uniform dequantisation this is an upper bound on the bits/dim of the discrete data.
+    ``bpd = -(log p_y(s(u)) + Σ log|s'(u)|) / (D ln 2) + b`` for dequantised data ``u``; with uniform
+    dequantisation an upper bound on the discrete data's bits/dim (``docs/likelihood.md``).
 
     Args:
         score_fn, sde: the model, as in :func:`log_likelihood`.
-        x: ``(B, ...)`` data in ``[0, 1]`` before the scaler: with ``dequantization='uniform'`` the discrete
-            values ``k / (2^b - 1)`` (what ``tf.image.convert_image_dtype`` gives); with ``'none'`` any
-            values, used as they are.
+        x: ``(B, ...)`` data in ``[0, 1]`` before the scaler: ``k / (2^b - 1)`` for ``'uniform'``, any
+            values for ``'none'``.
         key: typed PRNG key; repeat ``r`` uses ``fold_in(key, r)`` for its noise and probes.
         scaler: elementwise data scaler ``s`` from ``[0, 1]`` to the model's space (``None``: identity).
-        num_bits: bit depth ``b`` of the data; ``None`` (only with ``'none'``) for continuous data, where the
-            result is ``-log₂`` of the density of ``x`` per dimension.
-        dequantization: ``'uniform'`` (``u = (k + U) / 2^b``, the reference's evaluation) or ``'none'``
-            (``u = x``; with ``num_bits`` set, the density times the bin volume, which is not a bound and
-            can go below the true bits/dim, even negative, for a model that has collapsed onto the grid).
+        num_bits: bit depth ``b`` of the data; ``None`` (only with ``'none'``) for continuous data.
+        dequantization: ``'uniform'`` (``u = (k + U) / 2^b``, the reference's) or ``'none'`` (``u = x``; not
+            a bound when ``num_bits`` is set).
         num_repeats: ``K`` independent dequantisation draws per example (the reference uses 5).
-        **likelihood_kwargs: passed to :func:`log_likelihood` (``hutchinson``, ``rtol``, ``atol``,
-            ``eps``, ``n_probes``, ``solver``, ``max_steps``, ``mesh``).
+        **likelihood_kwargs: passed to :func:`log_likelihood`.
 
     Returns:
         A :class:`BitsPerDim`.
 
     Raises:
-        ValueError: for an unknown dequantisation, ``num_repeats < 1``, or uniform without ``num_bits``.
+        ValueError: for data outside ``[0, 1]``, an unknown dequantisation, ``num_repeats < 1``, or uniform
+            without ``num_bits``.
     """
     if num_bits is not None and not isinstance(x, jax.core.Tracer):
         xv = np.asarray(x)
         if not np.all(np.isfinite(xv)) or xv.min() < 0.0 or xv.max() > 1.0:
             raise ValueError(f"bits_per_dim takes {num_bits}-bit data in [0, 1] before the scaler; got values in "
-                             f"[{np.nanmin(xv):.4g}, {np.nanmax(xv):.4g}]{' with NaN/inf' if not np.all(np.isfinite(xv)) else ''}"
+                             f"[{np.nanmin(xv):.4g}, {np.nanmax(xv):.4g}]"
+                             f"{' with NaN/inf' if not np.all(np.isfinite(xv)) else ''}"
                              " (map [0, 255] data with x / 255, centred [-1, 1] data with (x + 1) / 2)")
     if num_repeats < 1:
         raise ValueError(f"num_repeats must be >= 1; got {num_repeats}")

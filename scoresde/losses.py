@@ -1,13 +1,7 @@
-"""Denoising score-matching losses (pure functions).
-
-* :func:`continuous_dsm_loss`: the continuous-time objective of Song et al. (ICLR 2021, eq. 7) with the
-  reference's σ² weighting, or the likelihood weighting g² of Song, Durkan, Murray & Ermon, "Maximum
-  Likelihood Training of Score-Based Diffusion Models" (NeurIPS 2021, Thm. 1), optionally with importance
-  sampling of t (same paper, Sec. 5) that turns the g²/σ² weight into a constant.
-* :func:`ddpm_loss` / :func:`smld_loss`: the discrete DDPM (Ho et al. 2020) and SMLD (Song & Ermon 2019)
-  objectives on the raw network, as the reference trains its discrete models.
+"""Training losses (pure functions): continuous DSM, discrete DDPM / SMLD, flow matching, EDM.
 
 Each loss is ``loss(fn, sde, batch, key, ...) -> (scalar, aux)`` with ``batch`` of shape ``(B, ...)``.
+Weightings, importance sampling and the Gaussian oracles: ``docs/losses.md``.
 
 Examples:
     >>> from scoresde import sde as sde_lib, analytic
@@ -19,7 +13,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,12 +40,13 @@ def _reduce(x, reduce_mean: bool):
 
 
 class LikelihoodImportanceSampler:
-    """Samples ``t ∈ [eps, T]`` with density ∝ ``g(t)² / sigma(t)²``.
+    """Samples ``t ∈ [eps, T]`` with density ∝ ``g(t)² / sigma(t)²`` (Song et al. 2021b, Sec. 5).
 
-    With ``t`` drawn this way the likelihood-weighted objective ``g²/σ² · ||σ s + z||²`` becomes
-    ``Z · ||σ s + z||²`` with the constant ``Z = ∫ g²/σ² dt``, removing most of its variance.
-    The inverse CDF is tabulated once on a grid that is geometric near ``eps`` (where the density
-    behaves like ``1/t``), with the trapezoidal rule in ``log t``; the table has ``num_points`` nodes.
+    The inverse CDF is tabulated once, ``num_points`` nodes geometric in ``t``; ``normaliser`` is
+    ``Z = ∫ g²/σ² dt`` (``docs/losses.md``).
+
+    Raises:
+        ValueError: unless ``0 < eps < T``.
     """
 
     def __init__(self, sde, eps: float = 1e-5, num_points: int = 4096):
@@ -92,16 +87,10 @@ def continuous_dsm_loss(
     eps: float = 1e-5,
     t_sampler: LikelihoodImportanceSampler | None = None,
 ):
-    """Continuous denoising score matching.
+    """Continuous denoising score matching ``E λ(t) ||s(x_t, t) + z/σ||²`` (Song et al. 2021, eq. 7).
 
-    For ``t ~ U(eps, T)``, ``z ~ N(0, I)`` and ``x_t = alpha(t) x + sigma(t) z``:
-
-    * σ² weighting (reference default): ``λ(t) ||s(x_t, t) + z/σ||² σ²`` = ``||σ s + z||²``;
-    * likelihood weighting: ``g(t)² ||s + z/σ||²``, whose time integral bounds the negative
-      log-likelihood (Song et al. 2021b, Thm. 1);
-    * with ``importance_sampling`` (needs likelihood weighting): ``t ~ g²/σ²`` and the loss is
-      ``Z ||σ s + z||²`` (an unbiased estimate of the same objective up to the constant factor
-      ``1/(T - eps)`` of the uniform density).
+    ``λ = σ²`` (reference default) or ``g²`` (Song et al. 2021b, Thm. 1), optionally with ``t`` importance
+    sampled (``docs/losses.md``).
 
     Args:
         score_fn: the model's ``score_fn(x, t)``.
@@ -112,8 +101,7 @@ def continuous_dsm_loss(
         likelihood_weighting: use the weighting ``g²`` instead of ``σ²``.
         importance_sampling: sample ``t`` ∝ ``g²/σ²`` (only with likelihood weighting).
         eps: smallest time sampled.
-        t_sampler: a prebuilt :class:`LikelihoodImportanceSampler` (built on demand otherwise; pass one
-            when calling under ``jax.jit`` repeatedly to avoid rebuilding the table while tracing).
+        t_sampler: a prebuilt :class:`LikelihoodImportanceSampler` (else built while tracing).
 
     Returns:
         ``(loss, aux)`` where ``aux`` holds the per-example ``losses`` and the sampled ``t``.
@@ -137,7 +125,7 @@ def continuous_dsm_loss(
     if not likelihood_weighting:
         losses = _reduce(jnp.square(batch_mul(std, score) + z), reduce_mean)
     elif importance_sampling:
-        # uniform-t estimator: (T - eps) E_u[g²/σ² r]; IS estimator: Z E_p[r]; both / (T - eps)
+        # Z / (T - eps) makes it estimate the uniform-t objective (docs/losses.md)
         losses = _reduce(jnp.square(batch_mul(std, score) + z), reduce_mean) * (sampler.normaliser / (sde.T - eps))
     else:
         g2 = sde.sde(jnp.zeros_like(batch), t)[1] ** 2
@@ -148,8 +136,10 @@ def continuous_dsm_loss(
 def ddpm_loss(net_fn: Callable, sde, batch, key, *, reduce_mean: bool = True):
     """The DDPM objective ``||eps_θ(sqrt(ᾱ_n) x + sqrt(1-ᾱ_n) z, n) - z||²`` with ``n ~ U{0..N-1}``.
 
-    ``net_fn(x, labels)`` is the raw network, fed the integer step ``n`` as its label (the reference's
-    discrete VP convention). ``sde`` must be a :class:`~scoresde.sde.VPSDE`.
+    ``net_fn(x, labels)`` is the raw network, fed the integer step ``n`` (the discrete VP convention).
+
+    Raises:
+        ValueError: unless ``sde`` is a :class:`~scoresde.sde.VPSDE`.
     """
     if not isinstance(sde, sde_lib.VPSDE):
         raise ValueError(f"the DDPM loss needs a VPSDE; got {type(sde).__name__}")
@@ -167,8 +157,10 @@ def ddpm_loss(net_fn: Callable, sde, batch, key, *, reduce_mean: bool = True):
 def smld_loss(net_fn: Callable, sde, batch, key, *, reduce_mean: bool = False):
     """The SMLD / NCSN objective ``σ_n² ||s_θ(x + σ_n z, n) + z/σ_n||²`` with ``n ~ U{0..N-1}``.
 
-    Labels index the noise levels from largest (0) to smallest (N-1), the reference's discrete VE
-    convention (``round((T - t)(N - 1))``). ``sde`` must be a :class:`~scoresde.sde.VESDE`.
+    Label 0 is the largest noise level (the discrete VE convention).
+
+    Raises:
+        ValueError: unless ``sde`` is a :class:`~scoresde.sde.VESDE`.
     """
     if not isinstance(sde, sde_lib.VESDE):
         raise ValueError(f"the SMLD loss needs a VESDE; got {type(sde).__name__}")
@@ -184,11 +176,9 @@ def smld_loss(net_fn: Callable, sde, batch, key, *, reduce_mean: bool = False):
 
 
 def gaussian_dsm_minimum(sde, variances, eps: float = 1e-5, num_points: int = 20001) -> float:
-    """The minimum of the σ²-weighted, mean-reduced continuous DSM loss for Gaussian data.
+    """Minimum of the σ²-weighted, mean-reduced DSM loss for Gaussian data of variances ``variances``.
 
-    For data with per-dimension variances ``v_d`` (in any orthonormal basis), the loss at the exact score
-    is ``E_t[ mean_d α² v_d / (α² v_d + σ²) ]`` with ``t ~ U(eps, T)``; computed here by quadrature.
-    Used as an oracle in tests.
+    A test oracle, by quadrature (``docs/losses.md``).
     """
     t = np.linspace(eps, sde.T, num_points)
     tj = jnp.asarray(t, jnp.float32)
@@ -209,21 +199,24 @@ def _flow_times(key, b, dtype, time_sampling, logit_mean, logit_std):
 
 def flow_matching_loss(velocity_fn: Callable, batch, key, *, noise=None, time_sampling: str = "uniform",
                        logit_mean: float = 0.0, logit_std: float = 1.0, reduce_mean: bool = True):
-    """Conditional flow matching on the linear interpolant (Lipman et al. 2023, eq. 23 with sigma_min = 0;
-    Liu et al. 2023, eq. 1): ``E ||v(x_t, t) - (z - x_0)||²`` with ``x_t = (1 - t) x_0 + t z``.
+    """Conditional flow matching ``E ||v(x_t, t) - (z - x_0)||²``, ``x_t = (1 - t) x_0 + t z``.
+
+    Lipman et al. 2023, eq. 23 with ``sigma_min = 0``; Liu et al. 2023, eq. 1.
 
     Args:
         velocity_fn: ``velocity_fn(x, t) -> v`` (the network in the ``flow_velocity`` convention).
         batch: data ``x_0``, ``(B, ...)``.
         key: PRNG key.
         noise: optional ``z`` paired with ``batch`` (a reflow coupling); independent ``N(0, I)`` if ``None``.
-        time_sampling: ``uniform`` (``t ~ U(0, 1)``) or ``logit_normal`` (``t = sigmoid(m + s n)``, Esser et al.
-            2024, eq. 19).
+        time_sampling: ``uniform`` or ``logit_normal`` (``t = sigmoid(m + s n)``, Esser et al. 2024, eq. 19).
         logit_mean, logit_std: the logit-normal's ``m`` and ``s``.
         reduce_mean: mean over dimensions, else ``0.5 * sum``.
 
     Returns:
         ``(loss, aux)`` with per-example ``losses`` and the sampled ``t``.
+
+    Raises:
+        ValueError: for an unknown ``time_sampling``.
     """
     key_t, key_z = jax.random.split(key)
     t = _flow_times(key_t, batch.shape[0], batch.dtype, time_sampling, logit_mean, logit_std)
@@ -234,11 +227,7 @@ def flow_matching_loss(velocity_fn: Callable, batch, key, *, noise=None, time_sa
 
 
 def gaussian_flow_matching_minimum(variances, num_points: int = 200001) -> float:
-    """Minimum of the mean-reduced, uniform-t flow-matching loss for Gaussian data (an oracle for tests).
-
-    Per dimension, ``Var(z - x_0 | x_t) = v / ((1 - t)² v + t²)`` (the residual of the best linear
-    predictor of ``z - x_0`` from ``x_t``), so the minimum is ``∫_0^1 mean_d v_d / ((1-t)² v_d + t²) dt``.
-    """
+    """Minimum of the mean-reduced, uniform-t flow-matching loss for Gaussian data (``docs/losses.md``)."""
     t = np.linspace(0.0, 1.0, num_points)
     v = np.asarray(variances, np.float64).reshape(-1)
     per_t = np.mean(v[None] / ((1 - t[:, None]) ** 2 * v[None] + t[:, None] ** 2), axis=-1)
@@ -247,11 +236,10 @@ def gaussian_flow_matching_minimum(variances, num_points: int = 200001) -> float
 
 def edm_loss(denoiser_fn: Callable, batch, key, *, sigma_data: float = 0.5, p_mean: float = -1.2,
              p_std: float = 1.2, reduce_mean: bool = True):
-    """EDM's training loss (Karras et al. 2022, eq. 8 and Table 1): ``ln sigma ~ N(p_mean, p_std²)``,
-    ``lambda(sigma) = (sigma² + sigma_data²) / (sigma sigma_data)²``, ``lambda ||D(x_0 + sigma n, sigma) - x_0||²``.
+    """EDM's loss ``lambda(sigma) ||D(x_0 + sigma n, sigma) - x_0||²``, ``ln sigma ~ N(p_mean, p_std²)``.
 
-    ``denoiser_fn(x, sigma)`` is the preconditioned denoiser on :class:`~scoresde.sde.EDMSDE` (``t = sigma``),
-    e.g. ``parameterization.model_denoiser(net, EDMSDE(), output="edm", time_label="edm_noise")``.
+    Karras et al. 2022, eq. 8 and Table 1. ``denoiser_fn(x, sigma)`` is the preconditioned denoiser on
+    :class:`~scoresde.sde.EDMSDE` (``docs/losses.md``).
 
     Returns:
         ``(loss, aux)`` with per-example ``losses`` and the sampled ``sigma``.

@@ -19,7 +19,8 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "initialize_distributed",
@@ -80,7 +81,8 @@ def check_batch_size(batch_size: int, mesh: Mesh | None = None, what: str = "bat
     if batch_size % n_dev:
         raise ValueError(
             f"{what}={batch_size} is not divisible by the number of devices ({n_dev}); "
-            f"use a multiple of {n_dev} (e.g. --config.training.batch_size={max(n_dev, batch_size // n_dev * n_dev or n_dev)})")
+            f"use a multiple of {n_dev} "
+            f"(e.g. --config.training.batch_size={max(n_dev, batch_size // n_dev * n_dev or n_dev)})")
     if batch_size % jax.process_count():
         raise ValueError(f"{what}={batch_size} is not divisible by the number of processes ({jax.process_count()})")
 

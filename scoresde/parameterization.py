@@ -1,34 +1,9 @@
 """The one parameterisation layer: network output -> score function and denoiser, for any SDE.
 
-A network is a callable ``net_fn(x, labels) -> out`` trained to predict one of
-
-* ``"score"``: ``∇ log p_t(x)`` directly (continuous/discrete VE reference models);
-* ``"eps"``:   the noise ``z`` in ``x_t = alpha x_0 + sigma z`` (DDPM / continuous VP reference models);
-* ``"x0"``:    the clean data ``E[x_0 | x_t]``;
-* ``"v"``:     ``alpha z - sigma x_0`` (Salimans & Ho 2022's *v-prediction*);
-* ``"flow_velocity"``: ``z - x_0``, flow matching's velocity (Lipman et al. 2023; Liu et al. 2023), the time
-  derivative of the linear interpolant ``(1 - t) x_0 + t z`` (:class:`~scoresde.sde.RectifiedFlow`); for any
-  other linear SDE it is still read as ``z - x_0``. Not the v-prediction above.
-* ``"edm"``:   the raw network ``F`` of EDM's preconditioned denoiser (Karras et al. 2022, eq. 7 and
-  Table 1): ``D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x; c_noise(σ))`` in the scaled coordinates
-  ``x / alpha`` with noise level ``σ = sigma / alpha``; the network is fed ``c_in x / alpha``.
-
-and fed a time label given by ``time_label``:
-
-* ``"t"``:           ``t`` itself;
-* ``"999t"``:        ``999 t``, the reference's continuous VP / sub-VP convention;
-* ``"sigma"``:       ``sigma(t)``, the reference's continuous VE convention;
-* ``"vp_discrete"``: ``t (N - 1)``, the reference's discrete DDPM convention; alpha/sigma then come
-  from the discrete schedule (``sqrt_alphas_cumprod`` / ``sqrt_1m_alphas_cumprod``), as in the reference;
-* ``"ve_discrete"``: ``round((T - t)(N - 1))``, the reference's discrete SMLD convention;
-* ``"edm_noise"``:   EDM's ``c_noise = ln(σ) / 4`` with ``σ = sigma / alpha``.
-
-:func:`model_score_fn` returns a :class:`ScoreWithDenoiser`: a score function that also carries the
-denoiser computed from the same network output without Tweedie's division by ``alpha``, so samplers can
-start at ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow`).
-
-This module is the only place these conventions live; samplers, likelihood and guidance consume the
-resulting ``score_fn(x, t)`` and ``denoiser(x, t)``.
+A network ``net_fn(x, labels) -> out`` predicts one of :data:`OUTPUTS` (``score``, ``eps``, ``x0``, ``v``,
+``flow_velocity``, ``edm``) and is conditioned on one of :data:`TIME_LABELS`; the label conventions of the
+reference checkpoints live here and nowhere else. :func:`model_score_fn` turns it into a
+:class:`ScoreWithDenoiser`. The conversion formulas and conventions: ``docs/parameterization.md``.
 
 Examples:
     >>> from scoresde import sde as sde_lib
@@ -40,7 +15,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -77,9 +52,13 @@ def _check(output: str, time_label: str):
 
 
 def reference_convention(sde, continuous: bool = True) -> dict:
-    """The (output, time_label) pair under which the reference's checkpoints were trained.
+    """The ``(output, time_label)`` pair the reference's checkpoints were trained under.
 
-    Returns a dict usable as keyword arguments of :func:`model_score_fn`.
+    Returns:
+        A dict usable as keyword arguments of :func:`model_score_fn`.
+
+    Raises:
+        ValueError: for an SDE without a reference convention (discrete: VPSDE and VESDE only).
     """
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.SubVPSDE)):
         if continuous:
@@ -110,11 +89,7 @@ def time_labels(sde, t, time_label: str):
 
 
 def coefficients(sde, t, time_label: str = "t"):
-    """``(alpha, sigma)`` of the kernel used to convert outputs at times ``t``.
-
-    The continuous kernel, except for ``vp_discrete`` which uses the DDPM schedule at index
-    ``int(t (N - 1))`` as the reference's discrete score function does.
-    """
+    """``(alpha, sigma)`` of the kernel at times ``t``; the discrete DDPM schedule for ``vp_discrete``."""
     if time_label == "vp_discrete":
         idx = (t * (sde.N - 1)).astype(jnp.int32)
         alpha = jnp.asarray(sde.sqrt_alphas_cumprod, dtype=t.dtype)[idx]
@@ -132,11 +107,9 @@ def output_to_score(out, x, alpha, sigma, output: str):
     if output == "x0":
         return batch_mul(1.0 / sigma**2, batch_mul(alpha, out) - x)
     if output == "v":
-        # eps = (sigma x + alpha v) / (alpha² + sigma²)
         eps = batch_mul(1.0 / (alpha**2 + sigma**2), batch_mul(sigma, x) + batch_mul(alpha, out))
         return batch_mul(-1.0 / sigma, eps)
     if output == "flow_velocity":
-        # x = alpha x0 + sigma z and v = z - x0  =>  z = (x + alpha v) / (alpha + sigma)
         eps = batch_mul(1.0 / (alpha + sigma), x + batch_mul(alpha, out))
         return batch_mul(-1.0 / sigma, eps)
     if output == "edm":
@@ -168,8 +141,7 @@ def target_from(x0, noise, alpha, sigma, output: str):
 def edm_preconditioning(sigma, sigma_data: float = 0.5):
     """EDM's ``(c_skip, c_out, c_in, c_noise)`` at noise level ``sigma`` (Karras et al. 2022, Table 1).
 
-    ``c_skip = σ_d² / (σ² + σ_d²)``, ``c_out = σ σ_d / sqrt(σ² + σ_d²)``, ``c_in = 1 / sqrt(σ² + σ_d²)``,
-    ``c_noise = ln(σ) / 4``. At ``σ = ∞`` (``alpha = 0``): ``c_skip = c_in = 0``, ``c_out = σ_d``.
+    Finite at ``sigma = ∞``: ``c_skip = c_in = 0``, ``c_out = σ_d``.
     """
     sigma = jnp.asarray(sigma)
     sd2 = sigma_data**2
@@ -182,8 +154,11 @@ def edm_preconditioning(sigma, sigma_data: float = 0.5):
 
 
 def output_to_denoiser(out, x, alpha, sigma, output: str):
-    """``E[x_0 | x_t]`` from a network output at ``x_t = alpha x0 + sigma z``, dividing by ``alpha`` only
-    for ``score`` and ``eps`` (which carry no information on ``x0`` where ``alpha = 0``)."""
+    """``E[x_0 | x_t]`` from a network output; divides by ``alpha`` only for ``score`` and ``eps``.
+
+    Raises:
+        ValueError: for an unknown output or ``"edm"``.
+    """
     if output == "x0":
         return out
     if output == "v":
@@ -202,10 +177,8 @@ def output_to_denoiser(out, x, alpha, sigma, output: str):
 class ScoreWithDenoiser:
     """A batched ``score_fn(x, t)`` that also carries ``denoiser(x, t) = E[x_0 | x_t]``.
 
-    Samplers evaluate :attr:`denoiser` where they need ``x0`` (one network call, counted as one NFE), so
-    a model that knows ``x0`` directly (velocity, x0 or EDM outputs) is never pushed through Tweedie's
-    ``1 / alpha``. A pytree: array leaves inside ``score``/``denoiser`` (e.g. a ``jax.tree_util.Partial``)
-    are traced by :func:`scoresde.sampling.sample`.
+    Samplers call :attr:`denoiser` where they need ``x0`` (one NFE), so no model is pushed through
+    ``1 / alpha`` needlessly. A pytree: its array leaves are traced (``docs/parameterization.md``).
     """
 
     score: Callable
@@ -237,6 +210,9 @@ def model_score_fn(net_fn: Callable, sde, *, output: str, time_label: str,
     Returns:
         a :class:`ScoreWithDenoiser` ``score_fn(x, t) -> score`` with ``x`` of shape ``(B, ...)`` and ``t``
         of shape ``(B,)``; ``score_fn.denoiser(x, t)`` gives ``E[x_0 | x_t]`` from the same output.
+
+    Raises:
+        ValueError: for an unknown ``output`` or ``time_label``.
     """
     _check(output, time_label)
 
@@ -245,7 +221,7 @@ def model_score_fn(net_fn: Callable, sde, *, output: str, time_label: str,
         if output == "edm":
             c_skip, c_out, c_in, _ = edm_preconditioning(sigma / alpha, sigma_data)
             xbar = batch_mul(1.0 / alpha, x)
-            # c_in x / alpha = x / sqrt(sigma² + alpha² σ_d²): finite at alpha = 0 too
+            # c_in x / alpha, written to stay finite at alpha = 0
             x_in = batch_mul(1.0 / jnp.sqrt(sigma**2 + (alpha * sigma_data) ** 2), x)
             f = net_fn(x_in, time_labels(sde, t, time_label))
             skip = batch_mul(jnp.where(c_skip > 0, c_skip, 0.0), jnp.where(jnp.isfinite(xbar), xbar, 0.0))
@@ -256,7 +232,7 @@ def model_score_fn(net_fn: Callable, sde, *, output: str, time_label: str,
     def score_fn(x, t):
         alpha, sigma = coefficients(sde, t, time_label)
         if output == "edm":
-            # score = (alpha D - x) / sigma²  (Tweedie solved for the score; no division by alpha)
+            # Tweedie solved for the score: no division by alpha
             return batch_mul(1.0 / sigma**2, batch_mul(alpha, denoiser(x, t)) - x)
         out = net_fn(x, time_labels(sde, t, time_label))
         return output_to_score(out, x, alpha, sigma, output)
@@ -265,8 +241,7 @@ def model_score_fn(net_fn: Callable, sde, *, output: str, time_label: str,
 
 
 def model_denoiser(net_fn: Callable, sde, *, output: str, time_label: str, sigma_data: float = 0.5) -> Callable:
-    """Wraps ``net_fn(x, labels)`` into a denoiser ``D(x, t) = E[x_0 | x_t]`` (no Tweedie division by
-    ``alpha`` for ``x0``, ``v``, ``flow_velocity`` and ``edm`` outputs)."""
+    """Wraps ``net_fn(x, labels)`` into a denoiser ``D(x, t) = E[x_0 | x_t]``; see :func:`model_score_fn`."""
     return model_score_fn(net_fn, sde, output=output, time_label=time_label, sigma_data=sigma_data).denoiser
 
 

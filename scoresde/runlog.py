@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-
 import re
 import sys
 import threading
@@ -37,7 +36,7 @@ class MetricsLogger:
         self.enabled = enabled
         self._tb = None
         if enabled and tensorboard:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
+            from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional, only with TensorBoard on)
 
             self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 

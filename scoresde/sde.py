@@ -1,20 +1,8 @@
-"""Stochastic differential equations for score-based generative modelling.
+"""Forward SDEs for score-based generative modelling (Song et al., ICLR 2021), with the reference interface.
 
-Implements the forward SDEs of Song et al., "Score-Based Generative Modeling through Stochastic
-Differential Equations" (ICLR 2021), with the reference interface (``sde``, ``marginal_prob``,
-``prior_sampling``, ``prior_logp``, ``discretize``, ``reverse``), batched like the reference:
-``x`` has shape ``(B, ...)`` and ``t`` has shape ``(B,)``.
-
-Every SDE here is linear, ``dx = f(t) x dt + g(t) dW``, so its perturbation kernel is
-``x_t = alpha(t) x_0 + sigma(t) z``. ``alpha``, ``sigma``, the log-SNR ``log_snr(t) = log(alpha²/sigma²)``
-and its inverse ``t_from_log_snr`` let DDIM / DPM-Solver / EDM samplers be written once for all SDEs.
-(The issue text calls the log-SNR ``lambda(t)``; ``lambda`` is a Python keyword, so it is ``log_snr``.)
-
-All objects are frozen dataclasses registered as pytrees whose fields are static metadata: they are
-hashable, can be closed over or passed through ``jax.jit``, and never hold traced values.
-
-Numerics: near ``t = 0`` the VP variance ``1 - exp(-B(t))`` is computed with ``expm1`` so it keeps its
-relative accuracy in float32 at ``t = 1e-5`` (where likelihood integration starts).
+Every SDE is linear, with kernel ``x_t = alpha(t) x_0 + sigma(t) z``; ``alpha``, ``sigma``, ``log_snr`` and
+``t_from_log_snr`` let samplers be written once for all of them. ``x`` is ``(B, ...)``, ``t`` is ``(B,)``.
+SDE objects are static pytrees (frozen, hashable, no traced fields). Formulas: ``docs/sde.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +36,7 @@ __all__ = [
 def batch_mul(a: Array, x: Array) -> Array:
     """Multiplies a per-example ``(B,)`` array into ``x`` of shape ``(B, ...)``.
 
-    Written with an explicit reshape so that it is correct under ``jax_numpy_rank_promotion='raise'``
-    and never broadcasts ``(B,)`` against the last axis of ``x``.
+    Never broadcasts ``(B,)`` against the last axis of ``x``, so it is safe under rank promotion ``'raise'``.
     """
     a = jnp.asarray(a)
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
@@ -98,7 +85,7 @@ class SDE(abc.ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (Song et al. 2021, eq. 6) or probability-flow ODE (eq. 13)."""
         return ReverseSDE(forward=self, score_fn=score_fn, probability_flow=probability_flow)
 
@@ -157,8 +144,7 @@ class _BetaSchedule:
         d = self.beta_max - self.beta_min
         return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
 
-    # Discrete DDPM schedule (Ho et al. 2020) used by `discretize`, the ancestral sampler, the
-    # Langevin corrector and discrete-time score functions.
+    # the discrete DDPM schedule (Ho et al. 2020) of discretize, the ancestral and Langevin steps
     @property
     def discrete_betas(self) -> np.ndarray:
         return np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N, dtype=np.float64)
@@ -237,8 +223,8 @@ class VPSDE(_BetaSchedule, LinearSDE):
 class SubVPSDE(_BetaSchedule, LinearSDE):
     """Sub-VP SDE ``dx = -½ beta x dt + sqrt(beta (1 - e^{-2B(t)})) dW`` (Song et al. 2021, eq. 12).
 
-    ``alpha(t) = exp(-½ B(t))``, ``sigma(t) = 1 - exp(-B(t))``. It carries the discrete DDPM schedule
-    (``alphas``) that the Langevin corrector uses for its step size; the reference lacks it and crashes.
+    ``alpha(t) = exp(-½ B(t))``, ``sigma(t) = 1 - exp(-B(t))``. Carries the discrete DDPM schedule for the
+    Langevin corrector's step size (``docs/sde.md``).
     """
 
     beta_min: float = 0.1
@@ -278,9 +264,7 @@ class SubVPSDE(_BetaSchedule, LinearSDE):
 class VESDE(LinearSDE):
     """Variance-exploding SDE ``dx = sqrt(d sigma²/dt) dW`` with geometric ``sigma(t)`` (eq. 9).
 
-    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``; the kernel std is ``sigma(t)`` as in the
-    reference (it omits the ``- sigma_min²`` offset; the marginal family is still exactly consistent
-    with the SDE because ``g² = d sigma²/dt``).
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, the kernel std as in the reference (``docs/sde.md``).
     """
 
     sigma_min: float = 0.01
@@ -353,20 +337,10 @@ class OUSDE(VPSDE):
 class RectifiedFlow(LinearSDE):
     """The linear interpolant ``x_t = (1 - t) x_0 + t z`` of rectified flow / flow matching.
 
-    ``alpha(t) = 1 - t``, ``sigma(t) = t``, ``log_snr(t) = 2 log((1 - t) / t)`` (Liu et al., "Flow Straight
-    and Fast", ICLR 2023, eq. 1; Lipman et al. 2023 with ``sigma_min = 0``). With the default ``T = 1`` the
-    prior ``N(0, I)`` is exact at ``T``: ``alpha(T) = 0`` and ``log_snr(T) = -inf``.
-
-    The Itô SDE with these marginals is ``dx = -x / (1 - t) dt + sqrt(2 t / (1 - t)) dW``
-    (``f = alpha'/alpha``, ``g² = (sigma²)' - 2 f sigma²``, Kingma et al. 2021, eq. 33): both coefficients
-    are infinite at ``t = 1``, and so is the score-form probability-flow drift ``f x - ½ g² s`` (a 0/0 limit
-    there). **Where ``t = 1`` must be avoided:** everything that goes through :meth:`sde` (the ``pc`` and
-    ``ode`` samplers, :func:`scoresde.likelihood.log_likelihood`, :meth:`reverse`) needs ``T < 1``, e.g.
-    ``RectifiedFlow(T=0.999)``, whose prior ``N(0, I)`` then differs from ``p_T`` by a stated mismatch.
-    The exponential-integrator samplers (``ddim``, ``dpm_solver``, ``dpm_solver++``, ``unipc``, ``deis``,
-    ``dpm_solver++_sde``, ``euler_ancestral``, ``edm_heun``) start exactly at ``T = 1`` from a model with
-    a denoiser (:func:`scoresde.parameterization.model_score_fn` gives one): a score alone carries no
-    information at ``t = 1`` (it is ``-x`` for every data law), so Tweedie's ``E[x_0 | x_1]`` is undefined.
+    ``alpha(t) = 1 - t``, ``sigma(t) = t`` (Liu et al., "Flow Straight and Fast", ICLR 2023, eq. 1); the
+    prior ``N(0, I)`` is exact at ``T = 1``. The SDE's coefficients are infinite at ``t = 1``, so whatever
+    goes through :meth:`sde` (``pc``, ``ode``, likelihood, :meth:`reverse`) needs ``T < 1``; the
+    exponential-integrator samplers start at ``T = 1`` from a model with a denoiser (``docs/sde.md``).
     """
 
     N: int = 1000
@@ -400,9 +374,8 @@ class RectifiedFlow(LinearSDE):
 class EDMSDE(LinearSDE):
     """The EDM noise process ``x_sigma = x_0 + sigma z`` with ``sigma(t) = t`` (Karras et al. 2022, Table 1).
 
-    ``alpha = 1``, ``sigma(t) = t``, ``T = sigma_max``, prior ``N(0, sigma_max² I)``; the SDE is
-    ``dx = sqrt(2 t) dW`` (EDM eq. 6 with ``sigma(t) = t``, ``s = 1``). ``sigma_min`` is the default sampling
-    ``eps`` and the default grid of the fixed-step samplers is EDM's ``rho = 7`` grid (eq. 5).
+    ``dx = sqrt(2 t) dW`` (EDM eq. 6), ``T = sigma_max``; ``sigma_min`` is the default sampling ``eps`` and
+    EDM's ``rho = 7`` grid (eq. 5) the default grid.
     """
 
     sigma_min: float = 0.002
@@ -460,7 +433,7 @@ def _check_n_t(sde):
 
 
 def probability_flow_drift(score_fn: ScoreFn, sde, x: Array, t: Array) -> Array:
-    """The probability-flow drift ``f(x, t) - ½ g(t)² ∇log p_t(x)`` (Song et al. 2021, eq. 13), ``t`` of shape ``(B,)``.
+    """The probability-flow drift ``f(x, t) - ½ g(t)² ∇log p_t(x)`` (Song et al. 2021, eq. 13), ``t`` ``(B,)``.
 
     The one implementation: the reverse SDE, the ODE samplers and the likelihood all call it.
     """

@@ -1,31 +1,16 @@
 """Datasets: embedded toy / digits data, users' ``.npz`` or image folders, and tfds datasets.
 
 :func:`get_dataset` yields numpy batches ``{"image": float32 (B_local, ...), "label": int32 (B_local,)}``
-holding *this process's* slice of each global batch, already scaled by :func:`get_data_scaler`.
-
-Batches are a pure function of ``(seed, step)``: the in-memory sources index a per-epoch permutation,
-the toy source draws with ``fold_in(key, step)``, and the tfds pipeline reshuffles each epoch with a
-seed derived from the epoch and skips to the resume position. A run restarted at step ``s`` therefore
-sees exactly the batches an uninterrupted run would have seen.
-
-Dataset names (``config.data.dataset``, case-insensitive):
-
-* toy 2-D: ``gmm_grid``, ``checkerboard``, ``two_moons``, ``swiss_roll`` (:mod:`scoresde.data.toy`);
-* ``digits``: the 1,797 8×8 handwritten digits that scikit-learn ships (every 10th image is the test split);
-* ``npz``: ``config.data.path`` to an ``.npz`` with ``images`` (uint8 in [0, 255] or float in [0, 1],
-  NHWC or NHW) and optional ``labels``; ``test_images``/``test_labels`` form the test split if present;
-* ``folder``: ``config.data.path`` to a directory of images (center-cropped and resized to
-  ``image_size``, the reference's ``crop_resize``); sub-directories become class labels;
-* tfds: ``CIFAR10``, ``SVHN``, ``CELEBA``, ``LSUN`` (``config.data.category``), with the reference's
-  preprocessing. TensorFlow is imported only here, and never sees a GPU. ``config.data.tfds_data_dir``
-  (or ``TFDS_DATA_DIR``) is respected; a dataset that is not prepared there is a clear error.
+holding *this process's* slice of each global batch, already scaled by :func:`get_data_scaler`. Batches
+are a pure function of ``(seed, step)``, so a resumed run sees the batches an uninterrupted one would have.
+Dataset names and sources: ``docs/data.md``.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -155,7 +140,7 @@ def _tfds_module():
         raise ModuleNotFoundError(
             f"dataset needs {e.name}, which is not installed: pip install 'scoresde[tfds]' (tensorflow-cpu and "
             "tensorflow-datasets), or use an in-memory dataset (digits, npz, folder)", name=e.name) from e
-    from scoresde.data import tfds as tfds_data  # noqa: PLC0415
+    from scoresde.data import tfds as tfds_data  # noqa: PLC0415  (TensorFlow only for tfds datasets)
 
     return tfds_data
 
@@ -212,7 +197,7 @@ def _toy_batches(config, name, split, *, batch_size, shuffle, repeat, start_step
 
 def _load_in_memory(config, name, split):
     if name == "digits":
-        from sklearn.datasets import load_digits  # noqa: PLC0415
+        from sklearn.datasets import load_digits  # noqa: PLC0415  (optional scikit-learn, digits only)
 
         d = load_digits()
         images = (d.images.astype(np.float32) / 16.0)[..., None]
@@ -244,7 +229,8 @@ def _to_unit_float(images: np.ndarray, source: str = "images") -> np.ndarray:
         raise ValueError(f"{source}: {int(bad.sum())} non-finite pixel value(s) (NaN or inf), the first in image "
                          f"{int(first[0])} at {tuple(int(i) for i in first[1:])}; expected finite values in [0, 1]")
     if images.min() < -1e-6 or images.max() > 1 + 1e-6:
-        raise ValueError(f"{source}: float images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}]")
+        raise ValueError(f"{source}: float images must lie in [0, 1]; "
+                         f"got range [{images.min():.3g}, {images.max():.3g}]")
     return images
 
 
@@ -259,11 +245,12 @@ def _match_channels(images, channels):
 
 
 def _resize_float(images, size):
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415  (Pillow only for image files)
 
     out = []
     for im in images:
-        chans = [np.asarray(Image.fromarray(im[..., c]).resize((size, size), Image.BICUBIC)) for c in range(im.shape[-1])]
+        chans = [np.asarray(Image.fromarray(im[..., c]).resize((size, size), Image.BICUBIC))
+                 for c in range(im.shape[-1])]
         out.append(np.stack(chans, -1))
     return np.clip(np.stack(out), 0.0, 1.0).astype(np.float32)
 
@@ -307,7 +294,7 @@ def _load_npz(config, path, split):
 
 
 def _load_folder(config, path):
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415  (Pillow only for image files)
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"config.data.path={path!r} is not a directory of images")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 
 from scoresde.images import to_uint8
@@ -23,7 +24,7 @@ _SHUFFLE_BUFFER = 10000
 
 def tfds_spec(config, name: str):
     """``(tfds name, train split, eval split, resize_op)`` as in the reference ``get_dataset``."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415  (TensorFlow loads only for tfds data, after hiding the GPUs from it)
 
     size = int(config.data.image_size)
 
@@ -81,7 +82,7 @@ def tfds_spec(config, name: str):
 
 
 def _builder(config, tfds_name):
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    import tensorflow_datasets as tfds  # noqa: PLC0415  (TensorFlow loads only for tfds data, after hiding the GPUs from it)
 
     data_dir = config.data.get("tfds_data_dir", "") or os.environ.get("TFDS_DATA_DIR") or None
     builder = tfds.builder(tfds_name, data_dir=data_dir)
@@ -100,8 +101,7 @@ def _builder(config, tfds_name):
 def tfds_batches(config, name, split, *, batch_size, shuffle, repeat, start_step, seed, dequant, flip, scaler):
     """Yields this process's numpy slices of global batches (see :func:`scoresde.data.get_dataset`)."""
     hide_accelerators_from_tensorflow()
-    import jax  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415  (TensorFlow loads only for tfds data, after hiding the GPUs from it)
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     tfds_name, train_split, eval_split, resize_op = tfds_spec(config, name)
@@ -116,7 +116,8 @@ def tfds_batches(config, name, split, *, batch_size, shuffle, repeat, start_step
         n = int(base.reduce(np.int64(0), lambda c, _: c + 1).numpy())
     local_batch = batch_size // jax.process_count()
     if n < local_batch:
-        raise ValueError(f"{tfds_name}[{split}] has {n} examples on this process, fewer than one batch of {local_batch}")
+        raise ValueError(f"{tfds_name}[{split}] has {n} examples on this process, "
+                         f"fewer than one batch of {local_batch}")
     start = start_step * local_batch
     channels = int(config.data.num_channels)
 
@@ -153,9 +154,9 @@ def tfds_batches(config, name, split, *, batch_size, shuffle, repeat, start_step
 
 
 def uint8_batches(config, name, split, batch_size):
-    """The whole ``split`` as uint8 NHWC batches (this process's share): no dequantisation, no flips, no dropped batch."""
+    """The whole ``split`` as uint8 NHWC batches (this process's share): no dequantisation, flips or dropping."""
     hide_accelerators_from_tensorflow()
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415  (TensorFlow loads only for tfds data, after hiding the GPUs from it)
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     tfds_name, train_split, eval_split, resize_op = tfds_spec(config, name)

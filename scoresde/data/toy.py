@@ -23,7 +23,7 @@ from scoresde.analytic import GaussianMixture
 __all__ = ["DATASETS", "sample", "gmm_grid"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gmm_grid(grid: int = 3, spacing: float = 1.5, std: float = 0.15) -> GaussianMixture:
     """A ``grid × grid`` mixture of isotropic Gaussians centred on the origin; class k = component k."""
     c = (np.arange(grid, dtype=np.float64) - (grid - 1) / 2) * spacing

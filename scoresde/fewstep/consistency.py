@@ -1,35 +1,8 @@
 """Consistency models: parameterisation, discretisation, curricula, and the CD / CT losses (pure math).
 
-A consistency function ``f(x_t, t)`` maps any point of a probability-flow ODE trajectory to the trajectory's
-point at the boundary time ``eps`` (Song, Dhariwal, Chen, Sutskever, "Consistency Models", ICML 2023,
-Definition / eq. 3). Everything here is written once for every linear SDE of :mod:`scoresde.sde` in the
-*scaled* coordinates of Karras et al. (2022): ``x̄ = x / alpha(t)`` with noise level
-``σ̃(t) = sigma(t) / alpha(t)`` (:func:`scoresde.sampling.grids.edm_sigma`). In them the probability-flow
-ODE of VP, sub-VP and VE is the same ODE ``dx̄/dσ̃ = (x̄ - D(x̄; σ̃)) / σ̃``, so one formula serves all.
-
-* :func:`consistency_fn`: ``f(x, t) = alpha(eps) [c_skip(σ̃) x/alpha(t) + c_out(σ̃) F(c_in(σ̃) x/alpha(t), label(t))]``
-  with the coefficients of the paper's Appendix C (:func:`boundary_coefficients`); at ``t = eps``,
-  ``c_skip = 1`` and ``c_out = 0`` exactly, so ``f(x, eps) = x`` holds exactly (the boundary condition).
-* :func:`karras_sigma` / :func:`karras_grid`: the ρ-grid ``σ̃_i`` between ``σ̃(eps)`` and ``σ̃(T)`` (paper
-  eq. 5 / Karras et al. eq. 5), computable for a traced index *and* a traced number of points ``N``, so the
-  curricula below never recompile the training step.
-* Curricula of ``N``: CD keeps ``N`` fixed (18 in the paper's CIFAR-10 runs); :func:`ct_num_scales` and
-  :func:`ct_ema_decay` are the original CT schedules (paper App. C, ``N(k)``, ``μ(k)``);
-  :func:`ict_num_scales` is the exponential (doubling) curriculum of improved CT (Song & Dhariwal,
-  "Improved Techniques for Training Consistency Models", ICLR 2024, eq. 9).
-* :func:`cd_loss`: consistency distillation (paper eq. 7, Algorithm 2). The teacher's probability-flow step
-  from ``t_{n+1}`` to ``t_n`` is made by this project's own samplers (:mod:`scoresde.sampling.fast`) on any
-  score function: ``"euler"`` (= DDIM with ``eta = 0``, the Euler step in scaled coordinates),
-  ``"heun"`` (EDM's Heun step) and ``"dpm_solver-2"``.
-* :func:`ct_loss`: consistency training (paper eq. 10, Algorithm 3) with the iCT choices as defaults:
-  pseudo-Huber metric, lognormal sampling of the noise level over the discrete grid (iCT eq. 10),
-  weighting ``λ(σ̃_i) = 1 / (σ̃_{i+1} - σ̃_i)`` (iCT Sec. 3.4), and (the caller's choice) ``μ = 0``.
-* :func:`distance`: squared L2, L1, pseudo-Huber (iCT Sec. 3.3), with a ``feature_fn`` hook for a
-  user-supplied feature network (LPIPS-like metrics need downloaded weights; see :func:`distance`).
-
-Target network. Both losses take ``consistency_fn(params, x, t)`` and two parameter pytrees: the online
-``params`` (differentiated) and ``target_params`` (the EMA ``θ⁻`` with decay ``μ``, see :func:`ema_update`;
-pass ``params`` itself for ``μ = 0``, as iCT does). The target's output is wrapped in ``stop_gradient``.
+Song et al., "Consistency Models", ICML 2023 (CM), and Song & Dhariwal, "Improved Techniques for Training
+Consistency Models", ICLR 2024 (iCT), written once for every linear SDE in Karras et al.'s scaled coordinates.
+Derivations and the paper's choices: ``docs/consistency.md``.
 
 Examples:
     >>> from scoresde import sde as sde_lib
@@ -42,7 +15,8 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +24,7 @@ from jax.scipy.special import ndtr, ndtri
 
 from scoresde.parameterization import time_labels
 from scoresde.sampling import fast
-from scoresde.sampling.grids import edm_sigma
+from scoresde.sampling.grids import edm_sigma, time_grid
 from scoresde.sde import batch_mul
 
 METRICS = ("l2", "l1", "pseudo_huber")
@@ -68,11 +42,9 @@ __all__ = [
 # ------------------------------------------------------------------------------ parameterisation
 
 def boundary_coefficients(sigma, sigma_min, sigma_data=0.5):
-    """``(c_skip, c_out, c_in)`` of Song et al. (2023), App. C, in the scaled noise level ``σ̃``.
+    """``(c_skip, c_out, c_in)`` at scaled noise level ``sigma`` (CM App. C; ``docs/consistency.md``).
 
-    ``c_skip = σ_d² / ((σ̃ - σ̃_min)² + σ_d²)``, ``c_out = σ_d (σ̃ - σ̃_min) / sqrt(σ_d² + σ̃²)``,
-    ``c_in = 1 / sqrt(σ̃² + σ_d²)`` (EDM's input scaling). At ``σ̃ = σ̃_min``: ``c_skip = 1``, ``c_out = 0``
-    exactly in floating point.
+    At ``sigma == sigma_min``, ``c_skip = 1`` and ``c_out = 0`` exactly in floating point.
     """
     d = sigma - sigma_min
     c_skip = sigma_data**2 / (d * d + sigma_data**2)
@@ -84,18 +56,15 @@ def boundary_coefficients(sigma, sigma_min, sigma_data=0.5):
 def consistency_fn(net_fn: Callable, sde, eps, *, sigma_data: float = 0.5, time_label: str = "999t") -> Callable:
     """Wraps a raw network ``F = net_fn(x, labels)`` into a consistency function ``f(x, t)``.
 
-    ``f(x, t) = alpha(eps) [c_skip x̄ + c_out F(c_in x̄, label(t))]`` with ``x̄ = x / alpha(t)`` and the
-    coefficients of :func:`boundary_coefficients` at ``σ̃(t)``, ``σ̃_min = σ̃(eps)``. The output is the
-    trajectory's point at ``eps`` in the SDE's own coordinates (``x_eps``, not ``x̄_eps``), so
-    ``f(x, eps) = x`` holds exactly and multistep sampling re-noises it with the SDE's kernel.
+    ``f(x, t) = alpha(eps) [c_skip x̄ + c_out F(c_in x̄, label(t))]``, ``x̄ = x / alpha(t)`` (CM eq. 3 and
+    App. C; ``docs/consistency.md``). ``f(x, eps) = x`` holds exactly.
 
     Args:
         net_fn: the network, ``net_fn(x, labels) -> F`` of the shape of ``x``.
         sde: a linear SDE from :mod:`scoresde.sde`.
         eps: the boundary time (a float or scalar array).
         sigma_data: ``σ_d`` of the data (0.5 for images in ``[-1, 1]``, the paper's value).
-        time_label: the network's time conditioning, one of
-            :data:`scoresde.parameterization.TIME_LABELS` (the label conventions live there).
+        time_label: the network's time conditioning, one of :data:`scoresde.parameterization.TIME_LABELS`.
 
     Returns:
         ``f(x, t) -> x_eps`` with ``x`` of shape ``(B, ...)`` and ``t`` of shape ``(B,)``.
@@ -108,7 +77,6 @@ def consistency_fn(net_fn: Callable, sde, eps, *, sigma_data: float = 0.5, time_
         a_t, a_eps = sde.alpha(t), sde.alpha(eps_b)
         xbar = batch_mul(1.0 / a_t, x)
         out = net_fn(batch_mul(c_in, xbar), time_labels(sde, t, time_label))
-        # alpha(eps) / alpha(t) is exactly 1 at t = eps, and c_out exactly 0: f(x, eps) = x bit for bit.
         return batch_mul(c_skip * (a_eps / a_t), x) + batch_mul(a_eps * c_out, out)
 
     return f
@@ -117,9 +85,9 @@ def consistency_fn(net_fn: Callable, sde, eps, *, sigma_data: float = 0.5, time_
 # ------------------------------------------------------------------------------ discretisation and curricula
 
 def karras_sigma(sde, i, num_scales, eps, rho=7.0):
-    """``σ̃_i = (σ̃_min^{1/ρ} + i/(N-1) (σ̃_max^{1/ρ} - σ̃_min^{1/ρ}))^ρ``, ``i = 0 .. N-1`` (increasing).
+    """Point ``i`` of the increasing ρ-grid of ``num_scales`` scaled noise levels from ``σ̃(eps)`` to ``σ̃(T)``.
 
-    ``σ̃_min = σ̃(eps)``, ``σ̃_max = σ̃(T)``. ``i`` and ``num_scales`` may be traced (arrays of any shape).
+    CM eq. 5. ``i`` and ``num_scales`` may be traced (arrays of any shape).
     """
     dtype = jnp.result_type(float)
     lo = edm_sigma(sde, jnp.asarray(eps, dtype)) ** (1.0 / rho)
@@ -133,27 +101,28 @@ def _t_of_sigma(sde, sig):
 
 
 def karras_grid(sde, num_scales: int, eps, *, rho=7.0, dtype=jnp.float32):
-    """The ``N = num_scales`` increasing times ``t_1 = eps < ... < t_N = T`` of the ρ-grid (paper eq. 5).
+    """The ``num_scales`` increasing times ``eps = t_1 < ... < t_N = T`` of the ρ-grid (CM eq. 5).
 
-    The same grid as :func:`scoresde.sampling.grids.time_grid` with ``kind="edm"`` and ``N - 1`` steps,
-    read in increasing order (both endpoints exact).
+    ``time_grid(kind="edm")`` read in increasing order, both endpoints exact.
+
+    Raises:
+        ValueError: if ``num_scales`` is not an int >= 2.
     """
-    from scoresde.sampling.grids import time_grid  # noqa: PLC0415
-
     if not (isinstance(num_scales, int) and num_scales >= 2):
         raise ValueError(f"num_scales must be an int >= 2 (the grid's number of points); got {num_scales!r}")
     return time_grid(sde, num_scales - 1, eps, kind="edm", rho=rho, dtype=dtype)[::-1]
 
 
 def ict_num_scales(step, total_steps: int, s0: int = 10, s1: int = 1280):
-    """iCT's exponential curriculum ``N(k) = min(s0 2^{floor(k / K')}, s1) + 1``, ``K' = floor(K / (log2(s1/s0) + 1))``.
+    """iCT's doubling curriculum ``N(k) = min(s0 2^{floor(k / K')}, s1) + 1`` (iCT eq. 9).
 
-    (Song & Dhariwal 2024, eq. 9.) ``step`` may be a Python int or a traced int array.
+    ``K' = floor(K / (log2(s1/s0) + 1))``. ``step`` may be a Python int or a traced int array.
+
+    Raises:
+        ValueError: unless ``1 <= s0 <= s1`` and ``total_steps >= 1``.
     """
     if not (s1 >= s0 >= 1 and total_steps >= 1):
         raise ValueError(f"need 1 <= s0 <= s1 and total_steps >= 1; got s0={s0}, s1={s1}, total_steps={total_steps}")
-    import math  # noqa: PLC0415
-
     k_prime = max(int(math.floor(total_steps / (math.log2(s1 // s0) + 1))), 1)
     doublings = jnp.asarray(step, jnp.int32) // k_prime
     n = jnp.minimum(s0 * jnp.left_shift(1, jnp.minimum(doublings, 30)), s1) + 1
@@ -161,14 +130,14 @@ def ict_num_scales(step, total_steps: int, s0: int = 10, s1: int = 1280):
 
 
 def ct_num_scales(step, total_steps: int, s0: int = 2, s1: int = 150):
-    """The original CT curriculum ``N(k) = ceil(sqrt(k/K ((s1+1)² - s0²) + s0²) - 1) + 1`` (Song et al. 2023, App. C)."""
+    """The original CT curriculum ``N(k) = ceil(sqrt(k/K ((s1+1)² - s0²) + s0²) - 1) + 1`` (CM App. C)."""
     k = jnp.asarray(step, jnp.float32)
     n = jnp.ceil(jnp.sqrt(k / total_steps * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1.0) + 1.0
     return n.astype(jnp.int32)
 
 
 def ct_ema_decay(num_scales, s0: int = 2, mu0: float = 0.9):
-    """The original CT target decay ``μ(k) = exp(s0 log μ0 / N(k))`` (Song et al. 2023, App. C); iCT uses 0."""
+    """The original CT target decay ``μ(k) = exp(s0 log μ0 / N(k))`` (CM App. C); iCT uses 0."""
     return jnp.exp(s0 * jnp.log(mu0) / jnp.asarray(num_scales, jnp.float32))
 
 
@@ -187,14 +156,9 @@ def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=N
         metric: ``"l2"`` (squared L2 ``||x - y||²``, the paper's ``L2``), ``"l1"`` (``||x - y||₁``),
             ``"pseudo_huber"`` (``sqrt(||x - y||² + c²) - c``, iCT Sec. 3.3), or a callable
             ``metric(x, y) -> (B,)`` for anything else (e.g. a complete LPIPS).
-        feature_fn: optional ``feature_fn(x) -> (B, ...)`` applied to both arguments before ``metric``:
-            the hook for a learned perceptual metric. LPIPS (Zhang et al. 2018), the CD paper's best
-            metric, is ``l2`` between unit-normalised, channel-weighted VGG/AlexNet activations of the
-            images upsampled to 224²; its weights must be downloaded, so it is not bundled: pass
-            ``feature_fn`` returning those normalised, weighted activations flattened to ``(B, F)``
-            (gradients flow through it; its parameters should be closed over and frozen).
-        huber_c: the pseudo-Huber ``c``; ``0.00054 sqrt(d)`` (iCT's choice, ``d`` the number of
-            elements per example of what is compared) if ``None``.
+        feature_fn: optional ``feature_fn(x) -> (B, ...)`` applied to both arguments first: the hook for a
+            learned perceptual metric such as LPIPS (not bundled; see ``docs/consistency.md``).
+        huber_c: the pseudo-Huber ``c``; iCT's ``0.00054 sqrt(d)`` (``d`` elements per example) if ``None``.
 
     Raises:
         ValueError: for an unknown metric or mismatched shapes.
@@ -221,11 +185,8 @@ def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=N
 def teacher_step(score_fn: Callable, sde, x, t_from, t_to, solver: str = "heun"):
     """One probability-flow step per example from ``t_from`` to ``t_to`` (both ``(B,)``) with a project sampler.
 
-    ``"euler"`` is :func:`scoresde.sampling.fast.ddim` (``eta = 0``; the Euler step of
-    ``dx̄/dσ̃ = (x̄ - D)/σ̃`` in scaled coordinates), ``"heun"`` is :func:`~scoresde.sampling.fast.edm_heun`
-    (CD's Heun teacher), ``"dpm_solver-2"`` is :func:`~scoresde.sampling.fast.dpm_solver` with order 2. The
-    samplers step a whole batch between two scalar times; here every example has its own pair, so the
-    step is ``vmap``-ed over the batch (the score function sees batches of one, batched back by ``vmap``).
+    ``"euler"`` (DDIM, ``eta = 0``), ``"heun"`` (EDM) or ``"dpm_solver-2"``, ``vmap``-ed over the batch
+    since every example has its own pair of times (``docs/consistency.md``).
 
     Returns:
         ``(x_to, nfe)`` with ``nfe`` the score evaluations per example (1, 2, 2).
@@ -249,11 +210,9 @@ def teacher_step(score_fn: Callable, sde, x, t_from, t_to, solver: str = "heun")
 
 
 def one_sample_score(sde, x_t, x0, t):
-    """CT's one-sample score estimate ``-(x_t - alpha(t) x0) / sigma(t)²`` (Song et al. 2023, eq. 9 / Thm. 2).
+    """CT's one-sample score estimate ``-(x_t - alpha(t) x0) / sigma(t)²`` (CM eq. 9 / Thm. 2).
 
-    Its mean over ``x0 ~ p(x0 | x_t)`` is the exact score ``∇log p_t(x_t)``; with it, the Euler step from
-    ``t_{n+1}`` to ``t_n`` of ``x_{t_{n+1}} = alpha x0 + sigma z`` lands exactly on CT's
-    ``x_{t_n} = alpha(t_n) x0 + sigma(t_n) z`` (same ``z``).
+    Unbiased for ``∇log p_t(x_t)`` over ``x0 ~ p(x0 | x_t)`` (``docs/consistency.md``).
     """
     return batch_mul(-1.0 / sde.sigma(t) ** 2, x_t - batch_mul(sde.alpha(t), x0))
 
@@ -264,10 +223,11 @@ def sample_indices(sde, key, batch: int, num_scales, eps, *, rho=7.0, schedule="
                    p_std=2.0):
     """Grid indices ``n ∈ {0, .., N-2}`` of the lower point of the pair ``(σ̃_n, σ̃_{n+1})``, shape ``(batch,)``.
 
-    ``"uniform"``: ``n ~ U{0..N-2}`` (CD / CT). ``"lognormal"`` (iCT eq. 10):
-    ``p(n) ∝ erf((log σ̃_{n+1} - P_mean)/(√2 P_std)) - erf((log σ̃_n - P_mean)/(√2 P_std))``, drawn exactly as
-    the cell of the ρ-grid that contains a lognormal ``σ̃`` truncated to ``[σ̃_0, σ̃_{N-1}]`` (so no table of
-    size ``N`` is built and ``N`` may be traced).
+    ``"uniform"``: ``n ~ U{0..N-2}`` (CD / CT); ``"lognormal"``: iCT eq. 10, drawn as the ρ-grid cell of a
+    truncated lognormal ``σ̃`` so ``N`` may be traced (``docs/consistency.md``).
+
+    Raises:
+        ValueError: for an unknown ``schedule``.
     """
     if schedule == "uniform":
         return jax.random.randint(key, (batch,), 0, jnp.asarray(num_scales, jnp.int32) - 1)
@@ -277,7 +237,6 @@ def sample_indices(sde, key, batch: int, num_scales, eps, *, rho=7.0, schedule="
     c_lo, c_hi = ndtr((jnp.log(lo) - p_mean) / p_std), ndtr((jnp.log(hi) - p_mean) / p_std)
     u = jax.random.uniform(key, (batch,), minval=c_lo, maxval=c_hi)
     sig = jnp.exp(p_mean + p_std * ndtri(u))
-    # invert the rho-grid: sig = (lo^(1/rho) + n/(N-1) (hi^(1/rho) - lo^(1/rho)))^rho
     r_lo, r_hi = lo ** (1.0 / rho), hi ** (1.0 / rho)
     pos = (sig ** (1.0 / rho) - r_lo) / (r_hi - r_lo) * (jnp.asarray(num_scales, sig.dtype) - 1.0)
     return jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, jnp.asarray(num_scales, jnp.int32) - 2)
@@ -295,7 +254,7 @@ def _pair(sde, key, batch, num_scales, eps, rho, schedule, p_mean, p_std):
     n = sample_indices(sde, key, batch, num_scales, eps, rho=rho, schedule=schedule, p_mean=p_mean, p_std=p_std)
     sig_n, sig_np1 = karras_sigma(sde, n, num_scales, eps, rho), karras_sigma(sde, n + 1, num_scales, eps, rho)
     t_n, t_np1 = _t_of_sigma(sde, sig_n), _t_of_sigma(sde, sig_np1)
-    # the rho-grid's end points are eps and T exactly (the inverse maps round)
+    # the inverse map sigma -> t rounds; the grid's end points must be eps and T exactly
     t_n = jnp.where(n == 0, jnp.asarray(eps, t_n.dtype), t_n)
     t_np1 = jnp.where(n + 1 == jnp.asarray(num_scales) - 1, jnp.asarray(sde.T, t_np1.dtype), t_np1)
     return n, sig_n, sig_np1, t_n, t_np1
@@ -304,15 +263,12 @@ def _pair(sde, key, batch, num_scales, eps, rho, schedule, p_mean, p_std):
 def cd_loss(consistency_fn: Callable, params, target_params, score_fn: Callable, sde, batch, key, *,
             num_scales, eps, rho=7.0, solver: str = "heun", metric="l2", feature_fn=None, weighting="uniform",
             schedule="uniform"):
-    """Consistency distillation ``E[λ(t_n) d(f_θ(x_{t_{n+1}}, t_{n+1}), f_{θ⁻}(x̂_{t_n}, t_n))]`` (paper eq. 7).
+    """Consistency distillation ``E[λ d(f_θ(x_{t_{n+1}}, t_{n+1}), f_{θ⁻}(x̂_{t_n}, t_n))]`` (CM eq. 7, Alg. 2).
 
-    ``x_{t_{n+1}} = alpha x + sigma z`` for data ``x``; ``x̂_{t_n}`` is one teacher step (:func:`teacher_step`)
-    of the probability-flow ODE with ``score_fn`` from ``t_{n+1}`` to ``t_n`` on the ρ-grid of ``N``
-    points (:func:`karras_grid`).
+    ``x̂_{t_n}`` is one :func:`teacher_step` with ``score_fn`` from ``t_{n+1}`` to ``t_n`` on the ρ-grid.
 
     Args:
-        consistency_fn: ``consistency_fn(params, x, t) -> x_eps`` (e.g. :func:`consistency_fn` of a merged
-            network).
+        consistency_fn: ``consistency_fn(params, x, t) -> x_eps``.
         params: online parameters ``θ`` (the ones differentiated).
         target_params: target parameters ``θ⁻`` (the EMA, or ``params`` for ``μ = 0``); stop-gradiented.
         score_fn: the teacher's ``score_fn(x, t)``.
@@ -348,15 +304,10 @@ def cd_loss(consistency_fn: Callable, params, target_params, score_fn: Callable,
 def ct_loss(consistency_fn: Callable, params, target_params, sde, batch, key, *, num_scales, eps, rho=7.0,
             metric="pseudo_huber", feature_fn=None, weighting="icm", schedule="lognormal", p_mean=-1.1,
             p_std=2.0):
-    """Consistency training ``E[λ(σ̃_n) d(f_θ(x + σ_{n+1} z, t_{n+1}), f_{θ⁻}(x + σ_n z, t_n))]`` (paper eq. 10).
+    """Consistency training ``E[λ d(f_θ(α x + σ_{n+1} z, t_{n+1}), f_{θ⁻}(α x + σ_n z, t_n))]`` (CM eq. 10, Alg. 3).
 
-    In the SDE's coordinates ``x_{t} = alpha(t) x + sigma(t) z`` with one ``z`` for both times: the Euler
-    step of the probability-flow ODE with the one-sample score :func:`one_sample_score` (whose conditional
-    mean is the exact score), so no teacher is needed. The defaults are iCT's (Song & Dhariwal 2024):
-    pseudo-Huber metric, lognormal index sampling (``P_mean = -1.1``, ``P_std = 2``), weighting
-    ``1 / (σ̃_{n+1} - σ̃_n)``; pass ``target_params = params`` for iCT's ``μ = 0``, and ``num_scales`` from
-    :func:`ict_num_scales`. For the original CT pass ``metric="l2"`` (or LPIPS), ``weighting="uniform"``,
-    ``schedule="uniform"``, :func:`ct_num_scales` and an EMA target with :func:`ct_ema_decay`.
+    One ``z`` for both times, so no teacher is needed. The defaults are iCT's; the settings of the original
+    CT are in ``docs/consistency.md``.
 
     Args and returns as :func:`cd_loss` (without ``score_fn`` / ``solver``).
     """

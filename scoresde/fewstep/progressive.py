@@ -1,31 +1,13 @@
-"""Progressive distillation (Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models",
-ICLR 2022): a student whose one DDIM step matches two DDIM steps of its teacher (pure math).
+"""Progressive distillation (Salimans & Ho, ICLR 2022): one student DDIM step matches two teacher steps.
 
-Grids. A student with ``N`` steps samples with DDIM (``eta = 0``) on the ``"uniform_t"`` grid
-``t_i = T + (i / N)(eps - T)``, ``i = 0 .. N`` (:func:`student_times`; the grid of
-``sample(..., method="ddim", steps=N)``). Its teacher has ``2N`` steps on the same kind of grid, whose extra
-points are the midpoints ``(t_i + t_{i+1}) / 2``. Rounds halve ``N`` (:func:`halving_rounds`), each round's
-student becoming the next round's teacher.
-
-Target (paper Algorithm 2). From ``x_t`` at ``t = t_i``, two teacher DDIM steps reach ``x''`` at
-``t'' = t_{i+1}``. One DDIM step with data prediction ``x̃`` reaches
-``alpha'' x̃ + (sigma''/sigma)(x_t - alpha x̃)``; solving for the ``x̃`` that lands on ``x''`` gives
-
-    ``x̃ = (x'' - (sigma''/sigma) x_t) / (alpha'' - (sigma''/sigma) alpha)``          (paper, Alg. 2)
-
-so a student whose denoiser equals ``x̃`` reproduces the two teacher steps exactly (:func:`pd_target`).
-
-Loss. ``w(t) ||x̂_θ(x_t, t) - x̃||²`` with the truncated-SNR weighting ``w = max(SNR, 1)``,
-``SNR = alpha²/sigma²`` (paper eq. 9), or ``SNR + 1``, which is what an unweighted loss on a
-``v``-prediction network amounts to for VP (``||v̂ - ṽ||² = (1 + SNR) ||x̂ - x̃||²`` when
-``alpha² + sigma² = 1``). The student may output ``x0``, ``v`` or anything
-:mod:`scoresde.parameterization` converts; :func:`pd_network_target` gives the raw target for its output.
+Pure math: the halving grids, the student's target ``x̃`` (paper Algorithm 2) and the SNR-weighted loss
+(eq. 9). Derivations: ``docs/progressive_distillation.md``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +41,7 @@ def halving_rounds(start_steps: int, end_steps: int = 1) -> list[int]:
 
 
 def student_times(sde, steps, eps, i):
-    """``t_i = T + (i / steps)(eps - T)`` of the ``"uniform_t"`` grid (``i``, ``steps`` may be traced), endpoints exact."""
+    """``t_i = T + (i / steps)(eps - T)`` of the ``"uniform_t"`` grid, endpoints exact; ``i``, ``steps`` traceable."""
     dtype = jnp.result_type(float)
     i = jnp.asarray(i)
     t = sde.T + (i.astype(dtype) / jnp.asarray(steps, dtype)) * (jnp.asarray(eps, dtype) - sde.T)
@@ -68,10 +50,7 @@ def student_times(sde, steps, eps, i):
 
 
 def two_teacher_steps(teacher_score_fn: Callable, sde, x_t, t, t_next):
-    """Two DDIM (``eta = 0``) steps of the teacher per example, ``t -> (t + t_next)/2 -> t_next`` (``(B,)`` times).
-
-    :func:`scoresde.sampling.fast.ddim` ``vmap``-ed over the batch, since every example has its own times.
-    """
+    """Two teacher DDIM (``eta = 0``) steps per example, ``t -> (t + t_next)/2 -> t_next``, times ``(B,)``."""
     key = jax.random.key(0)  # eta = 0 draws no noise
 
     def one(xi, s, u):
@@ -83,7 +62,9 @@ def two_teacher_steps(teacher_score_fn: Callable, sde, x_t, t, t_next):
 
 
 def pd_target(teacher_score_fn: Callable, sde, x_t, t, t_next):
-    """The student's data-prediction target ``x̃`` at ``(x_t, t)`` for its step to ``t_next`` (module docstring).
+    """The student's data-prediction target ``x̃`` for its step ``t -> t_next`` (paper Alg. 2).
+
+    ``docs/progressive_distillation.md`` derives it.
 
     Args:
         teacher_score_fn: the teacher's ``score_fn(x, t)``.
@@ -102,17 +83,17 @@ def pd_target(teacher_score_fn: Callable, sde, x_t, t, t_next):
 
 
 def pd_network_target(x_tilde, x_t, alpha, sigma, output: str):
-    """The raw regression target for a student of the given output type (``x0``, ``eps``, ``v``, ``score``).
-
-    Uses the noise ``ε̃ = (x_t - alpha x̃) / sigma`` implied by ``x̃`` and
-    :func:`scoresde.parameterization.target_from`; for ``v``: ``alpha ε̃ - sigma x̃``.
-    """
+    """The raw regression target for a student of output type ``x0``, ``eps``, ``v`` or ``score``."""
     noise = batch_mul(1.0 / sigma, x_t - batch_mul(alpha, x_tilde))
     return target_from(x_tilde, noise, alpha, sigma, output)
 
 
 def pd_weight(sde, t, weighting: str = "truncated_snr"):
-    """``max(SNR, 1)`` (``"truncated_snr"``, paper eq. 9) or ``SNR + 1`` (``"snr_plus_one"``), ``SNR = alpha²/sigma²``."""
+    """``max(SNR, 1)`` (``"truncated_snr"``, paper eq. 9) or ``SNR + 1`` (``"snr_plus_one"``).
+
+    Raises:
+        ValueError: for an unknown ``weighting``.
+    """
     snr = jnp.exp(sde.log_snr(t))
     if weighting == "truncated_snr":
         return jnp.maximum(snr, 1.0)
@@ -126,8 +107,7 @@ def pd_loss(student_denoiser: Callable, teacher_score_fn: Callable, sde, batch, 
             weighting: str = "truncated_snr"):
     """One progressive-distillation loss estimate ``E[w(t) mean_d (x̂(x_t, t) - x̃)²]`` (paper Algorithm 2).
 
-    ``t = t_i`` with ``i ~ U{0 .. steps-1}`` on the student's grid (:func:`student_times`),
-    ``x_t = alpha x + sigma z`` for data ``x``, ``x̃ = pd_target(teacher, x_t, t_i, t_{i+1})``.
+    ``t = t_i``, ``i ~ U{0 .. steps-1}`` on the student's grid; ``x̃`` from :func:`pd_target`.
 
     Args:
         student_denoiser: ``D(x, t) = x̂`` of the student (e.g.

@@ -1,55 +1,10 @@
 """Training-free guidance through the denoiser: DPS, ΠGDM, universal and embedding guidance, self-recurrence.
 
-Every guide is a score transformer ``score_fn(x, t) -> score + guidance term`` (an
-:class:`equinox.Module` whose scales and targets are array leaves, traced by the samplers: a new scale
-does not recompile). The guidance terms go through Tweedie's denoiser
-``x̂₀(x_t) = (x_t + sigma_t² s(x_t, t)) / alpha_t`` and its vector–Jacobian product.
-
-**NFE rule.** One forward pass of the score network counts 1; one vector–Jacobian product through it
-counts 1 more. Each guide has ``evaluations_per_call`` (2: a forward with its VJP; 1 for ΠGDM with
-``jacobian="isotropic"``); the
-samplers count calls of the guided score, and the front doors multiply. Gradient steps that do not go
-through the score (universal guidance's backward steps on ``Δx̂₀``) cost no score evaluations.
-
-Guidance terms (``r = y - A(x̂₀)``, ``J = ∂x̂₀/∂x_t``):
-
-* **DPS** (Chung et al. 2023, "Diffusion Posterior Sampling", eq. 16 and Algorithm 1):
-  ``p(y | x_t) ≈ N(y; A(x̂₀), sigma_y² I)``. ``weighting="gaussian"``:
-  ``scale · Jᵀ (∂A)ᵀ r / sigma_y²`` (the gradient of the approximate log-likelihood).
-  ``weighting="normalized"``: the paper's step ``-ζ_t ∇‖r‖`` with ``ζ_t = scale / ‖r‖`` per example,
-  i.e. ``scale · Jᵀ (∂A)ᵀ r / ‖r‖²``, as a score term (the paper applies it to the state after a DDPM
-  step; here it rides on the score, so its effective step is the sampler's). The cotangent ``r / ‖r‖²``
-  is formed explicitly and is 0 where ``r = 0``: differentiating ``‖r‖`` by autodiff gives ``0/0 = NaN``
-  there (the NaN the PyTorch implementations report).
-  DPS ignores ``Cov[x₀ | x_t]``, so it over-weights the measurement at large ``t``: it is biased even
-  for Gaussian data (``tests/test_inverse.py`` measures the bias).
-* **ΠGDM** (Song et al. 2023, "Pseudoinverse-Guided Diffusion Models", eq. 7–8):
-  ``p(x₀ | x_t) ≈ N(x̂₀, r_t² I)`` so ``p(y | x_t) ≈ N(A x̂₀, r_t² A Aᵀ + sigma_y² I)`` and
-  ``scale · Jᵀ Aᵀ (r_t² A Aᵀ + sigma_y² I)⁻¹ r``, with ``r_t² = c sigma_t² / (alpha_t² c + sigma_t²)``,
-  the exact ``Cov[x₀ | x_t]`` of ``N(μ, c I)`` data (``c = data_var``; ``c = 1`` is the paper's
-  ``sigma_t² / (1 + sigma_t²)`` in ``x_t / alpha_t`` coordinates). For isotropic Gaussian data with
-  ``scale = 1`` this is the exact ``∇log p(y | x_t)``, so the sampler targets the exact posterior.
-
-  ``jacobian="isotropic"`` takes the same approximation one identity further. Tweedie's second-order
-  identity says ``J = ∂E[x₀ | x_t]/∂x_t = (alpha_t / sigma_t²) Cov[x₀ | x_t]``; with the covariance ΠGDM
-  already assumes, ``J ≈ (alpha_t r_t² / sigma_t²) I``. For isotropic Gaussian data this *is* the exact
-  Jacobian, so the term stays the exact ``∇log p(y | x_t)``. With a learned network it does not use the
-  network's Jacobian: ``x̂₀ = (x_t + sigma_t² s) / alpha_t`` multiplies any error of ``sigma_t² ∂s/∂x_t``
-  by ``1 / alpha_t`` (≈ 150 at ``t = T`` for the VP SDE), so at large ``t`` the network VJP is dominated by
-  that error and can overflow. The isotropic gain is ``alpha_t c / (alpha_t² c + sigma_t²)``: ``≈ alpha_T c``
-  at ``t = T`` (the term fades where ``x̂₀`` says little) and ``1 / alpha_t`` as ``t → 0``. It also halves
-  the cost (no VJP: 1 evaluation per call). This is the Jacobian-free form that later methods use
-  (e.g. DiffPIR and the "DPS without backpropagation" variants); ``c`` should be the data's per-pixel
-  variance here, since it now sets the Jacobian too.
-* **Universal guidance** (Bansal et al. 2023, Algorithm 1): forward guidance
-  ``ε̃ = ε + s(t) ∇ₓ ℓ(c, f(x̂₀))`` with ``s(t) = scale · sigma_t``, i.e. a score term
-  ``-scale · ∇ₓ ℓ``; backward guidance: ``Δ`` from ``backward_steps`` gradient steps (rate
-  ``backward_lr``) on ``ℓ(c, f(x̂₀ + Δ))`` from ``Δ = 0``, then ``ε̃ -= (alpha_t / sigma_t) Δ``, i.e. a
-  score term ``alpha_t Δ / sigma_t²`` (it moves ``x̂₀`` by ``Δ``). With ``ℓ = ‖y - A x̂₀‖² / (2 sigma_y²)``
-  forward universal guidance is DPS (``weighting="gaussian"``) exactly. Self-recurrence is
-  :func:`recurrent_sample`.
-* **Embedding guidance** (the form CLIP guidance takes, GLIDE): universal guidance with
-  ``ℓ = -cos(f(x̂₀), c)`` for a user embedding network ``f`` and target embedding ``c``.
+Every guide is a score transformer ``score_fn(x, t) -> score + guidance term`` (an :class:`equinox.Module`
+whose scales and targets are traced array leaves: a new scale does not recompile), built on Tweedie's
+denoiser ``x̂₀(x_t) = (x_t + sigma_t² s(x_t, t)) / alpha_t`` and its vector–Jacobian product. Each guide has
+``evaluations_per_call`` (a forward pass counts 1, a VJP through the network 1 more). The terms, their
+papers and equations, and the NFE rule: ``docs/posterior_guidance.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +15,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from scoresde import sampling
 from scoresde.parameterization import score_to_denoiser
+from scoresde.sampling import fast
+from scoresde.sampling.grids import time_grid
 from scoresde.sde import batch_mul
 
 __all__ = [
@@ -172,7 +130,9 @@ def _check_weighting(weighting, sigma_y):
 
 
 def dps_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, weighting: str = "gaussian") -> DPSGuidedScore:
-    """Diffusion posterior sampling (Chung et al. 2023) as a score transformer; see the module docstring.
+    """Diffusion posterior sampling (Chung et al. 2023, eq. 16, Alg. 1) as a score transformer.
+
+    The term per ``weighting`` is in ``docs/posterior_guidance.md``.
 
     Args:
         score_fn: the unconditional score ``score_fn(x, t)``.
@@ -193,7 +153,9 @@ def dps_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, weighting: s
 
 def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1.0, cg_steps: int = 50,
                    jacobian: str = "network") -> PiGDMGuidedScore:
-    """ΠGDM (Song et al. 2023) as a score transformer; needs a linear operator (``adjoint``, ``solve_gram``).
+    """ΠGDM (Song et al. 2023, eq. 7–8) as a score transformer; ``docs/posterior_guidance.md``.
+
+    Needs a linear operator (``adjoint``, ``solve_gram``).
 
     Args:
         score_fn, sde, operator, y, sigma_y, scale: as :func:`dps_guidance` (``sigma_y = 0`` is allowed).
@@ -201,7 +163,10 @@ def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1
         cg_steps: conjugate-gradient iterations for operators without a closed-form ``solve_gram``.
         jacobian: ``"network"`` (the paper: ``Jᵀ`` by a vector–Jacobian product through the score network,
             2 evaluations per call) or ``"isotropic"`` (``J = (alpha_t r_t² / sigma_t²) I``, 1 evaluation per
-            call; see the module docstring).
+            call; ``docs/posterior_guidance.md``).
+
+    Returns:
+        A :class:`PiGDMGuidedScore`.
 
     Raises:
         ValueError: for an unknown ``jacobian``.
@@ -213,7 +178,7 @@ def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1
 
 
 def gaussian_nll_loss(prediction, target, sigma_y):
-    """``‖target - prediction‖² / (2 sigma_y²)`` per example (the negative Gaussian log-likelihood, up to a constant)."""
+    """``‖target - prediction‖² / (2 sigma_y²)`` per example: the Gaussian negative log-likelihood up to a constant."""
     d = (target - prediction).reshape(prediction.shape[0], -1)
     return jnp.sum(d * d, axis=-1) / (2.0 * sigma_y**2)
 
@@ -261,7 +226,9 @@ class UniversalGuidedScore(eqx.Module):
 
 def universal_guidance(score_fn, sde, loss_fn, target, *, scale=1.0, predictor=None, backward_steps: int = 0,
                        backward_lr=0.1) -> UniversalGuidedScore:
-    """Universal guidance (Bansal et al. 2023): forward and backward guidance as a score transformer.
+    """Universal guidance (Bansal et al. 2023, Alg. 1): forward and backward guidance as a score transformer.
+
+    The score terms are derived in ``docs/posterior_guidance.md``.
 
     Args:
         score_fn: the unconditional score ``score_fn(x, t)``.
@@ -275,6 +242,9 @@ def universal_guidance(score_fn, sde, loss_fn, target, *, scale=1.0, predictor=N
 
     Returns:
         A batched ``score_fn(x, t)``; 2 evaluations per call (``f``'s own passes are not counted).
+
+    Raises:
+        ValueError: if ``backward_steps`` is not a non-negative int.
     """
     if not isinstance(backward_steps, int) or backward_steps < 0:
         raise ValueError(f"backward_steps must be a non-negative int; got {backward_steps!r}")
@@ -298,10 +268,8 @@ def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str 
                      eps=None, x_init=None, grid: str = "uniform_t", **solver_options):
     """Universal guidance's self-recurrence (Bansal et al. 2023, Algorithm 1, loop over ``r``).
 
-    Each step ``s -> t`` of the fixed-grid solver is taken ``recurrence`` times; between repeats the state
-    is re-noised back to ``s`` with the forward kernel ``x_s = (alpha_s/alpha_t) x_t +
-    sqrt(sigma_s² - (alpha_s/alpha_t)² sigma_t²) z``; the last repeat's result is kept. ``recurrence = 1``
-    is the plain solver. Steps are independent single-step solves, so ``dpm_solver++`` runs first order.
+    Each step of the fixed-grid solver is taken ``recurrence`` times, re-noising back to its start between
+    repeats (``docs/posterior_guidance.md``); ``recurrence = 1`` is the plain solver.
 
     Args:
         score_fn: a (guided) score; if it has ``evaluations_per_call``, the NFE is multiplied by it.
@@ -312,11 +280,10 @@ def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str 
 
     Returns:
         ``(samples, nfe)``.
-    """
-    # lazy, as in guidance: the score transformers above do not need the samplers to import
-    from scoresde import sampling
-    from scoresde.sampling import fast
 
+    Raises:
+        ValueError: for an unknown ``method`` or a ``recurrence`` that is not a positive int.
+    """
     solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
                "edm_heun": fast.edm_heun}
     if method not in solvers:
@@ -331,8 +298,6 @@ def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str 
 
 @eqx.filter_jit
 def _recurrent_jit(score_fn, sde, shape, key, x_init, eps, solver, recurrence, steps, grid, options):
-    from scoresde.sampling.grids import time_grid
-
     k_prior, k_loop = jax.random.split(key)
     x = sde.prior_sampling(k_prior, shape) if x_init is None else x_init
     ts = time_grid(sde, steps, eps.astype(x.dtype), kind=grid, dtype=x.dtype)

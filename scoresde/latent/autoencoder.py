@@ -1,28 +1,15 @@
 """Latent diffusion math: the Gaussian posterior, the autoencoder loss and the latent scale.
 
-Latent diffusion (Rombach et al., CVPR 2022) trains an autoencoder first, then a score model on the
-autoencoder's latents ``ẑ = c · z``, ``z ~ q(z | x)``, scaled by ``c = 1 / std(z)`` (LDM's ``scale_by_std``) so
-that the latents have roughly the unit scale the SDEs of :mod:`scoresde.sde` assume. Everything in this module
-is pure: networks come in as callables (``encoder_fn(x) -> (mean, logvar)``, ``decoder_fn(z) -> x``), never as
-configs.
-
-The autoencoder loss (LDM, App. G; their ``LPIPSWithDiscriminator`` without the learned output
-log-variance) is, per batch::
-
-    L = mean_b [ Σ_i ρ(x - x̂)_i + w_p · D · P(x, x̂) ] + β · mean_b KL(q(z | x) ‖ N(0, I))
-        + λ_adv · 1[step ≥ start] · (-mean D_φ(x̂))
-
-with ``ρ`` the L1 or squared error summed over the ``D`` dimensions of an example (LDM sums, so its
-``β = 1e-6`` carries over), ``P`` an optional user-supplied perceptual distance (LPIPS needs downloaded weights,
-so none ships here; see :func:`autoencoder_loss`), and ``λ_adv`` LDM's adaptive weight, the ratio of the
-gradient norms of the reconstruction and adversarial terms at the decoder's last layer (Esser et al. 2021,
-eq. 7). The discriminator is trained with the hinge loss (:func:`discriminator_loss`).
+Latent diffusion (Rombach et al., CVPR 2022) trains a score model on an autoencoder's scaled latents
+``ẑ = c · z``. Pure: networks come in as callables, never as configs. The loss and its terms:
+``docs/latent.md``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +72,7 @@ class DiagonalGaussian(NamedTuple):
         return self.mean
 
     def kl(self) -> Array:
-        """``KL(q ‖ N(0, I)) = ½ Σ_i (μ_i² + σ_i² - 1 - log σ_i²)`` per example, ``(B,)`` nats (Kingma & Welling 2014, App. B)."""
+        """``KL(q ‖ N(0, I))`` per example, ``(B,)`` nats (Kingma & Welling 2014, App. B)."""
         return 0.5 * _sum_except_batch(jnp.square(self.mean) + self.var - 1.0 - self.logvar)
 
     def log_prob(self, z: Array) -> Array:
@@ -131,7 +118,9 @@ def adversarial_factor(step, start: int) -> Array:
 
 def adaptive_weight(reconstruction_of_head: Callable[[Array], Array], adversarial_of_head: Callable[[Array], Array],
                     head_weight: Array, *, max_weight: float = 1e4, eps: float = 1e-4) -> Array:
-    """``‖∇_w L_rec‖ / (‖∇_w L_adv‖ + eps)``, clipped to ``[0, max_weight]``, gradient stopped (Esser et al. 2021, eq. 7).
+    """``‖∇_w L_rec‖ / (‖∇_w L_adv‖ + eps)``, clipped to ``[0, max_weight]``, gradient stopped.
+
+    Esser et al. 2021, eq. 7 (``docs/latent.md``).
 
     Args:
         reconstruction_of_head: ``w -> L_rec``, the reconstruction loss as a function of the decoder's
@@ -172,18 +161,11 @@ def autoencoder_loss(x: Array, posterior: DiagonalGaussian, reconstruct: Callabl
                      perceptual_fn: Callable[[Array, Array], Array] | None = None, perceptual_weight: float = 1.0,
                      discriminator_fn: Callable[[Array], Array] | None = None, disc_weight: float = 0.5,
                      disc_start: int = 0, max_adaptive_weight: float = 1e4) -> tuple[Array, AutoencoderLossTerms]:
-    """The autoencoder's (generator's) loss (module docstring): reconstruction + β·KL [+ perceptual] [+ adversarial].
+    """The autoencoder's loss: reconstruction + β·KL [+ perceptual] [+ adversarial] (LDM, App. G).
 
-    The decoder output enters as ``reconstruct(w)``, a function of the decoder's last-layer kernel evaluated at
-    ``head_weight``, because the adaptive adversarial weight needs gradients with respect to that kernel. With
-    :class:`scoresde.models.autoencoder.AutoencoderKL` ``ae`` and ``z = posterior.sample(key)``::
-
-        h = ae.decoder.features(z)
-        loss, terms = autoencoder_loss(x, posterior, lambda w: ae.decoder.head(h, w),
-                                       ae.decoder.conv_out.kernel[...], step=step, ...)
-
-    Gradients flow into the encoder and decoder through ``posterior``, ``h`` and ``head_weight``; pass the
-    discriminator as a closure and differentiate only the autoencoder's parameters.
+    The decoder output enters as ``reconstruct(w)``, a function of the decoder's last-layer kernel, since the
+    adaptive adversarial weight differentiates with respect to it; ``docs/latent.md`` has the formula and a
+    usage example.
 
     Args:
         x: ``(B, H, W, C)`` data (in the model's space, e.g. centred to [-1, 1]).
@@ -193,9 +175,8 @@ def autoencoder_loss(x: Array, posterior: DiagonalGaussian, reconstruct: Callabl
         step: training step (traced or Python int), for the discriminator warm-up.
         kl_weight: ``β`` (LDM: 1e-6).
         reconstruction: ``'l1'`` (LDM) or ``'l2'``.
-        perceptual_fn: hook for a user-supplied perceptual distance ``P(x, x̂) -> (B,)``, e.g. LPIPS from a
-            pretrained feature network (``Σ_l w_l ‖φ_l(x) - φ_l(x̂)‖²`` over normalised features). As in LDM it is
-            added to every dimension's error, i.e. weighted by ``D`` after the sum. ``None``: no perceptual term.
+        perceptual_fn: a user-supplied perceptual distance ``P(x, x̂) -> (B,)`` (e.g. LPIPS), weighted by ``D``
+            as in LDM; ``None``: no perceptual term.
         perceptual_weight: ``w_p`` (LDM: 1.0).
         discriminator_fn: ``x -> logits`` of a patch discriminator, or ``None`` for no adversarial term.
         disc_weight: LDM's ``disc_weight`` (0.5), multiplying the adaptive weight.
@@ -239,9 +220,6 @@ def discriminator_loss(logits_real: Array, logits_fake: Array, *, step=0, disc_s
 
 def scale_by_std(latents: Array) -> Array:
     """LDM's latent scale factor ``c = 1 / std(latents)``, the std over every element (a scalar).
-
-    Computed once, after the autoencoder is trained, on the posterior means of a data sample, and stored with
-    the autoencoder; the score model then sees ``ẑ = c z``, of unit overall standard deviation on that sample.
 
     Raises:
         ValueError: for fewer than two elements.

@@ -1,21 +1,18 @@
 """LSGM's variational bound on the data's negative log-likelihood through a latent score model.
 
-The variational bound of LSGM (Vahdat et al. 2021, eq. 2–3), for the score model's density ``p_θ`` on the
-scaled latents::
-
-    -log p(x) ≤ E_q[-log p(x | z)] + E_q[log q(z | x)] + E_q[-log p_θ(c z) - d_z log c]
-
-where the last term is ``-log`` of the density of the *unscaled* ``z`` (change of variables ``ẑ = c z``,
-``d_z`` latent dimensions). :func:`variational_bound` reports each term, in nats and bits/dim, with the
-dequantisation and data-scaler rules of :func:`scoresde.likelihood.bits_per_dim`.
+Vahdat et al. 2021, eq. 2–3, each term in nats and bits/dim with the dequantisation and scaler rules of
+:func:`scoresde.likelihood.bits_per_dim`. Derivation: ``docs/latent.md``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
 from scoresde import likelihood
 from scoresde.latent.autoencoder import _LOG_2PI, DiagonalGaussian, _num_dims, _sum_except_batch
 
@@ -27,8 +24,7 @@ __all__ = ["fit_decoder_std", "gaussian_decoder_nll", "LatentBound", "variationa
 def fit_decoder_std(x: Array, x_rec: Array) -> Array:
     """The maximum-likelihood ``σ`` of a Gaussian decoder ``N(x; x̂, σ² I)``: ``sqrt(mean (x - x̂)²)``.
 
-    Fit it on training data (reconstructions by the posterior mean), then hold it fixed for evaluation: the
-    bound is a bound for any fixed ``σ``, and a ``σ`` tuned on the evaluation data would be optimistic.
+    Fit it on training data and hold it fixed for evaluation (``docs/latent.md``).
     """
     return jnp.sqrt(jnp.mean(jnp.square(x - x_rec)))
 
@@ -42,8 +38,7 @@ def gaussian_decoder_nll(x: Array, x_mean: Array, decoder_std) -> Array:
 class LatentBound(NamedTuple):
     """Result of :func:`variational_bound`; every field ``(B,)`` per example, averaged over posterior samples.
 
-    Nats are of the density of ``y = s(u)`` in the model's space; bits/dim add the data scaler's log-Jacobian
-    and the bin volume, so ``bits_per_dim = reconstruction_bpd + log_q_bpd + prior_bpd + offset_bpd``.
+    ``bits_per_dim = reconstruction_bpd + log_q_bpd + prior_bpd + offset_bpd``.
 
     Attributes:
         reconstruction: ``E_q[-log p(y | z)]`` nats (Gaussian decoder, :func:`gaussian_decoder_nll`).
@@ -73,13 +68,10 @@ def variational_bound(encoder_fn: Callable[[Array], tuple[Array, Array]], decode
                       scale_factor, decoder_std, scaler: Callable[[Array], Array] | None = None,
                       num_bits: int | None = 8, dequantization: str = "uniform", num_samples: int = 1,
                       **likelihood_kwargs) -> LatentBound:
-    """LSGM's bound ``-log p(x) ≤ E_q[-log p(x | z)] + E_q[log q(z | x) - log p(z)]`` (module docstring).
+    """LSGM's bound ``-log p(x) ≤ E_q[-log p(x | z)] + E_q[log q(z | x) - log p(z)]`` (Vahdat et al. 2021, eq. 2–3).
 
-    The decoder likelihood is ``p(y | z) = N(y; decoder_fn(z), σ² I)`` in the model's space with a stated, fixed
-    ``σ = decoder_std``: a KL autoencoder is trained with an L1/L2 loss that fixes no ``σ``, and any fixed ``σ``
-    gives a valid bound; :func:`fit_decoder_std` on training data is the natural choice. ``log p(z)`` is the
-    density of the unscaled latent, ``log p_θ(c z) + d_z log c``, with ``log p_θ`` from
-    :func:`scoresde.likelihood.log_likelihood` on the latent score model. Pure and jit-able.
+    Gaussian decoder with a fixed ``σ = decoder_std``; ``log p(z)`` is the latent model's probability-flow
+    density of the unscaled latent (``docs/latent.md``). Pure and jit-able.
 
     Args:
         encoder_fn: ``y -> (mean, logvar)`` of ``q(z | y)`` (unscaled latents).
@@ -92,8 +84,7 @@ def variational_bound(encoder_fn: Callable[[Array], tuple[Array, Array]], decode
         decoder_std: ``σ`` of the Gaussian decoder, in the model's space.
         scaler, num_bits, dequantization: as in :func:`scoresde.likelihood.bits_per_dim`.
         num_samples: ``K`` posterior samples per example (each a probability-flow solve).
-        **likelihood_kwargs: passed to :func:`scoresde.likelihood.log_likelihood` (``hutchinson``, ``rtol``,
-            ``atol``, ``eps``, ``solver``, ``max_steps``, ``mesh``; with a mesh, ``K · B`` must divide evenly).
+        **likelihood_kwargs: passed to :func:`scoresde.likelihood.log_likelihood` (a mesh must divide ``K B``).
 
     Returns:
         A :class:`LatentBound`.
@@ -113,7 +104,7 @@ def variational_bound(encoder_fn: Callable[[Array], tuple[Array, Array]], decode
     y = u if scaler is None else scaler(u)
     posterior = DiagonalGaussian(*encoder_fn(y))
     d_z = _num_dims(posterior.mean)
-    # K posterior draws stacked into one (K B, ...) batch: one probability-flow call, each example its own solve.
+    # K posterior draws as one (K B, ...) batch: one probability-flow call, each example its own solve
     eps = jax.random.normal(k_z, (num_samples,) + posterior.mean.shape, posterior.mean.dtype)
     z = (posterior.mean[None] + posterior.std[None] * eps).reshape((num_samples * b,) + posterior.mean.shape[1:])
     tile = lambda a: jnp.broadcast_to(a[None], (num_samples,) + a.shape).reshape((num_samples * b,) + a.shape[1:])

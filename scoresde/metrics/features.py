@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Callable, Iterable
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from scoresde.images import to_uint8  # noqa: F401  (the protocol's uint8 map, re-exported)
 
@@ -34,11 +39,9 @@ def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, r
     Raises:
         InceptionWeightsError: when the weights cannot be found (never falls back to other features).
     """
-    import jax
-    from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from flax import nnx  # noqa: PLC0415  (flax and the Inception only when it is built)
 
-    from scoresde.metrics.weights import build_inception, load_params, resolve_weights_path
+    from scoresde.metrics.weights import build_inception, load_params, resolve_weights_path  # noqa: PLC0415  (as flax)
 
     path = resolve_weights_path(weights, download=download)
     model = build_inception(load_params(path), resize_method=resize_method)
@@ -107,7 +110,7 @@ class FeatureAccumulator:
         else:
             self._pools, self._logits = [], []
 
-    def merge(self, other: "FeatureAccumulator") -> None:
+    def merge(self, other: FeatureAccumulator) -> None:
         """Adds another accumulator's data (e.g. another process's)."""
         if other.n == 0:
             return
@@ -148,21 +151,15 @@ class FeatureAccumulator:
 
 def _allgather_accumulators(acc: FeatureAccumulator) -> FeatureAccumulator:
     """Combines every process's accumulator (one process: returned as is)."""
-    import jax
-
     if jax.process_count() == 1:
         return acc
-    import pickle
-
-    from jax.experimental import multihost_utils
-
     blob = np.frombuffer(pickle.dumps(acc), np.uint8)
     sizes = multihost_utils.process_allgather(np.array([blob.size]))
     padded = np.zeros(int(sizes.max()), np.uint8)
     padded[:blob.size] = blob
     blobs = multihost_utils.process_allgather(padded)
     total = FeatureAccumulator(acc.keep_max)
-    for b, s in zip(blobs, sizes.reshape(-1)):
+    for b, s in zip(blobs, sizes.reshape(-1), strict=True):
         total.merge(pickle.loads(np.asarray(b[:int(s)]).tobytes()))
     return total
 

@@ -1,18 +1,9 @@
 """The Inception-v3 variant of the standard FID, in Flax NNX.
 
-A port of the network behind TF FID (the ``inception-2015-12-05`` graph) as pytorch-fid rebuilds it
-for its ``pt_inception-2015-12-05-6726825d.pth`` weights: torchvision's Inception-v3 layout with 1008
-classes, no auxiliary head, and the FID patches of the mixed blocks:
-
-- ``Mixed_5b..5d`` (A), ``Mixed_6b..6e`` (C) and ``Mixed_7b`` (E_1) average-pool their pool branch
-  without counting the zero padding (TensorFlow's ``AVG_POOL`` with SAME padding);
-- ``Mixed_7c`` (E_2) max-pools its pool branch instead.
-
-Module and parameter names follow the PyTorch state dict (``Mixed_5b.branch1x1.conv.weight`` is
-``Mixed_5b/branch1x1/conv/kernel`` here), so :mod:`scoresde.metrics.weights` converts by renaming and
-transposing. Images are NHWC; the network sees ``uint8``-range ``[0, 255]`` inputs of any size,
-resized bilinearly to 299×299 as pytorch-fid does (half-pixel centres, no antialiasing) and mapped to
-``[-1, 1]``.
+A port of the TF FID network (``inception-2015-12-05``) as pytorch-fid rebuilds it for its weights, with
+the FID patches of the mixed blocks. Parameter names follow the PyTorch state dict (``Mixed_5b.branch1x1.
+conv.weight`` is ``Mixed_5b/branch1x1/conv/kernel``). Inputs: NHWC, ``[0, 255]``, any size, resized
+bilinearly to 299×299. Details: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -37,13 +28,14 @@ def resize_matrix(in_size: int, out_size: int, method: str = "pytorch_fid") -> n
 
     Args:
         in_size, out_size: lengths of the input and output axes.
-        method: ``"pytorch_fid"``: ``torch.nn.functional.interpolate(mode="bilinear",
-            align_corners=False)`` without antialiasing (half-pixel centres, source clamped at 0), what
-            pytorch-fid does before its Inception. ``"tf_legacy"``: ``tf.compat.v1.image.resize_bilinear``
-            with ``align_corners=False, half_pixel_centers=False`` (source = i · in/out).
+        method: ``"pytorch_fid"`` (torch's bilinear ``interpolate``, half-pixel centres, no antialiasing) or
+            ``"tf_legacy"`` (``tf.compat.v1.image.resize_bilinear``); ``docs/metrics.md``.
 
     Returns:
         float64 weights; every row sums to one, so constant images stay constant.
+
+    Raises:
+        ValueError: for an unknown ``method``.
     """
     scale = in_size / out_size
     i = np.arange(out_size, dtype=np.float64)

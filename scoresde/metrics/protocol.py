@@ -1,18 +1,8 @@
 """The FID / IS / KID protocol's pieces that read no config: reference statistics, sample files, metrics, reports.
 
-What the protocol fixes, because each of these moves FID by more than the differences papers report:
-
-* **Reference statistics** cover a *whole* split: every example, no dropped last batch, read as ``uint8``
-  (the stored pixels; no dequantisation, no flips). They are pool_3 mean and covariance, plus the
-  features themselves when there are at most ``keep_max`` of them (KID needs them). CIFAR-10 in the
-  paper: the 50,000 training images.
-* **Samples**: 50,000 in the paper (fewer gives a biased, larger FID and a loud warning), mapped to
-  ``uint8`` by rounding ``x · 255`` (:func:`scoresde.images.to_uint8`).
-* **Features**: the FID Inception (pytorch-fid's ``pt_inception-2015-12-05`` weights, which reproduce
-  TF FID), images resized bilinearly to 299. No other extractor is ever substituted silently.
-* **Every number carries its sampler and its NFE** in the JSON report and in the TensorBoard tag.
-
-The modes ``fid_stats`` and ``fid`` (:mod:`scoresde.modes`) read the config and call these.
+What the protocol fixes (whole reference splits read as uint8, 50,000 samples, the FID Inception, every
+number with its sampler and NFE) and why: ``docs/metrics.md``. The modes ``fid_stats`` and ``fid`` read the
+config and call these.
 """
 
 from __future__ import annotations

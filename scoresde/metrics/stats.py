@@ -1,13 +1,7 @@
 """Sample-quality statistics on feature vectors: Fréchet distance, kernel distance (KID), Inception Score.
 
-Pure numpy in float64: these run once per evaluation on at most a few hundred thousand vectors, and the
-matrix square root in the Fréchet distance needs the extra precision (2048×2048 covariances of
-Inception pool_3 features are near singular).
-
-References:
-    Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local Nash
-    equilibrium" (FID). Bińkowski et al. 2018, "Demystifying MMD GANs" (KID). Salimans et al. 2016,
-    "Improved techniques for training GANs" (Inception Score).
+Pure numpy in float64, for the matrix square root of near-singular 2048×2048 covariances. FID: Heusel et
+al. 2017; KID: Bińkowski et al. 2018; IS: Salimans et al. 2016. Numerics: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 def _sym_sqrt_psd(a: np.ndarray) -> np.ndarray:
     """Square root of a symmetric positive semi-definite matrix by eigendecomposition."""
     w, v = np.linalg.eigh((a + a.T) / 2)
-    # Tiny negative eigenvalues are round-off of a PSD matrix; larger ones mean a bad input.
+    # tiny negative eigenvalues are round-off of a PSD matrix; larger ones mean a bad input
     tol = 1e-8 * max(1.0, float(np.abs(w).max(initial=0.0)))
     if w.min(initial=0.0) < -tol:
         raise ValueError(f"covariance is not positive semi-definite: smallest eigenvalue {w.min():.3e}")
@@ -34,14 +28,9 @@ def _sym_sqrt_psd(a: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet (2-Wasserstein) distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2).
+    """Squared Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
 
-    d² = ||mu1 - mu2||² + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2}).
-
-    The trace of the (non-symmetric) square root is computed stably as the sum of square roots of the
-    eigenvalues of the symmetric PSD matrix sigma1^{1/2} sigma2 sigma1^{1/2}, which has the same
-    spectrum as sigma1 sigma2. Unlike ``scipy.linalg.sqrtm`` this never produces complex parts or
-    NaNs for singular covariances (fewer samples than dimensions).
+    Stable for singular covariances: no complex parts or NaNs (``docs/metrics.md``).
 
     Args:
         mu1, mu2: ``(D,)`` means.
@@ -65,7 +54,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
     diff = mu1 - mu2
     value = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean
-    # Exact zero for identical inputs can come out as -1e-12; the distance is non-negative.
+    # identical inputs can give -1e-12; the distance is non-negative
     return float(max(value, 0.0))
 
 
@@ -77,8 +66,10 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def mmd2_unbiased(x, y) -> float:
     """Unbiased estimate of MMD² with the cubic polynomial kernel (Bińkowski et al. 2018, eq. 2).
 
-    Diagonal terms k(x_i, x_i) are left out of the within-set averages, so the estimate's expectation
-    is the population MMD² for any set sizes ``N, M >= 2`` (it can be negative).
+    Unbiased for any set sizes ``N, M >= 2`` (so it can be negative).
+
+    Raises:
+        ValueError: for fewer than 2 rows or mismatched feature widths.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m, n = x.shape[0], y.shape[0]
@@ -94,10 +85,8 @@ def kernel_distance(feats1, feats2, *, num_subsets: int | None = 100, subset_siz
                     seed: int = 0, return_std: bool = False):
     """Kernel Inception Distance: unbiased MMD² with the kernel (x·y/d + 1)³, averaged over subsets.
 
-    Follows Bińkowski et al. 2018 (and TF-GAN / torch-fidelity): each of ``num_subsets`` subsets draws
-    ``subset_size`` rows of each feature set without replacement; the KID is the mean of the per-subset
-    unbiased MMD² estimates (each is unbiased, so the mean is too). ``num_subsets=None`` computes one
-    estimate on all rows (exact, deterministic; memory is O((N + M)²)).
+    Bińkowski et al. 2018, as TF-GAN / torch-fidelity: the mean over random subsets drawn without
+    replacement, or one full-set estimate (``docs/metrics.md``).
 
     Args:
         feats1: ``(N, D)`` features (e.g. of samples).
@@ -109,6 +98,9 @@ def kernel_distance(feats1, feats2, *, num_subsets: int | None = 100, subset_siz
 
     Returns:
         The KID as a float, or ``(kid, std)`` with ``return_std=True``.
+
+    Raises:
+        ValueError: for malformed features or ``num_subsets < 1``.
     """
     f1, f2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
@@ -136,9 +128,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def inception_score(logits, splits: int = 10, *, return_std: bool = False):
     """Inception Score exp(E_x KL(p(y|x) || p(y))) from classifier logits (Salimans et al. 2016).
 
-    As in the reference implementations (OpenAI, TF-GAN), the samples are cut into ``splits``
-    consecutive chunks (``np.array_split``), p(y) is the mean prediction within a chunk, and the score
-    is the mean over chunks.
+    As OpenAI and TF-GAN: ``p(y)`` is the mean prediction within each of ``splits`` consecutive chunks and the
+    score is the mean over chunks.
 
     Args:
         logits: ``(N, K)`` unnormalised log-probabilities (softmax is applied here).
@@ -147,6 +138,9 @@ def inception_score(logits, splits: int = 10, *, return_std: bool = False):
 
     Returns:
         The score as a float in ``[1, K]``, or ``(mean, std)`` with ``return_std=True``.
+
+    Raises:
+        ValueError: for logits that are not ``(N, K)`` or ``splits`` outside ``[1, N]``.
     """
     lg = np.asarray(logits, np.float64)
     if lg.ndim != 2 or not 1 <= splits <= lg.shape[0]:

@@ -1,18 +1,8 @@
 """Weights of the FID Inception: conversion from pytorch-fid's state dict, local files, download once.
 
-Where the weights come from, in order (never a silent fallback to other features):
-
-1. an explicit path (``config.eval.inception_weights`` at the CLI);
-2. the environment variable ``SCORESDE_INCEPTION_WEIGHTS``;
-3. the cache (``$SCORESDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/scoresde``, else ``~/.cache/scoresde``):
-   a converted ``inception_fid.npz`` or the original ``pt_inception-2015-12-05-6726825d.pth``;
-4. a download of the ``.pth`` from pytorch-fid's release, checked against its SHA-256 and cached,
-   unless ``SCORESDE_OFFLINE=1``.
-
-Otherwise :class:`InceptionWeightsError` says how to provide the file. Accepted files: the original
-PyTorch ``.pth`` (converted on load; only this path needs ``torch``), or our own parameters as
-``.npz`` (flat ``"Mixed_5b/branch1x1/conv/kernel"`` keys) or ``.msgpack`` (flax serialisation of the
-nested dict). Convert once with::
+Search order (explicit path, ``SCORESDE_INCEPTION_WEIGHTS``, the cache, a checked download; never a silent
+fallback to other features) and accepted formats (``.pth``, ``.npz``, ``.msgpack``): ``docs/metrics.md``.
+Convert once with::
 
     python -m scoresde.metrics.weights pt_inception-2015-12-05-6726825d.pth inception_fid.npz
 """
@@ -32,7 +22,7 @@ import numpy as np
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
-# The file name carries the first 8 hex digits of the SHA-256 (the torch.hub convention).
+# the file name carries its first 8 hex digits (the torch.hub convention)
 FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 CONVERTED_FILENAME = "inception_fid.npz"
 ENV_WEIGHTS = "SCORESDE_INCEPTION_WEIGHTS"
@@ -47,9 +37,9 @@ class InceptionWeightsError(FileNotFoundError):
 # --------------------------------------------------------------------------- layout
 
 def _abstract_model():
-    from flax import nnx
+    from flax import nnx  # noqa: PLC0415  (flax only once a model is built: this module's file handling is numpy-only)
 
-    from scoresde.metrics.inception import InceptionV3FID
+    from scoresde.metrics.inception import InceptionV3FID  # noqa: PLC0415  (needs flax, as above)
 
     return nnx.eval_shape(lambda: InceptionV3FID(rngs=nnx.Rngs(0)))
 
@@ -61,7 +51,7 @@ def expected_param_shapes() -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=1)
 def _expected_shapes():
-    from flax import nnx
+    from flax import nnx  # noqa: PLC0415  (flax only once a model is built)
 
     pure = nnx.to_pure_dict(nnx.state(_abstract_model()))
     return tuple((k, tuple(v.shape)) for k, v in flatten(pure).items())
@@ -165,7 +155,7 @@ def params_to_torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
         if ours in inverse_fc:
             key, perm = inverse_fc[ours]
         else:
-            for suffix, ours_suffix, perm in _LEAVES:
+            for suffix, ours_suffix, perm in _LEAVES:  # noqa: B007  (perm is read after the break)
                 if ours.endswith(ours_suffix):
                     key = ours[: -len(ours_suffix)].replace("/", ".") + suffix
                     break
@@ -184,7 +174,7 @@ def save_params(path: str, params: Mapping) -> None:
     if path.endswith(".npz"):
         np.savez(path, **{k: np.asarray(v) for k, v in flatten(params).items()})
     elif path.endswith(".msgpack"):
-        from flax import serialization
+        from flax import serialization  # noqa: PLC0415  (flax only for this format)
 
         with open(path, "wb") as f:
             f.write(serialization.msgpack_serialize(
@@ -200,7 +190,7 @@ def load_params(path: str) -> dict:
     """
     if path.endswith((".pth", ".pt")):
         try:
-            import torch
+            import torch  # noqa: PLC0415  (optional: only to read the original .pth)
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise InceptionWeightsError(
                 f"reading {path!r} needs torch (pip install torch), or convert it once elsewhere with "
@@ -211,7 +201,7 @@ def load_params(path: str) -> dict:
         with np.load(path) as f:
             flat = {k: f[k] for k in f.files}
     elif path.endswith(".msgpack"):
-        from flax import serialization
+        from flax import serialization  # noqa: PLC0415  (flax only for this format)
 
         with open(path, "rb") as f:
             flat = flatten(serialization.msgpack_restore(f.read()))
@@ -226,7 +216,7 @@ def load_params(path: str) -> dict:
 
 
 def cache_dir() -> str:
-    """Directory of cached weights (see the module docstring)."""
+    """Directory of cached weights (``docs/metrics.md``, "The weights")."""
     if os.environ.get(ENV_CACHE):
         return os.environ[ENV_CACHE]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -287,11 +277,14 @@ def download_weights(dest_dir: str | None = None, *, url: str = FID_WEIGHTS_URL,
 
 
 def resolve_weights_path(path: str | None = None, *, download: bool | None = None) -> str:
-    """Finds the weights file (see the module docstring for the order).
+    """Finds the weights file, in the search order of ``docs/metrics.md``.
 
     Args:
         path: an explicit file (e.g. ``config.eval.inception_weights``); must exist when given.
         download: allow the download; None means "unless ``SCORESDE_OFFLINE`` is set".
+
+    Returns:
+        The path of an existing ``.npz`` or ``.pth`` weights file.
 
     Raises:
         InceptionWeightsError: with instructions, when no file is found and none can be downloaded.
@@ -315,10 +308,10 @@ def resolve_weights_path(path: str | None = None, *, download: bool | None = Non
 
 def build_inception(params: Mapping, *, resize_method: str = "pytorch_fid"):
     """An :class:`InceptionV3FID` holding ``params`` (built abstractly: no random initialisation cost)."""
-    import jax.numpy as jnp
-    from flax import nnx
+    import jax.numpy as jnp  # noqa: PLC0415  (jax/flax only once a model is built)
+    from flax import nnx  # noqa: PLC0415  (as above)
 
-    from scoresde.metrics.inception import InceptionV3FID
+    from scoresde.metrics.inception import InceptionV3FID  # noqa: PLC0415  (as above)
 
     abstract = nnx.eval_shape(lambda: InceptionV3FID(resize_method=resize_method, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)

@@ -1,15 +1,8 @@
 """A KL-regularised convolutional autoencoder and a patch discriminator (Flax NNX), for latent diffusion.
 
-The autoencoder follows the first stage of latent diffusion (Rombach et al., CVPR 2022, Sec. 3.1 and
-App. G): an encoder maps an image ``x (B, H, W, C)`` to the mean and log-variance of a diagonal Gaussian
-posterior ``q(z | x)`` over a spatial latent ``z (B, H/f, W/f, c_z)``; a decoder maps ``z`` back to an
-image. The downsampling factor ``f`` is ``2^(levels - 1)``: each resolution level but the last ends with a
-stride-2 convolution in the encoder and a nearest-neighbour upsampling + convolution in the decoder.
-The losses (reconstruction, KL, adversarial) and the posterior arithmetic live in :mod:`scoresde.latent`.
-
-:class:`PatchDiscriminator` is the pix2pix / LDM "NLayerDiscriminator" (Isola et al. 2017): a stack of
-stride-2 4×4 convolutions that gives one real/fake logit per overlapping image patch. It uses group
-normalisation instead of LDM's batch normalisation, so that it has no running statistics to carry.
+LDM's first stage (Rombach et al., CVPR 2022, Sec. 3.1, App. G) and the pix2pix patch discriminator (Isola
+et al. 2017), with group norm in place of batch norm. The losses live in :mod:`scoresde.latent`; the
+architecture notes in ``docs/latent.md``.
 
 Examples:
     >>> ae = AutoencoderKL(in_channels=1, latent_channels=2, downsample_factor=2, rngs=nnx.Rngs(0))
@@ -25,9 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scoresde.models.layers import Conv, GroupNorm, NIN
+from scoresde.models.layers import NIN, Conv, GroupNorm
 
-__all__ = ["DOWNSAMPLE_FACTORS", "ResnetBlock", "Encoder", "Decoder", "AutoencoderKL", "PatchDiscriminator", "AutoencoderTrainee"]
+__all__ = [
+    "DOWNSAMPLE_FACTORS", "ResnetBlock", "Encoder", "Decoder", "AutoencoderKL", "PatchDiscriminator",
+    "AutoencoderTrainee",
+]
 
 DOWNSAMPLE_FACTORS = (1, 2, 4, 8)
 # LDM clamps the predicted log-variance to keep exp() finite early in training.
@@ -117,9 +113,7 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     """Latent ``(B, h, w, latent_channels)`` to image ``(B, f h, f w, out_channels)``; mirrors :class:`Encoder`.
 
-    The last layer (``conv_out``) is exposed through :meth:`features` / :meth:`head` so that LDM's adaptive
-    discriminator weight, a ratio of gradient norms at that layer (:func:`scoresde.latent.adaptive_weight`),
-    can differentiate with respect to its kernel.
+    :meth:`features` / :meth:`head` expose the last layer for :func:`scoresde.latent.adaptive_weight`.
     """
 
     def __init__(self, out_channels: int, latent_channels: int, downsample_factor: int, *, base_width: int = 32,
@@ -233,7 +227,7 @@ class PatchDiscriminator(nnx.Module):
 
     def __call__(self, x):
         h = jax.nn.leaky_relu(self.conv_in(x), 0.2)
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             h = jax.nn.leaky_relu(norm(conv(h)), 0.2)
         return self.conv_out(h)
 
@@ -241,8 +235,7 @@ class PatchDiscriminator(nnx.Module):
 class AutoencoderTrainee(nnx.Module):
     """What ``--mode=train_autoencoder`` trains and checkpoints: ``ae`` and, optionally, ``disc``.
 
-    One module, so that the parameters are one state (``ae/...``, ``disc/...``) that the shared training
-    state, checkpoints and EMA handle as they handle a score network.
+    One module, so the parameters are one state that checkpoints and EMA handle like a score network's.
     """
 
     def __init__(self, ae: AutoencoderKL, disc: PatchDiscriminator | None = None):

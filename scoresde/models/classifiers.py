@@ -1,21 +1,13 @@
 """Noise-conditional classifiers ``p_t(y | x_t)`` for classifier guidance (Flax NNX).
 
-Every classifier is called ``clf(x, noise_level) -> (B, num_classes)`` logits, where ``x`` is the
-noised data *in VE coordinates* ``x_t / alpha(t) = x_0 + (sigma(t) / alpha(t)) z`` and ``noise_level``
-is ``sigma(t) / alpha(t)`` (the EDM noise level). For the VE SDE (``alpha = 1``) this is exactly the
-reference's convention (``logits = classifier(x_t, sigma_t)``); for VP / sub-VP it lets one classifier
-read any linear SDE. :func:`classifier_log_prob_fn` does this conversion and returns the
-``log_prob_fn(x, t)`` that :func:`scoresde.guidance.classifier_guidance` takes.
-
-* ``"wrn"``: the reference's noise-conditional Wide-ResNet (``models/wideresnet_noise_conditional.py``;
-  WRN-28-10 for CIFAR-10, Song et al. 2021, App. I.1): per-image standardisation, a Gaussian Fourier
-  embedding (128 frequencies, scale 16, not trained) of ``log noise_level`` through two dense layers,
-  added after the first convolution of every block; GroupNorm + ReLU; zero-padded identity shortcuts.
-* ``"mlp"``: a residual MLP with the same Fourier embedding, for 2-D / low-dimensional data.
+``clf(x, noise_level) -> (B, num_classes)`` logits on VE coordinates ``x_t / alpha(t)`` with
+``noise_level = sigma(t) / alpha(t)``, so one classifier reads any linear SDE
+(:func:`scoresde.guidance.classifier_log_prob_fn` converts). ``"wrn"`` is the reference's noise-conditional
+Wide-ResNet, ``"mlp"`` a residual MLP for low-dimensional data (``docs/networks.md``).
 
 Examples:
     >>> clf = build.get_classifier(config, rngs=nnx.Rngs(0))  # or WideResNet(...) / MLPClassifier(...)
-    >>> log_prob_fn = classifier_log_prob_fn(clf, sde)
+    >>> log_prob_fn = guidance.classifier_log_prob_fn(clf, sde)
     >>> guided = guidance.classifier_guidance(score_fn, log_prob_fn, y=3, scale=2.0)
 """
 

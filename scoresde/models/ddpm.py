@@ -1,15 +1,14 @@
 """The DDPM U-Net of Ho et al. (2020), NHWC, Flax NNX, laid out like the score_sde reference's ``DDPM``.
 
-Submodules sit in one flat list, ``all_modules``, in the reference's creation order (see
-:mod:`scoresde.models.ncsnpp` for why). With ``conditional=False`` there is no time embedding, as in
-the Flax reference (the PyTorch reference builds and uses it regardless; its released configs all set
-``conditional=True``).
+Submodules sit in one flat list, ``all_modules``, in the reference's creation order (``docs/networks.md``).
+With ``conditional=False`` there is no time embedding, as in the Flax reference (the PyTorch reference
+builds and uses it regardless; its released configs all set ``conditional=True``).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx

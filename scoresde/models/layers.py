@@ -1,15 +1,8 @@
 """Basic NHWC layers shared by the score U-Nets (NCSN++, DDPM++, DDPM), in Flax NNX.
 
-Parameter names and shapes follow the reference checkpoints (score_sde / score_sde_pytorch) so that
-import is a rename-free walk: convolutions and dense layers hold ``kernel``/``bias`` (Linen layout,
-HWIO / in-out), group norms ``scale``/``bias``, the 1x1 "network-in-network" layers ``W``/``b``, the
-Gaussian Fourier projection ``W``. Every module class names its Linen counterpart in ``linen_name``.
-
-Mixed precision: every layer takes ``dtype`` (the compute dtype, float32 by default). Parameters stay
-float32; convolutions (FIR resampling included) and the attention matmuls run in ``dtype``; group norm
-(statistics and output), the attention logits and softmax, the residual stream and the small
-time-embedding MLPs stay in float32, so a bf16 network rounds only the inputs and outputs of its
-convolutions and attention products. ``tests/test_precision_hlo.py`` checks this on the lowered HLO.
+Parameter names and shapes follow the reference checkpoints, and each class names its Linen counterpart in
+``linen_name``; every layer takes a compute ``dtype`` while parameters, norms and softmax stay float32.
+Details: ``docs/networks.md``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Residual blocks take ``key``: a dropout PRNG key in training, ``None`` in evalua
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 from flax import nnx

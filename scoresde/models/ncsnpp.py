@@ -1,20 +1,14 @@
 """NCSN++ / DDPM++ (Song et al. 2021, Sec. 4 and App. H): one configurable NHWC U-Net in Flax NNX.
 
-The submodules live in one flat list, ``all_modules``, in the reference's creation order: index ``i``
-is ``all_modules.i`` of a score_sde_pytorch checkpoint, and the ``k``-th module of a kind is
-``<Kind>_k`` (``Conv_0``, ``ResnetBlockBigGANpp_3`` ...) of a score_sde Flax checkpoint. The forward
-pass walks the list in the same order, like the reference, which is what makes the import exact.
-
-Additions to the reference, off by default: a class-label embedding (``num_classes > 0``; rows
-``0..num_classes``, the last one the null label of classifier-free guidance) added to the time
-embedding, and bf16 compute (``dtype``).
+Submodules sit in one flat list, ``all_modules``, in the reference's creation order, so its checkpoints
+import exactly; class labels and bf16 compute are additions, off by default (``docs/networks.md``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx

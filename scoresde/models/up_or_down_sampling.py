@@ -8,7 +8,7 @@ and gain) are those of the reference's ``up_or_down_sampling`` module.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
