@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scoresde import analytic, latent, likelihood, sampling
+from scoresde import analytic, images, latent, likelihood, sampling
 from scoresde import sde as sde_lib
 
 SHAPE = (2, 2, 1)  # one example: a 2×2 single-channel "image"; D = d_z = 4
@@ -56,7 +56,7 @@ def test_reconstruction_psnr_and_hinge_losses():
     x_rec = jnp.array([[0.5, 0.5, 0.5, 0.0]])
     assert float(latent.reconstruction_error(x, x_rec, "l1")[0]) == pytest.approx(1.25)
     assert float(latent.reconstruction_error(x, x_rec, "l2")[0]) == pytest.approx(0.5625)
-    assert float(latent.psnr(x, x_rec)[0]) == pytest.approx(10 * math.log10(4 / 0.5625), rel=1e-6)
+    assert float(images.psnr(x, x_rec)[0]) == pytest.approx(10 * math.log10(4 / 0.5625), rel=1e-6)
     with pytest.raises(ValueError, match="unknown reconstruction loss 'l3'"):
         latent.reconstruction_error(x, x_rec, "l3")
     # Hinge: real logits 2 and 0 -> relu(1-2)=0, relu(1-0)=1; fake -2 and 0.5 -> 0, 1.5. ½(0.5 + 0.75).

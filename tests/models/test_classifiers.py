@@ -87,7 +87,7 @@ def trained_mlp():
 
 
 def test_mlp_classifier_learns_the_bayes_classifier(trained_mlp):
-    log_prob_fn = classifiers.classifier_log_prob_fn(trained_mlp, VP)
+    log_prob_fn = guidance.classifier_log_prob_fn(trained_mlp, VP)
     x0, y = GRID.sample(jax.random.key(2), 4000, return_labels=True)
     for t_val in (0.05, 0.3, 0.6):
         t = jnp.full((4000,), t_val)
@@ -102,7 +102,7 @@ def test_mlp_classifier_learns_the_bayes_classifier(trained_mlp):
 
 def test_classifier_guidance_with_a_trained_classifier_samples_the_class(trained_mlp):
     y = 4  # the centre component
-    guided = guidance.classifier_guidance(GRID.score_fn(VP), classifiers.classifier_log_prob_fn(trained_mlp, VP),
+    guided = guidance.classifier_guidance(GRID.score_fn(VP), guidance.classifier_log_prob_fn(trained_mlp, VP),
                                           y, 1.0)
     n = 2000
     x, _ = sampling.sample(guided, VP, (n, 2), jax.random.key(4), method="pc", steps=300)
