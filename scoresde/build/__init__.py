@@ -4,7 +4,8 @@ Everything below it (``sde``, ``parameterization``, ``losses``, ``sampling``, ``
 ``fewstep``, ``latent``, ``models``, ``metrics``) takes typed arguments and callables; the run modes above it
 ask it for what they need. One module per config concern:
 
-* :mod:`~scoresde.build.run`: ``load_config``, resume checks, RNG purposes (``PURPOSE``, ``purpose_key``).
+* :mod:`~scoresde.build.run`: ``load_config`` (defaults applied once, ``with_defaults``), resume checks, RNG
+  purposes (``PURPOSE``, ``purpose_key``).
 * :mod:`~scoresde.build.score`: the SDE and the network's output convention (``ScoreModel``).
 * :mod:`~scoresde.build.objectives`: the training losses (DSM, flow matching, EDM, reflow).
 * :mod:`~scoresde.build.optim`: the optimiser.
@@ -20,6 +21,8 @@ Every public name is also importable from ``scoresde.build`` itself.
 
 from scoresde.build.run import (  # noqa: F401
     load_config,
+    with_defaults,
+    missing_fields,
     as_config,
     ConfigMismatchError,
     RESUME_SAFE_FIELDS,
