@@ -13,7 +13,8 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.sampling`: samplers, guidance and the jitted sample function.
 * :mod:`~scoresde.build.fewstep`: teachers, students and the distillation step.
 * :mod:`~scoresde.build.inverse`: inverse problems (``config.inverse``).
-* :mod:`~scoresde.build.metrics`: the FID feature extractor and reference statistics.
+* :mod:`~scoresde.build.metrics`: sample-quality settings, the FID feature extractor and reference statistics.
+* :mod:`~scoresde.build.likelihood`: the bits/dim settings (``LikelihoodSettings``).
 * :mod:`~scoresde.build.latent`: the autoencoder and the latent space of a latent model.
 
 Every public name is also importable from ``scoresde.build`` itself.
@@ -40,6 +41,8 @@ from scoresde.build.score import (  # noqa: F401
     ScoreModel,
     make_score_model,
     make_score_fn,
+    num_classes,
+    guidance_kind,
     class_labels,
     OBJECTIVES,
     OBJECTIVE_CONVENTIONS,
@@ -70,6 +73,7 @@ from scoresde.build.networks import (  # noqa: F401
     get_classifier,
     classifier_dir,
     load_classifier,
+    load_guidance_classifier,
 )
 from scoresde.build.sampling import (  # noqa: F401
     GUIDANCE,
@@ -105,12 +109,20 @@ from scoresde.build.inverse import (  # noqa: F401
     INVERSE_OPERATORS,
     inverse_operator_name,
     operator_from_config,
+    restore_counts,
     posterior_settings,
     make_restore_fn,
 )
 from scoresde.build.metrics import (  # noqa: F401
     get_feature_fn,
     reference_stats_path,
+    sample_batch_size,
+    SampleQualitySettings,
+    sample_quality_settings,
+)
+from scoresde.build.likelihood import (  # noqa: F401
+    LikelihoodSettings,
+    likelihood_settings,
 )
 from scoresde.build.latent import (  # noqa: F401
     get_autoencoder,
