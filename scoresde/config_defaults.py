@@ -459,8 +459,8 @@ def _defaults_for(config) -> dict:
 
 
 def missing_fields(config) -> list[str]:
-    """The dotted names of the fields :func:`with_defaults` would add to ``config``."""
-    return [".".join(path) for path, _ in _missing(config, _defaults_for(config))]
+    """The dotted names of the fields :func:`with_defaults` would add to ``config``, sorted."""
+    return sorted(".".join(path) for path, _ in _missing(config, _defaults_for(config)))
 
 
 def with_defaults(config):
