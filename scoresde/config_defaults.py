@@ -175,7 +175,7 @@ def get_default_configs():
     optim.grad_clip = 1.0
     optim.beta2 = 0.999  # (scoresde)
 
-    # (scoresde) latent diffusion (issue 15): a trained autoencoder's workdir turns the config into a latent one
+    # (scoresde) latent diffusion: a trained autoencoder's workdir turns the config into a latent one
     config.latent = latent = ml_collections.ConfigDict()
     latent.autoencoder_workdir = ""  # "" = pixel space; else the workdir of a --mode=train_autoencoder run
     latent.use_posterior_mean = True  # encode training batches by the posterior mean (False: a posterior sample)
@@ -196,8 +196,9 @@ def get_default_configs():
     distill.start_steps = 1024  # pd: the round-0 teacher's DDIM step count
     distill.end_steps = 1  # pd: the last student's step count (training.n_iters is split evenly over the rounds)
     distill.pd_weighting = "truncated_snr"  # pd: truncated_snr | snr_plus_one
-    # (scoresde) flow matching, EDM and reflow (issue 17): training.sde may also be rectified_flow | edm
-    training.objective = "dsm"  # dsm (DSM / DDPM / SMLD) | flow_matching | edm | ct (consistency training: --mode=distill)
+    # (scoresde) flow matching, EDM and reflow: training.sde may also be rectified_flow | edm
+    # dsm (DSM / DDPM / SMLD) | flow_matching | edm | ct (consistency training: --mode=distill)
+    training.objective = "dsm"
     training.time_sampling = "uniform"  # flow_matching: uniform | logit_normal (t = sigmoid(m + s n))
     training.logit_mean = 0.0  # flow_matching logit_normal m
     training.logit_std = 1.0  # flow_matching logit_normal s
@@ -214,7 +215,7 @@ def get_default_configs():
     reflow.steps = 20
     reflow.order = 0  # 0 = the method's default
     reflow.init_from_source = True  # initialise the next flow from the source's EMA weights
-    # (scoresde) inverse problems and parallel-in-time sampling (issue 16). --mode=sample restores
+    # (scoresde) inverse problems and parallel-in-time sampling. --mode=sample restores
     # config.inverse.num_images test images when inverse.operator != "none" (scoresde.guidance.inverse,
     # scoresde.build "inverse problems"); sampling.parallel_window > 0 samples ddim with ParaDiGMS.
     config.inverse = inverse = ml_collections.ConfigDict()
@@ -344,7 +345,7 @@ def add_classifier(config, name, num_classes, **fields):
 
 
 def add_autoencoder(config, **fields):
-    """``config.autoencoder``: the KL autoencoder and its training for ``--mode=train_autoencoder`` (issue 15).
+    """``config.autoencoder``: the KL autoencoder and its training for ``--mode=train_autoencoder``.
 
     Architecture (:class:`scoresde.models.autoencoder.AutoencoderKL`): ``latent_channels``, ``f`` (downsampling
     factor 1/2/4/8), ``base_width``, ``num_res_blocks``, ``ch_mult`` (``()`` = the model's default). Loss

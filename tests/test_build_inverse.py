@@ -1,9 +1,10 @@
 """The config edge's inverse problems: operator names, posterior settings, restore counts."""
 
 import pytest
-from conftest import load_config
 
 from scoresde import build
+
+from conftest import load_config
 
 
 def _inverse(variant="smoke", **fields):

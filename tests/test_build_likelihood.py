@@ -3,9 +3,10 @@
 import dataclasses
 
 import pytest
-from conftest import load_config
 
 from scoresde import build
+
+from conftest import load_config
 
 
 def _with(config, **eval_fields):

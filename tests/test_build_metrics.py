@@ -3,9 +3,10 @@
 import os
 
 import pytest
-from conftest import load_config
 
 from scoresde import build
+
+from conftest import load_config
 
 
 def test_sample_batch_size_falls_back_to_the_eval_batch_size():

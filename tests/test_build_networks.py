@@ -2,10 +2,11 @@
 
 import ml_collections
 import pytest
-from conftest import load_config
 from flax import nnx
 
 from scoresde import build
+
+from conftest import load_config
 
 
 def _mlp_config(**model):

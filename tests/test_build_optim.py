@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
 
 from scoresde import build
+
+from conftest import load_config
 
 
 def test_optimizer_settings_of_config_optim():

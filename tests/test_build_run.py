@@ -8,9 +8,10 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import CONFIGS, load_config
 
 from scoresde import build, config_defaults
+
+from conftest import CONFIGS, load_config
 
 
 def _toy(variant=None):

@@ -3,10 +3,11 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
 
 from scoresde import build
 from scoresde import sde as sde_lib
+
+from conftest import load_config
 
 
 def _with(config, **fields):

@@ -145,7 +145,7 @@ PURPOSE = {
     "fid": 8,            # root -> the FID mode's sample rounds
     "classifier": 11,    # root -> classifier training
     "classifier_eval": 12,  # root -> classifier test accuracy noise
-    "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch (issue 15)
+    "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch
     "measurement": 16,   # root -> inverse problems: measurement noise (restoration keys use "sample")
     "reflow": 17,        # root -> reflow couplings (fold_in(key, chunk) below it)
 }
