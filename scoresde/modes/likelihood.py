@@ -287,14 +287,14 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
         raise RuntimeError(f"some latent likelihood solves failed (non-finite); raise config.eval.bpd_max_steps "
                            f"(now {s.max_steps}) or loosen bpd_rtol/bpd_atol")
     values = {k: state[k].astype(np.float64).mean(axis=0) for k in (*LATENT_TERMS, "latent_nll_bpd")}
-    n = values.bits_per_dim.size
+    n = values["bits_per_dim"].size
     stderr = lambda v: float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")  # noqa: E731
     report = {
-        "mean_bpd": float(values.bits_per_dim.mean()),  # the bound on the data's bits/dim
-        "stderr": stderr(values.bits_per_dim),
+        "mean_bpd": float(values["bits_per_dim"].mean()),  # the bound on the data's bits/dim
+        "stderr": stderr(values["bits_per_dim"]),
         "terms_bpd": {k: float(values[k].mean()) for k in LATENT_TERMS[:-1]},
-        "latent_nll_bpd": float(values.latent_nll_bpd.mean()),
-        "latent_nll_stderr": stderr(values.latent_nll_bpd),
+        "latent_nll_bpd": float(values["latent_nll_bpd"].mean()),
+        "latent_nll_stderr": stderr(values["latent_nll_bpd"]),
         "N": int(n), "split": s.split, "num_repeats": s.num_repeats, "dequantization": s.dequantization,
         "num_bits": s.num_bits, "eps": s.eps, "solver": s.solver, "rtol": s.rtol, "atol": s.atol,
         "hutchinson": s.hutchinson, "n_probes": s.n_probes, "mean_nfe": float(state["nfe"].mean()),
