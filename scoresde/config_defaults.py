@@ -12,8 +12,15 @@ Class-conditional / guidance fields (scoresde additions, :func:`add_guidance`, :
 
 Configs import this module (``from scoresde import config_defaults as base``) rather than each other,
 and reach a sibling config with ``base.sibling(__file__, "digits_vp")``: no ``sys.path`` changes.
+
+The defaults live here once: :func:`get_default_configs` (every section every config has),
+:data:`MODEL_DEFAULTS` (the fields of one network architecture), :data:`CLASSIFIER_DEFAULTS` and
+:data:`AUTOENCODER_DEFAULTS` (optional sections). :func:`with_defaults` fills whatever a config lacks from
+them (``scoresde.build.load_config`` calls it), so the code reads ``config.training.max_nonfinite``
+directly and never repeats a default.
 """
 
+import copy
 import importlib.util
 import os
 
@@ -166,8 +173,9 @@ def get_default_configs():
     optim.eps = 1e-8
     optim.warmup = 5000
     optim.grad_clip = 1.0
+    optim.beta2 = 0.999  # (scoresde)
 
-    # (scoresde) latent diffusion (issue 15): a trained autoencoder's workdir turns the config into a latent one
+    # (scoresde) latent diffusion: a trained autoencoder's workdir turns the config into a latent one
     config.latent = latent = ml_collections.ConfigDict()
     latent.autoencoder_workdir = ""  # "" = pixel space; else the workdir of a --mode=train_autoencoder run
     latent.use_posterior_mean = True  # encode training batches by the posterior mean (False: a posterior sample)
@@ -188,8 +196,9 @@ def get_default_configs():
     distill.start_steps = 1024  # pd: the round-0 teacher's DDIM step count
     distill.end_steps = 1  # pd: the last student's step count (training.n_iters is split evenly over the rounds)
     distill.pd_weighting = "truncated_snr"  # pd: truncated_snr | snr_plus_one
-    # (scoresde) flow matching, EDM and reflow (issue 17): training.sde may also be rectified_flow | edm
-    training.objective = "dsm"  # dsm (DSM / DDPM / SMLD) | flow_matching | edm | ct (consistency training: --mode=distill)
+    # (scoresde) flow matching, EDM and reflow: training.sde may also be rectified_flow | edm
+    # dsm (DSM / DDPM / SMLD) | flow_matching | edm | ct (consistency training: --mode=distill)
+    training.objective = "dsm"
     training.time_sampling = "uniform"  # flow_matching: uniform | logit_normal (t = sigmoid(m + s n))
     training.logit_mean = 0.0  # flow_matching logit_normal m
     training.logit_std = 1.0  # flow_matching logit_normal s
@@ -206,7 +215,7 @@ def get_default_configs():
     reflow.steps = 20
     reflow.order = 0  # 0 = the method's default
     reflow.init_from_source = True  # initialise the next flow from the source's EMA weights
-    # (scoresde) inverse problems and parallel-in-time sampling (issue 16). --mode=sample restores
+    # (scoresde) inverse problems and parallel-in-time sampling. --mode=sample restores
     # config.inverse.num_images test images when inverse.operator != "none" (scoresde.guidance.inverse,
     # scoresde.build "inverse problems"); sampling.parallel_window > 0 samples ddim with ParaDiGMS.
     config.inverse = inverse = ml_collections.ConfigDict()
@@ -323,31 +332,20 @@ def add_guidance(config, num_classes, *, p_uncond=0.1, guidance="cfg", guidance_
 
 def add_classifier(config, name, num_classes, **fields):
     """``config.classifier`` with the reference's defaults (WRN-28-10, lr 2e-4) overridden by ``fields``."""
-    c = config.classifier = ml_collections.ConfigDict()
+    c = config.classifier = ml_collections.ConfigDict(copy.deepcopy(CLASSIFIER_DEFAULTS))
     c.name = name
     c.num_classes = num_classes
-    if name == "wrn":
-        c.depth, c.width, c.embed_size, c.fourier_scale = 28, 10, 128, 16.0
-    else:
-        c.hidden, c.num_layers, c.embed_size, c.fourier_scale = 128, 3, 32, 4.0
+    c.update(copy.deepcopy(CLASSIFIER_ARCHITECTURES.get(name, {})))
     c.n_iters = 100000
     c.batch_size = config.training.batch_size
-    c.lr = 2e-4
-    c.warmup = 0
-    c.grad_clip = 1.0
-    c.weight_decay = 0.0
-    c.ema_rate = 0.999
-    c.log_freq = 50
     c.snapshot_freq = 10000
-    c.num_eval_batches = 8
-    c.tensorboard = False
     for k, v in fields.items():
         c[k] = v
     return config
 
 
 def add_autoencoder(config, **fields):
-    """``config.autoencoder``: the KL autoencoder and its training for ``--mode=train_autoencoder`` (issue 15).
+    """``config.autoencoder``: the KL autoencoder and its training for ``--mode=train_autoencoder``.
 
     Architecture (:class:`scoresde.models.autoencoder.AutoencoderKL`): ``latent_channels``, ``f`` (downsampling
     factor 1/2/4/8), ``base_width``, ``num_res_blocks``, ``ch_mult`` (``()`` = the model's default). Loss
@@ -389,3 +387,112 @@ def add_autoencoder(config, **fields):
     for k, v in fields.items():
         a[k] = v
     return config
+
+
+# Fields of one network architecture (config.model.name), filled only for that architecture. The recipes
+# above set them all; these are what a config that names the architecture without them gets.
+_UNET_DEFAULTS = dict(scale_by_sigma=False, resamp_with_conv=True, conditional=True, nonlinearity="swish")
+MODEL_DEFAULTS = {
+    "mlp": dict(hidden=128, num_layers=3, embed_dim=64),
+    "ncsnpp": dict(_UNET_DEFAULTS, fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, resblock_type="biggan",
+                   progressive="none", progressive_input="none", progressive_combine="sum", fourier_scale=16.0,
+                   init_scale=0.0),
+    "ddpm": dict(_UNET_DEFAULTS),
+}
+MODEL_DEFAULTS["ddpmpp"] = MODEL_DEFAULTS["ncsnpp"]
+
+# config.classifier (optional: filled only when a config has the section), trained by --mode=train_classifier.
+# :func:`add_classifier` starts from these and sets its own n_iters, batch_size and snapshot_freq.
+CLASSIFIER_DEFAULTS = dict(
+    num_classes=0,  # 0 = config.model.num_classes
+    n_iters=100000,
+    batch_size=0,  # 0 = config.training.batch_size
+    optimizer="Adam", lr=2e-4, beta1=0.9, beta2=0.999, eps=1e-8, warmup=0, grad_clip=1.0, weight_decay=0.0,
+    ema_rate=0.999,
+    log_freq=50,
+    snapshot_freq=0,  # 0 = n_iters
+    num_eval_batches=8,
+    max_nonfinite=10,
+    tensorboard=False,
+)
+CLASSIFIER_ARCHITECTURES = {  # by config.classifier.name
+    "wrn": dict(depth=28, width=10, embed_size=128, fourier_scale=16.0),
+    "mlp": dict(hidden=128, num_layers=3, embed_size=32, fourier_scale=4.0),
+}
+
+# config.autoencoder (optional, see :func:`add_autoencoder`, which sets every field itself): what a hand-made
+# section or the record of an older autoencoder run lacks. latent_channels, f, reconstruction, kl_weight, n_iters
+# and lr have no default.
+AUTOENCODER_DEFAULTS = dict(
+    base_width=64, num_res_blocks=2, ch_mult=(),  # () = the model's default
+    discriminator=False, disc_start=0, disc_weight=0.5, disc_lr=0.0, disc_width=64, disc_layers=3,
+    max_adaptive_weight=1e4,
+    batch_size=0,  # 0 = config.training.batch_size
+    beta1=0.5, beta2=0.9, warmup=0, grad_clip=-1.0, ema_rate=0.0,
+    log_freq=50,
+    eval_freq=0,  # 0 = never
+    snapshot_freq=0,  # 0 = n_iters
+    scale_num_examples=1024, max_nonfinite=10, tensorboard=True,
+)
+OPTIONAL_SECTIONS = {"classifier": CLASSIFIER_DEFAULTS, "autoencoder": AUTOENCODER_DEFAULTS}
+
+
+def _missing(have, table, path=()):
+    """``(path, value)`` of every field of ``table`` that ``have`` lacks (whole sections at once)."""
+    for k, v in table.items():
+        if k not in have:
+            yield path + (k,), v
+        elif isinstance(v, dict) and isinstance(have[k], dict | ml_collections.ConfigDict):
+            yield from _missing(have[k], v, path + (k,))
+
+
+def _defaults_for(config) -> dict:
+    table = get_default_configs().to_dict()
+    model = config.get("model") or {}
+    table["model"].update(MODEL_DEFAULTS.get(str(model.get("name", table["model"]["name"])), {}))
+    for name, defaults in OPTIONAL_SECTIONS.items():
+        section = config.get(name)
+        if section is not None:  # absent: the run has no such part
+            table[name] = dict(defaults)
+            if name == "classifier":
+                table[name].update(CLASSIFIER_ARCHITECTURES.get(str(section.get("name", "")).lower(), {}))
+    return table
+
+
+def missing_fields(config) -> list[str]:
+    """The dotted names of the fields :func:`with_defaults` would add to ``config``, sorted."""
+    return sorted(".".join(path) for path, _ in _missing(config, _defaults_for(config)))
+
+
+def with_defaults(config):
+    """``config`` with every field it lacks taken from this module's defaults.
+
+    A section the config lacks is added whole, except the optional ``classifier`` and ``autoencoder``, whose
+    absence means the run has no such part. Fields the config has are never changed, nor are fields the
+    defaults do not know (a locked config still rejects a misspelt field afterwards).
+
+    Args:
+        config: a ``ConfigDict`` (one of ours, a reference config, a hand-made one) or a plain dict (a JSON dump).
+
+    Returns:
+        ``config`` itself when it lacks nothing; else a completed copy, locked if ``config`` was: the caller's
+        object never changes.
+    """
+    if not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(config)
+    missing = list(_missing(config, _defaults_for(config)))
+    if not missing:
+        return config
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        for path, value in missing:
+            parent = out
+            for k in path[:-1]:
+                parent = parent[k]
+            parent[path[-1]] = copy.deepcopy(value)
+    return out
+
+
+def section_with_defaults(section, name: str):
+    """An optional section (``name`` ∈ classifier | autoencoder) on its own, e.g. from an autoencoder's record."""
+    return with_defaults(ml_collections.ConfigDict({name: section}))[name]

@@ -5,7 +5,9 @@ function ``fn(config, workdir)`` of :mod:`scoresde.modes`, named in :data:`MODES
 chosen (a mode's dependencies load only for that mode).
 
 Config overrides use ``ml_collections.config_flags`` on a locked config, e.g.
-``--config.training.batch_size=64``; an unknown key is an error.
+``--config.training.batch_size=64``; an unknown key is an error. Fields the config file does not set (a
+reference config lacks ours) then come from :func:`scoresde.config_defaults.with_defaults`, as for
+:func:`scoresde.build.load_config`.
 
 Examples:
     python -m scoresde.main --config=configs/digits_vp.py --workdir=runs/digits
@@ -25,7 +27,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from scoresde import compilation, parallel, runlog
+from scoresde import compilation, config_defaults, parallel, runlog
 
 # mode -> "module:function"; every function is fn(config, workdir).
 MODES = {
@@ -78,8 +80,8 @@ def resolve_mode(mode: str):
 
 
 def run(config, workdir: str, mode: str = "train"):
-    """Runs a mode programmatically (what the CLI does after parsing)."""
-    return resolve_mode(mode)(config, workdir)
+    """Runs a mode programmatically (what the CLI does after parsing), with the defaults applied to ``config``."""
+    return resolve_mode(mode)(config_defaults.with_defaults(config), workdir)
 
 
 def _config_spec() -> str | None:
@@ -106,7 +108,7 @@ def main(argv):
     compilation.enable_compilation_cache()  # a restarted run does not compile again
     quiet = runlog.QuietStderr()
     try:
-        result = fn(FLAGS.config, FLAGS.workdir)
+        result = fn(config_defaults.with_defaults(FLAGS.config), FLAGS.workdir)
     except Exception as e:  # noqa: BLE001  (every failure ends the same way: one message, a non-zero exit)
         _fail(e, quiet)
     finally:

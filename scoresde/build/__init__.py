@@ -4,7 +4,8 @@ Everything below it (``sde``, ``parameterization``, ``losses``, ``sampling``, ``
 ``fewstep``, ``latent``, ``models``, ``metrics``) takes typed arguments and callables; the run modes above it
 ask it for what they need. One module per config concern:
 
-* :mod:`~scoresde.build.run`: ``load_config``, resume checks, RNG purposes (``PURPOSE``, ``purpose_key``).
+* :mod:`~scoresde.build.run`: ``load_config`` (defaults applied once, ``with_defaults``), resume checks, RNG
+  purposes (``PURPOSE``, ``purpose_key``).
 * :mod:`~scoresde.build.score`: the SDE and the network's output convention (``ScoreModel``).
 * :mod:`~scoresde.build.objectives`: the training losses (DSM, flow matching, EDM, reflow).
 * :mod:`~scoresde.build.optim`: the optimiser.
@@ -12,7 +13,8 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.sampling`: samplers, guidance and the jitted sample function.
 * :mod:`~scoresde.build.fewstep`: teachers, students and the distillation step.
 * :mod:`~scoresde.build.inverse`: inverse problems (``config.inverse``).
-* :mod:`~scoresde.build.metrics`: the FID feature extractor and reference statistics.
+* :mod:`~scoresde.build.metrics`: sample-quality settings, the FID feature extractor and reference statistics.
+* :mod:`~scoresde.build.likelihood`: the bits/dim settings (``LikelihoodSettings``).
 * :mod:`~scoresde.build.latent`: the autoencoder and the latent space of a latent model.
 
 Every public name is also importable from ``scoresde.build`` itself.
@@ -20,6 +22,8 @@ Every public name is also importable from ``scoresde.build`` itself.
 
 from scoresde.build.run import (  # noqa: F401
     load_config,
+    with_defaults,
+    missing_fields,
     as_config,
     ConfigMismatchError,
     RESUME_SAFE_FIELDS,
@@ -37,6 +41,8 @@ from scoresde.build.score import (  # noqa: F401
     ScoreModel,
     make_score_model,
     make_score_fn,
+    num_classes,
+    guidance_kind,
     class_labels,
     OBJECTIVES,
     OBJECTIVE_CONVENTIONS,
@@ -67,6 +73,7 @@ from scoresde.build.networks import (  # noqa: F401
     get_classifier,
     classifier_dir,
     load_classifier,
+    load_guidance_classifier,
 )
 from scoresde.build.sampling import (  # noqa: F401
     GUIDANCE,
@@ -102,12 +109,20 @@ from scoresde.build.inverse import (  # noqa: F401
     INVERSE_OPERATORS,
     inverse_operator_name,
     operator_from_config,
+    restore_counts,
     posterior_settings,
     make_restore_fn,
 )
 from scoresde.build.metrics import (  # noqa: F401
     get_feature_fn,
     reference_stats_path,
+    sample_batch_size,
+    SampleQualitySettings,
+    sample_quality_settings,
+)
+from scoresde.build.likelihood import (  # noqa: F401
+    LikelihoodSettings,
+    likelihood_settings,
 )
 from scoresde.build.latent import (  # noqa: F401
     get_autoencoder,

@@ -3,30 +3,25 @@
 
 from __future__ import annotations
 
-
 import jax
 from flax import nnx
 
-
-from scoresde.guidance import inverse as inverse_lib
 from scoresde import data as data_lib
-
-
 from scoresde.build.run import purpose_key
 from scoresde.build.sampling import guided_score_fn, parallel_settings, sampling_options
 from scoresde.build.score import sampling_eps
+from scoresde.guidance import inverse as inverse_lib
 
 INVERSE_OPERATORS = ("none", "inpainting", "super_resolution", "deblur", "colorization", "random_projection")
 
 
 def inverse_operator_name(config) -> str:
-    """``config.inverse.operator`` (``"none"`` when the config has no ``inverse`` section).
+    """``config.inverse.operator`` (``"none"``: no inverse problem).
 
     Raises:
         ValueError: an unknown operator name.
     """
-    section = config.get("inverse", None)
-    name = str(section.get("operator", "none")).lower() if section is not None else "none"
+    name = str(config.inverse.operator).lower()
     if name not in INVERSE_OPERATORS:
         raise ValueError(f"unknown config.inverse.operator {name!r}; expected one of: {', '.join(INVERSE_OPERATORS)}")
     return name
@@ -38,10 +33,24 @@ def operator_from_config(config) -> inverse_lib.Operator | None:
     if name == "none":
         return None
     inv = config.inverse
-    return inverse_lib.make_operator(name, data_lib.data_shape(config), mask=str(inv.get("mask", "half")).lower(),
-                         mask_fraction=float(inv.get("mask_fraction", 0.5)), seed=int(inv.get("seed", 0)),
-                         factor=int(inv.get("factor", 4)), blur_sigma=float(inv.get("blur_sigma", 1.0)),
-                         blur_size=int(inv.get("blur_size", 5)), num_measurements=int(inv.get("num_measurements", 0)))
+    return inverse_lib.make_operator(name, data_lib.data_shape(config), mask=str(inv.mask).lower(),
+                                     mask_fraction=float(inv.mask_fraction), seed=int(inv.seed), factor=int(inv.factor),
+                                     blur_sigma=float(inv.blur_sigma), blur_size=int(inv.blur_size),
+                                     num_measurements=int(inv.num_measurements))
+
+
+def restore_counts(config) -> tuple[int, int]:
+    """``(num_images, samples_per_image)`` of ``config.inverse``: test images restored, posterior samples of each.
+
+    Raises:
+        ValueError: either is below 1.
+    """
+    total, per_image = int(config.inverse.num_images), int(config.inverse.samples_per_image)
+    if per_image < 1:
+        raise ValueError(f"config.inverse.samples_per_image must be >= 1; got {per_image}")
+    if total < 1:
+        raise ValueError(f"config.inverse.num_images must be >= 1; got {total}")
+    return total, per_image
 
 
 def posterior_settings(config) -> dict:
@@ -54,24 +63,24 @@ def posterior_settings(config) -> dict:
         ValueError: an unknown method, a negative ``sigma_y``, an unknown DPS weighting or ΠGDM jacobian.
     """
     inv = config.inverse
-    method = str(inv.get("method", "pigdm")).lower()
+    method = str(inv.method).lower()
     if method not in inverse_lib.METHODS:
         raise ValueError(f"unknown config.inverse.method {method!r}; expected one of: {', '.join(inverse_lib.METHODS)}")
-    sigma_y = float(inv.get("sigma_y", 0.05))
+    sigma_y = float(inv.sigma_y)
     if sigma_y < 0:
         raise ValueError(f"config.inverse.sigma_y must be >= 0; got {sigma_y}")
     out = dict(method=method, sigma_y=sigma_y)
     if method == "dps":
-        weighting = str(inv.get("weighting", "gaussian")).lower()
+        weighting = str(inv.weighting).lower()
         if weighting not in ("gaussian", "normalized"):
             raise ValueError(f"unknown config.inverse.weighting {weighting!r}; expected 'gaussian' or 'normalized'")
-        out.update(scale=float(inv.get("scale", 1.0)), weighting=weighting)
+        out.update(scale=float(inv.scale), weighting=weighting)
     elif method == "pigdm":
-        jacobian = str(inv.get("jacobian", "network")).lower()
+        jacobian = str(inv.jacobian).lower()
         if jacobian not in ("network", "isotropic"):
             raise ValueError(f"unknown config.inverse.jacobian {jacobian!r}; expected 'network' or 'isotropic'")
-        out.update(scale=float(inv.get("scale", 1.0)), data_var=float(inv.get("data_var", 1.0)),
-                   cg_steps=int(inv.get("cg_steps", 50)), jacobian=jacobian)
+        out.update(scale=float(inv.scale), data_var=float(inv.data_var), cg_steps=int(inv.cg_steps),
+                   jacobian=jacobian)
     return out
 
 

@@ -6,20 +6,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import ml_collections
 from flax import nnx
 
-
-from scoresde import parallel
 from scoresde import data as data_lib
-from scoresde.latent.space import (LatentSpace, autoencoder_record_path,
-                                   read_autoencoder_record)
-from scoresde.models.autoencoder import AutoencoderTrainee
+from scoresde import parallel
 from scoresde.checkpointing import restore_params
+from scoresde.config_defaults import section_with_defaults
+from scoresde.latent.space import LatentSpace, autoencoder_record_path, read_autoencoder_record
+from scoresde.models.autoencoder import AutoencoderTrainee
 
-
-
-# Latent diffusion (issue 15). ``config.autoencoder`` builds the KL autoencoder that --mode=train_autoencoder
+# Latent diffusion. ``config.autoencoder`` builds the KL autoencoder that --mode=train_autoencoder
 # trains in its own workdir; that run ends by writing AUTOENCODER_RECORD (scale factor, decoder std, the
 # checkpoint step they belong to, shapes, the autoencoder section). ``config.latent.autoencoder_workdir``
 # then turns any training config into a latent one: the score model's data shape is the latent shape
@@ -32,31 +28,30 @@ def get_autoencoder(section, image_shape, *, rngs: nnx.Rngs):
     """The :class:`~scoresde.models.autoencoder.AutoencoderKL` of a ``config.autoencoder`` section for ``(H, W, C)`` images."""
     from scoresde.models.autoencoder import AutoencoderKL  # noqa: PLC0415
 
-    ch_mult = tuple(section.get("ch_mult", ()) or ()) or None
+    ch_mult = tuple(section.ch_mult or ()) or None
     return AutoencoderKL(in_channels=int(image_shape[-1]), latent_channels=int(section.latent_channels),
-                         downsample_factor=int(section.f), base_width=int(section.get("base_width", 64)),
-                         num_res_blocks=int(section.get("num_res_blocks", 2)), ch_mult=ch_mult, rngs=rngs)
+                         downsample_factor=int(section.f), base_width=int(section.base_width),
+                         num_res_blocks=int(section.num_res_blocks), ch_mult=ch_mult, rngs=rngs)
 
 
 def make_autoencoder_trainee(section, image_shape, *, rngs: nnx.Rngs) -> AutoencoderTrainee:
     """What ``--mode=train_autoencoder`` trains: the autoencoder and, if ``section.discriminator``, its critic."""
     from scoresde.models.autoencoder import PatchDiscriminator  # noqa: PLC0415
 
-    disc = (PatchDiscriminator(int(image_shape[-1]), base_width=int(section.get("disc_width", 64)),
-                               num_layers=int(section.get("disc_layers", 3)), rngs=rngs)
-            if bool(section.get("discriminator", False)) else None)
+    disc = (PatchDiscriminator(int(image_shape[-1]), base_width=int(section.disc_width),
+                               num_layers=int(section.disc_layers), rngs=rngs)
+            if bool(section.discriminator) else None)
     return AutoencoderTrainee(get_autoencoder(section, image_shape, rngs=rngs), disc)
 
 
 def is_latent(config) -> bool:
     """Whether ``config`` is a latent model (``config.latent.autoencoder_workdir`` is set)."""
-    section = config.get("latent", None)
-    return bool(section is not None and section.get("autoencoder_workdir", ""))
+    return bool(config.latent.autoencoder_workdir)
 
 
 def _checked_record(config) -> dict:
     record = read_autoencoder_record(str(config.latent.autoencoder_workdir))
-    shape, centered = list(data_lib.data_shape(config)), bool(config.data.get("centered", False))
+    shape, centered = list(data_lib.data_shape(config)), bool(config.data.centered)
     if list(record["image_shape"]) != shape or bool(record["centered"]) != centered:
         raise ValueError(f"the autoencoder in {config.latent.autoencoder_workdir!r} was trained on images of shape "
                          f"{record['image_shape']} (centered={record['centered']}); this config's data are "
@@ -86,7 +81,8 @@ def load_latent_space(config, mesh=None) -> LatentSpace:
     mesh = mesh or parallel.make_mesh()
     cache_key = (workdir, record["step"], record["scale_factor"], tuple(d.id for d in mesh.devices.flat))
     if cache_key not in _LATENT_CACHE:
-        section = ml_collections.ConfigDict(record["autoencoder"])
+        # a record of an older autoencoder run may lack newer fields: they take the defaults
+        section = section_with_defaults(record["autoencoder"], "autoencoder")
         shape = tuple(record["image_shape"])
         model = nnx.eval_shape(lambda: make_autoencoder_trainee(section, shape, rngs=nnx.Rngs(0)))
         model, step = restore_params(workdir, model, ema=True, what="autoencoder")
@@ -99,7 +95,7 @@ def load_latent_space(config, mesh=None) -> LatentSpace:
     graphdef, params, rest = _LATENT_CACHE[cache_key]
     return LatentSpace(graphdef, params, rest, float(record["scale_factor"]), float(record["decoder_std"]),
                        int(record["step"]), tuple(record["image_shape"]), tuple(record["latent_shape"]),
-                       bool(config.latent.get("use_posterior_mean", True)))
+                       bool(config.latent.use_posterior_mean))
 
 
 def batch_transform(config, mesh=None) -> Callable:

@@ -10,55 +10,48 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
 from scoresde import parallel
-from scoresde.models import classifiers
-from scoresde.checkpointing import restore_params
-
-
 from scoresde.build.latent import is_latent, model_data_shape
-from scoresde.build.run import as_config
+from scoresde.build.run import as_config, with_defaults
+from scoresde.build.score import guidance_kind, num_classes
+from scoresde.checkpointing import restore_params
+from scoresde.models import classifiers
+
 
 def _mlp(config, rngs):
     from scoresde.models.mlp import MLPScore
 
     m = config.model
-    return MLPScore(math.prod(model_data_shape(config)), hidden=m.get("hidden", 128), num_layers=m.get("num_layers", 3),
-                    embed_dim=m.get("embed_dim", 64), num_classes=m.get("num_classes", 0), rngs=rngs)
+    return MLPScore(math.prod(model_data_shape(config)), hidden=m.hidden, num_layers=m.num_layers,
+                    embed_dim=m.embed_dim, num_classes=num_classes(config), rngs=rngs)
 
 
 def _unet_common(config) -> dict:
     """Keyword arguments shared by the image U-Nets, read from the reference's config fields."""
-    m, d = config.model, config.data
+    m = config.model
     size, _, channels = model_data_shape(config)  # a latent model works on the autoencoder's latent grid
-    sigma_range = None
-    if m.get("scale_by_sigma", False):
-        sigma_range = (m.get("sigma_min", 0.01), m.get("sigma_max", 50.0), m.get("num_scales", 1000))
+    sigma_range = (m.sigma_min, m.sigma_max, m.num_scales) if m.scale_by_sigma else None
     return dict(
-        image_size=size, num_channels=channels, centered=d.get("centered", False) or is_latent(config),
+        image_size=size, num_channels=channels, centered=config.data.centered or is_latent(config),
         nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-        attn_resolutions=tuple(m.attn_resolutions), dropout=m.get("dropout", 0.1),
-        resamp_with_conv=m.get("resamp_with_conv", True), conditional=m.get("conditional", True),
-        scale_by_sigma=m.get("scale_by_sigma", False), sigma_range=sigma_range,
-        nonlinearity=m.get("nonlinearity", "swish"), num_classes=m.get("num_classes", 0),
-        dtype=m.get("dtype", "float32"), remat=bool(m.get("remat", False)))
+        attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
+        conditional=m.conditional, scale_by_sigma=m.scale_by_sigma, sigma_range=sigma_range,
+        nonlinearity=m.nonlinearity, num_classes=num_classes(config), dtype=m.dtype, remat=bool(m.remat))
 
 
 def _ncsnpp(config, rngs):
     from scoresde.models.ncsnpp import NCSNpp
 
     m = config.model
-    embedding_type = m.get("embedding_type", "fourier").lower()
-    training = config.get("training", None)
-    if embedding_type == "fourier" and training is not None and not training.get("continuous", True):
+    embedding_type = m.embedding_type.lower()
+    if embedding_type == "fourier" and not config.training.continuous:
         raise ValueError("embedding_type='fourier' is only used with continuous training "
                          "(config.training.continuous=True), as in the reference")
     return NCSNpp(
-        **_unet_common(config), fir=m.get("fir", False), fir_kernel=tuple(m.get("fir_kernel", (1, 3, 3, 1))),
-        skip_rescale=m.get("skip_rescale", True), resblock_type=m.get("resblock_type", "biggan"),
-        progressive=m.get("progressive", "none"), progressive_input=m.get("progressive_input", "none"),
-        progressive_combine=m.get("progressive_combine", "sum"), embedding_type=embedding_type,
-        fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.get("init_scale", 0.0), rngs=rngs)
+        **_unet_common(config), fir=m.fir, fir_kernel=tuple(m.fir_kernel), skip_rescale=m.skip_rescale,
+        resblock_type=m.resblock_type, progressive=m.progressive, progressive_input=m.progressive_input,
+        progressive_combine=m.progressive_combine, embedding_type=embedding_type, fourier_scale=m.fourier_scale,
+        init_scale=m.init_scale, rngs=rngs)
 
 
 def _ddpm(config, rngs):
@@ -70,9 +63,12 @@ def _ddpm(config, rngs):
 def get_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
     """The network named by ``config.model.name`` (``mlp``, ``ncsnpp``/``ddpmpp``, ``ddpm``).
 
+    A hand-made or reference config may lack fields: they take the defaults (:func:`with_defaults`).
+
     Raises:
         ValueError: for an unknown model name.
     """
+    config = with_defaults(config)
     builders = {"mlp": _mlp, "ncsnpp": _ncsnpp, "ddpmpp": _ncsnpp, "ddpm": _ddpm}
     name = config.model.name
     if name not in builders:
@@ -93,7 +89,7 @@ def build_model(config, *, seed: int):
                              jax.ShapeDtypeStruct((1,), jnp.float32))
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"model {config.model.name!r} cannot take data of shape {shape[1:]} "
-                         f"(config.data.image_size={config.data.get('image_size')}): {type(e).__name__}: {e}") from e
+                         f"(config.data.image_size={config.data.image_size}): {type(e).__name__}: {e}") from e
     if out.shape != shape:
         raise ValueError(f"model {config.model.name!r} maps data of shape {shape[1:]} to {out.shape[1:]}; "
                          f"check config.data.image_size / num_channels")
@@ -115,7 +111,7 @@ def load_model(workdir: str, config, *, ema: bool = True):
         FileNotFoundError: no checkpoint in ``workdir``.
         CorruptCheckpointError: checkpoints exist but none loads.
     """
-    seed = int(config.get("seed", 0))
+    seed = int(config.seed)
     # Shapes only: initialising a U-Net eagerly costs tens of seconds on a CPU, and every parameter is
     # overwritten by the checkpoint anyway.
     model = nnx.eval_shape(lambda: get_model(config, rngs=nnx.Rngs(seed)))
@@ -134,30 +130,29 @@ def load_ema(config, workdir: str, mesh):
 def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
     """The classifier of ``config.classifier`` (``name`` ∈ wrn | mlp) for the score model's state (pixels or latents).
 
-    Reads ``config.classifier``: ``name``, ``num_classes`` (default ``config.model.num_classes``) and,
-    for ``wrn``, ``depth`` [28], ``width`` [10], ``embed_size`` [128], ``fourier_scale`` [16]; for
-    ``mlp``, ``hidden`` [128], ``num_layers`` [3], ``embed_size`` [32], ``fourier_scale`` [4].
+    Reads ``config.classifier``: ``name``, ``num_classes`` (0: ``config.model.num_classes``) and, for ``wrn``,
+    ``depth``, ``width``, ``embed_size``, ``fourier_scale``; for ``mlp``, ``hidden``, ``num_layers``,
+    ``embed_size``, ``fourier_scale`` (defaults: :data:`scoresde.config_defaults.CLASSIFIER_ARCHITECTURES`).
 
     Raises:
         ValueError: for an unknown name or a missing class count.
     """
     c = config.classifier
-    num_classes = int(c.get("num_classes", 0) or config.model.get("num_classes", 0))
-    if num_classes < 2:
-        raise ValueError(f"a classifier needs config.classifier.num_classes >= 2; got {num_classes}")
+    k = int(c.num_classes or num_classes(config))
+    if k < 2:
+        raise ValueError(f"a classifier needs config.classifier.num_classes >= 2; got {k}")
     shape = model_data_shape(config)  # a latent model's classifier reads latents, as its sampler's state is
 
     def wrn():
         if len(shape) != 3:
             raise ValueError(f"classifier 'wrn' needs image data (H, W, C); got data shape {shape}")
-        return classifiers.WideResNet(num_classes, in_channels=shape[-1], depth=int(c.get("depth", 28)),
-                                      width=int(c.get("width", 10)), embed_size=int(c.get("embed_size", 128)),
-                                      fourier_scale=float(c.get("fourier_scale", 16.0)), rngs=rngs)
+        return classifiers.WideResNet(k, in_channels=shape[-1], depth=int(c.depth), width=int(c.width),
+                                      embed_size=int(c.embed_size), fourier_scale=float(c.fourier_scale), rngs=rngs)
 
     def mlp():
-        return classifiers.MLPClassifier(math.prod(shape), num_classes, hidden=int(c.get("hidden", 128)),
-                                         num_layers=int(c.get("num_layers", 3)), embed_size=int(c.get("embed_size", 32)),
-                                         fourier_scale=float(c.get("fourier_scale", 4.0)), rngs=rngs)
+        return classifiers.MLPClassifier(math.prod(shape), k, hidden=int(c.hidden), num_layers=int(c.num_layers),
+                                         embed_size=int(c.embed_size), fourier_scale=float(c.fourier_scale),
+                                         rngs=rngs)
 
     factories = {"wrn": wrn, "mlp": mlp}
     name = str(c.name).lower()
@@ -180,5 +175,16 @@ def load_classifier(workdir: str, config, *, ema: bool = True):
     Raises:
         FileNotFoundError: no classifier checkpoint (train one with ``--mode=train_classifier``).
     """
-    model = get_classifier(config, rngs=nnx.Rngs(int(config.get("seed", 0))))
+    model = get_classifier(config, rngs=nnx.Rngs(int(config.seed)))
     return restore_params(classifier_dir(workdir), model, ema=ema, what="classifier")
+
+
+def load_guidance_classifier(workdir: str, config):
+    """The EMA classifier of ``workdir`` when ``config.sampling.guidance`` is ``classifier``, else ``None``.
+
+    Raises:
+        FileNotFoundError: classifier guidance without a trained classifier (``--mode=train_classifier``).
+    """
+    if guidance_kind(config) != "classifier":
+        return None
+    return load_classifier(workdir, config)[0]

@@ -3,13 +3,8 @@
 
 from __future__ import annotations
 
-
 import jax.numpy as jnp
 import optax
-
-
-
-
 
 
 def lr_schedule(lr: float, warmup: int = 0):
@@ -32,18 +27,22 @@ def make_optimizer(*, lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1
     return optax.chain(*parts)
 
 
-def optimizer_settings(section, *, grad_clip: float = -1.0, lr: float | None = None) -> dict:
-    """The typed arguments of :func:`make_optimizer` from a config section (``config.optim`` or ``config.classifier``).
+def optimizer_settings(section, **fallbacks) -> dict:
+    """The typed arguments of :func:`make_optimizer` from a config section (``config.optim`` or ``config.classifier``,
+    both completed by :func:`scoresde.config_defaults.with_defaults`).
+
+    Args:
+        section: the config section.
+        **fallbacks: values (e.g. ``lr=2e-4``) for fields the section lacks.
 
     Raises:
         ValueError: an optimizer other than Adam.
     """
-    if str(section.get("optimizer", "Adam")).lower() != "adam":
-        raise ValueError(f"unknown optimizer {section.get('optimizer')!r}; expected 'Adam'")
-    return dict(lr=float(section.get("lr", lr) if lr is not None else section.lr), warmup=int(section.get("warmup", 0)),
-                grad_clip=float(section.get("grad_clip", grad_clip)), beta1=float(section.get("beta1", 0.9)),
-                beta2=float(section.get("beta2", 0.999)), eps=float(section.get("eps", 1e-8)),
-                weight_decay=float(section.get("weight_decay", 0.0)))
+    f = {**fallbacks, **dict(section.items())}
+    if str(f["optimizer"]).lower() != "adam":
+        raise ValueError(f"unknown optimizer {f['optimizer']!r}; expected 'Adam'")
+    return dict(lr=float(f["lr"]), warmup=int(f["warmup"]), grad_clip=float(f["grad_clip"]), beta1=float(f["beta1"]),
+                beta2=float(f["beta2"]), eps=float(f["eps"]), weight_decay=float(f["weight_decay"]))
 
 
 def optimizer_from_config(config) -> optax.GradientTransformation:

@@ -1,4 +1,5 @@
-"""Config loading, resume checks against a checkpoint's stored config, and the run's RNG purposes.
+"""Config loading (with the defaults applied once), resume checks against a checkpoint's stored config, and the
+run's RNG purposes.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import os
 import jax
 import ml_collections
 
-
 from scoresde import config_defaults
-
-
+from scoresde.config_defaults import missing_fields, with_defaults  # noqa: F401  (re-exported by scoresde.build)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Reads a config: ``path/to/config.py`` (its ``get_config()``), ``path.py:variant`` or a ``.json`` dump.
+    """Reads a config: ``path/to/config.py`` (its ``get_config()``), ``path.py:variant`` or a ``.json`` dump,
+    with every field it lacks taken from the defaults (:func:`scoresde.config_defaults.with_defaults`).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -27,22 +27,25 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"no config file {path!r}")
     if path.endswith(".json"):
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            return with_defaults(ml_collections.ConfigDict(json.load(f)))
     if not path.endswith(".py"):
         raise ValueError(f"unknown config file {path!r}; expected a .py file with get_config() or a .json file")
     module = config_defaults.load_module(path)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config()")
-    return module.get_config(variant or None) if variant else module.get_config()
+    return with_defaults(module.get_config(variant or None) if variant else module.get_config())
 
 
 def as_config(config) -> ml_collections.ConfigDict:
-    """A ConfigDict from one of our configs, a reference ConfigDict or a plain (JSON) dict."""
-    if isinstance(config, ml_collections.ConfigDict):
-        return config
-    if isinstance(config, dict):
-        return ml_collections.ConfigDict(config)
-    raise TypeError(f"config must be a ConfigDict or a dict; got {type(config).__name__}")
+    """A complete ConfigDict (:func:`with_defaults`) from one of our configs, a reference ConfigDict or a plain
+    (JSON) dict.
+
+    Raises:
+        TypeError: anything else.
+    """
+    if not isinstance(config, ml_collections.ConfigDict | dict):
+        raise TypeError(f"config must be a ConfigDict or a dict; got {type(config).__name__}")
+    return with_defaults(config)
 
 
 class ConfigMismatchError(ValueError):
@@ -118,7 +121,7 @@ def check_resume_config(stored: dict, config, *, kind: str = "train", workdir: s
         ConfigMismatchError: naming every differing field with its stored and current value.
     """
     diffs = config_differences(stored, config, kind=kind)
-    if diffs and not bool(config.training.get("allow_config_change", False)):
+    if diffs and not bool(config.training.allow_config_change):
         lines = "; ".join(f"{d['field']}: checkpoint {d['stored']!r}, now {d['now']!r}" for d in diffs)
         raise ConfigMismatchError(
             f"cannot resume {workdir or 'this run'}: the config differs from the checkpoint's in fields that change "
@@ -142,7 +145,7 @@ PURPOSE = {
     "fid": 8,            # root -> the FID mode's sample rounds
     "classifier": 11,    # root -> classifier training
     "classifier_eval": 12,  # root -> classifier test accuracy noise
-    "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch (issue 15)
+    "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch
     "measurement": 16,   # root -> inverse problems: measurement noise (restoration keys use "sample")
     "reflow": 17,        # root -> reflow couplings (fold_in(key, chunk) below it)
 }
@@ -161,4 +164,4 @@ def purpose_key(key, purpose: str):
 
 def root_key(config):
     """The run's one root key, ``jax.random.key(config.seed)``."""
-    return jax.random.key(int(config.get("seed", 0)))
+    return jax.random.key(int(config.seed))

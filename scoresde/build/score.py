@@ -8,24 +8,17 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-
 from scoresde import guidance, parameterization, sampling
 from scoresde import sde as sde_lib
 
-
-
-
+# The constants of each process family from config.model (the edm process reads sigma_min / sigma_max too:
+# EDM's are 0.002 / 80, which its configs set).
 _SDE_ARGS = {
-    "vp": lambda m: dict(beta_min=float(m.get("beta_min", 0.1)), beta_max=float(m.get("beta_max", 20.0)),
-                         N=int(m.get("num_scales", 1000))),
-    "ve": lambda m: dict(sigma_min=float(m.get("sigma_min", 0.01)), sigma_max=float(m.get("sigma_max", 50.0)),
-                         N=int(m.get("num_scales", 1000))),
+    "vp": lambda m: dict(beta_min=float(m.beta_min), beta_max=float(m.beta_max), N=int(m.num_scales)),
+    "ve": lambda m: dict(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales)),
+    "rectified_flow": lambda m: dict(T=float(m.rf_T), N=int(m.num_scales)),
+    "edm": lambda m: dict(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales)),
 }
-_SDE_ARGS.update({  # issue 17: flow matching and EDM processes
-    "rectified_flow": lambda m: dict(T=float(m.get("rf_T", 1.0)), N=int(m.get("num_scales", 1000))),
-    "edm": lambda m: dict(sigma_min=float(m.get("sigma_min", 0.002)), sigma_max=float(m.get("sigma_max", 80.0)),
-                          N=int(m.get("num_scales", 1000))),
-})
 _SDE_KIND = {"vpsde": "vp", "vp": "vp", "subvpsde": "vp", "subvp": "vp", "vesde": "ve", "ve": "ve",
              "rectified_flow": "rectified_flow", "edm": "edm"}
 
@@ -60,16 +53,16 @@ def score_convention(config, sde) -> dict:
     objective = training_objective(config)
     if objective in OBJECTIVE_CONVENTIONS:
         conv = dict(OBJECTIVE_CONVENTIONS[objective])
-        if config.model.get("output", "") and config.model.output != conv["output"]:
+        if config.model.output and config.model.output != conv["output"]:
             raise ValueError(f"config.model.output={config.model.output!r} contradicts config.training.objective="
                              f"{objective!r}, which trains output {conv['output']!r}; leave config.model.output empty")
-    elif config.model.get("output", "") and config.model.get("time_label", ""):
+    elif config.model.output and config.model.time_label:
         conv = {}
     else:
-        conv = parameterization.reference_convention(sde, bool(config.training.get("continuous", True)))
-    if config.model.get("output", ""):
+        conv = parameterization.reference_convention(sde, bool(config.training.continuous))
+    if config.model.output:
         conv["output"] = config.model.output
-    if config.model.get("time_label", ""):
+    if config.model.time_label:
         conv["time_label"] = config.model.time_label
     return conv
 
@@ -105,13 +98,29 @@ class ScoreModel:
 def make_score_model(config) -> ScoreModel:
     """The :class:`ScoreModel` of ``config`` (SDE from ``config.training``, convention from ``config.model``)."""
     sde = make_sde(config)
-    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.get("sigma_data", 0.5)))
+    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data))
 
 
 def make_score_fn(model, sde, config, *, train: bool = False, key=None, y=None):
     """``score_fn(x, t)`` of an NNX network for ``config``'s convention (eval mode by default)."""
-    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.get("sigma_data", 0.5))
+    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data)
                       ).score_fn(model, y=y, train=train, key=key)
+
+
+# The class-conditional fields (model.num_classes, training.p_uncond, sampling.guidance / class_label /
+# guidance_scale) come as one block (config_defaults.add_guidance); an unconditional config has none of them.
+# They are not in the defaults table because a sampler's description lists every config.sampling field and is
+# stored with samples: an unconditional config must not gain them.
+
+
+def num_classes(config) -> int:
+    """``config.model.num_classes`` of a class-conditional config; 0 when the config has no class labels."""
+    return int(config.model.get("num_classes", 0) or 0)
+
+
+def guidance_kind(config) -> str:
+    """``config.sampling.guidance`` (``none`` | ``cfg`` | ``classifier``); ``none`` for an unconditional config."""
+    return str(config.sampling.get("guidance", "none")).lower()
 
 
 def class_labels(config, batch, key):
@@ -120,15 +129,15 @@ def class_labels(config, batch, key):
     With ``config.training.p_uncond > 0`` each label is replaced by the null label ``num_classes``
     with that probability (classifier-free guidance training, :func:`scoresde.guidance.drop_labels`).
     """
-    num_classes = int(config.model.get("num_classes", 0) or 0)
-    if num_classes <= 0:
+    k = num_classes(config)
+    if k <= 0:
         return None
     y = batch["label"].astype(jnp.int32)
     p_uncond = float(config.training.get("p_uncond", 0.0))
-    return guidance.drop_labels(key, y, p_uncond, num_classes) if p_uncond > 0 else y
+    return guidance.drop_labels(key, y, p_uncond, k) if p_uncond > 0 else y
 
 
-# Issue 17: flow matching and EDM objectives, and reflow couplings. An objective fixes the network's output
+# Flow matching and EDM objectives, and reflow couplings. An objective fixes the network's output
 # convention (its loss trains that quantity) and the process it is defined on.
 
 # ct (consistency training) trains a consistency function, not a score: it runs in --mode=distill
@@ -141,12 +150,12 @@ OBJECTIVE_PROCESS = {"flow_matching": (sde_lib.RectifiedFlow, "rectified_flow"),
 
 
 def training_objective(config) -> str:
-    """``config.training.objective`` (``dsm`` when absent, as in the reference's configs).
+    """``config.training.objective`` (``dsm`` when empty).
 
     Raises:
         ValueError: an unknown objective.
     """
-    objective = str(config.training.get("objective", "dsm") or "dsm").lower()
+    objective = str(config.training.objective or "dsm").lower()
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {config.training.objective!r}; expected one of: {', '.join(OBJECTIVES)}")
     return objective

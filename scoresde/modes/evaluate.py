@@ -31,12 +31,13 @@ def evaluate(config, workdir: str) -> dict:
     Raises:
         ValueError: ``config.eval`` enables nothing.
     """
+    config = build.with_defaults(config)
     result = {}
-    if config.eval.get("enable_loss", True):
+    if config.eval.enable_loss:
         result.update(evaluate_loss(config, workdir))
-    if config.eval.get("enable_bpd", False):
+    if config.eval.enable_bpd:
         result["bpd"] = likelihood.likelihood(config, workdir)
-    if config.eval.get("enable_sampling", False):
+    if config.eval.enable_sampling:
         result["sample_quality"] = fid.evaluate_samples(config, workdir)
     if not result:
         raise ValueError("config.eval enables nothing: set enable_loss, enable_bpd or enable_sampling")
@@ -59,7 +60,7 @@ def evaluate_loss(config, workdir: str) -> dict:
         return loss_fn(lambda x, labels: model(x, labels), batch["image"], jax.random.fold_in(key, i))[0]
 
     total, n = 0.0, 0
-    max_batches = int(config.eval.get("num_eval_batches", 0)) or None
+    max_batches = int(config.eval.num_eval_batches) or None
     for i, batch in enumerate(data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False,
                                                    repeat=False)):
         if max_batches is not None and i >= max_batches:

@@ -65,11 +65,11 @@ def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None) 
     to ``workdir/eval_samples/step_<step>/round_<r>.npz`` with its ``nfe``; existing rounds are loaded
     instead of resampled, so an interrupted evaluation resumes where it stopped.
     """
-    total = int(config.eval.num_samples)
-    batch = int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size)
+    s = build.sample_quality_settings(config)
+    total, batch = s.num_samples, s.sample_batch_size
     rounds = int(math.ceil(total / batch))
     out_dir = os.path.join(workdir, "eval_samples", f"step_{step if step is not None else 'none'}")
-    settings = {"checkpoint_step": step, "batch": batch, "seed": int(config.get("seed", 0)),
+    settings = {"checkpoint_step": step, "batch": batch, "seed": int(config.seed),
                 "sampler": build.sampler_description(config)}
     _start_rounds(out_dir, json.loads(json.dumps(settings, default=str)))
     root = build.purpose_key(build.root_key(config), "fid")
@@ -115,6 +115,8 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     Returns:
         The report (also written to ``workdir/eval/metrics_<tag>.json`` and TensorBoard in ``workdir``).
     """
+    config = build.with_defaults(config)
+    s = build.sample_quality_settings(config)
     warnings = []
     # what can fail cheaply fails before any sampling: the feature extractor's weights, the reference stats
     feature_fn = feature_fn or build.get_feature_fn(config)
@@ -125,13 +127,12 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
         samples, meta = from_files
         step = meta.get("step", step)
         source = os.path.join(workdir, "samples")
-        if len(samples) < int(config.eval.num_samples):
+        if len(samples) < s.num_samples:
             warnings.append(f"{source} holds {len(samples)} samples, fewer than config.eval.num_samples="
-                            f"{int(config.eval.num_samples)}; evaluating the {len(samples)} there")
+                            f"{s.num_samples}; evaluating the {len(samples)} there")
     else:
         if sampler is None:
-            batch = int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size)
-            sampler, step = _model_sampler(config, workdir, batch)
+            sampler, step = _model_sampler(config, workdir, s.sample_batch_size)
         samples, meta = sample_in_rounds(config, workdir, sampler, step=step)
         source = meta["dir"]
     n = len(samples)
@@ -150,11 +151,10 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
         protocol.loud_warning(w)
 
     rows = parallel.process_rows(n)
-    chunk = int(config.eval.get("inception_batch_size", 250))
+    chunk = s.inception_batch_size
     acc = accumulate_features(feature_fn, (samples[rows][i:i + chunk] for i in range(0, rows.stop - rows.start, chunk)))
-    values = protocol.compute_metrics(acc, ref, is_splits=int(config.eval.get("is_splits", 10)),
-                             kid_subsets=int(config.eval.get("kid_subsets", 100)),
-                             kid_subset_size=int(config.eval.get("kid_subset_size", 1000)))
+    values = protocol.compute_metrics(acc, ref, is_splits=s.is_splits, kid_subsets=s.kid_subsets,
+                                      kid_subset_size=s.kid_subset_size)
     if "kid" not in values:
         warnings.append(f"no KID: {stats_path} keeps no pool_3 features (raise config.eval.stats_max_features "
                         "and rerun --mode=fid_stats)")

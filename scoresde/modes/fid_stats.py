@@ -29,12 +29,12 @@ def fid_stats(config, workdir: str, feature_fn: FeatureFn | None = None) -> dict
     The ``.npz`` holds ``mu``, ``sigma``, ``num_examples``, ``feature_extractor``, ``dataset``, ``split``,
     and ``pool_3``/``logits`` when at most ``config.eval.stats_max_features`` examples were read.
     """
-    split = config.eval.get("stats_split", "train")
+    config = build.with_defaults(config)
+    s = build.sample_quality_settings(config)
+    split = s.stats_split
     feature_fn = feature_fn or build.get_feature_fn(config)
-    batch_size = int(config.eval.get("inception_batch_size", 250))
     result = protocol.compute_reference_statistics(
-        feature_fn, data_lib.uint8_batches(config, split, batch_size),
-        keep_max=int(config.eval.get("stats_max_features", protocol.PAPER_NUM_SAMPLES)))
+        feature_fn, data_lib.uint8_batches(config, split, s.inception_batch_size), keep_max=s.stats_max_features)
     path = build.reference_stats_path(config, workdir, split)
     summary = {"path": path, "dataset": str(config.data.dataset), "split": split,
                "num_examples": int(result["num_examples"]), "feature_extractor": feature_name(feature_fn),

@@ -13,12 +13,8 @@ The data order is fixed (no shuffling) and the randomness of repeat ``r``, batch
 exactly the numbers of an uninterrupted run. Partial results of another checkpoint step are discarded (the
 run starts afresh); a partial file written with other settings is an error, never silently mixed in.
 
-Config (``config.eval``; the reference's names where it has them, defaults in brackets):
-``bpd_dataset`` [test], ``bpd_batch_size`` [``batch_size``], ``num_eval_batches`` [0 = all],
-``bpd_num_repeats`` [5 for image data, as the reference; 1 for continuous data], ``bpd_dequantization``
-[uniform for image data, none for vector data], ``bpd_num_bits`` [8 for image data, none for vector data],
-``bpd_hutchinson`` [rademacher], ``bpd_n_probes`` [1], ``bpd_rtol`` / ``bpd_atol`` [1e-5],
-``bpd_eps`` [1e-5], ``bpd_solver`` [tsit5], ``bpd_max_steps`` [16384].
+Config: the ``bpd_*`` fields of ``config.eval`` (the reference's names where it has them), turned into
+:class:`scoresde.build.LikelihoodSettings` by :func:`scoresde.build.likelihood_settings`.
 
 Writes ``workdir/likelihood/bpd_<split>.json``: mean bits/dim, standard error, N, split, eps, solver,
 tolerances, probe type and count, repeats, dequantisation, offset, NFE, checkpoint step, time.
@@ -40,45 +36,20 @@ from scoresde import data as data_lib
 from scoresde import latent as latent_lib
 from scoresde import likelihood as likelihood_lib
 
-__all__ = ["likelihood", "bpd_settings", "latent_likelihood"]
+__all__ = ["likelihood", "latent_likelihood"]
 
 log = logging.getLogger(__name__)
 
 
-def bpd_settings(config) -> dict:
-    """The likelihood settings of ``config.eval`` with their defaults (see the module docstring)."""
-    e = config.eval
-    image = data_lib.is_image_data(config)
-    # "" / 0 in the config mean "the default for this data" (locked configs need typed fields)
-    deq = str(e.get("bpd_dequantization", "") or ("uniform" if image else "none")).lower()
-    bits = e.get("bpd_num_bits", 0) or (8 if image else None)
-    return {
-        "split": str(e.get("bpd_dataset", "test")).lower(),
-        "batch_size": int(e.get("bpd_batch_size", 0) or e.batch_size),
-        "num_eval_batches": int(e.get("num_eval_batches", 0) or 0),
-        "num_repeats": int(e.get("bpd_num_repeats", 0) or (5 if deq == "uniform" else 1)),
-        "dequantization": deq,
-        "num_bits": None if bits is None else int(bits),
-        "hutchinson": str(e.get("bpd_hutchinson", "rademacher")).lower(),
-        "n_probes": int(e.get("bpd_n_probes", 1)),
-        "rtol": float(e.get("bpd_rtol", 1e-5)),
-        "atol": float(e.get("bpd_atol", 1e-5)),
-        "eps": float(e.get("bpd_eps", 1e-5)),
-        "solver": str(e.get("bpd_solver", "tsit5")).lower(),
-        "max_steps": int(e.get("bpd_max_steps", 16384)),
-        "seed": int(config.get("seed", 0)),
-    }
-
-
 def _count_batches(config, s) -> int:
     n = 0
-    for _ in data_lib.get_dataset(config, split=s["split"], batch_size=s["batch_size"], shuffle=False,
+    for _ in data_lib.get_dataset(config, split=s.split, batch_size=s.batch_size, shuffle=False,
                                   repeat=False, uniform_dequantization=False):
         n += 1
-        if s["num_eval_batches"] and n >= s["num_eval_batches"]:
+        if s.num_eval_batches and n >= s.num_eval_batches:
             break
     if n == 0:
-        raise ValueError(f"the {s['split']} split has fewer than one batch of {s['batch_size']} examples")
+        raise ValueError(f"the {s.split} split has fewer than one batch of {s.batch_size} examples")
     return n
 
 
@@ -115,7 +86,7 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
     ``expected`` (the settings and model steps) as the record of what produced them. Returns ``(state, new,
     seconds)``, or ``None`` when ``stop_after`` new units were evaluated (a simulated preemption).
     """
-    num_batches, b, k = expected["num_batches"], s["batch_size"], s["num_repeats"]
+    num_batches, b, k = expected["num_batches"], s.batch_size, s.num_repeats
     def empty(dtype):  # not yet computed: NaN for values, 0 for counts
         fill = np.nan if np.dtype(dtype).kind == "f" else 0
         return np.full((k, num_batches * b), fill, dtype)
@@ -124,13 +95,13 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
         **{f: empty(dt) for f, dt in fields.items()}, "done": np.zeros((k, num_batches), bool)}
     settings_json = json.dumps(expected)
     scaler_inverse = data_lib.get_data_inverse_scaler(config)
-    root = build.purpose_key(jax.random.key(s["seed"]), "likelihood")
+    root = build.purpose_key(jax.random.key(s.seed), "likelihood")
     is_main = jax.process_index() == 0
     bar = None
     if is_main:
         from tqdm import tqdm  # noqa: PLC0415  (only the main process draws a bar)
 
-        bar = tqdm(total=k * num_batches, initial=int(state["done"].sum()), desc=f"bpd {s['split']}",
+        bar = tqdm(total=k * num_batches, initial=int(state["done"].sum()), desc=f"bpd {s.split}",
                    unit="batch", dynamic_ncols=True)
     t0, new = time.time(), 0
     try:
@@ -139,7 +110,7 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
             if todo.size == 0:
                 continue
             start = int(todo[0])
-            batches = data_lib.get_dataset(config, split=s["split"], batch_size=b, shuffle=False, repeat=False,
+            batches = data_lib.get_dataset(config, split=s.split, batch_size=b, shuffle=False, repeat=False,
                                            start_step=start, uniform_dequantization=False)
             for i, batch in zip(range(start, num_batches), batches):
                 if state["done"][r, i]:
@@ -172,9 +143,9 @@ def _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler):
     def batch_fn(params, x01, key):
         score_fn = score_model.score_fn(nnx.merge(graphdef, params, rest))
         bpd, nfe = likelihood_lib.bits_per_dim_batch(
-            score_fn, sde, x01, key, scaler=scaler, num_bits=s["num_bits"], dequantization=s["dequantization"],
-            hutchinson=s["hutchinson"], n_probes=s["n_probes"], rtol=s["rtol"], atol=s["atol"], eps=s["eps"],
-            solver=s["solver"], max_steps=s["max_steps"], mesh=mesh)
+            score_fn, sde, x01, key, scaler=scaler, num_bits=s.num_bits, dequantization=s.dequantization,
+            hutchinson=s.hutchinson, n_probes=s.n_probes, rtol=s.rtol, atol=s.atol, eps=s.eps,
+            solver=s.solver, max_steps=s.max_steps, mesh=mesh)
         return {"bpd": bpd, "nfe": nfe}
 
     return batch_fn
@@ -193,13 +164,12 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
         ValueError: bad settings, a batch size the devices do not divide, or a mismatched partial file.
         RuntimeError: some ODE solves failed (non-finite values), with how to fix it.
     """
-    s = bpd_settings(config)
-    if s["num_repeats"] < 1:
-        raise ValueError(f"config.eval.bpd_num_repeats must be >= 1; got {s['num_repeats']}")
+    config = build.with_defaults(config)
+    s = build.likelihood_settings(config)
     if build.is_latent(config):
         return latent_likelihood(config, workdir, stop_after=stop_after)
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(s["batch_size"], mesh, "config.eval.bpd_batch_size")
+    parallel.check_batch_size(s.batch_size, mesh, "config.eval.bpd_batch_size")
     score_model = build.make_score_model(config)
     sde = score_model.sde
     build.check_drift_finite_at_T(sde, "--mode=likelihood")
@@ -211,9 +181,9 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
 
     out_dir = os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
-    partial_path = os.path.join(out_dir, f"bpd_{s['split']}_partial.npz")
-    k = s["num_repeats"]
-    expected = {**s, "num_batches": _count_batches(config, s), "checkpoint_step": int(step)}
+    partial_path = os.path.join(out_dir, f"bpd_{s.split}_partial.npz")
+    k = s.num_repeats
+    expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step)}
     done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, {"bpd": np.float32, "nfe": np.int32},
                      "bpd", stop_after)
     if done is None:
@@ -223,24 +193,24 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     if not np.all(np.isfinite(state["bpd"])):
         bad = int(np.sum(~np.isfinite(state["bpd"])))
         raise RuntimeError(f"{bad} of {state['bpd'].size} likelihood solves failed (non-finite); raise "
-                           f"config.eval.bpd_max_steps (now {s['max_steps']}) or loosen bpd_rtol/bpd_atol")
+                           f"config.eval.bpd_max_steps (now {s.max_steps}) or loosen bpd_rtol/bpd_atol")
     per_example = state["bpd"].astype(np.float64).mean(axis=0)
     n = per_example.size
     report = {
         "mean_bpd": float(per_example.mean()),
         "stderr": float(per_example.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
         "N": int(n),
-        "split": s["split"],
+        "split": s.split,
         "num_repeats": k,
-        "dequantization": s["dequantization"],
-        "num_bits": s["num_bits"],
-        "offset_bits_per_dim": likelihood_lib.bpd_offset(scaler, s["num_bits"]),
-        "eps": s["eps"],
-        "solver": s["solver"],
-        "rtol": s["rtol"],
-        "atol": s["atol"],
-        "hutchinson": s["hutchinson"],
-        "n_probes": s["n_probes"],
+        "dequantization": s.dequantization,
+        "num_bits": s.num_bits,
+        "offset_bits_per_dim": likelihood_lib.bpd_offset(scaler, s.num_bits),
+        "eps": s.eps,
+        "solver": s.solver,
+        "rtol": s.rtol,
+        "atol": s.atol,
+        "hutchinson": s.hutchinson,
+        "n_probes": s.n_probes,
         "mean_nfe": float(state["nfe"].mean()),
         "max_nfe": int(state["nfe"].max()),
         "checkpoint_step": int(step),
@@ -249,12 +219,12 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
         "seconds_this_session": elapsed,
         "batches_this_session": new,
     }
-    report_path = os.path.join(out_dir, f"bpd_{s['split']}.json")
+    report_path = os.path.join(out_dir, f"bpd_{s.split}.json")
     if jax.process_index() == 0:
         images.save_json_atomic(report_path, report)
-    log.info("bits/dim on %s: %.4f ± %.4f (N=%d, K=%d)", s["split"], report["mean_bpd"], report["stderr"], n, k)
+    log.info("bits/dim on %s: %.4f ± %.4f (N=%d, K=%d)", s.split, report["mean_bpd"], report["stderr"], n, k)
     print(json.dumps(report))
-    runlog.conclude(f"bits/dim on {s['split']} at step {step}: {report['mean_bpd']:.4f} ± {report['stderr']:.4f} "
+    runlog.conclude(f"bits/dim on {s.split} at step {step}: {report['mean_bpd']:.4f} ± {report['stderr']:.4f} "
                     f"(N={n}, K={k})", results={"report": report_path})
     return report
 
@@ -279,9 +249,10 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     Resumable as pixel models are (``bpd_<split>_latent_partial.npz``); partial results of another checkpoint
     step or another autoencoder step are discarded. ``stop_after`` as in :func:`likelihood`.
     """
-    s = bpd_settings(config)
+    config = build.with_defaults(config)
+    s = build.likelihood_settings(config)
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(s["batch_size"], mesh, "config.eval.bpd_batch_size")
+    parallel.check_batch_size(s.batch_size, mesh, "config.eval.bpd_batch_size")
     score_model = build.make_score_model(config)
     sde = score_model.sde
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
@@ -294,9 +265,9 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
         score_fn = score_model.score_fn(nnx.merge(graphdef, params, rest))
         bound = latent_lib.variational_bound(
             space.encoder_fn, space.decoder_fn, score_fn, sde, x01, key, scale_factor=space.scale_factor,
-            decoder_std=space.decoder_std, scaler=scaler, num_bits=s["num_bits"], dequantization=s["dequantization"],
-            hutchinson=s["hutchinson"], n_probes=s["n_probes"], rtol=s["rtol"], atol=s["atol"], eps=s["eps"],
-            solver=s["solver"], max_steps=s["max_steps"], mesh=mesh)
+            decoder_std=space.decoder_std, scaler=scaler, num_bits=s.num_bits, dequantization=s.dequantization,
+            hutchinson=s.hutchinson, n_probes=s.n_probes, rtol=s.rtol, atol=s.atol, eps=s.eps,
+            solver=s.solver, max_steps=s.max_steps, mesh=mesh)
         # prior = -log p_θ(c z) - d_z log c, so -log p_θ(ẑ) = prior + d_z log c (nats), per latent dimension in bits
         latent_nll = (bound.prior + d_z * np.log(space.scale_factor)) / (d_z * np.log(2.0))
         nfe = jax.numpy.broadcast_to(bound.nfe.reshape(-1), latent_nll.shape)
@@ -304,8 +275,8 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
 
     out_dir = os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
-    partial_path = os.path.join(out_dir, f"bpd_{s['split']}_latent_partial.npz")
-    expected = {**s, "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
+    partial_path = os.path.join(out_dir, f"bpd_{s.split}_latent_partial.npz")
+    expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
                 "autoencoder_step": space.step, "scale_factor": float(space.scale_factor)}
     fields = {**{k: np.float32 for k in (*LATENT_TERMS, "latent_nll_bpd")}, "nfe": np.int32}
     done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields, "bits_per_dim", stop_after)
@@ -314,7 +285,7 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     state, new, elapsed = done
     if not all(np.all(np.isfinite(state[k])) for k in LATENT_TERMS):
         raise RuntimeError(f"some latent likelihood solves failed (non-finite); raise config.eval.bpd_max_steps "
-                           f"(now {s['max_steps']}) or loosen bpd_rtol/bpd_atol")
+                           f"(now {s.max_steps}) or loosen bpd_rtol/bpd_atol")
     values = {k: state[k].astype(np.float64).mean(axis=0) for k in (*LATENT_TERMS, "latent_nll_bpd")}
     n = values["bits_per_dim"].size
     stderr = lambda v: float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")  # noqa: E731
@@ -324,18 +295,18 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
         "terms_bpd": {k: float(values[k].mean()) for k in LATENT_TERMS[:-1]},
         "latent_nll_bpd": float(values["latent_nll_bpd"].mean()),
         "latent_nll_stderr": stderr(values["latent_nll_bpd"]),
-        "N": int(n), "split": s["split"], "num_repeats": s["num_repeats"], "dequantization": s["dequantization"],
-        "num_bits": s["num_bits"], "eps": s["eps"], "solver": s["solver"], "rtol": s["rtol"], "atol": s["atol"],
-        "hutchinson": s["hutchinson"], "n_probes": s["n_probes"], "mean_nfe": float(state["nfe"].mean()),
+        "N": int(n), "split": s.split, "num_repeats": s.num_repeats, "dequantization": s.dequantization,
+        "num_bits": s.num_bits, "eps": s.eps, "solver": s.solver, "rtol": s.rtol, "atol": s.atol,
+        "hutchinson": s.hutchinson, "n_probes": s.n_probes, "mean_nfe": float(state["nfe"].mean()),
         "checkpoint_step": int(step), "autoencoder_step": space.step, "scale_factor": space.scale_factor,
         "decoder_std": space.decoder_std, "latent_shape": list(space.latent_shape), "sde": type(sde).__name__,
         "devices": jax.device_count(), "seconds_this_session": elapsed, "batches_this_session": new,
     }
-    report_path = os.path.join(out_dir, f"bpd_{s['split']}_latent.json")
+    report_path = os.path.join(out_dir, f"bpd_{s.split}_latent.json")
     if jax.process_index() == 0:
         images.save_json_atomic(report_path, report)
     print(json.dumps(report))
     runlog.conclude(f"latent model at step {step}: bound {report['mean_bpd']:.4f} ± {report['stderr']:.4f} bits/dim "
-                    f"on {s['split']} (N={n}), latent NLL {report['latent_nll_bpd']:.4f} bits/latent dim",
+                    f"on {s.split} (N={n}), latent NLL {report['latent_nll_bpd']:.4f} bits/latent dim",
                     results={"report": report_path})
     return report

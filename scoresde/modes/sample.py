@@ -62,6 +62,7 @@ def sample(config, workdir: str) -> dict:
 
     With ``config.inverse.operator`` set, restores test images instead (see the module docstring).
     """
+    config = build.with_defaults(config)
     if build.inverse_operator_name(config) != "none":
         return _restore(config, workdir)
     mesh = parallel.make_mesh()
@@ -73,18 +74,16 @@ def sample(config, workdir: str) -> dict:
                          f"(config.distill.method={student['method']!r}, config.sampling.method=consistency)")
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
     total = int(config.eval.num_samples)
-    batch = min(int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size), total)
+    batch = min(build.sample_batch_size(config), total)
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
-    classifier = None
-    if str(config.sampling.get("guidance", "none")).lower() == "classifier":
-        classifier, _ = build.load_classifier(workdir, config)
+    classifier = build.load_guidance_classifier(workdir, config)
     method, options = build.sampling_options(config)
     paradigms = build.parallel_settings(config)
     runlog.announce(f"scoresde sample: {total} samples from step {step}", {
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
         "sampler": f"{method} {options}",
         "paradigms": f"window {paradigms[0]}, tol {paradigms[1]}" if paradigms else None,
-        "guidance": str(config.sampling.get("guidance", "none")),
+        "guidance": build.guidance_kind(config),
         "workdir": os.path.abspath(workdir),
     })
     sample_fn = build.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier,
@@ -131,7 +130,6 @@ def _restore(config, workdir: str) -> dict:
     """Restores ``config.inverse.num_images`` test images from measurements; see the module docstring."""
     import time  # noqa: PLC0415
 
-
     if not data_lib.is_image_data(config):
         raise ValueError("config.inverse restores images; the data of this config are vectors "
                          f"(config.data.dataset={config.data.dataset!r})")
@@ -141,17 +139,10 @@ def _restore(config, workdir: str) -> dict:
     operator = build.operator_from_config(config)
     settings = build.posterior_settings(config)
     name, method = build.inverse_operator_name(config), settings["method"]
-    total = int(config.inverse.num_images)
-    per_image = int(config.inverse.get("samples_per_image", 1))
-    if per_image < 1:
-        raise ValueError(f"config.inverse.samples_per_image must be >= 1; got {per_image}")
-    batch = min(int(config.eval.get("sample_batch_size", 0) or config.eval.batch_size), total)
-    if total < 1:
-        raise ValueError(f"config.inverse.num_images must be >= 1; got {total}")
+    total, per_image = build.restore_counts(config)
+    batch = min(build.sample_batch_size(config), total)
     parallel.check_batch_size(batch, mesh, "min(config.eval.sample_batch_size, config.inverse.num_images)")
-    classifier = None
-    if str(config.sampling.get("guidance", "none")).lower() == "classifier":
-        classifier, _ = build.load_classifier(workdir, config)
+    classifier = build.load_guidance_classifier(workdir, config)
     sampler, options = build.sampling_options(config)
     per = f", {per_image} posterior samples each" if per_image > 1 else ""
     runlog.announce(f"scoresde sample: restoring {total} test images ({name}, {method}{per}) from step {step}", {
