@@ -26,8 +26,8 @@ from scoresde import build, images, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, check_workdir
 
-__all__ = ["NonFiniteError", "Settings", "read_settings", "Run", "Trainer", "prepare", "fit", "jit_step", "resume",
-           "open_metrics", "devices_fact", "Snapshots", "write_snapshot", "conclude_training"]
+__all__ = ["NonFiniteError", "Settings", "read_settings", "Run", "Trainer", "prepare", "fit", "jit_step",
+           "devices_fact", "Snapshots", "write_snapshot", "conclude_training"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ class Trainer:
         title, facts: the header (:func:`scoresde.runlog.announce`); :func:`fit` adds ``steps`` (unless
             ``facts`` has it), ``workdir`` and ``resuming``.
         desc: the progress bar's label.
-        state: the fresh (host) state, :func:`scoresde.train_state.init_state` or a superset; restored into.
+        init_state: ``init_state()``, the fresh state (:func:`scoresde.train_state.init_state` or a superset) a
+            checkpoint is restored into.
         tx: the optimizer.
         batches: ``batches(start)``, this process's batches from step ``start`` on.
         loss: ``loss(params, batch, key, step) -> (loss, logs)``, differentiated in the step; ``logs`` are
@@ -160,7 +161,7 @@ class Trainer:
     title: str
     facts: dict
     desc: str
-    state: dict
+    init_state: Callable[[], dict]
     tx: optax.GradientTransformation
     batches: Callable[[int], Iterator]
     loss: Callable | None = None
@@ -207,33 +208,9 @@ def jit_step(tx: optax.GradientTransformation, settings: Settings, mesh: Mesh, k
     return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
 
 
-def resume(ckpt, state, tx, config, workdir: str, *, kind: str = "train"):
-    """``(state, meta, config_changes)``: the newest complete checkpoint restored, its stored config checked
-    (:func:`scoresde.build.check_resume_config`; a model-only import is a fresh start and is not compared).
-
-    Raises:
-        ConfigMismatchError: the config changes the run's meaning and no change was allowed.
-    """
-    state, meta = train_state.restore_state(ckpt, state, tx)
-    changes = []
-    if meta is not None and not meta.get("model_only", False):
-        changes = build.check_resume_config(meta.get("config"), config, kind=kind, workdir=workdir)
-    return state, meta, changes
-
-
-def open_metrics(workdir: str, start: int, *, tensorboard: bool, config_changes=()) -> runlog.MetricsLogger:
-    """The run's ``metrics.jsonl`` logger (process 0 writes), cut back to ``start`` (records a killed run wrote
-    past its last checkpoint are redone), with the allowed config changes of :func:`resume` recorded at ``start``."""
-    logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=tensorboard)
-    logger.truncate_after(start)
-    if config_changes:
-        logger.write(start, {"config_change": config_changes})
-    return logger
-
-
 def fit(run: Run, trainer: Trainer) -> dict:
-    """Restores ``trainer``'s newest checkpoint in ``run.workdir`` (checking its config), announces the run and
-    trains to ``run.settings.n_iters``.
+    """Restores ``trainer``'s newest checkpoint in ``run.workdir`` and checks its stored config
+    (:func:`scoresde.build.check_resume_config`), announces the run and trains to ``run.settings.n_iters``.
 
     Returns:
         ``{"step", "loss", "preempted", "last" (the last logged record), "state", "snapshot" (the last file
@@ -246,7 +223,10 @@ def fit(run: Run, trainer: Trainer) -> dict:
     s, config, workdir = run.settings, run.config, run.workdir
     ckpt = Checkpointer(workdir, max_to_keep=s.keep_checkpoints, keep_period=s.snapshot_freq)
     try:
-        state, meta, changes = resume(ckpt, trainer.state, trainer.tx, config, workdir, kind=s.kind)
+        state, meta = train_state.restore_state(ckpt, trainer.init_state(), trainer.tx)
+        changes = []
+        if meta is not None and not meta.get("model_only", False):  # a model-only import is a fresh start
+            changes = build.check_resume_config(meta.get("config"), config, kind=s.kind, workdir=workdir)
         start = int(state["step"])
         if trainer.on_start is not None:
             trainer.on_start(start)
@@ -255,7 +235,11 @@ def fit(run: Run, trainer: Trainer) -> dict:
         runlog.announce(trainer.title, {**facts, "workdir": os.path.abspath(workdir),
                                         "resuming": f"from step {start}" if meta is not None else None})
         state = parallel.replicate(run.mesh, state)
-        logger = open_metrics(workdir, start, tensorboard=s.tensorboard, config_changes=changes)
+        # metrics.jsonl (process 0 writes) cut back to the checkpoint: what a killed run logged past it is redone
+        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=s.tensorboard)
+        logger.truncate_after(start)
+        if changes:  # allowed by config.training.allow_config_change: recorded where they start
+            logger.write(start, {"config_change": changes})
         latest = [None]
 
         def snapshot(st, step):
@@ -280,19 +264,15 @@ def fit(run: Run, trainer: Trainer) -> dict:
 class _Preemption:
     """Turns SIGTERM into a flag the loop polls (then saves and exits)."""
 
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
     def __enter__(self):
+        self.requested, self._old = False, None
         try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
+            self._old = signal.signal(signal.SIGTERM, self._request)
         except ValueError:  # not the main thread
-            self._old = None
+            pass
         return self
 
-    def _handler(self, signum, frame):
-        del signum, frame
+    def _request(self, signum, frame):
         self.requested = True
 
     def __exit__(self, *exc):

@@ -69,7 +69,7 @@ def distill(config, workdir: str) -> dict:
         facts={"devices": training.devices_fact(),
                "teacher": f"{teacher.workdir} (step {teacher.step})" if teacher else None, "plan": plan},
         desc=f"distill {method}", tx=tx,
-        state=build.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None),
+        init_state=lambda: build.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None),
         batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
         update=build.make_distill_step(config, sde, graphdef, rest, teacher=teacher),
         lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),

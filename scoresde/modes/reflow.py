@@ -157,7 +157,7 @@ def reflow_mode(config, workdir: str) -> dict:
                             f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
                             f"generated now) in {couplings_dir(workdir)}",
                "init": "source EMA weights" if config.reflow.get("init_from_source", True) else "fresh"},
-        desc="reflow", state=train_state.init_state(params, tx), tx=tx,
+        desc="reflow", init_state=lambda: train_state.init_state(params, tx), tx=tx,
         batches=lambda start: _pair_batches(pairs["noise"], pairs["samples"], batch_size, int(config.get("seed", 0)),
                                             start),
         loss=loss, lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),

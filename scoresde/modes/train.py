@@ -94,7 +94,7 @@ def train(config, workdir: str) -> dict:
         title=f"scoresde train: {config.model.name} on {config.data.dataset}, sde {tc.sde}",
         facts={"devices": training.devices_fact(), "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",
                "data": data_lib.describe(config)},
-        desc="train", state=train_state.init_state(params, tx), tx=tx,
+        desc="train", init_state=lambda: train_state.init_state(params, tx), tx=tx,
         batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
         loss=score_loss(config, loss_fn, to_model_space, graphdef, rest),
         lr_schedule=_lr_schedule(config),

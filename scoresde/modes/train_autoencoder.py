@@ -197,7 +197,7 @@ def train_autoencoder(config, workdir: str) -> dict:
                "latent": "x".join(map(str, latent_shape)) + f" per {'x'.join(map(str, image_shape))} image",
                "steps": f"{n_iters:,} at batch {batch_size}" +
                         (f", discriminator from step {a.disc_start}" if a.get("discriminator", False) else "")},
-        desc="autoencoder", state=train_state.init_state(params, tx), tx=tx,
+        desc="autoencoder", init_state=lambda: train_state.init_state(params, tx), tx=tx,
         batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
         loss=autoencoder_objective(config, graphdef, rest), evaluate=evaluate, snapshot=snapshot))
     summary, results = {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"]}, None

@@ -74,7 +74,7 @@ def train_classifier(config, workdir: str) -> dict:
         title=f"scoresde train_classifier: {c.name} on {config.data.dataset}, sde {config.training.sde}",
         facts={"devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
                "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}", "data": data_lib.describe(config)},
-        desc="classifier", state=train_state.init_state(params, tx), tx=tx,
+        desc="classifier", init_state=lambda: train_state.init_state(params, tx), tx=tx,
         batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
         loss=loss))
     last = {k: out["last"][k] for k in ("loss", "accuracy") if k in out["last"]}
