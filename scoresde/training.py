@@ -68,17 +68,16 @@ class Settings:
         return f"config.{self.section}"
 
 
-# The defaults of the sections of a second network: (kind, RNG purpose, EMA rate, TensorBoard, kept checkpoints).
+# The defaults of a second network's own section: (resume kind, RNG purpose, EMA rate, TensorBoard, kept
+# checkpoints; None: config.training's). A section not listed here gets (its name, *_NEW_SECTION): a new
+# trainer with its own section needs no change to this file.
 _OWN_SECTIONS = {"classifier": ("classifier", "classifier", 0.999, False, 2),
                  "autoencoder": ("autoencoder", "train", 0.0, True, None)}
+_NEW_SECTION = ("train", 0.999, True, None)
 
 
 def read_settings(config, section: str = "training", *, n_iters: int | None = None) -> Settings:
-    """The :class:`Settings` of ``config.<section>``; ``n_iters`` overrides the section's (PD: whole rounds).
-
-    Raises:
-        ValueError: an unknown section.
-    """
+    """The :class:`Settings` of ``config.<section>``; ``n_iters`` overrides the section's (PD: whole rounds)."""
     tc = config.training
     progress = bool(tc.get("progress", True))
     if section == "training":
@@ -91,9 +90,7 @@ def read_settings(config, section: str = "training", *, n_iters: int | None = No
                         eval_freq=int(tc.get("eval_freq", 0)), ema_rate=float(config.model.get("ema_rate", 0.999)),
                         tensorboard=bool(tc.get("tensorboard", True)), progress=progress,
                         snapshot_sampling=bool(tc.get("snapshot_sampling", True)))
-    if section not in _OWN_SECTIONS:
-        raise ValueError(f"unknown trainer section {section!r}; expected one of: training, {', '.join(_OWN_SECTIONS)}")
-    kind, purpose, ema_rate, tensorboard, keep = _OWN_SECTIONS[section]
+    kind, purpose, ema_rate, tensorboard, keep = _OWN_SECTIONS.get(section, (section, *_NEW_SECTION))
     s = config[section]
     n = int(s.n_iters if n_iters is None else n_iters)
     snapshot_freq = int(s.get("snapshot_freq", 0) or n)
