@@ -1,13 +1,16 @@
-"""The host loop every trainer shares: step, log, evaluate, checkpoint, snapshot, stop on SIGTERM.
+"""The one trainer harness: mesh, state restore and resume check, the jitted step, logging, checkpoints,
+snapshots and SIGTERM. A trainer supplies only what differs.
 
-A trainer (``modes/train.py``, ``modes/train_classifier.py``, ...) builds its jitted ``step_fn(state,
-batch) -> (state, metrics)`` and hands it here with callbacks; the loop knows nothing of what is trained.
-Step ``k`` reads batch ``k`` and derives its randomness from ``k``, so a run resumed from a checkpoint
-reproduces the uninterrupted run exactly.
+A mode reads top to bottom: :func:`prepare` reads the loop settings of its config section once and makes the
+mesh; the mode builds its network, optimizer and fresh state, describes itself as a :class:`Trainer` (its
+loss, or for a state beyond parameters its whole update, its batches and optional hooks) and hands it to
+:func:`fit`, which restores, checks and runs it. Step ``k`` reads batch ``k`` and derives its randomness
+from ``fold_in(key, k)``, so a run resumed from a checkpoint reproduces the uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -16,12 +19,15 @@ from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
+import optax
+from jax.sharding import Mesh
 
-from scoresde import build
+from scoresde import build, images, parallel, runlog, train_state
 from scoresde import data as data_lib
-from scoresde import images, parallel, runlog, train_state
+from scoresde.checkpointing import Checkpointer, check_workdir
 
-__all__ = ["NonFiniteError", "Preemption", "open_metrics", "resume", "run_loop", "Snapshots", "write_snapshot", "conclude_training"]
+__all__ = ["NonFiniteError", "Settings", "read_settings", "Run", "Trainer", "prepare", "fit", "jit_step",
+           "devices_fact", "Snapshots", "write_snapshot", "conclude_training"]
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +36,240 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite losses or gradients."""
 
 
-class Preemption:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The loop settings of one config section (``training``, ``classifier`` or ``autoencoder``), read once.
+
+    ``kind`` is the resume check's (:func:`scoresde.build.check_resume_config`), ``purpose`` the RNG purpose
+    of the per-step key. ``training`` is the score network's section (train, distill, reflow); ``classifier``
+    and ``autoencoder`` train a second network with a small section of their own, whose frequencies default
+    to its ``n_iters``.
+    """
+
+    section: str
+    kind: str
+    purpose: str
+    n_iters: int
+    batch_size: int
+    log_freq: int
+    snapshot_freq: int
+    ckpt_freq: int  # also checkpointed at every snapshot and at the end
+    keep_checkpoints: int
+    max_nonfinite: int
+    eval_freq: int
+    ema_rate: float
+    tensorboard: bool
+    progress: bool
+    snapshot_sampling: bool
+
+    @property
+    def hint(self) -> str:
+        """The config section named in errors."""
+        return f"config.{self.section}"
+
+
+# The defaults of a second network's own section: (resume kind, RNG purpose, EMA rate, TensorBoard, kept
+# checkpoints; None: config.training's). A section not listed here gets (its name, *_NEW_SECTION): a new
+# trainer with its own section needs no change to this file.
+_OWN_SECTIONS = {"classifier": ("classifier", "classifier", 0.999, False, 2),
+                 "autoencoder": ("autoencoder", "train", 0.0, True, None)}
+_NEW_SECTION = ("train", 0.999, True, None)
+
+
+def read_settings(config, section: str = "training", *, n_iters: int | None = None) -> Settings:
+    """The :class:`Settings` of ``config.<section>``; ``n_iters`` overrides the section's (PD: whole rounds)."""
+    tc = config.training
+    progress = bool(tc.get("progress", True))
+    if section == "training":
+        snapshot_freq = int(tc.snapshot_freq)
+        return Settings(section, "train", "train", n_iters=int(tc.n_iters if n_iters is None else n_iters),
+                        batch_size=int(tc.batch_size), log_freq=int(tc.log_freq), snapshot_freq=snapshot_freq,
+                        ckpt_freq=int(tc.get("snapshot_freq_for_preemption", snapshot_freq)),
+                        keep_checkpoints=int(tc.get("keep_checkpoints", 3)),
+                        max_nonfinite=int(tc.get("max_nonfinite", 10)),
+                        eval_freq=int(tc.get("eval_freq", 0)), ema_rate=float(config.model.get("ema_rate", 0.999)),
+                        tensorboard=bool(tc.get("tensorboard", True)), progress=progress,
+                        snapshot_sampling=bool(tc.get("snapshot_sampling", True)))
+    kind, purpose, ema_rate, tensorboard, keep = _OWN_SECTIONS.get(section, (section, *_NEW_SECTION))
+    s = config[section]
+    n = int(s.n_iters if n_iters is None else n_iters)
+    snapshot_freq = int(s.get("snapshot_freq", 0) or n)
+    return Settings(section, kind, purpose, n_iters=n, batch_size=int(s.get("batch_size", 0) or tc.batch_size),
+                    log_freq=int(s.get("log_freq", 50)), snapshot_freq=snapshot_freq, ckpt_freq=snapshot_freq,
+                    keep_checkpoints=int(keep or tc.get("keep_checkpoints", 3)),
+                    max_nonfinite=int(s.get("max_nonfinite", 10)), eval_freq=int(s.get("eval_freq", 0)),
+                    ema_rate=float(s.get("ema_rate", ema_rate)), tensorboard=bool(s.get("tensorboard", tensorboard)),
+                    progress=progress, snapshot_sampling=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Where and how a trainer runs: its config, workdir, :class:`Settings` and ``('data',)`` mesh."""
+
+    config: object
+    workdir: str
+    settings: Settings
+    mesh: Mesh
+
+    def key(self, purpose: str):
+        """The run's key for ``purpose`` (:func:`scoresde.build.purpose_key` of the root key)."""
+        return build.purpose_key(build.root_key(self.config), purpose)
+
+
+def prepare(config, workdir: str, section: str = "training", *, n_iters: int | None = None) -> Run:
+    """Checks ``workdir`` is writable, reads the section's settings and makes the mesh its batch splits over.
+
+    Raises:
+        PermissionError: an unwritable workdir.
+        ValueError: a batch size that does not split over the devices and processes.
+    """
+    check_workdir(workdir)
+    settings = read_settings(config, section, n_iters=n_iters)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(settings.batch_size, mesh, f"{settings.hint}.batch_size")
+    return Run(config, workdir, settings, mesh)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Trainer:
+    """What one trainer is; :func:`fit` does the rest.
+
+    Attributes:
+        title, facts: the header (:func:`scoresde.runlog.announce`); :func:`fit` adds ``steps`` (unless
+            ``facts`` has it), ``workdir`` and ``resuming``.
+        desc: the progress bar's label.
+        init_state: ``init_state()``, the fresh state (:func:`scoresde.train_state.init_state` or a superset) a
+            checkpoint is restored into.
+        tx: the optimizer.
+        batches: ``batches(start)``, this process's batches from step ``start`` on.
+        loss: ``loss(params, batch, key, step) -> (loss, logs)``, differentiated in the step; ``logs`` are
+            logged scalars (a ``loss`` among them is logged instead of the differentiated value).
+        update: instead of ``loss``, the whole ``update(state, batch, key, apply_gradients) -> (state, metrics)``
+            for a state beyond parameters; ``apply_gradients(state, grads, loss) -> (state, stats)`` is the
+            guarded update of :func:`scoresde.train_state.guarded_update` with the run's EMA rate.
+        lr_schedule: ``lr_schedule(updates)``, logged as ``lr`` when given.
+        evaluate: ``evaluate(state, step) -> dict`` merged into the record every ``eval_freq`` steps.
+        snapshot: ``snapshot(state, step, logger) -> path | None`` at every checkpoint of ``snapshot_freq`` and at
+            the end (when the section's ``snapshot_sampling`` is on).
+        on_start: ``on_start(start)`` once the resume check has passed, before the first step.
+        extra_meta: stored in every checkpoint's ``meta``.
+    """
+
+    title: str
+    facts: dict
+    desc: str
+    init_state: Callable[[], dict]
+    tx: optax.GradientTransformation
+    batches: Callable[[int], Iterator]
+    loss: Callable | None = None
+    update: Callable | None = None
+    lr_schedule: Callable | None = None
+    evaluate: Callable | None = None
+    snapshot: Callable | None = None
+    on_start: Callable | None = None
+    extra_meta: dict | None = None
+
+
+def devices_fact() -> str:
+    """The header's ``devices`` line: how many of which platform, over how many processes."""
+    return f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))"
+
+
+def jit_step(tx: optax.GradientTransformation, settings: Settings, mesh: Mesh, key, *, loss: Callable | None = None,
+             update: Callable | None = None, lr_schedule: Callable | None = None) -> Callable:
+    """The jitted, state-donating ``step(state, batch) -> (state, metrics)`` of a :class:`Trainer`'s ``loss`` or
+    ``update`` (and ``lr_schedule``) over the mesh.
+
+    The step key is ``fold_in(key, state["step"])``; the update is applied only when finite
+    (:func:`scoresde.train_state.guarded_update`). ``metrics`` has ``loss``, ``grad_norm``, ``finite``,
+    ``nonfinite_run``, the trainer's logs and ``lr`` with a schedule.
+    """
+    if (loss is None) == (update is None):
+        raise ValueError("a trainer step needs exactly one of loss and update")
+
+    def apply_gradients(state, grads, value):
+        return train_state.guarded_update(state, grads, value, tx, ema_rate=settings.ema_rate,
+                                          max_nonfinite=settings.max_nonfinite)
+
+    def step_fn(state, batch):
+        step_key = jax.random.fold_in(key, state["step"])
+        lr = {} if lr_schedule is None else {"lr": lr_schedule(state["updates"])}
+        if update is not None:
+            new_state, metrics = update(state, batch, step_key, apply_gradients)
+            return new_state, {**metrics, **lr}
+        (value, logs), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], batch, step_key, state["step"])
+        new_state, stats = apply_gradients(state, grads, value)
+        return new_state, {"loss": value, **logs, **lr, **stats}
+
+    repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
+    return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def fit(run: Run, trainer: Trainer) -> dict:
+    """Restores ``trainer``'s newest checkpoint in ``run.workdir`` and checks its stored config
+    (:func:`scoresde.build.check_resume_config`), announces the run and trains to ``run.settings.n_iters``.
+
+    Returns:
+        ``{"step", "loss", "preempted", "last" (the last logged record), "state", "snapshot" (the last file
+        the snapshot hook wrote)}``.
+
+    Raises:
+        ConfigMismatchError: resuming under a config that changes the run's meaning.
+        NonFiniteError: after ``max_nonfinite`` consecutive non-finite steps.
+    """
+    s, config, workdir = run.settings, run.config, run.workdir
+    ckpt = Checkpointer(workdir, max_to_keep=s.keep_checkpoints, keep_period=s.snapshot_freq)
+    try:
+        state, meta = train_state.restore_state(ckpt, trainer.init_state(), trainer.tx)
+        changes = []
+        if meta is not None and not meta.get("model_only", False):  # a model-only import is a fresh start
+            changes = build.check_resume_config(meta.get("config"), config, kind=s.kind, workdir=workdir)
+        start = int(state["step"])
+        if trainer.on_start is not None:
+            trainer.on_start(start)
+        facts = dict(trainer.facts)
+        facts.setdefault("steps", f"{s.n_iters:,} at batch {s.batch_size}")
+        runlog.announce(trainer.title, {**facts, "workdir": os.path.abspath(workdir),
+                                        "resuming": f"from step {start}" if meta is not None else None})
+        state = parallel.replicate(run.mesh, state)
+        # metrics.jsonl (process 0 writes) cut back to the checkpoint: what a killed run logged past it is redone
+        logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=s.tensorboard)
+        logger.truncate_after(start)
+        if changes:  # allowed by config.training.allow_config_change: recorded where they start
+            logger.write(start, {"config_change": changes})
+        latest = [None]
+
+        def snapshot(st, step):
+            latest[0] = trainer.snapshot(st, step, logger)
+
+        try:
+            step_fn = jit_step(trainer.tx, s, run.mesh, run.key(s.purpose), loss=trainer.loss, update=trainer.update,
+                               lr_schedule=trainer.lr_schedule)
+            out = _loop(state, step_fn, trainer.batches(start), run,
+                        start=start, logger=logger, desc=trainer.desc, check=ckpt.check, evaluate=trainer.evaluate,
+                        snapshot=snapshot if trainer.snapshot is not None and s.snapshot_sampling else None,
+                        save=lambda st, step: train_state.save_state(ckpt, st, step, config=config,
+                                                                     extra_meta=trainer.extra_meta))
+            ckpt.wait()  # a failed last save is an error, not a silent loss
+        finally:
+            logger.close()
+    finally:
+        ckpt.close()
+    return {**out, "snapshot": latest[0]}
+
+
+class _Preemption:
     """Turns SIGTERM into a flag the loop polls (then saves and exits)."""
 
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
     def __enter__(self):
+        self.requested, self._old = False, None
         try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
+            self._old = signal.signal(signal.SIGTERM, self._request)
         except ValueError:  # not the main thread
-            self._old = None
+            pass
         return self
 
-    def _handler(self, signum, frame):
-        del signum, frame
+    def _request(self, signum, frame):
         self.requested = True
 
     def __exit__(self, *exc):
@@ -61,101 +285,47 @@ class Preemption:
         return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
 
 
-def resume(ckpt, state, tx, config, workdir: str, *, kind: str = "train"):
-    """``(state, meta, config_changes)``: the newest complete checkpoint restored, its stored config checked.
-
-    Every trainer resumes through here (:func:`scoresde.train_state.restore_state`, then
-    :func:`scoresde.build.check_resume_config` with the trainer's ``kind``; a model-only import is a fresh
-    start and is not compared). ``meta`` is ``None`` without a checkpoint; ``config_changes`` lists the allowed
-    differences (``config.training.allow_config_change``), for the trainer to record in ``metrics.jsonl``.
-
-    Raises:
-        ConfigMismatchError: the config changes the run's meaning and no change was allowed.
-    """
-    state, meta = train_state.restore_state(ckpt, state, tx)
-    changes = []
-    if meta is not None and not meta.get("model_only", False):
-        changes = build.check_resume_config(meta.get("config"), config, kind=kind, workdir=workdir)
-    return state, meta, changes
-
-
-def open_metrics(workdir: str, start: int, *, tensorboard: bool, config_changes=()) -> runlog.MetricsLogger:
-    """The run's ``metrics.jsonl`` logger (process 0 writes), cut back to ``start`` (records a killed run wrote
-    past its last checkpoint are redone), with the allowed config changes of :func:`resume` recorded at ``start``."""
-    logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=tensorboard)
-    logger.truncate_after(start)
-    if config_changes:
-        logger.write(start, {"config_change": config_changes})
-    return logger
-
-
-def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n_iters: int, batch_size: int,
-             save: Callable, logger, log_freq: int, ckpt_freq: int, snapshot_freq: int, max_nonfinite: int,
-             eval_freq: int = 0, evaluate: Callable | None = None, snapshot: Callable | None = None,
-             progress: bool = True, desc: str = "train", config_hint: str = "config.training",
-             check: Callable | None = None) -> dict:
-    """Runs ``step_fn`` from step ``start`` to ``n_iters``.
-
-    Args:
-        state: the (replicated) training state; ``state["nonfinite_total"]`` is logged.
-        step_fn: jitted ``(state, batch) -> (state, metrics)``; ``metrics`` has ``loss`` and
-            ``nonfinite_run``, and any other scalars to log (``finite`` is not logged).
-        batches: iterator of this process's batches from step ``start`` on.
-        mesh: the ``('data',)`` mesh the batches are sharded over.
-        save: ``save(state, step)`` writes a checkpoint.
-        logger: a :class:`scoresde.runlog.MetricsLogger`.
-        log_freq, ckpt_freq, snapshot_freq, eval_freq: in steps; a checkpoint is also written at
-            every snapshot and at the end.
-        max_nonfinite: stop after this many consecutive non-finite steps.
-        evaluate: ``evaluate(state, step) -> dict`` merged into the log record every ``eval_freq`` steps.
-        snapshot: ``snapshot(state, step)`` every ``snapshot_freq`` steps and at the end.
-        config_hint: the config section named in errors.
-        check: called after every step (e.g. :meth:`Checkpointer.check`, so a failed background save stops
-            the run within a step, not one checkpoint interval later).
-
-    Returns:
-        ``{"step", "loss", "preempted", "last"}`` (``last``: the last logged record).
-
-    Raises:
-        NonFiniteError: after ``max_nonfinite`` consecutive non-finite steps.
-    """
+def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, save: Callable, logger, desc: str,
+          check: Callable, evaluate: Callable | None, snapshot: Callable | None) -> dict:
+    """Runs ``step_fn`` from step ``start`` to ``n_iters``: logs every ``log_freq`` steps, evaluates every
+    ``eval_freq``, saves every ``ckpt_freq``, at every snapshot and at the end, and saves and stops on SIGTERM;
+    ``check()`` after every step (a failed background save stops the run within a step)."""
+    s = run.settings
     is_main = jax.process_index() == 0
     bar = None
-    if is_main and progress:
+    if is_main and s.progress:
         from tqdm import tqdm  # noqa: PLC0415  (only the main process draws a bar)
 
-        bar = tqdm(total=n_iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(total=s.n_iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0)
     last = {"loss": float("nan")}
     t_log, steps_since = time.perf_counter(), 0
     prev_run = None
     preempted = False
     step = start
     # two batches in flight: the host pipeline and the copy to the device overlap the step
-    device_batches = parallel.prefetch_to_device(batches, mesh, size=2)
+    device_batches = parallel.prefetch_to_device(batches, run.mesh, size=2)
     try:
-        with Preemption() as preempt:
-            while step < n_iters:
-                batch = next(device_batches)
-                state, metrics = step_fn(state, batch)
+        with _Preemption() as preempt:
+            while step < s.n_iters:
+                state, metrics = step_fn(state, next(device_batches))
                 step += 1
                 steps_since += 1
                 if bar is not None:
                     bar.update(1)
-                if check is not None:
-                    check()
+                check()
                 # Check the previous step's counter: reading it does not wait for the step just dispatched.
-                if prev_run is not None and int(prev_run) >= max_nonfinite:
+                if prev_run is not None and int(prev_run) >= s.max_nonfinite:
                     raise NonFiniteError(
                         f"stopping at step {step - 1}: {int(prev_run)} consecutive steps had a non-finite loss or "
-                        f"gradient ({config_hint}.max_nonfinite={max_nonfinite}); lower the learning rate, "
+                        f"gradient ({s.hint}.max_nonfinite={s.max_nonfinite}); lower the learning rate, "
                         f"check the data scaling, or resume from an earlier checkpoint")
                 prev_run = metrics["nonfinite_run"]
-                is_eval = bool(eval_freq) and evaluate is not None and step % eval_freq == 0
-                if step % log_freq == 0 or step == n_iters or is_eval:
+                is_eval = bool(s.eval_freq) and evaluate is not None and step % s.eval_freq == 0
+                if step % s.log_freq == 0 or step == s.n_iters or is_eval:
                     m = jax.device_get(metrics)
                     dt = time.perf_counter() - t_log
                     rec = {k: float(v) for k, v in m.items() if k not in ("finite", "nonfinite_run")}
-                    rec.update(steps_per_sec=steps_since / dt, img_per_sec=steps_since * batch_size / dt,
+                    rec.update(steps_per_sec=steps_since / dt, img_per_sec=steps_since * s.batch_size / dt,
                                nonfinite_total=int(state["nonfinite_total"]))
                     if is_eval:
                         rec.update(evaluate(state, step))
@@ -164,15 +334,15 @@ def run_loop(*, state, step_fn: Callable, batches: Iterator, mesh, start: int, n
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec['loss']:.4g}")
                     t_log, steps_since = time.perf_counter(), 0
-                at_snapshot = step % snapshot_freq == 0 or step == n_iters
-                if step % ckpt_freq == 0 or at_snapshot:
+                at_snapshot = step % s.snapshot_freq == 0 or step == s.n_iters
+                if step % s.ckpt_freq == 0 or at_snapshot:
                     save(state, step)
                 if snapshot is not None and at_snapshot:
                     snapshot(state, step)
                 # Several processes must agree on when to stop (the save is collective): poll together.
-                if preempt.any_process() if jax.process_count() > 1 and step % log_freq == 0 else \
+                if preempt.any_process() if jax.process_count() > 1 and step % s.log_freq == 0 else \
                         (jax.process_count() == 1 and preempt.requested):
-                    if not (step % ckpt_freq == 0 or at_snapshot):
+                    if not (step % s.ckpt_freq == 0 or at_snapshot):
                         save(state, step)
                     preempted = True
                     log.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command to resume", step)
@@ -202,40 +372,40 @@ def write_snapshot(config, samples01, workdir: str, step: int, logger=None, titl
 
 
 class Snapshots:
-    """The ``snapshot(state, step)`` callback of :func:`run_loop`: EMA samples written by :func:`write_snapshot`.
+    """A :class:`Trainer`'s ``snapshot`` hook: EMA samples written by :func:`write_snapshot`.
 
     ``config.training.snapshot_num_samples`` samples (rounded to the mesh), randomness ``fold_in(key, step)``.
     The sample function is built on first use, once per distinct ``config.sampling`` that ``config_at(step)``
-    returns (a distilled student's step count changes between rounds); :attr:`latest` is the last file written.
+    returns (a distilled student's step count changes between rounds).
     """
 
-    def __init__(self, config, sde, graphdef, rest, mesh, key, workdir: str, *, logger=None, title: str = "step",
-                 config_at=None):
+    def __init__(self, config, sde, graphdef, rest, mesh, key, workdir: str, *, title: str = "step", config_at=None):
         n = int(config.training.get("snapshot_num_samples", 64))
         self.num = max(mesh.size, n // mesh.size * mesh.size)
         self._args = (sde, graphdef, rest, mesh)
         self._config, self._config_at, self._key = config, config_at, key
-        self._workdir, self._logger, self._title = workdir, logger, title
+        self._workdir, self._title = workdir, title
         self._fns = {}
-        self.latest = None
 
-    def __call__(self, state, step: int) -> None:
+    def __call__(self, state, step: int, logger=None) -> str | None:
         config = self._config_at(step) if self._config_at is not None else self._config
         which = config.sampling.to_json_best_effort()
         if which not in self._fns:
             sde, graphdef, rest, mesh = self._args
             self._fns[which] = build.make_sample_fn(config, sde, graphdef, rest, self.num, mesh)
         samples, _ = self._fns[which](state["ema"], jax.random.fold_in(self._key, step))
-        self.latest = write_snapshot(self._config, parallel.to_host(samples), self._workdir, step, self._logger,
-                                     title=f"{self._title} {step}")
+        return write_snapshot(self._config, parallel.to_host(samples), self._workdir, step, logger,
+                              title=f"{self._title} {step}")
 
 
-def conclude_training(out: dict, done: str, workdir: str, *, latest_samples: str | None, next_command: str) -> None:
-    """The closing line of a trainer: preempted (how to resume) or finished (loss, checkpoints, samples, next)."""
+def conclude_training(out: dict, done: str, workdir: str, *, next_command: str, results: dict | None = None) -> None:
+    """The closing line of a trainer: preempted (how to resume) or finished (``results``, by default the final
+    loss, checkpoints and latest samples; then the next command)."""
     if out["preempted"]:
         runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
                         next_command="rerun the same command to resume")
     else:
-        runlog.conclude(f"{done} to step {out['step']}", results={
-            "final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
-            "latest samples": latest_samples}, next_command=next_command)
+        if results is None:
+            results = {"final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
+                       "latest samples": out["snapshot"]}
+        runlog.conclude(f"{done} to step {out['step']}", results=results, next_command=next_command)

@@ -1,7 +1,6 @@
-"""The few-step edge: ``config.distill`` -> teachers, students and the jitted step of ``--mode=distill``.
+"""The few-step edge: ``config.distill`` -> teachers, students and the step body of ``--mode=distill``.
 
-
-Three methods share one trainer (:mod:`scoresde.modes.distill`, the :mod:`scoresde.training` host loop):
+Three methods share one trainer (:mod:`scoresde.modes.distill`, run by the :mod:`scoresde.training` harness):
 
 * ``cd``: consistency distillation (:func:`scoresde.fewstep.consistency.cd_loss`) of the score model in
   ``config.distill.teacher_workdir``; the student is a consistency function
@@ -34,17 +33,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-from scoresde import parallel, parameterization, train_state
 from scoresde import data as data_lib
-from scoresde.checkpointing import Checkpointer
-
-from scoresde.fewstep import consistency as cm
-from scoresde.fewstep import progressive
+from scoresde import parameterization, train_state
 from scoresde.build.networks import load_model
-from scoresde.build.optim import lr_schedule
 from scoresde.build.run import as_config
 from scoresde.build.score import ScoreModel, make_score_model, sampling_eps, score_convention
+from scoresde.checkpointing import Checkpointer
+from scoresde.fewstep import consistency as cm
+from scoresde.fewstep import progressive
 
 CONSISTENCY_METHODS = ("cd", "ct")  # config.distill.method values whose network is a consistency function
 
@@ -58,18 +54,16 @@ def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
     """The consistency function ``f(x, t)`` of a raw ``net_fn(x, labels)`` for ``config``
     (:func:`scoresde.fewstep.consistency.consistency_fn` with the sampling eps, ``config.distill.sigma_data`` and the
     network's time label); the one wrapper training and sampling share."""
-    from scoresde.fewstep import consistency
-
-    return consistency.consistency_fn(net_fn, sde, sampling_eps(sde),
-                                      sigma_data=float(config.distill.get("sigma_data", 0.5)),
-                                      time_label=score_convention(config, sde)["time_label"])
+    return cm.consistency_fn(net_fn, sde, sampling_eps(sde), sigma_data=float(config.distill.get("sigma_data", 0.5)),
+                             time_label=score_convention(config, sde)["time_label"])
 
 
 METHODS = ("cd", "ct", "pd")
 STUDENT_FILE = "student.json"
 
 __all__ = ["METHODS", "STUDENT_FILE", "Teacher", "distill_method", "load_teacher", "pd_rounds", "total_steps",
-           "init_distill_state", "make_distill_step", "iters_per_round", "round_of_step", "write_student_file", "read_student_file"]
+           "init_distill_state", "make_distill_step", "iters_per_round", "round_of_step", "write_student_file",
+           "read_student_file"]
 
 
 def distill_method(config) -> str:
@@ -181,14 +175,12 @@ def init_distill_state(params, tx, *, teacher_params=None) -> dict:
     return state
 
 
-def make_distill_step(config, sde, graphdef, rest, tx, mesh, key, *, teacher: Teacher | None):
-    """The jitted ``step(state, batch) -> (state, metrics)`` of ``config.distill.method`` over the mesh."""
+def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
+    """The :class:`scoresde.training.Trainer` ``update(state, batch, key, apply_gradients) -> (state, metrics)``
+    of ``config.distill.method``: the student's loss and gradients, the guarded update, then CD's target EMA."""
     method = distill_method(config)
     d = config.distill
     eps = sampling_eps(sde)
-    ema_rate = float(config.model.get("ema_rate", 0.999))
-    max_nonfinite = int(config.training.get("max_nonfinite", 10))
-    schedule = lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
     student_model = make_score_model(config)
     total = total_steps(config)
 
@@ -245,10 +237,9 @@ def make_distill_step(config, sde, graphdef, rest, tx, mesh, key, *, teacher: Te
     objective = {"cd": cd_objective, "ct": ct_objective, "pd": pd_objective}[method]
     target_mu = float(d.get("target_ema", 0.0))
 
-    def step_fn(state, batch):
+    def update(state, batch, key, apply_gradients):
         step = state["step"]
-        step_key = jax.random.fold_in(key, step)
-        k_loss, k_drop = jax.random.split(step_key)
+        k_loss, k_drop = jax.random.split(key)
         opt = state["opt_state"]
         aux = opt["aux"]
         if method == "pd":  # a round boundary: the last round's student (EMA) is the new teacher and student
@@ -259,16 +250,14 @@ def make_distill_step(config, sde, graphdef, rest, tx, mesh, key, *, teacher: Te
 
         (loss, extra), grads = jax.value_and_grad(
             lambda p: objective(p, aux, batch["image"], k_loss, k_drop, step), has_aux=True)(state["params"])
-        inner, stats = train_state.guarded_update({**state, "opt_state": opt["opt"]}, grads, loss, tx,
-                                                  ema_rate=ema_rate, max_nonfinite=max_nonfinite)
+        inner, stats = apply_gradients({**state, "opt_state": opt["opt"]}, grads, loss)
         if method == "cd":  # θ⁻ ← μ θ⁻ + (1 - μ) θ, only when the update was applied
             new_t = cm.ema_update(aux["target"], inner["params"], target_mu)
             aux = {**aux, "target": jax.tree.map(lambda a, b: jnp.where(stats["finite"], a, b), new_t, aux["target"])}
         new_state = {**inner, "opt_state": {"opt": inner["opt_state"], "aux": aux}}
-        return new_state, {"loss": loss, "lr": schedule(state["updates"]), **extra, **stats}
+        return new_state, {"loss": loss, **extra, **stats}
 
-    repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
-    return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    return update
 
 
 # ----------------------------------------------------------------------------------------------- workdir record

@@ -10,9 +10,8 @@ Read top to bottom:
    (scaled, not mapped back to [0, 1]).
 2. **Training.** The next flow is trained by flow matching on the fixed pairs
    (:func:`scoresde.build.reflow_loss_fn`), initialised from the source's EMA weights
-   (``config.reflow.init_from_source``), with the shared state / loop of every trainer
-   (:mod:`scoresde.train_state`, :mod:`scoresde.training`): checkpoints, exact resume (batch ``k`` is a
-   function of ``k``), ``metrics.jsonl``, snapshots, SIGTERM.
+   (``config.reflow.init_from_source``), by the harness of every trainer (:mod:`scoresde.training`):
+   checkpoints, exact resume (batch ``k`` is a function of ``k``), ``metrics.jsonl``, snapshots, SIGTERM.
 
 Then ``--mode=sample`` on ``workdir`` samples the new flow (one or two Euler steps, ``method=ddim``, already
 give what the source needed many steps for).
@@ -28,11 +27,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from scoresde import build, images, parallel, runlog, train_state
-from scoresde.fewstep import reflow
+from scoresde import build, images, parallel, runlog, train_state, training
 from scoresde import data as data_lib
-from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.training import Snapshots, conclude_training, open_metrics, resume, run_loop
+from scoresde.fewstep import reflow
 
 __all__ = ["couplings_dir", "generate_couplings", "reflow_mode"]
 
@@ -131,83 +128,43 @@ def reflow_mode(config, workdir: str) -> dict:
     Raises:
         ValueError: bad ``config.reflow`` / ``config.training`` values (objective, source, sizes).
     """
-    check_workdir(workdir)
-    tc = config.training
+    run = training.prepare(config, workdir)
     sde = build.make_sde(config)
     loss_fn = build.reflow_loss_fn(config, sde)  # validates the objective before anything slow
     if int(config.model.get("num_classes", 0) or 0) > 0:
         raise ValueError("--mode=reflow trains unconditional flows; config.model.num_classes must be 0")
     source = _source_workdir(config, workdir)
-    mesh = parallel.make_mesh()
-    batch_size = int(tc.batch_size)
-    parallel.check_batch_size(batch_size, mesh, "config.training.batch_size")
-    seed = int(config.get("seed", 0))
-    root = build.root_key(config)
+    batch_size = run.settings.batch_size
 
     pairs = generate_couplings(config, workdir, source)
-    model = build.build_model(config, seed=seed)
+    model = build.build_model(config, seed=int(config.get("seed", 0)))
     if bool(config.reflow.get("init_from_source", True)):
         model, _ = build.load_model(source, config, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = build.optimizer_from_config(config)
-    state = train_state.init_state(params, tx)
-    snapshot_freq = int(tc.snapshot_freq)
-    ckpt = Checkpointer(workdir, max_to_keep=int(tc.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
-    try:
-        state, meta, changes = resume(ckpt, state, tx, config, workdir)
-        start = int(state["step"])
-        runlog.announce(f"scoresde reflow: {config.model.name} on couplings of {source}", {
-            "couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
-                         f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
-                         f"generated now) in {couplings_dir(workdir)}",
-            "init": "source EMA weights" if config.reflow.get("init_from_source", True) else "fresh",
-            "steps": f"{int(tc.n_iters):,} at batch {batch_size}",
-            "workdir": os.path.abspath(workdir),
-            "resuming": f"from step {start}" if meta is not None else None,
-        })
-        state = parallel.replicate(mesh, state)
-        logger = open_metrics(workdir, start, tensorboard=bool(tc.get("tensorboard", True)), config_changes=changes)
-        key = build.purpose_key(root, "train")
-        ema_rate = float(config.model.get("ema_rate", 0.999))
-        max_nonfinite = int(tc.get("max_nonfinite", 10))
-        schedule = build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
 
-        def step_fn(state, batch):
-            step_key = jax.random.fold_in(key, state["step"])
-            k_loss, k_drop = jax.random.split(step_key)
+    def loss(params, batch, key, step):
+        del step
+        k_loss, k_drop = jax.random.split(key)
+        net = nnx.merge(graphdef, params, rest)
+        value, _ = loss_fn(lambda x, labels: net(x, labels, None, train=True, key=k_drop), batch["image"],
+                           batch["noise"], k_loss)
+        return value, {}
 
-            def objective(params):
-                net = nnx.merge(graphdef, params, rest)
-                return loss_fn(lambda x, labels: net(x, labels, None, train=True, key=k_drop), batch["image"],
-                               batch["noise"], k_loss)
-
-            (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-            new_state, stats = train_state.guarded_update(state, grads, loss, tx, ema_rate=ema_rate,
-                                                          max_nonfinite=max_nonfinite)
-            return new_state, {"loss": loss, "lr": schedule(state["updates"]), **stats}
-
-        repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
-        step_fn = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
-        snapshot = Snapshots(config, sde, graphdef, rest, mesh, build.purpose_key(root, "snapshot"), workdir,
-                             title="reflow step")
-
-        def save(s, step):
-            train_state.save_state(ckpt, s, step, config=config)
-
-        try:
-            out = run_loop(state=state, step_fn=step_fn, start=start, n_iters=int(tc.n_iters), batch_size=batch_size,
-                           batches=_pair_batches(pairs["noise"], pairs["samples"], batch_size, seed, start),
-                           mesh=mesh, save=save, logger=logger, log_freq=int(tc.log_freq),
-                           ckpt_freq=int(tc.get("snapshot_freq_for_preemption", snapshot_freq)),
-                           snapshot_freq=snapshot_freq, max_nonfinite=max_nonfinite,
-                           snapshot=snapshot if bool(tc.get("snapshot_sampling", True)) else None,
-                           progress=bool(tc.get("progress", True)), desc="reflow")
-        finally:
-            logger.close()
-    finally:
-        ckpt.close()
-    conclude_training(out, "trained the next flow", workdir, latest_samples=snapshot.latest,
-                      next_command=runlog.command("sample", workdir,
-                                                  "--config.sampling.method=ddim --config.sampling.steps=1"))
+    out = training.fit(run, training.Trainer(
+        title=f"scoresde reflow: {config.model.name} on couplings of {source}",
+        facts={"couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
+                            f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
+                            f"generated now) in {couplings_dir(workdir)}",
+               "init": "source EMA weights" if config.reflow.get("init_from_source", True) else "fresh"},
+        desc="reflow", init_state=lambda: train_state.init_state(params, tx), tx=tx,
+        batches=lambda start: _pair_batches(pairs["noise"], pairs["samples"], batch_size, int(config.get("seed", 0)),
+                                            start),
+        loss=loss, lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),
+        snapshot=training.Snapshots(config, sde, graphdef, rest, run.mesh, run.key("snapshot"), workdir,
+                                    title="reflow step")))
+    training.conclude_training(out, "trained the next flow", workdir,
+                               next_command=runlog.command("sample", workdir,
+                                                           "--config.sampling.method=ddim --config.sampling.steps=1"))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "num_pairs": len(pairs["noise"]),
             "coupling_nfe": pairs["nfe"]}

@@ -1,6 +1,6 @@
-"""``--mode=train_autoencoder``: trains the KL autoencoder of ``config.autoencoder``, the first stage of latent diffusion.
+"""``--mode=train_autoencoder``: trains the KL autoencoder of ``config.autoencoder``, latent diffusion's first stage.
 
-The same training system as ``--mode=train`` (:mod:`scoresde.train_state`, :mod:`scoresde.training`): one
+Trained by the harness every trainer shares (:mod:`scoresde.training`, :mod:`scoresde.train_state`): one
 jitted step over a ``('data',)`` mesh, randomness ``fold_in(key, step)``, exact resume from the newest
 checkpoint, a checkpoint on SIGTERM, ``workdir/metrics.jsonl`` (``loss``, ``reconstruction``, ``kl``, ``psnr``,
 and with a discriminator ``generator``, ``adversarial_weight``, ``disc_loss``; every ``eval_freq`` steps the
@@ -32,13 +32,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scoresde import build, images, latent, parallel, runlog, train_state
+from scoresde import build, images, latent, parallel, train_state, training
 from scoresde import data as data_lib
 from scoresde.latent import space as latent_space
-from scoresde.checkpointing import Checkpointer, check_workdir
-from scoresde.training import open_metrics, resume, run_loop
 
-__all__ = ["train_autoencoder", "make_autoencoder_step", "make_optimizer"]
+__all__ = ["train_autoencoder", "autoencoder_objective", "make_optimizer"]
 
 
 def _part(path) -> str:
@@ -51,7 +49,8 @@ def _stop_gradient_except(params, part: str):
 
 
 def make_optimizer(a) -> optax.GradientTransformation:
-    """Adam for ``ae/…`` (``a.lr``, ``beta1`` [0.5], ``beta2`` [0.9], warm-up, clipping) and Adam(β₁ = 0.5) for ``disc/…`` (``a.disc_lr``), LDM's pair."""
+    """Adam for ``ae/…`` (``a.lr``, ``beta1`` [0.5], ``beta2`` [0.9], warm-up, clipping) and Adam(β₁ = 0.5) for
+    ``disc/…`` (``a.disc_lr``), LDM's pair."""
     ae_tx = build.make_optimizer(lr=float(a.lr), warmup=int(a.get("warmup", 0)),
                                     grad_clip=float(a.get("grad_clip", -1.0)), beta1=float(a.get("beta1", 0.5)),
                                     beta2=float(a.get("beta2", 0.9)))
@@ -60,48 +59,38 @@ def make_optimizer(a) -> optax.GradientTransformation:
     return optax.multi_transform({"ae": ae_tx, "disc": disc_tx}, labels)
 
 
-def make_autoencoder_step(config, graphdef, rest, tx, mesh, key):
-    """The jitted ``step(state, batch) -> (state, metrics)`` over the mesh (``key``: the training key)."""
+def autoencoder_objective(config, graphdef, rest):
+    """The trainer's ``loss(params, batch, key, step) -> (total, logs)``: the autoencoder's loss plus, with a
+    discriminator, its hinge loss (disjoint gradients: each part sees only its own loss); ``logs["loss"]`` is
+    the autoencoder's part."""
     a = config.autoencoder
     has_disc = bool(a.get("discriminator", False))
     disc_start = int(a.get("disc_start", 0))
     inverse = data_lib.get_data_inverse_scaler(config)
-    max_nonfinite = int(a.get("max_nonfinite", 10))
 
-    def step_fn(state, batch):
+    def loss_fn(params, batch, key, step):
         x = batch["image"]
-        step = state["step"]
-        step_key = jax.random.fold_in(key, step)
+        model = nnx.merge(graphdef, _stop_gradient_except(params, "ae"), rest)
+        ae = model.ae
+        posterior = latent.DiagonalGaussian(*ae.encode(x))
+        h = ae.decoder.features(posterior.sample(key))
+        loss, terms = latent.autoencoder_loss(
+            x, posterior, lambda w: ae.decoder.head(h, w), ae.decoder.conv_out.kernel[...], step=step,
+            kl_weight=float(a.kl_weight), reconstruction=str(a.reconstruction),
+            discriminator_fn=model.disc if has_disc else None, disc_weight=float(a.get("disc_weight", 0.5)),
+            disc_start=disc_start, max_adaptive_weight=float(a.get("max_adaptive_weight", 1e4)))
+        x_rec = ae.decoder.head(h)
+        logs = {"loss": loss, "reconstruction": terms.reconstruction, "kl": terms.kl,
+                "psnr": jnp.mean(images.psnr(jnp.clip(inverse(x_rec), 0, 1), inverse(x)))}
+        if not has_disc:
+            return loss, logs
+        disc = nnx.merge(graphdef, _stop_gradient_except(params, "disc"), rest).disc
+        d_loss = latent.discriminator_loss(disc(x), disc(jax.lax.stop_gradient(x_rec)), step=step,
+                                           disc_start=disc_start)
+        logs.update(generator=terms.generator, adversarial_weight=terms.adversarial_weight, disc_loss=d_loss)
+        return loss + d_loss, logs
 
-        def objective(params):
-            model = nnx.merge(graphdef, _stop_gradient_except(params, "ae"), rest)
-            ae = model.ae
-            posterior = latent.DiagonalGaussian(*ae.encode(x))
-            h = ae.decoder.features(posterior.sample(step_key))
-            loss, terms = latent.autoencoder_loss(
-                x, posterior, lambda w: ae.decoder.head(h, w), ae.decoder.conv_out.kernel[...], step=step,
-                kl_weight=float(a.kl_weight), reconstruction=str(a.reconstruction),
-                discriminator_fn=model.disc if has_disc else None, disc_weight=float(a.get("disc_weight", 0.5)),
-                disc_start=disc_start, max_adaptive_weight=float(a.get("max_adaptive_weight", 1e4)))
-            x_rec = ae.decoder.head(h)
-            aux = {"reconstruction": terms.reconstruction, "kl": terms.kl,
-                   "psnr": jnp.mean(images.psnr(jnp.clip(inverse(x_rec), 0, 1), inverse(x)))}
-            total = loss
-            if has_disc:
-                disc = nnx.merge(graphdef, _stop_gradient_except(params, "disc"), rest).disc
-                d_loss = latent.discriminator_loss(disc(x), disc(jax.lax.stop_gradient(x_rec)), step=step,
-                                                   disc_start=disc_start)
-                total = loss + d_loss  # disjoint gradients: each part sees only its own loss
-                aux.update(generator=terms.generator, adversarial_weight=terms.adversarial_weight, disc_loss=d_loss)
-            return total, (loss, aux)
-
-        (total, (loss, aux)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-        new_state, stats = train_state.guarded_update(state, grads, total, tx, ema_rate=float(a.get("ema_rate", 0.0)),
-                                                      max_nonfinite=max_nonfinite)
-        return new_state, {"loss": loss, **aux, **stats}
-
-    repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
-    return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    return loss_fn
 
 
 def _make_reconstruct(config, graphdef, rest, mesh):
@@ -159,100 +148,73 @@ def train_autoencoder(config, workdir: str) -> dict:
     if "autoencoder" not in config:
         raise ValueError("--mode=train_autoencoder needs a config.autoencoder section "
                          "(config_defaults.add_autoencoder; e.g. configs/digits_ae.py)")
-    check_workdir(workdir)
+    run = training.prepare(config, workdir, "autoencoder")
     a = config.autoencoder
     data_lib.check_dataset_name(config)
     if not data_lib.is_image_data(config):
         raise ValueError(f"the autoencoder needs image data (H, W, C); dataset {config.data.dataset!r} is not")
-    mesh = parallel.make_mesh()
-    batch_size = int(a.get("batch_size", 0) or config.training.batch_size)
-    parallel.check_batch_size(batch_size, mesh, "config.autoencoder.batch_size")
+    mesh, batch_size, n_iters = run.mesh, run.settings.batch_size, run.settings.n_iters
     image_shape = data_lib.data_shape(config)
-    root = build.root_key(config)
     model = build.make_autoencoder_trainee(a, image_shape, rngs=nnx.Rngs(int(config.get("seed", 0))))
     latent_shape = model.ae.latent_shape(image_shape)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(a)
-    state = train_state.init_state(params, tx)
-    n_iters = int(a.n_iters)
-    snapshot_freq = int(a.get("snapshot_freq", 0) or n_iters)
-    ckpt = Checkpointer(workdir, max_to_keep=int(config.training.get("keep_checkpoints", 3)), keep_period=snapshot_freq)
     count = lambda part: sum(x.size for x in jax.tree.leaves(params[part])) if part in params else 0  # noqa: E731
-    try:
-        state, meta, changes = resume(ckpt, state, tx, config, workdir, kind="autoencoder")
-        start = int(state["step"])
-        runlog.announce(f"scoresde train_autoencoder: f={a.f}, {a.latent_channels} latent channels on "
-                        f"{config.data.dataset}", {
-            "devices": f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))",
-            "params": f"{count('ae'):,} autoencoder" + (f" + {count('disc'):,} discriminator" if count("disc") else ""),
-            "data": data_lib.describe(config),
-            "latent": "x".join(map(str, latent_shape)) + f" per {'x'.join(map(str, image_shape))} image",
-            "steps": f"{n_iters:,} at batch {batch_size}" +
-                     (f", discriminator from step {a.disc_start}" if a.get("discriminator", False) else ""),
-            "workdir": os.path.abspath(workdir),
-            "resuming": f"from step {start}" if meta is not None else None,
-        })
-        state = parallel.replicate(mesh, state)
-        logger = open_metrics(workdir, start, tensorboard=bool(a.get("tensorboard", True)), config_changes=changes)
-        step_fn = make_autoencoder_step(config, graphdef, rest, tx, mesh, build.purpose_key(root, "train"))
-        reconstruct = _make_reconstruct(config, graphdef, rest, mesh)
-        num_show = max(mesh.size, min(32, batch_size) // mesh.size * mesh.size)
-        test_batch = next(data_lib.get_dataset(config, split="test", batch_size=num_show, shuffle=False, repeat=False))
-        eval_iter = None
+    disc_params = f" + {count('disc'):,} discriminator" if count("disc") else ""
+    reconstruct = _make_reconstruct(config, graphdef, rest, mesh)
+    eval_batches = None
 
-        def evaluate(s, step):
-            nonlocal eval_iter
-            if eval_iter is None:
-                eval_iter = data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=True, repeat=True)
-            _, rec, psnr = reconstruct(s["ema"], parallel.shard_batch(mesh, next(eval_iter))["image"])
-            return {"eval_reconstruction": float(jnp.mean(rec)), "eval_psnr": float(jnp.mean(psnr))}
+    def evaluate(state, step):
+        nonlocal eval_batches
+        if eval_batches is None:
+            eval_batches = data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=True, repeat=True)
+        _, rec, psnr = reconstruct(state["ema"], parallel.shard_batch(mesh, next(eval_batches))["image"])
+        return {"eval_reconstruction": float(jnp.mean(rec)), "eval_psnr": float(jnp.mean(psnr))}
 
-        last_snapshot = [None]
+    num_show = max(mesh.size, min(32, batch_size) // mesh.size * mesh.size)
+    test_batch = next(data_lib.get_dataset(config, split="test", batch_size=num_show, shuffle=False, repeat=False))
 
-        def snapshot(s, step):
-            rec01, _, _ = reconstruct(s["ema"], parallel.shard_batch(mesh, test_batch)["image"])
-            if jax.process_index() != 0:
-                return
-            inverse = data_lib.get_data_inverse_scaler(config)
-            orig, rec = np.asarray(inverse(test_batch["image"])), parallel.to_host(rec01)
-            ncol = 8
-            rows = [blk for i in range(0, len(orig) - ncol + 1, ncol) for blk in (orig[i:i + ncol], rec[i:i + ncol])]
-            pairs = images.to_uint8(np.concatenate(rows))
-            path = os.path.join(workdir, "samples", f"recon_{step:08d}.png")
-            images.save_image_grid(path, pairs, upscale=max(1, 64 // image_shape[0]))
-            logger.image("reconstructions", step, images.image_grid(pairs, ncol=ncol))
-            last_snapshot[0] = path
+    def snapshot(state, step, logger):
+        """``workdir/samples/recon_<step>.png``: odd rows held-out digits, even rows their reconstructions."""
+        rec01, _, _ = reconstruct(state["ema"], parallel.shard_batch(mesh, test_batch)["image"])
+        if jax.process_index() != 0:
+            return None
+        inverse = data_lib.get_data_inverse_scaler(config)
+        orig, rec = np.asarray(inverse(test_batch["image"])), parallel.to_host(rec01)
+        ncol = 8
+        rows = [blk for i in range(0, len(orig) - ncol + 1, ncol) for blk in (orig[i:i + ncol], rec[i:i + ncol])]
+        pairs = images.to_uint8(np.concatenate(rows))
+        path = os.path.join(workdir, "samples", f"recon_{step:08d}.png")
+        images.save_image_grid(path, pairs, upscale=max(1, 64 // image_shape[0]))
+        logger.image("reconstructions", step, images.image_grid(pairs, ncol=ncol))
+        return path
 
-        try:
-            out = run_loop(state=state, step_fn=step_fn, start=start, n_iters=n_iters, batch_size=batch_size,
-                           batches=data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
-                           mesh=mesh, save=lambda s, step: train_state.save_state(ckpt, s, step, config=config),
-                           logger=logger, log_freq=int(a.get("log_freq", 50)), ckpt_freq=snapshot_freq,
-                           snapshot_freq=snapshot_freq, max_nonfinite=int(a.get("max_nonfinite", 10)),
-                           eval_freq=int(a.get("eval_freq", 0)), evaluate=evaluate, snapshot=snapshot,
-                           progress=bool(config.training.get("progress", True)), desc="autoencoder",
-                           config_hint="config.autoencoder")
-        finally:
-            logger.close()
-        ckpt.wait()
-    finally:
-        ckpt.close()
-    if out["preempted"]:
-        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
-                        next_command="rerun the same command to resume")
-        return {"step": out["step"], "loss": out["loss"], "preempted": True}
-    stats = _latent_statistics(config, graphdef, rest, out["state"]["ema"], mesh, batch_size)
-    held_out = evaluate_held_out(config, reconstruct, out["state"]["ema"], mesh, batch_size)
-    record = {"step": int(out["step"]), **stats, **held_out, "image_shape": list(image_shape),
-              "latent_shape": list(latent_shape), "centered": bool(config.data.get("centered", False)),
-              "dataset": str(config.data.dataset), "autoencoder": a.to_dict()}
-    path = latent_space.write_autoencoder_record(workdir, record) if jax.process_index() == 0 else None
-    runlog.conclude(f"autoencoder trained to step {out['step']}", results={
-        "held-out PSNR": f"{held_out['eval_psnr']:.2f} dB", "scale factor": f"{stats['scale_factor']:.4g}",
-        "record": path, "reconstructions": last_snapshot[0]},
-        next_command=f"python -m scoresde.main --config=<latent config> --workdir=<run> "
-                     f"--config.latent.autoencoder_workdir={workdir}")
-    return {"step": out["step"], "loss": out["loss"], "preempted": False, **stats, **held_out}
+    out = training.fit(run, training.Trainer(
+        title=f"scoresde train_autoencoder: f={a.f}, {a.latent_channels} latent channels on {config.data.dataset}",
+        facts={"devices": training.devices_fact(),
+               "params": f"{count('ae'):,} autoencoder{disc_params}",
+               "data": data_lib.describe(config),
+               "latent": "x".join(map(str, latent_shape)) + f" per {'x'.join(map(str, image_shape))} image",
+               "steps": f"{n_iters:,} at batch {batch_size}" +
+                        (f", discriminator from step {a.disc_start}" if a.get("discriminator", False) else "")},
+        desc="autoencoder", init_state=lambda: train_state.init_state(params, tx), tx=tx,
+        batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
+        loss=autoencoder_objective(config, graphdef, rest), evaluate=evaluate, snapshot=snapshot))
+    summary, results = {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"]}, None
+    if not out["preempted"]:
+        stats = _latent_statistics(config, graphdef, rest, out["state"]["ema"], mesh, batch_size)
+        held_out = evaluate_held_out(config, reconstruct, out["state"]["ema"], mesh, batch_size)
+        record = {"step": int(out["step"]), **stats, **held_out, "image_shape": list(image_shape),
+                  "latent_shape": list(latent_shape), "centered": bool(config.data.get("centered", False)),
+                  "dataset": str(config.data.dataset), "autoencoder": a.to_dict()}
+        path = latent_space.write_autoencoder_record(workdir, record) if jax.process_index() == 0 else None
+        results = {"held-out PSNR": f"{held_out['eval_psnr']:.2f} dB", "scale factor": f"{stats['scale_factor']:.4g}",
+                   "record": path, "reconstructions": out["snapshot"]}
+        summary.update(**stats, **held_out)
+    training.conclude_training(out, "autoencoder trained", workdir, results=results,
+                               next_command=f"python -m scoresde.main --config=<latent config> --workdir=<run> "
+                                            f"--config.latent.autoencoder_workdir={workdir}")
+    return summary
 
 
 def evaluate_held_out(config, reconstruct, params, mesh, batch_size: int) -> dict:
