@@ -190,7 +190,7 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
     if sampling.alpha_vanishes_at_T(sde):
         raise ValueError(f"classifier guidance needs the score at T, undefined where alpha(T) = 0 "
                          f"({type(sde).__name__}(T={sde.T})); set config.model.rf_T < 1 (e.g. 0.999) or use cfg")
-    return guidance.classifier_guidance(score_model.score_fn(model), classifiers.classifier_log_prob_fn(classifier, sde),
+    return guidance.classifier_guidance(score_model.score_fn(model), guidance.classifier_log_prob_fn(classifier, sde),
                                         y, scale)
 
 
