@@ -10,7 +10,6 @@ from flax import nnx
 
 
 from scoresde import guidance, parallel, sampling
-from scoresde.models import classifiers
 from scoresde import data as data_lib
 
 
