@@ -1,4 +1,4 @@
-"""The speed figures of issue 18 in one run: one JSON line per figure, synthetic CIFAR-shaped data.
+"""The GPU speed figures of BENCHMARKS.md in one run: one JSON line per figure, synthetic CIFAR-shaped data.
 
     python benchmarks/gpu_suite.py                 # one GPU, the DDPM++ cont. CIFAR-10 network, < 8 min
     python benchmarks/gpu_suite.py --smoke         # tiny sizes, CPU, < 60 s (tests/test_gpu_suite.py)

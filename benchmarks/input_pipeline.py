@@ -6,7 +6,7 @@ Prints one JSON line: ``img_per_s`` of :func:`scoresde.data.get_dataset` (the tr
 shuffle, random flip, repeat, scaling to [0, 1]) with ``tfds.testing.mock_data`` standing in for the
 prepared dataset (random uint8 32x32x3 images, so the decode/resize/flip/batch work is the real one).
 ``--device`` also moves each batch onto the device with :func:`scoresde.parallel.prefetch_to_device`.
-By default the mock examples are cached in memory first (see ``--mock_source``). The training goal is 4,500 img/s (issue 18), so the pipeline should sustain >= 9,000 img/s.
+By default the mock examples are cached in memory first (see ``--mock_source``). The training goal is 4,500 img/s (BENCHMARKS.md), so the pipeline should sustain >= 9,000 img/s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CPU benchmark: bits/dim of the toy 2-D model through the probability-flow ODE (issue 6).
+"""CPU benchmark: bits/dim of the toy 2-D model through the probability-flow ODE.
 
 Times :func:`scoresde.likelihood.bits_per_dim_batch` (one jitted call: per-example adaptive Tsit5 solves,
 rtol = atol = 1e-5, eps = 1e-5, VP SDE) on ``gmm_grid`` data with two score functions:

@@ -1,6 +1,6 @@
 """Error vs NFE of every sampler on a Gaussian with a known probability-flow map, and sampler overhead.
 
-Problem (issue 5): D = 64 Gaussian, zero mean, stds linearly spaced in [0.05, 1], VP SDE, eps = 1e-3.
+Problem: D = 64 Gaussian, zero mean, stds linearly spaced in [0.05, 1], VP SDE, eps = 1e-3.
 Every deterministic sampler starts from the same 256 prior draws; the error is the mean absolute
 difference to the exact map ``GaussianMixture.flow_map`` from T to eps. Samplers run in float32
 (``--x64`` for float64). The PC rows use the probability-flow predictors (the only deterministic PC
@@ -10,7 +10,7 @@ Overhead: wall time per NFE of each sampler against a bare ``fori_loop`` of the 
 the same score function (a 4-layer MLP, width 256, batch 256, D = 64, parameters traced), on CPU;
 minimum over 9 interleaved runs each.
 
-Issue 17 adds the multistep UniPC / DEIS rows and the same problem on ``RectifiedFlow`` (``--process
+It also has the multistep UniPC / DEIS rows and the same problem on ``RectifiedFlow`` (``--process
 rectified_flow``): alpha = 1 - t, sigma = t, sampled from exactly T = 1 with the exact denoiser
 ``E[x_0 | x_t]`` attached (a score alone is undefined there); ``pc`` / ``ode`` integrate the drift, infinite at
 t = 1, and are left out. The stochastic samplers (``euler_ancestral``, ``dpm_solver++_sde``) have no pointwise
@@ -55,7 +55,7 @@ def rows():
         ("dpm_solver++(2M), uniform t", "dpm_solver++", lambda n: dict(steps=n, grid="uniform_t")),
         ("edm_heun, rho=7", "edm_heun", lambda n: dict(steps=max(n // 2, 1))),
         ("edm_heun, log-SNR", "edm_heun", lambda n: dict(steps=max(n // 2, 1), grid="log_snr")),
-        # issue 17: multistep UniPC (B(h) variants) and DEIS, log-SNR grid, lower_order_final
+        # multistep UniPC (B(h) variants) and DEIS, log-SNR grid, lower_order_final
         ("unipc bh1 order 2, log-SNR", "unipc", lambda n: dict(steps=n, order=2, variant="bh1")),
         ("unipc bh2 order 2, log-SNR", "unipc", lambda n: dict(steps=n, order=2, variant="bh2")),
         ("unipc bh1 order 3, log-SNR", "unipc", lambda n: dict(steps=n, order=3, variant="bh1")),

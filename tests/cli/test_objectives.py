@@ -1,4 +1,4 @@
-"""Issue 17 through the config edge and the CLI: rectified-flow / EDM processes, flow-matching / EDM
+"""Flow matching and EDM through the config edge and the CLI: rectified-flow / EDM processes, flow-matching / EDM
 objectives, sampling and likelihood on their workdirs, and ``--mode=reflow``."""
 
 import json
