@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
-
 from scoresde import guidance, losses, parameterization, sampling
-from scoresde.fewstep import reflow
 from scoresde import sde as sde_lib
+from scoresde.build.score import OBJECTIVE_PROCESS, ScoreModel, score_convention, training_objective
+from scoresde.config_defaults import with_defaults
+from scoresde.fewstep import reflow
 
-
-from scoresde.build.score import ScoreModel, OBJECTIVE_PROCESS, score_convention, training_objective
 
 def make_loss_fn(config, sde):
     """``loss_fn(net_fn, x, key) -> (loss, aux)`` for the config's objective.
@@ -20,18 +18,19 @@ def make_loss_fn(config, sde):
     Raises:
         ValueError: a discrete objective for an SDE that has none.
     """
+    config = with_defaults(config)
     t = config.training
-    reduce_mean = bool(t.get("reduce_mean", True))
-    if str(t.get("objective", "dsm")).lower() == "ct":
+    reduce_mean = bool(t.reduce_mean)
+    if str(t.objective).lower() == "ct":
         raise ValueError("config.training.objective='ct' (consistency training) runs with --mode=distill "
                          "(config.distill.method='ct'); see configs/digits_ct.py")
     if training_objective(config) not in ("dsm", "ct"):
         return objective_loss_fn(config, sde)
     if t.continuous:
         conv = score_convention(config, sde)
-        importance = bool(t.get("importance_sampling", False))
+        importance = bool(t.importance_sampling)
         t_sampler = losses.likelihood_importance_sampler(sde) if importance else None
-        weighting = bool(t.get("likelihood_weighting", False))
+        weighting = bool(t.likelihood_weighting)
 
         def loss_fn(net_fn, x, key):
             score_fn = parameterization.model_score_fn(net_fn, sde, **conv)
@@ -70,24 +69,25 @@ def objective_loss_fn(config, sde):
     Raises:
         ValueError: an unknown objective, or one used on a process it is not defined on.
     """
+    config = with_defaults(config)
     t = config.training
     objective = _check_objective_sde(config, sde)
-    reduce_mean = bool(t.get("reduce_mean", True))
+    reduce_mean = bool(t.reduce_mean)
     conv = score_convention(config, sde)
     if objective == "flow_matching":
-        time_sampling = str(t.get("time_sampling", "uniform")).lower()
+        time_sampling = str(t.time_sampling).lower()
         if time_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"unknown config.training.time_sampling {t.time_sampling!r}; expected one of: "
                              f"uniform, logit_normal")
-        kw = dict(time_sampling=time_sampling, logit_mean=float(t.get("logit_mean", 0.0)),
-                  logit_std=float(t.get("logit_std", 1.0)), reduce_mean=reduce_mean)
+        kw = dict(time_sampling=time_sampling, logit_mean=float(t.logit_mean),
+                  logit_std=float(t.logit_std), reduce_mean=reduce_mean)
 
         def fm_loss(net_fn, x, key):
             return losses.flow_matching_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), x, key, **kw)
         return fm_loss
     if objective == "edm":
-        sigma_data = float(config.model.get("sigma_data", 0.5))
-        kw = dict(sigma_data=sigma_data, p_mean=float(t.get("p_mean", -1.2)), p_std=float(t.get("p_std", 1.2)),
+        sigma_data = float(config.model.sigma_data)
+        kw = dict(sigma_data=sigma_data, p_mean=float(t.p_mean), p_std=float(t.p_std),
                   reduce_mean=reduce_mean)
 
         def edm_loss(net_fn, x, key):
@@ -103,14 +103,15 @@ def reflow_loss_fn(config, sde):
     Raises:
         ValueError: the config does not train a flow (``objective`` must be ``flow_matching``).
     """
+    config = with_defaults(config)
     if training_objective(config) != "flow_matching":
         raise ValueError(f"reflow trains a rectified flow: needs config.training.objective='flow_matching'; "
                          f"got {config.training.objective!r}")
     _check_objective_sde(config, sde)
     t = config.training
     conv = score_convention(config, sde)
-    kw = dict(time_sampling=str(t.get("time_sampling", "uniform")).lower(), logit_mean=float(t.get("logit_mean", 0.0)),
-              logit_std=float(t.get("logit_std", 1.0)), reduce_mean=bool(t.get("reduce_mean", True)))
+    kw = dict(time_sampling=str(t.time_sampling).lower(), logit_mean=float(t.logit_mean),
+              logit_std=float(t.logit_std), reduce_mean=bool(t.reduce_mean))
 
     def loss_fn(net_fn, samples, noise, key):
         return reflow.reflow_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), noise, samples, key, **kw)
@@ -123,10 +124,11 @@ def reflow_sampler_options(config) -> tuple[str, dict]:
     Raises:
         ValueError: an unknown or stochastic method, or a bad option.
     """
+    config = with_defaults(config)
     r = config.reflow
-    method = str(r.get("method", "dpm_solver++")).lower()
-    options = {"steps": int(r.get("steps", 20))}
-    if int(r.get("order", 0) or 0) > 0:
+    method = str(r.method).lower()
+    options = {"steps": int(r.steps)}
+    if int(r.order or 0) > 0:
         options["order"] = int(r.order)
     if not sampling.is_deterministic(method, options):
         flow_maps = ", ".join(name for name in sampling.METHODS if sampling.is_deterministic(name))

@@ -3,20 +3,17 @@
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-from scoresde import guidance, parallel, sampling
 from scoresde import data as data_lib
-
-
+from scoresde import guidance, parallel, sampling
 from scoresde.build.fewstep import is_consistency_model, student_consistency_fn
 from scoresde.build.latent import is_latent, load_latent_space, model_data_shape
 from scoresde.build.objectives import cfg_with_denoiser
-from scoresde.build.score import ScoreModel, make_score_fn, sampling_eps, score_convention
+from scoresde.build.score import ScoreModel, guidance_kind, make_score_fn, num_classes, sampling_eps, score_convention
+from scoresde.config_defaults import with_defaults
 
 GUIDANCE = ("none", "cfg", "classifier")
 
@@ -36,16 +33,17 @@ def sampling_options(config) -> tuple[str, dict]:
     Raises:
         ValueError: an unknown method.
     """
+    config = with_defaults(config)
     cfg = config.sampling
     method = str(cfg.method).lower()
     defaults = sampling.method_options(method)
     options = {}
     if "denoise" in defaults and not sampling.method_traits(method).consistency_fn:  # f(x, t) returns x_eps itself
-        options["denoise"] = bool(cfg.get("noise_removal", defaults["denoise"]))
+        options["denoise"] = bool(cfg.noise_removal)
     if method == "pc":
-        options.update(predictor=cfg.get("predictor", "euler_maruyama").lower(),
-                       corrector=cfg.get("corrector", "none").lower(), snr=cfg.get("snr", 0.16),
-                       n_steps=cfg.get("n_steps_each", 1), probability_flow=cfg.get("probability_flow", False))
+        options.update(predictor=cfg.predictor.lower(),
+                       corrector=cfg.corrector.lower(), snr=cfg.snr,
+                       n_steps=cfg.n_steps_each, probability_flow=cfg.probability_flow)
     for name in defaults:
         if name in options or name in _PC_NAMES.values() or name == "project_fn":
             continue
@@ -69,9 +67,10 @@ def parallel_settings(config) -> tuple[int, float] | None:
     Raises:
         ValueError: a negative window or tolerance, or a window with a method other than ``ddim``.
     """
+    config = with_defaults(config)
     cfg = config.sampling
-    window = int(cfg.get("parallel_window", 0) or 0)
-    tol = float(cfg.get("parallel_tol", 1e-3))
+    window = int(cfg.parallel_window or 0)
+    tol = float(cfg.parallel_tol)
     if window < 0 or tol < 0:
         raise ValueError(f"config.sampling.parallel_window={window} / parallel_tol={tol} must be >= 0 "
                          "(window 0 = the sequential sampler)")
@@ -143,7 +142,7 @@ def sampler_description(config) -> dict:
 def sample_class_labels(config, batch: int) -> jax.Array:
     """The ``(batch,)`` classes to sample: ``config.sampling.class_label``, or, if it is negative, every
     class in turn in contiguous blocks (``y_i = i K // batch``), so a square grid shows one class per row."""
-    k = int(config.model.get("num_classes", 0) or config.get("classifier", {}).get("num_classes", 0) or 0)
+    k = num_classes(config) or int(config.get("classifier", {}).get("num_classes", 0) or 0)
     label = int(config.sampling.get("class_label", -1))
     if k <= 0:
         raise ValueError("class-guided sampling needs config.model.num_classes > 0 (or config.classifier.num_classes)")
@@ -169,10 +168,11 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
     Raises:
         ValueError: unknown guidance, or classifier guidance without a classifier.
     """
-    kind = str(config.sampling.get("guidance", "none")).lower()
+    config = with_defaults(config)
+    kind = guidance_kind(config)
     if kind not in GUIDANCE:
         raise ValueError(f"unknown config.sampling.guidance {kind!r}; expected one of: {', '.join(GUIDANCE)}")
-    score_model = ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.get("sigma_data", 0.5)))
+    score_model = ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data))
     if kind == "none":
         return score_model.score_fn(model)
     scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
@@ -203,6 +203,7 @@ def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, cla
     guidance needs ``classifier``; without one (snapshots during training) sampling is unguided.
     ``with_rounds``: ``fn`` returns ``(samples, nfe, rounds)`` (see :func:`sampler_from_config`).
     """
+    config = with_defaults(config)
     shape = (num_samples,) + model_data_shape(config)
     mesh = mesh or parallel.make_mesh()
     inverse_scaler = data_lib.get_data_inverse_scaler(config)
@@ -213,7 +214,7 @@ def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, cla
     draw = parallel.data_sharding(mesh) if parallel_settings(config) and num_samples % mesh.size == 0 else None
     sampler = sampler_from_config(config, sde, shape, inverse_scaler, sampling_eps(sde), with_rounds=with_rounds,
                                   sharding=draw)
-    unguided = classifier is None and str(config.sampling.get("guidance", "none")).lower() == "classifier"
+    unguided = classifier is None and guidance_kind(config) == "classifier"
     consistency_model = is_consistency_model(config)
     if consistency_model and str(config.sampling.method).lower() != "consistency":
         raise ValueError(f"this network is a consistency model (config.distill.method={config.distill.method!r}); "
