@@ -38,7 +38,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -51,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 # encode/decode (latent interpolation) are the samplers' probability-flow ODE, re-exported: one implementation.
 from scoresde.sampling import decode, encode
 from scoresde.sampling.grids import ShapeCheckedScore
-from scoresde.sde import probability_flow_drift
+from scoresde.sampling.ode import flow_drift_fn
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -195,7 +194,8 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
         eps: start time of the integration (the reference uses 1e-5).
         n_probes: probes averaged per example (Hutchinson only).
         solver: ``'tsit5'`` or ``'dopri5'``.
-        max_steps: step budget of each solve; an example that exhausts it gets ``logp = nan``.
+        max_steps: step budget of each solve; an example that exhausts it gets ``logp = nan`` (the one
+            NaN it returns; any other non-finite value is an error, below).
         mesh: optional mesh with a ``'data'`` axis; the batch (divisible by its size) is then split over its
             devices, each solving its own examples.
 
@@ -204,8 +204,15 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
         ``z = x_T`` ``(B, ...)``, and ``nfe`` ``(B,)`` int, the number of ODE right-hand-side evaluations
         of each example (each one network forward pass plus its Jacobian–vector products).
 
+    Where ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow` with ``T = 1``) the flow is integrated in its
+    velocity form (:func:`scoresde.sampling.ode.flow_velocity`), finite at ``T``, from a model that carries its
+    denoiser; a score alone raises.
+
     Raises:
-        ValueError: for an unknown ``hutchinson`` or ``solver``, ``n_probes < 1``, or a bad ``eps``.
+        ValueError: for an unknown ``hutchinson`` or ``solver``, ``n_probes < 1``, a bad ``eps``, or
+            ``alpha(T) = 0`` without a denoiser.
+        FloatingPointError: (outside ``jit``) a solve that succeeded gave a non-finite ``z``, divergence
+            integral or prior log-density; the message names which and for which examples.
     """
     _check_choice("hutchinson type", hutchinson, HUTCHINSON_TYPES)
     _check_choice("solver", solver, tuple(SOLVERS))
@@ -214,7 +221,7 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
     if not 0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T={sde.T}); got {eps}")
     score_fn = ShapeCheckedScore(score_fn)  # checked as it is traced: no cost per call
-    drift1 = _single(functools.partial(probability_flow_drift, score_fn, sde))
+    drift1 = _single(flow_drift_fn(score_fn, sde))
     keys = jax.random.split(key, x.shape[0])
 
     def local(xs, ks):
@@ -222,10 +229,27 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
                                                eps=eps, t1=sde.T, solver=solver, rtol=rtol, atol=atol,
                                                max_steps=max_steps)
         delta, z, ok, nfe = jax.vmap(one)(xs, ks)
-        logp = sde.prior_logp(z) + delta
-        return jnp.where(ok, logp, jnp.nan), z, nfe
+        prior = sde.prior_logp(z)
+        return jnp.where(ok, prior + delta, jnp.nan), z, nfe, ok, prior, delta
 
-    return _data_parallel(local, mesh, x, keys)
+    logp, z, nfe, ok, prior, delta = _data_parallel(local, mesh, x, keys)
+    if not isinstance(logp, jax.core.Tracer):
+        _check_finite(ok, z, prior, delta)
+    return logp, z, nfe
+
+
+def _check_finite(ok, z, prior, delta):
+    """A solve that did not fail but produced a non-finite value is an error naming the value, never a NaN."""
+    ok = np.asarray(ok)
+    parts = {"the latent z = x_T": ~np.all(np.isfinite(np.asarray(z).reshape(z.shape[0], -1)), axis=1),
+             "the integrated divergence": ~np.isfinite(np.asarray(delta)),
+             "the prior log-density log p_T(z)": ~np.isfinite(np.asarray(prior))}
+    for what, bad in parts.items():
+        bad = bad & ok
+        if bad.any():
+            raise FloatingPointError(f"log_likelihood: {what} is non-finite for example(s) "
+                                     f"{np.flatnonzero(bad)[:8].tolist()} although the ODE solve succeeded; the "
+                                     "model's drift overflowed along the path")
 
 
 # -- bits per dimension ------------------------------------------------------------------------------------

@@ -49,8 +49,10 @@ Methods and their options (defaults in brackets):
 * An SDE with a ``default_grid`` (:class:`~scoresde.sde.EDMSDE`: ``edm``) uses it when ``grid`` is not given;
   one with a ``default_eps`` (EDMSDE: ``sigma_min``) uses it when ``eps`` is not given.
 * ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow`): every grid method starts at ``T`` and needs a model
-  that carries its denoiser (:class:`scoresde.parameterization.ScoreWithDenoiser`); ``pc`` and ``ode`` go
-  through the SDE's drift, infinite at ``t = 1``, and need ``T < 1`` (``RectifiedFlow(T=0.999)``).
+  that carries its denoiser (:class:`scoresde.parameterization.ScoreWithDenoiser`); so does ``ode``, which
+  then integrates the flow's velocity form (:func:`.ode.flow_velocity`, ``(x - D) / t`` for rectified flow),
+  finite at ``T``, from ``T`` (as the rectified-flow authors' RK45 sampler); ``pc`` goes through the SDE's
+  drift, infinite at ``t = 1``, and needs ``T < 1`` (``RectifiedFlow(T=0.999)``).
 * For ddim / dpm_solver / dpm_solver++ / edm_heun / unipc / deis / deis_logsnr_x0 / dpm_solver++_sde /
   euler_ancestral,
   ``denoise`` [False] adds one final Tweedie step

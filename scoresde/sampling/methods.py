@@ -135,7 +135,8 @@ _METHODS = (
     Method("pc", pc.pc_sample, deterministic=False, run=_run_pc, integrates_drift=True,
            options=dict(predictor="euler_maruyama", corrector="none", snr=0.16, n_steps=1, steps=None, denoise=True,
                         probability_flow=False, corrector_first=True, project_fn=None)),
-    Method("ode", ode.solve_flow, deterministic=True, run=_run_ode, integrates_drift=True,
+    # ode: where alpha(T) = 0 it integrates the denoiser's velocity form (ode.flow_velocity), finite at T
+    Method("ode", ode.solve_flow, deterministic=True, run=_run_ode,
            options=dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096,
                         denoise=False)),
     Method("ddim", fast.ddim, deterministic=True, noise_option="eta",

@@ -196,7 +196,9 @@ def test_alpha_zero_guards_and_default_grid():
     with pytest.raises(ValueError, match="does not determine"):
         sampling.sample(lambda x, t: -x, sde, (2, D), jax.random.key(0), method="unipc")
     with pytest.raises(ValueError, match="infinite at alpha"):
-        sampling.sample(_oracle(sde), sde, (2, D), jax.random.key(0), method="ode")
+        sampling.sample(_oracle(sde), sde, (2, D), jax.random.key(0), method="pc")
+    with pytest.raises(ValueError, match="does not determine"):
+        sampling.sample(lambda x, t: -x, sde, (2, D), jax.random.key(0), method="ode")
     ts = np.asarray(sampling.time_grid(sde, 5, 1e-3, kind="log_snr"))
     assert ts[0] == 1.0 and ts[-1] == np.float32(1e-3) and np.all(np.diff(ts) < 0) and np.all(np.isfinite(ts))
     edm = sde_lib.EDMSDE()
@@ -352,3 +354,24 @@ def test_a_grid_known_to_hurt_a_method_warns_once_when_traced():
     for traits in sampling.TABLE.values():
         if traits.uses_grid:
             assert traits.good_grids[0] == traits.default_grid and not set(traits.good_grids) & set(traits.bad_grids)
+
+
+def test_ode_on_rectified_flow_starts_at_t1_with_the_velocity_form():
+    """The adaptive ODE sampler from T = 1 (the rectified-flow authors' RK45 sampler) is the exact flow map."""
+    from scoresde.sampling import ode
+
+    with jax.enable_x64(True):
+        rf = sde_lib.RectifiedFlow()
+        model = _oracle(rf)
+        x_init = rf.prior_sampling(jax.random.key(1), (16, D)).astype(jnp.float64)
+        exact = _exact_map(rf, x_init, 1.0, 1e-3)
+        x, nfe = sampling.sample(model, rf, (16, D), jax.random.key(0), method="ode", x_init=x_init, eps=1e-3,
+                                 rtol=1e-8, atol=1e-8)
+        assert float(jnp.max(jnp.abs(x - exact))) < 1e-6 and int(nfe) > 10
+        # the velocity form is the score-form drift wherever both are finite, and (x - D) / t for rectified flow
+        t = jnp.full((16,), 0.37, jnp.float64)
+        v = ode.flow_velocity(model.denoiser, rf, x_init, t)
+        np.testing.assert_allclose(v, sde_lib.probability_flow_drift(model, rf, x_init, t), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(v, (x_init - model.denoiser(x_init, t)) / 0.37, rtol=1e-12)
+        t1 = jnp.ones((16,), jnp.float64)
+        assert bool(jnp.all(jnp.isfinite(ode.flow_velocity(model.denoiser, rf, x_init, t1))))
