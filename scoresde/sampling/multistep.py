@@ -21,8 +21,13 @@ model's denoiser (:func:`scoresde.sampling.grids.denoiser_call`) at previous gri
 
 The first steps use the orders their history allows; a history point with ``lambda = -inf`` (from
 ``alpha(T) = 0``) does not count, so a step from :class:`~scoresde.sde.RectifiedFlow`'s ``T = 1`` is the
-finite first-order step ``x_t = sigma_t x + alpha_t x0``. With ``lower_order_final`` and fewer than 10 steps
-the final steps lower their order to the steps left (DPM-Solver / UniPC's rule).
+finite first-order step ``x_t = sigma_t x + alpha_t x0``. With ``lower_order_final`` the final steps lower their
+order to the steps left: in :func:`unipc` at every step count (the UniPC authors' ``UniPC.sample`` rule), in
+:func:`deis_logsnr_x0` only below 10 steps (DPM-Solver's rule, as :func:`scoresde.sampling.fast.dpm_solver_pp`).
+Measured on the VP Gaussian oracle (float64, log-SNR grid, mean |x - exact flow map|), UniPC's rule against
+DPM-Solver's for UniPC-bh1: order 2 (the default) 5.04e-2 / 5.57e-2 at 10 steps, 1.42e-2 / 1.50e-2 at 15,
+5.75e-3 / 6.08e-3 at 20, 3.27e-4 / 3.51e-4 at 50 (better at every count); order 3 mixed: 2.47e-2 / 4.39e-3 at
+10, 1.15e-3 / 1.33e-3 at 15, 2.04e-4 / 8.63e-5 at 20, 2.29e-5 / 1.11e-5 at 50.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ __all__ = ["unipc", "deis", "deis_logsnr_x0", "UNIPC_VARIANTS", "DEIS_QUADRATURE
 UNIPC_VARIANTS = ("bh1", "bh2")
 
 
-def _step_orders(steps, order, alpha0, lower_order_final):
-    """Order of each step ``k`` (from ``t_k``): limited by the finite history and, optionally, the steps left."""
+def _step_orders(steps, order, alpha0, lower_order_final, final_below=None):
+    """Order of each step ``k`` (from ``t_k``): limited by the finite history and, with ``lower_order_final``, by
+    the steps left: for every step count (``final_below=None``, UniPC's rule) or only when
+    ``steps < final_below`` (DPM-Solver's rule, ``final_below = 10``)."""
     orders = []
     for k in range(steps):
         p = min(order, max(k, 1) if alpha0 else k + 1)
-        if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+        if lower_order_final and (final_below is None or steps < final_below):
             p = min(p, steps - k)
         orders.append(p)
     return jnp.asarray(orders, jnp.int32)
@@ -64,7 +71,7 @@ def unipc(score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order
         raise ValueError(f"unknown unipc variant {variant!r}; expected one of: {', '.join(UNIPC_VARIANTS)}")
     steps = ts.shape[0] - 1
     alphas, sigmas, lams = coefficients(sde, ts)
-    orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final)
+    orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final)  # UniPC's rule: every count
 
     def update(p, x, m_hist, l_hist, k, use_corrector, nfe):
         """One UniP-p step from ``t_k`` (history ``m_hist[-1]`` at ``t_k``) and, optionally, UniC-p."""
@@ -156,7 +163,7 @@ def deis_logsnr_x0(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final
         raise ValueError(f"deis_logsnr_x0 order must be 1, 2 or 3; got {order!r}")
     steps = ts.shape[0] - 1
     alphas, sigmas, lams = coefficients(sde, ts)
-    orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final)
+    orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final, LOWER_ORDER_FINAL_BELOW)
 
     def make(p):
         def fn(args):

@@ -375,3 +375,25 @@ def test_ode_on_rectified_flow_starts_at_t1_with_the_velocity_form():
         np.testing.assert_allclose(v, (x_init - model.denoiser(x_init, t)) / 0.37, rtol=1e-12)
         t1 = jnp.ones((16,), jnp.float64)
         assert bool(jnp.all(jnp.isfinite(ode.flow_velocity(model.denoiser, rf, x_init, t1))))
+
+
+def test_unipc_lowers_its_final_orders_at_every_step_count():
+    """UniPC's rule (the authors' ``UniPC.sample``): the last step is first order and the one before at most second
+    order, whatever the step count; deis_logsnr_x0 keeps DPM-Solver's rule (only below 10 steps)."""
+    from scoresde.sampling import multistep
+
+    assert multistep._step_orders(20, 3, False, True).tolist() == [1, 2] + [3] * 16 + [2, 1]
+    assert multistep._step_orders(20, 3, False, False).tolist() == [1, 2] + [3] * 18
+    assert multistep._step_orders(20, 3, False, True, 10).tolist() == [1, 2] + [3] * 18
+    assert multistep._step_orders(6, 3, True, True, 10).tolist() == [1, 1, 2, 3, 2, 1]
+    with jax.enable_x64(True):
+        vp = sde_lib.VPSDE()
+        x_init = jax.random.normal(jax.random.key(1), (8, D), jnp.float64)
+        ts = sampling.time_grid(vp, 20, 1e-3, kind="log_snr", dtype=jnp.float64)
+        model = _oracle(vp)
+        lowered = multistep.unipc(model, vp, x_init, ts, jax.random.key(0), 0, order=3)[0]
+        kept = multistep.unipc(model, vp, x_init, ts, jax.random.key(0), 0, order=3, lower_order_final=False)[0]
+        x, _ = sampling.sample(model, vp, (8, D), jax.random.key(0), method="unipc", x_init=x_init, eps=1e-3,
+                               order=3, steps=20)
+        np.testing.assert_allclose(x, lowered, rtol=1e-12, atol=1e-12)  # jit vs eager rounding only
+        assert not np.allclose(lowered, kept, rtol=0, atol=1e-9)
