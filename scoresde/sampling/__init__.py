@@ -142,8 +142,8 @@ def _resolve(method, options):
                 raise ValueError(f"option {name} must be a positive int; got {opts[name]!r}")
     orders = method_traits(method).orders
     if "order" in opts and (isinstance(opts["order"], bool) or opts["order"] not in orders):
-        raise ValueError(f"method {method!r}: order must be one of {', '.join(map(str, orders))}; "
-                         f"got {opts['order']!r}")
+        allowed = ", ".join(map(str, orders[:-1])) + f" or {orders[-1]}"
+        raise ValueError(f"{method} order must be {allowed}; got {opts['order']!r}")
     return opts
 
 
