@@ -34,7 +34,8 @@ Methods and their options (defaults in brackets):
 * ``"edm_heun"``: ``steps`` [18] (2 NFE each), ``S_churn`` [0], ``S_tmin`` [0], ``S_tmax`` [inf],
   ``S_noise`` [1], ``rho`` [7], ``grid`` [edm].
 * ``"unipc"`` (:mod:`.multistep`): multistep UniPC, ``order`` [2] ∈ 1 | 2 | 3, ``variant`` [bh1] ∈ bh1 | bh2,
-  ``steps`` [20], ``grid`` [log_snr], ``lower_order_final`` [True].
+  ``steps`` [20], ``grid`` [log_snr], ``lower_order_final`` [True] (the UniPC authors' rule: the last steps
+  lower their order at every step count; DPM-Solver++ does so only below 10 steps).
 * ``"deis"`` (:mod:`.multistep`): the authors' tAB-DEIS (noise prediction extrapolated by a polynomial in
   ``t``, exponential-integrator weights by Gauss–Legendre quadrature), ``order`` [3] ∈ 0 | 1 | 2 | 3 as they
   number it (degree of the polynomial; 0 is DDIM), ``steps`` [20], ``grid`` [quadratic_t] (their default).
