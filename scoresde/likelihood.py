@@ -247,9 +247,10 @@ def _check_finite(ok, z, prior, delta):
     for what, bad in parts.items():
         bad = bad & ok
         if bad.any():
+            zmax = float(np.max(np.abs(np.asarray(z)[bad])))
             raise FloatingPointError(f"log_likelihood: {what} is non-finite for example(s) "
-                                     f"{np.flatnonzero(bad)[:8].tolist()} although the ODE solve succeeded; the "
-                                     "model's drift overflowed along the path")
+                                     f"{np.flatnonzero(bad)[:8].tolist()} although the ODE solve succeeded "
+                                     f"(max |z| = {zmax:.3g}): the model's flow overflows the {z.dtype} range")
 
 
 # -- bits per dimension ------------------------------------------------------------------------------------

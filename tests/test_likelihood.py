@@ -175,3 +175,14 @@ def test_rectified_flow_likelihood_needs_a_denoiser():
     gm, rf, model = _rf_gaussian_model(4)
     with pytest.raises(ValueError, match="pass a model with a denoiser"):
         likelihood.log_likelihood(model.score, rf, gm.sample(jax.random.key(1), 2), jax.random.key(2))
+
+
+def test_a_non_finite_likelihood_from_a_successful_solve_is_an_error_naming_it():
+    """score = -11 x on VP pushes the flow to |z| ~ 1e22: the solve succeeds, log p_T(z) overflows float32."""
+    x = jnp.ones((2, 2))
+    with pytest.raises(FloatingPointError, match=r"the prior log-density log p_T\(z\) is non-finite for example\(s\) "
+                                                 r"\[0, 1\] although the ODE solve succeeded"):
+        likelihood.log_likelihood(lambda x, t: -11.0 * x, SDES["vp"], x, jax.random.key(0), hutchinson="exact")
+    # the model that stays in range gives a finite value through the same path
+    logp, _, _ = likelihood.log_likelihood(lambda x, t: -x, SDES["vp"], x, jax.random.key(0), hutchinson="exact")
+    assert np.all(np.isfinite(np.asarray(logp)))
