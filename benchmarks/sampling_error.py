@@ -60,8 +60,9 @@ def rows():
         ("unipc bh2 order 2, log-SNR", "unipc", lambda n: dict(steps=n, order=2, variant="bh2")),
         ("unipc bh1 order 3, log-SNR", "unipc", lambda n: dict(steps=n, order=3, variant="bh1")),
         ("unipc bh2 order 3, log-SNR", "unipc", lambda n: dict(steps=n, order=3, variant="bh2")),
-        ("deis order 2, log-SNR", "deis", lambda n: dict(steps=n, order=2)),
-        ("deis order 3, log-SNR", "deis", lambda n: dict(steps=n, order=3)),
+        ("deis_logsnr_x0 order 2, log-SNR", "deis_logsnr_x0", lambda n: dict(steps=n, order=2)),
+        ("deis_logsnr_x0 order 3, log-SNR", "deis_logsnr_x0", lambda n: dict(steps=n, order=3)),
+        ("deis (tAB) order 3, quadratic t", "deis", lambda n: dict(steps=n, order=3)),
     ]
 
 

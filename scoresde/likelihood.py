@@ -14,7 +14,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -28,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 # encode/decode: the samplers' probability-flow ODE, re-exported so there is one implementation
 from scoresde.sampling import decode, encode
 from scoresde.sampling.grids import ShapeCheckedScore
-from scoresde.sde import probability_flow_drift
+from scoresde.sampling.ode import flow_drift_fn
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -164,15 +163,24 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
         eps: start time of the integration (the reference uses 1e-5).
         n_probes: probes averaged per example (Hutchinson only).
         solver: ``'tsit5'`` or ``'dopri5'``.
-        max_steps: step budget of each solve; an example that exhausts it gets ``logp = nan``.
-        mesh: optional mesh with a ``'data'`` axis over whose devices the batch is split.
+        max_steps: step budget of each solve; an example that exhausts it gets ``logp = nan`` (the one
+            NaN it returns; any other non-finite value is an error, below).
+        mesh: optional mesh with a ``'data'`` axis; the batch (divisible by its size) is then split over its
+            devices, each solving its own examples.
 
     Returns:
         ``(logp, z, nfe)``: ``(B,)`` nats (``nan`` where the solve failed), ``z = x_T`` ``(B, ...)``, and the
         ``(B,)`` int count of ODE right-hand-side evaluations (one network pass plus JVPs each).
 
+    Where ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow` with ``T = 1``) the flow is integrated in its
+    velocity form (:func:`scoresde.sampling.ode.flow_velocity`), finite at ``T``, from a model that carries its
+    denoiser; a score alone raises.
+
     Raises:
-        ValueError: for an unknown ``hutchinson`` or ``solver``, ``n_probes < 1``, or a bad ``eps``.
+        ValueError: for an unknown ``hutchinson`` or ``solver``, ``n_probes < 1``, a bad ``eps``, or
+            ``alpha(T) = 0`` without a denoiser.
+        FloatingPointError: (outside ``jit``) a solve that succeeded gave a non-finite ``z``, divergence
+            integral or prior log-density; the message names which and for which examples.
     """
     _check_choice("hutchinson type", hutchinson, HUTCHINSON_TYPES)
     _check_choice("solver", solver, tuple(SOLVERS))
@@ -181,7 +189,7 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
     if not 0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T={sde.T}); got {eps}")
     score_fn = ShapeCheckedScore(score_fn)  # checked as it is traced: no cost per call
-    drift1 = _single(functools.partial(probability_flow_drift, score_fn, sde))
+    drift1 = _single(flow_drift_fn(score_fn, sde))
     keys = jax.random.split(key, x.shape[0])
 
     def local(xs, ks):
@@ -189,10 +197,28 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
                                                eps=eps, t1=sde.T, solver=solver, rtol=rtol, atol=atol,
                                                max_steps=max_steps)
         delta, z, ok, nfe = jax.vmap(one)(xs, ks)
-        logp = sde.prior_logp(z) + delta
-        return jnp.where(ok, logp, jnp.nan), z, nfe
+        prior = sde.prior_logp(z)
+        return jnp.where(ok, prior + delta, jnp.nan), z, nfe, ok, prior, delta
 
-    return _data_parallel(local, mesh, x, keys)
+    logp, z, nfe, ok, prior, delta = _data_parallel(local, mesh, x, keys)
+    if not isinstance(logp, jax.core.Tracer):
+        _check_finite(ok, z, prior, delta)
+    return logp, z, nfe
+
+
+def _check_finite(ok, z, prior, delta):
+    """A solve that did not fail but produced a non-finite value is an error naming the value, never a NaN."""
+    ok = np.asarray(ok)
+    parts = {"the latent z = x_T": ~np.all(np.isfinite(np.asarray(z).reshape(z.shape[0], -1)), axis=1),
+             "the integrated divergence": ~np.isfinite(np.asarray(delta)),
+             "the prior log-density log p_T(z)": ~np.isfinite(np.asarray(prior))}
+    for what, bad in parts.items():
+        bad = bad & ok
+        if bad.any():
+            zmax = float(np.max(np.abs(np.asarray(z)[bad])))
+            raise FloatingPointError(f"log_likelihood: {what} is non-finite for example(s) "
+                                     f"{np.flatnonzero(bad)[:8].tolist()} although the ODE solve succeeded "
+                                     f"(max |z| = {zmax:.3g}): the model's flow overflows the {z.dtype} range")
 
 
 # -- bits per dimension ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ NOISE_SCHEDULES = ("uniform", "lognormal")
 
 __all__ = [
     "METRICS", "TEACHER_SOLVERS", "WEIGHTINGS", "NOISE_SCHEDULES", "boundary_coefficients", "consistency_fn",
-    "karras_sigma", "karras_grid", "ict_num_scales", "ct_num_scales", "ct_ema_decay", "ema_update", "distance",
+    "karras_sigma", "karras_grid", "ict_num_scales", "CT_CONVENTIONS", "ct_num_scales", "ct_ema_decay", "ema_update", "distance",
     "teacher_step", "one_sample_score", "sample_indices", "cd_loss", "ct_loss",
 ]
 
@@ -129,16 +129,65 @@ def ict_num_scales(step, total_steps: int, s0: int = 10, s1: int = 1280):
     return n.astype(jnp.int32)
 
 
-def ct_num_scales(step, total_steps: int, s0: int = 2, s1: int = 150):
-    """The original CT curriculum ``N(k) = ceil(sqrt(k/K ((s1+1)² - s0²) + s0²) - 1) + 1`` (CM App. C)."""
-    k = jnp.asarray(step, jnp.float32)
-    n = jnp.ceil(jnp.sqrt(k / total_steps * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1.0) + 1.0
+CT_CONVENTIONS = ("paper", "official")
+
+
+def _check_convention(convention):
+    if convention not in CT_CONVENTIONS:
+        raise ValueError(f"unknown CT schedule convention {convention!r}; expected one of: {', '.join(CT_CONVENTIONS)}")
+
+
+def ct_num_scales(step, total_steps: int, s0: int = 2, s1: int = 150, *, convention: str = "paper"):
+    """The original CT curriculum ``N(k) = ceil(sqrt(k/K ((s1+1)² - s0²) + s0²) - 1) + 1`` (Song et al. 2023, App. C).
+
+    Exact for every ``0 <= k <= K``: ``c(k) = ceil(sqrt(q(k)))`` with ``q(k) = k A / K + s0²``,
+    ``A = (s1+1)² - s0²``, reaches ``m`` when ``(m-1)² < q(k)``, i.e. from the integer step
+    ``k_m = floor(((m-1)² - s0²) K / A) + 1``. Those ``s1 + 1 - s0`` thresholds are computed here in Python
+    integers, and ``N(k) = s0 + #{m : k >= k_m}`` is a ``searchsorted`` on them: no float square root of a
+    step count (in float32 it rounds ``N`` down at a few steps of a long run). ``step`` may be a Python int, an
+    array or a traced int array; past ``K`` the curriculum stays at ``s1 + 1``.
+
+    Args:
+        step: the training step ``k``.
+        total_steps: ``K``.
+        s0, s1: initial and final number of discretisation intervals.
+        convention: ``"paper"`` (App. C as written, ``N = c(k)``) or ``"official"`` (the authors'
+            ``openai/consistency_models_cifar10`` code, ``N = max(c(k) - 1, 1) + 1``; differs from the paper only
+            when ``s0 = 1`` at ``k = 0``).
+
+    Raises:
+        ValueError: an unknown convention or bad ``s0``, ``s1``, ``total_steps``.
+    """
+    _check_convention(convention)
+    if not (s1 >= s0 >= 1 and total_steps >= 1):
+        raise ValueError(f"need 1 <= s0 <= s1 and total_steps >= 1; got s0={s0}, s1={s1}, total_steps={total_steps}")
+    a = (s1 + 1) ** 2 - s0**2
+    thresholds = [((m - 1) ** 2 - s0**2) * total_steps // a + 1 for m in range(s0 + 1, s1 + 2)]
+    if thresholds[-1] > 2**31 - 1:
+        raise ValueError(f"total_steps={total_steps} does not fit the int32 step counter")
+    k = jnp.asarray(step, jnp.int32)
+    n = s0 + jnp.searchsorted(jnp.asarray(thresholds, jnp.int32), k, side="right").astype(jnp.int32)
+    if convention == "official":
+        n = jnp.maximum(n, 2)
     return n.astype(jnp.int32)
 
 
-def ct_ema_decay(num_scales, s0: int = 2, mu0: float = 0.9):
-    """The original CT target decay ``μ(k) = exp(s0 log μ0 / N(k))`` (CM App. C); iCT uses 0."""
-    return jnp.exp(s0 * jnp.log(mu0) / jnp.asarray(num_scales, jnp.float32))
+def ct_ema_decay(num_scales, s0: int = 2, mu0: float = 0.9, *, convention: str = "paper"):
+    """The original CT target decay ``μ(k)`` for ``N = N(k)`` points (Song et al. 2023, App. C); iCT uses 0.
+
+    ``"paper"``: ``μ = exp(s0 log μ0 / N)`` as App. C writes it. ``"official"``: ``μ = exp(s0 log μ0 / (N - 1))``,
+    the authors' code (``openai/consistency_models_cifar10``), which divides by the number of *intervals*
+    ``N - 1``. At the start (``N = s0 = 2``, ``μ0 = 0.9``) the paper's is 0.9 and the official 0.81; the gap
+    shrinks as ``N`` grows.
+
+    Raises:
+        ValueError: an unknown convention.
+    """
+    _check_convention(convention)
+    n = jnp.asarray(num_scales, jnp.float32)
+    if convention == "official":
+        n = jnp.maximum(n - 1.0, 1.0)
+    return jnp.exp(s0 * jnp.log(mu0) / n)
 
 
 def ema_update(target_params, params, mu):

@@ -34,18 +34,28 @@ Methods and their options (defaults in brackets):
 * ``"edm_heun"``: ``steps`` [18] (2 NFE each), ``S_churn`` [0], ``S_tmin`` [0], ``S_tmax`` [inf],
   ``S_noise`` [1], ``rho`` [7], ``grid`` [edm].
 * ``"unipc"`` (:mod:`.multistep`): multistep UniPC, ``order`` [2] ∈ 1 | 2 | 3, ``variant`` [bh1] ∈ bh1 | bh2,
-  ``steps`` [20], ``grid`` [log_snr], ``lower_order_final`` [True].
-* ``"deis"`` (:mod:`.multistep`): DEIS multistep, ``order`` [2] ∈ 1 | 2 | 3, ``steps`` [20], ``grid``
-  [log_snr], ``lower_order_final`` [True].
+  ``steps`` [20], ``grid`` [log_snr], ``lower_order_final`` [True] (the UniPC authors' rule: the last steps
+  lower their order at every step count; DPM-Solver++ does so only below 10 steps).
+* ``"deis"`` (:mod:`.multistep`): the authors' tAB-DEIS (noise prediction extrapolated by a polynomial in
+  ``t``, exponential-integrator weights by Gauss–Legendre quadrature), ``order`` [3] ∈ 0 | 1 | 2 | 3 as they
+  number it (degree of the polynomial; 0 is DDIM), ``steps`` [20], ``grid`` [quadratic_t] (their default).
+* ``"deis_logsnr_x0"`` (:mod:`.multistep`): a DEIS-style multistep in data prediction and log-SNR (not the
+  authors' algorithm), ``order`` [2] ∈ 1 | 2 | 3 (points), ``steps`` [20], ``grid`` [log_snr],
+  ``lower_order_final`` [True]. On ``uniform_t`` its orders 2–3 lose to its order 1 (a warning says so).
+* Each grid method's :attr:`Method.good_grids` names the grids it does well on; a grid in its
+  :attr:`Method.bad_grids` draws a ``UserWarning`` when the sampler is traced.
 * ``"dpm_solver++_sde"`` (:mod:`.stochastic`): DPM-Solver++(2M) SDE (``order`` [2]) or (3M) SDE (``order=3``),
   ``eta`` [1.0], ``s_noise`` [1.0], ``steps`` [20], ``grid`` [log_snr].
 * ``"euler_ancestral"`` (:mod:`.stochastic`): ``eta`` [1.0], ``s_noise`` [1.0], ``steps`` [50], ``grid`` [edm].
 * An SDE with a ``default_grid`` (:class:`~scoresde.sde.EDMSDE`: ``edm``) uses it when ``grid`` is not given;
   one with a ``default_eps`` (EDMSDE: ``sigma_min``) uses it when ``eps`` is not given.
 * ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow`): every grid method starts at ``T`` and needs a model
-  that carries its denoiser (:class:`scoresde.parameterization.ScoreWithDenoiser`); ``pc`` and ``ode`` go
-  through the SDE's drift, infinite at ``t = 1``, and need ``T < 1`` (``RectifiedFlow(T=0.999)``).
-* For ddim / dpm_solver / dpm_solver++ / edm_heun / unipc / deis / dpm_solver++_sde / euler_ancestral,
+  that carries its denoiser (:class:`scoresde.parameterization.ScoreWithDenoiser`); so does ``ode``, which
+  then integrates the flow's velocity form (:func:`.ode.flow_velocity`, ``(x - D) / t`` for rectified flow),
+  finite at ``T``, from ``T`` (as the rectified-flow authors' RK45 sampler); ``pc`` goes through the SDE's
+  drift, infinite at ``t = 1``, and needs ``T < 1`` (``RectifiedFlow(T=0.999)``).
+* For ddim / dpm_solver / dpm_solver++ / edm_heun / unipc / deis / deis_logsnr_x0 / dpm_solver++_sde /
+  euler_ancestral,
   ``denoise`` [False] adds one final Tweedie step
   ``E[x_0 | x_eps]`` (1 NFE). ``to_zero`` [False] is k-diffusion's / EDM's ending instead: the grid of
   ``steps`` steps ends at ``sigma = 0``, its last step (from ``eps``) the first-order step to ``E[x_0 | x_eps]``;
@@ -75,6 +85,8 @@ error norm) reduce over the global batch.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import equinox as eqx
 import jax
@@ -125,10 +137,14 @@ def _resolve(method, options):
             raise ValueError(f"unknown time grid {opts[name]!r}; expected one of: {', '.join(GRIDS)}")
     if "schedule" in opts and opts["schedule"] not in SCHEDULES:
         raise ValueError(f"unknown dpm_solver schedule {opts['schedule']!r}; expected one of: {', '.join(SCHEDULES)}")
-    for name in ("steps", "n_steps", "order", "max_steps"):
+    for name in ("steps", "n_steps", "max_steps"):
         if name in opts and opts[name] is not None:
             if isinstance(opts[name], bool) or not isinstance(opts[name], int) or opts[name] < 1:
                 raise ValueError(f"option {name} must be a positive int; got {opts[name]!r}")
+    orders = method_traits(method).orders
+    if "order" in opts and (isinstance(opts["order"], bool) or opts["order"] not in orders):
+        allowed = ", ".join(map(str, orders[:-1])) + f" or {orders[-1]}"
+        raise ValueError(f"{method} order must be {allowed}; got {opts['order']!r}")
     return opts
 
 
@@ -219,6 +235,8 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
         return traits.run(score_fn, sde, x, k_loop, nfe, eps, opts)
     denoise = opts.pop("denoise")
     steps, kind = opts.pop("steps"), opts.pop("grid")
+    if kind in traits.bad_grids:  # here, inside the traced function: once per compilation, not per call
+        warnings.warn(f"method {method!r} on grid {kind!r}: {traits.bad_grids[kind]}", UserWarning, stacklevel=2)
     rho = opts.pop("rho", 7.0)
     if opts.pop("to_zero"):  # steps - 1 solver steps to eps, then the first-order step to sigma = 0
         steps, denoise = steps - 1, True

@@ -2,9 +2,11 @@
 ``alpha``/``sigma``/``lambda`` coefficients, the ``project_fn`` hook and the default final time.
 
 A grid is a decreasing array of ``steps + 1`` times from ``T`` to ``eps`` (both endpoints exact, so that
-samplers on different grids start and stop at the same times). Three spacings:
+samplers on different grids start and stop at the same times). Four spacings:
 
 * ``"uniform_t"``: uniform in ``t`` (DDIM's linear schedule, Song et al. 2021a);
+* ``"quadratic_t"``: uniform in ``sqrt(t)``, ``t_i = (sqrt(T) + i/steps (sqrt(eps) - sqrt(T)))²`` (DDIM's quadratic
+  schedule; the DEIS authors' default, ``ts_phase="t", ts_order=2``);
 * ``"log_snr"``: uniform in the log-SNR ``log(alpha²/sigma²)`` (DPM-Solver's recommendation for
   low-resolution pixel-space models, Lu et al. 2022, Sec. 3.3);
 * ``"edm"``: Karras et al. (2022) eq. 5, ``sigma_i = (smax^(1/rho) + i/steps (smin^(1/rho) - smax^(1/rho)))^rho``
@@ -25,7 +27,7 @@ import numpy as np
 
 from scoresde import sde as sde_lib
 
-GRIDS = ("uniform_t", "log_snr", "edm")
+GRIDS = ("uniform_t", "quadratic_t", "log_snr", "edm")
 
 __all__ = ["GRIDS", "time_grid", "edm_sigma", "score_call", "denoiser_call", "alpha_vanishes_at_T", "coefficients",
            "project", "PROJECTION_KEY_OFFSET", "default_eps", "check_eps"]
@@ -106,6 +108,8 @@ def _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype):
     u = jnp.arange(steps + 1, dtype=dtype) / steps
     if kind == "uniform_t":
         ts = t_hi + u * (t_lo - t_hi)
+    elif kind == "quadratic_t":
+        ts = (jnp.sqrt(t_hi) + u * (jnp.sqrt(t_lo) - jnp.sqrt(t_hi))) ** 2
     elif kind == "log_snr":
         l_hi, l_lo = sde.log_snr(t_hi), sde.log_snr(t_lo)
         ts = sde.t_from_log_snr(l_hi + u * (l_lo - l_hi))

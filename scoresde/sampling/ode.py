@@ -13,6 +13,12 @@ whole start (diffrax 0.7's initial step-size selection and first stage together)
 2 for ``heun``. The tests check this against the calls counted by a ``jax.debug.callback`` inside the
 score function, over several tolerances and with rejected steps.
 
+Where ``alpha(T) = 0`` (:class:`~scoresde.sde.RectifiedFlow` with ``T = 1``) the score-form drift is infinite
+at ``T`` (``f = alpha'/alpha``); a model that carries its denoiser ``D``
+(:class:`scoresde.parameterization.ScoreWithDenoiser`) gives the same flow in its velocity form
+(:func:`flow_velocity`), finite at ``T``: for rectified flow ``v = (x - D) / t``, the velocity its authors
+integrate from ``t = 1`` with an adaptive RK45.
+
 The solve uses ``throw=False``: a failed solve (e.g. ``max_steps`` reached) returns ``ok = False``,
 which :func:`scoresde.sampling.sample` turns into an error (or NaN samples when traced).
 """
@@ -23,8 +29,9 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling.grids import time_grid
-from scoresde.sde import probability_flow_drift
+from scoresde.parameterization import with_denoiser
+from scoresde.sampling.grids import alpha_vanishes_at_T, time_grid
+from scoresde.sde import batch_mul, probability_flow_drift
 
 SOLVERS = ("tsit5", "dopri5", "euler", "heun")
 
@@ -36,7 +43,39 @@ _SOLVERS = {
     "heun": (diffrax.Heun, 2, 0, False),
 }
 
-__all__ = ["SOLVERS", "solve_flow"]
+__all__ = ["SOLVERS", "solve_flow", "flow_velocity", "flow_drift_fn"]
+
+
+def flow_velocity(denoiser, sde, x, t):
+    """The probability-flow velocity from a denoiser: ``dx/dt = alpha'(t) D + sigma'(t) (x - alpha(t) D) / sigma(t)``.
+
+    With ``x_t = alpha x_0 + sigma eps`` the flow moves ``E[x_0 | x_t] = D`` and ``E[eps | x_t] = (x - alpha D) /
+    sigma`` along their coefficients' derivatives; this equals ``f x - ½ g² ∇log p_t`` (Song et al. 2021, eq. 13)
+    wherever both are finite, and is finite wherever ``sigma > 0``, also at ``alpha = 0``. For rectified flow
+    (``alpha = 1 - t``, ``sigma = t``) it is ``(x - D) / t``. ``t`` has shape ``(B,)``; ``alpha'`` and ``sigma'``
+    come from forward-mode differentiation of the SDE's own ``alpha`` and ``sigma``.
+    """
+    d = denoiser(x, t)
+    alpha, dalpha = jax.jvp(sde.alpha, (t,), (jnp.ones_like(t),))
+    sigma, dsigma = jax.jvp(sde.sigma, (t,), (jnp.ones_like(t),))
+    return batch_mul(dalpha, d) + batch_mul(dsigma / sigma, x - batch_mul(alpha, d))
+
+
+def flow_drift_fn(score_fn, sde):
+    """``drift(x, t)`` of the probability-flow ODE: the score form, or :func:`flow_velocity` where ``alpha(T) = 0``.
+
+    Raises:
+        ValueError: ``alpha(T) = 0`` and ``score_fn`` carries no denoiser (the score ``-x`` at ``T`` says nothing
+            about the data, so no drift is finite there).
+    """
+    if not alpha_vanishes_at_T(sde):
+        return lambda x, t: probability_flow_drift(score_fn, sde, x, t)
+    denoiser = getattr(score_fn, "denoiser", None)
+    if denoiser is None:
+        raise ValueError(f"alpha(T) = 0 for {type(sde).__name__}(T={sde.T}): the probability-flow drift from a score "
+                         "is infinite at T; pass a model with a denoiser (parameterization.model_score_fn or "
+                         "parameterization.with_denoiser), whose velocity form is finite there")
+    return lambda x, t: flow_velocity(denoiser, sde, x, t)
 
 
 def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5, steps=None, grid="uniform_t",
@@ -74,10 +113,16 @@ def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5
         # so the solve runs with those axes switched to Auto. The score function goes back to Explicit
         # axes so that arrays it closes over (parameters) meet inputs typed like themselves.
         spec, replicated = sharding.spec, jax.sharding.PartitionSpec()
+        denoiser = getattr(score_fn, "denoiser", None)
         score_fn = jax.sharding.explicit_axes(score_fn, axes=explicit, in_sharding=(spec, replicated))
+        if denoiser is not None:
+            score_fn = with_denoiser(score_fn, jax.sharding.explicit_axes(denoiser, axes=explicit,
+                                                                          in_sharding=(spec, replicated)))
+
+    drift = flow_drift_fn(score_fn, sde)
 
     def vf(t, y, args):
-        return probability_flow_drift(score_fn, sde, y, jnp.full((y.shape[0],), t, dtype))
+        return drift(y, jnp.full((y.shape[0],), t, dtype))
 
     def solve(y0, t0, t1, rtol, atol):
         if adaptive:

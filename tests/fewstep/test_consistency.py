@@ -356,3 +356,48 @@ def test_cd_trained_mlp_approaches_the_exact_map_long():
     # with this small MLP. The factor 1.5 covers one seed's estimator spread (~0.05, 0.3 x floor); 1.3 sat at
     # its edge (0.223 / 0.171 = 1.30).
     _check_trained(_train_cd(12_000, batch=1024), 2000, err_bound=0.05, w2_factor=1.5)
+
+
+def _official_ct_scales(k, total, s0=2, s1=150):
+    """The authors' N(k) = max(ceil(sqrt(k/K ((s1+1)² - s0²) + s0²) - 1), 1) + 1 in exact int64 arithmetic."""
+    a = (s1 + 1) ** 2 - s0**2
+    p = k.astype(np.int64) * a + s0**2 * total  # q(k) = p / K; c = ceil(sqrt(q)) is the least m with m² K >= p
+    m = np.floor(np.sqrt(p / total)).astype(np.int64)
+    m = np.where(m * m * total < p, m + 1, m)
+    m = np.where((m - 1) ** 2 * total >= p, m - 1, m)
+    return np.maximum(m - 1, 1) + 1
+
+
+@pytest.mark.parametrize("total, s0, s1", [(800_000, 2, 150), (600_000, 2, 200), (1_000, 1, 40)])
+def test_ct_num_scales_is_the_official_integer_formula_at_every_step(total, s0, s1):
+    k = np.arange(total + 1)
+    expected = _official_ct_scales(k, total, s0, s1)
+    got = np.asarray(cm.ct_num_scales(k, total, s0, s1, convention="official"))
+    np.testing.assert_array_equal(got, expected)
+    # the paper's N differs only where max(., 1) binds: s0 = 1 at k = 0
+    paper = np.asarray(cm.ct_num_scales(k, total, s0, s1))
+    assert np.flatnonzero(paper != expected).tolist() == ([0] if s0 == 1 else [])
+    # traced step: the same numbers under jit
+    np.testing.assert_array_equal(jax.jit(lambda s: cm.ct_num_scales(s, total, s0, s1))(k[::997]), paper[::997])
+
+
+def test_ct_num_scales_float32_would_round_down():
+    """The float32 formula gives a smaller N at some steps of an 800k-step run; the exact one never does."""
+    total, k = 800_000, np.arange(800_001)
+    a = np.float32(151**2 - 4)
+    f32 = np.ceil(np.sqrt(k.astype(np.float32) / np.float32(total) * a + np.float32(4)) - np.float32(1)) + 1
+    exact = _official_ct_scales(k, total)
+    assert np.any(f32 != exact)
+    np.testing.assert_array_equal(np.asarray(cm.ct_num_scales(k, total)), exact)
+
+
+def test_ct_ema_decay_conventions():
+    n = np.array([2, 3, 10, 151])
+    mu0, s0 = 0.9, 2
+    np.testing.assert_allclose(cm.ct_ema_decay(n, s0, mu0), np.exp(s0 * np.log(mu0) / n), rtol=1e-6)
+    # official: exp(-c / scales), c = -log(mu0) s0, scales = N - 1 (the authors' code)
+    np.testing.assert_allclose(cm.ct_ema_decay(n, s0, mu0, convention="official"),
+                               np.exp(s0 * np.log(mu0) / (n - 1)), rtol=1e-6)
+    np.testing.assert_allclose(cm.ct_ema_decay(2, convention="official"), 0.81, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown CT schedule convention 'openai'"):
+        cm.ct_ema_decay(2, convention="openai")
