@@ -206,10 +206,9 @@ class QuietStderr:
                     self._in_log_block = False
                     out.append(ln + "\n")
             self._write_log()
-            cut = pending.rfind("\r")  # a progress bar redraws with \r: show it now
-            if cut >= 0:
-                out.append(pending[:cut + 1])
-                pending = pending[cut + 1:]
+            if "\r" in pending:  # a progress bar redraws with \r: show all of it now, not at its next redraw
+                out.append(pending)
+                pending = ""
             if out:
                 os.write(self._saved, "".join(out).encode())
         if pending:
