@@ -17,7 +17,8 @@ import threading
 
 import numpy as np
 
-__all__ = ["MetricsLogger", "read_metrics", "announce", "conclude", "set_config_spec", "command"]
+__all__ = ["MetricsLogger", "read_metrics", "announce", "conclude", "set_config_spec", "command", "latent_command",
+           "is_library_log"]
 
 _INVOCATION = {"config": None}
 
@@ -125,6 +126,24 @@ def command(mode: str, workdir: str, extra: str = "") -> str:
     """The CLI command that runs ``mode`` on ``workdir`` with this invocation's config."""
     cmd = f"python -m scoresde.main --config={_INVOCATION['config'] or 'CONFIG'} --workdir={workdir} --mode={mode}"
     return f"{cmd} {extra}".rstrip()
+
+
+def latent_command(autoencoder_workdir: str) -> str | None:
+    """The command that trains stage 2 of latent diffusion on the autoencoder in ``autoencoder_workdir``: the
+    latent config next to this invocation's autoencoder config (``name_ae.py`` -> ``name_ldm.py``, same
+    variant) into a workdir named alike (``runs/x_ae`` -> ``runs/x_ldm``), or ``None`` when there is no such
+    config (a closing line suggests only what can be run).
+    """
+    spec = _INVOCATION["config"]
+    path, _, variant = (spec or "").partition(":")
+    stem, ext = os.path.splitext(path)
+    if not stem.endswith("_ae") or not os.path.isfile(stem[:-3] + "_ldm" + ext):
+        return None
+    latent_spec = stem[:-3] + "_ldm" + ext + (f":{variant}" if variant else "")
+    base = autoencoder_workdir.rstrip("/")
+    workdir = base[:-3] + "_ldm" if base.endswith("_ae") else base + "_ldm"
+    return (f"python -m scoresde.main --config={latent_spec} --workdir={workdir} "
+            f"--config.latent.autoencoder_workdir={autoencoder_workdir}")
 
 
 # A library's log line: absl / glog ("I1207 05:12:34.567890  1234 file.py:255] ...") or TensorFlow's
