@@ -219,7 +219,8 @@ def check_command_line(argv) -> None:
 def _parse_flags(argv):
     """absl's flag parsing, with the one-line report of :func:`_fail_command_line` for whatever it rejects."""
     try:
-        check_command_line(argv)
+        if not any(a.split("=")[0] in ("--help", "--helpshort", "--helpfull", "-h", "-?") for a in argv[1:]):
+            check_command_line(argv)
         return FLAGS(argv)
     except CommandLineError as e:
         _fail_command_line(str(e))
