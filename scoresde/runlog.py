@@ -191,7 +191,6 @@ class QuietStderr:
         self._thread = None
         self._log_path = log_path
         self._log_lines = []  # library log lines not yet in the file
-        self._in_log_block = False  # blank lines after a library log line belong to it
         # The same noise also reaches Python's unraisable hook (a callback on a closed event loop, run from a
         # C++ thread). Caught there it never reaches the file at all, even after :meth:`flush` restored it.
         self._hook = sys.unraisablehook
@@ -218,11 +217,9 @@ class QuietStderr:
             *lines, pending = pending.split("\n")
             out = []
             for ln in lines:
-                if is_library_log(ln) or (self._in_log_block and not ln.strip()):
-                    self._in_log_block = True
+                if is_library_log(ln):
                     self._log_lines.append(ln + "\n")
                 elif ln.strip() == "" or self._NOISE.sub("", ln).strip():
-                    self._in_log_block = False
                     out.append(ln + "\n")
             self._write_log()
             if "\r" in pending:  # a progress bar redraws with \r: show all of it now, not at its next redraw

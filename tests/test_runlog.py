@@ -40,13 +40,13 @@ quiet.flush()
 
 
 def test_quiet_stderr_sends_library_lines_to_the_log_once_the_workdir_exists(tmp_path):
-    lines = ["scoresde sample: 4 samples", ABSL_INFO, *XLA_BANNER, "", "wrote 4 samples"]
+    lines = ["scoresde sample: 4 samples", ABSL_INFO, *XLA_BANNER, "wrote 4 samples"]
     env = {**os.environ, "PYTHONPATH": REPO}
     log = tmp_path / "log.txt"
     proc = subprocess.run([sys.executable, "-c", QUIET, str(log), *lines], capture_output=True, text=True, env=env,
                           timeout=60)
     assert proc.stderr.splitlines() == ["scoresde sample: 4 samples", "wrote 4 samples"]
-    assert log.read_text().splitlines() == [ABSL_INFO, *XLA_BANNER, ""]
+    assert log.read_text().splitlines() == [ABSL_INFO, *XLA_BANNER]
     # no workdir: nothing is created for the log
     missing = tmp_path / "not_created" / "log.txt"
     proc = subprocess.run([sys.executable, "-c", QUIET, str(missing), ABSL_INFO], capture_output=True, text=True,
