@@ -106,17 +106,16 @@ class CommandLineError(ValueError):
 
 
 def _flag_values(argv) -> dict:
-    """``{name: value}`` of the ``--name=value`` and ``--name value`` flags of ``argv`` (the last one wins)."""
+    """``{name: (value, following)}`` of the flags of ``argv`` (the last one wins): ``value`` of ``--name=value``
+    (else ``None``) and, for ``--name value``, the argument after it (absl takes it unless the flag is a bool)."""
     values = {}
     args = list(argv[1:])
     for i, arg in enumerate(args):
         if not arg.startswith("--"):
             continue
         name, eq, value = arg[2:].partition("=")
-        if not eq:
-            nxt = args[i + 1] if i + 1 < len(args) else None
-            value = nxt if nxt is not None and not nxt.startswith("-") and not name.startswith("config.") else None
-        values[name] = value
+        nxt = args[i + 1] if not eq and i + 1 < len(args) and not args[i + 1].startswith("-") else None
+        values[name] = (value if eq else None, nxt)
     return values
 
 
@@ -172,7 +171,8 @@ def check_command_line(argv) -> None:
     Raises:
         CommandLineError: one line naming the bad value, what was expected and the nearest valid choice.
     """
-    values = _flag_values(argv)
+    flag_values = _flag_values(argv)
+    values = {name: value if value is not None else following for name, (value, following) in flag_values.items()}
     mode = values.get("mode") or "train"
     if mode not in MODES:
         raise CommandLineError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}"
@@ -213,6 +213,8 @@ def check_command_line(argv) -> None:
         if hasattr(current, "items"):
             raise CommandLineError(f"config field {field} is a section; expected one of its fields, e.g. "
                                    f"{field}.{next(iter(current), 'NAME')}")
+        if isinstance(current, bool):  # a bare bool flag takes no following argument
+            value = flag_values[name][0]
         _check_value(field, value, current)
 
 

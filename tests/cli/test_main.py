@@ -89,6 +89,8 @@ COMMAND_LINE_ERRORS = [
      "error: unknown variant 'smok' of digits_vp; expected one of: smoke; did you mean smoke?"),
     (["--config=configs/digits_vp.py:smoke", "--config.training.batch_size=abc"],
      "error: bad value 'abc' for config field training.batch_size; expected an integer (now 8)"),
+    (["--config", "configs/digits_vp.py:smoke", "--config.training.batch_size", "abc"],  # absl's other form
+     "error: bad value 'abc' for config field training.batch_size; expected an integer (now 8)"),
     (["--config=configs/digits_vp.py:smoke", "--config.training.continuous=maybe"],
      "error: bad value 'maybe' for config field training.continuous; expected True or False (now True)"),
     (["--config=configs/digits_vp.py:smoke", "--config.optim.lr=fast"],
@@ -98,7 +100,7 @@ COMMAND_LINE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("args,line", COMMAND_LINE_ERRORS, ids=[line[7:40] for _, line in COMMAND_LINE_ERRORS])
+@pytest.mark.parametrize("args,line", COMMAND_LINE_ERRORS, ids=[f"{i}-{line[7:40]}" for i, (_, line) in enumerate(COMMAND_LINE_ERRORS)])
 def test_a_bad_command_line_is_one_error_line_and_writes_nothing(tmp_path, args, line):
     workdir = tmp_path / "run"
     proc = _cli(*args, f"--workdir={workdir}", timeout=120)
