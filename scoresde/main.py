@@ -4,6 +4,12 @@ The entry point is thin: it parses flags, optionally joins a multi-host job, and
 function ``fn(config, workdir)`` of :mod:`scoresde.modes`, named in :data:`MODES` and imported only when
 chosen (a mode's dependencies load only for that mode).
 
+The command line is checked before anything runs (:func:`check_command_line`): a mistake ends in one
+``error:`` line naming the value, what was expected and the nearest valid choice, exit status 2, with nothing
+written. A run that fails later prints one line for errors that explain themselves and removes what a failed
+start left (empty directories, the log). Library log lines (absl INFO, XLA's compiler messages) go to
+``workdir/log.txt``, not to the terminal.
+
 Config overrides use ``ml_collections.config_flags`` on a locked config, e.g.
 ``--config.training.batch_size=64``; an unknown key is an error. Fields the config file does not set (a
 reference config lacks ours) then come from :func:`scoresde.config_defaults.with_defaults`, as for
@@ -95,10 +101,8 @@ def run(config, workdir: str, mode: str = "train"):
 
 def _config_spec() -> str | None:
     """The ``--config`` argument as given (``path.py[:variant]``), for the commands the run suggests next."""
-    for arg in sys.argv[1:]:
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+    value, following = _flag_values(sys.argv).get("config", (None, None))
+    return value or following
 
 
 class CommandLineError(ValueError):
@@ -262,7 +266,7 @@ class _WorkdirGuard:
 
 
 def _log_name() -> str:
-    """Where this process's library log lines go, inside the workdir."""
+    """Where this process's library log lines go, inside the workdir, in a multi-process run."""
     import jax  # noqa: PLC0415  (already imported by the modes; after multi-host init on purpose)
 
     return "log.txt" if jax.process_index() == 0 else f"log.{jax.process_index()}.txt"
@@ -279,7 +283,7 @@ def main(argv):
     if FLAGS.distributed or FLAGS.coordinator_address:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                FLAGS.cpu_collectives)
-    log_name = _log_name()
+    log_name = _log_name() if FLAGS.distributed or FLAGS.coordinator_address else "log.txt"
     guard = _WorkdirGuard(FLAGS.workdir, log_name)
     quiet = runlog.QuietStderr(log_path=os.path.join(FLAGS.workdir, log_name))
     try:
