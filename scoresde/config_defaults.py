@@ -21,6 +21,7 @@ directly and never repeats a default.
 """
 
 import copy
+import difflib
 import importlib.util
 import os
 
@@ -316,7 +317,9 @@ def apply_variants(config, variant, known, doc):
     """Applies comma-separated variants, each a key of ``known`` (name -> fn(config))."""
     for v in [v for v in (variant or "").split(",") if v]:
         if v not in known:
-            raise ValueError(f"unknown variant {v!r} of {doc}; expected one of: {', '.join(known)}")
+            near = difflib.get_close_matches(v, list(known), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ValueError(f"unknown variant {v!r} of {doc}; expected one of: {', '.join(known)}{hint}")
         known[v](config)
     return config
 

@@ -4,6 +4,12 @@ The entry point is thin: it parses flags, optionally joins a multi-host job, and
 function ``fn(config, workdir)`` of :mod:`scoresde.modes`, named in :data:`MODES` and imported only when
 chosen (a mode's dependencies load only for that mode).
 
+The command line is checked before anything runs (:func:`check_command_line`): a mistake ends in one
+``error:`` line naming the value, what was expected and the nearest valid choice, exit status 2, with nothing
+written. A run that fails later prints one line for errors that explain themselves and removes what a failed
+start left (empty directories, the log). Library log lines (absl INFO, XLA's compiler messages) go to
+``workdir/log.txt``, not to the terminal.
+
 Config overrides use ``ml_collections.config_flags`` on a locked config, e.g.
 ``--config.training.batch_size=64``; an unknown key is an error. Fields the config file does not set (a
 reference config lacks ours) then come from :func:`scoresde.config_defaults.with_defaults`, as for
@@ -17,9 +23,12 @@ Examples:
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 
@@ -58,6 +67,12 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host; auto
 flags.DEFINE_string("cpu_collectives", None, "CPU cross-process collectives, e.g. 'gloo' (multi-process on CPU).")
 
 
+def _did_you_mean(value: str, choices) -> str:
+    """``"; did you mean X?"`` for the choice nearest to ``value`` (difflib), or ``""`` when none is near."""
+    near = difflib.get_close_matches(value, list(choices), n=1)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
 def resolve_mode(mode: str):
     """The function of a mode name.
 
@@ -65,7 +80,7 @@ def resolve_mode(mode: str):
         ValueError: unknown mode, or a mode whose module is not available.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
+        raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}{_did_you_mean(mode, MODES)}")
     module_name, fn_name = MODES[mode].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -86,10 +101,175 @@ def run(config, workdir: str, mode: str = "train"):
 
 def _config_spec() -> str | None:
     """The ``--config`` argument as given (``path.py[:variant]``), for the commands the run suggests next."""
-    for arg in sys.argv[1:]:
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+    value, following = _flag_values(sys.argv).get("config", (None, None))
+    return value or following
+
+
+class CommandLineError(ValueError):
+    """A command line that cannot start a run; its message is the whole report."""
+
+
+def _flag_values(argv) -> dict:
+    """``{name: (value, following)}`` of the flags of ``argv`` (the last one wins): ``value`` of ``--name=value``
+    (else ``None``) and, for ``--name value``, the argument after it (absl takes it unless the flag is a bool)."""
+    values = {}
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        nxt = args[i + 1] if not eq and i + 1 < len(args) and not args[i + 1].startswith("-") else None
+        values[name] = (value if eq else None, nxt)
+    return values
+
+
+def _leaf_fields(config, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        if hasattr(v, "items"):
+            out += _leaf_fields(v, f"{prefix}{k}.")
+        out.append(f"{prefix}{k}")
+    return out
+
+
+_BOOLS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
+
+
+def _check_value(field: str, value: str | None, current) -> None:
+    """Raises :class:`CommandLineError` when ``value`` cannot be parsed as the type of the field's current value."""
+    if value is None:  # a bare --config.a.b sets a bool field to True; absl checks the rest
+        if not isinstance(current, bool):
+            raise CommandLineError(f"config field {field} needs a value: --config.{field}=VALUE "
+                                   f"(now {current!r})")
+        return
+    expected, ok = None, True
+    if isinstance(current, bool):
+        expected, ok = "True or False", value.lower() in _BOOLS
+    elif isinstance(current, int):
+        expected = "an integer"
+        try:
+            int(value)
+        except ValueError:
+            ok = False
+    elif isinstance(current, float):
+        expected = "a number"
+        try:
+            float(value)
+        except ValueError:
+            ok = False
+    elif isinstance(current, (tuple, list)):
+        expected = "a tuple such as (1, 2)"
+        try:
+            ok = isinstance(ast.literal_eval(value), (tuple, list, int, float))
+        except (ValueError, SyntaxError):
+            ok = False
+    if not ok:
+        raise CommandLineError(f"bad value {value!r} for config field {field}; expected {expected} "
+                               f"(now {current!r})")
+
+
+def check_command_line(argv) -> None:
+    """Checks what a command line names before anything runs or is written: the mode, the config file and its
+    variant, every ``--config.*`` field and the type of its value, and that ``--workdir`` is given.
+
+    Raises:
+        CommandLineError: one line naming the bad value, what was expected and the nearest valid choice.
+    """
+    flag_values = _flag_values(argv)
+    values = {name: value if value is not None else following for name, (value, following) in flag_values.items()}
+    mode = values.get("mode") or "train"
+    if mode not in MODES:
+        raise CommandLineError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}"
+                               f"{_did_you_mean(mode, MODES)}")
+    spec = values.get("config")
+    if not spec:
+        raise CommandLineError("no --config given; expected --config=PATH[:variant], e.g. "
+                               "--config=configs/digits_vp.py")
+    if not values.get("workdir"):
+        raise CommandLineError("no --workdir given; expected --workdir=DIR, the run directory")
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        folder = os.path.dirname(path)
+        known = [f for f in os.listdir(folder or ".") if f.endswith(".py")] if os.path.isdir(folder or ".") else []
+        near = difflib.get_close_matches(os.path.basename(path), known, n=1)
+        hint = f"; did you mean {os.path.join(folder, near[0])}?" if near else ""
+        raise CommandLineError(f"no config file {path!r}; expected a .py file with get_config(){hint}")
+    module = config_defaults.load_module(path)
+    if not hasattr(module, "get_config"):
+        raise CommandLineError(f"config file {path!r} defines no get_config()")
+    try:
+        config = module.get_config(variant) if variant else module.get_config()
+    except ValueError as e:  # an unknown variant names itself
+        raise CommandLineError(str(e)) from e
+    fields = _leaf_fields(config)
+    for name, value in values.items():
+        if not name.startswith("config."):
+            continue
+        field = name[len("config."):]
+        if field not in fields:
+            raise CommandLineError(f"unknown config field {field}{_did_you_mean(field, fields)}"
+                                   if _did_you_mean(field, fields) else
+                                   f"unknown config field {field}; expected a field of {path} "
+                                   f"(top-level names: {', '.join(k for k in config)})")
+        current = config
+        for part in field.split("."):
+            current = current[part]
+        if hasattr(current, "items"):
+            raise CommandLineError(f"config field {field} is a section; expected one of its fields, e.g. "
+                                   f"{field}.{next(iter(current), 'NAME')}")
+        if isinstance(current, bool):  # a bare bool flag takes no following argument
+            value = flag_values[name][0]
+        _check_value(field, value, current)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with the one-line report of :func:`_fail_command_line` for whatever it rejects."""
+    try:
+        if not any(a.split("=")[0] in ("--help", "--helpshort", "--helpfull", "-h", "-?") for a in argv[1:]):
+            check_command_line(argv)
+        return FLAGS(argv)
+    except CommandLineError as e:
+        _fail_command_line(str(e))
+    except (flags.Error, ValueError, AttributeError, KeyError) as e:
+        # absl and ml_collections wrap their reasons in several layers of quoting and newlines
+        _fail_command_line(" ".join(str(e).replace("\\n", " ").split()))
+
+
+def _fail_command_line(message: str) -> None:
+    """A command line that cannot start: one line, exit status 2 (a usage error), nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class _WorkdirGuard:
+    """Undoes what a run that fails at its start left in the workdir: directories it created that are still
+    empty, and the log file when nothing else remains. Anything with a file in it stays.
+    """
+
+    def __init__(self, workdir: str, log_name: str):
+        self.workdir, self.log_name = workdir, log_name
+        self.existed = os.path.isdir(workdir)
+        self.dirs = {d for d, _, _ in os.walk(workdir)} if self.existed else set()
+        self.log_existed = os.path.exists(os.path.join(workdir, log_name))
+
+    def undo(self) -> None:
+        if not os.path.isdir(self.workdir):
+            return
+        for d, _, _ in sorted(os.walk(self.workdir), key=lambda w: -len(w[0])):  # deepest first
+            if d not in self.dirs and d != self.workdir and not os.listdir(d):
+                os.rmdir(d)
+        log = os.path.join(self.workdir, self.log_name)
+        if not self.existed and not self.log_existed and os.listdir(self.workdir) in ([], [self.log_name]):
+            if os.path.exists(log):
+                os.remove(log)
+            os.rmdir(self.workdir)
+
+
+def _log_name() -> str:
+    """Where this process's library log lines go, inside the workdir, in a multi-process run."""
+    import jax  # noqa: PLC0415  (already imported by the modes; after multi-host init on purpose)
+
+    return "log.txt" if jax.process_index() == 0 else f"log.{jax.process_index()}.txt"
 
 
 def main(argv):
@@ -103,36 +283,54 @@ def main(argv):
     if FLAGS.distributed or FLAGS.coordinator_address:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                FLAGS.cpu_collectives)
-    fn = resolve_mode(FLAGS.mode)
-    runlog.set_config_spec(_config_spec())
-    compilation.enable_compilation_cache()  # a restarted run does not compile again
-    quiet = runlog.QuietStderr()
+    log_name = _log_name() if FLAGS.distributed or FLAGS.coordinator_address else "log.txt"
+    guard = _WorkdirGuard(FLAGS.workdir, log_name)
+    quiet = runlog.QuietStderr(log_path=os.path.join(FLAGS.workdir, log_name))
     try:
+        fn = resolve_mode(FLAGS.mode)
+        runlog.set_config_spec(_config_spec())
+        compilation.enable_compilation_cache()  # a restarted run does not compile again
         result = fn(config_defaults.with_defaults(FLAGS.config), FLAGS.workdir)
     except Exception as e:  # noqa: BLE001  (every failure ends the same way: one message, a non-zero exit)
-        _fail(e, quiet)
+        _fail(e, quiet, guard)
     finally:
         quiet.flush()
     if isinstance(result, dict) and result.get("preempted"):
         sys.exit(143)  # 128 + SIGTERM: stopped early, checkpoint written; rerun to resume
 
 
-def _fail(e: BaseException, quiet: runlog.QuietStderr) -> None:
+# "unknown sde 'vpp'; expected one of: vpsde, subvpsde" -> the value and the choices, for a suggestion
+_UNKNOWN_CHOICE = re.compile(r"unknown [\w ]+ '([^']+)'; expected one of: ([^;()]+?)(?:[;(]|$)")
+
+
+def explain(e: BaseException) -> str:
+    """The one-line report of an error that explains itself, with the nearest valid choice when it names a
+    choice among several and does not suggest one already."""
+    message = str(e)
+    match = _UNKNOWN_CHOICE.search(message)
+    if match and "did you mean" not in message:
+        choices = [c.strip() for c in match.group(2).split(",")]
+        message += _did_you_mean(match.group(1), choices)
+    return message
+
+
+def _fail(e: BaseException, quiet: runlog.QuietStderr, guard: _WorkdirGuard) -> None:
     """Reports a failed run and exits 1 at once.
 
     Errors that explain themselves (bad config or data, storage, locks, mismatched checkpoints) print one
-    line; anything else prints its traceback. ``os._exit`` because a failed asynchronous checkpoint write can
-    leave non-daemon threads that would otherwise keep the process alive.
+    line; anything else prints its traceback. What a failed start created in the workdir (empty directories,
+    the log) is removed. ``os._exit`` because a failed asynchronous checkpoint write can leave non-daemon
+    threads that would otherwise keep the process alive.
     """
     if isinstance(e, _EXPLAINED_ERRORS):
-        print(f"\nerror: {e}", file=sys.stderr)  # on a line of its own, whatever a progress bar left
+        print(f"\nerror: {explain(e)}", file=sys.stderr)  # on a line of its own, whatever a progress bar left
     else:
         traceback.print_exception(e)
     sys.stdout.flush()
     quiet.flush()  # the message goes out through the noise filter; then wait until it is out
+    guard.undo()
     os._exit(1)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -17,7 +17,8 @@ import threading
 
 import numpy as np
 
-__all__ = ["MetricsLogger", "read_metrics", "announce", "conclude", "set_config_spec", "command"]
+__all__ = ["MetricsLogger", "read_metrics", "announce", "conclude", "set_config_spec", "command", "latent_command",
+           "is_library_log"]
 
 _INVOCATION = {"config": None}
 
@@ -127,13 +128,58 @@ def command(mode: str, workdir: str, extra: str = "") -> str:
     return f"{cmd} {extra}".rstrip()
 
 
-class QuietStderr:
-    """Drops the "RuntimeError: Event loop is closed" tracebacks tensorstore prints from C++ threads after a
-    failed asynchronous checkpoint write (dozens of them, interleaved). They are dropped twice over: at Python's
-    unraisable hook, and on file descriptor 2, which is a pipe through a filter while the run lasts. Every other
-    line written to stderr passes through, progress bars included.
+def latent_command(autoencoder_workdir: str) -> str | None:
+    """The command that trains stage 2 of latent diffusion on the autoencoder in ``autoencoder_workdir``: the
+    latent config next to this invocation's autoencoder config (``name_ae.py`` -> ``name_ldm.py``, same
+    variant) into a workdir named alike (``runs/x_ae`` -> ``runs/x_ldm``), or ``None`` when there is no such
+    config (a closing line suggests only what can be run).
+    """
+    spec = _INVOCATION["config"]
+    path, _, variant = (spec or "").partition(":")
+    stem, ext = os.path.splitext(path)
+    if not stem.endswith("_ae") or not os.path.isfile(stem[:-3] + "_ldm" + ext):
+        return None
+    latent_spec = stem[:-3] + "_ldm" + ext + (f":{variant}" if variant else "")
+    base = autoencoder_workdir.rstrip("/")
+    workdir = base[:-3] + "_ldm" if base.endswith("_ae") else base + "_ldm"
+    return (f"python -m scoresde.main --config={latent_spec} --workdir={workdir} "
+            f"--config.latent.autoencoder_workdir={autoencoder_workdir}")
 
-    Used by the CLI only; :meth:`flush` restores the real stderr and waits until what was written is out.
+
+# A library's log line: absl / glog ("I1207 05:12:34.567890  1234 file.py:255] ...") or TensorFlow's
+# ("2026-12-07 05:12:34.567890: I tensorflow/...").
+_LIBRARY_LOG = re.compile(r"^(?P<level>[IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ (?P<file>[^:\s]+):\d+\]"
+                          r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tf_level>[IWEF]) ")
+# The rest of XLA's "Very slow compile? If you want to file a bug..." banner, which follows a glog line.
+_XLA_BANNER = re.compile(r"^\*{8,}$|Very slow compile\?|^\[Compiling module |The operation took ")
+
+
+def is_library_log(line: str) -> bool:
+    """Whether ``line`` is for the log file rather than the terminal: a library's INFO line, any log line from
+    compiled code (XLA, TensorFlow), or XLA's slow-compile banner. Python WARNING and ERROR lines stay visible.
+    """
+    match = _LIBRARY_LOG.match(line)
+    if match is None:
+        return bool(_XLA_BANNER.search(line))
+    if match.group("tf_level"):
+        return True
+    return match.group("level") == "I" or not match.group("file").endswith(".py")
+
+
+class QuietStderr:
+    """Keeps the terminal for the run's own lines while the run lasts: file descriptor 2 becomes a pipe through a
+    filter, so every writer (Python, absl, XLA's C++) goes through it. Two kinds of line are held back:
+
+    - library log lines (:func:`is_library_log`) go to ``log_path`` (appended; held in memory until the
+      workdir exists, so a run that fails before creating it leaves nothing behind);
+    - the "RuntimeError: Event loop is closed" tracebacks tensorstore prints from C++ threads after a failed
+      asynchronous checkpoint write (dozens, interleaved) are dropped, at Python's unraisable hook and on fd 2.
+
+    Every other line passes through, progress bars included. Used by the CLI only; :meth:`flush` restores the
+    real stderr and waits until what was written is out.
+
+    Args:
+        log_path: the file for library log lines; ``None`` drops them.
     """
 
     # a line made only of these pieces (threads interleave them) is that noise
@@ -141,8 +187,10 @@ class QuietStderr:
                         r"in \w+|\s*self\._check_closed\(\)|\s*raise RuntimeError\('Event loop is closed'\)|"
                         r"RuntimeError: Event loop is closed|RuntimeError|: Event loop is closed")
 
-    def __init__(self):
+    def __init__(self, log_path: str | None = None):
         self._thread = None
+        self._log_path = log_path
+        self._log_lines = []  # library log lines not yet in the file
         # The same noise also reaches Python's unraisable hook (a callback on a closed event loop, run from a
         # C++ thread). Caught there it never reaches the file at all, even after :meth:`flush` restored it.
         self._hook = sys.unraisablehook
@@ -167,15 +215,32 @@ class QuietStderr:
         while chunk := os.read(self._read, 65536):
             pending += chunk.decode(errors="replace")
             *lines, pending = pending.split("\n")
-            out = [ln + "\n" for ln in lines if ln.strip() == "" or self._NOISE.sub("", ln).strip()]
-            cut = pending.rfind("\r")  # a progress bar redraws with \r: show it now
-            if cut >= 0:
-                out.append(pending[:cut + 1])
-                pending = pending[cut + 1:]
+            out = []
+            for ln in lines:
+                if is_library_log(ln):
+                    self._log_lines.append(ln + "\n")
+                elif ln.strip() == "" or self._NOISE.sub("", ln).strip():
+                    out.append(ln + "\n")
+            self._write_log()
+            if "\r" in pending:  # a progress bar redraws with \r: show all of it now, not at its next redraw
+                out.append(pending)
+                pending = ""
             if out:
                 os.write(self._saved, "".join(out).encode())
         if pending:
             os.write(self._saved, pending.encode())
+
+    def _write_log(self, final: bool = False):
+        """Appends the held library log lines to the log file once its folder exists (at the end: if it does)."""
+        if not self._log_lines or self._log_path is None:
+            self._log_lines = [] if self._log_path is None else self._log_lines
+            return
+        if os.path.isdir(os.path.dirname(self._log_path) or "."):
+            with open(self._log_path, "a") as f:
+                f.writelines(self._log_lines)
+            self._log_lines = []
+        elif final:
+            self._log_lines = []
 
     def flush(self):
         """Restores the real stderr and waits for everything written so far to come out."""
@@ -185,3 +250,4 @@ class QuietStderr:
         os.dup2(self._saved, 2)  # drops fd 2's hold on the pipe: the pump reads to the end and stops
         self._thread.join(timeout=5)
         self._thread = None
+        self._write_log(final=True)

@@ -47,3 +47,18 @@ def test_unknown_feature_extractor():
         config.eval.feature_extractor = "clip"
     with pytest.raises(ValueError, match="unknown config.eval.feature_extractor 'clip'; expected one of: inception"):
         build.get_feature_fn(config)
+
+
+def test_inception_weights_found_looks_only_on_this_machine(tmp_path, monkeypatch):
+    # What sample's closing line asks before it suggests --mode=fid: never a download.
+    from scoresde.metrics import weights
+
+    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path))
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded"))
+    config = load_config("digits_vp", "smoke")
+    assert not build.inception_weights_found(config)
+    (tmp_path / weights.CONVERTED_FILENAME).write_bytes(b"")
+    assert build.inception_weights_found(config)
+    config.eval.inception_weights = str(tmp_path / "missing.npz")  # an explicit path that is not there
+    assert not build.inception_weights_found(config)

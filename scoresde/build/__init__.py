@@ -115,6 +115,7 @@ from scoresde.build.inverse import (  # noqa: F401
 )
 from scoresde.build.metrics import (  # noqa: F401
     get_feature_fn,
+    inception_weights_found,
     reference_stats_path,
     sample_batch_size,
     SampleQualitySettings,

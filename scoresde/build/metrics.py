@@ -20,6 +20,13 @@ def get_feature_fn(config):
     return factories[name]()
 
 
+def inception_weights_found(config) -> bool:
+    """Whether the FID Inception weights are on this machine (no download): what ``--mode=fid`` needs first."""
+    from scoresde.metrics.weights import local_weights_path  # noqa: PLC0415  (numpy-only file handling)
+
+    return local_weights_path(config.eval.inception_weights or None) is not None
+
+
 def reference_stats_path(config, workdir: str, split: str | None = None) -> str:
     """``config.eval.fid_stats_path`` if set, else ``workdir/fid_stats/<dataset>_<split>_<size>.npz``."""
     if config.eval.fid_stats_path:

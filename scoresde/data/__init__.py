@@ -156,6 +156,14 @@ def describe(config, split: str = "train") -> str:
     return f"{name} {split} (tfds), {shape}"
 
 
+def num_examples(config, split: str = "train") -> int | None:
+    """How many examples a split holds, or ``None`` where that is not known without preparing it (toy, tfds)."""
+    name = check_dataset_name(config)
+    if name in _IN_MEMORY:
+        return len(_load_in_memory(config, name, split)[0])
+    return None
+
+
 def uint8_batches(config, split: str, batch_size: int = 500) -> Iterator[np.ndarray]:
     """This process's share of a whole dataset split as uint8 NHWC batches: all examples, no dequantisation.
 

@@ -2,9 +2,14 @@
 
 Search order (explicit path, ``SCORESDE_INCEPTION_WEIGHTS``, the cache, a checked download; never a silent
 fallback to other features) and accepted formats (``.pth``, ``.npz``, ``.msgpack``): ``docs/metrics.md``.
-Convert once with::
 
-    python -m scoresde.metrics.weights pt_inception-2015-12-05-6726825d.pth inception_fid.npz
+Offline, place a local copy of pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` in the cache (converted,
+so evaluation needs no torch) with::
+
+    python -m scoresde.metrics.weights --convert=/path/to/pt_inception-2015-12-05-6726825d.pth
+
+or convert it anywhere (``python -m scoresde.metrics.weights IN.pth OUT.npz``) and point
+``config.eval.inception_weights`` or ``$SCORESDE_INCEPTION_WEIGHTS`` at the result.
 """
 
 from __future__ import annotations
@@ -232,17 +237,29 @@ def sha256_of(path: str) -> str:
 
 
 def _how_to_provide(reason: str) -> str:
-    return (f"FID Inception weights not available: {reason}.\n"
-            f"Provide them in one of these ways (no other feature extractor is substituted):\n"
-            f"  1. download {FID_WEIGHTS_URL}\n"
-            f"     (sha256 {FID_WEIGHTS_SHA256}) on a machine with internet and either\n"
-            f"     - set config.eval.inception_weights=/path/to/{FID_WEIGHTS_FILENAME}, or\n"
-            f"     - export {ENV_WEIGHTS}=/path/to/{FID_WEIGHTS_FILENAME}, or\n"
-            f"     - copy it to {os.path.join(cache_dir(), FID_WEIGHTS_FILENAME)};\n"
-            f"  2. without torch where you evaluate: convert it once with\n"
-            f"     `python -m scoresde.metrics.weights {FID_WEIGHTS_FILENAME} {CONVERTED_FILENAME}`\n"
-            f"     and point the config field / {ENV_WEIGHTS} at the .npz (or put it in {cache_dir()});\n"
-            f"  3. run once online (unset {ENV_OFFLINE}) to download and cache it automatically.")
+    """One line: why the weights are missing and the ways to place them (no other extractor is substituted)."""
+    return (f"FID Inception weights not available: {reason}; place a local copy of pytorch-fid's "
+            f"{FID_WEIGHTS_FILENAME} (sha256 {FID_WEIGHTS_SHA256[:8]}..., from {FID_WEIGHTS_URL}) with "
+            f"`python -m scoresde.metrics.weights --convert=PATH_TO/{FID_WEIGHTS_FILENAME}`, or set "
+            f"config.eval.inception_weights or ${ENV_WEIGHTS} to a .pth / .npz file")
+
+
+def offline() -> bool:
+    """Whether ``$SCORESDE_OFFLINE`` forbids downloading."""
+    return os.environ.get(ENV_OFFLINE, "").lower() in ("1", "true", "yes")
+
+
+def local_weights_path(path: str | None = None) -> str | None:
+    """The weights file found without downloading (given path, ``$SCORESDE_INCEPTION_WEIGHTS``, the cache),
+    or ``None``."""
+    for candidate in (path, os.environ.get(ENV_WEIGHTS)):
+        if candidate:
+            return candidate if os.path.isfile(candidate) else None
+    for name in (CONVERTED_FILENAME, FID_WEIGHTS_FILENAME):
+        cached = os.path.join(cache_dir(), name)
+        if os.path.isfile(cached):
+            return cached
+    return None
 
 
 def download_weights(dest_dir: str | None = None, *, url: str = FID_WEIGHTS_URL,
@@ -269,7 +286,8 @@ def download_weights(dest_dir: str | None = None, *, url: str = FID_WEIGHTS_URL,
     except OSError as e:  # URLError, timeouts and socket errors are OSErrors
         if isinstance(e, InceptionWeightsError):
             raise
-        raise InceptionWeightsError(_how_to_provide(f"downloading {url} failed ({e})")) from e
+        raise InceptionWeightsError(_how_to_provide(f"none given, none in {dest_dir}, and downloading it from "
+                                                    f"pytorch-fid's release failed ({e})")) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -299,10 +317,10 @@ def resolve_weights_path(path: str | None = None, *, download: bool | None = Non
         if os.path.isfile(cached):
             return cached
     if download is None:
-        download = os.environ.get(ENV_OFFLINE, "").lower() not in ("1", "true", "yes")
+        download = not offline()
     if not download:
-        raise InceptionWeightsError(_how_to_provide(f"no file given, none in {cache_dir()}, and {ENV_OFFLINE} "
-                                                    "forbids downloading"))
+        why = f"${ENV_OFFLINE} is set" if offline() else "downloading is off"
+        raise InceptionWeightsError(_how_to_provide(f"none given, none in {cache_dir()}, and {why}"))
     return download_weights()
 
 
@@ -324,12 +342,47 @@ def load_inception(path: str | None = None, *, download: bool | None = None, res
     return build_inception(load_params(resolve_weights_path(path, download=download)), resize_method=resize_method)
 
 
+def convert_into_cache(src: str) -> str:
+    """Converts a local copy of pytorch-fid's weights into the cache, where every FID run finds it.
+
+    Raises:
+        InceptionWeightsError: ``src`` is not a file, or not the pytorch-fid release (its SHA-256 differs).
+    """
+    if not os.path.isfile(src):
+        raise InceptionWeightsError(f"no file {src!r}; expected a local copy of pytorch-fid's {FID_WEIGHTS_FILENAME}")
+    if src.endswith((".pth", ".pt")) and sha256_of(src) != FID_WEIGHTS_SHA256:
+        raise InceptionWeightsError(f"{src} has sha256 {sha256_of(src)}, not the pytorch-fid release's "
+                                    f"{FID_WEIGHTS_SHA256}; FID needs exactly those weights")
+    os.makedirs(cache_dir(), exist_ok=True)
+    dst = os.path.join(cache_dir(), CONVERTED_FILENAME)
+    save_params(dst, load_params(src))
+    return dst
+
+
+_USAGE = f"""usage: python -m scoresde.metrics.weights --convert=PATH_TO/{FID_WEIGHTS_FILENAME}
+       python -m scoresde.metrics.weights IN.pth OUT.(npz|msgpack)
+
+The FID Inception weights are pytorch-fid's {FID_WEIGHTS_FILENAME}
+(sha256 {FID_WEIGHTS_SHA256}, {FID_WEIGHTS_URL}).
+--convert reads a local copy (needs torch) and writes {CONVERTED_FILENAME} into the cache ({cache_dir()};
+${ENV_CACHE} moves it), where every FID run finds it without torch or a network. The second form converts to
+any file; set config.eval.inception_weights or ${ENV_WEIGHTS} to it."""
+
+
 def main(argv=None) -> int:
-    """``python -m scoresde.metrics.weights IN.pth OUT.(npz|msgpack)``: converts pytorch-fid's weights."""
+    """``python -m scoresde.metrics.weights --convert=IN.pth`` (into the cache) or ``IN.pth OUT.(npz|msgpack)``."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print(main.__doc__, file=sys.stderr)
-        return 2
+    if len(argv) == 1 and argv[0].startswith("--convert="):
+        try:
+            dst = convert_into_cache(argv[0].split("=", 1)[1])
+        except (InceptionWeightsError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {dst}; --mode=fid and --mode=fid_stats find it there")
+        return 0
+    if len(argv) != 2 or any(a.startswith("-") for a in argv):
+        print(_USAGE, file=sys.stderr)
+        return 0 if argv in (["--help"], ["-h"]) else 2
     src, dst = argv
     if src.endswith((".pth", ".pt")) and sha256_of(src) != FID_WEIGHTS_SHA256:
         print(f"warning: {src} has sha256 {sha256_of(src)}, not the pytorch-fid release's "

@@ -51,6 +51,13 @@ def evaluate_loss(config, workdir: str) -> dict:
     parallel.check_batch_size(batch_size, mesh, "config.eval.batch_size")
     sde = build.make_sde(config)
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    max_batches = int(config.eval.num_eval_batches) or None
+    runlog.announce(f"scoresde eval: test loss at step {step}", {
+        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+        "data": data_lib.describe(config, "test"),
+        "batches": f"{max_batches or 'all whole'} batch(es) of {batch_size}",
+        "workdir": os.path.abspath(workdir),
+    })
     loss_fn = build.make_loss_fn(config, sde)
     key = build.purpose_key(build.root_key(config), "eval_loss")
 
@@ -60,7 +67,6 @@ def evaluate_loss(config, workdir: str) -> dict:
         return loss_fn(lambda x, labels: model(x, labels), batch["image"], jax.random.fold_in(key, i))[0]
 
     total, n = 0.0, 0
-    max_batches = int(config.eval.num_eval_batches) or None
     for i, batch in enumerate(data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False,
                                                    repeat=False)):
         if max_batches is not None and i >= max_batches:

@@ -123,6 +123,12 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     stats_path = build.reference_stats_path(config, workdir)
     ref = protocol.load_reference_stats(stats_path)
     from_files = sampler is None and protocol.load_sample_files(workdir)
+    runlog.announce("scoresde fid: FID / IS / KID", {
+        "samples": (os.path.join(os.path.abspath(workdir), "samples") if from_files else
+                    f"{s.num_samples:,} drawn now by {build.sampler_description(config)}"),
+        "reference": os.path.abspath(stats_path),
+        "workdir": os.path.abspath(workdir),
+    })
     if from_files:
         samples, meta = from_files
         step = meta.get("step", step)

@@ -33,6 +33,10 @@ def fid_stats(config, workdir: str, feature_fn: FeatureFn | None = None) -> dict
     s = build.sample_quality_settings(config)
     split = s.stats_split
     feature_fn = feature_fn or build.get_feature_fn(config)
+    runlog.announce(f"scoresde fid_stats: reference statistics of {config.data.dataset} {split}", {
+        "data": data_lib.describe(config, split),
+        "to": os.path.abspath(build.reference_stats_path(config, workdir, split)),
+    })
     result = protocol.compute_reference_statistics(
         feature_fn, data_lib.uint8_batches(config, split, s.inception_batch_size), keep_max=s.stats_max_features)
     path = build.reference_stats_path(config, workdir, split)

@@ -53,6 +53,25 @@ def _count_batches(config, s) -> int:
     return n
 
 
+def _announce(config, s, workdir: str, step: int, num_batches: int, what: str) -> None:
+    """The run header: the model, the solver, and how many examples of the split it uses and why."""
+    used = num_batches * s.batch_size
+    total = data_lib.num_examples(config, s.split)
+    if s.num_eval_batches and num_batches == s.num_eval_batches:
+        why = f"config.eval.num_eval_batches={s.num_eval_batches} of {s.batch_size}"
+    else:  # the pipeline yields whole batches only
+        why = f"whole batches of config.eval.bpd_batch_size={s.batch_size}"
+    examples = (f"all {used:,} {s.split} examples" if used == total else
+                f"{used:,} of {total:,} {s.split} examples: {why}" if total else f"{used:,} {s.split} examples: {why}")
+    runlog.announce(f"scoresde likelihood: {what} at step {step}", {
+        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+        "examples": examples,
+        "repeats": f"{s.num_repeats} ({s.dequantization} dequantisation)",
+        "solver": f"{s.solver}, rtol {s.rtol}, atol {s.atol}, {s.n_probes} probe(s)",
+        "workdir": os.path.abspath(workdir),
+    })
+
+
 _STALE = ("checkpoint_step", "autoencoder_step")  # a different model: its partial results are discarded
 
 
@@ -184,6 +203,7 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     partial_path = os.path.join(out_dir, f"bpd_{s.split}_partial.npz")
     k = s.num_repeats
     expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step)}
+    _announce(config, s, workdir, step, expected["num_batches"], f"bits/dim of the {type(sde).__name__} model")
     done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, {"bpd": np.float32, "nfe": np.int32},
                      "bpd", stop_after)
     if done is None:
@@ -278,6 +298,7 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     partial_path = os.path.join(out_dir, f"bpd_{s.split}_latent_partial.npz")
     expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
                 "autoencoder_step": space.step, "scale_factor": float(space.scale_factor)}
+    _announce(config, s, workdir, step, expected["num_batches"], "LSGM bound of the latent model")
     fields = {**{k: np.float32 for k in (*LATENT_TERMS, "latent_nll_bpd")}, "nfe": np.int32}
     done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields, "bits_per_dim", stop_after)
     if done is None:

@@ -114,7 +114,10 @@ def sample(config, workdir: str) -> dict:
     result = {"step": step, "num_samples": written, "files": i, "nfe": int(nfe), "rounds": int(rounds), "dir": out_dir}
     print(json.dumps(result))
     runlog.conclude(f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
-                    results={"samples": out_dir}, next_command=runlog.command("fid", workdir))
+                    results={"samples": out_dir}, next_command=runlog.command("fid", workdir)
+                    if build.inception_weights_found(config) else
+                    "python -m scoresde.metrics.weights --help (how to place the FID Inception weights that "
+                    "--mode=fid needs; none are on this machine)")
     return result
 
 

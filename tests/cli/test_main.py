@@ -73,3 +73,63 @@ def test_cifar10_recipes_match_the_reference():
     ve = cifar10_ve.get_config()
     assert (ve.model.ema_rate, ve.sampling.predictor, ve.sampling.corrector, ve.sampling.snr) == \
         (0.999, "reverse_diffusion", "langevin", 0.16)
+
+
+# A command line that cannot start: exactly one line on stderr, exit status 2, and no workdir.
+COMMAND_LINE_ERRORS = [
+    (["--config=configs/digits_vp.py:smoke", "--config.training.batch_sz=3"],
+     "error: unknown config field training.batch_sz; did you mean training.batch_size?"),
+    (["--config=configs/digits_vp.py:smoke", "--mode=smaple"],
+     "error: unknown mode 'smaple'; expected one of: train, eval, sample, likelihood, fid_stats, fid, "
+     "train_classifier, train_autoencoder, distill, reflow; did you mean sample?"),
+    (["--config=configs/digits_vq.py"],
+     "error: no config file 'configs/digits_vq.py'; expected a .py file with get_config(); "
+     "did you mean configs/digits_vp.py?"),
+    (["--config=configs/digits_vp.py:smok"],
+     "error: unknown variant 'smok' of digits_vp; expected one of: smoke; did you mean smoke?"),
+    (["--config=configs/digits_vp.py:smoke", "--config.training.batch_size=abc"],
+     "error: bad value 'abc' for config field training.batch_size; expected an integer (now 8)"),
+    (["--config", "configs/digits_vp.py:smoke", "--config.training.batch_size", "abc"],  # absl's other form
+     "error: bad value 'abc' for config field training.batch_size; expected an integer (now 8)"),
+    (["--config=configs/digits_vp.py:smoke", "--config.training.continuous=maybe"],
+     "error: bad value 'maybe' for config field training.continuous; expected True or False (now True)"),
+    (["--config=configs/digits_vp.py:smoke", "--config.optim.lr=fast"],
+     "error: bad value 'fast' for config field optim.lr; expected a number (now 0.002)"),
+    (["--config=configs/digits_vp.py:smoke", "--config.training=3"],
+     "error: config field training is a section; expected one of its fields, e.g. training.allow_config_change"),
+]
+
+
+@pytest.mark.parametrize("args,line", COMMAND_LINE_ERRORS, ids=[f"{i}-{line[7:40]}" for i, (_, line) in enumerate(COMMAND_LINE_ERRORS)])
+def test_a_bad_command_line_is_one_error_line_and_writes_nothing(tmp_path, args, line):
+    workdir = tmp_path / "run"
+    proc = _cli(*args, f"--workdir={workdir}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip() == line
+    assert not workdir.exists()
+
+
+def test_a_missing_workdir_flag_is_one_error_line():
+    proc = _cli("--config=configs/digits_vp.py:smoke", timeout=120)
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: no --workdir given; expected --workdir=DIR, "
+                                                         "the run directory")
+
+
+def test_a_run_that_fails_at_its_start_leaves_no_workdir(tmp_path):
+    # An unknown choice found by the mode itself (after the command line passed): the nearest choice is named,
+    # and the empty directories the trainer had created are removed.
+    workdir = tmp_path / "run"
+    proc = _cli("--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}", "--config.training.sde=vpsd")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == ("error: unknown sde 'vpsd'; expected one of: vpsde, subvpsde, "
+                                                    "vesde, rectified_flow, edm; did you mean vpsde?")
+    assert not workdir.exists()
+
+
+def test_explain_names_the_nearest_choice_once():
+    assert main_lib.explain(ValueError("unknown solver 'eulr'; expected one of: euler, heun")) == (
+        "unknown solver 'eulr'; expected one of: euler, heun; did you mean euler?")
+    assert main_lib.explain(ValueError("unknown solver 'zzz'; expected one of: euler, heun")) == (
+        "unknown solver 'zzz'; expected one of: euler, heun")
+    already = "unknown mode 'smaple'; expected one of: sample; did you mean sample?"
+    assert main_lib.explain(ValueError(already)) == already

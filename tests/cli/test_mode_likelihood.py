@@ -67,3 +67,17 @@ def test_report_and_resume(tmp_path):
         # The two repeats used different probes (the randomness is per repeat, not reused).
         assert np.any(a["bpd"][0] != a["bpd"][1])
     assert again["mean_bpd"] == report["mean_bpd"]
+
+
+def test_header_says_how_many_examples_and_why(capsys):
+    # The digits default: one whole batch of 128 of the 180 test digits (the pipeline yields whole batches).
+    config = build.with_defaults(load_config("digits_vp"))
+    s = build.likelihood_settings(config)
+    likelihood_mode._announce(config, s, "runs/digits", 7, likelihood_mode._count_batches(config, s), "bits/dim")
+    err = capsys.readouterr().err
+    assert "scoresde likelihood: bits/dim at step 7" in err
+    assert "examples   128 of 180 test examples: whole batches of config.eval.bpd_batch_size=128" in err
+    config.eval.bpd_batch_size = 60
+    s = build.likelihood_settings(config)
+    likelihood_mode._announce(config, s, "runs/digits", 7, likelihood_mode._count_batches(config, s), "bits/dim")
+    assert "examples   all 180 test examples" in capsys.readouterr().err

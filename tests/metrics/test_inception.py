@@ -298,3 +298,40 @@ def test_grey_images_are_repeated_to_rgb(converted):
     a = np.asarray(_forward(model, grey, 107)[0])
     b = np.asarray(_forward(model, np.repeat(grey, 3, axis=-1), 107)[0])
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_missing_weights_error_names_the_ways_to_place_them(tmp_path, monkeypatch):
+    monkeypatch.setenv(W.ENV_CACHE, str(tmp_path))
+    monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+    monkeypatch.delenv(W.ENV_OFFLINE, raising=False)
+    monkeypatch.setattr(W.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("no route")))
+    with pytest.raises(W.InceptionWeightsError) as e:
+        W.resolve_weights_path()
+    message = str(e.value)
+    assert "\n" not in message and W.ENV_OFFLINE not in message  # never set: not mentioned
+    assert f"python -m scoresde.metrics.weights --convert=PATH_TO/{W.FID_WEIGHTS_FILENAME}" in message
+    assert "config.eval.inception_weights" in message and W.ENV_WEIGHTS in message
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    with pytest.raises(W.InceptionWeightsError, match=f"\\${W.ENV_OFFLINE} is set"):
+        W.resolve_weights_path()
+
+
+def test_convert_places_a_local_copy_in_the_cache(tmp_path, monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv(W.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    assert W.local_weights_path() is None
+    src = str(tmp_path / W.FID_WEIGHTS_FILENAME)
+    sd = random_torch_state_dict(seed=3)
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, src)
+    # not the release's checksum: refused, nothing cached
+    assert W.main([f"--convert={src}"]) == 1
+    assert "not the pytorch-fid release" in capsys.readouterr().err
+    assert W.local_weights_path() is None
+    monkeypatch.setattr(W, "FID_WEIGHTS_SHA256", W.sha256_of(src))
+    assert W.main([f"--convert={src}"]) == 0
+    cached = os.path.join(str(tmp_path / "cache"), W.CONVERTED_FILENAME)
+    assert W.local_weights_path() == cached == W.resolve_weights_path()
+    np.testing.assert_array_equal(W.load_params(cached)["fc"]["kernel"], sd["fc.weight"].T)
+    assert W.main(["--help"]) == 0 and "--convert=" in capsys.readouterr().err
