@@ -5,12 +5,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 FIGURES = {"train_digits", "likelihood_digits", "distill_digits", "latent_digits_autoencoder",
            "latent_digits_score_model", "latent_digits", "flow_matching_digits", "reflow_digits"}
 
 
+# Seven CLI runs end to end (about a minute on an idle machine): the default suite stays within its budget.
+@pytest.mark.slow
 def test_smoke_measures_every_figure_with_the_machine(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "readme_timings.py"), "--smoke",
