@@ -55,7 +55,6 @@ from scoresde.build.objectives import (  # noqa: F401
     objective_loss_fn,
     reflow_loss_fn,
     reflow_sampler_options,
-    check_drift_finite_at_T,
     cfg_with_denoiser,
 )
 from scoresde.build.optim import (  # noqa: F401

@@ -140,17 +140,6 @@ def reflow_sampler_options(config) -> tuple[str, dict]:
     return method, options
 
 
-def check_drift_finite_at_T(sde, what: str) -> None:
-    """Raises a clear error where ``what`` integrates the SDE's drift from ``T`` and ``alpha(T) = 0``.
-
-    Raises:
-        ValueError: the process is rectified flow at ``T = 1`` (set ``config.model.rf_T`` below 1).
-    """
-    if sampling.alpha_vanishes_at_T(sde):
-        raise ValueError(f"{what} integrates the probability-flow drift from T={sde.T}, infinite where alpha(T) = 0 "
-                         f"({type(sde).__name__}); set config.model.rf_T below 1, e.g. --config.model.rf_T=0.999")
-
-
 def cfg_with_denoiser(guided, score_model: ScoreModel, model, y, scale, null_label: int):
     """``guided`` (a classifier-free-guided score) paired with the same guidance on the denoiser.
 
