@@ -339,8 +339,8 @@ class RectifiedFlow(LinearSDE):
 
     ``alpha(t) = 1 - t``, ``sigma(t) = t`` (Liu et al., "Flow Straight and Fast", ICLR 2023, eq. 1); the
     prior ``N(0, I)`` is exact at ``T = 1``. The SDE's coefficients are infinite at ``t = 1``, so whatever
-    goes through :meth:`sde` (``pc``, ``ode``, likelihood, :meth:`reverse`) needs ``T < 1``; the
-    exponential-integrator samplers start at ``T = 1`` from a model with a denoiser (``docs/sde.md``).
+    goes through :meth:`sde` (``pc``, :meth:`reverse`) needs ``T < 1``; the exponential-integrator samplers,
+    ``ode`` and the likelihood start at ``T = 1`` from a model with a denoiser (``docs/sde.md``).
     """
 
     N: int = 1000
