@@ -152,17 +152,20 @@ class Checkpointer:
 
     Args:
         workdir: run directory; checkpoints go to ``workdir/checkpoints``.
-        max_to_keep: how many of the most recent checkpoints to keep.
+        max_to_keep: how many of the most recent checkpoints to keep (at least 1; ``None``: all).
         keep_period: also keep every checkpoint whose step is a multiple of this.
         async_save: write in a background thread.
         read_only: open for reading only (no lock, no temporary-directory cleanup, nothing created).
 
     Raises:
         WorkdirLockedError: another live process writes to this workdir.
+        ValueError: ``max_to_keep < 1``.
     """
 
     def __init__(self, workdir: str, *, max_to_keep: int = 3, keep_period: int | None = None,
                  async_save: bool = True, read_only: bool = False):
+        if max_to_keep is not None and int(max_to_keep) < 1:  # 0 would delete the checkpoint just written
+            raise ValueError(f"max_to_keep={max_to_keep} would delete every checkpoint; expected None or >= 1")
         self.directory = checkpoint_dir(workdir)
         self.read_only = read_only
         self._lock = None

@@ -121,13 +121,34 @@ def prepare(config, workdir: str, section: str = "training", *, n_iters: int | N
 
     Raises:
         PermissionError: an unwritable workdir.
-        ValueError: a batch size that does not split over the devices and processes.
+        ValueError: a batch size that does not split over the devices and processes, or whose batches would not
+            fit in memory.
     """
     check_workdir(workdir)
     settings = read_settings(config, section, n_iters=n_iters)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(settings.batch_size, mesh, f"{settings.hint}.batch_size")
+    _check_batch_memory(config, settings)
     return Run(config, workdir, settings, mesh)
+
+
+# Batches one process holds at once: the one being made, two prefetched to the device, the step's own.
+_BATCHES_HELD = 4
+
+
+def _check_batch_memory(config, settings: Settings) -> None:
+    """Refuses a batch whose float32 copies alone would not fit in this machine's memory (the OS would kill the
+    run mid-step instead, with no message)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    per_process = settings.batch_size // jax.process_count()
+    need = per_process * int(np.prod(data_lib.data_shape(config))) * 4 * _BATCHES_HELD
+    if need > memory:
+        most = memory // (int(np.prod(data_lib.data_shape(config))) * 4 * _BATCHES_HELD) * jax.process_count()
+        raise ValueError(f"{settings.hint}.batch_size={settings.batch_size} needs about {need / 2**30:,.0f} GiB for "
+                         f"its batches alone; this machine has {memory / 2**30:,.0f} GiB: use at most {most:,}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -404,3 +404,23 @@ def test_quiet_stderr_drops_only_the_closed_event_loop_noise():
     assert "Event loop is closed" not in out.stderr, out.stderr
     assert "progress line" in out.stderr and "error: the one message" in out.stderr
     assert "RuntimeError: something else" in out.stderr
+
+
+# 10. values that crashed deep in a run, deleted every checkpoint or did nothing are refused at load ----------
+
+def test_an_out_of_range_value_is_one_line_naming_the_field_before_anything_runs(tmp_path):
+    workdir = tmp_path / "run"
+    out = _cli("--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}", "--config.training.log_freq=0")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "config.training.log_freq=0 (expected an integer >= 1)" in errors[0]
+    assert not os.path.exists(workdir / "checkpoints")
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_field(tmp_path):
+    from scoresde import training
+
+    config = toy_config(2)
+    config.training.batch_size = 10**12  # terabytes of float32 pairs
+    with pytest.raises(ValueError, match=r"config.training.batch_size=1000000000000 needs about .* use at most"):
+        training.prepare(config, str(tmp_path / "run"))
