@@ -424,3 +424,22 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_field(tmp_path)
     config.training.batch_size = 10**12  # terabytes of float32 pairs
     with pytest.raises(ValueError, match=r"config.training.batch_size=1000000000000 needs about .* use at most"):
         training.prepare(config, str(tmp_path / "run"))
+
+
+# 11. a teacher is read, never locked; the teacher's own workdir is not a student's --------------------------
+
+def test_distill_reads_a_teacher_that_is_training_and_refuses_the_teachers_own_workdir(tmp_path):
+    from scoresde.modes.distill import distill
+
+    teacher = str(tmp_path / "teacher")
+    train.train(toy_config(2), teacher)
+    cd = load_config("toy2d_cd", "smoke")
+    cd.distill.teacher_workdir, cd.training.snapshot_sampling = teacher, False
+    with pytest.raises(ValueError, match="teacher_workdir=.* is the distill workdir itself"):
+        distill(cd, teacher)
+    holder = checkpointing.WorkdirLock(teacher).acquire()  # the teacher's trainer, still running
+    try:
+        assert distill(cd, str(tmp_path / "cd"))["step"] == cd.training.n_iters
+    finally:
+        holder.release()
+    assert sorted(os.listdir(os.path.join(teacher, "checkpoints"))) == ["2"]
