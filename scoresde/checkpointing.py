@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class CorruptCheckpointError(RuntimeError):
-    """Checkpoints exist but none of them could be loaded."""
+    """A checkpoint fails its integrity check, or checkpoints exist but none of them could be loaded."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -139,6 +140,43 @@ def _stored_tree(path: str):
     return getattr(md, "tree", md)
 
 
+def _host_array(x) -> np.ndarray | None:
+    """The whole value of a leaf on this host (a replicated array's first local copy); ``None`` for a leaf
+    this host holds only part of, or one with no plain bytes (a typed key)."""
+    if isinstance(x, jax.Array):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
+            return None
+        if not x.is_fully_addressable:
+            shard = x.addressable_shards[0].data
+            return np.asarray(shard) if shard.shape == x.shape else None
+        return np.asarray(x)
+    return x if isinstance(x, np.ndarray) else None
+
+
+def _checksums(tree) -> dict[str, str]:
+    """``path -> sha256`` of the dtype, shape and bytes of every array leaf of ``tree``."""
+    out = {}
+    for path, leaf in _flat(tree):
+        a = _host_array(leaf)
+        if a is not None:
+            h = hashlib.sha256(f"{a.dtype.str}{tuple(a.shape)}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+            out["/".join(map(str, path))] = h.hexdigest()
+    return out
+
+
+def _verify(name: str, tree, expected: dict[str, str] | None) -> None:
+    """Raises unless every array of the restored item ``name`` has the checksum it was saved with (a checkpoint
+    written before checksums were recorded has none to compare)."""
+    if not expected:
+        return
+    got = _checksums(tree)
+    bad = sorted(p for p in got.keys() & expected.keys() if got[p] != expected[p])
+    if bad:
+        raise CorruptCheckpointError(f"item {name!r} is corrupt: {len(bad)} array(s) differ from the sha256 recorded "
+                                     f"at save ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})")
+
+
 def _flat(tree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
     return [(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path), leaf) for path, leaf in leaves]
@@ -199,13 +237,14 @@ class Checkpointer:
         """
         if self.read_only:
             raise RuntimeError(f"{self.directory} was opened read-only")
-        items = {
-            "params": ocp.args.StandardSave(_pure(params)),
-            "ema_params": ocp.args.StandardSave(_pure(ema_params)),
-            "meta": ocp.args.JsonSave({"step": int(step), **(meta or {}), "config": _config_json(config)}),
-        }
+        trees = {"params": _pure(params), "ema_params": _pure(ema_params)}
         if opt_state is not None:
-            items["opt_state"] = ocp.args.StandardSave(opt_state)
+            trees["opt_state"] = opt_state
+        # a sha256 per array, checked on restore: storage that flips a byte gives a skipped checkpoint, not NaN
+        checksums = {name: _checksums(tree) for name, tree in trees.items()}
+        items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
+        items["meta"] = ocp.args.JsonSave({"step": int(step), **(meta or {}), "config": _config_json(config),
+                                           "checksums": checksums})
         self.check()
         try:
             return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
@@ -252,6 +291,8 @@ class Checkpointer:
         items = {k: v for k, v in items.items() if v is not None}
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         restored = {k: out[k] for k in items}
+        for name, tree in restored.items():
+            _verify(name, tree, (meta.get("checksums") or {}).get(name))
         restored["meta"] = meta
         restored.setdefault("opt_state", None)
         if int(meta["step"]) != int(step):
