@@ -182,6 +182,10 @@ def _flat(tree):
     return [(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path), leaf) for path, leaf in leaves]
 
 
+# How often a reader lists the checkpoints again after the ones it listed were deleted under it.
+_RELISTS = 3
+
+
 class Checkpointer:
     """A thin wrapper over ``ocp.CheckpointManager`` for training state.
 
@@ -302,7 +306,8 @@ class Checkpointer:
     def restore_latest(self, *, params=None, ema_params=None, opt_state=None) -> dict | None:
         """Restores the newest complete checkpoint into the structure of the given (abstract) trees.
 
-        One that cannot be loaded is skipped with a warning for the next older one (``docs/checkpoints.md``).
+        One that cannot be loaded is skipped with a warning for the next older one (``docs/checkpoints.md``); one
+        that a writer's retention deletes while it is read sends the reader back to the newer ones.
 
         Returns:
             ``None`` when there is no checkpoint, else a dict with ``params``, ``ema_params``,
@@ -312,24 +317,44 @@ class Checkpointer:
             IncompatibleCheckpointError: the parameters' shapes differ from the given trees (names each).
             CorruptCheckpointError: checkpoints exist but none can be loaded.
         """
-        steps = self.all_steps()
-        bad = []
-        for step in reversed(steps):
-            try:
-                restored = self._restore_step(step, params, ema_params, opt_state)
-            except IncompatibleCheckpointError:
-                raise
-            except Exception as e:  # noqa: BLE001  (any failure means: do not trust this checkpoint)
-                log.warning("skipping checkpoint %s/%d: it could not be loaded (%s: %s)",
-                            self.directory, step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
-                bad.append(step)
-                continue
-            self._move_aside(bad)
-            return restored
-        if steps:
-            raise CorruptCheckpointError(
-                f"none of the checkpoints {steps} in {self.directory} could be loaded (each was truncated, corrupt "
-                f"or incomplete; the warnings above say why)")
+        bad, gone, tried = [], [], set()
+        for _ in range(_RELISTS):
+            for step in reversed(self.all_steps()):
+                if step in tried:
+                    continue
+                tried.add(step)
+                try:
+                    restored = self._restore_step(step, params, ema_params, opt_state)
+                except IncompatibleCheckpointError:
+                    raise
+                except Exception as e:  # noqa: BLE001  (any failure means: do not trust this checkpoint)
+                    if not os.path.isdir(os.path.join(self.directory, str(step))):
+                        # not damage: the writer's retention removed it after this reader listed it
+                        log.warning("checkpoint %s/%d was deleted while being read (the trainer writing this workdir "
+                                    "keeps only its newest checkpoints); trying the others", self.directory, step)
+                        gone.append(step)
+                        continue
+                    log.warning("skipping checkpoint %s/%d: it could not be loaded (%s: %s)", self.directory, step,
+                                type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+                    bad.append(step)
+                    continue
+                self._move_aside(bad)
+                return restored
+            if not gone or self.manager is None:
+                break
+            self.manager.reload()  # what replaced the deleted ones
+            if not set(self.all_steps()) - tried:
+                break
+        if tried:
+            parts = []
+            if bad:
+                parts.append(f"{sorted(bad)} could not be loaded (each was truncated, corrupt or incomplete; the "
+                             f"warnings above say why)")
+            if gone:
+                parts.append(f"{sorted(gone)} were deleted by the trainer writing this workdir while being read, and "
+                             f"no newer one could be read either (run again, or keep more with "
+                             f"config.training.keep_checkpoints)")
+            raise CorruptCheckpointError(f"no checkpoint in {self.directory} could be loaded: " + "; ".join(parts))
         return None
 
     def _move_aside(self, steps):

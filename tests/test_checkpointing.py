@@ -170,3 +170,33 @@ def test_a_flipped_byte_is_a_skipped_checkpoint_never_nan(tmp_path, caplog):
         train.train(config, workdir)  # the trainer resumes from step 1, not from damaged parameters
     assert "at step 1" in caplog.text and "'params' is corrupt" in caplog.text
     assert [r["step"] for r in read_metrics(workdir)] == [2]
+
+
+def test_a_checkpoint_deleted_while_being_read_sends_the_reader_to_the_newer_one(tmp_path, caplog):
+    """A reader lists [1]; the trainer then finishes 2 and its retention deletes 1 while the reader reads it."""
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    config = toy_config(2)
+    config.training.snapshot_freq_for_preemption = 1
+    train.train(config, workdir)
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    in_flight = os.path.join(ckpt_dir, "2.orbax-checkpoint-tmp-7")
+    os.rename(os.path.join(ckpt_dir, "2"), in_flight)
+    reader = checkpointing.Checkpointer(workdir, read_only=True)
+    assert reader.all_steps() == [1]
+    read = reader._restore_step
+
+    def trainer_moves_on_while_reading(step, *args):
+        if step == 1 and os.path.isdir(in_flight):
+            os.rename(in_flight, os.path.join(ckpt_dir, "2"))
+            shutil.rmtree(os.path.join(ckpt_dir, "1"))
+        return read(step, *args)
+
+    reader._restore_step = trainer_moves_on_while_reading
+    target = nnx.to_pure_dict(nnx.state(build.build_model(config, seed=0), nnx.Param))
+    restored = reader.restore_latest(ema_params=target)
+    reader.close()
+    assert restored["meta"]["step"] == 2
+    assert "checkpoint" in caplog.text and "/1 was deleted while being read" in caplog.text
+    assert "could not be loaded" not in caplog.text
