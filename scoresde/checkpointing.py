@@ -179,7 +179,21 @@ def _verify(name: str, tree, expected: dict[str, str] | None) -> None:
 
 def _flat(tree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-    return [(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path), leaf) for path, leaf in leaves]
+    return [(tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path), leaf)
+            for path, leaf in leaves]
+
+
+def _structure_change(stored_tree, target) -> str | None:
+    """What differs between a stored item's arrays (paths and shapes) and ``target``'s, or ``None``."""
+    stored = {"/".join(map(str, k)): tuple(v.shape) for k, v in _flat(stored_tree) if hasattr(v, "shape")}
+    wanted = {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in _flat(target)}
+    if not stored:
+        raise ValueError("the checkpoint's optimizer state metadata is empty or unreadable")
+    if stored == wanted:
+        return None
+    differ = sorted(p for p in stored.keys() | wanted.keys() if stored.get(p) != wanted.get(p))
+    return (f"the checkpoint holds {len(stored)} arrays, the optimizer now builds {len(wanted)}; they differ at "
+            + ", ".join(differ[:4]) + (" ..." if len(differ) > 4 else ""))
 
 
 # How often a reader lists the checkpoints again after the ones it listed were deleted under it.
@@ -290,8 +304,13 @@ class Checkpointer:
             "params": ocp.args.StandardRestore(_abstract(_pure(params))) if params is not None else None,
             "ema_params": ocp.args.StandardRestore(_abstract(_pure(ema_params))) if ema_params is not None else None,
         }
+        changed = None
         if opt_state is not None and "opt_state" in present:
-            items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state))
+            # another optimizer (e.g. clipping switched on or off) is a config question, not damage: the caller
+            # decides whether to continue with a fresh optimizer state
+            changed = _structure_change(_stored_tree(os.path.join(self.directory, str(step), "opt_state")), opt_state)
+            if changed is None:
+                items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state))
         items = {k: v for k, v in items.items() if v is not None}
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         restored = {k: out[k] for k in items}
@@ -299,6 +318,7 @@ class Checkpointer:
             _verify(name, tree, (meta.get("checksums") or {}).get(name))
         restored["meta"] = meta
         restored.setdefault("opt_state", None)
+        restored["opt_state_change"] = changed
         if int(meta["step"]) != int(step):
             raise ValueError(f"meta step {meta['step']} != directory step {step}")
         return restored
@@ -311,7 +331,8 @@ class Checkpointer:
 
         Returns:
             ``None`` when there is no checkpoint, else a dict with ``params``, ``ema_params``,
-            ``opt_state`` (``None`` if the checkpoint has none) and ``meta``.
+            ``opt_state`` (``None`` if the checkpoint has none, or one of another structure than ``opt_state``),
+            ``opt_state_change`` (what differs in that structure, else ``None``) and ``meta``.
 
         Raises:
             IncompatibleCheckpointError: the parameters' shapes differ from the given trees (names each).

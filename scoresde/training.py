@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from scoresde import build, images, parallel, runlog, train_state
 from scoresde import data as data_lib
-from scoresde.checkpointing import Checkpointer, check_workdir
+from scoresde.checkpointing import Checkpointer, IncompatibleCheckpointError, check_workdir
 
 __all__ = ["NonFiniteError", "Settings", "read_settings", "Run", "Trainer", "prepare", "fit", "jit_step",
            "devices_fact", "Snapshots", "write_snapshot", "conclude_training"]
@@ -235,16 +235,30 @@ def fit(run: Run, trainer: Trainer) -> dict:
         the snapshot hook wrote)}``.
 
     Raises:
-        ConfigMismatchError: resuming under a config that changes the run's meaning.
+        ConfigMismatchError: resuming under a config that changes the run's meaning (another optimizer structure
+            included: ``allow_config_change`` continues with a fresh optimizer state, recorded).
+        IncompatibleCheckpointError: a stored optimizer state of another structure with no config change to
+            explain it.
         NonFiniteError: after ``max_nonfinite`` consecutive non-finite steps.
     """
     s, config, workdir = run.settings, run.config, run.workdir
     ckpt = Checkpointer(workdir, max_to_keep=s.keep_checkpoints, keep_period=s.snapshot_freq)
     try:
         state, meta = train_state.restore_state(ckpt, trainer.init_state(), trainer.tx)
-        changes = []
+        changes, record = [], {}
         if meta is not None and not meta.get("model_only", False):  # a model-only import is a fresh start
             changes = build.check_resume_config(meta.get("config"), config, kind=s.kind, workdir=workdir)
+            if meta.get("opt_state_change"):
+                if not changes:  # no config field explains it: do not silently drop the optimizer's moments
+                    raise IncompatibleCheckpointError(
+                        f"cannot resume {workdir} from step {meta['step']}: its optimizer state does not fit the "
+                        f"optimizer this config builds ({meta['opt_state_change']}), and no config field differs "
+                        f"from the checkpoint's. Use the code and config the run was trained with, or another "
+                        f"--workdir")
+                # allowed (allow_config_change): parameters and EMA restored, the optimizer starts afresh
+                record["optimizer_state"] = f"fresh: {meta['opt_state_change']}"
+                log.warning("the optimizer changed (%s); continuing with a fresh optimizer state",
+                            meta["opt_state_change"])
         start = int(state["step"])
         if trainer.on_start is not None:
             trainer.on_start(start)
@@ -257,7 +271,7 @@ def fit(run: Run, trainer: Trainer) -> dict:
         logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=s.tensorboard)
         logger.truncate_after(start)
         if changes:  # allowed by config.training.allow_config_change: recorded where they start
-            logger.write(start, {"config_change": changes})
+            logger.write(start, {"config_change": changes, **record})
         latest = [None]
 
         def snapshot(st, step):

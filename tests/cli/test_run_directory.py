@@ -443,3 +443,21 @@ def test_distill_reads_a_teacher_that_is_training_and_refuses_the_teachers_own_w
     finally:
         holder.release()
     assert sorted(os.listdir(os.path.join(teacher, "checkpoints"))) == ["2"]
+
+
+# 12. another optimizer structure is a config change, not corrupt checkpoints ---------------------------------
+
+def test_switching_gradient_clipping_is_a_config_mismatch_and_allowed_with_a_fresh_optimizer(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train(toy_config(2), workdir)  # the smoke optimizer clips (optim.grad_clip=1.0)
+    unclipped = toy_config(4)
+    unclipped.optim.grad_clip = -1.0  # no clipping stage in the optimizer chain
+    with pytest.raises(build.ConfigMismatchError, match=r"optim.grad_clip: checkpoint 1.0, now -1.0"):
+        train.train(unclipped, workdir)
+    unclipped.training.allow_config_change = True
+    assert train.train(unclipped, workdir)["step"] == 4
+    record = [r for r in read_metrics(workdir) if "config_change" in r]
+    assert len(record) == 1 and record[0]["step"] == 2
+    assert [c["field"] for c in record[0]["config_change"]] == ["optim.grad_clip"]
+    assert record[0]["optimizer_state"].startswith("fresh: ")
+    assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4]
