@@ -185,8 +185,11 @@ def _flat(tree):
 
 def _structure_change(stored_tree, target) -> str | None:
     """What differs between a stored item's arrays (paths and shapes) and ``target``'s, or ``None``."""
-    stored = {"/".join(map(str, k)): tuple(v.shape) for k, v in _flat(stored_tree) if hasattr(v, "shape")}
-    wanted = {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in _flat(target)}
+    def name(path):  # a stored nnx Variable is its value: its ``value`` attribute is no level of the saved tree
+        return "/".join(str(k) for k in path if k != "value")
+
+    stored = {name(k): tuple(v.shape) for k, v in _flat(stored_tree) if hasattr(v, "shape")}
+    wanted = {name(k): tuple(np.shape(v)) for k, v in _flat(target)}
     if not stored:
         raise ValueError("the checkpoint's optimizer state metadata is empty or unreadable")
     if stored == wanted:
@@ -269,18 +272,22 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001  (orbax wraps OSErrors in its own types)
             raise CheckpointSaveError(self._save_failure(step, e)) from e
 
-    def _save_failure(self, step, e) -> str:
-        complete = []
+    def last_complete(self) -> int | None:
+        """The newest finished checkpoint on disk (a save in flight is still in a temporary directory)."""
         try:
             complete = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
         except OSError:
-            pass
+            return None
+        return complete[-1] if complete else None
+
+    def _save_failure(self, step, e) -> str:
+        last = self.last_complete()
         text = str(e)
         known = re.search(r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded", text)
         cause = known.group(0) if known else (text.strip().splitlines()[-1][:200] if text.strip() else type(e).__name__)
         what = f"saving checkpoint {step}" if step >= 0 else "a checkpoint save"
         return (f"{what} to {self.directory} failed: {cause}; last complete checkpoint: "
-                f"{complete[-1] if complete else 'none'}")
+                f"{'none' if last is None else last}")
 
     def _restore_step(self, step, params, ema_params, opt_state):
         present = set(os.listdir(os.path.join(self.directory, str(step))))
