@@ -11,6 +11,7 @@ from ``fold_in(key, k)``, so a run resumed from a checkpoint reproduces the unin
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 
 from scoresde import build, images, parallel, runlog, train_state
 from scoresde import data as data_lib
-from scoresde.checkpointing import Checkpointer, IncompatibleCheckpointError, check_workdir
+from scoresde.checkpointing import Checkpointer, CheckpointSaveError, IncompatibleCheckpointError, check_workdir
 
 __all__ = ["NonFiniteError", "Settings", "read_settings", "Run", "Trainer", "prepare", "fit", "jit_step",
            "devices_fact", "Snapshots", "write_snapshot", "conclude_training"]
@@ -280,17 +281,39 @@ def fit(run: Run, trainer: Trainer) -> dict:
         try:
             step_fn = jit_step(trainer.tx, s, run.mesh, run.key(s.purpose), loss=trainer.loss, update=trainer.update,
                                lr_schedule=trainer.lr_schedule)
-            out = _loop(state, step_fn, trainer.batches(start), run,
-                        start=start, logger=logger, desc=trainer.desc, check=ckpt.check, evaluate=trainer.evaluate,
-                        snapshot=snapshot if trainer.snapshot is not None and s.snapshot_sampling else None,
-                        save=lambda st, step: train_state.save_state(ckpt, st, step, config=config,
-                                                                     extra_meta=trainer.extra_meta))
+            try:
+                out = _loop(state, step_fn, trainer.batches(start), run,
+                            start=start, logger=logger, desc=trainer.desc, check=ckpt.check, wait=ckpt.wait,
+                            evaluate=trainer.evaluate,
+                            snapshot=snapshot if trainer.snapshot is not None and s.snapshot_sampling else None,
+                            save=lambda st, step: train_state.save_state(ckpt, st, step, config=config,
+                                                                         extra_meta=trainer.extra_meta))
+            except OSError as e:
+                if isinstance(e, CheckpointSaveError) or e.errno not in _STORAGE_ERRNOS:
+                    raise
+                raise _storage_failure(e, ckpt) from e
             ckpt.wait()  # a failed last save is an error, not a silent loss
         finally:
             logger.close()
     finally:
         ckpt.close()
     return {**out, "snapshot": latest[0]}
+
+
+# Errors of the storage itself: the run cannot go on, and what it has kept is the last complete checkpoint.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _storage_failure(e: OSError, ckpt: Checkpointer) -> OSError:
+    """One line for a failed write of the run's other files (metrics, snapshots): the cause, the file and the last
+    complete checkpoint (a save still in flight is waited for first; its own failure is the better message)."""
+    try:
+        ckpt.wait()
+    except CheckpointSaveError as failed:
+        return failed
+    last = ckpt.last_complete()
+    return OSError(f"writing {e.filename or 'a file of the run'} failed: {e.strerror or e}; last complete "
+                   f"checkpoint: {'none' if last is None else last} in {ckpt.directory}")
 
 
 class _Preemption:
@@ -321,10 +344,11 @@ class _Preemption:
 
 
 def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, save: Callable, logger, desc: str,
-          check: Callable, evaluate: Callable | None, snapshot: Callable | None) -> dict:
+          check: Callable, wait: Callable, evaluate: Callable | None, snapshot: Callable | None) -> dict:
     """Runs ``step_fn`` from step ``start`` to ``n_iters``: logs every ``log_freq`` steps, evaluates every
-    ``eval_freq``, saves every ``ckpt_freq``, at every snapshot and at the end, and saves and stops on SIGTERM;
-    ``check()`` after every step (a failed background save stops the run within a step)."""
+    ``eval_freq``, saves every ``ckpt_freq``, at every snapshot and at the end, and saves and stops on SIGTERM
+    (``wait()`` for that save before saying it is saved); ``check()`` after every step (a failed background save
+    stops the run within a step)."""
     s = run.settings
     is_main = jax.process_index() == 0
     bar = None
@@ -379,6 +403,7 @@ def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, 
                         (jax.process_count() == 1 and preempt.requested):
                     if not (step % s.ckpt_freq == 0 or at_snapshot):
                         save(state, step)
+                    wait()
                     preempted = True
                     log.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command to resume", step)
                     break

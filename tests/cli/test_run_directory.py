@@ -461,3 +461,21 @@ def test_switching_gradient_clipping_is_a_config_mismatch_and_allowed_with_a_fre
     assert [c["field"] for c in record[0]["config_change"]] == ["optim.grad_clip"]
     assert record[0]["optimizer_state"].startswith("fresh: ")
     assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_under_the_metrics_file_names_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from scoresde import runlog
+
+    write = runlog.MetricsLogger.write
+
+    def full_at_step_3(self, step, metrics):
+        if step == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        return write(self, step, metrics)
+
+    monkeypatch.setattr(runlog.MetricsLogger, "write", full_at_step_3)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(OSError, match=r"metrics.jsonl failed: No space left on device; last complete checkpoint: 2 in"):
+        train.train(toy_config(5, snapshot_freq_for_preemption=1), workdir)
