@@ -200,3 +200,9 @@ def test_a_checkpoint_deleted_while_being_read_sends_the_reader_to_the_newer_one
     assert restored["meta"]["step"] == 2
     assert "checkpoint" in caplog.text and "/1 was deleted while being read" in caplog.text
     assert "could not be loaded" not in caplog.text
+
+
+def test_a_checkpointer_that_would_keep_no_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_to_keep=0 would delete every checkpoint"):
+        checkpointing.Checkpointer(str(tmp_path), max_to_keep=0)
+    assert not os.path.exists(tmp_path / ".lock")
