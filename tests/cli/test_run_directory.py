@@ -479,3 +479,16 @@ def test_a_full_disk_under_the_metrics_file_names_the_last_complete_checkpoint(t
     workdir = str(tmp_path / "run")
     with pytest.raises(OSError, match=r"metrics.jsonl failed: No space left on device; last complete checkpoint: 2 in"):
         train.train(toy_config(5, snapshot_freq_for_preemption=1), workdir)
+
+
+def test_another_optimizer_structure_with_the_same_config_is_refused_not_dropped(tmp_path, monkeypatch):
+    import optax
+
+    workdir = str(tmp_path / "run")
+    train.train(toy_config(2), workdir)
+    monkeypatch.setattr(build, "optimizer_from_config", lambda config: optax.adam(1e-3))  # e.g. changed code
+    config = toy_config(4, allow_config_change=True)
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="optimizer state does not fit .* no config "
+                                                                        "field differs"):
+        train.train(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
