@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class CorruptCheckpointError(RuntimeError):
-    """Checkpoints exist but none of them could be loaded."""
+    """A checkpoint fails its integrity check, or checkpoints exist but none of them could be loaded."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -139,9 +140,67 @@ def _stored_tree(path: str):
     return getattr(md, "tree", md)
 
 
+def _host_array(x) -> np.ndarray | None:
+    """The whole value of a leaf on this host (a replicated array's first local copy); ``None`` for a leaf
+    this host holds only part of, or one with no plain bytes (a typed key)."""
+    if isinstance(x, jax.Array):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
+            return None
+        if not x.is_fully_addressable:
+            shard = x.addressable_shards[0].data
+            return np.asarray(shard) if shard.shape == x.shape else None
+        return np.asarray(x)
+    return x if isinstance(x, np.ndarray) else None
+
+
+def _checksums(tree) -> dict[str, str]:
+    """``path -> sha256`` of the dtype, shape and bytes of every array leaf of ``tree``."""
+    out = {}
+    for path, leaf in _flat(tree):
+        a = _host_array(leaf)
+        if a is not None:
+            h = hashlib.sha256(f"{a.dtype.str}{tuple(a.shape)}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+            out["/".join(map(str, path))] = h.hexdigest()
+    return out
+
+
+def _verify(name: str, tree, expected: dict[str, str] | None) -> None:
+    """Raises unless every array of the restored item ``name`` has the checksum it was saved with (a checkpoint
+    written before checksums were recorded has none to compare)."""
+    if not expected:
+        return
+    got = _checksums(tree)
+    bad = sorted(p for p in got.keys() & expected.keys() if got[p] != expected[p])
+    if bad:
+        raise CorruptCheckpointError(f"item {name!r} is corrupt: {len(bad)} array(s) differ from the sha256 recorded "
+                                     f"at save ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})")
+
+
 def _flat(tree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-    return [(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path), leaf) for path, leaf in leaves]
+    return [(tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path), leaf)
+            for path, leaf in leaves]
+
+
+def _structure_change(stored_tree, target) -> str | None:
+    """What differs between a stored item's arrays (paths and shapes) and ``target``'s, or ``None``."""
+    def name(path):  # a stored nnx Variable is its value: its ``value`` attribute is no level of the saved tree
+        return "/".join(str(k) for k in path if k != "value")
+
+    stored = {name(k): tuple(v.shape) for k, v in _flat(stored_tree) if hasattr(v, "shape")}
+    wanted = {name(k): tuple(np.shape(v)) for k, v in _flat(target)}
+    if not stored:
+        raise ValueError("the checkpoint's optimizer state metadata is empty or unreadable")
+    if stored == wanted:
+        return None
+    differ = sorted(p for p in stored.keys() | wanted.keys() if stored.get(p) != wanted.get(p))
+    return (f"the checkpoint holds {len(stored)} arrays, the optimizer now builds {len(wanted)}; they differ at "
+            + ", ".join(differ[:4]) + (" ..." if len(differ) > 4 else ""))
+
+
+# How often a reader lists the checkpoints again after the ones it listed were deleted under it.
+_RELISTS = 3
 
 
 class Checkpointer:
@@ -152,17 +211,20 @@ class Checkpointer:
 
     Args:
         workdir: run directory; checkpoints go to ``workdir/checkpoints``.
-        max_to_keep: how many of the most recent checkpoints to keep.
+        max_to_keep: how many of the most recent checkpoints to keep (at least 1; ``None``: all).
         keep_period: also keep every checkpoint whose step is a multiple of this.
         async_save: write in a background thread.
         read_only: open for reading only (no lock, no temporary-directory cleanup, nothing created).
 
     Raises:
         WorkdirLockedError: another live process writes to this workdir.
+        ValueError: ``max_to_keep < 1``.
     """
 
     def __init__(self, workdir: str, *, max_to_keep: int = 3, keep_period: int | None = None,
                  async_save: bool = True, read_only: bool = False):
+        if max_to_keep is not None and int(max_to_keep) < 1:  # 0 would delete the checkpoint just written
+            raise ValueError(f"max_to_keep={max_to_keep} would delete every checkpoint; expected None or >= 1")
         self.directory = checkpoint_dir(workdir)
         self.read_only = read_only
         self._lock = None
@@ -196,31 +258,36 @@ class Checkpointer:
         """
         if self.read_only:
             raise RuntimeError(f"{self.directory} was opened read-only")
-        items = {
-            "params": ocp.args.StandardSave(_pure(params)),
-            "ema_params": ocp.args.StandardSave(_pure(ema_params)),
-            "meta": ocp.args.JsonSave({"step": int(step), **(meta or {}), "config": _config_json(config)}),
-        }
+        trees = {"params": _pure(params), "ema_params": _pure(ema_params)}
         if opt_state is not None:
-            items["opt_state"] = ocp.args.StandardSave(opt_state)
+            trees["opt_state"] = opt_state
+        # a sha256 per array, checked on restore: storage that flips a byte gives a skipped checkpoint, not NaN
+        checksums = {name: _checksums(tree) for name, tree in trees.items()}
+        items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
+        items["meta"] = ocp.args.JsonSave({"step": int(step), **(meta or {}), "config": _config_json(config),
+                                           "checksums": checksums})
         self.check()
         try:
             return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # noqa: BLE001  (orbax wraps OSErrors in its own types)
             raise CheckpointSaveError(self._save_failure(step, e)) from e
 
-    def _save_failure(self, step, e) -> str:
-        complete = []
+    def last_complete(self) -> int | None:
+        """The newest finished checkpoint on disk (a save in flight is still in a temporary directory)."""
         try:
             complete = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
         except OSError:
-            pass
+            return None
+        return complete[-1] if complete else None
+
+    def _save_failure(self, step, e) -> str:
+        last = self.last_complete()
         text = str(e)
         known = re.search(r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded", text)
         cause = known.group(0) if known else (text.strip().splitlines()[-1][:200] if text.strip() else type(e).__name__)
         what = f"saving checkpoint {step}" if step >= 0 else "a checkpoint save"
         return (f"{what} to {self.directory} failed: {cause}; last complete checkpoint: "
-                f"{complete[-1] if complete else 'none'}")
+                f"{'none' if last is None else last}")
 
     def _restore_step(self, step, params, ema_params, opt_state):
         present = set(os.listdir(os.path.join(self.directory, str(step))))
@@ -244,13 +311,21 @@ class Checkpointer:
             "params": ocp.args.StandardRestore(_abstract(_pure(params))) if params is not None else None,
             "ema_params": ocp.args.StandardRestore(_abstract(_pure(ema_params))) if ema_params is not None else None,
         }
+        changed = None
         if opt_state is not None and "opt_state" in present:
-            items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state))
+            # another optimizer (e.g. clipping switched on or off) is a config question, not damage: the caller
+            # decides whether to continue with a fresh optimizer state
+            changed = _structure_change(_stored_tree(os.path.join(self.directory, str(step), "opt_state")), opt_state)
+            if changed is None:
+                items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state))
         items = {k: v for k, v in items.items() if v is not None}
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         restored = {k: out[k] for k in items}
+        for name, tree in restored.items():
+            _verify(name, tree, (meta.get("checksums") or {}).get(name))
         restored["meta"] = meta
         restored.setdefault("opt_state", None)
+        restored["opt_state_change"] = changed
         if int(meta["step"]) != int(step):
             raise ValueError(f"meta step {meta['step']} != directory step {step}")
         return restored
@@ -258,34 +333,56 @@ class Checkpointer:
     def restore_latest(self, *, params=None, ema_params=None, opt_state=None) -> dict | None:
         """Restores the newest complete checkpoint into the structure of the given (abstract) trees.
 
-        One that cannot be loaded is skipped with a warning for the next older one (``docs/checkpoints.md``).
+        One that cannot be loaded is skipped with a warning for the next older one (``docs/checkpoints.md``); one
+        that a writer's retention deletes while it is read sends the reader back to the newer ones.
 
         Returns:
             ``None`` when there is no checkpoint, else a dict with ``params``, ``ema_params``,
-            ``opt_state`` (``None`` if the checkpoint has none) and ``meta``.
+            ``opt_state`` (``None`` if the checkpoint has none, or one of another structure than ``opt_state``),
+            ``opt_state_change`` (what differs in that structure, else ``None``) and ``meta``.
 
         Raises:
             IncompatibleCheckpointError: the parameters' shapes differ from the given trees (names each).
             CorruptCheckpointError: checkpoints exist but none can be loaded.
         """
-        steps = self.all_steps()
-        bad = []
-        for step in reversed(steps):
-            try:
-                restored = self._restore_step(step, params, ema_params, opt_state)
-            except IncompatibleCheckpointError:
-                raise
-            except Exception as e:  # noqa: BLE001  (any failure means: do not trust this checkpoint)
-                log.warning("skipping checkpoint %s/%d: it could not be loaded (%s: %s)",
-                            self.directory, step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
-                bad.append(step)
-                continue
-            self._move_aside(bad)
-            return restored
-        if steps:
-            raise CorruptCheckpointError(
-                f"none of the checkpoints {steps} in {self.directory} could be loaded (each was truncated, corrupt "
-                f"or incomplete; the warnings above say why)")
+        bad, gone, tried = [], [], set()
+        for _ in range(_RELISTS):
+            for step in reversed(self.all_steps()):
+                if step in tried:
+                    continue
+                tried.add(step)
+                try:
+                    restored = self._restore_step(step, params, ema_params, opt_state)
+                except IncompatibleCheckpointError:
+                    raise
+                except Exception as e:  # noqa: BLE001  (any failure means: do not trust this checkpoint)
+                    if not os.path.isdir(os.path.join(self.directory, str(step))):
+                        # not damage: the writer's retention removed it after this reader listed it
+                        log.warning("checkpoint %s/%d was deleted while being read (the trainer writing this workdir "
+                                    "keeps only its newest checkpoints); trying the others", self.directory, step)
+                        gone.append(step)
+                        continue
+                    log.warning("skipping checkpoint %s/%d: it could not be loaded (%s: %s)", self.directory, step,
+                                type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+                    bad.append(step)
+                    continue
+                self._move_aside(bad)
+                return restored
+            if not gone or self.manager is None:
+                break
+            self.manager.reload()  # what replaced the deleted ones
+            if not set(self.all_steps()) - tried:
+                break
+        if tried:
+            parts = []
+            if bad:
+                parts.append(f"{sorted(bad)} could not be loaded (each was truncated, corrupt or incomplete; the "
+                             f"warnings above say why)")
+            if gone:
+                parts.append(f"{sorted(gone)} were deleted by the trainer writing this workdir while being read, and "
+                             f"no newer one could be read either (run again, or keep more with "
+                             f"config.training.keep_checkpoints)")
+            raise CorruptCheckpointError(f"no checkpoint in {self.directory} could be loaded: " + "; ".join(parts))
         return None
 
     def _move_aside(self, steps):

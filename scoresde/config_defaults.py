@@ -23,6 +23,7 @@ directly and never repeats a default.
 import copy
 import difflib
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -463,6 +464,67 @@ def _defaults_for(config) -> dict:
     return table
 
 
+def _count(least: int):
+    return lambda v: float(v) == int(v) and int(v) >= least, f"an integer >= {least}"
+
+
+_POSITIVE = (lambda v: math.isfinite(float(v)) and float(v) > 0, "a finite number > 0")
+_UNIT = (lambda v: 0.0 <= float(v) <= 1.0, "a number in [0, 1]")
+
+# The range of every field whose bad value would otherwise crash deep in a run, or run and do nothing
+# useful: checked once when a config is completed (a field the config lacks is not checked).
+VALID_RANGES = {
+    "training.n_iters": _count(1),
+    "training.batch_size": _count(1),
+    "training.log_freq": _count(1),
+    "training.snapshot_freq": _count(1),
+    "training.snapshot_freq_for_preemption": _count(1),
+    "training.eval_freq": (_count(0)[0], "an integer >= 0 (0 = never)"),
+    "training.keep_checkpoints": (_count(1)[0], "an integer >= 1 (the newest complete checkpoint is always kept)"),
+    "training.max_nonfinite": _count(1),
+    "training.snapshot_num_samples": _count(1),
+    "optim.lr": _POSITIVE,
+    "optim.warmup": _count(0),
+    "model.ema_rate": _UNIT,
+    "eval.batch_size": _count(1),
+    "eval.bpd_eps": (lambda v: 0.0 < float(v) < 1.0, "a number in (0, 1), the time the ODE integral starts at"),
+    "eval.bpd_rtol": _POSITIVE,
+    "eval.bpd_atol": _POSITIVE,
+    "classifier.n_iters": _count(1),
+    "classifier.log_freq": _count(1),
+    "classifier.lr": _POSITIVE,
+    "autoencoder.n_iters": _count(1),
+    "autoencoder.log_freq": _count(1),
+    "autoencoder.lr": _POSITIVE,
+    "autoencoder.max_nonfinite": _count(1),
+}
+
+
+def validate(config) -> None:
+    """Checks every field of :data:`VALID_RANGES` that ``config`` has.
+
+    Raises:
+        ValueError: naming each bad field, its value and the valid range.
+    """
+    bad = []
+    for field, (ok, expected) in VALID_RANGES.items():
+        node = config
+        for k in field.split("."):
+            node = node.get(k) if isinstance(node, dict | ml_collections.ConfigDict) else None
+            if node is None:
+                break
+        if node is None:
+            continue
+        try:
+            good = not isinstance(node, str) and bool(ok(node))
+        except (TypeError, ValueError, OverflowError):
+            good = False
+        if not good:
+            bad.append(f"config.{field}={node!r} (expected {expected})")
+    if bad:
+        raise ValueError("invalid config value(s): " + "; ".join(bad))
+
+
 def missing_fields(config) -> list[str]:
     """The dotted names of the fields :func:`with_defaults` would add to ``config``, sorted."""
     return sorted(".".join(path) for path, _ in _missing(config, _defaults_for(config)))
@@ -481,10 +543,14 @@ def with_defaults(config):
     Returns:
         ``config`` itself when it lacks nothing; else a completed copy, locked if ``config`` was: the caller's
         object never changes.
+
+    Raises:
+        ValueError: a field out of its range (:func:`validate`).
     """
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
     missing = list(_missing(config, _defaults_for(config)))
+    validate(config)
     if not missing:
         return config
     out = copy.deepcopy(config)

@@ -30,6 +30,7 @@ import argparse
 import functools
 import glob
 import os
+import pickle
 import re
 from typing import Any
 
@@ -205,7 +206,16 @@ def load_reference_checkpoint(path: str, config, *, model: nnx.Module | None = N
     if path.endswith((".pth", ".pt")):
         import torch  # only this path needs the `torch` extra
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a .pth is a pickle, and a full unpickler runs whatever code the file names; the
+        # reference layout (dicts, lists, tensors, numbers) is all data, which the restricted one reads
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # torch's message advises weights_only=False; keep only the line that names what was refused
+            what = [ln for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+            raise ValueError(f"{path} is not a plain score_sde_pytorch checkpoint (a dict of tensors with 'model', "
+                             f"'ema', 'step'): it names code to run when unpickled, which is refused"
+                             f"{' (' + what[0].strip() + ')' if what else ''}") from None
         sd = {k: v.detach().cpu().numpy() for k, v in ckpt["model"].items()}
         shadow = [s.detach().cpu().numpy() for s in ckpt["ema"]["shadow_params"]]
         return {"params": params_from_torch(sd, model),

@@ -45,7 +45,9 @@ def restore_state(ckpt, state: dict, tx: optax.GradientTransformation) -> tuple[
     """The newest loadable checkpoint of ``ckpt`` restored into ``state``'s structure.
 
     Returns:
-        ``(state, meta)``; ``meta`` is ``None`` (and ``state`` unchanged) when there is no checkpoint.
+        ``(state, meta)``; ``meta`` is ``None`` (and ``state`` unchanged) when there is no checkpoint. When the
+        stored optimizer state has another structure than ``tx`` builds, the state gets a fresh one and
+        ``meta["opt_state_change"]`` says what differs (the caller decides whether that is allowed).
     """
     params = state["params"]
     pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
@@ -70,6 +72,9 @@ def restore_state(ckpt, state: dict, tx: optax.GradientTransformation) -> tuple[
     log.info("resumed from %s at step %d", ckpt.directory, step)
     if restored["opt_state"] is not None:
         new["opt_state"] = restored["opt_state"]
+    elif restored.get("opt_state_change"):
+        meta = {**meta, "opt_state_change": restored["opt_state_change"]}
+        new["opt_state"] = state["opt_state"]
     else:
         log.warning("checkpoint at step %d has no optimizer state; starting a fresh optimizer", step)
         new["opt_state"] = tx.init(p)

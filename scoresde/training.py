@@ -11,6 +11,7 @@ from ``fold_in(key, k)``, so a run resumed from a checkpoint reproduces the unin
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 
 from scoresde import build, images, parallel, runlog, train_state
 from scoresde import data as data_lib
-from scoresde.checkpointing import Checkpointer, check_workdir
+from scoresde.checkpointing import Checkpointer, CheckpointSaveError, IncompatibleCheckpointError, check_workdir
 
 __all__ = ["NonFiniteError", "Settings", "read_settings", "Run", "Trainer", "prepare", "fit", "jit_step",
            "devices_fact", "Snapshots", "write_snapshot", "conclude_training"]
@@ -121,13 +122,34 @@ def prepare(config, workdir: str, section: str = "training", *, n_iters: int | N
 
     Raises:
         PermissionError: an unwritable workdir.
-        ValueError: a batch size that does not split over the devices and processes.
+        ValueError: a batch size that does not split over the devices and processes, or whose batches would not
+            fit in memory.
     """
     check_workdir(workdir)
     settings = read_settings(config, section, n_iters=n_iters)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(settings.batch_size, mesh, f"{settings.hint}.batch_size")
+    _check_batch_memory(config, settings)
     return Run(config, workdir, settings, mesh)
+
+
+# Batches one process holds at once: the one being made, two prefetched to the device, the step's own.
+_BATCHES_HELD = 4
+
+
+def _check_batch_memory(config, settings: Settings) -> None:
+    """Refuses a batch whose float32 copies alone would not fit in this machine's memory (the OS would kill the
+    run mid-step instead, with no message)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    per_process = settings.batch_size // jax.process_count()
+    need = per_process * int(np.prod(data_lib.data_shape(config))) * 4 * _BATCHES_HELD
+    if need > memory:
+        most = memory // (int(np.prod(data_lib.data_shape(config))) * 4 * _BATCHES_HELD) * jax.process_count()
+        raise ValueError(f"{settings.hint}.batch_size={settings.batch_size} needs about {need / 2**30:,.0f} GiB for "
+                         f"its batches alone; this machine has {memory / 2**30:,.0f} GiB: use at most {most:,}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -214,16 +236,30 @@ def fit(run: Run, trainer: Trainer) -> dict:
         the snapshot hook wrote)}``.
 
     Raises:
-        ConfigMismatchError: resuming under a config that changes the run's meaning.
+        ConfigMismatchError: resuming under a config that changes the run's meaning (another optimizer structure
+            included: ``allow_config_change`` continues with a fresh optimizer state, recorded).
+        IncompatibleCheckpointError: a stored optimizer state of another structure with no config change to
+            explain it.
         NonFiniteError: after ``max_nonfinite`` consecutive non-finite steps.
     """
     s, config, workdir = run.settings, run.config, run.workdir
     ckpt = Checkpointer(workdir, max_to_keep=s.keep_checkpoints, keep_period=s.snapshot_freq)
     try:
         state, meta = train_state.restore_state(ckpt, trainer.init_state(), trainer.tx)
-        changes = []
+        changes, record = [], {}
         if meta is not None and not meta.get("model_only", False):  # a model-only import is a fresh start
             changes = build.check_resume_config(meta.get("config"), config, kind=s.kind, workdir=workdir)
+            if meta.get("opt_state_change"):
+                if not changes:  # no config field explains it: do not silently drop the optimizer's moments
+                    raise IncompatibleCheckpointError(
+                        f"cannot resume {workdir} from step {meta['step']}: its optimizer state does not fit the "
+                        f"optimizer this config builds ({meta['opt_state_change']}), and no config field differs "
+                        f"from the checkpoint's. Use the code and config the run was trained with, or another "
+                        f"--workdir")
+                # allowed (allow_config_change): parameters and EMA restored, the optimizer starts afresh
+                record["optimizer_state"] = f"fresh: {meta['opt_state_change']}"
+                log.warning("the optimizer changed (%s); continuing with a fresh optimizer state",
+                            meta["opt_state_change"])
         start = int(state["step"])
         if trainer.on_start is not None:
             trainer.on_start(start)
@@ -236,7 +272,7 @@ def fit(run: Run, trainer: Trainer) -> dict:
         logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=s.tensorboard)
         logger.truncate_after(start)
         if changes:  # allowed by config.training.allow_config_change: recorded where they start
-            logger.write(start, {"config_change": changes})
+            logger.write(start, {"config_change": changes, **record})
         latest = [None]
 
         def snapshot(st, step):
@@ -245,17 +281,39 @@ def fit(run: Run, trainer: Trainer) -> dict:
         try:
             step_fn = jit_step(trainer.tx, s, run.mesh, run.key(s.purpose), loss=trainer.loss, update=trainer.update,
                                lr_schedule=trainer.lr_schedule)
-            out = _loop(state, step_fn, trainer.batches(start), run,
-                        start=start, logger=logger, desc=trainer.desc, check=ckpt.check, evaluate=trainer.evaluate,
-                        snapshot=snapshot if trainer.snapshot is not None and s.snapshot_sampling else None,
-                        save=lambda st, step: train_state.save_state(ckpt, st, step, config=config,
-                                                                     extra_meta=trainer.extra_meta))
+            try:
+                out = _loop(state, step_fn, trainer.batches(start), run,
+                            start=start, logger=logger, desc=trainer.desc, check=ckpt.check, wait=ckpt.wait,
+                            evaluate=trainer.evaluate,
+                            snapshot=snapshot if trainer.snapshot is not None and s.snapshot_sampling else None,
+                            save=lambda st, step: train_state.save_state(ckpt, st, step, config=config,
+                                                                         extra_meta=trainer.extra_meta))
+            except OSError as e:
+                if isinstance(e, CheckpointSaveError) or e.errno not in _STORAGE_ERRNOS:
+                    raise
+                raise _storage_failure(e, ckpt) from e
             ckpt.wait()  # a failed last save is an error, not a silent loss
         finally:
             logger.close()
     finally:
         ckpt.close()
     return {**out, "snapshot": latest[0]}
+
+
+# Errors of the storage itself: the run cannot go on, and what it has kept is the last complete checkpoint.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _storage_failure(e: OSError, ckpt: Checkpointer) -> OSError:
+    """One line for a failed write of the run's other files (metrics, snapshots): the cause, the file and the last
+    complete checkpoint (a save still in flight is waited for first; its own failure is the better message)."""
+    try:
+        ckpt.wait()
+    except CheckpointSaveError as failed:
+        return failed
+    last = ckpt.last_complete()
+    return OSError(f"writing {e.filename or 'a file of the run'} failed: {e.strerror or e}; last complete "
+                   f"checkpoint: {'none' if last is None else last} in {ckpt.directory}")
 
 
 class _Preemption:
@@ -286,10 +344,11 @@ class _Preemption:
 
 
 def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, save: Callable, logger, desc: str,
-          check: Callable, evaluate: Callable | None, snapshot: Callable | None) -> dict:
+          check: Callable, wait: Callable, evaluate: Callable | None, snapshot: Callable | None) -> dict:
     """Runs ``step_fn`` from step ``start`` to ``n_iters``: logs every ``log_freq`` steps, evaluates every
-    ``eval_freq``, saves every ``ckpt_freq``, at every snapshot and at the end, and saves and stops on SIGTERM;
-    ``check()`` after every step (a failed background save stops the run within a step)."""
+    ``eval_freq``, saves every ``ckpt_freq``, at every snapshot and at the end, and saves and stops on SIGTERM
+    (``wait()`` for that save before saying it is saved); ``check()`` after every step (a failed background save
+    stops the run within a step)."""
     s = run.settings
     is_main = jax.process_index() == 0
     bar = None
@@ -344,6 +403,7 @@ def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, 
                         (jax.process_count() == 1 and preempt.requested):
                     if not (step % s.ckpt_freq == 0 or at_snapshot):
                         save(state, step)
+                    wait()
                     preempted = True
                     log.warning("SIGTERM: saved a checkpoint at step %d; rerun the same command to resume", step)
                     break

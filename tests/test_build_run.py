@@ -219,3 +219,28 @@ def test_purpose_keys_are_fold_ins_of_the_table_numbers():
     assert len(set(build.PURPOSE.values())) == len(build.PURPOSE)
     with pytest.raises(KeyError, match="unknown RNG purpose 'dropout'"):
         build.purpose_key(root, "dropout")
+
+
+# ------------------------------------------------------------------------------------------------- valid ranges
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("training.keep_checkpoints", 0, "an integer >= 1 (the newest complete checkpoint is always kept)"),
+    ("training.log_freq", 0, "an integer >= 1"),
+    ("training.n_iters", -1, "an integer >= 1"),
+    ("optim.lr", float("nan"), "a finite number > 0"),
+    ("eval.bpd_eps", 0.0, "a number in (0, 1)"),
+])
+def test_an_out_of_range_value_is_rejected_at_load_naming_the_field_and_the_range(field, value, expected):
+    config = load_config("toy2d_vp", "smoke")
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=f"config.{field}=.*expected {expected}".replace("(", r"\(").replace(")", r"\)")):
+        build.as_config(config)
+
+
+def test_every_shipped_config_and_variant_is_in_range():
+    for path in glob.glob(os.path.join(CONFIGS, "**", "*.py"), recursive=True):
+        module = config_defaults.load_module(path)
+        if hasattr(module, "get_config"):
+            config_defaults.validate(module.get_config())

@@ -124,3 +124,85 @@ def test_model_checkpoint_round_trip_and_fresh_optimizer(tmp_path):
 def test_load_model_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint found"):
         build.load_model(str(tmp_path), toy_config(1))
+
+
+def _flip_a_value_byte(step_dir, item, value):
+    """Flips the exponent byte of the first element of ``value`` in every stored copy of its raw float32 bytes
+    in ``item``'s data: a single-byte storage fault that decodes without error."""
+    raw = np.asarray(value, np.float32).tobytes()[:64]  # the codec splits a long raw run into blocks
+    flipped = 0
+    for f in glob.glob(os.path.join(step_dir, item, "**", "d", "*"), recursive=True):
+        with open(f, "rb") as fh:
+            data = bytearray(fh.read())
+        at = data.find(raw)
+        if at >= 0:
+            data[at + 3] ^= 0x7F
+            with open(f, "wb") as fh:
+                fh.write(bytes(data))
+            flipped += 1
+    assert flipped, f"no raw copy of the value in {step_dir}/{item}"
+
+
+def test_a_flipped_byte_is_a_skipped_checkpoint_never_nan(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    config = toy_config(2)
+    config.model.hidden = 256  # arrays too large to sit inline in orbax's (checksummed) index nodes
+    model = build.build_model(config, seed=0)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    checkpointing.save_model_checkpoint(workdir, params=params, ema_params=params, step=1, config=config)
+    # step 2 holds random bits (incompressible, so stored raw in a data file, where one flipped byte decodes to a
+    # wrong number rather than failing in the codec)
+    rng = np.random.default_rng(0)
+    noisy = jax.tree.map(lambda x: rng.integers(0, 2**32, size=x.shape, dtype=np.uint32).view(np.float32), params)
+    checkpointing.save_model_checkpoint(workdir, params=noisy, ema_params=noisy, step=2, config=config)
+    step_2 = os.path.join(checkpointing.checkpoint_dir(workdir), "2")
+    _flip_a_value_byte(step_2, "ema_params", noisy["hidden"][1]["kernel"])
+    loaded, step = build.load_model(workdir, config)
+    assert step == 1  # the previous complete checkpoint, with a warning naming the damage
+    for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(loaded, nnx.Param))), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    assert any("/2" in r.getMessage() and "'ema_params' is corrupt" in r.getMessage() and "sha256" in r.getMessage()
+               for r in caplog.records)
+
+    _flip_a_value_byte(step_2, "params", noisy["hidden"][1]["kernel"])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.train(config, workdir)  # the trainer resumes from step 1, not from damaged parameters
+    assert "at step 1" in caplog.text and "'params' is corrupt" in caplog.text
+    assert [r["step"] for r in read_metrics(workdir)] == [2]
+
+
+def test_a_checkpoint_deleted_while_being_read_sends_the_reader_to_the_newer_one(tmp_path, caplog):
+    """A reader lists [1]; the trainer then finishes 2 and its retention deletes 1 while the reader reads it."""
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    config = toy_config(2)
+    config.training.snapshot_freq_for_preemption = 1
+    train.train(config, workdir)
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    in_flight = os.path.join(ckpt_dir, "2.orbax-checkpoint-tmp-7")
+    os.rename(os.path.join(ckpt_dir, "2"), in_flight)
+    reader = checkpointing.Checkpointer(workdir, read_only=True)
+    assert reader.all_steps() == [1]
+    read = reader._restore_step
+
+    def trainer_moves_on_while_reading(step, *args):
+        if step == 1 and os.path.isdir(in_flight):
+            os.rename(in_flight, os.path.join(ckpt_dir, "2"))
+            shutil.rmtree(os.path.join(ckpt_dir, "1"))
+        return read(step, *args)
+
+    reader._restore_step = trainer_moves_on_while_reading
+    target = nnx.to_pure_dict(nnx.state(build.build_model(config, seed=0), nnx.Param))
+    restored = reader.restore_latest(ema_params=target)
+    reader.close()
+    assert restored["meta"]["step"] == 2
+    assert "checkpoint" in caplog.text and "/1 was deleted while being read" in caplog.text
+    assert "could not be loaded" not in caplog.text
+
+
+def test_a_checkpointer_that_would_keep_no_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_to_keep=0 would delete every checkpoint"):
+        checkpointing.Checkpointer(str(tmp_path), max_to_keep=0)
+    assert not os.path.exists(tmp_path / ".lock")

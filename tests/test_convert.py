@@ -165,3 +165,20 @@ def test_cli_writes_a_checkpoint_load_model_reads(tmp_path):
     got = nnx.state(model, nnx.Param).to_pure_dict()
     want = states["ema_params"].to_pure_dict()
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
+
+
+def test_a_pth_that_names_code_is_refused_and_the_code_never_runs(tmp_path):
+    """A .pth is a pickle: reading one must never run what it names (here os.system writing a marker)."""
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = str(tmp_path / "evil.pth")
+    torch.save({"model": Payload(), "ema": {"shadow_params": []}, "step": 1}, evil)
+    cfg = build.load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "toy2d_vp.py") + ":smoke")
+    with pytest.raises(ValueError, match="evil.pth is not a plain score_sde_pytorch checkpoint.*system"):
+        convert.load_reference_checkpoint(evil, cfg)
+    assert not marker.exists()

@@ -96,7 +96,7 @@ class Teacher:
 def teacher_config(config):
     """The config the teacher was trained with: the one stored in its newest checkpoint, else ``config``."""
     workdir = str(config.distill.teacher_workdir)
-    ckpt = Checkpointer(workdir, max_to_keep=None, async_save=False)
+    ckpt = Checkpointer(workdir, read_only=True)  # no lock: the teacher may be training, or on read-only storage
     try:
         restored = ckpt.restore_latest()
     finally:

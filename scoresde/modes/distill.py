@@ -15,6 +15,7 @@ in the shipped configs).
 from __future__ import annotations
 
 import copy
+import os
 
 import jax
 from flax import nnx
@@ -44,10 +45,15 @@ def distill(config, workdir: str) -> dict:
         A summary dict (``step``, ``loss``, ``preempted``, ``method``).
 
     Raises:
-        ValueError: an unknown method, a missing teacher, a student whose architecture differs from the teacher's.
+        ValueError: an unknown method, a missing teacher, the teacher's own workdir as ``workdir``, a student whose
+            architecture differs from the teacher's.
         NonFiniteError: after ``config.training.max_nonfinite`` consecutive non-finite steps.
     """
     method = build.distill_method(config)
+    teacher_dir = str(config.distill.get("teacher_workdir", "") or "")
+    if teacher_dir and os.path.abspath(teacher_dir) == os.path.abspath(workdir):
+        raise ValueError(f"config.distill.teacher_workdir={teacher_dir!r} is the distill workdir itself; the student "
+                         f"needs its own workdir (its checkpoints would replace the teacher's)")
     run = training.prepare(config, workdir, n_iters=build.total_steps(config))
     data_lib.check_dataset_name(config)
     sde = build.make_sde(config)

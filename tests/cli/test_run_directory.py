@@ -404,3 +404,91 @@ def test_quiet_stderr_drops_only_the_closed_event_loop_noise():
     assert "Event loop is closed" not in out.stderr, out.stderr
     assert "progress line" in out.stderr and "error: the one message" in out.stderr
     assert "RuntimeError: something else" in out.stderr
+
+
+# 10. values that crashed deep in a run, deleted every checkpoint or did nothing are refused at load ----------
+
+def test_an_out_of_range_value_is_one_line_naming_the_field_before_anything_runs(tmp_path):
+    workdir = tmp_path / "run"
+    out = _cli("--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}", "--config.training.log_freq=0")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "config.training.log_freq=0 (expected an integer >= 1)" in errors[0]
+    assert not os.path.exists(workdir / "checkpoints")
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_field(tmp_path):
+    from scoresde import training
+
+    config = toy_config(2)
+    config.training.batch_size = 10**12  # terabytes of float32 pairs
+    with pytest.raises(ValueError, match=r"config.training.batch_size=1000000000000 needs about .* use at most"):
+        training.prepare(config, str(tmp_path / "run"))
+
+
+# 11. a teacher is read, never locked; the teacher's own workdir is not a student's --------------------------
+
+def test_distill_reads_a_teacher_that_is_training_and_refuses_the_teachers_own_workdir(tmp_path):
+    from scoresde.modes.distill import distill
+
+    teacher = str(tmp_path / "teacher")
+    train.train(toy_config(2), teacher)
+    cd = load_config("toy2d_cd", "smoke")
+    cd.distill.teacher_workdir, cd.training.snapshot_sampling = teacher, False
+    with pytest.raises(ValueError, match="teacher_workdir=.* is the distill workdir itself"):
+        distill(cd, teacher)
+    holder = checkpointing.WorkdirLock(teacher).acquire()  # the teacher's trainer, still running
+    try:
+        assert distill(cd, str(tmp_path / "cd"))["step"] == cd.training.n_iters
+    finally:
+        holder.release()
+    assert sorted(os.listdir(os.path.join(teacher, "checkpoints"))) == ["2"]
+
+
+# 12. another optimizer structure is a config change, not corrupt checkpoints ---------------------------------
+
+def test_switching_gradient_clipping_is_a_config_mismatch_and_allowed_with_a_fresh_optimizer(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train(toy_config(2), workdir)  # the smoke optimizer clips (optim.grad_clip=1.0)
+    unclipped = toy_config(4)
+    unclipped.optim.grad_clip = -1.0  # no clipping stage in the optimizer chain
+    with pytest.raises(build.ConfigMismatchError, match=r"optim.grad_clip: checkpoint 1.0, now -1.0"):
+        train.train(unclipped, workdir)
+    unclipped.training.allow_config_change = True
+    assert train.train(unclipped, workdir)["step"] == 4
+    record = [r for r in read_metrics(workdir) if "config_change" in r]
+    assert len(record) == 1 and record[0]["step"] == 2
+    assert [c["field"] for c in record[0]["config_change"]] == ["optim.grad_clip"]
+    assert record[0]["optimizer_state"].startswith("fresh: ")
+    assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_under_the_metrics_file_names_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from scoresde import runlog
+
+    write = runlog.MetricsLogger.write
+
+    def full_at_step_3(self, step, metrics):
+        if step == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        return write(self, step, metrics)
+
+    monkeypatch.setattr(runlog.MetricsLogger, "write", full_at_step_3)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(OSError, match=r"metrics.jsonl failed: No space left on device; last complete checkpoint: 2 in"):
+        train.train(toy_config(5, snapshot_freq_for_preemption=1), workdir)
+
+
+def test_another_optimizer_structure_with_the_same_config_is_refused_not_dropped(tmp_path, monkeypatch):
+    import optax
+
+    workdir = str(tmp_path / "run")
+    train.train(toy_config(2), workdir)
+    monkeypatch.setattr(build, "optimizer_from_config", lambda config: optax.adam(1e-3))  # e.g. changed code
+    config = toy_config(4, allow_config_change=True)
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="optimizer state does not fit .* no config "
+                                                                        "field differs"):
+        train.train(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
