@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scoresde import build, images, latent, parallel, train_state, training
+from scoresde import build, images, latent, parallel, runlog, train_state, training
 from scoresde import data as data_lib
 from scoresde.latent import space as latent_space
 
@@ -212,8 +212,8 @@ def train_autoencoder(config, workdir: str) -> dict:
                    "record": path, "reconstructions": out["snapshot"]}
         summary.update(**stats, **held_out)
     training.conclude_training(out, "autoencoder trained", workdir, results=results,
-                               next_command=f"python -m scoresde.main --config=<latent config> --workdir=<run> "
-                                            f"--config.latent.autoencoder_workdir={workdir}")
+                               next_command=runlog.latent_command(workdir)
+                               or f"train a latent model on it: --config.latent.autoencoder_workdir={workdir}")
     return summary
 
 
