@@ -50,7 +50,7 @@ def evaluate_loss(config, workdir: str) -> dict:
     batch_size = int(config.eval.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.eval.batch_size")
     sde = build.make_sde(config)
-    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="eval")
     loss_fn = build.make_loss_fn(config, sde)
     key = build.purpose_key(build.root_key(config), "eval_loss")
 
