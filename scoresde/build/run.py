@@ -78,8 +78,11 @@ RESUME_SAFE_FIELDS["autoencoder"] = ("autoencoder.n_iters", "autoencoder.log_fre
 # distill and reflow train a score network as train does: the same fields may change ("train"); their own
 # sections (distill., reflow.: teacher, method, schedule, couplings) change the run's meaning and are compared.
 # The read-only modes (sample, likelihood, fid, eval) compare as resume does; how the parameters were optimised
-# (optimiser, batch size) does not change what they mean once trained.
-RESUME_SAFE_FIELDS["read"] = RESUME_SAFE_FIELDS["train"] + ("optim.", "training.batch_size")
+# (optimiser, batch size) and which teacher they were distilled from do not change what they mean once trained:
+# a student is self-contained.
+RESUME_SAFE_FIELDS["read"] = RESUME_SAFE_FIELDS["train"] + ("optim.", "training.batch_size",
+                                                            "distill.teacher_workdir", "distill.teacher_step",
+                                                            "distill.teacher_hash")
 
 # Fields that pin what a model was built from: the autoencoder of a latent model, the teacher of a distilled one
 # (checkpoint step and parameter hash). The loaders (build.latent, build.fewstep) fill them in from what they
