@@ -78,7 +78,8 @@ def _load_partial(path, expected: dict, fields):
         if saved != expected:
             diffs = "; ".join(f"{k}: file {saved.get(k)!r}, now {expected.get(k)!r}"
                               for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k))
-            raise ValueError(f"{path} was written with other settings ({diffs}); move it away to start afresh")
+            raise ValueError(f"{path} was written with settings that differ from this run's ({diffs}); move it "
+                             "away to start afresh")
         return {k: f[k].copy() for k in (*fields, "done")}
 
 

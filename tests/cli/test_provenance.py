@@ -212,7 +212,7 @@ def test_likelihood_partial_of_other_data_is_never_reused(tmp_path):
     assert likelihood_mode.likelihood(config, workdir, stop_after=1) is None
     config.data.centered = not config.data.centered
     config.training.allow_config_change = True
-    with pytest.raises(ValueError, match="other settings.*config_hash"):
+    with pytest.raises(ValueError, match="written with settings that differ.*config_hash"):
         likelihood_mode.likelihood(config, workdir, stop_after=1)
 
 
