@@ -315,7 +315,9 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
         "N": int(n), "split": s.split, "num_repeats": s.num_repeats, "dequantization": s.dequantization,
         "num_bits": s.num_bits, "eps": s.eps, "solver": s.solver, "rtol": s.rtol, "atol": s.atol,
         "hutchinson": s.hutchinson, "n_probes": s.n_probes, "mean_nfe": float(state["nfe"].mean()),
-        "checkpoint_step": int(step), "autoencoder_step": space.step, "scale_factor": space.scale_factor,
+        "checkpoint_step": int(step), "params_hash": expected["params_hash"], "config_hash": expected["config_hash"],
+        "autoencoder_step": space.step, "autoencoder_hash": expected["autoencoder_hash"],
+        "scale_factor": space.scale_factor,
         "decoder_std": space.decoder_std, "latent_shape": list(space.latent_shape), "sde": type(sde).__name__,
         "devices": jax.device_count(), "seconds_this_session": elapsed, "batches_this_session": new,
     }
