@@ -174,6 +174,15 @@ def test_non_finite_samples_are_an_error_not_black_images(tmp_path):
         evaluate_samples(config, workdir, feature_fn=_standin_features)
 
 
+def test_an_ode_out_of_steps_is_an_error_naming_max_steps(digits_run):
+    config, workdir = digits_run
+    with config.unlocked():
+        config.sampling.method, config.sampling.max_steps = "ode", 1
+    with pytest.raises(FloatingPointError, match="non-finite.*config.sampling.max_steps=1"):
+        sample(config, workdir)
+    assert not [f for f in os.listdir(os.path.join(workdir, "samples")) if not f.startswith(".")]
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_guidance_scale_must_be_finite(value):
     config = load_config("toy2d_vp", "smoke")
