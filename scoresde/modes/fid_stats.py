@@ -27,7 +27,8 @@ def fid_stats(config, workdir: str, feature_fn: FeatureFn | None = None) -> dict
     """Writes reference statistics to :func:`scoresde.build.reference_stats_path` and returns a summary.
 
     The ``.npz`` holds ``mu``, ``sigma``, ``num_examples``, ``feature_extractor``, ``dataset``, ``split``,
-    ``image_size`` (``fid`` refuses statistics of another extractor, data set or size), and ``pool_3``/``logits`` when at most ``config.eval.stats_max_features`` examples were read.
+    ``image_size`` (``fid`` refuses statistics of another extractor, data set or size), and
+    ``pool_3``/``logits`` when at most ``config.eval.stats_max_features`` examples were read.
     """
     config = build.with_defaults(config)
     s = build.sample_quality_settings(config)

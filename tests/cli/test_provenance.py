@@ -10,12 +10,14 @@ using a retrained autoencoder / teacher, likelihood partials and reference stati
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from scoresde import build, checkpointing
 from scoresde import data as data_lib
+from scoresde.latent.space import write_autoencoder_record
 from scoresde.metrics import protocol
 from scoresde.modes import likelihood as likelihood_mode
 from scoresde.modes.fid import evaluate_samples
@@ -46,7 +48,7 @@ def _checkpoint(workdir, config, *, step=3, seed=0, scale=None):
     """A training checkpoint (not a model-only import) of ``config``'s network, written as a trainer does."""
     params = nnx.state(build.get_model(config, rngs=nnx.Rngs(seed)), nnx.Param)
     if scale is not None:
-        params = jax_map(lambda a: a * scale, params)
+        params = jax.tree.map(lambda a: a * scale, params)
     ckpt = checkpointing.Checkpointer(workdir, async_save=False)
     try:
         ckpt.save(step, params=params, ema_params=params, config=config)
@@ -54,12 +56,6 @@ def _checkpoint(workdir, config, *, step=3, seed=0, scale=None):
     finally:
         ckpt.close()
     return params
-
-
-def jax_map(fn, tree):
-    import jax
-
-    return jax.tree.map(fn, tree)
 
 
 @pytest.fixture
@@ -260,8 +256,6 @@ def test_resume_and_read_adopt_pinned_fields_and_refuse_other_ones():
 
 
 def test_a_retrained_autoencoder_is_refused_naming_both_steps(tmp_path):
-    from scoresde.latent.space import write_autoencoder_record
-
     config = load_config("digits_vp", "smoke")
     ae = str(tmp_path / "ae")
     os.makedirs(ae)
