@@ -182,10 +182,18 @@ def get_default_configs():
     config.latent = latent = ml_collections.ConfigDict()
     latent.autoencoder_workdir = ""  # "" = pixel space; else the workdir of a --mode=train_autoencoder run
     latent.use_posterior_mean = True  # encode training batches by the posterior mean (False: a posterior sample)
+    # the autoencoder this latent model was trained on (step, parameter hash); filled in when it is loaded, so a
+    # checkpoint records it and a retrained autoencoder is refused; 0 / "" = the one the checkpoint records
+    latent.autoencoder_step = 0
+    latent.autoencoder_hash = ""
     # (scoresde) few-step generation, --mode=distill (scoresde.build): cd | ct | pd
     config.distill = distill = ml_collections.ConfigDict()
     distill.method = ""  # cd | ct | pd; "" = not a distilled / consistency run
     distill.teacher_workdir = ""  # cd / pd: a workdir trained with --mode=train (or imported by scoresde.convert)
+    # the teacher checkpoint (step, parameter hash); filled in when it is loaded, so a resumed run refuses a teacher
+    # that was trained on meanwhile; 0 / "" = the one the checkpoint records
+    distill.teacher_step = 0
+    distill.teacher_hash = ""
     distill.sigma_data = 0.5  # cd / ct: sigma_d of the consistency parameterisation
     distill.num_scales = 18  # cd: N of the rho-grid
     distill.rho = 7.0  # cd / ct

@@ -36,7 +36,7 @@ from flax import nnx
 from scoresde import data as data_lib
 from scoresde import parameterization, train_state
 from scoresde.build.networks import load_model
-from scoresde.build.run import as_config
+from scoresde.build.run import as_config, params_digest
 from scoresde.build.score import ScoreModel, make_score_model, sampling_eps, score_convention
 from scoresde.checkpointing import Checkpointer
 from scoresde.fewstep import consistency as cm
@@ -91,6 +91,7 @@ class Teacher:
     config: object
     step: int
     workdir: str
+    params_hash: str = ""  # :func:`scoresde.build.params_digest` of ``params``
 
 
 def teacher_config(config):
@@ -108,8 +109,14 @@ def teacher_config(config):
 def load_teacher(config) -> Teacher:
     """The teacher of ``config.distill.teacher_workdir`` (EMA weights; its own stored config).
 
+    The student is tied to it: ``config.distill.teacher_step`` / ``teacher_hash`` are filled in here when unset
+    (so the student's checkpoints record them, and a resumed run whose teacher has changed meanwhile differs in
+    them: :func:`scoresde.build.check_resume_config` refuses it); a teacher that differs from pinned ones is
+    refused here.
+
     Raises:
-        ValueError: no teacher workdir, or a teacher whose SDE differs from ``config.training.sde``.
+        ValueError: no teacher workdir, a teacher whose SDE differs from ``config.training.sde``, or a teacher
+            that is not the one ``config.distill`` pins (naming both).
         FileNotFoundError: no checkpoint in the teacher workdir.
     """
     workdir = str(config.distill.get("teacher_workdir", "") or "")
@@ -127,7 +134,19 @@ def load_teacher(config) -> Teacher:
                          f"model.num_classes={tcfg.model.num_classes} in {workdir}")
     model, step = load_model(workdir, tcfg, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return Teacher(graphdef, params, rest, make_score_model(tcfg), tcfg, step, workdir)
+    digest = params_digest(params)
+    d = config.distill
+    pinned_step, pinned_hash = int(d.get("teacher_step", 0) or 0), str(d.get("teacher_hash", "") or "")
+    if (pinned_step and pinned_step != step) or (pinned_hash and pinned_hash != digest):
+        raise ValueError(f"config.distill pins the teacher in {workdir} at step {pinned_step or '?'} (hash "
+                         f"{pinned_hash or '?'}), but its newest checkpoint is step {step} (hash {digest}): the "
+                         "teacher changed. Restore it, or distil the new teacher in another --workdir")
+    with config.unlocked():
+        if "teacher_step" in d:
+            d.teacher_step = int(step)
+        if "teacher_hash" in d:
+            d.teacher_hash = digest
+    return Teacher(graphdef, params, rest, make_score_model(tcfg), tcfg, step, workdir, digest)
 
 
 def check_same_architecture(student_params, teacher_params, what: str) -> None:

@@ -10,6 +10,7 @@ from flax import nnx
 
 from scoresde import data as data_lib
 from scoresde import parallel
+from scoresde.build.run import params_digest
 from scoresde.checkpointing import restore_params
 from scoresde.config_defaults import section_with_defaults
 from scoresde.latent.space import LatentSpace, autoencoder_record_path, read_autoencoder_record
@@ -49,8 +50,29 @@ def is_latent(config) -> bool:
     return bool(config.latent.autoencoder_workdir)
 
 
+def _pinned_mismatch(config, step: int, digest: str | None) -> str | None:
+    """What differs between the autoencoder ``config.latent`` pins (step, hash; 0 / "" = not pinned) and this one."""
+    lat = config.latent
+    pinned_step, pinned_hash = int(lat.get("autoencoder_step", 0) or 0), str(lat.get("autoencoder_hash", "") or "")
+    if pinned_step and pinned_step != int(step):
+        return f"step {pinned_step}, now step {step}"
+    if digest is not None and pinned_hash and pinned_hash != digest:
+        return f"parameter hash {pinned_hash}, now {digest}"
+    return None
+
+
+def _refuse_other_autoencoder(config, what: str) -> None:
+    raise ValueError(
+        f"the latent model was trained on the autoencoder in {config.latent.autoencoder_workdir!r} at {what} "
+        "(config.latent.autoencoder_step / autoencoder_hash): that autoencoder was retrained or replaced. Restore "
+        "it, or train the latent model again on the new one (another --workdir)")
+
+
 def _checked_record(config) -> dict:
     record = read_autoencoder_record(str(config.latent.autoencoder_workdir))
+    mismatch = _pinned_mismatch(config, int(record["step"]), None)
+    if mismatch:
+        _refuse_other_autoencoder(config, mismatch)
     shape, centered = list(data_lib.data_shape(config)), bool(config.data.centered)
     if list(record["image_shape"]) != shape or bool(record["centered"]) != centered:
         raise ValueError(f"the autoencoder in {config.latent.autoencoder_workdir!r} was trained on images of shape "
@@ -72,14 +94,21 @@ _LATENT_CACHE: dict = {}
 def load_latent_space(config, mesh=None) -> LatentSpace:
     """The frozen autoencoder of ``config.latent.autoencoder_workdir`` (EMA weights of its recorded step).
 
+    The latent model is tied to it: ``config.latent.autoencoder_step`` / ``autoencoder_hash`` (the step and
+    :func:`scoresde.build.params_digest` of its parameters) are filled in here when unset, so the latent model's
+    checkpoints record them, and an autoencoder that differs from pinned ones is refused.
+
     Raises:
         FileNotFoundError: no record or no checkpoint in the autoencoder's workdir.
-        ValueError: the record belongs to another checkpoint than the newest, or the data do not match.
+        ValueError: the record belongs to another checkpoint than the newest, the data do not match, or the
+            autoencoder is not the one ``config.latent`` pins (naming both).
     """
     workdir = os.path.abspath(str(config.latent.autoencoder_workdir))
     record = _checked_record(config)
     mesh = mesh or parallel.make_mesh()
-    cache_key = (workdir, record["step"], record["scale_factor"], tuple(d.id for d in mesh.devices.flat))
+    record_path = autoencoder_record_path(workdir)
+    cache_key = (workdir, record["step"], record["scale_factor"], os.stat(record_path).st_mtime_ns,
+                 tuple(d.id for d in mesh.devices.flat))
     if cache_key not in _LATENT_CACHE:
         # a record of an older autoencoder run may lack newer fields: they take the defaults
         section = section_with_defaults(record["autoencoder"], "autoencoder")
@@ -91,8 +120,17 @@ def load_latent_space(config, mesh=None) -> LatentSpace:
                              f"checkpoint is step {step}; rerun --mode=train_autoencoder there to finish the run")
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         _LATENT_CACHE.clear()  # one autoencoder at a time
-        _LATENT_CACHE[cache_key] = (graphdef, parallel.replicate(mesh, params), rest)
-    graphdef, params, rest = _LATENT_CACHE[cache_key]
+        _LATENT_CACHE[cache_key] = (graphdef, parallel.replicate(mesh, params), rest, params_digest(params))
+    graphdef, params, rest, digest = _LATENT_CACHE[cache_key]
+    mismatch = _pinned_mismatch(config, int(record["step"]), digest)
+    if mismatch:
+        _refuse_other_autoencoder(config, mismatch)
+    if "autoencoder_step" in config.latent and not config.latent.autoencoder_step:
+        with config.unlocked():
+            config.latent.autoencoder_step = int(record["step"])
+    if "autoencoder_hash" in config.latent and not config.latent.autoencoder_hash:
+        with config.unlocked():
+            config.latent.autoencoder_hash = digest
     return LatentSpace(graphdef, params, rest, float(record["scale_factor"]), float(record["decoder_std"]),
                        int(record["step"]), tuple(record["image_shape"]), tuple(record["latent_shape"]),
                        bool(config.latent.use_posterior_mean))

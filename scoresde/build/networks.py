@@ -12,9 +12,9 @@ from flax import nnx
 
 from scoresde import parallel
 from scoresde.build.latent import is_latent, model_data_shape
-from scoresde.build.run import as_config, with_defaults
+from scoresde.build.run import as_config, check_checkpoint_config, with_defaults
 from scoresde.build.score import guidance_kind, num_classes
-from scoresde.checkpointing import restore_params
+from scoresde.checkpointing import Checkpointer, restore_params
 from scoresde.models import classifiers
 
 
@@ -120,9 +120,32 @@ def load_model(workdir: str, config, *, ema: bool = True):
     return restore_params(workdir, model, ema=ema, what="model")
 
 
-def load_ema(config, workdir: str, mesh):
-    """``(graphdef, ema params replicated over mesh, rest, step)`` of ``workdir``'s newest checkpoint."""
+def checkpoint_meta(workdir: str, step: int) -> dict:
+    """The ``meta`` record (step, stored config, ...) of checkpoint ``step`` of ``workdir``, read without locking."""
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        return ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    finally:
+        ckpt.close()
+
+
+def load_ema(config, workdir: str, mesh, *, mode: str | None = None):
+    """``(graphdef, ema params replicated over mesh, rest, step)`` of ``workdir``'s newest checkpoint.
+
+    With ``mode`` (a read-only mode's name) the config the checkpoint was trained with is compared with
+    ``config`` first (:func:`scoresde.build.check_checkpoint_config`; a model-only import is not compared, as on
+    resume).
+
+    Raises:
+        ConfigMismatchError: with ``mode``, ``config`` gives the checkpoint another meaning.
+    """
     model, step = load_model(workdir, config, ema=True)
+    if mode is not None:
+        meta = checkpoint_meta(workdir, step)
+        if not meta.get("model_only", False):
+            check_checkpoint_config(meta.get("config"), config, mode=mode, workdir=workdir)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, parallel.replicate(mesh, params), rest, step
 

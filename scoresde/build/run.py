@@ -4,11 +4,14 @@ run's RNG purposes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from scoresde import config_defaults
 from scoresde.config_defaults import missing_fields, with_defaults  # noqa: F401  (re-exported by scoresde.build)
@@ -74,6 +77,20 @@ RESUME_SAFE_FIELDS["autoencoder"] = ("autoencoder.n_iters", "autoencoder.log_fre
                                      "autoencoder.max_nonfinite", "autoencoder.tensorboard")
 # distill and reflow train a score network as train does: the same fields may change ("train"); their own
 # sections (distill., reflow.: teacher, method, schedule, couplings) change the run's meaning and are compared.
+# The read-only modes (sample, likelihood, fid, eval) compare as resume does; how the parameters were optimised
+# (optimiser, batch size) and which teacher they were distilled from do not change what they mean once trained:
+# a student is self-contained.
+RESUME_SAFE_FIELDS["read"] = RESUME_SAFE_FIELDS["train"] + ("optim.", "training.batch_size",
+                                                            "distill.teacher_workdir", "distill.teacher_step",
+                                                            "distill.teacher_hash")
+
+# Fields that pin what a model was built from: the autoencoder of a latent model, the teacher of a distilled one
+# (checkpoint step and parameter hash). The loaders (build.latent, build.fewstep) fill them in from what they
+# load, so a checkpoint's stored config records them. One left unset (0 / "") in the current config is not a
+# difference: it takes the stored value (:func:`adopt_pinned_fields`), which the loader then checks against what
+# it loads.
+PINNED_FIELDS = ("latent.autoencoder_step", "latent.autoencoder_hash", "distill.teacher_step",
+                 "distill.teacher_hash")
 
 
 def _flatten_config(tree, prefix="") -> dict:
@@ -104,6 +121,8 @@ def config_differences(stored: dict, config, *, kind: str = "train") -> list[dic
     safe = RESUME_SAFE_FIELDS.get(kind, ())
     out = []
     for field in sorted(set(old) & set(new)):
+        if field in PINNED_FIELDS and new[field] in (0, "", None):
+            continue
         if (compared is not None and not _matches(field, compared)) or _matches(field, safe):
             continue
         if old[field] != new[field]:
@@ -120,15 +139,81 @@ def check_resume_config(stored: dict, config, *, kind: str = "train", workdir: s
     Raises:
         ConfigMismatchError: naming every differing field with its stored and current value.
     """
+    adopt_pinned_fields(stored, config)
     diffs = config_differences(stored, config, kind=kind)
     if diffs and not bool(config.training.allow_config_change):
-        lines = "; ".join(f"{d['field']}: checkpoint {d['stored']!r}, now {d['now']!r}" for d in diffs)
         raise ConfigMismatchError(
             f"cannot resume {workdir or 'this run'}: the config differs from the checkpoint's in fields that change "
-            f"the run's meaning ({lines}). Use the original config, another --workdir, or "
+            f"the run's meaning ({_describe(diffs)}). Use the original config, another --workdir, or "
             f"--config.training.allow_config_change=True to continue deliberately (fine-tuning; recorded in "
             f"metrics.jsonl)")
     return diffs
+
+
+def check_checkpoint_config(stored: dict, config, *, mode: str, workdir: str = "") -> list[dict]:
+    """Refuses to read a checkpoint (``--mode=sample``, ``likelihood``, ``fid``, ``eval``) under a config that
+    gives it another meaning (another SDE, network output, data, distillation method), unless explicitly allowed.
+
+    The rules are resume's (:func:`config_differences`, kind ``"read"``): ``eval.*`` and ``sampling.*`` choose
+    how the checkpoint is used and may differ, as may the optimiser and batch size it was trained with.
+
+    Returns:
+        The differences (empty when none) when ``config.training.allow_config_change`` allows them.
+
+    Raises:
+        ConfigMismatchError: naming every differing field with its stored and current value.
+    """
+    adopt_pinned_fields(stored, config)
+    diffs = config_differences(stored, config, kind="read")
+    if diffs and not bool(config.training.allow_config_change):
+        raise ConfigMismatchError(
+            f"cannot run --mode={mode} on {workdir or 'this checkpoint'}: the config differs from the one the "
+            f"checkpoint was trained with in fields that change what it means ({_describe(diffs)}). Use the "
+            f"training config, or --config.training.allow_config_change=True to read it under this one deliberately")
+    return diffs
+
+
+def meaning_fields(config) -> dict:
+    """The flattened fields of ``config`` that change what a checkpoint means (data, SDE, model, objective,
+    distillation, the pinned autoencoder and teacher): all but the ones a read-only mode may change."""
+    flat = _flatten_config(json.loads(config.to_json_best_effort()))
+    return {k: v for k, v in sorted(flat.items()) if not _matches(k, RESUME_SAFE_FIELDS["read"])}
+
+
+def config_digest(config) -> str:
+    """A short content hash of :func:`meaning_fields`: results made under another digest mean something else."""
+    text = json.dumps(meaning_fields(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def params_digest(params) -> str:
+    """A short content hash of a parameter tree (every leaf's path, dtype, shape and bytes): two results made
+    with different digests were made by different parameters, whatever step they carry."""
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(params) if isinstance(params, nnx.State)
+                                                 else params)
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = jax.device_get(leaf)
+        a = a if hasattr(a, "tobytes") else jnp.asarray(a)
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _describe(diffs) -> str:
+    return "; ".join(f"{d['field']}: checkpoint {d['stored']!r}, now {d['now']!r}" for d in diffs)
+
+
+def adopt_pinned_fields(stored: dict, config) -> None:
+    """Copies the :data:`PINNED_FIELDS` that ``config`` leaves unset (0 / "") from ``stored`` into ``config``."""
+    old = _flatten_config(stored or {})
+    for field in PINNED_FIELDS:
+        section, name = field.split(".")
+        if field not in old or section not in config or name not in config[section]:
+            continue
+        if config[section][name] in (0, "", None) and old[field] not in (0, "", None):
+            with config.unlocked():
+                config[section][name] = old[field]
 
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -31,11 +33,16 @@ def sampling_options(config) -> tuple[str, dict]:
     is the ``denoise`` option. Typed placeholders ``""`` / ``0`` mean "this method's default".
 
     Raises:
-        ValueError: an unknown method.
+        ValueError: an unknown method, a guidance scale that is not a finite number, or ``max_steps < 1``.
     """
     config = with_defaults(config)
     cfg = config.sampling
     method = str(cfg.method).lower()
+    scale = cfg.get("guidance_scale", 1.0)
+    if not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
+        raise ValueError(f"config.sampling.guidance_scale={scale!r} must be a finite number")
+    if cfg.get("max_steps", None) not in (None, 0, "") and int(cfg.max_steps) < 1:
+        raise ValueError(f"config.sampling.max_steps={cfg.max_steps!r} must be >= 1 (0: the method's default)")
     defaults = sampling.method_options(method)
     options = {}
     if "denoise" in defaults and not sampling.method_traits(method).consistency_fn:  # f(x, t) returns x_eps itself
@@ -56,6 +63,23 @@ def sampling_options(config) -> tuple[str, dict]:
         options[name] = value.lower() if isinstance(value, str) else value
     sampling.check_options(method, options)
     return method, options
+
+
+def nonfinite_hint(config) -> str:
+    """The settings of ``config`` that can make samples non-finite, for the error that reports them."""
+    s = config.sampling
+    hints = []
+    if guidance_kind(config) != "none":
+        hints.append(f"config.sampling.guidance_scale={s.get('guidance_scale', 1.0)!r}")
+    method = str(s.method).lower()
+    if method == "ode" or "max_steps" in s:
+        hints.append(f"config.sampling.max_steps={s.get('max_steps', '(default)')!r} (an adaptive solve that ran "
+                     "out of steps)")
+    if "steps" in s and s.get("steps"):
+        hints.append(f"config.sampling.steps={s.steps!r}")
+    hints.append(f"config.sampling.method={method!r}")
+    hints.append("the checkpoint itself (a diverged training run)")
+    return ", ".join(hints)
 
 
 def parallel_settings(config) -> tuple[int, float] | None:

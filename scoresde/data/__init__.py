@@ -275,7 +275,11 @@ def _load_npz(config, path, split):
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ValueError(f"config.data.path={path!r} is a single .npy array, not an .npz; expected {expected}")
     with f:
-        key = "test_images" if split == "test" and "test_images" in f else "images"
+        key = "test_images" if split == "test" else "images"
+        if split == "test" and key not in f:
+            raise ValueError(f"{path} has no 'test_images' array, so it has no test split (found keys "
+                             f"{sorted(f.keys())}); add 'test_images' (and 'test_labels') to it: the training images "
+                             "are never used as the test split")
         if key not in f:
             raise ValueError(f"{path} has no 'images' array; found keys {sorted(f.keys())}")
         lkey = "test_labels" if key == "test_images" else "labels"

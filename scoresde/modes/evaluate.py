@@ -50,7 +50,7 @@ def evaluate_loss(config, workdir: str) -> dict:
     batch_size = int(config.eval.batch_size)
     parallel.check_batch_size(batch_size, mesh, "config.eval.batch_size")
     sde = build.make_sde(config)
-    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="eval")
     max_batches = int(config.eval.num_eval_batches) or None
     runlog.announce(f"scoresde eval: test loss at step {step}", {
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",

@@ -9,11 +9,13 @@ evaluation resumes at the first missing round. The protocol's choices are in :mo
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import zipfile
 
 import jax
@@ -29,21 +31,31 @@ log = logging.getLogger(__name__)
 
 
 def _model_sampler(config, workdir: str, batch: int):
-    """``(sampler(key) -> (images in [0, 1] on host, nfe), step)`` with the EMA model of ``workdir``."""
+    """``(sampler(key) -> (images in [0, 1] on host, nfe), step, params_hash)`` with the EMA model of ``workdir``."""
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
-    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="fid")
     fn = build.make_sample_fn(config, build.make_sde(config), graphdef, rest, batch, mesh)
 
     def sampler(key):
         x, nfe = fn(params, key)
         return parallel.to_host(x), int(nfe)
 
-    return sampler, step
+    return sampler, step, build.params_digest(params)
+
+
+_ROUND = re.compile(r"round_\d{5}\.npz")
+
+
+def _settings_digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _start_rounds(out_dir: str, settings: dict) -> None:
-    """Keeps the saved rounds of ``out_dir`` only if they were drawn with ``settings``; else starts afresh."""
+    """Keeps the saved rounds of ``out_dir`` only if they were drawn with ``settings``; else starts afresh.
+
+    Only this mode's round files are deleted (regular files named ``round_<r>.npz``, never through a symlink).
+    """
     path = os.path.join(out_dir, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -52,46 +64,68 @@ def _start_rounds(out_dir: str, settings: dict) -> None:
             return
         log.warning("%s holds rounds drawn with other settings (%s); sampling afresh", out_dir, saved)
         if jax.process_index() == 0:
-            for old in glob.glob(os.path.join(out_dir, "round_*.npz")):
-                os.remove(old)
+            for name in os.listdir(out_dir):
+                old = os.path.join(out_dir, name)
+                if _ROUND.fullmatch(name) and (os.path.islink(old) or os.path.isfile(old)):
+                    os.remove(old)
     if jax.process_index() == 0:
         images.save_json_atomic(path, settings)
 
 
-def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None) -> tuple[np.ndarray, dict]:
+def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None,
+                     params_hash: str | None = None) -> tuple[np.ndarray, dict]:
     """``config.eval.num_samples`` uint8 samples from ``sampler(key) -> (images in [0, 1], nfe)``, by round.
 
     Round ``r`` uses ``fold_in(purpose_key(key(config.seed), "fid"), r)`` and is saved (process 0, atomically)
-    to ``workdir/eval_samples/step_<step>/round_<r>.npz`` with its ``nfe``; existing rounds are loaded
-    instead of resampled, so an interrupted evaluation resumes where it stopped.
+    to ``workdir/eval_samples/step_<step>/round_<r>.npz`` with its ``nfe`` and the digest of the settings that
+    drew it (step, parameter hash, config hash, batch, seed, sampler); existing rounds of the same settings are
+    loaded instead of resampled, so an interrupted evaluation resumes where it stopped. One run writes the
+    rounds of a step at a time (a lock); non-finite samples are an error.
     """
     s = build.sample_quality_settings(config)
     total, batch = s.num_samples, s.sample_batch_size
     rounds = int(math.ceil(total / batch))
-    out_dir = os.path.join(workdir, "eval_samples", f"step_{step if step is not None else 'none'}")
-    settings = {"checkpoint_step": step, "batch": batch, "seed": int(config.seed),
-                "sampler": build.sampler_description(config)}
-    _start_rounds(out_dir, json.loads(json.dumps(settings, default=str)))
-    root = build.purpose_key(build.root_key(config), "fid")
-    chunks, nfes, resumed = [], [], 0
-    for r in range(rounds):
-        path = os.path.join(out_dir, f"round_{r:05d}.npz")
-        x = None
-        if os.path.exists(path):
-            try:
-                with np.load(path) as f:
-                    x, nfe = f["samples"], int(f["nfe"])
-                resumed += 1
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # cut short by a kill
-                log.warning("round %d: unreadable %s (%s); sampling it again", r, path, e)
-                x = None
-        if x is None:
-            x01, nfe = sampler(jax.random.fold_in(root, r))
-            x = to_uint8(x01)
-            if jax.process_index() == 0:
-                images.save_npz_atomic(path, samples=x, nfe=np.int64(nfe))
-        chunks.append(x)
-        nfes.append(nfe)
+    eval_dir = os.path.join(workdir, "eval_samples")
+    out_dir = os.path.join(eval_dir, f"step_{step if step is not None else 'none'}")
+    settings = {"checkpoint_step": step, "params_hash": params_hash, "config_hash": build.config_digest(config),
+                "batch": batch, "seed": int(config.seed), "sampler": build.sampler_description(config)}
+    settings = json.loads(json.dumps(settings, default=str))
+    digest = _settings_digest(settings)
+    is_main = jax.process_index() == 0
+    if is_main:
+        protocol.real_directory(eval_dir, "--mode=fid")
+        protocol.real_directory(out_dir, "--mode=fid")
+    lock = protocol.RequestLock(out_dir, what=f"the FID sample rounds in {out_dir}") if is_main else None
+    with lock or contextlib.nullcontext():  # processes other than 0 write no files
+        _start_rounds(out_dir, settings)
+        root = build.purpose_key(build.root_key(config), "fid")
+        chunks, nfes, resumed = [], [], 0
+        for r in range(rounds):
+            path = os.path.join(out_dir, f"round_{r:05d}.npz")
+            x = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                try:
+                    with np.load(path) as f:
+                        if "settings" in f and str(f["settings"]) == digest:
+                            x, nfe = f["samples"], int(f["nfe"])
+                            resumed += 1
+                        else:
+                            log.warning("round %d: %s was drawn with other settings; sampling it again", r, path)
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # cut short by a kill
+                    log.warning("round %d: unreadable %s (%s); sampling it again", r, path, e)
+                    x = None
+            if x is None:
+                x01, nfe = sampler(jax.random.fold_in(root, r))
+                bad = int(np.size(x01) - np.count_nonzero(np.isfinite(x01)))
+                if bad:
+                    raise FloatingPointError(
+                        f"round {r}: the sampler returned {bad} non-finite values of {np.size(x01)} (step {step}); "
+                        f"no FID is computed from them. Check: {build.nonfinite_hint(config)}")
+                x = to_uint8(x01)
+                if is_main:
+                    images.save_npz_atomic(path, samples=x, nfe=np.int64(nfe), settings=np.array(digest))
+            chunks.append(x)
+            nfes.append(nfe)
     samples = np.concatenate(chunks)[:total]
     meta = {"rounds": rounds, "resumed_rounds": resumed, "dir": out_dir,
             "nfe": nfes[0] if len(set(nfes)) == 1 else sorted(set(nfes))}
@@ -122,6 +156,8 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     feature_fn = feature_fn or build.get_feature_fn(config)
     stats_path = build.reference_stats_path(config, workdir)
     ref = protocol.load_reference_stats(stats_path)
+    protocol.check_reference_stats(ref, stats_path, feature_extractor=feature_name(feature_fn),
+                                   dataset=str(config.data.dataset), image_size=int(config.data.image_size))
     from_files = sampler is None and protocol.load_sample_files(workdir)
     runlog.announce("scoresde fid: FID / IS / KID", {
         "samples": (os.path.join(os.path.abspath(workdir), "samples") if from_files else
@@ -137,9 +173,10 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
             warnings.append(f"{source} holds {len(samples)} samples, fewer than config.eval.num_samples="
                             f"{s.num_samples}; evaluating the {len(samples)} there")
     else:
+        params_hash = None
         if sampler is None:
-            sampler, step = _model_sampler(config, workdir, s.sample_batch_size)
-        samples, meta = sample_in_rounds(config, workdir, sampler, step=step)
+            sampler, step, params_hash = _model_sampler(config, workdir, s.sample_batch_size)
+        samples, meta = sample_in_rounds(config, workdir, sampler, step=step, params_hash=params_hash)
         source = meta["dir"]
     n = len(samples)
     if n < protocol.PAPER_NUM_SAMPLES:
@@ -161,6 +198,10 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     acc = accumulate_features(feature_fn, (samples[rows][i:i + chunk] for i in range(0, rows.stop - rows.start, chunk)))
     values = protocol.compute_metrics(acc, ref, is_splits=s.is_splits, kid_subsets=s.kid_subsets,
                                       kid_subset_size=s.kid_subset_size)
+    bad = sorted(k for k, v in values.items() if not np.all(np.isfinite(v)))
+    if bad:
+        raise FloatingPointError(f"{', '.join(bad)} of {n} samples is not finite ({values}); the reference "
+                                 f"statistics {stats_path} or the samples' features are degenerate")
     if "kid" not in values:
         warnings.append(f"no KID: {stats_path} keeps no pool_3 features (raise config.eval.stats_max_features "
                         "and rerun --mode=fid_stats)")

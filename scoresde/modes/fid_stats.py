@@ -27,7 +27,8 @@ def fid_stats(config, workdir: str, feature_fn: FeatureFn | None = None) -> dict
     """Writes reference statistics to :func:`scoresde.build.reference_stats_path` and returns a summary.
 
     The ``.npz`` holds ``mu``, ``sigma``, ``num_examples``, ``feature_extractor``, ``dataset``, ``split``,
-    and ``pool_3``/``logits`` when at most ``config.eval.stats_max_features`` examples were read.
+    ``image_size`` (``fid`` refuses statistics of another extractor, data set or size), and
+    ``pool_3``/``logits`` when at most ``config.eval.stats_max_features`` examples were read.
     """
     config = build.with_defaults(config)
     s = build.sample_quality_settings(config)
@@ -45,7 +46,7 @@ def fid_stats(config, workdir: str, feature_fn: FeatureFn | None = None) -> dict
                "features_kept": "pool_3" in result}
     if jax.process_index() == 0:
         images.save_npz_atomic(path, **result, feature_extractor=summary["feature_extractor"],
-                               dataset=summary["dataset"], split=split)
+                               dataset=summary["dataset"], split=split, image_size=int(config.data.image_size))
     log.info("fid_stats: %s", summary)
     print(json.dumps(summary))
     runlog.conclude(f"reference statistics of {summary['num_examples']:,} {summary['dataset']} {split} images",

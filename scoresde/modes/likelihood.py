@@ -7,11 +7,13 @@ probes. The batch is split over a ``('data',)`` mesh of all devices of all proce
 its own examples (no collective inside the adaptive solve).
 
 Resumable: after every batch the per-example values are written atomically to
-``workdir/likelihood/bpd_<split>_partial.npz`` with the settings and the checkpoint step they belong to.
+``workdir/likelihood/bpd_<split>_partial.npz`` with the settings, the checkpoint step and parameter hash, and
+the config fields that give them their meaning (data set, SDE, model: a config hash) they belong to.
 The data order is fixed (no shuffling) and the randomness of repeat ``r``, batch ``i`` is
 ``fold_in(fold_in(key, r), i)``, so a preempted run that starts again skips what it has done and ends with
-exactly the numbers of an uninterrupted run. Partial results of another checkpoint step are discarded (the
-run starts afresh); a partial file written with other settings is an error, never silently mixed in.
+exactly the numbers of an uninterrupted run. Partial results of another checkpoint step or parameters are
+discarded (the run starts afresh); a partial file written with other settings, data or SDE is an error naming
+what differs, never silently mixed in.
 
 Config: the ``bpd_*`` fields of ``config.eval`` (the reference's names where it has them), turned into
 :class:`scoresde.build.LikelihoodSettings` by :func:`scoresde.build.likelihood_settings`.
@@ -72,7 +74,8 @@ def _announce(config, s, workdir: str, step: int, num_batches: int, what: str) -
     })
 
 
-_STALE = ("checkpoint_step", "autoencoder_step")  # a different model: its partial results are discarded
+# a different model (another checkpoint or parameters, another autoencoder): its partial results are discarded
+_STALE = ("checkpoint_step", "params_hash", "autoencoder_step", "autoencoder_hash")
 
 
 def _load_partial(path, expected: dict, fields):
@@ -92,9 +95,19 @@ def _load_partial(path, expected: dict, fields):
                             saved.get(key), expected.get(key))
                 return None
         if saved != expected:
-            raise ValueError(f"{path} was written with settings {saved}, not {expected}; "
-                             "move it away to start afresh")
+            diffs = "; ".join(f"{k}: file {saved.get(k)!r}, now {expected.get(k)!r}"
+                              for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k))
+            raise ValueError(f"{path} was written with settings that differ from this run's ({diffs}); move it "
+                             "away to start afresh")
         return {k: f[k].copy() for k in (*fields, "done")}
+
+
+def _provenance(config, params) -> dict:
+    """What made the numbers besides the settings: the parameters (their hash) and the config fields that change
+    their meaning (data, SDE, model; :func:`scoresde.build.config_digest`)."""
+    return {"params_hash": build.params_digest(params), "config_hash": build.config_digest(config),
+            "dataset": str(config.data.dataset), "data_path": str(config.data.get("path", "") or ""),
+            "sde": str(config.training.sde)}
 
 
 def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields: dict, headline: str,
@@ -191,7 +204,7 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     parallel.check_batch_size(s.batch_size, mesh, "config.eval.bpd_batch_size")
     score_model = build.make_score_model(config)
     sde = score_model.sde
-    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="likelihood")
     # The pipeline yields scaled data; the run works from [0, 1] and applies the scaler itself, so the
     # Jacobian of the scaler enters the bits/dim (the +7 / +8 offset is derived, not assumed).
     scaler = data_lib.get_data_scaler(config)
@@ -201,7 +214,8 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     os.makedirs(out_dir, exist_ok=True)
     partial_path = os.path.join(out_dir, f"bpd_{s.split}_partial.npz")
     k = s.num_repeats
-    expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step)}
+    expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
+                **_provenance(config, params)}
     _announce(config, s, workdir, step, expected["num_batches"], f"bits/dim of the {type(sde).__name__} model")
     done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, {"bpd": np.float32, "nfe": np.int32},
                      "bpd", stop_after)
@@ -233,6 +247,8 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
         "mean_nfe": float(state["nfe"].mean()),
         "max_nfe": int(state["nfe"].max()),
         "checkpoint_step": int(step),
+        "params_hash": expected["params_hash"],
+        "config_hash": expected["config_hash"],
         "sde": type(sde).__name__,
         "devices": jax.device_count(),
         "seconds_this_session": elapsed,
@@ -274,7 +290,7 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     parallel.check_batch_size(s.batch_size, mesh, "config.eval.bpd_batch_size")
     score_model = build.make_score_model(config)
     sde = score_model.sde
-    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="likelihood")
     space = build.load_latent_space(config, mesh)
     scaler = data_lib.get_data_scaler(config)
     d_z = int(np.prod(space.latent_shape))
@@ -296,7 +312,8 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     os.makedirs(out_dir, exist_ok=True)
     partial_path = os.path.join(out_dir, f"bpd_{s.split}_latent_partial.npz")
     expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
-                "autoencoder_step": space.step, "scale_factor": float(space.scale_factor)}
+                **_provenance(config, params), "autoencoder_step": space.step,
+                "autoencoder_hash": str(config.latent.autoencoder_hash), "scale_factor": float(space.scale_factor)}
     _announce(config, s, workdir, step, expected["num_batches"], "LSGM bound of the latent model")
     fields = {**{k: np.float32 for k in (*LATENT_TERMS, "latent_nll_bpd")}, "nfe": np.int32}
     done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields, "bits_per_dim", stop_after)
@@ -318,7 +335,9 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
         "N": int(n), "split": s.split, "num_repeats": s.num_repeats, "dequantization": s.dequantization,
         "num_bits": s.num_bits, "eps": s.eps, "solver": s.solver, "rtol": s.rtol, "atol": s.atol,
         "hutchinson": s.hutchinson, "n_probes": s.n_probes, "mean_nfe": float(state["nfe"].mean()),
-        "checkpoint_step": int(step), "autoencoder_step": space.step, "scale_factor": space.scale_factor,
+        "checkpoint_step": int(step), "params_hash": expected["params_hash"], "config_hash": expected["config_hash"],
+        "autoencoder_step": space.step, "autoencoder_hash": expected["autoencoder_hash"],
+        "scale_factor": space.scale_factor,
         "decoder_std": space.decoder_std, "latent_shape": list(space.latent_shape), "sde": type(sde).__name__,
         "devices": jax.device_count(), "seconds_this_session": elapsed, "batches_this_session": new,
     }

@@ -3,7 +3,10 @@
 Writes ``workdir/samples/samples_<i>.npz`` (array key ``samples``: uint8 NHWC for images, float32 for
 vector data; ``nfe``, ``sampler``, ``checkpoint_step`` and the request id travel with them) plus a PNG grid
 per file (a scatter plot for 2-D data), and last ``workdir/samples/request.json`` listing exactly the files of
-this request. A new request first removes the previous one's files, so ``fid`` never mixes requests.
+this request, its checkpoint step, parameter hash and config hash. A request owns its files: one request at a
+time per workdir (a lock), a new one deletes exactly the files the previous ``request.json`` lists (never a
+user's own file, nothing through a symlink), and ``fid`` checks every file's request id. Non-finite samples are an
+error naming the settings that can cause them.
 ``config.sampling`` chooses the sampler and guidance (:func:`scoresde.build.sampler_from_config`);
 ``config.sampling.parallel_window > 0`` samples ddim with ParaDiGMS and reports its sequential ``rounds``.
 
@@ -21,8 +24,9 @@ the posterior mean's PSNR (``psnr_mean`` is then the mean over all N·K samples)
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import json
+import math
 import os
 import uuid
 
@@ -31,6 +35,7 @@ import numpy as np
 
 from scoresde import build, images, parallel, runlog
 from scoresde import data as data_lib
+from scoresde.metrics import protocol
 from scoresde.metrics.protocol import REQUEST_FILE
 
 __all__ = ["sample"]
@@ -44,17 +49,26 @@ def _write_visual(config, path_png, samples01, title=""):
         images.save_scatter(path_png, np.asarray(samples01), title=title)
 
 
-def _clear_previous_request(out_dir: str) -> None:
-    """Removes this mode's earlier outputs (never the training snapshots that share the directory).
+def _start_request(out_dir: str, manifest: dict) -> None:
+    """Replaces the previous request by this one's unfinished manifest (process 0, under the request lock).
 
-    The manifest goes first, so a crash midway leaves files that ``fid`` recognises as unfinished.
+    Only the files the previous manifest lists are deleted. The new manifest lists this request's files before
+    any is written (``complete: false``), so a killed run's files are deleted by the next request and ``fid``
+    refuses them meanwhile. A file of a planned name that no request owns is the user's: it is never overwritten.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    manifest = os.path.join(out_dir, REQUEST_FILE)
-    if os.path.exists(manifest):
-        os.remove(manifest)
-    for path in glob.glob(os.path.join(out_dir, "samples_*.npz")) + glob.glob(os.path.join(out_dir, "samples_*.png")):
-        os.remove(path)
+    protocol.remove_request_files(out_dir)
+    theirs = [n for n in manifest["files"] + manifest["visuals"] if os.path.lexists(os.path.join(out_dir, n))]
+    if theirs:
+        raise ValueError(f"{out_dir} holds {theirs}, which no --mode=sample request wrote ({REQUEST_FILE} does not "
+                         "list them); move them away so that this request does not overwrite them")
+    images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {**manifest, "complete": False})
+
+
+def _check_finite(samples, config, step: int) -> None:
+    bad = int(np.size(samples) - np.count_nonzero(np.isfinite(samples)))
+    if bad:
+        raise FloatingPointError(f"the sampler returned {bad} non-finite values of {np.size(samples)} (step {step}); "
+                                 f"nothing was written. Check: {build.nonfinite_hint(config)}")
 
 
 def sample(config, workdir: str) -> dict:
@@ -72,7 +86,8 @@ def sample(config, workdir: str) -> dict:
         raise ValueError(f"{workdir} holds a consistency model ({build.STUDENT_FILE}: method "
                          f"{student['method']!r}); sample it with the config it was trained with "
                          f"(config.distill.method={student['method']!r}, config.sampling.method=consistency)")
-    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="sample")
+    params_hash = build.params_digest(params)
     total = int(config.eval.num_samples)
     batch = min(build.sample_batch_size(config), total)
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
@@ -92,25 +107,42 @@ def sample(config, workdir: str) -> dict:
     key = build.purpose_key(build.root_key(config), "sample")
     description = json.dumps(build.sampler_description(config), sort_keys=True, default=str)
     request = uuid.uuid4().hex
-    if jax.process_index() == 0:
-        _clear_previous_request(out_dir)
-    written, i, nfe, rounds, names = 0, 0, 0, 0, []
-    while written < total:
-        samples, nfe, rounds = sample_fn(params, jax.random.fold_in(key, i))
-        samples = parallel.to_host(samples)[: total - written]
-        if jax.process_index() == 0:
-            arr = images.to_uint8(samples) if data_lib.is_image_data(config) else np.asarray(samples, np.float32)
-            images.save_npz_atomic(os.path.join(out_dir, f"samples_{i}.npz"), samples=arr, nfe=np.int64(nfe),
-                                   sampler=np.array(description), checkpoint_step=np.int64(step),
-                                   request=np.array(request))
-            _write_visual(config, os.path.join(out_dir, f"samples_{i}.png"), samples, title=f"step {step}")
-        names.append(f"samples_{i}.npz")
-        written += len(samples)
-        i += 1
-    if jax.process_index() == 0:  # written last: a request without it did not finish
-        images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {
-            "request": request, "files": names, "num_samples": written, "checkpoint_step": int(step),
-            "nfe": int(nfe), "rounds": int(rounds), "sampler": build.sampler_description(config)})
+    n_files = math.ceil(total / batch)
+    manifest = {"request": request, "files": [f"samples_{i}.npz" for i in range(n_files)],
+                "visuals": [f"samples_{i}.png" for i in range(n_files)], "checkpoint_step": int(step),
+                "params_hash": params_hash, "config_hash": build.config_digest(config),
+                "sampler": build.sampler_description(config)}
+    is_main = jax.process_index() == 0
+    if is_main:
+        protocol.real_directory(out_dir, "--mode=sample")
+    lock = protocol.RequestLock(out_dir, what=f"the sample request in {out_dir}") if is_main else None
+    with lock or contextlib.nullcontext():  # processes other than 0 write no files
+        if is_main:
+            _start_request(out_dir, manifest)
+        written, i, nfe, rounds = 0, 0, 0, 0
+        try:
+            while written < total:
+                samples, nfe, rounds = sample_fn(params, jax.random.fold_in(key, i))
+                samples = parallel.to_host(samples)[: total - written]
+                _check_finite(samples, config, step)
+                if is_main:
+                    arr = (images.to_uint8(samples) if data_lib.is_image_data(config)
+                           else np.asarray(samples, np.float32))
+                    images.save_npz_atomic(os.path.join(out_dir, manifest["files"][i]), samples=arr,
+                                           nfe=np.int64(nfe), sampler=np.array(description),
+                                           checkpoint_step=np.int64(step), params_hash=np.array(params_hash),
+                                           request=np.array(request))
+                    _write_visual(config, os.path.join(out_dir, manifest["visuals"][i]), samples,
+                                  title=f"step {step}")
+                written += len(samples)
+                i += 1
+        except Exception:  # a failed request leaves nothing behind (a killed one is cleaned up by the next)
+            if is_main:
+                protocol.remove_request_files(out_dir)
+            raise
+        if is_main:  # complete only now: fid refuses a request that did not finish
+            images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {
+                **manifest, "complete": True, "num_samples": written, "nfe": int(nfe), "rounds": int(rounds)})
     result = {"step": step, "num_samples": written, "files": i, "nfe": int(nfe), "rounds": int(rounds), "dir": out_dir}
     print(json.dumps(result))
     runlog.conclude(f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
@@ -138,7 +170,7 @@ def _restore(config, workdir: str) -> dict:
                          f"(config.data.dataset={config.data.dataset!r})")
     mesh = parallel.make_mesh()
     sde = build.make_sde(config)
-    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="sample")
     operator = build.operator_from_config(config)
     settings = build.posterior_settings(config)
     name, method = build.inverse_operator_name(config), settings["method"]

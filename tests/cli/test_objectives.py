@@ -140,7 +140,11 @@ def test_flow_matching_workdir_trains_samples_with_every_grid_method_and_has_a_l
         sample(config, workdir)
     config.model.rf_T = 0.999  # pc integrates the drift from T < 1
     config.sampling.steps = 5
+    with pytest.raises(build.ConfigMismatchError, match=r"model\.rf_T: checkpoint 1\.0, now 0\.999"):
+        sample(config, workdir)  # another SDE than the checkpoint's: only deliberately
+    config.training.allow_config_change = True
     assert sample(config, workdir)["nfe"] == 5  # toy2d_fm: noise_removal=False
+    config.training.allow_config_change = False
     with np.load(os.path.join(workdir, "samples", "samples_0.npz")) as f:
         assert np.all(np.isfinite(f["samples"]))
 

@@ -197,11 +197,15 @@ def test_fid_evaluates_exactly_the_samples_of_the_last_request(tmp_path):
     p = nnx.state(model, nnx.Param)
     checkpointing.save_model_checkpoint(workdir, params=p, ema_params=p, step=3, config=config)
     fid_stats(config, workdir, feature_fn=_standin_features)
-    # an interrupted larger request left three files and no request.json
+    # an interrupted larger request left three files and its unfinished request.json
     os.makedirs(os.path.join(workdir, "samples"))
     for i in range(3):
         np.savez(os.path.join(workdir, "samples", f"samples_{i}.npz"), samples=np.zeros((8, 8, 8, 1), np.uint8),
                  nfe=np.int64(20), request=np.array("old"))
+    with pytest.raises(ValueError, match="did not finish"):
+        evaluate_samples(config, workdir, feature_fn=_standin_features)
+    with open(os.path.join(workdir, "samples", "request.json"), "w") as f:
+        json.dump({"request": "old", "files": [f"samples_{i}.npz" for i in range(3)], "complete": False}, f)
     with pytest.raises(ValueError, match="did not finish"):
         evaluate_samples(config, workdir, feature_fn=_standin_features)
     sample(config, workdir)
