@@ -249,20 +249,23 @@ class _WorkdirGuard:
     def __init__(self, workdir: str, log_name: str):
         self.workdir, self.log_name = workdir, log_name
         self.existed = os.path.isdir(workdir)
-        self.dirs = {d for d, _, _ in os.walk(workdir)} if self.existed else set()
-        self.log_existed = os.path.exists(os.path.join(workdir, log_name))
 
     def undo(self) -> None:
-        if not os.path.isdir(self.workdir):
+        # An existing workdir may belong to a run that is writing right now (a second trainer refused by its
+        # lock): nothing in it is touched. Only a workdir this run created is cleaned up.
+        if self.existed or not os.path.isdir(self.workdir):
             return
-        for d, _, _ in sorted(os.walk(self.workdir), key=lambda w: -len(w[0])):  # deepest first
-            if d not in self.dirs and d != self.workdir and not os.listdir(d):
-                os.rmdir(d)
-        log = os.path.join(self.workdir, self.log_name)
-        if not self.existed and not self.log_existed and os.listdir(self.workdir) in ([], [self.log_name]):
-            if os.path.exists(log):
-                os.remove(log)
-            os.rmdir(self.workdir)
+        try:
+            for d, _, _ in sorted(os.walk(self.workdir), key=lambda w: -len(w[0])):  # deepest first
+                if d != self.workdir and not os.listdir(d):
+                    os.rmdir(d)
+            if os.listdir(self.workdir) in ([], [self.log_name]):
+                log = os.path.join(self.workdir, self.log_name)
+                if os.path.exists(log):
+                    os.remove(log)
+                os.rmdir(self.workdir)
+        except OSError:  # something else appeared meanwhile: it stays
+            pass
 
 
 def _log_name() -> str:

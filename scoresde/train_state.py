@@ -10,6 +10,7 @@ the run with a clear message.
 from __future__ import annotations
 
 import logging
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +70,8 @@ def restore_state(ckpt, state: dict, tx: optax.GradientTransformation) -> tuple[
            "updates": jnp.asarray(meta.get("updates", step), jnp.int32),
            "nonfinite_total": jnp.asarray(meta.get("nonfinite_total", 0), jnp.int32),
            "nonfinite_run": jnp.asarray(meta.get("nonfinite_run", 0), jnp.int32)}
-    log.info("resumed from %s at step %d", ckpt.directory, step)
+    if jax.process_index() == 0:  # the user sees that the run resumed (library log lines go to log.txt)
+        print(f"resumed from {ckpt.directory} at step {step}", file=sys.stderr, flush=True)
     if restored["opt_state"] is not None:
         new["opt_state"] = restored["opt_state"]
     elif restored.get("opt_state_change"):

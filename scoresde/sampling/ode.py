@@ -61,16 +61,20 @@ def flow_velocity(denoiser, sde, x, t):
     return batch_mul(dalpha, d) + batch_mul(dsigma / sigma, x - batch_mul(alpha, d))
 
 
-def flow_drift_fn(score_fn, sde):
+def flow_drift_fn(score_fn, sde, *, reaches_T: bool = True):
     """``drift(x, t)`` of the probability-flow ODE: the score form, or :func:`flow_velocity` where ``alpha(T) = 0``.
 
+    Args:
+        reaches_T: the solve starts or ends at ``T``; when it stays below ``T`` the score form is finite even
+            where ``alpha(T) = 0``.
+
     Raises:
-        ValueError: ``alpha(T) = 0`` and ``score_fn`` carries no denoiser (the score ``-x`` at ``T`` says nothing
-            about the data, so no drift is finite there).
+        ValueError: ``alpha(T) = 0``, the solve reaches ``T`` and ``score_fn`` carries no denoiser (the score
+            ``-x`` at ``T`` says nothing about the data, so no drift is finite there).
     """
-    if not alpha_vanishes_at_T(sde):
-        return lambda x, t: probability_flow_drift(score_fn, sde, x, t)
     denoiser = getattr(score_fn, "denoiser", None)
+    if not alpha_vanishes_at_T(sde) or (denoiser is None and not reaches_T):
+        return lambda x, t: probability_flow_drift(score_fn, sde, x, t)
     if denoiser is None:
         raise ValueError(f"alpha(T) = 0 for {type(sde).__name__}(T={sde.T}): the probability-flow drift from a score "
                          "is infinite at T; pass a model with a denoiser (parameterization.model_score_fn or "
@@ -119,7 +123,13 @@ def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5
             score_fn = with_denoiser(score_fn, jax.sharding.explicit_axes(denoiser, axes=explicit,
                                                                           in_sharding=(spec, replicated)))
 
-    drift = flow_drift_fn(score_fn, sde)
+    def below_T(t):  # a concrete time below T (a traced one may be T)
+        try:
+            return float(t) < sde.T
+        except (TypeError, jax.errors.JAXTypeError):
+            return False
+
+    drift = flow_drift_fn(score_fn, sde, reaches_T=not (below_T(t0) and below_T(t1)))
 
     def vf(t, y, args):
         return drift(y, jnp.full((y.shape[0],), t, dtype))

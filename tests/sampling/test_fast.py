@@ -197,8 +197,9 @@ def test_config_edge_passes_schedule():
     config = ml_collections.ConfigDict()
     config.sampling = ml_collections.ConfigDict(dict(method="dpm_solver", steps=7, order=3, schedule="Fast",
                                                      noise_removal=False))
+    # a hand-made config is completed from the defaults table (to_zero=False), as a loaded one is
     assert build.sampling_options(config) == ("dpm_solver", {"denoise": False, "steps": 7, "order": 3,
-                                                                "schedule": "fast"})
+                                                                "schedule": "fast", "to_zero": False})
     config.sampling.schedule = ""  # the default: the method's own (uniform)
     assert "schedule" not in build.sampling_options(config)[1]
     config.sampling.schedule = "mixed"
