@@ -56,9 +56,14 @@ def score_samples(images01, labels=None) -> dict:
     pred = probs.argmax(-1)
     counts = np.bincount(pred, minlength=10)
     p = counts / counts.sum()
-    out = {"n": int(len(pred)), "mean_max_prob": float(probs.max(-1).mean()),
-           "frac_confident": float((probs.max(-1) > 0.9).mean()), "classes_present": int((counts > 0).sum()),
-           "class_entropy_bits": float(-(p[p > 0] * np.log2(p[p > 0])).sum()), "counts": counts.tolist()}
+    out = {
+        "n": int(len(pred)),
+        "mean_max_prob": float(probs.max(-1).mean()),
+        "frac_confident": float((probs.max(-1) > 0.9).mean()),
+        "classes_present": int((counts > 0).sum()),
+        "class_entropy_bits": float(-(p[p > 0] * np.log2(p[p > 0])).sum()),
+        "counts": counts.tolist(),
+    }
     if labels is not None:
         out["accuracy"] = float((pred == np.asarray(labels)).mean())
     return out

@@ -17,9 +17,8 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
-
 from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
+from flax import nnx
 
 from scoresde import build, parallel
 from scoresde.checkpointing import Checkpointer
@@ -69,7 +68,9 @@ def main():
     a = ap.parse_args()
     rows = []
     tcfg = _with_teacher(a.teacher)
-    rows.append(_row("teacher dpm_solver++ (2M)", tcfg, a.teacher, a.n, method="dpm_solver++", steps=20, noise_removal=False))
+    rows.append(
+        _row("teacher dpm_solver++ (2M)", tcfg, a.teacher, a.n, method="dpm_solver++", steps=20, noise_removal=False)
+    )
     if not a.skip_pc:
         rows.append(_row("teacher pc (euler_maruyama, default steps)", tcfg, a.teacher, a.n, method="pc"))
     if a.cd:
@@ -88,8 +89,10 @@ def main():
     print("| method | NFE | mean p_max | frac p_max>0.9 | classes | class entropy | sampling wall s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['nfe']} | {r['mean_max_prob']:.3f} | {r['frac_confident']:.3f} | "
-              f"{r['classes_present']} | {r['class_entropy_bits']:.3f} | {r['sample_wall_s']} |")
+        print(
+            f"| {r['method']} | {r['nfe']} | {r['mean_max_prob']:.3f} | {r['frac_confident']:.3f} | "
+            f"{r['classes_present']} | {r['class_entropy_bits']:.3f} | {r['sample_wall_s']} |"
+        )
 
 
 def _with_teacher(workdir):

@@ -53,18 +53,49 @@ from scoresde.models.ncsnpp import NCSNpp
 from scoresde.parameterization import model_score_fn, reference_convention
 
 # score_sde/configs/vp/cifar10_ddpmpp_continuous.py (+ default_cifar10_configs): the 61.8M network.
-DDPMPP_CIFAR10 = dict(image_size=32, num_channels=3, centered=True, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4,
-                      attn_resolutions=(16,), dropout=0.1, resamp_with_conv=True, conditional=True, fir=False,
-                      fir_kernel=(1, 3, 3, 1), skip_rescale=True, resblock_type="biggan", progressive="none",
-                      progressive_input="none", progressive_combine="sum", embedding_type="positional",
-                      init_scale=0.0, nonlinearity="swish")
+DDPMPP_CIFAR10 = dict(
+    image_size=32,
+    num_channels=3,
+    centered=True,
+    nf=128,
+    ch_mult=(1, 2, 2, 2),
+    num_res_blocks=4,
+    attn_resolutions=(16,),
+    dropout=0.1,
+    resamp_with_conv=True,
+    conditional=True,
+    fir=False,
+    fir_kernel=(1, 3, 3, 1),
+    skip_rescale=True,
+    resblock_type="biggan",
+    progressive="none",
+    progressive_input="none",
+    progressive_combine="sum",
+    embedding_type="positional",
+    init_scale=0.0,
+    nonlinearity="swish",
+)
 # One level with attention: every layer kind of the network, the fewest ops to compile.
 SMOKE = dict(DDPMPP_CIFAR10, image_size=4, nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(4,))
 
-FULL_SIZES = dict(train_batches=(128, 512), eval_batch=256, sampler_batch=128, sampler_steps=50,
-                  likelihood_batch=128, likelihood_max_steps=1000, timed=20)
-SMOKE_SIZES = dict(train_batches=(4,), eval_batch=4, sampler_batch=4, sampler_steps=4,
-                   likelihood_batch=2, likelihood_max_steps=64, timed=2)
+FULL_SIZES = dict(
+    train_batches=(128, 512),
+    eval_batch=256,
+    sampler_batch=128,
+    sampler_steps=50,
+    likelihood_batch=128,
+    likelihood_max_steps=1000,
+    timed=20,
+)
+SMOKE_SIZES = dict(
+    train_batches=(4,),
+    eval_batch=4,
+    sampler_batch=4,
+    sampler_steps=4,
+    likelihood_batch=2,
+    likelihood_max_steps=64,
+    timed=2,
+)
 FIGURES = ("train", "eval", "sampler", "likelihood", "consistency")
 
 
@@ -109,15 +140,25 @@ class Suite:
 
     def score_fn(self, graphdef, rest):
         """``score(params, x, t)``: the network through the parameterisation layer (eval mode)."""
+
         def score(params, x, t):
-            return model_score_fn(lambda xx, lab: nnx.merge(graphdef, params, rest)(xx, lab), self.sde,
-                                  **self.conv)(x, t)
+            return model_score_fn(lambda xx, lab: nnx.merge(graphdef, params, rest)(xx, lab), self.sde, **self.conv)(
+                x, t
+            )
+
         return score
 
     def emit(self, figure, **fields):
         mem, source = bench.peak_memory()
-        rec = {"figure": figure, "device": self.device, "backend": self.backend, "smoke": self.smoke, **fields,
-               "peak_memory_gib": mem, "peak_memory_source": source}
+        rec = {
+            "figure": figure,
+            "device": self.device,
+            "backend": self.backend,
+            "smoke": self.smoke,
+            **fields,
+            "peak_memory_gib": mem,
+            "peak_memory_source": source,
+        }
         print(json.dumps(rec), flush=True)
         return rec
 
@@ -165,11 +206,18 @@ class Suite:
                 one()
                 med = _median_s(one, self.sizes["timed"])
                 peak = bench.peak_flops(self.device, dtype) if self.backend != "cpu" else None
-                self.emit("train", dtype=dtype, batch=batch, params=n_params, compile_s=round(compile_s, 3),
-                          median_step_s=float(f"{med:.6g}"), img_per_s=round(batch / med, 2),
-                          gflop_per_img=None if flops is None else float(f"{flops / batch / 1e9:.6g}"),
-                          mfu=None if peak is None or flops is None else round(flops / med / peak, 4),
-                          program_memory_gib=_program_memory_gib(compiled))
+                self.emit(
+                    "train",
+                    dtype=dtype,
+                    batch=batch,
+                    params=n_params,
+                    compile_s=round(compile_s, 3),
+                    median_step_s=float(f"{med:.6g}"),
+                    img_per_s=round(batch / med, 2),
+                    gflop_per_img=None if flops is None else float(f"{flops / batch / 1e9:.6g}"),
+                    mfu=None if peak is None or flops is None else round(flops / med / peak, 4),
+                    program_memory_gib=_program_memory_gib(compiled),
+                )
                 del holder, state
 
     def eval(self):
@@ -184,9 +232,15 @@ class Suite:
             jax.block_until_ready(compiled(params, x, t))
             med = _median_s(lambda: jax.block_until_ready(compiled(params, x, t)), self.sizes["timed"])
             flops = bench.cost_flops(compiled)
-            self.emit("eval", dtype=dtype, batch=batch, compile_s=round(compile_s, 3), ms_per_nfe=round(1e3 * med, 4),
-                      img_nfe_per_s=round(batch / med, 2),
-                      gflop_per_img=None if flops is None else float(f"{flops / batch / 1e9:.6g}"))
+            self.emit(
+                "eval",
+                dtype=dtype,
+                batch=batch,
+                compile_s=round(compile_s, 3),
+                ms_per_nfe=round(1e3 * med, 4),
+                img_nfe_per_s=round(batch / med, 2),
+                gflop_per_img=None if flops is None else float(f"{flops / batch / 1e9:.6g}"),
+            )
 
     def sampler(self):
         batch, steps = self.sizes["sampler_batch"], self.sizes["sampler_steps"]
@@ -209,6 +263,7 @@ class Suite:
                 out, nfe = sampling.sample(score_fn, self.sde, shape, jax.random.key(0), method=method, **opts)
                 jax.block_until_ready(out)
                 return int(nfe)
+
             return go
 
         for method, opts in (("pc", dict(steps=steps)), ("dpm_solver++", dict(steps=steps, order=2))):
@@ -220,28 +275,48 @@ class Suite:
             x0 = self.data(batch)
             jax.block_until_ready(bare(params, nfe, x0))
             med_bare = _median_s(lambda: jax.block_until_ready(bare(params, nfe, x0)), max(2, self.sizes["timed"] // 5))
-            self.emit("sampler", method=method, batch=batch, nfe=nfe, compile_s=round(compile_s, 3),
-                      ms_per_nfe=round(1e3 * med / nfe, 4), bare_loop_ms_per_nfe=round(1e3 * med_bare / nfe, 4),
-                      overhead_pct=round(100 * (med / med_bare - 1), 2), img_per_s=round(batch / med, 2))
+            self.emit(
+                "sampler",
+                method=method,
+                batch=batch,
+                nfe=nfe,
+                compile_s=round(compile_s, 3),
+                ms_per_nfe=round(1e3 * med / nfe, 4),
+                bare_loop_ms_per_nfe=round(1e3 * med_bare / nfe, 4),
+                overhead_pct=round(100 * (med / med_bare - 1), 2),
+                img_per_s=round(batch / med, 2),
+            )
 
     def likelihood(self):
         batch = self.sizes["likelihood_batch"]
         graphdef, params, rest = self.net("float32")
         score = self.score_fn(graphdef, rest)
         x = self.data(batch, seed=1)
-        for mode, kw in (("fixed_51_nfe", dict(max_steps=8)),
-                         ("adaptive", dict(max_steps=self.sizes["likelihood_max_steps"]))):
-            fn = jax.jit(lambda p, x, key, kw=kw: likelihood.log_likelihood(
-                jax.tree_util.Partial(score, p), self.sde, x, key, hutchinson="rademacher", **kw))
+        for mode, kw in (
+            ("fixed_51_nfe", dict(max_steps=8)),
+            ("adaptive", dict(max_steps=self.sizes["likelihood_max_steps"])),
+        ):
+            fn = jax.jit(
+                lambda p, x, key, kw=kw: likelihood.log_likelihood(
+                    jax.tree_util.Partial(score, p), self.sde, x, key, hutchinson="rademacher", **kw
+                )
+            )
             t0 = time.perf_counter()
             logp, _, nfe = jax.block_until_ready(fn(params, x, jax.random.key(0)))
             compile_s = time.perf_counter() - t0
             med = _median_s(lambda: jax.block_until_ready(fn(params, x, jax.random.key(0))), 2)
             nfe = np.asarray(nfe)
-            self.emit("likelihood", mode=mode, batch=batch, nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()),
-                      compile_s=round(compile_s, 3), img_per_s=round(batch / med, 3),
-                      ms_per_nfe=round(1e3 * med / float(nfe.max()), 4),
-                      solved_fraction=float(np.mean(np.isfinite(np.asarray(logp)))))
+            self.emit(
+                "likelihood",
+                mode=mode,
+                batch=batch,
+                nfe_mean=float(nfe.mean()),
+                nfe_max=int(nfe.max()),
+                compile_s=round(compile_s, 3),
+                img_per_s=round(batch / med, 3),
+                ms_per_nfe=round(1e3 * med / float(nfe.max()), 4),
+                solved_fraction=float(np.mean(np.isfinite(np.asarray(logp)))),
+            )
 
     def consistency(self):
         if "consistency" not in sampling.METHODS:
@@ -252,8 +327,9 @@ class Suite:
         score_fn = jax.tree_util.Partial(self.score_fn(graphdef, rest), params)
 
         def go():
-            out, nfe = sampling.sample(score_fn, self.sde, (batch,) + self.shape, jax.random.key(0),
-                                       method="consistency")
+            out, nfe = sampling.sample(
+                score_fn, self.sde, (batch,) + self.shape, jax.random.key(0), method="consistency"
+            )
             jax.block_until_ready(out)
             return int(nfe)
 
@@ -278,9 +354,21 @@ def main(argv=None):
     for figure in FIGURES:
         if figure in only:
             getattr(suite, figure)()
-    print(json.dumps({"figure": "total", "device": suite.device, "backend": suite.backend, "smoke": args.smoke,
-                      "wall_s": round(time.perf_counter() - t0, 1), "jax": jax.__version__,
-                      "python": sys.version.split()[0], "pid": os.getpid()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "figure": "total",
+                "device": suite.device,
+                "backend": suite.backend,
+                "smoke": args.smoke,
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "jax": jax.__version__,
+                "python": sys.version.split()[0],
+                "pid": os.getpid(),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,12 @@ def main():
     parser.add_argument("--batches", type=int, default=200, help="timed batches (after 20 warm-up ones)")
     parser.add_argument("--examples", type=int, default=5000, help="mock dataset size")
     parser.add_argument("--device", action="store_true", help="also prefetch every batch to the device")
-    parser.add_argument("--mock_source", action="store_true",
-                        help="read tfds's mock generator directly (a Python generator, ~5k img/s on one core) "
-                             "instead of its examples cached in memory")
+    parser.add_argument(
+        "--mock_source",
+        action="store_true",
+        help="read tfds's mock generator directly (a Python generator, ~5k img/s on one core) "
+        "instead of its examples cached in memory",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,10 +58,21 @@ def main():
 
     from scoresde import data, parallel  # noqa: PLC0415
 
-    config = ml_collections.ConfigDict({
-        "seed": 0, "training": {"batch_size": args.batch},
-        "data": {"dataset": "CIFAR10", "image_size": 32, "num_channels": 3, "centered": False,
-                 "random_flip": True, "uniform_dequantization": False, "download": True}})
+    config = ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "training": {"batch_size": args.batch},
+            "data": {
+                "dataset": "CIFAR10",
+                "image_size": 32,
+                "num_channels": 3,
+                "centered": False,
+                "random_flip": True,
+                "uniform_dequantization": False,
+                "download": True,
+            },
+        }
+    )
     with tfds.testing.mock_data(num_examples=args.examples):
         mocked = None if args.mock_source else _serve_mock_from_memory(tfds)
         it = data.get_dataset(config, split="train")
@@ -72,9 +86,21 @@ def main():
         dt = time.perf_counter() - t0
         if mocked is not None:
             tfds.core.DatasetBuilder.as_dataset = mocked
-    print(json.dumps({"what": "input_pipeline_cifar10_mock", "batch": args.batch, "batches": args.batches,
-                      "to_device": bool(args.device), "source": "mock_generator" if args.mock_source else "mock_in_memory", "img_per_s": round(args.batch * args.batches / dt, 1),
-                      "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "what": "input_pipeline_cifar10_mock",
+                "batch": args.batch,
+                "batches": args.batches,
+                "to_device": bool(args.device),
+                "source": "mock_generator" if args.mock_source else "mock_in_memory",
+                "img_per_s": round(args.batch * args.batches / dt, 1),
+                "cpus": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -39,12 +39,18 @@ sys.path.insert(0, REPO)
 
 from benchmarks.digits_scorer import class_probabilities  # noqa: E402
 
-OPERATOR = {"sr4": "super_resolution 4x", "sr2": "super_resolution 2x", "inpaint": "inpainting (lower half)",
-            "deblur": "deblur"}
-DEFAULT_RUNS = ("sr2:replacement,sr2:dps,sr2:pigdm,sr2:pigdm:isotropic,"
-                "sr4:replacement,sr4:dps,sr4:pigdm,sr4:pigdm:isotropic,"
-                "inpaint:replacement,inpaint:dps,inpaint:pigdm,inpaint:pigdm:isotropic,"
-                "deblur:dps,deblur:pigdm,deblur:pigdm:isotropic")
+OPERATOR = {
+    "sr4": "super_resolution 4x",
+    "sr2": "super_resolution 2x",
+    "inpaint": "inpainting (lower half)",
+    "deblur": "deblur",
+}
+DEFAULT_RUNS = (
+    "sr2:replacement,sr2:dps,sr2:pigdm,sr2:pigdm:isotropic,"
+    "sr4:replacement,sr4:dps,sr4:pigdm,sr4:pigdm:isotropic,"
+    "inpaint:replacement,inpaint:dps,inpaint:pigdm,inpaint:pigdm:isotropic,"
+    "deblur:dps,deblur:pigdm,deblur:pigdm:isotropic"
+)
 
 
 def _accuracies(samples, naive, labels):
@@ -58,9 +64,16 @@ def _accuracies(samples, naive, labels):
 
 def run_one(workdir, spec, samples_per_image, extra):
     variant, method, *rest = spec.split(":")
-    cmd = [sys.executable, "-m", "scoresde.main", f"--config=configs/digits_inverse.py:{variant}",
-           f"--workdir={workdir}", "--mode=sample", f"--config.inverse.method={method}",
-           f"--config.inverse.samples_per_image={samples_per_image}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scoresde.main",
+        f"--config=configs/digits_inverse.py:{variant}",
+        f"--workdir={workdir}",
+        "--mode=sample",
+        f"--config.inverse.method={method}",
+        f"--config.inverse.samples_per_image={samples_per_image}",
+    ]
     if rest:  # the isotropic Jacobian is set by data_var too: the digits' own variance, not the 1e4 damping
         cmd += [f"--config.inverse.jacobian={rest[0]}", "--config.inverse.data_var=1.0", "--config.inverse.scale=1.0"]
     cmd += list(extra)
@@ -79,14 +92,27 @@ def run_one(workdir, spec, samples_per_image, extra):
         naive, labels = f["measurement_pinv"], f["labels"]
     single, predictive, baseline = _accuracies(samples, naive, labels)
     return {
-        "command": "python -m scoresde.main " + " ".join(cmd[3:]), "spec": spec, "variant": variant,
-        "method": method + (f" ({rest[0]} J)" if rest else ""), "psnr": report["psnr_mean"],
+        "command": "python -m scoresde.main " + " ".join(cmd[3:]),
+        "spec": spec,
+        "variant": variant,
+        "method": method + (f" ({rest[0]} J)" if rest else ""),
+        "psnr": report["psnr_mean"],
         "posterior_mean_psnr": report.get("posterior_mean_psnr_mean", report["psnr_mean"]),
-        "baseline_psnr": report["baseline_psnr_mean"], "baseline": report["baseline"], "accuracy": single,
-        "posterior_accuracy": predictive, "baseline_accuracy": baseline, "nfe": report["nfe"], "step": report["step"],
-        "sigma_y": report["sigma_y"], "scale": report["scale"], "data_var": report.get("data_var"),
-        "num_images": report["num_images"], "samples_per_image": int(samples.shape[1]), "sampler": report["sampler"],
-        "sampler_options": report["sampler_options"], "wall_s": round(wall, 1),
+        "baseline_psnr": report["baseline_psnr_mean"],
+        "baseline": report["baseline"],
+        "accuracy": single,
+        "posterior_accuracy": predictive,
+        "baseline_accuracy": baseline,
+        "nfe": report["nfe"],
+        "step": report["step"],
+        "sigma_y": report["sigma_y"],
+        "scale": report["scale"],
+        "data_var": report.get("data_var"),
+        "num_images": report["num_images"],
+        "samples_per_image": int(samples.shape[1]),
+        "sampler": report["sampler"],
+        "sampler_options": report["sampler_options"],
+        "wall_s": round(wall, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
     }
 
@@ -106,13 +132,17 @@ def main():
     path = os.path.join(args.workdir, "inverse", "summary.json")
     with open(path, "w") as f:
         json.dump(rows, f, indent=1)
-    print("\n| operator | method | PSNR 1 sample | PSNR post. mean | baseline PSNR | acc. | post. acc. | baseline acc. "
-          "| NFE | wall s | CPU s |")
+    print(
+        "\n| operator | method | PSNR 1 sample | PSNR post. mean | baseline PSNR | acc. | post. acc. | baseline acc. "
+        "| NFE | wall s | CPU s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {OPERATOR[r['variant']]} | {r['method']} | {r['psnr']:.2f} | {r['posterior_mean_psnr']:.2f} "
-              f"| {r['baseline_psnr']:.2f} ({r['baseline']}) | {r['accuracy']:.2f} | {r['posterior_accuracy']:.2f} "
-              f"| {r['baseline_accuracy']:.2f} | {r['nfe']} | {r['wall_s']} | {r['cpu_s']} |")
+        print(
+            f"| {OPERATOR[r['variant']]} | {r['method']} | {r['psnr']:.2f} | {r['posterior_mean_psnr']:.2f} "
+            f"| {r['baseline_psnr']:.2f} ({r['baseline']}) | {r['accuracy']:.2f} | {r['posterior_accuracy']:.2f} "
+            f"| {r['baseline_accuracy']:.2f} | {r['nfe']} | {r['wall_s']} | {r['cpu_s']} |"
+        )
 
 
 if __name__ == "__main__":

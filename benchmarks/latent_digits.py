@@ -17,8 +17,6 @@ import time
 
 import jax
 import numpy as np
-
-
 from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
 
 from scoresde import build, parallel
@@ -56,12 +54,20 @@ def main():
     second = time.perf_counter() - t0
     conditional = int(config.model.get("num_classes", 0) or 0) > 0
     labels = np.asarray(build.sample_class_labels(config, args.num)) if conditional else None
-    result = {"config": args.config, "workdir": args.workdir, "step": step, "latent": build.is_latent(config),
-              "model_shape": list(build.model_data_shape(config)), "nfe": int(nfe),
-              "seconds_first_batch_incl_compile": round(first, 2), "seconds_per_batch": round(second, 2),
-              "batch": args.num, "guidance": str(config.sampling.get("guidance", "none")),
-              "guidance_scale": float(config.sampling.get("guidance_scale", 0.0)),
-              **score_samples(np.clip(samples, 0.0, 1.0), labels)}
+    result = {
+        "config": args.config,
+        "workdir": args.workdir,
+        "step": step,
+        "latent": build.is_latent(config),
+        "model_shape": list(build.model_data_shape(config)),
+        "nfe": int(nfe),
+        "seconds_first_batch_incl_compile": round(first, 2),
+        "seconds_per_batch": round(second, 2),
+        "batch": args.num,
+        "guidance": str(config.sampling.get("guidance", "none")),
+        "guidance_scale": float(config.sampling.get("guidance_scale", 0.0)),
+        **score_samples(np.clip(samples, 0.0, 1.0), labels),
+    }
     print(json.dumps(result))
 
 

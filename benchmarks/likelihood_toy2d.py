@@ -28,8 +28,8 @@ import numpy as np
 from flax import nnx
 
 from scoresde import build, likelihood
-from scoresde.data import toy
 from scoresde.build import make_score_fn, make_sde
+from scoresde.data import toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,8 +48,11 @@ def mlp_score_fn(config, sde, workdir=None):
 
 
 def time_case(name, score_fn, sde, x, key, repeats, hutchinson):
-    fn = jax.jit(lambda x, k: likelihood.bits_per_dim_batch(score_fn, sde, x, k, scaler=None, num_bits=None,
-                                                           dequantization="none", hutchinson=hutchinson))
+    fn = jax.jit(
+        lambda x, k: likelihood.bits_per_dim_batch(
+            score_fn, sde, x, k, scaler=None, num_bits=None, dequantization="none", hutchinson=hutchinson
+        )
+    )
     t0 = time.perf_counter()
     bpd, nfe = jax.block_until_ready(fn(x, key))
     compile_s = time.perf_counter() - t0
@@ -60,9 +63,11 @@ def time_case(name, score_fn, sde, x, key, repeats, hutchinson):
         times.append(time.perf_counter() - t0)
     s = float(np.median(times))
     b = x.shape[0]
-    print(f"{name:>6s} {hutchinson:>10s}  B={b}  first call (compile+run) {compile_s:6.1f} s  "
-          f"run {s:6.2f} s/batch  {b / s:8.1f} examples/s  NFE mean {float(np.mean(nfe)):.1f} "
-          f"max {int(np.max(nfe))}  bits/dim {float(np.mean(bpd)):.4f}")
+    print(
+        f"{name:>6s} {hutchinson:>10s}  B={b}  first call (compile+run) {compile_s:6.1f} s  "
+        f"run {s:6.2f} s/batch  {b / s:8.1f} examples/s  NFE mean {float(np.mean(nfe)):.1f} "
+        f"max {int(np.max(nfe))}  bits/dim {float(np.mean(bpd)):.4f}"
+    )
     return bpd
 
 
@@ -72,9 +77,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="a trained configs/toy2d_vp.py run (default: untrained MLP)")
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  commit {commit}  {platform.processor() or platform.machine()}"
-          f"  {os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}  load {os.getloadavg()[0]:.1f}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  commit {commit}  {platform.processor() or platform.machine()}"
+        f"  {os.cpu_count()} CPUs  jax {jax.__version__} {jax.devices()[0].platform}  load {os.getloadavg()[0]:.1f}"
+    )
     config = build.load_config(os.path.join(REPO, "configs", "toy2d_vp.py"))
     sde = make_sde(config)
     x = toy.sample("gmm_grid", jax.random.key(0), args.batch)
@@ -85,8 +94,10 @@ def main():
         bpd = time_case("exact", gm.score_fn(sde), sde, x, key, args.repeats, hut)
     eps = jnp.full((args.batch,), 1e-5)
     closed = -gm.log_prob_t(sde, x, eps) / (2 * math.log(2.0))
-    print(f"closed form -log2 p_eps(x)/D = {float(jnp.mean(closed)):.4f}; exact-divergence ODE - closed form: "
-          f"max |diff| {float(jnp.max(jnp.abs(bpd - closed))):.2e} bits/dim")
+    print(
+        f"closed form -log2 p_eps(x)/D = {float(jnp.mean(closed)):.4f}; exact-divergence ODE - closed form: "
+        f"max |diff| {float(jnp.max(jnp.abs(bpd - closed))):.2e} bits/dim"
+    )
 
 
 if __name__ == "__main__":

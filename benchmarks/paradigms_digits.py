@@ -60,29 +60,75 @@ def main():
     def to01(x):  # as the sample mode's uint8 conversion: the scorer takes images in [0, 1]
         return np.clip(np.asarray(inverse(x)), 0.0, 1.0)
 
-    seq = jax.jit(lambda x: sampling.sample(score_fn, sde, shape, key, method="ddim", x_init=x, steps=args.steps,
-                                            eta=args.eta))
+    seq = jax.jit(
+        lambda x: sampling.sample(score_fn, sde, shape, key, method="ddim", x_init=x, steps=args.steps, eta=args.eta)
+    )
     (ref, nfe), wall = _timed(seq, x_init)
-    rows = [dict(sampler="sequential ddim", window=1, tol=None, steps=args.steps, rounds=int(nfe), nfe=int(nfe),
-                 wall_s=round(wall, 3), max_abs_diff=0.0, **score_samples(np.asarray(to01(ref))))]
+    rows = [
+        dict(
+            sampler="sequential ddim",
+            window=1,
+            tol=None,
+            steps=args.steps,
+            rounds=int(nfe),
+            nfe=int(nfe),
+            wall_s=round(wall, 3),
+            max_abs_diff=0.0,
+            **score_samples(np.asarray(to01(ref))),
+        )
+    ]
     for window in (int(w) for w in args.windows.split(",")):
         for tol in (float(t) for t in args.tols.split(",")):
-            par = jax.jit(lambda x, w=window, t=tol: sampling.parallel_sample(
-                score_fn, sde, shape, key, method="ddim", window=w, tol=t, x_init=x, steps=args.steps, eta=args.eta,
-                stats=True))
+            par = jax.jit(
+                lambda x, w=window, t=tol: sampling.parallel_sample(
+                    score_fn,
+                    sde,
+                    shape,
+                    key,
+                    method="ddim",
+                    window=w,
+                    tol=t,
+                    x_init=x,
+                    steps=args.steps,
+                    eta=args.eta,
+                    stats=True,
+                )
+            )
             (x, nfe, stats), wall = _timed(par, x_init)
             rounds = stats["rounds"]
-            rows.append(dict(sampler="paradigms ddim", window=window, tol=tol, steps=args.steps, rounds=int(rounds),
-                             nfe=int(nfe), wall_s=round(wall, 3), max_abs_diff=float(np.max(np.abs(np.asarray(x - ref)))),
-                             **score_samples(np.asarray(to01(x)))))
-    print(json.dumps(dict(devices=f"{jax.device_count()} x {jax.devices()[0].platform}", checkpoint_step=step,
-                          batch=args.batch, eta=args.eta)))
-    print("| sampler | window | tol | steps | rounds | NFE | wall s | max abs diff | mean p_max | frac p>0.9 | classes |")
+            rows.append(
+                dict(
+                    sampler="paradigms ddim",
+                    window=window,
+                    tol=tol,
+                    steps=args.steps,
+                    rounds=int(rounds),
+                    nfe=int(nfe),
+                    wall_s=round(wall, 3),
+                    max_abs_diff=float(np.max(np.abs(np.asarray(x - ref)))),
+                    **score_samples(np.asarray(to01(x))),
+                )
+            )
+    print(
+        json.dumps(
+            dict(
+                devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
+                checkpoint_step=step,
+                batch=args.batch,
+                eta=args.eta,
+            )
+        )
+    )
+    print(
+        "| sampler | window | tol | steps | rounds | NFE | wall s | max abs diff | mean p_max | frac p>0.9 | classes |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sampler']} | {r['window']} | {r['tol']} | {r['steps']} | {r['rounds']} | {r['nfe']} | "
-              f"{r['wall_s']} | {r['max_abs_diff']:.2e} | {r['mean_max_prob']:.3f} | {r['frac_confident']:.2f} | "
-              f"{r['classes_present']} |")
+        print(
+            f"| {r['sampler']} | {r['window']} | {r['tol']} | {r['steps']} | {r['rounds']} | {r['nfe']} | "
+            f"{r['wall_s']} | {r['max_abs_diff']:.2e} | {r['mean_max_prob']:.3f} | {r['frac_confident']:.2f} | "
+            f"{r['classes_present']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -44,20 +44,29 @@ def machine() -> dict:
             model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 # --smoke: the same sequence on the 2-D toy configs where they exist (an MLP compiles in seconds) and the
 # smallest work each mode allows; the latent stages have no toy config and run the digits smoke variants.
-_SMOKE_CONFIG = {"digits_vp": "toy2d_vp", "digits_cd": "toy2d_cd", "digits_fm": "toy2d_fm",
-                 "digits_reflow": "toy2d_reflow"}
+_SMOKE_CONFIG = {
+    "digits_vp": "toy2d_vp",
+    "digits_cd": "toy2d_cd",
+    "digits_fm": "toy2d_fm",
+    "digits_reflow": "toy2d_reflow",
+}
 _SMOKE_TRAIN = ["--config.training.snapshot_sampling=False"]
 _SMOKE_LIKELIHOOD = ["--config.eval.bpd_num_repeats=1", "--config.eval.num_eval_batches=1"]
 
 
 def steps(root: str, smoke: bool) -> list[tuple[str, list[str]]]:
     """``(figure, CLI arguments)`` in the order they run; later steps use the workdirs of earlier ones."""
+
     def config(name):
         return f"--config=configs/{_SMOKE_CONFIG.get(name, name)}.py:smoke" if smoke else f"--config=configs/{name}.py"
 
@@ -68,15 +77,37 @@ def steps(root: str, smoke: bool) -> list[tuple[str, list[str]]]:
     return [
         ("train_digits", [config("digits_vp"), run("digits"), *train]),
         ("likelihood_digits", [config("digits_vp"), run("digits"), "--mode=likelihood", *bpd]),
-        ("distill_digits", [config("digits_cd"), run("digits_cd"), "--mode=distill",
-                            f"--config.distill.teacher_workdir={os.path.join(root, 'digits')}", *train]),
+        (
+            "distill_digits",
+            [
+                config("digits_cd"),
+                run("digits_cd"),
+                "--mode=distill",
+                f"--config.distill.teacher_workdir={os.path.join(root, 'digits')}",
+                *train,
+            ],
+        ),
         ("latent_digits_autoencoder", [config("digits_ae"), run("digits_ae"), "--mode=train_autoencoder"]),
-        ("latent_digits_score_model", [config("digits_ldm"), run("digits_ldm"),
-                                       f"--config.latent.autoencoder_workdir={os.path.join(root, 'digits_ae')}",
-                                       *train]),
+        (
+            "latent_digits_score_model",
+            [
+                config("digits_ldm"),
+                run("digits_ldm"),
+                f"--config.latent.autoencoder_workdir={os.path.join(root, 'digits_ae')}",
+                *train,
+            ],
+        ),
         ("flow_matching_digits", [config("digits_fm"), run("digits_fm"), *train]),
-        ("reflow_digits", [config("digits_reflow"), run("digits_reflow"), "--mode=reflow",
-                           f"--config.reflow.source_workdir={os.path.join(root, 'digits_fm')}", *train]),
+        (
+            "reflow_digits",
+            [
+                config("digits_reflow"),
+                run("digits_reflow"),
+                "--mode=reflow",
+                f"--config.reflow.source_workdir={os.path.join(root, 'digits_fm')}",
+                *train,
+            ],
+        ),
     ]
 
 
@@ -123,21 +154,27 @@ def main(argv=None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as README's commands run
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
     before = machine()
-    print(f"machine: {before['cores']} cores, {before['cpu']}, Python {before['python']}; "
-          f"load average {before['load_average']} (1, 5, 15 min)", flush=True)
+    print(
+        f"machine: {before['cores']} cores, {before['cpu']}, Python {before['python']}; "
+        f"load average {before['load_average']} (1, 5, 15 min)",
+        flush=True,
+    )
     figures = {}
     python = sys.executable
     wanted = set(filter(None, args.only.split(",")))
-    needs = {"likelihood_digits": {"train_digits"}, "distill_digits": {"train_digits"},
-             "latent_digits_score_model": {"latent_digits_autoencoder"}, "reflow_digits": {"flow_matching_digits"}}
+    needs = {
+        "likelihood_digits": {"train_digits"},
+        "distill_digits": {"train_digits"},
+        "latent_digits_score_model": {"latent_digits_autoencoder"},
+        "reflow_digits": {"flow_matching_digits"},
+    }
     for name in list(wanted):
         wanted |= needs.get(name, set())
     try:
         with open(os.path.join(root, "output.log"), "w") as log:
             if args.install:
                 figures["install"], python = install(root, env, log, args.no_cache)
-                print(f"install{' (no pip cache)' if args.no_cache else ''}: {minutes(figures['install'])}",
-                      flush=True)
+                print(f"install{' (no pip cache)' if args.no_cache else ''}: {minutes(figures['install'])}", flush=True)
             for name, cli in steps(root, args.smoke):
                 if wanted and name not in wanted:
                     continue
@@ -155,11 +192,21 @@ def main(argv=None) -> int:
     after = machine()
     # the load after includes these runs; the load before is what other processes add
     busy = before["load_average"][0] > 0.5
-    print(f"load average after: {after['load_average']}"
-          + ("; other processes were running before: these figures are longer than on an idle machine"
-             if busy else ""), flush=True)
-    print(json.dumps({"machine": before, "load_average_after": after["load_average"], "smoke": args.smoke,
-                      "seconds": {k: round(v, 1) for k, v in figures.items()}}))
+    print(
+        f"load average after: {after['load_average']}"
+        + ("; other processes were running before: these figures are longer than on an idle machine" if busy else ""),
+        flush=True,
+    )
+    print(
+        json.dumps(
+            {
+                "machine": before,
+                "load_average_after": after["load_average"],
+                "smoke": args.smoke,
+                "seconds": {k: round(v, 1) for k, v in figures.items()},
+            }
+        )
+    )
     return 0
 
 

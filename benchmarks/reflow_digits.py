@@ -17,9 +17,8 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
-
 from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
+from flax import nnx
 
 from scoresde import build, parallel, sampling
 from scoresde import data as data_lib
@@ -38,8 +37,9 @@ def _sampler(config, workdir, mesh):
     def run(z, method, steps):
         model = nnx.merge(graphdef, params, rest)
         opts = dict(steps=steps, eta=0.0) if method == "ddim" else dict(steps=steps, order=2)
-        x, nfe = sampling.sample(score_model.score_fn(model), sde, z.shape, jax.random.key(0), method=method,
-                                 x_init=z, eps=eps, **opts)
+        x, nfe = sampling.sample(
+            score_model.score_fn(model), sde, z.shape, jax.random.key(0), method=method, x_init=z, eps=eps, **opts
+        )
         return np.clip(np.asarray(inverse(x)), 0.0, 1.0), int(nfe)
 
     return run, step, sde
@@ -63,17 +63,27 @@ def main():
             t0 = time.perf_counter()
             x, nfe = run(z, method, steps)
             wall = time.perf_counter() - t0
-            rec = {"flow": name, "step": step, "sampler": f"{'euler' if method == 'ddim' else method} {steps}",
-                   "nfe": nfe, "dist_to_source_ode": float(np.mean(np.abs(x - target))),
-                   "wall_s_incl_compile": round(wall, 1), **score_samples(x)}
+            rec = {
+                "flow": name,
+                "step": step,
+                "sampler": f"{'euler' if method == 'ddim' else method} {steps}",
+                "nfe": nfe,
+                "dist_to_source_ode": float(np.mean(np.abs(x - target))),
+                "wall_s_incl_compile": round(wall, 1),
+                **score_samples(x),
+            }
             print(json.dumps(rec), flush=True)
             rows.append(rec)
-    print("| flow | sampler | NFE | mean p_max | p_max > 0.9 | classes | class entropy (bits) | mean abs dist. to "
-          "source's 20-step ODE |")
+    print(
+        "| flow | sampler | NFE | mean p_max | p_max > 0.9 | classes | class entropy (bits) | mean abs dist. to "
+        "source's 20-step ODE |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['flow']} | {r['sampler']} | {r['nfe']} | {r['mean_max_prob']:.3f} | {r['frac_confident']:.3f} "
-              f"| {r['classes_present']} | {r['class_entropy_bits']:.3f} | {r['dist_to_source_ode']:.4f} |")
+        print(
+            f"| {r['flow']} | {r['sampler']} | {r['nfe']} | {r['mean_max_prob']:.3f} | {r['frac_confident']:.3f} "
+            f"| {r['classes_present']} | {r['class_entropy_bits']:.3f} | {r['dist_to_source_ode']:.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -39,12 +39,18 @@ TARGETS = (10, 20, 50, 100, 1000)
 def rows():
     """(label, method, options(nfe) -> dict)."""
     return [
-        ("pc euler_maruyama (prob. flow)", "pc", lambda n: dict(steps=n, predictor="euler_maruyama",
-                                                                corrector="none", probability_flow=True,
-                                                                denoise=False)),
-        ("pc reverse_diffusion (prob. flow)", "pc", lambda n: dict(steps=max(n, 21), predictor="reverse_diffusion",
-                                                                   corrector="none", probability_flow=True,
-                                                                   denoise=False)),
+        (
+            "pc euler_maruyama (prob. flow)",
+            "pc",
+            lambda n: dict(steps=n, predictor="euler_maruyama", corrector="none", probability_flow=True, denoise=False),
+        ),
+        (
+            "pc reverse_diffusion (prob. flow)",
+            "pc",
+            lambda n: dict(
+                steps=max(n, 21), predictor="reverse_diffusion", corrector="none", probability_flow=True, denoise=False
+            ),
+        ),
         ("ode euler, uniform t", "ode", lambda n: dict(solver="euler", steps=n)),
         ("ode heun, uniform t", "ode", lambda n: dict(solver="heun", steps=max(n // 2, 1))),
         ("ddim (eta=0), uniform t", "ddim", lambda n: dict(steps=n)),
@@ -106,8 +112,9 @@ def stochastic_table(dtype, process: str = "vp", b: int = 4096):
     eps = 1e-3
     sde, model, stds, exact_map = _problem(process, dtype)
     exact_std = np.asarray(exact_map(jnp.ones((1, 64), dtype), eps))[0]
-    floor = float(np.mean(np.abs(np.std(np.asarray(jax.random.normal(jax.random.key(5), (b, 64))), axis=0) - 1.0)
-                          * exact_std))
+    floor = float(
+        np.mean(np.abs(np.std(np.asarray(jax.random.normal(jax.random.key(5), (b, 64))), axis=0) - 1.0) * exact_std)
+    )
 
     def run(method, opts):
         x, nfe = sampling.sample(model, sde, (b, 64), jax.random.key(1), method=method, eps=eps, **opts)
@@ -132,8 +139,9 @@ def error_table(dtype, process: str = "vp", only: str = ""):
         exact = exact_map(x_init, eps)
 
         def run_rf(method, opts):
-            x, nfe = sampling.sample(model, sde, (b, d), jax.random.key(1), method=method, x_init=x_init, eps=eps,
-                                     **opts)
+            x, nfe = sampling.sample(
+                model, sde, (b, d), jax.random.key(1), method=method, x_init=x_init, eps=eps, **opts
+            )
             return float(jnp.mean(jnp.abs(x - exact))), int(nfe)
 
         # pc and ode integrate the drift, infinite at alpha(T) = 0; ddim / dpm_solver++ uniform_t only
@@ -156,16 +164,18 @@ def error_table(dtype, process: str = "vp", only: str = ""):
         np.testing.assert_allclose(exact, gm.flow_map(sde, x_init, 1.0, eps), rtol=1e-5, atol=1e-6)
 
     def run(method, opts):
-        x, nfe = sampling.sample(score_fn, sde, (b, d), jax.random.key(1), method=method, x_init=x_init, eps=eps,
-                                 **opts)
+        x, nfe = sampling.sample(
+            score_fn, sde, (b, d), jax.random.key(1), method=method, x_init=x_init, eps=eps, **opts
+        )
         return float(jnp.mean(jnp.abs(x - exact))), int(nfe)
 
     table = []
     for label, method, make in rows():
         if _wanted(label, only):
             table.append((label, [run(method, make(n)) for n in TARGETS]))
-    adaptive = [] if only else [run("ode", dict(solver="tsit5", rtol=tol, atol=tol))
-                                for tol in (1e-2, 1e-3, 1e-4, 1e-5, 1e-7)]
+    adaptive = (
+        [] if only else [run("ode", dict(solver="tsit5", rtol=tol, atol=tol)) for tol in (1e-2, 1e-3, 1e-4, 1e-5, 1e-7)]
+    )
     return table, adaptive
 
 
@@ -176,9 +186,11 @@ def overhead(repeats=9):
     d, b, width, layers = 64, 256, 256, 4
     sde = sde_lib.VPSDE()
     keys = jax.random.split(jax.random.key(2), layers + 2)
-    params = {"inp": jax.random.normal(keys[0], (d + 1, width)) / np.sqrt(d),
-              "hidden": [jax.random.normal(k, (width, width)) / np.sqrt(width) for k in keys[1:layers + 1]],
-              "out": jax.random.normal(keys[-1], (width, d)) / np.sqrt(width)}
+    params = {
+        "inp": jax.random.normal(keys[0], (d + 1, width)) / np.sqrt(d),
+        "hidden": [jax.random.normal(k, (width, width)) / np.sqrt(width) for k in keys[1 : layers + 1]],
+        "out": jax.random.normal(keys[-1], (width, d)) / np.sqrt(width),
+    }
 
     def mlp_score(p, x, t):
         h = jnp.concatenate([x, t[:, None]], axis=-1) @ p["inp"]
@@ -193,6 +205,7 @@ def overhead(repeats=9):
     def bare(p, x, n_calls):
         def body(i, x):
             return mlp_score(p, x, jnp.full((b,), 1.0 - i / 1000.0))
+
         return jax.lax.fori_loop(0, n_calls, body, x)
 
     def timed_pair(fn_a, fn_b):
@@ -221,9 +234,10 @@ def overhead(repeats=9):
     for label, method, opts in cases:
         _, nfe = sampling.sample(score_fn, sde, (b, d), jax.random.key(0), method=method, x_init=x_init, **opts)
         nfe = int(nfe)
-        t_s, t_b = timed_pair(lambda: sampling.sample(score_fn, sde, (b, d), jax.random.key(0), method=method,
-                                                      x_init=x_init, **opts)[0],
-                              lambda: bare(params, x_init, nfe))
+        t_s, t_b = timed_pair(
+            lambda: sampling.sample(score_fn, sde, (b, d), jax.random.key(0), method=method, x_init=x_init, **opts)[0],
+            lambda: bare(params, x_init, nfe),
+        )
         out.append((label, nfe, 1e3 * t_s / nfe, 1e3 * t_b / nfe, 100.0 * (t_s - t_b) / t_b))
     return out
 
@@ -234,23 +248,29 @@ def main():
     parser.add_argument("--no-timing", action="store_true", help="skip the overhead measurement")
     parser.add_argument("--timing-only", action="store_true", help="only the overhead measurement")
     parser.add_argument("--process", default="vp", choices=("vp", "rectified_flow"), help="the forward process")
-    parser.add_argument("--only", default="", help="only the error-table rows whose label contains one of these |-separated substrings")
+    parser.add_argument(
+        "--only", default="", help="only the error-table rows whose label contains one of these |-separated substrings"
+    )
     parser.add_argument("--stochastic", action="store_true", help="the stochastic samplers' std-error table")
     args = parser.parse_args()
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.float64 if args.x64 else jnp.float32
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"# sampling_error.py  commit {commit}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
-          f"jax {jax.__version__}  {jax.devices()[0].platform}  {platform.processor() or platform.machine()}  "
-          f"{'float64' if args.x64 else 'float32'}")
+    print(
+        f"# sampling_error.py  commit {commit}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
+        f"jax {jax.__version__}  {jax.devices()[0].platform}  {platform.processor() or platform.machine()}  "
+        f"{'float64' if args.x64 else 'float32'}"
+    )
     if args.stochastic:
         print_stochastic_table(dtype, args.process)
     elif not args.timing_only:
         print_error_table(dtype, args.process, args.only)
     if not args.no_timing:
-        print("\nSampler wall time per NFE vs a bare fori_loop of the same score calls "
-              "(MLP 4x256, batch 256, D=64, CPU)\n")
+        print(
+            "\nSampler wall time per NFE vs a bare fori_loop of the same score calls "
+            "(MLP 4x256, batch 256, D=64, CPU)\n"
+        )
         print("| sampler | NFE | ms/NFE sampler | ms/NFE bare | overhead |")
         print("|---|---|---|---|---|")
         for label, nfe, ts, tb, ov in overhead():
@@ -259,8 +279,10 @@ def main():
 
 
 def print_stochastic_table(dtype, process):
-    print(f"\nmean_d |std of 4096 samples - exact std| on the D=64 Gaussian (stds 0.05..1, {process}, eps=1e-3); "
-          "cells: error (NFE)\n")
+    print(
+        f"\nmean_d |std of 4096 samples - exact std| on the D=64 Gaussian (stds 0.05..1, {process}, eps=1e-3); "
+        "cells: error (NFE)\n"
+    )
     table, floor = stochastic_table(dtype, process)
     print("| method | " + " | ".join(f"NFE≈{n}" for n in TARGETS) + " |")
     print("|---|" + "---|" * len(TARGETS))
@@ -270,16 +292,18 @@ def print_stochastic_table(dtype, process):
 
 
 def print_error_table(dtype, process="vp", only=""):
-    print(f"\nMean |x - exact flow map| on the D=64 Gaussian (stds 0.05..1, {process}, eps=1e-3); "
-          "cells: error (NFE)\n")
+    print(f"\nMean |x - exact flow map| on the D=64 Gaussian (stds 0.05..1, {process}, eps=1e-3); cells: error (NFE)\n")
     table, adaptive = error_table(dtype, process, only)
     print("| method | " + " | ".join(f"NFE≈{n}" for n in TARGETS) + " |")
     print("|---|" + "---|" * len(TARGETS))
     for label, cells in table:
         print(f"| {label} | " + " | ".join(f"{e:.2e} ({n})" for e, n in cells) + " |")
     if adaptive:
-        print("| ode tsit5, rtol=atol=1e-2,1e-3,1e-4,1e-5,1e-7 | " + " | ".join(f"{e:.2e} ({n})" for e, n in adaptive)
-              + " |")
+        print(
+            "| ode tsit5, rtol=atol=1e-2,1e-3,1e-4,1e-5,1e-7 | "
+            + " | ".join(f"{e:.2e} ({n})" for e, n in adaptive)
+            + " |"
+        )
     best = min((cells[1][0], label) for label, cells in table)
     print(f"\nbest at NFE≈20: {best[1]}: {best[0]:.2e} (goal <= 6.3e-3)")
 

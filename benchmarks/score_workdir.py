@@ -29,7 +29,7 @@ from scoresde import build, parallel  # noqa: E402
 def _parse(spec: str) -> tuple[str, dict]:
     parts = spec.split(":")
     fields = {"method": parts[0], "steps": int(parts[1]) if len(parts) > 1 else 0}
-    for kv in (parts[2].split(",") if len(parts) > 2 else []):
+    for kv in parts[2].split(",") if len(parts) > 2 else []:
         k, v = kv.split("=")
         try:
             fields[k] = int(v)
@@ -64,9 +64,14 @@ def main() -> int:
         samples, nfe = fn(params, jax.random.key(args.seed))
         samples = np.asarray(parallel.to_host(samples))
         seconds = time.perf_counter() - t0
-        out = {"sampler": label, "nfe": int(nfe), "step": step, "seconds_incl_compile": round(seconds, 1),
-               "finite": bool(np.all(np.isfinite(samples))),
-               **score_samples(np.clip(samples, 0.0, 1.0))}  # as the sample mode's uint8 conversion
+        out = {
+            "sampler": label,
+            "nfe": int(nfe),
+            "step": step,
+            "seconds_incl_compile": round(seconds, 1),
+            "finite": bool(np.all(np.isfinite(samples))),
+            **score_samples(np.clip(samples, 0.0, 1.0)),
+        }  # as the sample mode's uint8 conversion
         print(json.dumps(out), flush=True)
     return 0
 

@@ -21,7 +21,15 @@ def smoke(config):
     base.smoke(config)
     config.data.image_size = 32
     a = config.autoencoder
-    a.n_iters, a.batch_size, a.base_width, a.num_res_blocks, a.log_freq, a.eval_freq, a.snapshot_freq = 2, 8, 8, 1, 1, 2, 2
+    a.n_iters, a.batch_size, a.base_width, a.num_res_blocks, a.log_freq, a.eval_freq, a.snapshot_freq = (
+        2,
+        8,
+        8,
+        1,
+        1,
+        2,
+        2,
+    )
     a.disc_width, a.disc_start, a.scale_num_examples, a.tensorboard = 8, 1, 16, False
 
 
@@ -29,8 +37,26 @@ def get_config(variant=None):
     config = cifar10_vp.get_config()
     config.data.centered = True
     config.data.random_flip = True
-    base.add_autoencoder(config, latent_channels=4, f=2, base_width=128, num_res_blocks=2, ch_mult=(1, 2),
-                         reconstruction="l1", kl_weight=1e-6, discriminator=True, disc_start=50001, disc_weight=0.5,
-                         disc_layers=3, disc_width=64, n_iters=200000, batch_size=64, lr=4.5e-6 * 64,
-                         log_freq=100, eval_freq=5000, snapshot_freq=10000, scale_num_examples=10000)
+    base.add_autoencoder(
+        config,
+        latent_channels=4,
+        f=2,
+        base_width=128,
+        num_res_blocks=2,
+        ch_mult=(1, 2),
+        reconstruction="l1",
+        kl_weight=1e-6,
+        discriminator=True,
+        disc_start=50001,
+        disc_weight=0.5,
+        disc_layers=3,
+        disc_width=64,
+        n_iters=200000,
+        batch_size=64,
+        lr=4.5e-6 * 64,
+        log_freq=100,
+        eval_freq=5000,
+        snapshot_freq=10000,
+        scale_num_examples=10000,
+    )
     return base.apply_variants(config, variant, {"smoke": smoke}, "cifar10_ae")

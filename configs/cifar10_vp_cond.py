@@ -29,5 +29,4 @@ def get_config(variant=None):
     config = cifar10_vp.get_config()
     base.add_guidance(config, 10, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
     base.add_classifier(config, "wrn", 10)
-    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
-                               "cifar10_vp_cond")
+    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance}, "cifar10_vp_cond")

@@ -37,8 +37,25 @@ def get_config(variant=None):
     config = digits_vp.get_config()
     config.data.image_size = 16
     config.data.centered = True
-    base.add_autoencoder(config, latent_channels=2, f=2, base_width=16, num_res_blocks=1, ch_mult=(1, 2),
-                         reconstruction="l1", kl_weight=1e-6, n_iters=600, batch_size=32, lr=2e-3, beta1=0.9,
-                         beta2=0.999, warmup=0, log_freq=50, eval_freq=200, snapshot_freq=600,
-                         scale_num_examples=1024, tensorboard=False)
+    base.add_autoencoder(
+        config,
+        latent_channels=2,
+        f=2,
+        base_width=16,
+        num_res_blocks=1,
+        ch_mult=(1, 2),
+        reconstruction="l1",
+        kl_weight=1e-6,
+        n_iters=600,
+        batch_size=32,
+        lr=2e-3,
+        beta1=0.9,
+        beta2=0.999,
+        warmup=0,
+        log_freq=50,
+        eval_freq=200,
+        snapshot_freq=600,
+        scale_num_examples=1024,
+        tensorboard=False,
+    )
     return base.apply_variants(config, variant, {"smoke": smoke, "disc": disc}, "digits_ae")

@@ -83,5 +83,9 @@ def get_config(variant=None):
     inv.num_images = 100
     config.eval.sample_batch_size = 100
     sr4(config)
-    return base.apply_variants(config, variant, {"sr4": sr4, "sr2": sr2, "inpaint": inpaint, "deblur": deblur,
-                                                 "paradigms": paradigms, "smoke": smoke}, "digits_inverse")
+    return base.apply_variants(
+        config,
+        variant,
+        {"sr4": sr4, "sr2": sr2, "inpaint": inpaint, "deblur": deblur, "paradigms": paradigms, "smoke": smoke},
+        "digits_inverse",
+    )

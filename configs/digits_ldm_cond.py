@@ -38,7 +38,7 @@ def get_config(variant=None):
     config.eval.sample_batch_size = 100
     config.training.snapshot_num_samples = 100
     # a noise-conditional classifier of the *latents* (what the latent sampler's state is), for classifier guidance
-    base.add_classifier(config, "wrn", 10, depth=10, width=2, embed_size=64, n_iters=1500, lr=1e-3,
-                        batch_size=128, snapshot_freq=1500)
-    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
-                               "digits_ldm_cond")
+    base.add_classifier(
+        config, "wrn", 10, depth=10, width=2, embed_size=64, n_iters=1500, lr=1e-3, batch_size=128, snapshot_freq=1500
+    )
+    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance}, "digits_ldm_cond")

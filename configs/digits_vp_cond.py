@@ -37,7 +37,7 @@ def get_config(variant=None):
     config.eval.num_samples = 100
     config.eval.sample_batch_size = 100
     config.training.snapshot_num_samples = 100
-    base.add_classifier(config, "wrn", 10, depth=10, width=2, embed_size=64, n_iters=1500, lr=1e-3,
-                                 batch_size=128, snapshot_freq=1500)
-    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
-                               "digits_vp_cond")
+    base.add_classifier(
+        config, "wrn", 10, depth=10, width=2, embed_size=64, n_iters=1500, lr=1e-3, batch_size=128, snapshot_freq=1500
+    )
+    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance}, "digits_vp_cond")

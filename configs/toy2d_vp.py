@@ -13,6 +13,7 @@ from scoresde import config_defaults as base
 def _dataset(name):
     def apply(config):
         config.data.dataset = name
+
     return apply
 
 

@@ -35,5 +35,4 @@ def get_config(variant=None):
     config.data.dataset = "gmm_grid"
     base.add_guidance(config, 9, p_uncond=0.1, guidance="cfg", guidance_scale=1.0)
     base.add_classifier(config, "mlp", 9, n_iters=2000, lr=1e-3, batch_size=512, snapshot_freq=2000)
-    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance},
-                               "toy2d_vp_cond")
+    return base.apply_variants(config, variant, {"smoke": smoke, "classifier": classifier_guidance}, "toy2d_vp_cond")

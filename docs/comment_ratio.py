@@ -21,11 +21,18 @@ def measure(path):
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 doc.update(range(body[0].lineno, body[0].end_lineno + 1))
-    comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(src).readline)
-                if tok.type == tokenize.COMMENT and lines[tok.start[0] - 1].lstrip().startswith("#")}
+    comments = {
+        tok.start[0]
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+        if tok.type == tokenize.COMMENT and lines[tok.start[0] - 1].lstrip().startswith("#")
+    }
     prose = doc | comments
     code = sum(1 for i, line in enumerate(lines, 1) if line.strip() and i not in prose)
     return len(prose), code, sum(len(line) > 100 for line in lines), len(lines)
@@ -37,8 +44,10 @@ def main(paths):
         r = measure(path)
         total = [a + b for a, b in zip(total, r, strict=True)]
         print(f"{path:45s} comment/doc {r[0]:5d} code {r[1]:5d} ratio {r[0] / max(r[1], 1):.2f} long {r[2]}")
-    print(f"TOTAL comment/doc {total[0]} code {total[1]} ratio {total[0] / max(total[1], 1):.3f} "
-          f"lines>100 {total[2]}/{total[3]} = {100 * total[2] / max(total[3], 1):.1f}%")
+    print(
+        f"TOTAL comment/doc {total[0]} code {total[1]} ratio {total[0] / max(total[1], 1):.3f} "
+        f"lines>100 {total[2]}/{total[3]} = {100 * total[2] / max(total[3], 1):.1f}%"
+    )
 
 
 if __name__ == "__main__":

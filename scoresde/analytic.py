@@ -195,8 +195,9 @@ class GaussianMixture:
         tt = jnp.asarray([t], dtype=jnp.float32)
         a, s = float(sde.alpha(tt)[0]), float(sde.sigma(tt)[0])
         covs = a**2 * np.asarray(self._covs(), np.float64) + s**2 * np.eye(self.dim)[None]
-        return GaussianMixture(a * np.asarray(self.means), covs=covs, weights=np.asarray(self.weights),
-                               event_shape=self.event_shape)
+        return GaussianMixture(
+            a * np.asarray(self.means), covs=covs, weights=np.asarray(self.weights), event_shape=self.event_shape
+        )
 
     # -- exact probability-flow map (one Gaussian) -------------------------------------------------
     def flow_map(self, sde, x, t_from, t_to):
@@ -206,8 +207,9 @@ class GaussianMixture:
         is invariant (``C = Q diag(λ) Qᵀ``). ``t_from`` and ``t_to`` are ``(B,)`` arrays or scalars.
         """
         if self.num_components != 1:
-            raise ValueError("the closed-form flow map needs a single Gaussian; "
-                             f"this mixture has {self.num_components}")
+            raise ValueError(
+                f"the closed-form flow map needs a single Gaussian; this mixture has {self.num_components}"
+            )
         b = x.shape[0]
         t_from = jnp.broadcast_to(jnp.asarray(t_from, jnp.float32), (b,))
         t_to = jnp.broadcast_to(jnp.asarray(t_to, jnp.float32), (b,))

@@ -46,8 +46,8 @@ def _define_flags() -> None:
 # Dense peak FLOP/s per device (no sparsity) from the vendors' data sheets: (bf16, f32). f32 is the
 # plain FP32 (non-tensor-core) rate on GPUs; TPUs have no separate f32 matmul rate, bf16 is quoted.
 PEAK_FLOPS = {
-    "H200": (989e12, 67e12),   # NVIDIA H200 SXM
-    "H100": (989e12, 67e12),   # NVIDIA H100 SXM (the PCIe card is lower: 756e12 / 51e12)
+    "H200": (989e12, 67e12),  # NVIDIA H200 SXM
+    "H100": (989e12, 67e12),  # NVIDIA H100 SXM (the PCIe card is lower: 756e12 / 51e12)
     "A100": (312e12, 19.5e12),  # NVIDIA A100 (40/80 GB, SXM)
     "TPU v4": (275e12, 275e12),
     "TPU v5 lite": (197e12, 197e12),  # TPU v5e reports its device_kind as "TPU v5 lite"
@@ -92,7 +92,6 @@ def peak_memory() -> tuple[float | None, str]:
 def run(config, *, what: str = "train", batch_size: int | None = None, steps: int = 20, config_name: str = "") -> dict:
     """Times ``what`` for ``config`` and returns the JSON record (also what the CLI prints)."""
 
-
     mesh = parallel.make_mesh()
     batch = int(batch_size or config.training.batch_size)
     parallel.check_batch_size(batch, mesh, "--batch_size")
@@ -134,6 +133,7 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
         def one(s):
             jax.block_until_ready(compiled(s, x["image"], t))
             return s
+
     state = one(state)  # warm-up
     times = []
     for _ in range(int(steps)):
@@ -152,18 +152,27 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
         return None if f is None else float(f"{f / batch / 1e9:.6g}")
 
     return {
-        "device": kind, "num_devices": jax.device_count(),
-        "config": config_name, "what": what, "batch": batch, "dtype": dtype,
-        "params": n_params, "compile_s": round(compile_s, 3), "median_step_s": float(f"{median:.6g}"),
+        "device": kind,
+        "num_devices": jax.device_count(),
+        "config": config_name,
+        "what": what,
+        "batch": batch,
+        "dtype": dtype,
+        "params": n_params,
+        "compile_s": round(compile_s, 3),
+        "median_step_s": float(f"{median:.6g}"),
         "img_per_s": round(batch / median, 2),
         # XLA cost analysis of the timed program (train step or forward pass) and of the forward pass.
         # With several devices the compiled step is the per-device program over its batch slice.
         "gflop_per_img": per_img(None if step_flops is None else step_flops * jax.device_count()),
-        "forward_gflop_per_img": per_img(None if fwd_flops is None else fwd_flops * (
-            jax.device_count() if forward is compiled else 1)),
-        "mfu": (None if peak is None or step_flops is None
-                else round(step_flops / median / peak, 4)),  # per device: the step's FLOPs / time / peak
-        "peak_memory_gib": memory_gib, "peak_memory_source": memory_source,
+        "forward_gflop_per_img": per_img(
+            None if fwd_flops is None else fwd_flops * (jax.device_count() if forward is compiled else 1)
+        ),
+        "mfu": (
+            None if peak is None or step_flops is None else round(step_flops / median / peak, 4)
+        ),  # per device: the step's FLOPs / time / peak
+        "peak_memory_gib": memory_gib,
+        "peak_memory_source": memory_source,
     }
 
 

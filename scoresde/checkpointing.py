@@ -24,8 +24,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-__all__ = ["Checkpointer", "CorruptCheckpointError", "IncompatibleCheckpointError", "CheckpointSaveError",
-           "WorkdirLock", "WorkdirLockedError", "save_model_checkpoint", "checkpoint_dir", "check_workdir"]
+__all__ = [
+    "Checkpointer",
+    "CorruptCheckpointError",
+    "IncompatibleCheckpointError",
+    "CheckpointSaveError",
+    "WorkdirLock",
+    "WorkdirLockedError",
+    "save_model_checkpoint",
+    "checkpoint_dir",
+    "check_workdir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,9 @@ def check_workdir(workdir: str) -> None:
                 f.write("ok")
             os.remove(probe)
         except OSError as e:
-            raise PermissionError(f"{d!r} is not writable ({e.strerror or e}); choose a writable --workdir "
-                                  f"or fix its permissions") from e
+            raise PermissionError(
+                f"{d!r} is not writable ({e.strerror or e}); choose a writable --workdir or fix its permissions"
+            ) from e
 
 
 def _config_json(config) -> dict:
@@ -102,10 +112,10 @@ class WorkdirLock:
             os.close(fd)
             raise WorkdirLockedError(
                 f"{os.path.dirname(self.path)} is in use by {holder}; one process writes checkpoints to a workdir "
-                f"at a time (wait for it, stop it, or use another --workdir)") from None
+                f"at a time (wait for it, stop it, or use another --workdir)"
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         os.fsync(fd)
         self._fd = fd
         return self
@@ -173,18 +183,23 @@ def _verify(name: str, tree, expected: dict[str, str] | None) -> None:
     got = _checksums(tree)
     bad = sorted(p for p in got.keys() & expected.keys() if got[p] != expected[p])
     if bad:
-        raise CorruptCheckpointError(f"item {name!r} is corrupt: {len(bad)} array(s) differ from the sha256 recorded "
-                                     f"at save ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})")
+        raise CorruptCheckpointError(
+            f"item {name!r} is corrupt: {len(bad)} array(s) differ from the sha256 recorded "
+            f"at save ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})"
+        )
 
 
 def _flat(tree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-    return [(tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path), leaf)
-            for path, leaf in leaves]
+    return [
+        (tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path), leaf)
+        for path, leaf in leaves
+    ]
 
 
 def _structure_change(stored_tree, target) -> str | None:
     """What differs between a stored item's arrays (paths and shapes) and ``target``'s, or ``None``."""
+
     def name(path):  # a stored nnx Variable is its value: its ``value`` attribute is no level of the saved tree
         return "/".join(str(k) for k in path if k != "value")
 
@@ -195,8 +210,11 @@ def _structure_change(stored_tree, target) -> str | None:
     if stored == wanted:
         return None
     differ = sorted(p for p in stored.keys() | wanted.keys() if stored.get(p) != wanted.get(p))
-    return (f"the checkpoint holds {len(stored)} arrays, the optimizer now builds {len(wanted)}; they differ at "
-            + ", ".join(differ[:4]) + (" ..." if len(differ) > 4 else ""))
+    return (
+        f"the checkpoint holds {len(stored)} arrays, the optimizer now builds {len(wanted)}; they differ at "
+        + ", ".join(differ[:4])
+        + (" ..." if len(differ) > 4 else "")
+    )
 
 
 # How often a reader lists the checkpoints again after the ones it listed were deleted under it.
@@ -221,8 +239,15 @@ class Checkpointer:
         ValueError: ``max_to_keep < 1``.
     """
 
-    def __init__(self, workdir: str, *, max_to_keep: int = 3, keep_period: int | None = None,
-                 async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        max_to_keep: int = 3,
+        keep_period: int | None = None,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         if max_to_keep is not None and int(max_to_keep) < 1:  # 0 would delete the checkpoint just written
             raise ValueError(f"max_to_keep={max_to_keep} would delete every checkpoint; expected None or >= 1")
         self.directory = checkpoint_dir(workdir)
@@ -231,15 +256,20 @@ class Checkpointer:
         self.manager = None
         if read_only:
             if os.path.isdir(self.directory):
-                options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False,
-                                                       enable_async_checkpointing=False)
+                options = ocp.CheckpointManagerOptions(
+                    read_only=True, create=False, cleanup_tmp_directories=False, enable_async_checkpointing=False
+                )
                 self.manager = ocp.CheckpointManager(self.directory, options=options)
             return
         if jax.process_index() == 0:
             self._lock = WorkdirLock(os.path.dirname(self.directory)).acquire()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, keep_period=keep_period, create=True,
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+            max_to_keep=max_to_keep,
+            keep_period=keep_period,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         except BaseException:
@@ -249,8 +279,17 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps()) if self.manager is not None else []
 
-    def save(self, step: int, *, params, ema_params, opt_state=None, meta: dict | None = None, config=None,
-             force: bool = True) -> bool:
+    def save(
+        self,
+        step: int,
+        *,
+        params,
+        ema_params,
+        opt_state=None,
+        meta: dict | None = None,
+        config=None,
+        force: bool = True,
+    ) -> bool:
         """Starts writing checkpoint ``step`` (asynchronously); a failed earlier save raises here.
 
         Raises:
@@ -264,8 +303,9 @@ class Checkpointer:
         # a sha256 per array, checked on restore: storage that flips a byte gives a skipped checkpoint, not NaN
         checksums = {name: _checksums(tree) for name, tree in trees.items()}
         items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
-        items["meta"] = ocp.args.JsonSave({"step": int(step), **(meta or {}), "config": _config_json(config),
-                                           "checksums": checksums})
+        items["meta"] = ocp.args.JsonSave(
+            {"step": int(step), **(meta or {}), "config": _config_json(config), "checksums": checksums}
+        )
         self.check()
         try:
             return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
@@ -286,8 +326,9 @@ class Checkpointer:
         known = re.search(r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded", text)
         cause = known.group(0) if known else (text.strip().splitlines()[-1][:200] if text.strip() else type(e).__name__)
         what = f"saving checkpoint {step}" if step >= 0 else "a checkpoint save"
-        return (f"{what} to {self.directory} failed: {cause}; last complete checkpoint: "
-                f"{'none' if last is None else last}")
+        return (
+            f"{what} to {self.directory} failed: {cause}; last complete checkpoint: {'none' if last is None else last}"
+        )
 
     def _restore_step(self, step, params, ema_params, opt_state):
         present = set(os.listdir(os.path.join(self.directory, str(step))))
@@ -297,16 +338,20 @@ class Checkpointer:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         model_only = bool(meta.get("model_only", False))
         if opt_state is not None and "opt_state" not in present and not model_only:
-            raise FileNotFoundError("item 'opt_state' missing (a training checkpoint without optimizer state is "
-                                    "incomplete)")
+            raise FileNotFoundError(
+                "item 'opt_state' missing (a training checkpoint without optimizer state is incomplete)"
+            )
         for name, target in (("params", params), ("ema_params", ema_params)):
             if target is not None:
                 bad = _shape_mismatches(_stored_tree(os.path.join(self.directory, str(step), name)), _pure(target))
                 if bad:
                     raise IncompatibleCheckpointError(
                         f"checkpoint {step} in {self.directory} does not fit the model this config builds "
-                        f"({len(bad)} parameter(s) differ): " + "; ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
-                        + ". Use the config the run was trained with, or another --workdir for a new model.")
+                        f"({len(bad)} parameter(s) differ): "
+                        + "; ".join(bad[:8])
+                        + (" ..." if len(bad) > 8 else "")
+                        + ". Use the config the run was trained with, or another --workdir for a new model."
+                    )
         items = {
             "params": ocp.args.StandardRestore(_abstract(_pure(params))) if params is not None else None,
             "ema_params": ocp.args.StandardRestore(_abstract(_pure(ema_params))) if ema_params is not None else None,
@@ -358,12 +403,21 @@ class Checkpointer:
                 except Exception as e:  # noqa: BLE001  (any failure means: do not trust this checkpoint)
                     if not os.path.isdir(os.path.join(self.directory, str(step))):
                         # not damage: the writer's retention removed it after this reader listed it
-                        log.warning("checkpoint %s/%d was deleted while being read (the trainer writing this workdir "
-                                    "keeps only its newest checkpoints); trying the others", self.directory, step)
+                        log.warning(
+                            "checkpoint %s/%d was deleted while being read (the trainer writing this workdir "
+                            "keeps only its newest checkpoints); trying the others",
+                            self.directory,
+                            step,
+                        )
                         gone.append(step)
                         continue
-                    log.warning("skipping checkpoint %s/%d: it could not be loaded (%s: %s)", self.directory, step,
-                                type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+                    log.warning(
+                        "skipping checkpoint %s/%d: it could not be loaded (%s: %s)",
+                        self.directory,
+                        step,
+                        type(e).__name__,
+                        str(e).splitlines()[0][:300] if str(e) else "",
+                    )
                     bad.append(step)
                     continue
                 self._move_aside(bad)
@@ -376,12 +430,16 @@ class Checkpointer:
         if tried:
             parts = []
             if bad:
-                parts.append(f"{sorted(bad)} could not be loaded (each was truncated, corrupt or incomplete; the "
-                             f"warnings above say why)")
+                parts.append(
+                    f"{sorted(bad)} could not be loaded (each was truncated, corrupt or incomplete; the "
+                    f"warnings above say why)"
+                )
             if gone:
-                parts.append(f"{sorted(gone)} were deleted by the trainer writing this workdir while being read, and "
-                             f"no newer one could be read either (run again, or keep more with "
-                             f"config.training.keep_checkpoints)")
+                parts.append(
+                    f"{sorted(gone)} were deleted by the trainer writing this workdir while being read, and "
+                    f"no newer one could be read either (run again, or keep more with "
+                    f"config.training.keep_checkpoints)"
+                )
             raise CorruptCheckpointError(f"no checkpoint in {self.directory} could be loaded: " + "; ".join(parts))
         return None
 
@@ -464,8 +522,13 @@ def save_model_checkpoint(workdir: str, *, params, ema_params, step: int, config
     """
     ckpt = Checkpointer(workdir, max_to_keep=None, async_save=False)
     try:
-        ckpt.save(step, params=params, ema_params=ema_params,
-                  meta={"nonfinite_total": 0, "nonfinite_run": 0, "model_only": True}, config=config)
+        ckpt.save(
+            step,
+            params=params,
+            ema_params=ema_params,
+            meta={"nonfinite_total": 0, "nonfinite_run": 0, "model_only": True},
+            config=config,
+        )
     finally:
         ckpt.close()
 

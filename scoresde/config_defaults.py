@@ -43,8 +43,6 @@ def sibling(this_file: str, name: str):
     return load_module(os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py"))
 
 
-
-
 def get_default_configs():
     config = ml_collections.ConfigDict()
     # training
@@ -407,9 +405,18 @@ def add_autoencoder(config, **fields):
 _UNET_DEFAULTS = dict(scale_by_sigma=False, resamp_with_conv=True, conditional=True, nonlinearity="swish")
 MODEL_DEFAULTS = {
     "mlp": dict(hidden=128, num_layers=3, embed_dim=64),
-    "ncsnpp": dict(_UNET_DEFAULTS, fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, resblock_type="biggan",
-                   progressive="none", progressive_input="none", progressive_combine="sum", fourier_scale=16.0,
-                   init_scale=0.0),
+    "ncsnpp": dict(
+        _UNET_DEFAULTS,
+        fir=False,
+        fir_kernel=(1, 3, 3, 1),
+        skip_rescale=True,
+        resblock_type="biggan",
+        progressive="none",
+        progressive_input="none",
+        progressive_combine="sum",
+        fourier_scale=16.0,
+        init_scale=0.0,
+    ),
     "ddpm": dict(_UNET_DEFAULTS),
 }
 MODEL_DEFAULTS["ddpmpp"] = MODEL_DEFAULTS["ncsnpp"]
@@ -420,7 +427,14 @@ CLASSIFIER_DEFAULTS = dict(
     num_classes=0,  # 0 = config.model.num_classes
     n_iters=100000,
     batch_size=0,  # 0 = config.training.batch_size
-    optimizer="Adam", lr=2e-4, beta1=0.9, beta2=0.999, eps=1e-8, warmup=0, grad_clip=1.0, weight_decay=0.0,
+    optimizer="Adam",
+    lr=2e-4,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    warmup=0,
+    grad_clip=1.0,
+    weight_decay=0.0,
     ema_rate=0.999,
     log_freq=50,
     snapshot_freq=0,  # 0 = n_iters
@@ -437,15 +451,28 @@ CLASSIFIER_ARCHITECTURES = {  # by config.classifier.name
 # section or the record of an older autoencoder run lacks. latent_channels, f, reconstruction, kl_weight, n_iters
 # and lr have no default.
 AUTOENCODER_DEFAULTS = dict(
-    base_width=64, num_res_blocks=2, ch_mult=(),  # () = the model's default
-    discriminator=False, disc_start=0, disc_weight=0.5, disc_lr=0.0, disc_width=64, disc_layers=3,
+    base_width=64,
+    num_res_blocks=2,
+    ch_mult=(),  # () = the model's default
+    discriminator=False,
+    disc_start=0,
+    disc_weight=0.5,
+    disc_lr=0.0,
+    disc_width=64,
+    disc_layers=3,
     max_adaptive_weight=1e4,
     batch_size=0,  # 0 = config.training.batch_size
-    beta1=0.5, beta2=0.9, warmup=0, grad_clip=-1.0, ema_rate=0.0,
+    beta1=0.5,
+    beta2=0.9,
+    warmup=0,
+    grad_clip=-1.0,
+    ema_rate=0.0,
     log_freq=50,
     eval_freq=0,  # 0 = never
     snapshot_freq=0,  # 0 = n_iters
-    scale_num_examples=1024, max_nonfinite=10, tensorboard=True,
+    scale_num_examples=1024,
+    max_nonfinite=10,
+    tensorboard=True,
 )
 OPTIONAL_SECTIONS = {"classifier": CLASSIFIER_DEFAULTS, "autoencoder": AUTOENCODER_DEFAULTS}
 

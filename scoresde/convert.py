@@ -102,20 +102,24 @@ def _our_leaves(model):
     leaves = list(_flatten(nnx.state(model, nnx.Param).to_pure_dict()))
     extra = [p for p, _ in leaves if p[0] != "all_modules"]
     if extra:
-        raise ValueError(f"the reference checkpoints have no parameters for {['/'.join(map(str, p)) for p in extra]};"
-                         " build the network with num_classes=0 to import one")
+        raise ValueError(
+            f"the reference checkpoints have no parameters for {['/'.join(map(str, p)) for p in extra]};"
+            " build the network with num_classes=0 to import one"
+        )
     return [(p, tuple(v.shape)) for p, v in leaves]
 
 
 def _check_shape(src_name, value, path, shape):
     if tuple(value.shape) != shape:
-        raise ValueError(f"checkpoint entry {src_name!r} has shape {tuple(value.shape)}; the network expects "
-                         f"{shape} at {'/'.join(map(str, path))} (does the config match the checkpoint?)")
+        raise ValueError(
+            f"checkpoint entry {src_name!r} has shape {tuple(value.shape)}; the network expects "
+            f"{shape} at {'/'.join(map(str, path))} (does the config match the checkpoint?)"
+        )
 
 
 def params_from_torch(state_dict: dict, model) -> dict:
     """Our pure-dict parameters from a score_sde_pytorch model state dict (``module.`` prefix optional)."""
-    sd = {(k[len("module."):] if k.startswith("module.") else k): np.asarray(v) for k, v in state_dict.items()}
+    sd = {(k[len("module.") :] if k.startswith("module.") else k): np.asarray(v) for k, v in state_dict.items()}
     torch_index = torch_module_indices(model)
     out, used = {}, set()
     for path, shape in _our_leaves(model):
@@ -133,24 +137,28 @@ def params_from_torch(state_dict: dict, model) -> dict:
         used.add(key)
     unused = sorted(k for k in sd if k.startswith("all_modules.") and k not in used)
     if unused:
-        raise ValueError(f"PyTorch checkpoint entries not used by the network: {unused[:8]}"
-                         f"{' ...' if len(unused) > 8 else ''} (does the config match the checkpoint?)")
+        raise ValueError(
+            f"PyTorch checkpoint entries not used by the network: {unused[:8]}"
+            f"{' ...' if len(unused) > 8 else ''} (does the config match the checkpoint?)"
+        )
     return out
 
 
 def torch_ema_state_dict(state_dict: dict, shadow_params, model) -> dict:
     """The state dict with the EMA ``shadow_params`` (``model.parameters()`` order) swapped in."""
     names = {j: type(m).linen_name for j, m in zip(torch_module_indices(model), model.all_modules) if j is not None}
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    sd = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state_dict.items()}
     trainable = [k for k in sd if k.startswith("all_modules.") and names[int(k.split(".")[1])] not in _FROZEN]
     if len(trainable) != len(shadow_params):
-        raise ValueError(f"EMA has {len(shadow_params)} shadow parameters; the model state dict has "
-                         f"{len(trainable)} trainable ones")
+        raise ValueError(
+            f"EMA has {len(shadow_params)} shadow parameters; the model state dict has {len(trainable)} trainable ones"
+        )
     ema = dict(sd)
     for k, v in zip(trainable, shadow_params):
         if tuple(np.shape(v)) != tuple(np.shape(sd[k])):
-            raise ValueError(f"EMA shadow parameter for {k!r} has shape {tuple(np.shape(v))}, "
-                             f"expected {tuple(np.shape(sd[k]))}")
+            raise ValueError(
+                f"EMA shadow parameter for {k!r} has shape {tuple(np.shape(v))}, expected {tuple(np.shape(sd[k]))}"
+            )
         ema[k] = v
     return ema
 
@@ -175,14 +183,19 @@ def params_from_linen(params: dict, model) -> dict:
         used.add(src)
     unused = sorted("/".join(p) for p, _ in _flatten(params) if tuple(p) not in used)
     if unused:
-        raise ValueError(f"Flax checkpoint entries not used by the network: {unused[:8]}"
-                         f"{' ...' if len(unused) > 8 else ''} (does the config match the checkpoint?)")
+        raise ValueError(
+            f"Flax checkpoint entries not used by the network: {unused[:8]}"
+            f"{' ...' if len(unused) > 8 else ''} (does the config match the checkpoint?)"
+        )
     return out
 
 
 def _latest_flax_checkpoint(directory: str) -> str:
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(directory, "checkpoint_*"))
-             if (m := re.fullmatch(r"checkpoint_(\d+)", os.path.basename(p)))]
+    found = [
+        (int(m.group(1)), p)
+        for p in glob.glob(os.path.join(directory, "checkpoint_*"))
+        if (m := re.fullmatch(r"checkpoint_(\d+)", os.path.basename(p)))
+    ]
     if not found:
         raise FileNotFoundError(f"no checkpoint_N file in {directory!r}")
     return max(found)[1]
@@ -204,7 +217,7 @@ def load_reference_checkpoint(path: str, config, *, model: nnx.Module | None = N
     if os.path.isdir(path):
         path = _latest_flax_checkpoint(path)
     if path.endswith((".pth", ".pt")):
-        import torch  # only this path needs the `torch` extra
+        import torch  # noqa: PLC0415  only this path needs the `torch` extra
 
         # weights_only: a .pth is a pickle, and a full unpickler runs whatever code the file names; the
         # reference layout (dicts, lists, tensors, numbers) is all data, which the restricted one reads
@@ -213,22 +226,28 @@ def load_reference_checkpoint(path: str, config, *, model: nnx.Module | None = N
         except pickle.UnpicklingError as e:
             # torch's message advises weights_only=False; keep only the line that names what was refused
             what = [ln for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
-            raise ValueError(f"{path} is not a plain score_sde_pytorch checkpoint (a dict of tensors with 'model', "
-                             f"'ema', 'step'): it names code to run when unpickled, which is refused"
-                             f"{' (' + what[0].strip() + ')' if what else ''}") from None
+            raise ValueError(
+                f"{path} is not a plain score_sde_pytorch checkpoint (a dict of tensors with 'model', "
+                f"'ema', 'step'): it names code to run when unpickled, which is refused"
+                f"{' (' + what[0].strip() + ')' if what else ''}"
+            ) from None
         sd = {k: v.detach().cpu().numpy() for k, v in ckpt["model"].items()}
         shadow = [s.detach().cpu().numpy() for s in ckpt["ema"]["shadow_params"]]
-        return {"params": params_from_torch(sd, model),
-                "ema_params": params_from_torch(torch_ema_state_dict(sd, shadow, model), model),
-                "step": int(ckpt.get("step", 0))}
-    from flax import serialization
+        return {
+            "params": params_from_torch(sd, model),
+            "ema_params": params_from_torch(torch_ema_state_dict(sd, shadow, model), model),
+            "step": int(ckpt.get("step", 0)),
+        }
+    from flax import serialization  # noqa: PLC0415  (only the Flax checkpoint path needs it)
 
     with open(path, "rb") as f:
         state = serialization.msgpack_restore(f.read())
     target = state["optimizer"]["target"] if "optimizer" in state else state["params"]
-    return {"params": params_from_linen(target, model),
-            "ema_params": params_from_linen(state["params_ema"], model),
-            "step": int(np.asarray(state.get("step", 0)))}
+    return {
+        "params": params_from_linen(target, model),
+        "ema_params": params_from_linen(state["params_ema"], model),
+        "step": int(np.asarray(state.get("step", 0))),
+    }
 
 
 def model_with_params(config, params: dict, *, model: nnx.Module | None = None) -> nnx.Module:
@@ -265,8 +284,9 @@ def reference_score_fn(path: str, config, ema: bool = True):
     convention = build.score_convention(config, sde)
 
     def score_fn(x, t):
-        return _network_score(state, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32), graphdef=graphdef,
-                              sde=sde, **convention)
+        return _network_score(
+            state, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32), graphdef=graphdef, sde=sde, **convention
+        )
 
     return score_fn
 
@@ -275,8 +295,9 @@ def reference_score_fn(path: str, config, ema: bool = True):
 def _network_score(state, x, t, *, graphdef, sde, output, time_label):
     # One compiled program per architecture and convention, shared by raw and EMA weights.
     net = nnx.merge(graphdef, state)
-    return parameterization.model_score_fn(lambda xx, labels: net(xx, labels), sde, output=output,
-                                           time_label=time_label)(x, t)
+    return parameterization.model_score_fn(
+        lambda xx, labels: net(xx, labels), sde, output=output, time_label=time_label
+    )(x, t)
 
 
 def main(argv=None) -> str:
@@ -295,8 +316,7 @@ def main(argv=None) -> str:
     step = loaded["step"] if args.step is None else args.step
     params = jax.tree.map(jnp.asarray, loaded["params"])
     ema_params = jax.tree.map(jnp.asarray, loaded["ema_params"])
-    checkpointing.save_model_checkpoint(args.workdir, params=params, ema_params=ema_params, step=step,
-                                        config=config)
+    checkpointing.save_model_checkpoint(args.workdir, params=params, ema_params=ema_params, step=step, config=config)
     n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
     print(f"wrote {args.workdir} (step {step}, {n:,} parameters) from {args.checkpoint}")
     return args.workdir

@@ -57,7 +57,7 @@ def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) ->
     for i in range(n):
         r, col = divmod(i, ncol)
         y, x = padding + r * (h + padding), padding + col * (w + padding)
-        grid[y:y + h, x:x + w] = images[i]
+        grid[y : y + h, x : x + w] = images[i]
     return grid
 
 

@@ -103,12 +103,18 @@ def _solve(vector_field, y0, *, t0, t1, solver, rtol, atol, max_steps):
     """One adaptive solve; returns ``(y1, ok, nfe)``, never raises inside the trace."""
     direction = 1.0 if t1 > t0 else -1.0
     f0 = vector_field(jnp.asarray(t0, jnp.float32), y0, None)
-    dt0 = _initial_step(vector_field, jnp.asarray(t0, jnp.float32), y0, f0, direction, abs(t1 - t0), rtol,
-                        atol)
+    dt0 = _initial_step(vector_field, jnp.asarray(t0, jnp.float32), y0, f0, direction, abs(t1 - t0), rtol, atol)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), SOLVERS[solver](), t0=t0, t1=t1, dt0=dt0, y0=y0,
+        diffrax.ODETerm(vector_field),
+        SOLVERS[solver](),
+        t0=t0,
+        t1=t1,
+        dt0=dt0,
+        y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False,
+        saveat=diffrax.SaveAt(t1=True),
+        max_steps=max_steps,
+        throw=False,
     )
     ok = sol.result == diffrax.RESULTS.successful
     # 2 evaluations choose the first step, 1 first stage, 6 per attempted step (docs/likelihood.md)
@@ -128,8 +134,9 @@ def _per_example_logp(drift1, x, key, *, hutchinson, n_probes, eps, t1, solver, 
         return dx, div
 
     y0 = (x, jnp.zeros((), x.dtype))
-    (z, delta), ok, nfe = _solve(vector_field, y0, t0=eps, t1=t1, solver=solver, rtol=rtol, atol=atol,
-                                 max_steps=max_steps)
+    (z, delta), ok, nfe = _solve(
+        vector_field, y0, t0=eps, t1=t1, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps
+    )
     return delta, z, ok, nfe
 
 
@@ -148,9 +155,21 @@ def _data_parallel(fn, mesh, *args):
     return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False)(*args)
 
 
-def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: str = "rademacher",
-                   rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5, n_probes: int = 1,
-                   solver: str = "tsit5", max_steps: int = 16384, mesh=None) -> tuple[Array, Array, Array]:
+def log_likelihood(
+    score_fn: ScoreFn,
+    sde,
+    x: Array,
+    key: Array,
+    *,
+    hutchinson: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = 1e-5,
+    n_probes: int = 1,
+    solver: str = "tsit5",
+    max_steps: int = 16384,
+    mesh=None,
+) -> tuple[Array, Array, Array]:
     """Per-example log-density ``log p_ε(x)`` through the probability-flow ODE (Song et al. 2021, App. D.2).
 
     Args:
@@ -193,9 +212,19 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
     keys = jax.random.split(key, x.shape[0])
 
     def local(xs, ks):
-        one = lambda xi, ki: _per_example_logp(drift1, xi, ki, hutchinson=hutchinson, n_probes=n_probes,
-                                               eps=eps, t1=sde.T, solver=solver, rtol=rtol, atol=atol,
-                                               max_steps=max_steps)
+        one = lambda xi, ki: _per_example_logp(
+            drift1,
+            xi,
+            ki,
+            hutchinson=hutchinson,
+            n_probes=n_probes,
+            eps=eps,
+            t1=sde.T,
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+        )
         delta, z, ok, nfe = jax.vmap(one)(xs, ks)
         prior = sde.prior_logp(z)
         return jnp.where(ok, prior + delta, jnp.nan), z, nfe, ok, prior, delta
@@ -209,16 +238,20 @@ def log_likelihood(score_fn: ScoreFn, sde, x: Array, key: Array, *, hutchinson: 
 def _check_finite(ok, z, prior, delta):
     """A solve that did not fail but produced a non-finite value is an error naming the value, never a NaN."""
     ok = np.asarray(ok)
-    parts = {"the latent z = x_T": ~np.all(np.isfinite(np.asarray(z).reshape(z.shape[0], -1)), axis=1),
-             "the integrated divergence": ~np.isfinite(np.asarray(delta)),
-             "the prior log-density log p_T(z)": ~np.isfinite(np.asarray(prior))}
+    parts = {
+        "the latent z = x_T": ~np.all(np.isfinite(np.asarray(z).reshape(z.shape[0], -1)), axis=1),
+        "the integrated divergence": ~np.isfinite(np.asarray(delta)),
+        "the prior log-density log p_T(z)": ~np.isfinite(np.asarray(prior)),
+    }
     for what, bad in parts.items():
         bad = bad & ok
         if bad.any():
             zmax = float(np.max(np.abs(np.asarray(z)[bad])))
-            raise FloatingPointError(f"log_likelihood: {what} is non-finite for example(s) "
-                                     f"{np.flatnonzero(bad)[:8].tolist()} although the ODE solve succeeded "
-                                     f"(max |z| = {zmax:.3g}): the model's flow overflows the {z.dtype} range")
+            raise FloatingPointError(
+                f"log_likelihood: {what} is non-finite for example(s) "
+                f"{np.flatnonzero(bad)[:8].tolist()} although the ODE solve succeeded "
+                f"(max |z| = {zmax:.3g}): the model's flow overflows the {z.dtype} range"
+            )
 
 
 # -- bits per dimension ------------------------------------------------------------------------------------
@@ -269,9 +302,17 @@ def _check_bpd_args(dequantization, num_bits):
         raise ValueError(f"num_bits must be a positive integer for uniform dequantisation; got {num_bits!r}")
 
 
-def bits_per_dim_batch(score_fn: ScoreFn, sde, x: Array, key: Array, *,
-                       scaler: Callable[[Array], Array] | None = None, num_bits: int | None = 8,
-                       dequantization: str = "uniform", **likelihood_kwargs) -> tuple[Array, Array]:
+def bits_per_dim_batch(
+    score_fn: ScoreFn,
+    sde,
+    x: Array,
+    key: Array,
+    *,
+    scaler: Callable[[Array], Array] | None = None,
+    num_bits: int | None = 8,
+    dequantization: str = "uniform",
+    **likelihood_kwargs,
+) -> tuple[Array, Array]:
     """One dequantisation draw of :func:`bits_per_dim`: per-example bits/dim ``(B,)`` and NFE ``(B,)``.
 
     Pure and jit-able (the building block of the dataset run, :mod:`scoresde.modes.likelihood`). ``key`` is
@@ -305,9 +346,18 @@ class BitsPerDim(NamedTuple):
     offset: float
 
 
-def bits_per_dim(score_fn: ScoreFn, sde, x: Array, key: Array, *, scaler: Callable[[Array], Array] | None = None,
-                 num_bits: int | None = 8, dequantization: str = "uniform", num_repeats: int = 1,
-                 **likelihood_kwargs) -> BitsPerDim:
+def bits_per_dim(
+    score_fn: ScoreFn,
+    sde,
+    x: Array,
+    key: Array,
+    *,
+    scaler: Callable[[Array], Array] | None = None,
+    num_bits: int | None = 8,
+    dequantization: str = "uniform",
+    num_repeats: int = 1,
+    **likelihood_kwargs,
+) -> BitsPerDim:
     """Bits/dim of data ``x`` under the model whose score is ``score_fn`` (in the scaled space).
 
     ``bpd = -(log p_y(s(u)) + Σ log|s'(u)|) / (D ln 2) + b`` for dequantised data ``u``; with uniform
@@ -335,18 +385,22 @@ def bits_per_dim(score_fn: ScoreFn, sde, x: Array, key: Array, *, scaler: Callab
     if num_bits is not None and not isinstance(x, jax.core.Tracer):
         xv = np.asarray(x)
         if not np.all(np.isfinite(xv)) or xv.min() < 0.0 or xv.max() > 1.0:
-            raise ValueError(f"bits_per_dim takes {num_bits}-bit data in [0, 1] before the scaler; got values in "
-                             f"[{np.nanmin(xv):.4g}, {np.nanmax(xv):.4g}]"
-                             f"{' with NaN/inf' if not np.all(np.isfinite(xv)) else ''}"
-                             " (map [0, 255] data with x / 255, centred [-1, 1] data with (x + 1) / 2)")
+            raise ValueError(
+                f"bits_per_dim takes {num_bits}-bit data in [0, 1] before the scaler; got values in "
+                f"[{np.nanmin(xv):.4g}, {np.nanmax(xv):.4g}]"
+                f"{' with NaN/inf' if not np.all(np.isfinite(xv)) else ''}"
+                " (map [0, 255] data with x / 255, centred [-1, 1] data with (x + 1) / 2)"
+            )
     if num_repeats < 1:
         raise ValueError(f"num_repeats must be >= 1; got {num_repeats}")
     if dequantization == "none" and num_repeats != 1:
         raise ValueError(f"num_repeats={num_repeats} repeats nothing without dequantisation; use 1")
     _check_bpd_args(dequantization, num_bits)
-    one_repeat = jax.jit(lambda x, key: bits_per_dim_batch(  # compiled once, reused by every repeat
-        score_fn, sde, x, key, scaler=scaler, num_bits=num_bits, dequantization=dequantization,
-        **likelihood_kwargs))
+    one_repeat = jax.jit(
+        lambda x, key: bits_per_dim_batch(  # compiled once, reused by every repeat
+            score_fn, sde, x, key, scaler=scaler, num_bits=num_bits, dequantization=dequantization, **likelihood_kwargs
+        )
+    )
     rows, nfes = [], []
     for r in range(num_repeats):
         bpd, nfe = one_repeat(x, jax.random.fold_in(key, r))
@@ -355,5 +409,4 @@ def bits_per_dim(score_fn: ScoreFn, sde, x: Array, key: Array, *, scaler: Callab
     per_example = jnp.mean(jnp.stack(rows), axis=0)
     b = per_example.shape[0]
     stderr = jnp.std(per_example, ddof=1) / math.sqrt(b) if b > 1 else jnp.asarray(jnp.nan)
-    return BitsPerDim(jnp.mean(per_example), stderr, per_example, jnp.stack(nfes),
-                      bpd_offset(scaler, num_bits))
+    return BitsPerDim(jnp.mean(per_example), stderr, per_example, jnp.stack(nfes), bpd_offset(scaler, num_bits))

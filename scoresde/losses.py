@@ -197,8 +197,17 @@ def _flow_times(key, b, dtype, time_sampling, logit_mean, logit_std):
     raise ValueError(f"unknown time_sampling {time_sampling!r}; expected one of: uniform, logit_normal")
 
 
-def flow_matching_loss(velocity_fn: Callable, batch, key, *, noise=None, time_sampling: str = "uniform",
-                       logit_mean: float = 0.0, logit_std: float = 1.0, reduce_mean: bool = True):
+def flow_matching_loss(
+    velocity_fn: Callable,
+    batch,
+    key,
+    *,
+    noise=None,
+    time_sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    reduce_mean: bool = True,
+):
     """Conditional flow matching ``E ||v(x_t, t) - (z - x_0)||²``, ``x_t = (1 - t) x_0 + t z``.
 
     Lipman et al. 2023, eq. 23 with ``sigma_min = 0``; Liu et al. 2023, eq. 1.
@@ -234,8 +243,16 @@ def gaussian_flow_matching_minimum(variances, num_points: int = 200001) -> float
     return float(np.trapezoid(per_t, t))
 
 
-def edm_loss(denoiser_fn: Callable, batch, key, *, sigma_data: float = 0.5, p_mean: float = -1.2,
-             p_std: float = 1.2, reduce_mean: bool = True):
+def edm_loss(
+    denoiser_fn: Callable,
+    batch,
+    key,
+    *,
+    sigma_data: float = 0.5,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    reduce_mean: bool = True,
+):
     """EDM's loss ``lambda(sigma) ||D(x_0 + sigma n, sigma) - x_0||²``, ``ln sigma ~ N(p_mean, p_std²)``.
 
     Karras et al. 2022, eq. 8 and Table 1. ``denoiser_fn(x, sigma)`` is the preconditioned denoiser on

@@ -56,8 +56,9 @@ MODES = {
 _EXPLAINED_ERRORS = (ValueError, OSError, RuntimeError, ModuleNotFoundError)
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, optionally PATH:variant (e.g. configs/cifar10_vp.py:smoke).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally PATH:variant (e.g. configs/cifar10_vp.py:smoke).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, TensorBoard, samples).")
 flags.DEFINE_string("mode", "train", f"One of: {', '.join(MODES)}.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
@@ -86,8 +87,9 @@ def resolve_mode(mode: str):
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
-            raise ValueError(f"mode {mode!r} needs module {module_name}, which is not available in this "
-                             f"installation yet") from e
+            raise ValueError(
+                f"mode {mode!r} needs module {module_name}, which is not available in this installation yet"
+            ) from e
         raise
     if not hasattr(module, fn_name):
         raise ValueError(f"mode {mode!r}: {module_name} has no function {fn_name!r}")
@@ -139,8 +141,7 @@ def _check_value(field: str, value: str | None, current) -> None:
     """Raises :class:`CommandLineError` when ``value`` cannot be parsed as the type of the field's current value."""
     if value is None:  # a bare --config.a.b sets a bool field to True; absl checks the rest
         if not isinstance(current, bool):
-            raise CommandLineError(f"config field {field} needs a value: --config.{field}=VALUE "
-                                   f"(now {current!r})")
+            raise CommandLineError(f"config field {field} needs a value: --config.{field}=VALUE (now {current!r})")
         return
     expected, ok = None, True
     if isinstance(current, bool):
@@ -164,8 +165,7 @@ def _check_value(field: str, value: str | None, current) -> None:
         except (ValueError, SyntaxError):
             ok = False
     if not ok:
-        raise CommandLineError(f"bad value {value!r} for config field {field}; expected {expected} "
-                               f"(now {current!r})")
+        raise CommandLineError(f"bad value {value!r} for config field {field}; expected {expected} (now {current!r})")
 
 
 def check_command_line(argv) -> None:
@@ -179,12 +179,14 @@ def check_command_line(argv) -> None:
     values = {name: value if value is not None else following for name, (value, following) in flag_values.items()}
     mode = values.get("mode") or "train"
     if mode not in MODES:
-        raise CommandLineError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}"
-                               f"{_did_you_mean(mode, MODES)}")
+        raise CommandLineError(
+            f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}{_did_you_mean(mode, MODES)}"
+        )
     spec = values.get("config")
     if not spec:
-        raise CommandLineError("no --config given; expected --config=PATH[:variant], e.g. "
-                               "--config=configs/digits_vp.py")
+        raise CommandLineError(
+            "no --config given; expected --config=PATH[:variant], e.g. --config=configs/digits_vp.py"
+        )
     if not values.get("workdir"):
         raise CommandLineError("no --workdir given; expected --workdir=DIR, the run directory")
     path, _, variant = spec.partition(":")
@@ -205,18 +207,22 @@ def check_command_line(argv) -> None:
     for name, value in values.items():
         if not name.startswith("config."):
             continue
-        field = name[len("config."):]
+        field = name[len("config.") :]
         if field not in fields:
-            raise CommandLineError(f"unknown config field {field}{_did_you_mean(field, fields)}"
-                                   if _did_you_mean(field, fields) else
-                                   f"unknown config field {field}; expected a field of {path} "
-                                   f"(top-level names: {', '.join(k for k in config)})")
+            raise CommandLineError(
+                f"unknown config field {field}{_did_you_mean(field, fields)}"
+                if _did_you_mean(field, fields)
+                else f"unknown config field {field}; expected a field of {path} "
+                f"(top-level names: {', '.join(k for k in config)})"
+            )
         current = config
         for part in field.split("."):
             current = current[part]
         if hasattr(current, "items"):
-            raise CommandLineError(f"config field {field} is a section; expected one of its fields, e.g. "
-                                   f"{field}.{next(iter(current), 'NAME')}")
+            raise CommandLineError(
+                f"config field {field} is a section; expected one of its fields, e.g. "
+                f"{field}.{next(iter(current), 'NAME')}"
+            )
         if isinstance(current, bool):  # a bare bool flag takes no following argument
             value = flag_values[name][0]
         _check_value(field, value, current)
@@ -284,8 +290,9 @@ def main(argv):
     absl_logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     logging.getLogger("scoresde").setLevel(logging.INFO)
     if FLAGS.distributed or FLAGS.coordinator_address:
-        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                               FLAGS.cpu_collectives)
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.cpu_collectives
+        )
     log_name = _log_name() if FLAGS.distributed or FLAGS.coordinator_address else "log.txt"
     guard = _WorkdirGuard(FLAGS.workdir, log_name)
     quiet = runlog.QuietStderr(log_path=os.path.join(FLAGS.workdir, log_name))

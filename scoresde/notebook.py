@@ -24,8 +24,21 @@ import numpy as np
 from scoresde.images import image_grid, to_uint8
 from scoresde.runlog import read_metrics
 
-__all__ = ["small", "repo_root", "runs_dir", "fixtures_dir", "load_config", "describe_accelerator", "quiet",
-           "digits_config", "toy_config", "per_class_indices", "show_images", "plot_loss", "colored_digits_npz"]
+__all__ = [
+    "small",
+    "repo_root",
+    "runs_dir",
+    "fixtures_dir",
+    "load_config",
+    "describe_accelerator",
+    "quiet",
+    "digits_config",
+    "toy_config",
+    "per_class_indices",
+    "show_images",
+    "plot_loss",
+    "colored_digits_npz",
+]
 
 
 def small() -> bool:
@@ -57,8 +70,9 @@ def repo_root() -> str:
     for c in candidates:
         if c and _is_root(c):
             return os.path.abspath(c)
-    raise FileNotFoundError("no scoresde checkout (a directory with configs/digits_vp.py) found; set "
-                            "SCORESDE_ROOT to the cloned repository")
+    raise FileNotFoundError(
+        "no scoresde checkout (a directory with configs/digits_vp.py) found; set SCORESDE_ROOT to the cloned repository"
+    )
 
 
 def runs_dir() -> str:
@@ -77,8 +91,10 @@ def load_config(name: str, variant: str | None = None):
     """``configs/<name>.py``'s ``get_config(variant)`` (what ``--config=configs/<name>.py:<variant>`` loads)."""
     path = os.path.join(repo_root(), "configs", f"{name}.py")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no config {path!r}; expected one of: "
-                                f"{sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith('.py'))}")
+        raise FileNotFoundError(
+            f"no config {path!r}; expected one of: "
+            f"{sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith('.py'))}"
+        )
     from scoresde import build  # noqa: PLC0415  (ml_collections only when a config is read)
 
     return build.load_config(path + (f":{variant}" if variant else ""))
@@ -91,8 +107,9 @@ def describe_accelerator() -> str:
     devices = jax.devices()
     platform = devices[0].platform
     kind = {"tpu": "TPU", "gpu": "GPU", "cuda": "GPU", "rocm": "GPU", "cpu": "CPU"}.get(platform, platform)
-    line = (f"{kind}: {len(devices)} x {devices[0].device_kind} ({jax.process_count()} process(es)); "
-            f"jax {jax.__version__}")
+    line = (
+        f"{kind}: {len(devices)} x {devices[0].device_kind} ({jax.process_count()} process(es)); jax {jax.__version__}"
+    )
     if kind == "CPU" and not small():
         line += "\n  (no accelerator: full-size runs are slow here; set SCORESDE_SMALL=1 for the CPU version)"
     return line

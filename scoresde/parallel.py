@@ -38,8 +38,12 @@ __all__ = [
 DATA_AXIS = "data"
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, cpu_collectives: str | None = None) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    cpu_collectives: str | None = None,
+) -> None:
     """Calls ``jax.distributed.initialize`` (multi-host runs); a no-op when already initialised.
 
     With no arguments JAX auto-detects the cluster (SLURM, TPU pods, Kubernetes, ...). On CPU-only
@@ -82,7 +86,8 @@ def check_batch_size(batch_size: int, mesh: Mesh | None = None, what: str = "bat
         raise ValueError(
             f"{what}={batch_size} is not divisible by the number of devices ({n_dev}); "
             f"use a multiple of {n_dev} "
-            f"(e.g. --config.training.batch_size={max(n_dev, batch_size // n_dev * n_dev or n_dev)})")
+            f"(e.g. --config.training.batch_size={max(n_dev, batch_size // n_dev * n_dev or n_dev)})"
+        )
     if batch_size % jax.process_count():
         raise ValueError(f"{what}={batch_size} is not divisible by the number of processes ({jax.process_count()})")
 

@@ -113,8 +113,10 @@ def output_to_score(out, x, alpha, sigma, output: str):
         eps = batch_mul(1.0 / (alpha + sigma), x + batch_mul(alpha, out))
         return batch_mul(-1.0 / sigma, eps)
     if output == "edm":
-        raise ValueError("output 'edm' is a preconditioned network: use model_score_fn, which applies c_in, "
-                         "or output_to_denoiser with the preconditioned F")
+        raise ValueError(
+            "output 'edm' is a preconditioned network: use model_score_fn, which applies c_in, "
+            "or output_to_denoiser with the preconditioned F"
+        )
     raise ValueError(f"unknown network output {output!r}; expected one of: {', '.join(OUTPUTS)}")
 
 
@@ -169,8 +171,10 @@ def output_to_denoiser(out, x, alpha, sigma, output: str):
         return batch_mul(1.0 / alpha, x - batch_mul(sigma, out))
     if output == "score":
         return score_to_denoiser(out, x, alpha, sigma)
-    raise ValueError(f"unknown network output {output!r} for output_to_denoiser; expected one of: "
-                     f"{', '.join(o for o in OUTPUTS if o != 'edm')}")
+    raise ValueError(
+        f"unknown network output {output!r} for output_to_denoiser; expected one of: "
+        f"{', '.join(o for o in OUTPUTS if o != 'edm')}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +200,9 @@ def with_denoiser(score_fn: Callable, denoiser: Callable) -> ScoreWithDenoiser:
     return ScoreWithDenoiser(score_fn, denoiser)
 
 
-def model_score_fn(net_fn: Callable, sde, *, output: str, time_label: str,
-                   sigma_data: float = 0.5) -> ScoreWithDenoiser:
+def model_score_fn(
+    net_fn: Callable, sde, *, output: str, time_label: str, sigma_data: float = 0.5
+) -> ScoreWithDenoiser:
     """Wraps ``net_fn(x, labels)`` into a batched ``score_fn(x, t)`` that also carries its denoiser.
 
     Args:

@@ -17,8 +17,16 @@ import threading
 
 import numpy as np
 
-__all__ = ["MetricsLogger", "read_metrics", "announce", "conclude", "set_config_spec", "command", "latent_command",
-           "is_library_log"]
+__all__ = [
+    "MetricsLogger",
+    "read_metrics",
+    "announce",
+    "conclude",
+    "set_config_spec",
+    "command",
+    "latent_command",
+    "is_library_log",
+]
 
 _INVOCATION = {"config": None}
 
@@ -142,14 +150,18 @@ def latent_command(autoencoder_workdir: str) -> str | None:
     latent_spec = stem[:-3] + "_ldm" + ext + (f":{variant}" if variant else "")
     base = autoencoder_workdir.rstrip("/")
     workdir = base[:-3] + "_ldm" if base.endswith("_ae") else base + "_ldm"
-    return (f"python -m scoresde.main --config={latent_spec} --workdir={workdir} "
-            f"--config.latent.autoencoder_workdir={autoencoder_workdir}")
+    return (
+        f"python -m scoresde.main --config={latent_spec} --workdir={workdir} "
+        f"--config.latent.autoencoder_workdir={autoencoder_workdir}"
+    )
 
 
 # A library's log line: absl / glog ("I1207 05:12:34.567890  1234 file.py:255] ...") or TensorFlow's
 # ("2026-12-07 05:12:34.567890: I tensorflow/...").
-_LIBRARY_LOG = re.compile(r"^(?P<level>[IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ (?P<file>[^:\s]+):\d+\]"
-                          r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tf_level>[IWEF]) ")
+_LIBRARY_LOG = re.compile(
+    r"^(?P<level>[IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ (?P<file>[^:\s]+):\d+\]"
+    r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tf_level>[IWEF]) "
+)
 # The rest of XLA's "Very slow compile? If you want to file a bug..." banner, which follows a glog line.
 _XLA_BANNER = re.compile(r"^\*{8,}$|Very slow compile\?|^\[Compiling module |The operation took ")
 
@@ -183,9 +195,11 @@ class QuietStderr:
     """
 
     # a line made only of these pieces (threads interleave them) is that noise
-    _NOISE = re.compile(r"Traceback \(most recent call last\):|\s*File \"[^\"]*asyncio/base_events\.py\", line \d+, "
-                        r"in \w+|\s*self\._check_closed\(\)|\s*raise RuntimeError\('Event loop is closed'\)|"
-                        r"RuntimeError: Event loop is closed|RuntimeError|: Event loop is closed")
+    _NOISE = re.compile(
+        r"Traceback \(most recent call last\):|\s*File \"[^\"]*asyncio/base_events\.py\", line \d+, "
+        r"in \w+|\s*self\._check_closed\(\)|\s*raise RuntimeError\('Event loop is closed'\)|"
+        r"RuntimeError: Event loop is closed|RuntimeError|: Event loop is closed"
+    )
 
     def __init__(self, log_path: str | None = None):
         self._thread = None

@@ -488,8 +488,17 @@ class ReverseSDE:
         raise NotImplementedError("the reverse of a reverse SDE is not defined here; use the forward SDE")
 
 
-_SDES = {"vpsde": VPSDE, "vp": VPSDE, "subvpsde": SubVPSDE, "subvp": SubVPSDE, "vesde": VESDE, "ve": VESDE, "ou": OUSDE,
-         "rectified_flow": RectifiedFlow, "edm": EDMSDE}
+_SDES = {
+    "vpsde": VPSDE,
+    "vp": VPSDE,
+    "subvpsde": SubVPSDE,
+    "subvp": SubVPSDE,
+    "vesde": VESDE,
+    "ve": VESDE,
+    "ou": OUSDE,
+    "rectified_flow": RectifiedFlow,
+    "edm": EDMSDE,
+}
 
 
 def get_sde(name: str, **kwargs) -> LinearSDE:
@@ -500,6 +509,7 @@ def get_sde(name: str, **kwargs) -> LinearSDE:
     """
     key = name.lower()
     if key not in _SDES:
-        raise ValueError(f"unknown sde {name!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm "
-                         f"(or vp, subvp, ve, ou)")
+        raise ValueError(
+            f"unknown sde {name!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm (or vp, subvp, ve, ou)"
+        )
     return _SDES[key](**kwargs)

@@ -27,8 +27,13 @@ _COUNTERS = ("updates", "nonfinite_total", "nonfinite_run")
 def init_state(params, tx: optax.GradientTransformation) -> dict:
     """A fresh state: EMA equal to the parameters, zero counters."""
     # separate buffers: the train step donates its state, and one array donated twice is an error
-    return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params),
-            "step": jnp.zeros((), jnp.int32), **{k: jnp.zeros((), jnp.int32) for k in _COUNTERS}}
+    return {
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        **{k: jnp.zeros((), jnp.int32) for k in _COUNTERS},
+    }
 
 
 def state_meta(state) -> dict:
@@ -38,8 +43,14 @@ def state_meta(state) -> dict:
 
 def save_state(ckpt, state, step: int, *, config=None, extra_meta: dict | None = None) -> None:
     """Saves ``state`` at ``step`` with ``ckpt`` (a :class:`scoresde.checkpointing.Checkpointer`)."""
-    ckpt.save(step, params=state["params"], ema_params=state["ema"], opt_state=state["opt_state"],
-              meta={**state_meta(state), **(extra_meta or {})}, config=config)
+    ckpt.save(
+        step,
+        params=state["params"],
+        ema_params=state["ema"],
+        opt_state=state["opt_state"],
+        meta={**state_meta(state), **(extra_meta or {})},
+        config=config,
+    )
 
 
 def restore_state(ckpt, state: dict, tx: optax.GradientTransformation) -> tuple[dict, dict | None]:
@@ -66,10 +77,15 @@ def restore_state(ckpt, state: dict, tx: optax.GradientTransformation) -> tuple[
 
     p, e = fill(restored["params"]), fill(restored["ema_params"])
     step = int(meta["step"])
-    new = {**state, "params": p, "ema": e, "step": jnp.asarray(step, jnp.int32),
-           "updates": jnp.asarray(meta.get("updates", step), jnp.int32),
-           "nonfinite_total": jnp.asarray(meta.get("nonfinite_total", 0), jnp.int32),
-           "nonfinite_run": jnp.asarray(meta.get("nonfinite_run", 0), jnp.int32)}
+    new = {
+        **state,
+        "params": p,
+        "ema": e,
+        "step": jnp.asarray(step, jnp.int32),
+        "updates": jnp.asarray(meta.get("updates", step), jnp.int32),
+        "nonfinite_total": jnp.asarray(meta.get("nonfinite_total", 0), jnp.int32),
+        "nonfinite_run": jnp.asarray(meta.get("nonfinite_run", 0), jnp.int32),
+    }
     if jax.process_index() == 0:  # the user sees that the run resumed (library log lines go to log.txt)
         print(f"resumed from {ckpt.directory} at step {step}", file=sys.stderr, flush=True)
     if restored["opt_state"] is not None:
@@ -88,8 +104,9 @@ def ema_update(ema, params, rate):
     return jax.tree.map(lambda e, p: e * rate + p * (1.0 - rate), ema, params)
 
 
-def guarded_update(state: dict, grads, loss, tx: optax.GradientTransformation, *, ema_rate: float,
-                   max_nonfinite: int) -> tuple[dict, dict]:
+def guarded_update(
+    state: dict, grads, loss, tx: optax.GradientTransformation, *, ema_rate: float, max_nonfinite: int
+) -> tuple[dict, dict]:
     """One optimiser + EMA step, applied only when the loss, gradient and update are finite (inside ``jit``).
 
     Returns:

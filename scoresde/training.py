@@ -27,8 +27,20 @@ from scoresde import build, images, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, CheckpointSaveError, IncompatibleCheckpointError, check_workdir
 
-__all__ = ["NonFiniteError", "Settings", "read_settings", "Run", "Trainer", "prepare", "fit", "jit_step",
-           "devices_fact", "Snapshots", "write_snapshot", "conclude_training"]
+__all__ = [
+    "NonFiniteError",
+    "Settings",
+    "read_settings",
+    "Run",
+    "Trainer",
+    "prepare",
+    "fit",
+    "jit_step",
+    "devices_fact",
+    "Snapshots",
+    "write_snapshot",
+    "conclude_training",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +84,10 @@ class Settings:
 # The defaults of a second network's own section: (resume kind, RNG purpose, EMA rate, TensorBoard, kept
 # checkpoints; None: config.training's). A section not listed here gets (its name, *_NEW_SECTION): a new
 # trainer with its own section needs no change to this file.
-_OWN_SECTIONS = {"classifier": ("classifier", "classifier", 0.999, False, 2),
-                 "autoencoder": ("autoencoder", "train", 0.0, True, None)}
+_OWN_SECTIONS = {
+    "classifier": ("classifier", "classifier", 0.999, False, 2),
+    "autoencoder": ("autoencoder", "train", 0.0, True, None),
+}
 _NEW_SECTION = ("train", 0.999, True, None)
 
 
@@ -83,24 +97,44 @@ def read_settings(config, section: str = "training", *, n_iters: int | None = No
     progress = bool(tc.get("progress", True))
     if section == "training":
         snapshot_freq = int(tc.snapshot_freq)
-        return Settings(section, "train", "train", n_iters=int(tc.n_iters if n_iters is None else n_iters),
-                        batch_size=int(tc.batch_size), log_freq=int(tc.log_freq), snapshot_freq=snapshot_freq,
-                        ckpt_freq=int(tc.get("snapshot_freq_for_preemption", snapshot_freq)),
-                        keep_checkpoints=int(tc.get("keep_checkpoints", 3)),
-                        max_nonfinite=int(tc.get("max_nonfinite", 10)),
-                        eval_freq=int(tc.get("eval_freq", 0)), ema_rate=float(config.model.get("ema_rate", 0.999)),
-                        tensorboard=bool(tc.get("tensorboard", True)), progress=progress,
-                        snapshot_sampling=bool(tc.get("snapshot_sampling", True)))
+        return Settings(
+            section,
+            "train",
+            "train",
+            n_iters=int(tc.n_iters if n_iters is None else n_iters),
+            batch_size=int(tc.batch_size),
+            log_freq=int(tc.log_freq),
+            snapshot_freq=snapshot_freq,
+            ckpt_freq=int(tc.get("snapshot_freq_for_preemption", snapshot_freq)),
+            keep_checkpoints=int(tc.get("keep_checkpoints", 3)),
+            max_nonfinite=int(tc.get("max_nonfinite", 10)),
+            eval_freq=int(tc.get("eval_freq", 0)),
+            ema_rate=float(config.model.get("ema_rate", 0.999)),
+            tensorboard=bool(tc.get("tensorboard", True)),
+            progress=progress,
+            snapshot_sampling=bool(tc.get("snapshot_sampling", True)),
+        )
     kind, purpose, ema_rate, tensorboard, keep = _OWN_SECTIONS.get(section, (section, *_NEW_SECTION))
     s = config[section]
     n = int(s.n_iters if n_iters is None else n_iters)
     snapshot_freq = int(s.get("snapshot_freq", 0) or n)
-    return Settings(section, kind, purpose, n_iters=n, batch_size=int(s.get("batch_size", 0) or tc.batch_size),
-                    log_freq=int(s.get("log_freq", 50)), snapshot_freq=snapshot_freq, ckpt_freq=snapshot_freq,
-                    keep_checkpoints=int(keep or tc.get("keep_checkpoints", 3)),
-                    max_nonfinite=int(s.get("max_nonfinite", 10)), eval_freq=int(s.get("eval_freq", 0)),
-                    ema_rate=float(s.get("ema_rate", ema_rate)), tensorboard=bool(s.get("tensorboard", tensorboard)),
-                    progress=progress, snapshot_sampling=True)
+    return Settings(
+        section,
+        kind,
+        purpose,
+        n_iters=n,
+        batch_size=int(s.get("batch_size", 0) or tc.batch_size),
+        log_freq=int(s.get("log_freq", 50)),
+        snapshot_freq=snapshot_freq,
+        ckpt_freq=snapshot_freq,
+        keep_checkpoints=int(keep or tc.get("keep_checkpoints", 3)),
+        max_nonfinite=int(s.get("max_nonfinite", 10)),
+        eval_freq=int(s.get("eval_freq", 0)),
+        ema_rate=float(s.get("ema_rate", ema_rate)),
+        tensorboard=bool(s.get("tensorboard", tensorboard)),
+        progress=progress,
+        snapshot_sampling=True,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +182,10 @@ def _check_batch_memory(config, settings: Settings) -> None:
     need = per_process * int(np.prod(data_lib.data_shape(config))) * 4 * _BATCHES_HELD
     if need > memory:
         most = memory // (int(np.prod(data_lib.data_shape(config))) * 4 * _BATCHES_HELD) * jax.process_count()
-        raise ValueError(f"{settings.hint}.batch_size={settings.batch_size} needs about {need / 2**30:,.0f} GiB for "
-                         f"its batches alone; this machine has {memory / 2**30:,.0f} GiB: use at most {most:,}")
+        raise ValueError(
+            f"{settings.hint}.batch_size={settings.batch_size} needs about {need / 2**30:,.0f} GiB for "
+            f"its batches alone; this machine has {memory / 2**30:,.0f} GiB: use at most {most:,}"
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -197,8 +233,16 @@ def devices_fact() -> str:
     return f"{jax.device_count()} x {jax.devices()[0].platform} ({jax.process_count()} process(es))"
 
 
-def jit_step(tx: optax.GradientTransformation, settings: Settings, mesh: Mesh, key, *, loss: Callable | None = None,
-             update: Callable | None = None, lr_schedule: Callable | None = None) -> Callable:
+def jit_step(
+    tx: optax.GradientTransformation,
+    settings: Settings,
+    mesh: Mesh,
+    key,
+    *,
+    loss: Callable | None = None,
+    update: Callable | None = None,
+    lr_schedule: Callable | None = None,
+) -> Callable:
     """The jitted, state-donating ``step(state, batch) -> (state, metrics)`` of a :class:`Trainer`'s ``loss`` or
     ``update`` (and ``lr_schedule``) over the mesh.
 
@@ -210,8 +254,9 @@ def jit_step(tx: optax.GradientTransformation, settings: Settings, mesh: Mesh, k
         raise ValueError("a trainer step needs exactly one of loss and update")
 
     def apply_gradients(state, grads, value):
-        return train_state.guarded_update(state, grads, value, tx, ema_rate=settings.ema_rate,
-                                          max_nonfinite=settings.max_nonfinite)
+        return train_state.guarded_update(
+            state, grads, value, tx, ema_rate=settings.ema_rate, max_nonfinite=settings.max_nonfinite
+        )
 
     def step_fn(state, batch):
         step_key = jax.random.fold_in(key, state["step"])
@@ -255,18 +300,26 @@ def fit(run: Run, trainer: Trainer) -> dict:
                         f"cannot resume {workdir} from step {meta['step']}: its optimizer state does not fit the "
                         f"optimizer this config builds ({meta['opt_state_change']}), and no config field differs "
                         f"from the checkpoint's. Use the code and config the run was trained with, or another "
-                        f"--workdir")
+                        f"--workdir"
+                    )
                 # allowed (allow_config_change): parameters and EMA restored, the optimizer starts afresh
                 record["optimizer_state"] = f"fresh: {meta['opt_state_change']}"
-                log.warning("the optimizer changed (%s); continuing with a fresh optimizer state",
-                            meta["opt_state_change"])
+                log.warning(
+                    "the optimizer changed (%s); continuing with a fresh optimizer state", meta["opt_state_change"]
+                )
         start = int(state["step"])
         if trainer.on_start is not None:
             trainer.on_start(start)
         facts = dict(trainer.facts)
         facts.setdefault("steps", f"{s.n_iters:,} at batch {s.batch_size}")
-        runlog.announce(trainer.title, {**facts, "workdir": os.path.abspath(workdir),
-                                        "resuming": f"from step {start}" if meta is not None else None})
+        runlog.announce(
+            trainer.title,
+            {
+                **facts,
+                "workdir": os.path.abspath(workdir),
+                "resuming": f"from step {start}" if meta is not None else None,
+            },
+        )
         state = parallel.replicate(run.mesh, state)
         # metrics.jsonl (process 0 writes) cut back to the checkpoint: what a killed run logged past it is redone
         logger = runlog.MetricsLogger(workdir, enabled=jax.process_index() == 0, tensorboard=s.tensorboard)
@@ -279,15 +332,32 @@ def fit(run: Run, trainer: Trainer) -> dict:
             latest[0] = trainer.snapshot(st, step, logger)
 
         try:
-            step_fn = jit_step(trainer.tx, s, run.mesh, run.key(s.purpose), loss=trainer.loss, update=trainer.update,
-                               lr_schedule=trainer.lr_schedule)
+            step_fn = jit_step(
+                trainer.tx,
+                s,
+                run.mesh,
+                run.key(s.purpose),
+                loss=trainer.loss,
+                update=trainer.update,
+                lr_schedule=trainer.lr_schedule,
+            )
             try:
-                out = _loop(state, step_fn, trainer.batches(start), run,
-                            start=start, logger=logger, desc=trainer.desc, check=ckpt.check, wait=ckpt.wait,
-                            evaluate=trainer.evaluate,
-                            snapshot=snapshot if trainer.snapshot is not None and s.snapshot_sampling else None,
-                            save=lambda st, step: train_state.save_state(ckpt, st, step, config=config,
-                                                                         extra_meta=trainer.extra_meta))
+                out = _loop(
+                    state,
+                    step_fn,
+                    trainer.batches(start),
+                    run,
+                    start=start,
+                    logger=logger,
+                    desc=trainer.desc,
+                    check=ckpt.check,
+                    wait=ckpt.wait,
+                    evaluate=trainer.evaluate,
+                    snapshot=snapshot if trainer.snapshot is not None and s.snapshot_sampling else None,
+                    save=lambda st, step: train_state.save_state(
+                        ckpt, st, step, config=config, extra_meta=trainer.extra_meta
+                    ),
+                )
             except OSError as e:
                 if isinstance(e, CheckpointSaveError) or e.errno not in _STORAGE_ERRNOS:
                     raise
@@ -312,8 +382,10 @@ def _storage_failure(e: OSError, ckpt: Checkpointer) -> OSError:
     except CheckpointSaveError as failed:
         return failed
     last = ckpt.last_complete()
-    return OSError(f"writing {e.filename or 'a file of the run'} failed: {e.strerror or e}; last complete "
-                   f"checkpoint: {'none' if last is None else last} in {ckpt.directory}")
+    return OSError(
+        f"writing {e.filename or 'a file of the run'} failed: {e.strerror or e}; last complete "
+        f"checkpoint: {'none' if last is None else last} in {ckpt.directory}"
+    )
 
 
 class _Preemption:
@@ -343,8 +415,21 @@ class _Preemption:
         return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
 
 
-def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, save: Callable, logger, desc: str,
-          check: Callable, wait: Callable, evaluate: Callable | None, snapshot: Callable | None) -> dict:
+def _loop(
+    state,
+    step_fn: Callable,
+    batches: Iterator,
+    run: Run,
+    *,
+    start: int,
+    save: Callable,
+    logger,
+    desc: str,
+    check: Callable,
+    wait: Callable,
+    evaluate: Callable | None,
+    snapshot: Callable | None,
+) -> dict:
     """Runs ``step_fn`` from step ``start`` to ``n_iters``: logs every ``log_freq`` steps, evaluates every
     ``eval_freq``, saves every ``ckpt_freq``, at every snapshot and at the end, and saves and stops on SIGTERM
     (``wait()`` for that save before saying it is saved); ``check()`` after every step (a failed background save
@@ -377,15 +462,19 @@ def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, 
                     raise NonFiniteError(
                         f"stopping at step {step - 1}: {int(prev_run)} consecutive steps had a non-finite loss or "
                         f"gradient ({s.hint}.max_nonfinite={s.max_nonfinite}); lower the learning rate, "
-                        f"check the data scaling, or resume from an earlier checkpoint")
+                        f"check the data scaling, or resume from an earlier checkpoint"
+                    )
                 prev_run = metrics["nonfinite_run"]
                 is_eval = bool(s.eval_freq) and evaluate is not None and step % s.eval_freq == 0
                 if step % s.log_freq == 0 or step == s.n_iters or is_eval:
                     m = jax.device_get(metrics)
                     dt = time.perf_counter() - t_log
                     rec = {k: float(v) for k, v in m.items() if k not in ("finite", "nonfinite_run")}
-                    rec.update(steps_per_sec=steps_since / dt, img_per_sec=steps_since * s.batch_size / dt,
-                               nonfinite_total=int(state["nonfinite_total"]))
+                    rec.update(
+                        steps_per_sec=steps_since / dt,
+                        img_per_sec=steps_since * s.batch_size / dt,
+                        nonfinite_total=int(state["nonfinite_total"]),
+                    )
                     if is_eval:
                         rec.update(evaluate(state, step))
                     logger.write(step, rec)
@@ -399,8 +488,11 @@ def _loop(state, step_fn: Callable, batches: Iterator, run: Run, *, start: int, 
                 if snapshot is not None and at_snapshot:
                     snapshot(state, step)
                 # Several processes must agree on when to stop (the save is collective): poll together.
-                if preempt.any_process() if jax.process_count() > 1 and step % s.log_freq == 0 else \
-                        (jax.process_count() == 1 and preempt.requested):
+                if (
+                    preempt.any_process()
+                    if jax.process_count() > 1 and step % s.log_freq == 0
+                    else (jax.process_count() == 1 and preempt.requested)
+                ):
                     if not (step % s.ckpt_freq == 0 or at_snapshot):
                         save(state, step)
                     wait()
@@ -454,18 +546,24 @@ class Snapshots:
             sde, graphdef, rest, mesh = self._args
             self._fns[which] = build.make_sample_fn(config, sde, graphdef, rest, self.num, mesh)
         samples, _ = self._fns[which](state["ema"], jax.random.fold_in(self._key, step))
-        return write_snapshot(self._config, parallel.to_host(samples), self._workdir, step, logger,
-                              title=f"{self._title} {step}")
+        return write_snapshot(
+            self._config, parallel.to_host(samples), self._workdir, step, logger, title=f"{self._title} {step}"
+        )
 
 
 def conclude_training(out: dict, done: str, workdir: str, *, next_command: str, results: dict | None = None) -> None:
     """The closing line of a trainer: preempted (how to resume) or finished (``results``, by default the final
     loss, checkpoints and latest samples; then the next command)."""
     if out["preempted"]:
-        runlog.conclude(f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
-                        next_command="rerun the same command to resume")
+        runlog.conclude(
+            f"stopped at step {out['step']} (SIGTERM), checkpoint saved",
+            next_command="rerun the same command to resume",
+        )
     else:
         if results is None:
-            results = {"final loss": f"{out['loss']:.4g}", "checkpoints": os.path.join(workdir, "checkpoints"),
-                       "latest samples": out["snapshot"]}
+            results = {
+                "final loss": f"{out['loss']:.4g}",
+                "checkpoints": os.path.join(workdir, "checkpoints"),
+                "latest samples": out["snapshot"],
+            }
         runlog.conclude(f"{done} to step {out['step']}", results=results, next_command=next_command)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from scoresde import analytic, sde as sde_lib
+from scoresde import analytic
+from scoresde import sde as sde_lib
 
 SDES = [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE(sigma_max=10.0)]
 
@@ -60,8 +61,11 @@ def test_marginal_matches_noised_samples():
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 def test_flow_map_solves_probability_flow_ode(sde):
     """d/dt flow_map = f - ½ g² score along the trajectory, and the map pushes p_s to p_t."""
-    gm = analytic.GaussianMixture(jnp.array([[1.0, -0.5, 0.3]]), jnp.array([[0.2, 0.6, 1.1]]),
-                                  rotation=analytic.random_rotation(jax.random.key(6), 3))
+    gm = analytic.GaussianMixture(
+        jnp.array([[1.0, -0.5, 0.3]]),
+        jnp.array([[0.2, 0.6, 1.1]]),
+        rotation=analytic.random_rotation(jax.random.key(6), 3),
+    )
     x0 = gm.sample(jax.random.key(7), 5)
     s = jnp.full((5,), 0.05)
     t = jnp.full((5,), 0.6)

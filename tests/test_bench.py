@@ -6,17 +6,42 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIELDS = {"device", "config", "batch", "dtype", "compile_s", "median_step_s", "img_per_s", "peak_memory_gib",
-          "peak_memory_source", "gflop_per_img", "forward_gflop_per_img", "mfu"}
+FIELDS = {
+    "device",
+    "config",
+    "batch",
+    "dtype",
+    "compile_s",
+    "median_step_s",
+    "img_per_s",
+    "peak_memory_gib",
+    "peak_memory_source",
+    "gflop_per_img",
+    "forward_gflop_per_img",
+    "mfu",
+}
 
 
 def test_bench_prints_one_json_line():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = {}
     for what in ("train", "nfe"):
-        proc = subprocess.run([sys.executable, "-m", "scoresde.bench", "--config=configs/toy2d_vp.py:smoke",
-                               f"--what={what}", "--batch_size=32", "--steps=3"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scoresde.bench",
+                "--config=configs/toy2d_vp.py:smoke",
+                f"--what={what}",
+                "--batch_size=32",
+                "--steps=3",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         assert len(lines) == 1
@@ -24,7 +49,9 @@ def test_bench_prints_one_json_line():
     for what, rec in out.items():
         assert FIELDS <= set(rec)
         assert rec["batch"] == 32 and rec["what"] == what and rec["config"] == "configs/toy2d_vp.py:smoke"
-        assert rec["median_step_s"] > 0 and abs(rec["img_per_s"] - 32 / rec["median_step_s"]) < 1e-3 * rec["img_per_s"] + 1
+        assert (
+            rec["median_step_s"] > 0 and abs(rec["img_per_s"] - 32 / rec["median_step_s"]) < 1e-3 * rec["img_per_s"] + 1
+        )
         assert rec["compile_s"] > 0
         assert rec["mfu"] is None  # no peak FLOP/s for a CPU
         assert rec["peak_memory_source"] == "host_max_rss" and rec["peak_memory_gib"] > 0.05  # a JAX process
@@ -33,7 +60,11 @@ def test_bench_prints_one_json_line():
     # than 5 of them; the nfe record's timed program is the forward pass itself.
     assert out["nfe"]["gflop_per_img"] == out["nfe"]["forward_gflop_per_img"]
     assert abs(out["train"]["forward_gflop_per_img"] / out["nfe"]["forward_gflop_per_img"] - 1) < 0.05
-    assert 2 * out["train"]["forward_gflop_per_img"] < out["train"]["gflop_per_img"] < 5 * out["train"]["forward_gflop_per_img"]
+    assert (
+        2 * out["train"]["forward_gflop_per_img"]
+        < out["train"]["gflop_per_img"]
+        < 5 * out["train"]["forward_gflop_per_img"]
+    )
 
 
 def test_peak_flops_table():

@@ -23,19 +23,24 @@ def test_operator_names():
 
 
 def test_posterior_settings_per_method():
-    assert build.posterior_settings(_inverse()) == dict(method="pigdm", sigma_y=0.05, scale=5.0, data_var=1e4,
-                                                         cg_steps=5, jacobian="network")
+    assert build.posterior_settings(_inverse()) == dict(
+        method="pigdm", sigma_y=0.05, scale=5.0, data_var=1e4, cg_steps=5, jacobian="network"
+    )
     assert build.posterior_settings(_inverse(method="DPS", sigma_y=0.1)) == dict(
-        method="dps", sigma_y=0.1, scale=5.0, weighting="normalized")
+        method="dps", sigma_y=0.1, scale=5.0, weighting="normalized"
+    )
     assert build.posterior_settings(_inverse(method="replacement")) == dict(method="replacement", sigma_y=0.05)
 
 
-@pytest.mark.parametrize("fields,message", [
-    (dict(method="ddrm"), "unknown config.inverse.method 'ddrm'; expected one of: replacement, dps, pigdm"),
-    (dict(sigma_y=-0.1), "config.inverse.sigma_y must be >= 0; got -0.1"),
-    (dict(method="dps", weighting="l1"), "unknown config.inverse.weighting 'l1'"),
-    (dict(jacobian="exact"), "unknown config.inverse.jacobian 'exact'"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (dict(method="ddrm"), "unknown config.inverse.method 'ddrm'; expected one of: replacement, dps, pigdm"),
+        (dict(sigma_y=-0.1), "config.inverse.sigma_y must be >= 0; got -0.1"),
+        (dict(method="dps", weighting="l1"), "unknown config.inverse.weighting 'l1'"),
+        (dict(jacobian="exact"), "unknown config.inverse.jacobian 'exact'"),
+    ],
+)
 def test_bad_posterior_settings_are_named(fields, message):
     with pytest.raises(ValueError, match=message):
         build.posterior_settings(_inverse(**fields))

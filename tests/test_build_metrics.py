@@ -26,8 +26,15 @@ def test_sample_quality_settings_of_a_config():
         config.eval.num_samples = 12
         config.eval.kid_subset_size = 8
     assert build.sample_quality_settings(config) == build.SampleQualitySettings(
-        num_samples=12, sample_batch_size=8, inception_batch_size=250, is_splits=10, kid_subsets=100,
-        kid_subset_size=8, stats_split="train", stats_max_features=50000)
+        num_samples=12,
+        sample_batch_size=8,
+        inception_batch_size=250,
+        is_splits=10,
+        kid_subsets=100,
+        kid_subset_size=8,
+        stats_split="train",
+        stats_max_features=50000,
+    )
 
 
 def test_reference_stats_path(tmp_path):

@@ -10,8 +10,9 @@ from conftest import load_config
 
 
 def _mlp_config(**model):
-    config = ml_collections.ConfigDict({"model": {"name": "mlp", **model},
-                                        "data": {"dataset": "gmm_grid", "shape": (2,), "image_size": 0}})
+    config = ml_collections.ConfigDict(
+        {"model": {"name": "mlp", **model}, "data": {"dataset": "gmm_grid", "shape": (2,), "image_size": 0}}
+    )
     config.lock()
     return config
 

@@ -12,14 +12,16 @@ from conftest import load_config
 
 def test_optimizer_settings_of_config_optim():
     config = load_config("toy2d_vp")
-    assert build.optimizer_settings(config.optim) == dict(lr=1e-3, warmup=100, grad_clip=1.0, beta1=0.9, beta2=0.999,
-                                                          eps=1e-8, weight_decay=0.0)
+    assert build.optimizer_settings(config.optim) == dict(
+        lr=1e-3, warmup=100, grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0
+    )
 
 
 def test_optimizer_settings_of_a_classifier_section():
     config = load_config("toy2d_vp_cond")
-    assert build.optimizer_settings(config.classifier) == dict(lr=1e-3, warmup=0, grad_clip=1.0, beta1=0.9,
-                                                               beta2=0.999, eps=1e-8, weight_decay=0.0)
+    assert build.optimizer_settings(config.classifier) == dict(
+        lr=1e-3, warmup=0, grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0
+    )
 
 
 def test_only_adam():

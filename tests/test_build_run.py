@@ -205,7 +205,8 @@ def test_a_classifier_resume_compares_only_what_the_classifier_depends_on():
         config.classifier.n_iters = 7  # safe
         config.classifier.lr = 0.25
     assert build.config_differences(stored, config, kind="classifier") == [
-        {"field": "classifier.lr", "stored": 1e-3, "now": 0.25}]
+        {"field": "classifier.lr", "stored": 1e-3, "now": 0.25}
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------- RNG
@@ -214,8 +215,9 @@ def test_a_classifier_resume_compares_only_what_the_classifier_depends_on():
 def test_purpose_keys_are_fold_ins_of_the_table_numbers():
     root = build.root_key(build.load_config(_toy("smoke")))
     assert np.array_equal(jax.random.key_data(root), jax.random.key_data(jax.random.key(42)))
-    assert np.array_equal(jax.random.key_data(build.purpose_key(root, "likelihood")),
-                          jax.random.key_data(jax.random.fold_in(root, 6)))
+    assert np.array_equal(
+        jax.random.key_data(build.purpose_key(root, "likelihood")), jax.random.key_data(jax.random.fold_in(root, 6))
+    )
     assert len(set(build.PURPOSE.values())) == len(build.PURPOSE)
     with pytest.raises(KeyError, match="unknown RNG purpose 'dropout'"):
         build.purpose_key(root, "dropout")
@@ -224,18 +226,23 @@ def test_purpose_keys_are_fold_ins_of_the_table_numbers():
 # ------------------------------------------------------------------------------------------------- valid ranges
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("training.keep_checkpoints", 0, "an integer >= 1 (the newest complete checkpoint is always kept)"),
-    ("training.log_freq", 0, "an integer >= 1"),
-    ("training.n_iters", -1, "an integer >= 1"),
-    ("optim.lr", float("nan"), "a finite number > 0"),
-    ("eval.bpd_eps", 0.0, "a number in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("training.keep_checkpoints", 0, "an integer >= 1 (the newest complete checkpoint is always kept)"),
+        ("training.log_freq", 0, "an integer >= 1"),
+        ("training.n_iters", -1, "an integer >= 1"),
+        ("optim.lr", float("nan"), "a finite number > 0"),
+        ("eval.bpd_eps", 0.0, "a number in (0, 1)"),
+    ],
+)
 def test_an_out_of_range_value_is_rejected_at_load_naming_the_field_and_the_range(field, value, expected):
     config = load_config("toy2d_vp", "smoke")
     section, name = field.split(".")
     config[section][name] = value
-    with pytest.raises(ValueError, match=f"config.{field}=.*expected {expected}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ValueError, match=f"config.{field}=.*expected {expected}".replace("(", r"\(").replace(")", r"\)")
+    ):
         build.as_config(config)
 
 

@@ -19,18 +19,30 @@ def _with(config, **fields):
     return config
 
 
-@pytest.mark.parametrize("name,cls,expected", [
-    ("vpsde", sde_lib.VPSDE, dict(beta_min=0.2, beta_max=15.0, N=40)),
-    ("VP", sde_lib.VPSDE, dict(beta_min=0.2, beta_max=15.0, N=40)),
-    ("subvpsde", sde_lib.SubVPSDE, dict(beta_min=0.2, beta_max=15.0, N=40)),
-    ("vesde", sde_lib.VESDE, dict(sigma_min=0.05, sigma_max=30.0, N=40)),
-    ("edm", sde_lib.EDMSDE, dict(sigma_min=0.05, sigma_max=30.0, N=40)),
-    ("rectified_flow", sde_lib.RectifiedFlow, dict(T=0.999, N=40)),
-])
+@pytest.mark.parametrize(
+    "name,cls,expected",
+    [
+        ("vpsde", sde_lib.VPSDE, dict(beta_min=0.2, beta_max=15.0, N=40)),
+        ("VP", sde_lib.VPSDE, dict(beta_min=0.2, beta_max=15.0, N=40)),
+        ("subvpsde", sde_lib.SubVPSDE, dict(beta_min=0.2, beta_max=15.0, N=40)),
+        ("vesde", sde_lib.VESDE, dict(sigma_min=0.05, sigma_max=30.0, N=40)),
+        ("edm", sde_lib.EDMSDE, dict(sigma_min=0.05, sigma_max=30.0, N=40)),
+        ("rectified_flow", sde_lib.RectifiedFlow, dict(T=0.999, N=40)),
+    ],
+)
 def test_make_sde_reads_the_model_constants_of_its_family(name, cls, expected):
-    config = _with(load_config("toy2d_vp", "smoke"), **{
-        "training.sde": name, "model.beta_min": 0.2, "model.beta_max": 15.0, "model.sigma_min": 0.05,
-        "model.sigma_max": 30.0, "model.num_scales": 40, "model.rf_T": 0.999})
+    config = _with(
+        load_config("toy2d_vp", "smoke"),
+        **{
+            "training.sde": name,
+            "model.beta_min": 0.2,
+            "model.beta_max": 15.0,
+            "model.sigma_min": 0.05,
+            "model.sigma_max": 30.0,
+            "model.num_scales": 40,
+            "model.rf_T": 0.999,
+        },
+    )
     sde = build.make_sde(config)
     assert type(sde) is cls
     assert {k: getattr(sde, k) for k in expected} == expected
@@ -57,8 +69,10 @@ def test_an_objective_fixes_the_output_and_the_config_may_choose_the_label():
     edm = load_config("cifar10_edm")
     assert build.score_convention(edm, build.make_sde(edm))["output"] == "edm"
     relabelled = _with(load_config("toy2d_fm"), **{"model.time_label": "999t"})
-    assert build.score_convention(relabelled, build.make_sde(relabelled)) == {"output": "flow_velocity",
-                                                                             "time_label": "999t"}
+    assert build.score_convention(relabelled, build.make_sde(relabelled)) == {
+        "output": "flow_velocity",
+        "time_label": "999t",
+    }
     contradicting = _with(load_config("toy2d_fm"), **{"model.output": "eps"})
     with pytest.raises(ValueError, match="config.model.output='eps' contradicts config.training.objective="):
         build.score_convention(contradicting, build.make_sde(contradicting))

@@ -36,10 +36,18 @@ N_ITERS = 300
 
 def test_sigterm_then_resume_gives_identical_losses(tmp_path):
     workdir = str(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "scoresde.main", "--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}",
-           f"--config.training.n_iters={N_ITERS}", "--config.training.snapshot_sampling=False",
-           "--config.training.eval_freq=0", "--config.training.snapshot_freq=100000",
-           "--config.training.snapshot_freq_for_preemption=100000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scoresde.main",
+        "--config=configs/toy2d_vp.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.training.n_iters={N_ITERS}",
+        "--config.training.snapshot_sampling=False",
+        "--config.training.eval_freq=0",
+        "--config.training.snapshot_freq=100000",
+        "--config.training.snapshot_freq_for_preemption=100000",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
@@ -161,8 +169,10 @@ def test_a_flipped_byte_is_a_skipped_checkpoint_never_nan(tmp_path, caplog):
     assert step == 1  # the previous complete checkpoint, with a warning naming the damage
     for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(loaded, nnx.Param))), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
-    assert any("/2" in r.getMessage() and "'ema_params' is corrupt" in r.getMessage() and "sha256" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "/2" in r.getMessage() and "'ema_params' is corrupt" in r.getMessage() and "sha256" in r.getMessage()
+        for r in caplog.records
+    )
 
     _flip_a_value_byte(step_2, "params", noisy["hidden"][1]["kernel"])
     caplog.clear()

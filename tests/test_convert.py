@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import FIXTURES
 from scoresde import build, convert, parameterization
+
+from conftest import FIXTURES
 
 TOL = 1e-4
 VARIANTS = [
@@ -50,7 +51,7 @@ def _apply(state, x, labels, *, graphdef):
     return nnx.merge(graphdef, state)(x, labels)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(src, name):
     with open(os.path.join(FIXTURES, src, name + ".json")) as f:
         cfg = json.load(f)
@@ -59,8 +60,10 @@ def _load(src, name):
     loaded = convert.load_reference_checkpoint(_path(src, name), cfg, model=model)
     graphdef, _ = nnx.split(convert.model_with_params(cfg, loaded["params"], model=model))
     # Copy the leaves: the same abstract model is filled twice.
-    states = {k: jax.tree.map(jnp.array, nnx.state(convert.model_with_params(cfg, loaded[k], model=model)))
-              for k in ("params", "ema_params")}
+    states = {
+        k: jax.tree.map(jnp.array, nnx.state(convert.model_with_params(cfg, loaded[k], model=model)))
+        for k in ("params", "ema_params")
+    }
     return cfg, data, graphdef, states, loaded["step"]
 
 
@@ -102,15 +105,17 @@ def test_fixture_reproduces(src, name):
     assert np.all(np.abs(factor[data["t"] >= 0.1] - 1) < 1e-6)  # the correction only matters near t = 0
     for key, ref in (("params", data["score_nhwc"]), ("ema_params", data["score_ema_nhwc"])):
         score_fn = parameterization.model_score_fn(
-            functools.partial(_apply, states[key], graphdef=graphdef), sde, **convention)
+            functools.partial(_apply, states[key], graphdef=graphdef), sde, **convention
+        )
         score = np.asarray(score_fn(x, t))
         assert _rel(score, ref * factor[:, None, None, None]) < TOL, key
     # The EMA weights differ from the raw ones, so the two scores must too.
     assert _rel(data["score_ema_nhwc"], data["score_nhwc"]) > 10 * TOL
 
 
-@pytest.mark.parametrize("src,name", [("score_sde_pytorch", "ncsnpp_ve_ddpm_blocks_cat"),
-                                      ("score_sde_jax", "ddpmpp_vp_continuous")])
+@pytest.mark.parametrize(
+    "src,name", [("score_sde_pytorch", "ncsnpp_ve_ddpm_blocks_cat"), ("score_sde_jax", "ddpmpp_vp_continuous")]
+)
 def test_reference_score_fn_contract(src, name):
     """``reference_score_fn(path, config, ema)`` with the config as a plain dict, batched NHWC."""
     _skip_without(src)

@@ -40,8 +40,9 @@ def test_exact_divergence_matches_closed_form(d, name):
     sde = SDES[name]
     gm = _rotated_gaussian(d)
     x = gm.sample(jax.random.key(1), 4)
-    logp, z, nfe = likelihood.log_likelihood(gm.score_fn(sde), sde, x, jax.random.key(2), hutchinson="exact",
-                                             rtol=1e-5, atol=1e-5, eps=EPS)
+    logp, z, nfe = likelihood.log_likelihood(
+        gm.score_fn(sde), sde, x, jax.random.key(2), hutchinson="exact", rtol=1e-5, atol=1e-5, eps=EPS
+    )
     ref, z_ref = _closed_form(gm, sde, x)
     err = np.abs(np.asarray(logp - ref)) / d
     assert np.all(err < 1e-3), (name, d, err)
@@ -60,8 +61,9 @@ def test_hutchinson_is_unbiased(name, probe, n_probes):
     d, b = 16, 64
     gm = _rotated_gaussian(d, seed=3)
     x = gm.sample(jax.random.key(4), b)
-    logp, _, _ = likelihood.log_likelihood(gm.score_fn(sde), sde, x, jax.random.key(5), hutchinson=probe,
-                                           n_probes=n_probes)
+    logp, _, _ = likelihood.log_likelihood(
+        gm.score_fn(sde), sde, x, jax.random.key(5), hutchinson=probe, n_probes=n_probes
+    )
     ref, _ = _closed_form(gm, sde, x)
     err = np.asarray(logp - ref, np.float64)
     se = err.std(ddof=1) / math.sqrt(b)
@@ -85,8 +87,7 @@ def test_nfe_is_what_actually_ran():
         return _ve_standard_normal_score(x, t)
 
     x = jax.random.normal(jax.random.key(1), (1, 4))
-    logp, _, nfe = likelihood.log_likelihood(counting_score, SDES["ve"], x, jax.random.key(2),
-                                             hutchinson="gaussian")
+    logp, _, nfe = likelihood.log_likelihood(counting_score, SDES["ve"], x, jax.random.key(2), hutchinson="gaussian")
     jax.block_until_ready(nfe)
     assert int(nfe[0]) == len(calls) > 20
     assert np.isfinite(float(logp[0]))
@@ -106,8 +107,7 @@ def test_first_step_stays_inside_the_interval():
 
 def test_failed_solve_gives_nan_not_garbage():
     x = jax.random.normal(jax.random.key(1), (2, 4))
-    logp, _, _ = likelihood.log_likelihood(_ve_standard_normal_score, SDES["ve"], x, jax.random.key(2),
-                                           max_steps=3)
+    logp, _, _ = likelihood.log_likelihood(_ve_standard_normal_score, SDES["ve"], x, jax.random.key(2), max_steps=3)
     assert np.all(np.isnan(np.asarray(logp)))
 
 
@@ -123,12 +123,15 @@ def test_encode_decode_roundtrip_and_exact_flow():
     np.testing.assert_allclose(np.asarray(x_back), np.asarray(x), atol=1e-3)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"hutchinson": "rademacher2"}, "hutchinson type"),
-    ({"solver": "euler"}, "solver"),
-    ({"n_probes": 0}, "n_probes"),
-    ({"eps": 1.0}, "eps"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"hutchinson": "rademacher2"}, "hutchinson type"),
+        ({"solver": "euler"}, "solver"),
+        ({"n_probes": 0}, "n_probes"),
+        ({"eps": 1.0}, "eps"),
+    ],
+)
 def test_bad_arguments_are_named(kw, match):
     sde = SDES["vp"]
     with pytest.raises(ValueError, match=match):
@@ -166,8 +169,9 @@ def test_rectified_flow_likelihood_from_t1_matches_closed_form():
     assert np.all(np.isfinite(np.asarray(logp))) and np.all(err < 1e-3), err
     np.testing.assert_allclose(np.asarray(z), np.asarray(gm.flow_map(rf, x, EPS, 1.0)), atol=1e-3)
     assert np.all(np.asarray(nfe) < 1000)  # the score form spent 98,307 NFE on a NaN here
-    bpd = likelihood.bits_per_dim(model, rf, x, jax.random.key(3), num_bits=None, dequantization="none",
-                                  hutchinson="exact", eps=EPS)
+    bpd = likelihood.bits_per_dim(
+        model, rf, x, jax.random.key(3), num_bits=None, dequantization="none", hutchinson="exact", eps=EPS
+    )
     np.testing.assert_allclose(np.asarray(bpd.per_example), -np.asarray(ref) / (d * math.log(2.0)), atol=1.5e-3)
 
 
@@ -180,8 +184,11 @@ def test_rectified_flow_likelihood_needs_a_denoiser():
 def test_a_non_finite_likelihood_from_a_successful_solve_is_an_error_naming_it():
     """score = -11 x on VP pushes the flow to |z| ~ 1e22: the solve succeeds, log p_T(z) overflows float32."""
     x = jnp.ones((2, 2))
-    with pytest.raises(FloatingPointError, match=r"the prior log-density log p_T\(z\) is non-finite for example\(s\) "
-                                                 r"\[0, 1\] although the ODE solve succeeded"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"the prior log-density log p_T\(z\) is non-finite for example\(s\) "
+        r"\[0, 1\] although the ODE solve succeeded",
+    ):
         likelihood.log_likelihood(lambda x, t: -11.0 * x, SDES["vp"], x, jax.random.key(0), hutchinson="exact")
     # the model that stays in range gives a finite value through the same path
     logp, _, _ = likelihood.log_likelihood(lambda x, t: -x, SDES["vp"], x, jax.random.key(0), hutchinson="exact")

@@ -38,17 +38,18 @@ def test_hand_worked_no_dequantisation():
     # Every pixel 0.5; D = 3.
     x = jnp.full((2, 1, 1, 3), 0.5)
     # Centred: y = 0, -log N(0) = ½ ln 2π nats/dim = ½ log₂(2π) = 1.325748 bits/dim; offset 8 - log₂ 2 = 7.
-    res = likelihood.bits_per_dim(_std_normal_score, VP, x, jax.random.key(0), scaler=_centred, num_bits=8,
-                                  dequantization="none")
+    res = likelihood.bits_per_dim(
+        _std_normal_score, VP, x, jax.random.key(0), scaler=_centred, num_bits=8, dequantization="none"
+    )
     np.testing.assert_allclose(np.asarray(res.per_example), 8.325748, atol=1e-5)
     assert res.offset == pytest.approx(7.0, abs=1e-6)
     # Uncentred: y = 0.5, -log N(0.5) = 0.918939 + 0.125 = 1.043939 nats = 1.506085 bits; offset 8.
-    res = likelihood.bits_per_dim(_std_normal_score, VP, x, jax.random.key(0), scaler=None, num_bits=8,
-                                  dequantization="none")
+    res = likelihood.bits_per_dim(
+        _std_normal_score, VP, x, jax.random.key(0), scaler=None, num_bits=8, dequantization="none"
+    )
     np.testing.assert_allclose(np.asarray(res.per_example), 9.506085, atol=1e-5)
     # Continuous data (no bit depth): just -log₂ N(0.5) per dim.
-    res = likelihood.bits_per_dim(_std_normal_score, VP, x, jax.random.key(0), num_bits=None,
-                                  dequantization="none")
+    res = likelihood.bits_per_dim(_std_normal_score, VP, x, jax.random.key(0), num_bits=None, dequantization="none")
     np.testing.assert_allclose(np.asarray(res.per_example), 1.506085, atol=1e-5)
 
 
@@ -56,8 +57,16 @@ def test_uniform_dequantisation_expectation_and_stderr():
     b, d, repeats = 256, 4, 2
     k = jax.random.randint(jax.random.key(1), (b, d), 0, 256)
     x = k / 255.0
-    res = likelihood.bits_per_dim(_std_normal_score, VP, x, jax.random.key(2), scaler=_centred, num_bits=8,
-                                  dequantization="uniform", num_repeats=repeats)
+    res = likelihood.bits_per_dim(
+        _std_normal_score,
+        VP,
+        x,
+        jax.random.key(2),
+        scaler=_centred,
+        num_bits=8,
+        dequantization="uniform",
+        num_repeats=repeats,
+    )
     per = np.asarray(res.per_example, np.float64)
     kf = np.asarray(k, np.float64)
     # y = 2(k + U)/256 - 1 is uniform on [lo, hi]; E[y²] = m² + (hi - lo)²/12.
@@ -81,12 +90,15 @@ def test_uniform_dequantisation_expectation_and_stderr():
     assert res.nfe.shape == (repeats, b)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"dequantization": "variational"}, "dequantization"),
-    ({"num_repeats": 0}, "num_repeats"),
-    ({"dequantization": "none", "num_repeats": 5}, "repeats nothing"),
-    ({"num_bits": None}, "num_bits"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"dequantization": "variational"}, "dequantization"),
+        ({"num_repeats": 0}, "num_repeats"),
+        ({"dequantization": "none", "num_repeats": 5}, "repeats nothing"),
+        ({"num_bits": None}, "num_bits"),
+    ],
+)
 def test_bad_arguments_are_named(kw, match):
     with pytest.raises(ValueError, match=match):
         likelihood.bits_per_dim(_std_normal_score, VP, jnp.zeros((2, 3)), jax.random.key(0), **kw)

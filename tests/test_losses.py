@@ -5,11 +5,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
-import optax
 
-from scoresde import analytic, losses, parameterization as P, sde as sde_lib
+from scoresde import analytic, losses
+from scoresde import parameterization as P
+from scoresde import sde as sde_lib
 from scoresde.data import toy
 from scoresde.models.mlp import MLPScore
 
@@ -68,15 +70,23 @@ def test_reduce_sum_is_half_sum():
     np.testing.assert_allclose(ls, 0.5 * 4 * lm, rtol=1e-5)
 
 
-@pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE(sigma_max=10.0)],
-                         ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize(
+    "sde", [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE(sigma_max=10.0)], ids=lambda s: type(s).__name__
+)
 def test_likelihood_weighting_with_importance_sampling_matches_quadrature(sde):
     gm = _gaussian()
     n = 40000
     batch = gm.sample(jax.random.key(0), n)
     sampler = losses.likelihood_importance_sampler(sde)
-    loss, aux = losses.continuous_dsm_loss(gm.score_fn(sde), sde, batch, jax.random.key(2),
-                                           likelihood_weighting=True, importance_sampling=True, t_sampler=sampler)
+    loss, aux = losses.continuous_dsm_loss(
+        gm.score_fn(sde),
+        sde,
+        batch,
+        jax.random.key(2),
+        likelihood_weighting=True,
+        importance_sampling=True,
+        t_sampler=sampler,
+    )
     se = float(jnp.std(aux["losses"])) / math.sqrt(n)
     expected = _expected(sde, "likelihood")
     assert abs(float(loss) - expected) < 4 * se + 2e-3 * expected, (float(loss), expected, se)
@@ -84,7 +94,8 @@ def test_likelihood_weighting_with_importance_sampling_matches_quadrature(sde):
     t = np.asarray(aux["t"])
     grid = np.exp(np.linspace(np.log(1e-5), 0.0, 100001))
     dens = _per_t_value(sde, jnp.asarray(grid, jnp.float32), "likelihood") / _per_t_value(
-        sde, jnp.asarray(grid, jnp.float32), "sigma2")
+        sde, jnp.asarray(grid, jnp.float32), "sigma2"
+    )
     cdf = np.concatenate([[0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(grid))])
     cdf /= cdf[-1]
     for q in (1e-3, 1e-1, 0.5):
@@ -97,8 +108,9 @@ def test_likelihood_weighting_without_importance_sampling_is_unbiased():
     """Uniform-t likelihood weighting: compare with quadrature over t >= 0.05 (finite variance there)."""
     sde, gm, n, eps = sde_lib.VPSDE(), _gaussian(), 60000, 0.05
     batch = gm.sample(jax.random.key(0), n)
-    loss, aux = losses.continuous_dsm_loss(gm.score_fn(sde), sde, batch, jax.random.key(3),
-                                           likelihood_weighting=True, eps=eps)
+    loss, aux = losses.continuous_dsm_loss(
+        gm.score_fn(sde), sde, batch, jax.random.key(3), likelihood_weighting=True, eps=eps
+    )
     se = float(jnp.std(aux["losses"])) / math.sqrt(n)
     assert abs(float(loss) - _expected(sde, "likelihood", eps)) < 4 * se
 

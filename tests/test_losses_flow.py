@@ -39,14 +39,22 @@ def test_flow_velocity_from_tweedie_is_the_flow_maps_time_derivative():
         mu, var = jnp.asarray(MU)[None], jnp.asarray(VAR)[None]
 
         def flow(x, t0, t1):
-            return (1 - t1) * mu + (x - (1 - t0) * mu) * jnp.sqrt(((1 - t1) ** 2 * var + t1**2) / ((1 - t0) ** 2 * var + t0**2))
+            return (1 - t1) * mu + (x - (1 - t0) * mu) * jnp.sqrt(
+                ((1 - t1) ** 2 * var + t1**2) / ((1 - t0) ** 2 * var + t0**2)
+            )
 
         d = 1e-5
         fd = (flow(x, 0.37, 0.37 + d) - flow(x, 0.37, 0.37 - d)) / (2 * d)
         np.testing.assert_allclose(v, fd, rtol=1e-8, atol=1e-8)
-        model = P.model_score_fn(lambda xx, labels: -labels[:, None] * score(xx, labels)
-                                 - (xx + labels[:, None] ** 2 * score(xx, labels)) / (1 - labels[:, None]),
-                                 sde, output="flow_velocity", time_label="t")
+        model = P.model_score_fn(
+            lambda xx, labels: (
+                -labels[:, None] * score(xx, labels)
+                - (xx + labels[:, None] ** 2 * score(xx, labels)) / (1 - labels[:, None])
+            ),
+            sde,
+            output="flow_velocity",
+            time_label="t",
+        )
         np.testing.assert_allclose(model(x, t), s, rtol=1e-10)
         np.testing.assert_allclose(model.denoiser(x, t), den(x, t), rtol=1e-10)
         # at t = 1 the velocity model's denoiser is x - v, finite (E[x0] for the exact v = x - E[x0])
@@ -67,7 +75,8 @@ def test_flow_matching_loss_at_exact_velocity_equals_closed_form_minimum():
             return -t[:, None] * s - (x + t[:, None] ** 2 * s) / (1 - t[:, None])
 
         batch = jnp.asarray(MU)[None] + jnp.sqrt(jnp.asarray(VAR))[None] * jax.random.normal(
-            jax.random.key(1), (200_000, 2), jnp.float64)
+            jax.random.key(1), (200_000, 2), jnp.float64
+        )
         loss, aux = losses.flow_matching_loss(velocity, batch, jax.random.key(2))
         expected = losses.gaussian_flow_matching_minimum(VAR)
         se = float(jnp.std(aux["losses"])) / np.sqrt(batch.shape[0])
@@ -97,11 +106,13 @@ def test_edm_preconditioned_denoiser_with_exact_score_is_posterior_mean_and_loss
         np.testing.assert_allclose(model.denoiser(x, sig), den(x, sig), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(model(x, sig), score(x, sig), rtol=1e-9)
         c_skip, c_out, c_in, c_noise = P.edm_preconditioning(jnp.asarray(2.0), sd)
-        np.testing.assert_allclose([c_skip, c_out, c_in, c_noise],
-                                   [0.25 / 4.25, 1.0 / np.sqrt(4.25), 1 / np.sqrt(4.25), np.log(2.0) / 4])
+        np.testing.assert_allclose(
+            [c_skip, c_out, c_in, c_noise], [0.25 / 4.25, 1.0 / np.sqrt(4.25), 1 / np.sqrt(4.25), np.log(2.0) / 4]
+        )
         # EDM loss at the exact denoiser: E_sigma[lambda(sigma) mean_d v sigma² / (v + sigma²)]
         batch = jnp.asarray(MU)[None] + jnp.sqrt(jnp.asarray(VAR))[None] * jax.random.normal(
-            jax.random.key(1), (200_000, 2), jnp.float64)
+            jax.random.key(1), (200_000, 2), jnp.float64
+        )
         loss, aux = losses.edm_loss(model.denoiser, batch, jax.random.key(2), sigma_data=sd)
         n = np.linspace(-8, 8, 20001)
         s2 = np.exp(2 * (-1.2 + 1.2 * n))
@@ -119,8 +130,9 @@ def test_likelihood_of_exact_model_equals_closed_form_plus_prior_mismatch():
     gm = analytic.GaussianMixture(jnp.array([[0.5, -0.5], [-0.5, 0.3]]), jnp.array([0.3, 0.5]))
     for sde, eps in ((sde_lib.RectifiedFlow(T=0.999), 1e-3), (sde_lib.EDMSDE(sigma_max=20.0), 0.002)):
         x = gm.sample(jax.random.key(0), 4)
-        logp, z, _ = log_likelihood(gm.score_fn(sde), sde, x, jax.random.key(1), hutchinson="exact", eps=eps,
-                                    rtol=1e-6, atol=1e-6)
+        logp, z, _ = log_likelihood(
+            gm.score_fn(sde), sde, x, jax.random.key(1), hutchinson="exact", eps=eps, rtol=1e-6, atol=1e-6
+        )
         t_eps, t_T = jnp.full((4,), eps), jnp.full((4,), sde.T)
         mismatch = sde.prior_logp(z) - gm.log_prob_t(sde, z, t_T)
         np.testing.assert_allclose(logp, gm.log_prob_t(sde, x, t_eps) + mismatch, atol=2e-3)

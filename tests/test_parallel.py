@@ -43,7 +43,7 @@ def _run(args, env_extra=None, timeout=240):
 def _result(proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,7 @@ def one_device(tmp_path_factory):
 
 
 def test_eight_devices_match_one_device(one_device, tmp_path):
-    eight = _result(_run([PY, "-c", SCRIPT, str(tmp_path)],
-                         {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}))
+    eight = _result(_run([PY, "-c", SCRIPT, str(tmp_path)], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}))
     assert one_device["devices"] == 1 and eight["devices"] == 8
     assert len(one_device["losses"]) == 3
     np.testing.assert_allclose(eight["losses"], one_device["losses"], rtol=1e-5, atol=1e-6)
@@ -72,12 +71,25 @@ def _free_port():
 def test_two_processes_match_one_process(one_device, tmp_path):
     port = _free_port()
     workdir = str(tmp_path / "run")
-    cmd = [PY, "-m", "scoresde.main", "--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}",
-           f"--coordinator_address=localhost:{port}", "--num_processes=2", "--cpu_collectives=gloo",
-           "--config.training.n_iters=3", "--config.training.snapshot_sampling=False"]
+    cmd = [
+        PY,
+        "-m",
+        "scoresde.main",
+        "--config=configs/toy2d_vp.py:smoke",
+        f"--workdir={workdir}",
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+        "--cpu_collectives=gloo",
+        "--config.training.n_iters=3",
+        "--config.training.snapshot_sampling=False",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd + [f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]

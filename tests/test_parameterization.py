@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import analytic, parameterization as P, sde as sde_lib
+from scoresde import analytic
+from scoresde import parameterization as P
+from scoresde import sde as sde_lib
 
 SDES = [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE()]
 

@@ -8,7 +8,6 @@ from scoresde import runlog
 
 from conftest import REPO
 
-
 ABSL_INFO = "I1207 05:41:26.444341 140624080427904 likelihood.py:255] bits/dim on test: 15.4488"
 XLA_BANNER = [
     "E1207 05:41:26.444341   12345 slow_operation_alarm.cc:73] ",
@@ -43,14 +42,16 @@ def test_quiet_stderr_sends_library_lines_to_the_log_once_the_workdir_exists(tmp
     lines = ["scoresde sample: 4 samples", ABSL_INFO, *XLA_BANNER, "wrote 4 samples"]
     env = {**os.environ, "PYTHONPATH": REPO}
     log = tmp_path / "log.txt"
-    proc = subprocess.run([sys.executable, "-c", QUIET, str(log), *lines], capture_output=True, text=True, env=env,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", QUIET, str(log), *lines], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.stderr.splitlines() == ["scoresde sample: 4 samples", "wrote 4 samples"]
     assert log.read_text().splitlines() == [ABSL_INFO, *XLA_BANNER]
     # no workdir: nothing is created for the log
     missing = tmp_path / "not_created" / "log.txt"
-    proc = subprocess.run([sys.executable, "-c", QUIET, str(missing), ABSL_INFO], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", QUIET, str(missing), ABSL_INFO], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.stderr == "" and not missing.parent.exists()
 
 
@@ -61,7 +62,8 @@ def test_the_latent_stage_command_is_real(tmp_path):
     try:
         assert runlog.latent_command("runs/digits_ae") == (
             "python -m scoresde.main --config=configs/digits_ldm.py:smoke --workdir=runs/digits_ldm "
-            "--config.latent.autoencoder_workdir=runs/digits_ae")
+            "--config.latent.autoencoder_workdir=runs/digits_ae"
+        )
         runlog.set_config_spec("configs/digits_vp.py")  # not an autoencoder config: nothing to suggest
         assert runlog.latent_command("runs/x") is None
     finally:

@@ -67,15 +67,22 @@ def test_discretize_consistent_with_sde_as_n_grows(name):
     """f_i ≈ f dt and G_i ≈ g sqrt(dt) with relative error -> 0 as N grows."""
     errs = []
     for n in (100, 1000, 10000):
-        sde = type(SDES[name])(**{**{f: getattr(SDES[name], f) for f in ("T",)}, "N": n}) if name == "vp" else \
-            sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=n)
+        sde = (
+            type(SDES[name])(**{**{f: getattr(SDES[name], f) for f in ("T",)}, "N": n})
+            if name == "vp"
+            else sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=n)
+        )
         t = jnp.array([0.2, 0.5, 0.9])
         x = jnp.ones((3, 2))
         f, g_disc = sde.discretize(x, t)
         drift, g = sde.sde(x, t)
         dt = sde.T / n
         # the discrete grid index is floor(t (N-1)); compare with the SDE at that grid time
-        err_f = float(jnp.max(jnp.abs(f - drift * dt))) / max(float(jnp.max(jnp.abs(drift * dt))), 1e-12) if name == "vp" else 0.0
+        err_f = (
+            float(jnp.max(jnp.abs(f - drift * dt))) / max(float(jnp.max(jnp.abs(drift * dt))), 1e-12)
+            if name == "vp"
+            else 0.0
+        )
         err_g = float(jnp.max(jnp.abs(g_disc - g * math.sqrt(dt)) / (g * math.sqrt(dt))))
         errs.append(max(err_f, err_g))
     assert errs[2] < errs[1] < errs[0]
@@ -92,7 +99,7 @@ def test_default_euler_maruyama_discretization():
 
 
 def _vp_exact(t, b0=0.1, b1=20.0):
-    from mpmath import mp, mpf, exp, expm1, sqrt
+    from mpmath import exp, expm1, mp, mpf, sqrt
 
     mp.dps = 40
     t = mpf(t)

@@ -54,16 +54,33 @@ def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
     """The consistency function ``f(x, t)`` of a raw ``net_fn(x, labels)`` for ``config``
     (:func:`scoresde.fewstep.consistency.consistency_fn` with the sampling eps, ``config.distill.sigma_data`` and the
     network's time label); the one wrapper training and sampling share."""
-    return cm.consistency_fn(net_fn, sde, sampling_eps(sde), sigma_data=float(config.distill.get("sigma_data", 0.5)),
-                             time_label=score_convention(config, sde)["time_label"])
+    return cm.consistency_fn(
+        net_fn,
+        sde,
+        sampling_eps(sde),
+        sigma_data=float(config.distill.get("sigma_data", 0.5)),
+        time_label=score_convention(config, sde)["time_label"],
+    )
 
 
 METHODS = ("cd", "ct", "pd")
 STUDENT_FILE = "student.json"
 
-__all__ = ["METHODS", "STUDENT_FILE", "Teacher", "distill_method", "load_teacher", "pd_rounds", "total_steps",
-           "init_distill_state", "make_distill_step", "iters_per_round", "round_of_step", "write_student_file",
-           "read_student_file"]
+__all__ = [
+    "METHODS",
+    "STUDENT_FILE",
+    "Teacher",
+    "distill_method",
+    "load_teacher",
+    "pd_rounds",
+    "total_steps",
+    "init_distill_state",
+    "make_distill_step",
+    "iters_per_round",
+    "round_of_step",
+    "write_student_file",
+    "read_student_file",
+]
 
 
 def distill_method(config) -> str:
@@ -79,6 +96,7 @@ def distill_method(config) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- teacher
+
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
@@ -121,26 +139,34 @@ def load_teacher(config) -> Teacher:
     """
     workdir = str(config.distill.get("teacher_workdir", "") or "")
     if not workdir:
-        raise ValueError(f"config.distill.method={config.distill.method!r} needs config.distill.teacher_workdir "
-                         "(a workdir trained with --mode=train, or imported with python -m scoresde.convert)")
+        raise ValueError(
+            f"config.distill.method={config.distill.method!r} needs config.distill.teacher_workdir "
+            "(a workdir trained with --mode=train, or imported with python -m scoresde.convert)"
+        )
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"config.distill.teacher_workdir={workdir!r} does not exist")
     tcfg = teacher_config(config)
     if str(tcfg.training.sde).lower() != str(config.training.sde).lower():
-        raise ValueError(f"the teacher in {workdir} was trained with sde {tcfg.training.sde!r} but "
-                         f"config.training.sde={config.training.sde!r}; distil on the teacher's SDE")
+        raise ValueError(
+            f"the teacher in {workdir} was trained with sde {tcfg.training.sde!r} but "
+            f"config.training.sde={config.training.sde!r}; distil on the teacher's SDE"
+        )
     if int(tcfg.model.get("num_classes", 0) or 0) > 0:
-        raise ValueError("distilling a class-conditional teacher is not supported; got "
-                         f"model.num_classes={tcfg.model.num_classes} in {workdir}")
+        raise ValueError(
+            "distilling a class-conditional teacher is not supported; got "
+            f"model.num_classes={tcfg.model.num_classes} in {workdir}"
+        )
     model, step = load_model(workdir, tcfg, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     digest = params_digest(params)
     d = config.distill
     pinned_step, pinned_hash = int(d.get("teacher_step", 0) or 0), str(d.get("teacher_hash", "") or "")
     if (pinned_step and pinned_step != step) or (pinned_hash and pinned_hash != digest):
-        raise ValueError(f"config.distill pins the teacher in {workdir} at step {pinned_step or '?'} (hash "
-                         f"{pinned_hash or '?'}), but its newest checkpoint is step {step} (hash {digest}): the "
-                         "teacher changed. Restore it, or distil the new teacher in another --workdir")
+        raise ValueError(
+            f"config.distill pins the teacher in {workdir} at step {pinned_step or '?'} (hash "
+            f"{pinned_hash or '?'}), but its newest checkpoint is step {step} (hash {digest}): the "
+            "teacher changed. Restore it, or distil the new teacher in another --workdir"
+        )
     with config.unlocked():
         if "teacher_step" in d:
             d.teacher_step = int(step)
@@ -154,11 +180,14 @@ def check_same_architecture(student_params, teacher_params, what: str) -> None:
     s = jax.tree.map(lambda x: tuple(x.shape), nnx.to_pure_dict(student_params))
     t = jax.tree.map(lambda x: tuple(x.shape), nnx.to_pure_dict(teacher_params))
     if s != t:
-        raise ValueError(f"the student (config.model) must have the teacher's architecture to start from its "
-                         f"weights ({what}); the parameter trees differ: set config.model to the teacher's")
+        raise ValueError(
+            f"the student (config.model) must have the teacher's architecture to start from its "
+            f"weights ({what}); the parameter trees differ: set config.model to the teacher's"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- schedules
+
 
 def pd_rounds(config) -> list[int]:
     """The student step counts of the PD rounds, ``[start/2, .., end]``."""
@@ -184,6 +213,7 @@ def round_of_step(config, step: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- state and step
+
 
 def init_distill_state(params, tx, *, teacher_params=None) -> dict:
     """:func:`scoresde.train_state.init_state` with ``opt_state = {"opt", "aux": {"target", "teacher"}}``."""
@@ -215,9 +245,22 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
         teacher_score = teacher.score_model.score_fn(tnet)
         online_f = f_apply(params, True, k_drop)
         apply = lambda p, x, t: online_f(x, t) if p is params else f_apply(p)(x, t)  # noqa: E731
-        loss, out = cm.cd_loss(apply, params, aux["target"], teacher_score, sde, batch, k_loss,
-                               num_scales=int(d.num_scales), eps=eps, rho=float(d.rho), solver=str(d.solver),
-                               metric=str(d.metric), weighting=str(d.weighting), schedule=str(d.schedule))
+        loss, out = cm.cd_loss(
+            apply,
+            params,
+            aux["target"],
+            teacher_score,
+            sde,
+            batch,
+            k_loss,
+            num_scales=int(d.num_scales),
+            eps=eps,
+            rho=float(d.rho),
+            solver=str(d.solver),
+            metric=str(d.metric),
+            weighting=str(d.weighting),
+            schedule=str(d.schedule),
+        )
         return loss, {"num_scales": jnp.asarray(int(d.num_scales), jnp.float32)}
 
     def ct_objective(params, aux, batch, k_loss, k_drop, step):
@@ -226,9 +269,20 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
         online_f, target_f = f_apply(params, True, k_drop), f_apply(params)
         # mu = 0 (iCT): the target is the online network itself, stop-gradiented inside ct_loss
         apply = lambda p, x, t: online_f(x, t) if p == "online" else target_f(x, t)  # noqa: E731
-        loss, _ = cm.ct_loss(apply, "online", "target", sde, batch, k_loss, num_scales=n, eps=eps,
-                             rho=float(d.rho), metric=str(d.metric), weighting=str(d.weighting),
-                             schedule=str(d.schedule))
+        loss, _ = cm.ct_loss(
+            apply,
+            "online",
+            "target",
+            sde,
+            batch,
+            k_loss,
+            num_scales=n,
+            eps=eps,
+            rho=float(d.rho),
+            metric=str(d.metric),
+            weighting=str(d.weighting),
+            schedule=str(d.schedule),
+        )
         return loss, {"num_scales": n.astype(jnp.float32)}
 
     if method == "pd":
@@ -249,8 +303,9 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
             return jnp.where(r == 0, own, stud)
 
         denoiser = student_model.net_score_fn(student_net(params, True, k_drop)).denoiser
-        loss, _ = progressive.pd_loss(denoiser, teacher_score, sde, batch, k_loss, steps=steps, eps=eps,
-                                      weighting=str(d.pd_weighting))
+        loss, _ = progressive.pd_loss(
+            denoiser, teacher_score, sde, batch, k_loss, steps=steps, eps=eps, weighting=str(d.pd_weighting)
+        )
         return loss, {"round": r.astype(jnp.float32), "student_steps": steps.astype(jnp.float32)}
 
     objective = {"cd": cd_objective, "ct": ct_objective, "pd": pd_objective}[method]
@@ -268,7 +323,8 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
             state = {**state, "params": pick(state["ema"], state["params"])}
 
         (loss, extra), grads = jax.value_and_grad(
-            lambda p: objective(p, aux, batch["image"], k_loss, k_drop, step), has_aux=True)(state["params"])
+            lambda p: objective(p, aux, batch["image"], k_loss, k_drop, step), has_aux=True
+        )(state["params"])
         inner, stats = apply_gradients({**state, "opt_state": opt["opt"]}, grads, loss)
         if method == "cd":  # θ⁻ ← μ θ⁻ + (1 - μ) θ, only when the update was applied
             new_t = cm.ema_update(aux["target"], inner["params"], target_mu)
@@ -281,15 +337,19 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
 
 # ----------------------------------------------------------------------------------------------- workdir record
 
+
 def write_student_file(config, workdir: str, *, teacher: Teacher | None) -> str:
     """``workdir/student.json``: what the network of this workdir is and how it samples by default."""
     method = distill_method(config)
-    record = {"method": method, "network": "consistency" if method in ("cd", "ct") else "score",
-              "sampling": {"method": str(config.sampling.method), "steps": int(config.sampling.get("steps", 0))},
-              "model_output": make_score_model(config).output,
-              "teacher_workdir": os.path.abspath(teacher.workdir) if teacher else None,
-              "teacher_step": teacher.step if teacher else None,
-              "data_shape": list(data_lib.data_shape(config))}
+    record = {
+        "method": method,
+        "network": "consistency" if method in ("cd", "ct") else "score",
+        "sampling": {"method": str(config.sampling.method), "steps": int(config.sampling.get("steps", 0))},
+        "model_output": make_score_model(config).output,
+        "teacher_workdir": os.path.abspath(teacher.workdir) if teacher else None,
+        "teacher_step": teacher.step if teacher else None,
+        "data_shape": list(data_lib.data_shape(config)),
+    }
     path = os.path.join(workdir, STUDENT_FILE)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)

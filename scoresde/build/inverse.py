@@ -1,5 +1,4 @@
-"""Inverse problems from ``config.inverse``: the operator, posterior-sampling settings, the restore function.
-"""
+"""Inverse problems from ``config.inverse``: the operator, posterior-sampling settings, the restore function."""
 
 from __future__ import annotations
 
@@ -33,10 +32,17 @@ def operator_from_config(config) -> inverse_lib.Operator | None:
     if name == "none":
         return None
     inv = config.inverse
-    return inverse_lib.make_operator(name, data_lib.data_shape(config), mask=str(inv.mask).lower(),
-                                     mask_fraction=float(inv.mask_fraction), seed=int(inv.seed), factor=int(inv.factor),
-                                     blur_sigma=float(inv.blur_sigma), blur_size=int(inv.blur_size),
-                                     num_measurements=int(inv.num_measurements))
+    return inverse_lib.make_operator(
+        name,
+        data_lib.data_shape(config),
+        mask=str(inv.mask).lower(),
+        mask_fraction=float(inv.mask_fraction),
+        seed=int(inv.seed),
+        factor=int(inv.factor),
+        blur_sigma=float(inv.blur_sigma),
+        blur_size=int(inv.blur_size),
+        num_measurements=int(inv.num_measurements),
+    )
 
 
 def restore_counts(config) -> tuple[int, int]:
@@ -79,8 +85,7 @@ def posterior_settings(config) -> dict:
         jacobian = str(inv.jacobian).lower()
         if jacobian not in ("network", "isotropic"):
             raise ValueError(f"unknown config.inverse.jacobian {jacobian!r}; expected 'network' or 'isotropic'")
-        out.update(scale=float(inv.scale), data_var=float(inv.data_var), cg_steps=int(inv.cg_steps),
-                   jacobian=jacobian)
+        out.update(scale=float(inv.scale), data_var=float(inv.data_var), cg_steps=int(inv.cg_steps), jacobian=jacobian)
     return out
 
 
@@ -99,8 +104,10 @@ def make_restore_fn(config, sde, graphdef, rest, operator: inverse_lib.Operator,
             ``config.inverse`` (:func:`posterior_settings`).
     """
     if parallel_settings(config) is not None:
-        raise ValueError("config.sampling.parallel_window > 0 (ParaDiGMS) samples without measurements; "
-                         "set it to 0 for config.inverse.operator != 'none'")
+        raise ValueError(
+            "config.sampling.parallel_window > 0 (ParaDiGMS) samples without measurements; "
+            "set it to 0 for config.inverse.operator != 'none'"
+        )
     method, options = sampling_options(config)
     settings = posterior_settings(config)
     inverse_scaler = data_lib.get_data_inverse_scaler(config)
@@ -112,9 +119,18 @@ def make_restore_fn(config, sde, graphdef, rest, operator: inverse_lib.Operator,
         score_fn = guided_score_fn(config, model, sde, x.shape[0], classifier=classifier)
         y = inverse_lib.measure(operator, x, purpose_key(key, "measurement"), sigma_y)
         sample_key = jax.random.fold_in(purpose_key(key, "sample"), k)
-        restored, nfe = inverse_lib.posterior_sample(score_fn, sde, operator, y, sample_key, method=method, eps=eps,
-                                                     **options, posterior=settings["method"],
-                                                     **{k: v for k, v in settings.items() if k != "method"})
+        restored, nfe = inverse_lib.posterior_sample(
+            score_fn,
+            sde,
+            operator,
+            y,
+            sample_key,
+            method=method,
+            eps=eps,
+            **options,
+            posterior=settings["method"],
+            **{k: v for k, v in settings.items() if k != "method"},
+        )
         return y, inverse_scaler(inverse_lib.naive_restoration(operator, y)), inverse_scaler(restored), nfe
 
     return jax.jit(fn)

@@ -1,5 +1,4 @@
-"""Latent diffusion from ``config.autoencoder`` / ``config.latent``: the autoencoder, its record, the latent space.
-"""
+"""Latent diffusion from ``config.autoencoder`` / ``config.latent``: the autoencoder, its record, the latent space."""
 
 from __future__ import annotations
 
@@ -24,24 +23,33 @@ from scoresde.models.autoencoder import AutoencoderTrainee
 # (:func:`batch_transform`), and :func:`make_sample_fn` decodes samples to images in [0, 1].
 
 
-
 def get_autoencoder(section, image_shape, *, rngs: nnx.Rngs):
     """The :class:`~scoresde.models.autoencoder.AutoencoderKL` of a ``config.autoencoder`` section for ``(H, W, C)`` images."""
     from scoresde.models.autoencoder import AutoencoderKL  # noqa: PLC0415
 
     ch_mult = tuple(section.ch_mult or ()) or None
-    return AutoencoderKL(in_channels=int(image_shape[-1]), latent_channels=int(section.latent_channels),
-                         downsample_factor=int(section.f), base_width=int(section.base_width),
-                         num_res_blocks=int(section.num_res_blocks), ch_mult=ch_mult, rngs=rngs)
+    return AutoencoderKL(
+        in_channels=int(image_shape[-1]),
+        latent_channels=int(section.latent_channels),
+        downsample_factor=int(section.f),
+        base_width=int(section.base_width),
+        num_res_blocks=int(section.num_res_blocks),
+        ch_mult=ch_mult,
+        rngs=rngs,
+    )
 
 
 def make_autoencoder_trainee(section, image_shape, *, rngs: nnx.Rngs) -> AutoencoderTrainee:
     """What ``--mode=train_autoencoder`` trains: the autoencoder and, if ``section.discriminator``, its critic."""
     from scoresde.models.autoencoder import PatchDiscriminator  # noqa: PLC0415
 
-    disc = (PatchDiscriminator(int(image_shape[-1]), base_width=int(section.disc_width),
-                               num_layers=int(section.disc_layers), rngs=rngs)
-            if bool(section.discriminator) else None)
+    disc = (
+        PatchDiscriminator(
+            int(image_shape[-1]), base_width=int(section.disc_width), num_layers=int(section.disc_layers), rngs=rngs
+        )
+        if bool(section.discriminator)
+        else None
+    )
     return AutoencoderTrainee(get_autoencoder(section, image_shape, rngs=rngs), disc)
 
 
@@ -65,7 +73,8 @@ def _refuse_other_autoencoder(config, what: str) -> None:
     raise ValueError(
         f"the latent model was trained on the autoencoder in {config.latent.autoencoder_workdir!r} at {what} "
         "(config.latent.autoencoder_step / autoencoder_hash): that autoencoder was retrained or replaced. Restore "
-        "it, or train the latent model again on the new one (another --workdir)")
+        "it, or train the latent model again on the new one (another --workdir)"
+    )
 
 
 def _checked_record(config) -> dict:
@@ -75,9 +84,11 @@ def _checked_record(config) -> dict:
         _refuse_other_autoencoder(config, mismatch)
     shape, centered = list(data_lib.data_shape(config)), bool(config.data.centered)
     if list(record["image_shape"]) != shape or bool(record["centered"]) != centered:
-        raise ValueError(f"the autoencoder in {config.latent.autoencoder_workdir!r} was trained on images of shape "
-                         f"{record['image_shape']} (centered={record['centered']}); this config's data are "
-                         f"{shape} (centered={centered}): set config.data to match")
+        raise ValueError(
+            f"the autoencoder in {config.latent.autoencoder_workdir!r} was trained on images of shape "
+            f"{record['image_shape']} (centered={record['centered']}); this config's data are "
+            f"{shape} (centered={centered}): set config.data to match"
+        )
     return record
 
 
@@ -107,8 +118,13 @@ def load_latent_space(config, mesh=None) -> LatentSpace:
     record = _checked_record(config)
     mesh = mesh or parallel.make_mesh()
     record_path = autoencoder_record_path(workdir)
-    cache_key = (workdir, record["step"], record["scale_factor"], os.stat(record_path).st_mtime_ns,
-                 tuple(d.id for d in mesh.devices.flat))
+    cache_key = (
+        workdir,
+        record["step"],
+        record["scale_factor"],
+        os.stat(record_path).st_mtime_ns,
+        tuple(d.id for d in mesh.devices.flat),
+    )
     if cache_key not in _LATENT_CACHE:
         # a record of an older autoencoder run may lack newer fields: they take the defaults
         section = section_with_defaults(record["autoencoder"], "autoencoder")
@@ -116,8 +132,10 @@ def load_latent_space(config, mesh=None) -> LatentSpace:
         model = nnx.eval_shape(lambda: make_autoencoder_trainee(section, shape, rngs=nnx.Rngs(0)))
         model, step = restore_params(workdir, model, ema=True, what="autoencoder")
         if step != int(record["step"]):
-            raise ValueError(f"{autoencoder_record_path(workdir)} belongs to step {record['step']} but the newest "
-                             f"checkpoint is step {step}; rerun --mode=train_autoencoder there to finish the run")
+            raise ValueError(
+                f"{autoencoder_record_path(workdir)} belongs to step {record['step']} but the newest "
+                f"checkpoint is step {step}; rerun --mode=train_autoencoder there to finish the run"
+            )
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         _LATENT_CACHE.clear()  # one autoencoder at a time
         _LATENT_CACHE[cache_key] = (graphdef, parallel.replicate(mesh, params), rest, params_digest(params))
@@ -131,9 +149,17 @@ def load_latent_space(config, mesh=None) -> LatentSpace:
     if "autoencoder_hash" in config.latent and not config.latent.autoencoder_hash:
         with config.unlocked():
             config.latent.autoencoder_hash = digest
-    return LatentSpace(graphdef, params, rest, float(record["scale_factor"]), float(record["decoder_std"]),
-                       int(record["step"]), tuple(record["image_shape"]), tuple(record["latent_shape"]),
-                       bool(config.latent.use_posterior_mean))
+    return LatentSpace(
+        graphdef,
+        params,
+        rest,
+        float(record["scale_factor"]),
+        float(record["decoder_std"]),
+        int(record["step"]),
+        tuple(record["image_shape"]),
+        tuple(record["latent_shape"]),
+        bool(config.latent.use_posterior_mean),
+    )
 
 
 def batch_transform(config, mesh=None) -> Callable:

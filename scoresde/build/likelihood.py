@@ -1,5 +1,4 @@
-"""Bits/dim settings from ``config.eval`` (the ``bpd_*`` fields): :class:`LikelihoodSettings`.
-"""
+"""Bits/dim settings from ``config.eval`` (the ``bpd_*`` fields): :class:`LikelihoodSettings`."""
 
 from __future__ import annotations
 

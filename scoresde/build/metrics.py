@@ -13,8 +13,11 @@ def get_feature_fn(config):
     from scoresde.metrics.features import inception_feature_fn  # noqa: PLC0415  (jax model only when used)
 
     name = str(config.eval.feature_extractor).lower()
-    factories = {"inception": lambda: inception_feature_fn(config.eval.inception_weights or None,
-                                                            batch_size=int(config.eval.inception_batch_size))}
+    factories = {
+        "inception": lambda: inception_feature_fn(
+            config.eval.inception_weights or None, batch_size=int(config.eval.inception_batch_size)
+        )
+    }
     if name not in factories:
         raise ValueError(f"unknown config.eval.feature_extractor {name!r}; expected one of: {', '.join(factories)}")
     return factories[name]()
@@ -59,7 +62,12 @@ def sample_quality_settings(config) -> SampleQualitySettings:
     """The :class:`SampleQualitySettings` of ``config.eval``."""
     e = config.eval
     return SampleQualitySettings(
-        num_samples=int(e.num_samples), sample_batch_size=sample_batch_size(config),
-        inception_batch_size=int(e.inception_batch_size), is_splits=int(e.is_splits), kid_subsets=int(e.kid_subsets),
-        kid_subset_size=int(e.kid_subset_size), stats_split=str(e.stats_split),
-        stats_max_features=int(e.stats_max_features))
+        num_samples=int(e.num_samples),
+        sample_batch_size=sample_batch_size(config),
+        inception_batch_size=int(e.inception_batch_size),
+        is_splits=int(e.is_splits),
+        kid_subsets=int(e.kid_subsets),
+        kid_subset_size=int(e.kid_subset_size),
+        stats_split=str(e.stats_split),
+        stats_max_features=int(e.stats_max_features),
+    )

@@ -1,5 +1,4 @@
-"""Networks and classifiers from their config sections, and from a workdir's checkpoints.
-"""
+"""Networks and classifiers from their config sections, and from a workdir's checkpoints."""
 
 from __future__ import annotations
 
@@ -19,11 +18,17 @@ from scoresde.models import classifiers
 
 
 def _mlp(config, rngs):
-    from scoresde.models.mlp import MLPScore
+    from scoresde.models.mlp import MLPScore  # noqa: PLC0415  (only the configured architecture is imported)
 
     m = config.model
-    return MLPScore(math.prod(model_data_shape(config)), hidden=m.hidden, num_layers=m.num_layers,
-                    embed_dim=m.embed_dim, num_classes=num_classes(config), rngs=rngs)
+    return MLPScore(
+        math.prod(model_data_shape(config)),
+        hidden=m.hidden,
+        num_layers=m.num_layers,
+        embed_dim=m.embed_dim,
+        num_classes=num_classes(config),
+        rngs=rngs,
+    )
 
 
 def _unet_common(config) -> dict:
@@ -32,30 +37,53 @@ def _unet_common(config) -> dict:
     size, _, channels = model_data_shape(config)  # a latent model works on the autoencoder's latent grid
     sigma_range = (m.sigma_min, m.sigma_max, m.num_scales) if m.scale_by_sigma else None
     return dict(
-        image_size=size, num_channels=channels, centered=config.data.centered or is_latent(config),
-        nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-        attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
-        conditional=m.conditional, scale_by_sigma=m.scale_by_sigma, sigma_range=sigma_range,
-        nonlinearity=m.nonlinearity, num_classes=num_classes(config), dtype=m.dtype, remat=bool(m.remat))
+        image_size=size,
+        num_channels=channels,
+        centered=config.data.centered or is_latent(config),
+        nf=m.nf,
+        ch_mult=tuple(m.ch_mult),
+        num_res_blocks=m.num_res_blocks,
+        attn_resolutions=tuple(m.attn_resolutions),
+        dropout=m.dropout,
+        resamp_with_conv=m.resamp_with_conv,
+        conditional=m.conditional,
+        scale_by_sigma=m.scale_by_sigma,
+        sigma_range=sigma_range,
+        nonlinearity=m.nonlinearity,
+        num_classes=num_classes(config),
+        dtype=m.dtype,
+        remat=bool(m.remat),
+    )
 
 
 def _ncsnpp(config, rngs):
-    from scoresde.models.ncsnpp import NCSNpp
+    from scoresde.models.ncsnpp import NCSNpp  # noqa: PLC0415  (only the configured architecture is imported)
 
     m = config.model
     embedding_type = m.embedding_type.lower()
     if embedding_type == "fourier" and not config.training.continuous:
-        raise ValueError("embedding_type='fourier' is only used with continuous training "
-                         "(config.training.continuous=True), as in the reference")
+        raise ValueError(
+            "embedding_type='fourier' is only used with continuous training "
+            "(config.training.continuous=True), as in the reference"
+        )
     return NCSNpp(
-        **_unet_common(config), fir=m.fir, fir_kernel=tuple(m.fir_kernel), skip_rescale=m.skip_rescale,
-        resblock_type=m.resblock_type, progressive=m.progressive, progressive_input=m.progressive_input,
-        progressive_combine=m.progressive_combine, embedding_type=embedding_type, fourier_scale=m.fourier_scale,
-        init_scale=m.init_scale, rngs=rngs)
+        **_unet_common(config),
+        fir=m.fir,
+        fir_kernel=tuple(m.fir_kernel),
+        skip_rescale=m.skip_rescale,
+        resblock_type=m.resblock_type,
+        progressive=m.progressive,
+        progressive_input=m.progressive_input,
+        progressive_combine=m.progressive_combine,
+        embedding_type=embedding_type,
+        fourier_scale=m.fourier_scale,
+        init_scale=m.init_scale,
+        rngs=rngs,
+    )
 
 
 def _ddpm(config, rngs):
-    from scoresde.models.ddpm import DDPM
+    from scoresde.models.ddpm import DDPM  # noqa: PLC0415  (only the configured architecture is imported)
 
     return DDPM(**_unet_common(config), rngs=rngs)
 
@@ -85,14 +113,19 @@ def build_model(config, *, seed: int):
     model = get_model(config, rngs=nnx.Rngs(seed))
     shape = (1,) + model_data_shape(config)
     try:
-        out = jax.eval_shape(lambda x, t: model(x, t), jax.ShapeDtypeStruct(shape, jnp.float32),
-                             jax.ShapeDtypeStruct((1,), jnp.float32))
+        out = jax.eval_shape(
+            lambda x, t: model(x, t), jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
+        )
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"model {config.model.name!r} cannot take data of shape {shape[1:]} "
-                         f"(config.data.image_size={config.data.image_size}): {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"model {config.model.name!r} cannot take data of shape {shape[1:]} "
+            f"(config.data.image_size={config.data.image_size}): {type(e).__name__}: {e}"
+        ) from e
     if out.shape != shape:
-        raise ValueError(f"model {config.model.name!r} maps data of shape {shape[1:]} to {out.shape[1:]}; "
-                         f"check config.data.image_size / num_channels")
+        raise ValueError(
+            f"model {config.model.name!r} maps data of shape {shape[1:]} to {out.shape[1:]}; "
+            f"check config.data.image_size / num_channels"
+        )
     return model
 
 
@@ -169,13 +202,26 @@ def get_classifier(config, *, rngs: nnx.Rngs) -> nnx.Module:
     def wrn():
         if len(shape) != 3:
             raise ValueError(f"classifier 'wrn' needs image data (H, W, C); got data shape {shape}")
-        return classifiers.WideResNet(k, in_channels=shape[-1], depth=int(c.depth), width=int(c.width),
-                                      embed_size=int(c.embed_size), fourier_scale=float(c.fourier_scale), rngs=rngs)
+        return classifiers.WideResNet(
+            k,
+            in_channels=shape[-1],
+            depth=int(c.depth),
+            width=int(c.width),
+            embed_size=int(c.embed_size),
+            fourier_scale=float(c.fourier_scale),
+            rngs=rngs,
+        )
 
     def mlp():
-        return classifiers.MLPClassifier(math.prod(shape), k, hidden=int(c.hidden), num_layers=int(c.num_layers),
-                                         embed_size=int(c.embed_size), fourier_scale=float(c.fourier_scale),
-                                         rngs=rngs)
+        return classifiers.MLPClassifier(
+            math.prod(shape),
+            k,
+            hidden=int(c.hidden),
+            num_layers=int(c.num_layers),
+            embed_size=int(c.embed_size),
+            fourier_scale=float(c.fourier_scale),
+            rngs=rngs,
+        )
 
     factories = {"wrn": wrn, "mlp": mlp}
     name = str(c.name).lower()

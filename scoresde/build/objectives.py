@@ -1,5 +1,4 @@
-"""Training losses from ``config.training``: DSM, flow matching, EDM, reflow; reflow's coupling sampler.
-"""
+"""Training losses from ``config.training``: DSM, flow matching, EDM, reflow; reflow's coupling sampler."""
 
 from __future__ import annotations
 
@@ -22,8 +21,10 @@ def make_loss_fn(config, sde):
     t = config.training
     reduce_mean = bool(t.reduce_mean)
     if str(t.objective).lower() == "ct":
-        raise ValueError("config.training.objective='ct' (consistency training) runs with --mode=distill "
-                         "(config.distill.method='ct'); see configs/digits_ct.py")
+        raise ValueError(
+            "config.training.objective='ct' (consistency training) runs with --mode=distill "
+            "(config.distill.method='ct'); see configs/digits_ct.py"
+        )
     if training_objective(config) not in ("dsm", "ct"):
         return objective_loss_fn(config, sde)
     if t.continuous:
@@ -34,9 +35,17 @@ def make_loss_fn(config, sde):
 
         def loss_fn(net_fn, x, key):
             score_fn = parameterization.model_score_fn(net_fn, sde, **conv)
-            return losses.continuous_dsm_loss(score_fn, sde, x, key, reduce_mean=reduce_mean,
-                                              likelihood_weighting=weighting, importance_sampling=importance,
-                                              t_sampler=t_sampler)
+            return losses.continuous_dsm_loss(
+                score_fn,
+                sde,
+                x,
+                key,
+                reduce_mean=reduce_mean,
+                likelihood_weighting=weighting,
+                importance_sampling=importance,
+                t_sampler=t_sampler,
+            )
+
         return loss_fn
     if isinstance(sde, sde_lib.VESDE):
         return lambda net_fn, x, key: losses.smld_loss(net_fn, sde, x, key, reduce_mean=reduce_mean)
@@ -50,8 +59,10 @@ def _check_objective_sde(config, sde) -> str:
     if objective in OBJECTIVE_PROCESS:
         kind, name = OBJECTIVE_PROCESS[objective]
         if not isinstance(sde, kind):
-            raise ValueError(f"config.training.objective={objective!r} is defined on the {name} process; got "
-                             f"config.training.sde={config.training.sde!r} (set config.training.sde={name!r})")
+            raise ValueError(
+                f"config.training.objective={objective!r} is defined on the {name} process; got "
+                f"config.training.sde={config.training.sde!r} (set config.training.sde={name!r})"
+            )
     return objective
 
 
@@ -77,22 +88,28 @@ def objective_loss_fn(config, sde):
     if objective == "flow_matching":
         time_sampling = str(t.time_sampling).lower()
         if time_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"unknown config.training.time_sampling {t.time_sampling!r}; expected one of: "
-                             f"uniform, logit_normal")
-        kw = dict(time_sampling=time_sampling, logit_mean=float(t.logit_mean),
-                  logit_std=float(t.logit_std), reduce_mean=reduce_mean)
+            raise ValueError(
+                f"unknown config.training.time_sampling {t.time_sampling!r}; expected one of: uniform, logit_normal"
+            )
+        kw = dict(
+            time_sampling=time_sampling,
+            logit_mean=float(t.logit_mean),
+            logit_std=float(t.logit_std),
+            reduce_mean=reduce_mean,
+        )
 
         def fm_loss(net_fn, x, key):
             return losses.flow_matching_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), x, key, **kw)
+
         return fm_loss
     if objective == "edm":
         sigma_data = float(config.model.sigma_data)
-        kw = dict(sigma_data=sigma_data, p_mean=float(t.p_mean), p_std=float(t.p_std),
-                  reduce_mean=reduce_mean)
+        kw = dict(sigma_data=sigma_data, p_mean=float(t.p_mean), p_std=float(t.p_std), reduce_mean=reduce_mean)
 
         def edm_loss(net_fn, x, key):
             denoiser = parameterization.model_denoiser(net_fn, sde, sigma_data=sigma_data, **conv)
             return losses.edm_loss(denoiser, x, key, **kw)
+
         return edm_loss
     raise ValueError(f"objective_loss_fn handles flow_matching and edm; got {objective!r} (dsm: make_loss_fn)")
 
@@ -105,16 +122,23 @@ def reflow_loss_fn(config, sde):
     """
     config = with_defaults(config)
     if training_objective(config) != "flow_matching":
-        raise ValueError(f"reflow trains a rectified flow: needs config.training.objective='flow_matching'; "
-                         f"got {config.training.objective!r}")
+        raise ValueError(
+            f"reflow trains a rectified flow: needs config.training.objective='flow_matching'; "
+            f"got {config.training.objective!r}"
+        )
     _check_objective_sde(config, sde)
     t = config.training
     conv = score_convention(config, sde)
-    kw = dict(time_sampling=str(t.time_sampling).lower(), logit_mean=float(t.logit_mean),
-              logit_std=float(t.logit_std), reduce_mean=bool(t.reduce_mean))
+    kw = dict(
+        time_sampling=str(t.time_sampling).lower(),
+        logit_mean=float(t.logit_mean),
+        logit_std=float(t.logit_std),
+        reduce_mean=bool(t.reduce_mean),
+    )
 
     def loss_fn(net_fn, samples, noise, key):
         return reflow.reflow_loss(velocity_fn_of(net_fn, sde, conv["time_label"]), noise, samples, key, **kw)
+
     return loss_fn
 
 
@@ -132,8 +156,10 @@ def reflow_sampler_options(config) -> tuple[str, dict]:
         options["order"] = int(r.order)
     if not sampling.is_deterministic(method, options):
         flow_maps = ", ".join(name for name in sampling.METHODS if sampling.is_deterministic(name))
-        raise ValueError(f"config.reflow.method={method!r} is stochastic or not a flow map; reflow couplings need a "
-                         f"deterministic sampler ({flow_maps})")
+        raise ValueError(
+            f"config.reflow.method={method!r} is stochastic or not a flow map; reflow couplings need a "
+            f"deterministic sampler ({flow_maps})"
+        )
     if method == "ode":
         options.pop("steps")
     sampling.check_options(method, options)
@@ -153,4 +179,6 @@ def cfg_with_denoiser(guided, score_model: ScoreModel, model, y, scale, null_lab
     def cond_denoiser(x, t, labels):
         return score_model.score_fn(model, y=labels).denoiser(x, t)
 
-    return parameterization.with_denoiser(guided, guidance.classifier_free_guidance(cond_denoiser, y, scale, null_label))
+    return parameterization.with_denoiser(
+        guided, guidance.classifier_free_guidance(cond_denoiser, y, scale, null_label)
+    )

@@ -1,5 +1,4 @@
-"""The optimiser from ``config.optim`` (or any section with the same fields).
-"""
+"""The optimiser from ``config.optim`` (or any section with the same fields)."""
 
 from __future__ import annotations
 
@@ -14,8 +13,16 @@ def lr_schedule(lr: float, warmup: int = 0):
     return lambda count: lr * jnp.ones_like(count, dtype=jnp.float32)
 
 
-def make_optimizer(*, lr: float, warmup: int = 0, grad_clip: float = -1.0, beta1: float = 0.9,
-                   beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(
+    *,
+    lr: float,
+    warmup: int = 0,
+    grad_clip: float = -1.0,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """Adam with linear warm-up and global-norm clipping (skipped if ``grad_clip < 0``), as the reference."""
     parts = []
     if grad_clip >= 0:
@@ -41,8 +48,15 @@ def optimizer_settings(section, **fallbacks) -> dict:
     f = {**fallbacks, **dict(section.items())}
     if str(f["optimizer"]).lower() != "adam":
         raise ValueError(f"unknown optimizer {f['optimizer']!r}; expected 'Adam'")
-    return dict(lr=float(f["lr"]), warmup=int(f["warmup"]), grad_clip=float(f["grad_clip"]), beta1=float(f["beta1"]),
-                beta2=float(f["beta2"]), eps=float(f["eps"]), weight_decay=float(f["weight_decay"]))
+    return dict(
+        lr=float(f["lr"]),
+        warmup=int(f["warmup"]),
+        grad_clip=float(f["grad_clip"]),
+        beta1=float(f["beta1"]),
+        beta2=float(f["beta2"]),
+        eps=float(f["eps"]),
+        weight_decay=float(f["weight_decay"]),
+    )
 
 
 def optimizer_from_config(config) -> optax.GradientTransformation:

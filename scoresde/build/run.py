@@ -59,38 +59,77 @@ class ConfigMismatchError(ValueError):
 # and sampled. Every other field (SDE, model, data, objective, optimiser, batch, seed) changes what the
 # checkpoint means. A prefix ending in "." covers a whole section.
 RESUME_SAFE_FIELDS = {
-    "train": ("training.n_iters", "training.log_freq", "training.eval_freq", "training.snapshot_freq",
-              "training.snapshot_freq_for_preemption", "training.snapshot_sampling", "training.snapshot_num_samples",
-              "training.keep_checkpoints", "training.tensorboard", "training.progress", "training.max_nonfinite",
-              "training.allow_config_change", "eval.", "sampling.", "classifier.", "inverse."),
+    "train": (
+        "training.n_iters",
+        "training.log_freq",
+        "training.eval_freq",
+        "training.snapshot_freq",
+        "training.snapshot_freq_for_preemption",
+        "training.snapshot_sampling",
+        "training.snapshot_num_samples",
+        "training.keep_checkpoints",
+        "training.tensorboard",
+        "training.progress",
+        "training.max_nonfinite",
+        "training.allow_config_change",
+        "eval.",
+        "sampling.",
+        "classifier.",
+        "inverse.",
+    ),
 }
 # For trainers of one section, only the fields that section depends on are compared.
 RESUME_COMPARED_FIELDS = {
-    "classifier": ("classifier.", "data.", "training.sde", "training.continuous", "model.beta_min", "model.beta_max",
-                   "model.sigma_min", "model.sigma_max", "model.num_scales", "seed"),
+    "classifier": (
+        "classifier.",
+        "data.",
+        "training.sde",
+        "training.continuous",
+        "model.beta_min",
+        "model.beta_max",
+        "model.sigma_min",
+        "model.sigma_max",
+        "model.num_scales",
+        "seed",
+    ),
 }
-RESUME_SAFE_FIELDS["classifier"] = ("classifier.n_iters", "classifier.log_freq", "classifier.snapshot_freq",
-                                    "classifier.num_eval_batches", "classifier.tensorboard", "classifier.eval_times")
+RESUME_SAFE_FIELDS["classifier"] = (
+    "classifier.n_iters",
+    "classifier.log_freq",
+    "classifier.snapshot_freq",
+    "classifier.num_eval_batches",
+    "classifier.tensorboard",
+    "classifier.eval_times",
+)
 RESUME_COMPARED_FIELDS["autoencoder"] = ("autoencoder.", "data.", "seed")
-RESUME_SAFE_FIELDS["autoencoder"] = ("autoencoder.n_iters", "autoencoder.log_freq", "autoencoder.eval_freq",
-                                     "autoencoder.snapshot_freq", "autoencoder.scale_num_examples",
-                                     "autoencoder.max_nonfinite", "autoencoder.tensorboard")
+RESUME_SAFE_FIELDS["autoencoder"] = (
+    "autoencoder.n_iters",
+    "autoencoder.log_freq",
+    "autoencoder.eval_freq",
+    "autoencoder.snapshot_freq",
+    "autoencoder.scale_num_examples",
+    "autoencoder.max_nonfinite",
+    "autoencoder.tensorboard",
+)
 # distill and reflow train a score network as train does: the same fields may change ("train"); their own
 # sections (distill., reflow.: teacher, method, schedule, couplings) change the run's meaning and are compared.
 # The read-only modes (sample, likelihood, fid, eval) compare as resume does; how the parameters were optimised
 # (optimiser, batch size) and which teacher they were distilled from do not change what they mean once trained:
 # a student is self-contained.
-RESUME_SAFE_FIELDS["read"] = RESUME_SAFE_FIELDS["train"] + ("optim.", "training.batch_size",
-                                                            "distill.teacher_workdir", "distill.teacher_step",
-                                                            "distill.teacher_hash")
+RESUME_SAFE_FIELDS["read"] = RESUME_SAFE_FIELDS["train"] + (
+    "optim.",
+    "training.batch_size",
+    "distill.teacher_workdir",
+    "distill.teacher_step",
+    "distill.teacher_hash",
+)
 
 # Fields that pin what a model was built from: the autoencoder of a latent model, the teacher of a distilled one
 # (checkpoint step and parameter hash). The loaders (build.latent, build.fewstep) fill them in from what they
 # load, so a checkpoint's stored config records them. One left unset (0 / "") in the current config is not a
 # difference: it takes the stored value (:func:`adopt_pinned_fields`), which the loader then checks against what
 # it loads.
-PINNED_FIELDS = ("latent.autoencoder_step", "latent.autoencoder_hash", "distill.teacher_step",
-                 "distill.teacher_hash")
+PINNED_FIELDS = ("latent.autoencoder_step", "latent.autoencoder_hash", "distill.teacher_step", "distill.teacher_hash")
 
 
 def _flatten_config(tree, prefix="") -> dict:
@@ -146,7 +185,8 @@ def check_resume_config(stored: dict, config, *, kind: str = "train", workdir: s
             f"cannot resume {workdir or 'this run'}: the config differs from the checkpoint's in fields that change "
             f"the run's meaning ({_describe(diffs)}). Use the original config, another --workdir, or "
             f"--config.training.allow_config_change=True to continue deliberately (fine-tuning; recorded in "
-            f"metrics.jsonl)")
+            f"metrics.jsonl)"
+        )
     return diffs
 
 
@@ -169,7 +209,8 @@ def check_checkpoint_config(stored: dict, config, *, mode: str, workdir: str = "
         raise ConfigMismatchError(
             f"cannot run --mode={mode} on {workdir or 'this checkpoint'}: the config differs from the one the "
             f"checkpoint was trained with in fields that change what it means ({_describe(diffs)}). Use the "
-            f"training config, or --config.training.allow_config_change=True to read it under this one deliberately")
+            f"training config, or --config.training.allow_config_change=True to read it under this one deliberately"
+        )
     return diffs
 
 
@@ -190,8 +231,7 @@ def params_digest(params) -> str:
     """A short content hash of a parameter tree (every leaf's path, dtype, shape and bytes): two results made
     with different digests were made by different parameters, whatever step they carry."""
     h = hashlib.sha256()
-    leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(params) if isinstance(params, nnx.State)
-                                                 else params)
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params)
     for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
         a = jax.device_get(leaf)
         a = a if hasattr(a, "tobytes") else jnp.asarray(a)
@@ -216,23 +256,22 @@ def adopt_pinned_fields(stored: dict, config) -> None:
                 config[section][name] = old[field]
 
 
-
 # One table of what each stream of randomness is for: fold_in(key, PURPOSE[name]). The numbers are the
 # ones earlier runs used, so checkpoints and reports stay reproducible.
 PURPOSE = {
-    "train": 1,          # root -> per-step training key (fold_in(key, step) below it)
-    "eval": 2,           # root -> eval-loss key during training
-    "snapshot": 3,       # root -> snapshot sampling during training
-    "eval_loss": 4,      # root -> the eval mode's loss
-    "sample": 5,         # root -> the sample mode
-    "likelihood": 6,     # root -> bits/dim dequantisation and probes
+    "train": 1,  # root -> per-step training key (fold_in(key, step) below it)
+    "eval": 2,  # root -> eval-loss key during training
+    "snapshot": 3,  # root -> snapshot sampling during training
+    "eval_loss": 4,  # root -> the eval mode's loss
+    "sample": 5,  # root -> the sample mode
+    "likelihood": 6,  # root -> bits/dim dequantisation and probes
     "label_dropout": 7,  # step key -> classifier-free-guidance label dropout
-    "fid": 8,            # root -> the FID mode's sample rounds
-    "classifier": 11,    # root -> classifier training
+    "fid": 8,  # root -> the FID mode's sample rounds
+    "classifier": 11,  # root -> classifier training
     "classifier_eval": 12,  # root -> classifier test accuracy noise
     "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch
-    "measurement": 16,   # root -> inverse problems: measurement noise (restoration keys use "sample")
-    "reflow": 17,        # root -> reflow couplings (fold_in(key, chunk) below it)
+    "measurement": 16,  # root -> inverse problems: measurement noise (restoration keys use "sample")
+    "reflow": 17,  # root -> reflow couplings (fold_in(key, chunk) below it)
 }
 
 

@@ -1,5 +1,4 @@
-"""Samplers from ``config.sampling``: method and options, guidance, ParaDiGMS, the jitted sample function.
-"""
+"""Samplers from ``config.sampling``: method and options, guidance, ParaDiGMS, the jitted sample function."""
 
 from __future__ import annotations
 
@@ -20,8 +19,13 @@ from scoresde.config_defaults import with_defaults
 GUIDANCE = ("none", "cfg", "classifier")
 
 # config.sampling names of the options of scoresde.sampling.sample that the configs carry
-_PC_NAMES = {"predictor": "predictor", "corrector": "corrector", "snr": "snr", "n_steps_each": "n_steps",
-             "probability_flow": "probability_flow"}
+_PC_NAMES = {
+    "predictor": "predictor",
+    "corrector": "corrector",
+    "snr": "snr",
+    "n_steps_each": "n_steps",
+    "probability_flow": "probability_flow",
+}
 
 
 def sampling_options(config) -> tuple[str, dict]:
@@ -48,15 +52,23 @@ def sampling_options(config) -> tuple[str, dict]:
     if "denoise" in defaults and not sampling.method_traits(method).consistency_fn:  # f(x, t) returns x_eps itself
         options["denoise"] = bool(cfg.noise_removal)
     if method == "pc":
-        options.update(predictor=cfg.predictor.lower(),
-                       corrector=cfg.corrector.lower(), snr=cfg.snr,
-                       n_steps=cfg.n_steps_each, probability_flow=cfg.probability_flow)
+        options.update(
+            predictor=cfg.predictor.lower(),
+            corrector=cfg.corrector.lower(),
+            snr=cfg.snr,
+            n_steps=cfg.n_steps_each,
+            probability_flow=cfg.probability_flow,
+        )
     for name in defaults:
         if name in options or name in _PC_NAMES.values() or name == "project_fn":
             continue
         value = cfg.get(name, None)
-        if value is None or (isinstance(value, (str, tuple, list)) and not value) or \
-                (name in ("steps", "order") and value == 0) or (name == "eta" and value < 0):
+        if (
+            value is None
+            or (isinstance(value, (str, tuple, list)) and not value)
+            or (name in ("steps", "order") and value == 0)
+            or (name == "eta" and value < 0)
+        ):
             continue
         if name == "times":
             value = tuple(float(v) for v in value)
@@ -73,8 +85,9 @@ def nonfinite_hint(config) -> str:
         hints.append(f"config.sampling.guidance_scale={s.get('guidance_scale', 1.0)!r}")
     method = str(s.method).lower()
     if method == "ode" or "max_steps" in s:
-        hints.append(f"config.sampling.max_steps={s.get('max_steps', '(default)')!r} (an adaptive solve that ran "
-                     "out of steps)")
+        hints.append(
+            f"config.sampling.max_steps={s.get('max_steps', '(default)')!r} (an adaptive solve that ran out of steps)"
+        )
     if "steps" in s and s.get("steps"):
         hints.append(f"config.sampling.steps={s.steps!r}")
     hints.append(f"config.sampling.method={method!r}")
@@ -96,18 +109,21 @@ def parallel_settings(config) -> tuple[int, float] | None:
     window = int(cfg.parallel_window or 0)
     tol = float(cfg.parallel_tol)
     if window < 0 or tol < 0:
-        raise ValueError(f"config.sampling.parallel_window={window} / parallel_tol={tol} must be >= 0 "
-                         "(window 0 = the sequential sampler)")
+        raise ValueError(
+            f"config.sampling.parallel_window={window} / parallel_tol={tol} must be >= 0 "
+            "(window 0 = the sequential sampler)"
+        )
     if window == 0:
         return None
     if str(cfg.method).lower() != "ddim":
-        raise ValueError(f"config.sampling.parallel_window={window} (ParaDiGMS) needs config.sampling.method='ddim'; "
-                         f"got {cfg.method!r}")
+        raise ValueError(
+            f"config.sampling.parallel_window={window} (ParaDiGMS) needs config.sampling.method='ddim'; "
+            f"got {cfg.method!r}"
+        )
     return window, tol
 
 
-def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None, *, with_rounds: bool = False,
-                        sharding=None):
+def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None, *, with_rounds: bool = False, sharding=None):
     """``sampler(key, score_fn, x_init=None) -> (samples, nfe)`` for ``config.sampling`` (see :func:`sampling_options`).
 
     With ``config.sampling.parallel_window > 0`` (:func:`parallel_settings`) the ``ddim`` sampler runs as
@@ -143,8 +159,19 @@ def sampler_from_config(config, sde, shape, inverse_scaler=None, eps=None, *, wi
             if sharding is not None:
                 x_init = jax.lax.with_sharding_constraint(x_init, sharding)
         opts = {k: v for k, v in options.items() if k in ("steps", "eta", "grid")}
-        samples, nfe, stats = sampling.parallel_sample(score_fn, sde, shape, key, method="ddim", window=window,
-                                                       tol=tol, x_init=x_init, eps=t_end, stats=True, **opts)
+        samples, nfe, stats = sampling.parallel_sample(
+            score_fn,
+            sde,
+            shape,
+            key,
+            method="ddim",
+            window=window,
+            tol=tol,
+            x_init=x_init,
+            eps=t_end,
+            stats=True,
+            **opts,
+        )
         rounds = stats["rounds"]
         if options.get("denoise", False):
             samples, nfe = sampling.grids.denoiser_call(score_fn, sde, samples, t_end, nfe)
@@ -171,7 +198,9 @@ def sample_class_labels(config, batch: int) -> jax.Array:
     if k <= 0:
         raise ValueError("class-guided sampling needs config.model.num_classes > 0 (or config.classifier.num_classes)")
     if label >= k:
-        raise ValueError(f"config.sampling.class_label={label} is not a class of this model (0..{k - 1}, or -1 for all)")
+        raise ValueError(
+            f"config.sampling.class_label={label} is not a class of this model (0..{k - 1}, or -1 for all)"
+        )
     if label >= 0:
         return jnp.full((batch,), label, jnp.int32)
     return (jnp.arange(batch) * k // batch).astype(jnp.int32)
@@ -202,24 +231,30 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
     scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
     y = sample_class_labels(config, batch)
     if kind == "cfg":
+
         def cond_score_fn(x, t, labels):
             return score_model.score_fn(model, y=labels)(x, t)
 
         guided = guidance.classifier_free_guidance(cond_score_fn, y, scale, int(config.model.num_classes))
         return cfg_with_denoiser(guided, score_model, model, y, scale, int(config.model.num_classes))
     if classifier is None:
-        raise ValueError("config.sampling.guidance='classifier' needs a trained classifier in workdir/classifier "
-                         "(--mode=train_classifier)")
+        raise ValueError(
+            "config.sampling.guidance='classifier' needs a trained classifier in workdir/classifier "
+            "(--mode=train_classifier)"
+        )
     if sampling.alpha_vanishes_at_T(sde):
-        raise ValueError(f"classifier guidance needs the score at T, undefined where alpha(T) = 0 "
-                         f"({type(sde).__name__}(T={sde.T})); set config.model.rf_T < 1 (e.g. 0.999) or use cfg")
-    return guidance.classifier_guidance(score_model.score_fn(model), guidance.classifier_log_prob_fn(classifier, sde),
-                                        y, scale)
+        raise ValueError(
+            f"classifier guidance needs the score at T, undefined where alpha(T) = 0 "
+            f"({type(sde).__name__}(T={sde.T})); set config.model.rf_T < 1 (e.g. 0.999) or use cfg"
+        )
+    return guidance.classifier_guidance(
+        score_model.score_fn(model), guidance.classifier_log_prob_fn(classifier, sde), y, scale
+    )
 
 
-
-def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None, *,
-                   with_rounds: bool = False):
+def make_sample_fn(
+    config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None, *, with_rounds: bool = False
+):
     """A jitted ``fn(params, key, guidance_scale=None) -> (samples in data space [0, 1], nfe)``, sharded over the mesh.
 
     ``config.sampling.guidance`` (none | cfg | classifier, :func:`guided_score_fn`) guides the samples;
@@ -236,13 +271,16 @@ def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, cla
         inverse_scaler = lambda z: to_unit(space.decode(z))  # noqa: E731
     # ParaDiGMS batches W steps into one call: shard its prior draw so those rows spread over the mesh.
     draw = parallel.data_sharding(mesh) if parallel_settings(config) and num_samples % mesh.size == 0 else None
-    sampler = sampler_from_config(config, sde, shape, inverse_scaler, sampling_eps(sde), with_rounds=with_rounds,
-                                  sharding=draw)
+    sampler = sampler_from_config(
+        config, sde, shape, inverse_scaler, sampling_eps(sde), with_rounds=with_rounds, sharding=draw
+    )
     unguided = classifier is None and guidance_kind(config) == "classifier"
     consistency_model = is_consistency_model(config)
     if consistency_model and str(config.sampling.method).lower() != "consistency":
-        raise ValueError(f"this network is a consistency model (config.distill.method={config.distill.method!r}); "
-                         f"sample it with --config.sampling.method=consistency, not {config.sampling.method!r}")
+        raise ValueError(
+            f"this network is a consistency model (config.distill.method={config.distill.method!r}); "
+            f"sample it with --config.sampling.method=consistency, not {config.sampling.method!r}"
+        )
 
     def fn(params, key, guidance_scale=None):
         model = nnx.merge(graphdef, params, rest)
@@ -250,8 +288,9 @@ def make_sample_fn(config, sde, graphdef, rest, num_samples: int, mesh=None, cla
             return sampler(key, student_consistency_fn(lambda x, labels: model(x, labels), sde, config))
         if unguided:
             return sampler(key, make_score_fn(model, sde, config))
-        return sampler(key, guided_score_fn(config, model, sde, num_samples, classifier=classifier,
-                                            scale=guidance_scale))
+        return sampler(
+            key, guided_score_fn(config, model, sde, num_samples, classifier=classifier, scale=guidance_scale)
+        )
 
     out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
     counts = (parallel.replicated_sharding(mesh),) * (2 if with_rounds else 1)

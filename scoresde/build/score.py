@@ -1,5 +1,4 @@
-"""The SDE and the network's output convention: ``config.training`` / ``config.model`` -> :class:`ScoreModel`.
-"""
+"""The SDE and the network's output convention: ``config.training`` / ``config.model`` -> :class:`ScoreModel`."""
 
 from __future__ import annotations
 
@@ -19,8 +18,16 @@ _SDE_ARGS = {
     "rectified_flow": lambda m: dict(T=float(m.rf_T), N=int(m.num_scales)),
     "edm": lambda m: dict(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales)),
 }
-_SDE_KIND = {"vpsde": "vp", "vp": "vp", "subvpsde": "vp", "subvp": "vp", "vesde": "ve", "ve": "ve",
-             "rectified_flow": "rectified_flow", "edm": "edm"}
+_SDE_KIND = {
+    "vpsde": "vp",
+    "vp": "vp",
+    "subvpsde": "vp",
+    "subvp": "vp",
+    "vesde": "ve",
+    "ve": "ve",
+    "rectified_flow": "rectified_flow",
+    "edm": "edm",
+}
 
 
 def make_sde(config) -> sde_lib.LinearSDE:
@@ -31,8 +38,9 @@ def make_sde(config) -> sde_lib.LinearSDE:
     """
     name = str(config.training.sde).lower()
     if name not in _SDE_KIND:
-        raise ValueError(f"unknown sde {config.training.sde!r}; expected one of: vpsde, subvpsde, vesde, "
-                         f"rectified_flow, edm")
+        raise ValueError(
+            f"unknown sde {config.training.sde!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm"
+        )
     return sde_lib.get_sde(name, **_SDE_ARGS[_SDE_KIND[name]](config.model))
 
 
@@ -54,8 +62,10 @@ def score_convention(config, sde) -> dict:
     if objective in OBJECTIVE_CONVENTIONS:
         conv = dict(OBJECTIVE_CONVENTIONS[objective])
         if config.model.output and config.model.output != conv["output"]:
-            raise ValueError(f"config.model.output={config.model.output!r} contradicts config.training.objective="
-                             f"{objective!r}, which trains output {conv['output']!r}; leave config.model.output empty")
+            raise ValueError(
+                f"config.model.output={config.model.output!r} contradicts config.training.objective="
+                f"{objective!r}, which trains output {conv['output']!r}; leave config.model.output empty"
+            )
     elif config.model.output and config.model.time_label:
         conv = {}
     else:
@@ -87,8 +97,9 @@ class ScoreModel:
 
     def net_score_fn(self, net_fn: Callable) -> Callable:
         """``score_fn(x, t)`` of a raw ``net_fn(x, labels)``."""
-        return parameterization.model_score_fn(net_fn, self.sde, output=self.output, time_label=self.time_label,
-                                               sigma_data=self.sigma_data)
+        return parameterization.model_score_fn(
+            net_fn, self.sde, output=self.output, time_label=self.time_label, sigma_data=self.sigma_data
+        )
 
     def score_fn(self, model, *, y=None, train: bool = False, key=None) -> Callable:
         """``score_fn(x, t)`` of an NNX network (eval mode by default; ``y`` class labels)."""
@@ -103,8 +114,9 @@ def make_score_model(config) -> ScoreModel:
 
 def make_score_fn(model, sde, config, *, train: bool = False, key=None, y=None):
     """``score_fn(x, t)`` of an NNX network for ``config``'s convention (eval mode by default)."""
-    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data)
-                      ).score_fn(model, y=y, train=train, key=key)
+    return ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data)).score_fn(
+        model, y=y, train=train, key=key
+    )
 
 
 # The class-conditional fields (model.num_classes, training.p_uncond, sampling.guidance / class_label /

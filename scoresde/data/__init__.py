@@ -19,8 +19,15 @@ from scoresde import parallel
 from scoresde.data import toy
 from scoresde.images import to_uint8
 
-__all__ = ["get_dataset", "get_data_scaler", "get_data_inverse_scaler", "data_shape", "is_image_data",
-           "TOY_DATASETS", "TFDS_DATASETS"]
+__all__ = [
+    "get_dataset",
+    "get_data_scaler",
+    "get_data_inverse_scaler",
+    "data_shape",
+    "is_image_data",
+    "TOY_DATASETS",
+    "TFDS_DATASETS",
+]
 
 TOY_DATASETS = ("gmm_grid", "checkerboard", "two_moons", "swiss_roll")
 TFDS_DATASETS = ("cifar10", "svhn", "celeba", "lsun")
@@ -61,8 +68,9 @@ def data_shape(config) -> tuple[int, ...]:
     else:
         shape = (int(d.image_size), int(d.image_size), int(d.num_channels))
         if shape[0] < 1 or shape[2] < 1:
-            raise ValueError(f"config.data.image_size={d.image_size} and num_channels={d.num_channels} must be "
-                             "positive integers")
+            raise ValueError(
+                f"config.data.image_size={d.image_size} and num_channels={d.num_channels} must be positive integers"
+            )
     if any(s < 1 for s in shape):
         raise ValueError(f"config.data.shape={shape} must be positive")
     return shape
@@ -82,9 +90,17 @@ def get_data_inverse_scaler(config):
     return lambda x: x
 
 
-def get_dataset(config, *, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None,
-                repeat: bool | None = None, start_step: int = 0, seed: int | None = None,
-                uniform_dequantization: bool | None = None) -> Iterator[dict]:
+def get_dataset(
+    config,
+    *,
+    split: str = "train",
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    repeat: bool | None = None,
+    start_step: int = 0,
+    seed: int | None = None,
+    uniform_dequantization: bool | None = None,
+) -> Iterator[dict]:
     """An iterator over this process's slices of global batches.
 
     Args:
@@ -116,9 +132,16 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None, 
     seed = int(config.get("seed", 0) if seed is None else seed)
     if uniform_dequantization is None:
         uniform_dequantization = bool(config.data.get("uniform_dequantization", False))
-    opts = dict(batch_size=batch_size, shuffle=shuffle, repeat=repeat, start_step=int(start_step), seed=seed,
-                dequant=uniform_dequantization, flip=bool(config.data.get("random_flip", False)) and train,
-                scaler=get_data_scaler(config))
+    opts = dict(
+        batch_size=batch_size,
+        shuffle=shuffle,
+        repeat=repeat,
+        start_step=int(start_step),
+        seed=seed,
+        dequant=uniform_dequantization,
+        flip=bool(config.data.get("random_flip", False)) and train,
+        scaler=get_data_scaler(config),
+    )
     if name in TOY_DATASETS:
         return _toy_batches(config, name, split, **opts)
     if name in _IN_MEMORY:
@@ -139,7 +162,9 @@ def _tfds_module():
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
             f"dataset needs {e.name}, which is not installed: pip install 'scoresde[tfds]' (tensorflow-cpu and "
-            "tensorflow-datasets), or use an in-memory dataset (digits, npz, folder)", name=e.name) from e
+            "tensorflow-datasets), or use an in-memory dataset (digits, npz, folder)",
+            name=e.name,
+        ) from e
     from scoresde.data import tfds as tfds_data  # noqa: PLC0415  (TensorFlow only for tfds datasets)
 
     return tfds_data
@@ -179,7 +204,7 @@ def uint8_batches(config, split: str, batch_size: int = 500) -> Iterator[np.ndar
     images01, _ = _load_in_memory(config, name, split)
     images = to_uint8(images01)[parallel.process_rows(len(images01))]
     for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size]
+        yield images[start : start + batch_size]
 
 
 def _process_slice(n_global: int) -> slice:
@@ -193,8 +218,10 @@ def _toy_batches(config, name, split, *, batch_size, shuffle, repeat, start_step
     base = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
     num_eval = int(config.data.get("num_eval_examples", 10 * batch_size))
     sl = _process_slice(batch_size)
+
     def sample(k):  # eager: toy.sample builds its mixture per call (not jit-safe to cache)
         return toy.sample(name, k, batch_size, return_labels=True)
+
     step = start_step
     while repeat or step < num_eval // batch_size:
         x, y = sample(jax.random.fold_in(base, step))
@@ -234,11 +261,14 @@ def _to_unit_float(images: np.ndarray, source: str = "images") -> np.ndarray:
     bad = ~np.isfinite(images)
     if bad.any():
         first = np.argwhere(bad)[0]
-        raise ValueError(f"{source}: {int(bad.sum())} non-finite pixel value(s) (NaN or inf), the first in image "
-                         f"{int(first[0])} at {tuple(int(i) for i in first[1:])}; expected finite values in [0, 1]")
+        raise ValueError(
+            f"{source}: {int(bad.sum())} non-finite pixel value(s) (NaN or inf), the first in image "
+            f"{int(first[0])} at {tuple(int(i) for i in first[1:])}; expected finite values in [0, 1]"
+        )
     if images.min() < -1e-6 or images.max() > 1 + 1e-6:
-        raise ValueError(f"{source}: float images must lie in [0, 1]; "
-                         f"got range [{images.min():.3g}, {images.max():.3g}]")
+        raise ValueError(
+            f"{source}: float images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}]"
+        )
     return images
 
 
@@ -257,8 +287,9 @@ def _resize_float(images, size):
 
     out = []
     for im in images:
-        chans = [np.asarray(Image.fromarray(im[..., c]).resize((size, size), Image.BICUBIC))
-                 for c in range(im.shape[-1])]
+        chans = [
+            np.asarray(Image.fromarray(im[..., c]).resize((size, size), Image.BICUBIC)) for c in range(im.shape[-1])
+        ]
         out.append(np.stack(chans, -1))
     return np.clip(np.stack(out), 0.0, 1.0).astype(np.float32)
 
@@ -277,9 +308,11 @@ def _load_npz(config, path, split):
     with f:
         key = "test_images" if split == "test" else "images"
         if split == "test" and key not in f:
-            raise ValueError(f"{path} has no 'test_images' array, so it has no test split (found keys "
-                             f"{sorted(f.keys())}); add 'test_images' (and 'test_labels') to it: the training images "
-                             "are never used as the test split")
+            raise ValueError(
+                f"{path} has no 'test_images' array, so it has no test split (found keys "
+                f"{sorted(f.keys())}); add 'test_images' (and 'test_labels') to it: the training images "
+                "are never used as the test split"
+            )
         if key not in f:
             raise ValueError(f"{path} has no 'images' array; found keys {sorted(f.keys())}")
         lkey = "test_labels" if key == "test_images" else "labels"
@@ -293,8 +326,10 @@ def _load_npz(config, path, split):
     if images.ndim not in (3, 4) or len(images) == 0:
         raise ValueError(f"{path}: '{key}' has shape {images.shape}; expected (N, H, W[, C]) with N >= 1")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: '{lkey}' has shape {labels.shape} and dtype {labels.dtype}; expected {len(images)} "
-                         "integer labels, one per image")
+        raise ValueError(
+            f"{path}: '{lkey}' has shape {labels.shape} and dtype {labels.dtype}; expected {len(images)} "
+            "integer labels, one per image"
+        )
     labels = labels.astype(np.int32)
     if images.ndim == 3:
         images = images[..., None]

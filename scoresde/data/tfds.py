@@ -43,7 +43,7 @@ def tfds_spec(config, name: str):
     def crop_resize(img, resolution):
         crop = tf.minimum(tf.shape(img)[0], tf.shape(img)[1])
         h, w = tf.shape(img)[0], tf.shape(img)[1]
-        img = img[(h - crop) // 2:(h + crop) // 2, (w - crop) // 2:(w + crop) // 2]
+        img = img[(h - crop) // 2 : (h + crop) // 2, (w - crop) // 2 : (w + crop) // 2]
         img = tf.image.resize(img, size=(resolution, resolution), antialias=True, method=tf.image.ResizeMethod.BICUBIC)
         return tf.cast(img, tf.uint8)
 
@@ -60,6 +60,7 @@ def tfds_spec(config, name: str):
     if name == "svhn":
         return "svhn_cropped", "train", "test", plain_resize
     if name == "celeba":
+
         def celeba_resize(img):
             img = tf.image.convert_image_dtype(img, tf.float32)
             return resize_small(central_crop(img, 140), size)
@@ -70,10 +71,12 @@ def tfds_spec(config, name: str):
         if not category:
             raise ValueError("dataset 'LSUN' needs config.data.category (e.g. 'church_outdoor' or 'bedroom')")
         if size == 128:
+
             def lsun_resize(img):
                 img = tf.image.convert_image_dtype(img, tf.float32)
                 return central_crop(resize_small(img, size), size)
         else:
+
             def lsun_resize(img):
                 return tf.image.convert_image_dtype(crop_resize(img, size), tf.float32)
 
@@ -93,7 +96,8 @@ def _builder(config, tfds_name):
                 f"network access: `tfds build {tfds_name} --data_dir=DIR` (manual-download datasets such as "
                 f"celeb_a/lsun need their files in DIR/downloads/manual), copy DIR here and pass "
                 f"--config.data.tfds_data_dir=DIR (or set TFDS_DATA_DIR); or let this run download it with "
-                f"--config.data.download=True.")
+                f"--config.data.download=True."
+            )
         builder.download_and_prepare()
     return builder
 
@@ -116,8 +120,9 @@ def tfds_batches(config, name, split, *, batch_size, shuffle, repeat, start_step
         n = int(base.reduce(np.int64(0), lambda c, _: c + 1).numpy())
     local_batch = batch_size // jax.process_count()
     if n < local_batch:
-        raise ValueError(f"{tfds_name}[{split}] has {n} examples on this process, "
-                         f"fewer than one batch of {local_batch}")
+        raise ValueError(
+            f"{tfds_name}[{split}] has {n} examples on this process, fewer than one batch of {local_batch}"
+        )
     start = start_step * local_batch
     channels = int(config.data.num_channels)
 

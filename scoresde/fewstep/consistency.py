@@ -33,13 +33,30 @@ WEIGHTINGS = ("uniform", "icm")
 NOISE_SCHEDULES = ("uniform", "lognormal")
 
 __all__ = [
-    "METRICS", "TEACHER_SOLVERS", "WEIGHTINGS", "NOISE_SCHEDULES", "boundary_coefficients", "consistency_fn",
-    "karras_sigma", "karras_grid", "ict_num_scales", "CT_CONVENTIONS", "ct_num_scales", "ct_ema_decay", "ema_update", "distance",
-    "teacher_step", "one_sample_score", "sample_indices", "cd_loss", "ct_loss",
+    "METRICS",
+    "TEACHER_SOLVERS",
+    "WEIGHTINGS",
+    "NOISE_SCHEDULES",
+    "boundary_coefficients",
+    "consistency_fn",
+    "karras_sigma",
+    "karras_grid",
+    "ict_num_scales",
+    "CT_CONVENTIONS",
+    "ct_num_scales",
+    "ct_ema_decay",
+    "ema_update",
+    "distance",
+    "teacher_step",
+    "one_sample_score",
+    "sample_indices",
+    "cd_loss",
+    "ct_loss",
 ]
 
 
 # ------------------------------------------------------------------------------ parameterisation
+
 
 def boundary_coefficients(sigma, sigma_min, sigma_data=0.5):
     """``(c_skip, c_out, c_in)`` at scaled noise level ``sigma`` (CM App. C; ``docs/consistency.md``).
@@ -83,6 +100,7 @@ def consistency_fn(net_fn: Callable, sde, eps, *, sigma_data: float = 0.5, time_
 
 
 # ------------------------------------------------------------------------------ discretisation and curricula
+
 
 def karras_sigma(sde, i, num_scales, eps, rho=7.0):
     """Point ``i`` of the increasing ρ-grid of ``num_scales`` scaled noise levels from ``σ̃(eps)`` to ``σ̃(T)``.
@@ -197,6 +215,7 @@ def ema_update(target_params, params, mu):
 
 # ------------------------------------------------------------------------------ metrics
 
+
 def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=None):
     """Per-example distance ``d(x, y)``, shape ``(B,)``.
 
@@ -231,6 +250,7 @@ def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=N
 
 # ------------------------------------------------------------------------------ teacher step and CT's estimate
 
+
 def teacher_step(score_fn: Callable, sde, x, t_from, t_to, solver: str = "heun"):
     """One probability-flow step per example from ``t_from`` to ``t_to`` (both ``(B,)``) with a project sampler.
 
@@ -243,8 +263,11 @@ def teacher_step(score_fn: Callable, sde, x, t_from, t_to, solver: str = "heun")
     Raises:
         ValueError: for an unknown solver.
     """
-    steppers = {"euler": lambda *a: fast.ddim(*a, eta=0.0), "heun": fast.edm_heun,
-                "dpm_solver-2": lambda *a: fast.dpm_solver(*a, order=2)}
+    steppers = {
+        "euler": lambda *a: fast.ddim(*a, eta=0.0),
+        "heun": fast.edm_heun,
+        "dpm_solver-2": lambda *a: fast.dpm_solver(*a, order=2),
+    }
     if solver not in steppers:
         raise ValueError(f"unknown teacher solver {solver!r}; expected one of: {', '.join(TEACHER_SOLVERS)}")
     stepper = steppers[solver]
@@ -268,8 +291,8 @@ def one_sample_score(sde, x_t, x0, t):
 
 # ------------------------------------------------------------------------------ losses
 
-def sample_indices(sde, key, batch: int, num_scales, eps, *, rho=7.0, schedule="uniform", p_mean=-1.1,
-                   p_std=2.0):
+
+def sample_indices(sde, key, batch: int, num_scales, eps, *, rho=7.0, schedule="uniform", p_mean=-1.1, p_std=2.0):
     """Grid indices ``n ∈ {0, .., N-2}`` of the lower point of the pair ``(σ̃_n, σ̃_{n+1})``, shape ``(batch,)``.
 
     ``"uniform"``: ``n ~ U{0..N-2}`` (CD / CT); ``"lognormal"``: iCT eq. 10, drawn as the ρ-grid cell of a
@@ -309,9 +332,24 @@ def _pair(sde, key, batch, num_scales, eps, rho, schedule, p_mean, p_std):
     return n, sig_n, sig_np1, t_n, t_np1
 
 
-def cd_loss(consistency_fn: Callable, params, target_params, score_fn: Callable, sde, batch, key, *,
-            num_scales, eps, rho=7.0, solver: str = "heun", metric="l2", feature_fn=None, weighting="uniform",
-            schedule="uniform"):
+def cd_loss(
+    consistency_fn: Callable,
+    params,
+    target_params,
+    score_fn: Callable,
+    sde,
+    batch,
+    key,
+    *,
+    num_scales,
+    eps,
+    rho=7.0,
+    solver: str = "heun",
+    metric="l2",
+    feature_fn=None,
+    weighting="uniform",
+    schedule="uniform",
+):
     """Consistency distillation ``E[λ d(f_θ(x_{t_{n+1}}, t_{n+1}), f_{θ⁻}(x̂_{t_n}, t_n))]`` (CM eq. 7, Alg. 2).
 
     ``x̂_{t_n}`` is one :func:`teacher_step` with ``score_fn`` from ``t_{n+1}`` to ``t_n`` on the ρ-grid.
@@ -345,14 +383,30 @@ def cd_loss(consistency_fn: Callable, params, target_params, score_fn: Callable,
     x_n, nfe = teacher_step(score_fn, sde, x_np1, t_np1, t_n, solver)
     online = consistency_fn(params, x_np1, t_np1)
     target = jax.lax.stop_gradient(consistency_fn(target_params, jax.lax.stop_gradient(x_n), t_n))
-    losses = _weight(weighting, sig_n, sig_np1).astype(batch.dtype) * distance(online, target, metric,
-                                                                               feature_fn=feature_fn)
+    losses = _weight(weighting, sig_n, sig_np1).astype(batch.dtype) * distance(
+        online, target, metric, feature_fn=feature_fn
+    )
     return jnp.mean(losses), {"losses": losses, "n": n, "t_n": t_n, "t_np1": t_np1, "nfe": nfe}
 
 
-def ct_loss(consistency_fn: Callable, params, target_params, sde, batch, key, *, num_scales, eps, rho=7.0,
-            metric="pseudo_huber", feature_fn=None, weighting="icm", schedule="lognormal", p_mean=-1.1,
-            p_std=2.0):
+def ct_loss(
+    consistency_fn: Callable,
+    params,
+    target_params,
+    sde,
+    batch,
+    key,
+    *,
+    num_scales,
+    eps,
+    rho=7.0,
+    metric="pseudo_huber",
+    feature_fn=None,
+    weighting="icm",
+    schedule="lognormal",
+    p_mean=-1.1,
+    p_std=2.0,
+):
     """Consistency training ``E[λ d(f_θ(α x + σ_{n+1} z, t_{n+1}), f_{θ⁻}(α x + σ_n z, t_n))]`` (CM eq. 10, Alg. 3).
 
     One ``z`` for both times, so no teacher is needed. The defaults are iCT's; the settings of the original
@@ -369,6 +423,7 @@ def ct_loss(consistency_fn: Callable, params, target_params, sde, batch, key, *,
     x_n = batch_mul(sde.alpha(t_n), batch) + batch_mul(sde.sigma(t_n), z)
     online = consistency_fn(params, x_np1, t_np1)
     target = jax.lax.stop_gradient(consistency_fn(target_params, x_n, t_n))
-    losses = _weight(weighting, sig_n, sig_np1).astype(batch.dtype) * distance(online, target, metric,
-                                                                               feature_fn=feature_fn)
+    losses = _weight(weighting, sig_n, sig_np1).astype(batch.dtype) * distance(
+        online, target, metric, feature_fn=feature_fn
+    )
     return jnp.mean(losses), {"losses": losses, "n": n, "t_n": t_n, "t_np1": t_np1}

@@ -69,8 +69,20 @@ def _pseudo_huber(d2, c):
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
 
 
-def ect_loss(f_fn: Callable, params, batch, key, *, stage, q: float = 2.0, k: float = 8.0, b: float = 1.0,
-             huber_c: float = 0.0, p_mean=P_MEAN, p_std=P_STD):
+def ect_loss(
+    f_fn: Callable,
+    params,
+    batch,
+    key,
+    *,
+    stage,
+    q: float = 2.0,
+    k: float = 8.0,
+    b: float = 1.0,
+    huber_c: float = 0.0,
+    p_mean=P_MEAN,
+    p_std=P_STD,
+):
     """ECT's loss ``E[w(t, r) d(f_θ(x_0 + t ε, t), sg f_θ(x_0 + r ε, r))]`` on EDM noise levels.
 
     Where ``r = 0`` the target is the data ``x_0`` itself (the boundary condition ``f(x, 0) = x``; the network

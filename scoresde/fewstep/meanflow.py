@@ -50,8 +50,20 @@ RATIO = 0.25  # fraction of the batch with r != t (Table 1a)
 POWER = 1.0  # adaptive weighting power p (Table 1e)
 WEIGHT_C = 1e-3
 
-__all__ = ["P_MEAN", "P_STD", "RATIO", "POWER", "WEIGHT_C", "sample_times", "interpolate", "meanflow_target",
-           "meanflow_loss_at", "meanflow_loss", "meanflow_step", "meanflow_sample"]
+__all__ = [
+    "P_MEAN",
+    "P_STD",
+    "RATIO",
+    "POWER",
+    "WEIGHT_C",
+    "sample_times",
+    "interpolate",
+    "meanflow_target",
+    "meanflow_loss_at",
+    "meanflow_loss",
+    "meanflow_step",
+    "meanflow_sample",
+]
 
 
 def _sum_except_batch(x):
@@ -118,8 +130,19 @@ def meanflow_loss_at(u_fn: Callable, params, z, r, t, v, *, power=POWER, weight_
     return jnp.mean(losses), {"losses": losses, "sq_error": sq}
 
 
-def meanflow_loss(u_fn: Callable, params, batch, key, *, velocity_fn: Callable | None = None, p_mean=P_MEAN,
-                  p_std=P_STD, ratio=RATIO, power=POWER, weight_c=WEIGHT_C):
+def meanflow_loss(
+    u_fn: Callable,
+    params,
+    batch,
+    key,
+    *,
+    velocity_fn: Callable | None = None,
+    p_mean=P_MEAN,
+    p_std=P_STD,
+    ratio=RATIO,
+    power=POWER,
+    weight_c=WEIGHT_C,
+):
     """MeanFlow training loss (Algorithm 1): ``(r, t)`` from :func:`sample_times`, ``z_t = (1 - t) x + t ε``.
 
     Args:

@@ -18,8 +18,16 @@ from scoresde.sde import batch_mul
 
 PD_WEIGHTINGS = ("truncated_snr", "snr_plus_one")
 
-__all__ = ["PD_WEIGHTINGS", "halving_rounds", "student_times", "two_teacher_steps", "pd_target",
-           "pd_network_target", "pd_weight", "pd_loss"]
+__all__ = [
+    "PD_WEIGHTINGS",
+    "halving_rounds",
+    "student_times",
+    "two_teacher_steps",
+    "pd_target",
+    "pd_network_target",
+    "pd_weight",
+    "pd_loss",
+]
 
 
 def halving_rounds(start_steps: int, end_steps: int = 1) -> list[int]:
@@ -28,11 +36,18 @@ def halving_rounds(start_steps: int, end_steps: int = 1) -> list[int]:
     Raises:
         ValueError: unless ``start_steps = end_steps · 2^r`` with ``r >= 1``.
     """
-    if not (isinstance(start_steps, int) and isinstance(end_steps, int) and end_steps >= 1
-            and start_steps > end_steps and start_steps % end_steps == 0
-            and math.log2(start_steps // end_steps).is_integer()):
-        raise ValueError(f"progressive distillation halves the step count: need start_steps = end_steps * 2^r "
-                         f"(r >= 1); got start_steps={start_steps!r}, end_steps={end_steps!r}")
+    if not (
+        isinstance(start_steps, int)
+        and isinstance(end_steps, int)
+        and end_steps >= 1
+        and start_steps > end_steps
+        and start_steps % end_steps == 0
+        and math.log2(start_steps // end_steps).is_integer()
+    ):
+        raise ValueError(
+            f"progressive distillation halves the step count: need start_steps = end_steps * 2^r "
+            f"(r >= 1); got start_steps={start_steps!r}, end_steps={end_steps!r}"
+        )
     rounds, n = [], start_steps
     while n > end_steps:
         n //= 2
@@ -99,12 +114,22 @@ def pd_weight(sde, t, weighting: str = "truncated_snr"):
         return jnp.maximum(snr, 1.0)
     if weighting == "snr_plus_one":
         return snr + 1.0
-    raise ValueError(f"unknown progressive-distillation weighting {weighting!r}; expected one of: "
-                     f"{', '.join(PD_WEIGHTINGS)}")
+    raise ValueError(
+        f"unknown progressive-distillation weighting {weighting!r}; expected one of: {', '.join(PD_WEIGHTINGS)}"
+    )
 
 
-def pd_loss(student_denoiser: Callable, teacher_score_fn: Callable, sde, batch, key, *, steps, eps,
-            weighting: str = "truncated_snr"):
+def pd_loss(
+    student_denoiser: Callable,
+    teacher_score_fn: Callable,
+    sde,
+    batch,
+    key,
+    *,
+    steps,
+    eps,
+    weighting: str = "truncated_snr",
+):
     """One progressive-distillation loss estimate ``E[w(t) mean_d (x̂(x_t, t) - x̃)²]`` (paper Algorithm 2).
 
     ``t = t_i``, ``i ~ U{0 .. steps-1}`` on the student's grid; ``x̃`` from :func:`pd_target`.

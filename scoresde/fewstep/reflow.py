@@ -9,7 +9,7 @@ The paths of the coupled interpolant cross less, so fewer Euler steps suffice; f
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 
@@ -42,8 +42,9 @@ def make_couplings(score_fn: Callable, sde, shape, key, *, method: str = "dpm_so
     if not sampling.is_deterministic(method, options):
         raise ValueError(f"reflow couplings need a deterministic sampler; got method {method!r} with {options}")
     noise = sde.prior_sampling(key, shape)
-    samples, nfe = sampling.sample(score_fn, sde, shape, jax.random.fold_in(key, 1), method=method, x_init=noise,
-                                   eps=eps, **options)
+    samples, nfe = sampling.sample(
+        score_fn, sde, shape, jax.random.fold_in(key, 1), method=method, x_init=noise, eps=eps, **options
+    )
     return noise, samples, nfe
 
 

@@ -64,8 +64,18 @@ TANGENT_NORM_C = 0.1  # Sec. 4.2
 T_MID = 1.1  # the 2-step sampler's intermediate time
 
 __all__ = [
-    "P_MEAN", "P_STD", "TANGENT_NORM_C", "T_MID", "sample_time", "tangent_warmup", "consistency_tangent",
-    "scm_loss_at", "sct_loss", "scd_loss", "AdaptiveWeight", "scm_sample",
+    "P_MEAN",
+    "P_STD",
+    "TANGENT_NORM_C",
+    "T_MID",
+    "sample_time",
+    "tangent_warmup",
+    "consistency_tangent",
+    "scm_loss_at",
+    "sct_loss",
+    "scd_loss",
+    "AdaptiveWeight",
+    "scm_sample",
 ]
 
 
@@ -112,16 +122,27 @@ def consistency_tangent(net_fn: Callable, params, x_t, t, dxdt, *, sigma_data: f
     """
     params = jax.lax.stop_gradient(params)
     dxdt = jax.lax.stop_gradient(dxdt)
-    f_minus, df_minus = jax.jvp(lambda x_in, s: net_fn(params, x_in, s), (x_t / sigma_data, t),
-                                (dxdt / sigma_data, jnp.ones_like(t)))
+    f_minus, df_minus = jax.jvp(
+        lambda x_in, s: net_fn(params, x_in, s), (x_t / sigma_data, t), (dxdt / sigma_data, jnp.ones_like(t))
+    )
     cos, sin = jnp.cos(t), jnp.sin(t)
-    dfdt = (-batch_mul(cos, sigma_data * f_minus - dxdt)
-            - batch_mul(warmup * sin, x_t + sigma_data * df_minus))
+    dfdt = -batch_mul(cos, sigma_data * f_minus - dxdt) - batch_mul(warmup * sin, x_t + sigma_data * df_minus)
     return f_minus, dfdt
 
 
-def scm_loss_at(net_fn: Callable, params, x_t, t, dxdt, *, sigma_data: float, weight_fn: Callable | None = None,
-                warmup=1.0, tangent_norm_c: float | None = TANGENT_NORM_C, target_params=None):
+def scm_loss_at(
+    net_fn: Callable,
+    params,
+    x_t,
+    t,
+    dxdt,
+    *,
+    sigma_data: float,
+    weight_fn: Callable | None = None,
+    warmup=1.0,
+    tangent_norm_c: float | None = TANGENT_NORM_C,
+    target_params=None,
+):
     """The sCM loss at given ``(x_t, t, dx_t/dt)`` (Algorithm 1 after the sampling lines).
 
     ``g = cos(t) df_θ⁻/dt`` (:func:`consistency_tangent`), ``g ← g / (‖g‖ + c)``, and per example
@@ -164,9 +185,20 @@ def _noised(batch, key, sigma_data, p_mean, p_std):
     return t, z, x_t
 
 
-def sct_loss(net_fn: Callable, params, batch, key, *, sigma_data: float, weight_fn: Callable | None = None,
-             warmup=1.0, tangent_norm_c: float | None = TANGENT_NORM_C, p_mean=P_MEAN, p_std=P_STD,
-             target_params=None):
+def sct_loss(
+    net_fn: Callable,
+    params,
+    batch,
+    key,
+    *,
+    sigma_data: float,
+    weight_fn: Callable | None = None,
+    warmup=1.0,
+    tangent_norm_c: float | None = TANGENT_NORM_C,
+    p_mean=P_MEAN,
+    p_std=P_STD,
+    target_params=None,
+):
     """Continuous-time consistency training (sCT, Algorithm 1): ``dx_t/dt = σ_d cos(t) z - sin(t) x_0``.
 
     ``t`` from :func:`sample_time`, ``x_t = cos(t) x_0 + sin(t) σ_d z``; the rest is :func:`scm_loss_at`.
@@ -176,14 +208,36 @@ def sct_loss(net_fn: Callable, params, batch, key, *, sigma_data: float, weight_
     """
     t, z, x_t = _noised(batch, key, sigma_data, p_mean, p_std)
     dxdt = velocity_target(batch, z, t, sigma_data=sigma_data)
-    loss, aux = scm_loss_at(net_fn, params, x_t, t, dxdt, sigma_data=sigma_data, weight_fn=weight_fn, warmup=warmup,
-                            tangent_norm_c=tangent_norm_c, target_params=target_params)
+    loss, aux = scm_loss_at(
+        net_fn,
+        params,
+        x_t,
+        t,
+        dxdt,
+        sigma_data=sigma_data,
+        weight_fn=weight_fn,
+        warmup=warmup,
+        tangent_norm_c=tangent_norm_c,
+        target_params=target_params,
+    )
     return loss, {**aux, "t": t}
 
 
-def scd_loss(net_fn: Callable, params, velocity_fn: Callable, batch, key, *, sigma_data: float,
-             weight_fn: Callable | None = None, warmup=1.0, tangent_norm_c: float | None = TANGENT_NORM_C,
-             p_mean=P_MEAN, p_std=P_STD, target_params=None):
+def scd_loss(
+    net_fn: Callable,
+    params,
+    velocity_fn: Callable,
+    batch,
+    key,
+    *,
+    sigma_data: float,
+    weight_fn: Callable | None = None,
+    warmup=1.0,
+    tangent_norm_c: float | None = TANGENT_NORM_C,
+    p_mean=P_MEAN,
+    p_std=P_STD,
+    target_params=None,
+):
     """Continuous-time consistency distillation (sCD, Algorithm 1): ``dx_t/dt = velocity_fn(x_t, t)``.
 
     Args:
@@ -197,8 +251,18 @@ def scd_loss(net_fn: Callable, params, velocity_fn: Callable, batch, key, *, sig
     """
     t, _, x_t = _noised(batch, key, sigma_data, p_mean, p_std)
     dxdt = velocity_fn(x_t, t)
-    loss, aux = scm_loss_at(net_fn, params, x_t, t, dxdt, sigma_data=sigma_data, weight_fn=weight_fn, warmup=warmup,
-                            tangent_norm_c=tangent_norm_c, target_params=target_params)
+    loss, aux = scm_loss_at(
+        net_fn,
+        params,
+        x_t,
+        t,
+        dxdt,
+        sigma_data=sigma_data,
+        weight_fn=weight_fn,
+        warmup=warmup,
+        tangent_norm_c=tangent_norm_c,
+        target_params=target_params,
+    )
     return loss, {**aux, "t": t}
 
 

@@ -125,6 +125,7 @@ jax.tree_util.register_dataclass(TrigFlow, data_fields=[], meta_fields=["sigma_d
 
 # ------------------------------------------------------------------------------ time and state maps
 
+
 def trigflow_time(sde, s, sigma_data: float):
     """The TrigFlow time of the SDE time ``s``: ``t = arctan(sigma(s) / (σ_d alpha(s)))`` (same ``σ̃``).
 
@@ -166,6 +167,7 @@ def from_trigflow(sde, x_t, t, sigma_data: float):
 
 
 # ------------------------------------------------------------------------------ velocity, denoiser, network
+
 
 def velocity_from_denoiser(d, x_t, t):
     """The exact TrigFlow velocity ``dx_t/dt = (cos(t) x_t - D) / sin(t)`` from ``D = E[x_0 | x_t]``.
@@ -214,8 +216,10 @@ def trigflow_velocity_from_score(score_fn: Callable, sde, *, sigma_data: float) 
     carries one (:class:`scoresde.parameterization.ScoreWithDenoiser`), else Tweedie's formula."""
     denoiser = getattr(score_fn, "denoiser", None)
     if denoiser is None:
+
         def denoiser(x, s):
             return score_to_denoiser(score_fn(x, s), x, sde.alpha(s), sde.sigma(s))
+
     return trigflow_velocity_from_denoiser(denoiser, sde, sigma_data=sigma_data)
 
 

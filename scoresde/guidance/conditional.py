@@ -52,7 +52,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -62,14 +62,27 @@ import numpy as np
 from scoresde.sde import batch_mul
 
 __all__ = [
-    "classifier_guidance", "classifier_free_guidance", "gamma_from_w", "w_from_gamma",
-    "ClassifierGuidedScore", "ClassifierFreeGuidedScore", "class_log_prob_grad", "drop_labels",
-    "COLOR_BASIS", "Replacement", "inpainting_projection", "colorization_projection", "initial_state",
-    "inpaint", "colorize", "to_gray",
+    "classifier_guidance",
+    "classifier_free_guidance",
+    "gamma_from_w",
+    "w_from_gamma",
+    "ClassifierGuidedScore",
+    "ClassifierFreeGuidedScore",
+    "class_log_prob_grad",
+    "drop_labels",
+    "COLOR_BASIS",
+    "Replacement",
+    "inpainting_projection",
+    "colorization_projection",
+    "initial_state",
+    "inpaint",
+    "colorize",
+    "to_gray",
 ]
 
 
 # ----------------------------------------------------------------------------------------------- guidance
+
 
 def gamma_from_w(w):
     """The notes' guidance strength ``γ = 1 + w`` from the classifier-free weight ``w``."""
@@ -101,8 +114,9 @@ def class_log_prob_grad(log_prob_fn: Callable, x, t, y):
     def total(xx):
         lp = log_prob_fn(xx, t)
         if lp.ndim != 2 or lp.shape[0] != x.shape[0]:
-            raise ValueError(f"log_prob_fn must return (B, num_classes) = ({x.shape[0]}, K) log-probabilities; "
-                             f"got shape {lp.shape}")
+            raise ValueError(
+                f"log_prob_fn must return (B, num_classes) = ({x.shape[0]}, K) log-probabilities; got shape {lp.shape}"
+            )
         return jnp.sum(jnp.take_along_axis(lp, y[:, None], axis=1))
 
     return jax.grad(total)(x)
@@ -177,8 +191,9 @@ def classifier_free_guidance(cond_score_fn: Callable, y, w, null_label: int) -> 
     """
     if not isinstance(null_label, (int, np.integer)) or isinstance(null_label, bool):
         raise ValueError(f"null_label must be a Python int (the unconditional label); got {null_label!r}")
-    return ClassifierFreeGuidedScore(cond_score_fn, jnp.asarray(y, jnp.int32), jnp.asarray(w, jnp.float32),
-                                     int(null_label))
+    return ClassifierFreeGuidedScore(
+        cond_score_fn, jnp.asarray(y, jnp.int32), jnp.asarray(w, jnp.float32), int(null_label)
+    )
 
 
 def drop_labels(key, y, p_uncond, null_label: int):
@@ -196,9 +211,14 @@ def drop_labels(key, y, p_uncond, null_label: int):
 # The reference's orthonormal colour basis (controllable_generation.py): x_decoupled = x @ COLOR_BASIS.
 # Its first column is (1, 1, 1)/√3, so channel 0 of the decoupled image is the gray level (R + G + B)/√3;
 # being orthonormal, it keeps isotropic Gaussian noise isotropic, which makes the replacement consistent.
-COLOR_BASIS = np.array([[5.7735014e-01, -8.1649649e-01, 4.7008697e-08],
-                        [5.7735026e-01, 4.0824834e-01, 7.0710671e-01],
-                        [5.7735026e-01, 4.0824822e-01, -7.0710683e-01]], dtype=np.float32)
+COLOR_BASIS = np.array(
+    [
+        [5.7735014e-01, -8.1649649e-01, 4.7008697e-08],
+        [5.7735026e-01, 4.0824834e-01, 7.0710671e-01],
+        [5.7735026e-01, 4.0824822e-01, -7.0710683e-01],
+    ],
+    dtype=np.float32,
+)
 
 
 def to_gray(images):
@@ -325,9 +345,11 @@ def _conditional_sample(score_fn, projection_fn, sde, key, *, method, init, fixe
 
     if not sampling.method_traits(method).projects:
         hooked = ", ".join(name for name, traits in sampling.TABLE.items() if traits.projects and traits.deterministic)
-        raise ValueError(f"method {method!r} cannot inpaint/colorize: the known part is replaced after every step, "
-                         f"which it does not expose (no project_fn hook); use a deterministic sampler ({hooked}) "
-                         "or 'pc'")
+        raise ValueError(
+            f"method {method!r} cannot inpaint/colorize: the known part is replaced after every step, "
+            f"which it does not expose (no project_fn hook); use a deterministic sampler ({hooked}) "
+            "or 'pc'"
+        )
     if fixed_noise is None:
         fixed_noise = sampling.is_deterministic(method)
     k_init, k_noise, k_sample = jax.random.split(key, 3)
@@ -335,13 +357,25 @@ def _conditional_sample(score_fn, projection_fn, sde, key, *, method, init, fixe
     if fixed_noise:
         projection = projection_fn(jax.random.normal(k_noise, projection.known.shape, projection.known.dtype))
     x_init = initial_state(projection, k_init, init=init)
-    x, nfe = sampling.sample(score_fn, sde, x_init.shape, k_sample, method=method, x_init=x_init, eps=eps,
-                             project_fn=projection, **options)
+    x, nfe = sampling.sample(
+        score_fn, sde, x_init.shape, k_sample, method=method, x_init=x_init, eps=eps, project_fn=projection, **options
+    )
     return projection.finalize(x), nfe
 
 
-def inpaint(score_fn, sde, data, mask, key, *, method: str = "pc", init: str = "marginal",
-            fixed_noise: bool | None = None, eps=None, **options):
+def inpaint(
+    score_fn,
+    sde,
+    data,
+    mask,
+    key,
+    *,
+    method: str = "pc",
+    init: str = "marginal",
+    fixed_noise: bool | None = None,
+    eps=None,
+    **options,
+):
     """Fills the entries of ``data`` where ``mask == 0`` (Song et al. 2021, App. I.2).
 
     Args:
@@ -361,19 +395,47 @@ def inpaint(score_fn, sde, data, mask, key, *, method: str = "pc", init: str = "
     Returns:
         ``(samples, nfe)``; the known entries of the samples equal ``data``.
     """
-    return _conditional_sample(score_fn, lambda z: inpainting_projection(sde, data, mask, noise=z), sde, key,
-                               method=method, init=init, fixed_noise=fixed_noise, eps=eps, options=options)
+    return _conditional_sample(
+        score_fn,
+        lambda z: inpainting_projection(sde, data, mask, noise=z),
+        sde,
+        key,
+        method=method,
+        init=init,
+        fixed_noise=fixed_noise,
+        eps=eps,
+        options=options,
+    )
 
 
-def colorize(score_fn, sde, gray, key, *, method: str = "pc", init: str = "marginal",
-             fixed_noise: bool | None = None, eps=None, **options):
+def colorize(
+    score_fn,
+    sde,
+    gray,
+    key,
+    *,
+    method: str = "pc",
+    init: str = "marginal",
+    fixed_noise: bool | None = None,
+    eps=None,
+    **options,
+):
     """Colorizes gray-scale RGB images (Song et al. 2021, App. I.3); arguments as :func:`inpaint`.
 
     Returns:
         ``(samples, nfe)``; the gray level ``(R + G + B) / 3`` of each sample equals that of ``gray``.
     """
-    return _conditional_sample(score_fn, lambda z: colorization_projection(sde, gray, noise=z), sde, key,
-                               method=method, init=init, fixed_noise=fixed_noise, eps=eps, options=options)
+    return _conditional_sample(
+        score_fn,
+        lambda z: colorization_projection(sde, gray, noise=z),
+        sde,
+        key,
+        method=method,
+        init=init,
+        fixed_noise=fixed_noise,
+        eps=eps,
+        options=options,
+    )
 
 
 def classifier_inputs(sde, x, t):

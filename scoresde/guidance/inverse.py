@@ -98,6 +98,7 @@ class Operator(eqx.Module):
         The system is symmetric positive (semi-)definite; ``cg_steps`` fixes the work (no early stop, so it
         jit-compiles to a fixed loop). Where the residual vanishes the step is 0, not NaN.
         """
+
         def apply(u):
             return batch_mul(r2, self.forward(self.adjoint(u))) + s2 * u
 
@@ -193,8 +194,9 @@ class GaussianBlur(Operator):
     def forward(self, x):
         c = x.shape[-1]
         k = jnp.tile(self.kernel(x.dtype)[:, :, None, None], (1, 1, 1, c))  # HWIO, one filter per channel
-        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            feature_group_count=c)
+        return jax.lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
+        )
 
     def adjoint(self, y):
         return self.forward(y)
@@ -284,8 +286,9 @@ class RangeReplacement(eqx.Module):
         b = x.shape[0]
         tv = jnp.broadcast_to(jnp.asarray(t, x.dtype), (b,))
         z = self.noise if self.noise is not None else jax.random.normal(key, x.shape, x.dtype)
-        y_t = batch_mul(self.sde.alpha(tv), self.y.astype(x.dtype)) + batch_mul(self.sde.sigma(tv),
-                                                                                self.operator.forward(z))
+        y_t = batch_mul(self.sde.alpha(tv), self.y.astype(x.dtype)) + batch_mul(
+            self.sde.sigma(tv), self.operator.forward(z)
+        )
         return x + self.operator.pinv(y_t - self.operator.forward(x))
 
     def finalize(self, x):
@@ -310,8 +313,9 @@ _GUIDANCE_OPTIONS = {
 }
 
 
-def posterior_sample(score_fn, sde, operator: Operator, y, key, *, posterior: str, sigma_y, method: str = "ddim",
-                     **options):
+def posterior_sample(
+    score_fn, sde, operator: Operator, y, key, *, posterior: str, sigma_y, method: str = "ddim", **options
+):
     """One posterior sample per row of ``y`` through :func:`scoresde.sampling.sample`.
 
     Args:
@@ -338,7 +342,7 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, posterior: st
     Raises:
         ValueError: for an unknown posterior, method or option.
     """
-    from scoresde import sampling  # lazy, as in guidance: the operators do not need the samplers to import
+    from scoresde import sampling  # noqa: PLC0415  lazy, as in guidance: the operators do not need the samplers to import
 
     if posterior not in _GUIDANCE_OPTIONS:
         raise ValueError(f"unknown posterior {posterior!r}; expected one of: {', '.join(METHODS)}")
@@ -350,25 +354,39 @@ def posterior_sample(score_fn, sde, operator: Operator, y, key, *, posterior: st
     if posterior == "replacement":
         x_example = operator.pinv(y)
         if not sampling.method_traits(method).projects:
-            raise ValueError("posterior 'replacement' needs a fixed-grid sampler with the project_fn hook; "
-                             f"got method {method!r}")
+            raise ValueError(
+                f"posterior 'replacement' needs a fixed-grid sampler with the project_fn hook; got method {method!r}"
+            )
         fixed = own["fixed_noise"] if own["fixed_noise"] is not None else sampling.is_deterministic(method)
         if "x_init" in options:
-            raise ValueError("posterior 'replacement' draws its own initial state (known part from its "
-                             "T-marginal); x_init is not accepted")
+            raise ValueError(
+                "posterior 'replacement' draws its own initial state (known part from its "
+                "T-marginal); x_init is not accepted"
+            )
         k_init, k_noise, k_sample = jax.random.split(key, 3)
         noise = jax.random.normal(k_noise, x_example.shape, x_example.dtype) if fixed else None
         projection = _replacement_projection(sde, operator, y, noise)
         x_init = conditional.initial_state(projection, k_init, init=own["init"])
-        x, nfe = sampling.sample(score_fn, sde, x_init.shape, k_sample, method=method, x_init=x_init,
-                                 project_fn=projection, **options)
+        x, nfe = sampling.sample(
+            score_fn, sde, x_init.shape, k_sample, method=method, x_init=x_init, project_fn=projection, **options
+        )
         return projection.finalize(x), nfe
     if posterior == "dps":
-        guided = pg.dps_guidance(score_fn, sde, operator, y, sigma_y=sigma_y, scale=own["scale"],
-                                 weighting=own["weighting"])
+        guided = pg.dps_guidance(
+            score_fn, sde, operator, y, sigma_y=sigma_y, scale=own["scale"], weighting=own["weighting"]
+        )
     else:
-        guided = pg.pigdm_guidance(score_fn, sde, operator, y, sigma_y=sigma_y, scale=own["scale"],
-                                   data_var=own["data_var"], cg_steps=own["cg_steps"], jacobian=own["jacobian"])
+        guided = pg.pigdm_guidance(
+            score_fn,
+            sde,
+            operator,
+            y,
+            sigma_y=sigma_y,
+            scale=own["scale"],
+            data_var=own["data_var"],
+            cg_steps=own["cg_steps"],
+            jacobian=own["jacobian"],
+        )
     x_init = options.pop("x_init", None)
     shape = x_init.shape if x_init is not None else _data_shape(operator, y)
     x, nfe = sampling.sample(guided, sde, shape, key, method=method, x_init=x_init, **options)
@@ -394,8 +412,17 @@ def ilvr(score_fn, sde, reference, key, *, factor: int, method: str = "ddim", **
         ``(samples, nfe)``.
     """
     op = SuperResolution(factor)
-    return posterior_sample(score_fn, sde, op, op.forward(jnp.asarray(reference)), key, posterior="replacement",
-                            sigma_y=0.0, method=method, **options)
+    return posterior_sample(
+        score_fn,
+        sde,
+        op,
+        op.forward(jnp.asarray(reference)),
+        key,
+        posterior="replacement",
+        sigma_y=0.0,
+        method=method,
+        **options,
+    )
 
 
 INPAINTING_MASKS = ("half", "random")
@@ -418,15 +445,24 @@ def inpainting_mask(kind: str, shape: tuple, *, fraction: float = 0.5, seed: int
     pixel_shape = tuple(shape[:-1]) + (1,) if len(shape) == 3 else tuple(shape)
     if kind == "half":
         mask = np.ones(pixel_shape, np.float32)
-        mask[pixel_shape[0] // 2:] = 0.0
+        mask[pixel_shape[0] // 2 :] = 0.0
     else:
         mask = (np.random.default_rng(seed).random(pixel_shape) >= fraction).astype(np.float32)
     return mask[None]
 
 
-def make_operator(name: str, shape: tuple, *, mask: str = "half", mask_fraction: float = 0.5, seed: int = 0,
-                  factor: int = 4, blur_sigma: float = 1.0, blur_size: int = 5,
-                  num_measurements: int = 0) -> Operator:
+def make_operator(
+    name: str,
+    shape: tuple,
+    *,
+    mask: str = "half",
+    mask_fraction: float = 0.5,
+    seed: int = 0,
+    factor: int = 4,
+    blur_sigma: float = 1.0,
+    blur_size: int = 5,
+    num_measurements: int = 0,
+) -> Operator:
     """The measurement operator ``name`` of :mod:`scoresde.guidance.inverse` for examples of ``shape``, from plain values.
 
     Args:
@@ -453,8 +489,10 @@ def make_operator(name: str, shape: tuple, *, mask: str = "half", mask_fraction:
     def super_resolution():
         need_image()
         if isinstance(factor, bool) or int(factor) != factor or factor < 1 or shape[0] % factor or shape[1] % factor:
-            raise ValueError(f"super_resolution factor {factor!r} must be a positive int dividing the image size "
-                             f"{shape[0]}x{shape[1]}")
+            raise ValueError(
+                f"super_resolution factor {factor!r} must be a positive int dividing the image size "
+                f"{shape[0]}x{shape[1]}"
+            )
         return SuperResolution(int(factor))
 
     def deblur():
@@ -468,21 +506,28 @@ def make_operator(name: str, shape: tuple, *, mask: str = "half", mask_fraction:
     def colorization():
         need_image()
         if shape[-1] != 3:
-            raise ValueError(f"operator 'colorization' needs 3 colour channels; got data shape {shape} "
-                             "(config.data.num_channels)")
+            raise ValueError(
+                f"operator 'colorization' needs 3 colour channels; got data shape {shape} (config.data.num_channels)"
+            )
         return Colorization(3)
 
     def random_projection():
         d = math.prod(shape)
         m = int(num_measurements) or max(1, d // 4)
         if not 1 <= m <= d:
-            raise ValueError(f"random_projection num_measurements must be in 1..{d} (D) or 0 for D // 4; "
-                             f"got {num_measurements!r}")
+            raise ValueError(
+                f"random_projection num_measurements must be in 1..{d} (D) or 0 for D // 4; got {num_measurements!r}"
+            )
         matrix = np.random.default_rng(seed).standard_normal((m, d)).astype(np.float32) / np.sqrt(d)
         return RandomProjection(jnp.asarray(matrix), shape)
 
-    factories = {"inpainting": inpainting, "super_resolution": super_resolution, "deblur": deblur,
-                 "colorization": colorization, "random_projection": random_projection}
+    factories = {
+        "inpainting": inpainting,
+        "super_resolution": super_resolution,
+        "deblur": deblur,
+        "colorization": colorization,
+        "random_projection": random_projection,
+    }
     if name not in factories:
         raise ValueError(f"unknown inverse operator {name!r}; expected one of: {', '.join(factories)}")
     return factories[name]()

@@ -125,8 +125,10 @@ def _check_weighting(weighting, sigma_y):
     if weighting not in ("gaussian", "normalized"):
         raise ValueError(f"unknown DPS weighting {weighting!r}; expected 'gaussian' or 'normalized'")
     if weighting == "gaussian" and not isinstance(sigma_y, jax.core.Tracer) and not float(sigma_y) > 0:
-        raise ValueError(f"DPS weighting 'gaussian' divides by sigma_y²; got sigma_y={sigma_y!r} "
-                         "(use weighting='normalized' for noiseless measurements)")
+        raise ValueError(
+            f"DPS weighting 'gaussian' divides by sigma_y²; got sigma_y={sigma_y!r} "
+            "(use weighting='normalized' for noiseless measurements)"
+        )
 
 
 def dps_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, weighting: str = "gaussian") -> DPSGuidedScore:
@@ -147,12 +149,20 @@ def dps_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, weighting: s
         ValueError: for an unknown weighting, or ``"gaussian"`` with ``sigma_y = 0``.
     """
     _check_weighting(weighting, sigma_y)
-    return DPSGuidedScore(score_fn, sde, operator, jnp.asarray(y), jnp.asarray(sigma_y, jnp.float32),
-                          jnp.asarray(scale, jnp.float32), weighting)
+    return DPSGuidedScore(
+        score_fn,
+        sde,
+        operator,
+        jnp.asarray(y),
+        jnp.asarray(sigma_y, jnp.float32),
+        jnp.asarray(scale, jnp.float32),
+        weighting,
+    )
 
 
-def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1.0, cg_steps: int = 50,
-                   jacobian: str = "network") -> PiGDMGuidedScore:
+def pigdm_guidance(
+    score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1.0, cg_steps: int = 50, jacobian: str = "network"
+) -> PiGDMGuidedScore:
     """ΠGDM (Song et al. 2023, eq. 7–8) as a score transformer; ``docs/posterior_guidance.md``.
 
     Needs a linear operator (``adjoint``, ``solve_gram``).
@@ -173,8 +183,17 @@ def pigdm_guidance(score_fn, sde, operator, y, *, sigma_y, scale=1.0, data_var=1
     """
     if jacobian not in ("network", "isotropic"):
         raise ValueError(f"unknown ΠGDM jacobian {jacobian!r}; expected 'network' or 'isotropic'")
-    return PiGDMGuidedScore(score_fn, sde, operator, jnp.asarray(y), jnp.asarray(sigma_y, jnp.float32),
-                            jnp.asarray(scale, jnp.float32), jnp.asarray(data_var, jnp.float32), cg_steps, jacobian)
+    return PiGDMGuidedScore(
+        score_fn,
+        sde,
+        operator,
+        jnp.asarray(y),
+        jnp.asarray(sigma_y, jnp.float32),
+        jnp.asarray(scale, jnp.float32),
+        jnp.asarray(data_var, jnp.float32),
+        cg_steps,
+        jacobian,
+    )
 
 
 def gaussian_nll_loss(prediction, target, sigma_y):
@@ -224,8 +243,9 @@ class UniversalGuidedScore(eqx.Module):
         return out
 
 
-def universal_guidance(score_fn, sde, loss_fn, target, *, scale=1.0, predictor=None, backward_steps: int = 0,
-                       backward_lr=0.1) -> UniversalGuidedScore:
+def universal_guidance(
+    score_fn, sde, loss_fn, target, *, scale=1.0, predictor=None, backward_steps: int = 0, backward_lr=0.1
+) -> UniversalGuidedScore:
     """Universal guidance (Bansal et al. 2023, Alg. 1): forward and backward guidance as a score transformer.
 
     The score terms are derived in ``docs/posterior_guidance.md``.
@@ -249,23 +269,52 @@ def universal_guidance(score_fn, sde, loss_fn, target, *, scale=1.0, predictor=N
     if not isinstance(backward_steps, int) or backward_steps < 0:
         raise ValueError(f"backward_steps must be a non-negative int; got {backward_steps!r}")
     predictor = predictor if predictor is not None else _identity
-    return UniversalGuidedScore(score_fn, sde, loss_fn, predictor, jnp.asarray(target), jnp.asarray(scale, jnp.float32),
-                                jnp.asarray(backward_lr, jnp.float32), backward_steps)
+    return UniversalGuidedScore(
+        score_fn,
+        sde,
+        loss_fn,
+        predictor,
+        jnp.asarray(target),
+        jnp.asarray(scale, jnp.float32),
+        jnp.asarray(backward_lr, jnp.float32),
+        backward_steps,
+    )
 
 
 def _identity(x):
     return x
 
 
-def embedding_guidance(score_fn, sde, embed_fn, target_embedding, *, scale=1.0, backward_steps: int = 0,
-                       backward_lr=0.1) -> UniversalGuidedScore:
+def embedding_guidance(
+    score_fn, sde, embed_fn, target_embedding, *, scale=1.0, backward_steps: int = 0, backward_lr=0.1
+) -> UniversalGuidedScore:
     """Embedding guidance: ``ℓ = -cos(embed_fn(x̂₀), target_embedding)`` through :func:`universal_guidance`."""
-    return universal_guidance(score_fn, sde, negative_cosine_loss, target_embedding, scale=scale,
-                              predictor=embed_fn, backward_steps=backward_steps, backward_lr=backward_lr)
+    return universal_guidance(
+        score_fn,
+        sde,
+        negative_cosine_loss,
+        target_embedding,
+        scale=scale,
+        predictor=embed_fn,
+        backward_steps=backward_steps,
+        backward_lr=backward_lr,
+    )
 
 
-def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str = "ddim", steps: int = 50,
-                     eps=None, x_init=None, grid: str = "uniform_t", **solver_options):
+def recurrent_sample(
+    score_fn,
+    sde,
+    shape,
+    key,
+    *,
+    recurrence: int,
+    method: str = "ddim",
+    steps: int = 50,
+    eps=None,
+    x_init=None,
+    grid: str = "uniform_t",
+    **solver_options,
+):
     """Universal guidance's self-recurrence (Bansal et al. 2023, Algorithm 1, loop over ``r``).
 
     Each step of the fixed-grid solver is taken ``recurrence`` times, re-noising back to its start between
@@ -284,15 +333,30 @@ def recurrent_sample(score_fn, sde, shape, key, *, recurrence: int, method: str 
     Raises:
         ValueError: for an unknown ``method`` or a ``recurrence`` that is not a positive int.
     """
-    solvers = {"ddim": fast.ddim, "dpm_solver": fast.dpm_solver, "dpm_solver++": fast.dpm_solver_pp,
-               "edm_heun": fast.edm_heun}
+    solvers = {
+        "ddim": fast.ddim,
+        "dpm_solver": fast.dpm_solver,
+        "dpm_solver++": fast.dpm_solver_pp,
+        "edm_heun": fast.edm_heun,
+    }
     if method not in solvers:
         raise ValueError(f"recurrent_sample supports {', '.join(solvers)}; got method {method!r}")
     if not isinstance(recurrence, int) or recurrence < 1:
         raise ValueError(f"recurrence must be a positive int; got {recurrence!r}")
     eps = sampling.default_eps(sde) if eps is None else eps
-    x, nfe = _recurrent_jit(score_fn, sde, tuple(shape), key, x_init, jnp.asarray(eps), solvers[method],
-                            recurrence, steps, grid, tuple(sorted(solver_options.items())))
+    x, nfe = _recurrent_jit(
+        score_fn,
+        sde,
+        tuple(shape),
+        key,
+        x_init,
+        jnp.asarray(eps),
+        solvers[method],
+        recurrence,
+        steps,
+        grid,
+        tuple(sorted(solver_options.items())),
+    )
     return x, nfe * getattr(score_fn, "evaluations_per_call", 1)
 
 

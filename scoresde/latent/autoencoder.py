@@ -116,8 +116,14 @@ def adversarial_factor(step, start: int) -> Array:
     return jnp.where(jnp.asarray(step) >= start, 1.0, 0.0)
 
 
-def adaptive_weight(reconstruction_of_head: Callable[[Array], Array], adversarial_of_head: Callable[[Array], Array],
-                    head_weight: Array, *, max_weight: float = 1e4, eps: float = 1e-4) -> Array:
+def adaptive_weight(
+    reconstruction_of_head: Callable[[Array], Array],
+    adversarial_of_head: Callable[[Array], Array],
+    head_weight: Array,
+    *,
+    max_weight: float = 1e4,
+    eps: float = 1e-4,
+) -> Array:
     """``‖∇_w L_rec‖ / (‖∇_w L_adv‖ + eps)``, clipped to ``[0, max_weight]``, gradient stopped.
 
     Esser et al. 2021, eq. 7 (``docs/latent.md``).
@@ -156,11 +162,22 @@ class AutoencoderLossTerms(NamedTuple):
     adversarial_weight: Array
 
 
-def autoencoder_loss(x: Array, posterior: DiagonalGaussian, reconstruct: Callable[[Array], Array],
-                     head_weight: Array, *, step=0, kl_weight: float = 1e-6, reconstruction: str = "l1",
-                     perceptual_fn: Callable[[Array, Array], Array] | None = None, perceptual_weight: float = 1.0,
-                     discriminator_fn: Callable[[Array], Array] | None = None, disc_weight: float = 0.5,
-                     disc_start: int = 0, max_adaptive_weight: float = 1e4) -> tuple[Array, AutoencoderLossTerms]:
+def autoencoder_loss(
+    x: Array,
+    posterior: DiagonalGaussian,
+    reconstruct: Callable[[Array], Array],
+    head_weight: Array,
+    *,
+    step=0,
+    kl_weight: float = 1e-6,
+    reconstruction: str = "l1",
+    perceptual_fn: Callable[[Array, Array], Array] | None = None,
+    perceptual_weight: float = 1.0,
+    discriminator_fn: Callable[[Array], Array] | None = None,
+    disc_weight: float = 0.5,
+    disc_start: int = 0,
+    max_adaptive_weight: float = 1e4,
+) -> tuple[Array, AutoencoderLossTerms]:
     """The autoencoder's loss: reconstruction + β·KL [+ perceptual] [+ adversarial] (LDM, App. G).
 
     The decoder output enters as ``reconstruct(w)``, a function of the decoder's last-layer kernel, since the
@@ -201,16 +218,20 @@ def autoencoder_loss(x: Array, posterior: DiagonalGaussian, reconstruct: Callabl
     if discriminator_fn is None:
         return loss, AutoencoderLossTerms(loss, rec, perc, kl, zero, zero)
     g_loss = generator_adversarial_loss(discriminator_fn(x_rec))
-    weight = adaptive_weight(lambda w: rec_of(reconstruct(w))[0],
-                             lambda w: generator_adversarial_loss(discriminator_fn(reconstruct(w))),
-                             head_weight, max_weight=max_adaptive_weight)
+    weight = adaptive_weight(
+        lambda w: rec_of(reconstruct(w))[0],
+        lambda w: generator_adversarial_loss(discriminator_fn(reconstruct(w))),
+        head_weight,
+        max_weight=max_adaptive_weight,
+    )
     weight = weight * disc_weight * adversarial_factor(step, disc_start)
     loss = loss + weight * g_loss
     return loss, AutoencoderLossTerms(loss, rec, perc, kl, g_loss, weight)
 
 
-def discriminator_loss(logits_real: Array, logits_fake: Array, *, step=0, disc_start: int = 0,
-                       disc_factor: float = 1.0) -> Array:
+def discriminator_loss(
+    logits_real: Array, logits_fake: Array, *, step=0, disc_start: int = 0, disc_factor: float = 1.0
+) -> Array:
     """The discriminator's hinge loss, switched on at ``disc_start``; ``logits_fake`` of ``stop_gradient(x̂)``."""
     return disc_factor * adversarial_factor(step, disc_start) * hinge_discriminator_loss(logits_real, logits_fake)
 
@@ -229,8 +250,9 @@ def scale_by_std(latents: Array) -> Array:
     return 1.0 / jnp.std(latents.astype(jnp.float32))
 
 
-def encode(encoder_fn: Callable[[Array], tuple[Array, Array]], x: Array, scale_factor, *,
-           key: Array | None = None) -> Array:
+def encode(
+    encoder_fn: Callable[[Array], tuple[Array, Array]], x: Array, scale_factor, *, key: Array | None = None
+) -> Array:
     """Scaled latents ``c z`` of data ``x``: ``z`` the posterior mean (``key=None``) or a posterior sample."""
     posterior = DiagonalGaussian(*encoder_fn(x))
     z = posterior.mode() if key is None else posterior.sample(key)

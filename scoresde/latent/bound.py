@@ -63,11 +63,22 @@ class LatentBound(NamedTuple):
     nfe: Array
 
 
-def variational_bound(encoder_fn: Callable[[Array], tuple[Array, Array]], decoder_fn: Callable[[Array], Array],
-                      latent_score_fn: Callable[[Array, Array], Array], sde, x: Array, key: Array, *,
-                      scale_factor, decoder_std, scaler: Callable[[Array], Array] | None = None,
-                      num_bits: int | None = 8, dequantization: str = "uniform", num_samples: int = 1,
-                      **likelihood_kwargs) -> LatentBound:
+def variational_bound(
+    encoder_fn: Callable[[Array], tuple[Array, Array]],
+    decoder_fn: Callable[[Array], Array],
+    latent_score_fn: Callable[[Array, Array], Array],
+    sde,
+    x: Array,
+    key: Array,
+    *,
+    scale_factor,
+    decoder_std,
+    scaler: Callable[[Array], Array] | None = None,
+    num_bits: int | None = 8,
+    dequantization: str = "uniform",
+    num_samples: int = 1,
+    **likelihood_kwargs,
+) -> LatentBound:
     """LSGM's bound ``-log p(x) ≤ E_q[-log p(x | z)] + E_q[log q(z | x) - log p(z)]`` (Vahdat et al. 2021, eq. 2–3).
 
     Gaussian decoder with a fixed ``σ = decoder_std``; ``log p(z)`` is the latent model's probability-flow
@@ -96,8 +107,9 @@ def variational_bound(encoder_fn: Callable[[Array], tuple[Array, Array]], decode
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1; got {num_samples}")
     if dequantization not in likelihood.DEQUANTIZATIONS:
-        raise ValueError(f"unknown dequantization {dequantization!r}; expected one of: "
-                         f"{', '.join(likelihood.DEQUANTIZATIONS)}")
+        raise ValueError(
+            f"unknown dequantization {dequantization!r}; expected one of: {', '.join(likelihood.DEQUANTIZATIONS)}"
+        )
     b, d = x.shape[0], _num_dims(x)
     k_deq, k_z, k_ll = jax.random.split(key, 3)
     u = likelihood.dequantize(k_deq, x, num_bits) if dequantization == "uniform" else x
@@ -118,5 +130,15 @@ def variational_bound(encoder_fn: Callable[[Array], tuple[Array, Array]], decode
     to_bpd = 1.0 / (d * math.log(2.0))
     bits_term = 0.0 if num_bits is None else float(num_bits)
     offset = bits_term - likelihood.scaler_log_det(scaler, u) * to_bpd
-    return LatentBound(rec, log_q, prior, nats, rec * to_bpd, log_q * to_bpd, prior * to_bpd, offset,
-                       nats * to_bpd + offset, nfe.reshape(num_samples, b))
+    return LatentBound(
+        rec,
+        log_q,
+        prior,
+        nats,
+        rec * to_bpd,
+        log_q * to_bpd,
+        prior * to_bpd,
+        offset,
+        nats * to_bpd + offset,
+        nfe.reshape(num_samples, b),
+    )

@@ -42,7 +42,8 @@ def read_autoencoder_record(workdir: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"no {AUTOENCODER_RECORD} in config.latent.autoencoder_workdir={workdir!r}; train the autoencoder "
-            f"first (python -m scoresde.main --config=<its config> --workdir={workdir} --mode=train_autoencoder)")
+            f"first (python -m scoresde.main --config=<its config> --workdir={workdir} --mode=train_autoencoder)"
+        )
     with open(path) as f:
         return json.load(f)
 

@@ -23,8 +23,13 @@ from scoresde.images import to_uint8  # noqa: F401  (the protocol's uint8 map, r
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, resize_method: str = "pytorch_fid",
-                         download: bool | None = None) -> FeatureFn:
+def inception_feature_fn(
+    weights: str | None = None,
+    *,
+    batch_size: int = 250,
+    resize_method: str = "pytorch_fid",
+    download: bool | None = None,
+) -> FeatureFn:
     """The standard FID feature extractor: uint8 NHWC images → (pool_3 ``(N, 2048)``, logits ``(N, 1008)``).
 
     The forward pass is compiled once for ``batch_size`` images split over this process's devices (a
@@ -61,13 +66,13 @@ def inception_feature_fn(weights: str | None = None, *, batch_size: int = 250, r
         n = len(images)
         pools, logits = [], []
         for start in range(0, n, batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             pad = batch_size - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
             p, lg = forward(state, jax.device_put(chunk, in_sharding))
-            pools.append(np.asarray(p)[:batch_size - pad])
-            logits.append(np.asarray(lg)[:batch_size - pad])
+            pools.append(np.asarray(p)[: batch_size - pad])
+            logits.append(np.asarray(lg)[: batch_size - pad])
         return np.concatenate(pools), np.concatenate(logits)
 
     feature_fn.name = f"inception_v3_fid(weights={os.path.basename(path)}, resize={resize_method})"
@@ -156,16 +161,17 @@ def _allgather_accumulators(acc: FeatureAccumulator) -> FeatureAccumulator:
     blob = np.frombuffer(pickle.dumps(acc), np.uint8)
     sizes = multihost_utils.process_allgather(np.array([blob.size]))
     padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:blob.size] = blob
+    padded[: blob.size] = blob
     blobs = multihost_utils.process_allgather(padded)
     total = FeatureAccumulator(acc.keep_max)
     for b, s in zip(blobs, sizes.reshape(-1), strict=True):
-        total.merge(pickle.loads(np.asarray(b[:int(s)]).tobytes()))
+        total.merge(pickle.loads(np.asarray(b[: int(s)]).tobytes()))
     return total
 
 
-def accumulate_features(feature_fn: FeatureFn, batches: Iterable[np.ndarray], *,
-                        keep_max: int | None = None) -> FeatureAccumulator:
+def accumulate_features(
+    feature_fn: FeatureFn, batches: Iterable[np.ndarray], *, keep_max: int | None = None
+) -> FeatureAccumulator:
     """Runs ``feature_fn`` over uint8 batches (this process's) and combines all processes' results."""
     acc = FeatureAccumulator(keep_max)
     for images in batches:

@@ -22,6 +22,7 @@ NUM_LOGITS = 1008
 
 # --------------------------------------------------------------------------- resizing
 
+
 @functools.lru_cache(maxsize=32)
 def resize_matrix(in_size: int, out_size: int, method: str = "pytorch_fid") -> np.ndarray:
     """The ``(out_size, in_size)`` matrix of 1-D bilinear interpolation.
@@ -66,6 +67,7 @@ def resize_bilinear(x: jax.Array, size: int, method: str = "pytorch_fid") -> jax
 
 # --------------------------------------------------------------------------- pooling
 
+
 def _max_pool(x, window: int, stride: int, pad: int = 0):
     pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
@@ -82,15 +84,23 @@ def _avg_pool_3x3_same_exclude_pad(x):
 
 # --------------------------------------------------------------------------- layers
 
+
 class BasicConv2d(nnx.Module):
     """Convolution without bias, batch norm (eps 1e-3, running statistics) and ReLU."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel, stride: int = 1, padding=(0, 0), *, rngs: nnx.Rngs):
         kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
         padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
-        self.conv = nnx.Conv(in_ch, out_ch, kernel, strides=(stride, stride),
-                             padding=((padding[0], padding[0]), (padding[1], padding[1])), use_bias=False,
-                             precision=jax.lax.Precision.HIGHEST, rngs=rngs)
+        self.conv = nnx.Conv(
+            in_ch,
+            out_ch,
+            kernel,
+            strides=(stride, stride),
+            padding=((padding[0], padding[0]), (padding[1], padding[1])),
+            use_bias=False,
+            precision=jax.lax.Precision.HIGHEST,
+            rngs=rngs,
+        )
         self.bn = nnx.BatchNorm(out_ch, epsilon=1e-3, use_running_average=True, rngs=rngs)
 
     def __call__(self, x):
@@ -252,8 +262,19 @@ class InceptionV3FID(nnx.Module):
         x = _max_pool(x, 3, 2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = _max_pool(x, 3, 2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)
         pool = x.mean(axis=(1, 2))
         return pool, self.fc(pool)

@@ -22,18 +22,33 @@ import numpy as np
 from scoresde.metrics import stats
 from scoresde.metrics.features import FeatureAccumulator, FeatureFn, accumulate_features
 
-__all__ = ["PAPER_NUM_SAMPLES", "compute_reference_statistics", "load_reference_stats", "load_sample_files",
-           "compute_metrics", "loud_warning", "json_default", "write_tensorboard", "REQUEST_FILE", "RequestLock",
-           "RequestBusyError", "check_request_name", "read_request", "remove_request_files", "check_reference_stats",
-           "real_directory"]
+__all__ = [
+    "PAPER_NUM_SAMPLES",
+    "compute_reference_statistics",
+    "load_reference_stats",
+    "load_sample_files",
+    "compute_metrics",
+    "loud_warning",
+    "json_default",
+    "write_tensorboard",
+    "REQUEST_FILE",
+    "RequestLock",
+    "RequestBusyError",
+    "check_request_name",
+    "read_request",
+    "remove_request_files",
+    "check_reference_stats",
+    "real_directory",
+]
 
 log = logging.getLogger(__name__)
 
 PAPER_NUM_SAMPLES = 50_000
 
 
-def compute_reference_statistics(feature_fn: FeatureFn, batches: Iterable[np.ndarray], *,
-                                 keep_max: int | None = PAPER_NUM_SAMPLES) -> dict:
+def compute_reference_statistics(
+    feature_fn: FeatureFn, batches: Iterable[np.ndarray], *, keep_max: int | None = PAPER_NUM_SAMPLES
+) -> dict:
     """mu, sigma (and the features, if at most ``keep_max``) of uint8 image batches."""
     acc = accumulate_features(feature_fn, batches, keep_max=keep_max)
     mu, sigma = acc.statistics()
@@ -48,8 +63,10 @@ def compute_reference_statistics(feature_fn: FeatureFn, batches: Iterable[np.nda
 def load_reference_stats(path: str) -> dict:
     """Reads a :func:`fid_stats` file (or any ``.npz`` with ``mu``/``sigma``, or with ``pool_3`` features)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no reference statistics at {path!r}; compute them with --mode=fid_stats "
-                                "(same config) or set config.eval.fid_stats_path to an existing .npz")
+        raise FileNotFoundError(
+            f"no reference statistics at {path!r}; compute them with --mode=fid_stats "
+            "(same config) or set config.eval.fid_stats_path to an existing .npz"
+        )
     with np.load(path) as f:
         d = {k: f[k] for k in f.files}
     if "mu" not in d:
@@ -88,8 +105,10 @@ class RequestLock:
         except BlockingIOError:
             holder = os.read(fd, 512).decode(errors="replace").strip() or "an unknown process"
             os.close(fd)
-            raise RequestBusyError(f"{self.what} is being written by {holder}; wait for it to finish (two runs "
-                                   "would delete or overwrite each other's files)") from None
+            raise RequestBusyError(
+                f"{self.what} is being written by {holder}; wait for it to finish (two runs "
+                "would delete or overwrite each other's files)"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._fd = fd
@@ -109,8 +128,10 @@ def real_directory(path: str, what: str) -> str:
         ValueError: ``path`` (or a parent below the workdir's own) is a symlink or not a directory.
     """
     if os.path.islink(path):
-        raise ValueError(f"{path} is a symlink (to {os.path.realpath(path)!r}); {what} writes and deletes files only "
-                         "in a real directory of the workdir: remove the link")
+        raise ValueError(
+            f"{path} is a symlink (to {os.path.realpath(path)!r}); {what} writes and deletes files only "
+            "in a real directory of the workdir: remove the link"
+        )
     os.makedirs(path, exist_ok=True)
     if not os.path.isdir(path):
         raise ValueError(f"{path} is not a directory")
@@ -121,8 +142,10 @@ def check_request_name(name, manifest_path: str) -> str:
     """``name`` if it is a plain file name inside the samples directory, else an error (no ``../``, no absolute
     paths, no sub-directories: a request owns files of its directory and no others)."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
-        raise ValueError(f"{manifest_path} lists {name!r}: a request lists plain file names inside "
-                         f"{os.path.dirname(manifest_path)} (no directories, '..' or absolute paths)")
+        raise ValueError(
+            f"{manifest_path} lists {name!r}: a request lists plain file names inside "
+            f"{os.path.dirname(manifest_path)} (no directories, '..' or absolute paths)"
+        )
     return name
 
 
@@ -186,8 +209,10 @@ def load_sample_files(workdir: str) -> tuple[np.ndarray, dict] | None:
     request = read_request(sample_dir)
     if request is not None:
         if not request.get("complete", True):
-            raise ValueError(f"{manifest_path}: request {request.get('request')} did not finish (a --mode=sample run "
-                             "is writing it, or was killed); wait for it or rerun --mode=sample")
+            raise ValueError(
+                f"{manifest_path}: request {request.get('request')} did not finish (a --mode=sample run "
+                "is writing it, or was killed); wait for it or rerun --mode=sample"
+            )
         files = [os.path.join(sample_dir, name) for name in request["files"]]
         missing = [p for p in files if not os.path.exists(p)]
         if missing:
@@ -205,14 +230,21 @@ def load_sample_files(workdir: str) -> tuple[np.ndarray, dict] | None:
             if "samples" not in f:
                 raise ValueError(f"{path} has no 'samples' array; keys {sorted(f.files)}")
             if request is None and "request" in f:
-                raise ValueError(f"{path} belongs to a --mode=sample request that did not finish ({manifest_path} "
-                                 "is missing); rerun --mode=sample before evaluating")
-            if request is not None and "request" in request and (
-                    "request" not in f or str(f["request"]) != str(request["request"])):
+                raise ValueError(
+                    f"{path} belongs to a --mode=sample request that did not finish ({manifest_path} "
+                    "is missing); rerun --mode=sample before evaluating"
+                )
+            if (
+                request is not None
+                and "request" in request
+                and ("request" not in f or str(f["request"]) != str(request["request"]))
+            ):
                 owner = str(f["request"]) if "request" in f else "no request"
-                raise ValueError(f"{path} belongs to {owner}, not to request {request['request']} that "
-                                 f"{manifest_path} describes (another --mode=sample run replaced it); rerun "
-                                 "--mode=sample")
+                raise ValueError(
+                    f"{path} belongs to {owner}, not to request {request['request']} that "
+                    f"{manifest_path} describes (another --mode=sample run replaced it); rerun "
+                    "--mode=sample"
+                )
             x = f["samples"]
             if "nfe" in f:
                 nfes.add(int(f["nfe"]))
@@ -235,13 +267,16 @@ def load_sample_files(workdir: str) -> tuple[np.ndarray, dict] | None:
         meta["sampler"] = samplers.pop() if len(samplers) == 1 else sorted(samplers)
     images = np.concatenate(images)
     if request is not None and len(images) != int(request["num_samples"]):
-        raise ValueError(f"{sample_dir} holds {len(images)} samples but {manifest_path} says "
-                         f"{request['num_samples']}; rerun --mode=sample")
+        raise ValueError(
+            f"{sample_dir} holds {len(images)} samples but {manifest_path} says "
+            f"{request['num_samples']}; rerun --mode=sample"
+        )
     return images, meta
 
 
-def check_reference_stats(ref: dict, path: str, *, feature_extractor: str, dataset: str,
-                          image_size: int | None = None) -> None:
+def check_reference_stats(
+    ref: dict, path: str, *, feature_extractor: str, dataset: str, image_size: int | None = None
+) -> None:
     """Refuses reference statistics made by another feature extractor or of another data set.
 
     Files that do not record one (statistics from elsewhere) are not compared on it.
@@ -258,9 +293,11 @@ def check_reference_stats(ref: dict, path: str, *, feature_extractor: str, datas
         stored = ref[key].item() if isinstance(ref[key], np.ndarray) else ref[key]
         stored = str(stored).lower() if key == "dataset" else stored
         if (int(stored) if key == "image_size" else str(stored)) != now:
-            raise ValueError(f"{path} holds reference statistics of {key} {stored!r}, but these samples are "
-                             f"scored with {key} {now!r}; compute matching ones with --mode=fid_stats (same config) "
-                             "or set config.eval.fid_stats_path to them")
+            raise ValueError(
+                f"{path} holds reference statistics of {key} {stored!r}, but these samples are "
+                f"scored with {key} {now!r}; compute matching ones with --mode=fid_stats (same config) "
+                "or set config.eval.fid_stats_path to them"
+            )
 
 
 def loud_warning(message: str) -> None:
@@ -269,18 +306,26 @@ def loud_warning(message: str) -> None:
     print(f"{banner}\nWARNING: {message}\n{banner}", file=sys.stderr)
 
 
-def compute_metrics(sample_acc: FeatureAccumulator, ref: dict, *, is_splits: int = 10, kid_subsets: int = 100,
-                    kid_subset_size: int = 1000) -> dict:
+def compute_metrics(
+    sample_acc: FeatureAccumulator,
+    ref: dict,
+    *,
+    is_splits: int = 10,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> dict:
     """FID, IS and KID of sample features against reference statistics (KID only if the reference kept features)."""
     mu, sigma = sample_acc.statistics()
     out = {"fid": stats.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
     logits = sample_acc.logits
     if logits is not None:
         out["inception_score"], out["inception_score_std"] = stats.inception_score(
-            logits, splits=min(is_splits, len(logits)), return_std=True)
+            logits, splits=min(is_splits, len(logits)), return_std=True
+        )
     if "pool_3" in ref and sample_acc.pool is not None:
-        out["kid"], out["kid_std"] = stats.kernel_distance(sample_acc.pool, ref["pool_3"], num_subsets=kid_subsets,
-                                                           subset_size=kid_subset_size, return_std=True)
+        out["kid"], out["kid_std"] = stats.kernel_distance(
+            sample_acc.pool, ref["pool_3"], num_subsets=kid_subsets, subset_size=kid_subset_size, return_std=True
+        )
     return out
 
 
@@ -308,7 +353,15 @@ def write_tensorboard(workdir: str, report: dict) -> None:
     step = report["step"] or 0
     for entry in report["metrics"]:
         writer.add_scalar(f"{entry['name']}/{tag}", entry["value"], step)
-    writer.add_text("eval/protocol", json.dumps({k: report[k] for k in ("sampler", "nfe", "num_samples",
-                                                                        "feature_extractor", "reference_stats",
-                                                                        "warnings")}, default=json_default), step)
+    writer.add_text(
+        "eval/protocol",
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("sampler", "nfe", "num_samples", "feature_extractor", "reference_stats", "warnings")
+            },
+            default=json_default,
+        ),
+        step,
+    )
     writer.close()

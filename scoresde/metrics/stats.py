@@ -46,8 +46,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"expected mu (D,) and sigma (D, D) with one D; got mu1 {mu1.shape}, sigma1 "
-                         f"{s1.shape}, mu2 {mu2.shape}, sigma2 {s2.shape}")
+        raise ValueError(
+            f"expected mu (D,) and sigma (D, D) with one D; got mu1 {mu1.shape}, sigma1 "
+            f"{s1.shape}, mu2 {mu2.shape}, sigma2 {s2.shape}"
+        )
     sqrt_s1 = _sym_sqrt_psd(s1)
     m = sqrt_s1 @ s2 @ sqrt_s1
     eig = np.linalg.eigvalsh((m + m.T) / 2)
@@ -81,8 +83,9 @@ def mmd2_unbiased(x, y) -> float:
     return float(sxx + syy - 2.0 * kxy.mean())
 
 
-def kernel_distance(feats1, feats2, *, num_subsets: int | None = 100, subset_size: int = 1000,
-                    seed: int = 0, return_std: bool = False):
+def kernel_distance(
+    feats1, feats2, *, num_subsets: int | None = 100, subset_size: int = 1000, seed: int = 0, return_std: bool = False
+):
     """Kernel Inception Distance: unbiased MMD² with the kernel (x·y/d + 1)³, averaged over subsets.
 
     Bińkowski et al. 2018, as TF-GAN / torch-fidelity: the mean over random subsets drawn without
@@ -112,10 +115,14 @@ def kernel_distance(feats1, feats2, *, num_subsets: int | None = 100, subset_siz
             raise ValueError(f"num_subsets must be >= 1 or None; got {num_subsets}")
         m = min(subset_size, f1.shape[0], f2.shape[0])
         rng = np.random.default_rng(seed)
-        values = np.array([
-            mmd2_unbiased(f1[rng.choice(f1.shape[0], m, replace=False)],
-                          f2[rng.choice(f2.shape[0], m, replace=False)])
-            for _ in range(num_subsets)])
+        values = np.array(
+            [
+                mmd2_unbiased(
+                    f1[rng.choice(f1.shape[0], m, replace=False)], f2[rng.choice(f2.shape[0], m, replace=False)]
+                )
+                for _ in range(num_subsets)
+            ]
+        )
     kid = float(values.mean())
     return (kid, float(values.std())) if return_std else kid
 

@@ -24,8 +24,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   "pt_inception-2015-12-05-6726825d.pth")
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 # the file name carries its first 8 hex digits (the torch.hub convention)
 FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
@@ -40,6 +41,7 @@ class InceptionWeightsError(FileNotFoundError):
 
 
 # --------------------------------------------------------------------------- layout
+
 
 def _abstract_model():
     from flax import nnx  # noqa: PLC0415  (flax only once a model is built: this module's file handling is numpy-only)
@@ -144,10 +146,12 @@ def torch_state_dict_to_params(state_dict: Mapping[str, np.ndarray]) -> dict:
         flat[ours] = np.ascontiguousarray(arr)
     missing = sorted(set(expected) - set(flat) - bad_keys)
     if unknown or missing or bad_shape:
-        raise ValueError("state dict does not match the FID Inception-v3 layout of pytorch-fid: "
-                         f"unknown keys {unknown[:8]}{'...' if len(unknown) > 8 else ''}; "
-                         f"missing (ours) {missing[:8]}{'...' if len(missing) > 8 else ''}; "
-                         f"bad shapes {bad_shape[:8]}")
+        raise ValueError(
+            "state dict does not match the FID Inception-v3 layout of pytorch-fid: "
+            f"unknown keys {unknown[:8]}{'...' if len(unknown) > 8 else ''}; "
+            f"missing (ours) {missing[:8]}{'...' if len(missing) > 8 else ''}; "
+            f"bad shapes {bad_shape[:8]}"
+        )
     return unflatten(flat)
 
 
@@ -174,6 +178,7 @@ def params_to_torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- files
 
+
 def save_params(path: str, params: Mapping) -> None:
     """Writes parameters as ``.npz`` (flat keys) or ``.msgpack`` (flax serialisation), by extension."""
     if path.endswith(".npz"):
@@ -182,8 +187,7 @@ def save_params(path: str, params: Mapping) -> None:
         from flax import serialization  # noqa: PLC0415  (flax only for this format)
 
         with open(path, "wb") as f:
-            f.write(serialization.msgpack_serialize(
-                unflatten({k: np.asarray(v) for k, v in flatten(params).items()})))
+            f.write(serialization.msgpack_serialize(unflatten({k: np.asarray(v) for k, v in flatten(params).items()})))
     else:
         raise ValueError(f"unknown weights format {path!r}; expected a .npz or .msgpack path")
 
@@ -199,7 +203,8 @@ def load_params(path: str) -> dict:
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise InceptionWeightsError(
                 f"reading {path!r} needs torch (pip install torch), or convert it once elsewhere with "
-                f"`python -m scoresde.metrics.weights {os.path.basename(path)} {CONVERTED_FILENAME}`") from e
+                f"`python -m scoresde.metrics.weights {os.path.basename(path)} {CONVERTED_FILENAME}`"
+            ) from e
         sd = torch.load(path, map_location="cpu", weights_only=True)
         return torch_state_dict_to_params({k: v.numpy() for k, v in sd.items()})
     if path.endswith(".npz"):
@@ -238,10 +243,12 @@ def sha256_of(path: str) -> str:
 
 def _how_to_provide(reason: str) -> str:
     """One line: why the weights are missing and the ways to place them (no other extractor is substituted)."""
-    return (f"FID Inception weights not available: {reason}; place a local copy of pytorch-fid's "
-            f"{FID_WEIGHTS_FILENAME} (sha256 {FID_WEIGHTS_SHA256[:8]}..., from {FID_WEIGHTS_URL}) with "
-            f"`python -m scoresde.metrics.weights --convert=PATH_TO/{FID_WEIGHTS_FILENAME}`, or set "
-            f"config.eval.inception_weights or ${ENV_WEIGHTS} to a .pth / .npz file")
+    return (
+        f"FID Inception weights not available: {reason}; place a local copy of pytorch-fid's "
+        f"{FID_WEIGHTS_FILENAME} (sha256 {FID_WEIGHTS_SHA256[:8]}..., from {FID_WEIGHTS_URL}) with "
+        f"`python -m scoresde.metrics.weights --convert=PATH_TO/{FID_WEIGHTS_FILENAME}`, or set "
+        f"config.eval.inception_weights or ${ENV_WEIGHTS} to a .pth / .npz file"
+    )
 
 
 def offline() -> bool:
@@ -262,8 +269,9 @@ def local_weights_path(path: str | None = None) -> str | None:
     return None
 
 
-def download_weights(dest_dir: str | None = None, *, url: str = FID_WEIGHTS_URL,
-                     sha256: str = FID_WEIGHTS_SHA256, timeout: float = 60.0) -> str:
+def download_weights(
+    dest_dir: str | None = None, *, url: str = FID_WEIGHTS_URL, sha256: str = FID_WEIGHTS_SHA256, timeout: float = 60.0
+) -> str:
     """Downloads the pytorch-fid ``.pth`` once, checks its SHA-256 and moves it into the cache atomically.
 
     Raises:
@@ -280,14 +288,18 @@ def download_weights(dest_dir: str | None = None, *, url: str = FID_WEIGHTS_URL,
                 h.update(chunk)
                 out.write(chunk)
         if h.hexdigest() != sha256:
-            raise InceptionWeightsError(f"checksum mismatch for {url}: got sha256 {h.hexdigest()}, "
-                                        f"expected {sha256}; the file was not cached")
+            raise InceptionWeightsError(
+                f"checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}; the file was not cached"
+            )
         os.replace(tmp, dest)
     except OSError as e:  # URLError, timeouts and socket errors are OSErrors
         if isinstance(e, InceptionWeightsError):
             raise
-        raise InceptionWeightsError(_how_to_provide(f"none given, none in {dest_dir}, and downloading it from "
-                                                    f"pytorch-fid's release failed ({e})")) from e
+        raise InceptionWeightsError(
+            _how_to_provide(
+                f"none given, none in {dest_dir}, and downloading it from pytorch-fid's release failed ({e})"
+            )
+        ) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -351,8 +363,10 @@ def convert_into_cache(src: str) -> str:
     if not os.path.isfile(src):
         raise InceptionWeightsError(f"no file {src!r}; expected a local copy of pytorch-fid's {FID_WEIGHTS_FILENAME}")
     if src.endswith((".pth", ".pt")) and sha256_of(src) != FID_WEIGHTS_SHA256:
-        raise InceptionWeightsError(f"{src} has sha256 {sha256_of(src)}, not the pytorch-fid release's "
-                                    f"{FID_WEIGHTS_SHA256}; FID needs exactly those weights")
+        raise InceptionWeightsError(
+            f"{src} has sha256 {sha256_of(src)}, not the pytorch-fid release's "
+            f"{FID_WEIGHTS_SHA256}; FID needs exactly those weights"
+        )
     os.makedirs(cache_dir(), exist_ok=True)
     dst = os.path.join(cache_dir(), CONVERTED_FILENAME)
     save_params(dst, load_params(src))
@@ -385,8 +399,10 @@ def main(argv=None) -> int:
         return 0 if argv in (["--help"], ["-h"]) else 2
     src, dst = argv
     if src.endswith((".pth", ".pt")) and sha256_of(src) != FID_WEIGHTS_SHA256:
-        print(f"warning: {src} has sha256 {sha256_of(src)}, not the pytorch-fid release's "
-              f"{FID_WEIGHTS_SHA256}", file=sys.stderr)
+        print(
+            f"warning: {src} has sha256 {sha256_of(src)}, not the pytorch-fid release's {FID_WEIGHTS_SHA256}",
+            file=sys.stderr,
+        )
     save_params(dst, load_params(src))
     print(f"wrote {dst}")
     return 0

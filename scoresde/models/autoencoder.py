@@ -21,7 +21,12 @@ from flax import nnx
 from scoresde.models.layers import NIN, Conv, GroupNorm
 
 __all__ = [
-    "DOWNSAMPLE_FACTORS", "ResnetBlock", "Encoder", "Decoder", "AutoencoderKL", "PatchDiscriminator",
+    "DOWNSAMPLE_FACTORS",
+    "ResnetBlock",
+    "Encoder",
+    "Decoder",
+    "AutoencoderKL",
+    "PatchDiscriminator",
     "AutoencoderTrainee",
 ]
 
@@ -74,8 +79,17 @@ class Encoder(nnx.Module):
         rngs: parameter initialisation RNGs.
     """
 
-    def __init__(self, in_channels: int, latent_channels: int, downsample_factor: int, *, base_width: int = 32,
-                 num_res_blocks: int = 1, ch_mult=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        latent_channels: int,
+        downsample_factor: int,
+        *,
+        base_width: int = 32,
+        num_res_blocks: int = 1,
+        ch_mult=None,
+        rngs: nnx.Rngs,
+    ):
         levels = _levels(downsample_factor)
         widths = [base_width * m for m in _channel_multipliers(levels, ch_mult)]
         self.downsample_factor = downsample_factor
@@ -116,8 +130,17 @@ class Decoder(nnx.Module):
     :meth:`features` / :meth:`head` expose the last layer for :func:`scoresde.latent.adaptive_weight`.
     """
 
-    def __init__(self, out_channels: int, latent_channels: int, downsample_factor: int, *, base_width: int = 32,
-                 num_res_blocks: int = 1, ch_mult=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        out_channels: int,
+        latent_channels: int,
+        downsample_factor: int,
+        *,
+        base_width: int = 32,
+        num_res_blocks: int = 1,
+        ch_mult=None,
+        rngs: nnx.Rngs,
+    ):
         levels = _levels(downsample_factor)
         widths = [base_width * m for m in _channel_multipliers(levels, ch_mult)][::-1]
         self.conv_in = Conv(latent_channels, widths[0], 3, rngs=rngs)
@@ -174,8 +197,17 @@ class AutoencoderKL(nnx.Module):
         ValueError: for a ``downsample_factor`` outside {1, 2, 4, 8} or a ``ch_mult`` of the wrong length.
     """
 
-    def __init__(self, *, in_channels: int, latent_channels: int, downsample_factor: int, base_width: int = 32,
-                 num_res_blocks: int = 1, ch_mult=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        latent_channels: int,
+        downsample_factor: int,
+        base_width: int = 32,
+        num_res_blocks: int = 1,
+        ch_mult=None,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(base_width=base_width, num_res_blocks=num_res_blocks, ch_mult=ch_mult, rngs=rngs)
         self.encoder = Encoder(in_channels, latent_channels, downsample_factor, **kw)
         self.decoder = Decoder(in_channels, latent_channels, downsample_factor, **kw)

@@ -51,12 +51,19 @@ class _WRNBlock(nnx.Module):
         self.abr = activate_before_residual
         self.stride = stride
         self.norm1 = _group_norm(c_in, rngs)
-        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), strides=(stride, stride), padding="SAME", use_bias=False,
-                              kernel_init=_conv_init, rngs=rngs)
+        self.conv1 = nnx.Conv(
+            c_in,
+            c_out,
+            (3, 3),
+            strides=(stride, stride),
+            padding="SAME",
+            use_bias=False,
+            kernel_init=_conv_init,
+            rngs=rngs,
+        )
         self.temb = nnx.Linear(temb_dim, c_out, rngs=rngs)
         self.norm2 = _group_norm(c_out, rngs)
-        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
-                              rngs=rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init, rngs=rngs)
 
     def __call__(self, x, temb):
         if self.abr:
@@ -91,8 +98,17 @@ class WideResNet(nnx.Module):
         ValueError: if ``depth`` is not ``6 n + 4``.
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, depth: int = 28, width: int = 10,
-                 embed_size: int = 128, fourier_scale: float = 16.0, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        depth: int = 28,
+        width: int = 10,
+        embed_size: int = 128,
+        fourier_scale: float = 16.0,
+        rngs: nnx.Rngs,
+    ):
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6 n + 4 with n >= 1 (e.g. 10, 16, 28); got {depth}")
         n = (depth - 4) // 6
@@ -100,8 +116,9 @@ class WideResNet(nnx.Module):
         self.embed = FourierEmbedding(embed_size, fourier_scale, rngs=rngs)
         self.temb0 = nnx.Linear(2 * embed_size, temb_dim, rngs=rngs)
         self.temb1 = nnx.Linear(temb_dim, temb_dim, rngs=rngs)
-        self.init_conv = nnx.Conv(in_channels, 16, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
-                                  rngs=rngs)
+        self.init_conv = nnx.Conv(
+            in_channels, 16, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init, rngs=rngs
+        )
         blocks, c_in = [], 16
         for g, (c, stride) in enumerate(((16 * width, 1), (32 * width, 2), (64 * width, 2))):
             for i in range(n):
@@ -137,8 +154,17 @@ class MLPClassifier(nnx.Module):
         rngs: parameter initialisation RNGs.
     """
 
-    def __init__(self, dim: int, num_classes: int, *, hidden: int = 128, num_layers: int = 3, embed_size: int = 32,
-                 fourier_scale: float = 4.0, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        *,
+        hidden: int = 128,
+        num_layers: int = 3,
+        embed_size: int = 32,
+        fourier_scale: float = 4.0,
+        rngs: nnx.Rngs,
+    ):
         self.embed = FourierEmbedding(embed_size, fourier_scale, rngs=rngs)
         self.temb = nnx.Linear(2 * embed_size, hidden, rngs=rngs)
         self.inp = nnx.Linear(dim, hidden, rngs=rngs)

@@ -26,30 +26,47 @@ class DDPM(nnx.Module):
     rematerialises each resolution level in the backward pass (less memory, same outputs/gradients).
     """
 
-    def __init__(self, *, image_size: int, num_channels: int = 3, centered: bool = False, nf: int = 128,
-                 ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
-                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
-                 conditional: bool = True, scale_by_sigma: bool = False, sigma_range=None,
-                 nonlinearity: str = "swish", num_classes: int = 0, dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        num_channels: int = 3,
+        centered: bool = False,
+        nf: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        resamp_with_conv: bool = True,
+        conditional: bool = True,
+        scale_by_sigma: bool = False,
+        sigma_range=None,
+        nonlinearity: str = "swish",
+        num_classes: int = 0,
+        dtype=jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         if scale_by_sigma and sigma_range is None:
             raise ValueError("scale_by_sigma needs sigma_range=(sigma_min, sigma_max, num_scales)")
         dtype = jnp.dtype(dtype)
         self.act = act = layers.get_act(nonlinearity)
         self.nf, self.num_res_blocks, self.num_resolutions = nf, num_res_blocks, len(ch_mult)
-        self.all_resolutions = tuple(image_size // 2 ** i for i in range(len(ch_mult)))
+        self.all_resolutions = tuple(image_size // 2**i for i in range(len(ch_mult)))
         self.attn_resolutions = tuple(attn_resolutions)
         self.conditional, self.centered, self.scale_by_sigma = conditional, centered, scale_by_sigma
-        self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]),
-                                                             int(sigma_range[2]))
+        self.sigma_range = (
+            None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]), int(sigma_range[2]))
+        )
         self.num_classes, self.dtype, self.remat = num_classes, dtype, bool(remat)
         temb_dim = 4 * nf
         label_rngs, rngs = rngs, layers.KeySeq(rngs.params())
         kw = dict(dtype=dtype, rngs=rngs)
 
         def resblock(in_ch, out_ch=None):
-            return layerspp.ResnetBlockDDPM(act, in_ch, out_ch, temb_dim=temb_dim if conditional else None,
-                                            dropout=dropout, **kw)
+            return layerspp.ResnetBlockDDPM(
+                act, in_ch, out_ch, temb_dim=temb_dim if conditional else None, dropout=dropout, **kw
+            )
 
         m = []
         if conditional:

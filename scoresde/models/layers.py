@@ -76,8 +76,17 @@ class Conv(nnx.Module):
 
     linen_name = "Conv"
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, stride: int = 1,
-                 init_scale: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        init_scale: float = 1.0,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.kernel = nnx.Param(default_init(init_scale)(rngs.params(), (kernel_size, kernel_size, in_ch, out_ch)))
         self.bias = nnx.Param(jnp.zeros((out_ch,)))
         self.stride = stride
@@ -85,8 +94,12 @@ class Conv(nnx.Module):
 
     def __call__(self, x):
         y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride), "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            (self.stride, self.stride),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
         return add_bias(y, self.bias[...])
 
 
@@ -110,8 +123,7 @@ class NIN(nnx.Module):
 
     linen_name = "NIN"
 
-    def __init__(self, in_dim: int, num_units: int, *, init_scale: float = 0.1, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(self, in_dim: int, num_units: int, *, init_scale: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
         self.W = nnx.Param(default_init(init_scale)(rngs.params(), (in_dim, num_units)))
         self.b = nnx.Param(jnp.zeros((num_units,)))
         self.dtype = dtype
@@ -126,8 +138,7 @@ class GroupNorm(nnx.Module):
 
     linen_name = "GroupNorm"
 
-    def __init__(self, channels: int, num_groups: int | None = None, *, epsilon: float = 1e-6,
-                 dtype=jnp.float32):
+    def __init__(self, channels: int, num_groups: int | None = None, *, epsilon: float = 1e-6, dtype=jnp.float32):
         self.num_groups = group_norm_groups(channels) if num_groups is None else num_groups
         if self.num_groups < 1 or channels % self.num_groups:
             raise ValueError(f"GroupNorm: {channels} channels cannot be split into {self.num_groups} groups")
@@ -186,8 +197,16 @@ class AttnBlockpp(nnx.Module):
 
     linen_name = "AttnBlockpp"
 
-    def __init__(self, channels: int, *, skip_rescale: bool = False, init_scale: float = 0.0,
-                 num_groups: int | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        skip_rescale: bool = False,
+        init_scale: float = 0.0,
+        num_groups: int | None = None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.GroupNorm_0 = GroupNorm(channels, num_groups, dtype=dtype)
         self.NIN_0 = NIN(channels, channels, dtype=dtype, rngs=rngs)
         self.NIN_1 = NIN(channels, channels, dtype=dtype, rngs=rngs)
@@ -248,7 +267,6 @@ def module_walk(all_modules, *, train: bool, key):
 def plain_segment(fn, *args):
     """``fn(*args)``: a U-Net segment run as is (see :func:`remat_segment`)."""
     return fn(*args)
-
 
 
 def remat_segment(fn, *args):

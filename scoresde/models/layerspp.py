@@ -22,15 +22,23 @@ class Upsample(nnx.Module):
 
     linen_name = "Upsample"
 
-    def __init__(self, in_ch: int, out_ch: int | None = None, *, with_conv: bool = False, fir: bool = False,
-                 fir_kernel=(1, 3, 3, 1), dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        with_conv: bool = False,
+        fir: bool = False,
+        fir_kernel=(1, 3, 3, 1),
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         out_ch = out_ch or in_ch
         self.fir, self.with_conv, self.fir_kernel, self.dtype = fir, with_conv, tuple(fir_kernel), dtype
         if with_conv and not fir:
             self.Conv_0 = Conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)
         elif with_conv:
-            self.Conv2d_0 = updown.Conv2d(in_ch, out_ch, 3, up=True, resample_kernel=fir_kernel, dtype=dtype,
-                                          rngs=rngs)
+            self.Conv2d_0 = updown.Conv2d(in_ch, out_ch, 3, up=True, resample_kernel=fir_kernel, dtype=dtype, rngs=rngs)
         elif out_ch != in_ch:
             raise ValueError(f"Upsample without a convolution cannot change channels ({in_ch} -> {out_ch})")
 
@@ -48,15 +56,25 @@ class Downsample(nnx.Module):
 
     linen_name = "Downsample"
 
-    def __init__(self, in_ch: int, out_ch: int | None = None, *, with_conv: bool = False, fir: bool = False,
-                 fir_kernel=(1, 3, 3, 1), dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        with_conv: bool = False,
+        fir: bool = False,
+        fir_kernel=(1, 3, 3, 1),
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         out_ch = out_ch or in_ch
         self.fir, self.with_conv, self.fir_kernel, self.dtype = fir, with_conv, tuple(fir_kernel), dtype
         if with_conv and not fir:
             self.Conv_0 = Conv(in_ch, out_ch, 3, stride=2, dtype=dtype, rngs=rngs)
         elif with_conv:
-            self.Conv2d_0 = updown.Conv2d(in_ch, out_ch, 3, down=True, resample_kernel=fir_kernel, dtype=dtype,
-                                          rngs=rngs)
+            self.Conv2d_0 = updown.Conv2d(
+                in_ch, out_ch, 3, down=True, resample_kernel=fir_kernel, dtype=dtype, rngs=rngs
+            )
         elif out_ch != in_ch:
             raise ValueError(f"Downsample without a convolution cannot change channels ({in_ch} -> {out_ch})")
 
@@ -96,9 +114,21 @@ class ResnetBlockDDPMpp(nnx.Module):
 
     linen_name = "ResnetBlockDDPMpp"
 
-    def __init__(self, act: Callable, in_ch: int, out_ch: int | None = None, *, temb_dim: int | None = None,
-                 conv_shortcut: bool = False, dropout: float = 0.1, skip_rescale: bool = False,
-                 init_scale: float = 0.0, num_groups: int | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        act: Callable,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        temb_dim: int | None = None,
+        conv_shortcut: bool = False,
+        dropout: float = 0.1,
+        skip_rescale: bool = False,
+        init_scale: float = 0.0,
+        num_groups: int | None = None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         out_ch = out_ch or in_ch
         self.GroupNorm_0 = GroupNorm(in_ch, num_groups, dtype=dtype)
         self.Conv_0 = Conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)
@@ -130,10 +160,31 @@ class ResnetBlockDDPM(ResnetBlockDDPMpp):
 
     linen_name = "ResnetBlockDDPM"
 
-    def __init__(self, act: Callable, in_ch: int, out_ch: int | None = None, *, temb_dim: int | None = None,
-                 conv_shortcut: bool = False, dropout: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
-        super().__init__(act, in_ch, out_ch, temb_dim=temb_dim, conv_shortcut=conv_shortcut, dropout=dropout,
-                         skip_rescale=False, init_scale=0.0, num_groups=32, dtype=dtype, rngs=rngs)
+    def __init__(
+        self,
+        act: Callable,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        temb_dim: int | None = None,
+        conv_shortcut: bool = False,
+        dropout: float = 0.1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            act,
+            in_ch,
+            out_ch,
+            temb_dim=temb_dim,
+            conv_shortcut=conv_shortcut,
+            dropout=dropout,
+            skip_rescale=False,
+            init_scale=0.0,
+            num_groups=32,
+            dtype=dtype,
+            rngs=rngs,
+        )
 
 
 class ResnetBlockBigGANpp(nnx.Module):
@@ -141,10 +192,23 @@ class ResnetBlockBigGANpp(nnx.Module):
 
     linen_name = "ResnetBlockBigGANpp"
 
-    def __init__(self, act: Callable, in_ch: int, out_ch: int | None = None, *, temb_dim: int | None = None,
-                 up: bool = False, down: bool = False, dropout: float = 0.1, fir: bool = False,
-                 fir_kernel=(1, 3, 3, 1), skip_rescale: bool = True, init_scale: float = 0.0,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        act: Callable,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        temb_dim: int | None = None,
+        up: bool = False,
+        down: bool = False,
+        dropout: float = 0.1,
+        fir: bool = False,
+        fir_kernel=(1, 3, 3, 1),
+        skip_rescale: bool = True,
+        init_scale: float = 0.0,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         out_ch = out_ch or in_ch
         self.GroupNorm_0 = GroupNorm(in_ch, dtype=dtype)
         self.Conv_0 = Conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)

@@ -33,8 +33,16 @@ class MLPScore(nnx.Module):
         rngs: parameter initialisation RNGs.
     """
 
-    def __init__(self, dim: int, *, hidden: int = 128, num_layers: int = 3, embed_dim: int = 64,
-                 num_classes: int = 0, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hidden: int = 128,
+        num_layers: int = 3,
+        embed_dim: int = 64,
+        num_classes: int = 0,
+        rngs: nnx.Rngs,
+    ):
         self.dim, self.embed_dim, self.num_classes = dim, embed_dim, num_classes
         self.temb = nnx.Linear(embed_dim, hidden, rngs=rngs)
         self.inp = nnx.Linear(dim, hidden, rngs=rngs)

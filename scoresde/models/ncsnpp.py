@@ -46,15 +46,37 @@ class NCSNpp(nnx.Module):
     unchanged.
     """
 
-    def __init__(self, *, image_size: int, num_channels: int = 3, centered: bool = False, nf: int = 128,
-                 ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
-                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
-                 conditional: bool = True, fir: bool = False, fir_kernel: Sequence[int] = (1, 3, 3, 1),
-                 skip_rescale: bool = True, resblock_type: str = "biggan", progressive: str = "none",
-                 progressive_input: str = "none", progressive_combine: str = "sum",
-                 embedding_type: str = "positional", fourier_scale: float = 16.0, init_scale: float = 0.0,
-                 scale_by_sigma: bool = False, sigma_range=None, nonlinearity: str = "swish",
-                 num_classes: int = 0, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        num_channels: int = 3,
+        centered: bool = False,
+        nf: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 4,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        resamp_with_conv: bool = True,
+        conditional: bool = True,
+        fir: bool = False,
+        fir_kernel: Sequence[int] = (1, 3, 3, 1),
+        skip_rescale: bool = True,
+        resblock_type: str = "biggan",
+        progressive: str = "none",
+        progressive_input: str = "none",
+        progressive_combine: str = "sum",
+        embedding_type: str = "positional",
+        fourier_scale: float = 16.0,
+        init_scale: float = 0.0,
+        scale_by_sigma: bool = False,
+        sigma_range=None,
+        nonlinearity: str = "swish",
+        num_classes: int = 0,
+        dtype=jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         resblock_type, progressive = resblock_type.lower(), progressive.lower()
         progressive_input, progressive_combine = progressive_input.lower(), progressive_combine.lower()
         embedding_type = embedding_type.lower()
@@ -68,14 +90,15 @@ class NCSNpp(nnx.Module):
         dtype = jnp.dtype(dtype)
         self.act = act = layers.get_act(nonlinearity)
         self.nf, self.num_res_blocks, self.num_resolutions = nf, num_res_blocks, len(ch_mult)
-        self.all_resolutions = tuple(image_size // 2 ** i for i in range(len(ch_mult)))
+        self.all_resolutions = tuple(image_size // 2**i for i in range(len(ch_mult)))
         self.attn_resolutions = tuple(attn_resolutions)
         self.conditional, self.centered, self.scale_by_sigma = conditional, centered, scale_by_sigma
         self.resblock_type, self.embedding_type = resblock_type, embedding_type
         self.progressive, self.progressive_input = progressive, progressive_input
         self.skip_rescale, self.num_classes, self.dtype, self.remat = skip_rescale, num_classes, dtype, bool(remat)
-        self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]),
-                                                             int(sigma_range[2]))
+        self.sigma_range = (
+            None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]), int(sigma_range[2]))
+        )
         temb_dim = nf * 4
         label_rngs, rngs = rngs, layers.KeySeq(rngs.params())
         kw = dict(dtype=dtype, rngs=rngs)
@@ -97,12 +120,18 @@ class NCSNpp(nnx.Module):
             return layers.AttnBlockpp(ch, skip_rescale=skip_rescale, init_scale=init_scale, **kw)
 
         def resblock(in_ch, out_ch=None, up=False, down=False):
-            common = dict(temb_dim=temb_dim if conditional else None, dropout=dropout, init_scale=init_scale,
-                          skip_rescale=skip_rescale, **kw)
+            common = dict(
+                temb_dim=temb_dim if conditional else None,
+                dropout=dropout,
+                init_scale=init_scale,
+                skip_rescale=skip_rescale,
+                **kw,
+            )
             if resblock_type == "ddpm":
                 return layerspp.ResnetBlockDDPMpp(act, in_ch, out_ch, **common)
-            return layerspp.ResnetBlockBigGANpp(act, in_ch, out_ch, up=up, down=down, fir=fir,
-                                                fir_kernel=fir_kernel, **common)
+            return layerspp.ResnetBlockBigGANpp(
+                act, in_ch, out_ch, up=up, down=down, fir=fir, fir_kernel=fir_kernel, **common
+            )
 
         resample = dict(fir=fir, fir_kernel=fir_kernel, **kw)
         channels = num_channels

@@ -45,13 +45,14 @@ def upfirdn2d(x, k: np.ndarray, *, up: int = 1, down: int = 1, pad: tuple[int, i
     w = jnp.asarray(np.tile(w[:, :, None, None], (1, 1, 1, c)), dtype=x.dtype)
     # Zero insertion by lhs_dilation leaves out the (up - 1) trailing zeros the reference appends.
     padding = ((p0, p1 + up - 1), (p0, p1 + up - 1))
-    return jax.lax.conv_general_dilated(x, w, (down, down), padding, lhs_dilation=(up, up),
-                                        dimension_numbers=_DN, feature_group_count=c)
+    return jax.lax.conv_general_dilated(
+        x, w, (down, down), padding, lhs_dilation=(up, up), dimension_numbers=_DN, feature_group_count=c
+    )
 
 
 def upsample_2d(x, k=(1, 3, 3, 1), factor: int = 2):
     """FIR upsampling by ``factor`` (``[N,H,W,C] -> [N,fH,fW,C]``); constant images keep their value."""
-    kk = setup_kernel(k) * (factor ** 2)
+    kk = setup_kernel(k) * (factor**2)
     p = kk.shape[0] - factor
     return upfirdn2d(x, kk, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
@@ -78,12 +79,13 @@ def naive_downsample_2d(x, factor: int = 2):
 
 def upsample_conv_2d(x, w, k=(1, 3, 3, 1), factor: int = 2):
     """Fused transposed convolution (stride ``factor``) with HWIO kernel ``w`` and FIR smoothing."""
-    kk = setup_kernel(k) * (factor ** 2)
+    kk = setup_kernel(k) * (factor**2)
     cw = w.shape[0]
     p = (kk.shape[0] - factor) - (cw - 1)
     # Transposed convolution == correlation of the zero-inserted input with w, padded by (cw - 1).
-    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((cw - 1, cw - 1), (cw - 1, cw - 1)),
-                                     lhs_dilation=(factor, factor), dimension_numbers=_DN)
+    y = jax.lax.conv_general_dilated(
+        x, w, (1, 1), ((cw - 1, cw - 1), (cw - 1, cw - 1)), lhs_dilation=(factor, factor), dimension_numbers=_DN
+    )
     return upfirdn2d(y, kk, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
@@ -101,8 +103,18 @@ class Conv2d(nnx.Module):
 
     linen_name = "Conv2d"
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, *, up: bool = False, down: bool = False,
-                 resample_kernel=(1, 3, 3, 1), dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        *,
+        up: bool = False,
+        down: bool = False,
+        resample_kernel=(1, 3, 3, 1),
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if up and down:
             raise ValueError("Conv2d: up and down are exclusive")
         if kernel < 1 or kernel % 2 != 1:

@@ -52,8 +52,10 @@ def distill(config, workdir: str) -> dict:
     method = build.distill_method(config)
     teacher_dir = str(config.distill.get("teacher_workdir", "") or "")
     if teacher_dir and os.path.abspath(teacher_dir) == os.path.abspath(workdir):
-        raise ValueError(f"config.distill.teacher_workdir={teacher_dir!r} is the distill workdir itself; the student "
-                         f"needs its own workdir (its checkpoints would replace the teacher's)")
+        raise ValueError(
+            f"config.distill.teacher_workdir={teacher_dir!r} is the distill workdir itself; the student "
+            f"needs its own workdir (its checkpoints would replace the teacher's)"
+        )
     run = training.prepare(config, workdir, n_iters=build.total_steps(config))
     data_lib.check_dataset_name(config)
     sde = build.make_sde(config)
@@ -66,23 +68,41 @@ def distill(config, workdir: str) -> dict:
         params = jax.tree.map(lambda x: x, teacher.params)
     tx = build.optimizer_from_config(config)
     d, batch_size = config.distill, run.settings.batch_size
-    plan = {"cd": f"N={d.num_scales}, {d.solver} teacher, mu={d.target_ema}",
-            "ct": f"iCT curriculum N {d.ct_s0}..{d.ct_s1}, mu=0",
-            "pd": f"DDIM steps {d.start_steps} -> {build.pd_rounds(config)}, "
-                  f"{build.iters_per_round(config)} steps per round"}[method]
-    out = training.fit(run, training.Trainer(
-        title=f"scoresde distill ({method}): {config.model.name} on {config.data.dataset}, sde {config.training.sde}",
-        facts={"devices": training.devices_fact(),
-               "teacher": f"{teacher.workdir} (step {teacher.step})" if teacher else None, "plan": plan},
-        desc=f"distill {method}", tx=tx,
-        init_state=lambda: build.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None),
-        batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
-        update=build.make_distill_step(config, sde, graphdef, rest, teacher=teacher),
-        lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),
-        snapshot=training.Snapshots(config, sde, graphdef, rest, run.mesh, run.key("snapshot"), workdir,
-                                    config_at=lambda step: _snapshot_config(config, method, step)),
-        # written once the resume check passed: a refused resume leaves the run's record as it was
-        on_start=lambda start: build.write_student_file(config, workdir, teacher=teacher),
-        extra_meta={"method": method}))
+    plan = {
+        "cd": f"N={d.num_scales}, {d.solver} teacher, mu={d.target_ema}",
+        "ct": f"iCT curriculum N {d.ct_s0}..{d.ct_s1}, mu=0",
+        "pd": f"DDIM steps {d.start_steps} -> {build.pd_rounds(config)}, "
+        f"{build.iters_per_round(config)} steps per round",
+    }[method]
+    out = training.fit(
+        run,
+        training.Trainer(
+            title=f"scoresde distill ({method}): {config.model.name} on {config.data.dataset}, sde {config.training.sde}",
+            facts={
+                "devices": training.devices_fact(),
+                "teacher": f"{teacher.workdir} (step {teacher.step})" if teacher else None,
+                "plan": plan,
+            },
+            desc=f"distill {method}",
+            tx=tx,
+            init_state=lambda: build.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None),
+            batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
+            update=build.make_distill_step(config, sde, graphdef, rest, teacher=teacher),
+            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),
+            snapshot=training.Snapshots(
+                config,
+                sde,
+                graphdef,
+                rest,
+                run.mesh,
+                run.key("snapshot"),
+                workdir,
+                config_at=lambda step: _snapshot_config(config, method, step),
+            ),
+            # written once the resume check passed: a refused resume leaves the run's record as it was
+            on_start=lambda start: build.write_student_file(config, workdir, teacher=teacher),
+            extra_meta={"method": method},
+        ),
+    )
     training.conclude_training(out, f"{method} finished", workdir, next_command=runlog.command("sample", workdir))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "method": method}

@@ -52,12 +52,15 @@ def evaluate_loss(config, workdir: str) -> dict:
     sde = build.make_sde(config)
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="eval")
     max_batches = int(config.eval.num_eval_batches) or None
-    runlog.announce(f"scoresde eval: test loss at step {step}", {
-        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-        "data": data_lib.describe(config, "test"),
-        "batches": f"{max_batches or 'all whole'} batch(es) of {batch_size}",
-        "workdir": os.path.abspath(workdir),
-    })
+    runlog.announce(
+        f"scoresde eval: test loss at step {step}",
+        {
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            "data": data_lib.describe(config, "test"),
+            "batches": f"{max_batches or 'all whole'} batch(es) of {batch_size}",
+            "workdir": os.path.abspath(workdir),
+        },
+    )
     loss_fn = build.make_loss_fn(config, sde)
     key = build.purpose_key(build.root_key(config), "eval_loss")
 
@@ -67,8 +70,9 @@ def evaluate_loss(config, workdir: str) -> dict:
         return loss_fn(lambda x, labels: model(x, labels), batch["image"], jax.random.fold_in(key, i))[0]
 
     total, n = 0.0, 0
-    for i, batch in enumerate(data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False,
-                                                   repeat=False)):
+    for i, batch in enumerate(
+        data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False, repeat=False)
+    ):
         if max_batches is not None and i >= max_batches:
             break
         total += float(eval_fn(params, parallel.shard_batch(mesh, batch), i))
@@ -82,6 +86,7 @@ def evaluate_loss(config, workdir: str) -> dict:
             json.dump(result, f, indent=1)
     log.info("eval at step %d: loss %.6g over %d batches", step, result["eval_loss"], n)
     print(json.dumps(result))
-    runlog.conclude(f"eval loss at step {step}: {result['eval_loss']:.6g} over {n} test batches",
-                    results={"report": path})
+    runlog.conclude(
+        f"eval loss at step {step}: {result['eval_loss']:.6g} over {n} test batches", results={"report": path}
+    )
     return result

@@ -72,8 +72,9 @@ def _start_rounds(out_dir: str, settings: dict) -> None:
         images.save_json_atomic(path, settings)
 
 
-def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None,
-                     params_hash: str | None = None) -> tuple[np.ndarray, dict]:
+def sample_in_rounds(
+    config, workdir: str, sampler, *, step: int | None = None, params_hash: str | None = None
+) -> tuple[np.ndarray, dict]:
     """``config.eval.num_samples`` uint8 samples from ``sampler(key) -> (images in [0, 1], nfe)``, by round.
 
     Round ``r`` uses ``fold_in(purpose_key(key(config.seed), "fid"), r)`` and is saved (process 0, atomically)
@@ -87,8 +88,14 @@ def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None,
     rounds = int(math.ceil(total / batch))
     eval_dir = os.path.join(workdir, "eval_samples")
     out_dir = os.path.join(eval_dir, f"step_{step if step is not None else 'none'}")
-    settings = {"checkpoint_step": step, "params_hash": params_hash, "config_hash": build.config_digest(config),
-                "batch": batch, "seed": int(config.seed), "sampler": build.sampler_description(config)}
+    settings = {
+        "checkpoint_step": step,
+        "params_hash": params_hash,
+        "config_hash": build.config_digest(config),
+        "batch": batch,
+        "seed": int(config.seed),
+        "sampler": build.sampler_description(config),
+    }
     settings = json.loads(json.dumps(settings, default=str))
     digest = _settings_digest(settings)
     is_main = jax.process_index() == 0
@@ -120,20 +127,26 @@ def sample_in_rounds(config, workdir: str, sampler, *, step: int | None = None,
                 if bad:
                     raise FloatingPointError(
                         f"round {r}: the sampler returned {bad} non-finite values of {np.size(x01)} (step {step}); "
-                        f"no FID is computed from them. Check: {build.nonfinite_hint(config)}")
+                        f"no FID is computed from them. Check: {build.nonfinite_hint(config)}"
+                    )
                 x = to_uint8(x01)
                 if is_main:
                     images.save_npz_atomic(path, samples=x, nfe=np.int64(nfe), settings=np.array(digest))
             chunks.append(x)
             nfes.append(nfe)
     samples = np.concatenate(chunks)[:total]
-    meta = {"rounds": rounds, "resumed_rounds": resumed, "dir": out_dir,
-            "nfe": nfes[0] if len(set(nfes)) == 1 else sorted(set(nfes))}
+    meta = {
+        "rounds": rounds,
+        "resumed_rounds": resumed,
+        "dir": out_dir,
+        "nfe": nfes[0] if len(set(nfes)) == 1 else sorted(set(nfes)),
+    }
     return samples, meta
 
 
-def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, *, sampler=None,
-                     step: int | None = None) -> dict:
+def evaluate_samples(
+    config, workdir: str, feature_fn: FeatureFn | None = None, *, sampler=None, step: int | None = None
+) -> dict:
     """FID, Inception Score and KID of samples against the reference statistics; writes a JSON report.
 
     Args:
@@ -156,22 +169,35 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
     feature_fn = feature_fn or build.get_feature_fn(config)
     stats_path = build.reference_stats_path(config, workdir)
     ref = protocol.load_reference_stats(stats_path)
-    protocol.check_reference_stats(ref, stats_path, feature_extractor=feature_name(feature_fn),
-                                   dataset=str(config.data.dataset), image_size=int(config.data.image_size))
+    protocol.check_reference_stats(
+        ref,
+        stats_path,
+        feature_extractor=feature_name(feature_fn),
+        dataset=str(config.data.dataset),
+        image_size=int(config.data.image_size),
+    )
     from_files = sampler is None and protocol.load_sample_files(workdir)
-    runlog.announce("scoresde fid: FID / IS / KID", {
-        "samples": (os.path.join(os.path.abspath(workdir), "samples") if from_files else
-                    f"{s.num_samples:,} drawn now by {build.sampler_description(config)}"),
-        "reference": os.path.abspath(stats_path),
-        "workdir": os.path.abspath(workdir),
-    })
+    runlog.announce(
+        "scoresde fid: FID / IS / KID",
+        {
+            "samples": (
+                os.path.join(os.path.abspath(workdir), "samples")
+                if from_files
+                else f"{s.num_samples:,} drawn now by {build.sampler_description(config)}"
+            ),
+            "reference": os.path.abspath(stats_path),
+            "workdir": os.path.abspath(workdir),
+        },
+    )
     if from_files:
         samples, meta = from_files
         step = meta.get("step", step)
         source = os.path.join(workdir, "samples")
         if len(samples) < s.num_samples:
-            warnings.append(f"{source} holds {len(samples)} samples, fewer than config.eval.num_samples="
-                            f"{s.num_samples}; evaluating the {len(samples)} there")
+            warnings.append(
+                f"{source} holds {len(samples)} samples, fewer than config.eval.num_samples="
+                f"{s.num_samples}; evaluating the {len(samples)} there"
+            )
     else:
         params_hash = None
         if sampler is None:
@@ -180,31 +206,41 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
         source = meta["dir"]
     n = len(samples)
     if n < protocol.PAPER_NUM_SAMPLES:
-        warnings.append(f"FID/IS/KID from {n} samples, fewer than the {protocol.PAPER_NUM_SAMPLES:,} of the paper's protocol: "
-                        "FID is biased upwards by roughly O(1/N) and NOT comparable to published numbers")
+        warnings.append(
+            f"FID/IS/KID from {n} samples, fewer than the {protocol.PAPER_NUM_SAMPLES:,} of the paper's protocol: "
+            "FID is biased upwards by roughly O(1/N) and NOT comparable to published numbers"
+        )
     nfe = meta.get("nfe")
     if nfe is None:
         warnings.append("the sample files carry no 'nfe'; the NFE of these numbers is unknown")
     sampler_info = meta.get("sampler") or build.sampler_description(config)
     sampler_source = "files" if meta.get("sampler") else ("config" if from_files else "this run")
     if from_files and not meta.get("sampler"):
-        warnings.append("the sample files record no 'sampler'; reporting config.sampling, which must be the "
-                        "sampler that wrote them")
+        warnings.append(
+            "the sample files record no 'sampler'; reporting config.sampling, which must be the sampler that wrote them"
+        )
     for w in warnings:
         protocol.loud_warning(w)
 
     rows = parallel.process_rows(n)
     chunk = s.inception_batch_size
-    acc = accumulate_features(feature_fn, (samples[rows][i:i + chunk] for i in range(0, rows.stop - rows.start, chunk)))
-    values = protocol.compute_metrics(acc, ref, is_splits=s.is_splits, kid_subsets=s.kid_subsets,
-                                      kid_subset_size=s.kid_subset_size)
+    acc = accumulate_features(
+        feature_fn, (samples[rows][i : i + chunk] for i in range(0, rows.stop - rows.start, chunk))
+    )
+    values = protocol.compute_metrics(
+        acc, ref, is_splits=s.is_splits, kid_subsets=s.kid_subsets, kid_subset_size=s.kid_subset_size
+    )
     bad = sorted(k for k, v in values.items() if not np.all(np.isfinite(v)))
     if bad:
-        raise FloatingPointError(f"{', '.join(bad)} of {n} samples is not finite ({values}); the reference "
-                                 f"statistics {stats_path} or the samples' features are degenerate")
+        raise FloatingPointError(
+            f"{', '.join(bad)} of {n} samples is not finite ({values}); the reference "
+            f"statistics {stats_path} or the samples' features are degenerate"
+        )
     if "kid" not in values:
-        warnings.append(f"no KID: {stats_path} keeps no pool_3 features (raise config.eval.stats_max_features "
-                        "and rerun --mode=fid_stats)")
+        warnings.append(
+            f"no KID: {stats_path} keeps no pool_3 features (raise config.eval.stats_max_features "
+            "and rerun --mode=fid_stats)"
+        )
     context = {"sampler": sampler_info, "nfe": nfe, "num_samples": n, "step": step}
     report = {
         **values,
@@ -226,10 +262,14 @@ def evaluate_samples(config, workdir: str, feature_fn: FeatureFn | None = None, 
         with open(report["path"], "w") as f:
             json.dump(report, f, indent=1, default=protocol.json_default)
         protocol.write_tensorboard(workdir, report)
-    print(json.dumps({k: report[k] for k in ("fid", "inception_score", "kid", "nfe", "num_samples", "step")
-                      if k in report}, default=protocol.json_default))
-    runlog.conclude(f"FID {report['fid']:.4g} from {n} samples (sampler {protocol.sampler_tag(report)})",
-                    results={"report": report.get("path")})
+    print(
+        json.dumps(
+            {k: report[k] for k in ("fid", "inception_score", "kid", "nfe", "num_samples", "step") if k in report},
+            default=protocol.json_default,
+        )
+    )
+    runlog.conclude(
+        f"FID {report['fid']:.4g} from {n} samples (sampler {protocol.sampler_tag(report)})",
+        results={"report": report.get("path")},
+    )
     return report
-
-

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 def _count_batches(config, s) -> int:
     n = 0
-    for _ in data_lib.get_dataset(config, split=s.split, batch_size=s.batch_size, shuffle=False,
-                                  repeat=False, uniform_dequantization=False):
+    for _ in data_lib.get_dataset(
+        config, split=s.split, batch_size=s.batch_size, shuffle=False, repeat=False, uniform_dequantization=False
+    ):
         n += 1
         if s.num_eval_batches and n >= s.num_eval_batches:
             break
@@ -63,15 +64,23 @@ def _announce(config, s, workdir: str, step: int, num_batches: int, what: str) -
         why = f"config.eval.num_eval_batches={s.num_eval_batches} of {s.batch_size}"
     else:  # the pipeline yields whole batches only
         why = f"whole batches of config.eval.bpd_batch_size={s.batch_size}"
-    examples = (f"all {used:,} {s.split} examples" if used == total else
-                f"{used:,} of {total:,} {s.split} examples: {why}" if total else f"{used:,} {s.split} examples: {why}")
-    runlog.announce(f"scoresde likelihood: {what} at step {step}", {
-        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-        "examples": examples,
-        "repeats": f"{s.num_repeats} ({s.dequantization} dequantisation)",
-        "solver": f"{s.solver}, rtol {s.rtol}, atol {s.atol}, {s.n_probes} probe(s)",
-        "workdir": os.path.abspath(workdir),
-    })
+    examples = (
+        f"all {used:,} {s.split} examples"
+        if used == total
+        else f"{used:,} of {total:,} {s.split} examples: {why}"
+        if total
+        else f"{used:,} {s.split} examples: {why}"
+    )
+    runlog.announce(
+        f"scoresde likelihood: {what} at step {step}",
+        {
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            "examples": examples,
+            "repeats": f"{s.num_repeats} ({s.dequantization} dequantisation)",
+            "solver": f"{s.solver}, rtol {s.rtol}, atol {s.atol}, {s.n_probes} probe(s)",
+            "workdir": os.path.abspath(workdir),
+        },
+    )
 
 
 # a different model (another checkpoint or parameters, another autoencoder): its partial results are discarded
@@ -91,27 +100,39 @@ def _load_partial(path, expected: dict, fields):
         saved = json.loads(str(f["settings"]))
         for key in _STALE:
             if saved.get(key) != expected.get(key):
-                log.warning("%s holds results for %s %s, not %s: starting afresh", path, key.replace("_", " "),
-                            saved.get(key), expected.get(key))
+                log.warning(
+                    "%s holds results for %s %s, not %s: starting afresh",
+                    path,
+                    key.replace("_", " "),
+                    saved.get(key),
+                    expected.get(key),
+                )
                 return None
         if saved != expected:
-            diffs = "; ".join(f"{k}: file {saved.get(k)!r}, now {expected.get(k)!r}"
-                              for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k))
-            raise ValueError(f"{path} was written with settings that differ from this run's ({diffs}); move it "
-                             "away to start afresh")
+            diffs = "; ".join(
+                f"{k}: file {saved.get(k)!r}, now {expected.get(k)!r}"
+                for k in sorted(set(saved) | set(expected))
+                if saved.get(k) != expected.get(k)
+            )
+            raise ValueError(
+                f"{path} was written with settings that differ from this run's ({diffs}); move it away to start afresh"
+            )
         return {k: f[k].copy() for k in (*fields, "done")}
 
 
 def _provenance(config, params) -> dict:
     """What made the numbers besides the settings: the parameters (their hash) and the config fields that change
     their meaning (data, SDE, model; :func:`scoresde.build.config_digest`)."""
-    return {"params_hash": build.params_digest(params), "config_hash": build.config_digest(config),
-            "dataset": str(config.data.dataset), "data_path": str(config.data.get("path", "") or ""),
-            "sde": str(config.training.sde)}
+    return {
+        "params_hash": build.params_digest(params),
+        "config_hash": build.config_digest(config),
+        "dataset": str(config.data.dataset),
+        "data_path": str(config.data.get("path", "") or ""),
+        "sde": str(config.training.sde),
+    }
 
 
-def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields: dict, headline: str,
-              stop_after):
+def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields: dict, headline: str, stop_after):
     """Runs ``batch_fn(params, x01, key) -> {field: (B,)}`` over every (repeat, batch) unit not done yet.
 
     The per-example values of ``fields`` (name -> dtype) are saved to ``partial_path`` after every unit, with
@@ -119,12 +140,15 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
     seconds)``, or ``None`` when ``stop_after`` new units were evaluated (a simulated preemption).
     """
     num_batches, b, k = expected["num_batches"], s.batch_size, s.num_repeats
+
     def empty(dtype):  # not yet computed: NaN for values, 0 for counts
         fill = np.nan if np.dtype(dtype).kind == "f" else 0
         return np.full((k, num_batches * b), fill, dtype)
 
     state = _load_partial(partial_path, expected, fields) or {
-        **{f: empty(dt) for f, dt in fields.items()}, "done": np.zeros((k, num_batches), bool)}
+        **{f: empty(dt) for f, dt in fields.items()},
+        "done": np.zeros((k, num_batches), bool),
+    }
     settings_json = json.dumps(expected)
     scaler_inverse = data_lib.get_data_inverse_scaler(config)
     root = build.purpose_key(jax.random.key(s.seed), "likelihood")
@@ -133,8 +157,13 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
     if is_main:
         from tqdm import tqdm  # noqa: PLC0415  (only the main process draws a bar)
 
-        bar = tqdm(total=k * num_batches, initial=int(state["done"].sum()), desc=f"bpd {s.split}",
-                   unit="batch", dynamic_ncols=True)
+        bar = tqdm(
+            total=k * num_batches,
+            initial=int(state["done"].sum()),
+            desc=f"bpd {s.split}",
+            unit="batch",
+            dynamic_ncols=True,
+        )
     t0, new = time.time(), 0
     try:
         for r in range(k):
@@ -142,8 +171,15 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
             if todo.size == 0:
                 continue
             start = int(todo[0])
-            batches = data_lib.get_dataset(config, split=s.split, batch_size=b, shuffle=False, repeat=False,
-                                           start_step=start, uniform_dequantization=False)
+            batches = data_lib.get_dataset(
+                config,
+                split=s.split,
+                batch_size=b,
+                shuffle=False,
+                repeat=False,
+                start_step=start,
+                uniform_dequantization=False,
+            )
             for i, batch in zip(range(start, num_batches), batches):
                 if state["done"][r, i]:
                     continue
@@ -151,14 +187,16 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
                 x01 = parallel.shard_batch(mesh, {"image": x01})["image"]
                 out = batch_fn(params, x01, jax.random.fold_in(jax.random.fold_in(root, r), i))
                 for f in fields:
-                    state[f][r, i * b:(i + 1) * b] = parallel.to_host(out[f])
+                    state[f][r, i * b : (i + 1) * b] = parallel.to_host(out[f])
                 state["done"][r, i] = True
                 new += 1
                 if is_main:
                     images.save_npz_atomic(partial_path, settings=settings_json, **state)
                     done = state[headline][np.isfinite(state[headline])]
-                    bar.set_postfix(bpd=f"{done.mean():.4f}" if done.size else "nan",
-                                    nfe=int(state["nfe"][r, i * b:(i + 1) * b].mean()))
+                    bar.set_postfix(
+                        bpd=f"{done.mean():.4f}" if done.size else "nan",
+                        nfe=int(state["nfe"][r, i * b : (i + 1) * b].mean()),
+                    )
                     bar.update(1)
                 if stop_after is not None and new >= stop_after:
                     return None
@@ -175,9 +213,22 @@ def _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler):
     def batch_fn(params, x01, key):
         score_fn = score_model.score_fn(nnx.merge(graphdef, params, rest))
         bpd, nfe = likelihood_lib.bits_per_dim_batch(
-            score_fn, sde, x01, key, scaler=scaler, num_bits=s.num_bits, dequantization=s.dequantization,
-            hutchinson=s.hutchinson, n_probes=s.n_probes, rtol=s.rtol, atol=s.atol, eps=s.eps,
-            solver=s.solver, max_steps=s.max_steps, mesh=mesh)
+            score_fn,
+            sde,
+            x01,
+            key,
+            scaler=scaler,
+            num_bits=s.num_bits,
+            dequantization=s.dequantization,
+            hutchinson=s.hutchinson,
+            n_probes=s.n_probes,
+            rtol=s.rtol,
+            atol=s.atol,
+            eps=s.eps,
+            solver=s.solver,
+            max_steps=s.max_steps,
+            mesh=mesh,
+        )
         return {"bpd": bpd, "nfe": nfe}
 
     return batch_fn
@@ -214,19 +265,35 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     os.makedirs(out_dir, exist_ok=True)
     partial_path = os.path.join(out_dir, f"bpd_{s.split}_partial.npz")
     k = s.num_repeats
-    expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
-                **_provenance(config, params)}
+    expected = {
+        **s.as_dict(),
+        "num_batches": _count_batches(config, s),
+        "checkpoint_step": int(step),
+        **_provenance(config, params),
+    }
     _announce(config, s, workdir, step, expected["num_batches"], f"bits/dim of the {type(sde).__name__} model")
-    done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, {"bpd": np.float32, "nfe": np.int32},
-                     "bpd", stop_after)
+    done = _evaluate(
+        config,
+        s,
+        mesh,
+        batch_fn,
+        params,
+        partial_path,
+        expected,
+        {"bpd": np.float32, "nfe": np.int32},
+        "bpd",
+        stop_after,
+    )
     if done is None:
         return None
     state, new, elapsed = done
 
     if not np.all(np.isfinite(state["bpd"])):
         bad = int(np.sum(~np.isfinite(state["bpd"])))
-        raise RuntimeError(f"{bad} of {state['bpd'].size} likelihood solves failed (non-finite); raise "
-                           f"config.eval.bpd_max_steps (now {s.max_steps}) or loosen bpd_rtol/bpd_atol")
+        raise RuntimeError(
+            f"{bad} of {state['bpd'].size} likelihood solves failed (non-finite); raise "
+            f"config.eval.bpd_max_steps (now {s.max_steps}) or loosen bpd_rtol/bpd_atol"
+        )
     per_example = state["bpd"].astype(np.float64).mean(axis=0)
     n = per_example.size
     report = {
@@ -259,8 +326,10 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
         images.save_json_atomic(report_path, report)
     log.info("bits/dim on %s: %.4f ± %.4f (N=%d, K=%d)", s.split, report["mean_bpd"], report["stderr"], n, k)
     print(json.dumps(report))
-    runlog.conclude(f"bits/dim on {s.split} at step {step}: {report['mean_bpd']:.4f} ± {report['stderr']:.4f} "
-                    f"(N={n}, K={k})", results={"report": report_path})
+    runlog.conclude(
+        f"bits/dim on {s.split} at step {step}: {report['mean_bpd']:.4f} ± {report['stderr']:.4f} (N={n}, K={k})",
+        results={"report": report_path},
+    )
     return report
 
 
@@ -299,10 +368,26 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     def batch_fn(params, x01, key):
         score_fn = score_model.score_fn(nnx.merge(graphdef, params, rest))
         bound = latent_lib.variational_bound(
-            space.encoder_fn, space.decoder_fn, score_fn, sde, x01, key, scale_factor=space.scale_factor,
-            decoder_std=space.decoder_std, scaler=scaler, num_bits=s.num_bits, dequantization=s.dequantization,
-            hutchinson=s.hutchinson, n_probes=s.n_probes, rtol=s.rtol, atol=s.atol, eps=s.eps,
-            solver=s.solver, max_steps=s.max_steps, mesh=mesh)
+            space.encoder_fn,
+            space.decoder_fn,
+            score_fn,
+            sde,
+            x01,
+            key,
+            scale_factor=space.scale_factor,
+            decoder_std=space.decoder_std,
+            scaler=scaler,
+            num_bits=s.num_bits,
+            dequantization=s.dequantization,
+            hutchinson=s.hutchinson,
+            n_probes=s.n_probes,
+            rtol=s.rtol,
+            atol=s.atol,
+            eps=s.eps,
+            solver=s.solver,
+            max_steps=s.max_steps,
+            mesh=mesh,
+        )
         # prior = -log p_θ(c z) - d_z log c, so -log p_θ(ẑ) = prior + d_z log c (nats), per latent dimension in bits
         latent_nll = (bound.prior + d_z * np.log(space.scale_factor)) / (d_z * np.log(2.0))
         nfe = jax.numpy.broadcast_to(bound.nfe.reshape(-1), latent_nll.shape)
@@ -311,9 +396,15 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     out_dir = os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
     partial_path = os.path.join(out_dir, f"bpd_{s.split}_latent_partial.npz")
-    expected = {**s.as_dict(), "num_batches": _count_batches(config, s), "checkpoint_step": int(step),
-                **_provenance(config, params), "autoencoder_step": space.step,
-                "autoencoder_hash": str(config.latent.autoencoder_hash), "scale_factor": float(space.scale_factor)}
+    expected = {
+        **s.as_dict(),
+        "num_batches": _count_batches(config, s),
+        "checkpoint_step": int(step),
+        **_provenance(config, params),
+        "autoencoder_step": space.step,
+        "autoencoder_hash": str(config.latent.autoencoder_hash),
+        "scale_factor": float(space.scale_factor),
+    }
     _announce(config, s, workdir, step, expected["num_batches"], "LSGM bound of the latent model")
     fields = {**{k: np.float32 for k in (*LATENT_TERMS, "latent_nll_bpd")}, "nfe": np.int32}
     done = _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields, "bits_per_dim", stop_after)
@@ -321,8 +412,10 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
         return None
     state, new, elapsed = done
     if not all(np.all(np.isfinite(state[k])) for k in LATENT_TERMS):
-        raise RuntimeError(f"some latent likelihood solves failed (non-finite); raise config.eval.bpd_max_steps "
-                           f"(now {s.max_steps}) or loosen bpd_rtol/bpd_atol")
+        raise RuntimeError(
+            f"some latent likelihood solves failed (non-finite); raise config.eval.bpd_max_steps "
+            f"(now {s.max_steps}) or loosen bpd_rtol/bpd_atol"
+        )
     values = {k: state[k].astype(np.float64).mean(axis=0) for k in (*LATENT_TERMS, "latent_nll_bpd")}
     n = values["bits_per_dim"].size
     stderr = lambda v: float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")  # noqa: E731
@@ -332,20 +425,38 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
         "terms_bpd": {k: float(values[k].mean()) for k in LATENT_TERMS[:-1]},
         "latent_nll_bpd": float(values["latent_nll_bpd"].mean()),
         "latent_nll_stderr": stderr(values["latent_nll_bpd"]),
-        "N": int(n), "split": s.split, "num_repeats": s.num_repeats, "dequantization": s.dequantization,
-        "num_bits": s.num_bits, "eps": s.eps, "solver": s.solver, "rtol": s.rtol, "atol": s.atol,
-        "hutchinson": s.hutchinson, "n_probes": s.n_probes, "mean_nfe": float(state["nfe"].mean()),
-        "checkpoint_step": int(step), "params_hash": expected["params_hash"], "config_hash": expected["config_hash"],
-        "autoencoder_step": space.step, "autoencoder_hash": expected["autoencoder_hash"],
+        "N": int(n),
+        "split": s.split,
+        "num_repeats": s.num_repeats,
+        "dequantization": s.dequantization,
+        "num_bits": s.num_bits,
+        "eps": s.eps,
+        "solver": s.solver,
+        "rtol": s.rtol,
+        "atol": s.atol,
+        "hutchinson": s.hutchinson,
+        "n_probes": s.n_probes,
+        "mean_nfe": float(state["nfe"].mean()),
+        "checkpoint_step": int(step),
+        "params_hash": expected["params_hash"],
+        "config_hash": expected["config_hash"],
+        "autoencoder_step": space.step,
+        "autoencoder_hash": expected["autoencoder_hash"],
         "scale_factor": space.scale_factor,
-        "decoder_std": space.decoder_std, "latent_shape": list(space.latent_shape), "sde": type(sde).__name__,
-        "devices": jax.device_count(), "seconds_this_session": elapsed, "batches_this_session": new,
+        "decoder_std": space.decoder_std,
+        "latent_shape": list(space.latent_shape),
+        "sde": type(sde).__name__,
+        "devices": jax.device_count(),
+        "seconds_this_session": elapsed,
+        "batches_this_session": new,
     }
     report_path = os.path.join(out_dir, f"bpd_{s.split}_latent.json")
     if jax.process_index() == 0:
         images.save_json_atomic(report_path, report)
     print(json.dumps(report))
-    runlog.conclude(f"latent model at step {step}: bound {report['mean_bpd']:.4f} ± {report['stderr']:.4f} bits/dim "
-                    f"on {s.split} (N={n}), latent NLL {report['latent_nll_bpd']:.4f} bits/latent dim",
-                    results={"report": report_path})
+    runlog.conclude(
+        f"latent model at step {step}: bound {report['mean_bpd']:.4f} ± {report['stderr']:.4f} bits/dim "
+        f"on {s.split} (N={n}), latent NLL {report['latent_nll_bpd']:.4f} bits/latent dim",
+        results={"report": report_path},
+    )
     return report

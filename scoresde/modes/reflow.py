@@ -42,11 +42,15 @@ def couplings_dir(workdir: str) -> str:
 def _source_workdir(config, workdir: str) -> str:
     source = str(config.reflow.get("source_workdir", "") or "")
     if not source:
-        raise ValueError("--mode=reflow needs config.reflow.source_workdir: the workdir of a trained flow "
-                         "(e.g. --config.reflow.source_workdir=runs/toy2d_fm)")
+        raise ValueError(
+            "--mode=reflow needs config.reflow.source_workdir: the workdir of a trained flow "
+            "(e.g. --config.reflow.source_workdir=runs/toy2d_fm)"
+        )
     if os.path.abspath(source) == os.path.abspath(workdir):
-        raise ValueError(f"config.reflow.source_workdir={source!r} is the reflow workdir itself; the next flow needs "
-                         f"its own workdir (its checkpoints would mix with the source's)")
+        raise ValueError(
+            f"config.reflow.source_workdir={source!r} is the reflow workdir itself; the next flow needs "
+            f"its own workdir (its checkpoints would mix with the source's)"
+        )
     return source
 
 
@@ -61,21 +65,28 @@ def generate_couplings(config, workdir: str, source: str) -> dict:
     if num_pairs <= 0:
         raise ValueError(f"config.reflow.num_pairs must be positive; got {num_pairs}")
     mesh = parallel.make_mesh()
-    batch = min(int(r.get("batch_size", 0) or config.eval.get("sample_batch_size", 0) or config.eval.batch_size),
-                num_pairs)
+    batch = min(
+        int(r.get("batch_size", 0) or config.eval.get("sample_batch_size", 0) or config.eval.batch_size), num_pairs
+    )
     parallel.check_batch_size(batch, mesh, "config.reflow.batch_size")
     method, options = build.reflow_sampler_options(config)
     score_model = build.make_score_model(config)
     sde = score_model.sde
     graphdef, params, rest, src_step = build.load_ema(config, source, mesh)
     shape = (batch,) + data_lib.data_shape(config)
-    identity = {"source": os.path.abspath(source), "source_step": src_step, "method": method,
-                "options": options, "batch": batch}
+    identity = {
+        "source": os.path.abspath(source),
+        "source_step": src_step,
+        "method": method,
+        "options": options,
+        "batch": batch,
+    }
 
     def fn(params, key):
         model = nnx.merge(graphdef, params, rest)
-        return reflow.make_couplings(score_model.score_fn(model), sde, shape, key, method=method,
-                                     eps=build.sampling_eps(sde), **options)
+        return reflow.make_couplings(
+            score_model.score_fn(model), sde, shape, key, method=method, eps=build.sampling_eps(sde), **options
+        )
 
     gen = jax.jit(fn)
     out_dir = couplings_dir(workdir)
@@ -87,24 +98,36 @@ def generate_couplings(config, workdir: str, source: str) -> dict:
             with np.load(path) as f:
                 found = json.loads(str(f["identity"]))
                 if found != json.loads(json.dumps(identity)):
-                    raise ValueError(f"{path} was made by {found}, not by this run's {identity}; remove "
-                                     f"{out_dir} to regenerate the couplings")
+                    raise ValueError(
+                        f"{path} was made by {found}, not by this run's {identity}; remove "
+                        f"{out_dir} to regenerate the couplings"
+                    )
                 z, x, n = f["noise"], f["samples"], int(f["nfe"])
         else:
             z, x, n = gen(params, jax.random.fold_in(key, i))
             z, x, n = parallel.to_host(z), parallel.to_host(x), int(n)
             if not (np.all(np.isfinite(z)) and np.all(np.isfinite(x))):
-                raise FloatingPointError(f"non-finite couplings from {source} (step {src_step}) with {method} "
-                                         f"{options}; check the source run")
+                raise FloatingPointError(
+                    f"non-finite couplings from {source} (step {src_step}) with {method} "
+                    f"{options}; check the source run"
+                )
             if jax.process_index() == 0:
-                images.save_npz_atomic(path, noise=z, samples=x, nfe=np.int64(n),
-                                       identity=np.array(json.dumps(identity)))
+                images.save_npz_atomic(
+                    path, noise=z, samples=x, nfe=np.int64(n), identity=np.array(json.dumps(identity))
+                )
             made += 1
         noises.append(z)
         samples.append(x)
         nfe = n
-    return {"noise": np.concatenate(noises)[:num_pairs], "samples": np.concatenate(samples)[:num_pairs],
-            "nfe": nfe, "generated_chunks": made, "source_step": src_step, "method": method, "options": options}
+    return {
+        "noise": np.concatenate(noises)[:num_pairs],
+        "samples": np.concatenate(samples)[:num_pairs],
+        "nfe": nfe,
+        "generated_chunks": made,
+        "source_step": src_step,
+        "method": method,
+        "options": options,
+    }
 
 
 def _pair_batches(noise, samples, batch_size: int, seed: int, start_step: int):
@@ -147,24 +170,44 @@ def reflow_mode(config, workdir: str) -> dict:
         del step
         k_loss, k_drop = jax.random.split(key)
         net = nnx.merge(graphdef, params, rest)
-        value, _ = loss_fn(lambda x, labels: net(x, labels, None, train=True, key=k_drop), batch["image"],
-                           batch["noise"], k_loss)
+        value, _ = loss_fn(
+            lambda x, labels: net(x, labels, None, train=True, key=k_drop), batch["image"], batch["noise"], k_loss
+        )
         return value, {}
 
-    out = training.fit(run, training.Trainer(
-        title=f"scoresde reflow: {config.model.name} on couplings of {source}",
-        facts={"couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
-                            f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
-                            f"generated now) in {couplings_dir(workdir)}",
-               "init": "source EMA weights" if config.reflow.get("init_from_source", True) else "fresh"},
-        desc="reflow", init_state=lambda: train_state.init_state(params, tx), tx=tx,
-        batches=lambda start: _pair_batches(pairs["noise"], pairs["samples"], batch_size, int(config.get("seed", 0)),
-                                            start),
-        loss=loss, lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),
-        snapshot=training.Snapshots(config, sde, graphdef, rest, run.mesh, run.key("snapshot"), workdir,
-                                    title="reflow step")))
-    training.conclude_training(out, "trained the next flow", workdir,
-                               next_command=runlog.command("sample", workdir,
-                                                           "--config.sampling.method=ddim --config.sampling.steps=1"))
-    return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"], "num_pairs": len(pairs["noise"]),
-            "coupling_nfe": pairs["nfe"]}
+    out = training.fit(
+        run,
+        training.Trainer(
+            title=f"scoresde reflow: {config.model.name} on couplings of {source}",
+            facts={
+                "couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
+                f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
+                f"generated now) in {couplings_dir(workdir)}",
+                "init": "source EMA weights" if config.reflow.get("init_from_source", True) else "fresh",
+            },
+            desc="reflow",
+            init_state=lambda: train_state.init_state(params, tx),
+            tx=tx,
+            batches=lambda start: _pair_batches(
+                pairs["noise"], pairs["samples"], batch_size, int(config.get("seed", 0)), start
+            ),
+            loss=loss,
+            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),
+            snapshot=training.Snapshots(
+                config, sde, graphdef, rest, run.mesh, run.key("snapshot"), workdir, title="reflow step"
+            ),
+        ),
+    )
+    training.conclude_training(
+        out,
+        "trained the next flow",
+        workdir,
+        next_command=runlog.command("sample", workdir, "--config.sampling.method=ddim --config.sampling.steps=1"),
+    )
+    return {
+        "step": out["step"],
+        "loss": out["loss"],
+        "preempted": out["preempted"],
+        "num_pairs": len(pairs["noise"]),
+        "coupling_nfe": pairs["nfe"],
+    }

@@ -59,16 +59,20 @@ def _start_request(out_dir: str, manifest: dict) -> None:
     protocol.remove_request_files(out_dir)
     theirs = [n for n in manifest["files"] + manifest["visuals"] if os.path.lexists(os.path.join(out_dir, n))]
     if theirs:
-        raise ValueError(f"{out_dir} holds {theirs}, which no --mode=sample request wrote ({REQUEST_FILE} does not "
-                         "list them); move them away so that this request does not overwrite them")
+        raise ValueError(
+            f"{out_dir} holds {theirs}, which no --mode=sample request wrote ({REQUEST_FILE} does not "
+            "list them); move them away so that this request does not overwrite them"
+        )
     images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {**manifest, "complete": False})
 
 
 def _check_finite(samples, config, step: int) -> None:
     bad = int(np.size(samples) - np.count_nonzero(np.isfinite(samples)))
     if bad:
-        raise FloatingPointError(f"the sampler returned {bad} non-finite values of {np.size(samples)} (step {step}); "
-                                 f"nothing was written. Check: {build.nonfinite_hint(config)}")
+        raise FloatingPointError(
+            f"the sampler returned {bad} non-finite values of {np.size(samples)} (step {step}); "
+            f"nothing was written. Check: {build.nonfinite_hint(config)}"
+        )
 
 
 def sample(config, workdir: str) -> dict:
@@ -83,9 +87,11 @@ def sample(config, workdir: str) -> dict:
     sde = build.make_sde(config)
     student = build.read_student_file(workdir)
     if student and student["network"] == "consistency" and not build.is_consistency_model(config):
-        raise ValueError(f"{workdir} holds a consistency model ({build.STUDENT_FILE}: method "
-                         f"{student['method']!r}); sample it with the config it was trained with "
-                         f"(config.distill.method={student['method']!r}, config.sampling.method=consistency)")
+        raise ValueError(
+            f"{workdir} holds a consistency model ({build.STUDENT_FILE}: method "
+            f"{student['method']!r}); sample it with the config it was trained with "
+            f"(config.distill.method={student['method']!r}, config.sampling.method=consistency)"
+        )
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="sample")
     params_hash = build.params_digest(params)
     total = int(config.eval.num_samples)
@@ -94,24 +100,31 @@ def sample(config, workdir: str) -> dict:
     classifier = build.load_guidance_classifier(workdir, config)
     method, options = build.sampling_options(config)
     paradigms = build.parallel_settings(config)
-    runlog.announce(f"scoresde sample: {total} samples from step {step}", {
-        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-        "sampler": f"{method} {options}",
-        "paradigms": f"window {paradigms[0]}, tol {paradigms[1]}" if paradigms else None,
-        "guidance": build.guidance_kind(config),
-        "workdir": os.path.abspath(workdir),
-    })
-    sample_fn = build.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier,
-                                        with_rounds=True)
+    runlog.announce(
+        f"scoresde sample: {total} samples from step {step}",
+        {
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            "sampler": f"{method} {options}",
+            "paradigms": f"window {paradigms[0]}, tol {paradigms[1]}" if paradigms else None,
+            "guidance": build.guidance_kind(config),
+            "workdir": os.path.abspath(workdir),
+        },
+    )
+    sample_fn = build.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier, with_rounds=True)
     out_dir = os.path.join(workdir, "samples")
     key = build.purpose_key(build.root_key(config), "sample")
     description = json.dumps(build.sampler_description(config), sort_keys=True, default=str)
     request = uuid.uuid4().hex
     n_files = math.ceil(total / batch)
-    manifest = {"request": request, "files": [f"samples_{i}.npz" for i in range(n_files)],
-                "visuals": [f"samples_{i}.png" for i in range(n_files)], "checkpoint_step": int(step),
-                "params_hash": params_hash, "config_hash": build.config_digest(config),
-                "sampler": build.sampler_description(config)}
+    manifest = {
+        "request": request,
+        "files": [f"samples_{i}.npz" for i in range(n_files)],
+        "visuals": [f"samples_{i}.png" for i in range(n_files)],
+        "checkpoint_step": int(step),
+        "params_hash": params_hash,
+        "config_hash": build.config_digest(config),
+        "sampler": build.sampler_description(config),
+    }
     is_main = jax.process_index() == 0
     if is_main:
         protocol.real_directory(out_dir, "--mode=sample")
@@ -126,14 +139,19 @@ def sample(config, workdir: str) -> dict:
                 samples = parallel.to_host(samples)[: total - written]
                 _check_finite(samples, config, step)
                 if is_main:
-                    arr = (images.to_uint8(samples) if data_lib.is_image_data(config)
-                           else np.asarray(samples, np.float32))
-                    images.save_npz_atomic(os.path.join(out_dir, manifest["files"][i]), samples=arr,
-                                           nfe=np.int64(nfe), sampler=np.array(description),
-                                           checkpoint_step=np.int64(step), params_hash=np.array(params_hash),
-                                           request=np.array(request))
-                    _write_visual(config, os.path.join(out_dir, manifest["visuals"][i]), samples,
-                                  title=f"step {step}")
+                    arr = (
+                        images.to_uint8(samples) if data_lib.is_image_data(config) else np.asarray(samples, np.float32)
+                    )
+                    images.save_npz_atomic(
+                        os.path.join(out_dir, manifest["files"][i]),
+                        samples=arr,
+                        nfe=np.int64(nfe),
+                        sampler=np.array(description),
+                        checkpoint_step=np.int64(step),
+                        params_hash=np.array(params_hash),
+                        request=np.array(request),
+                    )
+                    _write_visual(config, os.path.join(out_dir, manifest["visuals"][i]), samples, title=f"step {step}")
                 written += len(samples)
                 i += 1
         except Exception:  # a failed request leaves nothing behind (a killed one is cleaned up by the next)
@@ -141,22 +159,27 @@ def sample(config, workdir: str) -> dict:
                 protocol.remove_request_files(out_dir)
             raise
         if is_main:  # complete only now: fid refuses a request that did not finish
-            images.save_json_atomic(os.path.join(out_dir, REQUEST_FILE), {
-                **manifest, "complete": True, "num_samples": written, "nfe": int(nfe), "rounds": int(rounds)})
+            images.save_json_atomic(
+                os.path.join(out_dir, REQUEST_FILE),
+                {**manifest, "complete": True, "num_samples": written, "nfe": int(nfe), "rounds": int(rounds)},
+            )
     result = {"step": step, "num_samples": written, "files": i, "nfe": int(nfe), "rounds": int(rounds), "dir": out_dir}
     print(json.dumps(result))
-    runlog.conclude(f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
-                    results={"samples": out_dir}, next_command=runlog.command("fid", workdir)
-                    if build.inception_weights_found(config) else
-                    "python -m scoresde.metrics.weights --help (how to place the FID Inception weights that "
-                    "--mode=fid needs; none are on this machine)")
+    runlog.conclude(
+        f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
+        results={"samples": out_dir},
+        next_command=runlog.command("fid", workdir)
+        if build.inception_weights_found(config)
+        else "python -m scoresde.metrics.weights --help (how to place the FID Inception weights that "
+        "--mode=fid needs; none are on this machine)",
+    )
     return result
 
 
 def _comparison_rows(rows: list[np.ndarray], per_row: int = 10) -> np.ndarray:
     """Interleaves equal-length image stacks: ``per_row`` of the first, the same of the second, ... then the next block."""
     n = len(rows[0])
-    blocks = [r[s:s + per_row] for s in range(0, n, per_row) for r in rows]
+    blocks = [r[s : s + per_row] for s in range(0, n, per_row) for r in rows]
     pad = [np.concatenate([b, np.zeros((per_row - len(b),) + b.shape[1:], b.dtype)]) for b in blocks]
     return np.concatenate(pad)
 
@@ -166,8 +189,10 @@ def _restore(config, workdir: str) -> dict:
     import time  # noqa: PLC0415
 
     if not data_lib.is_image_data(config):
-        raise ValueError("config.inverse restores images; the data of this config are vectors "
-                         f"(config.data.dataset={config.data.dataset!r})")
+        raise ValueError(
+            "config.inverse restores images; the data of this config are vectors "
+            f"(config.data.dataset={config.data.dataset!r})"
+        )
     mesh = parallel.make_mesh()
     sde = build.make_sde(config)
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="sample")
@@ -180,17 +205,21 @@ def _restore(config, workdir: str) -> dict:
     classifier = build.load_guidance_classifier(workdir, config)
     sampler, options = build.sampling_options(config)
     per = f", {per_image} posterior samples each" if per_image > 1 else ""
-    runlog.announce(f"scoresde sample: restoring {total} test images ({name}, {method}{per}) from step {step}", {
-        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-        "operator": f"{name} {operator}",
-        "posterior": json.dumps(settings),
-        "sampler": f"{sampler} {options}",
-        "workdir": os.path.abspath(workdir),
-    })
+    runlog.announce(
+        f"scoresde sample: restoring {total} test images ({name}, {method}{per}) from step {step}",
+        {
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            "operator": f"{name} {operator}",
+            "posterior": json.dumps(settings),
+            "sampler": f"{sampler} {options}",
+            "workdir": os.path.abspath(workdir),
+        },
+    )
     restore_fn = build.make_restore_fn(config, sde, graphdef, rest, operator, classifier=classifier)
     key = build.root_key(config)
-    data = data_lib.get_dataset(config, split="test", batch_size=batch, shuffle=False, repeat=False,
-                                uniform_dequantization=False)
+    data = data_lib.get_dataset(
+        config, split="test", batch_size=batch, shuffle=False, repeat=False, uniform_dequantization=False
+    )
     scaler = data_lib.get_data_inverse_scaler(config)
     truth, naive, restored, labels, measurements = [], [], [], [], []
     nfe, i, start = 0, 0, time.time()
@@ -198,8 +227,10 @@ def _restore(config, workdir: str) -> dict:
         try:
             b = next(data)
         except StopIteration:
-            raise ValueError(f"config.inverse.num_images={total} is more than the test split gives in batches of "
-                             f"{batch} ({sum(len(t) for t in truth)})") from None
+            raise ValueError(
+                f"config.inverse.num_images={total} is more than the test split gives in batches of "
+                f"{batch} ({sum(len(t) for t in truth)})"
+            ) from None
         x, label = parallel.shard_batch(mesh, (b["image"], b["label"]))
         keep = total - sum(len(t) for t in truth)
         draws = []
@@ -221,28 +252,53 @@ def _restore(config, workdir: str) -> dict:
     tag = f"{name}_{method}" + ("_isotropic" if settings.get("jacobian") == "isotropic" else "")
     out_dir = os.path.join(workdir, "inverse", tag)
     report = {
-        "operator": name, "operator_repr": str(operator), "method": method, "sigma_y": settings["sigma_y"],
-        "scale": settings.get("scale"), "weighting": settings.get("weighting"), "data_var": settings.get("data_var"),
-        "jacobian": settings.get("jacobian"), "samples_per_image": per_image,
-        "sampler": sampler, "sampler_options": {k: v for k, v in options.items()}, "nfe": int(nfe), "step": step,
-        "num_images": int(len(truth)), "psnr_mean": float(np.mean(psnr)), "psnr": [float(v) for v in psnr[:, 0]],
-        "baseline": "y" if name == "deblur" else "A+y", "baseline_psnr_mean": float(np.mean(baseline)),
-        "baseline_psnr": [float(v) for v in baseline], "labels": [int(v) for v in labels],
-        "psnr_space": "[0, 1] data space, clipped", "wall_seconds": round(wall, 2), "dir": out_dir,
+        "operator": name,
+        "operator_repr": str(operator),
+        "method": method,
+        "sigma_y": settings["sigma_y"],
+        "scale": settings.get("scale"),
+        "weighting": settings.get("weighting"),
+        "data_var": settings.get("data_var"),
+        "jacobian": settings.get("jacobian"),
+        "samples_per_image": per_image,
+        "sampler": sampler,
+        "sampler_options": {k: v for k, v in options.items()},
+        "nfe": int(nfe),
+        "step": step,
+        "num_images": int(len(truth)),
+        "psnr_mean": float(np.mean(psnr)),
+        "psnr": [float(v) for v in psnr[:, 0]],
+        "baseline": "y" if name == "deblur" else "A+y",
+        "baseline_psnr_mean": float(np.mean(baseline)),
+        "baseline_psnr": [float(v) for v in baseline],
+        "labels": [int(v) for v in labels],
+        "psnr_space": "[0, 1] data space, clipped",
+        "wall_seconds": round(wall, 2),
+        "dir": out_dir,
     }
     extra = {}
     if per_image > 1:  # the posterior mean is the MMSE estimate: its PSNR is the one to compare with A⁺y
         mean, std = samples.mean(axis=1), samples.std(axis=1)
         mean_psnr = np.asarray(images.psnr(mean, truth, data_range=1.0))
-        report.update(posterior_mean_psnr_mean=float(np.mean(mean_psnr)),
-                      posterior_mean_psnr=[float(v) for v in mean_psnr])
+        report.update(
+            posterior_mean_psnr_mean=float(np.mean(mean_psnr)), posterior_mean_psnr=[float(v) for v in mean_psnr]
+        )
         extra = dict(samples=samples, posterior_mean=mean, posterior_std=std, posterior_mean_psnr=mean_psnr)
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
-        images.save_npz_atomic(os.path.join(out_dir, "restorations.npz"), restoration=restored, measurement_pinv=naive,
-                               ground_truth=truth, measurement=np.concatenate(measurements).astype(np.float32),
-                               labels=labels, psnr=psnr[:, 0], baseline_psnr=baseline, nfe=np.int64(nfe),
-                               checkpoint_step=np.int64(step), **extra)
+        images.save_npz_atomic(
+            os.path.join(out_dir, "restorations.npz"),
+            restoration=restored,
+            measurement_pinv=naive,
+            ground_truth=truth,
+            measurement=np.concatenate(measurements).astype(np.float32),
+            labels=labels,
+            psnr=psnr[:, 0],
+            baseline_psnr=baseline,
+            nfe=np.int64(nfe),
+            checkpoint_step=np.int64(step),
+            **extra,
+        )
         up = max(1, 64 // data_lib.data_shape(config)[0])
         shown = [("measurement", naive), ("restoration", restored), ("ground_truth", truth)]
         if per_image > 1:
@@ -250,14 +306,19 @@ def _restore(config, workdir: str) -> dict:
         for fname, arr in shown:
             images.save_image_grid(os.path.join(out_dir, f"{fname}.png"), images.to_uint8(arr), upscale=up)
         per_row = min(10, len(truth))
-        images.save_image_grid(os.path.join(out_dir, "comparison.png"),
-                               images.to_uint8(_comparison_rows([a for _, a in shown], per_row)), upscale=up,
-                               ncol=per_row)
+        images.save_image_grid(
+            os.path.join(out_dir, "comparison.png"),
+            images.to_uint8(_comparison_rows([a for _, a in shown], per_row)),
+            upscale=up,
+            ncol=per_row,
+        )
         images.save_json_atomic(os.path.join(out_dir, "report.json"), report)
     summary = {k: report[k] for k in ("operator", "method", "psnr_mean", "baseline_psnr_mean", "nfe", "step", "dir")}
     print(json.dumps(summary))
-    runlog.conclude(f"restored {len(truth)} test images ({name}, {method}, {int(nfe)} NFE each): PSNR "
-                    f"{report['psnr_mean']:.2f} dB vs {report['baseline_psnr_mean']:.2f} dB for {report['baseline']}",
-                    results={"report": os.path.join(out_dir, "report.json")},
-                    next_command=runlog.command("sample", workdir, "--config.inverse.method=dps"))
+    runlog.conclude(
+        f"restored {len(truth)} test images ({name}, {method}, {int(nfe)} NFE each): PSNR "
+        f"{report['psnr_mean']:.2f} dB vs {report['baseline_psnr_mean']:.2f} dB for {report['baseline']}",
+        results={"report": os.path.join(out_dir, "report.json")},
+        next_command=runlog.command("sample", workdir, "--config.inverse.method=dps"),
+    )
     return report

@@ -90,15 +90,24 @@ def train(config, workdir: str) -> dict:
         return {"eval_loss": float(eval_step(state["ema"], parallel.shard_batch(mesh, next(eval_batches)), step))}
 
     tc = config.training
-    out = training.fit(run, training.Trainer(
-        title=f"scoresde train: {config.model.name} on {config.data.dataset}, sde {tc.sde}",
-        facts={"devices": training.devices_fact(), "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",
-               "data": data_lib.describe(config)},
-        desc="train", init_state=lambda: train_state.init_state(params, tx), tx=tx,
-        batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
-        loss=score_loss(config, loss_fn, to_model_space, graphdef, rest),
-        lr_schedule=_lr_schedule(config),
-        evaluate=evaluate,
-        snapshot=training.Snapshots(config, sde, graphdef, rest, mesh, run.key("snapshot"), workdir)))
+    out = training.fit(
+        run,
+        training.Trainer(
+            title=f"scoresde train: {config.model.name} on {config.data.dataset}, sde {tc.sde}",
+            facts={
+                "devices": training.devices_fact(),
+                "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",
+                "data": data_lib.describe(config),
+            },
+            desc="train",
+            init_state=lambda: train_state.init_state(params, tx),
+            tx=tx,
+            batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
+            loss=score_loss(config, loss_fn, to_model_space, graphdef, rest),
+            lr_schedule=_lr_schedule(config),
+            evaluate=evaluate,
+            snapshot=training.Snapshots(config, sde, graphdef, rest, mesh, run.key("snapshot"), workdir),
+        ),
+    )
     training.conclude_training(out, "trained", workdir, next_command=runlog.command("sample", workdir))
     return {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"]}

@@ -51,9 +51,13 @@ def _stop_gradient_except(params, part: str):
 def make_optimizer(a) -> optax.GradientTransformation:
     """Adam for ``ae/…`` (``a.lr``, ``beta1`` [0.5], ``beta2`` [0.9], warm-up, clipping) and Adam(β₁ = 0.5) for
     ``disc/…`` (``a.disc_lr``), LDM's pair."""
-    ae_tx = build.make_optimizer(lr=float(a.lr), warmup=int(a.get("warmup", 0)),
-                                    grad_clip=float(a.get("grad_clip", -1.0)), beta1=float(a.get("beta1", 0.5)),
-                                    beta2=float(a.get("beta2", 0.9)))
+    ae_tx = build.make_optimizer(
+        lr=float(a.lr),
+        warmup=int(a.get("warmup", 0)),
+        grad_clip=float(a.get("grad_clip", -1.0)),
+        beta1=float(a.get("beta1", 0.5)),
+        beta2=float(a.get("beta2", 0.9)),
+    )
     disc_tx = build.make_optimizer(lr=float(a.get("disc_lr", 0.0) or a.lr), beta1=0.5, beta2=0.9)
     labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _part(p), params)  # noqa: E731
     return optax.multi_transform({"ae": ae_tx, "disc": disc_tx}, labels)
@@ -75,18 +79,31 @@ def autoencoder_objective(config, graphdef, rest):
         posterior = latent.DiagonalGaussian(*ae.encode(x))
         h = ae.decoder.features(posterior.sample(key))
         loss, terms = latent.autoencoder_loss(
-            x, posterior, lambda w: ae.decoder.head(h, w), ae.decoder.conv_out.kernel[...], step=step,
-            kl_weight=float(a.kl_weight), reconstruction=str(a.reconstruction),
-            discriminator_fn=model.disc if has_disc else None, disc_weight=float(a.get("disc_weight", 0.5)),
-            disc_start=disc_start, max_adaptive_weight=float(a.get("max_adaptive_weight", 1e4)))
+            x,
+            posterior,
+            lambda w: ae.decoder.head(h, w),
+            ae.decoder.conv_out.kernel[...],
+            step=step,
+            kl_weight=float(a.kl_weight),
+            reconstruction=str(a.reconstruction),
+            discriminator_fn=model.disc if has_disc else None,
+            disc_weight=float(a.get("disc_weight", 0.5)),
+            disc_start=disc_start,
+            max_adaptive_weight=float(a.get("max_adaptive_weight", 1e4)),
+        )
         x_rec = ae.decoder.head(h)
-        logs = {"loss": loss, "reconstruction": terms.reconstruction, "kl": terms.kl,
-                "psnr": jnp.mean(images.psnr(jnp.clip(inverse(x_rec), 0, 1), inverse(x)))}
+        logs = {
+            "loss": loss,
+            "reconstruction": terms.reconstruction,
+            "kl": terms.kl,
+            "psnr": jnp.mean(images.psnr(jnp.clip(inverse(x_rec), 0, 1), inverse(x))),
+        }
         if not has_disc:
             return loss, logs
         disc = nnx.merge(graphdef, _stop_gradient_except(params, "disc"), rest).disc
-        d_loss = latent.discriminator_loss(disc(x), disc(jax.lax.stop_gradient(x_rec)), step=step,
-                                           disc_start=disc_start)
+        d_loss = latent.discriminator_loss(
+            disc(x), disc(jax.lax.stop_gradient(x_rec)), step=step, disc_start=disc_start
+        )
         logs.update(generator=terms.generator, adversarial_weight=terms.adversarial_weight, disc_loss=d_loss)
         return loss + d_loss, logs
 
@@ -119,8 +136,9 @@ def _latent_statistics(config, graphdef, rest, params, mesh, batch_size: int) ->
 
     encode = jax.jit(encode, in_shardings=(repl, data), out_shardings=(data, data))
     means, xs, recs = [], [], []
-    for batch in data_lib.get_dataset(config, split="train", batch_size=batch_size, shuffle=False, repeat=False,
-                                      uniform_dequantization=False):
+    for batch in data_lib.get_dataset(
+        config, split="train", batch_size=batch_size, shuffle=False, repeat=False, uniform_dequantization=False
+    ):
         x = parallel.shard_batch(mesh, batch)["image"]
         mean, x_rec = encode(params, x)
         means.append(parallel.to_host(mean))
@@ -129,9 +147,13 @@ def _latent_statistics(config, graphdef, rest, params, mesh, batch_size: int) ->
         if sum(len(m) for m in means) >= n:
             break
     means, xs, recs = (np.concatenate(v)[:n] for v in (means, xs, recs))
-    return {"scale_factor": float(latent.scale_by_std(jnp.asarray(means))),
-            "decoder_std": float(latent.fit_decoder_std(jnp.asarray(xs), jnp.asarray(recs))),
-            "latent_std": float(np.std(means)), "latent_mean": float(np.mean(means)), "num_examples": int(len(means))}
+    return {
+        "scale_factor": float(latent.scale_by_std(jnp.asarray(means))),
+        "decoder_std": float(latent.fit_decoder_std(jnp.asarray(xs), jnp.asarray(recs))),
+        "latent_std": float(np.std(means)),
+        "latent_mean": float(np.mean(means)),
+        "num_examples": int(len(means)),
+    }
 
 
 def train_autoencoder(config, workdir: str) -> dict:
@@ -146,8 +168,10 @@ def train_autoencoder(config, workdir: str) -> dict:
         NonFiniteError: after ``max_nonfinite`` consecutive non-finite steps.
     """
     if "autoencoder" not in config:
-        raise ValueError("--mode=train_autoencoder needs a config.autoencoder section "
-                         "(config_defaults.add_autoencoder; e.g. configs/digits_ae.py)")
+        raise ValueError(
+            "--mode=train_autoencoder needs a config.autoencoder section "
+            "(config_defaults.add_autoencoder; e.g. configs/digits_ae.py)"
+        )
     run = training.prepare(config, workdir, "autoencoder")
     a = config.autoencoder
     data_lib.check_dataset_name(config)
@@ -182,46 +206,75 @@ def train_autoencoder(config, workdir: str) -> dict:
         inverse = data_lib.get_data_inverse_scaler(config)
         orig, rec = np.asarray(inverse(test_batch["image"])), parallel.to_host(rec01)
         ncol = 8
-        rows = [blk for i in range(0, len(orig) - ncol + 1, ncol) for blk in (orig[i:i + ncol], rec[i:i + ncol])]
+        rows = [blk for i in range(0, len(orig) - ncol + 1, ncol) for blk in (orig[i : i + ncol], rec[i : i + ncol])]
         pairs = images.to_uint8(np.concatenate(rows))
         path = os.path.join(workdir, "samples", f"recon_{step:08d}.png")
         images.save_image_grid(path, pairs, upscale=max(1, 64 // image_shape[0]))
         logger.image("reconstructions", step, images.image_grid(pairs, ncol=ncol))
         return path
 
-    out = training.fit(run, training.Trainer(
-        title=f"scoresde train_autoencoder: f={a.f}, {a.latent_channels} latent channels on {config.data.dataset}",
-        facts={"devices": training.devices_fact(),
-               "params": f"{count('ae'):,} autoencoder{disc_params}",
-               "data": data_lib.describe(config),
-               "latent": "x".join(map(str, latent_shape)) + f" per {'x'.join(map(str, image_shape))} image",
-               "steps": f"{n_iters:,} at batch {batch_size}" +
-                        (f", discriminator from step {a.disc_start}" if a.get("discriminator", False) else "")},
-        desc="autoencoder", init_state=lambda: train_state.init_state(params, tx), tx=tx,
-        batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
-        loss=autoencoder_objective(config, graphdef, rest), evaluate=evaluate, snapshot=snapshot))
+    out = training.fit(
+        run,
+        training.Trainer(
+            title=f"scoresde train_autoencoder: f={a.f}, {a.latent_channels} latent channels on {config.data.dataset}",
+            facts={
+                "devices": training.devices_fact(),
+                "params": f"{count('ae'):,} autoencoder{disc_params}",
+                "data": data_lib.describe(config),
+                "latent": "x".join(map(str, latent_shape)) + f" per {'x'.join(map(str, image_shape))} image",
+                "steps": f"{n_iters:,} at batch {batch_size}"
+                + (f", discriminator from step {a.disc_start}" if a.get("discriminator", False) else ""),
+            },
+            desc="autoencoder",
+            init_state=lambda: train_state.init_state(params, tx),
+            tx=tx,
+            batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
+            loss=autoencoder_objective(config, graphdef, rest),
+            evaluate=evaluate,
+            snapshot=snapshot,
+        ),
+    )
     summary, results = {"step": out["step"], "loss": out["loss"], "preempted": out["preempted"]}, None
     if not out["preempted"]:
         stats = _latent_statistics(config, graphdef, rest, out["state"]["ema"], mesh, batch_size)
         held_out = evaluate_held_out(config, reconstruct, out["state"]["ema"], mesh, batch_size)
-        record = {"step": int(out["step"]), **stats, **held_out, "image_shape": list(image_shape),
-                  "latent_shape": list(latent_shape), "centered": bool(config.data.get("centered", False)),
-                  "dataset": str(config.data.dataset), "autoencoder": a.to_dict()}
+        record = {
+            "step": int(out["step"]),
+            **stats,
+            **held_out,
+            "image_shape": list(image_shape),
+            "latent_shape": list(latent_shape),
+            "centered": bool(config.data.get("centered", False)),
+            "dataset": str(config.data.dataset),
+            "autoencoder": a.to_dict(),
+        }
         path = latent_space.write_autoencoder_record(workdir, record) if jax.process_index() == 0 else None
-        results = {"held-out PSNR": f"{held_out['eval_psnr']:.2f} dB", "scale factor": f"{stats['scale_factor']:.4g}",
-                   "record": path, "reconstructions": out["snapshot"]}
+        results = {
+            "held-out PSNR": f"{held_out['eval_psnr']:.2f} dB",
+            "scale factor": f"{stats['scale_factor']:.4g}",
+            "record": path,
+            "reconstructions": out["snapshot"],
+        }
         summary.update(**stats, **held_out)
-    training.conclude_training(out, "autoencoder trained", workdir, results=results,
-                               next_command=runlog.latent_command(workdir)
-                               or f"train a latent model on it: --config.latent.autoencoder_workdir={workdir}")
+    training.conclude_training(
+        out,
+        "autoencoder trained",
+        workdir,
+        results=results,
+        next_command=runlog.latent_command(workdir)
+        or f"train a latent model on it: --config.latent.autoencoder_workdir={workdir}",
+    )
     return summary
 
 
 def evaluate_held_out(config, reconstruct, params, mesh, batch_size: int) -> dict:
     """Mean reconstruction error and PSNR (posterior mean, [0, 1] images) over the test split (at most 8 batches)."""
     recs, psnrs = [], []
-    for i, batch in enumerate(data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False,
-                                                   repeat=False, uniform_dequantization=False)):
+    for i, batch in enumerate(
+        data_lib.get_dataset(
+            config, split="test", batch_size=batch_size, shuffle=False, repeat=False, uniform_dequantization=False
+        )
+    ):
         if i >= 8:
             break
         _, rec, psnr = reconstruct(params, parallel.shard_batch(mesh, batch)["image"])
@@ -229,5 +282,8 @@ def evaluate_held_out(config, reconstruct, params, mesh, batch_size: int) -> dic
         psnrs.append(parallel.to_host(psnr))
     if not recs:
         return {"eval_reconstruction": float("nan"), "eval_psnr": float("nan"), "eval_examples": 0}
-    return {"eval_reconstruction": float(np.mean(np.concatenate(recs))),
-            "eval_psnr": float(np.mean(np.concatenate(psnrs))), "eval_examples": int(sum(len(r) for r in recs))}
+    return {
+        "eval_reconstruction": float(np.mean(np.concatenate(recs))),
+        "eval_psnr": float(np.mean(np.concatenate(psnrs))),
+        "eval_examples": int(sum(len(r) for r in recs)),
+    }

@@ -66,27 +66,54 @@ def train_classifier(config, workdir: str) -> dict:
     def loss(params, batch, key, step):
         del step
         batch = to_model_space(batch, build.purpose_key(key, "latent_encode"))
-        value, accuracy = classifier_loss(nnx.merge(graphdef, params, rest), sde, batch["image"], batch["label"],
-                                          key, eps=eps)
+        value, accuracy = classifier_loss(
+            nnx.merge(graphdef, params, rest), sde, batch["image"], batch["label"], key, eps=eps
+        )
         return value, {"accuracy": accuracy}
 
-    out = training.fit(run, training.Trainer(
-        title=f"scoresde train_classifier: {c.name} on {config.data.dataset}, sde {config.training.sde}",
-        facts={"devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-               "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}", "data": data_lib.describe(config)},
-        desc="classifier", init_state=lambda: train_state.init_state(params, tx), tx=tx,
-        batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
-        loss=loss))
+    out = training.fit(
+        run,
+        training.Trainer(
+            title=f"scoresde train_classifier: {c.name} on {config.data.dataset}, sde {config.training.sde}",
+            facts={
+                "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+                "params": f"{sum(x.size for x in jax.tree.leaves(params)):,}",
+                "data": data_lib.describe(config),
+            },
+            desc="classifier",
+            init_state=lambda: train_state.init_state(params, tx),
+            tx=tx,
+            batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
+            loss=loss,
+        ),
+    )
     last = {k: out["last"][k] for k in ("loss", "accuracy") if k in out["last"]}
-    result = {"step": out["step"], **last,
-              "test_accuracy": _test_accuracy(config, c, sde, eps, (graphdef, rest), out["state"]["ema"], mesh,
-                                              batch_size, run.key("classifier_eval"), to_model_space)}
+    result = {
+        "step": out["step"],
+        **last,
+        "test_accuracy": _test_accuracy(
+            config,
+            c,
+            sde,
+            eps,
+            (graphdef, rest),
+            out["state"]["ema"],
+            mesh,
+            batch_size,
+            run.key("classifier_eval"),
+            to_model_space,
+        ),
+    }
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
             json.dump(result, f, indent=1)
-    training.conclude_training(out, "classifier trained", out_dir, results={
-        "test accuracy": result["test_accuracy"], "checkpoints": os.path.join(out_dir, "checkpoints")},
-        next_command=runlog.command("sample", workdir, "--config.sampling.guidance=classifier"))
+    training.conclude_training(
+        out,
+        "classifier trained",
+        out_dir,
+        results={"test accuracy": result["test_accuracy"], "checkpoints": os.path.join(out_dir, "checkpoints")},
+        next_command=runlog.command("sample", workdir, "--config.sampling.guidance=classifier"),
+    )
     return result
 
 
@@ -107,8 +134,9 @@ def _test_accuracy(config, c, sde, eps, split_model, params, mesh, batch_size, k
     out = {}
     for t in times:
         hits, n = 0, 0
-        for i, batch in enumerate(data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False,
-                                                       repeat=False)):
+        for i, batch in enumerate(
+            data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False, repeat=False)
+        ):
             if i >= int(c.get("num_eval_batches", 8)):
                 break
             batch = parallel.shard_batch(mesh, batch)

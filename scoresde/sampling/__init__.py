@@ -94,7 +94,15 @@ import jax.numpy as jnp
 
 from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic  # noqa: F401 (submodules)
 from scoresde.sampling.grids import (  # noqa: F401 (score_call re-exported)
-    GRIDS, ShapeCheckedScore, alpha_vanishes_at_T, check_eps, default_eps, denoiser_call, score_call, time_grid)
+    GRIDS,
+    ShapeCheckedScore,
+    alpha_vanishes_at_T,
+    check_eps,
+    default_eps,
+    denoiser_call,
+    score_call,
+    time_grid,
+)
 from scoresde.sampling.methods import TABLE, Method, is_deterministic, method_traits
 from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 
@@ -102,9 +110,24 @@ from scoresde.sampling.parallel import PARALLEL_METHODS, parallel_sample
 METHODS = tuple(TABLE)
 GRID_METHODS = tuple(name for name, traits in TABLE.items() if traits.uses_grid)
 
-__all__ = ["METHODS", "GRID_METHODS", "GRIDS", "TABLE", "Method", "sample", "method_options", "method_traits",
-           "is_deterministic", "check_options", "encode", "decode", "default_eps", "time_grid", "PARALLEL_METHODS",
-           "parallel_sample"]
+__all__ = [
+    "METHODS",
+    "GRID_METHODS",
+    "GRIDS",
+    "TABLE",
+    "Method",
+    "sample",
+    "method_options",
+    "method_traits",
+    "is_deterministic",
+    "check_options",
+    "encode",
+    "decode",
+    "default_eps",
+    "time_grid",
+    "PARALLEL_METHODS",
+    "parallel_sample",
+]
 
 # dpm_solver: every interval of one order, or DPM-Solver-fast's mixed orders for an NFE budget (fast.fast_orders)
 SCHEDULES = ("uniform", "fast")
@@ -187,30 +210,41 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
     opts = _resolve(method, options)
     if opts.get("to_zero"):
         if opts["denoise"]:
-            raise ValueError(f"method {method!r}: to_zero=True already ends with the denoiser step; "
-                             f"denoise=True would add a second one (choose one)")
+            raise ValueError(
+                f"method {method!r}: to_zero=True already ends with the denoiser step; "
+                f"denoise=True would add a second one (choose one)"
+            )
         if opts["steps"] < 2:
-            raise ValueError(f"method {method!r}: to_zero=True needs steps >= 2 (steps - 1 solver steps, then the "
-                             f"final step to sigma = 0); got steps={opts['steps']}")
+            raise ValueError(
+                f"method {method!r}: to_zero=True needs steps >= 2 (steps - 1 solver steps, then the "
+                f"final step to sigma = 0); got steps={opts['steps']}"
+            )
     if traits.prepare is not None:
         opts = traits.prepare(sde, default_eps(sde) if eps is None else eps, opts)
     if not traits.consistency_fn and alpha_vanishes_at_T(sde):
         if traits.integrates_drift:
-            raise ValueError(f"method {method!r} integrates the SDE's drift, infinite at alpha(T) = 0 "
-                             f"(T={sde.T}); use a grid method (e.g. dpm_solver++, unipc) or {type(sde).__name__}(T<1)")
+            raise ValueError(
+                f"method {method!r} integrates the SDE's drift, infinite at alpha(T) = 0 "
+                f"(T={sde.T}); use a grid method (e.g. dpm_solver++, unipc) or {type(sde).__name__}(T<1)"
+            )
         if getattr(score_fn, "denoiser", None) is None:
-            raise ValueError(f"alpha(T) = 0 for {type(sde).__name__}(T={sde.T}): a score function alone does not "
-                             "determine E[x0 | x_T]; pass a model with a denoiser (parameterization.model_score_fn "
-                             "or parameterization.with_denoiser)")
+            raise ValueError(
+                f"alpha(T) = 0 for {type(sde).__name__}(T={sde.T}): a score function alone does not "
+                "determine E[x0 | x_T]; pass a model with a denoiser (parameterization.model_score_fn "
+                "or parameterization.with_denoiser)"
+            )
     dyn, static = _split(opts)
     eps = default_eps(sde) if eps is None else eps
     check_eps(eps, sde)
     eps = jnp.asarray(eps)
-    samples, nfe, ok = _sample_jit(score_fn, sde, tuple(shape), key, method, x_init, eps, dyn, static,
-                                   options.get("sharding"))
+    samples, nfe, ok = _sample_jit(
+        score_fn, sde, tuple(shape), key, method, x_init, eps, dyn, static, options.get("sharding")
+    )
     if not isinstance(ok, jax.core.Tracer) and not bool(ok):
-        raise RuntimeError(f"the {method} sampler's ODE solve failed (diffrax result not successful); "
-                           f"options {opts}. Raise max_steps or loosen rtol/atol.")
+        raise RuntimeError(
+            f"the {method} sampler's ODE solve failed (diffrax result not successful); "
+            f"options {opts}. Raise max_steps or loosen rtol/atol."
+        )
     return samples, nfe
 
 
@@ -241,8 +275,7 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
     if opts.pop("to_zero"):  # steps - 1 solver steps to eps, then the first-order step to sigma = 0
         steps, denoise = steps - 1, True
     if opts.pop("schedule", "uniform") == "fast":  # steps is the NFE budget; the grid follows the orders
-        ts, opts["orders"] = fast.fast_schedule(sde, steps, eps, order=opts["order"], kind=kind, rho=rho,
-                                                dtype=x.dtype)
+        ts, opts["orders"] = fast.fast_schedule(sde, steps, eps, order=opts["order"], kind=kind, rho=rho, dtype=x.dtype)
     else:
         ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
     x, nfe = traits.fn(score_fn, sde, x, ts, k_loop, nfe, **opts)

@@ -37,8 +37,16 @@ from scoresde.sampling.grids import (
 )
 from scoresde.sde import batch_mul
 
-__all__ = ["ddim", "ddim_update", "dpm_solver", "fast_orders", "fast_schedule", "dpm_solver_pp", "edm_heun",
-           "LOWER_ORDER_FINAL_BELOW"]
+__all__ = [
+    "ddim",
+    "ddim_update",
+    "dpm_solver",
+    "fast_orders",
+    "fast_schedule",
+    "dpm_solver_pp",
+    "edm_heun",
+    "LOWER_ORDER_FINAL_BELOW",
+]
 
 # DPM-Solver's official `sample` lowers the final steps' order only when steps < 10.
 LOWER_ORDER_FINAL_BELOW = 10
@@ -65,8 +73,11 @@ def ddim_update(sde, x, x0, s, t, z, eta):
     a_t, s_t, l_t = coefficients(sde, t, x)
     eps = batch_mul(1.0 / s_s, x - batch_mul(a_s, x0))
     frac = eta**2 * -jnp.expm1(-2.0 * (l_t - l_s))  # c² / sigma_t², in [0, 1] for eta <= 1
-    return (batch_mul(a_t, x0) + batch_mul(s_t * jnp.sqrt(jnp.maximum(1.0 - frac, 0.0)), eps)
-            + batch_mul(s_t * jnp.sqrt(frac), z))
+    return (
+        batch_mul(a_t, x0)
+        + batch_mul(s_t * jnp.sqrt(jnp.maximum(1.0 - frac, 0.0)), eps)
+        + batch_mul(s_t * jnp.sqrt(frac), z)
+    )
 
 
 def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, project_fn=None):
@@ -137,8 +148,10 @@ def fast_schedule(sde, nfe: int, eps, *, order: int = 3, kind: str = "log_snr", 
     """
     if alpha_vanishes_at_T(sde):
         if not (isinstance(nfe, int) and nfe >= 2):
-            raise ValueError(f"the fast schedule from alpha(T) = 0 needs an NFE budget >= 2 (a first-order first "
-                             f"step, then the rest); got {nfe!r}")
+            raise ValueError(
+                f"the fast schedule from alpha(T) = 0 needs an NFE budget >= 2 (a first-order first "
+                f"step, then the rest); got {nfe!r}"
+            )
         orders = (1,) + fast_orders(nfe - 1, order)
     else:
         orders = fast_orders(nfe, order)
@@ -197,8 +210,11 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
         s2 = t_at(l_s[0] + r2 * h[0])
         a_2, s_2, _ = coefficients(sde, s2, x)
         phi_r2 = jnp.expm1(r2 * h) / (r2 * h) - 1.0
-        u2 = (batch_mul(a_2 / a_s, x) - batch_mul(s_2 * jnp.expm1(r2 * h), eps_s)
-              - batch_mul(s_2 * (r2 / r1) * phi_r2, d1))
+        u2 = (
+            batch_mul(a_2 / a_s, x)
+            - batch_mul(s_2 * jnp.expm1(r2 * h), eps_s)
+            - batch_mul(s_2 * (r2 / r1) * phi_r2, d1)
+        )
         e2, nfe = _eps_pred(score_fn, sde, u2, s2, nfe)
         d2 = e2 - eps_s
         x_t = base - batch_mul(s_t / r2 * (jnp.expm1(h) / h - 1.0), d2)
@@ -267,8 +283,9 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
     return x, nfe
 
 
-def edm_heun(score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0,
-             project_fn=None):
+def edm_heun(
+    score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0, project_fn=None
+):
     """Karras et al. (2022) Algorithm 2 in the scaled coordinates ``x / alpha`` with noise level ``sigma / alpha``.
 
     Every step is a Heun step (2 NFE): the grid ends at ``eps > 0`` where the noise level is positive,

@@ -29,8 +29,19 @@ from scoresde import sde as sde_lib
 
 GRIDS = ("uniform_t", "quadratic_t", "log_snr", "edm")
 
-__all__ = ["GRIDS", "time_grid", "edm_sigma", "score_call", "denoiser_call", "alpha_vanishes_at_T", "coefficients",
-           "project", "PROJECTION_KEY_OFFSET", "default_eps", "check_eps"]
+__all__ = [
+    "GRIDS",
+    "time_grid",
+    "edm_sigma",
+    "score_call",
+    "denoiser_call",
+    "alpha_vanishes_at_T",
+    "coefficients",
+    "project",
+    "PROJECTION_KEY_OFFSET",
+    "default_eps",
+    "check_eps",
+]
 
 # The project_fn hook draws its noise from fold_in(step key, PROJECTION_KEY_OFFSET): independent of the noise the
 # step itself draws from the same key, and the same for every sampler.
@@ -147,7 +158,8 @@ def denoiser_call(score_fn, sde, x, t, nfe):
     alpha, sigma = sde.alpha(tv), sde.sigma(tv)
     score = score_fn(x, tv)
     return (x + (sigma**2).reshape((-1,) + (1,) * (x.ndim - 1)) * score) / alpha.reshape(
-        (-1,) + (1,) * (x.ndim - 1)), nfe + 1
+        (-1,) + (1,) * (x.ndim - 1)
+    ), nfe + 1
 
 
 def check_eps(eps, sde) -> None:
@@ -156,8 +168,10 @@ def check_eps(eps, sde) -> None:
         return
     e = float(np.asarray(eps))
     if not 0.0 < e < float(sde.T):
-        raise ValueError(f"eps={e:g} must lie in (0, T={float(sde.T):g}): the final time of the reverse "
-                         f"process (default {type(sde).__name__}: 1e-3 for VP / sub-VP, 1e-5 for VE)")
+        raise ValueError(
+            f"eps={e:g} must lie in (0, T={float(sde.T):g}): the final time of the reverse "
+            f"process (default {type(sde).__name__}: 1e-3 for VP / sub-VP, 1e-5 for VE)"
+        )
 
 
 class ShapeCheckedScore:
@@ -175,8 +189,10 @@ class ShapeCheckedScore:
         out = self.score_fn(x, t)
         shape = getattr(out, "shape", None)
         if shape is None or tuple(shape) != tuple(x.shape):
-            raise ValueError(f"score_fn(x, t) returns shape {shape} for a state of shape {tuple(x.shape)}; it "
-                             "must return the state's shape (one score per element)")
+            raise ValueError(
+                f"score_fn(x, t) returns shape {shape} for a state of shape {tuple(x.shape)}; it "
+                "must return the state's shape (one score per element)"
+            )
         return out
 
     def __getattr__(self, name):

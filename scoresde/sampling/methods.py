@@ -76,8 +76,10 @@ class Method:
         if ("order" in options) != bool(self.orders) or (self.orders and options["order"] not in self.orders):
             raise ValueError(f"method {self.name!r}: orders={self.orders} disagrees with its order option")
         if self.noise_option is not None and (options[self.noise_option] == 0) != self.deterministic:
-            raise ValueError(f"method {self.name!r}: deterministic={self.deterministic} disagrees with its default "
-                             f"{self.noise_option}={options[self.noise_option]!r}")
+            raise ValueError(
+                f"method {self.name!r}: deterministic={self.deterministic} disagrees with its default "
+                f"{self.noise_option}={options[self.noise_option]!r}"
+            )
 
     @property
     def uses_grid(self) -> bool:
@@ -128,50 +130,133 @@ def _prepare_consistency(sde, eps, opts):
 
 # Measured on the Gaussian oracle (VP, float64, 20 steps, mean |x - exact flow map|): orders 2 / 3 give 7.2e-2 /
 # 1.1e-1 against order 1's (DDIM's) 4.2e-2 on uniform_t, 7.8e-3 / 1.0e-3 on log_snr.
-_X0_LOGSNR_ON_UNIFORM_T = ("extrapolating x0 in log-SNR over uniform-t steps (very unequal in log-SNR) makes its "
-                           "orders 2 and 3 less accurate than order 1; use grid='log_snr' or method='deis'")
+_X0_LOGSNR_ON_UNIFORM_T = (
+    "extrapolating x0 in log-SNR over uniform-t steps (very unequal in log-SNR) makes its "
+    "orders 2 and 3 less accurate than order 1; use grid='log_snr' or method='deis'"
+)
 
 _METHODS = (
-    Method("pc", pc.pc_sample, deterministic=False, run=_run_pc, integrates_drift=True,
-           options=dict(predictor="euler_maruyama", corrector="none", snr=0.16, n_steps=1, steps=None, denoise=True,
-                        probability_flow=False, corrector_first=True, project_fn=None)),
+    Method(
+        "pc",
+        pc.pc_sample,
+        deterministic=False,
+        run=_run_pc,
+        integrates_drift=True,
+        options=dict(
+            predictor="euler_maruyama",
+            corrector="none",
+            snr=0.16,
+            n_steps=1,
+            steps=None,
+            denoise=True,
+            probability_flow=False,
+            corrector_first=True,
+            project_fn=None,
+        ),
+    ),
     # ode: where alpha(T) = 0 it integrates the denoiser's velocity form (ode.flow_velocity), finite at T
-    Method("ode", ode.solve_flow, deterministic=True, run=_run_ode,
-           options=dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096,
-                        denoise=False)),
-    Method("ddim", fast.ddim, deterministic=True, noise_option="eta",
-           good_grids=("uniform_t", "quadratic_t", "log_snr", "edm"),
-           options=dict(steps=50, eta=0.0, grid="uniform_t", denoise=False, project_fn=None)),
-    Method("dpm_solver", fast.dpm_solver, orders=(1, 2, 3), deterministic=True,
-           good_grids=("log_snr",),
-           options=dict(steps=10, order=2, grid="log_snr", schedule="uniform", denoise=False, project_fn=None)),
-    Method("dpm_solver++", fast.dpm_solver_pp, orders=(1, 2), deterministic=True,
-           good_grids=("log_snr", "quadratic_t"),
-           options=dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None)),
-    Method("edm_heun", fast.edm_heun, deterministic=True, noise_option="S_churn",
-           good_grids=("edm",),
-           options=dict(steps=18, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0, rho=7.0, grid="edm",
-                        denoise=False, project_fn=None)),
-    Method("unipc", multistep.unipc, orders=(1, 2, 3), deterministic=True,
-           good_grids=("log_snr",),
-           options=dict(steps=20, order=2, variant="bh1", grid="log_snr", lower_order_final=True, denoise=False,
-                        project_fn=None)),
-    Method("deis", multistep.deis, orders=(0, 1, 2, 3), deterministic=True,
-           good_grids=("quadratic_t", "log_snr"),
-           options=dict(steps=20, order=3, grid="quadratic_t", denoise=False, project_fn=None)),
-    Method("deis_logsnr_x0", multistep.deis_logsnr_x0, orders=(1, 2, 3), deterministic=True,
-           good_grids=("log_snr",),
-           bad_grids={"uniform_t": _X0_LOGSNR_ON_UNIFORM_T},
-           options=dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None)),
-    Method("dpm_solver++_sde", stochastic.dpm_solver_pp_sde, orders=(1, 2, 3), deterministic=False, noise_option="eta",
-           good_grids=("log_snr",),
-           options=dict(steps=20, order=2, eta=1.0, s_noise=1.0, grid="log_snr", denoise=False, project_fn=None)),
-    Method("euler_ancestral", stochastic.euler_ancestral, deterministic=False, noise_option="eta",
-           good_grids=("edm",),
-           options=dict(steps=50, eta=1.0, s_noise=1.0, grid="edm", denoise=False, project_fn=None)),
-    Method("consistency", consistency.consistency_sample, deterministic=False, run=_run_consistency,
-           prepare=_prepare_consistency, consistency_fn=True,
-           options=dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None)),
+    Method(
+        "ode",
+        ode.solve_flow,
+        deterministic=True,
+        run=_run_ode,
+        options=dict(solver="tsit5", rtol=1e-5, atol=1e-5, steps=100, grid="uniform_t", max_steps=4096, denoise=False),
+    ),
+    Method(
+        "ddim",
+        fast.ddim,
+        deterministic=True,
+        noise_option="eta",
+        good_grids=("uniform_t", "quadratic_t", "log_snr", "edm"),
+        options=dict(steps=50, eta=0.0, grid="uniform_t", denoise=False, project_fn=None),
+    ),
+    Method(
+        "dpm_solver",
+        fast.dpm_solver,
+        orders=(1, 2, 3),
+        deterministic=True,
+        good_grids=("log_snr",),
+        options=dict(steps=10, order=2, grid="log_snr", schedule="uniform", denoise=False, project_fn=None),
+    ),
+    Method(
+        "dpm_solver++",
+        fast.dpm_solver_pp,
+        orders=(1, 2),
+        deterministic=True,
+        good_grids=("log_snr", "quadratic_t"),
+        options=dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
+    ),
+    Method(
+        "edm_heun",
+        fast.edm_heun,
+        deterministic=True,
+        noise_option="S_churn",
+        good_grids=("edm",),
+        options=dict(
+            steps=18,
+            S_churn=0.0,
+            S_tmin=0.0,
+            S_tmax=math.inf,
+            S_noise=1.0,
+            rho=7.0,
+            grid="edm",
+            denoise=False,
+            project_fn=None,
+        ),
+    ),
+    Method(
+        "unipc",
+        multistep.unipc,
+        orders=(1, 2, 3),
+        deterministic=True,
+        good_grids=("log_snr",),
+        options=dict(
+            steps=20, order=2, variant="bh1", grid="log_snr", lower_order_final=True, denoise=False, project_fn=None
+        ),
+    ),
+    Method(
+        "deis",
+        multistep.deis,
+        orders=(0, 1, 2, 3),
+        deterministic=True,
+        good_grids=("quadratic_t", "log_snr"),
+        options=dict(steps=20, order=3, grid="quadratic_t", denoise=False, project_fn=None),
+    ),
+    Method(
+        "deis_logsnr_x0",
+        multistep.deis_logsnr_x0,
+        orders=(1, 2, 3),
+        deterministic=True,
+        good_grids=("log_snr",),
+        bad_grids={"uniform_t": _X0_LOGSNR_ON_UNIFORM_T},
+        options=dict(steps=20, order=2, grid="log_snr", lower_order_final=True, denoise=False, project_fn=None),
+    ),
+    Method(
+        "dpm_solver++_sde",
+        stochastic.dpm_solver_pp_sde,
+        orders=(1, 2, 3),
+        deterministic=False,
+        noise_option="eta",
+        good_grids=("log_snr",),
+        options=dict(steps=20, order=2, eta=1.0, s_noise=1.0, grid="log_snr", denoise=False, project_fn=None),
+    ),
+    Method(
+        "euler_ancestral",
+        stochastic.euler_ancestral,
+        deterministic=False,
+        noise_option="eta",
+        good_grids=("edm",),
+        options=dict(steps=50, eta=1.0, s_noise=1.0, grid="edm", denoise=False, project_fn=None),
+    ),
+    Method(
+        "consistency",
+        consistency.consistency_sample,
+        deterministic=False,
+        run=_run_consistency,
+        prepare=_prepare_consistency,
+        consistency_fn=True,
+        options=dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None),
+    ),
 )
 
 # name -> Method, in the order of the module docstring of scoresde.sampling

@@ -115,7 +115,9 @@ def unipc(score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order
                 x, m_hist, l_hist, k, nfe = args
                 x_new, m_t, nfe = update(p, x, m_hist, l_hist, k, use_corrector, nfe)
                 return (x_new, m_t if m_t is not None else jnp.zeros_like(x), nfe)
+
             return fn
+
         return [make(p) for p in range(1, order + 1)]
 
     m0, nfe = denoiser_call(score_fn, sde, x, ts[0], nfe)
@@ -179,6 +181,7 @@ def deis_logsnr_x0(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final
             moments = jnp.stack(_exp_moments(h, p))
             weights = h * (moments @ coef)
             return x_lin + a_t * _weighted(weights, [m_hist[-(j + 1)] for j in range(p)])
+
         return fn
 
     branches = [make(p) for p in range(1, order + 1)]
@@ -235,7 +238,7 @@ def tab_deis_coefficients(sde, ts, order):
             basis = jnp.ones_like(tq)
             for m in range(r + 1):
                 if m != j:
-                    basis = basis * (tq - nodes[:, m:m + 1]) / (nodes[:, j:j + 1] - nodes[:, m:m + 1])
+                    basis = basis * (tq - nodes[:, m : m + 1]) / (nodes[:, j : j + 1] - nodes[:, m : m + 1])
             cols.append(half * jnp.sum(w[None, :] * basis, axis=1))
         block = jnp.stack(cols + [jnp.zeros_like(half)] * (order - r), axis=1)
         rows = jnp.where(jnp.asarray(mask)[:, None], block, rows)

@@ -76,14 +76,17 @@ def flow_drift_fn(score_fn, sde, *, reaches_T: bool = True):
     if not alpha_vanishes_at_T(sde) or (denoiser is None and not reaches_T):
         return lambda x, t: probability_flow_drift(score_fn, sde, x, t)
     if denoiser is None:
-        raise ValueError(f"alpha(T) = 0 for {type(sde).__name__}(T={sde.T}): the probability-flow drift from a score "
-                         "is infinite at T; pass a model with a denoiser (parameterization.model_score_fn or "
-                         "parameterization.with_denoiser), whose velocity form is finite there")
+        raise ValueError(
+            f"alpha(T) = 0 for {type(sde).__name__}(T={sde.T}): the probability-flow drift from a score "
+            "is infinite at T; pass a model with a denoiser (parameterization.model_score_fn or "
+            "parameterization.with_denoiser), whose velocity form is finite there"
+        )
     return lambda x, t: flow_velocity(denoiser, sde, x, t)
 
 
-def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5, steps=None, grid="uniform_t",
-               max_steps=4096):
+def solve_flow(
+    score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5, steps=None, grid="uniform_t", max_steps=4096
+):
     """Integrates the probability-flow ODE from ``t0`` to ``t1`` (either direction).
 
     Args:
@@ -120,8 +123,9 @@ def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5
         denoiser = getattr(score_fn, "denoiser", None)
         score_fn = jax.sharding.explicit_axes(score_fn, axes=explicit, in_sharding=(spec, replicated))
         if denoiser is not None:
-            score_fn = with_denoiser(score_fn, jax.sharding.explicit_axes(denoiser, axes=explicit,
-                                                                          in_sharding=(spec, replicated)))
+            score_fn = with_denoiser(
+                score_fn, jax.sharding.explicit_axes(denoiser, axes=explicit, in_sharding=(spec, replicated))
+            )
 
     def below_T(t):  # a concrete time below T (a traced one may be T)
         try:
@@ -142,8 +146,16 @@ def solve_flow(score_fn, sde, x, t0, t1, *, solver="tsit5", rtol=1e-5, atol=1e-5
             g = time_grid(sde, steps, jnp.minimum(t0, t1), kind=grid, dtype=dtype)
             controller = diffrax.StepTo(ts=jnp.where(t0 > t1, g, g[::-1]))
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vf), make(), t0=t0, t1=t1, dt0=None, y0=y0, stepsize_controller=controller,
-            max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(t1=True),
+            diffrax.ODETerm(vf),
+            make(),
+            t0=t0,
+            t1=t1,
+            dt0=None,
+            y0=y0,
+            stepsize_controller=controller,
+            max_steps=max_steps,
+            throw=False,
+            saveat=diffrax.SaveAt(t1=True),
         )
         nfe = (at_init + per_step * sol.stats["num_steps"]).astype(jnp.int32)
         return sol.ys[0], nfe, sol.result == diffrax.RESULTS.successful

@@ -44,8 +44,22 @@ __all__ = ["PARALLEL_METHODS", "parallel_sample"]
 PARALLEL_METHODS = ("ddim", "ddpm")
 
 
-def parallel_sample(score_fn, sde, shape, key, *, method: str = "ddim", window: int, tol, x_init=None,
-                    eps=None, steps: int = 50, eta=None, grid: str = "uniform_t", stats: bool = False):
+def parallel_sample(
+    score_fn,
+    sde,
+    shape,
+    key,
+    *,
+    method: str = "ddim",
+    window: int,
+    tol,
+    x_init=None,
+    eps=None,
+    steps: int = 50,
+    eta=None,
+    grid: str = "uniform_t",
+    stats: bool = False,
+):
     """ParaDiGMS sampling with the fixed-grid DDIM / DDPM sampler; see the module docstring.
 
     Args:
@@ -81,8 +95,19 @@ def parallel_sample(score_fn, sde, shape, key, *, method: str = "ddim", window: 
         raise ValueError(f"unknown time grid {grid!r}; expected one of: {', '.join(GRIDS)}")
     eta = 1.0 if method == "ddpm" else (0.0 if eta is None else eta)
     eps = default_eps(sde) if eps is None else eps
-    samples, nfe, rounds = _parallel_jit(score_fn, sde, tuple(shape), key, x_init, jnp.asarray(eps),
-                                         jnp.asarray(eta), jnp.asarray(tol), window, steps, grid)
+    samples, nfe, rounds = _parallel_jit(
+        score_fn,
+        sde,
+        tuple(shape),
+        key,
+        x_init,
+        jnp.asarray(eps),
+        jnp.asarray(eta),
+        jnp.asarray(tol),
+        window,
+        steps,
+        grid,
+    )
     return (samples, nfe, {"rounds": rounds}) if stats else (samples, nfe)
 
 

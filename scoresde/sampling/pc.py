@@ -134,8 +134,24 @@ def _projected(update, project_fn, is_predictor):
     return fn
 
 
-def pc_sample(score_fn, sde, x, key, nfe, *, eps, predictor="euler_maruyama", corrector="none", snr=0.16,
-              n_steps=1, steps=None, denoise=True, probability_flow=False, corrector_first=True, project_fn=None):
+def pc_sample(
+    score_fn,
+    sde,
+    x,
+    key,
+    nfe,
+    *,
+    eps,
+    predictor="euler_maruyama",
+    corrector="none",
+    snr=0.16,
+    n_steps=1,
+    steps=None,
+    denoise=True,
+    probability_flow=False,
+    corrector_first=True,
+    project_fn=None,
+):
     """Runs the PC sampler from the prior draw ``x`` at ``T`` down to ``eps``.
 
     Args:
@@ -160,8 +176,12 @@ def pc_sample(score_fn, sde, x, key, nfe, *, eps, predictor="euler_maruyama", co
     Returns:
         ``(samples, nfe)``.
     """
-    predictors = {"euler_maruyama": _euler_maruyama, "reverse_diffusion": _reverse_diffusion,
-                  "ancestral_sampling": _ancestral, "none": _none_predictor}
+    predictors = {
+        "euler_maruyama": _euler_maruyama,
+        "reverse_diffusion": _reverse_diffusion,
+        "ancestral_sampling": _ancestral,
+        "none": _none_predictor,
+    }
     correctors = {"langevin": _langevin, "ald": _ald, "none": _none_corrector}
     if predictor not in predictors:
         raise ValueError(f"unknown predictor {predictor!r}; expected one of: {', '.join(PREDICTORS)}")
@@ -172,13 +192,15 @@ def pc_sample(score_fn, sde, x, key, nfe, *, eps, predictor="euler_maruyama", co
     if predictor == "ancestral_sampling" and not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
         raise ValueError(f"ancestral_sampling is defined for VPSDE and VESDE (DDPM / SMLD); got {type(sde).__name__}")
     if steps is not None and steps != sde.N:
-        import dataclasses
+        import dataclasses  # noqa: PLC0415  (the one path that rebuilds the SDE)
 
         sde = dataclasses.replace(sde, N=int(steps))
     if predictor in ("reverse_diffusion", "ancestral_sampling") and hasattr(sde, "discrete_betas"):
         if sde.discrete_betas.max() >= 1.0:
-            raise ValueError(f"{predictor} needs discrete betas < 1 but beta_max / N = {sde.discrete_betas.max():.3g} "
-                             f"with N={sde.N}; use more steps")
+            raise ValueError(
+                f"{predictor} needs discrete betas < 1 but beta_max / N = {sde.discrete_betas.max():.3g} "
+                f"with N={sde.N}; use more steps"
+            )
     predict, correct = predictors[predictor], correctors[corrector]
     snr = jnp.asarray(snr, x.dtype)
     timesteps = jnp.linspace(jnp.asarray(sde.T, x.dtype), jnp.asarray(eps, x.dtype), sde.N)

@@ -57,8 +57,11 @@ def euler_ancestral(score_fn, sde, x, ts, key, nfe, *, eta=1.0, s_noise=1.0, pro
         rho_up = jnp.minimum(1.0, eta * jnp.sqrt(-jnp.expm1(-2.0 * h)))
         rho_down = jnp.sqrt(jnp.maximum(1.0 - rho_up**2, 0.0))
         z = _normal(key, i, x, noise)
-        x = (batch_mul(rho_down * s_t / s_s, x) + batch_mul(a_t - rho_down * s_t * a_s / s_s, x0)
-             + batch_mul(s_noise * s_t * rho_up, z))
+        x = (
+            batch_mul(rho_down * s_t / s_s, x)
+            + batch_mul(a_t - rho_down * s_t * a_s / s_s, x0)
+            + batch_mul(s_noise * s_t * rho_up, z)
+        )
         return (project(project_fn, x, t, key, i), nfe), None
 
     idx = jnp.arange(ts.shape[0] - 1)
@@ -66,8 +69,7 @@ def euler_ancestral(score_fn, sde, x, ts, key, nfe, *, eta=1.0, s_noise=1.0, pro
     return x, nfe
 
 
-def dpm_solver_pp_sde(score_fn, sde, x, ts, key, nfe, *, order=2, eta=1.0, s_noise=1.0, project_fn=None,
-                      noise=None):
+def dpm_solver_pp_sde(score_fn, sde, x, ts, key, nfe, *, order=2, eta=1.0, s_noise=1.0, project_fn=None, noise=None):
     """DPM-Solver++(2M) SDE (``order=2``, midpoint) and (3M) SDE (``order=3``); one NFE per step.
 
     With ``h = lambda_t - lambda_s``, ``h_eta = (1 + eta) h`` and the data predictions ``D, D_1, D_2`` of this

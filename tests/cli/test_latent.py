@@ -32,9 +32,22 @@ def _env():
 def ae_workdir(tmp_path_factory):
     """A 3-step smoke autoencoder trained through the CLI."""
     workdir = str(tmp_path_factory.mktemp("ae"))
-    proc = subprocess.run([sys.executable, "-m", "scoresde.main", "--config=configs/digits_ae.py:smoke",
-                           f"--workdir={workdir}", "--mode=train_autoencoder", "--config.autoencoder.n_iters=3"],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scoresde.main",
+            "--config=configs/digits_ae.py:smoke",
+            f"--workdir={workdir}",
+            "--mode=train_autoencoder",
+            "--config.autoencoder.n_iters=3",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "autoencoder trained to step 3" in proc.stderr and "autoencoder.json" in proc.stderr
     return workdir
@@ -62,8 +75,9 @@ def test_train_autoencoder_cli_metrics_record_and_scale(ae_workdir):
     # The stored scale factor is 1 / std of the posterior means of the first scale_num_examples training images.
     config = _ldm_config(ae_workdir)
     space = build.load_latent_space(config)
-    x = next(data_lib.get_dataset(config, split="train", batch_size=record["num_examples"], shuffle=False,
-                                  repeat=False))["image"]
+    x = next(
+        data_lib.get_dataset(config, split="train", batch_size=record["num_examples"], shuffle=False, repeat=False)
+    )["image"]
     mean, _ = jax.jit(space.encoder_fn)(jnp.asarray(x))
     assert record["num_examples"] == 16
     assert float(jnp.std(mean)) * space.scale_factor == pytest.approx(1.0, rel=1e-4)
@@ -212,10 +226,11 @@ def _parity_run(workdir, devices):
     env = _env()
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    proc = subprocess.run([sys.executable, "-c", PARITY, workdir], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", PARITY, workdir], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT ") :])
 
 
 @pytest.mark.slow
@@ -229,8 +244,16 @@ def test_train_autoencoder_eight_devices_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_latent_model_lowers_its_loss_and_reports_likelihood_terms(ae_workdir, tmp_path):
-    config = _ldm_config(ae_workdir, n_iters=60, batch_size=32, log_freq=1, eval_freq=1000, snapshot_freq=1000,
-                         snapshot_freq_for_preemption=1000, snapshot_sampling=False)
+    config = _ldm_config(
+        ae_workdir,
+        n_iters=60,
+        batch_size=32,
+        log_freq=1,
+        eval_freq=1000,
+        snapshot_freq=1000,
+        snapshot_freq_for_preemption=1000,
+        snapshot_sampling=False,
+    )
     config.optim.lr = 2e-3
     workdir = str(tmp_path)
     train.train(config, workdir)

@@ -18,8 +18,14 @@ from conftest import REPO, load_config
 
 def _cli(*args, timeout=300):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run([sys.executable, "-m", "scoresde.main", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scoresde.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _config(name, variant="smoke", **overrides):
@@ -32,10 +38,21 @@ def _config(name, variant="smoke", **overrides):
 
 # The toy MLP stands in for the U-Net wherever the mode's mechanics are tested (compiles in seconds); the
 # digits configs run the same paths with the U-Net under -m slow.
-TOY_PD = dict(distill__method="pd", distill__start_steps=4, model__output="v", sampling__method="ddim",
-              sampling__steps=1, sampling__noise_removal=False)
-TOY_CT = dict(distill__method="ct", distill__metric="pseudo_huber", distill__weighting="icm",
-              distill__schedule="lognormal", distill__ct_s1=40)
+TOY_PD = dict(
+    distill__method="pd",
+    distill__start_steps=4,
+    model__output="v",
+    sampling__method="ddim",
+    sampling__steps=1,
+    sampling__noise_removal=False,
+)
+TOY_CT = dict(
+    distill__method="ct",
+    distill__metric="pseudo_huber",
+    distill__weighting="icm",
+    distill__schedule="lognormal",
+    distill__ct_s1=40,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +75,32 @@ def test_toy_cd_through_the_cli_then_sample_without_the_teacher(tmp_path):
     teacher, student = str(tmp_path / "teacher"), str(tmp_path / "cd")
     proc = _cli("--config=configs/toy2d_vp.py:smoke", f"--workdir={teacher}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _cli("--config=configs/toy2d_cd.py:smoke", f"--workdir={student}", "--mode=distill",
-                f"--config.distill.teacher_workdir={teacher}")
+    proc = _cli(
+        "--config=configs/toy2d_cd.py:smoke",
+        f"--workdir={student}",
+        "--mode=distill",
+        f"--config.distill.teacher_workdir={teacher}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "scoresde distill (cd)" in proc.stderr and "next: python -m scoresde.main" in proc.stderr
     records = read_metrics(student)
     assert [r["step"] for r in records] == [1, 2] and all(r["num_scales"] == 18 for r in records)
     assert os.path.exists(os.path.join(student, "samples", "snapshot_00000002.png"))
     record = json.load(open(os.path.join(student, "student.json")))
-    assert (record["method"], record["network"], record["sampling"]) == ("cd", "consistency",
-                                                                         {"method": "consistency", "steps": 1})
+    assert (record["method"], record["network"], record["sampling"]) == (
+        "cd",
+        "consistency",
+        {"method": "consistency", "steps": 1},
+    )
     # self-contained: the teacher is gone, and the sample mode needs nothing of it
     shutil.rmtree(teacher)
-    proc = _cli("--config=configs/toy2d_cd.py:smoke", f"--workdir={student}", "--mode=sample",
-                "--config.sampling.method=consistency", "--config.sampling.steps=2")
+    proc = _cli(
+        "--config=configs/toy2d_cd.py:smoke",
+        f"--workdir={student}",
+        "--mode=sample",
+        "--config.sampling.method=consistency",
+        "--config.sampling.steps=2",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
     assert result["nfe"] == 2 and result["num_samples"] == 128
@@ -126,9 +155,15 @@ def test_killed_run_resumes_exactly(tmp_path, toy_teacher, method):
     the resumed steps log the same losses and end at the same parameters, EMA, target and teacher, bit for
     bit. PD resumes across a round boundary (2 steps per round), so the teacher swap must be restored."""
     n_iters, drop_after = 4, 1
-    overrides = dict(training__n_iters=n_iters, training__snapshot_freq=n_iters, training__snapshot_freq_for_preemption=1,
-                     training__keep_checkpoints=10, training__snapshot_sampling=False,
-                     distill__teacher_workdir=toy_teacher, **{"cd": {}, "ct": TOY_CT, "pd": TOY_PD}[method])
+    overrides = dict(
+        training__n_iters=n_iters,
+        training__snapshot_freq=n_iters,
+        training__snapshot_freq_for_preemption=1,
+        training__keep_checkpoints=10,
+        training__snapshot_sampling=False,
+        distill__teacher_workdir=toy_teacher,
+        **{"cd": {}, "ct": TOY_CT, "pd": TOY_PD}[method],
+    )
     name = "toy2d_cd"
     workdir = str(tmp_path / "run")
     main_lib.run(_config(name, **overrides), workdir, "distill")
@@ -170,8 +205,9 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="objective='ct' .* runs with --mode=distill"):
         main_lib.run(load_config("digits_ct", "smoke"), str(tmp_path / "c"), "train")
     with pytest.raises(ValueError, match="halves the step count"):
-        main_lib.run(_config("digits_pd", distill__start_steps=6, distill__teacher_workdir="x"), str(tmp_path / "d"),
-                     "distill")
+        main_lib.run(
+            _config("digits_pd", distill__start_steps=6, distill__teacher_workdir="x"), str(tmp_path / "d"), "distill"
+        )
 
 
 FEW_STEP_CONFIGS = ["toy2d_cd", "digits_cd", "digits_ct", "digits_pd", "cifar10_cd", "cifar10_ct", "cifar10_pd"]

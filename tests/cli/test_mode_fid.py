@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from scoresde.metrics import frechet_distance, inception_score, kernel_distance
 from scoresde import build
+from scoresde.metrics import frechet_distance, inception_score, kernel_distance
 from scoresde.metrics.features import FeatureAccumulator, inception_feature_fn
 from scoresde.modes.fid import evaluate_samples
 from scoresde.modes.fid_stats import fid_stats
@@ -43,13 +43,25 @@ def _digits_uint8(split):
 def _config(tmp_path, **eval_overrides):
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(dataset="digits", image_size=8, num_channels=1, centered=True,
-                                            uniform_dequantization=True, random_flip=True))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            dataset="digits", image_size=8, num_channels=1, centered=True, uniform_dequantization=True, random_flip=True
+        )
+    )
     c.sampling = ml_collections.ConfigDict(dict(method="pc", predictor="euler_maruyama", corrector="none"))
-    c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_samples=180, sample_batch_size=8,
-                                            inception_batch_size=100, stats_split="train",
-                                            fid_stats_path=str(tmp_path / "stats" / "digits_train.npz"),
-                                            stats_max_features=5000, kid_subsets=20, kid_subset_size=50))
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            batch_size=8,
+            num_samples=180,
+            sample_batch_size=8,
+            inception_batch_size=100,
+            stats_split="train",
+            fid_stats_path=str(tmp_path / "stats" / "digits_train.npz"),
+            stats_max_features=5000,
+            kid_subsets=20,
+            kid_subset_size=50,
+        )
+    )
     c.eval.update(eval_overrides)
     return c
 
@@ -95,7 +107,7 @@ def _write_sample_files(workdir, images, sizes, nfe=None):
     start = 0
     for i, n in enumerate(sizes):
         extra = {} if nfe is None else {"nfe": np.int64(nfe)}
-        np.savez(os.path.join(workdir, "samples", f"samples_{i}.npz"), samples=images[start:start + n], **extra)
+        np.savez(os.path.join(workdir, "samples", f"samples_{i}.npz"), samples=images[start : start + n], **extra)
         start += n
 
 
@@ -112,15 +124,16 @@ def test_evaluate_sample_files(tmp_path, capsys):
         ref = {k: f[k] for k in f.files}
     pool, logits = standin_feature_fn(samples)
     p64 = pool.astype(np.float64)
-    np.testing.assert_allclose(report["fid"], frechet_distance(p64.mean(0), np.cov(p64, rowvar=False), ref["mu"],
-                                                               ref["sigma"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        report["fid"], frechet_distance(p64.mean(0), np.cov(p64, rowvar=False), ref["mu"], ref["sigma"]), rtol=1e-6
+    )
     np.testing.assert_allclose(report["inception_score"], inception_score(logits, splits=10), rtol=1e-6)
-    np.testing.assert_allclose(report["kid"], kernel_distance(pool, ref["pool_3"], num_subsets=20, subset_size=50),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        report["kid"], kernel_distance(pool, ref["pool_3"], num_subsets=20, subset_size=50), rtol=1e-6
+    )
     assert report["num_samples"] == 180 and report["nfe"] == 37
     assert report["sampler"]["method"] == "pc"
-    assert {m["name"] for m in report["metrics"]} == {"fid", "inception_score", "inception_score_std", "kid",
-                                                       "kid_std"}
+    assert {m["name"] for m in report["metrics"]} == {"fid", "inception_score", "inception_score_std", "kid", "kid_std"}
     assert all(m["nfe"] == 37 and m["sampler"]["predictor"] == "euler_maruyama" for m in report["metrics"])
     assert any("fewer than the 50,000" in w for w in report["warnings"])
     assert "50,000" in capsys.readouterr().err  # loud, not only in the file
@@ -178,8 +191,9 @@ def test_unknown_feature_extractor_is_refused(tmp_path):
 
 def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
     # The real feature_fn on random weights: 3 images with a compiled batch of 2 -> one padded call.
-    from scoresde.metrics import weights as W
     from metrics.test_inception import random_torch_state_dict
+
+    from scoresde.metrics import weights as W
 
     path = str(tmp_path / "w.npz")
     W.save_params(path, W.torch_state_dict_to_params(random_torch_state_dict(seed=9)))
@@ -195,8 +209,7 @@ def test_inception_feature_fn_pads_the_last_batch(tmp_path, monkeypatch):
 def _digits_config(tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("digits_vp_config", os.path.join(
-        REPO, "configs", "digits_vp.py"))
+    spec = importlib.util.spec_from_file_location("digits_vp_config", os.path.join(REPO, "configs", "digits_vp.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config("smoke")

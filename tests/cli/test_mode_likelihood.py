@@ -46,8 +46,23 @@ def test_report_and_resume(tmp_path):
     with open(os.path.join(full, "likelihood", "bpd_test.json")) as f:
         on_disk = json.load(f)
     assert on_disk == json.loads(json.dumps(report))
-    for key in ("mean_bpd", "stderr", "N", "split", "eps", "solver", "rtol", "atol", "hutchinson", "n_probes",
-                "num_repeats", "dequantization", "offset_bits_per_dim", "mean_nfe", "checkpoint_step"):
+    for key in (
+        "mean_bpd",
+        "stderr",
+        "N",
+        "split",
+        "eps",
+        "solver",
+        "rtol",
+        "atol",
+        "hutchinson",
+        "n_probes",
+        "num_repeats",
+        "dequantization",
+        "offset_bits_per_dim",
+        "mean_nfe",
+        "checkpoint_step",
+    ):
         assert key in report, key
     assert report["N"] == 16 and report["split"] == "test" and report["checkpoint_step"] == 7
     assert report["hutchinson"] == "rademacher" and report["n_probes"] == 1 and report["rtol"] == 1e-4
@@ -61,8 +76,10 @@ def test_report_and_resume(tmp_path):
         assert f["done"].sum() == 1
     again = likelihood_mode.likelihood(config, resumed)
     assert again["batches_this_session"] == 3
-    with np.load(os.path.join(full, "likelihood", "bpd_test_partial.npz")) as a, \
-            np.load(os.path.join(resumed, "likelihood", "bpd_test_partial.npz")) as b:
+    with (
+        np.load(os.path.join(full, "likelihood", "bpd_test_partial.npz")) as a,
+        np.load(os.path.join(resumed, "likelihood", "bpd_test_partial.npz")) as b,
+    ):
         np.testing.assert_array_equal(a["bpd"], b["bpd"])
         # The two repeats used different probes (the randomness is per repeat, not reused).
         assert np.any(a["bpd"][0] != a["bpd"][1])

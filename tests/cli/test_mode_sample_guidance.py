@@ -75,7 +75,9 @@ def test_class_conditional_digits_with_cfg_are_recognised(tmp_path, svc, capsys)
     acc = {w: _accuracy(svc, fn(params, key, np.float32(w))[0])[0] for w in (0.0, 3.0)}
     assert fn._cache_size() == 1  # one compilation for both scales
     with capsys.disabled():
-        print(f"\n  digits CFG: SVC recognises the requested class in {acc_cli:.2f} of CLI samples (w=3; per class "
-              f"{per_class}); in-process w=0: {acc[0.0]:.2f}, w=3: {acc[3.0]:.2f}")
+        print(
+            f"\n  digits CFG: SVC recognises the requested class in {acc_cli:.2f} of CLI samples (w=3; per class "
+            f"{per_class}); in-process w=0: {acc[0.0]:.2f}, w=3: {acc[3.0]:.2f}"
+        )
     assert acc_cli >= 0.75
     assert acc[3.0] >= 0.75 and acc[3.0] > acc[0.0] + 0.1

@@ -17,9 +17,9 @@ import pytest
 from flax import nnx
 
 from scoresde import build, checkpointing, images
-from scoresde.guidance import inverse
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture
+from scoresde.guidance import inverse
 from scoresde.modes import sample as sample_mode
 
 from conftest import REPO, load_config
@@ -46,22 +46,61 @@ def test_restore_through_the_cli_writes_grids_and_a_report(tmp_path):
     workdir = str(tmp_path / "run")
     _checkpoint(workdir, load_config("digits_inverse", "smoke"))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-m", "scoresde.main", "--config=configs/digits_inverse.py:sr4,smoke",
-                           f"--workdir={workdir}", "--mode=sample", "--config.inverse.sigma_y=0.02"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scoresde.main",
+            "--config=configs/digits_inverse.py:sr4,smoke",
+            f"--workdir={workdir}",
+            "--mode=sample",
+            "--config.inverse.sigma_y=0.02",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "restored 8 test images (super_resolution, pigdm" in proc.stderr
     out = os.path.join(workdir, "inverse", "super_resolution_pigdm")
-    for name in ("report.json", "restorations.npz", "measurement.png", "restoration.png", "ground_truth.png",
-                 "comparison.png"):
+    for name in (
+        "report.json",
+        "restorations.npz",
+        "measurement.png",
+        "restoration.png",
+        "ground_truth.png",
+        "comparison.png",
+    ):
         assert os.path.exists(os.path.join(out, name)), name
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
-    for key in ("operator", "method", "sigma_y", "scale", "nfe", "step", "num_images", "psnr_mean", "psnr",
-                "baseline", "baseline_psnr_mean", "baseline_psnr", "labels", "sampler", "sampler_options"):
+    for key in (
+        "operator",
+        "method",
+        "sigma_y",
+        "scale",
+        "nfe",
+        "step",
+        "num_images",
+        "psnr_mean",
+        "psnr",
+        "baseline",
+        "baseline_psnr_mean",
+        "baseline_psnr",
+        "labels",
+        "sampler",
+        "sampler_options",
+    ):
         assert key in report, key
     assert report["operator"] == "super_resolution" and report["method"] == "pigdm" and report["step"] == 3
-    assert report["sigma_y"] == 0.02 and report["scale"] == 5.0 and report["data_var"] == 1e4 and report["baseline"] == "A+y"
+    assert (
+        report["sigma_y"] == 0.02
+        and report["scale"] == 5.0
+        and report["data_var"] == 1e4
+        and report["baseline"] == "A+y"
+    )
     # ddim, 4 steps + the final Tweedie step, each a forward pass and its VJP
     assert report["nfe"] == (4 + 1) * 2
     assert report["num_images"] == 8 and len(report["psnr"]) == 8 and len(report["baseline_psnr"]) == 8
@@ -78,8 +117,9 @@ def test_restore_through_the_cli_writes_grids_and_a_report(tmp_path):
     # A⁺y is the 4x4 block mean of the truth (nearest-upsampled) up to the noise: sigma_y = 0.02 in [-1, 1]
     block_mean = truth.reshape(8, 2, 4, 2, 4, 1).mean(axis=(2, 4))
     naive_blocks = naive.reshape(8, 2, 4, 2, 4, 1)
-    np.testing.assert_allclose(naive_blocks, np.broadcast_to(block_mean[:, :, None, :, None], naive_blocks.shape),
-                               atol=6 * 0.01)
+    np.testing.assert_allclose(
+        naive_blocks, np.broadcast_to(block_mean[:, :, None, :, None], naive_blocks.shape), atol=6 * 0.01
+    )
     np.testing.assert_allclose(report["baseline_psnr"], np.asarray(images.psnr(naive, truth)), atol=1e-4)
 
 
@@ -133,7 +173,12 @@ def test_operators_from_plain_values_and_their_errors():
     assert op.mask.shape == (1, 8, 8, 1) and 20 <= int(op.mask.sum()) <= 44  # ~half of 64 observed
     half = inverse.make_operator("inpainting", shape).mask
     assert half[0, :4].min() == 1.0 and half[0, 4:].max() == 0.0
-    assert inverse.make_operator("super_resolution", shape, factor=4).forward(jnp.ones((2,) + shape)).shape == (2, 2, 2, 1)
+    assert inverse.make_operator("super_resolution", shape, factor=4).forward(jnp.ones((2,) + shape)).shape == (
+        2,
+        2,
+        2,
+        1,
+    )
     assert inverse.make_operator("deblur", shape, blur_sigma=0.8, blur_size=3).size == 3
     rp = inverse.make_operator("random_projection", shape, seed=1)
     assert rp.matrix.shape == (16, 64)
@@ -153,16 +198,22 @@ def test_operators_from_plain_values_and_their_errors():
         name = kwargs.pop("name")
         with pytest.raises(ValueError, match=message):
             inverse.make_operator(name, shape, **kwargs)
-    with pytest.raises(ValueError, match=r"operator 'super_resolution' needs image data \(H, W, C\); got data shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"operator 'super_resolution' needs image data \(H, W, C\); got data shape \(2,\)"
+    ):
         inverse.make_operator("super_resolution", (2,))
 
     config = load_config("digits_inverse", "smoke")
     config.inverse.operator = "superres"
-    with pytest.raises(ValueError, match="unknown config.inverse.operator 'superres'; expected one of: none, inpainting"):
+    with pytest.raises(
+        ValueError, match="unknown config.inverse.operator 'superres'; expected one of: none, inpainting"
+    ):
         build.operator_from_config(config)
     config = load_config("digits_inverse", "smoke")
     config.inverse.method = "ddrm"
-    with pytest.raises(ValueError, match="unknown config.inverse.method 'ddrm'; expected one of: replacement, dps, pigdm"):
+    with pytest.raises(
+        ValueError, match="unknown config.inverse.method 'ddrm'; expected one of: replacement, dps, pigdm"
+    ):
         build.posterior_settings(config)
     config.inverse.method, config.inverse.weighting = "dps", "l1"
     with pytest.raises(ValueError, match="unknown config.inverse.weighting 'l1'"):
@@ -199,7 +250,9 @@ def test_paradigms_from_the_config_matches_the_sequential_sampler():
     np.testing.assert_allclose(np.asarray(x0), np.asarray(x_ref), atol=1e-5)  # tol 0: the sequential answer
 
     config.sampling.method = "pc"
-    with pytest.raises(ValueError, match="parallel_window=8 \\(ParaDiGMS\\) needs config.sampling.method='ddim'; got 'pc'"):
+    with pytest.raises(
+        ValueError, match="parallel_window=8 \\(ParaDiGMS\\) needs config.sampling.method='ddim'; got 'pc'"
+    ):
         build.parallel_settings(config)
     config.sampling.method, config.sampling.parallel_window = "ddim", -1
     with pytest.raises(ValueError, match="parallel_window=-1 / parallel_tol=0.0 must be >= 0"):

@@ -76,8 +76,9 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 
     config = load_config("toy2d_vp", "smoke")
     # every update is non-finite (a NaN learning rate in the config is refused at load, so the optimizer is swapped)
-    monkeypatch.setattr(build, "optimizer_from_config",
-                        lambda config: optax.chain(optax.scale_by_adam(), optax.scale(float("nan"))))
+    monkeypatch.setattr(
+        build, "optimizer_from_config", lambda config: optax.chain(optax.scale_by_adam(), optax.scale(float("nan")))
+    )
     config.optim.warmup = 0
     config.optim.grad_clip = -1.0
     config.training.n_iters = 50
@@ -92,11 +93,14 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     assert all(np.isfinite(r["loss"]) for r in records)  # skipped updates never reached the parameters
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("training.sde", "vpp", "unknown sde 'vpp'; expected one of: vpsde, subvpsde, vesde"),
-    ("model.name", "unet9000", "unknown model 'unet9000'; expected one of"),
-    ("data.dataset", "imagenet", "unknown dataset 'imagenet'; expected one of"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("training.sde", "vpp", "unknown sde 'vpp'; expected one of: vpsde, subvpsde, vesde"),
+        ("model.name", "unet9000", "unknown model 'unet9000'; expected one of"),
+        ("data.dataset", "imagenet", "unknown dataset 'imagenet'; expected one of"),
+    ],
+)
 def test_unknown_names_are_clear_errors(tmp_path, field, value, message):
     config = load_config("toy2d_vp", "smoke")
     section, name = field.split(".")

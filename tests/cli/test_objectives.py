@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, config_module, load_config
 from flax import nnx
 
 from scoresde import build, checkpointing, losses, parameterization, sampling
@@ -20,6 +19,8 @@ from scoresde.modes import reflow as reflow_mode
 from scoresde.modes import train
 from scoresde.modes.sample import sample
 from scoresde.runlog import read_metrics
+
+from conftest import REPO, config_module, load_config
 
 NEW_CONFIGS = ["toy2d_fm", "digits_fm", "cifar10_fm", "cifar10_edm", "toy2d_reflow", "digits_reflow"]
 
@@ -69,13 +70,23 @@ def test_processes_and_conventions_from_the_config():
     assert build.score_convention(vp, build.make_sde(vp)) == {"output": "eps", "time_label": "999t"}
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("training.objective", "flow_matchin", "unknown objective 'flow_matchin'; expected one of: dsm, flow_matching, edm"),
-    ("training.sde", "vpsde", "objective='flow_matching' is defined on the rectified_flow process; got "
-                              "config.training.sde='vpsde'"),
-    ("model.output", "eps", "config.model.output='eps' contradicts config.training.objective='flow_matching'"),
-    ("training.time_sampling", "beta", "unknown config.training.time_sampling 'beta'"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        (
+            "training.objective",
+            "flow_matchin",
+            "unknown objective 'flow_matchin'; expected one of: dsm, flow_matching, edm",
+        ),
+        (
+            "training.sde",
+            "vpsde",
+            "objective='flow_matching' is defined on the rectified_flow process; got config.training.sde='vpsde'",
+        ),
+        ("model.output", "eps", "config.model.output='eps' contradicts config.training.objective='flow_matching'"),
+        ("training.time_sampling", "beta", "unknown config.training.time_sampling 'beta'"),
+    ],
+)
 def test_bad_objective_settings_are_clear_errors(field, value, message):
     config = load_config("toy2d_fm", "smoke")
     section, name = field.split(".")
@@ -160,8 +171,7 @@ def test_edm_workdir_trains_and_samples(tmp_path):
     workdir = str(tmp_path)
     assert train.train(config, workdir)["step"] == 2
     # edm_heun ends at sigma_min with a Heun step (2 NFE per step); EDM's own grid appends sigma = 0 (2N - 1)
-    for method, steps, nfe in (("edm_heun", 6, 12), ("unipc", 5, 5), ("euler_ancestral", 5, 5),
-                               ("dpm_solver++", 5, 5)):
+    for method, steps, nfe in (("edm_heun", 6, 12), ("unipc", 5, 5), ("euler_ancestral", 5, 5), ("dpm_solver++", 5, 5)):
         config.sampling.method, config.sampling.steps = method, steps
         result = sample(config, workdir)
         assert result["nfe"] == nfe, (method, result)
@@ -190,9 +200,17 @@ def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
     score_fn = build.make_score_model(config).score_fn(model)
     with np.load(os.path.join(reflow_mode.couplings_dir(workdir), chunks[1])) as f:
         noise, stored = f["noise"], f["samples"]
-    again, _ = sampling.sample(score_fn, build.make_sde(config), noise.shape, jax.random.key(0),
-                               method="dpm_solver++", x_init=jnp.asarray(noise), steps=4, order=2,
-                               eps=build.sampling_eps(build.make_sde(config)))
+    again, _ = sampling.sample(
+        score_fn,
+        build.make_sde(config),
+        noise.shape,
+        jax.random.key(0),
+        method="dpm_solver++",
+        x_init=jnp.asarray(noise),
+        steps=4,
+        order=2,
+        eps=build.sampling_eps(build.make_sde(config)),
+    )
     np.testing.assert_allclose(stored, np.asarray(again), atol=1e-5)
     assert np.mean(np.abs(noise - stored)) > 0.1  # the map is not the identity: the source moves the noise
 
@@ -219,8 +237,14 @@ def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
 
 def _cli(*args, timeout=600):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-m", "scoresde.main", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoresde.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -230,18 +254,35 @@ def test_cli_trains_samples_and_reflows_each_objective(tmp_path):
     fm, edm, rf2 = str(tmp_path / "fm"), str(tmp_path / "edm"), str(tmp_path / "rf2")
     _cli("--config=configs/digits_fm.py:smoke", f"--workdir={fm}")
     for method in ("dpm_solver++", "unipc", "deis"):
-        proc = _cli("--config=configs/digits_fm.py:smoke", f"--workdir={fm}", "--mode=sample",
-                    f"--config.sampling.method={method}", "--config.sampling.steps=3")
+        proc = _cli(
+            "--config=configs/digits_fm.py:smoke",
+            f"--workdir={fm}",
+            "--mode=sample",
+            f"--config.sampling.method={method}",
+            "--config.sampling.steps=3",
+        )
         assert json.loads(proc.stdout.strip().splitlines()[-1])["nfe"] == 3
-    edm_flags = ["--config.training.sde=edm", "--config.training.objective=edm", "--config.model.sigma_min=0.002",
-                 "--config.model.sigma_max=80.0", "--config.sampling.method=edm_heun", "--config.sampling.steps=4",
-                 "--config.sampling.noise_removal=False"]
+    edm_flags = [
+        "--config.training.sde=edm",
+        "--config.training.objective=edm",
+        "--config.model.sigma_min=0.002",
+        "--config.model.sigma_max=80.0",
+        "--config.sampling.method=edm_heun",
+        "--config.sampling.steps=4",
+        "--config.sampling.noise_removal=False",
+    ]
     _cli("--config=configs/digits_vp.py:smoke", f"--workdir={edm}", *edm_flags)
     proc = _cli("--config=configs/digits_vp.py:smoke", f"--workdir={edm}", "--mode=sample", *edm_flags)
     assert json.loads(proc.stdout.strip().splitlines()[-1])["nfe"] == 8
-    proc = _cli("--config=configs/digits_fm.py:smoke", f"--workdir={rf2}", "--mode=reflow",
-                f"--config.reflow.source_workdir={fm}", "--config.reflow.num_pairs=16",
-                "--config.reflow.batch_size=8", "--config.reflow.steps=2")
+    proc = _cli(
+        "--config=configs/digits_fm.py:smoke",
+        f"--workdir={rf2}",
+        "--mode=reflow",
+        f"--config.reflow.source_workdir={fm}",
+        "--config.reflow.num_pairs=16",
+        "--config.reflow.batch_size=8",
+        "--config.reflow.steps=2",
+    )
     assert "trained the next flow to step 2" in proc.stderr
     with np.load(os.path.join(rf2, "reflow", "couplings_00001.npz")) as f:
         assert f["samples"].shape == (8, 8, 8, 1)
@@ -267,24 +308,58 @@ def test_to_zero_is_k_diffusions_ending():
 
     gm = analytic.GaussianMixture(np.array([[-1.0, 0.5], [1.0, -0.5]]), np.array([0.3, 0.6]))
     x_init = jax.random.normal(jax.random.key(3), (64, 2))
-    for sde, method, steps, nfe in ((sde_lib.EDMSDE(), "edm_heun", 18, 35), (sde_lib.VPSDE(), "dpm_solver++", 10, 10),
-                                    (sde_lib.VPSDE(), "unipc", 6, 6)):
+    for sde, method, steps, nfe in (
+        (sde_lib.EDMSDE(), "edm_heun", 18, 35),
+        (sde_lib.VPSDE(), "dpm_solver++", 10, 10),
+        (sde_lib.VPSDE(), "unipc", 6, 6),
+    ):
         score_fn = gm.score_fn(sde)
-        x0, n0 = sampling.sample(score_fn, sde, x_init.shape, jax.random.key(0), method=method, x_init=x_init * sde.prior_std,
-                                 steps=steps, to_zero=True)
-        x1, n1 = sampling.sample(score_fn, sde, x_init.shape, jax.random.key(0), method=method, x_init=x_init * sde.prior_std,
-                                 steps=steps - 1, denoise=True)
+        x0, n0 = sampling.sample(
+            score_fn,
+            sde,
+            x_init.shape,
+            jax.random.key(0),
+            method=method,
+            x_init=x_init * sde.prior_std,
+            steps=steps,
+            to_zero=True,
+        )
+        x1, n1 = sampling.sample(
+            score_fn,
+            sde,
+            x_init.shape,
+            jax.random.key(0),
+            method=method,
+            x_init=x_init * sde.prior_std,
+            steps=steps - 1,
+            denoise=True,
+        )
         assert (int(n0), int(n1)) == (nfe, nfe), method
         np.testing.assert_array_equal(np.asarray(x0), np.asarray(x1))
-        x2, _ = sampling.sample(score_fn, sde, x_init.shape, jax.random.key(0), method=method, x_init=x_init * sde.prior_std,
-                                steps=steps)
+        x2, _ = sampling.sample(
+            score_fn, sde, x_init.shape, jax.random.key(0), method=method, x_init=x_init * sde.prior_std, steps=steps
+        )
         assert float(jnp.max(jnp.abs(x2 - x0))) > 1e-4  # the ending changes the samples: the option is live
     with pytest.raises(ValueError, match="to_zero=True already ends with the denoiser step"):
-        sampling.sample(gm.score_fn(sde_lib.VPSDE()), sde_lib.VPSDE(), (4, 2), jax.random.key(0), method="ddim",
-                        to_zero=True, denoise=True)
+        sampling.sample(
+            gm.score_fn(sde_lib.VPSDE()),
+            sde_lib.VPSDE(),
+            (4, 2),
+            jax.random.key(0),
+            method="ddim",
+            to_zero=True,
+            denoise=True,
+        )
     with pytest.raises(ValueError, match="to_zero=True needs steps >= 2"):
-        sampling.sample(gm.score_fn(sde_lib.VPSDE()), sde_lib.VPSDE(), (4, 2), jax.random.key(0), method="ddim",
-                        to_zero=True, steps=1)
+        sampling.sample(
+            gm.score_fn(sde_lib.VPSDE()),
+            sde_lib.VPSDE(),
+            (4, 2),
+            jax.random.key(0),
+            method="ddim",
+            to_zero=True,
+            steps=1,
+        )
     config = load_config("cifar10_edm")
     method, options = build.sampling_options(config)
     assert (method, options["steps"], options["to_zero"]) == ("edm_heun", 18, True)

@@ -68,6 +68,7 @@ def digits_run(tmp_path):
 
 # a sample request owns its files ---------------------------------------------------------------------------
 
+
 def test_sample_deletes_only_the_files_its_previous_request_lists(digits_run, tmp_path):
     config, workdir = digits_run
     out = os.path.join(workdir, "samples")
@@ -158,6 +159,7 @@ def test_fid_rounds_are_locked_and_each_round_is_checked(digits_run):
 
 # non-finite outputs and invalid values ---------------------------------------------------------------------
 
+
 def test_non_finite_samples_are_an_error_not_black_images(tmp_path):
     config = _digits_mlp_config(tmp_path)
     workdir = str(tmp_path / "run")
@@ -188,6 +190,7 @@ def test_guidance_scale_must_be_finite(value):
 
 
 # read-only modes compare the checkpoint's config -----------------------------------------------------------
+
 
 def test_sample_and_likelihood_refuse_another_sde_unless_allowed(digits_run):
     config, workdir = digits_run
@@ -223,6 +226,7 @@ def test_likelihood_partial_of_other_data_is_never_reused(tmp_path):
 
 # reference statistics --------------------------------------------------------------------------------------
 
+
 def test_fid_refuses_reference_statistics_of_another_extractor_or_dataset(digits_run):
     config, workdir = digits_run
     fid_stats(config, workdir, feature_fn=_standin_features)
@@ -242,6 +246,7 @@ def test_fid_refuses_reference_statistics_of_another_extractor_or_dataset(digits
 
 # the autoencoder of a latent model, the teacher of a student -----------------------------------------------
 
+
 def test_resume_and_read_adopt_pinned_fields_and_refuse_other_ones():
     config = load_config("toy2d_vp", "smoke")
     stored = json.loads(config.to_json_best_effort())
@@ -259,9 +264,18 @@ def test_a_retrained_autoencoder_is_refused_naming_both_steps(tmp_path):
     config = load_config("digits_vp", "smoke")
     ae = str(tmp_path / "ae")
     os.makedirs(ae)
-    write_autoencoder_record(ae, {"step": 4, "scale_factor": 0.653, "decoder_std": 0.1,
-                                  "image_shape": list(data_lib.data_shape(config)), "latent_shape": [4, 4, 4],
-                                  "centered": bool(config.data.centered), "autoencoder": {}})
+    write_autoencoder_record(
+        ae,
+        {
+            "step": 4,
+            "scale_factor": 0.653,
+            "decoder_std": 0.1,
+            "image_shape": list(data_lib.data_shape(config)),
+            "latent_shape": [4, 4, 4],
+            "centered": bool(config.data.centered),
+            "autoencoder": {},
+        },
+    )
     config.latent.autoencoder_workdir = ae
     assert build.model_data_shape(config) == (4, 4, 4)
     config.latent.autoencoder_step = 2  # what the latent model's checkpoint recorded
@@ -291,6 +305,7 @@ def test_a_teacher_trained_on_is_refused_on_resume(tmp_path):
 
 
 # data sets ------------------------------------------------------------------------------------------------
+
 
 def test_an_npz_without_test_images_has_no_test_split(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, size=(8, 8, 8), dtype=np.uint8)

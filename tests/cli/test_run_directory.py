@@ -44,11 +44,18 @@ def toy_config(n_iters, **training):
 
 def _cli(*args, timeout=240):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run([sys.executable, "-m", "scoresde.main", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scoresde.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # 1. likelihood reported another checkpoint's numbers ------------------------------------------------------
+
 
 def test_likelihood_after_more_training_gives_the_new_steps_numbers(tmp_path):
     config = toy_config(2)
@@ -71,14 +78,26 @@ def test_likelihood_after_more_training_gives_the_new_steps_numbers(tmp_path):
 
 # 2. one writer per workdir; read-only modes touch nothing --------------------------------------------------
 
+
 def test_second_trainer_is_refused_and_the_first_is_unharmed(tmp_path):
     workdir = str(tmp_path / "run")
-    args = ["--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}", "--config.training.n_iters=400",
-            "--config.training.snapshot_sampling=False", "--config.training.eval_freq=0",
-            "--config.training.log_freq=1"]
+    args = [
+        "--config=configs/toy2d_vp.py:smoke",
+        f"--workdir={workdir}",
+        "--config.training.n_iters=400",
+        "--config.training.snapshot_sampling=False",
+        "--config.training.eval_freq=0",
+        "--config.training.log_freq=1",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    first = subprocess.Popen([sys.executable, "-m", "scoresde.main", *args], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "scoresde.main", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 180
     while time.time() < deadline and first.poll() is None and not os.path.exists(metrics):
@@ -112,6 +131,7 @@ def test_read_only_modes_neither_delete_nor_create_checkpoint_files(tmp_path):
 
 
 # 3. resume under another config ------------------------------------------------------------------------------
+
 
 def test_resume_with_a_changed_sde_is_refused_and_a_changed_n_iters_is_fine(tmp_path):
     workdir = str(tmp_path / "run")
@@ -173,6 +193,7 @@ def test_distill_reflow_and_autoencoder_resume_under_another_config_are_refused(
 
 # 4. fid evaluated stale samples ------------------------------------------------------------------------------
 
+
 def _digits_mlp_config(tmp_path):
     config = load_config("digits_vp", "smoke")
     config.model.name = "mlp"
@@ -200,8 +221,12 @@ def test_fid_evaluates_exactly_the_samples_of_the_last_request(tmp_path):
     # an interrupted larger request left three files and its unfinished request.json
     os.makedirs(os.path.join(workdir, "samples"))
     for i in range(3):
-        np.savez(os.path.join(workdir, "samples", f"samples_{i}.npz"), samples=np.zeros((8, 8, 8, 1), np.uint8),
-                 nfe=np.int64(20), request=np.array("old"))
+        np.savez(
+            os.path.join(workdir, "samples", f"samples_{i}.npz"),
+            samples=np.zeros((8, 8, 8, 1), np.uint8),
+            nfe=np.int64(20),
+            request=np.array("old"),
+        )
     with pytest.raises(ValueError, match="did not finish"):
         evaluate_samples(config, workdir, feature_fn=_standin_features)
     with open(os.path.join(workdir, "samples", "request.json"), "w") as f:
@@ -228,6 +253,7 @@ def test_fid_fails_on_missing_inception_weights_before_sampling(tmp_path, monkey
 
 
 # 5. NaN pixels, 9. unclear data errors ----------------------------------------------------------------------
+
 
 def _npz_config(path, image_size=4):
     config = load_config("digits_vp", "smoke")
@@ -321,9 +347,12 @@ def test_bits_per_dim_refuses_data_outside_unit_interval():
 
 # 7. storage errors: fail fast, one message, no hang ----------------------------------------------------------
 
+
 def _mount_tmpfs(path, options):
     os.makedirs(path, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    )
 
 
 @pytest.mark.parametrize("kind", ["read_only", "disk_full"])
@@ -335,9 +364,16 @@ def test_storage_errors_exit_within_seconds_with_one_message(tmp_path, kind):
         pytest.skip("mounting a tmpfs needs root (CI and this machine have it)")
     try:
         t0 = time.time()
-        out = _cli("--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}", "--config.training.n_iters=50",
-                   "--config.model.hidden=256", "--config.training.snapshot_freq_for_preemption=10",
-                   "--config.training.snapshot_sampling=False", "--config.training.eval_freq=0", timeout=200)
+        out = _cli(
+            "--config=configs/toy2d_vp.py:smoke",
+            f"--workdir={workdir}",
+            "--config.training.n_iters=50",
+            "--config.model.hidden=256",
+            "--config.training.snapshot_freq_for_preemption=10",
+            "--config.training.snapshot_sampling=False",
+            "--config.training.eval_freq=0",
+            timeout=200,
+        )
         elapsed = time.time() - t0
     finally:
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
@@ -352,6 +388,7 @@ def test_storage_errors_exit_within_seconds_with_one_message(tmp_path, kind):
 
 
 # 8. a checkpoint without optimizer state is not a resume point ----------------------------------------------
+
 
 def test_training_checkpoint_without_optimizer_state_is_skipped(tmp_path, caplog):
     import shutil
@@ -368,6 +405,7 @@ def test_training_checkpoint_without_optimizer_state_is_skipped(tmp_path, caplog
 
 
 # 9. a shape mismatch says what differs and does not advise deleting anything ---------------------------------
+
 
 def test_shape_mismatch_on_resume_names_the_parameter_and_both_shapes(tmp_path):
     workdir = str(tmp_path / "run")
@@ -412,6 +450,7 @@ def test_quiet_stderr_drops_only_the_closed_event_loop_noise():
 
 # 10. values that crashed deep in a run, deleted every checkpoint or did nothing are refused at load ----------
 
+
 def test_an_out_of_range_value_is_one_line_naming_the_field_before_anything_runs(tmp_path):
     workdir = tmp_path / "run"
     out = _cli("--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}", "--config.training.log_freq=0")
@@ -432,6 +471,7 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_field(tmp_path)
 
 # 11. a teacher is read, never locked; the teacher's own workdir is not a student's --------------------------
 
+
 def test_distill_reads_a_teacher_that_is_training_and_refuses_the_teachers_own_workdir(tmp_path):
     from scoresde.modes.distill import distill
 
@@ -450,6 +490,7 @@ def test_distill_reads_a_teacher_that_is_training_and_refuses_the_teachers_own_w
 
 
 # 12. another optimizer structure is a config change, not corrupt checkpoints ---------------------------------
+
 
 def test_switching_gradient_clipping_is_a_config_mismatch_and_allowed_with_a_fresh_optimizer(tmp_path):
     workdir = str(tmp_path / "run")
@@ -492,7 +533,8 @@ def test_another_optimizer_structure_with_the_same_config_is_refused_not_dropped
     train.train(toy_config(2), workdir)
     monkeypatch.setattr(build, "optimizer_from_config", lambda config: optax.adam(1e-3))  # e.g. changed code
     config = toy_config(4, allow_config_change=True)
-    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="optimizer state does not fit .* no config "
-                                                                        "field differs"):
+    with pytest.raises(
+        checkpointing.IncompatibleCheckpointError, match="optimizer state does not fit .* no config field differs"
+    ):
         train.train(config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]

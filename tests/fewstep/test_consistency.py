@@ -14,10 +14,10 @@ import pytest
 from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
-from scoresde.fewstep import consistency as cm
 from scoresde import guidance, sampling
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture
+from scoresde.fewstep import consistency as cm
 from scoresde.models.mlp import MLPScore
 from scoresde.sampling import fast, ode
 from scoresde.sampling.grids import edm_sigma, time_grid
@@ -42,6 +42,7 @@ def _gauss_f(sde, mu, var, eps):
 
 
 # ------------------------------------------------------------------------------ parameterisation, grids
+
 
 @pytest.mark.parametrize("name", list(SDES))
 def test_boundary_condition_holds_exactly(name):
@@ -122,17 +123,24 @@ def test_cd_loss_of_exact_consistency_function_vanishes_at_teacher_order(solver,
         gm = GaussianMixture(np.asarray(mu)[None], np.sqrt(np.asarray(var))[None])
         f = _gauss_f(VP, mu, var, EPS)
         batch = jnp.asarray(gm.sample(jax.random.key(0), 4096), jnp.float64)
-        score = lambda x, t: -((x - VP.alpha(t)[:, None] * mu[None])
-                               / (VP.alpha(t)[:, None] ** 2 * var[None] + VP.sigma(t)[:, None] ** 2))
+        score = lambda x, t: (
+            -(
+                (x - VP.alpha(t)[:, None] * mu[None])
+                / (VP.alpha(t)[:, None] ** 2 * var[None] + VP.sigma(t)[:, None] ** 2)
+            )
+        )
         ns = np.array([24, 48, 96, 192])
         losses = []
         for n in ns:
-            loss, aux = cm.cd_loss(f, None, None, score, VP, batch, jax.random.key(1), num_scales=int(n), eps=EPS,
-                                   solver=solver)
+            loss, aux = cm.cd_loss(
+                f, None, None, score, VP, batch, jax.random.key(1), num_scales=int(n), eps=EPS, solver=solver
+            )
             losses.append(float(loss))
         slope = np.polyfit(np.log(ns), np.log(losses), 1)[0]
-        print(f"\n  CD loss with the exact f, {solver}: N={ns.tolist()} loss={losses} slope={slope:.2f} "
-              f"(expected {-2 * local_order})")
+        print(
+            f"\n  CD loss with the exact f, {solver}: N={ns.tolist()} loss={losses} slope={slope:.2f} "
+            f"(expected {-2 * local_order})"
+        )
         assert abs(slope + 2 * local_order) < 0.35, (slope, losses)
         assert int(aux["nfe"]) == (1 if solver == "euler" else 2)
 
@@ -145,8 +153,19 @@ def test_cd_loss_gradient_flows_to_online_params_only():
     batch = MIX.sample(jax.random.key(0), 32)
 
     def loss(p, q):
-        return cm.cd_loss(f_apply, p, q, MIX.score_fn(sde), sde, batch, jax.random.key(1), num_scales=18, eps=EPS,
-                          solver="euler", weighting="icm")[0]
+        return cm.cd_loss(
+            f_apply,
+            p,
+            q,
+            MIX.score_fn(sde),
+            sde,
+            batch,
+            jax.random.key(1),
+            num_scales=18,
+            eps=EPS,
+            solver="euler",
+            weighting="icm",
+        )[0]
 
     g_online, g_target = jax.grad(loss, argnums=(0, 1))(params, params)
     assert max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(g_online)) > 0
@@ -156,6 +175,7 @@ def test_cd_loss_gradient_flows_to_online_params_only():
 
 
 # ------------------------------------------------------------------------------ CT: the one-sample score
+
 
 def _posterior_sample(key, gm, sde, x_t, t, m):
     """``m`` draws of ``x0 ~ p(x0 | x_t)`` for each row of ``x_t`` (diagonal mixture), shape ``(m, B, D)``."""
@@ -185,8 +205,9 @@ def test_ct_one_sample_score_and_euler_step_average_to_exact():
     tl = jnp.full((b,), t_lo)
     ct_next = VP.alpha(tl)[None, :, None] * x0 + VP.sigma(tl)[None, :, None] * z
     i = 7
-    euler_i, _ = fast.ddim(lambda x, t: cm.one_sample_score(VP, x, x0[i], t), VP, x_t, jnp.array([t_hi, t_lo]),
-                           jax.random.key(0), 0)
+    euler_i, _ = fast.ddim(
+        lambda x, t: cm.one_sample_score(VP, x, x0[i], t), VP, x_t, jnp.array([t_hi, t_lo]), jax.random.key(0), 0
+    )
     np.testing.assert_allclose(euler_i, ct_next[i], rtol=1e-5, atol=1e-5)
     # in expectation: CD's Euler step with the exact score
     cd_next, _ = cm.teacher_step(MIX.score_fn(VP), VP, x_t, tb, tl, "euler")
@@ -202,8 +223,21 @@ def test_ct_loss_of_exact_consistency_function_is_first_order_and_n_is_traced():
         gm = GaussianMixture(np.asarray(mu)[None], np.sqrt(np.asarray(var))[None])
         batch = jnp.asarray(gm.sample(jax.random.key(0), 4096), jnp.float64)
         f = _gauss_f(VP, mu, var, EPS)
-        loss_fn = jax.jit(lambda n: cm.ct_loss(f, None, None, VP, batch, jax.random.key(1), num_scales=n, eps=EPS,
-                                               metric="l2", weighting="uniform", schedule="uniform")[0])
+        loss_fn = jax.jit(
+            lambda n: cm.ct_loss(
+                f,
+                None,
+                None,
+                VP,
+                batch,
+                jax.random.key(1),
+                num_scales=n,
+                eps=EPS,
+                metric="l2",
+                weighting="uniform",
+                schedule="uniform",
+            )[0]
+        )
         ns = np.array([24, 48, 96, 192])
         losses = [float(loss_fn(jnp.int32(n))) for n in ns]
         assert loss_fn._cache_size() == 1
@@ -216,6 +250,7 @@ def test_ct_loss_of_exact_consistency_function_is_first_order_and_n_is_traced():
 
 
 # ------------------------------------------------------------------------------ sampling
+
 
 def test_consistency_sampling_one_step_is_f_of_prior_and_counts_nfe():
     f = lambda x, t: 2.0 * x + t[:, None]
@@ -295,6 +330,7 @@ def test_zero_shot_inpainting_with_exact_consistency_function(steps):
 
 # ------------------------------------------------------------------------------ CD training of a small MLP
 
+
 def _w2(a, b):
     """Exact W2 between two equal-size point clouds (optimal assignment)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -314,8 +350,9 @@ def _train_cd(steps, batch=512, mu=0.95, lr=1e-3):
     def step(params, ema, opt_state, k):
         kd, kl = jax.random.split(jax.random.fold_in(jax.random.key(1), k))
         data = MIX.sample(kd, batch)
-        loss, grads = jax.value_and_grad(lambda p: cm.cd_loss(f_apply, p, ema, score, VP, data, kl, num_scales=18,
-                                                               eps=EPS, solver="heun")[0])(params)
+        loss, grads = jax.value_and_grad(
+            lambda p: cm.cd_loss(f_apply, p, ema, score, VP, data, kl, num_scales=18, eps=EPS, solver="heun")[0]
+        )(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, cm.ema_update(ema, params, mu), opt_state, loss
@@ -332,10 +369,11 @@ def _check_trained(f, n, err_bound, w2_factor):
     err = float(jnp.mean(jnp.linalg.norm(f(x_T, jnp.ones((n,))) - exact, axis=-1)))
     ref, ref2 = MIX.sample(jax.random.key(9), n), MIX.sample(jax.random.key(10), n)
     floor, prior = _w2(ref2, ref), _w2(x_T, ref)
-    w = [_w2(sampling.sample(f, VP, (n, 2), jax.random.key(11), method="consistency", steps=k)[0], ref)
-         for k in (1, 2)]
-    print(f"\n  CD-trained MLP: mean |f(x_T, T) - Φ(x_T)| = {err:.4f}; W2 to exact draws (n={n}): 1-step "
-          f"{w[0]:.3f}, 2-step {w[1]:.3f}; two exact samples {floor:.3f}; prior {prior:.3f}")
+    w = [_w2(sampling.sample(f, VP, (n, 2), jax.random.key(11), method="consistency", steps=k)[0], ref) for k in (1, 2)]
+    print(
+        f"\n  CD-trained MLP: mean |f(x_T, T) - Φ(x_T)| = {err:.4f}; W2 to exact draws (n={n}): 1-step "
+        f"{w[0]:.3f}, 2-step {w[1]:.3f}; two exact samples {floor:.3f}; prior {prior:.3f}"
+    )
     assert err < err_bound
     assert max(w) < w2_factor * floor < prior
 
@@ -396,8 +434,9 @@ def test_ct_ema_decay_conventions():
     mu0, s0 = 0.9, 2
     np.testing.assert_allclose(cm.ct_ema_decay(n, s0, mu0), np.exp(s0 * np.log(mu0) / n), rtol=1e-6)
     # official: exp(-c / scales), c = -log(mu0) s0, scales = N - 1 (the authors' code)
-    np.testing.assert_allclose(cm.ct_ema_decay(n, s0, mu0, convention="official"),
-                               np.exp(s0 * np.log(mu0) / (n - 1)), rtol=1e-6)
+    np.testing.assert_allclose(
+        cm.ct_ema_decay(n, s0, mu0, convention="official"), np.exp(s0 * np.log(mu0) / (n - 1)), rtol=1e-6
+    )
     np.testing.assert_allclose(cm.ct_ema_decay(2, convention="official"), 0.81, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown CT schedule convention 'openai'"):
         cm.ct_ema_decay(2, convention="openai")

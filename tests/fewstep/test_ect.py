@@ -40,8 +40,11 @@ def test_loss_is_the_weighted_distance_to_the_stop_gradient_target():
     assert 0 < float(jnp.mean(r == 0)) < 1  # both branches are exercised
     # only the online branch is differentiated
     grad = jax.grad(lambda p: ect.ect_loss(f_fn, p, batch, key, stage=1, huber_c=0.03)[0])(0.7)
-    manual = jax.grad(lambda p: jnp.mean((jnp.sqrt(jnp.sum((f_fn(p, batch + t[:, None] * eps, t) - target) ** 2, -1)
-                                                   + 0.03**2) - 0.03) / (t - r)))(0.7)
+    manual = jax.grad(
+        lambda p: jnp.mean(
+            (jnp.sqrt(jnp.sum((f_fn(p, batch + t[:, None] * eps, t) - target) ** 2, -1) + 0.03**2) - 0.03) / (t - r)
+        )
+    )(0.7)
     np.testing.assert_allclose(grad, manual, rtol=1e-5)
     # c = 0 (the L2 norm) keeps a finite gradient where the error vanishes
     zero = jnp.zeros((8, 2))

@@ -99,8 +99,10 @@ def test_conditional_velocity_gradient_vanishes_in_expectation():
     for theta in (1.0, 1.5):
         g = np.asarray(jax.jit(jax.jacfwd(per_example))(theta), np.float64)
         stats[theta] = (g.mean(), g.std() / np.sqrt(g.size))
-    print("MeanFlow (ε - x, p=0) mean per-sample d loss/d θ ± s.e.:",
-          {k: f"{m:.3e} ± {s:.1e}" for k, (m, s) in stats.items()})
+    print(
+        "MeanFlow (ε - x, p=0) mean per-sample d loss/d θ ± s.e.:",
+        {k: f"{m:.3e} ± {s:.1e}" for k, (m, s) in stats.items()},
+    )
     assert abs(stats[1.0][0]) < 4 * stats[1.0][1]
     assert stats[1.5][0] > 8 * stats[1.5][1]
 
@@ -153,8 +155,11 @@ class _AverageVelocityMLP(nnx.Module):
 
     def __call__(self, z, r, t):
         # the raw times (no 1000 t scaling): ∂_t u enters the target, and a steep embedding makes it large
-        h = nnx.silu(self.inp(jnp.concatenate(
-            [z, sinusoidal_embedding(t, self.emb), sinusoidal_embedding(t - r, self.emb)], axis=-1)))
+        h = nnx.silu(
+            self.inp(
+                jnp.concatenate([z, sinusoidal_embedding(t, self.emb), sinusoidal_embedding(t - r, self.emb)], axis=-1)
+            )
+        )
         for layer in self.hidden:
             h = h + nnx.silu(layer(h))
         return self.out(h)
@@ -198,7 +203,8 @@ def test_short_meanflow_training_samples_a_mixture_in_one_and_two_steps():
     floor = _sliced_w2(MIX.sample(jax.random.key(7), n), exact, key)
     sw = {k: _sliced_w2(mf.meanflow_sample(u, jax.random.key(5), (n, 2), steps=k)[0], exact, key) for k in (1, 2)}
     prior = _sliced_w2(jax.random.normal(jax.random.key(9), (n, 2)), exact, key)
-    print(f"MeanFlow 2-D mixture sliced W2: 1 step {sw[1]:.3f}, 2 steps {sw[2]:.3f}, floor {floor:.3f}, "
-          f"prior {prior:.3f}")
+    print(
+        f"MeanFlow 2-D mixture sliced W2: 1 step {sw[1]:.3f}, 2 steps {sw[2]:.3f}, floor {floor:.3f}, prior {prior:.3f}"
+    )
     assert sw[1] < floor + 0.08
     assert sw[2] < floor + 0.04

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from scoresde import parameterization, sampling
-from scoresde.fewstep import progressive as pd
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture
+from scoresde.fewstep import progressive as pd
 from scoresde.sde import batch_mul
 
 VP = sde_lib.VPSDE()
@@ -35,8 +35,9 @@ def test_halving_rounds_and_grid():
             pd.halving_rounds(*bad)
     i = jnp.arange(9)
     np.testing.assert_allclose(pd.student_times(VP, 8, EPS, i), sampling.time_grid(VP, 8, EPS), rtol=1e-6)
-    np.testing.assert_allclose(pd.pd_weight(VP, jnp.array([1e-3, 1.0])),
-                               [np.exp(VP.log_snr(jnp.float32(1e-3))), 1.0], rtol=1e-5)
+    np.testing.assert_allclose(
+        pd.pd_weight(VP, jnp.array([1e-3, 1.0])), [np.exp(VP.log_snr(jnp.float32(1e-3))), 1.0], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("steps", [1, 4])
@@ -48,10 +49,18 @@ def test_student_matching_its_targets_reproduces_two_teacher_ddim_steps(steps):
         return pd.pd_target(teacher, VP, x, t, jnp.maximum(t - h, EPS))
 
     x_init = jax.random.normal(jax.random.key(0), (256, 2))
-    x_student, nfe = sampling.sample(_score_from_denoiser(student_denoiser, VP), VP, (256, 2), jax.random.key(1),
-                                     method="ddim", steps=steps, x_init=x_init)
-    x_teacher, _ = sampling.sample(teacher, VP, (256, 2), jax.random.key(1), method="ddim", steps=2 * steps,
-                                   x_init=x_init)
+    x_student, nfe = sampling.sample(
+        _score_from_denoiser(student_denoiser, VP),
+        VP,
+        (256, 2),
+        jax.random.key(1),
+        method="ddim",
+        steps=steps,
+        x_init=x_init,
+    )
+    x_teacher, _ = sampling.sample(
+        teacher, VP, (256, 2), jax.random.key(1), method="ddim", steps=2 * steps, x_init=x_init
+    )
     assert int(nfe) == steps
     np.testing.assert_allclose(x_student, x_teacher, atol=2e-4, rtol=1e-4)
     # the v-prediction target converts back to x̃ through the parameterisation layer
@@ -98,22 +107,31 @@ def test_halving_rounds_on_the_exact_teacher_reach_the_flow_map_in_one_step(caps
         student = AffineStudent(teacher, VP, steps, EPS, 2)
         # a teacher used as its own student (one DDIM step instead of two) misses the target
         naive = parameterization.denoiser_from_score(teacher, VP)
-        losses = jax.jit(lambda d, k: [pd.pd_loss(den, teacher, VP, d, k, steps=steps, eps=EPS)[0]
-                                       for den in (student.denoiser, naive)])
+        losses = jax.jit(
+            lambda d, k: [
+                pd.pd_loss(den, teacher, VP, d, k, steps=steps, eps=EPS)[0] for den in (student.denoiser, naive)
+            ]
+        )
         loss_student, loss_naive = losses(data, jax.random.key(steps))
-        assert float(loss_student) < 1e-6 and float(loss_naive) > 100 * float(loss_student), (steps, loss_student,
-                                                                                            loss_naive)
+        assert float(loss_student) < 1e-6 and float(loss_naive) > 100 * float(loss_student), (
+            steps,
+            loss_student,
+            loss_naive,
+        )
         teacher = student.score_fn
     x_init = jax.random.normal(jax.random.key(4), (1000, 2))
     x_one, nfe = sampling.sample(teacher, VP, (1000, 2), jax.random.key(5), method="ddim", steps=1, x_init=x_init)
-    x_ddim, _ = sampling.sample(gm.score_fn(VP), VP, (1000, 2), jax.random.key(5), method="ddim", steps=start,
-                                x_init=x_init)
+    x_ddim, _ = sampling.sample(
+        gm.score_fn(VP), VP, (1000, 2), jax.random.key(5), method="ddim", steps=start, x_init=x_init
+    )
     exact = gm.flow_map(VP, x_init, VP.T, EPS)
     to_ddim = float(jnp.max(jnp.abs(x_one - x_ddim)))
     to_flow, ddim_to_flow = float(jnp.max(jnp.abs(x_one - exact))), float(jnp.max(jnp.abs(x_ddim - exact)))
     with capsys.disabled():
-        print(f"\n  PD {start}->1 on the exact teacher: |1-step student - {start}-step DDIM| max {to_ddim:.2e}; "
-              f"|student - flow map| max {to_flow:.2e} ({start}-step DDIM itself: {ddim_to_flow:.2e})")
+        print(
+            f"\n  PD {start}->1 on the exact teacher: |1-step student - {start}-step DDIM| max {to_ddim:.2e}; "
+            f"|student - flow map| max {to_flow:.2e} ({start}-step DDIM itself: {ddim_to_flow:.2e})"
+        )
     assert int(nfe) == 1
     assert to_ddim < 1e-3
     # ... so its error to the exact flow map is DDIM's own discretisation error at `start` uniform-t steps

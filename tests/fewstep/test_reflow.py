@@ -28,12 +28,17 @@ def test_reflow_one_euler_step_of_2_rectified_flow_is_the_ot_map():
         sde = sde_lib.RectifiedFlow()
         var = s**2
         tot = lambda t: (1 - t) ** 2 * var + t**2
-        model = P.with_denoiser(lambda x, t: -(x - (1 - t)[:, None] * m) / tot(t)[:, None],
-                                lambda x, t: m + ((1 - t) * var / tot(t))[:, None] * (x - (1 - t)[:, None] * m))
+        model = P.with_denoiser(
+            lambda x, t: -(x - (1 - t)[:, None] * m) / tot(t)[:, None],
+            lambda x, t: m + ((1 - t) * var / tot(t))[:, None] * (x - (1 - t)[:, None] * m),
+        )
         n = 20_000
-        noise, samples, nfe = reflow.make_couplings(model, sde, (n, 1), jax.random.key(0), method="unipc",
-                                                    steps=40, eps=1e-3)
-        np.testing.assert_allclose(samples, (1 - 1e-3) * m + jnp.sqrt((1 - 1e-3) ** 2 * var + 1e-6) * noise, atol=1e-2)  # the 1-RF ODE map (to t = 1e-3) is affine here
+        noise, samples, nfe = reflow.make_couplings(
+            model, sde, (n, 1), jax.random.key(0), method="unipc", steps=40, eps=1e-3
+        )
+        np.testing.assert_allclose(
+            samples, (1 - 1e-3) * m + jnp.sqrt((1 - 1e-3) ** 2 * var + 1e-6) * noise, atol=1e-2
+        )  # the 1-RF ODE map (to t = 1e-3) is affine here
         z, x0 = noise[:, 0], samples[:, 0]
         v2 = _fit_velocity(x0, z, jax.random.key(1))
         x_indep = m + s * jax.random.normal(jax.random.key(2), (n,), jnp.float64)

@@ -75,8 +75,9 @@ def test_tangent_from_jvp_is_the_time_derivative_of_f_along_the_exact_flow():
     h = 1e-2
     fd = (path(t + h) - path(t - h)) / (2 * h)
     x_t = GAUSS.flow_map(TRIG, x1, 1.3, t)
-    tangent = jax.jit(lambda p, r: scm.consistency_tangent(net_fn, p, x_t, t, TEACHER(x_t, t), sigma_data=SD,
-                                                           warmup=r)[1])
+    tangent = jax.jit(
+        lambda p, r: scm.consistency_tangent(net_fn, p, x_t, t, TEACHER(x_t, t), sigma_data=SD, warmup=r)[1]
+    )
     dfdt = tangent(params, 1.0)
     scale = float(jnp.max(jnp.abs(fd)))
     assert scale > 0.1  # a random network is far from consistent: the check has teeth
@@ -134,8 +135,7 @@ def test_adaptive_weight_optimum_is_the_inverse_mean_error():
     dxdt = TEACHER(x_t, t)
 
     def loss(w):  # a wrong model (θ = 1.5), so that the error is not zero
-        return scm.scm_loss_at(_gauss_net, 1.5, x_t, t, dxdt, sigma_data=SD,
-                               weight_fn=lambda p, s: jnp.full_like(s, w))
+        return scm.scm_loss_at(_gauss_net, 1.5, x_t, t, dxdt, sigma_data=SD, weight_fn=lambda p, s: jnp.full_like(s, w))
 
     _, aux = loss(0.0)
     w_star = -float(jnp.log(jnp.mean(aux["mse"])))
@@ -215,8 +215,11 @@ def test_short_scd_run_from_a_vp_teacher_samples_a_mixture_in_one_step():
         params, opt_state = carry
         k_data, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(1), i))
         x = MIX.sample(k_data, b)
-        grads = jax.grad(lambda p: scm.scd_loss(net_fn, p, teacher, x, k_loss, sigma_data=sd, weight_fn=weight_fn,
-                                                warmup=scm.tangent_warmup(i, 1000))[0])(params)
+        grads = jax.grad(
+            lambda p: scm.scd_loss(
+                net_fn, p, teacher, x, k_loss, sigma_data=sd, weight_fn=weight_fn, warmup=scm.tangent_warmup(i, 1000)
+            )[0]
+        )(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), None
 

@@ -17,11 +17,17 @@ from scoresde.sampling import ode
 
 SD = 0.5
 TRIG = tf.TrigFlow(sigma_data=SD)
-SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(), "ve": sde_lib.VESDE(), "edm": sde_lib.EDMSDE(),
-        "rf": sde_lib.RectifiedFlow()}
+SDES = {
+    "vp": sde_lib.VPSDE(),
+    "subvp": sde_lib.SubVPSDE(),
+    "ve": sde_lib.VESDE(),
+    "edm": sde_lib.EDMSDE(),
+    "rf": sde_lib.RectifiedFlow(),
+}
 # one anisotropic, rotated Gaussian (closed-form flow map) and a 3-component mixture (no closed form)
-GAUSS = GaussianMixture(np.array([[0.3, -0.2]]), np.array([[0.6, 0.25]]),
-                        rotation=np.asarray(random_rotation(jax.random.key(3), 2)))
+GAUSS = GaussianMixture(
+    np.array([[0.3, -0.2]]), np.array([[0.6, 0.25]]), rotation=np.asarray(random_rotation(jax.random.key(3), 2))
+)
 MIX = GaussianMixture(np.array([[-0.6, -0.3], [0.6, 0.3], [0.0, 0.7]]), np.array([0.15, 0.2, 0.12]))
 
 
@@ -42,6 +48,7 @@ def _rk4(velocity, x, t0, t1, steps):
 
 
 # ------------------------------------------------------------------------------ the process
+
 
 def test_process_coefficients_are_trigflow_and_consistent_with_its_sde():
     t = jnp.linspace(0.05, 1.5, 9)
@@ -90,6 +97,7 @@ def test_kernel_samples_have_the_marginal_moments():
 
 # ------------------------------------------------------------------------------ conversions
 
+
 @pytest.mark.parametrize("name", list(SDES))
 def test_state_map_sends_the_sde_kernel_to_the_trigflow_kernel(name):
     """``x_s = alpha x_0 + sigma z``  ↦  ``cos(t) x_0 + sin(t) σ_d z`` with the same ``x_0, z``; and back."""
@@ -128,8 +136,9 @@ def test_teacher_velocity_is_the_trigflow_probability_flow_drift(name):
     np.testing.assert_allclose(v, drift, rtol=2e-3, atol=2e-4)
     # the same through an explicit denoiser
     den = lambda xs, s: (xs + sde.sigma(s)[:, None] ** 2 * MIX.score_fn(sde)(xs, s)) / sde.alpha(s)[:, None]
-    np.testing.assert_allclose(tf.trigflow_velocity_from_denoiser(den, sde, sigma_data=SD)(x, t), drift,
-                               rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(
+        tf.trigflow_velocity_from_denoiser(den, sde, sigma_data=SD)(x, t), drift, rtol=2e-3, atol=2e-4
+    )
 
 
 def test_flow_map_of_a_vp_teacher_is_the_exact_trigflow_flow_map():
@@ -162,6 +171,7 @@ def test_mixture_flow_maps_agree_across_vp_and_trigflow_time():
 
 
 # ------------------------------------------------------------------------------ network conventions
+
 
 def _exact_consistency_net(gauss):
     """``F*(x_in, t) = (cos t x - Φ_{t→0}(x)) / (σ_d sin t)`` with ``x = σ_d x_in``: the exact sCM network."""

@@ -20,8 +20,7 @@ N = 4000  # samples per check
 VP = sde_lib.VPSDE()
 # Three overlapping classes: the exact class-conditional law is far from the mixture, and its Bayes
 # class fraction (0.94) is a non-trivial number.
-MIX = GaussianMixture(np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.5]]),
-                      np.array([[0.6, 0.4], [0.5, 0.5], [0.4, 0.6]]))
+MIX = GaussianMixture(np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.5]]), np.array([[0.6, 0.4], [0.5, 0.5], [0.4, 0.6]]))
 Y = 0
 
 
@@ -104,8 +103,9 @@ def test_cfg_weight_w_equals_classifier_guidance_scale_gamma():
     @jax.jit
     def both(w):
         cfg = guidance.classifier_free_guidance(_cond_score_fn(MIX, VP), y, w, MIX.num_components)(x, t)
-        cg = guidance.classifier_guidance(MIX.score_fn(VP), lambda x, t: MIX.class_log_prob(VP, x, t), y,
-                                          guidance.gamma_from_w(w))(x, t)
+        cg = guidance.classifier_guidance(
+            MIX.score_fn(VP), lambda x, t: MIX.class_log_prob(VP, x, t), y, guidance.gamma_from_w(w)
+        )(x, t)
         return cfg, cg
 
     for w in (0.0, 0.5, 3.0, -1.0):
@@ -148,8 +148,9 @@ def test_guidance_scale_and_class_are_traced_no_recompilation():
 
 
 def test_guidance_rejects_bad_labels():
-    g = guidance.classifier_guidance(MIX.score_fn(VP), lambda x, t: MIX.class_log_prob(VP, x, t),
-                                     jnp.zeros((3,), jnp.int32), 1.0)
+    g = guidance.classifier_guidance(
+        MIX.score_fn(VP), lambda x, t: MIX.class_log_prob(VP, x, t), jnp.zeros((3,), jnp.int32), 1.0
+    )
     with pytest.raises(ValueError, match="shape"):
         g(jnp.zeros((4, 2)), jnp.full((4,), 0.5))
     with pytest.raises(ValueError, match="null_label"):
@@ -160,13 +161,15 @@ def test_guidance_rejects_bad_labels():
 
 # 4-D mixture: coordinates (0, 1) a two-class mixture, (2, 3) an independent Gaussian (same in both
 # components), so the missing part (0, 1) given the known part (2, 3) has exactly its marginal law.
-IND = GaussianMixture(np.array([[-1.0, 0.5, 0.3, -0.2], [1.0, -0.5, 0.3, -0.2]]),
-                      np.array([[0.4, 0.3, 0.5, 0.7], [0.3, 0.5, 0.5, 0.7]]))
+IND = GaussianMixture(
+    np.array([[-1.0, 0.5, 0.3, -0.2], [1.0, -0.5, 0.3, -0.2]]), np.array([[0.4, 0.3, 0.5, 0.7], [0.3, 0.5, 0.5, 0.7]])
+)
 KNOWN_MASK = jnp.array([[0.0, 0.0, 1.0, 1.0]])
 
 
-@pytest.mark.parametrize("method,opts", [("pc", dict(steps=500)), ("dpm_solver++", dict(steps=50)),
-                                         ("edm_heun", dict(steps=30))])
+@pytest.mark.parametrize(
+    "method,opts", [("pc", dict(steps=500)), ("dpm_solver++", dict(steps=50)), ("edm_heun", dict(steps=30))]
+)
 def test_inpainting_independent_parts_is_exact(method, opts):
     ref = np.asarray(IND.sample(jax.random.key(9), 200_000))[:, :2]
     data = jnp.broadcast_to(jnp.array([9.0, 9.0, 1.2, -0.8]), (N, 4))  # missing entries are ignored
@@ -193,17 +196,22 @@ def test_inpainting_correlated_gaussian_close_to_exact_conditional(capsys):
     data = jnp.broadcast_to(jnp.array([0.0, a]), (N, 2))
     mask = jnp.array([[0.0, 1.0]])
     gaps = {}
-    runs = {"pc+langevin (reference)": dict(method="pc", predictor="reverse_diffusion", corrector="langevin",
-                                             snr=0.16, steps=1000),
-            "pc (no corrector)": dict(method="pc", steps=1000),
-            "ddim": dict(method="ddim", steps=100)}
+    runs = {
+        "pc+langevin (reference)": dict(
+            method="pc", predictor="reverse_diffusion", corrector="langevin", snr=0.16, steps=1000
+        ),
+        "pc (no corrector)": dict(method="pc", steps=1000),
+        "ddim": dict(method="ddim", steps=100),
+    }
     for name, opts in runs.items():
         x, _ = guidance.inpaint(gauss.score_fn(VP), VP, data, mask, jax.random.key(11), **opts)
         x1 = np.asarray(x[:, 0], np.float64)
         gaps[name] = _w2_1d(x1.mean(), x1.std(), cm, cs)
     with capsys.disabled():
-        print(f"\n  inpainting W2 gap to the exact conditional N({cm:.3f}, {cs:.3f}²); unconditional marginal: "
-              f"{gap_uncond:.3f}; " + "; ".join(f"{k}: {v:.3f}" for k, v in gaps.items()))
+        print(
+            f"\n  inpainting W2 gap to the exact conditional N({cm:.3f}, {cs:.3f}²); unconditional marginal: "
+            f"{gap_uncond:.3f}; " + "; ".join(f"{k}: {v:.3f}" for k, v in gaps.items())
+        )
     # The reference's PC + Langevin corrector is nearly exact; the replacement alone is approximate
     # (known to under-shoot the conditional mean) but still much closer than the marginal.
     assert gaps["pc+langevin (reference)"] < 0.1 * gap_uncond
@@ -234,6 +242,7 @@ def test_inpainting_rejects_ode_and_bad_masks():
 
 # ---------------------------------------------------------------------------------------- colorization
 
+
 def test_colorization_is_exact_when_gray_and_chroma_are_independent():
     """1×1 RGB "images" whose gray and chroma coordinates (in the reference's basis) are independent."""
     u_means = np.array([[0.2, -0.8, 0.3], [0.2, 0.7, -0.4]])  # gray mean equal in both components
@@ -245,8 +254,9 @@ def test_colorization_is_exact_when_gray_and_chroma_are_independent():
     x, _ = guidance.colorize(mix.score_fn(VP), VP, gray, jax.random.key(13), method="pc", steps=500)
     np.testing.assert_allclose(np.asarray(x).mean(-1), np.asarray(gray).mean(-1), atol=1e-5)  # gray level kept
     u = np.einsum("bhwi,ij->bhwj", np.asarray(x, np.float64), basis).reshape(N, 3)[:, 1:]
-    ref = np.einsum("bhwi,ij->bhwj", np.asarray(mix.sample(jax.random.key(14), 200_000), np.float64),
-                    basis).reshape(-1, 3)[:, 1:]
+    ref = np.einsum("bhwi,ij->bhwj", np.asarray(mix.sample(jax.random.key(14), 200_000), np.float64), basis).reshape(
+        -1, 3
+    )[:, 1:]
     m, s = ref.mean(0), ref.std(0)
     np.testing.assert_array_less(np.abs(u.mean(0) - m), 4 * s / np.sqrt(N))
     np.testing.assert_array_less(np.abs(u.std(0) - s), 4 * s / np.sqrt(2 * N))

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from scoresde import guidance, sampling
-from scoresde.guidance import inverse
-from scoresde.guidance import posterior as pg
 from scoresde import sde as sde_lib
 from scoresde.analytic import GaussianMixture
+from scoresde.guidance import inverse
+from scoresde.guidance import posterior as pg
 
 VP = sde_lib.VPSDE()
 VE = sde_lib.VESDE()
@@ -54,11 +54,16 @@ def _batch(n):
 
 # ------------------------------------------------------------------------------------------- operators
 
+
 def _ops():
     mask = jnp.ones((1, 8, 8, 1)).at[:, :, :4].set(0.0)
-    return [inverse.Inpainting(mask), inverse.SuperResolution(2), inverse.GaussianBlur(1.2, 5),
-            inverse.Colorization(), inverse.RandomProjection(jax.random.normal(jax.random.key(3), (20, 192)),
-                                                            event_shape=(8, 8, 3))]
+    return [
+        inverse.Inpainting(mask),
+        inverse.SuperResolution(2),
+        inverse.GaussianBlur(1.2, 5),
+        inverse.Colorization(),
+        inverse.RandomProjection(jax.random.normal(jax.random.key(3), (20, 192)), event_shape=(8, 8, 3)),
+    ]
 
 
 @pytest.mark.parametrize("op", _ops(), ids=lambda o: type(o).__name__)
@@ -77,8 +82,9 @@ def test_adjoint_and_gram_solve_are_exact(op):
         np.testing.assert_allclose(np.asarray(back), np.asarray(y), atol=1e-8)
 
 
-@pytest.mark.parametrize("op", [o for o in _ops() if not isinstance(o, inverse.GaussianBlur)],
-                         ids=lambda o: type(o).__name__)
+@pytest.mark.parametrize(
+    "op", [o for o in _ops() if not isinstance(o, inverse.GaussianBlur)], ids=lambda o: type(o).__name__
+)
 def test_pseudo_inverse_is_moore_penrose(op):
     """``A A⁺ A = A`` and ``A⁺A`` is symmetric (an orthogonal projection)."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
@@ -96,6 +102,7 @@ def test_blur_has_no_pseudo_inverse_and_says_so():
 
 
 # ---------------------------------------------------------------------------------- exact posteriors
+
 
 @pytest.mark.parametrize("sde", [VP, VE], ids=["vp", "ve"])
 def test_pigdm_term_is_the_exact_likelihood_gradient(sde):
@@ -119,14 +126,16 @@ def test_pigdm_isotropic_jacobian_is_the_exact_likelihood_gradient_at_one_evalua
     with jax.enable_x64(True):
         score = PRIOR.score_fn(sde)
         score64 = lambda x, t: score(x, t).astype(x.dtype)
-        guided = pg.pigdm_guidance(score64, sde, inverse.RandomProjection(A), _batch(5), sigma_y=SIGMA_Y, data_var=C,
-                                   jacobian="isotropic")
+        guided = pg.pigdm_guidance(
+            score64, sde, inverse.RandomProjection(A), _batch(5), sigma_y=SIGMA_Y, data_var=C, jacobian="isotropic"
+        )
         assert guided.evaluations_per_call == 1
         x = jax.random.normal(jax.random.key(0), (5, D), jnp.float64) * 3.0
         t = jnp.array([1e-5, 1e-3, 0.3, 0.7, 1.0], jnp.float64)
         term = guided(x, t) - score64(x, t)
-        np.testing.assert_allclose(np.asarray(term), _exact_likelihood_grad(np.asarray(x), np.asarray(t), sde),
-                                   rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(
+            np.asarray(term), _exact_likelihood_grad(np.asarray(x), np.asarray(t), sde), rtol=2e-5, atol=2e-5
+        )
     with pytest.raises(ValueError, match="unknown ΠGDM jacobian 'exact'"):
         pg.pigdm_guidance(score, sde, inverse.RandomProjection(A), _batch(5), sigma_y=SIGMA_Y, jacobian="exact")
 
@@ -148,8 +157,10 @@ def test_pigdm_isotropic_jacobian_stays_bounded_where_a_network_jacobian_error_i
     for jac in ("network", "isotropic"):
         g = pg.pigdm_guidance(rough, VP, op, _batch(256), sigma_y=SIGMA_Y, data_var=C, jacobian=jac)
         errs[jac] = float(np.sqrt(np.mean((np.asarray(g(x, t) - rough(x, t)) - exact) ** 2)))
-    print(f"rms error of the ΠGDM term at t = T: network VJP {errs['network']:.3g}, isotropic {errs['isotropic']:.3g}, "
-          f"rms exact term {np.sqrt(np.mean(exact ** 2)):.3g}")
+    print(
+        f"rms error of the ΠGDM term at t = T: network VJP {errs['network']:.3g}, isotropic {errs['isotropic']:.3g}, "
+        f"rms exact term {np.sqrt(np.mean(exact**2)):.3g}"
+    )
     assert errs["network"] > 1.0  # c δ ω / alpha(T) ~ 24 before the Gram solve: the blow-up, not a small bias
     assert errs["isotropic"] < 2 * C * delta  # gain · sigma δ / alpha ≤ c δ, times ‖Aᵀ(...)⁻¹A‖ ≤ 1/c
 
@@ -161,22 +172,45 @@ def test_pigdm_isotropic_follows_the_exact_posterior_flow_at_one_evaluation_per_
     exact = GaussianMixture(mean[None], covs=cov[None]).flow_map(VP, x_init, VP.T, sampling.default_eps(VP))
     err = []
     for steps in (20, 80):
-        x, nfe = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(256),
-                                          jax.random.key(8), posterior="pigdm", sigma_y=SIGMA_Y, data_var=C,
-                                          jacobian="isotropic", method=sampler, steps=steps, x_init=x_init)
+        x, nfe = inverse.posterior_sample(
+            PRIOR.score_fn(VP),
+            VP,
+            inverse.RandomProjection(A),
+            _batch(256),
+            jax.random.key(8),
+            posterior="pigdm",
+            sigma_y=SIGMA_Y,
+            data_var=C,
+            jacobian="isotropic",
+            method=sampler,
+            steps=steps,
+            x_init=x_init,
+        )
         assert int(nfe) == steps
         err.append(float(jnp.max(jnp.abs(x - exact))))
     order = np.log(err[0] / err[1]) / np.log(4.0)
-    print(f"{sampler} isotropic ΠGDM max |x - exact flow|: 20 steps {err[0]:.2e}, 80 steps {err[1]:.2e}, order {order:.2f}")
+    print(
+        f"{sampler} isotropic ΠGDM max |x - exact flow|: 20 steps {err[0]:.2e}, 80 steps {err[1]:.2e}, order {order:.2f}"
+    )
     assert order > (1.7 if sampler == "dpm_solver++" else 0.8), order  # the solver's order: no bias
 
 
 def _flow_errors(posterior, steps, n=512, **opts):
     mean, cov = _posterior()
     x_init = jax.random.normal(jax.random.key(7), (n, D))
-    x, nfe = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(n),
-                                      jax.random.key(8), posterior=posterior, sigma_y=SIGMA_Y, method="dpm_solver++",
-                                      steps=steps, x_init=x_init, **opts)
+    x, nfe = inverse.posterior_sample(
+        PRIOR.score_fn(VP),
+        VP,
+        inverse.RandomProjection(A),
+        _batch(n),
+        jax.random.key(8),
+        posterior=posterior,
+        sigma_y=SIGMA_Y,
+        method="dpm_solver++",
+        steps=steps,
+        x_init=x_init,
+        **opts,
+    )
     post = GaussianMixture(mean[None], covs=cov[None])
     exact = post.flow_map(VP, x_init, VP.T, sampling.default_eps(VP))
     return x, exact, nfe
@@ -202,9 +236,19 @@ def test_pigdm_with_a_stochastic_sampler_has_the_posterior_moments():
     """Ancestral DDPM (ddim eta=1) with exact-likelihood guidance: moments within MC error (N = 4000)."""
     n = 4000
     mean, cov = _posterior()
-    x, _ = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(n),
-                                    jax.random.key(11), posterior="pigdm", sigma_y=SIGMA_Y, data_var=C,
-                                    method="ddim", eta=1.0, steps=200)
+    x, _ = inverse.posterior_sample(
+        PRIOR.score_fn(VP),
+        VP,
+        inverse.RandomProjection(A),
+        _batch(n),
+        jax.random.key(11),
+        posterior="pigdm",
+        sigma_y=SIGMA_Y,
+        data_var=C,
+        method="ddim",
+        eta=1.0,
+        steps=200,
+    )
     x = np.asarray(x, np.float64)
     sd = np.sqrt(np.diag(cov))
     np.testing.assert_array_less(np.abs(x.mean(0) - mean), 4 * sd / np.sqrt(n))
@@ -223,13 +267,17 @@ def test_dps_bias_on_the_gaussian_posterior():
     x_dps, exact, nfe = _flow_errors("dps", 40, n=4000, scale=1.0)
     x_pig, _, _ = _flow_errors("pigdm", 40, n=4000, data_var=C)
     assert int(nfe) == 80
+
     def gaps(x):
         x = np.asarray(x, np.float64)
         return np.max(np.abs(x.mean(0) - mean)), np.max(np.abs(x.std(0) - np.sqrt(np.diag(cov))))
+
     dps, pig = gaps(x_dps), gaps(x_pig)
     flow_gap = float(jnp.max(jnp.abs(x_dps - exact)))
-    print(f"DPS mean gap {dps[0]:.3f}, std gap {dps[1]:.3f}, max |x - exact flow| {flow_gap:.3f}; "
-          f"PiGDM mean gap {pig[0]:.4f}, std gap {pig[1]:.4f}")
+    print(
+        f"DPS mean gap {dps[0]:.3f}, std gap {dps[1]:.3f}, max |x - exact flow| {flow_gap:.3f}; "
+        f"PiGDM mean gap {pig[0]:.4f}, std gap {pig[1]:.4f}"
+    )
     assert max(dps) > 0.1 and flow_gap > 0.5  # biased, far beyond the MC error (~0.006) ...
     assert max(pig) < 0.03  # ... where ΠGDM on the same draws is within it
     assert np.all(np.isfinite(np.asarray(x_dps)))
@@ -240,8 +288,9 @@ def test_universal_guidance_with_gaussian_nll_is_dps():
     score = PRIOR.score_fn(VP)
     y = _batch(6)
     dps = pg.dps_guidance(score, VP, op, y, sigma_y=SIGMA_Y, scale=0.7)
-    uni = pg.universal_guidance(score, VP, lambda p, c: pg.gaussian_nll_loss(p, c, SIGMA_Y), y, scale=0.7,
-                                predictor=op.forward)
+    uni = pg.universal_guidance(
+        score, VP, lambda p, c: pg.gaussian_nll_loss(p, c, SIGMA_Y), y, scale=0.7, predictor=op.forward
+    )
     x = jax.random.normal(jax.random.key(0), (6, D))
     t = jnp.linspace(1e-3, 1.0, 6)
     np.testing.assert_allclose(np.asarray(uni(x, t)), np.asarray(dps(x, t)), rtol=1e-5, atol=1e-5)
@@ -269,8 +318,9 @@ def test_universal_backward_and_embedding_guidance_closed_forms():
     np.testing.assert_allclose(np.asarray(emb(x, t) - score(x, t)), 2.0 * k * grad_u @ w, rtol=1e-4, atol=1e-4)
     # backward guidance alone on ℓ = ‖x̂₀ + Δ - g‖²/2: k steps of rate lr give Δ = (1 - (1 - lr)^k)(g - x̂₀)
     g = np.array([[1.0, 0.0, -1.0, 2.0]] * 3)
-    back = pg.universal_guidance(score, VP, lambda p, c_: pg.gaussian_nll_loss(p, c_, 1.0), g, scale=0.0,
-                                 backward_steps=5, backward_lr=0.3)
+    back = pg.universal_guidance(
+        score, VP, lambda p, c_: pg.gaussian_nll_loss(p, c_, 1.0), g, scale=0.0, backward_steps=5, backward_lr=0.3
+    )
     delta = (1 - 0.7**5) * (g - x0)
     np.testing.assert_allclose(np.asarray(back(x, t) - score(x, t)), a / s**2 * delta, rtol=1e-4, atol=1e-4)
 
@@ -289,13 +339,23 @@ def test_recurrence_one_is_the_plain_sampler_and_nfe_counts_repeats():
 
 # ------------------------------------------------------------------------------- replacement / ILVR
 
+
 def test_replacement_inpainting_is_guidance_inpaint():
     gm = GaussianMixture(np.zeros((1, 16)), np.array([0.5]), event_shape=(4, 4, 1))
     data = gm.sample(jax.random.key(0), 3)
     mask = jnp.ones((1, 4, 4, 1)).at[:, :, 2:].set(0.0)
     op = inverse.Inpainting(mask)
-    a, na = inverse.posterior_sample(gm.score_fn(VP), VP, op, op.forward(data), jax.random.key(1),
-                                     posterior="replacement", sigma_y=0.0, method="ddim", steps=10)
+    a, na = inverse.posterior_sample(
+        gm.score_fn(VP),
+        VP,
+        op,
+        op.forward(data),
+        jax.random.key(1),
+        posterior="replacement",
+        sigma_y=0.0,
+        method="ddim",
+        steps=10,
+    )
     b, nb = guidance.inpaint(gm.score_fn(VP), VP, data, mask, jax.random.key(1), method="ddim", steps=10)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(na) == int(nb) == 10
@@ -312,14 +372,14 @@ def test_ilvr_low_pass_band_is_the_reference():
     # at the final step (t = eps), the state's low-pass band is that of alpha ref + sigma z exactly
     z = jax.random.normal(jax.random.key(2), ref.shape)
     proj = inverse.RangeReplacement(VP, op, op.forward(ref), op.pinv(op.forward(ref)), z)
-    xs, _ = sampling.sample(gm.score_fn(VP), VP, ref.shape, jax.random.key(3), method="ddim", steps=20,
-                            project_fn=proj)
+    xs, _ = sampling.sample(gm.score_fn(VP), VP, ref.shape, jax.random.key(3), method="ddim", steps=20, project_fn=proj)
     eps = jnp.full((4,), sampling.default_eps(VP))
     noised = VP.alpha(eps)[:, None, None, None] * ref + VP.sigma(eps)[:, None, None, None] * z
     np.testing.assert_allclose(np.asarray(op.forward(xs)), np.asarray(op.forward(noised)), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ numerics
+
 
 @pytest.mark.parametrize("sde", [VP, VE], ids=["vp", "ve"])
 def test_guidance_terms_are_finite_at_eps_and_T_with_zero_residual(sde):
@@ -342,8 +402,9 @@ def test_guidance_terms_are_finite_at_eps_and_T_with_zero_residual(sde):
 def test_posterior_sample_errors_name_the_bad_value():
     op = inverse.RandomProjection(A)
     with pytest.raises(ValueError, match="'ddrm'"):
-        inverse.posterior_sample(PRIOR.score_fn(VP), VP, op, _batch(2), jax.random.key(0), posterior="ddrm",
-                                 sigma_y=0.1)
+        inverse.posterior_sample(
+            PRIOR.score_fn(VP), VP, op, _batch(2), jax.random.key(0), posterior="ddrm", sigma_y=0.1
+        )
     with pytest.raises(ValueError, match="sigma_y=0.0"):
         pg.dps_guidance(PRIOR.score_fn(VP), VP, op, _batch(2), sigma_y=0.0)
 
@@ -351,9 +412,19 @@ def test_posterior_sample_errors_name_the_bad_value():
 def _pigdm_flow_error(sampler, steps, n=64):
     mean, cov = _posterior()
     x_init = jax.random.normal(jax.random.key(7), (n, D))
-    x, nfe = inverse.posterior_sample(PRIOR.score_fn(VP), VP, inverse.RandomProjection(A), _batch(n),
-                                      jax.random.key(8), posterior="pigdm", sigma_y=SIGMA_Y, data_var=C,
-                                      method=sampler, steps=steps, x_init=x_init)
+    x, nfe = inverse.posterior_sample(
+        PRIOR.score_fn(VP),
+        VP,
+        inverse.RandomProjection(A),
+        _batch(n),
+        jax.random.key(8),
+        posterior="pigdm",
+        sigma_y=SIGMA_Y,
+        data_var=C,
+        method=sampler,
+        steps=steps,
+        x_init=x_init,
+    )
     exact = GaussianMixture(mean[None], covs=cov[None]).flow_map(VP, x_init, VP.T, sampling.default_eps(VP))
     return float(jnp.max(jnp.abs(x - exact))), int(nfe), x
 
@@ -380,8 +451,16 @@ def test_new_guidance_scale_does_not_recompile():
     inverse.posterior_sample(score, VP, op, _batch(3), jax.random.key(0), scale=0.5, **kw)
     size = sampling._sample_jit._cached._cache_size()
     a, _ = inverse.posterior_sample(score, VP, op, _batch(3), jax.random.key(0), scale=0.5, **kw)
-    b, _ = inverse.posterior_sample(score, VP, op, _batch(3) + 1.0, jax.random.key(0), scale=2.0, sigma_y=0.2,
-                                    **{k: v for k, v in kw.items() if k != "sigma_y"})
+    b, _ = inverse.posterior_sample(
+        score,
+        VP,
+        op,
+        _batch(3) + 1.0,
+        jax.random.key(0),
+        scale=2.0,
+        sigma_y=0.2,
+        **{k: v for k, v in kw.items() if k != "sigma_y"},
+    )
     assert sampling._sample_jit._cached._cache_size() == size
     assert float(jnp.max(jnp.abs(a - b))) > 1e-3  # the new scale and measurement did take effect
 
@@ -390,8 +469,17 @@ def test_replacement_colorization_is_guidance_colorize():
     gm = GaussianMixture(np.zeros((1, 48)), np.array([0.5]), event_shape=(4, 4, 3))
     rgb = gm.sample(jax.random.key(0), 2)
     op = inverse.Colorization()
-    a, _ = inverse.posterior_sample(gm.score_fn(VP), VP, op, op.forward(rgb), jax.random.key(1),
-                                    posterior="replacement", sigma_y=0.0, method="ddim", steps=8)
+    a, _ = inverse.posterior_sample(
+        gm.score_fn(VP),
+        VP,
+        op,
+        op.forward(rgb),
+        jax.random.key(1),
+        posterior="replacement",
+        sigma_y=0.0,
+        method="ddim",
+        steps=8,
+    )
     b, _ = guidance.colorize(gm.score_fn(VP), VP, guidance.to_gray(rgb), jax.random.key(1), method="ddim", steps=8)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     np.testing.assert_allclose(np.asarray(op.forward(a)), np.asarray(op.forward(rgb)), atol=1e-5)

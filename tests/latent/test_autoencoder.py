@@ -28,8 +28,9 @@ def test_posterior_kl_log_prob_entropy_match_scipy_and_monte_carlo():
     z = post.sample(jax.random.key(1))
     ref_logq = stats.norm.logpdf(np.asarray(z, np.float64), mean, std).reshape(3, -1).sum(-1)
     np.testing.assert_allclose(np.asarray(post.log_prob(z)), ref_logq, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(post.entropy()), stats.norm.entropy(mean, std).reshape(3, -1).sum(-1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(post.entropy()), stats.norm.entropy(mean, std).reshape(3, -1).sum(-1), rtol=1e-5
+    )
     # KL(q || N(0, I)) = E_q[log q - log N(0, I)] by Monte Carlo, 200k draws, within 5 standard errors.
     n = 200_000
     draws = mean[None] + std[None] * np.random.default_rng(0).standard_normal((n,) + mean.shape)
@@ -62,8 +63,7 @@ def test_reconstruction_psnr_and_hinge_losses():
     # Hinge: real logits 2 and 0 -> relu(1-2)=0, relu(1-0)=1; fake -2 and 0.5 -> 0, 1.5. ½(0.5 + 0.75).
     d = latent.hinge_discriminator_loss(jnp.array([2.0, 0.0]), jnp.array([-2.0, 0.5]))
     assert float(d) == pytest.approx(0.625)
-    assert float(latent.discriminator_loss(jnp.array([2.0, 0.0]), jnp.array([-2.0, 0.5]), step=3,
-                                           disc_start=4)) == 0.0
+    assert float(latent.discriminator_loss(jnp.array([2.0, 0.0]), jnp.array([-2.0, 0.5]), step=3, disc_start=4)) == 0.0
     assert float(latent.generator_adversarial_loss(jnp.array([1.0, 3.0]))) == -2.0
 
 
@@ -92,8 +92,9 @@ def test_autoencoder_loss_terms_warmup_and_adaptive_weight_closed_form():
     assert float(after) == pytest.approx(rec + 0.1 * kl + weight * gen, rel=1e-5)
     # The perceptual hook: a per-example distance added to every dimension's error (weighted by D = 4).
     perc = lambda a, b: jnp.sum(jnp.abs(a - b), -1) * 0 + jnp.array([1.0, 3.0])
-    loss_p, tp = latent.autoencoder_loss(x, post, reconstruct, w, kl_weight=0.1, reconstruction="l2",
-                                         perceptual_fn=perc, perceptual_weight=0.5)
+    loss_p, tp = latent.autoencoder_loss(
+        x, post, reconstruct, w, kl_weight=0.1, reconstruction="l2", perceptual_fn=perc, perceptual_weight=0.5
+    )
     assert float(tp.perceptual) == pytest.approx(2.0)
     assert float(loss_p) == pytest.approx(rec + 0.1 * kl + 0.5 * 4 * 2.0, rel=1e-5)
 
@@ -110,9 +111,12 @@ def _orthogonal_ae(seed=5):
 
 def _pixel_mixture():
     rot = analytic.random_rotation(jax.random.key(7), D)
-    return analytic.GaussianMixture(jnp.array([[1.0, -1.0, 0.5, 0.0], [-1.0, 0.5, 0.0, 1.0]]),
-                                    jnp.array([[0.3, 0.6, 0.9, 1.2], [0.5, 0.5, 0.8, 0.4]]), rotation=rot,
-                                    event_shape=SHAPE)
+    return analytic.GaussianMixture(
+        jnp.array([[1.0, -1.0, 0.5, 0.0], [-1.0, 0.5, 0.0, 1.0]]),
+        jnp.array([[0.3, 0.6, 0.9, 1.2], [0.5, 0.5, 0.8, 0.4]]),
+        rotation=rot,
+        event_shape=SHAPE,
+    )
 
 
 def test_encode_decode_apply_the_scale_factor():
@@ -126,8 +130,10 @@ def test_encode_decode_apply_the_scale_factor():
     np.testing.assert_allclose(np.asarray(zs), np.asarray(z), atol=1e-5)
 
 
-@pytest.mark.parametrize("method,options", [("ddim", dict(steps=20)), ("dpm_solver", dict(steps=6, order=2)),
-                                            ("ode", dict(solver="heun", steps=20))])
+@pytest.mark.parametrize(
+    "method,options",
+    [("ddim", dict(steps=20)), ("dpm_solver", dict(steps=6, order=2)), ("ode", dict(solver="heun", steps=20))],
+)
 def test_latent_sampling_through_orthogonal_ae_equals_pixel_sampling(method, options):
     sde = sde_lib.VPSDE()
     gm = _pixel_mixture()
@@ -136,11 +142,13 @@ def test_latent_sampling_through_orthogonal_ae_equals_pixel_sampling(method, opt
     # The exact latent score, pulled back through x = Q z: s_z(z, t) = Qᵀ s_x(Q z, t) (noise is isotropic).
     latent_score = lambda z, t: encoder_fn(pixel_score(decoder_fn(z), t))[0]
     x_init = jax.random.normal(jax.random.key(3), (8,) + SHAPE)
-    x_pix, nfe_pix = sampling.sample(pixel_score, sde, (8,) + SHAPE, jax.random.key(4), method=method,
-                                     x_init=x_init, **options)
+    x_pix, nfe_pix = sampling.sample(
+        pixel_score, sde, (8,) + SHAPE, jax.random.key(4), method=method, x_init=x_init, **options
+    )
     z_init = latent.encode(encoder_fn, x_init, 1.0)
-    z_lat, nfe_lat = sampling.sample(latent_score, sde, (8,) + SHAPE, jax.random.key(4), method=method,
-                                     x_init=z_init, **options)
+    z_lat, nfe_lat = sampling.sample(
+        latent_score, sde, (8,) + SHAPE, jax.random.key(4), method=method, x_init=z_init, **options
+    )
     x_lat = latent.decode(decoder_fn, z_lat, 1.0)
     np.testing.assert_allclose(np.asarray(x_lat), np.asarray(x_pix), atol=2e-5)
     assert int(nfe_lat) == int(nfe_pix)
@@ -149,20 +157,30 @@ def test_latent_sampling_through_orthogonal_ae_equals_pixel_sampling(method, opt
 
 def test_latent_likelihood_through_orthogonal_ae_equals_pixel_likelihood():
     sde = sde_lib.VPSDE()
-    gm = analytic.GaussianMixture(jnp.array([[1.0, -1.0, 0.5, 0.0]]), jnp.array([[0.3, 0.6, 0.9, 1.2]]),
-                                  rotation=analytic.random_rotation(jax.random.key(7), D), event_shape=SHAPE)
+    gm = analytic.GaussianMixture(
+        jnp.array([[1.0, -1.0, 0.5, 0.0]]),
+        jnp.array([[0.3, 0.6, 0.9, 1.2]]),
+        rotation=analytic.random_rotation(jax.random.key(7), D),
+        event_shape=SHAPE,
+    )
     _, encoder_fn, decoder_fn = _orthogonal_ae()
     pixel_score = gm.score_fn(sde)
     latent_score = lambda z, t: encoder_fn(pixel_score(decoder_fn(z), t))[0]
     x = gm.sample(jax.random.key(0), 4)
     kw = dict(hutchinson="exact", rtol=1e-5, atol=1e-5, eps=1e-5)
-    both = jax.jit(lambda x, key: (likelihood.log_likelihood(pixel_score, sde, x, key, **kw)[0],
-                                   likelihood.log_likelihood(latent_score, sde, latent.encode(encoder_fn, x, 1.0),
-                                                             key, **kw)[0]))
+    both = jax.jit(
+        lambda x, key: (
+            likelihood.log_likelihood(pixel_score, sde, x, key, **kw)[0],
+            likelihood.log_likelihood(latent_score, sde, latent.encode(encoder_fn, x, 1.0), key, **kw)[0],
+        )
+    )
     logp_pix, logp_lat = both(x, jax.random.key(1))
     # Exact answer: log p_ε(x) - log p_T(x*_T) + log N(x*_T; 0, I) with the closed-form flow map x*_T.
     z_t = gm.flow_map(sde, x, 1e-5, sde.T)
-    ref = (gm.log_prob_t(sde, x, jnp.full((4,), 1e-5)) - gm.log_prob_t(sde, z_t, jnp.full((4,), sde.T))
-           + sde.prior_logp(z_t))
+    ref = (
+        gm.log_prob_t(sde, x, jnp.full((4,), 1e-5))
+        - gm.log_prob_t(sde, z_t, jnp.full((4,), sde.T))
+        + sde.prior_logp(z_t)
+    )
     np.testing.assert_allclose(np.asarray(logp_lat), np.asarray(logp_pix), atol=1e-4)
     np.testing.assert_allclose(np.asarray(logp_lat), np.asarray(ref), atol=4e-3)  # 1e-3 nats per dimension

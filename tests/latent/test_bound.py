@@ -45,15 +45,44 @@ def _linear_gaussian_model(c):
 
     a32, b32, qt32 = (jnp.asarray(v, jnp.float32) for v in (a[None], b[None], q.T))
     decoder_fn = lambda z: ((z.reshape(z.shape[0], D) * a32) @ qt32 + b32).reshape(z.shape)
-    return dict(sde=sde, score=base.score_fn(sde), cov_x=cov_x, mean_x=mean_x, post_var=post_var,
-                mz=mz, vz=vz, a=a, b=b, q=q, sigma2=sigma**2, decoder_fn=decoder_fn, sigma=sigma)
+    return dict(
+        sde=sde,
+        score=base.score_fn(sde),
+        cov_x=cov_x,
+        mean_x=mean_x,
+        post_var=post_var,
+        mz=mz,
+        vz=vz,
+        a=a,
+        b=b,
+        q=q,
+        sigma2=sigma**2,
+        decoder_fn=decoder_fn,
+        sigma=sigma,
+    )
 
 
 def _bound(model, x, c, encoder_fn, num_samples, key=1, scaler=None):
-    fn = jax.jit(lambda x, key: latent.variational_bound(
-        encoder_fn, model["decoder_fn"], model["score"], model["sde"], x, key, scale_factor=c, scaler=scaler,
-        decoder_std=model["sigma"], num_bits=None, dequantization="none", num_samples=num_samples,
-        hutchinson="exact", rtol=1e-5, atol=1e-5, eps=EPS))
+    fn = jax.jit(
+        lambda x, key: latent.variational_bound(
+            encoder_fn,
+            model["decoder_fn"],
+            model["score"],
+            model["sde"],
+            x,
+            key,
+            scale_factor=c,
+            scaler=scaler,
+            decoder_std=model["sigma"],
+            num_bits=None,
+            dequantization="none",
+            num_samples=num_samples,
+            hutchinson="exact",
+            rtol=1e-5,
+            atol=1e-5,
+            eps=EPS,
+        )
+    )
     return fn(x, jax.random.key(key))
 
 
@@ -91,15 +120,36 @@ def test_variational_bound_is_tight_with_the_exact_posterior():
     np.testing.assert_allclose(np.asarray(out.nats), np.asarray(out.reconstruction + out.log_q + out.prior), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(out.offset_bpd), likelihood.bpd_offset(scaler, None), rtol=1e-6)  # -1
     np.testing.assert_allclose(np.asarray(out.bits_per_dim), nll / (D * math.log(2)) - 1.0, atol=4e-3)
-    np.testing.assert_allclose(np.asarray(out.bits_per_dim), np.asarray(
-        out.reconstruction_bpd + out.log_q_bpd + out.prior_bpd + out.offset_bpd), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out.bits_per_dim),
+        np.asarray(out.reconstruction_bpd + out.log_q_bpd + out.prior_bpd + out.offset_bpd),
+        rtol=1e-6,
+    )
     assert out.nfe.shape == (2, 3) and np.all(np.asarray(out.nfe) > 3)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
-        latent.variational_bound(_encoder(model), model["decoder_fn"], model["score"], model["sde"], u,
-                                 jax.random.key(0), scale_factor=c, decoder_std=0.3, num_samples=0)
+        latent.variational_bound(
+            _encoder(model),
+            model["decoder_fn"],
+            model["score"],
+            model["sde"],
+            u,
+            jax.random.key(0),
+            scale_factor=c,
+            decoder_std=0.3,
+            num_samples=0,
+        )
     with pytest.raises(ValueError, match="unknown dequantization 'gauss'"):
-        latent.variational_bound(_encoder(model), model["decoder_fn"], model["score"], model["sde"], u,
-                                 jax.random.key(0), scale_factor=c, decoder_std=0.3, dequantization="gauss")
+        latent.variational_bound(
+            _encoder(model),
+            model["decoder_fn"],
+            model["score"],
+            model["sde"],
+            u,
+            jax.random.key(0),
+            scale_factor=c,
+            decoder_std=0.3,
+            dequantization="gauss",
+        )
 
 
 def test_variational_bound_exceeds_nll_by_kl_to_the_true_posterior():
@@ -116,7 +166,11 @@ def test_variational_bound_exceeds_nll_by_kl_to_the_true_posterior():
     # The per-draw gap is log q(z) - log p(z|x); its std by numpy Monte Carlo sets the tolerance (5 stderr).
     e = rng.standard_normal((100_000, D))
     z_off = np.sqrt(ratio * pv) * e + shift  # z - posterior mean
-    draws = (stats.norm.logpdf(e).sum(-1) - 0.5 * np.sum(np.log(ratio * pv)) - stats.norm.logpdf(z_off, 0, np.sqrt(pv)).sum(-1))
+    draws = (
+        stats.norm.logpdf(e).sum(-1)
+        - 0.5 * np.sum(np.log(ratio * pv))
+        - stats.norm.logpdf(z_off, 0, np.sqrt(pv)).sum(-1)
+    )
     assert abs(draws.mean() - kl) < 5 * draws.std() / math.sqrt(len(draws))  # the closed form is right
     stderr = draws.std() / math.sqrt(k * 2)
     assert abs(gap.mean() - kl) < 5 * stderr + 4e-3, (gap, kl, stderr)

@@ -7,45 +7,75 @@ import pytest
 
 from scoresde.metrics import weights as W
 
+
 # The pytorch-fid layout, written out from torchvision's Inception3 + pytorch-fid's FID blocks:
 # name -> (in, out, kernel (h, w), stride, padding (h, w)). Independent of our module's code.
 def _a(p, cin, pool):
-    return {f"{p}.branch1x1": (cin, 64, (1, 1), 1, (0, 0)), f"{p}.branch5x5_1": (cin, 48, (1, 1), 1, (0, 0)),
-            f"{p}.branch5x5_2": (48, 64, (5, 5), 1, (2, 2)), f"{p}.branch3x3dbl_1": (cin, 64, (1, 1), 1, (0, 0)),
-            f"{p}.branch3x3dbl_2": (64, 96, (3, 3), 1, (1, 1)), f"{p}.branch3x3dbl_3": (96, 96, (3, 3), 1, (1, 1)),
-            f"{p}.branch_pool": (cin, pool, (1, 1), 1, (0, 0))}
+    return {
+        f"{p}.branch1x1": (cin, 64, (1, 1), 1, (0, 0)),
+        f"{p}.branch5x5_1": (cin, 48, (1, 1), 1, (0, 0)),
+        f"{p}.branch5x5_2": (48, 64, (5, 5), 1, (2, 2)),
+        f"{p}.branch3x3dbl_1": (cin, 64, (1, 1), 1, (0, 0)),
+        f"{p}.branch3x3dbl_2": (64, 96, (3, 3), 1, (1, 1)),
+        f"{p}.branch3x3dbl_3": (96, 96, (3, 3), 1, (1, 1)),
+        f"{p}.branch_pool": (cin, pool, (1, 1), 1, (0, 0)),
+    }
 
 
 def _c(p, c7):
-    return {f"{p}.branch1x1": (768, 192, (1, 1), 1, (0, 0)), f"{p}.branch7x7_1": (768, c7, (1, 1), 1, (0, 0)),
-            f"{p}.branch7x7_2": (c7, c7, (1, 7), 1, (0, 3)), f"{p}.branch7x7_3": (c7, 192, (7, 1), 1, (3, 0)),
-            f"{p}.branch7x7dbl_1": (768, c7, (1, 1), 1, (0, 0)), f"{p}.branch7x7dbl_2": (c7, c7, (7, 1), 1, (3, 0)),
-            f"{p}.branch7x7dbl_3": (c7, c7, (1, 7), 1, (0, 3)), f"{p}.branch7x7dbl_4": (c7, c7, (7, 1), 1, (3, 0)),
-            f"{p}.branch7x7dbl_5": (c7, 192, (1, 7), 1, (0, 3)), f"{p}.branch_pool": (768, 192, (1, 1), 1, (0, 0))}
+    return {
+        f"{p}.branch1x1": (768, 192, (1, 1), 1, (0, 0)),
+        f"{p}.branch7x7_1": (768, c7, (1, 1), 1, (0, 0)),
+        f"{p}.branch7x7_2": (c7, c7, (1, 7), 1, (0, 3)),
+        f"{p}.branch7x7_3": (c7, 192, (7, 1), 1, (3, 0)),
+        f"{p}.branch7x7dbl_1": (768, c7, (1, 1), 1, (0, 0)),
+        f"{p}.branch7x7dbl_2": (c7, c7, (7, 1), 1, (3, 0)),
+        f"{p}.branch7x7dbl_3": (c7, c7, (1, 7), 1, (0, 3)),
+        f"{p}.branch7x7dbl_4": (c7, c7, (7, 1), 1, (3, 0)),
+        f"{p}.branch7x7dbl_5": (c7, 192, (1, 7), 1, (0, 3)),
+        f"{p}.branch_pool": (768, 192, (1, 1), 1, (0, 0)),
+    }
 
 
 def _e(p, cin):
-    return {f"{p}.branch1x1": (cin, 320, (1, 1), 1, (0, 0)), f"{p}.branch3x3_1": (cin, 384, (1, 1), 1, (0, 0)),
-            f"{p}.branch3x3_2a": (384, 384, (1, 3), 1, (0, 1)), f"{p}.branch3x3_2b": (384, 384, (3, 1), 1, (1, 0)),
-            f"{p}.branch3x3dbl_1": (cin, 448, (1, 1), 1, (0, 0)), f"{p}.branch3x3dbl_2": (448, 384, (3, 3), 1, (1, 1)),
-            f"{p}.branch3x3dbl_3a": (384, 384, (1, 3), 1, (0, 1)),
-            f"{p}.branch3x3dbl_3b": (384, 384, (3, 1), 1, (1, 0)), f"{p}.branch_pool": (cin, 192, (1, 1), 1, (0, 0))}
+    return {
+        f"{p}.branch1x1": (cin, 320, (1, 1), 1, (0, 0)),
+        f"{p}.branch3x3_1": (cin, 384, (1, 1), 1, (0, 0)),
+        f"{p}.branch3x3_2a": (384, 384, (1, 3), 1, (0, 1)),
+        f"{p}.branch3x3_2b": (384, 384, (3, 1), 1, (1, 0)),
+        f"{p}.branch3x3dbl_1": (cin, 448, (1, 1), 1, (0, 0)),
+        f"{p}.branch3x3dbl_2": (448, 384, (3, 3), 1, (1, 1)),
+        f"{p}.branch3x3dbl_3a": (384, 384, (1, 3), 1, (0, 1)),
+        f"{p}.branch3x3dbl_3b": (384, 384, (3, 1), 1, (1, 0)),
+        f"{p}.branch_pool": (cin, 192, (1, 1), 1, (0, 0)),
+    }
 
 
 LAYOUT = {
-    "Conv2d_1a_3x3": (3, 32, (3, 3), 2, (0, 0)), "Conv2d_2a_3x3": (32, 32, (3, 3), 1, (0, 0)),
-    "Conv2d_2b_3x3": (32, 64, (3, 3), 1, (1, 1)), "Conv2d_3b_1x1": (64, 80, (1, 1), 1, (0, 0)),
+    "Conv2d_1a_3x3": (3, 32, (3, 3), 2, (0, 0)),
+    "Conv2d_2a_3x3": (32, 32, (3, 3), 1, (0, 0)),
+    "Conv2d_2b_3x3": (32, 64, (3, 3), 1, (1, 1)),
+    "Conv2d_3b_1x1": (64, 80, (1, 1), 1, (0, 0)),
     "Conv2d_4a_3x3": (80, 192, (3, 3), 1, (0, 0)),
-    **_a("Mixed_5b", 192, 32), **_a("Mixed_5c", 256, 64), **_a("Mixed_5d", 288, 64),
-    "Mixed_6a.branch3x3": (288, 384, (3, 3), 2, (0, 0)), "Mixed_6a.branch3x3dbl_1": (288, 64, (1, 1), 1, (0, 0)),
-    "Mixed_6a.branch3x3dbl_2": (64, 96, (3, 3), 1, (1, 1)), "Mixed_6a.branch3x3dbl_3": (96, 96, (3, 3), 2, (0, 0)),
-    **_c("Mixed_6b", 128), **_c("Mixed_6c", 160), **_c("Mixed_6d", 160), **_c("Mixed_6e", 192),
-    "Mixed_7a.branch3x3_1": (768, 192, (1, 1), 1, (0, 0)), "Mixed_7a.branch3x3_2": (192, 320, (3, 3), 2, (0, 0)),
+    **_a("Mixed_5b", 192, 32),
+    **_a("Mixed_5c", 256, 64),
+    **_a("Mixed_5d", 288, 64),
+    "Mixed_6a.branch3x3": (288, 384, (3, 3), 2, (0, 0)),
+    "Mixed_6a.branch3x3dbl_1": (288, 64, (1, 1), 1, (0, 0)),
+    "Mixed_6a.branch3x3dbl_2": (64, 96, (3, 3), 1, (1, 1)),
+    "Mixed_6a.branch3x3dbl_3": (96, 96, (3, 3), 2, (0, 0)),
+    **_c("Mixed_6b", 128),
+    **_c("Mixed_6c", 160),
+    **_c("Mixed_6d", 160),
+    **_c("Mixed_6e", 192),
+    "Mixed_7a.branch3x3_1": (768, 192, (1, 1), 1, (0, 0)),
+    "Mixed_7a.branch3x3_2": (192, 320, (3, 3), 2, (0, 0)),
     "Mixed_7a.branch7x7x3_1": (768, 192, (1, 1), 1, (0, 0)),
     "Mixed_7a.branch7x7x3_2": (192, 192, (1, 7), 1, (0, 3)),
     "Mixed_7a.branch7x7x3_3": (192, 192, (7, 1), 1, (3, 0)),
     "Mixed_7a.branch7x7x3_4": (192, 192, (3, 3), 2, (0, 0)),
-    **_e("Mixed_7b", 1280), **_e("Mixed_7c", 2048),
+    **_e("Mixed_7b", 1280),
+    **_e("Mixed_7c", 2048),
 }
 
 
@@ -54,7 +84,7 @@ def random_torch_state_dict(seed=0, with_num_batches_tracked=True):
     rng = np.random.default_rng(seed)
     sd = {}
     for name, (cin, cout, (kh, kw), _, _) in LAYOUT.items():
-        sd[f"{name}.conv.weight"] = (rng.standard_normal((cout, cin, kh, kw)) * np.sqrt(2.0 / (cin * kh * kw)))
+        sd[f"{name}.conv.weight"] = rng.standard_normal((cout, cin, kh, kw)) * np.sqrt(2.0 / (cin * kh * kw))
         sd[f"{name}.bn.weight"] = rng.uniform(0.5, 1.5, cout)
         sd[f"{name}.bn.bias"] = rng.normal(0.0, 0.1, cout)
         sd[f"{name}.bn.running_mean"] = rng.normal(0.0, 0.1, cout)
@@ -80,8 +110,10 @@ def test_converter_round_trip():
     params = W.torch_state_dict_to_params(sd)
     assert params["Mixed_5b"]["branch5x5_2"]["conv"]["kernel"].shape == (5, 5, 48, 64)  # HWIO
     assert params["fc"]["kernel"].shape == (2048, 1008)
-    np.testing.assert_array_equal(params["Mixed_7c"]["branch3x3_2a"]["conv"]["kernel"][0, :, 3, 5],
-                                  sd["Mixed_7c.branch3x3_2a.conv.weight"][5, 3, 0, :])
+    np.testing.assert_array_equal(
+        params["Mixed_7c"]["branch3x3_2a"]["conv"]["kernel"][0, :, 3, 5],
+        sd["Mixed_7c.branch3x3_2a.conv.weight"][5, 3, 0, :],
+    )
     np.testing.assert_array_equal(params["Conv2d_1a_3x3"]["bn"]["var"], sd["Conv2d_1a_3x3.bn.running_var"])
     back = W.params_to_torch_state_dict(params)
     expected = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
@@ -177,6 +209,7 @@ def test_download_checks_checksum_and_caches(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- forward
 
+
 def _torch_reference(sd, images_uint8, size):
     """pytorch-fid's forward written functionally in torch from the state dict (NCHW)."""
     torch = pytest.importorskip("torch")
@@ -186,17 +219,30 @@ def _torch_reference(sd, images_uint8, size):
     def conv(x, name):
         _, _, _, stride, pad = LAYOUT[name]
         x = F.conv2d(x, t[f"{name}.conv.weight"], stride=stride, padding=pad)
-        x = F.batch_norm(x, t[f"{name}.bn.running_mean"], t[f"{name}.bn.running_var"], t[f"{name}.bn.weight"],
-                         t[f"{name}.bn.bias"], training=False, eps=1e-3)
+        x = F.batch_norm(
+            x,
+            t[f"{name}.bn.running_mean"],
+            t[f"{name}.bn.running_var"],
+            t[f"{name}.bn.weight"],
+            t[f"{name}.bn.bias"],
+            training=False,
+            eps=1e-3,
+        )
         return F.relu(x)
 
     def avg(x):
         return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
     def block_a(x, p):
-        return torch.cat([conv(x, f"{p}.branch1x1"), conv(conv(x, f"{p}.branch5x5_1"), f"{p}.branch5x5_2"),
-                          conv(conv(conv(x, f"{p}.branch3x3dbl_1"), f"{p}.branch3x3dbl_2"), f"{p}.branch3x3dbl_3"),
-                          conv(avg(x), f"{p}.branch_pool")], 1)
+        return torch.cat(
+            [
+                conv(x, f"{p}.branch1x1"),
+                conv(conv(x, f"{p}.branch5x5_1"), f"{p}.branch5x5_2"),
+                conv(conv(conv(x, f"{p}.branch3x3dbl_1"), f"{p}.branch3x3dbl_2"), f"{p}.branch3x3dbl_3"),
+                conv(avg(x), f"{p}.branch_pool"),
+            ],
+            1,
+        )
 
     def block_c(x, p):
         b7 = conv(conv(conv(x, f"{p}.branch7x7_1"), f"{p}.branch7x7_2"), f"{p}.branch7x7_3")
@@ -209,10 +255,15 @@ def _torch_reference(sd, images_uint8, size):
         b3 = conv(x, f"{p}.branch3x3_1")
         bd = conv(conv(x, f"{p}.branch3x3dbl_1"), f"{p}.branch3x3dbl_2")
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if pool == "max" else avg(x)
-        return torch.cat([conv(x, f"{p}.branch1x1"),
-                          torch.cat([conv(b3, f"{p}.branch3x3_2a"), conv(b3, f"{p}.branch3x3_2b")], 1),
-                          torch.cat([conv(bd, f"{p}.branch3x3dbl_3a"), conv(bd, f"{p}.branch3x3dbl_3b")], 1),
-                          conv(pooled, f"{p}.branch_pool")], 1)
+        return torch.cat(
+            [
+                conv(x, f"{p}.branch1x1"),
+                torch.cat([conv(b3, f"{p}.branch3x3_2a"), conv(b3, f"{p}.branch3x3_2b")], 1),
+                torch.cat([conv(bd, f"{p}.branch3x3dbl_3a"), conv(bd, f"{p}.branch3x3dbl_3b")], 1),
+                conv(pooled, f"{p}.branch_pool"),
+            ],
+            1,
+        )
 
     with torch.no_grad():
         x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255.0
@@ -224,16 +275,22 @@ def _torch_reference(sd, images_uint8, size):
         x = F.max_pool2d(conv(conv(x, "Conv2d_3b_1x1"), "Conv2d_4a_3x3"), 3, stride=2)
         for p in ("Mixed_5b", "Mixed_5c", "Mixed_5d"):
             x = block_a(x, p)
-        x = torch.cat([conv(x, "Mixed_6a.branch3x3"),
-                       conv(conv(conv(x, "Mixed_6a.branch3x3dbl_1"), "Mixed_6a.branch3x3dbl_2"),
-                            "Mixed_6a.branch3x3dbl_3"), F.max_pool2d(x, 3, stride=2)], 1)
+        x = torch.cat(
+            [
+                conv(x, "Mixed_6a.branch3x3"),
+                conv(conv(conv(x, "Mixed_6a.branch3x3dbl_1"), "Mixed_6a.branch3x3dbl_2"), "Mixed_6a.branch3x3dbl_3"),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
         for p in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
             x = block_c(x, p)
         b7 = x
         for i in range(1, 5):
             b7 = conv(b7, f"Mixed_7a.branch7x7x3_{i}")
-        x = torch.cat([conv(conv(x, "Mixed_7a.branch3x3_1"), "Mixed_7a.branch3x3_2"), b7,
-                       F.max_pool2d(x, 3, stride=2)], 1)
+        x = torch.cat(
+            [conv(conv(x, "Mixed_7a.branch3x3_1"), "Mixed_7a.branch3x3_2"), b7, F.max_pool2d(x, 3, stride=2)], 1
+        )
         x = block_e(x, "Mixed_7b", "avg")
         x = block_e(x, "Mixed_7c", "max")
         pool = F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)

@@ -92,8 +92,7 @@ def test_kid_is_unbiased_on_small_sets(same):
     se = est.std(ddof=1) / np.sqrt(reps)
     assert abs(est.mean() - exact) < 4 * se, (est.mean(), exact, se)
     # Power check: the biased estimate (diagonals kept) is many standard errors away on the same draws.
-    biased = np.array([_kernel(x, x).mean() + _kernel(y, y).mean() - 2 * _kernel(x, y).mean()
-                       for x, y in zip(xs, ys)])
+    biased = np.array([_kernel(x, x).mean() + _kernel(y, y).mean() - 2 * _kernel(x, y).mean() for x, y in zip(xs, ys)])
     assert abs(biased.mean() - exact) > 10 * se
 
 
@@ -103,8 +102,9 @@ def test_kid_subsets_average_unbiased_subset_estimates():
     kid, std = kernel_distance(x, y, num_subsets=50, subset_size=100, seed=7, return_std=True)
     # The same subsets by hand.
     r = np.random.default_rng(7)
-    vals = [mmd2_unbiased(x[r.choice(300, 100, replace=False)], y[r.choice(200, 100, replace=False)])
-            for _ in range(50)]
+    vals = [
+        mmd2_unbiased(x[r.choice(300, 100, replace=False)], y[r.choice(200, 100, replace=False)]) for _ in range(50)
+    ]
     np.testing.assert_allclose([kid, std], [np.mean(vals), np.std(vals)], rtol=1e-12)
     # Every subset estimate and the full-set one estimate the same population value.
     full = kernel_distance(x, y, num_subsets=None)
@@ -116,8 +116,9 @@ def test_kid_subsets_average_unbiased_subset_estimates():
 def test_kid_symmetric_full_set():
     rng = np.random.default_rng(6)
     x, y = rng.standard_normal((40, 5)), rng.standard_normal((30, 5)) * 1.5
-    np.testing.assert_allclose(kernel_distance(x, y, num_subsets=None), kernel_distance(y, x, num_subsets=None),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        kernel_distance(x, y, num_subsets=None), kernel_distance(y, x, num_subsets=None), rtol=1e-12
+    )
 
 
 def test_inception_score_uniform_is_one():
@@ -144,5 +145,6 @@ def test_inception_score_matches_direct_formula():
         expected.append(np.exp(np.mean(np.sum(chunk * (np.log(chunk) - np.log(py)), axis=1))))
     np.testing.assert_allclose(inception_score(logits, splits=3), np.mean(expected), rtol=1e-10)
     # Invariant to a per-row shift of the logits (softmax), not to a per-class one.
-    np.testing.assert_allclose(inception_score(logits + rng.standard_normal((60, 1)), splits=3),
-                               np.mean(expected), rtol=1e-10)
+    np.testing.assert_allclose(
+        inception_score(logits + rng.standard_normal((60, 1)), splits=3), np.mean(expected), rtol=1e-10
+    )

@@ -11,10 +11,10 @@ import pytest
 from flax import nnx
 
 from scoresde import build, guidance, sampling
-from scoresde.models import classifiers
-from scoresde.modes import train_classifier
 from scoresde import sde as sde_lib
 from scoresde.data import toy
+from scoresde.models import classifiers
+from scoresde.modes import train_classifier
 
 from conftest import load_config
 
@@ -75,8 +75,8 @@ def trained_mlp():
         k_data, k_loss = jax.random.split(key)
         x, y = GRID.sample(k_data, 512, return_labels=True)
         (loss, acc), g = jax.value_and_grad(
-            lambda p: train_classifier.classifier_loss(nnx.merge(graphdef, p), VP, x, y, k_loss, eps=1e-3),
-            has_aux=True)(params)
+            lambda p: train_classifier.classifier_loss(nnx.merge(graphdef, p), VP, x, y, k_loss, eps=1e-3), has_aux=True
+        )(params)
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), opt, loss
 
@@ -102,8 +102,7 @@ def test_mlp_classifier_learns_the_bayes_classifier(trained_mlp):
 
 def test_classifier_guidance_with_a_trained_classifier_samples_the_class(trained_mlp):
     y = 4  # the centre component
-    guided = guidance.classifier_guidance(GRID.score_fn(VP), guidance.classifier_log_prob_fn(trained_mlp, VP),
-                                          y, 1.0)
+    guided = guidance.classifier_guidance(GRID.score_fn(VP), guidance.classifier_log_prob_fn(trained_mlp, VP), y, 1.0)
     n = 2000
     x, _ = sampling.sample(guided, VP, (n, 2), jax.random.key(4), method="pc", steps=300)
     frac = float(jnp.mean(jnp.argmax(GRID.class_log_prob(VP, x, jnp.zeros((n,))), -1) == y))
@@ -144,7 +143,9 @@ def test_label_dropout():
     dropped = guidance.drop_labels(jax.random.key(0), y, 0.2, 10)
     frac = float(jnp.mean(dropped == 10))
     assert abs(frac - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 20000)
-    np.testing.assert_array_equal(np.asarray(dropped)[np.asarray(dropped) != 10], np.asarray(y)[np.asarray(dropped) != 10])
+    np.testing.assert_array_equal(
+        np.asarray(dropped)[np.asarray(dropped) != 10], np.asarray(y)[np.asarray(dropped) != 10]
+    )
     config = _load_config("digits_vp_cond")
     batch = {"label": np.asarray(y[:8], np.int32)}
     assert build.class_labels(_load_config("digits_vp"), batch, jax.random.key(0)) is None  # unconditional

@@ -17,8 +17,15 @@ from scoresde.models.ncsnpp import NCSNpp
 
 # Tiny DDPM++ (the reference's cifar10_ddpmpp_continuous layout, 2 levels) and a tiny NCSN++ with every
 # FIR / progressive path on, the one where resampling filters are convolutions.
-DDPMPP = dict(image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resblock_type="biggan",
-              embedding_type="positional")
+DDPMPP = dict(
+    image_size=8,
+    nf=8,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    resblock_type="biggan",
+    embedding_type="positional",
+)
 NCSNPP = dict(DDPMPP, fir=True, progressive="output_skip", progressive_input="input_skip", embedding_type="fourier")
 
 _DEF = re.compile(r"^\s*(?:ROOT\s+)?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\((.*?)\)")
@@ -94,7 +101,7 @@ def _attention_by_formula(block, x):
     b, h, w, c = x.shape
     hn = block.GroupNorm_0(x)
     q, k, v = (m(hn).reshape(b, h * w, c) for m in (block.NIN_0, block.NIN_1, block.NIN_2))
-    logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (c ** -0.5)
+    logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (c**-0.5)
     weights = jax.nn.softmax(logits, axis=-1).astype(block.dtype)
     out = block.NIN_3(jnp.einsum("bij,bjc->bic", weights, v).reshape(b, h, w, c))
     y = x + out.astype(jnp.float32)
@@ -111,8 +118,11 @@ def test_attention_block_equals_the_explicit_formula(skip_rescale):
 
 
 def _value_and_grad(net_cls, kw, remat):
-    net = net_cls(**kw, init_scale=1.0, remat=remat, rngs=nnx.Rngs(0)) if net_cls is NCSNpp else \
-        net_cls(**kw, remat=remat, rngs=nnx.Rngs(0))
+    net = (
+        net_cls(**kw, init_scale=1.0, remat=remat, rngs=nnx.Rngs(0))
+        if net_cls is NCSNpp
+        else net_cls(**kw, remat=remat, rngs=nnx.Rngs(0))
+    )
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     t = jnp.array([0.3, 0.7])

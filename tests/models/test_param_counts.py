@@ -15,15 +15,40 @@ from scoresde import build
 
 def _config(name="ncsnpp", image_size=32, **model):
     base = dict(
-        name=name, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.1,
-        resamp_with_conv=True, conditional=True, fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True,
-        resblock_type="biggan", progressive="none", progressive_input="none", progressive_combine="sum",
-        embedding_type="positional", fourier_scale=16, init_scale=0.0, scale_by_sigma=False,
-        sigma_min=0.01, sigma_max=50.0, num_scales=1000, beta_min=0.1, beta_max=20.0, nonlinearity="swish")
+        name=name,
+        nf=128,
+        ch_mult=(1, 2, 2, 2),
+        num_res_blocks=4,
+        attn_resolutions=(16,),
+        dropout=0.1,
+        resamp_with_conv=True,
+        conditional=True,
+        fir=False,
+        fir_kernel=(1, 3, 3, 1),
+        skip_rescale=True,
+        resblock_type="biggan",
+        progressive="none",
+        progressive_input="none",
+        progressive_combine="sum",
+        embedding_type="positional",
+        fourier_scale=16,
+        init_scale=0.0,
+        scale_by_sigma=False,
+        sigma_min=0.01,
+        sigma_max=50.0,
+        num_scales=1000,
+        beta_min=0.1,
+        beta_max=20.0,
+        nonlinearity="swish",
+    )
     base.update(model)
-    return ml_collections.ConfigDict(dict(
-        model=base, data=dict(image_size=image_size, num_channels=3, centered=name != "ddpm"),
-        training=dict(continuous=True)))
+    return ml_collections.ConfigDict(
+        dict(
+            model=base,
+            data=dict(image_size=image_size, num_channels=3, centered=name != "ddpm"),
+            training=dict(continuous=True),
+        )
+    )
 
 
 _NCSNPP = dict(fir=True, progressive_input="residual", embedding_type="fourier", scale_by_sigma=True)
@@ -41,9 +66,21 @@ CASES = {
     # configs/vp/ddpm/cifar10.py
     "ddpm_cifar10": (_config(name="ddpm", num_res_blocks=2), 35_218_947),
     # configs/ve/church_ncsnpp_continuous.py (also LSUN bedroom, FFHQ/CelebA-HQ 256)
-    "ncsnpp_256": (_config(image_size=256, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, fir=True,
-                           progressive="output_skip", progressive_input="input_skip", embedding_type="fourier",
-                           scale_by_sigma=True, sigma_max=348.0, num_scales=2000), 65_574_549),
+    "ncsnpp_256": (
+        _config(
+            image_size=256,
+            ch_mult=(1, 1, 2, 2, 2, 2, 2),
+            num_res_blocks=2,
+            fir=True,
+            progressive="output_skip",
+            progressive_input="input_skip",
+            embedding_type="fourier",
+            scale_by_sigma=True,
+            sigma_max=348.0,
+            num_scales=2000,
+        ),
+        65_574_549,
+    ),
 }
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import FIXTURES
 from scoresde import build, convert
 from scoresde.models import up_or_down_sampling as updown
+
+from conftest import FIXTURES
 
 # ----------------------------------------------------------------------------------------------
 # FIR up/down-sampling against a direct NumPy transcription of StyleGAN2's upfirdn_2d algorithm.
@@ -33,7 +34,7 @@ def _upfirdn_oracle(x, k, up=1, down=1, pad0=0, pad1=0):
     out = np.zeros((n, oh, ow, c))
     for a in range(kh):
         for b in range(kw):
-            out += kf[a, b] * z[:, a:a + oh, b:b + ow, :]
+            out += kf[a, b] * z[:, a : a + oh, b : b + ow, :]
     return out[:, ::down, ::down, :]
 
 
@@ -43,7 +44,7 @@ def _conv_valid_oracle(x, w, stride=1):
     out = np.zeros((x.shape[0], oh, ow, w.shape[3]))
     for a in range(kh):
         for b in range(kw):
-            out += np.einsum("nhwi,io->nhwo", x[:, a:a + oh, b:b + ow, :], w[a, b])
+            out += np.einsum("nhwi,io->nhwo", x[:, a : a + oh, b : b + ow, :], w[a, b])
     return out[:, ::stride, ::stride, :]
 
 
@@ -83,8 +84,9 @@ def test_upsample_conv_matches_the_reference_transposed_conv_formula(fir_data):
     """The reference: ``conv_transpose(x, flip(w)ᵀ, stride 2, VALID, transpose_kernel=True)`` then upfirdn."""
     x, w, k1 = fir_data
     wt = jnp.transpose(jnp.asarray(w)[::-1, ::-1], (0, 1, 3, 2))
-    y = jax.lax.conv_transpose(jnp.asarray(x), wt, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                               transpose_kernel=True)
+    y = jax.lax.conv_transpose(
+        jnp.asarray(x), wt, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True
+    )
     want = _upfirdn_oracle(np.asarray(y), updown.setup_kernel(k1) * 4, pad0=1, pad1=1)  # p = 0
     got = np.asarray(updown.upsample_conv_2d(jnp.asarray(x), jnp.asarray(w), k1))
     assert got.shape == (2, 16, 16, 5)
@@ -103,11 +105,31 @@ def test_naive_resampling():
 
 
 def _tiny(name="ncsnpp", **model):
-    base = dict(name=name, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
-                resamp_with_conv=True, conditional=True, fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True,
-                resblock_type="biggan", progressive="none", progressive_input="none", progressive_combine="sum",
-                embedding_type="positional", fourier_scale=16, init_scale=0.0, scale_by_sigma=False,
-                sigma_min=0.01, sigma_max=50.0, num_scales=1000, nonlinearity="swish")
+    base = dict(
+        name=name,
+        nf=8,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(4,),
+        dropout=0.1,
+        resamp_with_conv=True,
+        conditional=True,
+        fir=False,
+        fir_kernel=(1, 3, 3, 1),
+        skip_rescale=True,
+        resblock_type="biggan",
+        progressive="none",
+        progressive_input="none",
+        progressive_combine="sum",
+        embedding_type="positional",
+        fourier_scale=16,
+        init_scale=0.0,
+        scale_by_sigma=False,
+        sigma_min=0.01,
+        sigma_max=50.0,
+        num_scales=1000,
+        nonlinearity="swish",
+    )
     data = dict(image_size=8, num_channels=3, centered=model.pop("centered", True))
     base.update(model)
     return ml_collections.ConfigDict(dict(model=base, data=data, training=dict(continuous=True)))
@@ -141,17 +163,26 @@ def _inputs(b=3):
 
 OPTION_SETS = {
     # Paths no reference fixture covers (the PyTorch reference cannot run them on current PyTorch).
-    "residual_pyramids_fir_ddpm_blocks": dict(progressive="residual", progressive_input="residual", fir=True,
-                                              resblock_type="ddpm", resamp_with_conv=True),
-    "nearest_conv_resampling_cat": dict(progressive="output_skip", progressive_input="input_skip",
-                                        progressive_combine="cat", resblock_type="ddpm", skip_rescale=False),
-    "fourier_unconditional_biggan_fir": dict(embedding_type="fourier", conditional=False, fir=True,
-                                             scale_by_sigma=True, centered=False),
+    "residual_pyramids_fir_ddpm_blocks": dict(
+        progressive="residual", progressive_input="residual", fir=True, resblock_type="ddpm", resamp_with_conv=True
+    ),
+    "nearest_conv_resampling_cat": dict(
+        progressive="output_skip",
+        progressive_input="input_skip",
+        progressive_combine="cat",
+        resblock_type="ddpm",
+        skip_rescale=False,
+    ),
+    "fourier_unconditional_biggan_fir": dict(
+        embedding_type="fourier", conditional=False, fir=True, scale_by_sigma=True, centered=False
+    ),
 }
 
 
-@pytest.mark.parametrize("options", [
-    pytest.param(k, marks=pytest.mark.slow) if k == "residual_pyramids_fir_ddpm_blocks" else k for k in OPTION_SETS])
+@pytest.mark.parametrize(
+    "options",
+    [pytest.param(k, marks=pytest.mark.slow) if k == "residual_pyramids_fir_ddpm_blocks" else k for k in OPTION_SETS],
+)
 def test_option_combinations_build_and_run(options):
     config = _tiny(**OPTION_SETS[options])
     model = _perturbed(config)
@@ -241,8 +272,9 @@ def test_bf16_forward_is_close_to_f32_on_a_fixture():
         model = convert.model_with_params(cfg, params)
         assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
         graphdef, state = nnx.split(model)
-        outs[dtype] = np.asarray(_run_jit(state, jnp.asarray(data["x_nhwc"]), jnp.asarray(data["labels"]),
-                                          graphdef=graphdef))
+        outs[dtype] = np.asarray(
+            _run_jit(state, jnp.asarray(data["x_nhwc"]), jnp.asarray(data["labels"]), graphdef=graphdef)
+        )
     assert outs["bfloat16"].dtype == np.float32
     np.testing.assert_allclose(outs["float32"], data["raw_nhwc"], rtol=1e-4, atol=1e-4 * np.abs(data["raw_nhwc"]).max())
     err = np.max(np.abs(outs["bfloat16"] - outs["float32"])) / np.max(np.abs(outs["float32"]))

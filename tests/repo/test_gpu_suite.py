@@ -11,13 +11,23 @@ from conftest import REPO
 
 COMMON = {"figure", "device", "backend", "smoke", "peak_memory_gib", "peak_memory_source"}
 KEYS = {
-    "train": COMMON | {"dtype", "batch", "params", "compile_s", "median_step_s", "img_per_s", "gflop_per_img", "mfu",
-                        "program_memory_gib"},
+    "train": COMMON
+    | {
+        "dtype",
+        "batch",
+        "params",
+        "compile_s",
+        "median_step_s",
+        "img_per_s",
+        "gflop_per_img",
+        "mfu",
+        "program_memory_gib",
+    },
     "eval": COMMON | {"dtype", "batch", "compile_s", "ms_per_nfe", "img_nfe_per_s", "gflop_per_img"},
-    "sampler": COMMON | {"method", "batch", "nfe", "compile_s", "ms_per_nfe", "bare_loop_ms_per_nfe", "overhead_pct",
-                         "img_per_s"},
-    "likelihood": COMMON | {"mode", "batch", "nfe_mean", "nfe_max", "compile_s", "img_per_s", "ms_per_nfe",
-                            "solved_fraction"},
+    "sampler": COMMON
+    | {"method", "batch", "nfe", "compile_s", "ms_per_nfe", "bare_loop_ms_per_nfe", "overhead_pct", "img_per_s"},
+    "likelihood": COMMON
+    | {"mode", "batch", "nfe_mean", "nfe_max", "compile_s", "img_per_s", "ms_per_nfe", "solved_fraction"},
     "total": {"figure", "device", "backend", "smoke", "wall_s", "jax", "python", "pid"},
 }
 
@@ -25,8 +35,14 @@ KEYS = {
 def _run(*args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = REPO
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gpu_suite.py"), "--smoke", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "gpu_suite.py"), "--smoke", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
     for rec in lines:
@@ -62,8 +78,18 @@ def test_smoke_eval_and_consistency_lines():
 def test_smoke_suite_prints_every_figure():
     lines = _run()
     figures = [r["figure"] for r in lines]
-    assert figures == ["train", "train", "eval", "eval", "sampler", "sampler", "likelihood", "likelihood",
-                       "consistency", "total"]
+    assert figures == [
+        "train",
+        "train",
+        "eval",
+        "eval",
+        "sampler",
+        "sampler",
+        "likelihood",
+        "likelihood",
+        "consistency",
+        "total",
+    ]
     train = lines[:2]
     assert [r["dtype"] for r in train] == ["float32", "bfloat16"] and all(r["mfu"] is None for r in train)
     assert all(r["img_per_s"] > 0 and r["gflop_per_img"] > 0 and r["program_memory_gib"] > 0 for r in train)

@@ -25,13 +25,13 @@ def _layout_section():
         text = f.read()
     start = text.index("\n## Layout\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end >= 0 else len(text)]
+    return text[start : end if end >= 0 else len(text)]
 
 
 def _listing():
     section = _layout_section()
     fence = section.index("```")
-    return section[section.index("\n", fence) + 1:section.index("```", fence + 3)].rstrip("\n").split("\n")
+    return section[section.index("\n", fence) + 1 : section.index("```", fence + 3)].rstrip("\n").split("\n")
 
 
 def _documented():
@@ -52,7 +52,7 @@ def _documented():
         assert len(columns) == 2, f"listing line {number} needs what {m['name']} holds and what it may import: {line!r}"
         level = len(m["indent"]) // 2
         assert level <= len(parents) + 1, f"listing line {number} is indented deeper than its package: {line!r}"
-        parents = parents[:level - 1]
+        parents = parents[: level - 1]
         last = "".join(parents) + m["name"]
         entries.append(last)
         if m["name"].endswith("/"):
@@ -110,8 +110,9 @@ def _check_rename_table():
 def test_readme_layout_section_matches_the_package():
     documented, on_disk = _documented(), _on_disk()
     missing, stale = sorted(on_disk - documented), sorted(documented - on_disk)
-    assert not missing and not stale, (f"README's Layout section has no line for {missing} and lists {stale}, "
-                                       "which scoresde/ does not have")
+    assert not missing and not stale, (
+        f"README's Layout section has no line for {missing} and lists {stale}, which scoresde/ does not have"
+    )
     _check_rename_table()
 
 

@@ -34,9 +34,15 @@ def notebook_env(tmp_path_factory):
     base = tmp_path_factory.mktemp("notebooks")
     spec_dir = base / "jupyter" / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "scoresde tests", "language": "python"}))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "scoresde tests",
+                "language": "python",
+            }
+        )
+    )
     env = {
         "JUPYTER_PATH": str(base / "jupyter"),
         "SCORESDE_SMALL": "1",
@@ -66,17 +72,22 @@ def test_notebook_runs_top_to_bottom(name, notebook_env, monkeypatch, capsys):
         monkeypatch.setenv(k, v)
     path = os.path.join(EXPERIMENTS, f"{name}.ipynb")
     nb = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         f"{name}.ipynb is committed with outputs; clear them (outputs belong to a run, not to the repository)"
+    )
     cwd = base / f"cwd_{name}"
     cwd.mkdir()
     before = sorted(os.listdir(EXPERIMENTS))
     # Appended to the in-memory copy only: the kernel's CPU time, a load-independent measure of the cost.
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF)\n"
-        "print(f'KERNEL_CPU_S={_u.ru_utime + _u.ru_stime:.1f}')"))
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=TIMEOUT_PER_CELL,
-                                     resources={"metadata": {"path": str(cwd)}})
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF)\n"
+            "print(f'KERNEL_CPU_S={_u.ru_utime + _u.ru_stime:.1f}')"
+        )
+    )
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=TIMEOUT_PER_CELL, resources={"metadata": {"path": str(cwd)}}
+    )
     start = time.perf_counter()
     try:
         client.execute()

@@ -16,12 +16,12 @@ def _readme() -> str:
 def _section(text: str, heading: str) -> str:
     start = text.index(heading)
     end = text.find("\n## ", start + len(heading))
-    return text[start:end if end >= 0 else len(text)]
+    return text[start : end if end >= 0 else len(text)]
 
 
 def _table_after(text: str, header: str) -> list[str]:
     """The rows of the one table that starts at ``header``: consecutive ``|`` lines, no blank line inside."""
-    lines = text[text.index(header):].splitlines()
+    lines = text[text.index(header) :].splitlines()
     rows = []
     for line in lines[2:]:  # header, separator
         if not line.startswith("|"):
@@ -38,7 +38,7 @@ def test_config_table_is_one_table_listing_every_config():
     on_disk = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
     assert sorted(listed) == on_disk  # both ways, each once
     # the table ends where the section's next paragraph or heading starts: no rows after a blank line
-    after = section[section.index(rows[-1]) + len(rows[-1]):]
+    after = section[section.index(rows[-1]) + len(rows[-1]) :]
     assert not re.search(r"^\| `configs/", after, re.M)
 
 

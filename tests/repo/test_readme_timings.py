@@ -9,16 +9,30 @@ import pytest
 
 from conftest import REPO
 
-FIGURES = {"train_digits", "likelihood_digits", "distill_digits", "latent_digits_autoencoder",
-           "latent_digits_score_model", "latent_digits", "flow_matching_digits", "reflow_digits"}
+FIGURES = {
+    "train_digits",
+    "likelihood_digits",
+    "distill_digits",
+    "latent_digits_autoencoder",
+    "latent_digits_score_model",
+    "latent_digits",
+    "flow_matching_digits",
+    "reflow_digits",
+}
 
 
 # Seven CLI runs end to end (about a minute on an idle machine): the default suite stays within its budget.
 @pytest.mark.slow
 def test_smoke_measures_every_figure_with_the_machine(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "readme_timings.py"), "--smoke",
-                           f"--root={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "readme_timings.py"), "--smoke", f"--root={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("machine: ") and "cores" in lines[0] and "load average" in lines[0]

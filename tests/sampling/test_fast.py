@@ -22,8 +22,15 @@ VAR = np.array([0.05, 0.2, 0.5, 1.0]) ** 2
 EPS = 1e-3
 
 # The rule written out by hand (not recomputed from the formula the code uses).
-ORDER3 = {6: (3, 2, 1), 7: (3, 3, 1), 8: (3, 3, 2), 9: (3, 3, 2, 1), 10: (3, 3, 3, 1), 11: (3, 3, 3, 2),
-          12: (3, 3, 3, 2, 1)}
+ORDER3 = {
+    6: (3, 2, 1),
+    7: (3, 3, 1),
+    8: (3, 3, 2),
+    9: (3, 3, 2, 1),
+    10: (3, 3, 3, 1),
+    11: (3, 3, 3, 2),
+    12: (3, 3, 3, 2, 1),
+}
 
 
 def _oracle(sde):
@@ -101,12 +108,15 @@ def test_reported_nfe_equals_the_budget():
     sde = sde_lib.VPSDE()
     score = CountingScore(_oracle(sde))
     cases = [({"steps": n}, n) for n in ORDER3]
-    cases += [({"steps": 7, "grid": "uniform_t"}, 7), ({"steps": 8, "order": 2}, 8),
-              ({"steps": 7, "denoise": True}, 8), ({"steps": 7, "to_zero": True}, 7)]
+    cases += [
+        ({"steps": 7, "grid": "uniform_t"}, 7),
+        ({"steps": 8, "order": 2}, 8),
+        ({"steps": 7, "denoise": True}, 8),
+        ({"steps": 7, "to_zero": True}, 7),
+    ]
     for options, expected in cases:
         options = {"order": 3, **options}
-        _, nfe = sampling.sample(score, sde, (8, D), jax.random.key(0), method="dpm_solver", schedule="fast",
-                                 **options)
+        _, nfe = sampling.sample(score, sde, (8, D), jax.random.key(0), method="dpm_solver", schedule="fast", **options)
         made = score.take()
         assert int(nfe) == made == expected, (options, int(nfe), made)
     # alpha(T) = 0: the forced first-order first step is part of the budget ([1] + the rule for NFE - 1)
@@ -114,8 +124,9 @@ def test_reported_nfe_equals_the_budget():
     score = CountingScore(_oracle(rf))
     ts, orders = fast.fast_schedule(rf, 10, EPS, order=3)
     assert orders == (1,) + ORDER3[9] and ts.shape == (6,)
-    x, nfe = sampling.sample(score, rf, (8, D), jax.random.key(0), method="dpm_solver", schedule="fast", steps=10,
-                             order=3)
+    x, nfe = sampling.sample(
+        score, rf, (8, D), jax.random.key(0), method="dpm_solver", schedule="fast", steps=10, order=3
+    )
     assert int(nfe) == score.take() == 10 and bool(jnp.all(jnp.isfinite(x)))
 
 
@@ -126,8 +137,9 @@ def _errors(sde, runs):
         exact = _exact_map(sde, x_init, sde.T, EPS)
         out = []
         for options in runs:
-            x, nfe = sampling.sample(model, sde, (16, D), jax.random.key(0), method="dpm_solver", x_init=x_init,
-                                     eps=EPS, **options)
+            x, nfe = sampling.sample(
+                model, sde, (16, D), jax.random.key(0), method="dpm_solver", x_init=x_init, eps=EPS, **options
+            )
             assert x.dtype == jnp.float64
             out.append((float(jnp.max(jnp.abs(x - exact))), int(nfe)))
         return out
@@ -135,10 +147,13 @@ def _errors(sde, runs):
 
 def test_fast_beats_uniform_order2_at_12_nfe():
     sde = sde_lib.VPSDE()
-    (e_fast, n_fast), (e_2, n_2), (e_3, n_3) = _errors(sde, [
-        dict(order=3, schedule="fast", steps=12), dict(order=2, steps=6), dict(order=3, steps=4)])
-    print(f"\nVP, 12 NFE, max |x - exact flow map|: fast {e_fast:.3e}, uniform order 2 {e_2:.3e}, "
-          f"uniform order 3 {e_3:.3e}")
+    (e_fast, n_fast), (e_2, n_2), (e_3, n_3) = _errors(
+        sde, [dict(order=3, schedule="fast", steps=12), dict(order=2, steps=6), dict(order=3, steps=4)]
+    )
+    print(
+        f"\nVP, 12 NFE, max |x - exact flow map|: fast {e_fast:.3e}, uniform order 2 {e_2:.3e}, "
+        f"uniform order 3 {e_3:.3e}"
+    )
     assert n_fast == n_2 == n_3 == 12
     # Measured (float64, deterministic): fast 1.909e-1, uniform order 2 5.040e-1 (2.6x); uniform order 3 on 4
     # intervals 7.415e-2. Few steps on a stiff component (std 0.05): the errors are large in absolute terms,
@@ -153,8 +168,18 @@ def test_fast_is_order3_uniform_then_an_order2_and_an_order1_step():
         sde = sde_lib.VPSDE()
         model = _oracle(sde)
         x_init = jax.random.normal(jax.random.key(1), (16, D), jnp.float64)
-        x, nfe = sampling.sample(model, sde, (16, D), jax.random.key(0), method="dpm_solver", x_init=x_init,
-                                 eps=EPS, order=3, schedule="fast", steps=12)
+        x, nfe = sampling.sample(
+            model,
+            sde,
+            (16, D),
+            jax.random.key(0),
+            method="dpm_solver",
+            x_init=x_init,
+            eps=EPS,
+            order=3,
+            schedule="fast",
+            steps=12,
+        )
         ts = sampling.time_grid(sde, 5, EPS, kind="log_snr", dtype=jnp.float64)
 
         @jax.jit
@@ -169,8 +194,9 @@ def test_fast_is_order3_uniform_then_an_order2_and_an_order1_step():
         # grid point differs by >= 5e-2 here (orders (3,3,3,2,2) on these points: 5.8e-2)
         np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-14)
         # and it is not just the order-3 uniform sampler on 5 intervals (15 NFE)
-        z, nz = sampling.sample(model, sde, (16, D), jax.random.key(0), method="dpm_solver", x_init=x_init,
-                                eps=EPS, order=3, steps=5)
+        z, nz = sampling.sample(
+            model, sde, (16, D), jax.random.key(0), method="dpm_solver", x_init=x_init, eps=EPS, order=3, steps=5
+        )
         assert int(nz) == 15 and not np.allclose(x, z, rtol=1e-6, atol=1e-8)
 
 
@@ -186,24 +212,34 @@ def test_bad_values_raise_naming_the_value():
     with pytest.raises(ValueError, match="NFE budget >= 1; got 0"):
         fast.fast_orders(0)
     with pytest.raises(ValueError, match="NFE budget >= 2"):
-        sampling.sample(_oracle(sde_lib.RectifiedFlow()), sde_lib.RectifiedFlow(), (2, D), jax.random.key(0),
-                        method="dpm_solver", schedule="fast", steps=1)
+        sampling.sample(
+            _oracle(sde_lib.RectifiedFlow()),
+            sde_lib.RectifiedFlow(),
+            (2, D),
+            jax.random.key(0),
+            method="dpm_solver",
+            schedule="fast",
+            steps=1,
+        )
     with pytest.raises(ValueError, match=r"orders must be 2 ints"):
-        fast.dpm_solver(model, sde, jnp.zeros((2, D)), jnp.array([1.0, 0.5, EPS]), jax.random.key(0), 0,
-                        orders=(3, 4))
+        fast.dpm_solver(model, sde, jnp.zeros((2, D)), jnp.array([1.0, 0.5, EPS]), jax.random.key(0), 0, orders=(3, 4))
 
 
 def test_config_edge_passes_schedule():
     config = ml_collections.ConfigDict()
-    config.sampling = ml_collections.ConfigDict(dict(method="dpm_solver", steps=7, order=3, schedule="Fast",
-                                                     noise_removal=False))
+    config.sampling = ml_collections.ConfigDict(
+        dict(method="dpm_solver", steps=7, order=3, schedule="Fast", noise_removal=False)
+    )
     # a hand-made config is completed from the defaults table (to_zero=False), as a loaded one is
-    assert build.sampling_options(config) == ("dpm_solver", {"denoise": False, "steps": 7, "order": 3,
-                                                                "schedule": "fast", "to_zero": False})
+    assert build.sampling_options(config) == (
+        "dpm_solver",
+        {"denoise": False, "steps": 7, "order": 3, "schedule": "fast", "to_zero": False},
+    )
     config.sampling.schedule = ""  # the default: the method's own (uniform)
     assert "schedule" not in build.sampling_options(config)[1]
     config.sampling.schedule = "mixed"
     with pytest.raises(ValueError, match="unknown dpm_solver schedule 'mixed'"):
         build.sampling_options(config)
     from scoresde import config_defaults
+
     assert config_defaults.get_default_configs().sampling.schedule == ""

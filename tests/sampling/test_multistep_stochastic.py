@@ -74,8 +74,7 @@ def test_deterministic_samplers_match_exact_flow_map(sde_name):
         exact = _exact_map(sde, x_init, sde.T, eps)
         errs = {}
         for method, options in DETERMINISTIC:
-            x, nfe = sampling.sample(model, sde, (16, D), jax.random.key(0), method=method, x_init=x_init,
-                                     **options)
+            x, nfe = sampling.sample(model, sde, (16, D), jax.random.key(0), method=method, x_init=x_init, **options)
             assert x.dtype == jnp.float64 and bool(jnp.all(jnp.isfinite(x))), (method, options)
             errs[(method, str(options))] = float(jnp.max(jnp.abs(x - exact)))
         # observed max errors 2e-4 .. 1.9e-2 at these step counts; a wrong coefficient gives 0.1 - 10
@@ -106,8 +105,17 @@ def test_convergence_orders_float64():
         for method, options, steps, order in ORDERS:
             errs = []
             for n in steps:
-                x, nfe = sampling.sample(_oracle(sde), sde, (8, D), jax.random.key(0), method=method, x_init=x_init,
-                                         eps=1e-3, steps=n, **options)
+                x, nfe = sampling.sample(
+                    _oracle(sde),
+                    sde,
+                    (8, D),
+                    jax.random.key(0),
+                    method=method,
+                    x_init=x_init,
+                    eps=1e-3,
+                    steps=n,
+                    **options,
+                )
                 assert int(nfe) == n
                 errs.append(float(jnp.mean(jnp.abs(x - exact))))
             slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
@@ -135,13 +143,18 @@ def test_sde_solvers_weak_order_float64():
         mu, v = 0.4, 0.3**2
         a = lambda t: sde.alpha(t)[:, None]
         s = lambda t: sde.sigma(t)[:, None]
-        model = P.with_denoiser(lambda x, t: -(x - a(t) * mu) / (a(t) ** 2 * v + s(t) ** 2),
-                                lambda x, t: mu + a(t) * v / (a(t) ** 2 * v + s(t) ** 2) * (x - a(t) * mu))
+        model = P.with_denoiser(
+            lambda x, t: -(x - a(t) * mu) / (a(t) ** 2 * v + s(t) ** 2),
+            lambda x, t: mu + a(t) * v / (a(t) ** 2 * v + s(t) ** 2) * (x - a(t) * mu),
+        )
         te = jnp.array([eps])
         m_ex, v_ex = float(sde.alpha(te)[0] * mu), float(sde.alpha(te)[0] ** 2 * v + sde.sigma(te)[0] ** 2)
         steps = (40, 80, 160)
-        for fn, kw, order in [(stochastic.euler_ancestral, {}, 1), (stochastic.dpm_solver_pp_sde, {"order": 2}, 2),
-                              (stochastic.dpm_solver_pp_sde, {"order": 3}, 2)]:
+        for fn, kw, order in [
+            (stochastic.euler_ancestral, {}, 1),
+            (stochastic.dpm_solver_pp_sde, {"order": 2}, 2),
+            (stochastic.dpm_solver_pp_sde, {"order": 3}, 2),
+        ]:
             errs = []
             for n in steps:
                 ts = sampling.time_grid(sde, n, eps, kind="log_snr", dtype=jnp.float64)
@@ -170,8 +183,9 @@ def test_euler_ancestral_and_2m_sde_agree_with_k_diffusion_loops():
             s_up = min(sig[i + 1], eta * (sig[i + 1] ** 2 * (sig[i] ** 2 - sig[i + 1] ** 2) / sig[i] ** 2) ** 0.5)
             s_down = (sig[i + 1] ** 2 - s_up**2) ** 0.5
             x = x + (x - d) / sig[i] * (s_down - sig[i]) + noise[i] * s_up
-        ours, nfe = stochastic.euler_ancestral(model, sde, jnp.asarray(x_init), ts, jax.random.key(0), 0, eta=eta,
-                                               noise=jnp.asarray(noise))
+        ours, nfe = stochastic.euler_ancestral(
+            model, sde, jnp.asarray(x_init), ts, jax.random.key(0), 0, eta=eta, noise=jnp.asarray(noise)
+        )
         np.testing.assert_allclose(ours, x, rtol=1e-10, atol=1e-10)
         x, old, h_last = x_init.copy(), None, None
         for i in range(n):
@@ -185,8 +199,9 @@ def test_euler_ancestral_and_2m_sde_agree_with_k_diffusion_loops():
                 x = x + 0.5 * (-np.expm1(-h - eta_h)) * (1 / r) * (d - old)
             x = x + noise[i] * sig[i + 1] * np.sqrt(-np.expm1(-2 * eta_h))
             old, h_last = d, h
-        ours, nfe = stochastic.dpm_solver_pp_sde(model, sde, jnp.asarray(x_init), ts, jax.random.key(0), 0, eta=eta,
-                                                 noise=jnp.asarray(noise))
+        ours, nfe = stochastic.dpm_solver_pp_sde(
+            model, sde, jnp.asarray(x_init), ts, jax.random.key(0), 0, eta=eta, noise=jnp.asarray(noise)
+        )
         np.testing.assert_allclose(ours, x, rtol=1e-10, atol=1e-10)
         assert int(nfe) == n
 
@@ -286,8 +301,18 @@ def test_deis_is_the_official_tab_deis_on_the_same_grid(grid):
         x_init = np.asarray(jax.random.normal(jax.random.key(1), (8, D), jnp.float64))
         ref = _official_tab_sample(sde, x_init, ts, exact)
         off = _official_tab_sample(sde, x_init, ts, riemann)
-        x, nfe = sampling.sample(_oracle(sde), sde, (8, D), jax.random.key(0), method="deis",
-                                 x_init=jnp.asarray(x_init), eps=1e-3, steps=20, order=3, grid=grid)
+        x, nfe = sampling.sample(
+            _oracle(sde),
+            sde,
+            (8, D),
+            jax.random.key(0),
+            method="deis",
+            x_init=jnp.asarray(x_init),
+            eps=1e-3,
+            steps=20,
+            order=3,
+            grid=grid,
+        )
         assert int(nfe) == 20
         assert np.max(np.abs(np.asarray(x) - ref)) < 1e-3 * np.max(np.abs(off - ref))
 
@@ -307,8 +332,18 @@ def test_deis_convergence_orders_float64(grid, eps):
         for order in (0, 1, 2, 3):
             errs = []
             for n in steps:
-                x, nfe = sampling.sample(_oracle(sde), sde, (8, D), jax.random.key(0), method="deis", x_init=x_init,
-                                         eps=eps, steps=n, order=order, grid=grid)
+                x, nfe = sampling.sample(
+                    _oracle(sde),
+                    sde,
+                    (8, D),
+                    jax.random.key(0),
+                    method="deis",
+                    x_init=x_init,
+                    eps=eps,
+                    steps=n,
+                    order=order,
+                    grid=grid,
+                )
                 assert int(nfe) == n
                 errs.append(float(jnp.mean(jnp.abs(x - exact))))
             slopes.append(-np.polyfit(np.log(steps), np.log(errs), 1)[0])
@@ -332,8 +367,9 @@ def test_deis_orders_and_grid_defaults_are_the_authors():
     with jax.enable_x64(True):
         vp, x_init = sde_lib.VPSDE(), jax.random.normal(jax.random.key(1), (4, D), jnp.float64)
         a, _ = sampling.sample(_oracle(vp), vp, (4, D), jax.random.key(0), method="deis", order=0, x_init=x_init)
-        b, _ = sampling.sample(_oracle(vp), vp, (4, D), jax.random.key(0), method="ddim", grid="quadratic_t", steps=20,
-                               x_init=x_init)
+        b, _ = sampling.sample(
+            _oracle(vp), vp, (4, D), jax.random.key(0), method="ddim", grid="quadratic_t", steps=20, x_init=x_init
+        )
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -365,8 +401,9 @@ def test_ode_on_rectified_flow_starts_at_t1_with_the_velocity_form():
         model = _oracle(rf)
         x_init = rf.prior_sampling(jax.random.key(1), (16, D)).astype(jnp.float64)
         exact = _exact_map(rf, x_init, 1.0, 1e-3)
-        x, nfe = sampling.sample(model, rf, (16, D), jax.random.key(0), method="ode", x_init=x_init, eps=1e-3,
-                                 rtol=1e-8, atol=1e-8)
+        x, nfe = sampling.sample(
+            model, rf, (16, D), jax.random.key(0), method="ode", x_init=x_init, eps=1e-3, rtol=1e-8, atol=1e-8
+        )
         assert float(jnp.max(jnp.abs(x - exact))) < 1e-6 and int(nfe) > 10
         # the velocity form is the score-form drift wherever both are finite, and (x - D) / t for rectified flow
         t = jnp.full((16,), 0.37, jnp.float64)
@@ -393,7 +430,8 @@ def test_unipc_lowers_its_final_orders_at_every_step_count():
         model = _oracle(vp)
         lowered = multistep.unipc(model, vp, x_init, ts, jax.random.key(0), 0, order=3)[0]
         kept = multistep.unipc(model, vp, x_init, ts, jax.random.key(0), 0, order=3, lower_order_final=False)[0]
-        x, _ = sampling.sample(model, vp, (8, D), jax.random.key(0), method="unipc", x_init=x_init, eps=1e-3,
-                               order=3, steps=20)
+        x, _ = sampling.sample(
+            model, vp, (8, D), jax.random.key(0), method="unipc", x_init=x_init, eps=1e-3, order=3, steps=20
+        )
         np.testing.assert_allclose(x, lowered, rtol=1e-12, atol=1e-12)  # jit vs eager rounding only
         assert not np.allclose(lowered, kept, rtol=0, atol=1e-9)

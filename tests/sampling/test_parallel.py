@@ -28,8 +28,9 @@ def test_window_one_is_the_sequential_sampler_bitwise(eta):
         score_fn, key = _mixture_score64(), jax.random.key(0)
         x_init = jax.random.normal(jax.random.key(1), (8, 4), jnp.float64)
         ref, nfe_ref = sampling.sample(score_fn, VP, (8, 4), key, method="ddim", x_init=x_init, steps=30, eta=eta)
-        x, nfe, stats = sampling.parallel_sample(score_fn, VP, (8, 4), key, method="ddim", eta=eta, window=1,
-                                                 tol=1e-3, x_init=x_init, steps=30, stats=True)
+        x, nfe, stats = sampling.parallel_sample(
+            score_fn, VP, (8, 4), key, method="ddim", eta=eta, window=1, tol=1e-3, x_init=x_init, steps=30, stats=True
+        )
         rounds = stats["rounds"]
         assert x.dtype == jnp.float64
         np.testing.assert_array_equal(np.asarray(x), np.asarray(ref))
@@ -53,8 +54,19 @@ def test_tolerance_to_zero_recovers_the_sequential_sampler(eta):
         ref, _ = sampling.sample(score_fn, VP, (8, 4), key, method="ddim", x_init=x_init, steps=30, eta=eta)
         errors = []
         for tol in (1e-1, 1e-2, 1e-4, 0.0):
-            x, nfe, stats = sampling.parallel_sample(score_fn, VP, (8, 4), key, method="ddim", eta=eta, window=6,
-                                                     tol=tol, x_init=x_init, steps=30, stats=True)
+            x, nfe, stats = sampling.parallel_sample(
+                score_fn,
+                VP,
+                (8, 4),
+                key,
+                method="ddim",
+                eta=eta,
+                window=6,
+                tol=tol,
+                x_init=x_init,
+                steps=30,
+                stats=True,
+            )
             rounds = stats["rounds"]
             errors.append(float(jnp.max(jnp.abs(x - ref))))
             assert int(nfe) == 6 * int(rounds)
@@ -72,8 +84,9 @@ def test_d64_gaussian_needs_far_fewer_rounds_than_steps():
     key = jax.random.key(5)
     x_init = jax.random.normal(jax.random.key(6), (16, d))
     ref, _ = sampling.sample(score_fn, VP, (16, d), key, method="ddim", x_init=x_init, steps=steps)
-    x, nfe, stats = sampling.parallel_sample(score_fn, VP, (16, d), key, method="ddim", window=25, tol=1e-3,
-                                             x_init=x_init, steps=steps, stats=True)
+    x, nfe, stats = sampling.parallel_sample(
+        score_fn, VP, (16, d), key, method="ddim", window=25, tol=1e-3, x_init=x_init, steps=steps, stats=True
+    )
     rounds = stats["rounds"]
     ratio = int(rounds) / steps
     rms = float(jnp.sqrt(jnp.mean((x - ref) ** 2)))

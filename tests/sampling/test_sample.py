@@ -14,7 +14,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-
 from scoresde import analytic, build, sampling
 from scoresde import sde as sde_lib
 from scoresde.sampling import pc
@@ -24,8 +23,7 @@ D = 4
 
 def _gaussian():
     rot = analytic.random_rotation(jax.random.key(5), D)
-    return analytic.GaussianMixture(jnp.array([[0.3, -0.2, 0.1, 0.0]]), jnp.array([[0.1, 0.3, 0.6, 1.0]]),
-                                    rotation=rot)
+    return analytic.GaussianMixture(jnp.array([[0.3, -0.2, 0.1, 0.0]]), jnp.array([[0.1, 0.3, 0.6, 1.0]]), rotation=rot)
 
 
 class CountingScore:
@@ -117,8 +115,9 @@ def test_float64_exact_map_helper_agrees_with_analytic():
     mu, std = jnp.array([0.3, -0.2, 0.1, 0.0]), jnp.array([0.05, 0.2, 0.5, 1.0])
     gm = analytic.GaussianMixture(mu[None], std[None])
     x = jax.random.normal(jax.random.key(0), (8, D))
-    np.testing.assert_allclose(_exact64(sde, mu, std**2, x, 1.0, 1e-3), gm.flow_map(sde, x, 1.0, 1e-3),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _exact64(sde, mu, std**2, x, 1.0, 1e-3), gm.flow_map(sde, x, 1.0, 1e-3), rtol=1e-5, atol=1e-6
+    )
 
 
 # (method, options, steps for the slope fit, expected order). Step ranges where the leading error
@@ -149,8 +148,17 @@ def test_convergence_orders_float64():
         for method, options, steps, order in ORDERS:
             errs = []
             for n in steps:
-                x, _ = sampling.sample(score_fn, sde, (16, D), jax.random.key(0), method=method, x_init=x_init,
-                                       eps=1e-3, steps=n, **options)
+                x, _ = sampling.sample(
+                    score_fn,
+                    sde,
+                    (16, D),
+                    jax.random.key(0),
+                    method=method,
+                    x_init=x_init,
+                    eps=1e-3,
+                    steps=n,
+                    **options,
+                )
                 assert x.dtype == jnp.float64
                 errs.append(float(jnp.mean(jnp.abs(x - exact))))
             slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
@@ -170,15 +178,18 @@ def test_ddim_equals_dpm_solver_1_equals_euler_in_sigma_coordinates(sde_name):
         kw = dict(x_init=x_init, eps=eps, steps=12, grid="log_snr")
         x_ddim, _ = sampling.sample(score_fn, sde, (8, D), jax.random.key(0), method="ddim", eta=0.0, **kw)
         x_dpm, _ = sampling.sample(score_fn, sde, (8, D), jax.random.key(0), method="dpm_solver", order=1, **kw)
-        x_dpmpp, _ = sampling.sample(score_fn, sde, (8, D), jax.random.key(0), method="dpm_solver++", order=1,
-                                     **kw)
+        x_dpmpp, _ = sampling.sample(score_fn, sde, (8, D), jax.random.key(0), method="dpm_solver++", order=1, **kw)
         # Euler on dxbar/dsigmabar = eps_pred with xbar = x / alpha, sigmabar = sigma / alpha.
         ts = np.asarray(sampling.time_grid(sde, 12, eps, kind="log_snr", dtype=jnp.float64))
         x = x_init
         for s, t in zip(ts[:-1], ts[1:]):
             s_b, t_b = jnp.full((8,), s), jnp.full((8,), t)
-            a_s, sig_s, a_t, sig_t = sde.alpha(s_b)[:, None], sde.sigma(s_b)[:, None], sde.alpha(t_b)[:, None], \
-                sde.sigma(t_b)[:, None]
+            a_s, sig_s, a_t, sig_t = (
+                sde.alpha(s_b)[:, None],
+                sde.sigma(s_b)[:, None],
+                sde.alpha(t_b)[:, None],
+                sde.sigma(t_b)[:, None],
+            )
             eps_pred = -sig_s * score_fn(x, s_b)
             x = a_t * (x / a_s + (sig_t / a_t - sig_s / a_s) * eps_pred)
         assert x_ddim.dtype == jnp.float64
@@ -207,8 +218,9 @@ STOCHASTIC = [
 def _data(name):
     if name == "gauss":
         return analytic.GaussianMixture(jnp.array([[0.5, -1.0]]), jnp.array([[0.3, 1.0]]), rotation=_ROT)
-    return analytic.GaussianMixture(jnp.array([[-1.5, 0.0], [1.5, 0.5]]), jnp.array([0.4, 0.6]),
-                                    weights=jnp.array([0.3, 0.7]))
+    return analytic.GaussianMixture(
+        jnp.array([[-1.5, 0.0], [1.5, 0.5]]), jnp.array([0.4, 0.6]), weights=jnp.array([0.3, 0.7])
+    )
 
 
 @pytest.mark.parametrize("data,sde_name,method,options", STOCHASTIC)
@@ -265,8 +277,17 @@ def test_compiled_once_for_new_seed_inputs_and_float_options():
         assert first > 0
         for i, val in enumerate([0.5, 0.9]):
             floats = {"pc": {"snr": val * 0.3}, "ddim": {"eta": val}, "edm_heun": {"S_churn": 10 * val}}[method]
-            sampling.sample(score_fn, sde, (8, D), jax.random.key(i + 3), method=method, x_init=x0 * val,
-                            eps=1e-3 * (1 + val), **opts, **floats)
+            sampling.sample(
+                score_fn,
+                sde,
+                (8, D),
+                jax.random.key(i + 3),
+                method=method,
+                x_init=x0 * val,
+                eps=1e-3 * (1 + val),
+                **opts,
+                **floats,
+            )
         assert len(traces) == first, method  # no retrace, so no recompilation
         traces.clear()
     # a new step count changes the loop length: it does retrace
@@ -311,22 +332,33 @@ def test_failed_ode_solve_raises():
 
 def _config(**sampling_fields):
     config = ml_collections.ConfigDict()
-    config.sampling = ml_collections.ConfigDict(dict(
-        method="pc", predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps_each=1,
-        noise_removal=True, probability_flow=False))
+    config.sampling = ml_collections.ConfigDict(
+        dict(
+            method="pc",
+            predictor="reverse_diffusion",
+            corrector="langevin",
+            snr=0.16,
+            n_steps_each=1,
+            noise_removal=True,
+            probability_flow=False,
+        )
+    )
     config.sampling.update(sampling_fields)
     return config
 
 
-@pytest.mark.parametrize("fields,expected_nfe", [
-    ({}, 2 * 40),
-    ({"method": "pc", "predictor": "euler_maruyama", "corrector": "none", "probability_flow": True}, 40),
-    ({"method": "ode", "solver": "euler", "steps": 6}, 6 + 1),
-    ({"method": "ddim", "steps": 5, "eta": 0.5}, 5 + 1),
-    ({"method": "dpm_solver", "steps": 3, "order": 3, "noise_removal": False}, 9),
-    ({"method": "dpm_solver++", "steps": 6}, 6 + 1),
-    ({"method": "edm_heun", "steps": 4, "S_churn": 1.0, "rho": 5.0}, 8 + 1),
-])
+@pytest.mark.parametrize(
+    "fields,expected_nfe",
+    [
+        ({}, 2 * 40),
+        ({"method": "pc", "predictor": "euler_maruyama", "corrector": "none", "probability_flow": True}, 40),
+        ({"method": "ode", "solver": "euler", "steps": 6}, 6 + 1),
+        ({"method": "ddim", "steps": 5, "eta": 0.5}, 5 + 1),
+        ({"method": "dpm_solver", "steps": 3, "order": 3, "noise_removal": False}, 9),
+        ({"method": "dpm_solver++", "steps": 6}, 6 + 1),
+        ({"method": "edm_heun", "steps": 4, "S_churn": 1.0, "rho": 5.0}, 8 + 1),
+    ],
+)
 def test_get_sampling_fn_from_config(fields, expected_nfe):
     gm, sde = _gaussian(), sde_lib.VPSDE(N=40)
     sampler = build.sampler_from_config(_config(**fields), sde, (8, D), inverse_scaler=lambda x: 2 * x)
@@ -350,8 +382,13 @@ def test_errors_name_the_bad_value():
     with pytest.raises(ValueError, match="unknown predictor 'rk4'"):
         sampling.sample(gm.score_fn(sde), sde, (2, D), jax.random.key(0), predictor="rk4")
     with pytest.raises(ValueError, match="ancestral_sampling is defined for VPSDE and VESDE"):
-        sampling.sample(gm.score_fn(sde_lib.SubVPSDE()), sde_lib.SubVPSDE(), (2, D), jax.random.key(0),
-                        predictor="ancestral_sampling")
+        sampling.sample(
+            gm.score_fn(sde_lib.SubVPSDE()),
+            sde_lib.SubVPSDE(),
+            (2, D),
+            jax.random.key(0),
+            predictor="ancestral_sampling",
+        )
     with pytest.raises(ValueError, match="discrete betas < 1"):
         sampling.sample(gm.score_fn(sde), sde, (2, D), jax.random.key(0), predictor="reverse_diffusion", steps=10)
     with pytest.raises(ValueError, match="order must be 1, 2 or 3"):
@@ -384,8 +421,12 @@ def test_the_declared_deterministic_trait_is_what_each_method_does():
     gm, sde = _gaussian(), sde_lib.VPSDE()
     x_init = jax.random.normal(jax.random.key(1), (3, D))
     cases = [(method, {}) for method in sampling.METHODS]
-    cases += [("ddim", dict(eta=1.0)), ("edm_heun", dict(S_churn=10.0)), ("euler_ancestral", dict(eta=0.0)),
-              ("dpm_solver++_sde", dict(eta=0.0))]
+    cases += [
+        ("ddim", dict(eta=1.0)),
+        ("edm_heun", dict(S_churn=10.0)),
+        ("euler_ancestral", dict(eta=0.0)),
+        ("dpm_solver++_sde", dict(eta=0.0)),
+    ]
     for method, opts in cases:
         if method == "consistency":
             score_fn, opts = (lambda x, t: 0.5 * x), dict(steps=2)  # any f(x, t): the re-noising is the noise
