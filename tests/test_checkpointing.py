@@ -91,7 +91,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     model, step = build.load_model(workdir, config)
     assert step == 2
     assert any("skipping checkpoint" in r.getMessage() and "/3" in r.getMessage() for r in caplog.records)
-    assert os.path.isdir(os.path.join(ckpt_dir, "3"))  # a reader renames nothing (issue 13: read-only)
+    assert os.path.isdir(os.path.join(ckpt_dir, "3"))  # a reader renames nothing: read-only
     # training resumes from step 2 and redoes step 3; the writer moves the unreadable one aside
     config.training.n_iters = 4
     train.train(config, workdir)

@@ -256,8 +256,8 @@ def adopt_pinned_fields(stored: dict, config) -> None:
                 config[section][name] = old[field]
 
 
-# One table of what each stream of randomness is for: fold_in(key, PURPOSE[name]). The numbers are the
-# ones earlier runs used, so checkpoints and reports stay reproducible.
+# One table of what each stream of randomness is for: fold_in(key, PURPOSE[name]). The numbers are
+# fixed: changing one would change the random draws of every checkpoint and report.
 PURPOSE = {
     "train": 1,  # root -> per-step training key (fold_in(key, step) below it)
     "eval": 2,  # root -> eval-loss key during training

@@ -249,7 +249,7 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
 
     The first step is first order (no history yet). With ``lower_order_final`` and fewer than 10 steps
     the last step is first order too, as the authors' current implementation does for stability
-    (``DPM_Solver.sample``: ``if lower_order_final and steps < 10``; this module used 15 before).
+    (``DPM_Solver.sample``: ``if lower_order_final and steps < 10``).
     From ``alpha(s) = 0`` the step is ``x_t = sigma_t x + alpha_t x0`` (``h = inf``; in the next step ``r = h_prev / h = inf``
     makes ``0.5 / r = 0``, its first-order update), so no term is NaN.
     """

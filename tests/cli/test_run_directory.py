@@ -1,4 +1,4 @@
-"""A run directory nobody can corrupt: one test per defect of the hostile-user review (issue 13).
+"""A run directory nobody can corrupt: one test per defect of a hostile-user review.
 
 Each test fails on the code before the fix: stale likelihood partials reused, read-only modes deleting a
 trainer's in-flight saves, unlocked workdirs, silent resume under another config, stale samples in FID,
@@ -153,7 +153,7 @@ def test_resume_with_a_changed_sde_is_refused_and_a_changed_n_iters_is_fine(tmp_
 
 
 def test_distill_reflow_and_autoencoder_resume_under_another_config_are_refused(tmp_path):
-    """The trainers later issues added check the stored config on resume as train does."""
+    """Every trainer, not only train, checks the stored config on resume."""
     from scoresde.modes.distill import distill
     from scoresde.modes.reflow import reflow_mode
     from scoresde.modes.train_autoencoder import train_autoencoder
