@@ -107,6 +107,16 @@ def _config_spec() -> str | None:
     return value or following
 
 
+def _config_overrides() -> tuple[str, ...]:
+    """The ``--config.FIELD=VALUE`` overrides as given, so the commands the run suggests next reproduce it."""
+    out, argv = [], sys.argv[1:]
+    for i, a in enumerate(argv):
+        if a.startswith("--config."):
+            joined = "=" in a or i + 1 >= len(argv) or argv[i + 1].startswith("--")
+            out.append(a if joined else f"{a}={argv[i + 1]}")
+    return tuple(out)
+
+
 class CommandLineError(ValueError):
     """A command line that cannot start a run; its message is the whole report."""
 
@@ -298,7 +308,7 @@ def main(argv):
     quiet = runlog.QuietStderr(log_path=os.path.join(FLAGS.workdir, log_name))
     try:
         fn = resolve_mode(FLAGS.mode)
-        runlog.set_config_spec(_config_spec())
+        runlog.set_config_spec(_config_spec(), _config_overrides())
         compilation.enable_compilation_cache()  # a restarted run does not compile again
         result = fn(config_defaults.with_defaults(FLAGS.config), FLAGS.workdir)
     except Exception as e:  # noqa: BLE001  (every failure ends the same way: one message, a non-zero exit)

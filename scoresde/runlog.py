@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import threading
 
@@ -28,7 +29,7 @@ __all__ = [
     "is_library_log",
 ]
 
-_INVOCATION = {"config": None}
+_INVOCATION = {"config": None, "overrides": ()}
 
 
 class MetricsLogger:
@@ -125,15 +126,21 @@ def conclude(done: str, *, results: dict | None = None, next_command: str | None
         print(f"next: {next_command}", file=sys.stderr, flush=True)
 
 
-def set_config_spec(spec: str | None) -> None:
-    """Remembers the ``--config`` argument of this invocation, so closing lines can print runnable commands."""
-    _INVOCATION["config"] = spec
+def set_config_spec(spec: str | None, overrides=()) -> None:
+    """Remembers this invocation's ``--config`` argument and its ``--config.FIELD=VALUE`` overrides, so that the
+    commands a closing line suggests run on the same model."""
+    _INVOCATION["config"], _INVOCATION["overrides"] = spec, tuple(overrides)
 
 
 def command(mode: str, workdir: str, extra: str = "") -> str:
-    """The CLI command that runs ``mode`` on ``workdir`` with this invocation's config."""
-    cmd = f"python -m scoresde.main --config={_INVOCATION['config'] or 'CONFIG'} --workdir={workdir} --mode={mode}"
-    return f"{cmd} {extra}".rstrip()
+    """The CLI command that runs ``mode`` on ``workdir`` with this invocation's config and overrides (an override
+    that ``extra`` sets again is replaced), each argument shell-quoted."""
+    extra_args = shlex.split(extra)
+    replaced = {a.split("=", 1)[0] for a in extra_args}
+    kept = [o for o in _INVOCATION["overrides"] if o.split("=", 1)[0] not in replaced]
+    config = _INVOCATION["config"] or "CONFIG"
+    args = ["python", "-m", "scoresde.main", f"--config={config}", f"--workdir={workdir}", f"--mode={mode}"]
+    return shlex.join([*args, *kept, *extra_args])
 
 
 def latent_command(autoencoder_workdir: str) -> str | None:

@@ -69,3 +69,25 @@ def test_the_latent_stage_command_is_real(tmp_path):
     finally:
         os.chdir(old)
         runlog.set_config_spec(None)
+
+
+def test_the_suggested_command_keeps_the_runs_overrides_and_quotes_paths():
+    """A ``beta_max=5`` model must be sampled as ``beta_max=5``: the next command carries every override."""
+    saved = dict(runlog._INVOCATION)
+    try:
+        runlog.set_config_spec("configs/toy2d_vp.py:smoke", ("--config.model.beta_max=5", "--config.sampling.steps=7"))
+        cmd = runlog.command("sample", "runs/my run", "--config.sampling.steps=3")
+        assert cmd == (
+            "python -m scoresde.main --config=configs/toy2d_vp.py:smoke '--workdir=runs/my run' --mode=sample "
+            "--config.model.beta_max=5 --config.sampling.steps=3"
+        )
+    finally:
+        runlog._INVOCATION.update(saved)
+
+
+def test_the_overrides_are_read_from_the_command_line(monkeypatch):
+    from scoresde import main  # noqa: PLC0415  (absl flags are defined on import)
+
+    argv = ["main", "--config=configs/toy2d_vp.py", "--config.model.beta_max", "5", "--config.training.n_iters=3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert main._config_overrides() == ("--config.model.beta_max=5", "--config.training.n_iters=3")
