@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 
 import jax
 import numpy as np
@@ -96,6 +97,13 @@ def _load_partial(path, expected: dict, fields):
     """
     if not os.path.exists(path):
         return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            json.loads(str(f["settings"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{path} is not a partial likelihood file ({type(e).__name__}); move it away to start afresh"
+        ) from None
     with np.load(path) as f:
         saved = json.loads(str(f["settings"]))
         for key in _STALE:

@@ -6,6 +6,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from scoresde import build, checkpointing
@@ -98,3 +99,13 @@ def test_header_says_how_many_examples_and_why(capsys):
     s = build.likelihood_settings(config)
     likelihood_mode._announce(config, s, "runs/digits", 7, likelihood_mode._count_batches(config, s), "bits/dim")
     assert "examples   all 180 test examples" in capsys.readouterr().err
+
+
+def test_a_garbage_partial_file_is_one_clear_error(tmp_path):
+    """Not numpy's advice to allow pickles: the path, what it is not, and what to do."""
+    from scoresde.modes import likelihood as likelihood_mode
+
+    path = tmp_path / "bpd_test_partial.npz"
+    path.write_bytes(b"\x80\x04garbage, not an npz")
+    with pytest.raises(ValueError, match=r"bpd_test_partial\.npz is not a partial likelihood file .*move it away"):
+        likelihood_mode._load_partial(str(path), {}, {})
