@@ -11,7 +11,8 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.optim`: the optimiser.
 * :mod:`~scoresde.build.networks`: networks and classifiers, also from checkpoints.
 * :mod:`~scoresde.build.sampling`: samplers, guidance and the jitted sample function.
-* :mod:`~scoresde.build.fewstep`: teachers, students and the distillation step.
+* :mod:`~scoresde.build.fewstep`: teachers, students and their record (``student.json``).
+* :mod:`~scoresde.build.distill`: the distillation step (CD, CT, PD) and PD's rounds.
 * :mod:`~scoresde.build.inverse`: inverse problems (``config.inverse``).
 * :mod:`~scoresde.build.metrics`: sample-quality settings, the FID feature extractor and reference statistics.
 * :mod:`~scoresde.build.likelihood`: the bits/dim settings (``LikelihoodSettings``).
@@ -20,6 +21,14 @@ ask it for what they need. One module per config concern:
 Every public name is also importable from ``scoresde.build`` itself.
 """
 
+from scoresde.build.distill import (  # noqa: F401
+    init_distill_state,
+    iters_per_round,
+    make_distill_step,
+    pd_rounds,
+    round_of_step,
+    total_steps,
+)
 from scoresde.build.fewstep import (  # noqa: F401
     CONSISTENCY_METHODS,
     METHODS,
@@ -27,17 +36,11 @@ from scoresde.build.fewstep import (  # noqa: F401
     Teacher,
     check_same_architecture,
     distill_method,
-    init_distill_state,
     is_consistency_model,
-    iters_per_round,
     load_teacher,
-    make_distill_step,
-    pd_rounds,
     read_student_file,
-    round_of_step,
     student_consistency_fn,
     teacher_config,
-    total_steps,
     write_student_file,
 )
 from scoresde.build.inverse import (  # noqa: F401

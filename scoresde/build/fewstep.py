@@ -30,17 +30,14 @@ import os
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from scoresde import data as data_lib
-from scoresde import parameterization, train_state
 from scoresde.build.networks import load_model
 from scoresde.build.run import as_config, params_digest
 from scoresde.build.score import ScoreModel, make_score_model, sampling_eps, score_convention
 from scoresde.checkpointing import Checkpointer
 from scoresde.fewstep import consistency as cm
-from scoresde.fewstep import progressive
 
 CONSISTENCY_METHODS = ("cd", "ct")  # config.distill.method values whose network is a consistency function
 
@@ -72,12 +69,6 @@ __all__ = [
     "Teacher",
     "distill_method",
     "load_teacher",
-    "pd_rounds",
-    "total_steps",
-    "init_distill_state",
-    "make_distill_step",
-    "iters_per_round",
-    "round_of_step",
     "write_student_file",
     "read_student_file",
 ]
@@ -187,155 +178,6 @@ def check_same_architecture(student_params, teacher_params, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- schedules
-
-
-def pd_rounds(config) -> list[int]:
-    """The student step counts of the PD rounds, ``[start/2, .., end]``."""
-    d = config.distill
-    return progressive.halving_rounds(int(d.start_steps), int(d.end_steps))
-
-
-def iters_per_round(config) -> int:
-    """PD: ``config.training.n_iters // len(rounds)`` training steps per halving round (at least 1)."""
-    return max(1, int(config.training.n_iters) // len(pd_rounds(config)))
-
-
-def total_steps(config) -> int:
-    """Training steps of the run: ``config.training.n_iters`` (PD: rounded down to whole rounds)."""
-    if distill_method(config) == "pd":
-        return len(pd_rounds(config)) * iters_per_round(config)
-    return int(config.training.n_iters)
-
-
-def round_of_step(config, step: int) -> int:
-    """The PD round that the (1-based) step ``step`` belongs to."""
-    return min(max(step - 1, 0) // iters_per_round(config), len(pd_rounds(config)) - 1)
-
-
-# ----------------------------------------------------------------------------------------------- state and step
-
-
-def init_distill_state(params, tx, *, teacher_params=None) -> dict:
-    """:func:`scoresde.train_state.init_state` with ``opt_state = {"opt", "aux": {"target", "teacher"}}``."""
-    state = train_state.init_state(params, tx)
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (separate buffers: the step donates)
-    aux = {"target": copy(params), "teacher": copy(teacher_params if teacher_params is not None else params)}
-    state["opt_state"] = {"opt": state["opt_state"], "aux": aux}
-    return state
-
-
-def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
-    """The :class:`scoresde.training.Trainer` ``update(state, batch, key, apply_gradients) -> (state, metrics)``
-    of ``config.distill.method``: the student's loss and gradients, the guarded update, then CD's target EMA."""
-    method = distill_method(config)
-    d = config.distill
-    eps = sampling_eps(sde)
-    student_model = make_score_model(config)
-    total = total_steps(config)
-
-    def student_net(params, train, k_drop):
-        model = nnx.merge(graphdef, params, rest)
-        return lambda x, labels: model(x, labels, train=train, key=k_drop)
-
-    def f_apply(params, train=False, k_drop=None):
-        return student_consistency_fn(student_net(params, train, k_drop), sde, config)
-
-    def cd_objective(params, aux, batch, k_loss, k_drop, step):
-        tnet = nnx.merge(teacher.graphdef, teacher.params, teacher.rest)
-        teacher_score = teacher.score_model.score_fn(tnet)
-        online_f = f_apply(params, True, k_drop)
-        apply = lambda p, x, t: online_f(x, t) if p is params else f_apply(p)(x, t)  # noqa: E731
-        loss, out = cm.cd_loss(
-            apply,
-            params,
-            aux["target"],
-            teacher_score,
-            sde,
-            batch,
-            k_loss,
-            num_scales=int(d.num_scales),
-            eps=eps,
-            rho=float(d.rho),
-            solver=str(d.solver),
-            metric=str(d.metric),
-            weighting=str(d.weighting),
-            schedule=str(d.schedule),
-        )
-        return loss, {"num_scales": jnp.asarray(int(d.num_scales), jnp.float32)}
-
-    def ct_objective(params, aux, batch, k_loss, k_drop, step):
-        del aux
-        n = cm.ict_num_scales(step, total, int(d.ct_s0), int(d.ct_s1))
-        online_f, target_f = f_apply(params, True, k_drop), f_apply(params)
-        # mu = 0 (iCT): the target is the online network itself, stop-gradiented inside ct_loss
-        apply = lambda p, x, t: online_f(x, t) if p == "online" else target_f(x, t)  # noqa: E731
-        loss, _ = cm.ct_loss(
-            apply,
-            "online",
-            "target",
-            sde,
-            batch,
-            k_loss,
-            num_scales=n,
-            eps=eps,
-            rho=float(d.rho),
-            metric=str(d.metric),
-            weighting=str(d.weighting),
-            schedule=str(d.schedule),
-        )
-        return loss, {"num_scales": n.astype(jnp.float32)}
-
-    if method == "pd":
-        rounds = jnp.asarray(pd_rounds(config), jnp.int32)
-        per_round = iters_per_round(config)
-        t_conv = teacher.score_model
-
-    def pd_objective(params, aux, batch, k_loss, k_drop, step):
-        r = jnp.minimum(step // per_round, rounds.shape[0] - 1)
-        steps = rounds[r]
-        tnet = nnx.merge(graphdef, aux["teacher"], rest)
-
-        def teacher_score(x, t):  # round 0: the teacher's own output convention; later: the student's
-            alpha, sigma = parameterization.coefficients(sde, t, t_conv.time_label)
-            out = tnet(x, parameterization.time_labels(sde, t, t_conv.time_label))
-            own = parameterization.output_to_score(out, x, alpha, sigma, t_conv.output)
-            stud = parameterization.output_to_score(out, x, alpha, sigma, student_model.output)
-            return jnp.where(r == 0, own, stud)
-
-        denoiser = student_model.net_score_fn(student_net(params, True, k_drop)).denoiser
-        loss, _ = progressive.pd_loss(
-            denoiser, teacher_score, sde, batch, k_loss, steps=steps, eps=eps, weighting=str(d.pd_weighting)
-        )
-        return loss, {"round": r.astype(jnp.float32), "student_steps": steps.astype(jnp.float32)}
-
-    objective = {"cd": cd_objective, "ct": ct_objective, "pd": pd_objective}[method]
-    target_mu = float(d.get("target_ema", 0.0))
-
-    def update(state, batch, key, apply_gradients):
-        step = state["step"]
-        k_loss, k_drop = jax.random.split(key)
-        opt = state["opt_state"]
-        aux = opt["aux"]
-        if method == "pd":  # a round boundary: the last round's student (EMA) is the new teacher and student
-            boundary = (step > 0) & (step % per_round == 0)
-            pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(boundary, a, b), new, old)  # noqa: E731
-            aux = {**aux, "teacher": pick(state["ema"], aux["teacher"])}
-            state = {**state, "params": pick(state["ema"], state["params"])}
-
-        (loss, extra), grads = jax.value_and_grad(
-            lambda p: objective(p, aux, batch["image"], k_loss, k_drop, step), has_aux=True
-        )(state["params"])
-        inner, stats = apply_gradients({**state, "opt_state": opt["opt"]}, grads, loss)
-        if method == "cd":  # θ⁻ ← μ θ⁻ + (1 - μ) θ, only when the update was applied
-            new_t = cm.ema_update(aux["target"], inner["params"], target_mu)
-            aux = {**aux, "target": jax.tree.map(lambda a, b: jnp.where(stats["finite"], a, b), new_t, aux["target"])}
-        new_state = {**inner, "opt_state": {"opt": inner["opt_state"], "aux": aux}}
-        return new_state, {"loss": loss, **extra, **stats}
-
-    return update
-
-
-# ----------------------------------------------------------------------------------------------- workdir record
 
 
 def write_student_file(config, workdir: str, *, teacher: Teacher | None) -> str:
