@@ -190,6 +190,7 @@ def write_student_file(config, workdir: str, *, teacher: Teacher | None) -> str:
         "model_output": make_score_model(config).output,
         "teacher_workdir": os.path.abspath(teacher.workdir) if teacher else None,
         "teacher_step": teacher.step if teacher else None,
+        "teacher_hash": teacher.params_hash if teacher else None,
         "data_shape": list(data_lib.data_shape(config)),
     }
     path = os.path.join(workdir, STUDENT_FILE)

@@ -92,6 +92,7 @@ def test_toy_cd_through_the_cli_then_sample_without_the_teacher(tmp_path):
         "consistency",
         {"method": "consistency", "steps": 1},
     )
+    assert len(record["teacher_hash"]) >= 16  # the teacher's parameters, not only its step
     # self-contained: the teacher is gone, and the sample mode needs nothing of it
     shutil.rmtree(teacher)
     proc = _cli(
