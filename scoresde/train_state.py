@@ -86,7 +86,8 @@ def restore_state(ckpt, state: dict, tx: optax.GradientTransformation) -> tuple[
         "nonfinite_total": jnp.asarray(meta.get("nonfinite_total", 0), jnp.int32),
         "nonfinite_run": jnp.asarray(meta.get("nonfinite_run", 0), jnp.int32),
     }
-    if jax.process_index() == 0:  # the user sees that the run resumed (library log lines go to log.txt)
+    log.info("resumed from %s at step %d", ckpt.directory, step)
+    if jax.process_index() == 0:  # the CLI sends library log lines to log.txt: the user sees it here
         print(f"resumed from {ckpt.directory} at step {step}", file=sys.stderr, flush=True)
     if restored["opt_state"] is not None:
         new["opt_state"] = restored["opt_state"]
