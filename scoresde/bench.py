@@ -142,7 +142,7 @@ def run(config, *, what: str = "train", batch_size: int | None = None, steps: in
         times.append(time.perf_counter() - t0)
     median = float(np.median(times))
     dev = jax.devices()[0]
-    dtype = str(config.model.get("dtype", "float32"))
+    dtype = str(config.model.dtype)
     kind = getattr(dev, "device_kind", dev.platform)
     step_flops, fwd_flops = cost_flops(compiled), cost_flops(forward)
     peak = peak_flops(kind, dtype) if dev.platform != "cpu" else None

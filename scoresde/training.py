@@ -1,8 +1,8 @@
 """The one trainer harness: mesh, state restore and resume check, the jitted step, logging, checkpoints,
 snapshots and SIGTERM. A trainer supplies only what differs.
 
-A mode reads top to bottom: :func:`prepare` reads the loop settings of its config section once and makes the
-mesh; the mode builds its network, optimizer and fresh state, describes itself as a :class:`Trainer` (its
+A mode reads top to bottom: :func:`prepare` reads the loop settings of its config section once
+(:func:`scoresde.build.read_settings`) and makes the mesh; the mode builds its network, optimizer and fresh state, describes itself as a :class:`Trainer` (its
 loss, or for a state beyond parameters its whole update, its batches and optional hooks) and hands it to
 :func:`fit`, which restores, checks and runs it. Step ``k`` reads batch ``k`` and derives its randomness
 from ``fold_in(key, k)``, so a run resumed from a checkpoint reproduces the uninterrupted run exactly.
@@ -23,22 +23,18 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from scoresde import build, images, parallel, runlog, train_state
+from scoresde import build, parallel, runlog, train_state
 from scoresde import data as data_lib
 from scoresde.checkpointing import Checkpointer, CheckpointSaveError, IncompatibleCheckpointError, check_workdir
 
 __all__ = [
     "NonFiniteError",
-    "Settings",
-    "read_settings",
     "Run",
     "Trainer",
     "prepare",
     "fit",
     "jit_step",
     "devices_fact",
-    "Snapshots",
-    "write_snapshot",
     "conclude_training",
 ]
 
@@ -50,100 +46,12 @@ class NonFiniteError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """The loop settings of one config section (``training``, ``classifier`` or ``autoencoder``), read once.
-
-    ``kind`` is the resume check's (:func:`scoresde.build.check_resume_config`), ``purpose`` the RNG purpose
-    of the per-step key. ``training`` is the score network's section (train, distill, reflow); ``classifier``
-    and ``autoencoder`` train a second network with a small section of their own, whose frequencies default
-    to its ``n_iters``.
-    """
-
-    section: str
-    kind: str
-    purpose: str
-    n_iters: int
-    batch_size: int
-    log_freq: int
-    snapshot_freq: int
-    ckpt_freq: int  # also checkpointed at every snapshot and at the end
-    keep_checkpoints: int
-    max_nonfinite: int
-    eval_freq: int
-    ema_rate: float
-    tensorboard: bool
-    progress: bool
-    snapshot_sampling: bool
-
-    @property
-    def hint(self) -> str:
-        """The config section named in errors."""
-        return f"config.{self.section}"
-
-
-# The defaults of a second network's own section: (resume kind, RNG purpose, EMA rate, TensorBoard, kept
-# checkpoints; None: config.training's). A section not listed here gets (its name, *_NEW_SECTION): a new
-# trainer with its own section needs no change to this file.
-_OWN_SECTIONS = {
-    "classifier": ("classifier", "classifier", 0.999, False, 2),
-    "autoencoder": ("autoencoder", "train", 0.0, True, None),
-}
-_NEW_SECTION = ("train", 0.999, True, None)
-
-
-def read_settings(config, section: str = "training", *, n_iters: int | None = None) -> Settings:
-    """The :class:`Settings` of ``config.<section>``; ``n_iters`` overrides the section's (PD: whole rounds)."""
-    tc = config.training
-    progress = bool(tc.get("progress", True))
-    if section == "training":
-        snapshot_freq = int(tc.snapshot_freq)
-        return Settings(
-            section,
-            "train",
-            "train",
-            n_iters=int(tc.n_iters if n_iters is None else n_iters),
-            batch_size=int(tc.batch_size),
-            log_freq=int(tc.log_freq),
-            snapshot_freq=snapshot_freq,
-            ckpt_freq=int(tc.get("snapshot_freq_for_preemption", snapshot_freq)),
-            keep_checkpoints=int(tc.get("keep_checkpoints", 3)),
-            max_nonfinite=int(tc.get("max_nonfinite", 10)),
-            eval_freq=int(tc.get("eval_freq", 0)),
-            ema_rate=float(config.model.get("ema_rate", 0.999)),
-            tensorboard=bool(tc.get("tensorboard", True)),
-            progress=progress,
-            snapshot_sampling=bool(tc.get("snapshot_sampling", True)),
-        )
-    kind, purpose, ema_rate, tensorboard, keep = _OWN_SECTIONS.get(section, (section, *_NEW_SECTION))
-    s = config[section]
-    n = int(s.n_iters if n_iters is None else n_iters)
-    snapshot_freq = int(s.get("snapshot_freq", 0) or n)
-    return Settings(
-        section,
-        kind,
-        purpose,
-        n_iters=n,
-        batch_size=int(s.get("batch_size", 0) or tc.batch_size),
-        log_freq=int(s.get("log_freq", 50)),
-        snapshot_freq=snapshot_freq,
-        ckpt_freq=snapshot_freq,
-        keep_checkpoints=int(keep or tc.get("keep_checkpoints", 3)),
-        max_nonfinite=int(s.get("max_nonfinite", 10)),
-        eval_freq=int(s.get("eval_freq", 0)),
-        ema_rate=float(s.get("ema_rate", ema_rate)),
-        tensorboard=bool(s.get("tensorboard", tensorboard)),
-        progress=progress,
-        snapshot_sampling=True,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
 class Run:
-    """Where and how a trainer runs: its config, workdir, :class:`Settings` and ``('data',)`` mesh."""
+    """Where and how a trainer runs: its config, workdir, :class:`build.Settings` and ``('data',)`` mesh."""
 
     config: object
     workdir: str
-    settings: Settings
+    settings: build.Settings
     mesh: Mesh
 
     def key(self, purpose: str):
@@ -160,7 +68,7 @@ def prepare(config, workdir: str, section: str = "training", *, n_iters: int | N
             fit in memory.
     """
     check_workdir(workdir)
-    settings = read_settings(config, section, n_iters=n_iters)
+    settings = build.read_settings(config, section, n_iters=n_iters)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(settings.batch_size, mesh, f"{settings.hint}.batch_size")
     _check_batch_memory(config, settings)
@@ -171,7 +79,7 @@ def prepare(config, workdir: str, section: str = "training", *, n_iters: int | N
 _BATCHES_HELD = 4
 
 
-def _check_batch_memory(config, settings: Settings) -> None:
+def _check_batch_memory(config, settings: build.Settings) -> None:
     """Refuses a batch whose float32 copies alone would not fit in this machine's memory (the OS would kill the
     run mid-step instead, with no message)."""
     try:
@@ -235,7 +143,7 @@ def devices_fact() -> str:
 
 def jit_step(
     tx: optax.GradientTransformation,
-    settings: Settings,
+    settings: build.Settings,
     mesh: Mesh,
     key,
     *,
@@ -503,52 +411,6 @@ def _loop(
         if bar is not None:
             bar.close()
     return {"step": step, "loss": last["loss"], "preempted": preempted, "last": last, "state": state}
-
-
-def write_snapshot(config, samples01, workdir: str, step: int, logger=None, title: str | None = None) -> str | None:
-    """``workdir/samples/snapshot_<step>.png`` of samples in [0, 1] (process 0; also to TensorBoard with
-    ``logger``): an image grid, or a scatter plot of 2-D data. Returns the path (``None`` elsewhere)."""
-    if jax.process_index() != 0:
-        return None
-    path = os.path.join(workdir, "samples", f"snapshot_{step:08d}.png")
-    if data_lib.is_image_data(config):
-        size = data_lib.data_shape(config)[0]
-        images.save_image_grid(path, images.to_uint8(samples01), upscale=max(1, 64 // size))
-        if logger is not None:
-            logger.image("samples", step, images.image_grid(images.to_uint8(samples01)))
-    elif samples01.shape[-1] == 2:
-        images.save_scatter(path, samples01, title=title or f"step {step}")
-    else:
-        return None
-    return path
-
-
-class Snapshots:
-    """A :class:`Trainer`'s ``snapshot`` hook: EMA samples written by :func:`write_snapshot`.
-
-    ``config.training.snapshot_num_samples`` samples (rounded to the mesh), randomness ``fold_in(key, step)``.
-    The sample function is built on first use, once per distinct ``config.sampling`` that ``config_at(step)``
-    returns (a distilled student's step count changes between rounds).
-    """
-
-    def __init__(self, config, sde, graphdef, rest, mesh, key, workdir: str, *, title: str = "step", config_at=None):
-        n = int(config.training.get("snapshot_num_samples", 64))
-        self.num = max(mesh.size, n // mesh.size * mesh.size)
-        self._args = (sde, graphdef, rest, mesh)
-        self._config, self._config_at, self._key = config, config_at, key
-        self._workdir, self._title = workdir, title
-        self._fns = {}
-
-    def __call__(self, state, step: int, logger=None) -> str | None:
-        config = self._config_at(step) if self._config_at is not None else self._config
-        which = config.sampling.to_json_best_effort()
-        if which not in self._fns:
-            sde, graphdef, rest, mesh = self._args
-            self._fns[which] = build.make_sample_fn(config, sde, graphdef, rest, self.num, mesh)
-        samples, _ = self._fns[which](state["ema"], jax.random.fold_in(self._key, step))
-        return write_snapshot(
-            self._config, parallel.to_host(samples), self._workdir, step, logger, title=f"{self._title} {step}"
-        )
 
 
 def conclude_training(out: dict, done: str, workdir: str, *, next_command: str, results: dict | None = None) -> None:

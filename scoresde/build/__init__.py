@@ -17,6 +17,7 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.metrics`: sample-quality settings, the FID feature extractor and reference statistics.
 * :mod:`~scoresde.build.likelihood`: the bits/dim settings (``LikelihoodSettings``).
 * :mod:`~scoresde.build.latent`: the autoencoder and the latent space of a latent model.
+* :mod:`~scoresde.build.trainer`: a trainer's loop settings (``read_settings``) and its sample snapshots.
 
 Every public name is also importable from ``scoresde.build`` itself.
 """
@@ -143,3 +144,4 @@ from scoresde.build.score import (  # noqa: F401
     score_convention,
     training_objective,
 )
+from scoresde.build.trainer import Settings, Snapshots, read_settings, write_snapshot  # noqa: F401

@@ -135,7 +135,7 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
         return loss, {"round": r.astype(jnp.float32), "student_steps": steps.astype(jnp.float32)}
 
     objective = {"cd": cd_objective, "ct": ct_objective, "pd": pd_objective}[method]
-    target_mu = float(d.get("target_ema", 0.0))
+    target_mu = float(d.target_ema)
 
     def update(state, batch, key, apply_gradients):
         step = state["step"]

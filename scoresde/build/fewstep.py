@@ -34,7 +34,7 @@ from flax import nnx
 
 from scoresde import data as data_lib
 from scoresde.build.networks import load_model
-from scoresde.build.run import as_config, params_digest
+from scoresde.build.run import as_config, params_digest, with_defaults
 from scoresde.build.score import ScoreModel, make_score_model, sampling_eps, score_convention
 from scoresde.checkpointing import Checkpointer
 from scoresde.fewstep import consistency as cm
@@ -44,7 +44,7 @@ CONSISTENCY_METHODS = ("cd", "ct")  # config.distill.method values whose network
 
 def is_consistency_model(config) -> bool:
     """Whether ``config`` describes a consistency model (``config.distill.method`` ∈ cd | ct)."""
-    return str(config.get("distill", {}).get("method", "") or "").lower() in CONSISTENCY_METHODS
+    return str(with_defaults(config).distill.method).lower() in CONSISTENCY_METHODS
 
 
 def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
@@ -55,7 +55,7 @@ def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
         net_fn,
         sde,
         sampling_eps(sde),
-        sigma_data=float(config.distill.get("sigma_data", 0.5)),
+        sigma_data=float(with_defaults(config).distill.sigma_data),
         time_label=score_convention(config, sde)["time_label"],
     )
 
@@ -80,7 +80,7 @@ def distill_method(config) -> str:
     Raises:
         ValueError: a missing or unknown method.
     """
-    method = str(config.get("distill", {}).get("method", "") or "").lower()
+    method = str(with_defaults(config).distill.method).lower()
     if method not in METHODS:
         raise ValueError(f"unknown config.distill.method {method!r}; expected one of: {', '.join(METHODS)}")
     return method
@@ -128,7 +128,7 @@ def load_teacher(config) -> Teacher:
             that is not the one ``config.distill`` pins (naming both).
         FileNotFoundError: no checkpoint in the teacher workdir.
     """
-    workdir = str(config.distill.get("teacher_workdir", "") or "")
+    workdir = str(config.distill.teacher_workdir)
     if not workdir:
         raise ValueError(
             f"config.distill.method={config.distill.method!r} needs config.distill.teacher_workdir "
@@ -151,7 +151,7 @@ def load_teacher(config) -> Teacher:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     digest = params_digest(params)
     d = config.distill
-    pinned_step, pinned_hash = int(d.get("teacher_step", 0) or 0), str(d.get("teacher_hash", "") or "")
+    pinned_step, pinned_hash = int(d.teacher_step), str(d.teacher_hash)
     if (pinned_step and pinned_step != step) or (pinned_hash and pinned_hash != digest):
         raise ValueError(
             f"config.distill pins the teacher in {workdir} at step {pinned_step or '?'} (hash "
@@ -186,7 +186,7 @@ def write_student_file(config, workdir: str, *, teacher: Teacher | None) -> str:
     record = {
         "method": method,
         "network": "consistency" if method in ("cd", "ct") else "score",
-        "sampling": {"method": str(config.sampling.method), "steps": int(config.sampling.get("steps", 0))},
+        "sampling": {"method": str(config.sampling.method), "steps": int(config.sampling.steps)},
         "model_output": make_score_model(config).output,
         "teacher_workdir": os.path.abspath(teacher.workdir) if teacher else None,
         "teacher_step": teacher.step if teacher else None,

@@ -61,7 +61,7 @@ def is_latent(config) -> bool:
 def _pinned_mismatch(config, step: int, digest: str | None) -> str | None:
     """What differs between the autoencoder ``config.latent`` pins (step, hash; 0 / "" = not pinned) and this one."""
     lat = config.latent
-    pinned_step, pinned_hash = int(lat.get("autoencoder_step", 0) or 0), str(lat.get("autoencoder_hash", "") or "")
+    pinned_step, pinned_hash = int(lat.autoencoder_step), str(lat.autoencoder_hash)
     if pinned_step and pinned_step != int(step):
         return f"step {pinned_step}, now step {step}"
     if digest is not None and pinned_hash and pinned_hash != digest:

@@ -33,6 +33,19 @@ class LikelihoodSettings:
         """The settings as a plain dict (JSON), in field order."""
         return dataclasses.asdict(self)
 
+    def solve_kwargs(self) -> dict:
+        """The keyword arguments of one probability-flow solve (:func:`scoresde.likelihood.bits_per_dim_batch`,
+        :func:`scoresde.latent.variational_bound`): bins, dequantisation, estimator, solver."""
+        return {k: getattr(self, k) for k in SOLVE_FIELDS}
+
+    def report_fields(self) -> dict:
+        """How the solve was made, as a report records it (:data:`REPORT_FIELDS`)."""
+        return {k: getattr(self, k) for k in REPORT_FIELDS}
+
+
+SOLVE_FIELDS = ("num_bits", "dequantization", "hutchinson", "n_probes", "rtol", "atol", "eps", "solver", "max_steps")
+REPORT_FIELDS = ("dequantization", "num_bits", "eps", "solver", "rtol", "atol", "hutchinson", "n_probes")
+
 
 def likelihood_settings(config) -> LikelihoodSettings:
     """The :class:`LikelihoodSettings` of ``config.eval``; ``""`` / ``0`` fields mean the default for the data.

@@ -45,7 +45,7 @@ def sampling_options(config) -> tuple[str, dict]:
     scale = cfg.get("guidance_scale", 1.0)
     if not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
         raise ValueError(f"config.sampling.guidance_scale={scale!r} must be a finite number")
-    if cfg.get("max_steps", None) not in (None, 0, "") and int(cfg.max_steps) < 1:
+    if cfg.max_steps not in (0, "") and int(cfg.max_steps) < 1:
         raise ValueError(f"config.sampling.max_steps={cfg.max_steps!r} must be >= 1 (0: the method's default)")
     defaults = sampling.method_options(method)
     options = {}

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from scoresde import parallel
+from scoresde.config_defaults import with_defaults
 from scoresde.data import toy
 from scoresde.images import to_uint8
 
@@ -35,7 +36,7 @@ _IN_MEMORY = ("digits", "npz", "folder")
 
 
 def _name(config) -> str:
-    return str(config.data.get("dataset", "")).lower()
+    return str(config.data.dataset).lower()
 
 
 def known_datasets() -> tuple[str, ...]:
@@ -78,14 +79,14 @@ def data_shape(config) -> tuple[int, ...]:
 
 def get_data_scaler(config):
     """Data in [0, 1] -> model space: ``2x - 1`` when ``config.data.centered``, else identity (reference)."""
-    if config.data.get("centered", False) and is_image_data(config):
+    if config.data.centered and is_image_data(config):
         return lambda x: x * 2.0 - 1.0
     return lambda x: x
 
 
 def get_data_inverse_scaler(config):
     """Model space -> [0, 1], the inverse of :func:`get_data_scaler`."""
-    if config.data.get("centered", False) and is_image_data(config):
+    if config.data.centered and is_image_data(config):
         return lambda x: (x + 1.0) / 2.0
     return lambda x: x
 
@@ -121,6 +122,7 @@ def get_dataset(
     """
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    config = with_defaults(config)
     name = check_dataset_name(config)
     data_shape(config)  # bad sizes are a clear error here, not one from deep inside PIL
     batch_size = int(batch_size or config.training.batch_size)
@@ -129,9 +131,9 @@ def get_dataset(
     train = split == "train"
     shuffle = train if shuffle is None else shuffle
     repeat = train if repeat is None else repeat
-    seed = int(config.get("seed", 0) if seed is None else seed)
+    seed = int(config.seed if seed is None else seed)
     if uniform_dequantization is None:
-        uniform_dequantization = bool(config.data.get("uniform_dequantization", False))
+        uniform_dequantization = bool(config.data.uniform_dequantization)
     opts = dict(
         batch_size=batch_size,
         shuffle=shuffle,
@@ -139,7 +141,7 @@ def get_dataset(
         start_step=int(start_step),
         seed=seed,
         dequant=uniform_dequantization,
-        flip=bool(config.data.get("random_flip", False)) and train,
+        flip=bool(config.data.random_flip) and train,
         scaler=get_data_scaler(config),
     )
     if name in TOY_DATASETS:
@@ -244,7 +246,7 @@ def _load_in_memory(config, name, split):
         if size != 8:
             images = _resize_float(images, size)
         return _match_channels(images, int(config.data.num_channels)), labels
-    path = config.data.get("path", "")
+    path = config.data.path
     if not path:
         raise ValueError(f"dataset {name!r} needs config.data.path (e.g. --config.data.path=/data/my_images)")
     if name == "npz":

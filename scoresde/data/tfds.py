@@ -67,7 +67,7 @@ def tfds_spec(config, name: str):
 
         return "celeb_a", "train", "validation", celeba_resize
     if name == "lsun":
-        category = config.data.get("category", "")
+        category = config.data.category
         if not category:
             raise ValueError("dataset 'LSUN' needs config.data.category (e.g. 'church_outdoor' or 'bedroom')")
         if size == 128:
@@ -87,10 +87,10 @@ def tfds_spec(config, name: str):
 def _builder(config, tfds_name):
     import tensorflow_datasets as tfds  # noqa: PLC0415  (TensorFlow loads only for tfds data, after hiding the GPUs from it)
 
-    data_dir = config.data.get("tfds_data_dir", "") or os.environ.get("TFDS_DATA_DIR") or None
+    data_dir = config.data.tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or None
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if not builder.is_prepared():
-        if not config.data.get("download", False):
+        if not config.data.download:
             raise FileNotFoundError(
                 f"tfds dataset {tfds_name!r} is not prepared in {builder.data_dir!r}. Prepare it on a machine with "
                 f"network access: `tfds build {tfds_name} --data_dir=DIR` (manual-download datasets such as "

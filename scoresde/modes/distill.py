@@ -50,18 +50,19 @@ def distill(config, workdir: str) -> dict:
         NonFiniteError: after ``config.training.max_nonfinite`` consecutive non-finite steps.
     """
     method = build.distill_method(config)
-    teacher_dir = str(config.distill.get("teacher_workdir", "") or "")
+    teacher_dir = str(config.distill.teacher_workdir)
     if teacher_dir and os.path.abspath(teacher_dir) == os.path.abspath(workdir):
         raise ValueError(
             f"config.distill.teacher_workdir={teacher_dir!r} is the distill workdir itself; the student "
             f"needs its own workdir (its checkpoints would replace the teacher's)"
         )
+    config = build.with_defaults(config)
     run = training.prepare(config, workdir, n_iters=build.total_steps(config))
     data_lib.check_dataset_name(config)
     sde = build.make_sde(config)
 
     teacher = build.load_teacher(config) if method in ("cd", "pd") else None
-    model = build.build_model(config, seed=int(config.get("seed", 0)))
+    model = build.build_model(config, seed=int(config.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if teacher is not None:  # the student starts from the teacher's (EMA) weights
         build.check_same_architecture(params, teacher.params, f"teacher {teacher.workdir}")
@@ -88,8 +89,8 @@ def distill(config, workdir: str) -> dict:
             init_state=lambda: build.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None),
             batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
             update=build.make_distill_step(config, sde, graphdef, rest, teacher=teacher),
-            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),
-            snapshot=training.Snapshots(
+            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.warmup)),
+            snapshot=build.Snapshots(
                 config,
                 sde,
                 graphdef,

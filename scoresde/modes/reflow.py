@@ -40,7 +40,7 @@ def couplings_dir(workdir: str) -> str:
 
 
 def _source_workdir(config, workdir: str) -> str:
-    source = str(config.reflow.get("source_workdir", "") or "")
+    source = str(config.reflow.source_workdir)
     if not source:
         raise ValueError(
             "--mode=reflow needs config.reflow.source_workdir: the workdir of a trained flow "
@@ -61,13 +61,11 @@ def generate_couplings(config, workdir: str, source: str) -> dict:
         ValueError: a bad ``config.reflow`` value, or chunks on disk made by another source / sampler.
     """
     r = config.reflow
-    num_pairs = int(r.get("num_pairs", 0))
+    num_pairs = int(r.num_pairs)
     if num_pairs <= 0:
         raise ValueError(f"config.reflow.num_pairs must be positive; got {num_pairs}")
     mesh = parallel.make_mesh()
-    batch = min(
-        int(r.get("batch_size", 0) or config.eval.get("sample_batch_size", 0) or config.eval.batch_size), num_pairs
-    )
+    batch = min(int(r.batch_size or config.eval.sample_batch_size or config.eval.batch_size), num_pairs)
     parallel.check_batch_size(batch, mesh, "config.reflow.batch_size")
     method, options = build.reflow_sampler_options(config)
     score_model = build.make_score_model(config)
@@ -151,6 +149,7 @@ def reflow_mode(config, workdir: str) -> dict:
     Raises:
         ValueError: bad ``config.reflow`` / ``config.training`` values (objective, source, sizes).
     """
+    config = build.with_defaults(config)
     run = training.prepare(config, workdir)
     sde = build.make_sde(config)
     loss_fn = build.reflow_loss_fn(config, sde)  # validates the objective before anything slow
@@ -160,8 +159,8 @@ def reflow_mode(config, workdir: str) -> dict:
     batch_size = run.settings.batch_size
 
     pairs = generate_couplings(config, workdir, source)
-    model = build.build_model(config, seed=int(config.get("seed", 0)))
-    if bool(config.reflow.get("init_from_source", True)):
+    model = build.build_model(config, seed=int(config.seed))
+    if bool(config.reflow.init_from_source):
         model, _ = build.load_model(source, config, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = build.optimizer_from_config(config)
@@ -183,17 +182,15 @@ def reflow_mode(config, workdir: str) -> dict:
                 "couplings": f"{len(pairs['noise']):,} from step {pairs['source_step']} by {pairs['method']} "
                 f"{pairs['options']} ({pairs['nfe']} NFE each; {pairs['generated_chunks']} chunk(s) "
                 f"generated now) in {couplings_dir(workdir)}",
-                "init": "source EMA weights" if config.reflow.get("init_from_source", True) else "fresh",
+                "init": "source EMA weights" if config.reflow.init_from_source else "fresh",
             },
             desc="reflow",
             init_state=lambda: train_state.init_state(params, tx),
             tx=tx,
-            batches=lambda start: _pair_batches(
-                pairs["noise"], pairs["samples"], batch_size, int(config.get("seed", 0)), start
-            ),
+            batches=lambda start: _pair_batches(pairs["noise"], pairs["samples"], batch_size, int(config.seed), start),
             loss=loss,
-            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0))),
-            snapshot=training.Snapshots(
+            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.warmup)),
+            snapshot=build.Snapshots(
                 config, sde, graphdef, rest, run.mesh, run.key("snapshot"), workdir, title="reflow step"
             ),
         ),

@@ -41,11 +41,11 @@ def make_train_step(config, sde, graphdef, rest, tx, mesh, key):
     """The jitted ``step(state, batch) -> (state, metrics)`` of ``--mode=train`` over the mesh (``key``: the
     training key), as :func:`scoresde.training.fit` runs it; for benchmarks."""
     loss = score_loss(config, build.make_loss_fn(config, sde), build.batch_transform(config, mesh), graphdef, rest)
-    return training.jit_step(tx, training.read_settings(config), mesh, key, loss=loss, lr_schedule=_lr_schedule(config))
+    return training.jit_step(tx, build.read_settings(config), mesh, key, loss=loss, lr_schedule=_lr_schedule(config))
 
 
 def _lr_schedule(config):
-    return build.lr_schedule(float(config.optim.lr), int(config.optim.get("warmup", 0)))
+    return build.lr_schedule(float(config.optim.lr), int(config.optim.warmup))
 
 
 def make_eval_step(config, loss_fn, to_model_space, graphdef, rest, mesh, key):
@@ -70,12 +70,13 @@ def train(config, workdir: str) -> dict:
         ValueError: bad config values (batch size, names, shapes).
         NonFiniteError: after ``config.training.max_nonfinite`` consecutive non-finite steps.
     """
+    config = build.with_defaults(config)
     run = training.prepare(config, workdir)
     data_lib.check_dataset_name(config)
     mesh, batch_size = run.mesh, run.settings.batch_size
     sde = build.make_sde(config)
     loss_fn = build.make_loss_fn(config, sde)  # validates the objective before anything slow
-    model = build.build_model(config, seed=int(config.get("seed", 0)))
+    model = build.build_model(config, seed=int(config.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = build.optimizer_from_config(config)
     to_model_space = build.batch_transform(config, mesh)  # a latent model encodes its batch here
@@ -106,7 +107,7 @@ def train(config, workdir: str) -> dict:
             loss=score_loss(config, loss_fn, to_model_space, graphdef, rest),
             lr_schedule=_lr_schedule(config),
             evaluate=evaluate,
-            snapshot=training.Snapshots(config, sde, graphdef, rest, mesh, run.key("snapshot"), workdir),
+            snapshot=build.Snapshots(config, sde, graphdef, rest, mesh, run.key("snapshot"), workdir),
         ),
     )
     training.conclude_training(out, "trained", workdir, next_command=runlog.command("sample", workdir))

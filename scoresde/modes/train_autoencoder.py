@@ -53,12 +53,12 @@ def make_optimizer(a) -> optax.GradientTransformation:
     ``disc/…`` (``a.disc_lr``), LDM's pair."""
     ae_tx = build.make_optimizer(
         lr=float(a.lr),
-        warmup=int(a.get("warmup", 0)),
-        grad_clip=float(a.get("grad_clip", -1.0)),
-        beta1=float(a.get("beta1", 0.5)),
-        beta2=float(a.get("beta2", 0.9)),
+        warmup=int(a.warmup),
+        grad_clip=float(a.grad_clip),
+        beta1=float(a.beta1),
+        beta2=float(a.beta2),
     )
-    disc_tx = build.make_optimizer(lr=float(a.get("disc_lr", 0.0) or a.lr), beta1=0.5, beta2=0.9)
+    disc_tx = build.make_optimizer(lr=float(a.disc_lr or a.lr), beta1=0.5, beta2=0.9)
     labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _part(p), params)  # noqa: E731
     return optax.multi_transform({"ae": ae_tx, "disc": disc_tx}, labels)
 
@@ -68,8 +68,8 @@ def autoencoder_objective(config, graphdef, rest):
     discriminator, its hinge loss (disjoint gradients: each part sees only its own loss); ``logs["loss"]`` is
     the autoencoder's part."""
     a = config.autoencoder
-    has_disc = bool(a.get("discriminator", False))
-    disc_start = int(a.get("disc_start", 0))
+    has_disc = bool(a.discriminator)
+    disc_start = int(a.disc_start)
     inverse = data_lib.get_data_inverse_scaler(config)
 
     def loss_fn(params, batch, key, step):
@@ -87,9 +87,9 @@ def autoencoder_objective(config, graphdef, rest):
             kl_weight=float(a.kl_weight),
             reconstruction=str(a.reconstruction),
             discriminator_fn=model.disc if has_disc else None,
-            disc_weight=float(a.get("disc_weight", 0.5)),
+            disc_weight=float(a.disc_weight),
             disc_start=disc_start,
-            max_adaptive_weight=float(a.get("max_adaptive_weight", 1e4)),
+            max_adaptive_weight=float(a.max_adaptive_weight),
         )
         x_rec = ae.decoder.head(h)
         logs = {
@@ -126,7 +126,7 @@ def _make_reconstruct(config, graphdef, rest, mesh):
 
 def _latent_statistics(config, graphdef, rest, params, mesh, batch_size: int) -> dict:
     """Scale factor and decoder std over the first ``scale_num_examples`` training images (fixed order)."""
-    n = int(config.autoencoder.get("scale_num_examples", 1024))
+    n = int(config.autoencoder.scale_num_examples)
     repl, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
 
     def encode(params, x):
@@ -172,6 +172,7 @@ def train_autoencoder(config, workdir: str) -> dict:
             "--mode=train_autoencoder needs a config.autoencoder section "
             "(config_defaults.add_autoencoder; e.g. configs/digits_ae.py)"
         )
+    config = build.with_defaults(config)
     run = training.prepare(config, workdir, "autoencoder")
     a = config.autoencoder
     data_lib.check_dataset_name(config)
@@ -179,7 +180,7 @@ def train_autoencoder(config, workdir: str) -> dict:
         raise ValueError(f"the autoencoder needs image data (H, W, C); dataset {config.data.dataset!r} is not")
     mesh, batch_size, n_iters = run.mesh, run.settings.batch_size, run.settings.n_iters
     image_shape = data_lib.data_shape(config)
-    model = build.make_autoencoder_trainee(a, image_shape, rngs=nnx.Rngs(int(config.get("seed", 0))))
+    model = build.make_autoencoder_trainee(a, image_shape, rngs=nnx.Rngs(int(config.seed)))
     latent_shape = model.ae.latent_shape(image_shape)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(a)
@@ -223,7 +224,7 @@ def train_autoencoder(config, workdir: str) -> dict:
                 "data": data_lib.describe(config),
                 "latent": "x".join(map(str, latent_shape)) + f" per {'x'.join(map(str, image_shape))} image",
                 "steps": f"{n_iters:,} at batch {batch_size}"
-                + (f", discriminator from step {a.disc_start}" if a.get("discriminator", False) else ""),
+                + (f", discriminator from step {a.disc_start}" if a.discriminator else ""),
             },
             desc="autoencoder",
             init_state=lambda: train_state.init_state(params, tx),
@@ -244,7 +245,7 @@ def train_autoencoder(config, workdir: str) -> dict:
             **held_out,
             "image_shape": list(image_shape),
             "latent_shape": list(latent_shape),
-            "centered": bool(config.data.get("centered", False)),
+            "centered": bool(config.data.centered),
             "dataset": str(config.data.dataset),
             "autoencoder": a.to_dict(),
         }

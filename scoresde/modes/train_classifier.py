@@ -54,11 +54,12 @@ def train_classifier(config, workdir: str) -> dict:
     """
     c = config.classifier
     out_dir = build.classifier_dir(workdir)
+    config = build.with_defaults(config)
     run = training.prepare(config, out_dir, "classifier")
     mesh, batch_size = run.mesh, run.settings.batch_size
     sde = build.make_sde(config)
     eps = build.sampling_eps(sde)
-    model = build.get_classifier(config, rngs=nnx.Rngs(int(config.get("seed", 0))))
+    model = build.get_classifier(config, rngs=nnx.Rngs(int(config.seed)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = build.make_optimizer(**build.optimizer_settings(c, grad_clip=1.0, lr=2e-4))
     to_model_space = build.batch_transform(config, mesh)  # a latent model's classifier reads latents
@@ -137,7 +138,7 @@ def _test_accuracy(config, c, sde, eps, split_model, params, mesh, batch_size, k
         for i, batch in enumerate(
             data_lib.get_dataset(config, split="test", batch_size=batch_size, shuffle=False, repeat=False)
         ):
-            if i >= int(c.get("num_eval_batches", 8)):
+            if i >= int(c.num_eval_batches):
                 break
             batch = parallel.shard_batch(mesh, batch)
             hits += int(correct(params, batch["image"], batch["label"], t, jax.random.fold_in(key, i)))

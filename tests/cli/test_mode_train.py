@@ -124,8 +124,9 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
 
 
 def test_bad_batch_sizes_are_clear_errors(tmp_path):
-    # batch sizes the device count does not divide: see test_parallel (8 fake devices)
+    # batch sizes the device count does not divide: see test_parallel (8 fake devices). A mode checks the
+    # ranges of every field again on entry (config_defaults.validate), so a value set after loading is caught.
     config = load_config("toy2d_vp", "smoke")
     config.training.batch_size = 0
-    with pytest.raises(ValueError, match="config.training.batch_size=0 must be a positive multiple"):
+    with pytest.raises(ValueError, match=r"config.training.batch_size=0 \(expected an integer >= 1\)"):
         train.train(config, str(tmp_path))

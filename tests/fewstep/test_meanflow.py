@@ -173,6 +173,7 @@ def _sliced_w2(a, b, key, n_proj=256):
     return float(jnp.sqrt(jnp.mean((pa - pb) ** 2)))
 
 
+@pytest.mark.slow  # 3000 training steps: about a minute alone on 2 cores
 def test_short_meanflow_training_samples_a_mixture_in_one_and_two_steps():
     """3000 Adam steps (batch 256) on a 3-component 2-D mixture; sliced W2 to exact samples vs the floor.
 

@@ -194,6 +194,7 @@ def _sliced_w2(a, b, key, n_proj=256):
     return float(jnp.sqrt(jnp.mean((pa - pb) ** 2)))
 
 
+@pytest.mark.slow  # 3000 training steps: about a minute alone on 2 cores
 def test_short_scd_run_from_a_vp_teacher_samples_a_mixture_in_one_step():
     """sCD of the exact VP teacher (converted to TrigFlow) into an MLP from scratch: 3000 Adam steps, batch 256.
 
