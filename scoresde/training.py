@@ -70,7 +70,7 @@ class Settings:
     keep_checkpoints: int
     max_nonfinite: int
     eval_freq: int
-    ema_rate: float
+    ema_rate: float | Callable  # or ``updates -> rate`` (:func:`scoresde.build.ema_decay`)
     tensorboard: bool
     progress: bool
     snapshot_sampling: bool
@@ -109,7 +109,7 @@ def read_settings(config, section: str = "training", *, n_iters: int | None = No
             keep_checkpoints=int(tc.get("keep_checkpoints", 3)),
             max_nonfinite=int(tc.get("max_nonfinite", 10)),
             eval_freq=int(tc.get("eval_freq", 0)),
-            ema_rate=float(config.model.get("ema_rate", 0.999)),
+            ema_rate=build.ema_decay(config),
             tensorboard=bool(tc.get("tensorboard", True)),
             progress=progress,
             snapshot_sampling=bool(tc.get("snapshot_sampling", True)),
@@ -254,9 +254,8 @@ def jit_step(
         raise ValueError("a trainer step needs exactly one of loss and update")
 
     def apply_gradients(state, grads, value):
-        return train_state.guarded_update(
-            state, grads, value, tx, ema_rate=settings.ema_rate, max_nonfinite=settings.max_nonfinite
-        )
+        rate = settings.ema_rate(state["updates"]) if callable(settings.ema_rate) else settings.ema_rate
+        return train_state.guarded_update(state, grads, value, tx, ema_rate=rate, max_nonfinite=settings.max_nonfinite)
 
     def step_fn(state, batch):
         step_key = jax.random.fold_in(key, state["step"])

@@ -92,7 +92,11 @@ from scoresde.build.objectives import (  # noqa: F401
     velocity_fn_of,
 )
 from scoresde.build.optim import (  # noqa: F401
+    OPTIMIZERS,
+    ema_decay,
+    ema_halflife_decay,
     lr_schedule,
+    lr_schedule_from_config,
     make_optimizer,
     optimizer_from_config,
     optimizer_settings,
