@@ -129,7 +129,9 @@ def test_ema_halflife_beta_is_edms(updates):
     expected = _edm_ema_beta(updates * 512, 512)
     np.testing.assert_allclose(float(beta(updates)), expected, rtol=1e-6, atol=0)
     np.testing.assert_allclose(
-        float(build.ema_halflife_decay(512, 500_000.0)(updates)), _edm_ema_beta(0, 512, ema_rampup_ratio=None), rtol=1e-7
+        float(build.ema_halflife_decay(512, 500_000.0)(updates)),
+        _edm_ema_beta(0, 512, ema_rampup_ratio=None),
+        rtol=1e-7,
     )
 
 

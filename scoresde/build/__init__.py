@@ -22,6 +22,7 @@ Every public name is also importable from ``scoresde.build`` itself.
 """
 
 from scoresde.build.distill import (  # noqa: F401
+    consistency_pair,
     init_distill_state,
     iters_per_round,
     make_distill_step,

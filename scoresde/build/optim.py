@@ -126,7 +126,5 @@ def ema_decay(config) -> float | Callable:
     :func:`ema_halflife_decay` of ``training.batch_size`` (a function of the update count)."""
     m = config.model
     if float(m.ema_halflife_img) > 0:
-        return ema_halflife_decay(
-            int(config.training.batch_size), float(m.ema_halflife_img), float(m.ema_rampup_ratio)
-        )
+        return ema_halflife_decay(int(config.training.batch_size), float(m.ema_halflife_img), float(m.ema_rampup_ratio))
     return float(m.ema_rate)
