@@ -5,10 +5,10 @@ iterations, pseudo-Huber metric (c = 0.00054 sqrt(d)), lognormal noise levels (P
 weighting 1/(sigma_{n+1} - sigma_n), N doubling from 10 to 1280, target = the online network (mu = 0),
 sampling EMA 0.99993, dropout 0.3, sigma_data = 0.5, no gradient clipping, and the target evaluated in train
 mode with the online network's dropout key (as the consistency-models code, openai/consistency_models_cifar10
-``jcm/losses.py``: with mu = 0 the target is then the online network exactly). What differs: the network is this project's NCSN++ /
-DDPM++ (`configs/cifar10_vp.py`'s), not the paper's EDM-style NCSN++ with its "deep" variant, and the noise
-levels come from the VP SDE's scaled sigma (from 0.01 at eps = 1e-3 to ~152 at T) rather than EDM's 0.002..80.
-Variant: `smoke`.
+``jcm/losses.py``: with mu = 0 the target is then the online network exactly). Deliberate deviations
+(``docs/recipes.md``): the network is this project's NCSN++ / DDPM++ (`configs/cifar10_vp.py`'s), not the
+paper's EDM-style NCSN++ with its "deep" variant, and the noise levels come from the VP SDE's scaled sigma (from
+0.01 at eps = 1e-3 to ~152 at T) rather than EDM's 0.002..80. Variant: `smoke`.
 
     python -m scoresde.main --config=configs/cifar10_ct.py --workdir=runs/cifar10_ct --mode=distill
     python -m scoresde.main --config=configs/cifar10_ct.py --workdir=runs/cifar10_ct --mode=sample --config.sampling.steps=2

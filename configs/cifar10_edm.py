@@ -10,7 +10,7 @@ positional embedding. Batch 512, Adam lr 1e-3 (betas 0.9 / 0.999, eps 1e-8) ramp
 ``model.ema_rampup_ratio`` = 0.05: half-life min(0.5M, 0.05 x images seen), so 0.5^(512/500000) = 0.99929 per
 step once past 10M images), 200M images (390,625 steps), no gradient clipping. Sampling: EDM's deterministic Heun sampler, 18 steps on the rho = 7 grid ending at
 sigma = 0 with a final Euler step (``sampling.to_zero``): 35 NFE, as EDM.
-Not reproduced: the authors' non-leaking augmentation pipeline (``--augment=0.12``) and the per-layer
+Deliberate deviations (not yet reproduced, ``docs/recipes.md``): the authors' non-leaking augmentation pipeline (``--augment=0.12``) and the per-layer
 details of their SongUNet port (resample filter [1, 1]); expect an FID above their 1.97 without them.
 Variants: `smoke` (tiny, 2 steps).
 
