@@ -172,3 +172,13 @@ def test_trainer_step_applies_a_half_life_ema():
     state, _ = step(state, batch)
     b1 = 0.5 ** (8 / 80)
     np.testing.assert_allclose(state["ema"]["w"], b1 * ema0 + (1 - b1) * np.asarray(state["params"]["w"]), rtol=1e-6)
+
+
+def test_pd_recipe_decays_its_lr_within_each_round_and_cd_uses_radam_unclipped():
+    pd = load_config("cifar10_pd")
+    schedule = build.lr_schedule_from_config(pd)
+    np.testing.assert_allclose(
+        [float(schedule(c)) for c in (0, 25000, 37500, 50000)], [5e-5, 2.5e-5, 1.25e-5, 5e-5], rtol=1e-6
+    )
+    settings = build.optimizer_settings(load_config("cifar10_cd").optim)
+    assert (settings["optimizer"], settings["grad_clip"], settings["warmup"]) == ("radam", 0.0, 0)

@@ -123,16 +123,15 @@ def test_mean_reduction_is_the_sum_over_d():
 
 
 def test_cd_and_ct_losses_with_mean_reduction_are_the_sum_losses_over_d():
-    sde = VP
-    net = MLPScore(2, hidden=16, num_layers=1, embed_dim=8, rngs=nnx.Rngs(0))
-    gd, params = nnx.split(net)
-    f_apply = lambda p, x, t: cm.consistency_fn(nnx.merge(gd, p), sde, EPS)(x, t)  # noqa: E731
-    batch = MIX.sample(jax.random.key(0), 16)
+    sde, mu, var = VP, jnp.array([0.3, -0.2]), jnp.array([0.5, 0.5])
+    gauss = GaussianMixture(np.asarray(mu)[None], np.asarray(var)[None])
+    f = _gauss_f(sde, mu, var, 0.5)  # the flow map to t = 0.5, not to eps: the pairs disagree, the loss is > 0
+    batch = gauss.sample(jax.random.key(0), 8)
     common = dict(num_scales=18, eps=EPS, metric="l2", weighting="icm")
     cd = lambda r: cm.cd_loss(  # noqa: E731
-        f_apply, params, params, MIX.score_fn(sde), sde, batch, jax.random.key(1), solver="euler", reduction=r, **common
+        f, None, None, gauss.score_fn(sde), sde, batch, jax.random.key(1), solver="euler", reduction=r, **common
     )[0]
-    ct = lambda r: cm.ct_loss(f_apply, params, params, sde, batch, jax.random.key(1), reduction=r, **common)[0]  # noqa: E731
+    ct = lambda r: cm.ct_loss(f, None, None, sde, batch, jax.random.key(1), reduction=r, **common)[0]  # noqa: E731
     for loss in (cd, ct):
         assert float(loss("sum")) > 0
         np.testing.assert_allclose(float(loss("mean")), float(loss("sum")) / 2.0, rtol=1e-6)
