@@ -3,8 +3,9 @@
 The recipe is LDM's first stage (Rombach et al. 2022, App. G: ``kl-f*`` autoencoders) scaled to 32×32 images,
 the setting of LSGM (Vahdat et al. 2021) whose latent space is likewise spatial: width 128 with ``ch_mult``
 (1, 2), 2 residual blocks per level, L1 reconstruction, β = 1e-6, Adam (0.5, 0.9) at LDM's 4.5e-6 × batch,
-a patch discriminator (3 layers, weight 0.5, adaptive) from step 50,001, 200k steps at batch 64. No
-perceptual loss ships (LPIPS needs downloaded weights; see :func:`scoresde.latent.autoencoder_loss`'s hook).
+a patch discriminator (3 layers, weight 0.5, adaptive) from step 50,001, 200k steps at batch 64. Deliberate
+deviations (``docs/recipes.md``): f = 2 for 32×32 images, and no perceptual loss ships (LPIPS needs downloaded
+weights; see :func:`scoresde.latent.autoencoder_loss`'s hook).
 Not trained here: a stated recipe, not a verified result. Variant: ``smoke``.
 
     python -m scoresde.main --config=configs/cifar10_ae.py --workdir=runs/cifar10_ae --mode=train_autoencoder

@@ -6,10 +6,11 @@ Process ``x_sigma = x_0 + sigma z`` (``EDMSDE``, sigma in [0.002, 80]); network 
 weight ``(sigma² + sigma_data²) / (sigma sigma_data)²`` with ``ln sigma ~ N(-1.2, 1.2²)``. DDPM++ with
 128 channels, channel multipliers (2, 2, 2), 4 blocks per resolution, attention at 16×16, dropout 0.13,
 positional embedding. Batch 512, Adam lr 1e-3 (betas 0.9 / 0.999, eps 1e-8) ramped up over 10M images
-(19,531 steps), EMA half-life 0.5M images (0.5^(512/500000) = 0.99929 per step), 200M images (390,625 steps),
-no gradient clipping. Sampling: EDM's deterministic Heun sampler, 18 steps on the rho = 7 grid ending at
+(19,531 steps), EMA by half-life 0.5M images with EDM's ramp-up (``model.ema_halflife_img`` = 500,000,
+``model.ema_rampup_ratio`` = 0.05: half-life min(0.5M, 0.05 x images seen), so 0.5^(512/500000) = 0.99929 per
+step once past 10M images), 200M images (390,625 steps), no gradient clipping. Sampling: EDM's deterministic Heun sampler, 18 steps on the rho = 7 grid ending at
 sigma = 0 with a final Euler step (``sampling.to_zero``): 35 NFE, as EDM.
-Not reproduced: the authors' non-leaking augmentation pipeline (``--augment=0.12``) and the per-layer
+Deliberate deviations (not yet reproduced, ``docs/recipes.md``): the authors' non-leaking augmentation pipeline (``--augment=0.12``) and the per-layer
 details of their SongUNet port (resample filter [1, 1]); expect an FID above their 1.97 without them.
 Variants: `smoke` (tiny, 2 steps).
 
@@ -42,12 +43,13 @@ def get_config(variant=None):
     m.sigma_data = 0.5
     m.ch_mult = (2, 2, 2)
     m.dropout = 0.13
-    m.ema_rate = 0.99929  # half-life of 500k images at batch 512
+    m.ema_halflife_img = 500_000.0  # train.py --ema=0.5 (Mimg); replaces model.ema_rate
+    m.ema_rampup_ratio = 0.05  # training_loop.py ema_rampup_ratio
     m.embedding_type = "positional"
     o = config.optim
     o.lr = 1e-3
     o.warmup = 19531  # 10M images
-    o.grad_clip = -1.0
+    o.grad_clip = -1.0  # off: EDM does not clip (training_loop.py only replaces NaN / inf gradients)
     o.beta1, o.beta2, o.eps = 0.9, 0.999, 1e-8
     s = config.sampling
     s.method = "edm_heun"

@@ -4,7 +4,7 @@
 Flow matching on the linear interpolant from a standard Gaussian, velocity output, ``999 t`` time labels
 (as the authors feed their DDPM++), batch 128, Adam lr 2e-4 with 5000 warm-up steps, grad clip 1, dropout
 0.15, EMA 0.999999, 1.3M iterations. The authors sample with an adaptive RK45 solve of the flow ODE;
-here the default is the same flow through DPM-Solver++(2M) from ``T = 1`` (``--config.sampling.method=ode
+here the default is a deliberate deviation, the same flow through DPM-Solver++(2M) from ``T = 1`` (``--config.sampling.method=ode
 --config.model.rf_T=0.999`` for the adaptive solve). Variants: `smoke` (tiny, 2 steps).
 
     python -m scoresde.main --config=configs/cifar10_fm.py --workdir=runs/cifar10_fm

@@ -1,8 +1,9 @@
 """Stage 2 of latent diffusion on CIFAR-10 (GPU): DDPM++ (cont.) on the 16×16×4 latents of ``cifar10_ae``.
 
 The VP SDE and DDPM++ of ``cifar10_vp`` at the latent resolution (``ch_mult`` (1, 2, 2), attention at 8×8),
-batch 128, lr 2e-4, 5000 warm-up steps, EMA 0.9999, 600k steps; latents are posterior means scaled by the
-stored scale factor (LDM's ``scale_by_std``). LSGM-sized in spirit (a score model on a VAE's spatial latents,
+batch 128, lr 2e-4, 5000 warm-up steps, EMA 0.9999, 600k steps; latents are posterior samples (LDM's
+``get_first_stage_encoding`` draws ``encoder_posterior.sample()``) scaled by the stored scale factor (LDM's
+``scale_by_std``). LSGM-sized in spirit (a score model on a VAE's spatial latents,
 a likelihood bound from ``--mode=likelihood``), not LSGM's jointly trained NVAE: a stated recipe, not
 a verified result. Variant: ``smoke`` (needs an autoencoder, e.g. one trained with ``cifar10_ae.py:smoke``).
 
@@ -25,7 +26,7 @@ def smoke(config):
 def get_config(variant=None):
     config = cifar10_vp.get_config()
     config.latent.autoencoder_workdir = "runs/cifar10_ae"
-    config.latent.use_posterior_mean = True
+    config.latent.use_posterior_mean = False  # LDM trains on posterior samples
     m = config.model
     m.ch_mult = (1, 2, 2)
     m.attn_resolutions = (8,)

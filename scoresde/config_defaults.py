@@ -160,6 +160,10 @@ def get_default_configs():
     model.dropout = 0.1
     model.embedding_type = "fourier"
     model.ema_rate = 0.9999
+    # (scoresde) EDM's EMA by half-life in images (> 0 replaces ema_rate: beta = 0.5 ** (batch / half-life) per
+    # update), ramped up as min(half-life, images seen * ema_rampup_ratio) when the ratio is > 0
+    model.ema_halflife_img = 0.0
+    model.ema_rampup_ratio = 0.0
     model.output = ""  # (scoresde) "" = reference convention; or eps | score | x0 | v
     model.time_label = ""  # (scoresde) "" = reference convention
     model.remat = False  # (scoresde) rematerialise each resolution level in the backward pass (less memory)
@@ -168,13 +172,14 @@ def get_default_configs():
     # optimization
     config.optim = optim = ml_collections.ConfigDict()
     optim.weight_decay = 0.0
-    optim.optimizer = "Adam"
+    optim.optimizer = "Adam"  # Adam | RAdam (scoresde)
     optim.lr = 2e-4
     optim.beta1 = 0.9
     optim.eps = 1e-8
     optim.warmup = 5000
-    optim.grad_clip = 1.0
+    optim.grad_clip = 1.0  # global-norm clipping; <= 0 or inf: off
     optim.beta2 = 0.999  # (scoresde)
+    optim.lr_decay_steps = 0  # (scoresde) > 0: lr decays linearly to 0 over every lr_decay_steps updates (PD rounds)
 
     # (scoresde) latent diffusion: a trained autoencoder's workdir turns the config into a latent one
     config.latent = latent = ml_collections.ConfigDict()
@@ -197,6 +202,10 @@ def get_default_configs():
     distill.rho = 7.0  # cd / ct
     distill.solver = "heun"  # cd: the teacher's step, euler | heun | dpm_solver-2
     distill.metric = "l2"  # cd / ct: l2 | l1 | pseudo_huber (LPIPS needs downloaded weights: not offline)
+    distill.metric_reduction = "sum"  # cd / ct, l2 / l1: sum over an example's elements, or their mean
+    # cd / ct: evaluate the target in train mode with the online network's dropout key (the consistency-models
+    # code); False: the target runs without dropout
+    distill.shared_dropout = False
     distill.weighting = "uniform"  # cd / ct: uniform | icm (1 / (sigma_{n+1} - sigma_n))
     distill.schedule = "uniform"  # cd / ct: index sampling, uniform | lognormal
     distill.target_ema = 0.95  # cd: mu of the target network (0 = the online network)
@@ -435,6 +444,7 @@ CLASSIFIER_DEFAULTS = dict(
     warmup=0,
     grad_clip=1.0,
     weight_decay=0.0,
+    lr_decay_steps=0,
     ema_rate=0.999,
     log_freq=50,
     snapshot_freq=0,  # 0 = n_iters
@@ -521,6 +531,9 @@ VALID_RANGES = {
     "optim.lr": _POSITIVE,
     "optim.warmup": _count(0),
     "model.ema_rate": _UNIT,
+    "model.ema_halflife_img": (lambda v: float(v) >= 0, "a number >= 0 (0 = use model.ema_rate)"),
+    "model.ema_rampup_ratio": (lambda v: float(v) >= 0, "a number >= 0 (0 = no ramp-up)"),
+    "optim.lr_decay_steps": (_count(0)[0], "an integer >= 0 (0 = no decay)"),
     "eval.batch_size": _count(1),
     "eval.bpd_eps": (lambda v: 0.0 < float(v) < 1.0, "a number in (0, 1), the time the ODE integral starts at"),
     "eval.bpd_rtol": _POSITIVE,

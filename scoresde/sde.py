@@ -22,6 +22,7 @@ ScoreFn = Callable[[Array, Array], Array]
 __all__ = [
     "SDE",
     "VPSDE",
+    "CosineVPSDE",
     "SubVPSDE",
     "VESDE",
     "OUSDE",
@@ -334,6 +335,71 @@ class OUSDE(VPSDE):
 
 
 @_static_dataclass
+class CosineVPSDE(LinearSDE):
+    """VP SDE with the cosine log-SNR schedule ``λ(t) = -2 log tan(a t + b)``, ``λ(0) = logsnr_max``,
+    ``λ(T) = logsnr_min`` (Salimans & Ho 2022; google-research ``diffusion_distillation/schedules.py``
+    ``_logsnr_schedule_cosine``, with ``b = arctan(exp(-logsnr_max / 2))``, ``a = arctan(exp(-logsnr_min / 2)) - b``).
+
+    With ``u = a t / T + b``: ``alpha = cos u``, ``sigma = sin u`` (``alpha² = sigmoid(λ)``), and the SDE is
+    ``dx = -½ beta(t) x dt + sqrt(beta(t)) dW`` with ``beta(t) = -d log alpha² / dt = (2 a / T) tan u``.
+    Discretised by Euler–Maruyama (it has no DDPM beta table).
+    """
+
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+    N: int = 1000
+    T: float = 1.0
+
+    def __post_init__(self):
+        if not self.logsnr_min < self.logsnr_max:
+            raise ValueError(
+                f"CosineVPSDE needs logsnr_min < logsnr_max; got logsnr_min={self.logsnr_min}, "
+                f"logsnr_max={self.logsnr_max}"
+            )
+        _check_n_t(self)
+
+    @property
+    def _b(self) -> float:
+        return math.atan(math.exp(-0.5 * self.logsnr_max))
+
+    @property
+    def _c(self) -> float:
+        """``π/2 - a - b``: ``π/2 - u(T)``."""
+        return math.atan(math.exp(0.5 * self.logsnr_min))
+
+    @property
+    def _a(self) -> float:
+        return 0.5 * math.pi - self._b - self._c
+
+    def _tan_u(self, t):
+        """``tan u`` computed as ``tan(b + a s)`` for ``s = t / T <= ½`` and as ``1 / tan(c + a (1 - s))`` above, so
+        neither end loses float32 precision next to ``u = π/2`` (where the plain formula's ``λ`` is off by 1e-3)."""
+        s = t / self.T
+        low = jnp.tan(self._b + self._a * jnp.minimum(s, 0.5))
+        high = 1.0 / jnp.tan(self._c + self._a * (1.0 - jnp.maximum(s, 0.5)))
+        return jnp.where(s <= 0.5, low, high)
+
+    def sde(self, x, t):
+        beta_t = 2.0 * self._a / self.T * self._tan_u(t)
+        return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t)
+
+    def alpha(self, t):
+        return jnp.sqrt(jax.nn.sigmoid(self.log_snr(t)))
+
+    def sigma(self, t):
+        return jnp.sqrt(jax.nn.sigmoid(-self.log_snr(t)))
+
+    def log_snr(self, t):
+        return -2.0 * jnp.log(self._tan_u(t))
+
+    def t_from_log_snr(self, log_snr):
+        # s = (arctan(e^{-λ/2}) - b) / a, or from the other end 1 - (arctan(e^{λ/2}) - c) / a (precise for λ < 0)
+        low = (jnp.arctan(jnp.exp(-0.5 * jnp.maximum(log_snr, 0.0))) - self._b) / self._a
+        high = 1.0 - (jnp.arctan(jnp.exp(0.5 * jnp.minimum(log_snr, 0.0))) - self._c) / self._a
+        return jnp.where(log_snr >= 0, low, high) * self.T
+
+
+@_static_dataclass
 class RectifiedFlow(LinearSDE):
     """The linear interpolant ``x_t = (1 - t) x_0 + t z`` of rectified flow / flow matching.
 
@@ -491,6 +557,7 @@ class ReverseSDE:
 _SDES = {
     "vpsde": VPSDE,
     "vp": VPSDE,
+    "vp_cosine": CosineVPSDE,
     "subvpsde": SubVPSDE,
     "subvp": SubVPSDE,
     "vesde": VESDE,
@@ -510,6 +577,7 @@ def get_sde(name: str, **kwargs) -> LinearSDE:
     key = name.lower()
     if key not in _SDES:
         raise ValueError(
-            f"unknown sde {name!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm (or vp, subvp, ve, ou)"
+            f"unknown sde {name!r}; expected one of: vpsde, vp_cosine, subvpsde, vesde, rectified_flow, edm "
+            "(or vp, subvp, ve, ou)"
         )
     return _SDES[key](**kwargs)

@@ -162,9 +162,8 @@ def jit_step(
         raise ValueError("a trainer step needs exactly one of loss and update")
 
     def apply_gradients(state, grads, value):
-        return train_state.guarded_update(
-            state, grads, value, tx, ema_rate=settings.ema_rate, max_nonfinite=settings.max_nonfinite
-        )
+        rate = settings.ema_rate(state["updates"]) if callable(settings.ema_rate) else settings.ema_rate
+        return train_state.guarded_update(state, grads, value, tx, ema_rate=rate, max_nonfinite=settings.max_nonfinite)
 
     def step_fn(state, batch):
         step_key = jax.random.fold_in(key, state["step"])

@@ -15,6 +15,7 @@ SDES = {
     "subvp": sde_lib.SubVPSDE(),
     "ve": sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0),
     "ou": sde_lib.OUSDE(),
+    "vp_cosine": sde_lib.CosineVPSDE(),
 }
 
 
@@ -35,10 +36,12 @@ def _simulate(sde, x0, t_end, n_paths, n_steps, key):
     return np.asarray(x[:, 0], np.float64)
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "ou"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "ou", "vp_cosine"])
 @pytest.mark.parametrize("t_end", [0.3, 1.0])
 def test_marginal_prob_matches_simulation(name, t_end):
     sde = SDES[name]
+    if name == "vp_cosine" and t_end == 1.0:  # beta(1) = 2a e^10: Euler–Maruyama at dt = 1e-3 diverges before it
+        t_end = 0.9
     t_end = t_end * sde.T
     x0, n = 1.5, 40000
     xs = _simulate(sde, x0, t_end, n, 1000, jax.random.key(0))
@@ -136,7 +139,7 @@ def test_log_snr_inverse_and_kernel_consistency(name):
     np.testing.assert_allclose(std, sde.sigma(t), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "vp_cosine"])
 def test_kernel_satisfies_moment_odes(name):
     """d alpha/dt = f alpha and d sigma²/dt = 2 f sigma² + g² (the marginal family solves Fokker–Planck)."""
     sde = SDES[name]
@@ -210,3 +213,21 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="N >= 2"):
         sde_lib.VPSDE(N=1)
     assert isinstance(sde_lib.get_sde("subvpsde", beta_max=10.0), sde_lib.SubVPSDE)
+
+
+def test_cosine_vp_is_the_official_log_snr_schedule():
+    """google-research diffusion_distillation/schedules.py ``_logsnr_schedule_cosine`` in float64: λ(0) = 20,
+    λ(1) = -20, ``alpha² = sigmoid(λ)`` (variance preserving) and ``alpha = cos u``."""
+    sde = sde_lib.CosineVPSDE()
+    t = np.linspace(0.0, 1.0, 33)
+    b = np.arctan(np.exp(-0.5 * 20.0))
+    a = np.arctan(np.exp(-0.5 * -20.0)) - b
+    official = -2.0 * np.log(np.tan(a * t + b))
+    np.testing.assert_allclose(sde.log_snr(jnp.asarray(t, jnp.float32)), official, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(official[[0, -1]], [20.0, -20.0], rtol=1e-12)
+    tt = jnp.asarray(t[1:-1], jnp.float32)
+    np.testing.assert_allclose(sde.alpha(tt) ** 2 + sde.sigma(tt) ** 2, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(sde.alpha(tt), np.cos(a * t[1:-1] + b), rtol=1e-5, atol=1e-7)
+    assert sde_lib.get_sde("vp_cosine") == sde
+    with pytest.raises(ValueError, match="logsnr_min < logsnr_max; got logsnr_min=5.0, logsnr_max=5.0"):
+        sde_lib.CosineVPSDE(logsnr_min=5.0, logsnr_max=5.0)

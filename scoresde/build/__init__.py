@@ -23,6 +23,7 @@ Every public name is also importable from ``scoresde.build`` itself.
 """
 
 from scoresde.build.distill import (  # noqa: F401
+    consistency_pair,
     init_distill_state,
     iters_per_round,
     make_distill_step,
@@ -93,7 +94,11 @@ from scoresde.build.objectives import (  # noqa: F401
     velocity_fn_of,
 )
 from scoresde.build.optim import (  # noqa: F401
+    OPTIMIZERS,
+    ema_decay,
+    ema_halflife_decay,
     lr_schedule,
+    lr_schedule_from_config,
     make_optimizer,
     optimizer_from_config,
     optimizer_settings,

@@ -41,6 +41,25 @@ def round_of_step(config, step: int) -> int:
 # ----------------------------------------------------------------------------------------------- state and step
 
 
+def consistency_pair(config, sde, graphdef, rest, k_drop):
+    """``(online, target)``: each ``params -> f(x, t)``, the student's consistency function for CD / CT.
+
+    The online network runs in train mode with the dropout key ``k_drop``. The target runs in eval mode, or with
+    ``config.distill.shared_dropout`` in train mode with the same ``k_drop``, as openai/consistency_models_cifar10
+    ``jcm/losses.py`` (``get_consistency_loss_fn``: both calls take ``rng=dropout_rng``): then target and online
+    agree exactly when their parameters do (CT's ``mu = 0``), and the loss measures only the change of time.
+    """
+
+    def f_apply(params, train=False):
+        model = nnx.merge(graphdef, params, rest)
+        net = lambda x, labels: model(x, labels, train=train, key=k_drop if train else None)  # noqa: E731
+        return student_consistency_fn(net, sde, config)
+
+    online = lambda params: f_apply(params, True)  # noqa: E731
+    target = (lambda params: f_apply(params, True)) if bool(config.distill.shared_dropout) else f_apply
+    return online, target
+
+
 def init_distill_state(params, tx, *, teacher_params=None) -> dict:
     """:func:`scoresde.train_state.init_state` with ``opt_state = {"opt", "aux": {"target", "teacher"}}``."""
     state = train_state.init_state(params, tx)
@@ -63,14 +82,14 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
         model = nnx.merge(graphdef, params, rest)
         return lambda x, labels: model(x, labels, train=train, key=k_drop)
 
-    def f_apply(params, train=False, k_drop=None):
-        return student_consistency_fn(student_net(params, train, k_drop), sde, config)
+    reduction = str(d.metric_reduction)
 
     def cd_objective(params, aux, batch, k_loss, k_drop, step):
         tnet = nnx.merge(teacher.graphdef, teacher.params, teacher.rest)
         teacher_score = teacher.score_model.score_fn(tnet)
-        online_f = f_apply(params, True, k_drop)
-        apply = lambda p, x, t: online_f(x, t) if p is params else f_apply(p)(x, t)  # noqa: E731
+        online, target = consistency_pair(config, sde, graphdef, rest, k_drop)
+        online_f = online(params)
+        apply = lambda p, x, t: online_f(x, t) if p is params else target(p)(x, t)  # noqa: E731
         loss, out = cm.cd_loss(
             apply,
             params,
@@ -86,13 +105,15 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
             metric=str(d.metric),
             weighting=str(d.weighting),
             schedule=str(d.schedule),
+            reduction=reduction,
         )
         return loss, {"num_scales": jnp.asarray(int(d.num_scales), jnp.float32)}
 
     def ct_objective(params, aux, batch, k_loss, k_drop, step):
         del aux
         n = cm.ict_num_scales(step, total, int(d.ct_s0), int(d.ct_s1))
-        online_f, target_f = f_apply(params, True, k_drop), f_apply(params)
+        online, target = consistency_pair(config, sde, graphdef, rest, k_drop)
+        online_f, target_f = online(params), target(params)
         # mu = 0 (iCT): the target is the online network itself, stop-gradiented inside ct_loss
         apply = lambda p, x, t: online_f(x, t) if p == "online" else target_f(x, t)  # noqa: E731
         loss, _ = cm.ct_loss(
@@ -108,6 +129,7 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
             metric=str(d.metric),
             weighting=str(d.weighting),
             schedule=str(d.schedule),
+            reduction=reduction,
         )
         return loss, {"num_scales": n.astype(jnp.float32)}
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import jax
 
 from scoresde import data as data_lib
 from scoresde import images, parallel
+from scoresde.build.optim import ema_decay
 from scoresde.build.run import with_defaults
 from scoresde.build.sampling import make_sample_fn
 
@@ -42,7 +44,7 @@ class Settings:
     keep_checkpoints: int
     max_nonfinite: int
     eval_freq: int
-    ema_rate: float
+    ema_rate: float | Callable  # or ``updates -> rate`` (:func:`scoresde.build.ema_decay`)
     tensorboard: bool
     progress: bool
     snapshot_sampling: bool
@@ -84,7 +86,7 @@ def read_settings(config, section: str = "training", *, n_iters: int | None = No
             keep_checkpoints=int(tc.keep_checkpoints),
             max_nonfinite=int(tc.max_nonfinite),
             eval_freq=int(tc.eval_freq),
-            ema_rate=float(config.model.ema_rate),
+            ema_rate=ema_decay(config),
             tensorboard=bool(tc.tensorboard),
             progress=bool(tc.progress),
             snapshot_sampling=bool(tc.snapshot_sampling),

@@ -28,12 +28,14 @@ from scoresde.sampling.grids import edm_sigma, time_grid
 from scoresde.sde import batch_mul
 
 METRICS = ("l2", "l1", "pseudo_huber")
+REDUCTIONS = ("sum", "mean")
 TEACHER_SOLVERS = ("euler", "heun", "dpm_solver-2")
 WEIGHTINGS = ("uniform", "icm")
 NOISE_SCHEDULES = ("uniform", "lognormal")
 
 __all__ = [
     "METRICS",
+    "REDUCTIONS",
     "TEACHER_SOLVERS",
     "WEIGHTINGS",
     "NOISE_SCHEDULES",
@@ -216,7 +218,7 @@ def ema_update(target_params, params, mu):
 # ------------------------------------------------------------------------------ metrics
 
 
-def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=None):
+def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=None, reduction="sum"):
     """Per-example distance ``d(x, y)``, shape ``(B,)``.
 
     Args:
@@ -227,10 +229,15 @@ def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=N
         feature_fn: optional ``feature_fn(x) -> (B, ...)`` applied to both arguments first: the hook for a
             learned perceptual metric such as LPIPS (not bundled; see ``docs/consistency.md``).
         huber_c: the pseudo-Huber ``c``; iCT's ``0.00054 sqrt(d)`` (``d`` elements per example) if ``None``.
+        reduction: ``"sum"`` over an example's ``d`` elements, or ``"mean"`` (the sum / ``d``) for ``"l2"`` and
+            ``"l1"``: openai/consistency_models_cifar10 ``jcm/losses.py`` averages (``jnp.mean`` over the
+            flattened example), which scales the loss, and so the gradient, by ``1 / d``.
 
     Raises:
-        ValueError: for an unknown metric or mismatched shapes.
+        ValueError: for an unknown metric or reduction, a mean of the pseudo-Huber metric, or mismatched shapes.
     """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown metric reduction {reduction!r}; expected one of: {', '.join(REDUCTIONS)}")
     if x.shape != y.shape:
         raise ValueError(f"distance needs equal shapes; got {x.shape} and {y.shape}")
     if feature_fn is not None:
@@ -238,11 +245,16 @@ def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=N
     if callable(metric):
         return metric(x, y)
     diff = (x - y).reshape(x.shape[0], -1)
+    reduce = jnp.sum if reduction == "sum" else jnp.mean
     if metric == "l2":
-        return jnp.sum(diff * diff, axis=-1)
+        return reduce(diff * diff, axis=-1)
     if metric == "l1":
-        return jnp.sum(jnp.abs(diff), axis=-1)
+        return reduce(jnp.abs(diff), axis=-1)
     if metric == "pseudo_huber":
+        if reduction != "sum":
+            raise ValueError(
+                f"the pseudo_huber metric is a function of the summed squares; got reduction={reduction!r}"
+            )
         c = 0.00054 * jnp.sqrt(jnp.asarray(diff.shape[-1], diff.dtype)) if huber_c is None else huber_c
         return jnp.sqrt(jnp.sum(diff * diff, axis=-1) + c * c) - c
     raise ValueError(f"unknown consistency metric {metric!r}; expected one of: {', '.join(METRICS)} or a callable")
@@ -349,6 +361,7 @@ def cd_loss(
     feature_fn=None,
     weighting="uniform",
     schedule="uniform",
+    reduction="sum",
 ):
     """Consistency distillation ``E[λ d(f_θ(x_{t_{n+1}}, t_{n+1}), f_{θ⁻}(x̂_{t_n}, t_n))]`` (CM eq. 7, Alg. 2).
 
@@ -366,7 +379,7 @@ def cd_loss(
         eps: the boundary time.
         rho: the grid exponent (7).
         solver: the teacher's step, one of :data:`TEACHER_SOLVERS`.
-        metric, feature_fn: see :func:`distance`.
+        metric, feature_fn, reduction: see :func:`distance`.
         weighting: ``"uniform"`` (``λ = 1``, the CD paper) or ``"icm"`` (``1 / (σ̃_{n+1} - σ̃_n)``).
         schedule: index sampling, see :func:`sample_indices`.
 
@@ -384,7 +397,7 @@ def cd_loss(
     online = consistency_fn(params, x_np1, t_np1)
     target = jax.lax.stop_gradient(consistency_fn(target_params, jax.lax.stop_gradient(x_n), t_n))
     losses = _weight(weighting, sig_n, sig_np1).astype(batch.dtype) * distance(
-        online, target, metric, feature_fn=feature_fn
+        online, target, metric, feature_fn=feature_fn, reduction=reduction
     )
     return jnp.mean(losses), {"losses": losses, "n": n, "t_n": t_n, "t_np1": t_np1, "nfe": nfe}
 
@@ -406,6 +419,7 @@ def ct_loss(
     schedule="lognormal",
     p_mean=-1.1,
     p_std=2.0,
+    reduction="sum",
 ):
     """Consistency training ``E[λ d(f_θ(α x + σ_{n+1} z, t_{n+1}), f_{θ⁻}(α x + σ_n z, t_n))]`` (CM eq. 10, Alg. 3).
 
@@ -424,6 +438,6 @@ def ct_loss(
     online = consistency_fn(params, x_np1, t_np1)
     target = jax.lax.stop_gradient(consistency_fn(target_params, x_n, t_n))
     losses = _weight(weighting, sig_n, sig_np1).astype(batch.dtype) * distance(
-        online, target, metric, feature_fn=feature_fn
+        online, target, metric, feature_fn=feature_fn, reduction=reduction
     )
     return jnp.mean(losses), {"losses": losses, "n": n, "t_n": t_n, "t_np1": t_np1}

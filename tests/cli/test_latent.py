@@ -284,6 +284,7 @@ def test_latent_configs_have_a_command_and_a_smoke_variant(name):
         assert config.autoencoder.f in (1, 2, 4, 8) and smoke.autoencoder.n_iters <= 3
         assert not config.latent.autoencoder_workdir
     else:
-        assert config.latent.autoencoder_workdir and config.latent.use_posterior_mean
+        assert config.latent.autoencoder_workdir
+        assert config.latent.use_posterior_mean == (name != "cifar10_ldm")  # cifar10_ldm: LDM's posterior samples
     if name == "digits_ldm_cond":
         assert config.model.num_classes == 10 and config.training.p_uncond > 0 and config.sampling.guidance == "cfg"

@@ -110,6 +110,33 @@ def test_distances():
         cm.distance(x, y, "lpips")
 
 
+def test_mean_reduction_is_the_sum_over_d():
+    """``reduction="mean"`` (the consistency-models CIFAR-10 code's averaged L2 / L1) is the sum / d exactly."""
+    x, y = jnp.array([[3.0, 4.0, 0.0], [1.0, 1.0, 2.0]]), jnp.zeros((2, 3))
+    for metric, summed in (("l2", [25.0, 6.0]), ("l1", [7.0, 4.0])):
+        np.testing.assert_allclose(cm.distance(x, y, metric), summed)
+        np.testing.assert_allclose(cm.distance(x, y, metric, reduction="mean"), np.asarray(summed) / 3.0, rtol=1e-7)
+    with pytest.raises(ValueError, match="unknown metric reduction 'max'; expected one of: sum, mean"):
+        cm.distance(x, y, "l2", reduction="max")
+    with pytest.raises(ValueError, match="pseudo_huber metric is a function of the summed squares"):
+        cm.distance(x, y, "pseudo_huber", reduction="mean")
+
+
+def test_cd_and_ct_losses_with_mean_reduction_are_the_sum_losses_over_d():
+    sde, mu, var = VP, jnp.array([0.3, -0.2]), jnp.array([0.5, 0.5])
+    gauss = GaussianMixture(np.asarray(mu)[None], np.asarray(var)[None])
+    f = _gauss_f(sde, mu, var, 0.5)  # the flow map to t = 0.5, not to eps: the pairs disagree, the loss is > 0
+    batch = gauss.sample(jax.random.key(0), 8)
+    common = dict(num_scales=18, eps=EPS, metric="l2", weighting="icm")
+    cd = lambda r: cm.cd_loss(  # noqa: E731
+        f, None, None, gauss.score_fn(sde), sde, batch, jax.random.key(1), solver="euler", reduction=r, **common
+    )[0]
+    ct = lambda r: cm.ct_loss(f, None, None, sde, batch, jax.random.key(1), reduction=r, **common)[0]  # noqa: E731
+    for loss in (cd, ct):
+        assert float(loss("sum")) > 0
+        np.testing.assert_allclose(float(loss("mean")), float(loss("sum")) / 2.0, rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------ CD: order of the teacher
 
 # (solver, local order p + 1): the loss is E||local error||² ∝ N^{-2(p+1)}
