@@ -89,7 +89,7 @@ def distill(config, workdir: str) -> dict:
             init_state=lambda: build.init_distill_state(params, tx, teacher_params=teacher.params if teacher else None),
             batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
             update=build.make_distill_step(config, sde, graphdef, rest, teacher=teacher),
-            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.warmup)),
+            lr_schedule=build.lr_schedule_from_config(config),
             snapshot=build.Snapshots(
                 config,
                 sde,

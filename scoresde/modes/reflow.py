@@ -189,7 +189,7 @@ def reflow_mode(config, workdir: str) -> dict:
             tx=tx,
             batches=lambda start: _pair_batches(pairs["noise"], pairs["samples"], batch_size, int(config.seed), start),
             loss=loss,
-            lr_schedule=build.lr_schedule(float(config.optim.lr), int(config.optim.warmup)),
+            lr_schedule=build.lr_schedule_from_config(config),
             snapshot=build.Snapshots(
                 config, sde, graphdef, rest, run.mesh, run.key("snapshot"), workdir, title="reflow step"
             ),

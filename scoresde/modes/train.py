@@ -41,11 +41,9 @@ def make_train_step(config, sde, graphdef, rest, tx, mesh, key):
     """The jitted ``step(state, batch) -> (state, metrics)`` of ``--mode=train`` over the mesh (``key``: the
     training key), as :func:`scoresde.training.fit` runs it; for benchmarks."""
     loss = score_loss(config, build.make_loss_fn(config, sde), build.batch_transform(config, mesh), graphdef, rest)
-    return training.jit_step(tx, build.read_settings(config), mesh, key, loss=loss, lr_schedule=_lr_schedule(config))
-
-
-def _lr_schedule(config):
-    return build.lr_schedule(float(config.optim.lr), int(config.optim.warmup))
+    return training.jit_step(
+        tx, build.read_settings(config), mesh, key, loss=loss, lr_schedule=build.lr_schedule_from_config(config)
+    )
 
 
 def make_eval_step(config, loss_fn, to_model_space, graphdef, rest, mesh, key):
@@ -105,7 +103,7 @@ def train(config, workdir: str) -> dict:
             tx=tx,
             batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
             loss=score_loss(config, loss_fn, to_model_space, graphdef, rest),
-            lr_schedule=_lr_schedule(config),
+            lr_schedule=build.lr_schedule_from_config(config),
             evaluate=evaluate,
             snapshot=build.Snapshots(config, sde, graphdef, rest, mesh, run.key("snapshot"), workdir),
         ),
