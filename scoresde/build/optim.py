@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from scoresde.build.ema import with_power_ema
+
 
 def lr_schedule(lr: float, warmup: int = 0):
     """``count -> lr`` with a linear warm-up over ``warmup`` updates."""
@@ -60,5 +62,5 @@ def optimizer_settings(section, **fallbacks) -> dict:
 
 
 def optimizer_from_config(config) -> optax.GradientTransformation:
-    """:func:`make_optimizer` of ``config.optim``."""
-    return make_optimizer(**optimizer_settings(config.optim))
+    """:func:`make_optimizer` of ``config.optim``, tracking the post-hoc EMA profiles of ``config.ema``."""
+    return with_power_ema(make_optimizer(**optimizer_settings(config.optim)), config)
