@@ -1,4 +1,4 @@
-"""``--mode=posthoc_ema`` on a real 6-step digits run that tracks σ_rel 0.05 and 0.10: a tracked σ_rel comes back
+"""``--mode=posthoc_ema`` on a real 6-step toy 2-D run that tracks σ_rel 0.05 and 0.10: a tracked σ_rel comes back
 exactly, another is the recorded combination of the snapshots, and what it writes is a checkpoint the other modes
 load. (The synthesis against a directly tracked EMA is in ``tests/test_posthoc_ema.py``.)"""
 
@@ -20,7 +20,7 @@ from conftest import load_config
 
 
 def _config():
-    config = load_config("digits_vp", "smoke")
+    config = load_config("toy2d_vp", "smoke")
     with config.unlocked():
         config.training.n_iters = 6
         config.training.snapshot_freq = 2
