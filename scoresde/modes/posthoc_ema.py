@@ -142,7 +142,8 @@ def posthoc_ema_mode(config, workdir: str) -> dict:
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(out), exist_ok=True)
             _swap_in(
-                out, lambda d, tree=tree: save_model_checkpoint(d, params=tree, ema_params=tree, step=step, config=config)
+                out,
+                lambda d, tree=tree: save_model_checkpoint(d, params=tree, ema_params=tree, step=step, config=config),
             )
         outputs[f"{sigma:g}"] = out
     record = {
