@@ -27,6 +27,7 @@ from flax import nnx
 
 from scoresde import build, sampling
 from scoresde import data as data_lib
+from scoresde.checkpointing import Checkpointer
 from scoresde.modes.posthoc_ema import output_dir, posthoc_ema_mode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,9 +45,26 @@ def _config(**fields):
 _SAMPLERS: dict = {}
 
 
-def _samples(config, workdir, z, *, ema=True):
+def _load(config, workdir, *, ema, step=None):
+    """The network of ``workdir`` at its newest checkpoint, or at ``step``."""
+    if step is None:
+        return build.load_model(workdir, config, ema=ema)
+    model = build.get_model(config, rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    target = nnx.to_pure_dict(state)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        restored = ckpt.restore(step, **{("ema_params" if ema else "params"): target})
+    finally:
+        ckpt.close()
+    nnx.replace_by_pure_dict(state, restored["ema_params" if ema else "params"])
+    nnx.update(model, state)
+    return model, step
+
+
+def _samples(config, workdir, z, *, ema=True, step=None):
     """DPM-Solver++(2M), 20 steps, from ``z``: one compiled function per architecture, the parameters an argument."""
-    model, step = build.load_model(workdir, config, ema=ema)
+    model, step = _load(config, workdir, ema=ema, step=step)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     key = (graphdef, float(config.data.augment_p))
     if key not in _SAMPLERS:
@@ -80,6 +98,7 @@ def main():
     ap.add_argument("--aug_workdir", default="", help="the same config trained with --config.data.augment_p=0.12")
     ap.add_argument("--sigma_rels", default="0.02,0.04,0.05,0.07,0.10,0.13,0.16,0.20")
     ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--compare_step", type=int, default=0, help="the step both runs are compared at (0: newest)")
     a = ap.parse_args()
     config = _config(**{"ema.track_sigma_rels": "0.05,0.10", "ema.sigma_rel": a.sigma_rels})
     t0 = time.perf_counter()
@@ -96,13 +115,17 @@ def main():
         rows.append(
             (f"post-hoc sigma_rel {s:g} ({tag})", config, output_dir(a.workdir, s), True, out["residuals"][f"{s:g}"])
         )
+    rows = [(*r, None) for r in rows]
     if a.aug_workdir:
         aug = _config(**{"data.augment_p": 0.12})
-        rows.append(("augment_p 0.12: raw parameters", aug, a.aug_workdir, False, None))
-        rows.append((f"augment_p 0.12: tracked EMA, rate {aug.model.ema_rate}", aug, a.aug_workdir, True, None))
+        at = a.compare_step or None
+        rows.append(("augment_p 0: raw parameters", config, a.workdir, False, None, at))
+        rows.append((f"augment_p 0: tracked EMA, rate {config.model.ema_rate}", config, a.workdir, True, None, at))
+        rows.append(("augment_p 0.12: raw parameters", aug, a.aug_workdir, False, None, at))
+        rows.append((f"augment_p 0.12: tracked EMA, rate {aug.model.ema_rate}", aug, a.aug_workdir, True, None, at))
     table = []
-    for name, cfg, workdir, ema, residual in rows:
-        x, nfe, step = _samples(cfg, workdir, z, ema=ema)
+    for name, cfg, workdir, ema, residual, at in rows:
+        x, nfe, step = _samples(cfg, workdir, z, ema=ema, step=at)
         rec = {"weights": name, "step": step, "nfe": nfe, "profile_residual": residual, **score_samples(x)}
         rec.pop("counts", None)
         print(json.dumps(rec), flush=True)
