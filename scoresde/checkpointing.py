@@ -375,6 +375,15 @@ class Checkpointer:
             raise ValueError(f"meta step {meta['step']} != directory step {step}")
         return restored
 
+    def restore(self, step: int, *, params=None, ema_params=None, opt_state=None) -> dict:
+        """Restores checkpoint ``step`` as :meth:`restore_latest` does the newest (same dict, checksums verified).
+
+        Raises:
+            IncompatibleCheckpointError: the parameters' shapes differ from the given trees.
+            FileNotFoundError, ValueError: the checkpoint is incomplete or inconsistent.
+        """
+        return self._restore_step(step, params, ema_params, opt_state)
+
     def restore_latest(self, *, params=None, ema_params=None, opt_state=None) -> dict | None:
         """Restores the newest complete checkpoint into the structure of the given (abstract) trees.
 

@@ -135,6 +135,9 @@ def get_default_configs():
     evaluate.is_splits = 10  # (scoresde) Inception Score splits
     evaluate.kid_subsets = 100  # (scoresde) KID subsets
     evaluate.kid_subset_size = 1000  # (scoresde) KID subset size
+    # (scoresde) --mode=fid: evaluate this many sample seeds (each a full set of eval.num_samples) and report each
+    # FID, their mean ± std and the minimum (the protocol of Karras et al. 2022); 1 = one set (the reference's)
+    evaluate.fid_seeds = 1
 
     # data
     config.data = data = ml_collections.ConfigDict()
@@ -148,6 +151,10 @@ def get_default_configs():
     data.download = False  # (scoresde) let tfds download a missing dataset (needs network)
     data.path = ""  # (scoresde) for dataset 'npz' / 'folder'
     data.category = ""  # LSUN category
+    # (scoresde) EDM's non-leaking augmentation (scoresde.augment): each transform applied with probability
+    # multiplier x augment_p, its labels fed to the network (model augment_dim); 0 = off (EDM's CIFAR-10: 0.12)
+    data.augment_p = 0.0
+    data.augment_pipeline = "xflip=1e8,yflip,scale,rotate_frac,aniso,translate_frac"  # EDM's: 9 labels
 
     # model
     config.model = model = ml_collections.ConfigDict()
@@ -168,6 +175,13 @@ def get_default_configs():
     model.time_label = ""  # (scoresde) "" = reference convention
     model.remat = False  # (scoresde) rematerialise each resolution level in the backward pass (less memory)
     model.dtype = "float32"  # (scoresde) compute dtype; "bfloat16" for speed (params stay float32)
+
+    # (scoresde) post-hoc EMA (Karras et al. 2024, scoresde.posthoc_ema): power-function EMA profiles tracked in
+    # the optimizer state, stored with every kept checkpoint (every training.snapshot_freq steps), and the
+    # relative widths --mode=posthoc_ema synthesises from them
+    config.ema = ema = ml_collections.ConfigDict()
+    ema.track_sigma_rels = ""  # comma list, e.g. "0.05,0.10" (EDM2); "" = none tracked
+    ema.sigma_rel = ""  # comma list of the sigma_rel to synthesise, e.g. "0.08" or "0.04,0.08,0.12"
 
     # optimization
     config.optim = optim = ml_collections.ConfigDict()
@@ -534,6 +548,8 @@ VALID_RANGES = {
     "model.ema_halflife_img": (lambda v: float(v) >= 0, "a number >= 0 (0 = use model.ema_rate)"),
     "model.ema_rampup_ratio": (lambda v: float(v) >= 0, "a number >= 0 (0 = no ramp-up)"),
     "optim.lr_decay_steps": (_count(0)[0], "an integer >= 0 (0 = no decay)"),
+    "data.augment_p": _UNIT,
+    "eval.fid_seeds": _count(1),
     "eval.batch_size": _count(1),
     "eval.bpd_eps": (lambda v: 0.0 < float(v) < 1.0, "a number in (0, 1), the time the ODE integral starts at"),
     "eval.bpd_rtol": _POSITIVE,

@@ -50,6 +50,7 @@ MODES = {
     "train_autoencoder": "scoresde.modes.train_autoencoder:train_autoencoder",  # latent diffusion, stage 1
     "distill": "scoresde.modes.distill:distill",  # cd | ct | pd few-step students (config.distill.method)
     "reflow": "scoresde.modes.reflow:reflow_mode",  # couplings of a trained flow, then the next flow on them
+    "posthoc_ema": "scoresde.modes.posthoc_ema:posthoc_ema_mode",  # EDM2: any EMA length from stored profiles
 }
 
 # what a run reports as one line (the message names the problem and the fix)

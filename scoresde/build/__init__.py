@@ -18,10 +18,17 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.likelihood`: the bits/dim settings (``LikelihoodSettings``).
 * :mod:`~scoresde.build.latent`: the autoencoder and the latent space of a latent model.
 * :mod:`~scoresde.build.trainer`: a trainer's loop settings (``read_settings``) and its sample snapshots.
+* :mod:`~scoresde.build.augment`: EDM's augmentation of training batches (``config.data.augment_p``).
+* :mod:`~scoresde.build.ema`: the power-function EMA profiles tracked for post-hoc EMA (``config.ema``).
 
 Every public name is also importable from ``scoresde.build`` itself.
 """
 
+from scoresde.build.augment import (  # noqa: F401
+    augment_batch,
+    augment_dim,
+    augment_settings,
+)
 from scoresde.build.distill import (  # noqa: F401
     consistency_pair,
     init_distill_state,
@@ -30,6 +37,11 @@ from scoresde.build.distill import (  # noqa: F401
     pd_rounds,
     round_of_step,
     total_steps,
+)
+from scoresde.build.ema import (  # noqa: F401
+    posthoc_sigma_rels,
+    tracked_sigma_rels,
+    with_power_ema,
 )
 from scoresde.build.fewstep import (  # noqa: F401
     CONSISTENCY_METHODS,

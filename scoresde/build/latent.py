@@ -9,7 +9,8 @@ from flax import nnx
 
 from scoresde import data as data_lib
 from scoresde import parallel
-from scoresde.build.run import params_digest
+from scoresde.build.augment import augment_batch, augment_settings
+from scoresde.build.run import params_digest, purpose_key
 from scoresde.checkpointing import restore_params
 from scoresde.config_defaults import section_with_defaults
 from scoresde.latent.space import LatentSpace, autoencoder_record_path, read_autoencoder_record
@@ -162,13 +163,26 @@ def load_latent_space(config, mesh=None) -> LatentSpace:
     )
 
 
-def batch_transform(config, mesh=None) -> Callable:
+def batch_transform(config, mesh=None, *, augment: bool = False) -> Callable:
     """``fn(batch, key) -> batch`` applied inside the jitted train / eval step.
 
-    For a latent config it replaces ``batch["image"]`` by its scaled latents (posterior mean, or a draw with
-    ``key`` when ``config.latent.use_posterior_mean`` is off); otherwise it is the identity.
+    With ``augment`` (a score network's training step) and ``config.data.augment_p > 0`` the images are first
+    augmented and ``batch["augment_labels"]`` added (:func:`scoresde.build.augment_batch`, with
+    ``fold_in(key, PURPOSE["augment"])``). For a latent config it then replaces ``batch["image"]`` by its scaled
+    latents (posterior mean, or a draw with ``key`` when ``config.latent.use_posterior_mean`` is off); otherwise
+    that step is the identity.
     """
-    if not is_latent(config):
+    augmented = augment and augment_settings(config) is not None
+    pixels = augment_batch(config) if augmented else None
+    space = load_latent_space(config, mesh) if is_latent(config) else None
+    if pixels is None and space is None:
         return lambda batch, key: batch
-    space = load_latent_space(config, mesh)
-    return lambda batch, key: {**batch, "image": space.encode(batch["image"], key)}
+
+    def fn(batch, key):
+        if pixels is not None:
+            batch = pixels(batch, purpose_key(key, "augment"))
+        if space is not None:
+            batch = {**batch, "image": space.encode(batch["image"], key)}
+        return batch
+
+    return fn

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scoresde import parallel
+from scoresde.build.augment import augment_dim
 from scoresde.build.latent import is_latent, model_data_shape
 from scoresde.build.run import as_config, check_checkpoint_config, with_defaults
 from scoresde.build.score import guidance_kind, num_classes
@@ -27,6 +28,7 @@ def _mlp(config, rngs):
         num_layers=m.num_layers,
         embed_dim=m.embed_dim,
         num_classes=num_classes(config),
+        augment_dim=augment_dim(config),
         rngs=rngs,
     )
 
@@ -51,6 +53,7 @@ def _unet_common(config) -> dict:
         sigma_range=sigma_range,
         nonlinearity=m.nonlinearity,
         num_classes=num_classes(config),
+        augment_dim=augment_dim(config),
         dtype=m.dtype,
         remat=bool(m.remat),
     )

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import optax
 
+from scoresde.build.ema import with_power_ema
+
 OPTIMIZERS = ("adam", "radam")
 
 
@@ -91,8 +93,8 @@ def optimizer_settings(section, **fallbacks) -> dict:
 
 
 def optimizer_from_config(config) -> optax.GradientTransformation:
-    """:func:`make_optimizer` of ``config.optim``."""
-    return make_optimizer(**optimizer_settings(config.optim))
+    """:func:`make_optimizer` of ``config.optim``, tracking the post-hoc EMA profiles of ``config.ema``."""
+    return with_power_ema(make_optimizer(**optimizer_settings(config.optim)), config)
 
 
 def lr_schedule_from_config(config):

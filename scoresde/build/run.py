@@ -72,6 +72,7 @@ RESUME_SAFE_FIELDS = {
         "training.progress",
         "training.max_nonfinite",
         "training.allow_config_change",
+        "ema.sigma_rel",  # what --mode=posthoc_ema synthesises, not how the run trains
         "eval.",
         "sampling.",
         "classifier.",
@@ -272,6 +273,7 @@ PURPOSE = {
     "latent_encode": 15,  # step key -> posterior draw of a latent model's training batch
     "measurement": 16,  # root -> inverse problems: measurement noise (restoration keys use "sample")
     "reflow": 17,  # root -> reflow couplings (fold_in(key, chunk) below it)
+    "augment": 24,  # batch-transform key -> EDM's augmentation of a training batch
 }
 
 

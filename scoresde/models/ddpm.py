@@ -24,6 +24,8 @@ class DDPM(nnx.Module):
     ``(sigma_min, sigma_max, num_scales)`` is needed only with ``scale_by_sigma``. ``num_classes > 0``
     adds a class-label embedding (null label ``num_classes``) to the time embedding. ``remat=True``
     rematerialises each resolution level in the backward pass (less memory, same outputs/gradients).
+    ``augment_dim > 0`` adds EDM's augmentation conditioning: ``augment_labels`` ``(B, augment_dim)``
+    (:mod:`scoresde.augment`) through a bias-free linear map added to the time embedding (zeros: no effect).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class DDPM(nnx.Module):
         sigma_range=None,
         nonlinearity: str = "swish",
         num_classes: int = 0,
+        augment_dim: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
         rngs: nnx.Rngs,
@@ -102,12 +105,17 @@ class DDPM(nnx.Module):
         m.append(layers.Conv(in_ch, num_channels, 3, init_scale=0.0, **kw))
         self.all_modules = nnx.List(m)
         self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=label_rngs) if num_classes > 0 else None
+        # EDM's augmentation labels (scoresde.augment): a bias-free linear map added to the embedding, so
+        # all-zero labels (sampling) change nothing
+        self.augment_embed = (
+            nnx.Linear(augment_dim, temb_dim, use_bias=False, rngs=label_rngs) if augment_dim > 0 else None
+        )
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+    def __call__(self, x, labels, y=None, *, train: bool = False, key=None, augment_labels=None):
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         temb = None
@@ -121,6 +129,11 @@ class DDPM(nnx.Module):
             temb = yemb if temb is None else temb + yemb
         elif y is not None:
             raise ValueError("class labels `y` given to a network built with num_classes=0")
+        if self.augment_embed is not None and augment_labels is not None:
+            aemb = self.augment_embed(augment_labels.astype(jnp.float32))
+            temb = aemb if temb is None else temb + aemb
+        elif augment_labels is not None:
+            raise ValueError("augment_labels given to a network built with augment_dim=0")
 
         h = x if self.centered else 2 * x - 1.0
         # One segment per resolution level (and the middle), rematerialised in the backward pass

@@ -30,6 +30,9 @@ class MLPScore(nnx.Module):
         embed_dim: width of the time embedding.
         num_classes: if > 0, a label embedding with ``num_classes + 1`` rows is added to the time
             embedding; label ``num_classes`` is the reserved null label (unconditional).
+        augment_dim: if > 0, the call's ``augment_labels`` ``(B, augment_dim)`` (EDM's augmentation labels,
+            :mod:`scoresde.augment`) pass through a bias-free linear map added to the embedding; zeros or
+            ``None`` (sampling) change nothing.
         rngs: parameter initialisation RNGs.
     """
 
@@ -41,6 +44,7 @@ class MLPScore(nnx.Module):
         num_layers: int = 3,
         embed_dim: int = 64,
         num_classes: int = 0,
+        augment_dim: int = 0,
         rngs: nnx.Rngs,
     ):
         self.dim, self.embed_dim, self.num_classes = dim, embed_dim, num_classes
@@ -49,12 +53,13 @@ class MLPScore(nnx.Module):
         self.hidden = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(num_layers)])
         self.out = nnx.Linear(hidden, dim, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.label_emb = nnx.Embed(num_classes + 1, hidden, rngs=rngs) if num_classes > 0 else None
+        self.augment_emb = nnx.Linear(augment_dim, hidden, use_bias=False, rngs=rngs) if augment_dim > 0 else None
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+    def __call__(self, x, labels, y=None, *, train: bool = False, key=None, augment_labels=None):
         shape = x.shape
         h = self.inp(x.reshape(shape[0], -1))
         emb = self.temb(sinusoidal_embedding(labels, self.embed_dim))
@@ -62,6 +67,10 @@ class MLPScore(nnx.Module):
             if y is None:
                 y = jnp.full((shape[0],), self.null_label, dtype=jnp.int32)
             emb = emb + self.label_emb(y)
+        if self.augment_emb is not None and augment_labels is not None:
+            emb = emb + self.augment_emb(augment_labels.astype(jnp.float32))
+        elif augment_labels is not None:
+            raise ValueError("augment_labels given to a network built with augment_dim=0")
         h = h + emb
         for layer in self.hidden:
             h = h + layer(nnx.silu(h))

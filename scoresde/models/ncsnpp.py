@@ -43,7 +43,9 @@ class NCSNpp(nnx.Module):
     ``scale_by_sigma`` with positional embeddings (the output is divided by ``sigmas[int(label)]``).
     ``remat=True`` rematerialises each resolution level in the backward pass (``jax.checkpoint``):
     less activation memory for about one more forward pass of compute; outputs and gradients are
-    unchanged.
+    unchanged. ``augment_dim > 0`` adds EDM's augmentation conditioning (Karras et al. 2022, App. F.2): the
+    call's ``augment_labels`` ``(B, augment_dim)`` (:mod:`scoresde.augment`) pass through a bias-free linear map
+    added to the time embedding; ``None`` or zeros (sampling) leave the output as without them.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class NCSNpp(nnx.Module):
         sigma_range=None,
         nonlinearity: str = "swish",
         num_classes: int = 0,
+        augment_dim: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
         rngs: nnx.Rngs,
@@ -207,12 +210,17 @@ class NCSNpp(nnx.Module):
         self.all_modules = nnx.List(m)
         self.torch_absent = tuple(torch_absent)
         self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=label_rngs) if num_classes > 0 else None
+        # EDM's augmentation labels (scoresde.augment): a bias-free linear map added to the embedding, so
+        # all-zero labels (sampling) change nothing
+        self.augment_embed = (
+            nnx.Linear(augment_dim, temb_dim, use_bias=False, rngs=label_rngs) if augment_dim > 0 else None
+        )
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+    def __call__(self, x, labels, y=None, *, train: bool = False, key=None, augment_labels=None):
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         if self.embedding_type == "fourier":
@@ -234,6 +242,11 @@ class NCSNpp(nnx.Module):
             temb = yemb if temb is None else temb + yemb
         elif y is not None:
             raise ValueError("class labels `y` given to a network built with num_classes=0")
+        if self.augment_embed is not None and augment_labels is not None:
+            aemb = self.augment_embed(augment_labels.astype(jnp.float32))
+            temb = aemb if temb is None else temb + aemb
+        elif augment_labels is not None:
+            raise ValueError("augment_labels given to a network built with augment_dim=0")
 
         if not self.centered:
             x = 2 * x - 1.0

@@ -5,6 +5,13 @@ optional keys ``nfe`` and ``sampler``) when they exist, else they are drawn here
 ``config.eval.sample_batch_size`` with the EMA model, sharded over the ``('data',)`` mesh. Each round is
 saved to ``workdir/eval_samples/step_<step>/round_<r>.npz`` before the next starts, so a killed
 evaluation resumes at the first missing round. The protocol's choices are in :mod:`scoresde.metrics.protocol`.
+
+With ``config.eval.fid_seeds = k > 1`` the drawn evaluation is repeated with ``k`` sample seeds (``config.seed``,
+``config.seed + 1``, ...; the rounds of seed ``s > config.seed`` in ``eval_samples/step_<step>_seed_<s>/``), each a
+full set of ``config.eval.num_samples``: the report lists every seed's FID / IS / KID, the FID's mean ± std
+(sample standard deviation) and minimum, and its headline values are those of the seed with the minimum FID (the
+protocol of Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models", Sec. 5:
+"the minimum of three evaluations").
 """
 
 from __future__ import annotations
@@ -73,12 +80,13 @@ def _start_rounds(out_dir: str, settings: dict) -> None:
 
 
 def sample_in_rounds(
-    config, workdir: str, sampler, *, step: int | None = None, params_hash: str | None = None
+    config, workdir: str, sampler, *, step: int | None = None, params_hash: str | None = None, seed: int | None = None
 ) -> tuple[np.ndarray, dict]:
     """``config.eval.num_samples`` uint8 samples from ``sampler(key) -> (images in [0, 1], nfe)``, by round.
 
-    Round ``r`` uses ``fold_in(purpose_key(key(config.seed), "fid"), r)`` and is saved (process 0, atomically)
-    to ``workdir/eval_samples/step_<step>/round_<r>.npz`` with its ``nfe`` and the digest of the settings that
+    Round ``r`` uses ``fold_in(purpose_key(key(seed), "fid"), r)`` (``seed`` defaults to ``config.seed``) and is
+    saved (process 0, atomically) to ``workdir/eval_samples/step_<step>/round_<r>.npz`` (``step_<step>_seed_<seed>``
+    for a seed other than ``config.seed``) with its ``nfe`` and the digest of the settings that
     drew it (step, parameter hash, config hash, batch, seed, sampler); existing rounds of the same settings are
     loaded instead of resampled, so an interrupted evaluation resumes where it stopped. One run writes the
     rounds of a step at a time (a lock); non-finite samples are an error.
@@ -86,14 +94,16 @@ def sample_in_rounds(
     s = build.sample_quality_settings(config)
     total, batch = s.num_samples, s.sample_batch_size
     rounds = int(math.ceil(total / batch))
+    seed = int(config.seed) if seed is None else int(seed)
     eval_dir = os.path.join(workdir, "eval_samples")
-    out_dir = os.path.join(eval_dir, f"step_{step if step is not None else 'none'}")
+    tag = f"step_{step if step is not None else 'none'}" + ("" if seed == int(config.seed) else f"_seed_{seed}")
+    out_dir = os.path.join(eval_dir, tag)
     settings = {
         "checkpoint_step": step,
         "params_hash": params_hash,
         "config_hash": build.config_digest(config),
         "batch": batch,
-        "seed": int(config.seed),
+        "seed": seed,
         "sampler": build.sampler_description(config),
     }
     settings = json.loads(json.dumps(settings, default=str))
@@ -105,7 +115,7 @@ def sample_in_rounds(
     lock = protocol.RequestLock(out_dir, what=f"the FID sample rounds in {out_dir}") if is_main else None
     with lock or contextlib.nullcontext():  # processes other than 0 write no files
         _start_rounds(out_dir, settings)
-        root = build.purpose_key(build.root_key(config), "fid")
+        root = build.purpose_key(jax.random.key(seed), "fid")
         chunks, nfes, resumed = [], [], 0
         for r in range(rounds):
             path = os.path.join(out_dir, f"round_{r:05d}.npz")
@@ -164,6 +174,7 @@ def evaluate_samples(
     """
     config = build.with_defaults(config)
     s = build.sample_quality_settings(config)
+    num_seeds = int(config.eval.fid_seeds)
     warnings = []
     # what can fail cheaply fails before any sampling: the feature extractor's weights, the reference stats
     feature_fn = feature_fn or build.get_feature_fn(config)
@@ -185,6 +196,11 @@ def evaluate_samples(
                 if from_files
                 else f"{s.num_samples:,} drawn now by {build.sampler_description(config)}"
             ),
+            "seeds": (
+                f"{num_seeds} (seed {int(config.seed)} to {int(config.seed) + num_seeds - 1}; min, mean ± std)"
+                if num_seeds > 1 and not from_files
+                else None
+            ),
             "reference": os.path.abspath(stats_path),
             "workdir": os.path.abspath(workdir),
         },
@@ -198,11 +214,23 @@ def evaluate_samples(
                 f"{source} holds {len(samples)} samples, fewer than config.eval.num_samples="
                 f"{s.num_samples}; evaluating the {len(samples)} there"
             )
+        if num_seeds > 1:
+            warnings.append(
+                f"config.eval.fid_seeds={num_seeds} is not applied: the samples come from {source}, one set; "
+                "remove them to draw one set per seed here"
+            )
+        sets = [(None, samples, meta)]
     else:
         params_hash = None
         if sampler is None:
             sampler, step, params_hash = _model_sampler(config, workdir, s.sample_batch_size)
-        samples, meta = sample_in_rounds(config, workdir, sampler, step=step, params_hash=params_hash)
+        sets = []
+        for k in range(num_seeds):  # one full set of samples per seed (Karras et al. 2022's protocol)
+            seed = int(config.seed) + k
+            sets.append(
+                (seed, *sample_in_rounds(config, workdir, sampler, step=step, params_hash=params_hash, seed=seed))
+            )
+        samples, meta = sets[0][1], sets[0][2]
         source = meta["dir"]
     n = len(samples)
     if n < protocol.PAPER_NUM_SAMPLES:
@@ -224,18 +252,22 @@ def evaluate_samples(
 
     rows = parallel.process_rows(n)
     chunk = s.inception_batch_size
-    acc = accumulate_features(
-        feature_fn, (samples[rows][i : i + chunk] for i in range(0, rows.stop - rows.start, chunk))
-    )
-    values = protocol.compute_metrics(
-        acc, ref, is_splits=s.is_splits, kid_subsets=s.kid_subsets, kid_subset_size=s.kid_subset_size
-    )
-    bad = sorted(k for k, v in values.items() if not np.all(np.isfinite(v)))
-    if bad:
-        raise FloatingPointError(
-            f"{', '.join(bad)} of {n} samples is not finite ({values}); the reference "
-            f"statistics {stats_path} or the samples' features are degenerate"
+    per_seed = []
+    for seed, x, m in sets:
+        acc = accumulate_features(feature_fn, (x[rows][i : i + chunk] for i in range(0, rows.stop - rows.start, chunk)))
+        values = protocol.compute_metrics(
+            acc, ref, is_splits=s.is_splits, kid_subsets=s.kid_subsets, kid_subset_size=s.kid_subset_size
         )
+        bad = sorted(k for k, v in values.items() if not np.all(np.isfinite(v)))
+        if bad:
+            raise FloatingPointError(
+                f"{', '.join(bad)} of {n} samples{'' if seed is None else f' (seed {seed})'} is not finite ({values}); "
+                f"the reference statistics {stats_path} or the samples' features are degenerate"
+            )
+        per_seed.append({"seed": seed, **values, "samples_source": m.get("dir", source)})
+    best = min(range(len(per_seed)), key=lambda i: per_seed[i]["fid"])
+    values = {k: v for k, v in per_seed[best].items() if k not in ("seed", "samples_source")}
+    source = per_seed[best]["samples_source"]
     if "kid" not in values:
         warnings.append(
             f"no KID: {stats_path} keeps no pool_3 features (raise config.eval.stats_max_features "
@@ -254,6 +286,20 @@ def evaluate_samples(
         "metrics": [{"name": k, "value": v, **context} for k, v in values.items()],
         "warnings": warnings,
     }
+    if len(per_seed) > 1:
+        fids = np.asarray([r["fid"] for r in per_seed], np.float64)
+        report["fid_seeds"] = {
+            "protocol": "one full sample set per seed; headline = the seed of minimum FID (Karras et al. 2022)",
+            "seeds": [r["seed"] for r in per_seed],
+            "fid": fids.tolist(),
+            "mean": float(fids.mean()),
+            "std": float(fids.std(ddof=1)),
+            "min": float(fids.min()),
+            "best_seed": per_seed[best]["seed"],
+            "num_samples_each": n,
+            "reference_stats": stats_path,
+            "per_seed": per_seed,
+        }
     if jax.process_index() == 0:
         tag = f"step_{step}" if step is not None else "samples"
         out_dir = os.path.join(workdir, "eval")
@@ -262,14 +308,16 @@ def evaluate_samples(
         with open(report["path"], "w") as f:
             json.dump(report, f, indent=1, default=protocol.json_default)
         protocol.write_tensorboard(workdir, report)
-    print(
-        json.dumps(
-            {k: report[k] for k in ("fid", "inception_score", "kid", "nfe", "num_samples", "step") if k in report},
-            default=protocol.json_default,
+    line = {k: report[k] for k in ("fid", "inception_score", "kid", "nfe", "num_samples", "step") if k in report}
+    seeds = report.get("fid_seeds")
+    if seeds:
+        line.update({f"fid_{k}": seeds[k] for k in ("min", "mean", "std", "seeds")})
+    print(json.dumps(line, default=protocol.json_default))
+    done = f"FID {report['fid']:.4g} from {n} samples (sampler {protocol.sampler_tag(report)})"
+    if seeds:
+        done = (
+            f"FID min {seeds['min']:.4g}, mean {seeds['mean']:.4g} ± {seeds['std']:.3g} over {len(seeds['fid'])} "
+            f"seeds of {n} samples each (sampler {protocol.sampler_tag(report)}; reference {stats_path})"
         )
-    )
-    runlog.conclude(
-        f"FID {report['fid']:.4g} from {n} samples (sampler {protocol.sampler_tag(report)})",
-        results={"report": report.get("path")},
-    )
+    runlog.conclude(done, results={"report": report.get("path")})
     return report

@@ -31,7 +31,12 @@ def score_loss(config, loss_fn, to_model_space, graphdef, rest):
         k_loss, k_drop = jax.random.split(key)
         y = build.class_labels(config, batch, build.purpose_key(key, "label_dropout"))
         model = nnx.merge(graphdef, params, rest)
-        value, _ = loss_fn(lambda x, labels: model(x, labels, y, train=True, key=k_drop), batch["image"], k_loss)
+        aug = batch.get("augment_labels")  # EDM's augmentation (to_model_space with augment=True)
+
+        def net(x, labels):
+            return model(x, labels, y, train=True, key=k_drop, augment_labels=aug)
+
+        value, _ = loss_fn(net, batch["image"], k_loss)
         return value, {}
 
     return loss
@@ -40,7 +45,8 @@ def score_loss(config, loss_fn, to_model_space, graphdef, rest):
 def make_train_step(config, sde, graphdef, rest, tx, mesh, key):
     """The jitted ``step(state, batch) -> (state, metrics)`` of ``--mode=train`` over the mesh (``key``: the
     training key), as :func:`scoresde.training.fit` runs it; for benchmarks."""
-    loss = score_loss(config, build.make_loss_fn(config, sde), build.batch_transform(config, mesh), graphdef, rest)
+    to_model_space = build.batch_transform(config, mesh, augment=True)
+    loss = score_loss(config, build.make_loss_fn(config, sde), to_model_space, graphdef, rest)
     return training.jit_step(
         tx, build.read_settings(config), mesh, key, loss=loss, lr_schedule=build.lr_schedule_from_config(config)
     )
@@ -102,7 +108,7 @@ def train(config, workdir: str) -> dict:
             init_state=lambda: train_state.init_state(params, tx),
             tx=tx,
             batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
-            loss=score_loss(config, loss_fn, to_model_space, graphdef, rest),
+            loss=score_loss(config, loss_fn, build.batch_transform(config, mesh, augment=True), graphdef, rest),
             lr_schedule=build.lr_schedule_from_config(config),
             evaluate=evaluate,
             snapshot=build.Snapshots(config, sde, graphdef, rest, mesh, run.key("snapshot"), workdir),

@@ -176,6 +176,52 @@ def test_sampling_rounds_resume(tmp_path):
     assert os.path.exists(os.path.join(workdir, "eval", "metrics_step_3.json"))
 
 
+def test_fid_over_several_seeds_reports_each_the_mean_std_and_minimum(tmp_path, capsys):
+    """EDM's protocol: one full sample set per seed; each FID against an independent computation from the saved
+    rounds, then their mean ± std (ddof 1) and minimum, the headline being the minimum's seed."""
+    config = _config(tmp_path, num_samples=40, sample_batch_size=8, is_splits=2, kid_subset_size=20, fid_seeds=3)
+    fid_stats(config, str(tmp_path), feature_fn=standin_feature_fn)
+    calls = []
+
+    def sampler(key):  # a different image distribution per key: the seeds' FIDs differ
+        calls.append(key)
+        return np.asarray(jax.random.beta(key, 0.5, 2.0, (8, 8, 8, 1))), 5
+
+    workdir = str(tmp_path / "run")
+    report = evaluate_samples(config, workdir, standin_feature_fn, sampler=sampler, step=3)
+    assert len(calls) == 15  # 3 seeds x 5 rounds
+    seeds = report["fid_seeds"]
+    assert seeds["seeds"] == [0, 1, 2] and seeds["num_samples_each"] == 40
+    assert seeds["reference_stats"] == config.eval.fid_stats_path == report["reference_stats"]
+    with np.load(config.eval.fid_stats_path) as f:
+        ref_mu, ref_sigma = f["mu"], f["sigma"]
+    expected = []
+    for sub in ["step_3", "step_3_seed_1", "step_3_seed_2"]:
+        rounds = sorted(glob.glob(os.path.join(workdir, "eval_samples", sub, "round_*.npz")))
+        assert len(rounds) == 5, sub
+        x = np.concatenate([np.load(r)["samples"] for r in rounds])[:40]
+        pool = standin_feature_fn(x)[0].astype(np.float64)
+        expected.append(frechet_distance(pool.mean(0), np.cov(pool, rowvar=False), ref_mu, ref_sigma))
+    np.testing.assert_allclose(seeds["fid"], expected, rtol=1e-6)
+    assert len(set(np.round(expected, 6))) == 3
+    np.testing.assert_allclose(seeds["mean"], np.mean(expected), rtol=1e-9)
+    np.testing.assert_allclose(seeds["std"], np.std(expected, ddof=1), rtol=1e-9)
+    assert seeds["min"] == min(seeds["fid"]) == report["fid"]
+    assert seeds["best_seed"] == int(np.argmin(expected))
+    assert [r["fid"] for r in seeds["per_seed"]] == seeds["fid"]
+    on_disk = json.load(open(report["path"]))
+    assert on_disk["fid_seeds"]["fid"] == seeds["fid"] and on_disk["num_samples"] == 40
+    out = capsys.readouterr()
+    assert "over 3 seeds of 40 samples each" in out.err and config.eval.fid_stats_path in out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["fid_min"] == seeds["min"]
+
+    # seed 0 is the one-seed evaluation's set (same keys, same directory): a one-seed run reuses its rounds
+    calls.clear()
+    one = _config(tmp_path, num_samples=40, sample_batch_size=8, is_splits=2, kid_subset_size=20)
+    single = evaluate_samples(one, workdir, standin_feature_fn, sampler=sampler, step=3)
+    assert not calls and single["fid"] == seeds["fid"][0] and "fid_seeds" not in single
+
+
 def test_missing_reference_stats_is_a_clear_error(tmp_path):
     config = _config(tmp_path)
     _write_sample_files(str(tmp_path), _digits_uint8("test"), [180])
