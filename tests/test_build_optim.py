@@ -160,7 +160,7 @@ def test_trainer_step_applies_a_half_life_ema():
         config.model.ema_halflife_img = 1000.0
         config.model.ema_rampup_ratio = 10.0  # update 1: half-life min(1000, 1 * 8 * 10) = 80 images
         config.training.batch_size = 8
-    settings = training.read_settings(config)
+    settings = build.read_settings(config)
     tx = optax.sgd(0.1)
     state = train_state.init_state({"w": jnp.ones(3)}, tx)
     loss = lambda p, batch, key, step: (jnp.sum(p["w"][None, :] * batch), {})  # noqa: E731
