@@ -207,7 +207,8 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
 
     Args:
         score_fn: batched ``score_fn(x, t) -> ∇log p_t(x)``, ``t`` of shape ``(B,)``. A plain function or a
-            pytree callable (its array leaves are traced).
+            pytree callable (its array leaves are traced). For ``consistency`` / ``scm`` a consistency function
+            ``f(x, t)``; for ``meanflow`` an average velocity ``u(z, r, t)`` (see the module docstring).
         sde: a linear SDE from :mod:`scoresde.sde`.
         shape: ``(B, ...)`` shape of the batch.
         key: a PRNG key (typed ``jax.random.key`` or raw).
