@@ -15,8 +15,9 @@ The same digits-size network (8×8×1, batch 128) in three training steps, each 
 Networks: DDPM++ as ``configs/digits_vp.py`` builds it (nf 16, ch_mult (1, 2), one block, no attention), and
 NCSN++ of the same size (Fourier embedding, FIR, residual input pyramid) with attention at 4×4.
 
-Printed per network and step: the median wall time of a step over ``--runs`` calls after compilation, and the
-compiled program's memory (XLA's ``memory_analysis``: temporaries, and temporaries + arguments + outputs).
+Printed per network and step: the median wall time of a step over ``--runs`` calls after compilation and one
+warm-up call (the three steps timed in turn, so a loaded machine slows them alike), its ratio to the DSM step,
+and the compiled program's memory (XLA's ``memory_analysis``: temporaries, and temporaries + arguments + outputs).
 
 Run: ``nice -n 10 python benchmarks/jvp_overhead.py [--runs 7] [--batch 128]``.
 """
@@ -37,6 +38,7 @@ from scoresde.losses import continuous_dsm_loss
 from scoresde.models.ncsnpp import NCSNpp
 
 DIGITS = dict(image_size=8, num_channels=1, centered=True, nf=16, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0)
+KINDS = ("dsm", "sct", "meanflow")
 NETWORKS = {
     "ddpm++ (digits_vp)": dict(**DIGITS, attn_resolutions=()),
     "ncsn++ digits-size, attention at 4x4": dict(
@@ -85,7 +87,8 @@ def main():
     batch = jax.random.uniform(jax.random.key(0), (args.batch, 8, 8, 1), minval=-1.0, maxval=1.0)
     tx = optax.adam(1e-3)
     for name, kwargs in NETWORKS.items():
-        for kind in ("dsm", "sct", "meanflow"):
+        runs = {}
+        for kind in KINDS:
             model = NCSNpp(**kwargs, second_time=kind == "meanflow", rngs=nnx.Rngs(0))
             graphdef, params = nnx.split(model)
             step = _step(_losses(graphdef)[kind], tx)
@@ -93,19 +96,28 @@ def main():
             t0 = time.perf_counter()
             compiled = step.lower(params, opt_state, batch, jax.random.key(1)).compile()
             compile_s = time.perf_counter() - t0
-            mem = compiled.memory_analysis()
+            params, opt_state, loss = compiled(params, opt_state, batch, jax.random.key(1))  # warm-up
+            runs[kind] = dict(compiled=compiled, state=(params, opt_state), mem=compiled.memory_analysis(), times=[])
+            runs[kind]["compile_s"] = compile_s
+        # the three steps in turn, so that they share the machine's load alike (the ratios are what matters)
+        for i in range(args.runs):
+            for kind in KINDS:
+                r = runs[kind]
+                t0 = time.perf_counter()
+                params, opt_state, loss = r["compiled"](*r["state"], batch, jax.random.key(2 + i))
+                loss.block_until_ready()
+                r["times"].append(time.perf_counter() - t0)
+                r["state"], r["loss"] = (params, opt_state), float(loss)
+        base = statistics.median(runs["dsm"]["times"])
+        for kind in KINDS:
+            r = runs[kind]
+            mem = r["mem"]
             temp = mem.temp_size_in_bytes / 2**20
             total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20
-            times = []
-            for i in range(args.runs + 1):
-                t0 = time.perf_counter()
-                params, opt_state, loss = compiled(params, opt_state, batch, jax.random.key(2 + i))
-                loss.block_until_ready()
-                times.append(time.perf_counter() - t0)
-            ms = 1e3 * statistics.median(times[1:])
+            ms = 1e3 * statistics.median(r["times"])
             print(
-                f"{name:38s} {kind:9s} step {ms:8.1f} ms   temp {temp:7.1f} MiB   temp+args+out {total:7.1f} MiB"
-                f"   compile {compile_s:5.1f} s   loss {float(loss):.4g}",
+                f"{name:38s} {kind:9s} step {ms:8.1f} ms ({ms / 1e3 / base:4.2f}x dsm)   temp {temp:6.1f} MiB"
+                f"   temp+args+out {total:6.1f} MiB   compile {r['compile_s']:5.1f} s   loss {r['loss']:.4g}",
                 flush=True,
             )
 

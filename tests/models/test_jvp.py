@@ -25,9 +25,11 @@ from scoresde.models.ncsnpp import NCSNpp
 UNET = dict(image_size=8, num_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0)
 NETS = {
     "mlp": lambda **k: MLPScore(3, hidden=16, num_layers=2, embed_dim=8, **k),
-    "ncsnpp": lambda **k: NCSNpp(nf=8, resblock_type="biggan", **UNET, **k),
+    "ncsnpp": lambda **k: NCSNpp(
+        nf=8, resblock_type="biggan", embedding_type="fourier", fourier_scale=1.0, **UNET, **k
+    ),
     "ddpmpp": lambda **k: NCSNpp(nf=8, resblock_type="ddpm", **UNET, **k),
-    "ddpm": lambda **k: DDPM(nf=32, **UNET, **k),
+    "ddpm": lambda **k: DDPM(nf=64, **UNET, **k),  # 32 groups of 2 channels: of 1, GroupNorm would erase temb
 }
 H = 1e-5
 RTOL = 1e-6
@@ -70,6 +72,8 @@ def test_jvp_of_every_two_time_network_matches_central_differences_in_float64(na
         # the two-time network in (x, t, r); the one-time network's (x, t) is the test below
         two = _perturbed(name, second_time=True)
         _check(lambda x, t, r: two(x, t, r=r), (x, t, r), (dx, jnp.ones_like(t), jnp.array([0.7, -0.4])))
+        # r alone moves the output: its embedding is live
+        assert float(jnp.max(jnp.abs(two(x, t, r=r) - two(x, t, r=t)))) > 1e-3
 
 
 @pytest.mark.parametrize("name", NETS)
