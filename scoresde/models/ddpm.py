@@ -26,6 +26,9 @@ class DDPM(nnx.Module):
     rematerialises each resolution level in the backward pass (less memory, same outputs/gradients).
     ``augment_dim > 0`` adds EDM's augmentation conditioning: ``augment_labels`` ``(B, augment_dim)``
     (:mod:`scoresde.augment`) through a bias-free linear map added to the time embedding (zeros: no effect).
+    ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow), called with ``r=`` of the labels'
+    shape and units (:class:`~scoresde.models.layers.SecondTimeEmbedding` of ``labels - r`` joins the time
+    embedding); off, parameters and outputs are the one-time network's.
     """
 
     def __init__(
@@ -48,8 +51,11 @@ class DDPM(nnx.Module):
         augment_dim: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
+        second_time: bool = False,
         rngs: nnx.Rngs,
     ):
+        if second_time and not conditional:
+            raise ValueError("second_time=True needs conditional=True (the second time joins the time embedding)")
         if scale_by_sigma and sigma_range is None:
             raise ValueError("scale_by_sigma needs sigma_range=(sigma_min, sigma_max, num_scales)")
         dtype = jnp.dtype(dtype)
@@ -110,18 +116,28 @@ class DDPM(nnx.Module):
         self.augment_embed = (
             nnx.Linear(augment_dim, temb_dim, use_bias=False, rngs=label_rngs) if augment_dim > 0 else None
         )
+        # created last, from its own key: the one-time network's parameters do not depend on this flag
+        self.second_time = bool(second_time)
+        self.gap_embed = (
+            layers.SecondTimeEmbedding("positional", nf, temb_dim, act, rngs=layers.KeySeq(label_rngs.params()))
+            if second_time
+            else None
+        )
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None, augment_labels=None):
+    def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None, augment_labels=None):
+        layers.check_second_time(self.second_time, r, labels)
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         temb = None
         if self.conditional:
             temb = nxt()(layers.timestep_embedding(labels, self.nf))
             temb = nxt()(self.act(temb))
+            if self.gap_embed is not None:
+                temb = temb + self.gap_embed(labels - r)
         if self.label_embed is not None:
             if y is None:
                 y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)
@@ -176,7 +192,7 @@ class DDPM(nnx.Module):
         h = self.act(nxt()(h))
         h = nxt()(h)
         assert next(mods, None) is None, "module walk out of sync with construction"
-        h = h.astype(jnp.float32)
+        h = h.astype(layers.accumulation_dtype(h.dtype))
         if self.scale_by_sigma:
             h = h / discrete_sigmas(*self.sigma_range)[labels.astype(jnp.int32)][:, None, None, None]
         return h

@@ -46,6 +46,10 @@ class NCSNpp(nnx.Module):
     unchanged. ``augment_dim > 0`` adds EDM's augmentation conditioning (Karras et al. 2022, App. F.2): the
     call's ``augment_labels`` ``(B, augment_dim)`` (:mod:`scoresde.augment`) pass through a bias-free linear map
     added to the time embedding; ``None`` or zeros (sampling) leave the output as without them.
+    unchanged. ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow): it is called with
+    ``r=`` of the labels' shape and units, and adds an embedding of ``labels - r``
+    (:class:`~scoresde.models.layers.SecondTimeEmbedding`) to the time embedding; off, parameters and outputs
+    are the one-time network's.
     """
 
     def __init__(
@@ -78,8 +82,11 @@ class NCSNpp(nnx.Module):
         augment_dim: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
+        second_time: bool = False,
         rngs: nnx.Rngs,
     ):
+        if second_time and not conditional:
+            raise ValueError("second_time=True needs conditional=True (the second time joins the time embedding)")
         resblock_type, progressive = resblock_type.lower(), progressive.lower()
         progressive_input, progressive_combine = progressive_input.lower(), progressive_combine.lower()
         embedding_type = embedding_type.lower()
@@ -215,12 +222,22 @@ class NCSNpp(nnx.Module):
         self.augment_embed = (
             nnx.Linear(augment_dim, temb_dim, use_bias=False, rngs=label_rngs) if augment_dim > 0 else None
         )
+        # created last, from its own key: the one-time network's parameters do not depend on this flag
+        self.second_time = bool(second_time)
+        self.gap_embed = (
+            layers.SecondTimeEmbedding(
+                embedding_type, nf, temb_dim, act, fourier_scale=fourier_scale, rngs=layers.KeySeq(label_rngs.params())
+            )
+            if second_time
+            else None
+        )
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None, augment_labels=None):
+    def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None, augment_labels=None):
+        layers.check_second_time(self.second_time, r, labels)
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         if self.embedding_type == "fourier":
@@ -233,6 +250,8 @@ class NCSNpp(nnx.Module):
         if self.conditional:
             temb = nxt()(temb)
             temb = nxt()(self.act(temb))
+            if self.gap_embed is not None:
+                temb = temb + self.gap_embed(labels - r)
         else:
             temb = None
         if self.label_embed is not None:
@@ -319,11 +338,12 @@ class NCSNpp(nnx.Module):
             h = nxt()(h)
         assert next(mods, None) is None, "module walk out of sync with construction"
 
-        h = h.astype(jnp.float32)
+        h = h.astype(layers.accumulation_dtype(h.dtype))
         if self.scale_by_sigma:
-            h = h / used_sigmas.astype(jnp.float32)[:, None, None, None]
+            h = h / used_sigmas.astype(h.dtype)[:, None, None, None]
         return h
 
     def _skip(self, a, b):
-        s = a.astype(jnp.float32) + b.astype(jnp.float32)
+        acc = layers.accumulation_dtype(a.dtype)
+        s = a.astype(acc) + b.astype(acc)
         return s / math.sqrt(2.0) if self.skip_rescale else s

@@ -428,12 +428,16 @@ def test_the_declared_deterministic_trait_is_what_each_method_does():
         ("dpm_solver++_sde", dict(eta=0.0)),
     ]
     for method, opts in cases:
-        if method == "consistency":
+        process = sde
+        if method in ("consistency", "scm"):
             score_fn, opts = (lambda x, t: 0.5 * x), dict(steps=2)  # any f(x, t): the re-noising is the noise
+            process = sde_lib.TrigFlow() if method == "scm" else sde
+        elif method == "meanflow":  # an average velocity u(z, r, t) on rectified flow, the one process it takes
+            score_fn, opts, process = (lambda z, r, t: 0.5 * z), dict(steps=2), sde_lib.RectifiedFlow()
         else:
             score_fn = gm.score_fn(sde)
             opts = {**({"steps": 4} if method != "ode" else {}), **opts}
-        a, _ = sampling.sample(score_fn, sde, (3, D), jax.random.key(2), method=method, x_init=x_init, **opts)
-        b, _ = sampling.sample(score_fn, sde, (3, D), jax.random.key(3), method=method, x_init=x_init, **opts)
+        a, _ = sampling.sample(score_fn, process, (3, D), jax.random.key(2), method=method, x_init=x_init, **opts)
+        b, _ = sampling.sample(score_fn, process, (3, D), jax.random.key(3), method=method, x_init=x_init, **opts)
         same = bool(np.array_equal(np.asarray(a), np.asarray(b)))
         assert same == sampling.is_deterministic(method, opts), (method, opts, same)
