@@ -13,6 +13,7 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.sampling`: samplers, guidance and the jitted sample function.
 * :mod:`~scoresde.build.fewstep`: teachers, students and their record (``student.json``).
 * :mod:`~scoresde.build.distill`: the distillation step (CD, CT, PD) and PD's rounds.
+* :mod:`~scoresde.build.continuous`: the continuous-time few-step steps (sCM, ECT, MeanFlow) and their samplers.
 * :mod:`~scoresde.build.inverse`: inverse problems (``config.inverse``).
 * :mod:`~scoresde.build.metrics`: sample-quality settings, the FID feature extractor and reference statistics.
 * :mod:`~scoresde.build.likelihood`: the bits/dim settings (``LikelihoodSettings``).
@@ -21,6 +22,18 @@ ask it for what they need. One module per config concern:
 Every public name is also importable from ``scoresde.build`` itself.
 """
 
+from scoresde.build.continuous import (  # noqa: F401
+    CONTINUOUS_METHODS,
+    CONTINUOUS_SAMPLERS,
+    continuous_sampler,
+    ect_consistency_fn,
+    init_continuous_state,
+    is_continuous,
+    make_continuous_step,
+    meanflow_u,
+    scm_variant,
+    trigflow_net,
+)
 from scoresde.build.distill import (  # noqa: F401
     init_distill_state,
     iters_per_round,
@@ -32,6 +45,7 @@ from scoresde.build.distill import (  # noqa: F401
 from scoresde.build.fewstep import (  # noqa: F401
     CONSISTENCY_METHODS,
     METHODS,
+    NETWORK_KIND,
     STUDENT_FILE,
     Teacher,
     check_same_architecture,

@@ -27,8 +27,14 @@ def _mlp(config, rngs):
         num_layers=m.num_layers,
         embed_dim=m.embed_dim,
         num_classes=num_classes(config),
+        **_second_time(config),
         rngs=rngs,
     )
+
+
+def _second_time(config) -> dict:
+    """``{"second_time": True}`` for a two-time network (``config.model.second_time``), else nothing."""
+    return {"second_time": True} if bool(config.model.second_time) else {}
 
 
 def _unet_common(config) -> dict:
@@ -53,6 +59,7 @@ def _unet_common(config) -> dict:
         num_classes=num_classes(config),
         dtype=m.dtype,
         remat=bool(m.remat),
+        **_second_time(config),
     )
 
 
@@ -114,7 +121,9 @@ def build_model(config, *, seed: int):
     shape = (1,) + model_data_shape(config)
     try:
         out = jax.eval_shape(
-            lambda x, t: model(x, t), jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
+            lambda x, t: model(x, t, **({"r": t} if _second_time(config) else {})),
+            jax.ShapeDtypeStruct(shape, jnp.float32),
+            jax.ShapeDtypeStruct((1,), jnp.float32),
         )
     except Exception as e:  # noqa: BLE001
         raise ValueError(
