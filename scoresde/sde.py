@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+HALF_PI = math.pi / 2
 ScoreFn = Callable[[Array, Array], Array]
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "OUSDE",
     "RectifiedFlow",
     "EDMSDE",
+    "TrigFlow",
     "ReverseSDE",
     "batch_mul",
     "get_sde",
@@ -420,6 +422,67 @@ class EDMSDE(LinearSDE):
         return jnp.exp(-0.5 * log_snr)
 
 
+@_static_dataclass
+class TrigFlow(LinearSDE):
+    """The TrigFlow process ``x_t = cos(t) x_0 + sin(t) σ_d z`` (Lu & Song 2025, Sec. 3).
+
+    ``alpha(t) = cos t`` (clamped at 0: ``cos(float32(π/2))`` is ``-4e-8``, and the prior must be exact at
+    ``T``), ``sigma(t) = σ_d sin t``, ``log_snr(t) = -2 log(σ_d tan t)``, prior ``N(0, σ_d² I)``.
+
+    The Itô SDE with these marginals (``f = alpha'/alpha``, ``g² = (sigma²)' - 2 f sigma²``, Kingma et al.
+    2021, eq. 33) is ``dx = -tan(t) x dt + σ_d sqrt(2 tan t) dW``, so the score-form probability-flow drift is
+    ``-tan(t) (x + σ_d² ∇log p_t(x))``; like :class:`~scoresde.sde.RectifiedFlow` both coefficients are
+    infinite at ``T = π/2``: solvers that go through :meth:`sde` need ``T < π/2``. The samplers of
+    :func:`scoresde.sampling.sample` that start at ``T`` (``ode``, whose velocity form is
+    ``(cos(t) x - D) / sin(t)`` here, and the grid methods) need a model that carries its denoiser, as for
+    rectified flow. The maps to and from the other processes are in :mod:`scoresde.fewstep.trigflow`.
+
+    Args:
+        sigma_data: ``σ_d``, the data standard deviation (0.5 for images in ``[-1, 1]``, the paper's value).
+        N: number of discretisation steps (for the SDE interface).
+        T: end time, ``0 < T <= π/2``.
+
+    Raises:
+        ValueError: for ``sigma_data <= 0``, ``N < 2`` or ``T`` outside ``(0, π/2]``.
+    """
+
+    sigma_data: float = 0.5
+    N: int = 1000
+    T: float = HALF_PI
+
+    def __post_init__(self):
+        if not self.sigma_data > 0:
+            raise ValueError(f"TrigFlow needs sigma_data > 0; got {self.sigma_data!r}")
+        if not (isinstance(self.N, (int, np.integer)) and self.N >= 2):
+            raise ValueError(f"TrigFlow needs an integer N >= 2; got N={self.N!r}")
+        if not 0 < self.T <= HALF_PI:
+            raise ValueError(f"TrigFlow needs 0 < T <= pi/2; got T={self.T!r}")
+
+    @property
+    def prior_std(self) -> float:
+        return float(self.sigma_data)
+
+    def sde(self, x, t):
+        tan = jnp.tan(t)
+        return batch_mul(-tan, x), self.sigma_data * jnp.sqrt(2.0 * tan)
+
+    def alpha(self, t):
+        # clamped value, unclamped derivative -sin(t): the velocity form of the probability flow
+        # (scoresde.sampling.ode.flow_velocity) differentiates alpha at T, where a plain max gives 0
+        cos = jnp.cos(t)
+        return cos - jax.lax.stop_gradient(jnp.minimum(cos, 0.0))
+
+    def sigma(self, t):
+        return self.sigma_data * jnp.sin(t)
+
+    def log_snr(self, t):
+        return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
+
+    def t_from_log_snr(self, log_snr):
+        # sigma/alpha = σ_d tan t = e^{-log_snr/2}
+        return jnp.arctan(jnp.exp(-0.5 * log_snr) / self.sigma_data)
+
+
 def _log_expm1(x):
     """``log(e^x - 1)``, accurate for small and large ``x``."""
     return jnp.where(x > 20.0, x, jnp.log(jnp.expm1(jnp.minimum(x, 20.0))))
@@ -498,11 +561,14 @@ _SDES = {
     "ou": OUSDE,
     "rectified_flow": RectifiedFlow,
     "edm": EDMSDE,
+    "trigflow": TrigFlow,
 }
 
 
 def get_sde(name: str, **kwargs) -> LinearSDE:
     """Builds an SDE by its reference name (``vpsde``, ``subvpsde``, ``vesde``) or short name.
+
+    ``kwargs`` are the class's fields, e.g. ``get_sde("trigflow", sigma_data=0.5)``.
 
     Raises:
         ValueError: for an unknown name.
@@ -510,6 +576,6 @@ def get_sde(name: str, **kwargs) -> LinearSDE:
     key = name.lower()
     if key not in _SDES:
         raise ValueError(
-            f"unknown sde {name!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm (or vp, subvp, ve, ou)"
+            f"unknown sde {name!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm, trigflow (or vp, subvp, ve, ou)"
         )
     return _SDES[key](**kwargs)

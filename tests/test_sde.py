@@ -210,3 +210,23 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="N >= 2"):
         sde_lib.VPSDE(N=1)
     assert isinstance(sde_lib.get_sde("subvpsde", beta_max=10.0), sde_lib.SubVPSDE)
+
+
+def test_trigflow_is_built_by_name_like_the_other_processes():
+    from scoresde.fewstep import trigflow
+
+    trig = sde_lib.get_sde("trigflow", sigma_data=0.7)
+    assert isinstance(trig, sde_lib.TrigFlow) and trig.sigma_data == 0.7 and trig.T == sde_lib.HALF_PI
+    assert trigflow.TrigFlow is sde_lib.TrigFlow  # one class, re-exported where its maps live
+    assert jax.tree_util.tree_leaves(trig) == [] and hash(trig) == hash(sde_lib.TrigFlow(sigma_data=0.7))
+    t = jnp.linspace(0.05, 1.5, 7)
+    np.testing.assert_allclose(trig.alpha(t), np.cos(t), rtol=1e-6)
+    np.testing.assert_allclose(trig.sigma(t), 0.7 * np.sin(t), rtol=1e-6)
+    # alpha is clamped to 0 at T (cos(float32(π/2)) < 0) but keeps cos's derivative there
+    end = jnp.array([trig.T], jnp.float32)
+    a, da = jax.jvp(trig.alpha, (end,), (jnp.ones_like(end),))
+    assert float(a[0]) == 0.0 and abs(float(da[0]) + 1.0) < 1e-6
+    with pytest.raises(ValueError, match="sigma_data > 0"):
+        sde_lib.get_sde("trigflow", sigma_data=0.0)
+    with pytest.raises(ValueError, match="trigflow"):
+        sde_lib.get_sde("trig")

@@ -34,18 +34,15 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from scoresde.parameterization import score_to_denoiser
-from scoresde.sde import LinearSDE, batch_mul
+from scoresde.sde import HALF_PI, TrigFlow, batch_mul
 
 __all__ = [
+    "HALF_PI",
     "TrigFlow",
     "trigflow_time",
     "sde_time",
@@ -60,68 +57,6 @@ __all__ = [
     "consistency_fn",
     "velocity_target",
 ]
-
-HALF_PI = math.pi / 2
-
-
-@dataclasses.dataclass(frozen=True)
-class TrigFlow(LinearSDE):
-    """The TrigFlow process ``x_t = cos(t) x_0 + sin(t) σ_d z`` (Lu & Song 2025, Sec. 3).
-
-    ``alpha(t) = cos t`` (clamped at 0: ``cos(float32(π/2))`` is ``-4e-8``, and the prior must be exact at
-    ``T``), ``sigma(t) = σ_d sin t``, ``log_snr(t) = -2 log(σ_d tan t)``, prior ``N(0, σ_d² I)``.
-
-    The Itô SDE with these marginals (``f = alpha'/alpha``, ``g² = (sigma²)' - 2 f sigma²``, Kingma et al.
-    2021, eq. 33) is ``dx = -tan(t) x dt + σ_d sqrt(2 tan t) dW``, so the score-form probability-flow drift is
-    ``-tan(t) (x + σ_d² ∇log p_t(x))``; like :class:`~scoresde.sde.RectifiedFlow` both coefficients are
-    infinite at ``T = π/2``: solvers that go through :meth:`sde` need ``T < π/2``.
-
-    Args:
-        sigma_data: ``σ_d``, the data standard deviation (0.5 for images in ``[-1, 1]``, the paper's value).
-        N: number of discretisation steps (for the SDE interface).
-        T: end time, ``0 < T <= π/2``.
-
-    Raises:
-        ValueError: for ``sigma_data <= 0``, ``N < 2`` or ``T`` outside ``(0, π/2]``.
-    """
-
-    sigma_data: float = 0.5
-    N: int = 1000
-    T: float = HALF_PI
-
-    def __post_init__(self):
-        if not self.sigma_data > 0:
-            raise ValueError(f"TrigFlow needs sigma_data > 0; got {self.sigma_data!r}")
-        if not (isinstance(self.N, (int, np.integer)) and self.N >= 2):
-            raise ValueError(f"TrigFlow needs an integer N >= 2; got N={self.N!r}")
-        if not 0 < self.T <= HALF_PI:
-            raise ValueError(f"TrigFlow needs 0 < T <= pi/2; got T={self.T!r}")
-
-    @property
-    def prior_std(self) -> float:
-        return float(self.sigma_data)
-
-    def sde(self, x, t):
-        tan = jnp.tan(t)
-        return batch_mul(-tan, x), self.sigma_data * jnp.sqrt(2.0 * tan)
-
-    def alpha(self, t):
-        return jnp.maximum(jnp.cos(t), 0.0)
-
-    def sigma(self, t):
-        return self.sigma_data * jnp.sin(t)
-
-    def log_snr(self, t):
-        return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
-
-    def t_from_log_snr(self, log_snr):
-        # sigma/alpha = σ_d tan t = e^{-log_snr/2}
-        return jnp.arctan(jnp.exp(-0.5 * log_snr) / self.sigma_data)
-
-
-# All fields are static metadata (hashable, closable over in jit), like the SDEs of scoresde.sde.
-jax.tree_util.register_dataclass(TrigFlow, data_fields=[], meta_fields=["sigma_data", "N", "T"])
-
 
 # ------------------------------------------------------------------------------ time and state maps
 

@@ -24,6 +24,9 @@ class DDPM(nnx.Module):
     ``(sigma_min, sigma_max, num_scales)`` is needed only with ``scale_by_sigma``. ``num_classes > 0``
     adds a class-label embedding (null label ``num_classes``) to the time embedding. ``remat=True``
     rematerialises each resolution level in the backward pass (less memory, same outputs/gradients).
+    ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow), called with ``r=`` of the labels'
+    shape and units (:class:`~scoresde.models.layers.SecondTimeEmbedding` of ``labels - r`` joins the time
+    embedding); off, parameters and outputs are the one-time network's.
     """
 
     def __init__(
@@ -45,8 +48,11 @@ class DDPM(nnx.Module):
         num_classes: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
+        second_time: bool = False,
         rngs: nnx.Rngs,
     ):
+        if second_time and not conditional:
+            raise ValueError("second_time=True needs conditional=True (the second time joins the time embedding)")
         if scale_by_sigma and sigma_range is None:
             raise ValueError("scale_by_sigma needs sigma_range=(sigma_min, sigma_max, num_scales)")
         dtype = jnp.dtype(dtype)
@@ -102,18 +108,28 @@ class DDPM(nnx.Module):
         m.append(layers.Conv(in_ch, num_channels, 3, init_scale=0.0, **kw))
         self.all_modules = nnx.List(m)
         self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=label_rngs) if num_classes > 0 else None
+        # created last, from its own key: the one-time network's parameters do not depend on this flag
+        self.second_time = bool(second_time)
+        self.gap_embed = (
+            layers.SecondTimeEmbedding("positional", nf, temb_dim, act, rngs=layers.KeySeq(label_rngs.params()))
+            if second_time
+            else None
+        )
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+    def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None):
+        layers.check_second_time(self.second_time, r, labels)
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         temb = None
         if self.conditional:
             temb = nxt()(layers.timestep_embedding(labels, self.nf))
             temb = nxt()(self.act(temb))
+            if self.gap_embed is not None:
+                temb = temb + self.gap_embed(labels - r)
         if self.label_embed is not None:
             if y is None:
                 y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)

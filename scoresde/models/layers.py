@@ -184,6 +184,46 @@ def timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 10000
     return emb
 
 
+def check_second_time(second_time: bool, r, labels) -> None:
+    """Checks the second time ``r`` against the network's ``second_time`` flag (every score network calls it).
+
+    Raises:
+        ValueError: ``r`` missing for a two-time network, given to a one-time one, or not of ``labels``' shape.
+    """
+    if second_time and r is None:
+        raise ValueError("this network was built with second_time=True: call it with r= (the second time, (B,))")
+    if not second_time and r is not None:
+        raise ValueError("r= given to a network built with second_time=False; build it with second_time=True")
+    if r is not None and jnp.shape(r) != jnp.shape(labels):
+        raise ValueError(f"r has shape {jnp.shape(r)}; expected the labels' shape {jnp.shape(labels)}")
+
+
+class SecondTimeEmbedding(nnx.Module):
+    """The embedding of a two-time network's interval ``labels - r`` (MeanFlow, Geng et al. 2025, Sec. 4.3).
+
+    Made like the U-Nets' time embedding, with its own parameters: the sinusoidal (``positional``) or Gaussian
+    Fourier (``fourier``) features of the interval, then ``Dense -> act -> Dense`` to ``temb_dim``; the network
+    adds the result to its time embedding (the paper conditions on ``(t, t - r)`` and sums the two embeddings).
+    The Fourier features take the interval itself, not its log as the time's do: the interval is 0 where
+    ``r = t``.
+    """
+
+    def __init__(self, embedding_type: str, nf: int, temb_dim: int, act, *, fourier_scale: float = 16.0, rngs):
+        self.embedding_type, self.nf, self.act = embedding_type, nf, act
+        if embedding_type == "fourier":
+            self.proj = GaussianFourierProjection(nf, fourier_scale, rngs=rngs)
+            embed_dim = 2 * nf
+        else:
+            self.proj = None
+            embed_dim = nf
+        self.Dense_0 = Dense(embed_dim, temb_dim, rngs=rngs)
+        self.Dense_1 = Dense(temb_dim, temb_dim, rngs=rngs)
+
+    def __call__(self, gap):
+        feats = self.proj(gap) if self.proj is not None else timestep_embedding(gap, self.nf)
+        return self.Dense_1(self.act(self.Dense_0(feats)))
+
+
 def dropout(x, rate: float, key):
     """Inverted dropout; identity when ``key`` is None (evaluation) or ``rate == 0``."""
     if key is None or rate == 0.0:

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scoresde.models.layers import check_second_time
+
 
 def sinusoidal_embedding(labels: jax.Array, dim: int, max_positions: int = 10000) -> jax.Array:
     """Transformer-style sinusoidal embedding of ``(B,)`` labels into ``(B, dim)`` (Ho et al. 2020)."""
@@ -30,6 +32,10 @@ class MLPScore(nnx.Module):
         embed_dim: width of the time embedding.
         num_classes: if > 0, a label embedding with ``num_classes + 1`` rows is added to the time
             embedding; label ``num_classes`` is the reserved null label (unconditional).
+        second_time: a two-time network ``u(x, r, t)`` (MeanFlow's average velocity, Geng et al. 2025,
+            Sec. 4.3): called with ``r=`` (the second time, in the units of ``labels``), it adds an embedding of
+            ``labels - r`` (the interval, the paper's best conditioning ``(t, t - r)``) made like the time
+            embedding. Off: parameters and outputs are those of the one-time network.
         rngs: parameter initialisation RNGs.
     """
 
@@ -41,23 +47,30 @@ class MLPScore(nnx.Module):
         num_layers: int = 3,
         embed_dim: int = 64,
         num_classes: int = 0,
+        second_time: bool = False,
         rngs: nnx.Rngs,
     ):
         self.dim, self.embed_dim, self.num_classes = dim, embed_dim, num_classes
+        self.second_time = bool(second_time)
         self.temb = nnx.Linear(embed_dim, hidden, rngs=rngs)
         self.inp = nnx.Linear(dim, hidden, rngs=rngs)
         self.hidden = nnx.List([nnx.Linear(hidden, hidden, rngs=rngs) for _ in range(num_layers)])
         self.out = nnx.Linear(hidden, dim, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.label_emb = nnx.Embed(num_classes + 1, hidden, rngs=rngs) if num_classes > 0 else None
+        # created last: the one-time network's parameters do not depend on this flag
+        self.gap_temb = nnx.Linear(embed_dim, hidden, rngs=rngs) if second_time else None
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+    def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None):
+        check_second_time(self.second_time, r, labels)
         shape = x.shape
         h = self.inp(x.reshape(shape[0], -1))
         emb = self.temb(sinusoidal_embedding(labels, self.embed_dim))
+        if self.gap_temb is not None:
+            emb = emb + self.gap_temb(sinusoidal_embedding(labels - r, self.embed_dim))
         if self.label_emb is not None:
             if y is None:
                 y = jnp.full((shape[0],), self.null_label, dtype=jnp.int32)

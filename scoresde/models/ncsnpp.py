@@ -43,7 +43,10 @@ class NCSNpp(nnx.Module):
     ``scale_by_sigma`` with positional embeddings (the output is divided by ``sigmas[int(label)]``).
     ``remat=True`` rematerialises each resolution level in the backward pass (``jax.checkpoint``):
     less activation memory for about one more forward pass of compute; outputs and gradients are
-    unchanged.
+    unchanged. ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow): it is called with
+    ``r=`` of the labels' shape and units, and adds an embedding of ``labels - r``
+    (:class:`~scoresde.models.layers.SecondTimeEmbedding`) to the time embedding; off, parameters and outputs
+    are the one-time network's.
     """
 
     def __init__(
@@ -75,8 +78,11 @@ class NCSNpp(nnx.Module):
         num_classes: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
+        second_time: bool = False,
         rngs: nnx.Rngs,
     ):
+        if second_time and not conditional:
+            raise ValueError("second_time=True needs conditional=True (the second time joins the time embedding)")
         resblock_type, progressive = resblock_type.lower(), progressive.lower()
         progressive_input, progressive_combine = progressive_input.lower(), progressive_combine.lower()
         embedding_type = embedding_type.lower()
@@ -207,12 +213,22 @@ class NCSNpp(nnx.Module):
         self.all_modules = nnx.List(m)
         self.torch_absent = tuple(torch_absent)
         self.label_embed = nnx.Embed(num_classes + 1, temb_dim, rngs=label_rngs) if num_classes > 0 else None
+        # created last, from its own key: the one-time network's parameters do not depend on this flag
+        self.second_time = bool(second_time)
+        self.gap_embed = (
+            layers.SecondTimeEmbedding(
+                embedding_type, nf, temb_dim, act, fourier_scale=fourier_scale, rngs=layers.KeySeq(label_rngs.params())
+            )
+            if second_time
+            else None
+        )
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def __call__(self, x, labels, y=None, *, train: bool = False, key=None):
+    def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None):
+        layers.check_second_time(self.second_time, r, labels)
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
 
         if self.embedding_type == "fourier":
@@ -225,6 +241,8 @@ class NCSNpp(nnx.Module):
         if self.conditional:
             temb = nxt()(temb)
             temb = nxt()(self.act(temb))
+            if self.gap_embed is not None:
+                temb = temb + self.gap_embed(labels - r)
         else:
             temb = None
         if self.label_embed is not None:
