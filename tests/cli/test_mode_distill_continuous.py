@@ -31,7 +31,7 @@ NEEDS_TEACHER = ("scd", "ect")
 
 def _method_config(which, teacher, **more):
     name, overrides = METHODS[which]
-    return _config(name, distill__teacher_workdir=teacher if which in NEEDS_TEACHER else "", **overrides, **more)
+    return _config(name, **{"distill__teacher_workdir": teacher if which in NEEDS_TEACHER else "", **overrides, **more})
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,9 @@ def test_each_method_trains_then_samples_in_one_and_two_steps(tmp_path, toy_teac
         assert result["nfe"] == steps and samples.shape == (64, 2) and np.all(np.isfinite(samples))
 
 
-@pytest.mark.parametrize("which", ["sct", "scd", "ect", "meanflow"])
+@pytest.mark.parametrize(
+    "which", ["sct", "meanflow", pytest.param("scd", marks=pytest.mark.slow), pytest.param("ect", marks=pytest.mark.slow)]
+)
 def test_killed_run_resumes_exactly(tmp_path, toy_teacher, which):
     """As test_mode_distill's: drop the checkpoints after step 1, resume; same losses, parameters, EMA and
     opt_state (sCM's adaptive weight and its Adam state included), bit for bit."""
@@ -175,6 +177,7 @@ def _parity_run(workdir, devices):
     return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT ") :])
 
 
+@pytest.mark.slow
 def test_sct_eight_devices_match_one(tmp_path):
     """The sCT step (a JVP through the network, the adaptive weight's own update) is the same computation on a
     batch split over 8 fake devices as on one."""
