@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
+from cli.test_mode_distill import _cli, _config, _export
 from scoresde import build
 from scoresde import main as main_lib
 from scoresde.runlog import read_metrics
 
-from cli.test_mode_distill import _cli, _config, _export
 from conftest import REPO, load_config
 
 # toy2d_cd's MLP on the VP SDE, read as each method's network (toy2d_meanflow is MeanFlow's own config)
@@ -85,9 +85,10 @@ def test_each_method_trains_then_samples_in_one_and_two_steps(tmp_path, toy_teac
     out = main_lib.run(_method_config(which, toy_teacher), workdir, "distill")
     assert out["step"] == 2 and out["method"] == METHODS[which][1].get("distill__method", which)
     record = json.load(open(os.path.join(workdir, "student.json")))
-    assert record["network"] == {"sct": "trigflow_consistency", "ect": "consistency", "meanflow": "average_velocity"}[
-        which
-    ]
+    assert (
+        record["network"]
+        == {"sct": "trigflow_consistency", "ect": "consistency", "meanflow": "average_velocity"}[which]
+    )
     for steps in (1, 2):
         result = main_lib.run(_method_config(which, "/nonexistent", sampling__steps=steps), workdir, "sample")
         samples = np.load(os.path.join(workdir, "samples", "samples_0.npz"))["samples"]
@@ -95,7 +96,8 @@ def test_each_method_trains_then_samples_in_one_and_two_steps(tmp_path, toy_teac
 
 
 @pytest.mark.parametrize(
-    "which", ["sct", "meanflow", pytest.param("scd", marks=pytest.mark.slow), pytest.param("ect", marks=pytest.mark.slow)]
+    "which",
+    ["sct", "meanflow", pytest.param("scd", marks=pytest.mark.slow), pytest.param("ect", marks=pytest.mark.slow)],
 )
 def test_killed_run_resumes_exactly(tmp_path, toy_teacher, which):
     """As test_mode_distill's: drop the checkpoints after step 1, resume; same losses, parameters, EMA and
