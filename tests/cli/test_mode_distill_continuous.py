@@ -93,6 +93,10 @@ def test_each_method_trains_then_samples_in_one_and_two_steps(tmp_path, toy_teac
         result = main_lib.run(_method_config(which, "/nonexistent", sampling__steps=steps), workdir, "sample")
         samples = np.load(os.path.join(workdir, "samples", "samples_0.npz"))["samples"]
         assert result["nfe"] == steps and samples.shape == (64, 2) and np.all(np.isfinite(samples))
+    if which != "ect":  # a score config on the student's workdir is refused, naming the config to use
+        base = load_config("toy2d_fm" if which == "meanflow" else "toy2d_vp", "smoke")
+        with pytest.raises(ValueError, match=f"holds a {METHODS[which][1].get('distill__method', which)} student"):
+            main_lib.run(base, workdir, "sample")
 
 
 @pytest.mark.parametrize(
