@@ -42,6 +42,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from scoresde.sampling import meanflow as sampling_meanflow
+from scoresde.sampling.meanflow import meanflow_step, meanflow_times
 from scoresde.sde import batch_mul
 
 P_MEAN = -0.4  # logit-normal location of the paper's ImageNet runs (Table 1d)
@@ -168,13 +170,11 @@ def meanflow_loss(
     return loss, {**aux, "r": r, "t": t}
 
 
-def meanflow_step(u_fn: Callable, z, r, t):
-    """``z_r = z_t - (t - r) u(z_t, r, t)`` (exact for the exact ``u``); ``r``, ``t`` of shape ``(B,)``."""
-    return z - batch_mul(t - r, u_fn(z, r, t))
-
-
 def meanflow_sample(u_fn: Callable, key, shape, *, steps: int = 1, times=None, x_init=None, dtype=jnp.float32):
     """MeanFlow sampling from ``ε ~ N(0, I)`` at ``t = 1`` to ``t = 0`` in ``steps`` jumps (the paper's 1- and 2-NFE).
+
+    The loop is :func:`scoresde.sampling.meanflow.meanflow_sample` (also the front door's
+    ``sample(method="meanflow")``).
 
     Args:
         u_fn: ``u_fn(z, r, t) -> u`` (parameters closed over).
@@ -188,15 +188,6 @@ def meanflow_sample(u_fn: Callable, key, shape, *, steps: int = 1, times=None, x
     Returns:
         ``(x, nfe)`` with ``nfe`` the number of ``u_fn`` calls, counted in the loop.
     """
-    ts = jnp.linspace(1.0, 0.0, steps + 1, dtype=dtype) if times is None else jnp.asarray(times, dtype)
+    ts = meanflow_times(1.0, steps, dtype=dtype) if times is None else jnp.asarray(times, dtype)
     z = jax.random.normal(key, shape, dtype) if x_init is None else x_init.astype(dtype)
-    b = shape[0]
-
-    def body(carry, pair):
-        z, nfe = carry
-        t, r = pair
-        z = meanflow_step(u_fn, z, jnp.full((b,), r, dtype), jnp.full((b,), t, dtype))
-        return (z, nfe + 1), None
-
-    (z, nfe), _ = jax.lax.scan(body, (z, jnp.zeros((), jnp.int32)), (ts[:-1], ts[1:]))
-    return z, nfe
+    return sampling_meanflow.meanflow_sample(u_fn, None, z, ts, key, jnp.zeros((), jnp.int32))

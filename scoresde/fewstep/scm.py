@@ -55,13 +55,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scoresde.fewstep.trigflow import HALF_PI, TrigFlow, velocity_target
-from scoresde.sampling.consistency import consistency_sample
+from scoresde.sampling.consistency import SCM_T_MID, consistency_sample
 from scoresde.sde import batch_mul
 
 P_MEAN = -1.0  # Lu & Song 2025, App. G, CIFAR-10 (ImageNet 64: -0.8)
 P_STD = 1.4  # CIFAR-10 (ImageNet 64: 1.6)
 TANGENT_NORM_C = 0.1  # Sec. 4.2
-T_MID = 1.1  # the 2-step sampler's intermediate time
+T_MID = SCM_T_MID  # the 2-step sampler's intermediate time (Sec. 5)
 
 __all__ = [
     "P_MEAN",

@@ -179,7 +179,7 @@ class DDPM(nnx.Module):
         h = self.act(nxt()(h))
         h = nxt()(h)
         assert next(mods, None) is None, "module walk out of sync with construction"
-        h = h.astype(jnp.float32)
+        h = h.astype(layers.accumulation_dtype(h.dtype))
         if self.scale_by_sigma:
             h = h / discrete_sigmas(*self.sigma_range)[labels.astype(jnp.int32)][:, None, None, None]
         return h

@@ -52,6 +52,18 @@ def default_init(scale: float = 1.0):
     return jax.nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
+def compute_dtype(dtype, x):
+    """The compute dtype of a layer with ``dtype`` for the input ``x``: ``dtype``, except that a float64 input
+    keeps float64 (with ``jax_enable_x64``, to check derivatives against finite differences); float32 and bf16
+    runs are unaffected."""
+    return jnp.float64 if x.dtype == jnp.float64 else dtype
+
+
+def accumulation_dtype(dtype):
+    """The dtype of norms, softmax, residual sums and bias additions: float32, or float64 for float64 inputs."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def channel_vector(v, ndim: int):
     """``v`` of shape ``(C,)`` reshaped to broadcast over the last axis of a rank-``ndim`` array."""
     return v.reshape((1,) * (ndim - 1) + (v.shape[0],))
@@ -63,7 +75,7 @@ def add_bias(y, bias):
     In bf16 the sum is rounded once; more to the point, the bias gradient, a sum over batch and
     pixels, is then accumulated in float32 (a bf16 bias would be summed over ``B*H*W`` terms in bf16).
     """
-    return (y.astype(jnp.float32) + channel_vector(bias, y.ndim)).astype(y.dtype)
+    return (y.astype(accumulation_dtype(y.dtype)) + channel_vector(bias, y.ndim)).astype(y.dtype)
 
 
 def group_norm_groups(channels: int) -> int:
@@ -93,9 +105,10 @@ class Conv(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
+        dtype = compute_dtype(self.dtype, x)
         y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            self.kernel[...].astype(self.dtype),
+            x.astype(dtype),
+            self.kernel[...].astype(dtype),
             (self.stride, self.stride),
             "SAME",
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -114,7 +127,8 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        dtype = compute_dtype(self.dtype, x)
+        y = x.astype(dtype) @ self.kernel[...].astype(dtype)
         return add_bias(y, self.bias[...])
 
 
@@ -129,7 +143,8 @@ class NIN(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        y = x.astype(self.dtype) @ self.W[...].astype(self.dtype)
+        dtype = compute_dtype(self.dtype, x)
+        y = x.astype(dtype) @ self.W[...].astype(dtype)
         return add_bias(y, self.b[...])
 
 
@@ -150,7 +165,7 @@ class GroupNorm(nnx.Module):
     def __call__(self, x):
         b, h, w, c = x.shape
         g = self.num_groups
-        xg = x.astype(jnp.float32).reshape(b, h, w, g, c // g)
+        xg = x.astype(accumulation_dtype(x.dtype)).reshape(b, h, w, g, c // g)
         mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
         var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
         y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
@@ -169,7 +184,7 @@ class GaussianFourierProjection(nnx.Module):
 
     def __call__(self, s):
         w = jax.lax.stop_gradient(self.W[...])
-        proj = s.astype(jnp.float32)[:, None] * w[None, :] * (2 * math.pi)
+        proj = s.astype(accumulation_dtype(s.dtype))[:, None] * w[None, :] * (2 * math.pi)
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
@@ -177,7 +192,7 @@ def timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 10000
     """Sinusoidal embedding of ``(B,)`` (possibly fractional) timesteps, as in DDPM and the reference."""
     half = embedding_dim // 2
     freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_positions) / (half - 1)))
-    args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    args = timesteps.astype(accumulation_dtype(timesteps.dtype))[:, None] * freqs[None, :]
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
     if embedding_dim % 2 == 1:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))
@@ -264,9 +279,14 @@ class AttnBlockpp(nnx.Module):
         q = self.NIN_0(hn).reshape(b, h * w, 1, c)
         k = self.NIN_1(hn).reshape(b, h * w, 1, c)
         v = self.NIN_2(hn).reshape(b, h * w, 1, c)
-        out = jax.nn.dot_product_attention(q, k, v).reshape(b, h, w, c)
+        if q.dtype == jnp.float64:  # dot_product_attention forms its softmax in float32; keep float64 throughout
+            logits = jnp.einsum("bqnc,bknc->bnqk", q, k) / math.sqrt(c)
+            out = jnp.einsum("bnqk,bknc->bqnc", jax.nn.softmax(logits, axis=-1), v).reshape(b, h, w, c)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v).reshape(b, h, w, c)
         out = self.NIN_3(out)
-        y = x.astype(jnp.float32) + out.astype(jnp.float32)
+        acc = accumulation_dtype(x.dtype)
+        y = x.astype(acc) + out.astype(acc)
         return y / math.sqrt(2.0) if self.skip_rescale else y
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scoresde.models import up_or_down_sampling as updown
-from scoresde.models.layers import NIN, Conv, Dense, GroupNorm, dropout
+from scoresde.models.layers import NIN, Conv, Dense, GroupNorm, accumulation_dtype, compute_dtype, dropout
 
 
 class Upsample(nnx.Module):
@@ -48,7 +48,9 @@ class Upsample(nnx.Module):
             return self.Conv_0(h) if self.with_conv else h
         if self.with_conv:
             return self.Conv2d_0(x)
-        return updown.upsample_2d(x.astype(self.dtype), self.fir_kernel)  # the FIR filter is a convolution
+        return updown.upsample_2d(
+            x.astype(compute_dtype(self.dtype, x)), self.fir_kernel
+        )  # the FIR filter is a convolution
 
 
 class Downsample(nnx.Module):
@@ -84,7 +86,9 @@ class Downsample(nnx.Module):
             return self.Conv_0(x) if self.with_conv else updown.naive_downsample_2d(x)
         if self.with_conv:
             return self.Conv2d_0(x)
-        return updown.downsample_2d(x.astype(self.dtype), self.fir_kernel)  # the FIR filter is a convolution
+        return updown.downsample_2d(
+            x.astype(compute_dtype(self.dtype, x)), self.fir_kernel
+        )  # the FIR filter is a convolution
 
 
 class Combine(nnx.Module):
@@ -105,7 +109,8 @@ class Combine(nnx.Module):
 
 def _residual(x, h, skip_rescale: bool):
     # The residual stream is kept in float32 in mixed precision; only the block's interior is bf16.
-    y = x.astype(jnp.float32) + h.astype(jnp.float32)
+    acc = accumulation_dtype(x.dtype)
+    y = x.astype(acc) + h.astype(acc)
     return y / math.sqrt(2.0) if skip_rescale else y
 
 
@@ -227,7 +232,7 @@ class ResnetBlockBigGANpp(nnx.Module):
         # Into the compute dtype first: the FIR filter is a convolution, and both resampled tensors go
         # straight into a convolution (Conv_0 / Conv_2) that would round them to ``dtype`` anyway.
         if self.fir and (self.up or self.down):
-            x = x.astype(self.dtype)
+            x = x.astype(compute_dtype(self.dtype, x))
         if self.up:
             return updown.upsample_2d(x, self.fir_kernel) if self.fir else updown.naive_upsample_2d(x)
         if self.down:

@@ -15,7 +15,7 @@ def sinusoidal_embedding(labels: jax.Array, dim: int, max_positions: int = 10000
     """Transformer-style sinusoidal embedding of ``(B,)`` labels into ``(B, dim)`` (Ho et al. 2020)."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_positions) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
-    args = labels.astype(jnp.float32)[:, None] * freqs[None, :]
+    args = labels.astype(jnp.promote_types(labels.dtype, jnp.float32))[:, None] * freqs[None, :]
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
     if dim % 2:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))

@@ -324,11 +324,12 @@ class NCSNpp(nnx.Module):
             h = nxt()(h)
         assert next(mods, None) is None, "module walk out of sync with construction"
 
-        h = h.astype(jnp.float32)
+        h = h.astype(layers.accumulation_dtype(h.dtype))
         if self.scale_by_sigma:
-            h = h / used_sigmas.astype(jnp.float32)[:, None, None, None]
+            h = h / used_sigmas.astype(h.dtype)[:, None, None, None]
         return h
 
     def _skip(self, a, b):
-        s = a.astype(jnp.float32) + b.astype(jnp.float32)
+        acc = layers.accumulation_dtype(a.dtype)
+        s = a.astype(acc) + b.astype(acc)
         return s / math.sqrt(2.0) if self.skip_rescale else s

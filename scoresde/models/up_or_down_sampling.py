@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scoresde.models.layers import add_bias, default_init
+from scoresde.models.layers import add_bias, compute_dtype, default_init
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -126,8 +126,9 @@ class Conv2d(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        x = x.astype(self.dtype)
-        w = self.weight[...].astype(self.dtype)
+        dtype = compute_dtype(self.dtype, x)
+        x = x.astype(dtype)
+        w = self.weight[...].astype(dtype)
         if self.up:
             y = upsample_conv_2d(x, w, self.resample_kernel)
         elif self.down:

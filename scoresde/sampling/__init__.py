@@ -65,7 +65,21 @@ Methods and their options (defaults in brackets):
   re-noising times ``τ_1 > ... > τ_{steps-1}`` in ``(eps, T)`` (``steps = len(times) + 1``; default the
   ρ-grid of :func:`.consistency.default_times`, ``rho`` [7]). ``steps=1`` returns ``f(x_T, T)``. ``denoise``
   must stay False (the output is already at ``eps``).
-* Every method but ``ode``: ``project_fn`` [None], a ``project_fn(x, t, key) -> x`` applied to the state
+* ``"scm"`` (:mod:`.consistency`; Lu & Song, "Simplifying, Stabilizing and Scaling Continuous-Time Consistency
+  Models", ICLR 2025): sCM sampling on :class:`~scoresde.sde.TrigFlow` (any other SDE is refused). ``score_fn``
+  is the consistency function ``f(x_t, t) -> x_0`` (:func:`scoresde.fewstep.trigflow.consistency_fn` of a
+  network ``F``); ``steps`` [1] network calls: 1 is ``f(σ_d z, π/2)``, 2 re-noises to the paper's
+  ``t_mid = 1.1`` and applies ``f`` again; ``times`` [None] other re-noising times (``steps = len(times) + 1``).
+  The boundary time is 0, where ``f(x, 0) = x`` exactly, so ``eps`` is not used. A separate method rather than
+  ``consistency``: that one maps to ``eps`` and re-noises from ``x_eps`` on a ρ-grid; sCM's ``f`` returns
+  ``x_0`` and the paper's 2-step time is fixed.
+* ``"meanflow"`` (:mod:`.meanflow`; Geng et al., "Mean Flows for One-step Generative Modeling", 2025): on
+  :class:`~scoresde.sde.RectifiedFlow` only (any other SDE is refused). ``score_fn`` is the average velocity
+  ``u(z, r, t)`` (``r``, ``t`` of shape ``(B,)`` in flow time; a two-time network, ``second_time=True`` in
+  :mod:`scoresde.models`); ``steps`` [1] jumps ``z_r = z_t - (t - r) u(z_t, r, t)`` on the uniform grid from
+  ``T`` to 0 (``steps`` NFE), or through ``times`` [None], the decreasing intermediate times
+  (``steps = len(times) + 1``). It ends at 0, so ``eps`` is not used.
+* Every method but ``ode``, ``scm`` and ``meanflow``: ``project_fn`` [None], a ``project_fn(x, t, key) -> x`` applied to the state
   after each step (``t`` the time the step reached), the hook of inpainting / colorization
   (:mod:`scoresde.guidance`). A pytree callable (e.g. an ``equinox.Module``) has its arrays traced.
 
@@ -92,7 +106,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling import consistency, fast, grids, multistep, ode, pc, stochastic  # noqa: F401 (submodules)
+from scoresde.sampling import (  # noqa: F401 (submodules)
+    consistency,
+    fast,
+    grids,
+    meanflow,
+    multistep,
+    ode,
+    pc,
+    stochastic,
+)
 from scoresde.sampling.grids import (  # noqa: F401 (score_call re-exported)
     GRIDS,
     ShapeCheckedScore,
@@ -221,7 +244,7 @@ def sample(score_fn, sde, shape, key, method="pc", x_init=None, eps=None, **opti
             )
     if traits.prepare is not None:
         opts = traits.prepare(sde, default_eps(sde) if eps is None else eps, opts)
-    if not traits.consistency_fn and alpha_vanishes_at_T(sde):
+    if not (traits.consistency_fn or traits.average_velocity) and alpha_vanishes_at_T(sde):
         if traits.integrates_drift:
             raise ValueError(
                 f"method {method!r} integrates the SDE's drift, infinite at alpha(T) = 0 "

@@ -30,12 +30,40 @@ import numpy as np
 from scoresde.sampling.grids import project, score_call, time_grid
 from scoresde.sde import batch_mul
 
-__all__ = ["default_times", "consistency_sample", "resolve_times"]
+__all__ = ["SCM_T_MID", "default_times", "scm_times", "consistency_sample", "resolve_times", "resolve_scm_steps"]
+
+# sCM's 2-step sampler re-noises to this TrigFlow time (Lu & Song, ICLR 2025, Sec. 5 / App. G: t_mid = 1.1)
+SCM_T_MID = 1.1
 
 
 def default_times(sde, steps: int, eps, *, rho=7.0, dtype=jnp.float32):
     """All ``steps`` evaluation times ``τ_0 = T > τ_1 > ... > τ_{steps-1} > eps`` of the default (ρ-grid) schedule."""
     return time_grid(sde, steps, eps, kind="edm", rho=rho, dtype=dtype)[:-1]
+
+
+def scm_times(T, steps: int, times=None, *, dtype=jnp.float32):
+    """sCM's evaluation times ``(T, τ_1, ..., τ_{k-1})`` on TrigFlow: ``(T,)`` for 1 step, ``(T, 1.1)`` for 2
+    (the paper's ``t_mid``, :data:`SCM_T_MID`), or ``T`` and the given decreasing re-noising times."""
+    if times is None:
+        inner = jnp.asarray([SCM_T_MID][: steps - 1], dtype)
+    else:
+        inner = jnp.asarray(times, dtype).reshape(-1)
+    return jnp.concatenate([jnp.asarray([T], dtype), inner])
+
+
+def resolve_scm_steps(sde, steps, times):
+    """Checks ``steps`` / ``times`` of sCM sampling (boundary time 0) and returns ``k``.
+
+    Raises:
+        ValueError: more than 2 steps without ``times`` (the paper gives only ``t_mid`` for 2), or ``times`` as
+            :func:`resolve_times` refuses them on ``(0, T)``.
+    """
+    if times is None and steps is not None and steps not in (1, 2):
+        raise ValueError(
+            f"method 'scm' takes steps 1 or 2 without times (2 re-noises at t_mid = {SCM_T_MID}); got steps={steps}; "
+            "pass times=(τ_1, ..., τ_{k-1}) for more"
+        )
+    return resolve_times(sde, 0.0, steps, times)
 
 
 def resolve_times(sde, eps, steps, times):

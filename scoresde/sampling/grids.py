@@ -185,12 +185,14 @@ class ShapeCheckedScore:
     def __init__(self, score_fn):
         self.score_fn = score_fn
 
-    def __call__(self, x, t):
-        out = self.score_fn(x, t)
+    def __call__(self, x, *times):
+        # one time (a score, a consistency function) or two (a MeanFlow average velocity u(x, r, t))
+        out = self.score_fn(x, *times)
         shape = getattr(out, "shape", None)
         if shape is None or tuple(shape) != tuple(x.shape):
+            args = "x, r, t" if len(times) == 2 else "x, t"
             raise ValueError(
-                f"score_fn(x, t) returns shape {shape} for a state of shape {tuple(x.shape)}; it "
+                f"score_fn({args}) returns shape {shape} for a state of shape {tuple(x.shape)}; it "
                 "must return the state's shape (one score per element)"
             )
         return out

@@ -7,7 +7,7 @@ records of :data:`TABLE`; there is no other list of methods to keep in step with
 
 A *grid* method is a public function ``fn(score_fn, sde, x, ts, key, nfe, **options) -> (x, nfe)`` run by the
 front door on the grid ``ts`` of :func:`scoresde.sampling.grids.time_grid`; the others (``pc``, ``ode``,
-``consistency``) run their own loops and declare the adapter (``run``) the front door calls.
+``consistency``, ``scm``, ``meanflow``) run their own loops and declare the adapter (``run``) the front door calls.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
 
-from scoresde.sampling import consistency, fast, multistep, ode, pc, stochastic
+from scoresde import sde as sde_lib
+from scoresde.sampling import consistency, fast, meanflow, multistep, ode, pc, stochastic
 
 __all__ = ["Method", "TABLE", "method_traits", "is_deterministic"]
 
@@ -44,6 +45,8 @@ class Method:
             ``None`` when ``deterministic`` alone answers.
         integrates_drift: the method integrates the SDE's drift (infinite where ``alpha(T) = 0``).
         consistency_fn: its ``score_fn`` is a consistency function ``f(x, t) -> x_eps``, not a score.
+        average_velocity: its ``score_fn`` is a MeanFlow average velocity ``u(z, r, t)`` of rectified flow
+            (``z_r = z_t - (t - r) u``), ``r`` and ``t`` of shape ``(B,)`` in the flow's time, not a score.
         orders: the values its ``order`` option takes (as its authors number them); empty without one.
         good_grids: the time grids it is known to do well on, its default grid first (for ddim, dpm_solver++,
             deis and deis_logsnr_x0 measured against the exact flow map of a Gaussian on VP, float64).
@@ -61,6 +64,7 @@ class Method:
     noise_option: str | None = None
     integrates_drift: bool = False
     consistency_fn: bool = False
+    average_velocity: bool = False
     orders: tuple[int, ...] = ()
     good_grids: tuple[str, ...] = ()
     bad_grids: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -126,6 +130,39 @@ def _prepare_consistency(sde, eps, opts):
     if opts["denoise"]:
         raise ValueError("method 'consistency' cannot denoise: a consistency function already returns x_eps")
     return {**opts, "steps": consistency.resolve_times(sde, eps, opts["steps"], opts["times"])}
+
+
+def _run_scm(score_fn, sde, x, key, nfe, eps, opts):
+    ts = consistency.scm_times(sde.T, opts["steps"], opts["times"], dtype=x.dtype)
+    # boundary time 0, not eps: sCM's f(x_t, t) returns x_0 (f(x, 0) = x exactly), so each re-noising is
+    # TrigFlow's own kernel cos(τ) x_0 + sin(τ) σ_d z
+    x, nfe = consistency.consistency_sample(score_fn, sde, x, ts, key, nfe, eps=0.0)
+    return x, nfe, jnp.array(True)
+
+
+def _prepare_scm(sde, eps, opts):
+    if not isinstance(sde, sde_lib.TrigFlow):
+        raise ValueError(
+            f"method 'scm' samples an sCM consistency function of TrigFlow; got sde={type(sde).__name__}; "
+            "use sde=TrigFlow(sigma_data=...) (get_sde('trigflow', sigma_data=...))"
+        )
+    return {**opts, "steps": consistency.resolve_scm_steps(sde, opts["steps"], opts["times"])}
+
+
+def _run_meanflow(score_fn, sde, x, key, nfe, eps, opts):
+    ts = meanflow.meanflow_times(sde.T, opts["steps"], opts["times"], dtype=x.dtype)
+    x, nfe = meanflow.meanflow_sample(score_fn, sde, x, ts, key, nfe)
+    return x, nfe, jnp.array(True)
+
+
+def _prepare_meanflow(sde, eps, opts):
+    if not isinstance(sde, sde_lib.RectifiedFlow):
+        raise ValueError(
+            f"method 'meanflow' samples a MeanFlow average velocity u(z, r, t) of rectified flow "
+            f"(z_t = (1 - t) x + t eps); got sde={type(sde).__name__}; use sde=RectifiedFlow() "
+            "(get_sde('rectified_flow'))"
+        )
+    return {**opts, "steps": consistency.resolve_times(sde, 0.0, opts["steps"], opts["times"])}
 
 
 # Measured on the Gaussian oracle (VP, float64, 20 steps, mean |x - exact flow map|): orders 2 / 3 give 7.2e-2 /
@@ -256,6 +293,27 @@ _METHODS = (
         prepare=_prepare_consistency,
         consistency_fn=True,
         options=dict(steps=None, times=None, rho=7.0, denoise=False, project_fn=None),
+    ),
+    # sCM (Lu & Song 2025): score_fn is the consistency function f(x_t, t) -> x_0 of TrigFlow
+    # (scoresde.fewstep.trigflow.consistency_fn); 1 step f(σ_d z, π/2), 2 steps re-noise at t_mid = 1.1
+    Method(
+        "scm",
+        consistency.consistency_sample,
+        deterministic=False,
+        run=_run_scm,
+        prepare=_prepare_scm,
+        consistency_fn=True,
+        options=dict(steps=None, times=None),
+    ),
+    # MeanFlow (Geng et al. 2025): score_fn is the average velocity u(z, r, t) of rectified flow; k jumps, k NFE
+    Method(
+        "meanflow",
+        meanflow.meanflow_sample,
+        deterministic=True,
+        run=_run_meanflow,
+        prepare=_prepare_meanflow,
+        average_velocity=True,
+        options=dict(steps=None, times=None),
     ),
 )
 
