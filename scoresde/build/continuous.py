@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from scoresde import parameterization, train_state
+from scoresde import parameterization, sampling, train_state
+from scoresde import sde as sde_lib
 from scoresde.build.fewstep import Teacher, distill_method, student_consistency_fn
 from scoresde.build.score import sampling_eps, score_convention
 from scoresde.fewstep import ect, meanflow, scm, trigflow
@@ -233,13 +234,17 @@ def make_continuous_step(config, sde, graphdef, rest, tx, *, teacher: Teacher | 
 def continuous_sampler(config, sde, shape, inverse_scaler, *, with_rounds: bool = False):
     """``sampler(key, model) -> (samples, nfe[, rounds])`` of an ``scm`` / ``meanflow`` student, in data space.
 
-    ``scm``: :func:`scoresde.fewstep.scm.scm_sample` of :func:`scoresde.fewstep.trigflow.consistency_fn`
-    (``config.sampling.steps`` 1 or 2: the paper's ``t_mid = 1.1``); ``meanflow``:
-    :func:`scoresde.fewstep.meanflow.meanflow_sample` on ``config.sampling.steps`` uniform jumps.
+    The front door :func:`scoresde.sampling.sample` with ``method="scm"`` on the
+    :class:`~scoresde.sde.TrigFlow` process (the consistency function
+    :func:`scoresde.fewstep.trigflow.consistency_fn` of :func:`trigflow_net`; 1 or 2 steps, ``t_mid = 1.1``) or
+    ``method="meanflow"`` on ``sde`` (rectified flow; :func:`meanflow_u`), with ``config.sampling.steps`` (and
+    ``times`` where set, :func:`scoresde.build.sampling_options`).
 
     Raises:
-        ValueError: ``config.sampling.method`` is not the method's sampler, or ``steps`` out of range.
+        ValueError: ``config.sampling.method`` is not the method's sampler, or options the sampler refuses.
     """
+    from scoresde.build.sampling import sampling_options  # noqa: PLC0415  (build.sampling imports this module)
+
     method = distill_method(config)
     want = CONTINUOUS_SAMPLERS[method]
     if str(config.sampling.method).lower() != want:
@@ -247,20 +252,17 @@ def continuous_sampler(config, sde, shape, inverse_scaler, *, with_rounds: bool 
             f"this network is a {method} student (config.distill.method={method!r}); sample it with "
             f"--config.sampling.method={want}, not {config.sampling.method!r}"
         )
-    steps = int(config.sampling.get("steps", 0) or 1)
-    if steps < 1 or (method == "scm" and steps > 2):
-        raise ValueError(
-            f"config.sampling.steps={steps}: {want} samples with 1{' or 2' if method == 'scm' else '+'} steps"
-        )
+    _, options = sampling_options(config)
     sigma_data = float(config.distill.sigma_data)
+    process = sde_lib.TrigFlow(sigma_data=sigma_data) if method == "scm" else sde
 
     def sampler(key, model):
         call = lambda x, labels, **kw: model(x, labels, **kw)  # noqa: E731
         if method == "scm":
-            f = trigflow.consistency_fn(trigflow_net(call, sde, config), sigma_data=sigma_data)
-            x, nfe = scm.scm_sample(f, key, shape, sigma_data=sigma_data, steps=steps)
+            fn = trigflow.consistency_fn(trigflow_net(call, sde, config), sigma_data=sigma_data)
         else:
-            x, nfe = meanflow.meanflow_sample(meanflow_u(call, sde, config), key, shape, steps=steps)
+            fn = meanflow_u(call, sde, config)
+        x, nfe = sampling.sample(fn, process, shape, key, method=want, **options)
         return (inverse_scaler(x), nfe, nfe) if with_rounds else (inverse_scaler(x), nfe)
 
     return sampler

@@ -43,8 +43,6 @@ def sampling_options(config) -> tuple[str, dict]:
     config = with_defaults(config)
     cfg = config.sampling
     method = str(cfg.method).lower()
-    if _student_sampler(config):  # an scm / meanflow student: its own few-step sampler
-        return method, {"steps": int(cfg.steps or 1)}
     scale = cfg.get("guidance_scale", 1.0)
     if not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
         raise ValueError(f"config.sampling.guidance_scale={scale!r} must be a finite number")
