@@ -40,7 +40,8 @@ def _snapshot_config(config, method: str, step: int):
 
 
 def distill(config, workdir: str) -> dict:
-    """Distils (``cd`` / ``pd``) or consistency-trains (``ct``) ``config`` in ``workdir``, resuming if it can.
+    """Distils (``cd`` / ``pd`` / ``scm`` with a teacher / ``ect``) or trains from scratch (``ct`` / ``scm`` /
+    ``meanflow``) the few-step model of ``config`` in ``workdir``, resuming if it can.
 
     Returns:
         A summary dict (``step``, ``loss``, ``preempted``, ``method``).
