@@ -227,3 +227,34 @@ def test_meanflow_toy2d_one_step_samples_are_close_to_the_exact_mixture(tmp_path
     print(f"MeanFlow toy2d 1-step sliced W2 {sw:.3f} (exact-sample floor {floor:.3f}, n = {n})")
     assert np.all(np.isfinite(samples))
     assert sw < floor + 0.15
+
+
+CONTINUOUS_CONFIGS = {
+    "digits_sct": ("scm", "scm"),
+    "digits_scd": ("scm", "scm"),
+    "cifar10_scm": ("scm", "scm"),
+    "digits_ect": ("ect", "consistency"),
+    "cifar10_ect": ("ect", "consistency"),
+    "toy2d_meanflow": ("meanflow", "meanflow"),
+    "digits_meanflow": ("meanflow", "meanflow"),
+    "cifar10_meanflow": ("meanflow", "meanflow"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTINUOUS_CONFIGS))
+def test_continuous_configs_have_a_command_a_smoke_variant_their_sources_and_sampler(name):
+    from conftest import config_module
+
+    module = config_module(name)
+    doc = module.__doc__
+    assert f"python -m scoresde.main --config=configs/{name}.py" in doc and "--mode=distill" in doc
+    assert "--mode=sample" in doc and "eviation" in doc  # every config names where it departs from its source
+    assert {"scm": "2410.11081", "ect": "locuslab/ect", "meanflow": "2505.13447"}[CONTINUOUS_CONFIGS[name][0]] in doc
+    config, smoke = module.get_config(), module.get_config("smoke")
+    assert smoke.training.n_iters <= 3 and smoke.training.batch_size <= 64
+    assert (config.distill.method, config.sampling.method) == CONTINUOUS_CONFIGS[name]
+    assert config.sampling.steps == 1
+    assert bool(config.model.second_time) == (config.distill.method == "meanflow")
+    assert bool(config.distill.teacher_workdir) == (name in ("digits_scd", "digits_ect", "cifar10_ect"))
+    with pytest.raises(ValueError, match="unknown variant 'smok'"):
+        module.get_config("smok")
