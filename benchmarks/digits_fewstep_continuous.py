@@ -13,15 +13,17 @@ metrics.jsonl) and a Markdown table.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
+import time
 
-from few_step_digits import (
-    REPO,
-    _row,
-    _with_teacher,
-)  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
+import jax
+import numpy as np
+from digits_scorer import score_samples  # benchmarks/ is on sys.path: scripts run as python benchmarks/x.py
+from few_step_digits import REPO, _row, _with_teacher
 
-from scoresde import build
+from scoresde import build, parallel
 from scoresde.runlog import read_metrics
 
 # flag -> (config, label, sampler)
@@ -42,6 +44,25 @@ def _train_wall_s(workdir) -> float:
             total += (r["step"] - last) / r["steps_per_sec"]
             last = r["step"]
     return round(total, 1)
+
+
+def _student_row(name, config, workdir, n, **sampling):
+    """As few_step_digits._row, reading the newest checkpoint read-only (a run may still be training)."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.distill.teacher_workdir = ""  # sampling needs no teacher
+        for k, v in sampling.items():
+            config.sampling[k] = v
+    mesh = parallel.make_mesh()
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    t0 = time.perf_counter()
+    fn = build.make_sample_fn(config, build.make_sde(config), graphdef, rest, n, mesh)
+    samples, nfe = fn(params, jax.random.key(2026))
+    samples = np.clip(np.asarray(jax.block_until_ready(samples)), 0.0, 1.0)
+    wall = time.perf_counter() - t0
+    rec = {"method": name, "nfe": int(nfe), "step": step, "sample_wall_s": round(wall, 1), **score_samples(samples)}
+    print(json.dumps(rec), flush=True)
+    return rec
 
 
 def main():
@@ -66,7 +87,7 @@ def main():
         cfg = build.load_config(os.path.join(REPO, f"configs/{name}.py"))
         wall = _train_wall_s(workdir)
         for k in (1, 2):
-            row = _row(f"{label} {sampler} {k}-step", cfg, workdir, a.n, method=sampler, steps=k)
+            row = _student_row(f"{label} {sampler} {k}-step", cfg, workdir, a.n, method=sampler, steps=k)
             row["train_wall_s"] = wall
             rows.append(row)
     print("| method | NFE | train step | mean p_max | frac p_max>0.9 | classes | sampling wall s | training wall s |")
