@@ -231,20 +231,18 @@ def make_continuous_step(config, sde, graphdef, rest, tx, *, teacher: Teacher | 
     return update
 
 
-def continuous_sampler(config, sde, shape, inverse_scaler, *, with_rounds: bool = False):
+def continuous_sampler(config, sde, shape, inverse_scaler, options: dict, *, with_rounds: bool = False):
     """``sampler(key, model) -> (samples, nfe[, rounds])`` of an ``scm`` / ``meanflow`` student, in data space.
 
     The front door :func:`scoresde.sampling.sample` with ``method="scm"`` on the
     :class:`~scoresde.sde.TrigFlow` process (the consistency function
     :func:`scoresde.fewstep.trigflow.consistency_fn` of :func:`trigflow_net`; 1 or 2 steps, ``t_mid = 1.1``) or
-    ``method="meanflow"`` on ``sde`` (rectified flow; :func:`meanflow_u`), with ``config.sampling.steps`` (and
-    ``times`` where set, :func:`scoresde.build.sampling_options`).
+    ``method="meanflow"`` on ``sde`` (rectified flow; :func:`meanflow_u`), with ``options`` (``steps``, and
+    ``times`` where set: :func:`scoresde.build.sampling_options` of ``config``).
 
     Raises:
         ValueError: ``config.sampling.method`` is not the method's sampler, or options the sampler refuses.
     """
-    from scoresde.build.sampling import sampling_options  # noqa: PLC0415  (build.sampling imports this module)
-
     method = distill_method(config)
     want = CONTINUOUS_SAMPLERS[method]
     if str(config.sampling.method).lower() != want:
@@ -252,7 +250,6 @@ def continuous_sampler(config, sde, shape, inverse_scaler, *, with_rounds: bool 
             f"this network is a {method} student (config.distill.method={method!r}); sample it with "
             f"--config.sampling.method={want}, not {config.sampling.method!r}"
         )
-    _, options = sampling_options(config)
     sigma_data = float(config.distill.sigma_data)
     process = sde_lib.TrigFlow(sigma_data=sigma_data) if method == "scm" else sde
 

@@ -275,7 +275,8 @@ def make_sample_fn(
     out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
     counts = (parallel.replicated_sharding(mesh),) * (2 if with_rounds else 1)
     if _student_sampler(config):
-        student = continuous_sampler(config, sde, shape, inverse_scaler, with_rounds=with_rounds)
+        options = sampling_options(config)[1]
+        student = continuous_sampler(config, sde, shape, inverse_scaler, options, with_rounds=with_rounds)
         return jax.jit(
             lambda params, key, guidance_scale=None: student(key, nnx.merge(graphdef, params, rest)),
             out_shardings=(out, *counts),
