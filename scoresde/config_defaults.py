@@ -203,10 +203,11 @@ def get_default_configs():
     # checkpoint records it and a retrained autoencoder is refused; 0 / "" = the one the checkpoint records
     latent.autoencoder_step = 0
     latent.autoencoder_hash = ""
-    # (scoresde) few-step generation, --mode=distill (scoresde.build): cd | ct | pd
+    # (scoresde) few-step generation, --mode=distill (scoresde.build): cd | ct | pd | scm | ect | meanflow
     config.distill = distill = ml_collections.ConfigDict()
-    distill.method = ""  # cd | ct | pd; "" = not a distilled / consistency run
-    distill.teacher_workdir = ""  # cd / pd: a workdir trained with --mode=train (or imported by scoresde.convert)
+    distill.method = ""  # cd | ct | pd | scm | ect | meanflow; "" = not a distilled / consistency run
+    # cd / pd / ect: a workdir trained with --mode=train (or imported by scoresde.convert); scm: sCD with one, sCT without
+    distill.teacher_workdir = ""
     # the teacher checkpoint (step, parameter hash); filled in when it is loaded, so a resumed run refuses a teacher
     # that was trained on meanwhile; 0 / "" = the one the checkpoint records
     distill.teacher_step = 0
@@ -228,6 +229,30 @@ def get_default_configs():
     distill.start_steps = 1024  # pd: the round-0 teacher's DDIM step count
     distill.end_steps = 1  # pd: the last student's step count (training.n_iters is split evenly over the rounds)
     distill.pd_weighting = "truncated_snr"  # pd: truncated_snr | snr_plus_one
+    # scm (Lu & Song 2025, App. G CIFAR-10): log-normal proposal of sigma_d tan(t), tangent warm-up H (steps),
+    # tangent normalisation c (0 = off), the learned weighting w(t)
+    distill.scm_p_mean = -1.0
+    distill.scm_p_std = 1.4
+    distill.scm_warmup = 10000
+    distill.scm_tangent_c = 0.1
+    distill.scm_adaptive_weight = True
+    # ect (Geng et al. 2025, locuslab/ect defaults): stage length d (steps), mapping r = t - t n(t) / q^(stage+1),
+    # n(t) = 1 + k sigmoid(-b t); metric sqrt(||.||^2 + c^2) - c; log t ~ N(p_mean, p_std^2)
+    distill.ect_stage_steps = 25000
+    distill.ect_q = 2.0
+    distill.ect_k = 8.0
+    distill.ect_b = 1.0
+    distill.ect_huber_c = 0.0
+    distill.ect_p_mean = -1.1
+    distill.ect_p_std = 2.0
+    # meanflow (Geng et al. 2025, Table 1 ImageNet defaults): logit-normal (r, t), fraction with r != t, adaptive
+    # weight 1 / (||err||^2 + c)^p
+    distill.mf_p_mean = -0.4
+    distill.mf_p_std = 1.0
+    distill.mf_ratio = 0.25
+    distill.mf_power = 1.0
+    distill.mf_weight_c = 1e-3
+    model.second_time = False  # a two-time network u(x, r, t) (meanflow: called with r=)
     # (scoresde) flow matching, EDM and reflow: training.sde may also be rectified_flow | edm
     # dsm (DSM / DDPM / SMLD) | flow_matching | edm | ct (consistency training: --mode=distill)
     training.objective = "dsm"
@@ -543,6 +568,17 @@ VALID_RANGES = {
     "training.max_nonfinite": _count(1),
     "training.snapshot_num_samples": _count(1),
     "optim.lr": _POSITIVE,
+    "distill.scm_p_std": _POSITIVE,
+    "distill.scm_warmup": _count(0),
+    "distill.scm_tangent_c": (lambda v: float(v) >= 0, "a number >= 0 (0 = no tangent normalisation)"),
+    "distill.ect_stage_steps": _count(1),
+    "distill.ect_q": (lambda v: float(v) > 1, "a number > 1 (the factor dt shrinks by per stage)"),
+    "distill.ect_huber_c": (lambda v: float(v) >= 0, "a number >= 0 (0 = the L2 norm)"),
+    "distill.ect_p_std": _POSITIVE,
+    "distill.mf_p_std": _POSITIVE,
+    "distill.mf_ratio": _UNIT,
+    "distill.mf_power": (lambda v: float(v) >= 0, "a number >= 0 (0 = plain L2)"),
+    "distill.mf_weight_c": _POSITIVE,
     "optim.warmup": _count(0),
     "model.ema_rate": _UNIT,
     "model.ema_halflife_img": (lambda v: float(v) >= 0, "a number >= 0 (0 = use model.ema_rate)"),

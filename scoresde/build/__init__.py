@@ -13,6 +13,7 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.sampling`: samplers, guidance and the jitted sample function.
 * :mod:`~scoresde.build.fewstep`: teachers, students and their record (``student.json``).
 * :mod:`~scoresde.build.distill`: the distillation step (CD, CT, PD) and PD's rounds.
+* :mod:`~scoresde.build.continuous`: the continuous-time few-step steps (sCM, ECT, MeanFlow) and their samplers.
 * :mod:`~scoresde.build.inverse`: inverse problems (``config.inverse``).
 * :mod:`~scoresde.build.metrics`: sample-quality settings, the FID feature extractor and reference statistics.
 * :mod:`~scoresde.build.likelihood`: the bits/dim settings (``LikelihoodSettings``).
@@ -28,6 +29,18 @@ from scoresde.build.augment import (  # noqa: F401
     augment_batch,
     augment_dim,
     augment_settings,
+)
+from scoresde.build.continuous import (  # noqa: F401
+    CONTINUOUS_METHODS,
+    CONTINUOUS_SAMPLERS,
+    continuous_sampler,
+    ect_consistency_fn,
+    init_continuous_state,
+    is_continuous,
+    make_continuous_step,
+    meanflow_u,
+    scm_variant,
+    trigflow_net,
 )
 from scoresde.build.distill import (  # noqa: F401
     consistency_pair,
@@ -46,6 +59,7 @@ from scoresde.build.ema import (  # noqa: F401
 from scoresde.build.fewstep import (  # noqa: F401
     CONSISTENCY_METHODS,
     METHODS,
+    NETWORK_KIND,
     STUDENT_FILE,
     Teacher,
     check_same_architecture,

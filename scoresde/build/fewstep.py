@@ -1,6 +1,8 @@
 """The few-step edge: ``config.distill`` -> teachers, students and the step body of ``--mode=distill``.
 
-Three methods share one trainer (:mod:`scoresde.modes.distill`, run by the :mod:`scoresde.training` harness):
+Six methods share one trainer (:mod:`scoresde.modes.distill`, run by the :mod:`scoresde.training` harness); the
+continuous-time ``scm``, ``ect`` and ``meanflow`` are :mod:`scoresde.build.continuous`, the three below
+:mod:`scoresde.build.distill`:
 
 * ``cd``: consistency distillation (:func:`scoresde.fewstep.consistency.cd_loss`) of the score model in
   ``config.distill.teacher_workdir``; the student is a consistency function
@@ -39,11 +41,12 @@ from scoresde.build.score import ScoreModel, make_score_model, sampling_eps, sco
 from scoresde.checkpointing import Checkpointer
 from scoresde.fewstep import consistency as cm
 
-CONSISTENCY_METHODS = ("cd", "ct")  # config.distill.method values whose network is a consistency function
+# config.distill.method values whose network is a consistency function of config.training.sde (``ect`` tunes one)
+CONSISTENCY_METHODS = ("cd", "ct", "ect")
 
 
 def is_consistency_model(config) -> bool:
-    """Whether ``config`` describes a consistency model (``config.distill.method`` ∈ cd | ct)."""
+    """Whether ``config`` describes a consistency model (``config.distill.method`` ∈ cd | ct | ect)."""
     return str(with_defaults(config).distill.method).lower() in CONSISTENCY_METHODS
 
 
@@ -60,7 +63,9 @@ def student_consistency_fn(net_fn: Callable, sde, config) -> Callable:
     )
 
 
-METHODS = ("cd", "ct", "pd")
+METHODS = ("cd", "ct", "pd", "scm", "ect", "meanflow")
+# the network of each method's workdir, as student.json records it
+NETWORK_KIND = {"scm": "trigflow_consistency", "meanflow": "average_velocity", "pd": "score"}
 STUDENT_FILE = "student.json"
 
 __all__ = [
@@ -185,7 +190,7 @@ def write_student_file(config, workdir: str, *, teacher: Teacher | None) -> str:
     method = distill_method(config)
     record = {
         "method": method,
-        "network": "consistency" if method in ("cd", "ct") else "score",
+        "network": NETWORK_KIND.get(method, "consistency"),
         "sampling": {"method": str(config.sampling.method), "steps": int(config.sampling.steps)},
         "model_output": make_score_model(config).output,
         "teacher_workdir": os.path.abspath(teacher.workdir) if teacher else None,
@@ -193,6 +198,8 @@ def write_student_file(config, workdir: str, *, teacher: Teacher | None) -> str:
         "teacher_hash": teacher.params_hash if teacher else None,
         "data_shape": list(data_lib.data_shape(config)),
     }
+    if method == "scm":  # sCD with a teacher, sCT without
+        record["variant"] = "scd" if teacher else "sct"
     path = os.path.join(workdir, STUDENT_FILE)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)

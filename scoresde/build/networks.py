@@ -29,8 +29,14 @@ def _mlp(config, rngs):
         embed_dim=m.embed_dim,
         num_classes=num_classes(config),
         augment_dim=augment_dim(config),
+        **_second_time(config),
         rngs=rngs,
     )
+
+
+def _second_time(config) -> dict:
+    """``{"second_time": True}`` for a two-time network (``config.model.second_time``), else nothing."""
+    return {"second_time": True} if bool(config.model.second_time) else {}
 
 
 def _unet_common(config) -> dict:
@@ -56,6 +62,7 @@ def _unet_common(config) -> dict:
         augment_dim=augment_dim(config),
         dtype=m.dtype,
         remat=bool(m.remat),
+        **_second_time(config),
     )
 
 
@@ -117,7 +124,9 @@ def build_model(config, *, seed: int):
     shape = (1,) + model_data_shape(config)
     try:
         out = jax.eval_shape(
-            lambda x, t: model(x, t), jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
+            lambda x, t: model(x, t, **({"r": t} if _second_time(config) else {})),
+            jax.ShapeDtypeStruct(shape, jnp.float32),
+            jax.ShapeDtypeStruct((1,), jnp.float32),
         )
     except Exception as e:  # noqa: BLE001
         raise ValueError(

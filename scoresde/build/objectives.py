@@ -25,6 +25,12 @@ def make_loss_fn(config, sde):
             "config.training.objective='ct' (consistency training) runs with --mode=distill "
             "(config.distill.method='ct'); see configs/digits_ct.py"
         )
+    method = str(config.distill.method or "").lower()
+    if method in ("scm", "ect", "meanflow"):
+        raise ValueError(
+            f"config.distill.method={method!r} is a few-step student: it runs with --mode=distill, not as a "
+            f"diffusion objective; see configs/digits_{'sct' if method == 'scm' else method}.py"
+        )
     if training_objective(config) not in ("dsm", "ct"):
         return objective_loss_fn(config, sde)
     if t.continuous:

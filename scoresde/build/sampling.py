@@ -10,6 +10,7 @@ from flax import nnx
 
 from scoresde import data as data_lib
 from scoresde import guidance, parallel, sampling
+from scoresde.build.continuous import CONTINUOUS_SAMPLERS, continuous_sampler
 from scoresde.build.fewstep import is_consistency_model, student_consistency_fn
 from scoresde.build.latent import is_latent, load_latent_space, model_data_shape
 from scoresde.build.objectives import cfg_with_denoiser
@@ -75,6 +76,11 @@ def sampling_options(config) -> tuple[str, dict]:
         options[name] = value.lower() if isinstance(value, str) else value
     sampling.check_options(method, options)
     return method, options
+
+
+def _student_sampler(config) -> bool:
+    """Whether ``config`` is an ``scm`` / ``meanflow`` student (:func:`scoresde.build.continuous_sampler` samples it)."""
+    return str(config.get("distill", {}).get("method", "") or "").lower() in CONTINUOUS_SAMPLERS
 
 
 def nonfinite_hint(config) -> str:
@@ -266,6 +272,15 @@ def make_sample_fn(
     shape = (num_samples,) + model_data_shape(config)
     mesh = mesh or parallel.make_mesh()
     inverse_scaler = data_lib.get_data_inverse_scaler(config)
+    out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
+    counts = (parallel.replicated_sharding(mesh),) * (2 if with_rounds else 1)
+    if _student_sampler(config):
+        options = sampling_options(config)[1]
+        student = continuous_sampler(config, sde, shape, inverse_scaler, options, with_rounds=with_rounds)
+        return jax.jit(
+            lambda params, key, guidance_scale=None: student(key, nnx.merge(graphdef, params, rest)),
+            out_shardings=(out, *counts),
+        )
     if is_latent(config):  # latent samples are decoded to images in [0, 1]
         space, to_unit = load_latent_space(config, mesh), inverse_scaler
         inverse_scaler = lambda z: to_unit(space.decode(z))  # noqa: E731
@@ -292,6 +307,4 @@ def make_sample_fn(
             key, guided_score_fn(config, model, sde, num_samples, classifier=classifier, scale=guidance_scale)
         )
 
-    out = parallel.data_sharding(mesh) if num_samples % mesh.size == 0 else parallel.replicated_sharding(mesh)
-    counts = (parallel.replicated_sharding(mesh),) * (2 if with_rounds else 1)
     return jax.jit(fn, out_shardings=(out, *counts))

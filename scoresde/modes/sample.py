@@ -92,6 +92,13 @@ def sample(config, workdir: str) -> dict:
             f"{student['method']!r}); sample it with the config it was trained with "
             f"(config.distill.method={student['method']!r}, config.sampling.method=consistency)"
         )
+    method = str(config.distill.method).lower()
+    if student and student["network"] in ("trigflow_consistency", "average_velocity") and student["method"] != method:
+        raise ValueError(
+            f"{workdir} holds a {student['method']} student ({build.STUDENT_FILE}: network "
+            f"{student['network']!r}); sample it with the config it was trained with "
+            f"(config.distill.method={student['method']!r}, config.sampling.method={student['sampling']['method']})"
+        )
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh, mode="sample")
     params_hash = build.params_digest(params)
     total = int(config.eval.num_samples)
