@@ -100,6 +100,7 @@ def get_default_configs():
     sampling.S_tmax = 1e30
     sampling.S_noise = 1.0
     sampling.rho = 7.0
+    sampling.num_points = 0  # (scoresde) strokes: sample sequences of this length; 0 = data.num_points
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()
@@ -148,6 +149,9 @@ def get_default_configs():
     data.download = False  # (scoresde) let tfds download a missing dataset (needs network)
     data.path = ""  # (scoresde) for dataset 'npz' / 'folder'
     data.category = ""  # LSUN category
+    data.num_points = 64  # (scoresde) strokes: points per drawing N (the sequence length)
+    data.num_drawings = 2000  # (scoresde) strokes: drawings generated (train + test, every tenth block is test)
+    data.stroke_chars = "digits"  # (scoresde) strokes: digits | letters | digits+letters (class k = k-th character)
 
     # model
     config.model = model = ml_collections.ConfigDict()
@@ -405,6 +409,7 @@ def add_autoencoder(config, **fields):
 _UNET_DEFAULTS = dict(scale_by_sigma=False, resamp_with_conv=True, conditional=True, nonlinearity="swish")
 MODEL_DEFAULTS = {
     "mlp": dict(hidden=128, num_layers=3, embed_dim=64),
+    "birnn": dict(hidden=128, num_layers=2, embed_dim=64),
     "ncsnpp": dict(
         _UNET_DEFAULTS,
         fir=False,
@@ -519,6 +524,9 @@ VALID_RANGES = {
     "training.max_nonfinite": _count(1),
     "training.snapshot_num_samples": _count(1),
     "optim.lr": _POSITIVE,
+    "data.num_points": _count(2),
+    "data.num_drawings": _count(10),
+    "sampling.num_points": (_count(0)[0], "an integer >= 0 (0 = data.num_points)"),
     "optim.warmup": _count(0),
     "model.ema_rate": _UNIT,
     "eval.batch_size": _count(1),
