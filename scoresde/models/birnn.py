@@ -29,7 +29,7 @@ def gru_step(params: dict, h, x_proj):
     ``r = σ(x_r + h W_hr + b_hr)``, ``z = σ(x_z + h W_hz + b_hz)``, ``n = tanh(x_n + r ⊙ (h W_hn + b_hn))``,
     ``h' = (1 - z) ⊙ n + z ⊙ h`` (Cho et al. 2014; PyTorch's ``nn.GRU``).
     """
-    hp = h @ params["w_h"] + params["b_h"]
+    hp = h @ params["w_h"] + params["b_h"][None, :]
     xr, xz, xn = jnp.split(x_proj, 3, axis=-1)
     hr, hz, hn = jnp.split(hp, 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)
@@ -45,7 +45,7 @@ def scan_gru(params: dict, x, mask, *, reverse: bool = False):
     """
     b = x.shape[0]
     h0 = jnp.zeros((b, params["w_h"].shape[0]), x.dtype)
-    proj = x @ params["w_i"] + params["b_i"]  # every step's input projection at once
+    proj = x @ params["w_i"] + params["b_i"][None, None, :]  # every step's input projection at once
 
     def step(h, inp):
         xp, m = inp
