@@ -111,6 +111,7 @@ def sample(config, workdir: str) -> dict:
     config = build.with_defaults(config)
     if build.inverse_operator_name(config) != "none":
         return _restore(config, workdir)
+    sampling_config = _at_resolution(config)
     mesh = parallel.make_mesh()
     sde = build.make_sde(config)
     student = build.read_student_file(workdir)
@@ -139,7 +140,7 @@ def sample(config, workdir: str) -> dict:
         },
     )
     sample_fn = build.make_sample_fn(
-        _at_resolution(config), sde, graphdef, rest, batch, mesh, classifier=classifier, with_rounds=True
+        sampling_config, sde, graphdef, rest, batch, mesh, classifier=classifier, with_rounds=True
     )
     out_dir = os.path.join(workdir, "samples")
     key = build.purpose_key(build.root_key(config), "sample")
