@@ -35,7 +35,11 @@ TOY_DATASETS = ("gmm_grid", "checkerboard", "two_moons", "swiss_roll")
 TFDS_DATASETS = ("cifar10", "svhn", "celeba", "lsun")
 _IN_MEMORY = ("digits", "strokes", "npz", "folder")
 SEQUENCE_DATASETS = ("strokes",)
-STROKE_CHARS = {"digits": strokes.DIGITS, "letters": strokes.LETTERS, "digits+letters": strokes.DIGITS + strokes.LETTERS}
+STROKE_CHARS = {
+    "digits": strokes.DIGITS,
+    "letters": strokes.LETTERS,
+    "digits+letters": strokes.DIGITS + strokes.LETTERS,
+}
 
 
 def _name(config) -> str:

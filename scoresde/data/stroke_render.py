@@ -85,7 +85,9 @@ def to_svg(sequence, *, size: int = 64, mask=None, extent: float = 1.3) -> str:
     scale = size / (2 * extent)
     lines = []
     for p in strokes_of(sequence, mask):
-        pts = " ".join(f"{(x + extent) * scale:.2f},{(extent - y) * scale:.2f}" for x, y in p if np.isfinite([x, y]).all())
+        pts = " ".join(
+            f"{(x + extent) * scale:.2f},{(extent - y) * scale:.2f}" for x, y in p if np.isfinite([x, y]).all()
+        )
         lines.append(f'<polyline points="{pts}" fill="none" stroke="black" stroke-width="1.5"/>')
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" viewBox="0 0 {size} {size}">'

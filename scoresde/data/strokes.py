@@ -70,7 +70,10 @@ def glyph_contours(char: str, font: str = "DejaVuSans.ttf") -> tuple[np.ndarray,
     path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", font)
     if not os.path.exists(path):
         raise ValueError(f"font {font!r} is not among matplotlib's shipped fonts; expected one of: {', '.join(FONTS)}")
-    polys = [np.asarray(p, np.float64) for p in TextPath((0, 0), char, size=1.0, prop=FontProperties(fname=path)).to_polygons()]
+    polys = [
+        np.asarray(p, np.float64)
+        for p in TextPath((0, 0), char, size=1.0, prop=FontProperties(fname=path)).to_polygons()
+    ]
     polys = [p for p in polys if len(p) >= 3]
     if not polys:
         raise ValueError(f"character {char!r} has no outline in {font!r}")
@@ -204,7 +207,11 @@ def make_dataset(
     xs, ms, ys = [], [], []
     for i in range(num_examples):
         label = i % c
-        strokes = augment(glyph_contours(chars[label], fonts[(i // c) % len(fonts)]), np.random.default_rng([seed, i]), strength=strength)
+        strokes = augment(
+            glyph_contours(chars[label], fonts[(i // c) % len(fonts)]),
+            np.random.default_rng([seed, i]),
+            strength=strength,
+        )
         x, m = to_sequence(strokes, num_points, spacing=spacing)
         xs.append(x)
         ms.append(m)
@@ -235,7 +242,5 @@ def strokes_of(sequence: np.ndarray, mask: np.ndarray | None = None) -> list[np.
 
 def resample_sequence(sequence: np.ndarray, num_points: int) -> np.ndarray:
     """A ``(N, 3)`` sequence re-drawn with ``num_points`` points (strokes kept, points shared by length)."""
-    seq, _ = to_sequence(
-        [p if len(p) > 1 else np.repeat(p, 2, axis=0) for p in strokes_of(sequence)], num_points
-    )
+    seq, _ = to_sequence([p if len(p) > 1 else np.repeat(p, 2, axis=0) for p in strokes_of(sequence)], num_points)
     return seq

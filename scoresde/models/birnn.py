@@ -62,7 +62,7 @@ class GRU(nnx.Module):
     """A GRU layer's parameters: ``w_i`` ``(D, 3H)``, ``w_h`` ``(H, 3H)``, biases ``(3H,)``; gates r, z, n."""
 
     def __init__(self, in_features: int, hidden: int, *, rngs: nnx.Rngs):
-        lim_i, lim_h = 1.0 / jnp.sqrt(in_features), 1.0 / jnp.sqrt(hidden)
+        lim_i = 1.0 / jnp.sqrt(in_features)
         self.w_i = nnx.Param(jax.random.uniform(rngs.params(), (in_features, 3 * hidden), minval=-lim_i, maxval=lim_i))
         self.w_h = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (hidden, 3 * hidden)))
         self.b_i = nnx.Param(jnp.zeros((3 * hidden,)))
