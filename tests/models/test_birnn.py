@@ -54,6 +54,11 @@ def test_gru_step_and_scan_equal_a_numpy_gru():
     np.testing.assert_allclose(np.asarray(bwd), want_b.swapaxes(0, 1)[:, ::-1], rtol=1e-5, atol=1e-6)
 
 
+@nnx.jit
+def _apply(net, x, t, y=None, mask=None):
+    return net(x, t, y, mask=mask)
+
+
 def _net(num_classes=0, seed=0, num_layers=2):
     net = BiRNNScore(3, hidden=16, num_layers=num_layers, embed_dim=16, num_classes=num_classes, rngs=nnx.Rngs(seed))
     # the output layer starts at zero (a zero score); give it weights so the tests see the whole network
@@ -68,13 +73,13 @@ def test_output_at_real_points_does_not_depend_on_the_padding():
     mask = jnp.asarray(np.arange(n)[None, :] < np.array([12, 7, 4])[:, None], jnp.float32)
     t = jnp.array([10.0, 500.0, 990.0])
     garbage = jnp.where(mask[..., None] > 0, x, 1e4 * jax.random.normal(jax.random.key(1), x.shape))
-    a = np.asarray(net(x, t, mask=mask))
-    g = np.asarray(net(garbage, t, mask=mask))
+    a = np.asarray(_apply(net, x, t, mask=mask))
+    g = np.asarray(_apply(net, garbage, t, mask=mask))
     real = np.asarray(mask) > 0
     np.testing.assert_array_equal(a[real], g[real])  # bit for bit
     assert np.all(a[~real] == 0) and np.all(g[~real] == 0)
     # and the padding is invisible: a sequence cut to its real points gives the same outputs
-    short = np.asarray(net(x[1:2, :7], t[1:2]))
+    short = np.asarray(_apply(net, x[1:2, :7], t[1:2]))
     np.testing.assert_allclose(a[1, :7], short[0], rtol=1e-5, atol=1e-5)
     assert np.abs(a[real]).max() > 1e-3  # not a zero network
 
@@ -83,8 +88,8 @@ def test_both_directions_are_read():
     net = _net(num_layers=1)
     x = jax.random.normal(jax.random.key(0), (1, 10, 3))
     t = jnp.array([100.0])
-    base = np.asarray(net(x, t))
-    moved = np.asarray(net(x.at[:, 5].add(1.0), t))
+    base = np.asarray(_apply(net, x, t))
+    moved = np.asarray(_apply(net, x.at[:, 5].add(1.0), t))
     changed = np.abs(moved - base).max(-1)[0] > 1e-6
     assert changed[:5].all() and changed[6:].all()  # points before and after the change both see it
 
@@ -94,11 +99,11 @@ def test_time_and_class_condition_the_output_and_any_length_runs():
     x = jnp.repeat(jax.random.normal(jax.random.key(0), (1, 9, 3)), 4, axis=0)
     t = jnp.array([100.0, 100.0, 500.0, 100.0])
     y = jnp.array([0, 1, 0, 4])  # 4 = the null label of classifier-free guidance
-    out = np.asarray(net(x, t, y))
+    out = np.asarray(_apply(net, x, t, y))
     assert np.abs(out[0] - out[1]).max() > 1e-4  # the class matters
     assert np.abs(out[0] - out[2]).max() > 1e-4  # the time matters
-    np.testing.assert_allclose(np.asarray(net(x[:1], t[:1])), out[3:], rtol=1e-5, atol=1e-6)  # no labels = null
-    assert net(jax.random.normal(jax.random.key(1), (2, 33, 3)), t[:2], y[:2]).shape == (2, 33, 3)
+    np.testing.assert_allclose(np.asarray(_apply(net, x[:1], t[:1])), out[3:], rtol=1e-5, atol=1e-6)  # no labels = null
+    assert _apply(net, jax.random.normal(jax.random.key(1), (2, 33, 3)), t[:2], y[:2]).shape == (2, 33, 3)
 
 
 def test_wrong_input_shape_is_a_clear_error():
