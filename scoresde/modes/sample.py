@@ -199,7 +199,9 @@ def sample(config, workdir: str) -> dict:
     runlog.conclude(
         f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
         results={"samples": out_dir},
-        next_command=runlog.command("fid", workdir)
+        next_command=runlog.command("likelihood", workdir)
+        if data_lib.is_sequence_data(config)  # FID reads images; sequences are scored by their likelihood
+        else runlog.command("fid", workdir)
         if build.inception_weights_found(config)
         else "python -m scoresde.metrics.weights --help (how to place the FID Inception weights that "
         "--mode=fid needs; none are on this machine)",
