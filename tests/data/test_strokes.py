@@ -51,6 +51,8 @@ def test_dataset_is_a_pure_function_of_the_seed_and_index():
     assert 0.9 < np.abs(x[..., :2]).max() < 1.5  # the glyph box spans about [-1, 1]
     # the 8 has three contours (outer and two holes): three pen lifts
     assert int((x[8, :, 2] > 0).sum()) == 3 and int((x[1, :, 2] > 0).sum()) == 1
+    letters, _, ly = strokes.make_dataset(26, 32, chars=strokes.LETTERS)
+    assert ly.tolist() == list(range(26)) and int((letters[1, :, 2] > 0).sum()) == 3  # B: outline and two holes
 
 
 def test_split_holds_every_class_equally_and_get_dataset_batches():
