@@ -117,7 +117,7 @@ def main():
 
     n_train = int(config.data.num_points)
     grids = {}
-    for num_points, w in [(n_train, 0.0), (n_train, 1.0), (n_train // 2, 1.0), (n_train * 3 // 2, 1.0)]:
+    for num_points, w in [(n_train, 0.0), (n_train, 1.0), (n_train, 3.0), (n_train // 2, 1.0), (n_train * 3 // 2, 1.0)]:
         x, nfe, wall = generate(num_points, w)
         # the scorer reads rasters, which do not depend on the length
         rows.append(
