@@ -100,6 +100,7 @@ def get_default_configs():
     sampling.S_tmax = 1e30
     sampling.S_noise = 1.0
     sampling.rho = 7.0
+    sampling.num_points = 0  # (scoresde) strokes: sample sequences of this length; 0 = data.num_points
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()
@@ -155,6 +156,9 @@ def get_default_configs():
     # multiplier x augment_p, its labels fed to the network (model augment_dim); 0 = off (EDM's CIFAR-10: 0.12)
     data.augment_p = 0.0
     data.augment_pipeline = "xflip=1e8,yflip,scale,rotate_frac,aniso,translate_frac"  # EDM's: 9 labels
+    data.num_points = 64  # (scoresde) strokes: points per drawing N (the sequence length)
+    data.num_drawings = 2000  # (scoresde) strokes: drawings generated (train + test, every tenth block is test)
+    data.stroke_chars = "digits"  # (scoresde) strokes: digits | letters | digits+letters (class k = k-th character)
 
     # model
     config.model = model = ml_collections.ConfigDict()
@@ -453,6 +457,7 @@ def add_autoencoder(config, **fields):
 _UNET_DEFAULTS = dict(scale_by_sigma=False, resamp_with_conv=True, conditional=True, nonlinearity="swish")
 MODEL_DEFAULTS = {
     "mlp": dict(hidden=128, num_layers=3, embed_dim=64),
+    "birnn": dict(hidden=128, num_layers=2, embed_dim=64),
     "ncsnpp": dict(
         _UNET_DEFAULTS,
         fir=False,
@@ -579,6 +584,9 @@ VALID_RANGES = {
     "distill.mf_ratio": _UNIT,
     "distill.mf_power": (lambda v: float(v) >= 0, "a number >= 0 (0 = plain L2)"),
     "distill.mf_weight_c": _POSITIVE,
+    "data.num_points": _count(2),
+    "data.num_drawings": _count(10),
+    "sampling.num_points": (_count(0)[0], "an integer >= 0 (0 = data.num_points)"),
     "optim.warmup": _count(0),
     "model.ema_rate": _UNIT,
     "model.ema_halflife_img": (lambda v: float(v) >= 0, "a number >= 0 (0 = use model.ema_rate)"),

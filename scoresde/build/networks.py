@@ -39,6 +39,20 @@ def _second_time(config) -> dict:
     return {"second_time": True} if bool(config.model.second_time) else {}
 
 
+def _birnn(config, rngs):
+    from scoresde.models.birnn import BiRNNScore  # noqa: PLC0415  (only the configured architecture is imported)
+
+    m = config.model
+    return BiRNNScore(
+        model_data_shape(config)[-1],
+        hidden=m.hidden,
+        num_layers=m.num_layers,
+        embed_dim=m.embed_dim,
+        num_classes=num_classes(config),
+        rngs=rngs,
+    )
+
+
 def _unet_common(config) -> dict:
     """Keyword arguments shared by the image U-Nets, read from the reference's config fields."""
     m = config.model
@@ -99,7 +113,7 @@ def _ddpm(config, rngs):
 
 
 def get_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The network named by ``config.model.name`` (``mlp``, ``ncsnpp``/``ddpmpp``, ``ddpm``).
+    """The network named by ``config.model.name`` (``mlp``, ``birnn``, ``ncsnpp``/``ddpmpp``, ``ddpm``).
 
     A hand-made or reference config may lack fields: they take the defaults (:func:`with_defaults`).
 
@@ -107,7 +121,7 @@ def get_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
         ValueError: for an unknown model name.
     """
     config = with_defaults(config)
-    builders = {"mlp": _mlp, "ncsnpp": _ncsnpp, "ddpmpp": _ncsnpp, "ddpm": _ddpm}
+    builders = {"mlp": _mlp, "birnn": _birnn, "ncsnpp": _ncsnpp, "ddpmpp": _ncsnpp, "ddpm": _ddpm}
     name = config.model.name
     if name not in builders:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(builders))}")

@@ -1,4 +1,4 @@
-"""Datasets: embedded toy / digits data, users' ``.npz`` or image folders, and tfds datasets.
+"""Datasets: embedded toy / digits / stroke data, users' ``.npz`` or image folders, and tfds datasets.
 
 :func:`get_dataset` yields numpy batches ``{"image": float32 (B_local, ...), "label": int32 (B_local,)}``
 holding *this process's* slice of each global batch, already scaled by :func:`get_data_scaler`. Batches
@@ -8,6 +8,7 @@ Dataset names and sources: ``docs/data.md``.
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import numpy as np
 
 from scoresde import parallel
 from scoresde.config_defaults import with_defaults
-from scoresde.data import toy
+from scoresde.data import strokes, toy
 from scoresde.images import to_uint8
 
 __all__ = [
@@ -26,13 +27,20 @@ __all__ = [
     "get_data_inverse_scaler",
     "data_shape",
     "is_image_data",
+    "is_sequence_data",
     "TOY_DATASETS",
     "TFDS_DATASETS",
 ]
 
 TOY_DATASETS = ("gmm_grid", "checkerboard", "two_moons", "swiss_roll")
 TFDS_DATASETS = ("cifar10", "svhn", "celeba", "lsun")
-_IN_MEMORY = ("digits", "npz", "folder")
+_IN_MEMORY = ("digits", "strokes", "npz", "folder")
+SEQUENCE_DATASETS = ("strokes",)
+STROKE_CHARS = {
+    "digits": strokes.DIGITS,
+    "letters": strokes.LETTERS,
+    "digits+letters": strokes.DIGITS + strokes.LETTERS,
+}
 
 
 def _name(config) -> str:
@@ -51,8 +59,15 @@ def check_dataset_name(config) -> str:
 
 
 def is_image_data(config) -> bool:
-    """True unless the data are flat vectors (the 2-D toy sets or an explicit ``config.data.shape``)."""
+    """True unless the data are flat vectors (the 2-D toy sets or an explicit ``config.data.shape``) or sequences."""
+    if is_sequence_data(config):
+        return False
     return _name(config) not in TOY_DATASETS and not ("shape" in config.data and config.data.shape)
+
+
+def is_sequence_data(config) -> bool:
+    """True for point sequences ``(N, C)``: the ``strokes`` drawings (:mod:`scoresde.data.strokes`)."""
+    return _name(config) in SEQUENCE_DATASETS
 
 
 def data_shape(config) -> tuple[int, ...]:
@@ -62,6 +77,10 @@ def data_shape(config) -> tuple[int, ...]:
         ValueError: a non-positive size or channel count.
     """
     d = config.data
+    if is_sequence_data(config):
+        if float(d.num_points) != int(d.num_points) or int(d.num_points) < 2:
+            raise ValueError(f"config.data.num_points={d.num_points} must be an integer >= 2")
+        return (int(d.num_points), strokes.CHANNELS)
     if "shape" in d and d.shape:
         shape = tuple(int(s) for s in d.shape)
     elif _name(config) in TOY_DATASETS:
@@ -246,12 +265,42 @@ def _load_in_memory(config, name, split):
         if size != 8:
             images = _resize_float(images, size)
         return _match_channels(images, int(config.data.num_channels)), labels
+    if name == "strokes":
+        return _load_strokes(config, split)
     path = config.data.path
     if not path:
         raise ValueError(f"dataset {name!r} needs config.data.path (e.g. --config.data.path=/data/my_images)")
     if name == "npz":
         return _load_npz(config, path, split)
     return _load_folder(config, path)
+
+
+def stroke_chars(config) -> str:
+    """The characters the ``strokes`` data set draws (``config.data.stroke_chars``); class k is character k.
+
+    Raises:
+        ValueError: an unknown set, naming the valid ones.
+    """
+    chars = str(config.data.stroke_chars)
+    if chars not in STROKE_CHARS:
+        raise ValueError(f"unknown config.data.stroke_chars={chars!r}; expected one of: {', '.join(STROKE_CHARS)}")
+    return STROKE_CHARS[chars]
+
+
+@functools.cache
+def _stroke_set(num_drawings: int, num_points: int, chars: str):
+    x, _, y = strokes.make_dataset(num_drawings, num_points, seed=0, chars=chars)
+    return x, y, strokes.split(num_drawings, len(chars))
+
+
+def _load_strokes(config, split):
+    """The drawings of :mod:`scoresde.data.strokes`, data seed 0 (one set for every run), ``num_points`` each."""
+    n = config.data.num_drawings
+    if float(n) != int(n) or int(n) < 10:
+        raise ValueError(f"config.data.num_drawings={n} must be an integer >= 10 (every tenth block is the test split)")
+    x, y, test = _stroke_set(int(n), int(config.data.num_points), stroke_chars(config))
+    keep = test if split == "test" else ~test
+    return x[keep], y[keep]
 
 
 def _to_unit_float(images: np.ndarray, source: str = "images") -> np.ndarray:

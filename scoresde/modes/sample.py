@@ -2,7 +2,8 @@
 
 Writes ``workdir/samples/samples_<i>.npz`` (array key ``samples``: uint8 NHWC for images, float32 for
 vector data; ``nfe``, ``sampler``, ``checkpoint_step`` and the request id travel with them) plus a PNG grid
-per file (a scatter plot for 2-D data), and last ``workdir/samples/request.json`` listing exactly the files of
+per file (a scatter plot for 2-D data; for stroke sequences ``(B, N, 3)`` a PNG and an SVG grid of the
+drawings, at ``config.sampling.num_points`` points when that is set), and last ``workdir/samples/request.json`` listing exactly the files of
 this request, its checkpoint step, parameter hash and config hash. A request owns its files: one request at a
 time per workdir (a lock), a new one deletes exactly the files the previous ``request.json`` lists (never a
 user's own file, nothing through a symlink), and ``fid`` checks every file's request id. Non-finite samples are an
@@ -35,6 +36,7 @@ import numpy as np
 
 from scoresde import build, images, parallel, runlog
 from scoresde import data as data_lib
+from scoresde.data import stroke_render
 from scoresde.metrics import protocol
 from scoresde.metrics.protocol import REQUEST_FILE
 
@@ -42,11 +44,37 @@ __all__ = ["sample"]
 
 
 def _write_visual(config, path_png, samples01, title=""):
-    if data_lib.is_image_data(config):
+    if data_lib.is_sequence_data(config):
+        stroke_render.save_png_grid(path_png, samples01, ncol=10)
+        stroke_render.save_svg_grid(path_png[: -len(".png")] + ".svg", samples01, ncol=10)
+    elif data_lib.is_image_data(config):
         size = data_lib.data_shape(config)[0]
         images.save_image_grid(path_png, images.to_uint8(samples01), upscale=max(1, 64 // size))
     elif samples01.shape[-1] == 2:
         images.save_scatter(path_png, np.asarray(samples01), title=title)
+
+
+def _visual_extensions(config) -> tuple[str, ...]:
+    return ("png", "svg") if data_lib.is_sequence_data(config) else ("png",)
+
+
+def _at_resolution(config):
+    """``config`` sampling sequences of ``config.sampling.num_points`` points (ChiroDiff's resolution change).
+
+    The BiRNN has no parameter that depends on the length, so the trained weights sample any ``N``; only the
+    sampler's shape changes. A config without sequence data, or with ``num_points`` 0, is returned as it is.
+    """
+    n = int(config.sampling.num_points)
+    if not data_lib.is_sequence_data(config) or n in (0, int(config.data.num_points)):
+        if n and not data_lib.is_sequence_data(config):
+            raise ValueError(
+                f"config.sampling.num_points={n} changes the length of sequence data; dataset "
+                f"{config.data.dataset!r} is not sequences (set it to 0)"
+            )
+        return config
+    config = config.copy_and_resolve_references()
+    config.data.num_points = n
+    return config
 
 
 def _start_request(out_dir: str, manifest: dict) -> None:
@@ -83,6 +111,7 @@ def sample(config, workdir: str) -> dict:
     config = build.with_defaults(config)
     if build.inverse_operator_name(config) != "none":
         return _restore(config, workdir)
+    sampling_config = _at_resolution(config)
     mesh = parallel.make_mesh()
     sde = build.make_sde(config)
     student = build.read_student_file(workdir)
@@ -117,7 +146,9 @@ def sample(config, workdir: str) -> dict:
             "workdir": os.path.abspath(workdir),
         },
     )
-    sample_fn = build.make_sample_fn(config, sde, graphdef, rest, batch, mesh, classifier=classifier, with_rounds=True)
+    sample_fn = build.make_sample_fn(
+        sampling_config, sde, graphdef, rest, batch, mesh, classifier=classifier, with_rounds=True
+    )
     out_dir = os.path.join(workdir, "samples")
     key = build.purpose_key(build.root_key(config), "sample")
     description = json.dumps(build.sampler_description(config), sort_keys=True, default=str)
@@ -126,7 +157,7 @@ def sample(config, workdir: str) -> dict:
     manifest = {
         "request": request,
         "files": [f"samples_{i}.npz" for i in range(n_files)],
-        "visuals": [f"samples_{i}.png" for i in range(n_files)],
+        "visuals": [f"samples_{i}.{ext}" for i in range(n_files) for ext in _visual_extensions(config)],
         "checkpoint_step": int(step),
         "params_hash": params_hash,
         "config_hash": build.config_digest(config),
@@ -158,7 +189,7 @@ def sample(config, workdir: str) -> dict:
                         params_hash=np.array(params_hash),
                         request=np.array(request),
                     )
-                    _write_visual(config, os.path.join(out_dir, manifest["visuals"][i]), samples, title=f"step {step}")
+                    _write_visual(config, os.path.join(out_dir, f"samples_{i}.png"), samples, title=f"step {step}")
                 written += len(samples)
                 i += 1
         except Exception:  # a failed request leaves nothing behind (a killed one is cleaned up by the next)
@@ -175,7 +206,9 @@ def sample(config, workdir: str) -> dict:
     runlog.conclude(
         f"wrote {written} samples ({int(nfe)} NFE each, {int(rounds)} sequential rounds) from step {step}",
         results={"samples": out_dir},
-        next_command=runlog.command("fid", workdir)
+        next_command=runlog.command("likelihood", workdir)
+        if data_lib.is_sequence_data(config)  # FID reads images; sequences are scored by their likelihood
+        else runlog.command("fid", workdir)
         if build.inception_weights_found(config)
         else "python -m scoresde.metrics.weights --help (how to place the FID Inception weights that "
         "--mode=fid needs; none are on this machine)",
