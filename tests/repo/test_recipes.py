@@ -2,6 +2,7 @@
 config path states the value the config really has."""
 
 import ast
+import importlib.util
 import glob
 import os
 import re
@@ -98,3 +99,35 @@ def test_the_comparison_catches_a_wrong_value():
     """The check is not vacuous: a float, a tuple and a bool that differ from the table are caught."""
     assert not _same(4e-4, 4.0e-3) and not _same((1, 2, 2), (1, 2, 2, 2)) and not _same(True, 1)
     assert _same((2, 2, 2), [2, 2, 2]) and _same(0.0, 0.0)
+
+
+def _gpu_recipes():
+    spec = importlib.util.spec_from_file_location("gpu_recipes", os.path.join(REPO, "benchmarks", "gpu_recipes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_recipe_has_one_command_that_reproduces_it():
+    """benchmarks/gpu_recipes.py knows every CIFAR-10 recipe; its steps name existing configs and modes, the runs
+    a recipe starts from come first, and the last step is FID over three seeds (EDM's protocol)."""
+    from scoresde import main
+
+    gpu = _gpu_recipes()
+    assert sorted(gpu.RECIPES) == CONFIGS
+    for name in CONFIGS:
+        cmds = gpu.commands(name, runs="R")
+        flags = [dict(a[2:].split("=", 1) for a in c[3:] if a.startswith("--") and "=" in a) for c in cmds]
+        for f in flags:
+            assert os.path.exists(os.path.join(REPO, f["config"])), f
+            assert f["mode"] in main.MODES, f
+        modes = [f["mode"] for f in flags]
+        if name in gpu.NO_FID:
+            assert modes[-1] == "train_autoencoder"
+        else:
+            assert modes[-2:] == ["fid_stats", "fid"] and flags[-1]["config.eval.fid_seeds"] == "3"
+        for need in gpu.RECIPES[name][1]:  # a teacher / autoencoder / score model is trained before it is used
+            first_use = next(i for i, f in enumerate(flags) if f["config"] == f"configs/{name}.py")
+            assert any(f["config"] == f"configs/{need}.py" for f in flags[:first_use]), (name, need)
+    with pytest.raises(ValueError, match="unknown recipe 'cifar10_xx'; expected one of: cifar10_ae"):
+        gpu.commands("cifar10_xx")
