@@ -2,8 +2,8 @@
 config path states the value the config really has."""
 
 import ast
-import importlib.util
 import glob
+import importlib.util
 import os
 import re
 
