@@ -36,7 +36,7 @@ def test_abstract_model_takes_a_plain_dict():
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match="unknown model 'unet'; expected one of: ddpm, ddpmpp, mlp, ncsnpp"):
+    with pytest.raises(ValueError, match="unknown model 'unet'; expected one of: birnn, ddpm, ddpmpp, mlp, ncsnpp"):
         build.get_model(ml_collections.ConfigDict({"model": {"name": "unet"}}), rngs=nnx.Rngs(0))
 
 

@@ -138,6 +138,7 @@ def test_latent_sample_mode_writes_decoded_images(ae_workdir, ldm_workdir, tmp_p
     assert os.path.exists(os.path.join(workdir, "samples", "samples_0.png"))
 
 
+@pytest.mark.slow  # about 50 s on 2 cores; the pixel-space classifier path is a default test
 def test_latent_classifier_trains_on_latents_and_guides_the_latent_sampler(ae_workdir, tmp_path):
     config = load_config("digits_ldm_cond", "smoke,classifier")
     config.latent.autoencoder_workdir = ae_workdir
@@ -159,6 +160,7 @@ def test_latent_classifier_trains_on_latents_and_guides_the_latent_sampler(ae_wo
     assert result["num_samples"] == 10 and s.shape == (10, 16, 16, 1) and s.dtype == np.uint8
 
 
+@pytest.mark.slow  # about 60 s on 2 cores; the pixel likelihood resume is a default test (test_mode_likelihood)
 def test_latent_likelihood_resumes_to_the_uninterrupted_numbers(ae_workdir, ldm_workdir, tmp_path):
     """Preempted after one of the (repeat, batch) units, the latent likelihood resumes and ends equal (#13's rule)."""
     import shutil

@@ -152,6 +152,7 @@ def test_resume_with_a_changed_sde_is_refused_and_a_changed_n_iters_is_fine(tmp_
     assert {c["field"] for c in record[0]["config_change"]} == {"training.sde", "optim.lr"}
 
 
+@pytest.mark.slow  # about 40 s on 2 cores; the same check for --mode=train is a default test
 def test_distill_reflow_and_autoencoder_resume_under_another_config_are_refused(tmp_path):
     """Every trainer, not only train, checks the stored config on resume."""
     from scoresde.modes.distill import distill

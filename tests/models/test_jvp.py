@@ -63,7 +63,9 @@ def _check(fn, primals, tangents):
     np.testing.assert_allclose(tangent, fd, rtol=0, atol=RTOL * scale)
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in ("ncsnpp", "ddpm") else n for n in NETS]
+)  # the two U-Nets take 20 s each on 2 cores: slow; DDPM++ and the MLP stay in the default run
 def test_jvp_of_every_two_time_network_matches_central_differences_in_float64(name):
     with jax.enable_x64(True):
         x, dx = _point(name)

@@ -181,7 +181,12 @@ OPTION_SETS = {
 
 @pytest.mark.parametrize(
     "options",
-    [pytest.param(k, marks=pytest.mark.slow) if k == "residual_pyramids_fir_ddpm_blocks" else k for k in OPTION_SETS],
+    [
+        pytest.param(k, marks=pytest.mark.slow)
+        if k in ("residual_pyramids_fir_ddpm_blocks", "nearest_conv_resampling_cat")
+        else k
+        for k in OPTION_SETS
+    ],
 )
 def test_option_combinations_build_and_run(options):
     config = _tiny(**OPTION_SETS[options])
