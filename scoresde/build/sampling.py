@@ -80,7 +80,7 @@ def sampling_options(config) -> tuple[str, dict]:
 
 def _student_sampler(config) -> bool:
     """Whether ``config`` is an ``scm`` / ``meanflow`` student (:func:`scoresde.build.continuous_sampler` samples it)."""
-    return str(config.get("distill", {}).get("method", "") or "").lower() in CONTINUOUS_SAMPLERS
+    return str(with_defaults(config).distill.method).lower() in CONTINUOUS_SAMPLERS
 
 
 def nonfinite_hint(config) -> str:
