@@ -31,10 +31,13 @@ def score_loss(config, loss_fn, to_model_space, graphdef, rest):
         k_loss, k_drop = jax.random.split(key)
         y = build.class_labels(config, batch, build.purpose_key(key, "label_dropout"))
         model = nnx.merge(graphdef, params, rest)
-        aug = batch.get("augment_labels")  # EDM's augmentation (to_model_space with augment=True)
+        # EDM's augmentation labels (to_model_space with augment=True); a network without the option (augmentation
+        # off: every network, the sequence ones included) is called without them
+        aug = batch.get("augment_labels")
+        extra = {} if aug is None else {"augment_labels": aug}
 
         def net(x, labels):
-            return model(x, labels, y, train=True, key=k_drop, augment_labels=aug)
+            return model(x, labels, y, train=True, key=k_drop, **extra)
 
         value, _ = loss_fn(net, batch["image"], k_loss)
         return value, {}
