@@ -206,21 +206,20 @@ def sct_loss(
     Returns:
         ``(loss, aux)`` as :func:`scm_loss_at`, plus the times ``t``.
     """
-    t, z, x_t = _noised(batch, key, sigma_data, p_mean, p_std)
-    dxdt = velocity_target(batch, z, t, sigma_data=sigma_data)
-    loss, aux = scm_loss_at(
+    return _noised_loss(
         net_fn,
         params,
-        x_t,
-        t,
-        dxdt,
+        batch,
+        key,
+        lambda x_t, t, z: velocity_target(batch, z, t, sigma_data=sigma_data),
         sigma_data=sigma_data,
         weight_fn=weight_fn,
         warmup=warmup,
         tangent_norm_c=tangent_norm_c,
+        p_mean=p_mean,
+        p_std=p_std,
         target_params=target_params,
     )
-    return loss, {**aux, "t": t}
 
 
 def scd_loss(
@@ -249,20 +248,27 @@ def scd_loss(
     Returns:
         ``(loss, aux)`` as :func:`sct_loss`.
     """
-    t, _, x_t = _noised(batch, key, sigma_data, p_mean, p_std)
-    dxdt = velocity_fn(x_t, t)
-    loss, aux = scm_loss_at(
+    return _noised_loss(
         net_fn,
         params,
-        x_t,
-        t,
-        dxdt,
+        batch,
+        key,
+        lambda x_t, t, z: velocity_fn(x_t, t),
         sigma_data=sigma_data,
         weight_fn=weight_fn,
         warmup=warmup,
         tangent_norm_c=tangent_norm_c,
+        p_mean=p_mean,
+        p_std=p_std,
         target_params=target_params,
     )
+
+
+def _noised_loss(net_fn, params, batch, key, dxdt_fn, *, sigma_data, p_mean, p_std, **loss_kwargs):
+    """:func:`scm_loss_at` at ``x_t`` noised from ``batch`` (:func:`_noised`), with ``dx_t/dt = dxdt_fn(x_t, t, z)``:
+    the one body of :func:`sct_loss` and :func:`scd_loss`, which differ only in the velocity."""
+    t, z, x_t = _noised(batch, key, sigma_data, p_mean, p_std)
+    loss, aux = scm_loss_at(net_fn, params, x_t, t, dxdt_fn(x_t, t, z), sigma_data=sigma_data, **loss_kwargs)
     return loss, {**aux, "t": t}
 
 
