@@ -5,19 +5,18 @@ As the official code: batch 128, Adam lr 5e-5 without warm-up, decayed linearly 
 round (``optim.lr_decay_steps``), grad clip 1, no weight decay, 50k updates per halving round from an 8192-step
 teacher sampler, the student predicts x (``mean_type='x'``) and starts from the teacher, truncated-SNR weighting
 max(SNR, 1), student dropout 0, EMA decay 0 (each round's student itself is the next round's teacher).
-Deliberate deviations (reasons in ``docs/recipes.md``): the teacher is this project's eps-prediction VP
-DDPM++ (``configs/cifar10_vp.py``), not the paper's cosine-schedule U-Net, so the process is the teacher's
-linear-beta VP SDE with its uniform-in-t DDIM grid (a student must share its teacher's process) rather than the
-cosine log-SNR schedule clipped to [-20, 20]; the DDIM sampler does not clip x-predictions to [-1, 1]
-(``eval_clip_denoised``). Variant: `smoke`.
+The process is the teacher's cosine log-SNR schedule clipped to [-20, 20] (``training.sde = "vp_cosine"``,
+the teacher ``configs/cifar10_pd_teacher.py``), on the uniform-in-t DDIM grid, and the DDIM sampler clips
+x-predictions to [-1, 1] (``eval_clip_denoised``). Deviation (reasons in ``docs/recipes.md``): the network is
+this project's DDPM++, not the official ``unet_iddpm``. Variant: `smoke`.
 
-    python -m scoresde.main --config=configs/cifar10_pd.py --workdir=runs/cifar10_pd --mode=distill --config.distill.teacher_workdir=runs/cifar10_vp
+    python -m scoresde.main --config=configs/cifar10_pd.py --workdir=runs/cifar10_pd --mode=distill --config.distill.teacher_workdir=runs/cifar10_pd_teacher
     python -m scoresde.main --config=configs/cifar10_pd.py --workdir=runs/cifar10_pd --mode=sample
 """
 
 from scoresde import config_defaults as base
 
-cifar10_vp = base.sibling(__file__, "cifar10_vp")
+teacher = base.sibling(__file__, "cifar10_pd_teacher")
 
 ROUND_UPDATES = 50000  # official distill_steps_per_iter
 
@@ -29,7 +28,7 @@ def smoke(config):
 
 
 def get_config(variant=None):
-    config = cifar10_vp.get_config()
+    config = teacher.get_config()
     t = config.training
     t.batch_size = 128
     t.n_iters = ROUND_UPDATES * 13  # 13 rounds: 8192 -> 1
@@ -46,7 +45,7 @@ def get_config(variant=None):
     m.ema_rate = 0.0
     d = config.distill
     d.method = "pd"
-    d.teacher_workdir = "runs/cifar10_vp"
+    d.teacher_workdir = "runs/cifar10_pd_teacher"
     d.start_steps = 8192
     d.end_steps = 1
     d.pd_weighting = "truncated_snr"
@@ -54,4 +53,5 @@ def get_config(variant=None):
     s.method = "ddim"
     s.steps = 1
     s.noise_removal = False
+    s.clip_denoised = True
     return base.apply_variants(config, variant, {"smoke": smoke}, "cifar10_pd")

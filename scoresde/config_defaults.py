@@ -56,6 +56,8 @@ def get_default_configs():
     training.snapshot_freq_for_preemption = 10000  # checkpoint cadence between snapshots
     training.snapshot_sampling = True
     training.likelihood_weighting = False
+    # (scoresde) continuous DSM: weight max(SNR, 1) ||x0_hat - x0||^2 (Salimans & Ho's snr_trunc) instead of sigma^2
+    training.snr_truncation = False
     training.importance_sampling = False  # (scoresde) t ~ g²/σ² with likelihood weighting
     training.continuous = True
     training.reduce_mean = False
@@ -83,6 +85,7 @@ def get_default_configs():
     sampling.order = 0
     sampling.eta = -1.0  # ddim [0], euler_ancestral / dpm_solver++_sde [1]; negative = the method's default
     sampling.s_noise = 1.0  # euler_ancestral, dpm_solver++_sde
+    sampling.clip_denoised = False  # ddim: clip each data prediction to the data range ([-1, 1] centred, else [0, 1])
     sampling.variant = ""  # unipc: bh1 | bh2
     sampling.times = ()  # consistency: the re-noising times tau_1 > ... > tau_{k-1}; () = the default grid
     sampling.grid = ""  # uniform_t | log_snr | edm
@@ -267,6 +270,9 @@ def get_default_configs():
     training.p_std = 1.2
     sampling.to_zero = False  # grid methods: k-diffusion's / EDM's ending, the last of `steps` steps goes to sigma = 0
     model.sigma_data = 0.5  # edm preconditioning; the edm sde reads model.sigma_min / sigma_max (EDM: 0.002 / 80)
+    # vp_cosine: the cosine log-SNR schedule's ends, lambda(0) = logsnr_max, lambda(T) = logsnr_min (Salimans & Ho)
+    model.logsnr_min = -20.0
+    model.logsnr_max = 20.0
     model.rf_T = 1.0  # rectified_flow: the process's T; < 1 (e.g. 0.999) for pc / ode sampling and likelihood
     config.reflow = reflow = ml_collections.ConfigDict()  # --mode=reflow
     reflow.source_workdir = ""  # the trained flow whose ODE map gives the couplings ("" = the workdir itself)

@@ -84,13 +84,16 @@ def continuous_dsm_loss(
     reduce_mean: bool = True,
     likelihood_weighting: bool = False,
     importance_sampling: bool = False,
+    snr_truncation: bool = False,
     eps: float = 1e-5,
     t_sampler: LikelihoodImportanceSampler | None = None,
 ):
     """Continuous denoising score matching ``E λ(t) ||s(x_t, t) + z/σ||²`` (Song et al. 2021, eq. 7).
 
     ``λ = σ²`` (reference default) or ``g²`` (Song et al. 2021b, Thm. 1), optionally with ``t`` importance
-    sampled (``docs/losses.md``).
+    sampled (``docs/losses.md``). ``λ = σ² max(1, σ²/α²)`` with ``snr_truncation``: in terms of the data
+    prediction ``x̂₀ = (x_t + σ² s) / α`` this is ``max(SNR, 1) ||x̂₀ - x₀||²``, Salimans & Ho's (2022)
+    "truncated SNR" weighting (google-research ``diffusion_distillation``, ``mean_loss_weight_type='snr_trunc'``).
 
     Args:
         score_fn: the model's ``score_fn(x, t)``.
@@ -100,6 +103,7 @@ def continuous_dsm_loss(
         reduce_mean: mean over dimensions if True, else ``0.5 * sum`` (reference semantics).
         likelihood_weighting: use the weighting ``g²`` instead of ``σ²``.
         importance_sampling: sample ``t`` ∝ ``g²/σ²`` (only with likelihood weighting).
+        snr_truncation: multiply the ``σ²`` weighting by ``max(1, σ²/α²)`` (not with likelihood weighting).
         eps: smallest time sampled.
         t_sampler: a prebuilt :class:`LikelihoodImportanceSampler` (else built while tracing).
 
@@ -107,10 +111,14 @@ def continuous_dsm_loss(
         ``(loss, aux)`` where ``aux`` holds the per-example ``losses`` and the sampled ``t``.
 
     Raises:
-        ValueError: if ``importance_sampling`` is set without ``likelihood_weighting``.
+        ValueError: if ``importance_sampling`` is set without ``likelihood_weighting``, or ``snr_truncation`` with it.
     """
     if importance_sampling and not likelihood_weighting:
         raise ValueError("importance_sampling=True needs likelihood_weighting=True")
+    if snr_truncation and likelihood_weighting:
+        raise ValueError(
+            "snr_truncation=True is a variant of the sigma^2 weighting; it needs likelihood_weighting=False"
+        )
     b = batch.shape[0]
     key_t, key_z = jax.random.split(key)
     if importance_sampling:
@@ -124,6 +132,8 @@ def continuous_dsm_loss(
     score = score_fn(perturbed, t)
     if not likelihood_weighting:
         losses = _reduce(jnp.square(batch_mul(std, score) + z), reduce_mean)
+        if snr_truncation:
+            losses = losses * jnp.maximum(1.0, jnp.square(std / sde.alpha(t)))
     elif importance_sampling:
         # Z / (T - eps) makes it estimate the uniform-t objective (docs/losses.md)
         losses = _reduce(jnp.square(batch_mul(std, score) + z), reduce_mean) * (sampler.normaliser / (sde.T - eps))

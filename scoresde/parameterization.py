@@ -60,8 +60,8 @@ def reference_convention(sde, continuous: bool = True) -> dict:
     Raises:
         ValueError: for an SDE without a reference convention (discrete: VPSDE and VESDE only).
     """
-    if isinstance(sde, (sde_lib.VPSDE, sde_lib.SubVPSDE)):
-        if continuous:
+    if isinstance(sde, (sde_lib.VPSDE, sde_lib.SubVPSDE, sde_lib.CosineVPSDE)):
+        if continuous:  # the cosine VP process has no reference checkpoints: it takes the VP family's convention
             return {"output": "eps", "time_label": "999t"}
         if not isinstance(sde, sde_lib.VPSDE) or isinstance(sde, sde_lib.OUSDE):
             raise ValueError(f"discrete training is defined for VPSDE and VESDE only; got {type(sde).__name__}")

@@ -28,6 +28,7 @@ def _with(config, **fields):
         ("vesde", sde_lib.VESDE, dict(sigma_min=0.05, sigma_max=30.0, N=40)),
         ("edm", sde_lib.EDMSDE, dict(sigma_min=0.05, sigma_max=30.0, N=40)),
         ("rectified_flow", sde_lib.RectifiedFlow, dict(T=0.999, N=40)),
+        ("vp_cosine", sde_lib.CosineVPSDE, dict(logsnr_min=-15.0, logsnr_max=18.0, N=40)),
     ],
 )
 def test_make_sde_reads_the_model_constants_of_its_family(name, cls, expected):
@@ -41,6 +42,8 @@ def test_make_sde_reads_the_model_constants_of_its_family(name, cls, expected):
             "model.sigma_max": 30.0,
             "model.num_scales": 40,
             "model.rf_T": 0.999,
+            "model.logsnr_min": -15.0,
+            "model.logsnr_max": 18.0,
         },
     )
     sde = build.make_sde(config)
@@ -50,7 +53,7 @@ def test_make_sde_reads_the_model_constants_of_its_family(name, cls, expected):
 
 def test_make_sde_names_an_unknown_sde():
     config = _with(load_config("toy2d_vp", "smoke"), **{"training.sde": "vpp"})
-    with pytest.raises(ValueError, match="unknown sde 'vpp'; expected one of: vpsde, subvpsde, vesde"):
+    with pytest.raises(ValueError, match="unknown sde 'vpp'; expected one of: vpsde, vp_cosine, subvpsde, vesde"):
         build.make_sde(config)
 
 

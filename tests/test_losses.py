@@ -172,3 +172,29 @@ def test_mlp_training_on_2d_data_lowers_the_loss():
     hist = [float(step(model, opt, jax.random.fold_in(key, i))) for i in range(400)]
     first, last = np.mean(hist[:20]), np.mean(hist[-50:])
     assert last < 0.6 * first, (first, last)
+
+
+def test_snr_truncation_is_max_snr_one_times_the_x0_error():
+    """Salimans & Ho's snr_trunc: with the data prediction x̂₀ = (x_t + σ² s) / α of any score, the per-example
+    loss is max(α²/σ², 1) · mean((x̂₀ - x₀)²), computed here from the sampled times independently of the loss."""
+    sde = sde_lib.CosineVPSDE()
+    x0 = jax.random.normal(jax.random.key(0), (256, 3))
+
+    def score_fn(x, t):  # an arbitrary (wrong) score: the identity holds for every score
+        return -0.7 * x + 0.1 * jnp.sin(3.0 * x) * t[:, None]
+
+    key = jax.random.key(1)
+    _, aux = losses.continuous_dsm_loss(score_fn, sde, x0, key, snr_truncation=True)
+    t = aux["t"]
+    key_t, key_z = jax.random.split(key)
+    z = jax.random.normal(key_z, x0.shape)
+    a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+    xt = a * x0 + s * z
+    x0_hat = (xt + s**2 * score_fn(xt, t)) / a
+    snr = (a / s) ** 2
+    expected = np.maximum(np.asarray(snr[:, 0]), 1.0) * np.mean(np.asarray(x0_hat - x0) ** 2, axis=1)
+    np.testing.assert_allclose(aux["losses"], expected, rtol=2e-4)
+    # both sides of SNR = 1 were sampled, so the truncation was exercised
+    assert float(jnp.min(snr)) < 1.0 < float(jnp.max(snr))
+    with pytest.raises(ValueError, match="snr_truncation=True .* needs likelihood_weighting=False"):
+        losses.continuous_dsm_loss(score_fn, sde, x0, key, snr_truncation=True, likelihood_weighting=True)

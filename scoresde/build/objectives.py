@@ -38,6 +38,12 @@ def make_loss_fn(config, sde):
         importance = bool(t.importance_sampling)
         t_sampler = losses.likelihood_importance_sampler(sde) if importance else None
         weighting = bool(t.likelihood_weighting)
+        truncation = bool(t.snr_truncation)
+        if truncation and weighting:
+            raise ValueError(
+                "config.training.snr_truncation=True (max(SNR, 1) weighting of the data prediction) replaces the "
+                "sigma^2 weighting; it cannot be combined with config.training.likelihood_weighting=True"
+            )
 
         def loss_fn(net_fn, x, key):
             score_fn = parameterization.model_score_fn(net_fn, sde, **conv)
@@ -49,6 +55,7 @@ def make_loss_fn(config, sde):
                 reduce_mean=reduce_mean,
                 likelihood_weighting=weighting,
                 importance_sampling=importance,
+                snr_truncation=truncation,
                 t_sampler=t_sampler,
             )
 

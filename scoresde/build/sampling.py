@@ -60,8 +60,10 @@ def sampling_options(config) -> tuple[str, dict]:
             n_steps=cfg.n_steps_each,
             probability_flow=cfg.probability_flow,
         )
+    if cfg.clip_denoised:
+        options["clip_denoised"] = _clip_range(config, method, defaults)
     for name in defaults:
-        if name in options or name in _PC_NAMES.values() or name == "project_fn":
+        if name in options or name in _PC_NAMES.values() or name in ("project_fn", "clip_denoised"):
             continue
         value = cfg.get(name, None)
         if (
@@ -76,6 +78,21 @@ def sampling_options(config) -> tuple[str, dict]:
         options[name] = value.lower() if isinstance(value, str) else value
     sampling.check_options(method, options)
     return method, options
+
+
+def _clip_range(config, method: str, defaults: dict) -> tuple[float, float]:
+    """The data range that ``config.sampling.clip_denoised`` clips data predictions to."""
+    if "clip_denoised" not in defaults:
+        raise ValueError(
+            f"config.sampling.clip_denoised=True is an option of method 'ddim'; config.sampling.method={method!r} "
+            "does not clip (set clip_denoised=False, or method='ddim')"
+        )
+    if is_latent(config):
+        raise ValueError(
+            "config.sampling.clip_denoised=True clips to the data range, but this config samples latents, which "
+            "have no range; set clip_denoised=False"
+        )
+    return (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
 
 
 def _student_sampler(config) -> bool:
@@ -125,6 +142,11 @@ def parallel_settings(config) -> tuple[int, float] | None:
         raise ValueError(
             f"config.sampling.parallel_window={window} (ParaDiGMS) needs config.sampling.method='ddim'; "
             f"got {cfg.method!r}"
+        )
+    if cfg.clip_denoised:
+        raise ValueError(
+            f"config.sampling.parallel_window={window} (ParaDiGMS) does not clip data predictions; set "
+            "config.sampling.clip_denoised=False or parallel_window=0"
         )
     return window, tol
 

@@ -15,12 +15,14 @@ from scoresde import sde as sde_lib
 _SDE_ARGS = {
     "vp": lambda m: dict(beta_min=float(m.beta_min), beta_max=float(m.beta_max), N=int(m.num_scales)),
     "ve": lambda m: dict(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales)),
+    "vp_cosine": lambda m: dict(logsnr_min=float(m.logsnr_min), logsnr_max=float(m.logsnr_max), N=int(m.num_scales)),
     "rectified_flow": lambda m: dict(T=float(m.rf_T), N=int(m.num_scales)),
     "edm": lambda m: dict(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales)),
 }
 _SDE_KIND = {
     "vpsde": "vp",
     "vp": "vp",
+    "vp_cosine": "vp_cosine",
     "subvpsde": "vp",
     "subvp": "vp",
     "vesde": "ve",
@@ -39,7 +41,8 @@ def make_sde(config) -> sde_lib.LinearSDE:
     name = str(config.training.sde).lower()
     if name not in _SDE_KIND:
         raise ValueError(
-            f"unknown sde {config.training.sde!r}; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm"
+            f"unknown sde {config.training.sde!r}; expected one of: vpsde, vp_cosine, subvpsde, vesde, rectified_flow, "
+            "edm"
         )
     return sde_lib.get_sde(name, **_SDE_ARGS[_SDE_KIND[name]](config.model))
 

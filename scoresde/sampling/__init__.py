@@ -16,7 +16,8 @@ Methods and their options (defaults in brackets):
 * ``"ode"`` (:mod:`.ode`): ``solver`` [tsit5] ∈ tsit5 | dopri5 | euler | heun; ``rtol``/``atol`` [1e-5];
   ``steps`` [100, fixed-step solvers]; ``grid`` [uniform_t]; ``max_steps`` [4096]; ``denoise`` [False]
   (one reverse-diffusion mean step at ``eps``, as the reference's ODE sampler).
-* ``"ddim"``: ``steps`` [50], ``eta`` [0.0], ``grid`` [uniform_t].
+* ``"ddim"``: ``steps`` [50], ``eta`` [0.0], ``grid`` [uniform_t], ``clip_denoised`` [None] (a ``(low, high)``
+  range the data predictions are clipped to).
 * ``"dpm_solver"``: singlestep, ``order`` [2] ∈ 1 | 2 | 3, ``steps`` [10] (``order`` NFE each), ``grid`` [log_snr],
   ``schedule`` [uniform] ∈ uniform | fast. ``uniform``: ``steps`` intervals, all of order ``order``
   (``steps * order`` NFE; the authors' ``singlestep_fixed``). ``fast`` (DPM-Solver-fast, Lu et al. 2022

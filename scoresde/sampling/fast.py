@@ -80,18 +80,28 @@ def ddim_update(sde, x, x0, s, t, z, eta):
     )
 
 
-def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, project_fn=None):
+def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, clip_denoised=None, project_fn=None):
     """DDIM (Song et al. 2021a, eq. 12) generalised to any linear SDE; one NFE per step.
 
     ``x_t = alpha_t x0 + sqrt(sigma_t² - c²) eps + c z`` with ``c = eta sigma_t sqrt(1 - e^{-2h})``
     (for VP this is DDIM's ``sigma_t(eta)``; ``eta = 1`` is ancestral DDPM sampling).
+
+    ``clip_denoised=(lo, hi)`` clips every data prediction to the data range before the step, and the noise
+    ``eps`` is recomputed from the clipped prediction, as google-research ``diffusion_distillation``
+    (``dpm.py``, ``eval_clip_denoised=True``) and Ho et al.'s DDPM sampler do; ``None`` does not clip.
     """
     eta = jnp.asarray(eta, x.dtype)
+    if clip_denoised is not None:
+        lo, hi = (float(v) for v in clip_denoised)
+        if not lo < hi:
+            raise ValueError(f"clip_denoised must be a (low, high) range with low < high; got {clip_denoised!r}")
 
     def step(carry, inp):
         x, nfe = carry
         i, s, t = inp
         x0, nfe = _x0_pred(score_fn, sde, x, s, nfe)
+        if clip_denoised is not None:
+            x0 = jnp.clip(x0, lo, hi)
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
         x = ddim_update(sde, x, x0, s, t, z, eta)
         return (project(project_fn, x, t, key, i), nfe), None

@@ -205,7 +205,7 @@ _METHODS = (
         deterministic=True,
         noise_option="eta",
         good_grids=("uniform_t", "quadratic_t", "log_snr", "edm"),
-        options=dict(steps=50, eta=0.0, grid="uniform_t", denoise=False, project_fn=None),
+        options=dict(steps=50, eta=0.0, grid="uniform_t", clip_denoised=None, denoise=False, project_fn=None),
     ),
     Method(
         "dpm_solver",

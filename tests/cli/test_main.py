@@ -173,7 +173,8 @@ def test_a_run_that_fails_at_its_start_leaves_no_workdir(tmp_path):
     proc = _cli("--config=configs/toy2d_vp.py:smoke", f"--workdir={workdir}", "--config.training.sde=vpsd")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: unknown sde 'vpsd'; expected one of: vpsde, subvpsde, vesde, rectified_flow, edm; did you mean vpsde?"
+        "error: unknown sde 'vpsd'; expected one of: vpsde, vp_cosine, subvpsde, vesde, rectified_flow, edm; "
+        "did you mean vpsde?"
     )
     assert not workdir.exists()
 

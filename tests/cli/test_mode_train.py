@@ -96,7 +96,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("training.sde", "vpp", "unknown sde 'vpp'; expected one of: vpsde, subvpsde, vesde"),
+        ("training.sde", "vpp", "unknown sde 'vpp'; expected one of: vpsde, vp_cosine, subvpsde, vesde"),
         ("model.name", "unet9000", "unknown model 'unet9000'; expected one of"),
         ("data.dataset", "imagenet", "unknown dataset 'imagenet'; expected one of"),
     ],

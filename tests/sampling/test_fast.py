@@ -16,6 +16,8 @@ from scoresde import parameterization as P
 from scoresde import sde as sde_lib
 from scoresde.sampling import fast
 
+from conftest import load_config
+
 D = 4
 MU = np.array([0.3, -0.2, 0.1, 0.0])
 VAR = np.array([0.05, 0.2, 0.5, 1.0]) ** 2
@@ -243,3 +245,48 @@ def test_config_edge_passes_schedule():
     from scoresde import config_defaults
 
     assert config_defaults.get_default_configs().sampling.schedule == ""
+
+
+def _point_mass_score(sde, x_star):
+    """The exact score of data concentrated at ``x_star``: -(x - α x*) / σ²; its denoiser is x* itself."""
+
+    def score_fn(x, t):
+        a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        return -(x - a * x_star[None]) / s**2
+
+    return score_fn
+
+
+def test_ddim_clip_denoised_clips_the_data_prediction():
+    """With data at a point x*, DDIM's data prediction is x* at every step: inside the range clipping changes
+    nothing (bit for bit); outside it, every prediction is the range's end, so DDIM ends there."""
+    sde = sde_lib.VPSDE()
+    key = jax.random.key(0)
+    inside = _point_mass_score(sde, jnp.array([0.5, -0.9]))
+    a, _ = sampling.sample(inside, sde, (8, 2), key, method="ddim", steps=20, eps=EPS)
+    b, _ = sampling.sample(inside, sde, (8, 2), key, method="ddim", steps=20, eps=EPS, clip_denoised=(-1.0, 1.0))
+    np.testing.assert_array_equal(a, b)
+    outside = _point_mass_score(sde, jnp.array([2.0, -3.0]))
+    plain, _ = sampling.sample(outside, sde, (8, 2), key, method="ddim", steps=20, eps=EPS)
+    clipped, _ = sampling.sample(outside, sde, (8, 2), key, method="ddim", steps=20, eps=EPS, clip_denoised=(-1.0, 1.0))
+    np.testing.assert_allclose(plain, np.broadcast_to([2.0, -3.0], (8, 2)), atol=0.02)
+    np.testing.assert_allclose(clipped, np.broadcast_to([1.0, -1.0], (8, 2)), atol=0.02)
+    with pytest.raises(ValueError, match=r"clip_denoised must be a \(low, high\) range"):
+        sampling.sample(outside, sde, (8, 2), key, method="ddim", steps=4, clip_denoised=(1.0, -1.0))
+
+
+def test_config_clip_denoised_is_the_data_range_of_ddim_only():
+    config = load_config("digits_vp", "smoke")
+    config.sampling.method = "ddim"
+    config.sampling.clip_denoised = True
+    config.data.centered = True
+    assert build.sampling_options(config)[1]["clip_denoised"] == (-1.0, 1.0)
+    config.data.centered = False
+    assert build.sampling_options(config)[1]["clip_denoised"] == (0.0, 1.0)
+    config.sampling.method = "dpm_solver++"
+    with pytest.raises(ValueError, match="clip_denoised=True is an option of method 'ddim'"):
+        build.sampling_options(config)
+    config.sampling.method = "ddim"
+    config.sampling.parallel_window = 4
+    with pytest.raises(ValueError, match="ParaDiGMS.*does not clip"):
+        build.parallel_settings(config)
