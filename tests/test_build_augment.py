@@ -107,3 +107,28 @@ def test_train_mode_with_augmentation_runs_and_samples(tmp_path):
     assert model.augment_embed.kernel.shape == (9, 4 * config.model.nf)
     out = sample(config, str(tmp_path))  # sampling passes no labels: augmentation off
     assert out["num_samples"] == config.eval.num_samples
+
+
+@pytest.mark.parametrize(
+    "mode,config_name",
+    [
+        ("distill", "digits_ct"),
+        ("reflow", "digits_reflow"),
+        ("train_classifier", "cifar10_ve_classifier"),
+        ("train_autoencoder", "digits_ae"),
+    ],
+)
+def test_trainers_that_do_not_augment_refuse_augment_p(tmp_path, mode, config_name):
+    """Only --mode=train feeds the augmentation labels; every other trainer refuses augment_p > 0 before it
+    writes anything, instead of ignoring it."""
+    import importlib
+
+    from scoresde import main
+
+    module, fn = main.MODES[mode].split(":")
+    config = load_config(config_name, "smoke")
+    with config.unlocked():
+        config.data.augment_p = 0.12
+    with pytest.raises(ValueError, match=rf"augment_p=0.12: .* --mode={mode} does not augment"):
+        getattr(importlib.import_module(module), fn)(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -29,6 +29,7 @@ from scoresde.build.augment import (  # noqa: F401
     augment_batch,
     augment_dim,
     augment_settings,
+    refuse_augmentation,
 )
 from scoresde.build.continuous import (  # noqa: F401
     CONTINUOUS_METHODS,

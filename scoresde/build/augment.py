@@ -33,6 +33,25 @@ def augment_settings(config) -> augment.AugmentSettings | None:
     return settings
 
 
+def refuse_augmentation(config, mode: str) -> None:
+    """Refuses ``config.data.augment_p > 0`` in a trainer that does not augment, so it is never silently ignored.
+
+    EDM's augmentation conditions the trained network on the augmentation's labels; only the score model's
+    trainer (``--mode=train``) feeds them. Reflow's (noise, sample) couplings must stay paired, a few-step student
+    inherits its teacher's data, and the classifier / autoencoder networks take no augmentation labels.
+
+    Raises:
+        ValueError: ``augment_p > 0``, naming the mode and the fix.
+    """
+    p = float(config.data.augment_p)
+    if p != 0.0:
+        raise ValueError(
+            f"config.data.augment_p={p}: EDM's augmentation is an option of --mode=train (the score model, whose "
+            f"network takes the augmentation labels); --mode={mode} does not augment. Set "
+            "--config.data.augment_p=0"
+        )
+
+
 def augment_dim(config) -> int:
     """The width of the networks' augmentation conditioning (``augment_dim``): 0 when augmentation is off."""
     settings = augment_settings(config)

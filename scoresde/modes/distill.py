@@ -59,6 +59,7 @@ def distill(config, workdir: str) -> dict:
             f"needs its own workdir (its checkpoints would replace the teacher's)"
         )
     config = build.with_defaults(config)
+    build.refuse_augmentation(config, "distill")
     run = training.prepare(config, workdir, n_iters=build.total_steps(config))
     data_lib.check_dataset_name(config)
     sde = build.make_sde(config)

@@ -150,6 +150,7 @@ def reflow_mode(config, workdir: str) -> dict:
         ValueError: bad ``config.reflow`` / ``config.training`` values (objective, source, sizes).
     """
     config = build.with_defaults(config)
+    build.refuse_augmentation(config, "reflow")
     run = training.prepare(config, workdir)
     sde = build.make_sde(config)
     loss_fn = build.reflow_loss_fn(config, sde)  # validates the objective before anything slow

@@ -173,6 +173,7 @@ def train_autoencoder(config, workdir: str) -> dict:
             "(config_defaults.add_autoencoder; e.g. configs/digits_ae.py)"
         )
     config = build.with_defaults(config)
+    build.refuse_augmentation(config, "train_autoencoder")
     run = training.prepare(config, workdir, "autoencoder")
     a = config.autoencoder
     data_lib.check_dataset_name(config)

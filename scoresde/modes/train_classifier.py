@@ -55,6 +55,7 @@ def train_classifier(config, workdir: str) -> dict:
     c = config.classifier
     out_dir = build.classifier_dir(workdir)
     config = build.with_defaults(config)
+    build.refuse_augmentation(config, "train_classifier")
     run = training.prepare(config, out_dir, "classifier")
     mesh, batch_size = run.mesh, run.settings.batch_size
     sde = build.make_sde(config)
