@@ -29,7 +29,8 @@ def _warm(net):
     return net
 
 
-@pytest.mark.parametrize("cls", [NCSNpp, pytest.param(DDPM, marks=pytest.mark.slow)], ids=["ncsnpp", "ddpm"])
+@pytest.mark.slow  # a U-Net compilation: about a minute on 2 shared CPU cores
+@pytest.mark.parametrize("cls", [NCSNpp, DDPM], ids=["ncsnpp", "ddpm"])
 def test_caption_conditioning_uses_the_tokens_ignores_padding_and_its_null_is_the_empty_caption(cls):
     kw = dict(SMALL, **({"resblock_type": "ddpm"} if cls is NCSNpp else {"nf": 32}))  # DDPM: 32 groups
     net = _warm(cls(**kw, **TEXT, rngs=nnx.Rngs(0)))
@@ -45,14 +46,15 @@ def test_caption_conditioning_uses_the_tokens_ignores_padding_and_its_null_is_th
     change = np.abs(np.asarray(out - other)[:2]).max(axis=(1, 2, 3)) / np.abs(np.asarray(out)[:2]).max(axis=(1, 2, 3))
     assert np.all(change > 1e-3), change
     np.testing.assert_array_equal(out[2], other[2])
-    # the null caption (all padding) is what y=None means
-    np.testing.assert_allclose(fn(x, t, jnp.zeros_like(tokens)), fn(x, t), rtol=0, atol=0)
-    # a shorter padded length gives the same output: padding is invisible
-    np.testing.assert_allclose(fn(x, t, tokens[:, :10]), out, rtol=1e-5, atol=1e-5)
+    # the null caption (all padding) is what y=None means (padding invariance itself: tests/models/test_layers.py
+    # for the cross-attention, tests/models/test_text.py for the encoder)
+    null = net(x, t)
+    np.testing.assert_allclose(fn(x, t, jnp.zeros_like(tokens)), null, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="int tokens"):
         fn(x, t, jnp.ones((3, 4)))
 
 
+@pytest.mark.slow  # three U-Nets built and compiled
 def test_vector_conditioning_and_options_that_leave_the_network_alone():
     net = _warm(NCSNpp(**SMALL, resblock_type="ddpm", cond_dim=5, cond_tokens=3, text_width=8, rngs=nnx.Rngs(0)))
     fn = _jit(net)
@@ -60,7 +62,7 @@ def test_vector_conditioning_and_options_that_leave_the_network_alone():
     e = jax.random.normal(jax.random.key(2), (2, 5))
     out = fn(x, t, e)
     assert float(jnp.abs(out - fn(x, t, 2 * e)).max() / jnp.abs(out).max()) > 1e-3
-    np.testing.assert_array_equal(fn(x, t, jnp.zeros((2, 5))), fn(x, t))
+    np.testing.assert_allclose(fn(x, t, jnp.zeros((2, 5))), net(x, t), rtol=1e-5, atol=1e-7)
     # the unconditioned network's parameters are the same with or without the option's code path
     plain = nnx.state(NCSNpp(**SMALL, resblock_type="ddpm", rngs=nnx.Rngs(0)), nnx.Param)
     cond = nnx.state(NCSNpp(**SMALL, resblock_type="ddpm", **TEXT, rngs=nnx.Rngs(0)), nnx.Param)
