@@ -1,0 +1,174 @@
+"""unCLIP's prior and its CLIP from ``config.prior``, and CLIP guidance's encoder: the edge of :mod:`scoresde.unclip`.
+
+* The CLIP: the one ``--mode=train_clip`` trained in ``config.prior.clip_workdir`` (this workdir when empty), loaded
+  with the config stored there (:func:`load_clip`).
+* The pairs: every digit of a split with its caption, embedded by that CLIP (:func:`embedding_pairs`): unit text
+  embeddings ``E_T(c)`` and unit image embeddings ``E_I(x)``.
+* The prior: :class:`scoresde.models.mlp.MLPScore` with ``cond_dim = E`` (:func:`get_prior`), trained on the pairs
+  by ``--mode=train_prior`` in ``workdir/prior`` with the config's SDE, objective and output convention. Its data
+  are the image embeddings scaled by ``√E`` (:data:`to_prior_space`: unit variance per coordinate, the scale the
+  SDEs are built for); :func:`to_clip_space` maps its samples back onto CLIP's unit sphere.
+* CLIP guidance's encoders (:func:`noised_image_embed_fn`, :func:`clean_image_embed_fn`) in the sampler's
+  coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scoresde import data as data_lib
+from scoresde import guidance
+from scoresde.build.run import with_defaults
+
+__all__ = [
+    "prior_dir",
+    "clip_workdir",
+    "load_clip",
+    "clip_temperature",
+    "noised_image_embed_fn",
+    "clean_image_embed_fn",
+    "embedding_pairs",
+    "pair_batches",
+    "to_prior_space",
+    "to_clip_space",
+    "get_prior",
+    "drop_conditioning",
+    "load_prior",
+    "has_prior",
+]
+
+
+def has_prior(config) -> bool:
+    """Whether ``config`` is an unCLIP config (it has a ``prior`` section)."""
+    return config.get("prior") is not None
+
+
+def prior_dir(workdir: str) -> str:
+    """Where the prior of a run lives: ``workdir/prior``."""
+    return os.path.join(workdir, "prior")
+
+
+def clip_workdir(config, workdir: str) -> str:
+    """The workdir of the CLIP the prior and guidance use: ``config.prior.clip_workdir`` (or
+    ``config.sampling.clip_workdir`` for CLIP guidance), else ``workdir`` itself."""
+    for section in ("prior", "sampling"):
+        s = config.get(section)
+        if s is not None and s.get("clip_workdir"):
+            return str(s.clip_workdir)
+    return workdir
+
+
+def load_clip(config, workdir: str):
+    """The EMA CLIP of :func:`clip_workdir` (trained by ``--mode=train_clip``), built from the config stored there.
+
+    Returns:
+        ``(clip, clip_config)``.
+
+    Raises:
+        FileNotFoundError: no trained CLIP there (the message says which command trains one).
+    """
+    from scoresde.build import clip as clip_edge  # noqa: PLC0415  (the CLIP edge is only needed by unCLIP runs)
+
+    return clip_edge.load_clip(clip_workdir(config, workdir))
+
+
+def clip_temperature(clip) -> float:
+    """CLIP's ``τ = 1 / logit_scale``."""
+    return float(1.0 / clip.logit_scale)
+
+
+def noised_image_embed_fn(clip, sde):
+    """``E_I(x_t, t)`` of a noised CLIP in the sampler's coordinates: its encoder reads VE coordinates
+    ``(x_t / alpha, sigma / alpha)`` (:func:`scoresde.guidance.classifier_inputs`)."""
+
+    def embed(x, t):
+        xv, level = guidance.classifier_inputs(sde, x, t)
+        return clip.encode_image(xv, level)
+
+    return embed
+
+
+def clean_image_embed_fn(clip):
+    """``E_I(x₀)`` of a clean CLIP, for guidance through the denoiser."""
+    return lambda x0: clip.encode_image(x0)
+
+
+def embedding_pairs(clip, config, split: str, *, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """``{"text": (N, E), "image": (N, E), "label": (N,)}``: every example of ``split`` (with its caption,
+    ``config.data.captions``) embedded by ``clip``, in the data order.
+
+    Raises:
+        ValueError: a config whose data carry no captions.
+    """
+    config = with_defaults(config)
+    if not bool(config.data.get("captions", False)):
+        raise ValueError(
+            f"unCLIP's prior needs captioned data: config.data.captions is {config.data.get('captions')!r} for "
+            f"dataset {config.data.dataset!r}; expected True (dataset 'digits')"
+        )
+    embed = jax.jit(lambda x, tokens: (clip.encode_text(tokens), clip.encode_image(x)))
+    texts, images, labels = [], [], []
+    for batch in data_lib.get_dataset(config, split=split, batch_size=batch_size, shuffle=False, repeat=False):
+        t, i = embed(jnp.asarray(batch["image"]), jnp.asarray(batch["caption"]))
+        texts.append(np.asarray(t))
+        images.append(np.asarray(i))
+        labels.append(np.asarray(batch["label"]))
+    return {"text": np.concatenate(texts), "image": np.concatenate(images), "label": np.concatenate(labels)}
+
+
+def pair_batches(pairs: dict, batch_size: int, *, start_step: int = 0, seed: int = 0):
+    """Global batch ``s`` of the pairs: positions ``[s B, (s + 1) B)`` of the concatenated per-epoch permutations, so
+    a resumed run reads the batches of the uninterrupted one. Yields ``{"image": √E E_I, "text": E_T}``."""
+    n = len(pairs["image"])
+    step = start_step
+    while True:
+        pos = np.arange(step * batch_size, (step + 1) * batch_size)
+        epochs = pos // n
+        idx = np.concatenate(
+            [np.random.default_rng([seed, int(e)]).permutation(n)[pos[epochs == e] % n] for e in np.unique(epochs)]
+        )
+        yield {"image": to_prior_space(pairs["image"][idx]), "text": pairs["text"][idx].astype(np.float32)}
+        step += 1
+
+
+def to_prior_space(image_embedding):
+    """Unit CLIP image embeddings ``(B, E)`` scaled by ``√E``: unit variance per coordinate, the prior's data."""
+    return np.asarray(image_embedding, np.float32) * math.sqrt(image_embedding.shape[-1])
+
+
+def to_clip_space(z):
+    """The prior's samples back on CLIP's unit sphere (CLIP's embeddings are normalised)."""
+    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+
+
+def get_prior(config, dim: int, *, rngs: nnx.Rngs):
+    """The prior's network: an MLP score over ``(B, dim)`` image embeddings taking ``(B, dim)`` text embeddings."""
+    from scoresde.models.mlp import MLPScore  # noqa: PLC0415  (only unCLIP configs build it)
+
+    p = with_defaults(config).prior
+    return MLPScore(dim, hidden=int(p.hidden), num_layers=int(p.num_layers), embed_dim=int(p.embed_dim), cond_dim=dim, rngs=rngs)
+
+
+def drop_conditioning(key, y, p_uncond):
+    """Each row of ``y`` replaced by zeros (the null conditioning) w.p. ``p_uncond``: classifier-free guidance's
+    conditioning dropout for float conditioning."""
+    keep = jax.random.bernoulli(key, 1.0 - p_uncond, (y.shape[0],))
+    return jnp.where(keep[:, None], y, jnp.zeros_like(y))
+
+
+def load_prior(config, workdir: str, dim: int, *, ema: bool = True):
+    """The prior of ``workdir/prior`` (newest checkpoint, EMA parameters by default): ``(model, step)``.
+
+    Raises:
+        FileNotFoundError: no prior trained there (``--mode=train_prior``).
+    """
+    from scoresde.checkpointing import restore_params  # noqa: PLC0415
+
+    model = get_prior(config, dim, rngs=nnx.Rngs(int(config.seed)))
+    return restore_params(prior_dir(workdir), model, ema=ema, what="prior")
