@@ -159,6 +159,10 @@ def get_default_configs():
     data.num_points = 64  # (scoresde) strokes: points per drawing N (the sequence length)
     data.num_drawings = 2000  # (scoresde) strokes: drawings generated (train + test, every tenth block is test)
     data.stroke_chars = "digits"  # (scoresde) strokes: digits | letters | digits+letters (class k = k-th character)
+    # (scoresde) digits: every batch also carries "caption", int32 (B, caption_len) tokens of one caption per image
+    # made from its label and measured attributes (scoresde.data.captions; caption seed = data seed 0)
+    data.captions = False
+    data.caption_len = 16  # tokens per caption (scoresde.data.captions.MAX_LEN)
 
     # model
     config.model = model = ml_collections.ConfigDict()
@@ -622,6 +626,7 @@ VALID_RANGES = {
     "distill.mf_weight_c": _POSITIVE,
     "data.num_points": _count(2),
     "data.num_drawings": _count(10),
+    "data.caption_len": _count(1),
     "sampling.num_points": (_count(0)[0], "an integer >= 0 (0 = data.num_points)"),
     "optim.warmup": _count(0),
     "model.ema_rate": _UNIT,

@@ -1,7 +1,9 @@
 """Datasets: embedded toy / digits / stroke data, users' ``.npz`` or image folders, and tfds datasets.
 
 :func:`get_dataset` yields numpy batches ``{"image": float32 (B_local, ...), "label": int32 (B_local,)}``
-holding *this process's* slice of each global batch, already scaled by :func:`get_data_scaler`. Batches
+holding *this process's* slice of each global batch, already scaled by :func:`get_data_scaler`; with
+``config.data.captions`` (digits only) also ``"caption"``: int32 ``(B_local, config.data.caption_len)`` tokens of
+each image's caption (:mod:`scoresde.data.captions`). Batches
 are a pure function of ``(seed, step)``, so a resumed run sees the batches an uninterrupted one would have.
 Dataset names and sources: ``docs/data.md``.
 """
@@ -18,7 +20,7 @@ import numpy as np
 
 from scoresde import parallel
 from scoresde.config_defaults import with_defaults
-from scoresde.data import strokes, toy
+from scoresde.data import captions, strokes, toy
 from scoresde.images import to_uint8
 
 __all__ = [
@@ -163,11 +165,12 @@ def get_dataset(
         flip=bool(config.data.random_flip) and train,
         scaler=get_data_scaler(config),
     )
+    tokens = caption_tokens(config, split) if config.data.captions else None
     if name in TOY_DATASETS:
         return _toy_batches(config, name, split, **opts)
     if name in _IN_MEMORY:
         images, labels = _load_in_memory(config, name, split)
-        return _array_batches(images, labels, **opts)
+        return _array_batches(images, labels, tokens=tokens, **opts)
     return _tfds_module().tfds_batches(config, name, split, **opts)
 
 
@@ -273,6 +276,38 @@ def _load_in_memory(config, name, split):
     if name == "npz":
         return _load_npz(config, path, split)
     return _load_folder(config, path)
+
+
+def caption_tokens(config, split: str = "train") -> np.ndarray:
+    """The caption tokens of every digit of ``split``, int32 ``(N, config.data.caption_len)``, in data order.
+
+    Captions (:func:`scoresde.data.captions.make_captions`, seed 0) are measured on the 8x8 originals, so they
+    do not depend on ``config.data.image_size``.
+
+    Raises:
+        ValueError: a dataset other than digits, or random flips (a mirror image reverses the slant a caption
+            names).
+    """
+    name = check_dataset_name(config)
+    if name != "digits":
+        raise ValueError(f"config.data.captions=True needs dataset 'digits'; got {config.data.dataset!r}")
+    if config.data.random_flip:
+        raise ValueError(
+            "config.data.captions=True needs config.data.random_flip=False: a flipped digit reverses the slant "
+            "its caption names"
+        )
+    return _digit_caption_tokens(split, int(config.data.caption_len)).copy()
+
+
+@functools.cache
+def _digit_caption_tokens(split: str, caption_len: int) -> np.ndarray:
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (optional scikit-learn, digits only)
+
+    d = load_digits()
+    test = np.arange(len(d.target)) % 10 == 0
+    keep = test if split == "test" else ~test
+    images01, labels = d.images[keep] / 16.0, d.target[keep]
+    return captions.tokenize(captions.make_captions(images01, labels, seed=0), caption_len)
 
 
 def stroke_chars(config) -> str:
@@ -419,8 +454,13 @@ def _load_folder(config, path):
     return np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, np.int32)
 
 
-def _array_batches(images, labels, *, batch_size, shuffle, repeat, start_step, seed, dequant, flip, scaler):
-    """Global batch ``s`` = positions ``[s B, (s + 1) B)`` of the concatenated per-epoch permutations."""
+def _array_batches(
+    images, labels, *, batch_size, shuffle, repeat, start_step, seed, dequant, flip, scaler, tokens=None
+):
+    """Global batch ``s`` = positions ``[s B, (s + 1) B)`` of the concatenated per-epoch permutations.
+
+    ``tokens`` (one row per image, or None) are batched alongside as ``"caption"``.
+    """
     n = len(images)
     if n < batch_size and not repeat:
         raise ValueError(f"the split has {n} examples, fewer than one batch of {batch_size}")
@@ -449,5 +489,8 @@ def _array_batches(images, labels, *, batch_size, shuffle, repeat, start_step, s
         if dequant:
             u = rng.random((batch_size,) + x.shape[1:], dtype=np.float32)[sl]
             x = (u + x * 255.0) / 256.0
-        yield {"image": np.asarray(scaler(x), np.float32), "label": labels[idx]}
+        batch = {"image": np.asarray(scaler(x), np.float32), "label": labels[idx]}
+        if tokens is not None:
+            batch["caption"] = tokens[idx]
+        yield batch
         step += 1

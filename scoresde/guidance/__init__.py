@@ -18,6 +18,7 @@ from scoresde.guidance.conditional import (  # noqa: F401
     classifier_log_prob_fn,
     colorization_projection,
     colorize,
+    drop_conditioning,
     drop_labels,
     gamma_from_w,
     initial_state,

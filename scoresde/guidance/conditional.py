@@ -70,6 +70,7 @@ __all__ = [
     "ClassifierFreeGuidedScore",
     "class_log_prob_grad",
     "drop_labels",
+    "drop_conditioning",
     "COLOR_BASIS",
     "Replacement",
     "inpainting_projection",
@@ -101,6 +102,16 @@ def _labels(y, batch: int) -> jax.Array:
     if y.shape != (batch,):
         raise ValueError(f"class labels y must be an int or have shape ({batch},); got shape {y.shape}")
     return y
+
+
+def _conditioning(y, batch: int) -> jax.Array:
+    """Array conditioning ``(batch, ...)``: ``y`` as it is, or one row ``(1, ...)`` repeated over the batch."""
+    if y.ndim < 1 or y.shape[0] not in (1, batch):
+        raise ValueError(
+            f"array conditioning y must have a batch axis of {batch} (or 1, repeated), e.g. tokens ({batch}, L) "
+            f"or embeddings ({batch}, D); got shape {y.shape}"
+        )
+    return jnp.broadcast_to(y, (batch,) + y.shape[1:])
 
 
 def class_log_prob_grad(log_prob_fn: Callable, x, t, y):
@@ -141,17 +152,25 @@ class ClassifierFreeGuidedScore(eqx.Module):
     cond_score_fn: Callable
     y: jax.Array
     w: jax.Array
-    null_label: int = eqx.field(static=True)
+    null_label: int | None = eqx.field(static=True)
+
+    def conditioning(self, b: int):
+        """``(y, null)`` for a batch of ``b``: int labels and the null label, or arrays and their zeros."""
+        if self.null_label is not None:
+            return _labels(self.y, b), jnp.full((b,), self.null_label, jnp.int32)
+        y = _conditioning(self.y, b)
+        return y, jnp.zeros_like(y)
 
     def __call__(self, x, t):
         b = x.shape[0]
-        y = _labels(self.y, b)
-        null = jnp.full((b,), self.null_label, jnp.int32)
+        y, null = self.conditioning(b)
         # One call on the doubled batch: one network evaluation per step, as Ho & Salimans's implementation.
         s = self.cond_score_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([y, null]))
         s_cond, s_uncond = s[:b], s[b:]
-        # Written as s_c + w (s_c - s_u) so that w = 0 returns the conditional score bit for bit.
-        return s_cond + self.w.astype(x.dtype) * (s_cond - s_uncond)
+        w = self.w.astype(x.dtype)
+        # Written as s_c + w (s_c - s_u) so that w = 0 returns the conditional score bit for bit; w = -1 (γ = 0)
+        # returns the unconditional score itself rather than s_c - (s_c - s_u), which rounds.
+        return jnp.where(w == -1, s_uncond, s_cond + w * (s_cond - s_uncond))
 
 
 def classifier_guidance(score_fn: Callable, log_prob_fn: Callable, y, scale) -> ClassifierGuidedScore:
@@ -172,25 +191,42 @@ def classifier_guidance(score_fn: Callable, log_prob_fn: Callable, y, scale) -> 
     return ClassifierGuidedScore(score_fn, log_prob_fn, jnp.asarray(y, jnp.int32), jnp.asarray(scale, jnp.float32))
 
 
-def classifier_free_guidance(cond_score_fn: Callable, y, w, null_label: int) -> ClassifierFreeGuidedScore:
+def classifier_free_guidance(cond_score_fn: Callable, y, w, null_label: int | None) -> ClassifierFreeGuidedScore:
     """Classifier-free guidance: ``(1 + w) · s(x, t, y) - w · s(x, t, ∅)``.
 
-    ``w = 0`` samples the conditional model; ``w > 0`` sharpens towards the class (the notes'
-    ``γ = 1 + w``, see the module docstring).
+    ``w = 0`` samples the conditional model and ``w = -1`` the unconditional one (both bit for bit); ``w > 0``
+    sharpens towards the condition (the notes' ``γ = 1 + w``, see the module docstring).
 
     Args:
-        cond_score_fn: ``cond_score_fn(x, t, y) -> score`` with ``y`` a ``(B,)`` int array; the label
-            ``null_label`` gives the unconditional score (a network trained with label dropout).
-        y: the requested class, an int or a ``(B,)`` int array.
+        cond_score_fn: ``cond_score_fn(x, t, y) -> score``; the null condition gives the unconditional score
+            (a network trained with label or caption dropout).
+        y: the condition. With an int ``null_label``: the requested class, an int or a ``(B,)`` int array.
+            With ``null_label=None``: an array with a batch axis, ``(B, ...)`` or ``(1, ...)`` (repeated), kept in
+            its dtype: caption tokens ``(B, L)`` (GLIDE, Nichol et al. 2022) or an embedding ``(B, D)``
+            (the unCLIP decoder); its null is ``zeros_like(y)`` (the empty caption, the zero embedding).
         w: the guidance weight (an array after this call: changing it does not recompile).
-        null_label: the label of the unconditional model (``num_classes`` for the networks here).
+        null_label: the label of the unconditional model (``num_classes`` for the networks here), or ``None``
+            for array conditioning.
 
     Returns:
         A batched ``score_fn(x, t)`` (an :class:`equinox.Module`); each call evaluates
         ``cond_score_fn`` once on a doubled batch.
+
+    Raises:
+        ValueError: ``null_label`` is neither a Python int nor ``None``, or array conditioning has no batch axis.
     """
+    if null_label is None:
+        y = jnp.asarray(y)
+        if y.ndim < 1:
+            raise ValueError(
+                f"null_label=None means array conditioning (tokens (B, L), embeddings (B, D)); got a scalar y={y!r} "
+                "(class labels need the int null_label)"
+            )
+        return ClassifierFreeGuidedScore(cond_score_fn, y, jnp.asarray(w, jnp.float32), None)
     if not isinstance(null_label, (int, np.integer)) or isinstance(null_label, bool):
-        raise ValueError(f"null_label must be a Python int (the unconditional label); got {null_label!r}")
+        raise ValueError(
+            f"null_label must be a Python int (the unconditional label) or None (array conditioning); got {null_label!r}"
+        )
     return ClassifierFreeGuidedScore(
         cond_score_fn, jnp.asarray(y, jnp.int32), jnp.asarray(w, jnp.float32), int(null_label)
     )
@@ -204,6 +240,16 @@ def drop_labels(key, y, p_uncond, null_label: int):
     """
     drop = jax.random.bernoulli(key, p_uncond, y.shape)
     return jnp.where(drop, jnp.asarray(null_label, y.dtype), y)
+
+
+def drop_conditioning(key, y, p_uncond):
+    """Condition dropout for array conditioning: each row of ``y`` ``(B, ...)`` becomes zeros w.p. ``p_uncond``.
+
+    The zero row is the null condition of :func:`classifier_free_guidance` with ``null_label=None``: the empty
+    caption (all padding tokens) or the zero embedding; the whole caption is dropped, never single tokens.
+    """
+    drop = jax.random.bernoulli(key, p_uncond, (y.shape[0],)).reshape((-1,) + (1,) * (y.ndim - 1))
+    return jnp.where(drop, jnp.zeros_like(y), y)
 
 
 # ------------------------------------------------------------------------------ inpainting / colorization

@@ -337,3 +337,61 @@ def remat_segment(fn, *args):
     "out of sync" check would catch a second trace).
     """
     return jax.checkpoint(fn)(*args)
+
+
+class CrossAttention(nnx.Module):
+    """Multi-head cross-attention from image pixels to a set of context tokens, with a key padding mask.
+
+    Queries come from the group-normalised image ``x`` ``(B, H, W, C)``, keys and values from ``context``
+    ``(B, L, D)`` (text token features, or a conditioning vector's tokens); ``mask`` ``(B, L)`` marks the real
+    tokens (``True``) and padding (``False``). The output projection is zero-initialised and added to ``x``, so a
+    new block starts as the identity (the Stable Diffusion ``SpatialTransformer``'s cross-attention, Rombach et
+    al. 2022, Sec. 3.3; GLIDE, Nichol et al. 2022, Sec. 2.3, attends to the caption's tokens the same way).
+
+    Padding tokens get a logit of ``-inf`` in effect (a softmax weight of exactly 0): appending padding leaves
+    the output unchanged. A row with no real token at all (the empty caption, classifier-free guidance's null)
+    attends to nothing: its update is zero and the block returns ``x``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int,
+        *,
+        num_heads: int = 1,
+        skip_rescale: bool = False,
+        num_groups: int | None = None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(f"CrossAttention: {channels} channels cannot be split into {num_heads} heads")
+        self.GroupNorm_0 = GroupNorm(channels, num_groups, dtype=dtype)
+        self.query = NIN(channels, channels, dtype=dtype, rngs=rngs)
+        self.key = Dense(context_dim, channels, dtype=dtype, rngs=rngs)
+        self.value = Dense(context_dim, channels, dtype=dtype, rngs=rngs)
+        self.out = NIN(channels, channels, init_scale=0.0, dtype=dtype, rngs=rngs)
+        self.num_heads, self.skip_rescale, self.dtype = num_heads, skip_rescale, dtype
+
+    def __call__(self, x, context, mask):
+        b, h, w, c = x.shape
+        n = self.num_heads
+        if context.ndim != 3 or context.shape[0] != b or mask.shape != context.shape[:2]:
+            raise ValueError(
+                f"CrossAttention: context {context.shape} and mask {mask.shape} must be (B, L, D) and (B, L) "
+                f"with B = {b}"
+            )
+        q = self.query(self.GroupNorm_0(x)).reshape(b, h * w, n, c // n)
+        k = self.key(context).reshape(b, context.shape[1], n, c // n)
+        v = self.value(context).reshape(b, context.shape[1], n, c // n)
+        acc = accumulation_dtype(q.dtype)
+        logits = jnp.einsum("bqnc,bknc->bnqk", q.astype(acc), k.astype(acc)) / math.sqrt(c // n)
+        logits = jnp.where(mask[:, None, None, :], logits, -jnp.inf)
+        # A row with no real token: softmax over -inf everywhere is NaN; give it finite logits, then zero weights.
+        any_token = jnp.any(mask, axis=-1)
+        logits = jnp.where(any_token[:, None, None, None], logits, 0.0)
+        weights = jax.nn.softmax(logits, axis=-1) * any_token[:, None, None, None].astype(acc)
+        out = jnp.einsum("bnqk,bknc->bqnc", weights, v.astype(acc)).reshape(b, h, w, c)
+        out = self.out(out.astype(compute_dtype(self.dtype, x)))
+        y = x.astype(acc) + out.astype(acc)
+        return y / math.sqrt(2.0) if self.skip_rescale else y

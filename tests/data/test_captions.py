@@ -110,3 +110,26 @@ def test_digit_prompts_are_in_the_vocabulary():
     assert "an eight" in C.digit_prompts(8)
     with pytest.raises(ValueError, match="0..9"):
         C.digit_prompts(10)
+
+
+def test_digit_batches_carry_their_captions(digits):
+    import ml_collections
+
+    from scoresde import data
+
+    config = ml_collections.ConfigDict(
+        {"data": {"dataset": "digits", "image_size": 8, "num_channels": 1, "random_flip": False, "captions": True}}
+    )
+    batch = next(data.get_dataset(config, split="test", batch_size=16, shuffle=False))
+    images, labels = digits
+    test = np.arange(len(labels)) % 10 == 0
+    expected = C.tokenize(C.make_captions(images[test], labels[test]))[:16]
+    np.testing.assert_array_equal(batch["caption"], expected)
+    assert batch["caption"].dtype == np.int32
+    np.testing.assert_array_equal(batch["label"], labels[test][:16])
+    config.data.random_flip = True
+    with pytest.raises(ValueError, match="random_flip=False"):
+        data.get_dataset(config, split="test", batch_size=16)
+    config.data.random_flip, config.data.dataset = False, "gmm_grid"
+    with pytest.raises(ValueError, match="needs dataset 'digits'"):
+        data.get_dataset(config, batch_size=16)

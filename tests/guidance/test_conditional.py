@@ -262,3 +262,89 @@ def test_colorization_is_exact_when_gray_and_chroma_are_independent():
     np.testing.assert_array_less(np.abs(u.std(0) - s), 4 * s / np.sqrt(2 * N))
     # and the colours are not the gray input (the chroma was really sampled)
     assert np.abs(np.asarray(x) - np.asarray(gray)).mean() > 0.2
+
+
+# ---------------------------------------------------------------- array conditioning (captions, embeddings)
+
+# Conditioning by an embedding e (B, 2): the conditional law is N(e, diag(LAM)), and the null e = 0 gives the
+# unconditional law N(M0, diag(LAM)). Equal covariances make the guided law exact at every w and every t:
+# p(x|e)^(1+w) p(x)^(-w) = N((1+w) e - w M0, diag(LAM)), and noising keeps the covariances equal, so the CFG score
+# is the score of that law's marginals (Ho & Salimans 2022, Sec. 3; the notes' γ = 1 + w).
+LAM, M0 = np.array([0.3, 0.5]), np.array([0.5, -0.25])
+
+
+def _embedding_score_fn(sde):
+    uncond = GaussianMixture(M0[None], np.sqrt(LAM)[None]).score_fn(sde)
+
+    def fn(x, t, e):
+        alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        cond = -(x - alpha * e) / (alpha**2 * jnp.asarray(LAM, x.dtype)[None] + sigma**2)
+        return jnp.where(jnp.all(e == 0, axis=-1, keepdims=True), uncond(x, t), cond)
+
+    return fn
+
+
+def test_cfg_on_array_conditioning_follows_the_exact_guided_flow():
+    e = jnp.array([[1.0, 0.75]])  # one row, repeated over the batch
+    x_t = jax.random.normal(jax.random.key(11), (256, 2))
+    eps = sampling.default_eps(VP)
+    for w in (0.0, 2.0):  # the conditional law, and a guided law no single class has
+        guided = guidance.classifier_free_guidance(_embedding_score_fn(VP), e, w, None)
+        law = GaussianMixture(((1 + w) * np.asarray(e[0]) - w * M0)[None], np.sqrt(LAM)[None])
+        x, _ = sampling.sample(guided, VP, x_t.shape, jax.random.key(12), method="ode", x_init=x_t, denoise=False)
+        np.testing.assert_allclose(x, law.flow_map(VP, x_t, VP.T, eps), rtol=1e-3, atol=1e-3)
+
+
+def _token_score_fn(gm, sde):
+    """Exact ``s(x, t, tokens)``: the first token ``k + 1`` asks for class ``k``; all padding (0) is the mixture."""
+    by_label = _cond_score_fn(gm, sde)
+    return lambda x, t, tokens: by_label(x, t, jnp.where(tokens[:, 0] == 0, gm.num_components, tokens[:, 0] - 1))
+
+
+def test_cfg_is_the_conditional_at_w0_and_the_unconditional_at_wm1_bit_for_bit():
+    """The guided score's arithmetic is exact at both ends (the network's two scores come from one call)."""
+    s_c, s_u = jax.random.normal(jax.random.key(13), (2, 64, 2))
+    x, t = jnp.zeros((64, 2)), jnp.ones((64,))
+
+    def table(conditioned):  # returns stored scores: any rounding would come from the guidance itself
+        return lambda x, t, y: jnp.where(
+            conditioned(y)[:, None], jnp.concatenate([s_c, s_c]), jnp.concatenate([s_u, s_u])
+        )
+
+    tokens = jnp.stack([jax.random.randint(jax.random.key(15), (64,), 1, 4), jnp.zeros((64,), jnp.int32)], -1)
+    by_tokens = table(lambda y: jnp.any(y != 0, axis=-1))
+    by_label = table(lambda y: y != 3)
+    for guided in (
+        jax.jit(lambda w: guidance.classifier_free_guidance(by_tokens, tokens, w, None)(x, t)),
+        jax.jit(lambda w: guidance.classifier_free_guidance(by_label, 1, w, 3)(x, t)),
+    ):
+        np.testing.assert_array_equal(guided(0.0), s_c)
+        np.testing.assert_array_equal(guided(-1.0), s_u)
+        np.testing.assert_allclose(guided(2.0), 3 * s_c - 2 * s_u, rtol=1e-6, atol=1e-6)
+
+
+def test_cfg_on_tokens_equals_cfg_on_the_labels_they_name():
+    x = MIX.sample(jax.random.key(13), 64)
+    t = jax.random.uniform(jax.random.key(14), (64,), minval=0.01, maxval=1.0)
+    tokens = jnp.stack([jax.random.randint(jax.random.key(15), (64,), 1, 4), jnp.zeros((64,), jnp.int32)], -1)
+    by_tokens = jax.jit(lambda w: guidance.classifier_free_guidance(_token_score_fn(MIX, VP), tokens, w, None)(x, t))
+    by_label = jax.jit(
+        lambda w: guidance.classifier_free_guidance(_cond_score_fn(MIX, VP), tokens[:, 0] - 1, w, 3)(x, t)
+    )
+    for w in (0.0, 2.0):
+        np.testing.assert_allclose(by_tokens(w), by_label(w), rtol=1e-6, atol=1e-6)
+
+
+def test_array_conditioning_errors_and_whole_row_dropout():
+    fn = _embedding_score_fn(VP)
+    with pytest.raises(ValueError, match="array conditioning"):
+        guidance.classifier_free_guidance(fn, 3.0, 1.0, None)
+    with pytest.raises(ValueError, match="batch axis of 4"):
+        guidance.classifier_free_guidance(fn, jnp.ones((3, 2)), 1.0, None)(jnp.zeros((4, 2)), jnp.ones((4,)))
+    with pytest.raises(ValueError, match="None"):
+        guidance.classifier_free_guidance(fn, jnp.ones((3, 2)), 1.0, 2.5)
+    tokens = jnp.arange(1, 1 + 2000 * 5).reshape(2000, 5)
+    dropped = guidance.drop_conditioning(jax.random.key(0), tokens, 0.25)
+    kept = np.all(np.asarray(dropped) == np.asarray(tokens), axis=1)
+    assert np.all(kept | np.all(np.asarray(dropped) == 0, axis=1))  # a row is kept whole or zeroed whole
+    assert abs((1 - kept.mean()) - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 2000)
