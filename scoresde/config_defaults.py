@@ -537,7 +537,7 @@ OPTIONAL_SECTIONS = {"classifier": CLASSIFIER_DEFAULTS, "autoencoder": AUTOENCOD
 # config.prior (optional, see :func:`add_prior`): unCLIP's diffusion prior over CLIP image embeddings given the text
 # embedding, trained by --mode=train_prior on the pairs a trained CLIP computes (:mod:`scoresde.build.unclip`).
 PRIOR_DEFAULTS = dict(
-    clip_workdir="",  # the train_clip run whose CLIP embeds the pairs; "" = this workdir (its clip/ folder)
+    clip_workdir="",  # the --mode=train_clip run whose CLIP embeds the pairs and conditions the decoder (required)
     hidden=256,  # the MLP score network (scoresde.models.mlp.MLPScore with cond_dim = the CLIP embedding size)
     num_layers=4,
     embed_dim=64,

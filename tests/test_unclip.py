@@ -85,6 +85,17 @@ def test_text_to_image_chains_prior_and_decoder_and_variations_share_the_embeddi
     assert float(jnp.min(jnp.std(v, 0))) > 0.08  # fresh noise: the variations are not one image
 
 
+def test_prior_guidance_weight_zero_is_the_conditional_prior():
+    """w = 0 is the conditional score on the doubled batch: equal up to the float rounding of a batch twice as large
+    (XLA may order a batched matmul's sums differently), at one evaluation per step either way."""
+    c = jax.random.normal(jax.random.key(1), (64, 2))
+    opts = dict(dim=3, method="dpm_solver++", steps=10)
+    plain, n1 = unclip.sample_prior(exact_prior_score, VP, c, jax.random.key(2), **opts)
+    cfg, n2 = unclip.sample_prior(exact_prior_score, VP, c, jax.random.key(2), w=0.0, **opts)
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(cfg), rtol=1e-5, atol=1e-6)
+    assert int(n1) == int(n2) == 10
+
+
 def test_slerp_is_the_great_circle_at_constant_angular_speed():
     a, b = jnp.array([2.0, 0.0, 0.0]), jnp.array([0.0, 0.0, 4.0])
     path = unclip.interpolate(a, b, 5)

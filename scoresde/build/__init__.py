@@ -21,6 +21,7 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.trainer`: a trainer's loop settings (``read_settings``) and its sample snapshots.
 * :mod:`~scoresde.build.augment`: EDM's augmentation of training batches (``config.data.augment_p``).
 * :mod:`~scoresde.build.ema`: the power-function EMA profiles tracked for post-hoc EMA (``config.ema``).
+* :mod:`~scoresde.build.unclip`: unCLIP's prior and its CLIP (``config.prior``), CLIP guidance's encoders.
 
 Every public name is also importable from ``scoresde.build`` itself.
 """
@@ -176,3 +177,21 @@ from scoresde.build.score import (  # noqa: F401
     training_objective,
 )
 from scoresde.build.trainer import Settings, Snapshots, read_settings, write_snapshot  # noqa: F401
+from scoresde.build.unclip import (  # noqa: F401
+    clean_image_embed_fn,
+    clip_temperature,
+    clip_workdir,
+    decoder_conditioning,
+    digit_prompt_embeddings,
+    embedding_pairs,
+    get_prior,
+    has_prior,
+    is_unclip_decoder,
+    load_clip,
+    load_prior,
+    noised_image_embed_fn,
+    pair_batches,
+    prior_dir,
+    to_clip_space,
+    to_prior_space,
+)

@@ -1,7 +1,8 @@
 """unCLIP's prior and its CLIP from ``config.prior``, and CLIP guidance's encoder: the edge of :mod:`scoresde.unclip`.
 
-* The CLIP: the one ``--mode=train_clip`` trained in ``config.prior.clip_workdir`` (this workdir when empty), loaded
-  with the config stored there (:func:`load_clip`).
+* The CLIP: the one ``--mode=train_clip`` trained in ``config.prior.clip_workdir``, loaded with the config stored
+  there (:func:`load_clip`); the decoder trains on its image embeddings (:func:`decoder_conditioning`, applied by
+  :func:`scoresde.build.batch_transform`).
 * The pairs: every digit of a split with its caption, embedded by that CLIP (:func:`embedding_pairs`): unit text
   embeddings ``E_T(c)`` and unit image embeddings ``E_I(x)``.
 * The prior: :class:`scoresde.models.mlp.MLPScore` with ``cond_dim = E`` (:func:`get_prior`), trained on the pairs
@@ -30,15 +31,17 @@ __all__ = [
     "prior_dir",
     "clip_workdir",
     "load_clip",
+    "is_unclip_decoder",
+    "decoder_conditioning",
     "clip_temperature",
     "noised_image_embed_fn",
     "clean_image_embed_fn",
+    "digit_prompt_embeddings",
     "embedding_pairs",
     "pair_batches",
     "to_prior_space",
     "to_clip_space",
     "get_prior",
-    "drop_conditioning",
     "load_prior",
     "has_prior",
 ]
@@ -54,28 +57,59 @@ def prior_dir(workdir: str) -> str:
     return os.path.join(workdir, "prior")
 
 
-def clip_workdir(config, workdir: str) -> str:
-    """The workdir of the CLIP the prior and guidance use: ``config.prior.clip_workdir`` (or
-    ``config.sampling.clip_workdir`` for CLIP guidance), else ``workdir`` itself."""
-    for section in ("prior", "sampling"):
-        s = config.get(section)
-        if s is not None and s.get("clip_workdir"):
-            return str(s.clip_workdir)
-    return workdir
-
-
-def load_clip(config, workdir: str):
-    """The EMA CLIP of :func:`clip_workdir` (trained by ``--mode=train_clip``), built from the config stored there.
-
-    Returns:
-        ``(clip, clip_config)``.
+def clip_workdir(config, section: str = "prior") -> str:
+    """The workdir of a ``--mode=train_clip`` run: ``config.prior.clip_workdir`` (unCLIP) or
+    ``config.sampling.clip_workdir`` (CLIP guidance).
 
     Raises:
+        ValueError: the field is empty.
+    """
+    path = str(config[section].get("clip_workdir", "") or "")
+    if not path:
+        raise ValueError(
+            f"config.{section}.clip_workdir is empty; expected the workdir of a --mode=train_clip run "
+            "(e.g. runs/digits_clip, trained with configs/digits_clip.py)"
+        )
+    return path
+
+
+def load_clip(config, section: str = "prior", *, noised: bool = False):
+    """The EMA CLIP of :func:`clip_workdir` (trained by ``--mode=train_clip``; the noised one with ``noised``), built
+    from the config stored with it.
+
+    Returns:
+        ``(clip, clip_config)``: the CLIP's images are ``clip_config.data``'s.
+
+    Raises:
+        ValueError: no ``clip_workdir`` in ``config.<section>``.
         FileNotFoundError: no trained CLIP there (the message says which command trains one).
     """
-    from scoresde.build import clip as clip_edge  # noqa: PLC0415  (the CLIP edge is only needed by unCLIP runs)
+    from scoresde.build import clip as clip_edge  # noqa: PLC0415  (only unCLIP and CLIP-guided runs need a CLIP)
 
-    return clip_edge.load_clip(clip_workdir(config, workdir))
+    clip, _, clip_config = clip_edge.load_clip(clip_workdir(config, section), noised=noised)
+    return clip, clip_config
+
+
+def is_unclip_decoder(config) -> bool:
+    """Whether ``config``'s score network is unCLIP's decoder: a ``prior`` section and ``model.cond_dim > 0``."""
+    return has_prior(config) and int(config.model.get("cond_dim", 0) or 0) > 0
+
+
+def decoder_conditioning(config):
+    """``fn(batch) -> batch`` adding ``batch["cond"]``, the CLIP image embedding of ``batch["image"]`` (model space of
+    a pixel config, the CLIP's own inputs), on which the decoder trains (``model.cond_dim`` = the CLIP's size).
+
+    Raises:
+        ValueError: ``model.cond_dim`` differs from the CLIP's embedding size.
+    """
+    clip, clip_config = load_clip(config)
+    dim = int(clip_config.clip.embed_dim)
+    if int(config.model.cond_dim) != dim:
+        raise ValueError(
+            f"config.model.cond_dim={config.model.cond_dim} but the CLIP of {clip_workdir(config)} embeds into {dim} "
+            f"dimensions; set config.model.cond_dim={dim}"
+        )
+    return lambda batch: {**batch, "cond": jax.lax.stop_gradient(clip.encode_image(batch["image"]))}
 
 
 def clip_temperature(clip) -> float:
@@ -97,6 +131,16 @@ def noised_image_embed_fn(clip, sde):
 def clean_image_embed_fn(clip):
     """``E_I(x₀)`` of a clean CLIP, for guidance through the denoiser."""
     return lambda x0: clip.encode_image(x0)
+
+
+def digit_prompt_embeddings(clip, caption_len: int) -> np.ndarray:
+    """``(10, E)``: each digit's zero-shot classifier row, the normalised mean text embedding of its prompts
+    (:func:`scoresde.data.captions.digit_prompts`, :func:`scoresde.models.clip.zero_shot_weights`)."""
+    from scoresde.data import captions  # noqa: PLC0415
+    from scoresde.models.clip import zero_shot_weights  # noqa: PLC0415
+
+    prompts = [p for k in range(10) for p in captions.digit_prompts(k)]
+    return np.asarray(zero_shot_weights(clip.encode_text(jnp.asarray(captions.tokenize(prompts, caption_len))), 10))
 
 
 def embedding_pairs(clip, config, split: str, *, batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -152,14 +196,9 @@ def get_prior(config, dim: int, *, rngs: nnx.Rngs):
     from scoresde.models.mlp import MLPScore  # noqa: PLC0415  (only unCLIP configs build it)
 
     p = with_defaults(config).prior
-    return MLPScore(dim, hidden=int(p.hidden), num_layers=int(p.num_layers), embed_dim=int(p.embed_dim), cond_dim=dim, rngs=rngs)
-
-
-def drop_conditioning(key, y, p_uncond):
-    """Each row of ``y`` replaced by zeros (the null conditioning) w.p. ``p_uncond``: classifier-free guidance's
-    conditioning dropout for float conditioning."""
-    keep = jax.random.bernoulli(key, 1.0 - p_uncond, (y.shape[0],))
-    return jnp.where(keep[:, None], y, jnp.zeros_like(y))
+    return MLPScore(
+        dim, hidden=int(p.hidden), num_layers=int(p.num_layers), embed_dim=int(p.embed_dim), cond_dim=dim, rngs=rngs
+    )
 
 
 def load_prior(config, workdir: str, dim: int, *, ema: bool = True):
