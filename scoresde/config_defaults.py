@@ -9,13 +9,14 @@ Class-conditional / guidance fields (scoresde additions, :func:`add_guidance`, :
   block of rows each); ``sampling.guidance_scale`` (``w`` of CFG, ``γ = 1 + w`` in the notes; the
   classifier scale for classifier guidance). The scale is a traced value in the samplers.
 * ``classifier``: the noise-conditional classifier trained by ``--mode=train_classifier``.
+* ``clip``: CLIP (or a noised CLIP) trained from scratch by ``--mode=train_clip`` (:func:`add_clip`).
 
 Configs import this module (``from scoresde import config_defaults as base``) rather than each other,
 and reach a sibling config with ``base.sibling(__file__, "digits_vp")``: no ``sys.path`` changes.
 
 The defaults live here once: :func:`get_default_configs` (every section every config has),
-:data:`MODEL_DEFAULTS` (the fields of one network architecture), :data:`CLASSIFIER_DEFAULTS` and
-:data:`AUTOENCODER_DEFAULTS` (optional sections). :func:`with_defaults` fills whatever a config lacks from
+:data:`MODEL_DEFAULTS` (the fields of one network architecture), :data:`CLASSIFIER_DEFAULTS`,
+:data:`AUTOENCODER_DEFAULTS` and :data:`CLIP_DEFAULTS` (optional sections). :func:`with_defaults` fills whatever a config lacks from
 them (``scoresde.build.load_config`` calls it), so the code reads ``config.training.max_nonfinite``
 directly and never repeats a default.
 """
@@ -456,6 +457,15 @@ def add_autoencoder(config, **fields):
     return config
 
 
+def add_clip(config, **fields):
+    """``config.clip``: :data:`CLIP_DEFAULTS` overridden by ``fields``, and caption batches (``data.captions``)."""
+    config.clip = ml_collections.ConfigDict(copy.deepcopy(CLIP_DEFAULTS))
+    config.data.captions = True
+    for k, v in fields.items():
+        config.clip[k] = v
+    return config
+
+
 # Fields of one network architecture (config.model.name), filled only for that architecture. The recipes
 # above set them all; these are what a config that names the architecture without them gets.
 _UNET_DEFAULTS = dict(scale_by_sigma=False, resamp_with_conv=True, conditional=True, nonlinearity="swish")
@@ -532,7 +542,38 @@ AUTOENCODER_DEFAULTS = dict(
     max_nonfinite=10,
     tensorboard=True,
 )
-OPTIONAL_SECTIONS = {"classifier": CLASSIFIER_DEFAULTS, "autoencoder": AUTOENCODER_DEFAULTS}
+# config.clip (optional, see :func:`add_clip`): CLIP trained from scratch by --mode=train_clip (scoresde.models.clip).
+CLIP_DEFAULTS = dict(
+    noised=False,  # True: the image encoder takes (x_t / alpha, sigma / alpha), trained on the config SDE's x_t
+    embed_dim=64,  # the shared embedding size
+    image_width=32,  # channels of the image encoder's first level (twice that at the second)
+    image_features=128,  # the image encoder's output size (before the projection)
+    text_width=64,  # the text transformer's width
+    text_depth=2,
+    text_heads=4,
+    init_temperature=0.07,  # CLIP's initial tau; the learned 1 / tau is capped at max_logit_scale
+    max_logit_scale=100.0,
+    embed_size=32,  # noised: Fourier frequencies of log(noise level)
+    fourier_scale=4.0,
+    eval_times=(0.001, 0.25, 0.5),  # noised: t of the zero-shot / retrieval evaluation on the test split
+    n_iters=3000,
+    batch_size=0,  # 0 = config.training.batch_size
+    optimizer="Adam",
+    lr=1e-3,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    warmup=100,
+    grad_clip=1.0,
+    weight_decay=0.0,
+    lr_decay_steps=0,
+    ema_rate=0.999,
+    log_freq=50,
+    snapshot_freq=0,  # 0 = n_iters
+    max_nonfinite=10,
+    tensorboard=False,
+)
+OPTIONAL_SECTIONS = {"classifier": CLASSIFIER_DEFAULTS, "autoencoder": AUTOENCODER_DEFAULTS, "clip": CLIP_DEFAULTS}
 
 # config.prior (optional, see :func:`add_prior`): unCLIP's diffusion prior over CLIP image embeddings given the text
 # embedding, trained by --mode=train_prior on the pairs a trained CLIP computes (:mod:`scoresde.build.unclip`).
@@ -642,6 +683,17 @@ VALID_RANGES = {
     "classifier.n_iters": _count(1),
     "classifier.log_freq": _count(1),
     "classifier.lr": _POSITIVE,
+    "clip.n_iters": _count(1),
+    "clip.log_freq": _count(1),
+    "clip.lr": _POSITIVE,
+    "clip.embed_dim": _count(1),
+    "clip.image_width": _count(4),
+    "clip.image_features": _count(1),
+    "clip.text_width": _count(1),
+    "clip.text_depth": _count(0),
+    "clip.text_heads": _count(1),
+    "clip.init_temperature": _POSITIVE,
+    "clip.max_logit_scale": _POSITIVE,
     "autoencoder.n_iters": _count(1),
     "autoencoder.log_freq": _count(1),
     "autoencoder.lr": _POSITIVE,

@@ -49,6 +49,7 @@ MODES = {
     "train_classifier": "scoresde.modes.train_classifier:train_classifier",
     "train_prior": "scoresde.modes.train_prior:train_prior",
     "train_autoencoder": "scoresde.modes.train_autoencoder:train_autoencoder",  # latent diffusion, stage 1
+    "train_clip": "scoresde.modes.train_clip:train_clip",  # CLIP / noised CLIP from scratch on captioned digits
     "distill": "scoresde.modes.distill:distill",  # cd | ct | pd few-step students (config.distill.method)
     "reflow": "scoresde.modes.reflow:reflow_mode",  # couplings of a trained flow, then the next flow on them
     "posthoc_ema": "scoresde.modes.posthoc_ema:posthoc_ema_mode",  # EDM2: any EMA length from stored profiles

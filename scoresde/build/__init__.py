@@ -21,6 +21,7 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.trainer`: a trainer's loop settings (``read_settings``) and its sample snapshots.
 * :mod:`~scoresde.build.augment`: EDM's augmentation of training batches (``config.data.augment_p``).
 * :mod:`~scoresde.build.ema`: the power-function EMA profiles tracked for post-hoc EMA (``config.ema``).
+* :mod:`~scoresde.build.clip`: CLIP from ``config.clip``, and a trained CLIP from a workdir.
 * :mod:`~scoresde.build.unclip`: unCLIP's prior and its CLIP (``config.prior``), CLIP guidance's encoders.
 
 Every public name is also importable from ``scoresde.build`` itself.
@@ -30,6 +31,12 @@ from scoresde.build.augment import (  # noqa: F401
     augment_batch,
     augment_dim,
     augment_settings,
+)
+from scoresde.build.clip import (  # noqa: F401
+    clip_dir,
+    get_clip,
+    load_clip,
+    stored_clip_config,
 )
 from scoresde.build.continuous import (  # noqa: F401
     CONTINUOUS_METHODS,
@@ -186,8 +193,8 @@ from scoresde.build.unclip import (  # noqa: F401
     embedding_pairs,
     get_prior,
     has_prior,
+    configured_clip,
     is_unclip_decoder,
-    load_clip,
     load_prior,
     noised_image_embed_fn,
     pair_batches,

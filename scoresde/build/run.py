@@ -76,6 +76,7 @@ RESUME_SAFE_FIELDS = {
         "eval.",
         "sampling.",
         "classifier.",
+        "clip.",
         "inverse.",
     ),
 }
@@ -139,6 +140,15 @@ RESUME_SAFE_FIELDS["autoencoder"] = (
     "autoencoder.scale_num_examples",
     "autoencoder.max_nonfinite",
     "autoencoder.tensorboard",
+)
+# a CLIP reads the caption data, and a noised one the SDE its images are perturbed by
+RESUME_COMPARED_FIELDS["clip"] = RESUME_COMPARED_FIELDS["classifier"][1:] + ("clip.",)
+RESUME_SAFE_FIELDS["clip"] = (
+    "clip.n_iters",
+    "clip.log_freq",
+    "clip.snapshot_freq",
+    "clip.tensorboard",
+    "clip.eval_times",
 )
 # distill and reflow train a score network as train does: the same fields may change ("train"); their own
 # sections (distill., reflow.: teacher, method, schedule, couplings) change the run's meaning and are compared.

@@ -1,7 +1,7 @@
 """unCLIP's prior and its CLIP from ``config.prior``, and CLIP guidance's encoder: the edge of :mod:`scoresde.unclip`.
 
 * The CLIP: the one ``--mode=train_clip`` trained in ``config.prior.clip_workdir``, loaded with the config stored
-  there (:func:`load_clip`); the decoder trains on its image embeddings (:func:`decoder_conditioning`, applied by
+  there (:func:`configured_clip`); the decoder trains on its image embeddings (:func:`decoder_conditioning`, applied by
   :func:`scoresde.build.batch_transform`).
 * The pairs: every digit of a split with its caption, embedded by that CLIP (:func:`embedding_pairs`): unit text
   embeddings ``E_T(c)`` and unit image embeddings ``E_I(x)``.
@@ -30,7 +30,7 @@ from scoresde.build.run import with_defaults
 __all__ = [
     "prior_dir",
     "clip_workdir",
-    "load_clip",
+    "configured_clip",
     "is_unclip_decoder",
     "decoder_conditioning",
     "clip_temperature",
@@ -73,7 +73,7 @@ def clip_workdir(config, section: str = "prior") -> str:
     return path
 
 
-def load_clip(config, section: str = "prior", *, noised: bool = False):
+def configured_clip(config, section: str = "prior", *, noised: bool = False):
     """The EMA CLIP of :func:`clip_workdir` (trained by ``--mode=train_clip``; the noised one with ``noised``), built
     from the config stored with it.
 
@@ -102,7 +102,7 @@ def decoder_conditioning(config):
     Raises:
         ValueError: ``model.cond_dim`` differs from the CLIP's embedding size.
     """
-    clip, clip_config = load_clip(config)
+    clip, clip_config = configured_clip(config)
     dim = int(clip_config.clip.embed_dim)
     if int(config.model.cond_dim) != dim:
         raise ValueError(

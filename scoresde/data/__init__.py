@@ -278,6 +278,25 @@ def _load_in_memory(config, name, split):
     return _load_folder(config, path)
 
 
+def split_arrays(config, split: str = "test") -> dict[str, np.ndarray]:
+    """A whole in-memory split at once, the same on every process: ``{"image"`` (scaled by
+    :func:`get_data_scaler`), ``"label"`` and, with ``config.data.captions``, ``"caption"}``, in data order.
+
+    Raises:
+        ValueError: a dataset that is not held in memory (toy, tfds).
+    """
+    name = check_dataset_name(config)
+    if name not in _IN_MEMORY:
+        raise ValueError(
+            f"dataset {config.data.dataset!r} is not held in memory; expected one of: {', '.join(_IN_MEMORY)}"
+        )
+    images, labels = _load_in_memory(config, name, split)
+    out = {"image": np.asarray(get_data_scaler(config)(images), np.float32), "label": labels}
+    if config.data.captions:
+        out["caption"] = caption_tokens(config, split)
+    return out
+
+
 def caption_tokens(config, split: str = "train") -> np.ndarray:
     """The caption tokens of every digit of ``split``, int32 ``(N, config.data.caption_len)``, in data order.
 

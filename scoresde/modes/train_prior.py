@@ -64,7 +64,7 @@ def train_prior(config, workdir: str) -> dict:
     p = config.prior
     out_dir = build.prior_dir(workdir)
     run = training.prepare(config, out_dir, "prior")
-    clip, clip_config = build.load_clip(config)
+    clip, clip_config = build.configured_clip(config)
     pairs = build.embedding_pairs(clip, clip_config, "train")
     dim = pairs["image"].shape[1]
     score_model = build.make_score_model(config)
