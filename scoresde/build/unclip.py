@@ -143,7 +143,7 @@ def digit_prompt_embeddings(clip, caption_len: int) -> np.ndarray:
     return np.asarray(zero_shot_weights(clip.encode_text(jnp.asarray(captions.tokenize(prompts, caption_len))), 10))
 
 
-def embedding_pairs(clip, config, split: str, *, batch_size: int = 256) -> dict[str, np.ndarray]:
+def embedding_pairs(clip, config, split: str) -> dict[str, np.ndarray]:
     """``{"text": (N, E), "image": (N, E), "label": (N,)}``: every example of ``split`` (with its caption,
     ``config.data.captions``) embedded by ``clip``, in the data order.
 
@@ -156,14 +156,15 @@ def embedding_pairs(clip, config, split: str, *, batch_size: int = 256) -> dict[
             f"unCLIP's prior needs captioned data: config.data.captions is {config.data.get('captions')!r} for "
             f"dataset {config.data.dataset!r}; expected True (dataset 'digits')"
         )
-    embed = jax.jit(lambda x, tokens: (clip.encode_text(tokens), clip.encode_image(x)))
-    texts, images, labels = [], [], []
-    for batch in data_lib.get_dataset(config, split=split, batch_size=batch_size, shuffle=False, repeat=False):
-        t, i = embed(jnp.asarray(batch["image"]), jnp.asarray(batch["caption"]))
-        texts.append(np.asarray(t))
-        images.append(np.asarray(i))
-        labels.append(np.asarray(batch["label"]))
-    return {"text": np.concatenate(texts), "image": np.concatenate(images), "label": np.concatenate(labels)}
+    n = data_lib.num_examples(config, split)
+    if n is None:
+        raise ValueError(f"unCLIP's prior needs an in-memory captioned dataset; got {config.data.dataset!r}")
+    # the whole split as one batch: every example, in the data order
+    batch = next(iter(data_lib.get_dataset(config, split=split, batch_size=n, shuffle=False, repeat=False)))
+    text, image = jax.jit(lambda x, tokens: (clip.encode_text(tokens), clip.encode_image(x)))(
+        jnp.asarray(batch["image"]), jnp.asarray(batch["caption"])
+    )
+    return {"text": np.asarray(text), "image": np.asarray(image), "label": np.asarray(batch["label"])}
 
 
 def pair_batches(pairs: dict, batch_size: int, *, start_step: int = 0, seed: int = 0):
