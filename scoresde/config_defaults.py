@@ -262,6 +262,17 @@ def get_default_configs():
     distill.mf_power = 1.0
     distill.mf_weight_c = 1e-3
     model.second_time = False  # a two-time network u(x, r, t) (meanflow: called with r=)
+    # (scoresde) text / vector conditioning of the U-Nets (GLIDE, Stable Diffusion, the unCLIP decoder):
+    # text_vocab > 0 = captions, y = tokens (B, data.caption_len) from batch["caption"] through a jointly trained
+    # text encoder (width / depth / heads) and cross-attention (cross_heads) after every self-attention;
+    # cond_dim > 0 = a float vector y (B, cond_dim) through cond_tokens context tokens. Null: zeros_like(y).
+    model.text_vocab = 0
+    model.text_width = 64
+    model.text_depth = 2
+    model.text_heads = 4
+    model.cross_heads = 1
+    model.cond_dim = 0
+    model.cond_tokens = 4
     # (scoresde) flow matching, EDM and reflow: training.sde may also be rectified_flow | edm
     # dsm (DSM / DDPM / SMLD) | flow_matching | edm | ct (consistency training: --mode=distill)
     training.objective = "dsm"
@@ -395,6 +406,24 @@ def add_guidance(config, num_classes, *, p_uncond=0.1, guidance="cfg", guidance_
     s.guidance = guidance
     s.class_label = -1
     s.guidance_scale = guidance_scale
+    return config
+
+
+def add_text_guidance(config, vocab_size, *, p_uncond=0.1, guidance_scale=1.0, prompt=""):
+    """A caption-conditioned config: ``model.text_vocab``, captioned batches, caption dropout and CFG on prompts.
+
+    ``sampling.prompt`` (one caption for every sample) and ``sampling.prompts_file`` (one caption a line, a grid row
+    each); both empty: every digit in turn (:func:`scoresde.build.sample_prompts`). Like :func:`add_guidance`,
+    these fields exist only in the configs that use them.
+    """
+    config.model.text_vocab = vocab_size
+    config.data.captions = True
+    config.training.p_uncond = p_uncond
+    s = config.sampling
+    s.guidance = "cfg"
+    s.guidance_scale = guidance_scale
+    s.prompt = prompt
+    s.prompts_file = ""
     return config
 
 
@@ -668,6 +697,13 @@ VALID_RANGES = {
     "data.num_points": _count(2),
     "data.num_drawings": _count(10),
     "data.caption_len": _count(1),
+    "model.text_vocab": _count(0),
+    "model.text_width": _count(1),
+    "model.text_depth": _count(0),
+    "model.text_heads": _count(1),
+    "model.cross_heads": _count(1),
+    "model.cond_dim": _count(0),
+    "model.cond_tokens": _count(1),
     "sampling.num_points": (_count(0)[0], "an integer >= 0 (0 = data.num_points)"),
     "optim.warmup": _count(0),
     "model.ema_rate": _UNIT,

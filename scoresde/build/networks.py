@@ -77,6 +77,24 @@ def _unet_common(config) -> dict:
         dtype=m.dtype,
         remat=bool(m.remat),
         **_second_time(config),
+        **_text_or_vector(config),
+    )
+
+
+def _text_or_vector(config) -> dict:
+    """The U-Nets' caption / vector conditioning arguments (``config.model.text_vocab``, ``cond_dim``); none when off."""
+    m = config.model
+    if int(m.text_vocab) <= 0 and int(m.cond_dim) <= 0:
+        return {}
+    return dict(
+        text_vocab=int(m.text_vocab),
+        text_len=int(config.data.caption_len),
+        text_width=int(m.text_width),
+        text_depth=int(m.text_depth),
+        text_heads=int(m.text_heads),
+        cross_heads=int(m.cross_heads),
+        cond_dim=int(m.cond_dim),
+        cond_tokens=int(m.cond_tokens),
     )
 
 

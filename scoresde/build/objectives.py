@@ -172,7 +172,7 @@ def reflow_sampler_options(config) -> tuple[str, dict]:
     return method, options
 
 
-def cfg_with_denoiser(guided, score_model: ScoreModel, model, y, scale, null_label: int):
+def cfg_with_denoiser(guided, score_model: ScoreModel, model, y, scale, null_label: int | None):
     """``guided`` (a classifier-free-guided score) paired with the same guidance on the denoiser.
 
     The guided denoiser ``(1 + w) D(x, y) - w D(x, ∅)`` is what samplers need where ``alpha(T) = 0``

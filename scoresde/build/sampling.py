@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from scoresde import data as data_lib
@@ -14,8 +16,17 @@ from scoresde.build.continuous import CONTINUOUS_SAMPLERS, continuous_sampler
 from scoresde.build.fewstep import is_consistency_model, student_consistency_fn
 from scoresde.build.latent import is_latent, load_latent_space, model_data_shape
 from scoresde.build.objectives import cfg_with_denoiser
-from scoresde.build.score import ScoreModel, guidance_kind, make_score_fn, num_classes, sampling_eps, score_convention
+from scoresde.build.score import (
+    ScoreModel,
+    conditioning_kind,
+    guidance_kind,
+    make_score_fn,
+    num_classes,
+    sampling_eps,
+    score_convention,
+)
 from scoresde.config_defaults import with_defaults
+from scoresde.data import captions as captions_lib
 
 GUIDANCE = ("none", "cfg", "classifier")
 
@@ -212,6 +223,88 @@ def sample_class_labels(config, batch: int) -> jax.Array:
     return (jnp.arange(batch) * k // batch).astype(jnp.int32)
 
 
+def _prompt_list(config) -> list[str]:
+    """The captions asked for: ``config.sampling.prompts_file`` (one a line), ``config.sampling.prompt``, or, with
+    neither, one digit each (``"a zero"`` ... ``"a nine"``, the digits' default).
+
+    Raises:
+        ValueError: both set, an empty prompt (a line of the file, or a prompt of spaces / punctuation only: the
+            empty caption is the null of guidance, not a request), a missing file, or no prompt for other data.
+    """
+    s = config.sampling
+    prompt, path = str(s.get("prompt", "")), str(s.get("prompts_file", ""))
+    if prompt and path:
+        raise ValueError(
+            f"config.sampling.prompt={prompt!r} and config.sampling.prompts_file={path!r} are both set; give one"
+        )
+    if path:
+        if not os.path.isfile(path):
+            raise ValueError(f"config.sampling.prompts_file={path!r} is not a file (one caption a line)")
+        with open(path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f]
+        while lines and not lines[-1].strip():
+            lines.pop()  # trailing blank lines
+        for i, line in enumerate(lines):
+            if not captions_lib.normalize(line):
+                raise ValueError(
+                    f"line {i + 1} of config.sampling.prompts_file={path!r} is an empty prompt; write one caption a "
+                    "line, e.g. 'a bold seven'"
+                )
+        if not lines:
+            raise ValueError(f"config.sampling.prompts_file={path!r} holds no caption (one caption a line)")
+        return lines
+    if "prompt" in s and prompt and not captions_lib.normalize(prompt):
+        raise ValueError(f"config.sampling.prompt={prompt!r} is an empty prompt; give a caption, e.g. 'a bold seven'")
+    if prompt:
+        return [prompt]
+    if str(config.data.dataset).lower() == "digits":
+        return [f"a {w}".replace("a eight", "an eight") for w in captions_lib.DIGIT_WORDS]
+    raise ValueError(
+        f"a caption-conditioned model of {config.data.dataset!r} samples from config.sampling.prompt='...' or "
+        "config.sampling.prompts_file=PATH; neither is set"
+    )
+
+
+def sample_prompts(config, batch: int) -> tuple[jax.Array, list[str]]:
+    """``(tokens (batch, data.caption_len), captions)``: the prompts of a caption-conditioned model, one per sample.
+
+    The captions of :func:`_prompt_list` (``config.sampling.prompt`` for all, or the lines of
+    ``config.sampling.prompts_file``, or every digit in turn) fill the batch in contiguous blocks (caption ``i`` for
+    samples ``i K // batch``), so a square grid of ``K`` captions shows one caption per row.
+
+    Raises:
+        ValueError: an empty prompt, an unknown word (naming it and listing the vocabulary), a caption longer than
+            ``config.data.caption_len`` words, or more captions than samples.
+    """
+    prompts = _prompt_list(config)
+    if len(prompts) > batch:
+        raise ValueError(
+            f"{len(prompts)} prompts but {batch} samples a batch; raise config.eval.sample_batch_size "
+            f"(and config.eval.num_samples) to at least {len(prompts)}"
+        )
+    tokens = captions_lib.tokenize(prompts, int(config.data.caption_len))
+    rows = np.arange(batch) * len(prompts) // batch
+    return jnp.asarray(tokens[rows]), [prompts[i] for i in rows]
+
+
+def sample_conditioning(config, batch: int) -> jax.Array:
+    """The ``y`` a sample batch is conditioned on: class labels (:func:`sample_class_labels`) or caption tokens
+    (:func:`sample_prompts`).
+
+    Raises:
+        ValueError: a vector-conditioned model (its vectors come from elsewhere, e.g. an unCLIP prior).
+    """
+    kind = conditioning_kind(config)
+    if kind == "text":
+        return sample_prompts(config, batch)[0]
+    if kind == "vector":
+        raise ValueError(
+            "a vector-conditioned network (config.model.cond_dim > 0) samples from given vectors (e.g. an unCLIP "
+            "prior's image embeddings), not from config.sampling"
+        )
+    return sample_class_labels(config, batch)
+
+
 def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=None):
     """The sample mode's score: ``config.sampling.guidance`` ∈ none | cfg | classifier applied to ``model``.
 
@@ -232,17 +325,25 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
     if kind not in GUIDANCE:
         raise ValueError(f"unknown config.sampling.guidance {kind!r}; expected one of: {', '.join(GUIDANCE)}")
     score_model = ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data))
+    text = conditioning_kind(config) == "text"
     if kind == "none":
-        return score_model.score_fn(model)
+        # a caption-conditioned model samples its prompts unguided (w = 0)
+        return score_model.score_fn(model, y=sample_prompts(config, batch)[0] if text else None)
     scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
-    y = sample_class_labels(config, batch)
+    y = sample_conditioning(config, batch)
     if kind == "cfg":
+        null = None if text else int(config.model.num_classes)  # captions: the null is the empty caption
 
         def cond_score_fn(x, t, labels):
             return score_model.score_fn(model, y=labels)(x, t)
 
-        guided = guidance.classifier_free_guidance(cond_score_fn, y, scale, int(config.model.num_classes))
-        return cfg_with_denoiser(guided, score_model, model, y, scale, int(config.model.num_classes))
+        guided = guidance.classifier_free_guidance(cond_score_fn, y, scale, null)
+        return cfg_with_denoiser(guided, score_model, model, y, scale, null)
+    if text:
+        raise ValueError(
+            "config.sampling.guidance='classifier' needs class labels; a caption-conditioned model is guided "
+            "with 'cfg' (or 'none')"
+        )
     if classifier is None:
         raise ValueError(
             "config.sampling.guidance='classifier' needs a trained classifier in workdir/classifier "

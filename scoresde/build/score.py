@@ -135,12 +135,47 @@ def guidance_kind(config) -> str:
     return str(config.sampling.get("guidance", "none")).lower()
 
 
-def class_labels(config, batch, key):
-    """Class labels for a class-conditional model (``config.model.num_classes > 0``), else ``None``.
+def conditioning_kind(config) -> str:
+    """What the network is conditioned on: ``class`` (``model.num_classes``), ``text`` (``model.text_vocab``),
+    ``vector`` (``model.cond_dim``) or ``none``."""
+    if num_classes(config) > 0:
+        return "class"
+    if int(config.model.get("text_vocab", 0) or 0) > 0:
+        return "text"
+    if int(config.model.get("cond_dim", 0) or 0) > 0:
+        return "vector"
+    return "none"
 
-    With ``config.training.p_uncond > 0`` each label is replaced by the null label ``num_classes``
-    with that probability (classifier-free guidance training, :func:`scoresde.guidance.drop_labels`).
+
+# the batch entry that carries each kind of array conditioning
+CONDITIONING_KEYS = {"text": "caption", "vector": "cond"}
+
+
+def class_labels(config, batch, key):
+    """The network's conditioning ``y`` from a training batch, ``None`` for an unconditional model.
+
+    Class labels (``config.model.num_classes > 0``): ``batch["label"]``; with ``config.training.p_uncond > 0``
+    each is replaced by the null label ``num_classes`` with that probability (classifier-free guidance training,
+    :func:`scoresde.guidance.drop_labels`). Captions (``model.text_vocab > 0``): the tokens ``batch["caption"]``
+    (``config.data.captions``); a vector (``model.cond_dim > 0``): ``batch["cond"]``; each row is replaced by
+    zeros, the empty caption / the zero vector, with probability ``p_uncond``
+    (:func:`scoresde.guidance.drop_conditioning`; GLIDE drops 20% of captions, Nichol et al. 2022, Sec. 3).
+
+    Raises:
+        ValueError: a caption- or vector-conditioned model whose batches lack that entry.
     """
+    kind = conditioning_kind(config)
+    p_uncond = float(config.training.get("p_uncond", 0.0))
+    if kind in CONDITIONING_KEYS:
+        name = CONDITIONING_KEYS[kind]
+        if name not in batch:
+            hint = "set config.data.captions=True" if kind == "text" else "the batches must carry the vectors"
+            raise ValueError(
+                f"a {kind}-conditioned model (config.model.{'text_vocab' if kind == 'text' else 'cond_dim'} > 0) "
+                f"trains on batch[{name!r}]; the batches hold {sorted(batch)} ({hint})"
+            )
+        y = batch[name]
+        return guidance.drop_conditioning(key, y, p_uncond) if p_uncond > 0 else y
     k = num_classes(config)
     if k <= 0:
         return None

@@ -28,7 +28,9 @@ class DDPM(nnx.Module):
     (:mod:`scoresde.augment`) through a bias-free linear map added to the time embedding (zeros: no effect).
     ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow), called with ``r=`` of the labels'
     shape and units (:class:`~scoresde.models.layers.SecondTimeEmbedding` of ``labels - r`` joins the time
-    embedding); off, parameters and outputs are the one-time network's.
+    embedding); off, parameters and outputs are the one-time network's. ``text_vocab > 0`` / ``cond_dim > 0``:
+    caption / vector conditioning with cross-attention after every self-attention, as in
+    :class:`~scoresde.models.ncsnpp.NCSNpp`.
     """
 
     def __init__(
@@ -52,6 +54,14 @@ class DDPM(nnx.Module):
         dtype=jnp.float32,
         remat: bool = False,
         second_time: bool = False,
+        text_vocab: int = 0,
+        text_len: int = 16,
+        text_width: int = 64,
+        text_depth: int = 2,
+        text_heads: int = 4,
+        cross_heads: int = 1,
+        cond_dim: int = 0,
+        cond_tokens: int = 4,
         rngs: nnx.Rngs,
     ):
         if second_time and not conditional:
@@ -77,6 +87,12 @@ class DDPM(nnx.Module):
                 act, in_ch, out_ch, temb_dim=temb_dim if conditional else None, dropout=dropout, **kw
             )
 
+        attn_channels = []  # every self-attention's width, in creation order (a cross-attention follows each)
+
+        def attn(ch):
+            attn_channels.append(ch)
+            return layers.AttnBlock(ch, **kw)
+
         m = []
         if conditional:
             # time MLP in float32 (cheap)
@@ -90,20 +106,20 @@ class DDPM(nnx.Module):
                 m.append(resblock(in_ch, out_ch))
                 in_ch = out_ch
                 if self.all_resolutions[i_level] in self.attn_resolutions:
-                    m.append(layers.AttnBlock(in_ch, **kw))
+                    m.append(attn(in_ch))
                 hs_c.append(in_ch)
             if i_level != self.num_resolutions - 1:
                 m.append(layerspp.Downsample(in_ch, with_conv=resamp_with_conv, **kw))
                 hs_c.append(in_ch)
         in_ch = hs_c[-1]
-        m += [resblock(in_ch), layers.AttnBlock(in_ch, **kw), resblock(in_ch)]
+        m += [resblock(in_ch), attn(in_ch), resblock(in_ch)]
         for i_level in reversed(range(self.num_resolutions)):
             for _ in range(num_res_blocks + 1):
                 out_ch = nf * ch_mult[i_level]
                 m.append(resblock(in_ch + hs_c.pop(), out_ch))
                 in_ch = out_ch
             if self.all_resolutions[i_level] in self.attn_resolutions:
-                m.append(layers.AttnBlock(in_ch, **kw))
+                m.append(attn(in_ch))
             if i_level != 0:
                 m.append(layerspp.Upsample(in_ch, with_conv=resamp_with_conv, **kw))
         assert not hs_c
@@ -123,6 +139,13 @@ class DDPM(nnx.Module):
             if second_time
             else None
         )
+        # caption / vector conditioning, created after everything else from its own key
+        cond = layers.conditioning_kwargs(
+            text_vocab, text_len, text_width, text_depth, text_heads, cond_dim, cond_tokens
+        )
+        self.conditioning, self.cross_attn = layers.conditioning_modules(
+            cond, num_classes, temb_dim, attn_channels, cross_heads, False, dtype, label_rngs
+        )
 
     @property
     def null_label(self) -> int:
@@ -131,6 +154,7 @@ class DDPM(nnx.Module):
     def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None, augment_labels=None):
         layers.check_second_time(self.second_time, r, labels)
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
+        context = None  # (tokens, mask) of the caption / vector conditioning
 
         temb = None
         if self.conditional:
@@ -143,6 +167,10 @@ class DDPM(nnx.Module):
                 y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)
             yemb = self.label_embed(y).astype(jnp.float32)
             temb = yemb if temb is None else temb + yemb
+        elif self.conditioning is not None:
+            cemb, tokens, mask = self.conditioning(y, x.shape[0])
+            temb = cemb if temb is None else temb + cemb
+            context = (tokens, mask)
         elif y is not None:
             raise ValueError("class labels `y` given to a network built with num_classes=0")
         if self.augment_embed is not None and augment_labels is not None:
@@ -150,48 +178,53 @@ class DDPM(nnx.Module):
             temb = aemb if temb is None else temb + aemb
         elif augment_labels is not None:
             raise ValueError("augment_labels given to a network built with augment_dim=0")
+        _, cross = layers.cross_attention_walk(self.cross_attn, context)
 
         h = x if self.centered else 2 * x - 1.0
         # One segment per resolution level (and the middle), rematerialised in the backward pass
         # with ``remat`` (see :func:`scoresde.models.layers.remat_segment`).
         seg = layers.remat_segment if self.remat else layers.plain_segment
 
-        def down_level(i_level, h, temb):
+        def down_level(i_level, h, temb, context):
+            attend, _ = layers.cross_attention_walk(cross, context)
             new_hs = []
             for _ in range(self.num_res_blocks):
                 h = block(h, temb)
                 if self.all_resolutions[i_level] in self.attn_resolutions:
-                    h = nxt()(h)
+                    h = attend(h, nxt())
                 new_hs.append(h)
             if i_level != self.num_resolutions - 1:
                 new_hs.append(nxt()(h))
             return new_hs
 
-        def middle(h, temb):
+        def middle(h, temb, context):
+            attend, _ = layers.cross_attention_walk(cross, context)
             h = block(h, temb)
-            h = nxt()(h)
+            h = attend(h, nxt())
             return block(h, temb)
 
-        def up_level(i_level, h, skips, temb):
+        def up_level(i_level, h, skips, temb, context):
+            attend, _ = layers.cross_attention_walk(cross, context)
             for skip in skips:
                 h = block(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb)
             if self.all_resolutions[i_level] in self.attn_resolutions:
-                h = nxt()(h)
+                h = attend(h, nxt())
             if i_level != 0:
                 h = nxt()(h)
             return h
 
         hs = [nxt()(h)]
         for i_level in range(self.num_resolutions):
-            hs.extend(seg(functools.partial(down_level, i_level), hs[-1], temb))
-        h = seg(middle, hs[-1], temb)
+            hs.extend(seg(functools.partial(down_level, i_level), hs[-1], temb, context))
+        h = seg(middle, hs[-1], temb, context)
         for i_level in reversed(range(self.num_resolutions)):
             skips = [hs.pop() for _ in range(self.num_res_blocks + 1)]
-            h = seg(functools.partial(up_level, i_level), h, skips, temb)
+            h = seg(functools.partial(up_level, i_level), h, skips, temb, context)
         assert not hs
         h = self.act(nxt()(h))
         h = nxt()(h)
         assert next(mods, None) is None, "module walk out of sync with construction"
+        assert next(cross, None) is None, "cross-attention walk out of sync with construction"
         h = h.astype(layers.accumulation_dtype(h.dtype))
         if self.scale_by_sigma:
             h = h / discrete_sigmas(*self.sigma_range)[labels.astype(jnp.int32)][:, None, None, None]

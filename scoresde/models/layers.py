@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scoresde.models.text import TextEncoder
+
 _ACTIVATIONS = {
     "swish": jax.nn.silu,
     "silu": jax.nn.silu,
@@ -339,6 +341,34 @@ def remat_segment(fn, *args):
     return jax.checkpoint(fn)(*args)
 
 
+def conditioning_kwargs(text_vocab, text_len, text_width, text_depth, text_heads, cond_dim, cond_tokens) -> dict | None:
+    """The :class:`Conditioning` arguments of a U-Net's text / vector conditioning options; ``None`` when both are off."""
+    if text_vocab <= 0 and cond_dim <= 0:
+        return None
+    return dict(
+        text_vocab=text_vocab,
+        text_len=text_len,
+        width=text_width,
+        text_depth=text_depth,
+        text_heads=text_heads,
+        cond_dim=cond_dim,
+        cond_tokens=cond_tokens,
+    )
+
+
+def cross_attention_walk(cross_attn, context):
+    """``attend(h, attn)``: the self-attention module ``attn``, then the next cross-attention of ``cross_attn``
+    (creation order) to ``context = (tokens, mask)``; without context just ``attn(h)``. Also returns the iterator,
+    empty once the forward pass has used every cross-attention."""
+    mods = iter(cross_attn if context is not None and cross_attn is not None else ())
+
+    def attend(h, attn):
+        h = attn(h)
+        return h if context is None else next(mods)(h, *context)
+
+    return attend, mods
+
+
 class CrossAttention(nnx.Module):
     """Multi-head cross-attention from image pixels to a set of context tokens, with a key padding mask.
 
@@ -395,3 +425,100 @@ class CrossAttention(nnx.Module):
         out = self.out(out.astype(compute_dtype(self.dtype, x)))
         y = x.astype(acc) + out.astype(acc)
         return y / math.sqrt(2.0) if self.skip_rescale else y
+
+
+class Conditioning(nnx.Module):
+    """A caption's or a vector's conditioning of a U-Net: one vector for the time embedding, tokens for cross-attention.
+
+    ``text_vocab > 0`` (GLIDE, Nichol et al. 2022, Sec. 2.3; Stable Diffusion, Rombach et al. 2022, Sec. 3.3): ``y``
+    is int caption tokens ``(B, L)`` (0 = padding), encoded by a :class:`~scoresde.models.text.TextEncoder` trained
+    with the network; its pooled vector, projected to ``temb_dim``, joins the time embedding and its token features
+    (padding masked) are the cross-attention context. ``cond_dim > 0`` (the unCLIP decoder, Ramesh et al. 2022,
+    Sec. 2.1): ``y`` is a float vector ``(B, cond_dim)``, projected to ``temb_dim`` and to ``cond_tokens`` context
+    tokens of width ``width``. The null condition of both is ``zeros_like(y)``: the empty caption (whose tokens are
+    all padding: no context, the encoder's learned null vector) or the zero vector.
+
+    ``net(x, t, y=None)`` uses the null for ``y=None``, as the class-label networks use their null label.
+    """
+
+    def __init__(
+        self,
+        temb_dim: int,
+        *,
+        text_vocab: int = 0,
+        text_len: int = 16,
+        width: int = 64,
+        text_depth: int = 2,
+        text_heads: int = 4,
+        cond_dim: int = 0,
+        cond_tokens: int = 4,
+        rngs: nnx.Rngs,
+    ):
+        if (text_vocab > 0) == (cond_dim > 0):
+            raise ValueError(
+                f"a conditioning is by captions (text_vocab > 0) or by a vector (cond_dim > 0), exactly one; got "
+                f"text_vocab={text_vocab}, cond_dim={cond_dim}"
+            )
+        self.text_vocab, self.cond_dim, self.cond_tokens, self.width = text_vocab, cond_dim, cond_tokens, width
+        if text_vocab > 0:
+            self.text_encoder = TextEncoder(text_vocab, text_len, width, text_depth, text_heads, rngs=rngs)
+            self.to_temb = Dense(width, temb_dim, rngs=rngs)
+            self.to_tokens = None
+        else:
+            self.text_encoder = None
+            self.to_temb = Dense(cond_dim, temb_dim, rngs=rngs)
+            self.to_tokens = Dense(cond_dim, cond_tokens * width, rngs=rngs)
+
+    def null(self, batch: int):
+        """The null condition of a batch: the empty caption's tokens, or the zero vector."""
+        if self.text_encoder is not None:
+            return jnp.zeros((batch, self.text_encoder.max_len), jnp.int32)
+        return jnp.zeros((batch, self.cond_dim), jnp.float32)
+
+    def __call__(self, y, batch: int):
+        """``(temb (B, temb_dim), context (B, L, width), mask (B, L))`` of ``y`` (``None``: the null condition).
+
+        Raises:
+            ValueError: ``y`` of the wrong shape or kind (float captions, int vectors).
+        """
+        y = self.null(batch) if y is None else jnp.asarray(y)
+        if self.text_encoder is not None:
+            if y.ndim != 2 or y.shape[0] != batch or not jnp.issubdtype(y.dtype, jnp.integer):
+                raise ValueError(
+                    f"this network is conditioned on captions: y must be int tokens ({batch}, L) (scoresde.data."
+                    f"captions.tokenize); got {y.dtype} {y.shape}"
+                )
+            features, pooled = self.text_encoder(y)
+            return self.to_temb(pooled), features, y != 0
+        if y.shape != (batch, self.cond_dim):
+            raise ValueError(
+                f"this network is conditioned on a vector: y must be float ({batch}, {self.cond_dim}); got {y.shape}"
+            )
+        y = y.astype(jnp.float32)
+        context = self.to_tokens(y).reshape(batch, self.cond_tokens, self.width)
+        return self.to_temb(y), context, jnp.ones((batch, self.cond_tokens), bool)
+
+
+def conditioning_modules(cond, num_classes, temb_dim, attn_channels, cross_heads, skip_rescale, dtype, rngs):
+    """``(Conditioning, cross-attentions)`` of a U-Net with text / vector conditioning ``cond`` (``None``: none).
+
+    One :class:`CrossAttention` follows each self-attention (widths ``attn_channels``, creation order); both are
+    drawn from one key of ``rngs``, after the rest of the network, so its other parameters do not depend on them.
+
+    Raises:
+        ValueError: conditioning on class labels (``num_classes > 0``) and on captions / vectors at once.
+    """
+    if cond is None:
+        return None, None
+    if num_classes > 0:
+        raise ValueError(
+            f"a network is conditioned on class labels (num_classes={num_classes}) or on captions / vectors "
+            "(text_vocab, cond_dim), not both"
+        )
+    key = KeySeq(rngs.params())
+    conditioning = Conditioning(temb_dim, **cond, rngs=nnx.Rngs(key.params()))
+    cross = [
+        CrossAttention(ch, cond["width"], num_heads=cross_heads, skip_rescale=skip_rescale, dtype=dtype, rngs=key)
+        for ch in attn_channels
+    ]
+    return conditioning, nnx.List(cross)

@@ -49,7 +49,13 @@ class NCSNpp(nnx.Module):
     unchanged. ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow): it is called with
     ``r=`` of the labels' shape and units, and adds an embedding of ``labels - r``
     (:class:`~scoresde.models.layers.SecondTimeEmbedding`) to the time embedding; off, parameters and outputs
-    are the one-time network's.
+    are the one-time network's. ``text_vocab > 0`` conditions on captions (GLIDE / Stable Diffusion): ``y`` is int
+    tokens ``(B, text_len)``, encoded by a jointly trained :class:`~scoresde.models.text.TextEncoder` (``text_width``,
+    ``text_depth``, ``text_heads``) whose pooled vector joins the time embedding and whose token features are
+    attended to by a :class:`~scoresde.models.layers.CrossAttention` (``cross_heads``) after every self-attention
+    (the middle one included); ``cond_dim > 0`` conditions on a float vector ``(B, cond_dim)`` the same way, through
+    ``cond_tokens`` context tokens (:class:`~scoresde.models.layers.Conditioning`). The null of both is
+    ``zeros_like(y)`` (also what ``y=None`` means); off, parameters and outputs are the unconditioned network's.
     """
 
     def __init__(
@@ -83,6 +89,14 @@ class NCSNpp(nnx.Module):
         dtype=jnp.float32,
         remat: bool = False,
         second_time: bool = False,
+        text_vocab: int = 0,
+        text_len: int = 16,
+        text_width: int = 64,
+        text_depth: int = 2,
+        text_heads: int = 4,
+        cross_heads: int = 1,
+        cond_dim: int = 0,
+        cond_tokens: int = 4,
         rngs: nnx.Rngs,
     ):
         if second_time and not conditional:
@@ -126,7 +140,10 @@ class NCSNpp(nnx.Module):
             m.append(layers.Dense(embed_dim, temb_dim, rngs=rngs))  # time MLP in float32 (cheap)
             m.append(layers.Dense(temb_dim, temb_dim, rngs=rngs))
 
+        attn_channels = []  # every self-attention's width, in creation order (a cross-attention follows each)
+
         def attn(ch):
+            attn_channels.append(ch)
             return layers.AttnBlockpp(ch, skip_rescale=skip_rescale, init_scale=init_scale, **kw)
 
         def resblock(in_ch, out_ch=None, up=False, down=False):
@@ -231,6 +248,13 @@ class NCSNpp(nnx.Module):
             if second_time
             else None
         )
+        # caption / vector conditioning, created after everything else from its own key (docs/networks.md)
+        cond = layers.conditioning_kwargs(
+            text_vocab, text_len, text_width, text_depth, text_heads, cond_dim, cond_tokens
+        )
+        self.conditioning, self.cross_attn = layers.conditioning_modules(
+            cond, num_classes, temb_dim, attn_channels, cross_heads, skip_rescale, dtype, label_rngs
+        )
 
     @property
     def null_label(self) -> int:
@@ -239,6 +263,7 @@ class NCSNpp(nnx.Module):
     def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None, augment_labels=None):
         layers.check_second_time(self.second_time, r, labels)
         nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
+        context = None  # (tokens, mask) of the caption / vector conditioning
 
         if self.embedding_type == "fourier":
             used_sigmas = labels
@@ -259,6 +284,10 @@ class NCSNpp(nnx.Module):
                 y = jnp.full((x.shape[0],), self.null_label, dtype=jnp.int32)
             yemb = self.label_embed(y).astype(jnp.float32)
             temb = yemb if temb is None else temb + yemb
+        elif self.conditioning is not None:
+            cemb, tokens, mask = self.conditioning(y, x.shape[0])
+            temb = cemb if temb is None else temb + cemb
+            context = (tokens, mask)
         elif y is not None:
             raise ValueError("class labels `y` given to a network built with num_classes=0")
         if self.augment_embed is not None and augment_labels is not None:
@@ -266,6 +295,7 @@ class NCSNpp(nnx.Module):
             temb = aemb if temb is None else temb + aemb
         elif augment_labels is not None:
             raise ValueError("augment_labels given to a network built with augment_dim=0")
+        _, cross = layers.cross_attention_walk(self.cross_attn, context)
 
         if not self.centered:
             x = 2 * x - 1.0
@@ -275,12 +305,13 @@ class NCSNpp(nnx.Module):
         # recomputed in the backward pass instead of stored (only the skip connections are kept).
         seg = layers.remat_segment if self.remat else layers.plain_segment
 
-        def down_level(i_level, h, input_pyramid, temb):
+        def down_level(i_level, h, input_pyramid, temb, context):
+            attend, _ = layers.cross_attention_walk(cross, context)
             new_hs = []
             for _ in range(self.num_res_blocks):
                 h = block(h, temb)
                 if self.all_resolutions[i_level] in self.attn_resolutions:
-                    h = nxt()(h)
+                    h = attend(h, nxt())
                 new_hs.append(h)
             if i_level != self.num_resolutions - 1:
                 h = nxt()(h) if self.resblock_type == "ddpm" else block(h, temb)
@@ -293,16 +324,18 @@ class NCSNpp(nnx.Module):
                 new_hs.append(h)
             return new_hs, input_pyramid
 
-        def middle(h, temb):
+        def middle(h, temb, context):
+            attend, _ = layers.cross_attention_walk(cross, context)
             h = block(h, temb)
-            h = nxt()(h)
+            h = attend(h, nxt())
             return block(h, temb)
 
-        def up_level(i_level, h, skips, pyramid, temb):
+        def up_level(i_level, h, skips, pyramid, temb, context):
+            attend, _ = layers.cross_attention_walk(cross, context)
             for skip in skips:
                 h = block(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb)
             if self.all_resolutions[i_level] in self.attn_resolutions:
-                h = nxt()(h)
+                h = attend(h, nxt())
             if self.progressive != "none":
                 if i_level == self.num_resolutions - 1:
                     pyramid = self.act(nxt()(h))
@@ -320,15 +353,15 @@ class NCSNpp(nnx.Module):
 
         hs = [nxt()(x)]
         for i_level in range(self.num_resolutions):
-            new_hs, input_pyramid = seg(functools.partial(down_level, i_level), hs[-1], input_pyramid, temb)
+            new_hs, input_pyramid = seg(functools.partial(down_level, i_level), hs[-1], input_pyramid, temb, context)
             hs.extend(new_hs)
 
-        h = seg(middle, hs[-1], temb)
+        h = seg(middle, hs[-1], temb, context)
 
         pyramid = None
         for i_level in reversed(range(self.num_resolutions)):
             skips = [hs.pop() for _ in range(self.num_res_blocks + 1)]
-            h, pyramid = seg(functools.partial(up_level, i_level), h, skips, pyramid, temb)
+            h, pyramid = seg(functools.partial(up_level, i_level), h, skips, pyramid, temb, context)
         assert not hs
 
         if self.progressive == "output_skip":
@@ -337,6 +370,7 @@ class NCSNpp(nnx.Module):
             h = self.act(nxt()(h))
             h = nxt()(h)
         assert next(mods, None) is None, "module walk out of sync with construction"
+        assert next(cross, None) is None, "cross-attention walk out of sync with construction"
 
         h = h.astype(layers.accumulation_dtype(h.dtype))
         if self.scale_by_sigma:
