@@ -189,7 +189,10 @@ from scoresde.build.score import (  # noqa: F401
 )
 from scoresde.build.trainer import Settings, Snapshots, read_settings, write_snapshot  # noqa: F401
 from scoresde.build.unclip import (  # noqa: F401
+    GuidanceCLIP,
+    UnclipPrior,
     clean_image_embed_fn,
+    clip_guided_score,
     clip_temperature,
     clip_workdir,
     configured_clip,
@@ -199,10 +202,14 @@ from scoresde.build.unclip import (  # noqa: F401
     get_prior,
     has_prior,
     is_unclip_decoder,
+    load_guidance_clip,
     load_prior,
+    load_unclip_prior,
     noised_image_embed_fn,
     pair_batches,
     prior_dir,
+    prior_image_embeddings,
     to_clip_space,
     to_prior_space,
+    with_decoder_conditioning,
 )

@@ -11,7 +11,6 @@ from scoresde import data as data_lib
 from scoresde import parallel
 from scoresde.build.augment import augment_batch, augment_settings
 from scoresde.build.run import params_digest, purpose_key
-from scoresde.build.unclip import decoder_conditioning, is_unclip_decoder
 from scoresde.checkpointing import restore_params
 from scoresde.config_defaults import section_with_defaults
 from scoresde.latent.space import LatentSpace, autoencoder_record_path, read_autoencoder_record
@@ -171,19 +170,15 @@ def batch_transform(config, mesh=None, *, augment: bool = False) -> Callable:
     augmented and ``batch["augment_labels"]`` added (:func:`scoresde.build.augment_batch`, with
     ``fold_in(key, PURPOSE["augment"])``). For a latent config it then replaces ``batch["image"]`` by its scaled
     latents (posterior mean, or a draw with ``key`` when ``config.latent.use_posterior_mean`` is off); otherwise
-    that step is the identity. An unCLIP decoder's batch first gains ``batch["cond"]``, the CLIP image embedding
-    of its image (:func:`scoresde.build.decoder_conditioning`).
+    that step is the identity.
     """
     augmented = augment and augment_settings(config) is not None
     pixels = augment_batch(config) if augmented else None
     space = load_latent_space(config, mesh) if is_latent(config) else None
-    clip_cond = decoder_conditioning(config) if is_unclip_decoder(config) else None
-    if pixels is None and space is None and clip_cond is None:
+    if pixels is None and space is None:
         return lambda batch, key: batch
 
     def fn(batch, key):
-        if clip_cond is not None:  # unCLIP's decoder: conditioned on the CLIP image embedding of the clean image
-            batch = clip_cond(batch)
         if pixels is not None:
             batch = pixels(batch, purpose_key(key, "augment"))
         if space is not None:

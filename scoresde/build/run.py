@@ -313,6 +313,7 @@ PURPOSE = {
     "reflow": 17,  # root -> reflow couplings (fold_in(key, chunk) below it)
     "augment": 24,  # batch-transform key -> EDM's augmentation of a training batch
     "prior_eval": 41,  # root -> unCLIP prior samples of the test captions at the end of train_prior
+    "unclip_prior": 42,  # sample key -> the prior's image embeddings of an unCLIP sample batch
 }
 
 

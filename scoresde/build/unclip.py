@@ -1,7 +1,7 @@
 """unCLIP's prior and its CLIP from ``config.prior``, and CLIP guidance's encoder: the edge of :mod:`scoresde.unclip`.
 
 * The CLIP: the one ``--mode=train_clip`` trained in ``config.prior.clip_workdir``, loaded with the config stored
-  there (:func:`configured_clip`); the decoder trains on its image embeddings (:func:`decoder_conditioning`, applied by
+  there (:func:`configured_clip`); the decoder trains on its image embeddings (:func:`with_decoder_conditioning`, before the trainer's
   :func:`scoresde.build.batch_transform`).
 * The pairs: every digit of a split with its caption, embedded by that CLIP (:func:`embedding_pairs`): unit text
   embeddings ``E_T(c)`` and unit image embeddings ``E_I(x)``.
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -33,6 +34,7 @@ __all__ = [
     "configured_clip",
     "is_unclip_decoder",
     "decoder_conditioning",
+    "with_decoder_conditioning",
     "clip_temperature",
     "noised_image_embed_fn",
     "clean_image_embed_fn",
@@ -44,6 +46,12 @@ __all__ = [
     "get_prior",
     "load_prior",
     "has_prior",
+    "GuidanceCLIP",
+    "load_guidance_clip",
+    "clip_guided_score",
+    "UnclipPrior",
+    "load_unclip_prior",
+    "prior_image_embeddings",
 ]
 
 
@@ -93,6 +101,15 @@ def configured_clip(config, section: str = "prior", *, noised: bool = False):
 def is_unclip_decoder(config) -> bool:
     """Whether ``config``'s score network is unCLIP's decoder: a ``prior`` section and ``model.cond_dim > 0``."""
     return has_prior(config) and int(config.model.get("cond_dim", 0) or 0) > 0
+
+
+def with_decoder_conditioning(config, transform):
+    """``transform`` (a trainer's ``fn(batch, key) -> batch``, :func:`scoresde.build.batch_transform`) preceded, for an
+    unCLIP decoder, by :func:`decoder_conditioning`; ``transform`` itself otherwise."""
+    if not is_unclip_decoder(config):
+        return transform
+    cond = decoder_conditioning(config)
+    return lambda batch, key: transform(cond(batch), key)
 
 
 def decoder_conditioning(config):
@@ -212,3 +229,95 @@ def load_prior(config, workdir: str, dim: int, *, ema: bool = True):
 
     model = get_prior(config, dim, rngs=nnx.Rngs(int(config.seed)))
     return restore_params(prior_dir(workdir), model, ema=ema, what="prior")
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceCLIP:
+    """The CLIP of CLIP guidance (``config.sampling.guidance = "clip"``), loaded once by the sample mode."""
+
+    clip: object
+    caption_len: int
+    noised: bool
+
+
+def load_guidance_clip(config) -> GuidanceCLIP | None:
+    """The CLIP of ``config.sampling.clip_workdir`` when ``config.sampling.guidance`` is ``clip`` (the noised one unless
+    ``config.sampling.clip_noised`` is off: then the clean CLIP guides through the denoiser), else ``None``.
+
+    Raises:
+        ValueError: no ``config.sampling.clip_workdir``.
+        FileNotFoundError: no trained CLIP there.
+    """
+    if str(config.sampling.get("guidance", "none")).lower() != "clip":
+        return None
+    noised = bool(config.sampling.get("clip_noised", True))
+    clip, clip_config = configured_clip(config, "sampling", noised=noised)
+    return GuidanceCLIP(clip, int(clip_config.data.caption_len), noised)
+
+
+def text_embeddings_of(clip, tokens):
+    """CLIP's unit text embeddings ``(B, E)`` of caption tokens ``(B, L)``."""
+    return clip.encode_text(tokens)
+
+
+def clip_guided_score(score_fn, sde, guide: GuidanceCLIP, tokens, scale):
+    """CLIP guidance of an unconditional ``score_fn`` towards the captions ``tokens`` (one per sample): the noised CLIP's
+    :func:`scoresde.guidance.clip.clip_guidance`, or the clean CLIP through the denoiser
+    (:func:`scoresde.guidance.clip.clean_clip_guidance`); temperature the CLIP's learned ``τ``."""
+    from scoresde.guidance import clip as clip_guidance  # noqa: PLC0415
+
+    if tokens.shape[1] != guide.caption_len:
+        raise ValueError(
+            f"the prompts are {tokens.shape[1]} tokens long but the CLIP reads {guide.caption_len}; set "
+            f"config.data.caption_len={guide.caption_len}"
+        )
+    text = text_embeddings_of(guide.clip, tokens)
+    tau = 1.0 / guide.clip.logit_scale
+    if guide.noised:
+        embed = noised_image_embed_fn(guide.clip, sde)
+        return clip_guidance.clip_guidance(score_fn, embed, text, scale=scale, temperature=tau)
+    embed = clean_image_embed_fn(guide.clip)
+    return clip_guidance.clean_clip_guidance(score_fn, sde, embed, text, scale=scale, temperature=tau)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnclipPrior:
+    """The prior of an unCLIP run and the CLIP whose embeddings it samples, loaded once by the sample mode."""
+
+    prior: object
+    clip: object
+    caption_len: int
+    dim: int
+
+
+def load_unclip_prior(config, workdir: str) -> UnclipPrior | None:
+    """The EMA prior of ``workdir/prior`` and its CLIP for an unCLIP decoder config, else ``None``.
+
+    Raises:
+        FileNotFoundError: no CLIP or no prior (``--mode=train_clip``, ``--mode=train_prior``).
+    """
+    if not is_unclip_decoder(config):
+        return None
+    clip, clip_config = configured_clip(config)
+    dim = int(clip_config.clip.embed_dim)
+    prior, _ = load_prior(config, workdir, dim)
+    return UnclipPrior(prior, clip, int(clip_config.data.caption_len), dim)
+
+
+def prior_image_embeddings(score_model, bundle: UnclipPrior, tokens, key, *, w, steps: int = 50):
+    """unCLIP's first stage: CLIP image embeddings ``(B, E)`` (unit vectors) sampled by the prior for caption tokens,
+    with the prior's classifier-free guidance weight ``w`` (``dpm_solver++``, ``steps`` steps)."""
+    from scoresde import unclip  # noqa: PLC0415
+
+    text = text_embeddings_of(bundle.clip, tokens)
+
+    def cond(x, t, y):
+        return score_model.score_fn(bundle.prior, y=y)(x, t)
+
+    z, _ = unclip.sample_prior(
+        cond, score_model.sde, text, key, dim=bundle.dim, w=w, method="dpm_solver++", steps=steps
+    )
+    return to_clip_space(z)

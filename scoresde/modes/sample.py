@@ -134,6 +134,7 @@ def sample(config, workdir: str) -> dict:
     batch = min(build.sample_batch_size(config), total)
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
     classifier = build.load_guidance_classifier(workdir, config)
+    clip, prior = build.load_guidance_clip(config), build.load_unclip_prior(config, workdir)
     method, options = build.sampling_options(config)
     paradigms = build.parallel_settings(config)
     runlog.announce(
@@ -147,7 +148,16 @@ def sample(config, workdir: str) -> dict:
         },
     )
     sample_fn = build.make_sample_fn(
-        sampling_config, sde, graphdef, rest, batch, mesh, classifier=classifier, with_rounds=True
+        sampling_config,
+        sde,
+        graphdef,
+        rest,
+        batch,
+        mesh,
+        classifier=classifier,
+        with_rounds=True,
+        clip=clip,
+        prior=prior,
     )
     out_dir = os.path.join(workdir, "samples")
     key = build.purpose_key(build.root_key(config), "sample")
