@@ -633,6 +633,21 @@ PRIOR_DEFAULTS = dict(
 OPTIONAL_SECTIONS["prior"] = PRIOR_DEFAULTS
 
 
+def add_clip_guidance(config, clip_workdir, *, scale=1.0, noised=True, prompt=""):
+    """CLIP guidance of an unconditional model towards ``sampling.prompt`` / ``sampling.prompts_file``: the CLIP of the
+    ``--mode=train_clip`` run in ``clip_workdir`` (its noised CLIP, or with ``noised=False`` the clean one through the
+    denoiser), ``sampling.guidance_scale`` = ``scale``. Like :func:`add_guidance`, only configs that use them have
+    these fields."""
+    s = config.sampling
+    s.guidance = "clip"
+    s.guidance_scale = scale
+    s.clip_workdir = clip_workdir
+    s.clip_noised = noised
+    s.prompt = prompt
+    s.prompts_file = ""
+    return config
+
+
 def add_prior(config, **fields):
     """``config.prior``: :data:`PRIOR_DEFAULTS` overridden by ``fields`` (unCLIP's prior, ``--mode=train_prior``)."""
     config.prior = ml_collections.ConfigDict(copy.deepcopy(PRIOR_DEFAULTS))
