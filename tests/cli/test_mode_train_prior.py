@@ -75,8 +75,8 @@ def test_train_prior_refuses_a_changed_config_and_a_missing_clip(clip_workdir, t
     cli.run(_config(clip_workdir), workdir, "train_prior")
     changed = _config(clip_workdir, 3)
     with changed.unlocked():
-        changed.prior.hidden = 32
-    with pytest.raises(Exception, match="prior.hidden"):
+        changed.prior.p_uncond = 0.3
+    with pytest.raises(Exception, match="prior.p_uncond"):
         cli.run(changed, workdir, "train_prior")
     empty = _config("")
     with pytest.raises(ValueError, match="config.prior.clip_workdir is empty"):
