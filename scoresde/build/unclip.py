@@ -186,11 +186,14 @@ def embedding_pairs(clip, config, split: str) -> dict[str, np.ndarray]:
 
 def pair_batches(pairs: dict, batch_size: int, *, start_step: int = 0, seed: int = 0):
     """Global batch ``s`` of the pairs: positions ``[s B, (s + 1) B)`` of the concatenated per-epoch permutations, so
-    a resumed run reads the batches of the uninterrupted one. Yields ``{"image": √E E_I, "text": E_T}``."""
+    a resumed run reads the batches of the uninterrupted one; each process yields its own contiguous share of the
+    rows. Yields ``{"image": √E E_I, "text": E_T}``."""
     n = len(pairs["image"])
+    per_process = batch_size // jax.process_count()  # this process's rows of the global batch, as data.get_dataset
+    mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     step = start_step
     while True:
-        pos = np.arange(step * batch_size, (step + 1) * batch_size)
+        pos = np.arange(step * batch_size, (step + 1) * batch_size)[mine]
         epochs = pos // n
         idx = np.concatenate(
             [np.random.default_rng([seed, int(e)]).permutation(n)[pos[epochs == e] % n] for e in np.unique(epochs)]
