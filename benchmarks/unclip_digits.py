@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--unclip_workdir", default="")
     ap.add_argument("--unclip_scales", default="0,1,3", help="decoder CFG weights w")
     ap.add_argument("--prior_w", type=float, default=1.0)
+    ap.add_argument("--prior_clip_workdir", default="", help="overrides the unCLIP config's prior.clip_workdir")
     ap.add_argument("--num", type=int, default=100)
     ap.add_argument("--num_attr", type=int, default=100)
     ap.add_argument("--method", default="dpm_solver++")
@@ -127,6 +128,8 @@ def main():
         )
     if args.unclip_workdir:
         config = build.load_config(args.unclip_config)
+        if args.prior_clip_workdir:
+            config.prior.clip_workdir = args.prior_clip_workdir
         fn = unclip_sample_fn(config, args.unclip_workdir, batch=args.batch, method=args.method, steps=args.steps)
         fn([_prompt(PLAIN, 0)], jax.random.key(0), 0.0, args.prior_w)
         fns = {
