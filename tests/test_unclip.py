@@ -41,7 +41,9 @@ def test_exact_prior_score_is_the_gaussian_oracle():
     )
 
 
-@pytest.mark.parametrize("method,opts", [("pc", dict(steps=300)), ("dpm_solver++", dict(steps=30))])
+@pytest.mark.parametrize(
+    "method,opts", [pytest.param("pc", dict(steps=300), marks=pytest.mark.slow), ("dpm_solver++", dict(steps=30))]
+)
 def test_prior_samples_have_the_exact_conditional_law(method, opts):
     c = jax.random.normal(jax.random.key(1), (N, 2))
     z, nfe = unclip.sample_prior(exact_prior_score, VP, c, jax.random.key(2), dim=3, method=method, **opts)
