@@ -68,7 +68,7 @@ def train_clip(config, workdir: str) -> dict:
     noised = bool(c.noised)
     out_dir = build.clip_dir(workdir, noised)
     run = training.prepare(config, out_dir, "clip")
-    mesh, batch_size = run.mesh, run.settings.batch_size
+    batch_size = run.settings.batch_size
     sde = build.make_sde(config) if noised else None
     eps = build.sampling_eps(sde) if noised else 0.0
     model = build.get_clip(config, rngs=nnx.Rngs(int(config.seed)))
