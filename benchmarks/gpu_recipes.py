@@ -25,6 +25,7 @@ RECIPES = {
     "cifar10_subvp": ("train", (), ()),
     "cifar10_ve": ("train", (), ()),
     "cifar10_vp_cond": ("train", (), ()),
+    "cifar10_t2i": ("train", (), ()),
     "cifar10_edm": ("train", (), ()),
     "cifar10_fm": ("train", (), ()),
     "cifar10_ve_classifier": ("train_classifier", ("cifar10_ve",), ()),

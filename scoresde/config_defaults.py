@@ -164,6 +164,9 @@ def get_default_configs():
     # made from its label and measured attributes (scoresde.data.captions; caption seed = data seed 0)
     data.captions = False
     data.caption_len = 16  # tokens per caption (scoresde.data.captions.MAX_LEN)
+    # (scoresde) "" = no class captions; a scoresde.data.class_captions set (cifar10): a caption-conditioned model
+    # trains on "a photo of a {class}"-style captions of each batch's labels (a template drawn per example)
+    data.caption_set = ""
 
     # model
     config.model = model = ml_collections.ConfigDict()

@@ -125,3 +125,18 @@ def test_class_labels_only_for_class_conditional_configs():
     conditional = _with(load_config("toy2d_vp_cond", "smoke"), **{"training.p_uncond": 0.0})
     assert (build.num_classes(conditional), build.guidance_kind(conditional)) == (9, "cfg")
     np.testing.assert_array_equal(build.class_labels(conditional, batch, None), [0, 4, 8])
+
+
+def test_caption_conditioning_comes_from_the_batch_with_whole_captions_dropped():
+    import jax
+
+    config = load_config("digits_t2i")
+    assert build.conditioning_kind(config) == "text"
+    tokens = np.arange(1, 1 + 4000 * 3, dtype=np.int32).reshape(4000, 3)
+    y = np.asarray(build.class_labels(config, {"image": None, "caption": tokens}, jax.random.key(0)))
+    dropped = np.all(y == 0, axis=1)
+    assert np.all(dropped | np.all(y == tokens, axis=1))
+    p = float(config.training.p_uncond)
+    assert abs(dropped.mean() - p) < 4 * np.sqrt(p * (1 - p) / len(y))
+    with pytest.raises(ValueError, match=r"batch\['caption'\].*config.data.captions=True"):
+        build.class_labels(config, {"image": None, "label": None}, jax.random.key(0))

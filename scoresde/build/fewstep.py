@@ -37,7 +37,7 @@ from flax import nnx
 from scoresde import data as data_lib
 from scoresde.build.networks import load_model
 from scoresde.build.run import as_config, params_digest, with_defaults
-from scoresde.build.score import ScoreModel, make_score_model, sampling_eps, score_convention
+from scoresde.build.score import ScoreModel, conditioning_kind, make_score_model, sampling_eps, score_convention
 from scoresde.checkpointing import Checkpointer
 from scoresde.fewstep import consistency as cm
 
@@ -151,6 +151,13 @@ def load_teacher(config) -> Teacher:
         raise ValueError(
             "distilling a class-conditional teacher is not supported; got "
             f"model.num_classes={tcfg.model.num_classes} in {workdir}"
+        )
+    kind = conditioning_kind(tcfg)
+    if kind in ("text", "vector"):  # its students would silently learn the null-conditioned teacher
+        raise ValueError(
+            f"distilling a {kind}-conditioned teacher is not supported (it would distil the teacher's null "
+            f"condition only); got model.text_vocab={tcfg.model.text_vocab}, model.cond_dim={tcfg.model.cond_dim} "
+            f"in {workdir}"
         )
     model, step = load_model(workdir, tcfg, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -15,6 +15,7 @@ from scoresde.build.latent import is_latent, model_data_shape
 from scoresde.build.run import as_config, check_checkpoint_config, with_defaults
 from scoresde.build.score import guidance_kind, num_classes
 from scoresde.checkpointing import Checkpointer, restore_params
+from scoresde.data import captions, class_captions
 from scoresde.models import classifiers
 
 
@@ -86,6 +87,14 @@ def _text_or_vector(config) -> dict:
     m = config.model
     if int(m.text_vocab) <= 0 and int(m.cond_dim) <= 0:
         return {}
+    if int(m.text_vocab) > 0:
+        caption_set = str(config.data.caption_set)
+        vocab = class_captions.vocabulary(caption_set) if caption_set else captions.VOCAB
+        if int(m.text_vocab) != len(vocab):
+            raise ValueError(
+                f"config.model.text_vocab={m.text_vocab} but the {caption_set or 'digits'} captions have a vocabulary "
+                f"of {len(vocab)} words (with <pad>); set config.model.text_vocab={len(vocab)}"
+            )
     return dict(
         text_vocab=int(m.text_vocab),
         text_len=int(config.data.caption_len),

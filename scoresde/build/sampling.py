@@ -29,6 +29,7 @@ from scoresde.build.score import (
 from scoresde.build.unclip import clip_guided_score, prior_image_embeddings
 from scoresde.config_defaults import with_defaults
 from scoresde.data import captions as captions_lib
+from scoresde.data import class_captions
 
 GUIDANCE = ("none", "cfg", "classifier", "clip")
 
@@ -259,12 +260,35 @@ def _prompt_list(config) -> list[str]:
         raise ValueError(f"config.sampling.prompt={prompt!r} is an empty prompt; give a caption, e.g. 'a bold seven'")
     if prompt:
         return [prompt]
+    caption_set = str(config.data.get("caption_set", ""))
+    if caption_set:
+        return [
+            class_captions.class_prompt(caption_set, k) for k in range(len(class_captions.CAPTION_SETS[caption_set]))
+        ]
     if str(config.data.dataset).lower() == "digits":
         return [f"a {w}".replace("a eight", "an eight") for w in captions_lib.DIGIT_WORDS]
     raise ValueError(
         f"a caption-conditioned model of {config.data.dataset!r} samples from config.sampling.prompt='...' or "
         "config.sampling.prompts_file=PATH; neither is set"
     )
+
+
+def caption_vocabulary(config) -> tuple[str, ...]:
+    """The vocabulary of a caption-conditioned config: its class-caption set's, else the captioned digits'."""
+    caption_set = str(config.data.get("caption_set", ""))
+    return class_captions.vocabulary(caption_set) if caption_set else captions_lib.VOCAB
+
+
+def tokenize_prompts(config, prompts) -> np.ndarray:
+    """``prompts`` as tokens ``(len(prompts), data.caption_len)`` in the config's vocabulary.
+
+    Raises:
+        ValueError: an unknown word (naming it and listing the vocabulary) or a caption too long.
+    """
+    caption_set, length = str(config.data.get("caption_set", "")), int(config.data.caption_len)
+    if caption_set:
+        return class_captions.tokenize(prompts, class_captions.vocabulary(caption_set), length)
+    return captions_lib.tokenize(prompts, length)
 
 
 def sample_prompts(config, batch: int) -> tuple[jax.Array, list[str]]:
@@ -284,7 +308,7 @@ def sample_prompts(config, batch: int) -> tuple[jax.Array, list[str]]:
             f"{len(prompts)} prompts but {batch} samples a batch; raise config.eval.sample_batch_size "
             f"(and config.eval.num_samples) to at least {len(prompts)}"
         )
-    tokens = captions_lib.tokenize(prompts, int(config.data.caption_len))
+    tokens = tokenize_prompts(config, prompts)
     rows = np.arange(batch) * len(prompts) // batch
     return jnp.asarray(tokens[rows]), [prompts[i] for i in rows]
 

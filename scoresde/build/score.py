@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
 from scoresde import guidance, parameterization, sampling
 from scoresde import sde as sde_lib
+from scoresde.data import class_captions
 
 # The constants of each process family from config.model (the edm process reads sigma_min / sigma_max too:
 # EDM's are 0.002 / 80, which its configs set).
@@ -157,7 +159,8 @@ def class_labels(config, batch, key):
     Class labels (``config.model.num_classes > 0``): ``batch["label"]``; with ``config.training.p_uncond > 0``
     each is replaced by the null label ``num_classes`` with that probability (classifier-free guidance training,
     :func:`scoresde.guidance.drop_labels`). Captions (``model.text_vocab > 0``): the tokens ``batch["caption"]``
-    (``config.data.captions``); a vector (``model.cond_dim > 0``): ``batch["cond"]``; each row is replaced by
+    (``config.data.captions``), or, with ``config.data.caption_set``, a caption of each ``batch["label"]`` in a
+    template drawn with ``fold_in(key, 1)`` (:mod:`scoresde.data.class_captions`); a vector (``model.cond_dim > 0``): ``batch["cond"]``; each row is replaced by
     zeros, the empty caption / the zero vector, with probability ``p_uncond``
     (:func:`scoresde.guidance.drop_conditioning`; GLIDE drops 20% of captions, Nichol et al. 2022, Sec. 3).
 
@@ -166,10 +169,20 @@ def class_labels(config, batch, key):
     """
     kind = conditioning_kind(config)
     p_uncond = float(config.training.get("p_uncond", 0.0))
+    if kind == "text" and "caption" not in batch and config.data.get("caption_set", ""):
+        # captions of the batch's class labels, a template drawn per example (scoresde.data.class_captions)
+        table = jnp.asarray(class_captions.caption_table(str(config.data.caption_set), int(config.data.caption_len)))
+        template = jax.random.randint(jax.random.fold_in(key, 1), batch["label"].shape, 0, table.shape[1])
+        y = table[batch["label"].astype(jnp.int32), template]
+        return guidance.drop_conditioning(key, y, p_uncond) if p_uncond > 0 else y
     if kind in CONDITIONING_KEYS:
         name = CONDITIONING_KEYS[kind]
         if name not in batch:
-            hint = "set config.data.captions=True" if kind == "text" else "the batches must carry the vectors"
+            hint = (
+                "set config.data.captions=True, or config.data.caption_set for class captions"
+                if kind == "text"
+                else "the batches must carry the vectors"
+            )
             raise ValueError(
                 f"a {kind}-conditioned model (config.model.{'text_vocab' if kind == 'text' else 'cond_dim'} > 0) "
                 f"trains on batch[{name!r}]; the batches hold {sorted(batch)} ({hint})"

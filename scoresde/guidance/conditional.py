@@ -9,7 +9,9 @@ sampler of :mod:`scoresde.sampling`.
   ``∇log p_t(x) + scale · ∇ₓ log p_t(y | x)``. At ``scale = 1`` with the exact classifier this *is* the
   class-conditional score ``∇log p_t(x | y)`` (Bayes' rule; ``p(y)`` does not depend on ``x``).
 * :func:`classifier_free_guidance` (Ho & Salimans 2022):
-  ``(1 + w) · s(x, t, y) - w · s(x, t, ∅)``; ``w = 0`` is plain conditional sampling.
+  ``(1 + w) · s(x, t, y) - w · s(x, t, ∅)``; ``w = 0`` is plain conditional sampling. ``y`` is a class label
+  (null: the label ``num_classes``) or an array with a batch axis, caption tokens or an embedding (null:
+  ``zeros_like(y)``, the empty caption; GLIDE, Nichol et al. 2022, Sec. 2.4).
 
   **γ convention.** The lecture notes write the guided score as
   ``γ ∇log p_t(x | y) + (1 - γ) ∇log p_t(x)``, i.e. ``p_t(x) p_t(y | x)^γ``. The two conventions are

@@ -153,8 +153,10 @@ def reflow_mode(config, workdir: str) -> dict:
     run = training.prepare(config, workdir)
     sde = build.make_sde(config)
     loss_fn = build.reflow_loss_fn(config, sde)  # validates the objective before anything slow
-    if int(config.model.get("num_classes", 0) or 0) > 0:
-        raise ValueError("--mode=reflow trains unconditional flows; config.model.num_classes must be 0")
+    if build.conditioning_kind(config) != "none":
+        raise ValueError(
+            "--mode=reflow trains unconditional flows; config.model.num_classes, text_vocab and cond_dim must be 0"
+        )
     source = _source_workdir(config, workdir)
     batch_size = run.settings.batch_size
 

@@ -55,7 +55,34 @@ def _write_visual(config, path_png, samples01, title=""):
 
 
 def _visual_extensions(config) -> tuple[str, ...]:
-    return ("png", "svg") if data_lib.is_sequence_data(config) else ("png",)
+    if data_lib.is_sequence_data(config):
+        return ("png", "svg")
+    return ("png", "txt") if build.conditioning_kind(config) == "text" else ("png",)
+
+
+def _prompts_line(config, batch: int) -> str | None:
+    """The distinct captions a caption-conditioned model samples (for the header); ``None`` for other models."""
+    if build.conditioning_kind(config) != "text":
+        return None
+    distinct = list(dict.fromkeys(build.sample_prompts(config, batch)[1]))
+    return ", ".join(repr(p) for p in distinct[:4]) + (f", ... ({len(distinct)} captions)" if len(distinct) > 4 else "")
+
+
+def _caption_legend(path_txt: str, prompts: list[str], ncol: int) -> None:
+    """Writes which caption each grid row (and sample range) was sampled from, next to the PNG grid."""
+    lines = [f"# captions of the grid {os.path.basename(path_txt)[:-4]}.png: {ncol} samples a row, top row first"]
+    start = 0
+    for i in range(1, len(prompts) + 1):
+        if i == len(prompts) or prompts[i] != prompts[start]:
+            rows = (
+                f"rows {start // ncol}-{(i - 1) // ncol}" if (i - 1) // ncol > start // ncol else f"row {start // ncol}"
+            )
+            lines.append(f"samples {start}-{i - 1} ({rows}): {prompts[start]}")
+            start = i
+    tmp = f"{path_txt}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path_txt)
 
 
 def _at_resolution(config):
@@ -144,6 +171,7 @@ def sample(config, workdir: str) -> dict:
             "sampler": f"{method} {options}",
             "paradigms": f"window {paradigms[0]}, tol {paradigms[1]}" if paradigms else None,
             "guidance": build.guidance_kind(config),
+            "prompts": _prompts_line(config, batch),
             "workdir": os.path.abspath(workdir),
         },
     )
@@ -159,6 +187,7 @@ def sample(config, workdir: str) -> dict:
         clip=clip,
         prior=prior,
     )
+    prompts = build.sample_prompts(config, batch)[1] if build.conditioning_kind(config) == "text" else None
     out_dir = os.path.join(workdir, "samples")
     key = build.purpose_key(build.root_key(config), "sample")
     description = json.dumps(build.sampler_description(config), sort_keys=True, default=str)
@@ -198,8 +227,12 @@ def sample(config, workdir: str) -> dict:
                         checkpoint_step=np.int64(step),
                         params_hash=np.array(params_hash),
                         request=np.array(request),
+                        **({} if prompts is None else {"captions": np.array(prompts[: len(samples)])}),
                     )
                     _write_visual(config, os.path.join(out_dir, f"samples_{i}.png"), samples, title=f"step {step}")
+                    if prompts is not None:
+                        ncol = math.ceil(math.sqrt(len(samples)))  # images.image_grid's default layout
+                        _caption_legend(os.path.join(out_dir, f"samples_{i}.txt"), prompts[: len(samples)], ncol)
                 written += len(samples)
                 i += 1
         except Exception:  # a failed request leaves nothing behind (a killed one is cleaned up by the next)
