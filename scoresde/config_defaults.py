@@ -613,6 +613,57 @@ CLIP_DEFAULTS = dict(
 )
 OPTIONAL_SECTIONS = {"classifier": CLASSIFIER_DEFAULTS, "autoencoder": AUTOENCODER_DEFAULTS, "clip": CLIP_DEFAULTS}
 
+# config.prior (optional, see :func:`add_prior`): unCLIP's diffusion prior over CLIP image embeddings given the text
+# embedding, trained by --mode=train_prior on the pairs a trained CLIP computes (:mod:`scoresde.build.unclip`).
+PRIOR_DEFAULTS = dict(
+    clip_workdir="",  # the --mode=train_clip run whose CLIP embeds the pairs and conditions the decoder (required)
+    hidden=256,  # the MLP score network (scoresde.models.mlp.MLPScore with cond_dim = the CLIP embedding size)
+    num_layers=4,
+    embed_dim=64,
+    p_uncond=0.1,  # text-embedding dropout to zeros, for classifier-free guidance of the prior
+    guidance_scale=0.0,  # w of the prior's classifier-free guidance when sampling (0 = the conditional prior)
+    n_iters=4000,
+    batch_size=0,  # 0 = config.training.batch_size
+    optimizer="Adam",
+    lr=1e-3,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    warmup=100,
+    grad_clip=1.0,
+    weight_decay=0.0,
+    lr_decay_steps=0,
+    ema_rate=0.999,
+    log_freq=50,
+    snapshot_freq=0,  # 0 = n_iters
+    max_nonfinite=10,
+    tensorboard=False,
+)
+OPTIONAL_SECTIONS["prior"] = PRIOR_DEFAULTS
+
+
+def add_clip_guidance(config, clip_workdir, *, scale=1.0, noised=True, prompt=""):
+    """CLIP guidance of an unconditional model towards ``sampling.prompt`` / ``sampling.prompts_file``: the CLIP of the
+    ``--mode=train_clip`` run in ``clip_workdir`` (its noised CLIP, or with ``noised=False`` the clean one through the
+    denoiser), ``sampling.guidance_scale`` = ``scale``. Like :func:`add_guidance`, only configs that use them have
+    these fields."""
+    s = config.sampling
+    s.guidance = "clip"
+    s.guidance_scale = scale
+    s.clip_workdir = clip_workdir
+    s.clip_noised = noised
+    s.prompt = prompt
+    s.prompts_file = ""
+    return config
+
+
+def add_prior(config, **fields):
+    """``config.prior``: :data:`PRIOR_DEFAULTS` overridden by ``fields`` (unCLIP's prior, ``--mode=train_prior``)."""
+    config.prior = ml_collections.ConfigDict(copy.deepcopy(PRIOR_DEFAULTS))
+    for k, v in fields.items():
+        config.prior[k] = v
+    return config
+
 
 def _missing(have, table, path=()):
     """``(path, value)`` of every field of ``table`` that ``have`` lacks (whole sections at once)."""
@@ -707,6 +758,13 @@ VALID_RANGES = {
     "autoencoder.log_freq": _count(1),
     "autoencoder.lr": _POSITIVE,
     "autoencoder.max_nonfinite": _count(1),
+    "prior.n_iters": _count(1),
+    "prior.log_freq": _count(1),
+    "prior.lr": _POSITIVE,
+    "prior.hidden": _count(1),
+    "prior.num_layers": _count(1),
+    "prior.embed_dim": _count(2),
+    "prior.p_uncond": _UNIT,
 }
 
 
@@ -743,7 +801,7 @@ def missing_fields(config) -> list[str]:
 def with_defaults(config):
     """``config`` with every field it lacks taken from this module's defaults.
 
-    A section the config lacks is added whole, except the optional ``classifier`` and ``autoencoder``, whose
+    A section the config lacks is added whole, except the optional ones (:data:`OPTIONAL_SECTIONS`), whose
     absence means the run has no such part. Fields the config has are never changed, nor are fields the
     defaults do not know (a locked config still rejects a misspelt field afterwards).
 

@@ -47,6 +47,7 @@ MODES = {
     "fid_stats": "scoresde.modes.fid_stats:fid_stats",
     "fid": "scoresde.modes.fid:evaluate_samples",  # FID / IS / KID of workdir/samples or of fresh samples
     "train_classifier": "scoresde.modes.train_classifier:train_classifier",
+    "train_prior": "scoresde.modes.train_prior:train_prior",
     "train_autoencoder": "scoresde.modes.train_autoencoder:train_autoencoder",  # latent diffusion, stage 1
     "train_clip": "scoresde.modes.train_clip:train_clip",  # CLIP / noised CLIP from scratch on captioned digits
     "distill": "scoresde.modes.distill:distill",  # cd | ct | pd few-step students (config.distill.method)

@@ -22,6 +22,7 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.augment`: EDM's augmentation of training batches (``config.data.augment_p``).
 * :mod:`~scoresde.build.ema`: the power-function EMA profiles tracked for post-hoc EMA (``config.ema``).
 * :mod:`~scoresde.build.clip`: CLIP from ``config.clip``, and a trained CLIP from a workdir.
+* :mod:`~scoresde.build.unclip`: unCLIP's prior and its CLIP (``config.prior``), CLIP guidance's encoders.
 
 Every public name is also importable from ``scoresde.build`` itself.
 """
@@ -188,3 +189,28 @@ from scoresde.build.score import (  # noqa: F401
     training_objective,
 )
 from scoresde.build.trainer import Settings, Snapshots, read_settings, write_snapshot  # noqa: F401
+from scoresde.build.unclip import (  # noqa: F401
+    GuidanceCLIP,
+    UnclipPrior,
+    clean_image_embed_fn,
+    clip_guided_score,
+    clip_temperature,
+    clip_workdir,
+    configured_clip,
+    decoder_conditioning,
+    digit_prompt_embeddings,
+    embedding_pairs,
+    get_prior,
+    has_prior,
+    is_unclip_decoder,
+    load_guidance_clip,
+    load_prior,
+    load_unclip_prior,
+    noised_image_embed_fn,
+    pair_batches,
+    prior_dir,
+    prior_image_embeddings,
+    to_clip_space,
+    to_prior_space,
+    with_decoder_conditioning,
+)

@@ -103,6 +103,34 @@ RESUME_SAFE_FIELDS["classifier"] = (
     "classifier.tensorboard",
     "classifier.eval_times",
 )
+# unCLIP's prior depends on its own section, the CLIP that embeds its pairs, and the process and loss it shares with
+# the decoder
+RESUME_COMPARED_FIELDS["prior"] = (
+    "prior.",
+    "data.",
+    "training.sde",
+    "training.continuous",
+    "training.objective",
+    "training.reduce_mean",
+    "training.likelihood_weighting",
+    "training.importance_sampling",
+    "model.beta_min",
+    "model.beta_max",
+    "model.sigma_min",
+    "model.sigma_max",
+    "model.num_scales",
+    "model.output",
+    "model.time_label",
+    "seed",
+)
+RESUME_SAFE_FIELDS["prior"] = (
+    "prior.n_iters",
+    "prior.log_freq",
+    "prior.snapshot_freq",
+    "prior.tensorboard",
+    "prior.guidance_scale",
+)
+RESUME_SAFE_FIELDS["train"] += ("prior.",)  # the decoder does not depend on its prior
 RESUME_COMPARED_FIELDS["autoencoder"] = ("autoencoder.", "data.", "seed")
 RESUME_SAFE_FIELDS["autoencoder"] = (
     "autoencoder.n_iters",
@@ -284,6 +312,8 @@ PURPOSE = {
     "measurement": 16,  # root -> inverse problems: measurement noise (restoration keys use "sample")
     "reflow": 17,  # root -> reflow couplings (fold_in(key, chunk) below it)
     "augment": 24,  # batch-transform key -> EDM's augmentation of a training batch
+    "prior_eval": 41,  # root -> unCLIP prior samples of the test captions at the end of train_prior
+    "unclip_prior": 42,  # sample key -> the prior's image embeddings of an unCLIP sample batch
 }
 
 

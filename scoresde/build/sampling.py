@@ -16,6 +16,7 @@ from scoresde.build.continuous import CONTINUOUS_SAMPLERS, continuous_sampler
 from scoresde.build.fewstep import is_consistency_model, student_consistency_fn
 from scoresde.build.latent import is_latent, load_latent_space, model_data_shape
 from scoresde.build.objectives import cfg_with_denoiser
+from scoresde.build.run import purpose_key
 from scoresde.build.score import (
     ScoreModel,
     conditioning_kind,
@@ -25,11 +26,12 @@ from scoresde.build.score import (
     sampling_eps,
     score_convention,
 )
+from scoresde.build.unclip import clip_guided_score, prior_image_embeddings
 from scoresde.config_defaults import with_defaults
 from scoresde.data import captions as captions_lib
 from scoresde.data import class_captions
 
-GUIDANCE = ("none", "cfg", "classifier")
+GUIDANCE = ("none", "cfg", "classifier", "clip")
 
 # config.sampling names of the options of scoresde.sampling.sample that the configs carry
 _PC_NAMES = {
@@ -351,7 +353,30 @@ def sample_conditioning(config, batch: int) -> jax.Array:
     return sample_class_labels(config, batch)
 
 
-def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=None):
+def _unclip_decoder_score(config, score_model, model, batch: int, kind: str, scale, prior, key):
+    """unCLIP's decoder given the prior's CLIP image embeddings of the prompts (:mod:`scoresde.build.unclip`), with
+    classifier-free guidance (``cfg``, null = the zero embedding) or without (``none``). Without a prior (a training
+    snapshot) the decoder samples its null conditioning."""
+    if prior is None:
+        return score_model.score_fn(model)
+    tokens = sample_prompts(config, batch)[0]
+    y = prior_image_embeddings(
+        score_model, prior, tokens, purpose_key(key, "unclip_prior"), w=float(config.prior.guidance_scale)
+    )
+    if kind == "none":
+        return score_model.score_fn(model, y=y)
+    if kind != "cfg":
+        raise ValueError(f"an unCLIP decoder is sampled with config.sampling.guidance 'cfg' or 'none'; got {kind!r}")
+
+    def cond_score_fn(x, t, labels):
+        return score_model.score_fn(model, y=labels)(x, t)
+
+    scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
+    guided = guidance.classifier_free_guidance(cond_score_fn, y, scale, None)
+    return cfg_with_denoiser(guided, score_model, model, y, scale, None)
+
+
+def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=None, clip=None, prior=None, key=None):
     """The sample mode's score: ``config.sampling.guidance`` ∈ none | cfg | classifier applied to ``model``.
 
     Args:
@@ -372,6 +397,13 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
         raise ValueError(f"unknown config.sampling.guidance {kind!r}; expected one of: {', '.join(GUIDANCE)}")
     score_model = ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data))
     text = conditioning_kind(config) == "text"
+    if conditioning_kind(config) == "vector":  # unCLIP's decoder: y from the prior (build.unclip)
+        return _unclip_decoder_score(config, score_model, model, batch, kind, scale, prior, key)
+    if kind == "clip":  # CLIP guidance of an unconditional model towards the prompts (build.unclip)
+        if clip is None:
+            raise ValueError("config.sampling.guidance='clip' needs a CLIP (config.sampling.clip_workdir)")
+        scale = config.sampling.get("guidance_scale", 1.0) if scale is None else scale
+        return clip_guided_score(score_model.score_fn(model), sde, clip, sample_prompts(config, batch)[0], scale)
     if kind == "none":
         # a caption-conditioned model samples its prompts unguided (w = 0)
         return score_model.score_fn(model, y=sample_prompts(config, batch)[0] if text else None)
@@ -406,14 +438,26 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
 
 
 def make_sample_fn(
-    config, sde, graphdef, rest, num_samples: int, mesh=None, classifier=None, *, with_rounds: bool = False
+    config,
+    sde,
+    graphdef,
+    rest,
+    num_samples: int,
+    mesh=None,
+    classifier=None,
+    *,
+    with_rounds: bool = False,
+    clip=None,
+    prior=None,
 ):
     """A jitted ``fn(params, key, guidance_scale=None) -> (samples in data space [0, 1], nfe)``, sharded over the mesh.
 
     ``config.sampling.guidance`` (none | cfg | classifier, :func:`guided_score_fn`) guides the samples;
     ``guidance_scale`` overrides ``config.sampling.guidance_scale`` as a traced value. Classifier
     guidance needs ``classifier``; without one (snapshots during training) sampling is unguided.
-    ``with_rounds``: ``fn`` returns ``(samples, nfe, rounds)`` (see :func:`sampler_from_config`).
+    ``with_rounds``: ``fn`` returns ``(samples, nfe, rounds)`` (see :func:`sampler_from_config`). CLIP guidance
+    (``clip``) and an unCLIP decoder's prior (``prior``) are the sample mode's (:func:`scoresde.build.load_guidance_clip`,
+    :func:`scoresde.build.load_unclip_prior`); without them snapshots sample unguided / the decoder's null conditioning.
     """
     config = with_defaults(config)
     shape = (num_samples,) + model_data_shape(config)
@@ -436,7 +480,9 @@ def make_sample_fn(
     sampler = sampler_from_config(
         config, sde, shape, inverse_scaler, sampling_eps(sde), with_rounds=with_rounds, sharding=draw
     )
-    unguided = classifier is None and guidance_kind(config) == "classifier"
+    unguided = (classifier is None and guidance_kind(config) == "classifier") or (
+        clip is None and guidance_kind(config) == "clip"
+    )
     consistency_model = is_consistency_model(config)
     if consistency_model and str(config.sampling.method).lower() != "consistency":
         raise ValueError(
@@ -451,7 +497,18 @@ def make_sample_fn(
         if unguided:
             return sampler(key, make_score_fn(model, sde, config))
         return sampler(
-            key, guided_score_fn(config, model, sde, num_samples, classifier=classifier, scale=guidance_scale)
+            key,
+            guided_score_fn(
+                config,
+                model,
+                sde,
+                num_samples,
+                classifier=classifier,
+                scale=guidance_scale,
+                clip=clip,
+                prior=prior,
+                key=key,
+            ),
         )
 
     return jax.jit(fn, out_shardings=(out, *counts))

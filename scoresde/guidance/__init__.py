@@ -4,6 +4,7 @@
   colorization (re-exported here, so ``guidance.classifier_free_guidance`` works).
 * :mod:`~scoresde.guidance.posterior`: DPS, ΠGDM, universal and embedding guidance as score transformers.
 * :mod:`~scoresde.guidance.inverse`: measurement operators, ``posterior_sample`` and ILVR.
+* :mod:`~scoresde.guidance.clip`: CLIP guidance by a noised CLIP, and by a clean CLIP through the denoiser.
 """
 
 from scoresde.guidance.conditional import (  # noqa: F401

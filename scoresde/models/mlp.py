@@ -32,6 +32,10 @@ class MLPScore(nnx.Module):
         embed_dim: width of the time embedding.
         num_classes: if > 0, a label embedding with ``num_classes + 1`` rows is added to the time
             embedding; label ``num_classes`` is the reserved null label (unconditional).
+        cond_dim: if > 0, the network takes a float conditioning vector ``y`` ``(B, cond_dim)`` (unCLIP's prior:
+            a CLIP text embedding, Ramesh et al. 2022), projected by a linear map and added to the time
+            embedding; ``y = None`` is the null conditioning ``zeros`` of classifier-free guidance. Exclusive
+            with ``num_classes``.
         augment_dim: if > 0, the call's ``augment_labels`` ``(B, augment_dim)`` (EDM's augmentation labels,
             :mod:`scoresde.augment`) pass through a bias-free linear map added to the embedding; zeros or
             ``None`` (sampling) change nothing.
@@ -52,9 +56,15 @@ class MLPScore(nnx.Module):
         num_classes: int = 0,
         augment_dim: int = 0,
         second_time: bool = False,
+        cond_dim: int = 0,
         rngs: nnx.Rngs,
     ):
-        self.dim, self.embed_dim, self.num_classes = dim, embed_dim, num_classes
+        if cond_dim > 0 and num_classes > 0:
+            raise ValueError(
+                f"an MLP takes class labels (num_classes={num_classes}) or a conditioning vector "
+                f"(cond_dim={cond_dim}), not both; set one of them to 0"
+            )
+        self.dim, self.embed_dim, self.num_classes, self.cond_dim = dim, embed_dim, num_classes, cond_dim
         self.second_time = bool(second_time)
         self.temb = nnx.Linear(embed_dim, hidden, rngs=rngs)
         self.inp = nnx.Linear(dim, hidden, rngs=rngs)
@@ -64,6 +74,8 @@ class MLPScore(nnx.Module):
         self.augment_emb = nnx.Linear(augment_dim, hidden, use_bias=False, rngs=rngs) if augment_dim > 0 else None
         # created last: the one-time network's parameters do not depend on this flag
         self.gap_temb = nnx.Linear(embed_dim, hidden, rngs=rngs) if second_time else None
+        # created after every other layer: a network without vector conditioning keeps its parameters
+        self.cond_emb = nnx.Linear(cond_dim, hidden, rngs=rngs) if cond_dim > 0 else None
 
     @property
     def null_label(self) -> int:
@@ -80,6 +92,12 @@ class MLPScore(nnx.Module):
             if y is None:
                 y = jnp.full((shape[0],), self.null_label, dtype=jnp.int32)
             emb = emb + self.label_emb(y)
+        elif self.cond_emb is not None:
+            if y is None:
+                y = jnp.zeros((shape[0], self.cond_dim), jnp.float32)
+            if y.shape != (shape[0], self.cond_dim):
+                raise ValueError(f"conditioning y must have shape ({shape[0]}, {self.cond_dim}); got {y.shape}")
+            emb = emb + self.cond_emb(y.astype(jnp.float32))
         if self.augment_emb is not None and augment_labels is not None:
             emb = emb + self.augment_emb(augment_labels.astype(jnp.float32))
         elif augment_labels is not None:

@@ -161,6 +161,7 @@ def sample(config, workdir: str) -> dict:
     batch = min(build.sample_batch_size(config), total)
     parallel.check_batch_size(batch, mesh, "config.eval.sample_batch_size")
     classifier = build.load_guidance_classifier(workdir, config)
+    clip, prior = build.load_guidance_clip(config), build.load_unclip_prior(config, workdir)
     method, options = build.sampling_options(config)
     paradigms = build.parallel_settings(config)
     runlog.announce(
@@ -175,7 +176,16 @@ def sample(config, workdir: str) -> dict:
         },
     )
     sample_fn = build.make_sample_fn(
-        sampling_config, sde, graphdef, rest, batch, mesh, classifier=classifier, with_rounds=True
+        sampling_config,
+        sde,
+        graphdef,
+        rest,
+        batch,
+        mesh,
+        classifier=classifier,
+        with_rounds=True,
+        clip=clip,
+        prior=prior,
     )
     prompts = build.sample_prompts(config, batch)[1] if build.conditioning_kind(config) == "text" else None
     out_dir = os.path.join(workdir, "samples")

@@ -48,7 +48,7 @@ def score_loss(config, loss_fn, to_model_space, graphdef, rest):
 def make_train_step(config, sde, graphdef, rest, tx, mesh, key):
     """The jitted ``step(state, batch) -> (state, metrics)`` of ``--mode=train`` over the mesh (``key``: the
     training key), as :func:`scoresde.training.fit` runs it; for benchmarks."""
-    to_model_space = build.batch_transform(config, mesh, augment=True)
+    to_model_space = build.with_decoder_conditioning(config, build.batch_transform(config, mesh, augment=True))
     loss = score_loss(config, build.make_loss_fn(config, sde), to_model_space, graphdef, rest)
     return training.jit_step(
         tx, build.read_settings(config), mesh, key, loss=loss, lr_schedule=build.lr_schedule_from_config(config)
@@ -86,7 +86,8 @@ def train(config, workdir: str) -> dict:
     model = build.build_model(config, seed=int(config.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = build.optimizer_from_config(config)
-    to_model_space = build.batch_transform(config, mesh)  # a latent model encodes its batch here
+    # a latent model encodes its batch here; an unCLIP decoder's batch gains its CLIP image embedding
+    to_model_space = build.with_decoder_conditioning(config, build.batch_transform(config, mesh))
 
     eval_step = make_eval_step(config, loss_fn, to_model_space, graphdef, rest, mesh, run.key("eval"))
     eval_batches = None
@@ -111,7 +112,13 @@ def train(config, workdir: str) -> dict:
             init_state=lambda: train_state.init_state(params, tx),
             tx=tx,
             batches=lambda start: data_lib.get_dataset(config, split="train", batch_size=batch_size, start_step=start),
-            loss=score_loss(config, loss_fn, build.batch_transform(config, mesh, augment=True), graphdef, rest),
+            loss=score_loss(
+                config,
+                loss_fn,
+                build.with_decoder_conditioning(config, build.batch_transform(config, mesh, augment=True)),
+                graphdef,
+                rest,
+            ),
             lr_schedule=build.lr_schedule_from_config(config),
             evaluate=evaluate,
             snapshot=build.Snapshots(config, sde, graphdef, rest, mesh, run.key("snapshot"), workdir),
