@@ -12,7 +12,8 @@
 
 Fields: ``device``, ``num_devices``, ``config``, ``what``, ``batch``, ``dtype``, ``params``, ``compile_s``
 (seconds of ``jax.jit(...).lower(...).compile()`` of the timed program: tracing, lowering and XLA's compile,
-ahead of time, nothing run; with ``--compilation_cache`` a cache hit is what it times), ``median_step_s``,
+ahead of time, nothing run; with ``--compilation_cache`` a cache hit is what it times), ``lower_s`` (the
+tracing and lowering part of it), ``compile_cpu_s`` (CPU seconds of both, all threads), ``median_step_s``,
 ``img_per_s``, ``nfe`` (network evaluations per image of one timed call), ``load_avg_1m`` (the host's load
 average when the record was written: compile and step times on a shared host depend on it),
 ``gflop_per_img`` (XLA cost analysis of the timed program per image: the whole train step, sample or solve,
@@ -108,6 +109,19 @@ def peak_memory() -> tuple[float | None, str]:
     return round(rss_kib / 2**20, 3), "host_max_rss"
 
 
+def aot_compile(jitted, *args):
+    """``(compiled, timing)``: ``jitted.lower(*args).compile()`` ahead of time, with ``timing`` = ``compile_s``
+    (wall seconds of both), ``lower_s`` (wall seconds of tracing and lowering alone) and ``compile_cpu_s``
+    (CPU seconds this process spent in both, all threads: on a loaded host the wall time mostly measures the
+    other jobs, the CPU time the work)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2, c2 = time.perf_counter(), time.process_time()
+    return compiled, {"compile_s": round(t2 - t0, 3), "lower_s": round(t1 - t0, 3), "compile_cpu_s": round(c2 - c0, 3)}
+
+
 def run(
     config,
     *,
@@ -144,9 +158,7 @@ def run(
         tx = build.optimizer_from_config(config)
         state = parallel.replicate(mesh, train_state.init_state(params, tx))
         step_fn = make_train_step(config, sde, graphdef, rest, tx, mesh, key)
-        t0 = time.perf_counter()
-        compiled = step_fn.lower(state, x).compile()
-        compile_s = time.perf_counter() - t0
+        compiled, timing = aot_compile(step_fn, state, x)
         forward = jax.jit(forward_fn).lower(params, x["image"], t)  # cost analysis only: no compile
 
         def one(s):
@@ -157,9 +169,7 @@ def run(
         repl = parallel.replicated_sharding(mesh)
         fn = jax.jit(forward_fn, in_shardings=(repl, parallel.data_sharding(mesh), parallel.data_sharding(mesh)))
         params = parallel.replicate(mesh, params)
-        t0 = time.perf_counter()
-        compiled = fn.lower(params, x["image"], t).compile()
-        compile_s = time.perf_counter() - t0
+        compiled, timing = aot_compile(fn, params, x["image"], t)
         forward = compiled
         state = params
 
@@ -182,9 +192,7 @@ def run(
                 logp, _, n = likelihood.log_likelihood(score, sde, xx, k, hutchinson="rademacher")
                 return logp, n
 
-        t0 = time.perf_counter()
-        compiled = jax.jit(program).lower(params, x["image"], key).compile()
-        compile_s = time.perf_counter() - t0
+        compiled, timing = aot_compile(jax.jit(program), params, x["image"], key)
         state = params
 
         def one(s):
@@ -217,7 +225,7 @@ def run(
         "batch": batch,
         "dtype": dtype,
         "params": n_params,
-        "compile_s": round(compile_s, 3),
+        **timing,
         "median_step_s": float(f"{median:.6g}"),
         "img_per_s": round(batch / median, 2),
         "nfe": float(np.median(nfe_per_img)) if nfe_per_img else None,
