@@ -13,7 +13,8 @@
 Fields: ``device``, ``num_devices``, ``config``, ``what``, ``batch``, ``dtype``, ``params``, ``compile_s``
 (seconds of ``jax.jit(...).lower(...).compile()`` of the timed program: tracing, lowering and XLA's compile,
 ahead of time, nothing run; with ``--compilation_cache`` a cache hit is what it times), ``lower_s`` (the
-tracing and lowering part of it), ``compile_cpu_s`` (CPU seconds of both, all threads), ``median_step_s``,
+tracing and lowering part of it), ``compile_cpu_s`` (CPU seconds of both, all threads), ``median_step_s``
+(and ``median_step_cpu_s``, the CPU seconds of a step, all threads),
 ``img_per_s``, ``nfe`` (network evaluations per image of one timed call), ``load_avg_1m`` (the host's load
 average when the record was written: compile and step times on a shared host depend on it),
 ``gflop_per_img`` (XLA cost analysis of the timed program per image: the whole train step, sample or solve,
@@ -201,11 +202,12 @@ def run(
 
     nfe_per_img = [1.0] if what == "nfe" else []
     state = one(state)  # warm-up
-    times = []
+    times, cpu_times = [], []
     for _ in range(int(steps)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state = one(state)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     median = float(np.median(times))
     dev = jax.devices()[0]
     dtype = str(config.model.dtype)
@@ -227,6 +229,7 @@ def run(
         "params": n_params,
         **timing,
         "median_step_s": float(f"{median:.6g}"),
+        "median_step_cpu_s": float(f"{np.median(cpu_times):.6g}"),
         "img_per_s": round(batch / median, 2),
         "nfe": float(np.median(nfe_per_img)) if nfe_per_img else None,
         "load_avg_1m": round(os.getloadavg()[0], 2),
