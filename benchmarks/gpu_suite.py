@@ -19,6 +19,10 @@ Figures (``"figure"`` key of each line; every line also carries ``device``, ``ba
   solve cut at 8 Tsit5 steps (= 51 NFE, the fixed-NFE cost figure: its log-densities are not used)
   and an adaptive solve at rtol = atol = 1e-5 (its mean NFE reported).
 * ``consistency``: img/s of ``sample(method="consistency")`` when that method exists (skipped otherwise).
+* ``vs_reference``: ``benchmarks/vs_reference.py --device=gpu --size=cifar10`` (forward, training step, 20-step
+  DPM-Solver and likelihood against the PyTorch reference with identical weights), one line per figure
+  (its ``"what"``), when ``--reference`` and ``--dpm-solver`` name the two checkouts (skipped otherwise;
+  ``--smoke`` runs it on the CPU with its small network).
 
 Memory: ``peak_memory_gib`` is the device's ``peak_bytes_in_use`` since process start (so, within one
 run, the running maximum over the figures so far: the first train line, f32 batch 128, is the one to
@@ -38,6 +42,7 @@ import argparse
 import functools
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -96,7 +101,7 @@ SMOKE_SIZES = dict(
     likelihood_max_steps=64,
     timed=2,
 )
-FIGURES = ("train", "eval", "sampler", "likelihood", "consistency")
+FIGURES = ("train", "eval", "sampler", "likelihood", "consistency", "vs_reference")
 
 
 def _program_memory_gib(compiled):
@@ -122,8 +127,9 @@ def _median_s(fn, n):
 class Suite:
     """Builds the network once per dtype and prints each figure as one JSON line."""
 
-    def __init__(self, smoke: bool):
+    def __init__(self, smoke: bool, reference: str | None = None, dpm_solver: str | None = None):
         self.smoke = smoke
+        self.reference, self.dpm_solver = reference, dpm_solver
         self.arch = SMOKE if smoke else DDPMPP_CIFAR10
         self.sizes = SMOKE_SIZES if smoke else FULL_SIZES
         self.sde = sde_lib.VPSDE()
@@ -337,11 +343,33 @@ class Suite:
         med = _median_s(go, max(2, self.sizes["timed"] // 5))
         self.emit("consistency", batch=batch, nfe=nfe, img_per_s=round(batch / med, 2))
 
+    def vs_reference(self):
+        if not (self.reference and self.dpm_solver):
+            self.emit("vs_reference", skipped="needs --reference and --dpm-solver (checkouts of the PyTorch code)")
+            return
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vs_reference.py")
+        cmd = [sys.executable, script, f"--reference={self.reference}", f"--dpm-solver={self.dpm_solver}"]
+        if self.smoke:
+            cmd += ["--device=cpu", "--rounds=1", "--only=forward,dpm_solver"]
+        else:
+            cmd += ["--device=gpu", "--size=cifar10", "--batch=128", "--sample-batch=128", "--likelihood-batch=16"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                rec = json.loads(line)
+                rec["what"] = rec.pop("figure")
+                rec.pop("device", None)
+                self.emit("vs_reference", **rec)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny network and sizes (CPU, < 60 s)")
     parser.add_argument("--only", default=",".join(FIGURES), help=f"comma list of figures among {FIGURES}")
+    parser.add_argument("--reference", default=None, help="score_sde_pytorch checkout (the vs_reference figure)")
+    parser.add_argument("--dpm-solver", default=None, dest="dpm_solver", help="LuChengTHU/dpm-solver checkout")
     args = parser.parse_args(argv)
     only = [f.strip() for f in args.only.split(",") if f.strip()]
     unknown = sorted(set(only) - set(FIGURES))
@@ -349,7 +377,7 @@ def main(argv=None):
         raise SystemExit(f"unknown figure(s) {unknown}; expected some of: {', '.join(FIGURES)}")
     if not args.smoke:
         compilation.enable_compilation_cache()  # a rerun of the suite does not recompile
-    suite = Suite(args.smoke)
+    suite = Suite(args.smoke, args.reference, args.dpm_solver)
     t0 = time.perf_counter()
     for figure in FIGURES:
         if figure in only:

@@ -76,3 +76,16 @@ def test_peak_flops_table():
     assert peak_flops("TPU v5 lite", "bfloat16") == 197e12
     assert peak_flops("NVIDIA H100 PCIe", "bfloat16") is None  # a different card: unknown, not H100 SXM
     assert peak_flops("cpu", "float32") is None
+
+
+def test_bench_likelihood_record():
+    """The likelihood record times the whole solve, counts its NFE and carries the AOT compile seconds (the
+    sample record is the same code with the sampler as the program)."""
+    from scoresde import bench
+    from scoresde.build import load_config
+
+    config = load_config(os.path.join(REPO, "configs/toy2d_vp.py") + ":smoke")
+    rec = bench.run(config, what="likelihood", batch_size=8, steps=1)
+    assert rec["what"] == "likelihood" and rec["compile_s"] > 0 and rec["median_step_s"] > 0
+    assert rec["load_avg_1m"] >= 0 and 0 < rec["lower_s"] <= rec["compile_s"] and rec["compile_cpu_s"] > 0
+    assert rec["nfe"] > 6  # an adaptive Tsit5 solve: the first evaluation, then 6 new ones per step

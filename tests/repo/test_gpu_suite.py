@@ -46,13 +46,14 @@ def _run(*args):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
     for rec in lines:
-        keys = KEYS["consistency"] if rec["figure"] == "consistency" else KEYS[rec["figure"]]
+        keys = KEYS[rec["figure"]]
         assert keys <= set(rec), (rec["figure"], keys - set(rec))
         assert rec["smoke"] is True and rec["backend"] == "cpu"
     return lines
 
 
 KEYS["consistency"] = COMMON  # plus either "skipped" or the img/s fields, checked below
+KEYS["vs_reference"] = COMMON  # skipped without the PyTorch checkouts
 
 
 def _check_consistency(rec):
@@ -65,8 +66,9 @@ def _check_consistency(rec):
 
 
 def test_smoke_eval_and_consistency_lines():
-    lines = _run("--only=eval,consistency")
-    assert [r["figure"] for r in lines] == ["eval", "eval", "consistency", "total"]
+    lines = _run("--only=eval,consistency,vs_reference")
+    assert [r["figure"] for r in lines] == ["eval", "eval", "consistency", "vs_reference", "total"]
+    assert "needs --reference and --dpm-solver" in lines[3]["skipped"]
     assert [r["dtype"] for r in lines[:2]] == ["float32", "bfloat16"]
     for rec in lines[:2]:
         assert rec["img_nfe_per_s"] > 0 and rec["gflop_per_img"] > 0

@@ -441,3 +441,44 @@ def test_the_declared_deterministic_trait_is_what_each_method_does():
         b, _ = sampling.sample(score_fn, process, (3, D), jax.random.key(3), method=method, x_init=x_init, **opts)
         same = bool(np.array_equal(np.asarray(a), np.asarray(b)))
         assert same == sampling.is_deterministic(method, opts), (method, opts, same)
+
+
+class BackendCompiles:
+    """Counts XLA backend compilations of programs named ``fun_name`` (JAX's
+    ``/jax/core/compile/backend_compile_duration`` event) in a block; one-off eager ops are not counted."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self, fun_name):
+        self.fun_name = fun_name
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, event, duration, **kwargs):
+        if event == self.EVENT and self.fun_name in str(kwargs.get("fun_name", "")):
+            self.count += 1
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def test_backend_compiles_per_step_count(method="dpm_solver++"):
+    """One XLA program per (method, shape, step count): a repeat with a new key, prior draw, eps or float option
+    compiles nothing; each new step count compiles exactly one program (``steps`` fixes the scan length)."""
+    gm, sde = _gaussian(), sde_lib.VPSDE()
+    score = gm.score_fn(sde)
+    x0, x1 = (sde.prior_sampling(jax.random.key(i), (8, D)) for i in (1, 2))
+    keys = [jax.random.key(i) for i in range(3)]
+    eps = [1e-3, 2e-3]
+    jax.block_until_ready((x0, x1, keys))
+    counts = []
+    for steps in (6, 6, 7):
+        with BackendCompiles("_sample_jit") as c:
+            for i, (x, e) in enumerate(((x0, eps[0]), (x1, eps[1]))):
+                out, _ = sampling.sample(score, sde, (8, D), keys[i], method=method, x_init=x, eps=e, steps=steps)
+                jax.block_until_ready(out)
+        counts.append(c.count)
+    assert counts == [1, 0, 1], counts
