@@ -12,7 +12,8 @@ z_t = (1 - t) x + t ε (`scoresde.build.continuous`); `method=meanflow` samples 
   proposal is the paper's (two draws, sorted).
 * `distill.mf_weight_c = 1e-3`: paper and that config.
 * `model.time_label = "t"`: the official code's (Gsunshine/py-meanflow feeds raw t and h = t - r in [0, 1] to
-  EDM's positional embedding); DDPM++ adds the embedding of t - r to that of t rather than concatenating them.
+  EDM's positional embedding); deviation: DDPM++ adds the embedding of t - r to that of t rather than
+  concatenating them.
   With 999 t the ∂_t u of the JVP is dominated by the embedding's fast sinusoids: the target's squared error
   reached 1e4-4e5 (against ~60 with t) and 1-step samples degraded with training.
 * `optim.lr = 1e-3`, warm-up 100, `n_iters = 3000`, batch 128, EMA 0.99, dropout 0: this project's digits

@@ -9,7 +9,8 @@ embedding) is the average velocity u(z, r, t) of the rectified flow z_t = (1 - t
   the paper's ablation defaults (Table 1, ImageNet), as `scoresde.fewstep.meanflow` cites them.
 * `model.time_label = "t"`: raw t and t - r in [0, 1], as the official code (Gsunshine/py-meanflow) feeds its
   positional embedding; 999 t makes ∂_t u of the JVP dominated by the embedding's fast sinusoids.
-* `n_iters = 4000`, batch 512, Adam lr 1e-3, EMA 0.999: this project's toy2d budget (`configs/toy2d_vp.py`).
+* `n_iters = 4000`, batch 512, Adam lr 1e-3, EMA 0.999: deviation, this project's toy2d budget
+  (`configs/toy2d_vp.py`); the network is the toy MLP, not the paper's DiT / U-Net.
 
 Variant: `smoke`.
 
