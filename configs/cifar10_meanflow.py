@@ -13,8 +13,9 @@ third party):
 * `optim.warmup = 9765` (200 epochs of 50k at batch 1024): fastgen.
 * `training.n_iters = 800000`, `model.ema_rate = 0.99995`: deviation / not verified (fastgen runs 1M iterations
   and keeps EMAs 0.9999, 0.99995, 0.9996; the paper's table was not checked here).
-* Deviations: no augmentation (fastgen: EDM's AugmentPipe p = 0.12 with x-flips); DDPM++ fed 999 t and
-  999 (t - r) (`model.time_label = "999t"`), not the paper's U-Net embedding of (t, t - r).
+* `model.time_label = "t"`: DDPM++ fed raw t and t - r, as Gsunshine/py-meanflow feeds EDM's positional
+  embedding (it concatenates the two embeddings; DDPM++ adds them).
+* Deviations: no augmentation (fastgen: EDM's AugmentPipe p = 0.12 with x-flips).
 
 Variant: `smoke`.
 
@@ -42,7 +43,7 @@ def get_config(variant=None):
     o.warmup = 9765
     m = config.model
     m.output = "flow_velocity"
-    m.time_label = "999t"
+    m.time_label = "t"
     m.second_time = True
     m.dropout = 0.2
     m.ema_rate = 0.99995

@@ -11,9 +11,10 @@ App. G / Sec. 4; the rest of the paper's table was not checked in this project):
 * `distill.sigma_data = 0.5`: paper.
 * `optim.lr = 1e-4`, no warm-up, `model.ema_rate = 0.9999`, `model.dropout = 0.2`, batch 512, 400k
   iterations: this project's reading of the paper's CIFAR-10 setting, not verified against its table here.
-* Deviations: Adam rather than the paper's RAdam; this project's DDPM++ (`configs/cifar10_vp.py`) fed the VP time
-  label of the same noise level (`scoresde.build.trigflow_net`), not the paper's NCSN++ with positional
-  c_noise(t) = t and adaptive double normalisation; the adaptive weight is a separate Fourier-feature module.
+* `distill.scm_time_label = "trigflow"`: paper, Sec. 4.1: the network reads c_noise(t) = t
+  (`scoresde.build.trigflow_net`).
+* Deviations: Adam rather than the paper's RAdam; this project's DDPM++ (`configs/cifar10_vp.py`), not the paper's
+  NCSN++ with adaptive double normalisation; the adaptive weight is a separate Fourier-feature module.
 
 Variant: `smoke`.
 
@@ -51,6 +52,7 @@ def get_config(variant=None):
     d.scm_tangent_c = 0.1
     d.scm_warmup = 10000
     d.scm_adaptive_weight = True
+    d.scm_time_label = "trigflow"
     s = config.sampling
     s.method = "scm"
     s.steps = 1

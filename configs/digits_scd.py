@@ -14,7 +14,9 @@ the TrigFlow network F (`scoresde.build.trigflow_net`), started from the teacher
   VP ε-model converted exactly by the time and state maps of `scoresde.fewstep.trigflow` (also one call).
   Times above the teacher's T (σ̃ > σ̃(T) ≈ 157) read the teacher at T.
 * Initialisation from the teacher: the paper's (it starts sCD from the pretrained diffusion model); here the
-  output convention differs (ε vs F), so only the features carry over, as for CD (`configs/digits_cd.py`).
+  output convention differs (ε vs F) and so does the time input (the teacher's 999 s against the student's
+  c_noise(t) = t, `distill.scm_time_label = "trigflow"` from digits_sct), so only the features carry over, as for
+  CD (`configs/digits_cd.py`).
 * `optim.lr = 2e-4`, `n_iters = 2400`, `model.ema_rate = 0.99`: this project's CD budget, not the paper's.
 
 Variant: `smoke`.

@@ -7,9 +7,10 @@ embedding) is the average velocity u(z, r, t) of the rectified flow z_t = (1 - t
 
 * `distill.mf_p_mean = -0.4`, `mf_p_std = 1.0`, `mf_ratio = 0.25`, `mf_power = 1.0`, `mf_weight_c = 1e-3`:
   the paper's ablation defaults (Table 1, ImageNet), as `scoresde.fewstep.meanflow` cites them.
-* `model.time_label = "999t"`: deviation, the MLP's sinusoidal embedding of 999 t (and of 999 (t - r)); the
-  paper embeds (t, t - r) with its DiT / U-Net embeddings.
-* `n_iters = 4000`, batch 512, Adam lr 1e-3, EMA 0.999: this project's toy2d budget (`configs/toy2d_vp.py`).
+* `model.time_label = "t"`: raw t and t - r in [0, 1], as the official code (Gsunshine/py-meanflow) feeds its
+  positional embedding; 999 t makes ∂_t u of the JVP dominated by the embedding's fast sinusoids.
+* `n_iters = 4000`, batch 512, Adam lr 1e-3, EMA 0.999: deviation, this project's toy2d budget
+  (`configs/toy2d_vp.py`); the network is the toy MLP, not the paper's DiT / U-Net.
 
 Variant: `smoke`.
 
@@ -33,7 +34,7 @@ def get_config(variant=None):
     t.n_iters = 4000
     config.model.rf_T = 1.0
     config.model.output = "flow_velocity"
-    config.model.time_label = "999t"
+    config.model.time_label = "t"
     config.model.second_time = True
     d = config.distill
     d.method = "meanflow"

@@ -251,6 +251,9 @@ def get_default_configs():
     distill.scm_warmup = 10000
     distill.scm_tangent_c = 0.1
     distill.scm_adaptive_weight = True
+    # scm: the network's time input, trigflow (c_noise(t) = t, the paper) | sde (the label of config.training.sde at
+    # the same noise level, e.g. 999 s for VP: a teacher's own embedding, but its large scale swamps df/dt)
+    distill.scm_time_label = "trigflow"
     # ect (Geng et al. 2025, locuslab/ect defaults): stage length d (steps), mapping r = t - t n(t) / q^(stage+1),
     # n(t) = 1 + k sigmoid(-b t); metric sqrt(||.||^2 + c^2) - c; log t ~ N(p_mean, p_std^2)
     distill.ect_stage_steps = 25000

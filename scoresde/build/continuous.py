@@ -4,7 +4,7 @@
 
 * ``scm``: Lu & Song 2025 (:mod:`scoresde.fewstep.scm`). sCT without ``config.distill.teacher_workdir``; sCD with
   one: the teacher's score becomes the TrigFlow velocity :func:`scoresde.fewstep.trigflow.trigflow_velocity_from_score`
-  and the student starts from the teacher's EMA weights (as CD's). The network is ``F(x_t/σ_d, label)``
+  and the student starts from the teacher's EMA weights (as CD's). The network is ``F(x_t/σ_d, c_noise(t))``
   (:func:`trigflow_net`); the learned weight ``w_φ(t)`` (:class:`scoresde.fewstep.scm.AdaptiveWeight`) lives
   beside the optimiser state (``opt_state["aux"]``) with its own Adam state of ``config.optim``.
 * ``ect``: Geng et al. 2025 (:mod:`scoresde.fewstep.ect`): the trained diffusion model in
@@ -34,6 +34,7 @@ from scoresde.fewstep import ect, meanflow, scm, trigflow
 
 CONTINUOUS_METHODS = ("scm", "ect", "meanflow")
 CONTINUOUS_SAMPLERS = {"scm": "scm", "meanflow": "meanflow"}  # method -> its config.sampling.method
+SCM_TIME_LABELS = ("trigflow", "sde")  # config.distill.scm_time_label: see trigflow_net
 
 __all__ = [
     "CONTINUOUS_METHODS",
@@ -66,13 +67,24 @@ def _labels(config, sde):
 
 
 def trigflow_net(net_fn, sde, config):
-    """``F(x_in, t) = net_fn(x_in, label(s(t)))``: a network of ``config.training.sde`` read on TrigFlow time.
+    """``F(x_in, t)``: the network read on TrigFlow time, with the time input ``config.distill.scm_time_label`` picks.
 
-    ``s(t)`` is the SDE time with the same noise level (:func:`scoresde.fewstep.trigflow.sde_time`), clipped to
-    ``[eps, T]``, so the network sees the time labels of a diffusion model of ``sde`` (and an sCD student starts
-    from its teacher's time embedding). ``t`` beyond ``trigflow_time(T)`` (``σ̃ > σ̃(T)``, e.g. ``π/2``) reads as
-    ``T``.
+    * ``trigflow`` (the paper's ``c_noise(t) = t``, Lu & Song 2025 Sec. 4.1): ``net_fn(x_in, t)``. The network's
+      sinusoidal embedding then varies slowly in ``t``, so ``∂_t F`` in the tangent ``df/dt`` stays of the size of
+      the other terms; the paper traces training instability to large time scalings such as ``1000 t``.
+    * ``sde``: ``net_fn(x_in, label(s(t)))`` with ``s(t)`` the SDE time of ``config.training.sde`` with the same
+      noise level (:func:`scoresde.fewstep.trigflow.sde_time`), clipped to ``[eps, T]``: the time labels of a
+      diffusion model of ``sde`` (an sCD student reads them as its teacher did). ``t`` beyond
+      ``trigflow_time(T)`` (``σ̃ > σ̃(T)``, e.g. ``π/2``) reads as ``T``.
+
+    Raises:
+        ValueError: ``config.distill.scm_time_label`` is neither.
     """
+    mode = str(config.distill.scm_time_label).lower()
+    if mode not in SCM_TIME_LABELS:
+        raise ValueError(f"unknown distill.scm_time_label {mode!r}; expected one of: {', '.join(SCM_TIME_LABELS)}")
+    if mode == "trigflow":
+        return net_fn
     sigma_data = float(config.distill.sigma_data)
     label, eps = _labels(config, sde), sampling_eps(sde)
 

@@ -204,8 +204,9 @@ def _sliced_w2(a, b, key, n_proj=256):
 @pytest.mark.slow
 def test_meanflow_toy2d_one_step_samples_are_close_to_the_exact_mixture(tmp_path):
     """configs/toy2d_meanflow.py for 1500 steps (batch 512): the 1-step samples' sliced W2 to exact samples of the
-    3 x 3 grid mixture, next to the floor (two independent exact sample sets of the same size). Measured when written
-    (2026-12-07, shared 2-core VM): 1 step 0.217, floor 0.100."""
+    3 x 3 grid mixture, next to the floor (two independent exact sample sets of the same size). Measured (2026-12-07,
+    shared 2-core VM): 1 step 0.109, floor 0.100; the same run with the time embedding fed 999 t gives 0.217, which
+    the bound refuses."""
     from scoresde.data import toy
 
     config = load_config("toy2d_meanflow")
@@ -226,7 +227,7 @@ def test_meanflow_toy2d_one_step_samples_are_close_to_the_exact_mixture(tmp_path
     sw = _sliced_w2(samples, exact, jax.random.key(3))
     print(f"MeanFlow toy2d 1-step sliced W2 {sw:.3f} (exact-sample floor {floor:.3f}, n = {n})")
     assert np.all(np.isfinite(samples))
-    assert sw < floor + 0.15
+    assert sw < floor + 0.05
 
 
 CONTINUOUS_CONFIGS = {
