@@ -129,6 +129,8 @@ def get_default_configs():
     evaluate.bpd_eps = 1e-5
     evaluate.bpd_solver = "tsit5"  # tsit5 | dopri5
     evaluate.bpd_max_steps = 16384
+    # (scoresde) bits/dim of log p(x | c): each example under its own class label or caption (a conditional model)
+    evaluate.bpd_conditional = False
     evaluate.num_eval_batches = 0  # (scoresde) 0 = the whole test split
     # (scoresde) sample-quality metrics (scoresde.modes.fid): FID / IS / KID
     evaluate.inception_weights = ""  # (scoresde) .pth / .npz / .msgpack; "" = $SCORESDE_INCEPTION_WEIGHTS or cache

@@ -168,12 +168,18 @@ def log_likelihood(
     n_probes: int = 1,
     solver: str = "tsit5",
     max_steps: int = 16384,
+    cond=None,
     mesh=None,
 ) -> tuple[Array, Array, Array]:
     """Per-example log-density ``log p_ε(x)`` through the probability-flow ODE (Song et al. 2021, App. D.2).
 
+    With ``cond`` (one condition per example: class labels ``(B,)``, caption tokens ``(B, L)``, embeddings
+    ``(B, D)``) it is the conditional log-density ``log p_ε(x | c)`` of a conditional model, each example solved
+    with its own condition.
+
     Args:
-        score_fn: batched score ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
+        score_fn: batched score ``score_fn(x (B, ...), t (B,)) -> (B, ...)``; with ``cond``, a conditional score
+            ``score_fn(x, t, c)`` whose ``c`` has the batch axis of ``x``.
         sde: a forward SDE of :mod:`scoresde.sde`.
         x: ``(B, ...)`` data in the model's (scaled) space.
         key: typed PRNG key; example ``i`` probes with ``split(key, B)[i]``, whatever the device split.
@@ -184,6 +190,7 @@ def log_likelihood(
         solver: ``'tsit5'`` or ``'dopri5'``.
         max_steps: step budget of each solve; an example that exhausts it gets ``logp = nan`` (the one
             NaN it returns; any other non-finite value is an error, below).
+        cond: ``None`` (an unconditional score) or an array with the batch axis of ``x``.
         mesh: optional mesh with a ``'data'`` axis; the batch (divisible by its size) is then split over its
             devices, each solving its own examples.
 
@@ -207,13 +214,25 @@ def log_likelihood(
         raise ValueError(f"n_probes must be >= 1; got {n_probes}")
     if not 0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T={sde.T}); got {eps}")
-    score_fn = ShapeCheckedScore(score_fn)  # checked as it is traced: no cost per call
-    drift1 = _single(flow_drift_fn(score_fn, sde))
+    if cond is not None and (jnp.ndim(cond) < 1 or jnp.shape(cond)[0] != x.shape[0]):
+        raise ValueError(
+            f"cond must hold one condition per example, with the batch axis {x.shape[0]} of x; got shape "
+            f"{jnp.shape(cond)}"
+        )
+    checked = ShapeCheckedScore(score_fn)  # checked as it is traced: no cost per call
+    drift1 = _single(flow_drift_fn(checked, sde)) if cond is None else None
     keys = jax.random.split(key, x.shape[0])
 
-    def local(xs, ks):
-        one = lambda xi, ki: _per_example_logp(
-            drift1,
+    def drift_of(ci):
+        """The one-example drift, given the example's condition (``()`` when unconditional)."""
+        if not ci:
+            return drift1
+        c = ci[0][None]
+        return _single(flow_drift_fn(ShapeCheckedScore(lambda x, t: score_fn(x, t, c)), sde))
+
+    def local(xs, ks, *cs):
+        one = lambda xi, ki, *ci: _per_example_logp(
+            drift_of(ci),
             xi,
             ki,
             hutchinson=hutchinson,
@@ -225,11 +244,12 @@ def log_likelihood(
             atol=atol,
             max_steps=max_steps,
         )
-        delta, z, ok, nfe = jax.vmap(one)(xs, ks)
+        delta, z, ok, nfe = jax.vmap(one)(xs, ks, *cs)
         prior = sde.prior_logp(z)
         return jnp.where(ok, prior + delta, jnp.nan), z, nfe, ok, prior, delta
 
-    logp, z, nfe, ok, prior, delta = _data_parallel(local, mesh, x, keys)
+    args = (x, keys) if cond is None else (x, keys, jnp.asarray(cond))
+    logp, z, nfe, ok, prior, delta = _data_parallel(local, mesh, *args)
     if not isinstance(logp, jax.core.Tracer):
         _check_finite(ok, z, prior, delta)
     return logp, z, nfe

@@ -33,6 +33,7 @@ def test_vector_data_default_to_a_continuous_density_and_one_pass():
         solver="tsit5",
         max_steps=16384,
         seed=42,
+        conditional=False,
     )
 
 
@@ -102,3 +103,13 @@ def test_the_recorded_settings_keep_their_names_and_order():
         "max_steps",
         "seed",
     ]
+
+
+def test_conditional_likelihood_is_recorded_and_needs_a_label_or_caption_model():
+    plain = build.likelihood_settings(load_config("digits_vp", "smoke"))
+    assert "conditional" not in plain.as_dict() and plain.report_fields()["conditional"] is False
+    cond = build.likelihood_settings(_with(load_config("digits_vp_cond", "smoke"), bpd_conditional=True))
+    assert cond.as_dict()["conditional"] is True and cond.report_fields()["conditional"] is True
+    assert build.likelihood_settings(_with(load_config("digits_t2i", "smoke"), bpd_conditional=True)).conditional
+    with pytest.raises(ValueError, match="bpd_conditional=True measures log p.x . c. of a class- or caption"):
+        build.likelihood_settings(_with(load_config("digits_vp", "smoke"), bpd_conditional=True))

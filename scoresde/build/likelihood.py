@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from scoresde import data as data_lib
+from scoresde.build.score import conditioning_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +29,15 @@ class LikelihoodSettings:
     solver: str  # tsit5 | dopri5
     max_steps: int
     seed: int
+    conditional: bool  # log p(x | c) of a conditional model, each example under its own label / caption
 
     def as_dict(self) -> dict:
-        """The settings as a plain dict (JSON), in field order."""
-        return dataclasses.asdict(self)
+        """The settings as a plain dict (JSON), in field order; ``conditional`` only when set, so partial results
+        recorded before the field existed still match an unconditional run."""
+        d = dataclasses.asdict(self)
+        if not self.conditional:
+            del d["conditional"]
+        return d
 
     def solve_kwargs(self) -> dict:
         """The keyword arguments of one probability-flow solve (:func:`scoresde.likelihood.bits_per_dim_batch`,
@@ -44,7 +50,17 @@ class LikelihoodSettings:
 
 
 SOLVE_FIELDS = ("num_bits", "dequantization", "hutchinson", "n_probes", "rtol", "atol", "eps", "solver", "max_steps")
-REPORT_FIELDS = ("dequantization", "num_bits", "eps", "solver", "rtol", "atol", "hutchinson", "n_probes")
+REPORT_FIELDS = (
+    "dequantization",
+    "num_bits",
+    "eps",
+    "solver",
+    "rtol",
+    "atol",
+    "hutchinson",
+    "n_probes",
+    "conditional",
+)
 
 
 def likelihood_settings(config) -> LikelihoodSettings:
@@ -75,7 +91,15 @@ def likelihood_settings(config) -> LikelihoodSettings:
         solver=str(e.bpd_solver).lower(),
         max_steps=int(e.bpd_max_steps),
         seed=int(config.seed),
+        conditional=bool(e.bpd_conditional),
     )
     if settings.num_repeats < 1:
         raise ValueError(f"config.eval.bpd_num_repeats must be >= 1; got {settings.num_repeats}")
+    if settings.conditional:
+        kind = conditioning_kind(config)
+        if kind not in ("class", "text"):
+            raise ValueError(
+                f"config.eval.bpd_conditional=True measures log p(x | c) of a class- or caption-conditioned model; "
+                f"this config's model is conditioned on: {kind} (set bpd_conditional=False)"
+            )
     return settings

@@ -156,7 +156,7 @@ def conditioning_kind(config) -> str:
 CONDITIONING_KEYS = {"text": "caption", "vector": "cond"}
 
 
-def class_labels(config, batch, key):
+def class_labels(config, batch, key, *, drop: bool = True):
     """The network's conditioning ``y`` from a training batch, ``None`` for an unconditional model.
 
     Class labels (``config.model.num_classes > 0``): ``batch["label"]``; with ``config.training.p_uncond > 0``
@@ -167,11 +167,13 @@ def class_labels(config, batch, key):
     zeros, the empty caption / the zero vector, with probability ``p_uncond``
     (:func:`scoresde.guidance.drop_conditioning`; GLIDE drops 20% of captions, Nichol et al. 2022, Sec. 3).
 
+    ``drop=False`` (evaluation, e.g. the conditional likelihood) never drops.
+
     Raises:
         ValueError: a caption- or vector-conditioned model whose batches lack that entry.
     """
     kind = conditioning_kind(config)
-    p_uncond = float(config.training.get("p_uncond", 0.0))
+    p_uncond = float(config.training.get("p_uncond", 0.0)) if drop else 0.0
     if kind == "text" and "caption" not in batch and config.data.get("caption_set", ""):
         # captions of the batch's class labels, a template drawn per example (scoresde.data.class_captions)
         table = jnp.asarray(class_captions.caption_table(str(config.data.caption_set), int(config.data.caption_len)))
@@ -196,7 +198,6 @@ def class_labels(config, batch, key):
     if k <= 0:
         return None
     y = batch["label"].astype(jnp.int32)
-    p_uncond = float(config.training.get("p_uncond", 0.0))
     return guidance.drop_labels(key, y, p_uncond, k) if p_uncond > 0 else y
 
 

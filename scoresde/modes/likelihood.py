@@ -192,8 +192,13 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
                 if state["done"][r, i]:
                     continue
                 x01 = np.asarray(scaler_inverse(batch["image"]), np.float32)
-                x01 = parallel.shard_batch(mesh, {"image": x01})["image"]
-                out = batch_fn(params, x01, jax.random.fold_in(jax.random.fold_in(root, r), i))
+                key = jax.random.fold_in(jax.random.fold_in(root, r), i)
+                if s.conditional:  # log p(x | c): each example's own label or caption
+                    cond = np.asarray(build.class_labels(config, batch, key, drop=False))
+                    sharded = parallel.shard_batch(mesh, {"image": x01, "cond": cond})
+                    out = batch_fn(params, sharded["image"], key, sharded["cond"])
+                else:
+                    out = batch_fn(params, parallel.shard_batch(mesh, {"image": x01})["image"], key)
                 for f in fields:
                     state[f][r, i * b : (i + 1) * b] = parallel.to_host(out[f])
                 state["done"][r, i] = True
@@ -215,11 +220,17 @@ def _evaluate(config, s, mesh, batch_fn, params, partial_path, expected, fields:
 
 
 def _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler):
+    """``batch_fn(params, x01, key, cond=None)``: per-example bits/dim, of ``log p(x | cond)`` when ``cond`` is
+    given (``s.conditional``: each example's own label or caption)."""
     sde = score_model.sde
 
     @jax.jit
-    def batch_fn(params, x01, key):
-        score_fn = score_model.score_fn(nnx.merge(graphdef, params, rest))
+    def batch_fn(params, x01, key, cond=None):
+        model = nnx.merge(graphdef, params, rest)
+        if cond is None:
+            score_fn = score_model.score_fn(model)
+        else:
+            score_fn = lambda x, t, c: score_model.score_fn(model, y=c)(x, t)  # noqa: E731
         bpd, nfe = likelihood_lib.bits_per_dim_batch(
             score_fn,
             sde,
@@ -227,6 +238,7 @@ def _make_batch_fn(score_model, graphdef, rest, mesh, s, scaler):
             key,
             scaler=scaler,
             mesh=mesh,
+            cond=cond,
             **s.solve_kwargs(),
         )
         return {"bpd": bpd, "nfe": nfe}
@@ -271,7 +283,8 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
         "checkpoint_step": int(step),
         **_provenance(config, params),
     }
-    _announce(config, s, workdir, step, expected["num_batches"], f"bits/dim of the {type(sde).__name__} model")
+    what = "log p(x | its label or caption)" if s.conditional else "bits/dim"
+    _announce(config, s, workdir, step, expected["num_batches"], f"{what} of the {type(sde).__name__} model")
     done = _evaluate(
         config,
         s,
@@ -320,7 +333,8 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
     log.info("bits/dim on %s: %.4f ± %.4f (N=%d, K=%d)", s.split, report["mean_bpd"], report["stderr"], n, k)
     print(json.dumps(report))
     runlog.conclude(
-        f"bits/dim on {s.split} at step {step}: {report['mean_bpd']:.4f} ± {report['stderr']:.4f} (N={n}, K={k})",
+        f"{'conditional ' if s.conditional else ''}bits/dim on {s.split} at step {step}: "
+        f"{report['mean_bpd']:.4f} ± {report['stderr']:.4f} (N={n}, K={k})",
         results={"report": report_path},
     )
     return report
@@ -348,6 +362,11 @@ def latent_likelihood(config, workdir: str, *, stop_after: int | None = None) ->
     """
     config = build.with_defaults(config)
     s = build.likelihood_settings(config)
+    if s.conditional:
+        raise ValueError(
+            "config.eval.bpd_conditional=True is not available for latent models (the LSGM bound is unconditional "
+            "here); set bpd_conditional=False"
+        )
     mesh = parallel.make_mesh()
     parallel.check_batch_size(s.batch_size, mesh, "config.eval.bpd_batch_size")
     score_model = build.make_score_model(config)
