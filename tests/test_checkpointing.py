@@ -34,6 +34,7 @@ def toy_config(n_iters):
 N_ITERS = 300
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_sigterm_then_resume_gives_identical_losses(tmp_path):
     workdir = str(tmp_path / "killed")
     cmd = [

@@ -275,7 +275,9 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
 
     out_dir = os.path.join(workdir, "likelihood")
     os.makedirs(out_dir, exist_ok=True)
-    partial_path = os.path.join(out_dir, f"bpd_{s.split}_partial.npz")
+    # log p(x | c) and log p(x) are different figures: their own files, so neither blocks nor replaces the other
+    name = f"bpd_{s.split}_conditional" if s.conditional else f"bpd_{s.split}"
+    partial_path = os.path.join(out_dir, f"{name}_partial.npz")
     k = s.num_repeats
     expected = {
         **s.as_dict(),
@@ -327,7 +329,7 @@ def likelihood(config, workdir: str, *, stop_after: int | None = None) -> dict |
         "seconds_this_session": elapsed,
         "batches_this_session": new,
     }
-    report_path = os.path.join(out_dir, f"bpd_{s.split}.json")
+    report_path = os.path.join(out_dir, f"{name}.json")
     if jax.process_index() == 0:
         images.save_json_atomic(report_path, report)
     log.info("bits/dim on %s: %.4f ± %.4f (N=%d, K=%d)", s.split, report["mean_bpd"], report["stderr"], n, k)

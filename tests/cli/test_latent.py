@@ -84,6 +84,7 @@ def test_train_autoencoder_cli_metrics_record_and_scale(ae_workdir):
     assert build.model_data_shape(config) == (8, 8, 2)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_train_autoencoder_with_the_patch_discriminator(tmp_path):
     """The ``disc`` variant through the mode: the adversarial term and the discriminator switch on at
     ``disc_start``, both finite, and the run ends with its record (the crash this test was written for: the

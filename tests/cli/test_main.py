@@ -113,7 +113,8 @@ COMMAND_LINE_ERRORS = [
     (
         ["--config=configs/digits_vp.py:smoke", "--mode=smaple"],
         "error: unknown mode 'smaple'; expected one of: train, eval, sample, likelihood, fid_stats, fid, "
-        "train_classifier, train_autoencoder, train_clip, distill, reflow, posthoc_ema; did you mean sample?",
+        "train_classifier, train_prior, train_autoencoder, train_clip, distill, reflow, posthoc_ema; "
+        "did you mean sample?",
     ),
     (
         ["--config=configs/digits_vq.py"],

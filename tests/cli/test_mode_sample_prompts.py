@@ -89,3 +89,6 @@ def test_conditional_likelihood_uses_each_examples_caption(workdir):
     cond = cli.run(config, path, mode="likelihood")
     assert cond["conditional"] is True and plain["conditional"] is False and cond["N"] == plain["N"] == 8
     assert np.isfinite(cond["mean_bpd"]) and cond["mean_bpd"] != plain["mean_bpd"]
+    # each figure has its own report (and partial file), so neither run replaced or blocked the other
+    assert os.path.exists(os.path.join(path, "likelihood", "bpd_test.json"))
+    assert os.path.exists(os.path.join(path, "likelihood", "bpd_test_conditional.json"))

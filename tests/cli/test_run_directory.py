@@ -57,6 +57,7 @@ def _cli(*args, timeout=240):
 # 1. likelihood reported another checkpoint's numbers ------------------------------------------------------
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_likelihood_after_more_training_gives_the_new_steps_numbers(tmp_path):
     config = toy_config(2)
     config.eval.bpd_batch_size, config.eval.num_eval_batches, config.eval.bpd_num_repeats = 8, 1, 1
@@ -79,6 +80,7 @@ def test_likelihood_after_more_training_gives_the_new_steps_numbers(tmp_path):
 # 2. one writer per workdir; read-only modes touch nothing --------------------------------------------------
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_second_trainer_is_refused_and_the_first_is_unharmed(tmp_path):
     workdir = str(tmp_path / "run")
     args = [
@@ -133,6 +135,7 @@ def test_read_only_modes_neither_delete_nor_create_checkpoint_files(tmp_path):
 # 3. resume under another config ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_resume_with_a_changed_sde_is_refused_and_a_changed_n_iters_is_fine(tmp_path):
     workdir = str(tmp_path / "run")
     train.train(toy_config(2), workdir)

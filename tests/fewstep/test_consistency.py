@@ -405,6 +405,7 @@ def _check_trained(f, n, err_bound, w2_factor):
     assert max(w) < w2_factor * floor < prior
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_cd_trained_mlp_approaches_the_exact_map():
     _check_trained(_train_cd(2000), 1000, err_bound=0.1, w2_factor=1.6)
 

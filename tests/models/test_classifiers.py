@@ -117,8 +117,8 @@ def test_missing_classifier_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="classifier"):
         build.guided_score_fn(config, None, VP, 4, classifier=None)
     bad = ml_collections.ConfigDict(config.to_dict())
-    bad.sampling.guidance = "clip"
-    with pytest.raises(ValueError, match="none, cfg, classifier"):
+    bad.sampling.guidance = "clap"
+    with pytest.raises(ValueError, match="none, cfg, classifier, clip"):
         build.guided_score_fn(bad, None, VP, 4)
     bad.classifier.name = "resnet"
     with pytest.raises(ValueError, match="wrn, mlp"):

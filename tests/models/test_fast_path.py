@@ -135,7 +135,9 @@ def _value_and_grad(net_cls, kw, remat):
     return fn(params), str(fn.lower(params).as_text())
 
 
-@pytest.mark.parametrize("arch", [pytest.param("ncsnpp_fir", marks=pytest.mark.slow), "ddpm"])
+@pytest.mark.parametrize(
+    "arch", [pytest.param("ncsnpp_fir", marks=pytest.mark.slow), pytest.param("ddpm", marks=pytest.mark.slow)]
+)
 def test_remat_gives_the_same_outputs_and_gradients(arch):
     net_cls, kw = {
         "ncsnpp_fir": (NCSNpp, NCSNPP),

@@ -183,7 +183,7 @@ OPTION_SETS = {
     "options",
     [
         pytest.param(k, marks=pytest.mark.slow)
-        if k in ("residual_pyramids_fir_ddpm_blocks", "nearest_conv_resampling_cat")
+        if k in ("residual_pyramids_fir_ddpm_blocks", "nearest_conv_resampling_cat", "fourier_unconditional_biggan_fir")
         else k
         for k in OPTION_SETS
     ],

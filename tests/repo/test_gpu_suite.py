@@ -65,6 +65,7 @@ def _check_consistency(rec):
         assert "no method='consistency'" in rec["skipped"]
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_smoke_eval_and_consistency_lines():
     lines = _run("--only=eval,consistency,vs_reference")
     assert [r["figure"] for r in lines] == ["eval", "eval", "consistency", "vs_reference", "total"]

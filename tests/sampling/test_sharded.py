@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO
 
 SCRIPT = textwrap.dedent(
@@ -67,6 +69,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: run with -m slow
 def test_samplers_on_8_device_mesh_match_single_device():
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
