@@ -160,13 +160,18 @@ def attribute_rows(sample_fn, *, num: int, key) -> dict:
 
 def evaluate(name: str, sample_fns: dict, *, num: int = 100, num_attr: int = 100, seed: int = 0) -> list[dict]:
     """The benchmark's rows for one method: ``sample_fns`` maps a setting (e.g. ``"w=2"``) to ``sample_fn(prompts,
-    key) -> images01``. Digits at every setting, attributes at the one with the best recognised fraction."""
+    key) -> images01``. Digits at every setting, attributes at the one with the best recognised fraction
+    (``num_attr = 0``: no attribute rows)."""
+    if num < 1 or num_attr < 0:
+        raise ValueError(f"num={num} must be >= 1 and num_attr={num_attr} >= 0 (0: no attribute rows)")
     key = jax.random.key(seed)
     rows = []
     for setting, fn in sample_fns.items():
         row = {"method": name, "setting": setting, **digit_rows(fn, num=num, key=jax.random.fold_in(key, 0))}
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if num_attr == 0:
+        return rows
     best = max(rows, key=lambda r: r["recognised"])
     attrs = attribute_rows(sample_fns[best["setting"]], num=num_attr, key=jax.random.fold_in(key, 1))
     best["attributes"] = attrs
