@@ -558,6 +558,24 @@ CLASSIFIER_ARCHITECTURES = {  # by config.classifier.name
     "mlp": dict(hidden=128, num_layers=3, embed_size=32, fourier_scale=4.0),
 }
 
+# The optimiser, EMA and logging fields of the small trainers' sections (CLIP, the unCLIP prior).
+_SMALL_TRAINER = dict(
+    optimizer="Adam",
+    lr=1e-3,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    warmup=100,
+    grad_clip=1.0,
+    weight_decay=0.0,
+    lr_decay_steps=0,
+    ema_rate=0.999,
+    log_freq=50,
+    snapshot_freq=0,  # 0 = n_iters
+    max_nonfinite=10,
+    tensorboard=False,
+)
+
 # config.autoencoder (optional, see :func:`add_autoencoder`, which sets every field itself): what a hand-made
 # section or the record of an older autoencoder run lacks. latent_channels, f, reconstruction, kl_weight, n_iters
 # and lr have no default.
@@ -601,20 +619,7 @@ CLIP_DEFAULTS = dict(
     eval_times=(0.001, 0.25, 0.5),  # noised: t of the zero-shot / retrieval evaluation on the test split
     n_iters=3000,
     batch_size=0,  # 0 = config.training.batch_size
-    optimizer="Adam",
-    lr=1e-3,
-    beta1=0.9,
-    beta2=0.999,
-    eps=1e-8,
-    warmup=100,
-    grad_clip=1.0,
-    weight_decay=0.0,
-    lr_decay_steps=0,
-    ema_rate=0.999,
-    log_freq=50,
-    snapshot_freq=0,  # 0 = n_iters
-    max_nonfinite=10,
-    tensorboard=False,
+    **_SMALL_TRAINER,
 )
 OPTIONAL_SECTIONS = {"classifier": CLASSIFIER_DEFAULTS, "autoencoder": AUTOENCODER_DEFAULTS, "clip": CLIP_DEFAULTS}
 
@@ -629,20 +634,7 @@ PRIOR_DEFAULTS = dict(
     guidance_scale=0.0,  # w of the prior's classifier-free guidance when sampling (0 = the conditional prior)
     n_iters=4000,
     batch_size=0,  # 0 = config.training.batch_size
-    optimizer="Adam",
-    lr=1e-3,
-    beta1=0.9,
-    beta2=0.999,
-    eps=1e-8,
-    warmup=100,
-    grad_clip=1.0,
-    weight_decay=0.0,
-    lr_decay_steps=0,
-    ema_rate=0.999,
-    log_freq=50,
-    snapshot_freq=0,  # 0 = n_iters
-    max_nonfinite=10,
-    tensorboard=False,
+    **_SMALL_TRAINER,
 )
 OPTIONAL_SECTIONS["prior"] = PRIOR_DEFAULTS
 
