@@ -40,6 +40,7 @@ import numpy as np
 __all__ = [
     "VOCAB",
     "MAX_LEN",
+    "tokenize_with",
     "DIGIT_WORDS",
     "ATTRIBUTE_WORDS",
     "SYNONYMS",
@@ -113,19 +114,29 @@ def tokenize(captions: str | Sequence[str], max_len: int = MAX_LEN) -> np.ndarra
         ValueError: a word outside the vocabulary (naming it and listing the vocabulary), or a caption longer
             than ``max_len`` words.
     """
-    if isinstance(captions, str):
-        captions = [captions]
+    return tokenize_with(captions, VOCAB, max_len, _INDEX)
+
+
+def tokenize_with(captions: str | Sequence[str], vocab: Sequence[str], max_len: int, index=None) -> np.ndarray:
+    """Word indices into any ``vocab`` (index 0 the padding), padded with 0: int32 ``(B, max_len)``; ``""`` is all
+    padding. The tokenizer of :func:`tokenize` and of :mod:`scoresde.data.class_captions`.
+
+    Raises:
+        ValueError: a word outside ``vocab`` (naming it and listing the vocabulary), or more than ``max_len`` words.
+    """
+    index = index if index is not None else {w: i for i, w in enumerate(vocab)}
+    captions = [captions] if isinstance(captions, str) else list(captions)
     out = np.zeros((len(captions), int(max_len)), np.int32)
     for row, caption in enumerate(captions):
         words = normalize(str(caption)).split()
         if len(words) > max_len:
             raise ValueError(f"caption {caption!r} has {len(words)} words; at most max_len={max_len} fit")
         for col, word in enumerate(words):
-            if word not in _INDEX:
+            if word not in index:
                 raise ValueError(
-                    f"unknown word {word!r} in caption {caption!r}; the vocabulary is: {', '.join(VOCAB[1:])}"
+                    f"unknown word {word!r} in caption {caption!r}; the vocabulary is: {', '.join(vocab[1:])}"
                 )
-            out[row, col] = _INDEX[word]
+            out[row, col] = index[word]
     return out
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scoresde.data.captions import normalize
+from scoresde.data.captions import tokenize_with
 
 __all__ = ["CAPTION_SETS", "TEMPLATES", "class_prompt", "vocabulary", "tokenize", "caption_table"]
 
@@ -60,20 +60,7 @@ def tokenize(captions: str | Sequence[str], vocab: Sequence[str], max_len: int) 
     Raises:
         ValueError: a word outside ``vocab`` (naming it and listing the vocabulary), or too many words.
     """
-    index = {w: i for i, w in enumerate(vocab)}
-    captions = [captions] if isinstance(captions, str) else list(captions)
-    out = np.zeros((len(captions), int(max_len)), np.int32)
-    for row, caption in enumerate(captions):
-        words = normalize(str(caption)).split()
-        if len(words) > max_len:
-            raise ValueError(f"caption {caption!r} has {len(words)} words; at most max_len={max_len} fit")
-        for col, word in enumerate(words):
-            if word not in index:
-                raise ValueError(
-                    f"unknown word {word!r} in caption {caption!r}; the vocabulary is: {', '.join(vocab[1:])}"
-                )
-            out[row, col] = index[word]
-    return out
+    return tokenize_with(captions, vocab, max_len)
 
 
 def caption_table(name: str, max_len: int) -> np.ndarray:
