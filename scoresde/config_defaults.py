@@ -191,6 +191,9 @@ def get_default_configs():
     model.output = ""  # (scoresde) "" = reference convention; or eps | score | x0 | v
     model.time_label = ""  # (scoresde) "" = reference convention
     model.remat = False  # (scoresde) rematerialise each resolution level in the backward pass (less memory)
+    # (scoresde) run each run of equal residual blocks as one lax.scan (same parameters and checkpoints); off by
+    # default: on XLA:CPU it compiles and runs slower than the unrolled U-Net (BENCHMARKS.md, "Compile time")
+    model.scan_blocks = False
     model.dtype = "float32"  # (scoresde) compute dtype; "bfloat16" for speed (params stay float32)
 
     # (scoresde) post-hoc EMA (Karras et al. 2024, scoresde.posthoc_ema): power-function EMA profiles tracked in

@@ -77,6 +77,7 @@ def _unet_common(config) -> dict:
         augment_dim=augment_dim(config),
         dtype=m.dtype,
         remat=bool(m.remat),
+        scan_blocks=bool(m.scan_blocks),
         **_second_time(config),
         **_text_or_vector(config),
     )

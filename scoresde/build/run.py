@@ -73,6 +73,8 @@ RESUME_SAFE_FIELDS = {
         "training.max_nonfinite",
         "training.allow_config_change",
         "ema.sigma_rel",  # what --mode=posthoc_ema synthesises, not how the run trains
+        "model.remat",  # how the network is compiled, not what it computes
+        "model.scan_blocks",
         "eval.",
         "sampling.",
         "classifier.",

@@ -23,7 +23,9 @@ class DDPM(nnx.Module):
     Args mirror the reference's ``config.model`` / ``config.data`` fields; ``sigma_range`` =
     ``(sigma_min, sigma_max, num_scales)`` is needed only with ``scale_by_sigma``. ``num_classes > 0``
     adds a class-label embedding (null label ``num_classes``) to the time embedding. ``remat=True``
-    rematerialises each resolution level in the backward pass (less memory, same outputs/gradients).
+    rematerialises each resolution level in the backward pass (less memory, same outputs/gradients);
+    ``scan_blocks=True`` (the default) compiles each run of equal residual blocks once, as one ``jax.lax.scan``
+    (:func:`~scoresde.models.layers.repeat_blocks`), with the same parameters and checkpoints.
     ``augment_dim > 0`` adds EDM's augmentation conditioning: ``augment_labels`` ``(B, augment_dim)``
     (:mod:`scoresde.augment`) through a bias-free linear map added to the time embedding (zeros: no effect).
     ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow), called with ``r=`` of the labels'
@@ -53,6 +55,7 @@ class DDPM(nnx.Module):
         augment_dim: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
+        scan_blocks: bool = False,
         second_time: bool = False,
         text_vocab: int = 0,
         text_len: int = 16,
@@ -78,6 +81,7 @@ class DDPM(nnx.Module):
             None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]), int(sigma_range[2]))
         )
         self.num_classes, self.dtype, self.remat = num_classes, dtype, bool(remat)
+        self.scan_blocks = bool(scan_blocks)
         temb_dim = 4 * nf
         label_rngs, rngs = rngs, layers.KeySeq(rngs.params())
         kw = dict(dtype=dtype, rngs=rngs)
@@ -153,7 +157,8 @@ class DDPM(nnx.Module):
 
     def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None, augment_labels=None):
         layers.check_second_time(self.second_time, r, labels)
-        nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
+        walk = layers.ModuleWalk(self.all_modules, train=train, key=key)
+        nxt, block = walk.next, walk.block
         context = None  # (tokens, mask) of the caption / vector conditioning
 
         temb = None
@@ -186,13 +191,23 @@ class DDPM(nnx.Module):
         seg = layers.remat_segment if self.remat else layers.plain_segment
 
         def down_level(i_level, h, temb, context):
-            attend, _ = layers.cross_attention_walk(cross, context)
-            new_hs = []
+            attends = self.all_resolutions[i_level] in self.attn_resolutions
+            units, keys = [], []
             for _ in range(self.num_res_blocks):
-                h = block(h, temb)
-                if self.all_resolutions[i_level] in self.attn_resolutions:
-                    h = attend(h, nxt())
-                new_hs.append(h)
+                mod, k = walk.take_block()
+                units.append(
+                    (mod, nxt() if attends else None, next(cross) if attends and context is not None else None)
+                )
+                keys.append(k)
+
+            def step(unit, h, k):
+                mod, attn, xattn = unit
+                h = layers.call_cached(mod, h, temb, key=k)
+                h = h if attn is None else layers.call_cached(attn, h)
+                h = h if xattn is None else xattn(h, *context)
+                return h, h
+
+            h, new_hs = layers.repeat_blocks(step, units, h, keys, scan=self.scan_blocks)
             if i_level != self.num_resolutions - 1:
                 new_hs.append(nxt()(h))
             return new_hs
@@ -205,8 +220,19 @@ class DDPM(nnx.Module):
 
         def up_level(i_level, h, skips, temb, context):
             attend, _ = layers.cross_attention_walk(cross, context)
+            units, xs = [], []
             for skip in skips:
-                h = block(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb)
+                mod, k = walk.take_block()
+                units.append((mod,))
+                xs.append((skip, k))
+
+            def step(unit, h, x):
+                skip, k = x
+                return layers.call_cached(
+                    unit[0], jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb, key=k
+                ), None
+
+            h, _ = layers.repeat_blocks(step, units, h, xs, scan=self.scan_blocks)
             if self.all_resolutions[i_level] in self.attn_resolutions:
                 h = attend(h, nxt())
             if i_level != 0:
@@ -223,7 +249,7 @@ class DDPM(nnx.Module):
         assert not hs
         h = self.act(nxt()(h))
         h = nxt()(h)
-        assert next(mods, None) is None, "module walk out of sync with construction"
+        assert walk.done(), "module walk out of sync with construction"
         assert next(cross, None) is None, "cross-attention walk out of sync with construction"
         h = h.astype(layers.accumulation_dtype(h.dtype))
         if self.scale_by_sigma:

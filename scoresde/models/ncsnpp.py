@@ -46,7 +46,9 @@ class NCSNpp(nnx.Module):
     unchanged. ``augment_dim > 0`` adds EDM's augmentation conditioning (Karras et al. 2022, App. F.2): the
     call's ``augment_labels`` ``(B, augment_dim)`` (:mod:`scoresde.augment`) pass through a bias-free linear map
     added to the time embedding; ``None`` or zeros (sampling) leave the output as without them.
-    unchanged. ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow): it is called with
+    ``scan_blocks=True`` (the default) runs each run of equal residual blocks as one ``jax.lax.scan``
+    (:func:`~scoresde.models.layers.repeat_blocks`): the same parameters, arithmetic and checkpoints, compiled
+    once per run instead of once per block. ``second_time=True`` makes a two-time network ``u(x, r, t)`` (MeanFlow): it is called with
     ``r=`` of the labels' shape and units, and adds an embedding of ``labels - r``
     (:class:`~scoresde.models.layers.SecondTimeEmbedding`) to the time embedding; off, parameters and outputs
     are the one-time network's. ``text_vocab > 0`` conditions on captions (GLIDE / Stable Diffusion): ``y`` is int
@@ -88,6 +90,7 @@ class NCSNpp(nnx.Module):
         augment_dim: int = 0,
         dtype=jnp.float32,
         remat: bool = False,
+        scan_blocks: bool = False,
         second_time: bool = False,
         text_vocab: int = 0,
         text_len: int = 16,
@@ -120,6 +123,7 @@ class NCSNpp(nnx.Module):
         self.resblock_type, self.embedding_type = resblock_type, embedding_type
         self.progressive, self.progressive_input = progressive, progressive_input
         self.skip_rescale, self.num_classes, self.dtype, self.remat = skip_rescale, num_classes, dtype, bool(remat)
+        self.scan_blocks = bool(scan_blocks)
         self.sigma_range = (
             None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]), int(sigma_range[2]))
         )
@@ -262,7 +266,8 @@ class NCSNpp(nnx.Module):
 
     def __call__(self, x, labels, y=None, *, r=None, train: bool = False, key=None, augment_labels=None):
         layers.check_second_time(self.second_time, r, labels)
-        nxt, block, mods = layers.module_walk(self.all_modules, train=train, key=key)
+        walk = layers.ModuleWalk(self.all_modules, train=train, key=key)
+        nxt, block = walk.next, walk.block
         context = None  # (tokens, mask) of the caption / vector conditioning
 
         if self.embedding_type == "fourier":
@@ -306,13 +311,23 @@ class NCSNpp(nnx.Module):
         seg = layers.remat_segment if self.remat else layers.plain_segment
 
         def down_level(i_level, h, input_pyramid, temb, context):
-            attend, _ = layers.cross_attention_walk(cross, context)
-            new_hs = []
+            attends = self.all_resolutions[i_level] in self.attn_resolutions
+            units, keys = [], []
             for _ in range(self.num_res_blocks):
-                h = block(h, temb)
-                if self.all_resolutions[i_level] in self.attn_resolutions:
-                    h = attend(h, nxt())
-                new_hs.append(h)
+                mod, k = walk.take_block()
+                units.append(
+                    (mod, nxt() if attends else None, next(cross) if attends and context is not None else None)
+                )
+                keys.append(k)
+
+            def step(unit, h, k):
+                mod, attn, xattn = unit
+                h = layers.call_cached(mod, h, temb, key=k)
+                h = h if attn is None else layers.call_cached(attn, h)
+                h = h if xattn is None else xattn(h, *context)
+                return h, h
+
+            h, new_hs = layers.repeat_blocks(step, units, h, keys, scan=self.scan_blocks)
             if i_level != self.num_resolutions - 1:
                 h = nxt()(h) if self.resblock_type == "ddpm" else block(h, temb)
                 if self.progressive_input == "input_skip":
@@ -332,8 +347,19 @@ class NCSNpp(nnx.Module):
 
         def up_level(i_level, h, skips, pyramid, temb, context):
             attend, _ = layers.cross_attention_walk(cross, context)
+            units, xs = [], []
             for skip in skips:
-                h = block(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb)
+                mod, k = walk.take_block()
+                units.append((mod,))
+                xs.append((skip, k))
+
+            def step(unit, h, x):
+                skip, k = x
+                return layers.call_cached(
+                    unit[0], jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), temb, key=k
+                ), None
+
+            h, _ = layers.repeat_blocks(step, units, h, xs, scan=self.scan_blocks)
             if self.all_resolutions[i_level] in self.attn_resolutions:
                 h = attend(h, nxt())
             if self.progressive != "none":
@@ -369,7 +395,7 @@ class NCSNpp(nnx.Module):
         else:
             h = self.act(nxt()(h))
             h = nxt()(h)
-        assert next(mods, None) is None, "module walk out of sync with construction"
+        assert walk.done(), "module walk out of sync with construction"
         assert next(cross, None) is None, "cross-attention walk out of sync with construction"
 
         h = h.astype(layers.accumulation_dtype(h.dtype))

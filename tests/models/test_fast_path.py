@@ -117,11 +117,11 @@ def test_attention_block_equals_the_explicit_formula(skip_rescale):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(want))))
 
 
-def _value_and_grad(net_cls, kw, remat):
+def _value_and_grad(net_cls, kw, remat, **extra):
     net = (
-        net_cls(**kw, init_scale=1.0, remat=remat, rngs=nnx.Rngs(0))
+        net_cls(**kw, init_scale=1.0, remat=remat, **extra, rngs=nnx.Rngs(0))
         if net_cls is NCSNpp
-        else net_cls(**kw, remat=remat, rngs=nnx.Rngs(0))
+        else net_cls(**kw, remat=remat, **extra, rngs=nnx.Rngs(0))
     )
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
@@ -152,3 +152,33 @@ def test_remat_gives_the_same_outputs_and_gradients(arch):
     assert scale > 1e-2
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale)
+
+
+_DDPM3 = dict(image_size=8, nf=32, ch_mult=(1, 2), num_res_blocks=3, attn_resolutions=(4,))
+
+
+def _assert_same(v0, g0, v1, g1):
+    np.testing.assert_allclose(v1, v0, rtol=1e-6)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0))
+    assert scale > 1e-2
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ddpm", "ncsnpp_fir"])
+def test_scanned_blocks_give_the_same_outputs_and_gradients(arch):
+    net_cls, kw = {"ncsnpp_fir": (NCSNpp, {**NCSNPP, "num_res_blocks": 3}), "ddpm": (DDPM, _DDPM3)}[arch]
+    (v0, g0), text0 = _value_and_grad(net_cls, kw, False, scan_blocks=False)
+    (v1, g1), text1 = _value_and_grad(net_cls, kw, False, scan_blocks=True)
+    # three equal down blocks and four up blocks per level: the scanned program loops over them
+    assert text1.count("stablehlo.while") > text0.count("stablehlo.while")
+    _assert_same(v0, g0, v1, g1)
+
+
+@pytest.mark.slow
+def test_blocks_traced_once_per_shape_give_the_plain_calls_outputs_and_gradients(monkeypatch):
+    (v0, g0), _ = _value_and_grad(DDPM, _DDPM3, False)
+    monkeypatch.setattr(layers, "call_cached", lambda m, *a, **k: m(*a, **k))
+    (v1, g1), _ = _value_and_grad(DDPM, _DDPM3, False)
+    _assert_same(v0, g0, v1, g1)

@@ -1,4 +1,5 @@
-"""The U-Nets' cross-attention layer against a naive per-example reference, and its padding invariance."""
+"""The U-Nets' cross-attention layer against a naive per-example reference, and its padding invariance; the
+repeated-block machinery (one trace per block shape, the optional scan over equal blocks) against plain calls."""
 
 import jax
 import jax.numpy as jnp
@@ -95,3 +96,67 @@ def test_new_cross_attention_starts_as_the_identity_and_checks_shapes():
         layers.CrossAttention(C, D, num_heads=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="context"):
         layer(x, ctx[:2], mask[:2])
+
+
+class _Affine(nnx.Module):
+    """``x -> tanh(x W + b)``: a block whose input and output widths can differ."""
+
+    def __init__(self, n_in, n_out, seed):
+        self.lin = nnx.Linear(n_in, n_out, rngs=nnx.Rngs(seed))
+
+    def __call__(self, x, shift):
+        return jnp.tanh(self.lin(x) + shift)
+
+
+def _repeat(units, x, shifts, scan):
+    def step(unit, h, s):
+        h = layers.call_cached(unit[0], h, s)
+        return h, 2.0 * h
+
+    graphdef, state = nnx.split(units)
+
+    def run(state, x, shifts):
+        return layers.repeat_blocks(step, nnx.merge(graphdef, state), x, shifts, scan=scan)
+
+    return jax.jit(run)(state, x, list(shifts)), str(jax.make_jaxpr(run)(state, x, list(shifts)))
+
+
+def test_repeat_blocks_scan_equals_the_loop_and_scans_only_equal_blocks():
+    # widths 3 -> 5 (changes the carry), then four 5 -> 5 blocks, then 5 -> 2: one scan of four at most
+    units = [(_Affine(3, 5, 0),)] + [(_Affine(5, 5, s),) for s in range(1, 5)] + [(_Affine(5, 2, 9),)]
+    x = jax.random.normal(jax.random.key(0), (4, 3))
+    shifts = [0.1 * k for k in range(len(units))]
+    (h0, ys0), plain = _repeat(units, x, shifts, scan=False)
+    (h1, ys1), scanned = _repeat(units, x, shifts, scan=True)
+    assert "scan[" not in plain and scanned.count("scan[") == 1 and "length=4" in scanned
+    np.testing.assert_allclose(h1, h0, rtol=1e-6, atol=1e-7)
+    assert [y.shape for y in ys1] == [y.shape for y in ys0] == [(4, 5)] * 5 + [(4, 2)]
+    for a, b in zip(ys0, ys1):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    # and the loop is the plain composition of the blocks
+    h = x
+    for (u,), s in zip(units, shifts):
+        h = u(h, s)
+    np.testing.assert_allclose(h0, h, rtol=1e-6, atol=1e-7)
+
+
+def test_call_cached_traces_each_block_shape_once(monkeypatch):
+    calls = []
+    original = _Affine.__call__
+
+    def counting(self, x, shift):
+        calls.append(x.shape)
+        return original(self, x, shift)
+
+    monkeypatch.setattr(_Affine, "__call__", counting)
+    # widths and batch no other test uses: jit's cache is process-wide
+    units = [(_Affine(7, 7, s),) for s in range(6)] + [(_Affine(7, 2, 9),)]
+    x = jax.random.normal(jax.random.key(0), (3, 7))
+    (h, _), _ = _repeat(units, x, [0.0] * 7, scan=False)
+    # seven blocks of two structures: each structure traced once
+    assert calls == [(3, 7), (3, 7)]
+    calls.clear()
+    monkeypatch.setattr(layers, "call_cached", lambda m, *a, **k: m(*a, **k))
+    (h_plain, _), _ = _repeat(units, x, [0.0] * 7, scan=False)
+    assert len(calls) == 7  # plain calls: every block traced
+    np.testing.assert_allclose(h, h_plain, rtol=1e-6, atol=1e-7)
