@@ -61,16 +61,16 @@ class _ScoreOracle(nnx.Module):
 
 class _SCMOracle(nnx.Module):
     """The exact sCM network ``F(x_in, t | y)`` of component ``y`` (``f = cos t x - sin t σ_d F`` is its flow map to
-    data); ``ignore_y``: always component 0's."""
+    data); with the parameter ``gate = 0`` it reads component 0 whatever ``y`` is."""
 
-    def __init__(self, ignore_y=False):
+    def __init__(self):
         self.theta = nnx.Param(jnp.ones(()))
-        self.ignore_y = ignore_y
+        self.gate = nnx.Param(jnp.ones(()))
 
     def __call__(self, x_in, t, y=None, *, train=False, key=None):
         x = SD * x_in
         c, s = jnp.cos(t)[:, None], jnp.sin(t)[:, None]
-        k = jnp.zeros_like(y) if self.ignore_y else y
+        k = jnp.round(y * self.gate).astype(jnp.int32)
         mu = jnp.asarray(MIX.means, jnp.float32)[k]
         var = self.theta * jnp.asarray(VAR, jnp.float32)[k][:, None]
         flow = mu + (x - c * mu) * jnp.sqrt(var / (c**2 * var + (SD * s) ** 2))
@@ -111,12 +111,14 @@ def test_exact_conditional_scd_step_has_zero_loss_and_needs_the_condition_in_the
     x0, labels = MIX.sample(jax.random.key(1), 256, return_labels=True)
     batch = {"image": x0, "label": labels.astype(jnp.int32)}
     tx = optax.sgd(0.0)
+    graphdef, params, rest = nnx.split(_SCMOracle(), nnx.Param, ...)
+    update = build.make_continuous_step(config, sde, graphdef, rest, tx, teacher=teacher)
+    loss_of = jax.jit(lambda state: update(state, batch, jax.random.key(2), _apply_gradients)[1]["loss"])
     losses = {}
     for ignore in (False, True):
-        graphdef, params, rest = nnx.split(_SCMOracle(ignore), nnx.Param, ...)
-        update = build.make_continuous_step(config, sde, graphdef, rest, tx, teacher=teacher)
-        state = build.init_continuous_state(config, params, tx)
-        losses[ignore] = float(update(state, batch, jax.random.key(2), _apply_gradients)[1]["loss"])
+        p = jax.tree.map(lambda v: v, params)
+        p["gate"] = nnx.Param(jnp.asarray(0.0 if ignore else 1.0))
+        losses[ignore] = float(loss_of(build.init_continuous_state(config, p, tx)))
     assert losses[False] < 1e-6 < 1e-2 < losses[True], losses
 
 
