@@ -180,6 +180,7 @@ from scoresde.build.sampling import (  # noqa: F401
     sampler_description,
     sampler_from_config,
     sampling_options,
+    student_condition,
 )
 from scoresde.build.score import (  # noqa: F401
     CONDITIONING_KEYS,
