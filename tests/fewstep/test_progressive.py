@@ -143,14 +143,19 @@ def test_conditioned_pd_target_and_student_read_each_examples_condition():
     """PD with a condition: the target ``x̃`` of each example is the one of its own component's teacher, and the
     student denoiser is called with the same condition (a student that returns the exact target has zero loss)."""
     cond_mix = GaussianMixture(np.array([[-1.0, -0.5], [1.0, 0.8]]), np.array([0.3, 0.2]))
+    components = [cond_mix.component(k) for k in range(2)]
     n = 16
     x0, c = cond_mix.sample(jax.random.key(0), n, return_labels=True)
     c = c.astype(jnp.int32)
     t = jnp.full((n,), 0.6)
     t_next = jnp.full((n,), 0.35)
     x_t = VP.alpha(t)[:, None] * x0 + VP.sigma(t)[:, None] * jax.random.normal(jax.random.key(1), x0.shape)
-    got = pd.pd_target(cond_mix.conditional_score_fn(VP), VP, x_t, t, t_next, cond=c)
-    alone = [pd.pd_target(cond_mix.component(k).score_fn(VP), VP, x_t, t, t_next) for k in range(2)]
+    got, *alone = jax.jit(
+        lambda x_t: (
+            [pd.pd_target(cond_mix.conditional_score_fn(VP), VP, x_t, t, t_next, cond=c)]
+            + [pd.pd_target(component.score_fn(VP), VP, x_t, t, t_next) for component in components]
+        )
+    )(x_t)
     np.testing.assert_allclose(got, jnp.where((c == 0)[:, None], *alone), rtol=2e-5, atol=2e-6)
     assert float(jnp.max(jnp.abs(alone[0] - alone[1]))) > 0.05
 
@@ -162,15 +167,12 @@ def test_conditioned_pd_target_and_student_read_each_examples_condition():
     def exact_student(x, s, cc):
         return pd.pd_target(cond_mix.conditional_score_fn(VP), VP, x, b_t, b_next, cond=cc)
 
-    loss, _ = pd.pd_loss(exact_student, cond_mix.conditional_score_fn(VP), VP, x0, key, steps=steps, eps=EPS, cond=c)
-    loss_other, _ = pd.pd_loss(
-        lambda x, s, cc: exact_student(x, s, 1 - cc),
-        cond_mix.conditional_score_fn(VP),
-        VP,
-        x0,
-        key,
-        steps=steps,
-        eps=EPS,
-        cond=c,
-    )
+    @jax.jit
+    def losses(x0, c):
+        teacher = cond_mix.conditional_score_fn(VP)
+        mine = pd.pd_loss(exact_student, teacher, VP, x0, key, steps=steps, eps=EPS, cond=c)[0]
+        other = lambda x, s, cc: exact_student(x, s, 1 - cc)  # noqa: E731
+        return mine, pd.pd_loss(other, teacher, VP, x0, key, steps=steps, eps=EPS, cond=c)[0]
+
+    loss, loss_other = losses(x0, c)
     assert float(loss) < 1e-10 < 1e-3 < float(loss_other)
