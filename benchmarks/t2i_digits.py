@@ -1,6 +1,7 @@
 """Text to image on the captioned digits, scored by the shared digit scorer (not by any CLIP of ours).
 
     python benchmarks/t2i_digits.py --config=configs/digits_t2i.py --workdir=runs/digits_t2i --scales=0,1,2,4
+    python benchmarks/t2i_digits.py --student=runs/t2i_cd --student_steps=1,2   # a distilled few-step student
 
 For each digit, ``--num`` samples from its plain caption ("a seven") at each classifier-free guidance scale ``w``:
 the fraction the shared SVC (``benchmarks/digits_scorer.py``) recognises as the requested digit, and the samples'
@@ -77,6 +78,58 @@ def cfg_sample_fn(config, workdir: str, *, batch: int = 500, method: str = "dpm_
             chunk = tokens[i : i + batch]
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
             x, _ = run(params, jnp.asarray(padded), jax.random.fold_in(key, i), jnp.float32(w))
+            out.append(np.asarray(parallel.to_host(x))[: len(chunk)])
+        return np.clip(np.concatenate(out), 0.0, 1.0)
+
+    return fn, step
+
+
+def stored_config(workdir: str):
+    """The config stored in ``workdir``'s newest checkpoint (a student's: method, sampler, teacher)."""
+    from scoresde.checkpointing import Checkpointer  # noqa: PLC0415
+
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        restored = ckpt.restore_latest()
+    finally:
+        ckpt.close()
+    return build.with_defaults(build.as_config(restored["meta"]["config"]))
+
+
+def student_sample_fn(config, workdir: str, *, steps: int, batch: int = 500):
+    """``(fn(prompts, key) -> images01, step)``: a caption-conditioned few-step student of ``--mode=distill``
+    (consistency / sCM / MeanFlow) sampled with its own sampler at ``steps`` steps, each sample from its prompt (the
+    path of ``--mode=sample``: :func:`scoresde.build.student_consistency_fn`, :func:`scoresde.build.continuous_sampler`)."""
+    from flax import nnx  # noqa: PLC0415
+
+    config = config.copy_and_resolve_references()
+    config.sampling.steps = steps
+    mesh = parallel.make_mesh()
+    graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
+    sde = build.make_sde(config)
+    shape = (batch,) + build.model_data_shape(config)
+    to_unit = data_lib.get_data_inverse_scaler(config)
+    if build.is_consistency_model(config):
+        sampler = build.sampler_from_config(config, sde, shape, to_unit)
+
+        def sample(model, tokens, key):
+            net = lambda x, labels: build.call_network(model, x, labels, tokens)  # noqa: E731
+            return sampler(key, build.student_consistency_fn(net, sde, config))
+    else:
+        student = build.continuous_sampler(config, sde, shape, to_unit, build.sampling_options(config)[1])
+
+        def sample(model, tokens, key):
+            return student(key, model, tokens)
+
+    run = jax.jit(lambda params, tokens, key: sample(nnx.merge(graphdef, params, rest), tokens, key))
+
+    def fn(prompts, key):
+        tokens = captions.tokenize(list(prompts), int(config.data.caption_len))
+        out = []
+        for i in range(0, len(tokens), batch):
+            chunk = tokens[i : i + batch]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
+            x, _ = run(params, jnp.asarray(padded), jax.random.fold_in(key, i))
             out.append(np.asarray(parallel.to_host(x))[: len(chunk)])
         return np.clip(np.concatenate(out), 0.0, 1.0)
 
@@ -203,8 +256,10 @@ def markdown(rows: list[dict]) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--config", help="the CFG model's config (not needed with --student)")
+    ap.add_argument("--workdir", help="the CFG model's workdir")
+    ap.add_argument("--student", default="", help="a caption-conditioned --mode=distill workdir (its stored config)")
+    ap.add_argument("--student_steps", default="1,2", help="comma list of the student's step counts")
     ap.add_argument("--scales", default="0,1,2,4", help="comma list of CFG weights w")
     ap.add_argument("--num", type=int, default=100, help="samples per digit caption")
     ap.add_argument("--num_attr", type=int, default=100, help="samples per attribute caption")
@@ -212,6 +267,18 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=500)
     args = ap.parse_args()
+    if args.student:
+        config = stored_config(args.student)
+        fns, step = {}, None
+        for k in (int(s) for s in args.student_steps.split(",")):
+            fn, step = student_sample_fn(config, args.student, steps=k, batch=args.batch)
+            fn([_prompt(PLAIN, 0)], jax.random.key(0))  # compile once, outside the timings
+            fns[f"{k} step{'s' if k > 1 else ''}"] = fn
+        name = f"{config.distill.method} student ({config.sampling.method}, step {step})"
+        print(markdown(evaluate(name, fns, num=args.num, num_attr=args.num_attr)))
+        return
+    if not (args.config and args.workdir):
+        ap.error("--config and --workdir are needed (or --student)")
     config = build.load_config(args.config)
     fn, step = cfg_sample_fn(config, args.workdir, batch=args.batch, method=args.method, steps=args.steps)
     fn([_prompt(PLAIN, 0)], jax.random.key(0), 0.0)  # compile once, outside the timings

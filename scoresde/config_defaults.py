@@ -249,6 +249,10 @@ def get_default_configs():
     distill.start_steps = 1024  # pd: the round-0 teacher's DDIM step count
     distill.end_steps = 1  # pd: the last student's step count (training.n_iters is split evenly over the rounds)
     distill.pd_weighting = "truncated_snr"  # pd: truncated_snr | snr_plus_one
+    # cd / pd / scm (sCD) of a class- or caption-conditioned teacher trained with condition dropout: the teacher is
+    # read with classifier-free guidance (1 + w) s(x, t, c) - w s(x, t, null) (guided distillation, Meng et al.
+    # 2023); 0 = the plain conditional teacher
+    distill.teacher_guidance = 0.0
     # scm (Lu & Song 2025, App. G CIFAR-10): log-normal proposal of sigma_d tan(t), tangent warm-up H (steps),
     # tangent normalisation c (0 = off), the learned weighting w(t)
     distill.scm_p_mean = -1.0
@@ -710,6 +714,10 @@ VALID_RANGES = {
     "distill.scm_p_std": _POSITIVE,
     "distill.scm_warmup": _count(0),
     "distill.scm_tangent_c": (lambda v: float(v) >= 0, "a number >= 0 (0 = no tangent normalisation)"),
+    "distill.teacher_guidance": (
+        lambda v: math.isfinite(float(v)) and float(v) >= 0,
+        "a finite number >= 0 (the CFG weight w of the teacher; 0 = unguided)",
+    ),
     "distill.ect_stage_steps": _count(1),
     "distill.ect_q": (lambda v: float(v) > 1, "a number > 1 (the factor dt shrinks by per stage)"),
     "distill.ect_huber_c": (lambda v: float(v) >= 0, "a number >= 0 (0 = the L2 norm)"),

@@ -12,6 +12,7 @@ ask it for what they need. One module per config concern:
 * :mod:`~scoresde.build.networks`: networks and classifiers, also from checkpoints.
 * :mod:`~scoresde.build.sampling`: samplers, guidance and the jitted sample function.
 * :mod:`~scoresde.build.fewstep`: teachers, students and their record (``student.json``).
+* :mod:`~scoresde.build.fewstep_condition`: the condition of a conditioned student and its (guided) teacher.
 * :mod:`~scoresde.build.distill`: the distillation step (CD, CT, PD) and PD's rounds.
 * :mod:`~scoresde.build.continuous`: the continuous-time few-step steps (sCM, ECT, MeanFlow) and their samplers.
 * :mod:`~scoresde.build.inverse`: inverse problems (``config.inverse``).
@@ -72,6 +73,7 @@ from scoresde.build.fewstep import (  # noqa: F401
     STUDENT_FILE,
     Teacher,
     check_same_architecture,
+    check_same_conditioning,
     distill_method,
     is_consistency_model,
     load_teacher,
@@ -79,6 +81,14 @@ from scoresde.build.fewstep import (  # noqa: F401
     student_consistency_fn,
     teacher_config,
     write_student_file,
+)
+from scoresde.build.fewstep_condition import (  # noqa: F401
+    batch_condition,
+    call_network,
+    guided_conditional_score,
+    null_condition,
+    teacher_guidance,
+    teacher_score,
 )
 from scoresde.build.inverse import (  # noqa: F401
     INVERSE_OPERATORS,
@@ -170,6 +180,7 @@ from scoresde.build.sampling import (  # noqa: F401
     sampler_description,
     sampler_from_config,
     sampling_options,
+    student_condition,
 )
 from scoresde.build.score import (  # noqa: F401
     CONDITIONING_KEYS,

@@ -28,6 +28,7 @@ from flax import nnx
 from scoresde import parameterization, sampling, train_state
 from scoresde import sde as sde_lib
 from scoresde.build.fewstep import Teacher, distill_method, student_consistency_fn
+from scoresde.build.fewstep_condition import batch_condition, call_network, teacher_guidance, teacher_score
 from scoresde.build.run import with_defaults
 from scoresde.build.score import sampling_eps, score_convention
 from scoresde.fewstep import ect, meanflow, scm, trigflow
@@ -137,30 +138,38 @@ def init_continuous_state(config, params, tx) -> dict:
 
 def make_continuous_step(config, sde, graphdef, rest, tx, *, teacher: Teacher | None):
     """The :class:`scoresde.training.Trainer` ``update(state, batch, key, apply_gradients)`` of ``scm`` / ``ect`` /
-    ``meanflow``: the loss and its gradients, the guarded update (and sCM's weight update under the same guard)."""
+    ``meanflow``: the loss and its gradients, the guarded update (and sCM's weight update under the same guard).
+
+    A conditioned network gets each example's condition ``y`` from the batch (:func:`scoresde.build.batch_condition`)
+    and every call of the student (online and stop-gradient target, inside the tangents' ``jvp``) and of sCD's
+    teacher (guided with ``config.distill.teacher_guidance``) reads that ``y``: the losses see functions of
+    ``(x, t)`` for the batch's fixed condition, so they stay the unconditional ones of :mod:`scoresde.fewstep`.
+    """
     method = distill_method(config)
     d = config.distill
     sigma_data = float(d.sigma_data)
+    w = teacher_guidance(config, teacher)
     if method == "scm":
         w_graphdef, _, w_rest = nnx.split(_weight_module(config), nnx.Param, ...)
         velocity = None
         if teacher is not None:  # sCD: the teacher's probability flow in TrigFlow coordinates (clipped to its T)
-            tnet = nnx.merge(teacher.graphdef, teacher.params, teacher.rest)
+            score = teacher_score(teacher, w)
             tsde = teacher.score_model.sde
-            v_teacher = trigflow.trigflow_velocity_from_score(
-                teacher.score_model.score_fn(tnet), tsde, sigma_data=sigma_data
-            )
             t_top = float(trigflow.trigflow_time(tsde, jnp.asarray(tsde.T, jnp.float32), sigma_data))
-            velocity = lambda x_t, t: v_teacher(x_t, jnp.minimum(t, t_top))  # noqa: E731
 
-    def net(params, train, k_drop):
+            def velocity(x_t, t, y):
+                score_y = score if y is None else (lambda x, s: score(x, s, y))
+                v_teacher = trigflow.trigflow_velocity_from_score(score_y, tsde, sigma_data=sigma_data)
+                return v_teacher(x_t, jnp.minimum(t, t_top))
+
+    def net(params, train, k_drop, y):
         model = nnx.merge(graphdef, params, rest)
-        return lambda x, labels, **kw: model(x, labels, train=train, key=k_drop, **kw)
+        return lambda x, labels, **kw: call_network(model, x, labels, y, train=train, key=k_drop, **kw)
 
-    def scm_objective(params, aux, batch, k_loss, k_drop, step):
+    def scm_objective(params, aux, batch, y, k_loss, k_drop, step):
         # θ⁻ = stop_gradient(θ) (the paper's choice) with the same dropout mask as the online network
         def net_fn(p, x_in, t):
-            return trigflow_net(net(p, True, k_drop), sde, config)(x_in, t)
+            return trigflow_net(net(p, True, k_drop, y), sde, config)(x_in, t)
 
         weight_fn = None
         if "weight" in aux:
@@ -178,14 +187,14 @@ def make_continuous_step(config, sde, graphdef, rest, tx, *, teacher: Teacher | 
         if velocity is None:
             loss, out = scm.sct_loss(net_fn, params, batch, k_loss, **kw)
         else:
-            loss, out = scm.scd_loss(net_fn, params, velocity, batch, k_loss, **kw)
+            loss, out = scm.scd_loss(net_fn, params, lambda x_t, t: velocity(x_t, t, y), batch, k_loss, **kw)
         return loss, {"mse": jnp.mean(out["mse"]), "tangent_warmup": warmup}
 
-    def ect_objective(params, aux, batch, k_loss, k_drop, step):
+    def ect_objective(params, aux, batch, y, k_loss, k_drop, step):
         del aux
 
         def f_fn(p, x, sigma):
-            return ect_consistency_fn(student_consistency_fn(net(p, True, k_drop), sde, config), sde)(x, sigma)
+            return ect_consistency_fn(student_consistency_fn(net(p, True, k_drop, y), sde, config), sde)(x, sigma)
 
         stage = ect.ect_stage(step, int(d.ect_stage_steps))
         loss, _ = ect.ect_loss(
@@ -203,9 +212,9 @@ def make_continuous_step(config, sde, graphdef, rest, tx, *, teacher: Teacher | 
         )
         return loss, {"stage": stage.astype(jnp.float32)}
 
-    def meanflow_objective(params, aux, batch, k_loss, k_drop, step):
+    def meanflow_objective(params, aux, batch, y, k_loss, k_drop, step):
         del aux
-        u = lambda p, z, r, t: meanflow_u(net(p, True, k_drop), sde, config)(z, r, t)  # noqa: E731
+        u = lambda p, z, r, t: meanflow_u(net(p, True, k_drop, y), sde, config)(z, r, t)  # noqa: E731
         loss, out = meanflow.meanflow_loss(
             u,
             params,
@@ -223,12 +232,19 @@ def make_continuous_step(config, sde, graphdef, rest, tx, *, teacher: Teacher | 
 
     def update(state, batch, key, apply_gradients):
         k_loss, k_drop = jax.random.split(key)
+        y = batch_condition(config, batch, jax.random.fold_in(key, 2))
         opt = state["opt_state"]
         aux = opt["aux"]
 
-        def loss_of(p, w):
+        def loss_of(p, wp):
             return objective(
-                p, {**aux, **({"weight": w} if w is not None else {})}, batch["image"], k_loss, k_drop, state["step"]
+                p,
+                {**aux, **({"weight": wp} if wp is not None else {})},
+                batch["image"],
+                y,
+                k_loss,
+                k_drop,
+                state["step"],
             )
 
         (loss, extra), (grads, w_grads) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
@@ -245,7 +261,8 @@ def make_continuous_step(config, sde, graphdef, rest, tx, *, teacher: Teacher | 
 
 
 def continuous_sampler(config, sde, shape, inverse_scaler, options: dict, *, with_rounds: bool = False):
-    """``sampler(key, model) -> (samples, nfe[, rounds])`` of an ``scm`` / ``meanflow`` student, in data space.
+    """``sampler(key, model, y=None) -> (samples, nfe[, rounds])`` of an ``scm`` / ``meanflow`` student, in data space;
+    ``y`` the condition of a conditioned student (rows aligned with the samples).
 
     The front door :func:`scoresde.sampling.sample` with ``method="scm"`` on the
     :class:`~scoresde.sde.TrigFlow` process (the consistency function
@@ -266,8 +283,8 @@ def continuous_sampler(config, sde, shape, inverse_scaler, options: dict, *, wit
     sigma_data = float(config.distill.sigma_data)
     process = sde_lib.TrigFlow(sigma_data=sigma_data) if method == "scm" else sde
 
-    def sampler(key, model):
-        call = lambda x, labels, **kw: model(x, labels, **kw)  # noqa: E731
+    def sampler(key, model, y=None):
+        call = lambda x, labels, **kw: call_network(model, x, labels, y, **kw)  # noqa: E731
         if method == "scm":
             fn = trigflow.consistency_fn(trigflow_net(call, sde, config), sigma_data=sigma_data)
         else:

@@ -10,6 +10,14 @@ from flax import nnx
 
 from scoresde import parameterization, train_state
 from scoresde.build.fewstep import Teacher, distill_method, student_consistency_fn
+from scoresde.build.fewstep_condition import (
+    batch_condition,
+    call_network,
+    guided_conditional_score,
+    null_condition,
+    teacher_guidance,
+    teacher_score,
+)
 from scoresde.build.score import make_score_model, sampling_eps
 from scoresde.fewstep import consistency as cm
 from scoresde.fewstep import progressive
@@ -42,7 +50,8 @@ def round_of_step(config, step: int) -> int:
 
 
 def consistency_pair(config, sde, graphdef, rest, k_drop):
-    """``(online, target)``: each ``params -> f(x, t)``, the student's consistency function for CD / CT.
+    """``(online, target)``: each ``params -> f(x, t, y=None)``, the student's consistency function for CD / CT
+    (``y``: the condition of a conditioned network, rows aligned with ``x``).
 
     The online network runs in train mode with the dropout key ``k_drop``. The target runs in eval mode, or with
     ``config.distill.shared_dropout`` in train mode with the same ``k_drop``, as openai/consistency_models_cifar10
@@ -52,8 +61,14 @@ def consistency_pair(config, sde, graphdef, rest, k_drop):
 
     def f_apply(params, train=False):
         model = nnx.merge(graphdef, params, rest)
-        net = lambda x, labels: model(x, labels, train=train, key=k_drop if train else None)  # noqa: E731
-        return student_consistency_fn(net, sde, config)
+
+        def f(x, t, y=None):
+            net = lambda xx, labels: call_network(  # noqa: E731
+                model, xx, labels, y, train=train, key=k_drop if train else None
+            )
+            return student_consistency_fn(net, sde, config)(x, t)
+
+        return f
 
     online = lambda params: f_apply(params, True)  # noqa: E731
     target = (lambda params: f_apply(params, True)) if bool(config.distill.shared_dropout) else f_apply
@@ -71,30 +86,33 @@ def init_distill_state(params, tx, *, teacher_params=None) -> dict:
 
 def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
     """The :class:`scoresde.training.Trainer` ``update(state, batch, key, apply_gradients) -> (state, metrics)``
-    of ``config.distill.method``: the student's loss and gradients, the guarded update, then CD's target EMA."""
+    of ``config.distill.method``: the student's loss and gradients, the guarded update, then CD's target EMA.
+
+    A conditioned network gets each example's condition from the batch (:func:`scoresde.build.batch_condition`);
+    the teacher (guided with ``config.distill.teacher_guidance``), the student and CD's target all read it.
+    """
     method = distill_method(config)
+    w = teacher_guidance(config, teacher)
     d = config.distill
     eps = sampling_eps(sde)
     student_model = make_score_model(config)
     total = total_steps(config)
 
-    def student_net(params, train, k_drop):
+    def student_net(params, train, k_drop, y):
         model = nnx.merge(graphdef, params, rest)
-        return lambda x, labels: model(x, labels, train=train, key=k_drop)
+        return lambda x, labels: call_network(model, x, labels, y, train=train, key=k_drop)
 
     reduction = str(d.metric_reduction)
 
-    def cd_objective(params, aux, batch, k_loss, k_drop, step):
-        tnet = nnx.merge(teacher.graphdef, teacher.params, teacher.rest)
-        teacher_score = teacher.score_model.score_fn(tnet)
+    def cd_objective(params, aux, batch, y, k_loss, k_drop, step):
         online, target = consistency_pair(config, sde, graphdef, rest, k_drop)
         online_f = online(params)
-        apply = lambda p, x, t: online_f(x, t) if p is params else target(p)(x, t)  # noqa: E731
+        apply = lambda p, x, t, *c: online_f(x, t, *c) if p is params else target(p)(x, t, *c)  # noqa: E731
         loss, out = cm.cd_loss(
             apply,
             params,
             aux["target"],
-            teacher_score,
+            teacher_score(teacher, w),
             sde,
             batch,
             k_loss,
@@ -106,16 +124,17 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
             weighting=str(d.weighting),
             schedule=str(d.schedule),
             reduction=reduction,
+            cond=y,
         )
         return loss, {"num_scales": jnp.asarray(int(d.num_scales), jnp.float32)}
 
-    def ct_objective(params, aux, batch, k_loss, k_drop, step):
+    def ct_objective(params, aux, batch, y, k_loss, k_drop, step):
         del aux
         n = cm.ict_num_scales(step, total, int(d.ct_s0), int(d.ct_s1))
         online, target = consistency_pair(config, sde, graphdef, rest, k_drop)
         online_f, target_f = online(params), target(params)
         # mu = 0 (iCT): the target is the online network itself, stop-gradiented inside ct_loss
-        apply = lambda p, x, t: online_f(x, t) if p == "online" else target_f(x, t)  # noqa: E731
+        apply = lambda p, x, t: online_f(x, t, y) if p == "online" else target_f(x, t, y)  # noqa: E731
         loss, _ = cm.ct_loss(
             apply,
             "online",
@@ -137,22 +156,35 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
         rounds = jnp.asarray(pd_rounds(config), jnp.int32)
         per_round = iters_per_round(config)
         t_conv = teacher.score_model
+        null = null_condition(config)
 
-    def pd_objective(params, aux, batch, k_loss, k_drop, step):
+    def pd_objective(params, aux, batch, y, k_loss, k_drop, step):  # y reaches teacher and student via pd_loss
         r = jnp.minimum(step // per_round, rounds.shape[0] - 1)
         steps = rounds[r]
         tnet = nnx.merge(graphdef, aux["teacher"], rest)
 
-        def teacher_score(x, t):  # round 0: the teacher's own output convention; later: the student's
+        def read(x, t, c):  # the teacher network's raw output and the (alpha, sigma) of t
             alpha, sigma = parameterization.coefficients(sde, t, t_conv.time_label)
-            out = tnet(x, parameterization.time_labels(sde, t, t_conv.time_label))
-            own = parameterization.output_to_score(out, x, alpha, sigma, t_conv.output)
-            stud = parameterization.output_to_score(out, x, alpha, sigma, student_model.output)
-            return jnp.where(r == 0, own, stud)
+            return call_network(tnet, x, parameterization.time_labels(sde, t, t_conv.time_label), c), alpha, sigma
 
-        denoiser = student_model.net_score_fn(student_net(params, True, k_drop)).denoiser
+        def own_score(x, t, c):  # round 0's teacher: its own output convention
+            out, alpha, sigma = read(x, t, c)
+            return parameterization.output_to_score(out, x, alpha, sigma, t_conv.output)
+
+        guided_own = guided_conditional_score(own_score, w, null)
+
+        def pd_teacher(x, t, *c):  # round 0: the teacher, guided with w; later: the last student, unguided
+            c = c[0] if c else None
+            out, alpha, sigma = read(x, t, c)
+            own = guided_own(x, t, c) if w else parameterization.output_to_score(out, x, alpha, sigma, t_conv.output)
+            return jnp.where(r == 0, own, parameterization.output_to_score(out, x, alpha, sigma, student_model.output))
+
+        def denoiser(x, t, *c):
+            net = student_net(params, True, k_drop, c[0] if c else None)
+            return student_model.net_score_fn(net).denoiser(x, t)
+
         loss, _ = progressive.pd_loss(
-            denoiser, teacher_score, sde, batch, k_loss, steps=steps, eps=eps, weighting=str(d.pd_weighting)
+            denoiser, pd_teacher, sde, batch, k_loss, steps=steps, eps=eps, weighting=str(d.pd_weighting), cond=y
         )
         return loss, {"round": r.astype(jnp.float32), "student_steps": steps.astype(jnp.float32)}
 
@@ -162,6 +194,7 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
     def update(state, batch, key, apply_gradients):
         step = state["step"]
         k_loss, k_drop = jax.random.split(key)
+        y = batch_condition(config, batch, jax.random.fold_in(key, 2))
         opt = state["opt_state"]
         aux = opt["aux"]
         if method == "pd":  # a round boundary: the last round's student (EMA) is the new teacher and student
@@ -171,7 +204,7 @@ def make_distill_step(config, sde, graphdef, rest, *, teacher: Teacher | None):
             state = {**state, "params": pick(state["ema"], state["params"])}
 
         (loss, extra), grads = jax.value_and_grad(
-            lambda p: objective(p, aux, batch["image"], k_loss, k_drop, step), has_aux=True
+            lambda p: objective(p, aux, batch["image"], y, k_loss, k_drop, step), has_aux=True
         )(state["params"])
         inner, stats = apply_gradients({**state, "opt_state": opt["opt"]}, grads, loss)
         if method == "cd":  # θ⁻ ← μ θ⁻ + (1 - μ) θ, only when the update was applied

@@ -71,7 +71,9 @@ STUDENT_FILE = "student.json"
 __all__ = [
     "METHODS",
     "STUDENT_FILE",
+    "CONDITIONING_FIELDS",
     "Teacher",
+    "check_same_conditioning",
     "distill_method",
     "load_teacher",
     "write_student_file",
@@ -129,8 +131,9 @@ def load_teacher(config) -> Teacher:
     refused here.
 
     Raises:
-        ValueError: no teacher workdir, a teacher whose SDE differs from ``config.training.sde``, or a teacher
-            that is not the one ``config.distill`` pins (naming both).
+        ValueError: no teacher workdir, a teacher whose SDE differs from ``config.training.sde``, a teacher
+            conditioned otherwise than the student (:func:`check_same_conditioning`), or a teacher that is not
+            the one ``config.distill`` pins (naming both).
         FileNotFoundError: no checkpoint in the teacher workdir.
     """
     workdir = str(config.distill.teacher_workdir)
@@ -147,18 +150,7 @@ def load_teacher(config) -> Teacher:
             f"the teacher in {workdir} was trained with sde {tcfg.training.sde!r} but "
             f"config.training.sde={config.training.sde!r}; distil on the teacher's SDE"
         )
-    if int(tcfg.model.get("num_classes", 0) or 0) > 0:
-        raise ValueError(
-            "distilling a class-conditional teacher is not supported; got "
-            f"model.num_classes={tcfg.model.num_classes} in {workdir}"
-        )
-    kind = conditioning_kind(tcfg)
-    if kind in ("text", "vector"):  # its students would silently learn the null-conditioned teacher
-        raise ValueError(
-            f"distilling a {kind}-conditioned teacher is not supported (it would distil the teacher's null "
-            f"condition only); got model.text_vocab={tcfg.model.text_vocab}, model.cond_dim={tcfg.model.cond_dim} "
-            f"in {workdir}"
-        )
+    check_same_conditioning(config, tcfg, f"the teacher in {workdir}")
     model, step = load_model(workdir, tcfg, ema=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     digest = params_digest(params)
@@ -176,6 +168,46 @@ def load_teacher(config) -> Teacher:
         if "teacher_hash" in d:
             d.teacher_hash = digest
     return Teacher(graphdef, params, rest, make_score_model(tcfg), tcfg, step, workdir, digest)
+
+
+# the config fields that say what a network is conditioned on; a student must read its teacher's condition
+CONDITIONING_FIELDS = (
+    "model.num_classes",
+    "model.text_vocab",
+    "model.cond_dim",
+    "model.cond_tokens",
+    "data.caption_len",
+    "data.caption_set",
+)
+
+
+def _field(config, name: str):
+    section, key = name.split(".")
+    value = config[section].get(key, None)
+    if key in ("num_classes", "text_vocab", "cond_dim"):
+        return int(value or 0)
+    if key == "caption_set":
+        return str(value or "")
+    kind = conditioning_kind(config)
+    if key == "caption_len":  # the token length matters to caption-conditioned networks only
+        return int(value) if kind == "text" else None
+    return int(value) if kind == "vector" else None  # cond_tokens
+
+
+def check_same_conditioning(config, teacher_config, what: str) -> None:
+    """Raises ``ValueError`` unless the student (``config``) is conditioned as the teacher is.
+
+    A distilled student is called with the teacher's condition (class labels, caption tokens or vectors of the
+    batch), so the fields of :data:`CONDITIONING_FIELDS` must agree: ``model.num_classes``, ``model.text_vocab``,
+    ``model.cond_dim`` / ``cond_tokens`` and, for captions, ``data.caption_len`` / ``data.caption_set``.
+    """
+    for name in CONDITIONING_FIELDS:
+        mine, theirs = _field(config, name), _field(teacher_config, name)
+        if mine != theirs:
+            raise ValueError(
+                f"the student's config.{name}={mine!r} but {what} has {theirs!r}: a distilled student keeps its "
+                f"teacher's conditioning; set --config.{name}={theirs!r}"
+            )
 
 
 def check_same_architecture(student_params, teacher_params, what: str) -> None:

@@ -14,6 +14,7 @@ from scoresde import data as data_lib
 from scoresde import guidance, parallel, sampling
 from scoresde.build.continuous import CONTINUOUS_SAMPLERS, continuous_sampler
 from scoresde.build.fewstep import is_consistency_model, student_consistency_fn
+from scoresde.build.fewstep_condition import call_network
 from scoresde.build.latent import is_latent, load_latent_space, model_data_shape
 from scoresde.build.objectives import cfg_with_denoiser
 from scoresde.build.run import purpose_key
@@ -437,6 +438,28 @@ def guided_score_fn(config, model, sde, batch: int, *, classifier=None, scale=No
     )
 
 
+def student_condition(config, sde, batch: int, *, prior=None, key=None):
+    """The condition a few-step student (consistency, sCM, MeanFlow) samples ``batch`` samples with, ``None`` for an
+    unconditional one: class labels (``config.sampling.class_label``) or caption tokens (``config.sampling.prompt`` /
+    ``prompts_file``) as :func:`sample_conditioning` gives them; a vector-conditioned student (a distilled unCLIP
+    decoder) reads the prior's image embeddings of the prompts, or without a prior (a training snapshot) the zero
+    vector, as the decoder does. A student is sampled unguided: guidance is distilled into it
+    (``config.distill.teacher_guidance``), so ``config.sampling.guidance`` is not applied.
+    """
+    kind = conditioning_kind(config)
+    if kind == "none":
+        return None
+    if kind != "vector":
+        return sample_conditioning(config, batch)
+    if prior is None:
+        return jnp.zeros((batch, int(config.model.cond_dim)), jnp.float32)
+    score_model = ScoreModel(sde, **score_convention(config, sde), sigma_data=float(config.model.sigma_data))
+    tokens = sample_prompts(config, batch)[0]
+    return prior_image_embeddings(
+        score_model, prior, tokens, purpose_key(key, "unclip_prior"), w=float(config.prior.guidance_scale)
+    )
+
+
 def make_sample_fn(
     config,
     sde,
@@ -468,10 +491,12 @@ def make_sample_fn(
     if _student_sampler(config):
         options = sampling_options(config)[1]
         student = continuous_sampler(config, sde, shape, inverse_scaler, options, with_rounds=with_rounds)
-        return jax.jit(
-            lambda params, key, guidance_scale=None: student(key, nnx.merge(graphdef, params, rest)),
-            out_shardings=(out, *counts),
-        )
+
+        def continuous(params, key, guidance_scale=None):
+            y = student_condition(config, sde, num_samples, prior=prior, key=key)
+            return student(key, nnx.merge(graphdef, params, rest), y)
+
+        return jax.jit(continuous, out_shardings=(out, *counts))
     if is_latent(config):  # latent samples are decoded to images in [0, 1]
         space, to_unit = load_latent_space(config, mesh), inverse_scaler
         inverse_scaler = lambda z: to_unit(space.decode(z))  # noqa: E731
@@ -493,7 +518,9 @@ def make_sample_fn(
     def fn(params, key, guidance_scale=None):
         model = nnx.merge(graphdef, params, rest)
         if consistency_model:
-            return sampler(key, student_consistency_fn(lambda x, labels: model(x, labels), sde, config))
+            y = student_condition(config, sde, num_samples, prior=prior, key=key)
+            net = lambda x, labels: call_network(model, x, labels, y)  # noqa: E731
+            return sampler(key, student_consistency_fn(net, sde, config))
         if unguided:
             return sampler(key, make_score_fn(model, sde, config))
         return sampler(

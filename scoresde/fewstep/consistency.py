@@ -263,11 +263,13 @@ def distance(x, y, metric="l2", *, feature_fn: Callable | None = None, huber_c=N
 # ------------------------------------------------------------------------------ teacher step and CT's estimate
 
 
-def teacher_step(score_fn: Callable, sde, x, t_from, t_to, solver: str = "heun"):
+def teacher_step(score_fn: Callable, sde, x, t_from, t_to, solver: str = "heun", *, cond=None):
     """One probability-flow step per example from ``t_from`` to ``t_to`` (both ``(B,)``) with a project sampler.
 
     ``"euler"`` (DDIM, ``eta = 0``), ``"heun"`` (EDM) or ``"dpm_solver-2"``, ``vmap``-ed over the batch
-    since every example has its own pair of times (``docs/consistency.md``).
+    since every example has its own pair of times (``docs/consistency.md``). With ``cond`` (each example's
+    condition, rows aligned with ``x``: class labels ``(B,)``, caption tokens ``(B, L)``, vectors ``(B, D)``) the
+    teacher is ``score_fn(x, t, cond)`` and each example's step uses its own row: the flow of ``p_t(x | c)``.
 
     Returns:
         ``(x_to, nfe)`` with ``nfe`` the score evaluations per example (1, 2, 2).
@@ -285,11 +287,12 @@ def teacher_step(score_fn: Callable, sde, x, t_from, t_to, solver: str = "heun")
     stepper = steppers[solver]
     key = jax.random.key(0)  # the deterministic steppers draw no noise
 
-    def one(xi, s, t):
-        y, n = stepper(score_fn, sde, xi[None], jnp.stack([s, t]), key, jnp.zeros((), jnp.int32))
+    def one(xi, s, t, ci):
+        score = score_fn if ci is None else (lambda xx, tt: score_fn(xx, tt, ci[None]))
+        y, n = stepper(score, sde, xi[None], jnp.stack([s, t]), key, jnp.zeros((), jnp.int32))
         return y[0], n
 
-    x_to, nfe = jax.vmap(one)(x, t_from.astype(x.dtype), t_to.astype(x.dtype))
+    x_to, nfe = jax.vmap(one)(x, t_from.astype(x.dtype), t_to.astype(x.dtype), cond)
     return x_to, nfe[0]
 
 
@@ -362,6 +365,7 @@ def cd_loss(
     weighting="uniform",
     schedule="uniform",
     reduction="sum",
+    cond=None,
 ):
     """Consistency distillation ``E[λ d(f_θ(x_{t_{n+1}}, t_{n+1}), f_{θ⁻}(x̂_{t_n}, t_n))]`` (CM eq. 7, Alg. 2).
 
@@ -382,10 +386,14 @@ def cd_loss(
         metric, feature_fn, reduction: see :func:`distance`.
         weighting: ``"uniform"`` (``λ = 1``, the CD paper) or ``"icm"`` (``1 / (σ̃_{n+1} - σ̃_n)``).
         schedule: index sampling, see :func:`sample_indices`.
+        cond: the batch's condition (rows aligned with ``batch``) for conditional distillation: the teacher is
+            then ``score_fn(x, t, cond)`` (:func:`teacher_step`) and the student and its target
+            ``consistency_fn(params, x, t, cond)``, all with the same condition, so ``f_θ(·, ·, c)`` learns the
+            flow map of ``p(x | c)``; ``None``: all unconditional.
 
     Returns:
-        ``(loss, aux)``; ``aux`` has per-example ``losses``, indices ``n``, times ``t_n``, ``t_np1`` and the
-        teacher's ``nfe`` per example.
+        ``(loss, aux)``; ``aux`` has per-example ``losses``, indices ``n``, times ``t_n``, ``t_np1``, the
+        teacher's ``nfe`` per example and the ``target`` ``f_θ⁻(x̂_{t_n}, t_n)``.
     """
     b = batch.shape[0]
     k_n, k_z = jax.random.split(key)
@@ -393,13 +401,15 @@ def cd_loss(
     t_n, t_np1 = t_n.astype(batch.dtype), t_np1.astype(batch.dtype)
     z = jax.random.normal(k_z, batch.shape, batch.dtype)
     x_np1 = batch_mul(sde.alpha(t_np1), batch) + batch_mul(sde.sigma(t_np1), z)
-    x_n, nfe = teacher_step(score_fn, sde, x_np1, t_np1, t_n, solver)
-    online = consistency_fn(params, x_np1, t_np1)
-    target = jax.lax.stop_gradient(consistency_fn(target_params, jax.lax.stop_gradient(x_n), t_n))
+    x_n, nfe = teacher_step(score_fn, sde, x_np1, t_np1, t_n, solver, cond=cond)
+    f = consistency_fn if cond is None else (lambda p, x, t: consistency_fn(p, x, t, cond))
+    online = f(params, x_np1, t_np1)
+    target = jax.lax.stop_gradient(f(target_params, jax.lax.stop_gradient(x_n), t_n))
     losses = _weight(weighting, sig_n, sig_np1).astype(batch.dtype) * distance(
         online, target, metric, feature_fn=feature_fn, reduction=reduction
     )
-    return jnp.mean(losses), {"losses": losses, "n": n, "t_n": t_n, "t_np1": t_np1, "nfe": nfe}
+    aux = {"losses": losses, "n": n, "t_n": t_n, "t_np1": t_np1, "nfe": nfe, "target": target}
+    return jnp.mean(losses), aux
 
 
 def ct_loss(

@@ -64,19 +64,25 @@ def student_times(sde, steps, eps, i):
     return jnp.where(i == jnp.asarray(steps), jnp.asarray(eps, dtype), t)
 
 
-def two_teacher_steps(teacher_score_fn: Callable, sde, x_t, t, t_next):
-    """Two teacher DDIM (``eta = 0``) steps per example, ``t -> (t + t_next)/2 -> t_next``, times ``(B,)``."""
+def two_teacher_steps(teacher_score_fn: Callable, sde, x_t, t, t_next, *, cond=None):
+    """Two teacher DDIM (``eta = 0``) steps per example, ``t -> (t + t_next)/2 -> t_next``, times ``(B,)``.
+
+    With ``cond`` (the condition of each example, rows aligned with ``x_t``: class labels ``(B,)``, caption tokens
+    ``(B, L)``, vectors ``(B, D)``) the teacher is ``teacher_score_fn(x, t, cond)`` and each example's steps
+    use its own row; without it, ``teacher_score_fn(x, t)``.
+    """
     key = jax.random.key(0)  # eta = 0 draws no noise
 
-    def one(xi, s, u):
+    def one(xi, s, u, ci):
         ts = jnp.stack([s, 0.5 * (s + u), u])
-        y, _ = fast.ddim(teacher_score_fn, sde, xi[None], ts, key, jnp.zeros((), jnp.int32), eta=0.0)
+        score = teacher_score_fn if ci is None else (lambda x, tt: teacher_score_fn(x, tt, ci[None]))
+        y, _ = fast.ddim(score, sde, xi[None], ts, key, jnp.zeros((), jnp.int32), eta=0.0)
         return y[0]
 
-    return jax.vmap(one)(x_t, t.astype(x_t.dtype), t_next.astype(x_t.dtype))
+    return jax.vmap(one)(x_t, t.astype(x_t.dtype), t_next.astype(x_t.dtype), cond)
 
 
-def pd_target(teacher_score_fn: Callable, sde, x_t, t, t_next):
+def pd_target(teacher_score_fn: Callable, sde, x_t, t, t_next, *, cond=None):
     """The student's data-prediction target ``x̃`` for its step ``t -> t_next`` (paper Alg. 2).
 
     ``docs/progressive_distillation.md`` derives it.
@@ -86,11 +92,13 @@ def pd_target(teacher_score_fn: Callable, sde, x_t, t, t_next):
         sde: a linear SDE.
         x_t: states ``(B, ...)`` at times ``t`` (``(B,)``).
         t, t_next: the student's step, ``t > t_next`` per example.
+        cond: the examples' condition for a conditional teacher ``score_fn(x, t, cond)`` (see
+            :func:`two_teacher_steps`); ``None`` for an unconditional one.
 
     Returns:
         ``x̃`` of the shape of ``x_t``.
     """
-    x_next = two_teacher_steps(teacher_score_fn, sde, x_t, t, t_next)
+    x_next = two_teacher_steps(teacher_score_fn, sde, x_t, t, t_next, cond=cond)
     a_t, s_t = sde.alpha(t), sde.sigma(t)
     a_n, s_n = sde.alpha(t_next), sde.sigma(t_next)
     ratio = s_n / s_t
@@ -129,6 +137,7 @@ def pd_loss(
     steps,
     eps,
     weighting: str = "truncated_snr",
+    cond=None,
 ):
     """One progressive-distillation loss estimate ``E[w(t) mean_d (x̂(x_t, t) - x̃)²]`` (paper Algorithm 2).
 
@@ -144,6 +153,9 @@ def pd_loss(
         steps: the student's step count ``N`` (int or traced int).
         eps: the final time of the grids.
         weighting: one of :data:`PD_WEIGHTINGS`.
+        cond: the batch's condition (rows aligned with ``batch``) for a conditional distillation: the teacher is
+            then ``teacher_score_fn(x, t, cond)`` and the student ``student_denoiser(x, t, cond)``, both with the
+            same condition; ``None``: both unconditional.
 
     Returns:
         ``(loss, aux)`` with per-example ``losses``, ``t`` and ``x_target``.
@@ -155,7 +167,8 @@ def pd_loss(
     t_next = t_next.astype(batch.dtype)
     z = jax.random.normal(k_z, batch.shape, batch.dtype)
     x_t = batch_mul(sde.alpha(t), batch) + batch_mul(sde.sigma(t), z)
-    x_tilde = jax.lax.stop_gradient(pd_target(teacher_score_fn, sde, x_t, t, t_next))
-    err = (student_denoiser(x_t, t) - x_tilde).reshape(b, -1)
+    x_tilde = jax.lax.stop_gradient(pd_target(teacher_score_fn, sde, x_t, t, t_next, cond=cond))
+    x_hat = student_denoiser(x_t, t) if cond is None else student_denoiser(x_t, t, cond)
+    err = (x_hat - x_tilde).reshape(b, -1)
     losses = pd_weight(sde, t, weighting) * jnp.mean(err * err, axis=-1)
     return jnp.mean(losses), {"losses": losses, "t": t, "x_target": x_tilde}

@@ -54,6 +54,16 @@ def _write_visual(config, path_png, samples01, title=""):
         images.save_scatter(path_png, np.asarray(samples01), title=title)
 
 
+def _guidance_line(config) -> str:
+    """The guidance the samples get: a few-step student (consistency, sCM, MeanFlow) samples its condition unguided
+    (:func:`scoresde.build.student_condition`), whatever ``config.sampling.guidance`` says."""
+    kind = build.guidance_kind(config)
+    few_step = build.is_consistency_model(config) or str(config.distill.method).lower() in build.CONTINUOUS_SAMPLERS
+    if few_step and kind != "none":
+        return f"none (a few-step student samples unguided; config.sampling.guidance={kind!r} is not applied)"
+    return kind
+
+
 def _visual_extensions(config) -> tuple[str, ...]:
     if data_lib.is_sequence_data(config):
         return ("png", "svg")
@@ -170,7 +180,7 @@ def sample(config, workdir: str) -> dict:
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "sampler": f"{method} {options}",
             "paradigms": f"window {paradigms[0]}, tol {paradigms[1]}" if paradigms else None,
-            "guidance": build.guidance_kind(config),
+            "guidance": _guidance_line(config),
             "prompts": _prompts_line(config, batch),
             "workdir": os.path.abspath(workdir),
         },

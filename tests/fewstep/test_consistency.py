@@ -468,3 +468,48 @@ def test_ct_ema_decay_conventions():
     np.testing.assert_allclose(cm.ct_ema_decay(2, convention="official"), 0.81, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown CT schedule convention 'openai'"):
         cm.ct_ema_decay(2, convention="openai")
+
+
+# ------------------------------------------------------------------------------ conditioned distillation
+
+# class k = component k: p(x | k) is one diagonal Gaussian, so its consistency function is closed-form
+COND = GaussianMixture(np.array([[-1.0, -0.5], [1.0, 0.8]]), np.array([0.3, 0.2]))
+COMPONENTS = [COND.component(k) for k in range(2)]
+
+
+def _cond_map(sde, x, t_from, t_to, c):
+    """The exact flow map of ``p(x | c)`` per example: component ``c``'s closed form."""
+    maps = [component.flow_map(sde, x, t_from, t_to) for component in COMPONENTS]
+    return jnp.where((c == 0)[:, None], maps[0], maps[1])
+
+
+def test_conditioned_cd_target_is_the_exact_conditional_flow_map():
+    """CD of the exact class-conditional teacher into the exact conditional consistency function: the target
+    ``f(x̂_{t_n}, t_n, c)`` is the exact flow map of ``p(x | c)`` from ``x_{t_{n+1}}`` (to the Heun step's error on a
+    fine grid), far from the other condition's map, so each example's teacher step used its own condition (the
+    batch mixes both); with the other condition's teacher the exact student is not consistent."""
+    n, num_scales = 256, 400
+    x0, labels = COND.sample(jax.random.key(2), n, return_labels=True)
+    labels = labels.astype(jnp.int32)
+    f = lambda p, x, t, c: _cond_map(VP, x, t, EPS, c)  # noqa: E731
+    key = jax.random.key(3)
+    swapped = lambda x, t, c: COND.conditional_score_fn(VP)(x, t, 1 - c)  # noqa: E731
+
+    def run(x0, labels):
+        kw = dict(num_scales=num_scales, eps=EPS, cond=labels)
+        return (
+            cm.cd_loss(f, None, None, COND.conditional_score_fn(VP), VP, x0, key, **kw),
+            cm.cd_loss(f, None, None, swapped, VP, x0, key, **kw)[0],
+        )
+
+    (loss, aux), loss_other = run(x0, labels)
+    # x_{t_{n+1}} as cd_loss draws it
+    z = jax.random.normal(jax.random.split(key)[1], x0.shape)
+    t1 = aux["t_np1"]
+    x_np1 = VP.alpha(t1)[:, None] * x0 + VP.sigma(t1)[:, None] * z
+    exact = _cond_map(VP, x_np1, t1, EPS, labels)
+    np.testing.assert_allclose(aux["target"], exact, atol=2e-4)
+    other = _cond_map(VP, x_np1, t1, EPS, 1 - labels)
+    assert float(jnp.mean(jnp.sum((aux["target"] - other) ** 2, -1))) > 100 * float(loss) + 0.01
+    # loss_other: the teacher of the other condition; the exact student of c is then far from consistent
+    assert float(loss) < 1e-10 < 1e-5 < float(loss_other)

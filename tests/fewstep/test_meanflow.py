@@ -209,3 +209,40 @@ def test_short_meanflow_training_samples_a_mixture_in_one_and_two_steps():
     )
     assert sw[1] < floor + 0.08
     assert sw[2] < floor + 0.04
+
+
+def test_conditioned_target_is_the_exact_conditional_average_velocity():
+    """Class-conditional MeanFlow (class k = component k of a two-Gaussian mixture with the covariance above): with
+    the student ``u(z, r, t | c)`` and the velocity ``v(z, t | c)`` of each example's own condition, the target is
+    the exact average velocity of ``p(x | c)``; with the other condition's velocity it is not."""
+    means = np.array([[0.3, -0.2], [-0.9, 0.7]])
+    mix = GaussianMixture(means @ Q.T, np.sqrt(LAM)[None].repeat(2, 0), rotation=Q)  # component means mu_k
+    mus = np.asarray(mix.means)
+    lam = jnp.asarray(LAM, jnp.float32)[None]
+    q = jnp.asarray(Q, jnp.float32)
+
+    def u_of(mu, z, r, t):  # _u_exact for the mean mu
+        r, t = r[:, None], t[:, None]
+        s_t, s_r = jnp.sqrt((1 - t) ** 2 * lam + t**2), jnp.sqrt((1 - r) ** 2 * lam + r**2)
+        y = (z - (1 - t) * mu) @ q
+        return (y * ((1 + lam) * (t + r) - 2 * lam) / (s_t * (s_t + s_r))) @ q.T - mu
+
+    def u_cond(z, r, t, c):
+        return jnp.where((c == 0)[:, None], u_of(mus[0][None], z, r, t), u_of(mus[1][None], z, r, t))
+
+    def v_cond(z, t, c):
+        d = (z + t[:, None] ** 2 * mix.conditional_score_fn(RF)(z, t, c)) / (1 - t)[:, None]
+        return (z - d) / t[:, None]
+
+    n = 256
+    r, t = _times(n, 8)
+    z = jax.random.normal(jax.random.key(9), (n, 2))
+    c = jnp.arange(n) % 2
+    u, u_tgt = mf.meanflow_target(lambda zz, rr, tt: u_cond(zz, rr, tt, c), z, r, t, v_cond(z, t, c))
+    np.testing.assert_allclose(u_tgt, u, rtol=1e-3, atol=2e-4)
+    # the exact average velocity of p(x | c) over the flow of p(x | c) (its closed-form flow map)
+    comps = [mix.component(k).flow_map(RF, z, t, r) for k in range(2)]
+    disp = (z - jnp.where((c == 0)[:, None], *comps)) / (t - r)[:, None]
+    np.testing.assert_allclose(u, disp, rtol=1e-3, atol=2e-4)
+    u_o, tgt_other = mf.meanflow_target(lambda zz, rr, tt: u_cond(zz, rr, tt, c), z, r, t, v_cond(z, t, 1 - c))
+    assert float(jnp.mean(jnp.abs(tgt_other - u_o))) > 0.1

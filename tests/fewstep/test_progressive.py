@@ -137,3 +137,42 @@ def test_halving_rounds_on_the_exact_teacher_reach_the_flow_map_in_one_step(caps
     # ... so its error to the exact flow map is DDIM's own discretisation error at `start` uniform-t steps
     # (first order; measured 0.19 at 32 steps, 0.093 at 64).
     assert abs(to_flow - ddim_to_flow) < 1e-3 and ddim_to_flow < 0.25
+
+
+def test_conditioned_pd_target_and_student_read_each_examples_condition():
+    """PD with a condition: the target ``x̃`` of each example is the one of its own component's teacher, and the
+    student denoiser is called with the same condition (a student that returns the exact target has zero loss)."""
+    cond_mix = GaussianMixture(np.array([[-1.0, -0.5], [1.0, 0.8]]), np.array([0.3, 0.2]))
+    components = [cond_mix.component(k) for k in range(2)]
+    n = 16
+    x0, c = cond_mix.sample(jax.random.key(0), n, return_labels=True)
+    c = c.astype(jnp.int32)
+    t = jnp.full((n,), 0.6)
+    t_next = jnp.full((n,), 0.35)
+    x_t = VP.alpha(t)[:, None] * x0 + VP.sigma(t)[:, None] * jax.random.normal(jax.random.key(1), x0.shape)
+    got, *alone = jax.jit(
+        lambda x_t: (
+            [pd.pd_target(cond_mix.conditional_score_fn(VP), VP, x_t, t, t_next, cond=c)]
+            + [pd.pd_target(component.score_fn(VP), VP, x_t, t, t_next) for component in components]
+        )
+    )(x_t)
+    np.testing.assert_allclose(got, jnp.where((c == 0)[:, None], *alone), rtol=2e-5, atol=2e-6)
+    assert float(jnp.max(jnp.abs(alone[0] - alone[1]))) > 0.05
+
+    # the 1-step student's loss at t = T: zero for the exact per-condition target, positive with the other condition
+    steps, key = 1, jax.random.key(2)
+    b_t = jnp.full((n,), VP.T)
+    b_next = jnp.full((n,), EPS)
+
+    def exact_student(x, s, cc):
+        return pd.pd_target(cond_mix.conditional_score_fn(VP), VP, x, b_t, b_next, cond=cc)
+
+    @jax.jit
+    def losses(x0, c):
+        teacher = cond_mix.conditional_score_fn(VP)
+        mine = pd.pd_loss(exact_student, teacher, VP, x0, key, steps=steps, eps=EPS, cond=c)[0]
+        other = lambda x, s, cc: exact_student(x, s, 1 - cc)  # noqa: E731
+        return mine, pd.pd_loss(other, teacher, VP, x0, key, steps=steps, eps=EPS, cond=c)[0]
+
+    loss, loss_other = losses(x0, c)
+    assert float(loss) < 1e-10 < 1e-3 < float(loss_other)
