@@ -123,7 +123,7 @@ def _check_jvp(lines):
     assert lines[2]["program_memory_gib"] > lines[0]["program_memory_gib"]
 
 
-@pytest.mark.slow  # three compilations, ~2 min on 2 loaded cores
+@pytest.mark.slow  # three compilations: 2.5 min on 2 busy cores, 7 min on 2 cores shared with two trainings
 def test_smoke_jvp_lines():
     lines = _run("--only=jvp")
     assert [r["figure"] for r in lines] == ["jvp", "jvp", "jvp", "total"]
