@@ -2,7 +2,7 @@
 (benchmarks/digits_scorer.py) like the CD / CT / PD rows of benchmarks/few_step_digits.py.
 
     python benchmarks/digits_fewstep_continuous.py --teacher=runs/digits --scd=runs/digits_scd --sct=runs/digits_sct \
-        --ect=runs/digits_ect --meanflow=runs/digits_meanflow [--n=256]
+        --ect=runs/digits_ect --meanflow=runs/digits_meanflow [--n=256] [--seed=2026]
 
 Each student is sampled with the sampler of its method at 1 and 2 steps from the newest checkpoint's EMA weights,
 through the same jitted sample function as `--mode=sample` (`scoresde.build.make_sample_fn`). Prints one JSON line per
@@ -46,8 +46,9 @@ def _train_wall_s(workdir) -> float:
     return round(total, 1)
 
 
-def _student_row(name, config, workdir, n, **sampling):
-    """As few_step_digits._row, reading the newest checkpoint read-only (a run may still be training)."""
+def _student_row(name, config, workdir, n, seed=2026, **sampling):
+    """As few_step_digits._row, reading the newest checkpoint read-only (a run may still be training); ``seed``
+    draws the prior samples."""
     config = copy.deepcopy(config)
     with config.unlocked():
         config.distill.teacher_workdir = ""  # sampling needs no teacher
@@ -57,7 +58,7 @@ def _student_row(name, config, workdir, n, **sampling):
     graphdef, params, rest, step = build.load_ema(config, workdir, mesh)
     t0 = time.perf_counter()
     fn = build.make_sample_fn(config, build.make_sde(config), graphdef, rest, n, mesh)
-    samples, nfe = fn(params, jax.random.key(2026))
+    samples, nfe = fn(params, jax.random.key(seed))
     samples = np.clip(np.asarray(jax.block_until_ready(samples)), 0.0, 1.0)
     wall = time.perf_counter() - t0
     rec = {"method": name, "nfe": int(nfe), "step": step, "sample_wall_s": round(wall, 1), **score_samples(samples)}
@@ -71,6 +72,7 @@ def main():
     for flag, (_, label, _) in STUDENTS.items():
         ap.add_argument(f"--{flag}", default="", help=f"a configs/{STUDENTS[flag][0]}.py workdir ({label})")
     ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=2026, help="the students' sampling seed (the teacher row keeps 2026)")
     a = ap.parse_args()
     rows = []
     if a.teacher:
@@ -87,7 +89,7 @@ def main():
         cfg = build.load_config(os.path.join(REPO, f"configs/{name}.py"))
         wall = _train_wall_s(workdir)
         for k in (1, 2):
-            row = _student_row(f"{label} {sampler} {k}-step", cfg, workdir, a.n, method=sampler, steps=k)
+            row = _student_row(f"{label} {sampler} {k}-step", cfg, workdir, a.n, a.seed, method=sampler, steps=k)
             row["train_wall_s"] = wall
             rows.append(row)
     print("| method | NFE | train step | mean p_max | frac p_max>0.9 | classes | sampling wall s | training wall s |")

@@ -18,6 +18,10 @@ Figures (``"figure"`` key of each line; every line also carries ``device``, ``ba
 * ``likelihood``: img/s of :func:`scoresde.likelihood.log_likelihood` (Hutchinson, Rademacher): a
   solve cut at 8 Tsit5 steps (= 51 NFE, the fixed-NFE cost figure: its log-densities are not used)
   and an adaptive solve at rtol = atol = 1e-5 (its mean NFE reported).
+* ``jvp``: what a forward-mode tangent costs in training: one line per step kind, a plain DSM step (``dsm``), an
+  sCT step (``sct``, a ``jax.jvp`` through the network) and a MeanFlow step (``meanflow``, the two-time network
+  under one ``jax.jvp``), f32, batch 128, Adam, with its median step time, the ratio to the DSM step and the
+  step program's memory (``benchmarks/jvp_overhead.py``'s steps: dropout off, no EMA).
 * ``consistency``: img/s of ``sample(method="consistency")`` when that method exists (skipped otherwise).
 * ``vs_reference``: ``benchmarks/vs_reference.py --device=gpu --size=cifar10`` (forward, training step, 20-step
   DPM-Solver and likelihood against the PyTorch reference with identical weights), one line per figure
@@ -91,6 +95,7 @@ FULL_SIZES = dict(
     likelihood_batch=128,
     likelihood_max_steps=1000,
     timed=20,
+    jvp_batch=128,
 )
 SMOKE_SIZES = dict(
     train_batches=(4,),
@@ -100,8 +105,9 @@ SMOKE_SIZES = dict(
     likelihood_batch=2,
     likelihood_max_steps=64,
     timed=2,
+    jvp_batch=4,
 )
-FIGURES = ("train", "eval", "sampler", "likelihood", "consistency", "vs_reference")
+FIGURES = ("train", "eval", "sampler", "likelihood", "jvp", "consistency", "vs_reference")
 
 
 def _program_memory_gib(compiled):
@@ -322,6 +328,43 @@ class Suite:
                 img_per_s=round(batch / med, 3),
                 ms_per_nfe=round(1e3 * med / float(nfe.max()), 4),
                 solved_fraction=float(np.mean(np.isfinite(np.asarray(logp)))),
+            )
+
+    def jvp(self):
+        from jvp_overhead import KINDS, step_losses, train_step  # noqa: PLC0415  (benchmarks/ is on sys.path)
+
+        batch = self.sizes["jvp_batch"]
+        x, tx = self.data(batch), optax.adam(1e-4)
+        runs = {}
+        for kind in KINDS:
+            model = NCSNpp(**dict(self.arch, dropout=0.0), second_time=kind == "meanflow", rngs=nnx.Rngs(0))
+            graphdef, params = nnx.split(model)
+            t0 = time.perf_counter()
+            compiled = train_step(step_losses(graphdef)[kind], tx).lower(params, tx.init(params), x, jax.random.key(0))
+            compiled = compiled.compile()
+            compile_s = time.perf_counter() - t0
+            holder = {"state": (params, tx.init(params)), "i": 0}
+
+            def one(compiled=compiled, holder=holder):
+                holder["i"] += 1
+                p, o, loss = compiled(*holder["state"], x, jax.random.key(holder["i"]))
+                holder["state"] = (p, o)
+                jax.block_until_ready(loss)
+
+            one()
+            runs[kind] = (compiled, compile_s, _median_s(one, self.sizes["timed"]))
+            del holder
+        base = runs["dsm"][2]
+        for kind, (compiled, compile_s, med) in runs.items():
+            self.emit(
+                "jvp",
+                kind=kind,
+                dtype="float32",
+                batch=batch,
+                compile_s=round(compile_s, 3),
+                median_step_s=float(f"{med:.6g}"),
+                vs_dsm=round(med / base, 3),
+                program_memory_gib=_program_memory_gib(compiled),
             )
 
     def consistency(self):

@@ -6,11 +6,14 @@ The same digits-size network (8×8×1, batch 128) in three training steps, each 
 * ``dsm``: continuous denoising score matching on VP (:func:`scoresde.losses.continuous_dsm_loss`, ε-output,
   ``999t`` labels): one forward and one backward pass;
 * ``sct``: continuous-time consistency training on TrigFlow (:func:`scoresde.fewstep.scm.sct_loss`, tangent
-  normalisation on, no adaptive weight): one ``jax.jvp`` of the network (the target side, stop-gradient) plus
-  the forward and backward pass of the prediction;
+  normalisation on, no adaptive weight, the TrigFlow time itself as the label, as the configs feed it): one
+  ``jax.jvp`` of the network (the target side, stop-gradient) plus the forward and backward pass of the prediction;
 * ``meanflow``: MeanFlow on rectified flow (:func:`scoresde.fewstep.meanflow.meanflow_loss`) with the two-time
-  network (``second_time=True``, labels ``999t`` and ``999r``): one ``jax.jvp`` whose primal output is the
+  network (``second_time=True``, labels ``t`` and ``r``): one ``jax.jvp`` whose primal output is the
   prediction, then its backward pass.
+
+``benchmarks/gpu_suite.py``'s ``jvp`` figure times the same three steps (:func:`step_losses`, :func:`train_step`)
+on its CIFAR-10 network.
 
 Networks: DDPM++ as ``configs/digits_vp.py`` builds it (nf 16, ch_mult (1, 2), one block, no attention), and
 NCSN++ of the same size (Fourier embedding, FIR, residual input pyramid) with attention at 4×4.
@@ -47,7 +50,8 @@ NETWORKS = {
 }
 
 
-def _losses(graphdef):
+def step_losses(graphdef):
+    """``{kind: loss(params, batch, key)}`` for :data:`KINDS` on the network ``graphdef`` (its ``nnx.split``)."""
     vp = sde.VPSDE()
 
     def net(params, x, labels, **kw):
@@ -60,16 +64,18 @@ def _losses(graphdef):
         return continuous_dsm_loss(score_fn, vp, batch, key)[0]
 
     def sct(params, batch, key):
-        return scm.sct_loss(lambda p, x, t: net(p, x, 999.0 * t), params, batch, key, sigma_data=0.5)[0]
+        return scm.sct_loss(lambda p, x, t: net(p, x, t), params, batch, key, sigma_data=0.5)[0]
 
     def mf(params, batch, key):
-        u_fn = lambda p, z, r, t: net(p, z, 999.0 * t, r=999.0 * r)
+        u_fn = lambda p, z, r, t: net(p, z, t, r=r)
         return meanflow.meanflow_loss(u_fn, params, batch, key)[0]
 
     return {"dsm": dsm, "sct": sct, "meanflow": mf}
 
 
-def _step(loss_fn, tx):
+def train_step(loss_fn, tx):
+    """``jit(step)(params, opt_state, batch, key) -> (params, opt_state, loss)``: ``value_and_grad`` + ``tx``."""
+
     def step(params, opt_state, batch, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -91,7 +97,7 @@ def main():
         for kind in KINDS:
             model = NCSNpp(**kwargs, second_time=kind == "meanflow", rngs=nnx.Rngs(0))
             graphdef, params = nnx.split(model)
-            step = _step(_losses(graphdef)[kind], tx)
+            step = train_step(step_losses(graphdef)[kind], tx)
             opt_state = tx.init(params)
             t0 = time.perf_counter()
             compiled = step.lower(params, opt_state, batch, jax.random.key(1)).compile()

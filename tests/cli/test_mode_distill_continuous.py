@@ -160,34 +160,44 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 from scoresde import build
 from scoresde.modes.distill import distill
 from scoresde.runlog import read_metrics
-config = build.load_config("configs/toy2d_cd.py:smoke")
+workdir, name, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+config = build.load_config(f"configs/{name}.py:smoke")
 config.training.n_iters = 3
 config.training.snapshot_sampling = False
-config.distill.method = "scm"
-config.distill.teacher_workdir = ""
-config.distill.scm_warmup = 2
-config.sampling.method = "scm"
-distill(config, sys.argv[1])
-print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"] for r in read_metrics(sys.argv[1])]}))
+for path, value in overrides.items():
+    section, field = path.split("__")
+    config[section][field] = value
+distill(config, workdir)
+print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"] for r in read_metrics(workdir)]}))
 """
 
 
-def _parity_run(workdir, devices):
+def _parity_run(workdir, devices, which, teacher=""):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    name, overrides = METHODS[which]
+    overrides = {**overrides, "distill__teacher_workdir": teacher if which in NEEDS_TEACHER else ""}
     proc = subprocess.run(
-        [sys.executable, "-c", PARITY, workdir], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", PARITY, workdir, name, json.dumps(overrides)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT ") :])
 
 
 @pytest.mark.slow
-def test_sct_eight_devices_match_one(tmp_path):
-    """The sCT step (a JVP through the network, the adaptive weight's own update) is the same computation on a
-    batch split over 8 fake devices as on one."""
-    one, eight = _parity_run(str(tmp_path / "one"), 1), _parity_run(str(tmp_path / "eight"), 8)
+@pytest.mark.parametrize("which", ["sct", "scd", "ect", "meanflow"])
+def test_eight_devices_match_one(tmp_path, toy_teacher, which):
+    """Each continuous-time step (sCM: a JVP through the network and the adaptive weight's own update; ECT: two
+    network calls on shared noise with the stage's Δt; MeanFlow: the two-time network under one JVP) is the same
+    computation on a batch split over 8 fake devices as on one: the same three losses."""
+    one = _parity_run(str(tmp_path / "one"), 1, which, toy_teacher)
+    eight = _parity_run(str(tmp_path / "eight"), 8, which, toy_teacher)
     assert one["devices"] == 1 and eight["devices"] == 8
     assert len(set(one["losses"])) == 3
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)

@@ -52,6 +52,7 @@ def _run(*args):
     return lines
 
 
+KEYS["jvp"] = COMMON | {"kind", "dtype", "batch", "compile_s", "median_step_s", "vs_dsm", "program_memory_gib"}
 KEYS["consistency"] = COMMON  # plus either "skipped" or the img/s fields, checked below
 KEYS["vs_reference"] = COMMON  # skipped without the PyTorch checkouts
 
@@ -90,7 +91,11 @@ def test_smoke_suite_prints_every_figure():
         "sampler",
         "likelihood",
         "likelihood",
+        "jvp",
+        "jvp",
+        "jvp",
         "consistency",
+        "vs_reference",
         "total",
     ]
     train = lines[:2]
@@ -103,4 +108,23 @@ def test_smoke_suite_prints_every_figure():
     fixed, adaptive = lines[6:8]
     assert fixed["mode"] == "fixed_51_nfe" and fixed["nfe_max"] == fixed["nfe_mean"] == 51  # 3 + 6 * 8 steps
     assert adaptive["mode"] == "adaptive" and adaptive["solved_fraction"] == 1.0
-    _check_consistency(lines[8])
+    _check_jvp(lines[8:11])
+    _check_consistency(lines[11])
+
+
+def _check_jvp(lines):
+    assert [r["kind"] for r in lines] == ["dsm", "sct", "meanflow"]
+    assert lines[0]["vs_dsm"] == 1.0
+    for rec in lines:
+        assert rec["median_step_s"] > 0 and rec["program_memory_gib"] > 0
+        assert abs(rec["vs_dsm"] - rec["median_step_s"] / lines[0]["median_step_s"]) < 2e-3 * rec["vs_dsm"] + 1e-3
+    # the tangent's extra buffers: a JVP step's program holds more than the plain DSM step's
+    assert lines[1]["program_memory_gib"] > lines[0]["program_memory_gib"]
+    assert lines[2]["program_memory_gib"] > lines[0]["program_memory_gib"]
+
+
+@pytest.mark.slow  # three compilations: 2.5 min on 2 busy cores, 7 min on 2 cores shared with two trainings
+def test_smoke_jvp_lines():
+    lines = _run("--only=jvp")
+    assert [r["figure"] for r in lines] == ["jvp", "jvp", "jvp", "total"]
+    _check_jvp(lines[:3])
