@@ -9,7 +9,6 @@ the run with a clear message.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 
@@ -101,9 +100,12 @@ def restore_state(ckpt, state: dict, tx: optax.GradientTransformation) -> tuple[
     return new, meta
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _ema_leaf(e, p, rate):
+def _ema(e, p, rate):
     return e * rate + p * (1.0 - rate)
+
+
+_ema_leaf = jax.jit(_ema, static_argnums=2)  # a Python rate: its 1 - rate in double precision, as before
+_ema_leaf_traced = jax.jit(_ema)  # a rate computed in the program (a half-life EMA's ramp-up)
 
 
 @jax.jit
@@ -114,7 +116,9 @@ def _select_leaf(ok, a, b):
 def ema_update(ema, params, rate):
     """``rate · ema + (1 − rate) · params`` leaf by leaf (traced once per leaf shape: a U-Net's hundreds of
     leaves have a few dozen shapes)."""
-    return jax.tree.map(lambda e, p: _ema_leaf(e, p, rate), ema, params)
+    if isinstance(rate, (int, float)):
+        return jax.tree.map(lambda e, p: _ema_leaf(e, p, rate), ema, params)
+    return jax.tree.map(lambda e, p: _ema_leaf_traced(e, p, rate), ema, params)
 
 
 def guarded_update(
