@@ -42,6 +42,7 @@ def _test_digits01(n):
     return (d.images[test][:n] / 16.0).astype(np.float32)[..., None], d.target[test][:n]
 
 
+@pytest.mark.slow  # 35 s on 2 cores; the CLI's inpainting test stays in the default run
 def test_restore_through_the_cli_writes_grids_and_a_report(tmp_path):
     workdir = str(tmp_path / "run")
     _checkpoint(workdir, load_config("digits_inverse", "smoke"))

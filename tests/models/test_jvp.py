@@ -64,8 +64,8 @@ def _check(fn, primals, tangents):
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in ("ncsnpp", "ddpm") else n for n in NETS]
-)  # the two U-Nets take 20 s each on 2 cores: slow; DDPM++ and the MLP stay in the default run
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in ("ncsnpp", "ddpm", "ddpmpp") else n for n in NETS]
+)  # the U-Nets take 20-30 s each on 2 cores: slow; the MLP stays in the default run (the tangent test covers DDPM)
 def test_jvp_of_every_two_time_network_matches_central_differences_in_float64(name):
     with jax.enable_x64(True):
         x, dx = _point(name)

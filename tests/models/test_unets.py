@@ -213,6 +213,7 @@ def test_fourier_features_are_frozen():
     assert not bool(jnp.any(grads["W"][...] != 0))
 
 
+@pytest.mark.slow  # 28 s on 2 cores
 def test_centered_input_handling():
     x, labels = _inputs()
     uncentred = _perturbed(_tiny(centered=False))
@@ -234,6 +235,7 @@ def test_class_conditional_null_label(name):
         unconditional(x, labels, classes)
 
 
+@pytest.mark.slow  # 17 s on 2 cores
 def test_dropout_only_in_training_with_a_key():
     model = _perturbed(_tiny(dropout=0.3))
     x, labels = _inputs()
