@@ -314,9 +314,12 @@ def call_cached(module, *args, **kwargs):
     the second and later blocks of equal structure and equal input shapes reuse the first one's trace (and its
     derivative's), instead of being traced again. XLA inlines the call, so the compiled program and its
     arithmetic are those of the plain call; what shrinks is the tracing and lowering time, which is also what
-    a persistent-cache hit still pays.
+    a persistent-cache hit still pays. Outside a trace (no argument is a tracer) it is the plain call: compiling
+    each block on its own would cost more than running its operations one by one.
     """
     graphdef, state = nnx.split(module)
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((state, args, kwargs))):
+        return module(*args, **kwargs)  # eager: op by op, as jax's own per-operation cache serves best
     return _merged_call(state, args, kwargs, graphdef=graphdef)
 
 
