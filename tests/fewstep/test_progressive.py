@@ -97,6 +97,7 @@ class AffineStudent:
         return _score_from_denoiser(self.denoiser, self.sde)(x, t)
 
 
+@pytest.mark.slow  # 13-20 s on 2 cores; the one-round target tests stay in the default run
 def test_halving_rounds_on_the_exact_teacher_reach_the_flow_map_in_one_step(capsys):
     mu, std = np.array([0.7, -0.3]), np.array([0.4, 1.2])
     gm = GaussianMixture(mu[None], std[None])

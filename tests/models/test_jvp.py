@@ -78,7 +78,9 @@ def test_jvp_of_every_two_time_network_matches_central_differences_in_float64(na
         assert float(jnp.max(jnp.abs(two(x, t, r=r) - two(x, t, r=t)))) > 1e-3
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "ddpm" else n for n in NETS]
+)  # DDPM: 21 s on 2 cores
 def test_consistency_tangent_of_every_network_is_the_total_time_derivative(name):
     """sCM's tangent ``df/dt`` of ``f(x, t) = cos t x - sin t σ_d F(x/σ_d, t)`` along ``x' = v`` is the central
     difference of ``f`` along the same path."""
