@@ -6,7 +6,8 @@ the pooled caption joins the time embedding, the token features are attended to 
 self-attentions (at 4×4 and in the middle). Caption dropout ``p_uncond = 0.2`` (GLIDE's 20%) trains the
 unconditional model used by classifier-free guidance. Samples: ``config.sampling.prompt`` for every sample, or
 ``config.sampling.prompts_file`` (one caption a line, a grid row each), or by default one digit a row ("a zero" at
-the top); ``samples_<i>.txt`` names the caption of each row. Variant: ``smoke`` (tiny, 2 steps).
+the top); ``samples_<i>.txt`` names the caption of each row. Variants: ``fm`` (a caption-conditioned rectified
+flow, the source of ``digits_t2i_reflow.py``), ``smoke`` (tiny, 2 steps).
 
     python -m scoresde.main --config=configs/digits_t2i.py --workdir=runs/digits_t2i
     python -m scoresde.main --config=configs/digits_t2i.py --workdir=runs/digits_t2i --mode=sample
@@ -30,6 +31,22 @@ def smoke(config):
     config.training.snapshot_num_samples = 10
 
 
+def flow(config):
+    """``fm``: the same caption-conditioned network as a rectified flow trained by flow matching (``digits_fm``'s
+    process and convention), the source of ``digits_t2i_reflow``."""
+    t = config.training
+    t.sde = "rectified_flow"
+    t.objective = "flow_matching"
+    t.time_sampling = "uniform"
+    config.model.rf_T = 1.0
+    config.model.time_label = "999t"
+    s = config.sampling
+    s.method = "dpm_solver++"
+    s.steps = 20
+    s.order = 2
+    s.noise_removal = False
+
+
 def get_config(variant=None):
     config = digits_vp.get_config()
     base.add_text_guidance(config, len(captions.VOCAB), p_uncond=0.2, guidance_scale=2.0)
@@ -46,4 +63,4 @@ def get_config(variant=None):
     config.eval.num_samples = 100
     config.eval.sample_batch_size = 100
     t.snapshot_num_samples = 100
-    return base.apply_variants(config, variant, {"smoke": smoke}, "digits_t2i")
+    return base.apply_variants(config, variant, {"smoke": smoke, "fm": flow}, "digits_t2i")

@@ -313,6 +313,9 @@ def get_default_configs():
     reflow.steps = 20
     reflow.order = 0  # 0 = the method's default
     reflow.init_from_source = True  # initialise the next flow from the source's EMA weights
+    # a conditioned flow's couplings: each pair made under a training example's condition, stored with it; the
+    # source read with classifier-free guidance of this weight (0 = the conditional flow; needs training.p_uncond > 0)
+    reflow.source_guidance = 0.0
     # (scoresde) inverse problems and parallel-in-time sampling. --mode=sample restores
     # config.inverse.num_images test images when inverse.operator != "none" (scoresde.guidance.inverse,
     # scoresde.build "inverse problems"); sampling.parallel_window > 0 samples ddim with ParaDiGMS.

@@ -136,6 +136,8 @@ from scoresde.build.objectives import (  # noqa: F401
     objective_loss_fn,
     reflow_loss_fn,
     reflow_sampler_options,
+    reflow_source_guidance,
+    reflow_source_score,
     velocity_fn_of,
 )
 from scoresde.build.optim import (  # noqa: F401

@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 from scoresde import guidance, losses, parameterization, sampling
 from scoresde import sde as sde_lib
-from scoresde.build.score import OBJECTIVE_PROCESS, ScoreModel, score_convention, training_objective
+from scoresde.build.score import (
+    OBJECTIVE_PROCESS,
+    ScoreModel,
+    conditioning_kind,
+    score_convention,
+    training_objective,
+)
 from scoresde.config_defaults import with_defaults
 from scoresde.fewstep import reflow
 
@@ -177,6 +183,51 @@ def reflow_sampler_options(config) -> tuple[str, dict]:
         options.pop("steps")
     sampling.check_options(method, options)
     return method, options
+
+
+def reflow_source_guidance(config) -> float:
+    """``config.reflow.source_guidance`` checked: the classifier-free guidance weight ``w`` the source flow is read
+    with when it makes the couplings of a conditioned flow (0: its conditional flow).
+
+    Raises:
+        ValueError: a negative weight, ``w > 0`` for an unconditional flow, or for one trained without condition
+            dropout (``training.p_uncond = 0``: it has no unconditional velocity to guide with).
+    """
+    config = with_defaults(config)
+    w = float(config.reflow.get("source_guidance", 0.0))
+    if w < 0:
+        raise ValueError(f"config.reflow.source_guidance must be >= 0 (a classifier-free guidance weight); got {w}")
+    if w == 0:
+        return 0.0
+    if conditioning_kind(config) == "none":
+        raise ValueError(
+            f"config.reflow.source_guidance={w} guides a conditioned flow; this one is unconditional "
+            "(model.num_classes, text_vocab and cond_dim are 0): set it to 0"
+        )
+    p_uncond = float(config.training.get("p_uncond", 0.0) or 0.0)
+    if p_uncond <= 0:
+        raise ValueError(
+            f"config.reflow.source_guidance={w} needs the source's unconditional velocity, but it was trained with "
+            f"training.p_uncond={p_uncond} (no condition dropout): set it to 0"
+        )
+    return w
+
+
+def reflow_source_score(config, score_model: ScoreModel, model, y, w: float = 0.0):
+    """The source flow's score for reflow couplings: unconditional for ``y = None``, else conditioned on ``y``
+    (one condition per example), guided with weight ``w`` against the null condition (score and denoiser, as
+    ``--mode=sample`` guides)."""
+    if y is None:
+        return score_model.score_fn(model)
+    if w == 0:
+        return score_model.score_fn(model, y=y)
+    null = int(config.model.num_classes) if conditioning_kind(config) == "class" else None
+
+    def cond_score_fn(x, t, labels):
+        return score_model.score_fn(model, y=labels)(x, t)
+
+    guided = guidance.classifier_free_guidance(cond_score_fn, y, w, null)
+    return cfg_with_denoiser(guided, score_model, model, y, w, null)
 
 
 def cfg_with_denoiser(guided, score_model: ScoreModel, model, y, scale, null_label: int | None):

@@ -22,7 +22,15 @@ from scoresde.runlog import read_metrics
 
 from conftest import REPO, config_module, load_config
 
-NEW_CONFIGS = ["toy2d_fm", "digits_fm", "cifar10_fm", "cifar10_edm", "toy2d_reflow", "digits_reflow"]
+NEW_CONFIGS = [
+    "toy2d_fm",
+    "digits_fm",
+    "cifar10_fm",
+    "cifar10_edm",
+    "toy2d_reflow",
+    "digits_reflow",
+    "digits_t2i_reflow",
+]
 
 
 def _toy_edm(variant="smoke"):
@@ -182,13 +190,7 @@ def test_edm_workdir_trains_and_samples(tmp_path):
 def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
     source, workdir = str(tmp_path / "source"), str(tmp_path / "reflow")
     config = load_config("toy2d_reflow", "smoke")
-    # A source flow whose map moves the noise: every parameter perturbed (the output layer starts at zero,
-    # which would make the flow the identity and the couplings (z, z)).
-    params = nnx.to_pure_dict(nnx.state(build.get_model(config, rngs=nnx.Rngs(0)), nnx.Param))
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    pure = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-    checkpointing.save_model_checkpoint(source, params=pure, ema_params=pure, step=7, config=config)
+    _perturbed_source(config, source)
     config.reflow.source_workdir = source
     out = reflow_mode.reflow_mode(config, workdir)
     assert out["step"] == 2 and out["num_pairs"] == 128 and out["coupling_nfe"] == 4 and np.isfinite(out["loss"])
@@ -233,6 +235,121 @@ def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
     config.reflow.method, config.reflow.source_workdir = "dpm_solver++", ""
     with pytest.raises(ValueError, match="needs config.reflow.source_workdir"):
         reflow_mode.reflow_mode(config, workdir)
+
+
+def _perturbed_source(config, source, step=7):
+    """A source flow whose map moves the noise: every parameter perturbed (the output layer starts at zero, which
+    would make the flow the identity and the couplings ``(z, z)``)."""
+    params = nnx.to_pure_dict(nnx.state(build.get_model(config, rngs=nnx.Rngs(0)), nnx.Param))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    pure = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    checkpointing.save_model_checkpoint(source, params=pure, ema_params=pure, step=step, config=config)
+
+
+def _class_conditional_reflow():
+    config = load_config("toy2d_reflow", "smoke")
+    config.data.dataset = "gmm_grid"
+    from scoresde import config_defaults
+
+    return config_defaults.add_guidance(config, 9, p_uncond=0.1)
+
+
+def test_reflow_of_a_class_conditional_flow_stores_each_pairs_label_and_trains_on_it(tmp_path):
+    source, workdir = str(tmp_path / "source"), str(tmp_path / "reflow")
+    config = _class_conditional_reflow()
+    _perturbed_source(config, source)
+    config.reflow.source_workdir = source
+    out = reflow_mode.reflow_mode(config, workdir)
+    assert out["step"] == 2 and out["num_pairs"] == 128 and np.isfinite(out["loss"])
+
+    # Chunk i holds the labels of the i-th training batch, and its samples are the source's conditional flow map
+    # of its noise under those labels (not under others).
+    from scoresde import data as data_lib
+
+    batches = data_lib.get_dataset(config, split="train", batch_size=64, start_step=0)
+    model, _ = build.load_model(source, config)
+    score_model = build.make_score_model(config)
+    sde = build.make_sde(config)
+
+    def flow_map(noise, labels):
+        x, _ = sampling.sample(
+            score_model.score_fn(model, y=jnp.asarray(labels)),
+            sde,
+            noise.shape,
+            jax.random.key(0),
+            method="dpm_solver++",
+            x_init=jnp.asarray(noise),
+            steps=4,
+            order=2,
+            eps=build.sampling_eps(sde),
+        )
+        return np.asarray(x)
+
+    for i in range(2):
+        expected_labels = next(batches)["label"]
+        with np.load(os.path.join(reflow_mode.couplings_dir(workdir), f"couplings_{i:05d}.npz")) as f:
+            noise, stored, labels = f["noise"], f["samples"], f["label"]
+            assert json.loads(str(f["identity"]))["condition"] == "class"
+        np.testing.assert_array_equal(labels, expected_labels)
+        assert len(np.unique(labels)) > 3
+        # float32 rounding of the jitted generator against this eager call (the perturbed flow reaches |x| ~ 30)
+        np.testing.assert_allclose(stored, flow_map(noise, labels), rtol=1e-5, atol=1e-5)
+        assert np.mean(np.abs(stored - flow_map(noise, (labels + 1) % 9))) > 0.05  # the label matters
+
+    # The training batches keep each pair with its own label.
+    pairs = reflow_mode.generate_couplings(config, workdir, source)
+    assert pairs["generated_chunks"] == 0 and pairs["condition_key"] == "label"
+    batch = next(reflow_mode._pair_batches(pairs, 32, 0, 5))
+    for x, z, y in zip(batch["image"], batch["noise"], batch["label"]):
+        row = int(np.flatnonzero(np.all(pairs["noise"] == z, axis=1))[0])
+        np.testing.assert_array_equal(pairs["samples"][row], x)
+        assert pairs["conditions"][row] == y
+
+    # Guided couplings: the source read as (1 + w) v(x | c) - w v(x | null), score and denoiser alike.
+    w = 2.0
+    config.reflow.source_guidance = w
+    with pytest.raises(ValueError, match="remove .*reflow to regenerate the couplings"):
+        reflow_mode.generate_couplings(config, workdir, source)
+    guided_dir = str(tmp_path / "guided")
+    pairs = reflow_mode.generate_couplings(config, guided_dir, source)
+    noise, labels = pairs["noise"][:64], pairs["conditions"][:64]
+    cond = score_model.score_fn(model, y=jnp.asarray(labels))
+    null = score_model.score_fn(model, y=jnp.full_like(jnp.asarray(labels), 9))
+    guided = parameterization.with_denoiser(
+        lambda x, t: (1 + w) * cond(x, t) - w * null(x, t),
+        lambda x, t: (1 + w) * cond.denoiser(x, t) - w * null.denoiser(x, t),
+    )
+    again, _ = sampling.sample(
+        guided,
+        sde,
+        noise.shape,
+        jax.random.key(0),
+        method="dpm_solver++",
+        x_init=jnp.asarray(noise),
+        steps=4,
+        order=2,
+        eps=build.sampling_eps(sde),
+    )
+    np.testing.assert_allclose(pairs["samples"][:64], np.asarray(again), rtol=1e-5, atol=1e-5)
+    assert np.mean(np.abs(pairs["samples"][:64] - flow_map(noise, labels))) > 0.05
+
+
+def test_reflow_source_guidance_is_checked():
+    config = _class_conditional_reflow()
+    assert build.reflow_source_guidance(config) == 0.0
+    config.reflow.source_guidance = -1.0
+    with pytest.raises(ValueError, match=r"source_guidance must be >= 0.*got -1.0"):
+        build.reflow_source_guidance(config)
+    config.reflow.source_guidance = 2.0
+    assert build.reflow_source_guidance(config) == 2.0
+    config.training.p_uncond = 0.0
+    with pytest.raises(ValueError, match="trained with training.p_uncond=0.0"):
+        build.reflow_source_guidance(config)
+    plain = load_config("toy2d_reflow", "smoke")
+    plain.reflow.source_guidance = 1.0
+    with pytest.raises(ValueError, match="this one is unconditional"):
+        build.reflow_source_guidance(plain)
 
 
 def _cli(*args, timeout=600):
@@ -286,6 +403,30 @@ def test_cli_trains_samples_and_reflows_each_objective(tmp_path):
     assert "trained the next flow to step 2" in proc.stderr
     with np.load(os.path.join(rf2, "reflow", "couplings_00001.npz")) as f:
         assert f["samples"].shape == (8, 8, 8, 1)
+
+
+@pytest.mark.slow
+def test_cli_reflows_a_caption_conditioned_flow_and_samples_a_prompt(tmp_path):
+    source, rf2 = str(tmp_path / "t2i_fm"), str(tmp_path / "t2i_rf2")
+    _cli("--config=configs/digits_t2i.py:fm,smoke", f"--workdir={source}")
+    proc = _cli(
+        "--config=configs/digits_t2i_reflow.py:smoke",
+        f"--workdir={rf2}",
+        "--mode=reflow",
+        f"--config.reflow.source_workdir={source}",
+    )
+    assert "trained the next flow to step 2" in proc.stderr
+    with np.load(os.path.join(rf2, "reflow", "couplings_00001.npz")) as f:
+        assert f["samples"].shape == (10, 8, 8, 1) and f["caption"].shape[0] == 10
+        assert json.loads(str(f["identity"]))["source_guidance"] == 1.0
+        assert np.any(f["caption"] != 0, axis=1).all()  # real captions, never the empty one
+    proc = _cli(
+        "--config=configs/digits_t2i_reflow.py:smoke",
+        f"--workdir={rf2}",
+        "--mode=sample",
+        "--config.sampling.prompt=a bold seven",
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["nfe"] == 1
 
 
 @pytest.mark.slow

@@ -1,0 +1,47 @@
+"""Reflow of a caption-conditioned flow: the 2-rectified flow of a `digits_t2i:fm` run, sampled from a caption in one
+Euler step (Liu et al. 2023, Sec. 2.3; InstaFlow, Liu et al. 2024, reflows a text-to-image flow the same way).
+
+`--mode=reflow` makes `reflow.num_pairs` couplings, each under the caption of a training digit (the entries
+`--mode=train` reads: `batch["caption"]`), with the source's classifier-free guidance `reflow.source_guidance`
+(guided couplings, as InstaFlow), and stores the captions beside the pairs in `workdir/reflow/`; then fine-tunes
+the source's EMA weights by flow matching on the fixed pairs, each under its own caption, dropped to the empty
+caption with `training.p_uncond` as in training. Samples: `--config.sampling.prompt="a bold seven"`, one Euler
+step (`sampling.method=ddim`, `steps=1`) unguided by default. Variant: `smoke`.
+
+    python -m scoresde.main --config=configs/digits_t2i.py:fm --workdir=runs/digits_t2i_fm
+    python -m scoresde.main --config=configs/digits_t2i_reflow.py --workdir=runs/digits_t2i_reflow --mode=reflow \
+        --config.reflow.source_workdir=runs/digits_t2i_fm
+    python -m scoresde.main --config=configs/digits_t2i_reflow.py --workdir=runs/digits_t2i_reflow --mode=sample \
+        --config.sampling.prompt="a bold seven"
+"""
+
+from scoresde import config_defaults as base
+
+_t2i = base.sibling(__file__, "digits_t2i")
+
+
+def get_config(variant=None):
+    smoke = "smoke" in (variant or "").split(",")
+    config = _t2i.get_config("fm,smoke" if smoke else "fm")
+    r = config.reflow
+    r.source_workdir = "runs/digits_t2i_fm"
+    r.num_pairs = 20 if smoke else 8192
+    r.batch_size = 10 if smoke else 512
+    r.method = "dpm_solver++"
+    r.steps = 2 if smoke else 20
+    r.order = 2
+    r.init_from_source = True
+    r.source_guidance = 1.0
+    t = config.training
+    if not smoke:
+        t.n_iters = 1500
+        t.snapshot_freq = 1500
+        t.snapshot_freq_for_preemption = 500
+        config.optim.warmup = 0
+        config.optim.lr = 5e-4  # fine-tuning from the source's EMA weights
+    s = config.sampling
+    s.method = "ddim"  # eta = 0: Euler on the flow
+    s.steps = 1
+    s.eta = 0.0
+    s.guidance = "none"  # the couplings were guided: the 2-RF samples its captions unguided (or cfg, 2 passes)
+    return base.apply_variants(config, variant, {"smoke": lambda c: None}, "digits_t2i_reflow")
