@@ -82,6 +82,9 @@ def get_default_configs():
     sampling.snr = 0.16
     # (scoresde) options of the other methods (scoresde.sampling); "" / 0 = the method's default
     sampling.steps = 0  # grid steps (pc: sde.N; ode fixed-step: 100; ddim 50; dpm_solver 10; dpm_solver++ 20; edm 18)
+    # grid methods: > 0 pads the time grid to this many steps and traces `steps`: one compiled sampler for every
+    # step count up to it (0 = one program per step count)
+    sampling.step_capacity = 0
     # dpm_solver 1-3 (2), dpm_solver++ 1-2 (2), unipc / deis_logsnr_x0 1-3 (2), deis 1-3 (3), dpm_solver++_sde 2-3 (2)
     sampling.order = 0
     sampling.eta = -1.0  # ddim [0], euler_ancestral / dpm_solver++_sde [1]; negative = the method's default

@@ -22,3 +22,25 @@ def load_config(name, variant=None):
     from scoresde import build
 
     return build.load_config(os.path.join(CONFIGS, f"{name}.py") + (f":{variant}" if variant else ""))
+
+
+class BackendCompiles:
+    """Counts XLA backend compilations of programs named ``fun_name`` (JAX's
+    ``/jax/core/compile/backend_compile_duration`` event) in a block; one-off eager ops are not counted."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self, fun_name):
+        self.fun_name = fun_name
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, event, duration, **kwargs):
+        if event == self.EVENT and self.fun_name in str(kwargs.get("fun_name", "")):
+            self.count += 1
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)

@@ -84,7 +84,7 @@ def sampling_options(config) -> tuple[str, dict]:
         if (
             value is None
             or (isinstance(value, (str, tuple, list)) and not value)
-            or (name in ("steps", "order") and value == 0)
+            or (name in ("steps", "order", "step_capacity") and value == 0)
             or (name == "eta" and value < 0)
         ):
             continue

@@ -94,6 +94,12 @@ recompile. What recompiles: ``method``, ``shape``/dtype, the SDE, the identity o
 ``corrector``, ``solver``, ``grid``, ``schedule``, ``max_steps``, ``denoise``, ``probability_flow``,
 ``corrector_first``, ``lower_order_final``): they fix loop lengths and the traced program.
 
+``step_capacity`` [None] (every grid method): a Python int ``P``; the time grid of ``steps`` intervals is padded to
+``P`` intervals with ``eps`` (:func:`scoresde.sampling.grids.time_grid`'s ``capacity``) and ``steps`` is traced,
+so one program serves every step count from 1 to ``P``. The padded intervals are skipped (a ``lax.cond`` in the
+loop: no network call, no NFE), and the samples and NFE are the unpadded grid's (to float rounding: the fused
+program may round differently). ``dpm_solver``'s ``schedule="fast"`` places its grid by the orders and refuses it.
+
 Sharding: pass ``x_init`` sharded over a ``('data',)`` mesh (or ``sharding=`` a ``NamedSharding`` for the
 prior draw); the loops then run on the sharded batch, and batch statistics (Langevin step sizes, the ODE
 error norm) reduce over the global batch.
@@ -188,6 +194,13 @@ def _resolve(method, options):
         if name in opts and opts[name] is not None:
             if isinstance(opts[name], bool) or not isinstance(opts[name], int) or opts[name] < 1:
                 raise ValueError(f"option {name} must be a positive int; got {opts[name]!r}")
+    if opts.get("step_capacity") is not None:
+        grids.check_capacity(opts["step_capacity"], opts["steps"])
+        if opts.get("schedule", "uniform") != "uniform":
+            raise ValueError(
+                f"step_capacity pads a grid of equal-order steps; dpm_solver's schedule {opts['schedule']!r} "
+                "places its grid by the orders (use schedule='uniform', or no step_capacity)"
+            )
     orders = method_traits(method).orders
     if "order" in opts and (isinstance(opts["order"], bool) or opts["order"] not in orders):
         allowed = ", ".join(map(str, orders[:-1])) + f" or {orders[-1]}"
@@ -198,7 +211,9 @@ def _resolve(method, options):
 def _split(opts):
     """Float options become arrays (traced under filter_jit); the rest stay static."""
     traced = [k for k, v in opts.items() if k in _FLOAT_OPTIONS and v is not None]
-    dyn = {k: jnp.asarray(v) for k, v in opts.items() if k in traced}
+    if opts.get("step_capacity") is not None:
+        traced.append("steps")  # one program for every step count up to the capacity
+    dyn = {k: jnp.asarray(v, jnp.int32) if k == "steps" else jnp.asarray(v) for k, v in opts.items() if k in traced}
     static = tuple(sorted((k, v) for k, v in opts.items() if k not in traced))
     return dyn, static
 
@@ -297,12 +312,15 @@ def _sample_jit(score_fn, sde, shape, key, method, x_init, eps, dyn, static, sha
     if kind in traits.bad_grids:  # here, inside the traced function: once per compilation, not per call
         warnings.warn(f"method {method!r} on grid {kind!r}: {traits.bad_grids[kind]}", UserWarning, stacklevel=2)
     rho = opts.pop("rho", 7.0)
+    capacity = opts.pop("step_capacity")
     if opts.pop("to_zero"):  # steps - 1 solver steps to eps, then the first-order step to sigma = 0
         steps, denoise = steps - 1, True
     if opts.pop("schedule", "uniform") == "fast":  # steps is the NFE budget; the grid follows the orders
         ts, opts["orders"] = fast.fast_schedule(sde, steps, eps, order=opts["order"], kind=kind, rho=rho, dtype=x.dtype)
     else:
-        ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype)
+        ts = time_grid(sde, steps, eps, kind=kind, rho=rho, dtype=x.dtype, capacity=capacity)
+    if capacity is not None:  # a padded grid: the method runs its first `steps` intervals (traced)
+        opts["steps"] = steps
     x, nfe = traits.fn(score_fn, sde, x, ts, k_loop, nfe, **opts)
     if denoise:
         x, nfe = _tweedie(score_fn, sde, x, eps, nfe)

@@ -31,6 +31,7 @@ from scoresde.sampling.grids import (
     coefficients,
     denoiser_call,
     edm_sigma,
+    grid_scan,
     project,
     score_call,
     time_grid,
@@ -80,7 +81,7 @@ def ddim_update(sde, x, x0, s, t, z, eta):
     )
 
 
-def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, clip_denoised=None, project_fn=None):
+def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, clip_denoised=None, project_fn=None, steps=None):
     """DDIM (Song et al. 2021a, eq. 12) generalised to any linear SDE; one NFE per step.
 
     ``x_t = alpha_t x0 + sqrt(sigma_t² - c²) eps + c z`` with ``c = eta sigma_t sqrt(1 - e^{-2h})``
@@ -107,7 +108,7 @@ def ddim(score_fn, sde, x, ts, key, nfe, *, eta=0.0, clip_denoised=None, project
         return (project(project_fn, x, t, key, i), nfe), None
 
     idx = jnp.arange(ts.shape[0] - 1)
-    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[:-1], ts[1:]))
+    (x, nfe), _ = grid_scan(step, (x, nfe), (idx, ts[:-1], ts[1:]), steps)
     return x, nfe
 
 
@@ -171,7 +172,7 @@ def fast_schedule(sde, nfe: int, eps, *, order: int = 3, kind: str = "log_snr", 
     return base[np.cumsum((0,) + orders)], orders
 
 
-def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_fn=None):
+def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_fn=None, steps=None):
     """Singlestep DPM-Solver-``order`` (noise prediction), ``order`` NFE per step.
 
     Intermediate times are placed at ``lambda_s + r h`` with ``r = 1/2`` (order 2) and
@@ -183,7 +184,11 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
     """
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver order must be 1, 2 or 3; got {order!r}")
-    steps = ts.shape[0] - 1
+    padded, steps = steps, ts.shape[0] - 1
+    if padded is not None and orders is not None:
+        raise ValueError(
+            "dpm_solver: a padded grid (steps given) runs one order on every interval; orders must be None"
+        )
     if orders is None:
         orders = (order,) * steps
     orders = tuple(int(o) for o in orders)
@@ -249,12 +254,12 @@ def dpm_solver(score_fn, sde, x, ts, key, nfe, *, order=2, orders=None, project_
             return (project(project_fn, x, t, key, k), nfe), None
 
         idx = jnp.arange(i, j)
-        (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[idx], ts[idx + 1]))
+        (x, nfe), _ = grid_scan(step, (x, nfe), (idx, ts[idx], ts[idx + 1]), padded)
         i = j
     return x, nfe
 
 
-def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, project_fn=None):
+def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, project_fn=None, steps=None):
     """Multistep DPM-Solver++ (data prediction), ``order`` 1 or 2 (2M); one NFE per step.
 
     The first step is first order (no history yet). With ``lower_order_final`` and fewer than 10 steps
@@ -265,8 +270,8 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
     """
     if order not in (1, 2):
         raise ValueError(f"dpm_solver++ order must be 1 or 2 (multistep 2M); got {order!r}")
-    steps = ts.shape[0] - 1
-    last_first_order = lower_order_final and steps < LOWER_ORDER_FINAL_BELOW
+    padded, steps = steps, ts.shape[0] - 1 if steps is None else steps
+    last_first_order = lower_order_final & (steps < LOWER_ORDER_FINAL_BELOW)
 
     def step(carry, inp):
         x, x0_prev, h_prev, nfe = carry
@@ -275,9 +280,7 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
         a_t, s_t, l_t = coefficients(sde, t, x)
         h = l_t - l_s
         x0, nfe = _x0_pred(score_fn, sde, x, s, nfe)
-        first = i == 0
-        if last_first_order:
-            first = first | (i == steps - 1)
+        first = (i == 0) | (last_first_order & (i == steps - 1))
         if order == 2:
             r = jnp.where(first, 1.0, h_prev / h)
             d = batch_mul(1.0 + 0.5 / r, x0) - batch_mul(0.5 / r, x0_prev)
@@ -287,14 +290,26 @@ def dpm_solver_pp(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=
         x_t = batch_mul(s_t / s_s, x) - batch_mul(a_t * jnp.expm1(-h), d)
         return (project(project_fn, x_t, t, key, i), x0, h, nfe), None
 
-    idx = jnp.arange(steps)
+    idx = jnp.arange(ts.shape[0] - 1)
     h0 = jnp.zeros((x.shape[0],), x.dtype)
-    (x, _, _, nfe), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), h0, nfe), (idx, ts[:-1], ts[1:]))
+    (x, _, _, nfe), _ = grid_scan(step, (x, jnp.zeros_like(x), h0, nfe), (idx, ts[:-1], ts[1:]), padded)
     return x, nfe
 
 
 def edm_heun(
-    score_fn, sde, x, ts, key, nfe, *, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0, project_fn=None
+    score_fn,
+    sde,
+    x,
+    ts,
+    key,
+    nfe,
+    *,
+    S_churn=0.0,
+    S_tmin=0.0,
+    S_tmax=float("inf"),
+    S_noise=1.0,
+    project_fn=None,
+    steps=None,
 ):
     """Karras et al. (2022) Algorithm 2 in the scaled coordinates ``x / alpha`` with noise level ``sigma / alpha``.
 
@@ -303,7 +318,7 @@ def edm_heun(
     the stochastic "churn" of Algorithm 2 on noise levels in ``[S_tmin, S_tmax]``.
     """
     dtype = x.dtype
-    steps = ts.shape[0] - 1
+    padded, steps = steps, ts.shape[0] - 1 if steps is None else steps
     gamma_max = jnp.minimum(jnp.asarray(S_churn, dtype) / steps, jnp.sqrt(jnp.asarray(2.0, dtype)) - 1.0)
 
     def d_fn(xb, t, sig, nfe):
@@ -332,7 +347,7 @@ def edm_heun(
             xb_next = batch_mul(1.0 / a_next, project(project_fn, batch_mul(a_next, xb_next), t_next, key, i))
         return (xb_next, nfe), None
 
-    idx = jnp.arange(steps)
+    idx = jnp.arange(ts.shape[0] - 1)
     if alpha_vanishes_at_T(sde):
         # At alpha(T) = 0 the noise level sigma/alpha is infinite and Heun's trapezoid over [inf, sigma_1]
         # is undefined: the first step is Euler's in sigma/alpha (= DDIM, x_1 = sigma_1/sigma_T x + alpha_1 x0),
@@ -344,5 +359,5 @@ def edm_heun(
         ts, idx = ts[1:], idx[1:]
     a_hi = sde.alpha(jnp.full((x.shape[0],), ts[0], dtype))
     a_lo = sde.alpha(jnp.full((x.shape[0],), ts[-1], dtype))
-    (xb, nfe), _ = jax.lax.scan(step, (batch_mul(1.0 / a_hi, x), nfe), (idx, ts[:-1], ts[1:]))
+    (xb, nfe), _ = grid_scan(step, (batch_mul(1.0 / a_hi, x), nfe), (idx, ts[:-1], ts[1:]), padded)
     return batch_mul(a_lo, xb), nfe

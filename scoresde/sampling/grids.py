@@ -32,6 +32,8 @@ GRIDS = ("uniform_t", "quadratic_t", "log_snr", "edm")
 __all__ = [
     "GRIDS",
     "time_grid",
+    "check_capacity",
+    "grid_scan",
     "edm_sigma",
     "score_call",
     "denoiser_call",
@@ -89,34 +91,77 @@ def edm_sigma(sde, t):
     return jnp.exp(-0.5 * sde.log_snr(t))
 
 
-def time_grid(sde, steps: int, eps, *, kind: str = "uniform_t", rho=7.0, dtype=jnp.float32):
+def time_grid(sde, steps, eps, *, kind: str = "uniform_t", rho=7.0, dtype=jnp.float32, capacity: int | None = None):
     """Decreasing times ``t_0 = T > t_1 > ... > t_steps = eps``, shape ``(steps + 1,)``.
 
     Args:
         sde: a linear SDE from :mod:`scoresde.sde`.
-        steps: number of intervals (a Python int; it fixes the shape, so changing it recompiles).
+        steps: number of intervals: a Python int (it fixes the shape, so changing it recompiles), or with
+            ``capacity`` an int that may be traced.
         eps: the final time (may be traced).
         kind: one of :data:`GRIDS`.
         rho: the EDM schedule exponent (only for ``kind="edm"``).
         dtype: dtype of the result.
+        capacity: ``None``, or a Python int ``>= steps``: the grid of ``steps`` intervals padded to
+            ``capacity`` intervals with ``eps`` (shape ``(capacity + 1,)``, ``t_k = eps`` for ``k >= steps``), so
+            every step count up to ``capacity`` has one shape (a sampler run on it skips the padded intervals:
+            :func:`grid_scan`). Its first ``steps + 1`` times are the unpadded grid's, computed the same way.
 
     Raises:
-        ValueError: for an unknown ``kind`` or ``steps < 1``.
+        ValueError: for an unknown ``kind``, ``steps < 1``, or a static ``steps`` above ``capacity``.
     """
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive Python int; got {steps!r}")
+    if capacity is None:
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be a positive Python int; got {steps!r}")
+    else:
+        check_capacity(capacity, steps)
     t_hi = jnp.asarray(sde.T, dtype)
     t_lo = jnp.asarray(eps, dtype)
     if kind in ("log_snr", "edm") and alpha_vanishes_at_T(sde):
-        if steps == 1:
-            return jnp.stack([t_hi, t_lo]).astype(dtype)
-        inner = _spaced(sde, steps - 1, t_hi - (t_hi - t_lo) / steps, t_lo, kind, rho, dtype)
+        if capacity is None:
+            if steps == 1:
+                return jnp.stack([t_hi, t_lo]).astype(dtype)
+            inner = _spaced(sde, steps - 1, t_hi - (t_hi - t_lo) / steps, t_lo, kind, rho, dtype)
+        else:  # steps = 1 is the padded inner grid of 0 intervals: eps everywhere
+            inner = _spaced(sde, steps - 1, t_hi - (t_hi - t_lo) / steps, t_lo, kind, rho, dtype, capacity - 1)
         return jnp.concatenate([t_hi[None], inner]).astype(dtype)
-    return _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype)
+    return _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype, capacity)
 
 
-def _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype):
-    u = jnp.arange(steps + 1, dtype=dtype) / steps
+def check_capacity(capacity, steps) -> None:
+    """Raises a clear ``ValueError`` unless ``capacity`` is a positive Python int and a static ``steps`` fits in it."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"step_capacity must be a positive Python int; got {capacity!r}")
+    if isinstance(steps, int) and not 1 <= steps <= capacity:
+        raise ValueError(
+            f"steps={steps} does not fit step_capacity={capacity}: the padded grid holds 1 to {capacity} steps"
+        )
+
+
+def grid_scan(step, carry, xs, steps=None):
+    """``jax.lax.scan(step, carry, xs)`` over a grid's intervals; ``xs``'s first leaf is the interval index.
+
+    With ``steps`` (the intervals in use of a grid padded by :func:`time_grid`'s ``capacity``, possibly traced),
+    an interval ``i >= steps`` leaves the carry unchanged and calls nothing (``lax.cond``), so the NFE counted in
+    the carry is the unpadded sampler's.
+    """
+    if steps is None:
+        return jax.lax.scan(step, carry, xs)
+
+    def masked(c, inp):
+        i = jax.tree.leaves(inp)[0]
+        return jax.lax.cond(i < steps, lambda c: step(c, inp)[0], lambda c: c, c), None
+
+    return jax.lax.scan(masked, carry, xs)
+
+
+def _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype, capacity=None):
+    if capacity is None:
+        u = jnp.arange(steps + 1, dtype=dtype) / steps
+    else:
+        k = jnp.arange(capacity + 1)
+        n = jnp.asarray(steps)
+        u = jnp.minimum(k, n).astype(dtype) / jnp.maximum(n, 1).astype(dtype)
     if kind == "uniform_t":
         ts = t_hi + u * (t_lo - t_hi)
     elif kind == "quadratic_t":
@@ -132,7 +177,9 @@ def _spaced(sde, steps, t_hi, t_lo, kind, rho, dtype):
     else:
         raise ValueError(f"unknown time grid {kind!r}; expected one of: {', '.join(GRIDS)}")
     # The inverse maps round; pin the endpoints so every grid starts at T and stops at eps exactly.
-    return ts.at[0].set(t_hi).at[-1].set(t_lo).astype(dtype)
+    if capacity is None:
+        return ts.at[0].set(t_hi).at[-1].set(t_lo).astype(dtype)
+    return jnp.where(k >= jnp.asarray(steps), t_lo, ts.at[0].set(t_hi)).astype(dtype)
 
 
 def score_call(score_fn, x, t, nfe):

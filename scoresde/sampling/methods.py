@@ -73,6 +73,7 @@ class Method:
         options = dict(self.options)
         if self.uses_grid:
             options.setdefault("to_zero", False)
+            options.setdefault("step_capacity", None)
         object.__setattr__(self, "options", types.MappingProxyType(options))
         object.__setattr__(self, "bad_grids", types.MappingProxyType(dict(self.bad_grids)))
         if self.uses_grid and self.default_grid not in self.good_grids:

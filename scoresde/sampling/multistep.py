@@ -39,39 +39,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde.sampling.fast import LOWER_ORDER_FINAL_BELOW
-from scoresde.sampling.grids import alpha_vanishes_at_T, coefficients, denoiser_call, project
+from scoresde.sampling.grids import alpha_vanishes_at_T, coefficients, denoiser_call, grid_scan, project
 
 __all__ = ["unipc", "deis", "deis_logsnr_x0", "UNIPC_VARIANTS", "DEIS_QUADRATURE_NODES"]
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 
 
-def _step_orders(steps, order, alpha0, lower_order_final, final_below=None):
+def _step_orders(steps, order, alpha0, lower_order_final, final_below=None, length=None):
     """Order of each step ``k`` (from ``t_k``): limited by the finite history and, with ``lower_order_final``, by
     the steps left: for every step count (``final_below=None``, UniPC's rule) or only when
-    ``steps < final_below`` (DPM-Solver's rule, ``final_below = 10``)."""
-    orders = []
-    for k in range(steps):
-        p = min(order, max(k, 1) if alpha0 else k + 1)
-        if lower_order_final and (final_below is None or steps < final_below):
-            p = min(p, steps - k)
-        orders.append(p)
-    return jnp.asarray(orders, jnp.int32)
+    ``steps < final_below`` (DPM-Solver's rule, ``final_below = 10``). ``steps`` may be traced when ``length``
+    (the padded grid's interval count) is given; entries ``k >= steps`` are then 1 (unused)."""
+    k = jnp.arange(steps if length is None else length)
+    p = jnp.minimum(order, jnp.maximum(k, 1) if alpha0 else k + 1)
+    if lower_order_final:
+        lowered = jnp.minimum(p, jnp.maximum(steps - k, 1))
+        p = lowered if final_below is None else jnp.where(steps < final_below, lowered, p)
+    return p.astype(jnp.int32)
 
 
 def _weighted(ws, ds):
     return sum(w * d for w, d in zip(ws, ds))
 
 
-def unipc(score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order_final=True, project_fn=None):
+def unipc(
+    score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order_final=True, project_fn=None, steps=None
+):
     """Multistep UniPC (data prediction), ``order`` 1–3, ``variant`` ``bh1`` or ``bh2``; one NFE per step."""
     if order not in (1, 2, 3):
         raise ValueError(f"unipc order must be 1, 2 or 3; got {order!r}")
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"unknown unipc variant {variant!r}; expected one of: {', '.join(UNIPC_VARIANTS)}")
-    steps = ts.shape[0] - 1
+    padded, length = steps, ts.shape[0] - 1
+    steps = length if steps is None else steps
     alphas, sigmas, lams = coefficients(sde, ts)
-    orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final)  # UniPC's rule: every count
+    # UniPC's rule: every count
+    orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final, length=length)
 
     def update(p, x, m_hist, l_hist, k, use_corrector, nfe):
         """One UniP-p step from ``t_k`` (history ``m_hist[-1]`` at ``t_k``) and, optionally, UniC-p."""
@@ -133,10 +137,12 @@ def unipc(score_fn, sde, x, ts, key, nfe, *, order=2, variant="bh1", lower_order
         l_hist = jnp.concatenate([l_hist[1:], lams[k + 1][None]])
         return (x, m_hist, l_hist, nfe), None
 
-    (x, m_hist, l_hist, nfe), _ = jax.lax.scan(step, (x, m_hist, l_hist, nfe), jnp.arange(steps - 1))
+    # every step but the last has UniC's corrector
+    carry = (x, m_hist, l_hist, nfe)
+    (x, m_hist, l_hist, nfe), _ = grid_scan(step, carry, jnp.arange(length - 1), None if padded is None else steps - 1)
     k = steps - 1
     x, _, nfe = jax.lax.switch(orders[k] - 1, branches(False), (x, m_hist, l_hist, k, nfe))
-    return project(project_fn, x, ts[-1], key, k), nfe
+    return project(project_fn, x, ts[k + 1], key, k), nfe
 
 
 def _exp_moments(h, n):
@@ -153,7 +159,7 @@ def _exp_moments(h, n):
     return [jnp.where(h < 1.0, a, b) for a, b in zip(series, rec)]
 
 
-def deis_logsnr_x0(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, project_fn=None):
+def deis_logsnr_x0(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final=True, project_fn=None, steps=None):
     """A DEIS-style multistep exponential integrator in data prediction: Lagrange extrapolation of ``x0`` in
     ``lambda``, ``order`` 1–3 (``order`` points). Not the authors' tAB-DEIS (that is :func:`deis`).
 
@@ -163,9 +169,12 @@ def deis_logsnr_x0(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final
     """
     if order not in (1, 2, 3):
         raise ValueError(f"deis_logsnr_x0 order must be 1, 2 or 3; got {order!r}")
-    steps = ts.shape[0] - 1
+    padded, length = steps, ts.shape[0] - 1
+    steps = length if steps is None else steps
     alphas, sigmas, lams = coefficients(sde, ts)
-    orders = _step_orders(steps, order, alpha_vanishes_at_T(sde), lower_order_final, LOWER_ORDER_FINAL_BELOW)
+    orders = _step_orders(
+        steps, order, alpha_vanishes_at_T(sde), lower_order_final, LOWER_ORDER_FINAL_BELOW, length=length
+    )
 
     def make(p):
         def fn(args):
@@ -196,7 +205,7 @@ def deis_logsnr_x0(score_fn, sde, x, ts, key, nfe, *, order=2, lower_order_final
 
     m_hist = jnp.zeros((order,) + x.shape, x.dtype)
     l_hist = jnp.full((order,), -jnp.inf, x.dtype)
-    (x, *_, nfe), _ = jax.lax.scan(step, (x, m_hist, l_hist, nfe), jnp.arange(steps))
+    (x, *_, nfe), _ = grid_scan(step, (x, m_hist, l_hist, nfe), jnp.arange(length), padded)
     return x, nfe
 
 
@@ -246,7 +255,7 @@ def tab_deis_coefficients(sde, ts, order):
     return alphas[1:, None] * rows
 
 
-def deis(score_fn, sde, x, ts, key, nfe, *, order=3, project_fn=None):
+def deis(score_fn, sde, x, ts, key, nfe, *, order=3, project_fn=None, steps=None):
     """tAB-DEIS (Zhang & Chen, ICLR 2023; the authors' ``t_ab``), ``order`` 0–3 as they number it; 1 NFE per step.
 
     Step ``k`` (``t_k -> t_{k+1}``) extrapolates the noise prediction ``eps(x, t) = (x - alpha D(x, t)) / sigma``
@@ -264,10 +273,10 @@ def deis(score_fn, sde, x, ts, key, nfe, *, order=3, project_fn=None):
     """
     if order not in (0, 1, 2, 3):
         raise ValueError(f"deis order must be 0, 1, 2 or 3 (the authors' tAB orders); got {order!r}")
-    steps = ts.shape[0] - 1
+    padded, length = steps, ts.shape[0] - 1
     alphas, sigmas, _ = coefficients(sde, ts)
-    coef = tab_deis_coefficients(sde, ts, order)
-    first = np.arange(steps) == 0  # order 0: the DDIM form, finite from alpha = 0
+    coef = tab_deis_coefficients(sde, ts, order)  # a padded grid's rows past its steps are unused (0 / 0 there)
+    first = np.arange(length) == 0  # order 0: the DDIM form, finite from alpha = 0
 
     def step(carry, k):
         x, e_hist, nfe = carry
@@ -280,5 +289,5 @@ def deis(score_fn, sde, x, ts, key, nfe, *, order=3, project_fn=None):
         return (project(project_fn, x, ts[k + 1], key, k), e_hist, nfe), None
 
     e_hist = jnp.zeros((order + 1,) + x.shape, x.dtype)
-    (x, _, nfe), _ = jax.lax.scan(step, (x, e_hist, nfe), jnp.arange(steps))
+    (x, _, nfe), _ = grid_scan(step, (x, e_hist, nfe), jnp.arange(length), padded)
     return x, nfe

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling.grids import coefficients, denoiser_call, project
+from scoresde.sampling.grids import coefficients, denoiser_call, grid_scan, project
 from scoresde.sde import batch_mul
 
 __all__ = ["euler_ancestral", "dpm_solver_pp_sde"]
@@ -34,7 +34,7 @@ def _normal(key, i, x, noise):
     return jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
 
 
-def euler_ancestral(score_fn, sde, x, ts, key, nfe, *, eta=1.0, s_noise=1.0, project_fn=None, noise=None):
+def euler_ancestral(score_fn, sde, x, ts, key, nfe, *, eta=1.0, s_noise=1.0, project_fn=None, noise=None, steps=None):
     """k-diffusion's Euler ancestral sampler; one NFE per step.
 
     k-diffusion: ``sigma_up = min(sigma_next, eta sqrt(sigma_next² (sigma² - sigma_next²) / sigma²))``,
@@ -65,11 +65,13 @@ def euler_ancestral(score_fn, sde, x, ts, key, nfe, *, eta=1.0, s_noise=1.0, pro
         return (project(project_fn, x, t, key, i), nfe), None
 
     idx = jnp.arange(ts.shape[0] - 1)
-    (x, nfe), _ = jax.lax.scan(step, (x, nfe), (idx, ts[:-1], ts[1:]))
+    (x, nfe), _ = grid_scan(step, (x, nfe), (idx, ts[:-1], ts[1:]), steps)
     return x, nfe
 
 
-def dpm_solver_pp_sde(score_fn, sde, x, ts, key, nfe, *, order=2, eta=1.0, s_noise=1.0, project_fn=None, noise=None):
+def dpm_solver_pp_sde(
+    score_fn, sde, x, ts, key, nfe, *, order=2, eta=1.0, s_noise=1.0, project_fn=None, noise=None, steps=None
+):
     """DPM-Solver++(2M) SDE (``order=2``, midpoint) and (3M) SDE (``order=3``); one NFE per step.
 
     With ``h = lambda_t - lambda_s``, ``h_eta = (1 + eta) h`` and the data predictions ``D, D_1, D_2`` of this
@@ -129,5 +131,5 @@ def dpm_solver_pp_sde(score_fn, sde, x, ts, key, nfe, *, order=2, eta=1.0, s_noi
     idx = jnp.arange(ts.shape[0] - 1)
     inf = jnp.full((b,), jnp.inf, dtype)
     init = (x, jnp.zeros_like(x), jnp.zeros_like(x), inf, inf, nfe)
-    (x, *_, nfe), _ = jax.lax.scan(step, init, (idx, ts[:-1], ts[1:]))
+    (x, *_, nfe), _ = grid_scan(step, init, (idx, ts[:-1], ts[1:]), steps)
     return x, nfe

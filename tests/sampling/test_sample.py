@@ -18,6 +18,8 @@ from scoresde import analytic, build, sampling
 from scoresde import sde as sde_lib
 from scoresde.sampling import pc
 
+from conftest import BackendCompiles
+
 D = 4
 
 
@@ -441,28 +443,6 @@ def test_the_declared_deterministic_trait_is_what_each_method_does():
         b, _ = sampling.sample(score_fn, process, (3, D), jax.random.key(3), method=method, x_init=x_init, **opts)
         same = bool(np.array_equal(np.asarray(a), np.asarray(b)))
         assert same == sampling.is_deterministic(method, opts), (method, opts, same)
-
-
-class BackendCompiles:
-    """Counts XLA backend compilations of programs named ``fun_name`` (JAX's
-    ``/jax/core/compile/backend_compile_duration`` event) in a block; one-off eager ops are not counted."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self, fun_name):
-        self.fun_name = fun_name
-
-    def __enter__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def _listen(self, event, duration, **kwargs):
-        if event == self.EVENT and self.fun_name in str(kwargs.get("fun_name", "")):
-            self.count += 1
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 def test_backend_compiles_per_step_count(method="dpm_solver++"):
