@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from conftest import cli_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {
     "device",
@@ -23,7 +25,7 @@ FIELDS = {
 
 
 def test_bench_prints_one_json_line():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     out = {}
     for what in ("train", "nfe"):
         proc = subprocess.run(

@@ -17,7 +17,7 @@ from scoresde import build, checkpointing
 from scoresde.modes import train
 from scoresde.runlog import read_metrics
 
-from conftest import load_config
+from conftest import cli_env, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,7 @@ def test_sigterm_then_resume_gives_identical_losses(tmp_path):
         "--config.training.snapshot_freq=100000",
         "--config.training.snapshot_freq_for_preemption=100000",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 240

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import cli_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
@@ -83,7 +85,7 @@ def test_two_processes_match_one_process(one_device, tmp_path):
         "--config.training.n_iters=3",
         "--config.training.snapshot_sampling=False",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     procs = [
         subprocess.Popen(
             cmd + [f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

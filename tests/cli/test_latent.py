@@ -21,11 +21,11 @@ from scoresde.modes.sample import sample
 from scoresde.modes.train_autoencoder import train_autoencoder
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, load_config
+from conftest import REPO, cli_env, load_config
 
 
 def _env():
-    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return cli_env()
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ import pytest
 from scoresde import main as main_lib
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, config_module
+from conftest import REPO, cli_env, config_module
 
 CONFIGS = ["toy2d_vp", "digits_vp", "cifar10_vp", "cifar10_subvp", "cifar10_ve", "celeba64_ve", "church256_ve"]
 
 
 def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     return subprocess.run(
         [sys.executable, "-m", "scoresde.main", *args],
         cwd=REPO,

@@ -13,11 +13,11 @@ import pytest
 from scoresde import main as main_lib
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, load_config
+from conftest import REPO, cli_env, load_config
 
 
 def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     return subprocess.run(
         [sys.executable, "-m", "scoresde.main", *args],
         cwd=REPO,

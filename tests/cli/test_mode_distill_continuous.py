@@ -17,7 +17,7 @@ from scoresde import build
 from scoresde import main as main_lib
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, load_config
+from conftest import REPO, cli_env, load_config
 
 # toy2d_cd's MLP on the VP SDE, read as each method's network (toy2d_meanflow is MeanFlow's own config)
 METHODS = {
@@ -173,7 +173,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"
 
 
 def _parity_run(workdir, devices, which, teacher=""):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     name, overrides = METHODS[which]

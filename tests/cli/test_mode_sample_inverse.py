@@ -22,7 +22,7 @@ from scoresde.analytic import GaussianMixture
 from scoresde.guidance import inverse
 from scoresde.modes import sample as sample_mode
 
-from conftest import REPO, load_config
+from conftest import REPO, cli_env, load_config
 
 
 def _checkpoint(workdir, config):
@@ -46,7 +46,7 @@ def _test_digits01(n):
 def test_restore_through_the_cli_writes_grids_and_a_report(tmp_path):
     workdir = str(tmp_path / "run")
     _checkpoint(workdir, load_config("digits_inverse", "smoke"))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     proc = subprocess.run(
         [
             sys.executable,

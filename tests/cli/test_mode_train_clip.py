@@ -15,7 +15,7 @@ from scoresde.build.run import ConfigMismatchError
 from scoresde.data import captions
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, load_config
+from conftest import REPO, cli_env, load_config
 
 
 def test_train_clip_writes_figures_loads_back_and_refuses_a_changed_config(tmp_path):
@@ -94,7 +94,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": losses, "
 
 
 def _parity_run(workdir, devices):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     proc = subprocess.run(

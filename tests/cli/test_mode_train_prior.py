@@ -12,7 +12,7 @@ from flax import nnx
 
 from scoresde import build
 
-from conftest import load_config
+from conftest import cli_env, load_config
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"
 
 
 def _parity_run(clip_workdir, workdir, devices):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

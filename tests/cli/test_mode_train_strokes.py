@@ -15,7 +15,7 @@ from scoresde.modes import train
 from scoresde.modes.sample import sample
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, load_config
+from conftest import REPO, cli_env, load_config
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"
 
 
 def _parity_run(workdir, devices):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     proc = subprocess.run(

@@ -20,7 +20,7 @@ from scoresde.modes import train
 from scoresde.modes.sample import sample
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, config_module, load_config
+from conftest import REPO, cli_env, config_module, load_config
 
 NEW_CONFIGS = [
     "toy2d_fm",
@@ -353,7 +353,7 @@ def test_reflow_source_guidance_is_checked():
 
 
 def _cli(*args, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     proc = subprocess.run(
         [sys.executable, "-m", "scoresde.main", *args],
         cwd=REPO,

@@ -30,7 +30,7 @@ from scoresde.modes.fid_stats import fid_stats
 from scoresde.modes.sample import sample
 from scoresde.runlog import read_metrics
 
-from conftest import REPO, load_config
+from conftest import REPO, cli_env, load_config
 
 
 def toy_config(n_iters, **training):
@@ -43,7 +43,7 @@ def toy_config(n_iters, **training):
 
 
 def _cli(*args, timeout=240):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     return subprocess.run(
         [sys.executable, "-m", "scoresde.main", *args],
         cwd=REPO,
@@ -91,7 +91,7 @@ def test_second_trainer_is_refused_and_the_first_is_unharmed(tmp_path):
         "--config.training.eval_freq=0",
         "--config.training.log_freq=1",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     first = subprocess.Popen(
         [sys.executable, "-m", "scoresde.main", *args],
         cwd=REPO,

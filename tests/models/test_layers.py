@@ -129,10 +129,12 @@ def test_repeat_blocks_scan_equals_the_loop_and_scans_only_equal_blocks():
     (h0, ys0), plain = _repeat(units, x, shifts, scan=False)
     (h1, ys1), scanned = _repeat(units, x, shifts, scan=True)
     assert "scan[" not in plain and scanned.count("scan[") == 1 and "length=4" in scanned
-    np.testing.assert_allclose(h1, h0, rtol=1e-6, atol=1e-7)
+    # float32 rounding of six chained blocks (~8 eps each): the scan and the unrolled loop are different programs,
+    # which XLA may contract differently (2.3e-6 relative seen with the unoptimised back end the tests use)
+    np.testing.assert_allclose(h1, h0, rtol=1e-5, atol=1e-6)
     assert [y.shape for y in ys1] == [y.shape for y in ys0] == [(4, 5)] * 5 + [(4, 2)]
     for a, b in zip(ys0, ys1):
-        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     # and the loop is the plain composition of the blocks
     h = x
     for (u,), s in zip(units, shifts):

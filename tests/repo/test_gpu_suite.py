@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cli_env
 
 COMMON = {"figure", "device", "backend", "smoke", "peak_memory_gib", "peak_memory_source"}
 KEYS = {
@@ -33,7 +33,7 @@ KEYS = {
 
 
 def _run(*args):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     env["PYTHONPATH"] = REPO
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "benchmarks", "gpu_suite.py"), "--smoke", *args],

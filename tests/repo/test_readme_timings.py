@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cli_env
 
 FIGURES = {
     "train_digits",
@@ -24,7 +24,7 @@ FIGURES = {
 # Seven CLI runs end to end (about a minute on an idle machine): the default suite stays within its budget.
 @pytest.mark.slow
 def test_smoke_measures_every_figure_with_the_machine(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cli_env()
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "benchmarks", "readme_timings.py"), "--smoke", f"--root={tmp_path}"],
         cwd=REPO,
