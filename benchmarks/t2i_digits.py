@@ -69,7 +69,9 @@ def cfg_sample_fn(config, workdir: str, *, batch: int = 500, method: str = "dpm_
 
         model = nnx.merge(graphdef, params, rest)
         cond = lambda x, t, y: score_model.score_fn(model, y=y)(x, t)  # noqa: E731
-        return sampler(key, guidance.classifier_free_guidance(cond, tokens, w, None))
+        guided = guidance.classifier_free_guidance(cond, tokens, w, None)
+        # a flow sampled from T = 1 (alpha = 0) also needs the guided denoiser
+        return sampler(key, build.cfg_with_denoiser(guided, score_model, model, tokens, w, None))
 
     def fn(prompts, key, w):
         tokens = captions.tokenize(list(prompts), int(config.data.caption_len))

@@ -424,6 +424,7 @@ def test_cli_reflows_a_caption_conditioned_flow_and_samples_a_prompt(tmp_path):
         "--config=configs/digits_t2i_reflow.py:smoke",
         f"--workdir={rf2}",
         "--mode=sample",
+        f"--config.reflow.source_workdir={source}",  # as the reflow's closing line says: part of the stored config
         "--config.sampling.prompt=a bold seven",
     )
     assert json.loads(proc.stdout.strip().splitlines()[-1])["nfe"] == 1
