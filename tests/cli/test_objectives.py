@@ -335,6 +335,60 @@ def test_reflow_of_a_class_conditional_flow_stores_each_pairs_label_and_trains_o
     assert np.mean(np.abs(pairs["samples"][:64] - flow_map(noise, labels))) > 0.05
 
 
+REFLOW_PARITY = r"""
+import json, sys
+import jax
+import numpy as np
+jax.config.update("jax_numpy_rank_promotion", "raise")
+from scoresde import build, config_defaults
+from scoresde.modes import reflow
+from scoresde.runlog import read_metrics
+
+config = build.load_config("configs/toy2d_reflow.py:smoke")
+config.data.dataset = "gmm_grid"
+config_defaults.add_guidance(config, 9, p_uncond=0.1)
+config.reflow.source_workdir, config.reflow.source_guidance = sys.argv[1], 1.0
+config.training.n_iters = 3
+config.training.snapshot_sampling = False
+reflow.reflow_mode(config, sys.argv[2])
+pairs = reflow.generate_couplings(config, sys.argv[2], sys.argv[1])
+print("RESULT " + json.dumps({
+    "devices": jax.device_count(),
+    "losses": [r["loss"] for r in read_metrics(sys.argv[2])],
+    "labels": pairs["conditions"].tolist(),
+    "samples": np.asarray(pairs["samples"]).ravel().tolist(),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_conditioned_reflow_on_eight_devices_matches_one(tmp_path):
+    """The conditions are read per process and sharded over the devices with the noise: 8 fake devices make the
+    same labelled, guided couplings and the same three training losses as one."""
+    source = str(tmp_path / "source")
+    _perturbed_source(_class_conditional_reflow(), source)
+    out = {}
+    for devices in (1, 8):
+        env = cli_env()
+        if devices > 1:
+            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        proc = subprocess.run(
+            [sys.executable, "-c", REFLOW_PARITY, source, str(tmp_path / f"rf{devices}")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[devices] = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    assert out[1]["devices"] == 1 and out[8]["devices"] == 8
+    assert out[8]["labels"] == out[1]["labels"] and len(set(out[1]["labels"])) > 3
+    np.testing.assert_allclose(out[8]["samples"], out[1]["samples"], rtol=1e-5, atol=1e-5)
+    assert len(set(out[1]["losses"])) == 3
+    np.testing.assert_allclose(out[8]["losses"], out[1]["losses"], rtol=1e-5, atol=1e-6)
+
+
 def test_reflow_source_guidance_is_checked():
     config = _class_conditional_reflow()
     assert build.reflow_source_guidance(config) == 0.0
