@@ -44,3 +44,18 @@ def test_empty_unknown_and_too_many_prompts_are_refused(tmp_path):
         build.sample_prompts(_config(), 4)
     with pytest.raises(ValueError, match="not a file"):
         build.sample_prompts(_config(prompts_file=str(tmp_path / "missing.txt")), 4)
+
+
+def test_step_capacity_reaches_the_sampler_options_from_the_config():
+    config = load_config("digits_vp")
+    config.sampling.method, config.sampling.steps = "dpm_solver++", 20
+    assert "step_capacity" not in build.sampling_options(config)[1]  # 0: one program per step count
+    config.sampling.step_capacity = 64
+    method, options = build.sampling_options(config)
+    assert method == "dpm_solver++" and options["steps"] == 20 and options["step_capacity"] == 64
+    config.sampling.steps = 80
+    with pytest.raises(ValueError, match="steps=80 does not fit step_capacity=64"):
+        build.sampling_options(config)
+    config.sampling.method, config.sampling.steps = "pc", 0
+    with pytest.raises(ValueError, match="step_capacity=64 pads a time grid; config.sampling.method='pc' runs its own"):
+        build.sampling_options(config)

@@ -64,6 +64,12 @@ def sampling_options(config) -> tuple[str, dict]:
     if cfg.max_steps not in (0, "") and int(cfg.max_steps) < 1:
         raise ValueError(f"config.sampling.max_steps={cfg.max_steps!r} must be >= 1 (0: the method's default)")
     defaults = sampling.method_options(method)
+    if int(cfg.get("step_capacity", 0) or 0) and "step_capacity" not in defaults:
+        grid = ", ".join(sampling.GRID_METHODS)
+        raise ValueError(
+            f"config.sampling.step_capacity={cfg.step_capacity} pads a time grid; config.sampling.method={method!r} "
+            f"runs its own loop (the grid methods: {grid}); set step_capacity=0"
+        )
     options = {}
     if "denoise" in defaults and not sampling.method_traits(method).consistency_fn:  # f(x, t) returns x_eps itself
         options["denoise"] = bool(cfg.noise_removal)
@@ -162,6 +168,11 @@ def parallel_settings(config) -> tuple[int, float] | None:
         raise ValueError(
             f"config.sampling.parallel_window={window} (ParaDiGMS) does not clip data predictions; set "
             "config.sampling.clip_denoised=False or parallel_window=0"
+        )
+    if int(cfg.get("step_capacity", 0) or 0):
+        raise ValueError(
+            f"config.sampling.step_capacity={cfg.step_capacity} pads the sequential sampler's grid; ParaDiGMS "
+            f"(parallel_window={window}) runs its own windows over a fixed grid: set one of them to 0"
         )
     return window, tol
 

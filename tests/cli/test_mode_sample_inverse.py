@@ -255,7 +255,10 @@ def test_paradigms_from_the_config_matches_the_sequential_sampler():
         ValueError, match="parallel_window=8 \\(ParaDiGMS\\) needs config.sampling.method='ddim'; got 'pc'"
     ):
         build.parallel_settings(config)
-    config.sampling.method, config.sampling.parallel_window = "ddim", -1
+    config.sampling.method, config.sampling.step_capacity = "ddim", 64
+    with pytest.raises(ValueError, match="step_capacity=64 pads the sequential sampler's grid"):
+        build.parallel_settings(config)
+    config.sampling.step_capacity, config.sampling.parallel_window = 0, -1
     with pytest.raises(ValueError, match="parallel_window=-1 / parallel_tol=0.0 must be >= 0"):
         build.parallel_settings(config)
 
