@@ -6,7 +6,9 @@ Euler step (Liu et al. 2023, Sec. 2.3; InstaFlow, Liu et al. 2024, reflows a tex
 (guided couplings, as InstaFlow), and stores the captions beside the pairs in `workdir/reflow/`; then fine-tunes
 the source's EMA weights by flow matching on the fixed pairs, each under its own caption, dropped to the empty
 caption with `training.p_uncond` as in training. Samples: `--config.sampling.prompt="a bold seven"`, one Euler
-step (`sampling.method=ddim`, `steps=1`) unguided by default. Variant: `smoke`.
+step (`sampling.method=ddim`, `steps=1`) unguided by default: one network pass. On the digits,
+`--config.reflow.source_guidance=0.0` (unguided couplings) sampled with `--config.sampling.guidance=cfg
+--config.sampling.guidance_scale=1` (two passes) keeps more diversity (BENCHMARKS.md). Variant: `smoke`.
 
     python -m scoresde.main --config=configs/digits_t2i.py:fm --workdir=runs/digits_t2i_fm
     python -m scoresde.main --config=configs/digits_t2i_reflow.py --workdir=runs/digits_t2i_reflow --mode=reflow \
