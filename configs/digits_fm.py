@@ -21,8 +21,8 @@ def logit_normal(config):
     config.training.time_sampling = "logit_normal"
 
 
-def get_config(variant=None):
-    config = _digits.get_config()
+def rectified_flow(config):
+    """The digits network as a rectified flow trained by flow matching (also ``digits_t2i``'s ``fm`` variant)."""
     t = config.training
     t.sde = "rectified_flow"
     t.objective = "flow_matching"
@@ -34,4 +34,9 @@ def get_config(variant=None):
     s.steps = 20
     s.order = 2
     s.noise_removal = False
+    return config
+
+
+def get_config(variant=None):
+    config = rectified_flow(_digits.get_config())
     return base.apply_variants(config, variant, {"logit_normal": logit_normal, "smoke": _digits.smoke}, "digits_fm")

@@ -17,8 +17,11 @@ _fm = base.sibling(__file__, "digits_fm")
 
 
 def get_config(variant=None):
-    config = _fm.get_config(variant)
-    smoke = "smoke" in (variant or "").split(",")
+    return reflow_settings(_fm.get_config(variant), "smoke" in (variant or "").split(","))
+
+
+def reflow_settings(config, smoke: bool):
+    """The reflow of a digits flow (also ``digits_t2i_reflow``'s): couplings, fine-tuning, 1-step Euler sampling."""
     r = config.reflow
     r.source_workdir = "runs/digits_fm"
     r.num_pairs = 128 if smoke else 8192  # 5x the 1,617 training digits: pairs are free to draw, data is not

@@ -19,6 +19,7 @@ from scoresde import config_defaults as base
 from scoresde.data import captions
 
 digits_vp = base.sibling(__file__, "digits_vp")
+digits_fm = base.sibling(__file__, "digits_fm")
 
 
 def smoke(config):
@@ -29,22 +30,6 @@ def smoke(config):
     config.eval.num_samples = 10
     config.eval.sample_batch_size = 10
     config.training.snapshot_num_samples = 10
-
-
-def flow(config):
-    """``fm``: the same caption-conditioned network as a rectified flow trained by flow matching (``digits_fm``'s
-    process and convention), the source of ``digits_t2i_reflow``."""
-    t = config.training
-    t.sde = "rectified_flow"
-    t.objective = "flow_matching"
-    t.time_sampling = "uniform"
-    config.model.rf_T = 1.0
-    config.model.time_label = "999t"
-    s = config.sampling
-    s.method = "dpm_solver++"
-    s.steps = 20
-    s.order = 2
-    s.noise_removal = False
 
 
 def get_config(variant=None):
@@ -63,4 +48,4 @@ def get_config(variant=None):
     config.eval.num_samples = 100
     config.eval.sample_batch_size = 100
     t.snapshot_num_samples = 100
-    return base.apply_variants(config, variant, {"smoke": smoke, "fm": flow}, "digits_t2i")
+    return base.apply_variants(config, variant, {"smoke": smoke, "fm": digits_fm.rectified_flow}, "digits_t2i")

@@ -20,30 +20,17 @@ step (`sampling.method=ddim`, `steps=1`) unguided by default: one network pass. 
 from scoresde import config_defaults as base
 
 _t2i = base.sibling(__file__, "digits_t2i")
+_reflow = base.sibling(__file__, "digits_reflow")
 
 
 def get_config(variant=None):
     smoke = "smoke" in (variant or "").split(",")
-    config = _t2i.get_config("fm,smoke" if smoke else "fm")
+    config = _reflow.reflow_settings(_t2i.get_config("fm,smoke" if smoke else "fm"), smoke)
     r = config.reflow
     r.source_workdir = "runs/digits_t2i_fm"
     r.num_pairs = 20 if smoke else 8192
     r.batch_size = 10 if smoke else 512
-    r.method = "dpm_solver++"
     r.steps = 2 if smoke else 20
-    r.order = 2
-    r.init_from_source = True
     r.source_guidance = 1.0
-    t = config.training
-    if not smoke:
-        t.n_iters = 1500
-        t.snapshot_freq = 1500
-        t.snapshot_freq_for_preemption = 500
-        config.optim.warmup = 0
-        config.optim.lr = 5e-4  # fine-tuning from the source's EMA weights
-    s = config.sampling
-    s.method = "ddim"  # eta = 0: Euler on the flow
-    s.steps = 1
-    s.eta = 0.0
-    s.guidance = "none"  # the couplings were guided: the 2-RF samples its captions unguided (or cfg, 2 passes)
+    config.sampling.guidance = "none"  # the couplings were guided: the 2-RF samples its captions unguided
     return base.apply_variants(config, variant, {"smoke": lambda c: None}, "digits_t2i_reflow")
