@@ -54,9 +54,11 @@ class BackendCompiles:
         jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
-def cli_env() -> dict:
-    """``os.environ`` for a subprocess: one host device (no inherited device count) and the tests' XLA flags."""
+def cli_env(devices: int = 1) -> dict:
+    """``os.environ`` for a subprocess: ``devices`` fake host devices (one: no inherited device count) and the tests'
+    XLA flags."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    if TEST_XLA_FLAGS:
-        env["XLA_FLAGS"] = TEST_XLA_FLAGS
+    flags = TEST_XLA_FLAGS + (f" --xla_force_host_platform_device_count={devices}" if devices > 1 else "")
+    if flags.strip():
+        env["XLA_FLAGS"] = flags.strip()
     return env

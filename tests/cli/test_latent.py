@@ -24,10 +24,6 @@ from scoresde.runlog import read_metrics
 from conftest import REPO, cli_env, load_config
 
 
-def _env():
-    return cli_env()
-
-
 @pytest.fixture(scope="module")
 def ae_workdir(tmp_path_factory):
     """A 3-step smoke autoencoder trained through the CLI."""
@@ -43,7 +39,7 @@ def ae_workdir(tmp_path_factory):
             "--config.autoencoder.n_iters=3",
         ],
         cwd=REPO,
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -226,9 +222,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"
 
 
 def _parity_run(workdir, devices):
-    env = _env()
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = cli_env(devices)
     proc = subprocess.run(
         [sys.executable, "-c", PARITY, workdir], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )

@@ -173,9 +173,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"
 
 
 def _parity_run(workdir, devices, which, teacher=""):
-    env = cli_env()
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = cli_env(devices)
     name, overrides = METHODS[which]
     overrides = {**overrides, "distill__teacher_workdir": teacher if which in NEEDS_TEACHER else ""}
     proc = subprocess.run(

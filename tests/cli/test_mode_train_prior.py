@@ -101,9 +101,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"
 
 
 def _parity_run(clip_workdir, workdir, devices):
-    env = cli_env()
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = cli_env(devices)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run(
         [sys.executable, "-c", PARITY, clip_workdir, workdir], cwd=repo, env=env, capture_output=True, text=True

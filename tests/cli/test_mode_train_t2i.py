@@ -57,9 +57,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": [r["loss"
 
 
 def _parity_run(workdir, devices):
-    env = cli_env()
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = cli_env(devices)
     proc = subprocess.run(
         [sys.executable, "-c", PARITY, workdir], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )

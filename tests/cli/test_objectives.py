@@ -361,9 +361,7 @@ def test_conditioned_reflow_on_eight_devices_matches_one(tmp_path):
     _perturbed_source(_class_conditional_reflow(), source)
     out = {}
     for devices in (1, 8):
-        env = cli_env()
-        if devices > 1:
-            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env = cli_env(devices)
         proc = subprocess.run(
             [sys.executable, "-c", REFLOW_PARITY, source, str(tmp_path / f"rf{devices}")],
             cwd=REPO,
