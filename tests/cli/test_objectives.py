@@ -187,6 +187,22 @@ def test_edm_workdir_trains_and_samples(tmp_path):
             assert np.all(np.isfinite(f["samples"])), method
 
 
+def _couplings_map(score, sde, noise):
+    """The smoke reflow configs' coupling sampler (DPM-Solver++(2M), 4 steps) from the stored noise."""
+    x, _ = sampling.sample(
+        score,
+        sde,
+        noise.shape,
+        jax.random.key(0),
+        method="dpm_solver++",
+        x_init=jnp.asarray(noise),
+        steps=4,
+        order=2,
+        eps=build.sampling_eps(sde),
+    )
+    return np.asarray(x)
+
+
 def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
     source, workdir = str(tmp_path / "source"), str(tmp_path / "reflow")
     config = load_config("toy2d_reflow", "smoke")
@@ -202,18 +218,7 @@ def test_reflow_couplings_are_the_source_flow_map_and_resume(tmp_path):
     score_fn = build.make_score_model(config).score_fn(model)
     with np.load(os.path.join(reflow_mode.couplings_dir(workdir), chunks[1])) as f:
         noise, stored = f["noise"], f["samples"]
-    again, _ = sampling.sample(
-        score_fn,
-        build.make_sde(config),
-        noise.shape,
-        jax.random.key(0),
-        method="dpm_solver++",
-        x_init=jnp.asarray(noise),
-        steps=4,
-        order=2,
-        eps=build.sampling_eps(build.make_sde(config)),
-    )
-    np.testing.assert_allclose(stored, np.asarray(again), atol=1e-5)
+    np.testing.assert_allclose(stored, _couplings_map(score_fn, build.make_sde(config), noise), atol=1e-5)
     assert np.mean(np.abs(noise - stored)) > 0.1  # the map is not the identity: the source moves the noise
 
     # Killed after the couplings: only training reruns, from the stored pairs.
@@ -272,22 +277,8 @@ def test_reflow_of_a_class_conditional_flow_stores_each_pairs_label_and_trains_o
     score_model = build.make_score_model(config)
     sde = build.make_sde(config)
 
-    def ode_map(score, noise):  # the couplings' sampler: DPM-Solver++(2M), 4 steps
-        x, _ = sampling.sample(
-            score,
-            sde,
-            noise.shape,
-            jax.random.key(0),
-            method="dpm_solver++",
-            x_init=jnp.asarray(noise),
-            steps=4,
-            order=2,
-            eps=build.sampling_eps(sde),
-        )
-        return np.asarray(x)
-
     def flow_map(noise, labels):
-        return ode_map(score_model.score_fn(model, y=jnp.asarray(labels)), noise)
+        return _couplings_map(score_model.score_fn(model, y=jnp.asarray(labels)), sde, noise)
 
     for i in range(2):
         expected_labels = next(batches)["label"]
@@ -323,7 +314,7 @@ def test_reflow_of_a_class_conditional_flow_stores_each_pairs_label_and_trains_o
         lambda x, t: (1 + w) * cond(x, t) - w * null(x, t),
         lambda x, t: (1 + w) * cond.denoiser(x, t) - w * null.denoiser(x, t),
     )
-    np.testing.assert_allclose(pairs["samples"][:64], ode_map(guided, noise), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pairs["samples"][:64], _couplings_map(guided, sde, noise), rtol=1e-5, atol=1e-5)
     assert np.mean(np.abs(pairs["samples"][:64] - flow_map(noise, labels))) > 0.05
 
 
@@ -361,16 +352,7 @@ def test_conditioned_reflow_on_eight_devices_matches_one(tmp_path):
     _perturbed_source(_class_conditional_reflow(), source)
     out = {}
     for devices in (1, 8):
-        env = cli_env(devices)
-        proc = subprocess.run(
-            [sys.executable, "-c", REFLOW_PARITY, source, str(tmp_path / f"rf{devices}")],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = _python("-c", REFLOW_PARITY, source, str(tmp_path / f"rf{devices}"), devices=devices)
         out[devices] = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert out[1]["devices"] == 1 and out[8]["devices"] == 8
     assert out[8]["labels"] == out[1]["labels"] and len(set(out[1]["labels"])) > 3
@@ -396,18 +378,17 @@ def test_reflow_source_guidance_is_checked():
         build.reflow_source_guidance(plain)
 
 
-def _cli(*args, timeout=600):
-    env = cli_env()
+def _python(*args, devices=1, timeout=600):
+    """``python *args`` in the repository with ``devices`` fake devices; it must succeed."""
     proc = subprocess.run(
-        [sys.executable, "-m", "scoresde.main", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [sys.executable, *args], cwd=REPO, env=cli_env(devices), capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def _cli(*args, timeout=600):
+    return _python("-m", "scoresde.main", *args, timeout=timeout)
 
 
 @pytest.mark.slow
